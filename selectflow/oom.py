@@ -1,0 +1,95 @@
+"""Out-of-memory handling: recognise OOMs, shrink work adaptively, scale sizes per attempt.
+
+* :func:`is_oom` tells a memory failure (CUDA OOM, host ``MemoryError``, FAISS
+  allocation failure) from any other exception.
+* :func:`run_adaptive` runs ``fn(lo, hi)`` over ``[start, stop)`` in sub-chunks and halves
+  the sub-chunk after an OOM, keeping the sub-chunks already finished.
+* :func:`attempt_size` is the size a rule uses on Snakemake attempt ``attempt``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_OOM_TEXT = (
+    "out of memory",
+    "cuda error: out of memory",
+    "cublas_status_alloc_failed",
+    "failed to allocate",
+    "std::bad_alloc",
+    "cannot allocate memory",
+)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for errors that mean "not enough memory" (host or device)."""
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return any(t in text for t in _OOM_TEXT)
+    return False
+
+
+def free_memory() -> None:
+    """Drop Python garbage and return cached CUDA blocks to the driver."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def attempt_size(base: int, attempt: int, factor: float = 2.0, floor: int = 1) -> int:
+    """``base`` divided by ``factor`` once per retry (attempt 1 is ``base``), never below ``floor``."""
+    return max(int(floor), int(base // (factor ** (max(int(attempt), 1) - 1))))
+
+
+def run_adaptive(
+    fn: Callable[[int, int], T],
+    start: int,
+    stop: int,
+    chunk: int,
+    *,
+    min_chunk: int = 1,
+    what: str = "chunk",
+) -> list[T]:
+    """Call ``fn(lo, hi)`` over ``[start, stop)`` in pieces of ``chunk``; halve on OOM.
+
+    Finished pieces are kept; the failing piece is retried at half the size. When even
+    ``min_chunk`` runs out of memory the OOM is re-raised for the job-level retry.
+    """
+    results: list[T] = []
+    lo = start
+    chunk = max(int(chunk), min_chunk)
+    while lo < stop:
+        hi = min(lo + chunk, stop)
+        try:
+            results.append(fn(lo, hi))
+        except Exception as exc:  # noqa: BLE001 - filtered by is_oom
+            if not is_oom(exc) or chunk <= min_chunk:
+                raise
+            del exc
+            free_memory()
+            new = max(min_chunk, chunk // 2)
+            log.warning("out of memory on %s [%d, %d) of size %d; retrying with %d", what, lo, hi, chunk, new)
+            chunk = new
+            continue
+        lo = hi
+    return results

@@ -1,0 +1,197 @@
+"""Instruction-data JSONL: format detection, normalisation, sample ids and shards.
+
+Three input formats, detected per file from the first record:
+
+* ``alpaca``:   ``{"instruction", "input"?, "output"}``
+* ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}...]}``
+* ``messages``: ``{"messages": [{"role": "user"|"assistant"|"system", "content"}...]}``
+
+Every record becomes a *normalised record* (a dict, one JSON line in a shard)::
+
+    {"sample_id": str, "dataset": str, "line": int,
+     "prompt": str,      # text the model conditions on
+     "response": str,    # text whose tokens carry the loss / NLL
+     "record": {...}}    # the original record, untouched
+
+``sample_id`` is the record's ``id`` when every record of the file has one and they are
+unique, else ``"{dataset}:{line}"`` (1-based line number).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import SelectFlowError
+from .fsutil import atomic_open
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("alpaca", "sharegpt", "messages")
+_USER_ROLES = {"human", "user"}
+_ASSISTANT_ROLES = {"gpt", "assistant"}
+
+
+def detect_format(record: dict) -> str:
+    """Return the format name of one parsed record, or raise if it matches none."""
+    if "conversations" in record:
+        return "sharegpt"
+    if "messages" in record:
+        return "messages"
+    if "instruction" in record or "output" in record:
+        return "alpaca"
+    raise ValueError(
+        "record matches no known format: expected 'instruction'/'output' (Alpaca), "
+        "'conversations' (ShareGPT) or 'messages' (OpenAI)"
+    )
+
+
+def format_turns(turns: list[tuple[str, str]]) -> str:
+    """Render (role, text) turns before the final response as one prompt string."""
+    parts = []
+    for role, text in turns:
+        tag = {"system": "System", "user": "User", "assistant": "Assistant"}[role]
+        parts.append(f"### {tag}:\n{text}\n\n")
+    parts.append("### Assistant:\n")
+    return "".join(parts)
+
+
+def _alpaca(record: dict) -> tuple[str, str]:
+    for key in ("instruction", "output"):
+        if key not in record:
+            raise ValueError(f"Alpaca record has no '{key}' field")
+        if not isinstance(record[key], str):
+            raise ValueError(f"Alpaca field '{key}' must be a string")
+    user = record["instruction"]
+    extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise ValueError("Alpaca field 'input' must be a string")
+    if extra:
+        user = f"{user}\n\n{extra}"
+    return format_turns([("user", user)]), record["output"]
+
+
+def _dialogue(items: list, role_key: str, text_key: str, kind: str) -> tuple[str, str]:
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{kind} record has an empty or non-list conversation")
+    turns = []
+    for item in items:
+        if not isinstance(item, dict) or role_key not in item or text_key not in item:
+            raise ValueError(f"{kind} turn needs '{role_key}' and '{text_key}'")
+        role = str(item[role_key]).lower()
+        role = "user" if role in _USER_ROLES else "assistant" if role in _ASSISTANT_ROLES else role
+        if role not in ("user", "assistant", "system"):
+            raise ValueError(f"{kind} turn has unknown {role_key} {item[role_key]!r}")
+        turns.append((role, str(item[text_key])))
+    last = max((i for i, (r, _) in enumerate(turns) if r == "assistant"), default=None)
+    if last is None:
+        raise ValueError(f"{kind} record has no assistant turn (no response)")
+    if not any(r == "user" for r, _ in turns[:last]):
+        raise ValueError(f"{kind} record has no user turn before the response (no instruction)")
+    return format_turns(turns[:last]), turns[last][1]
+
+
+def prompt_and_response(record: dict, fmt: str) -> tuple[str, str]:
+    """Split one record of format ``fmt`` into (prompt text, response text)."""
+    if fmt == "alpaca":
+        return _alpaca(record)
+    if fmt == "sharegpt":
+        return _dialogue(record["conversations"], "from", "value", "ShareGPT")
+    return _dialogue(record["messages"], "role", "content", "messages")
+
+
+def _parse_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SelectFlowError(
+                    f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); "
+                    "fix or remove this line"
+                ) from None
+            if not isinstance(record, dict):
+                raise SelectFlowError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            yield lineno, record
+
+
+def read_dataset(path: str | os.PathLike, dataset: str) -> list[dict]:
+    """Read one JSONL file into normalised records (see module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelectFlowError(
+            f"dataset '{dataset}': file {path} does not exist; fix 'datasets.{dataset}' in the config"
+        )
+    parsed = list(_parse_lines(path))
+    if not parsed:
+        raise SelectFlowError(f"dataset '{dataset}': {path} holds no records; remove it from 'datasets' or fill it")
+    try:
+        fmt = detect_format(parsed[0][1])
+    except ValueError as exc:
+        raise SelectFlowError(f"{path}:{parsed[0][0]}: {exc}") from None
+    ids = [rec.get("id") for _, rec in parsed]
+    use_ids = all(i is not None for i in ids) and len({str(i) for i in ids}) == len(ids)
+    if any(i is not None for i in ids) and not use_ids:
+        log.warning("%s: 'id' missing or repeated; sample ids fall back to '%s:<line>'", path, dataset)
+    out = []
+    for (lineno, record), rid in zip(parsed, ids):
+        try:
+            if detect_format(record) != fmt:
+                raise ValueError(f"record is not in the file's format ({fmt}, detected from line {parsed[0][0]})")
+            prompt, response = prompt_and_response(record, fmt)
+        except ValueError as exc:
+            raise SelectFlowError(f"{path}:{lineno}: {exc}") from None
+        out.append(
+            {
+                "sample_id": str(rid) if use_ids else f"{dataset}:{lineno}",
+                "dataset": dataset,
+                "line": lineno,
+                "prompt": prompt,
+                "response": response,
+                "record": record,
+            }
+        )
+    log.info("%s: %d %s records", path, len(out), fmt)
+    return out
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file the workflow wrote (shards, selections)."""
+    return [rec for _, rec in _parse_lines(Path(path))]
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Atomically write records as JSON lines; return how many were written."""
+    n = 0
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}"
+
+
+def split_into_shards(path: str | os.PathLike, dataset: str, out_dir: str | os.PathLike, shard_size: int) -> list[Path]:
+    """Write ``out_dir/shard_XXXXX.jsonl`` files of at most ``shard_size`` normalised records.
+
+    The folder appears whole or not at all (it is built beside and renamed).
+    """
+    from .fsutil import atomic_dir
+
+    if shard_size < 1:
+        raise SelectFlowError(f"shard_size must be >= 1, got {shard_size}")
+    records = read_dataset(path, dataset)
+    names = []
+    with atomic_dir(out_dir) as tmp:
+        for k, start in enumerate(range(0, len(records), shard_size)):
+            write_jsonl(Path(tmp) / f"{shard_name(k)}.jsonl", records[start : start + shard_size])
+            names.append(Path(out_dir) / f"{shard_name(k)}.jsonl")
+    return names
