@@ -1,0 +1,26 @@
+rule router_dump:
+    input:
+        shard=f"{RESULTS}/shards/{{dataset}}/{{shard}}.jsonl",
+        model=config["model"]["path"],
+    output:
+        f"{RESULTS}/router_data/{{dataset}}/{{shard}}.h5",
+    params:
+        settings=config["router_dump"],
+    resources:
+        gpu=1,
+        batch_size=scaled(config["router_dump"]["batch_size"]),
+        attempt=current_attempt,
+    log:
+        f"{LOGS}/router_dump/{{dataset}}/{{shard}}.log",
+    benchmark:
+        f"{BENCH}/router_dump/{{dataset}}/{{shard}}.tsv"
+    conda:
+        "../envs/selectflow.yaml"
+    script:
+        "../scripts/router_dump.py"
+
+
+rule router_data:
+    # Target to stop after inference: snakemake router_data
+    input:
+        router_shards,

@@ -1,0 +1,77 @@
+checkpoint candidates:
+    input:
+        router_shards,
+    output:
+        h5=f"{RESULTS}/selection/candidates.h5",
+        quality=f"{RESULTS}/selection/quality.tsv",
+    params:
+        selection=SEL,
+    log:
+        f"{LOGS}/selection/candidates.log",
+    benchmark:
+        f"{BENCH}/selection/candidates.tsv"
+    conda:
+        "../envs/selectflow.yaml"
+    script:
+        "../scripts/candidates.py"
+
+
+rule distance_block:
+    input:
+        f"{RESULTS}/selection/candidates.h5",
+    output:
+        f"{RESULTS}/selection/distances/block_{{i}}_{{j}}.h5",
+    params:
+        block_size=SEL["distance_batch_size"],
+        device=SEL["device"],
+    resources:
+        gpu=1,
+        sub_chunk=scaled(SEL["distance_batch_size"]),
+        attempt=current_attempt,
+    log:
+        f"{LOGS}/selection/distances/block_{{i}}_{{j}}.log",
+    benchmark:
+        f"{BENCH}/selection/distances/block_{{i}}_{{j}}.tsv"
+    conda:
+        "../envs/selectflow.yaml"
+    script:
+        "../scripts/distance_block.py"
+
+
+rule fps:
+    input:
+        candidates=f"{RESULTS}/selection/candidates.h5",
+        blocks=distance_blocks,
+    output:
+        f"{RESULTS}/selection/fps_curve.tsv",
+    params:
+        selection=SEL,
+        block_dir=f"{RESULTS}/selection/distances",
+    resources:
+        gpu=1,
+        chunk=scaled(SEL["distance_batch_size"]),
+        attempt=current_attempt,
+    log:
+        f"{LOGS}/selection/fps.log",
+    benchmark:
+        f"{BENCH}/selection/fps.tsv"
+    conda:
+        "../envs/selectflow.yaml"
+    script:
+        "../scripts/fps.py"
+
+
+rule selected_data:
+    input:
+        candidates=f"{RESULTS}/selection/candidates.h5",
+        curve=f"{RESULTS}/selection/fps_curve.tsv",
+        router=router_shards,
+    output:
+        selected=f"{RESULTS}/selection/selected_data.jsonl",
+        summary=f"{RESULTS}/selection/selection_summary.tsv",
+    log:
+        f"{LOGS}/selection/selected_data.log",
+    conda:
+        "../envs/selectflow.yaml"
+    script:
+        "../scripts/selected_data.py"

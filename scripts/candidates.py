@@ -1,0 +1,20 @@
+"""Checkpoint candidates: quality scores, stage-1 filter and FPS features -> candidates.h5."""
+from selectflow.jobs import run_job
+from selectflow.select import build_candidates
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+sel = sm.params.selection
+run_job(
+    sm,
+    lambda: build_candidates(
+        list(sm.input),
+        sm.output.h5,
+        sm.output.quality,
+        method=sel["quality_method"],
+        field=sel["quality_field"],
+        selection_percentage=sel["selection_percentage"],
+        importance_selection_percentage=sel["importance_selection_percentage"],
+        disable_diversity=sel["disable_diversity"],
+        metric=sel["metric"],
+    ),
+)

@@ -1,0 +1,11 @@
+"""Rule selected_data: join picks with the original records -> selected_data.jsonl + summary."""
+from selectflow.jobs import run_job
+from selectflow.select import write_selection
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+run_job(
+    sm,
+    lambda: write_selection(
+        sm.input.candidates, sm.input.curve, list(sm.input.router), sm.output.selected, sm.output.summary
+    ),
+)

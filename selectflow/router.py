@@ -1,0 +1,262 @@
+"""Router-data dump: one forward pass per batch → routing probabilities and response NLLs.
+
+For each sample (a normalised record, see :mod:`selectflow.records`) the dump computes,
+in the same pass:
+
+* ``moe_probs`` [L, E]: softmax of each MoE layer's router logits, averaged over the
+  sample's valid (attention-mask) tokens;
+* ``quality_logits`` [L, 2]: Select-MoE quality-gate outputs (modules whose name matches
+  ``quality_gate_pattern``), averaged the same way, when the model has them;
+* ``nll_response``: mean NLL of the response tokens given the prompt, and (``ifd``)
+  ``nll_response_alone``: the same tokens after an empty prompt.
+
+Router logits come from ``output_router_logits=True`` where the model returns them
+(Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE), else from forward hooks on modules whose name
+matches ``router_pattern``. Batches are length-sorted; rows are written in shard order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .device import inference_dtype, resolve_device
+from .errors import SelectFlowError
+from .records import format_turns, read_jsonl
+from .routerfile import RouterShard, write_router_shard
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROUTER_PATTERN = r"(^|\.)(mlp|block_sparse_moe|moe)\.(gate|router)$"
+
+
+@dataclass
+class DumpSettings:
+    batch_size: int = 16
+    max_length: int = 512
+    ifd: bool = True
+    router_pattern: str = DEFAULT_ROUTER_PATTERN
+    quality_gate_pattern: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    sort_by_length: bool = True
+
+    def digest(self) -> str:
+        """Short hash of every setting that changes the dumped numbers."""
+        keys = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device", "sort_by_length")}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_model(path: str, device: torch.device, dtype: torch.dtype):
+    """Load a local Hugging Face causal LM and its tokenizer (``from_pretrained``, no download)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise SelectFlowError(f"model path {path} is not a folder; set 'model.path' to a local Hugging Face model folder")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def named_modules_matching(model: torch.nn.Module, pattern: str) -> list[tuple[str, torch.nn.Module]]:
+    rx = re.compile(pattern)
+    return [(name, mod) for name, mod in model.named_modules() if rx.search(name)]
+
+
+@contextmanager
+def capture_outputs(modules: list[tuple[str, torch.nn.Module]]):
+    """Record each module's first output tensor per forward call, in module order."""
+    captured: list[list[torch.Tensor]] = [[] for _ in modules]
+    handles = []
+    for slot, (_, module) in zip(captured, modules):
+        def hook(_mod, _inp, out, slot=slot):
+            slot.append(out[0] if isinstance(out, (tuple, list)) else out)
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def supports_router_output(model) -> bool:
+    return hasattr(model.config, "output_router_logits")
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt + response + eos, cut to ``max_length``; and the prompt's length.
+
+    Prompt and response are tokenised separately so the response tokens are exactly
+    those scored, whatever the tokenizer does at the boundary.
+    """
+    p = tokenizer(prompt, add_special_tokens=False).input_ids
+    r = tokenizer(response, add_special_tokens=False).input_ids
+    if tokenizer.eos_token_id is not None:
+        r = r + [tokenizer.eos_token_id]
+    return (p + r)[:max_length], min(len(p), max_length)
+
+
+def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return ids, mask
+
+
+def _masked_token_mean(per_layer: list[torch.Tensor], mask: torch.Tensor, softmax: bool) -> torch.Tensor:
+    """[B·T, K] (or [B, T, K]) per layer → [B, L, K] mean over the mask's valid tokens."""
+    b, t = mask.shape
+    m = mask.to(torch.float32).unsqueeze(-1)
+    out = []
+    for x in per_layer:
+        x = x.reshape(b, t, -1).float()
+        if softmax:
+            x = torch.softmax(x, dim=-1)
+        out.append((x * m).sum(1) / m.sum(1).clamp_min(1))
+    return torch.stack(out, dim=1)
+
+
+def _response_nll(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean NLL of tokens [start, length) of each row (token i predicted from position i-1)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    tok_nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, T-1]
+    nll, count = np.full(len(starts), np.nan, dtype=np.float32), np.zeros(len(starts), dtype=np.int32)
+    for row, (s, n) in enumerate(zip(starts, lengths)):
+        s = max(s, 1)  # the first token has nothing to be predicted from
+        if n > s:
+            nll[row] = tok_nll[row, s - 1 : n - 1].mean().item()
+            count[row] = n - s
+    return nll, count
+
+
+class RouterDumper:
+    """Holds a loaded model and turns lists of normalised records into :class:`RouterShard` s."""
+
+    def __init__(self, model, tokenizer, settings: DumpSettings, device: torch.device):
+        self.model, self.tokenizer, self.settings, self.device = model, tokenizer, settings, device
+        self.use_output = supports_router_output(model)
+        self.routers = [] if self.use_output else named_modules_matching(model, settings.router_pattern)
+        if not self.use_output and not self.routers:
+            raise SelectFlowError(
+                f"no MoE routers found in {type(model).__name__}: the model returns no router logits and no module "
+                f"name matches router_pattern {settings.router_pattern!r}; use an MoE model or set "
+                "'router_dump.router_pattern'"
+            )
+        self.quality_gates = (
+            named_modules_matching(model, settings.quality_gate_pattern) if settings.quality_gate_pattern else []
+        )
+        log.info("routers via %s; %d quality gates", "output_router_logits" if self.use_output else
+                 f"hooks on {len(self.routers)} modules", len(self.quality_gates))
+
+    @classmethod
+    def from_path(cls, path: str, settings: DumpSettings) -> RouterDumper:
+        device = resolve_device(settings.device)
+        model, tokenizer = load_model(path, device, inference_dtype(device, settings.dtype))
+        return cls(model, tokenizer, settings, device)
+
+    def _forward(self, seqs: list[list[int]]):
+        ids, mask = _pad(seqs, self.tokenizer.pad_token_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with capture_outputs(self.routers) as routed, capture_outputs(self.quality_gates) as gates:
+            kwargs = {"output_router_logits": True} if self.use_output else {}
+            out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
+        router_logits = list(out.router_logits) if self.use_output else [r[0] for r in routed]
+        if not router_logits or any(r is None for r in router_logits):
+            raise SelectFlowError(f"{type(self.model).__name__} produced no router logits; set 'router_dump.router_pattern'")
+        return ids, mask, out.logits, router_logits, [g[0] for g in gates]
+
+    def _batch(self, records: list[dict]) -> dict[str, np.ndarray]:
+        s = self.settings
+        pairs = [encode_pair(self.tokenizer, r["prompt"], r["response"], s.max_length) for r in records]
+        seqs = [p for p, _ in pairs]
+        ids, mask, logits, router_logits, gates = self._forward(seqs)
+        lengths = [len(x) for x in seqs]
+        nll, n_resp = _response_nll(logits, ids, [n for _, n in pairs], lengths)
+        out = {
+            "moe_probs": _masked_token_mean(router_logits, mask, softmax=True).cpu().numpy(),
+            "nll_response": nll,
+            "n_response_tokens": n_resp,
+            "n_tokens": np.asarray(lengths, dtype=np.int32),
+        }
+        if gates:
+            out["quality_logits"] = _masked_token_mean(gates, mask, softmax=False).cpu().numpy()
+        if s.ifd:
+            header = self.tokenizer(format_turns([]), add_special_tokens=False).input_ids
+            alone = [encode_pair(self.tokenizer, format_turns([]), r["response"], s.max_length)[0] for r in records]
+            ids2, _, logits2, _, _ = self._forward(alone)
+            out["nll_response_alone"], _ = _response_nll(logits2, ids2, [len(header)] * len(alone), [len(a) for a in alone])
+        return out
+
+    @torch.inference_mode()
+    def dump(self, records: list[dict], batch_size: int | None = None, progress: bool = True) -> RouterShard:
+        """Run the model over ``records``; rows of the result follow the input order."""
+        from .oom import run_adaptive
+
+        s = self.settings
+        batch_size = batch_size or s.batch_size
+        order = list(range(len(records)))
+        if s.sort_by_length:
+            order.sort(key=lambda i: len(records[i]["prompt"]) + len(records[i]["response"]), reverse=True)
+        bar = tqdm(total=len(records), desc="router dump", unit="sample", disable=not progress, mininterval=1.0)
+
+        def run(lo: int, hi: int):
+            part = self._batch([records[i] for i in order[lo:hi]])
+            bar.update(hi - lo)
+            return order[lo:hi], part
+
+        results = run_adaptive(lambda lo, hi: run(lo, hi), 0, len(records), batch_size, what="router-dump batch")
+        bar.close()
+        keys = results[0][1].keys() if results else []
+        rows = np.concatenate([np.asarray(idx) for idx, _ in results])
+        inverse = np.empty_like(rows)
+        inverse[rows] = np.arange(len(rows))
+        merged = {k: np.concatenate([part[k] for _, part in results])[inverse] for k in keys}
+        return RouterShard(
+            sample_id=np.array([r["sample_id"] for r in records], dtype=object),
+            record=np.array([json.dumps(r, ensure_ascii=False) for r in records], dtype=object),
+            **merged,
+        )
+
+    def close(self) -> None:
+        """Free the model and the CUDA cache (the next rule may need the memory)."""
+        from .oom import free_memory
+
+        del self.model
+        free_memory()
+
+
+def dump_shard_file(model_path: str, shard_jsonl: str, out_h5: str, settings: DumpSettings) -> int:
+    """Rule-level call: dump one JSONL shard of normalised records to ``out_h5``."""
+    records = read_jsonl(shard_jsonl)
+    if not records:
+        raise SelectFlowError(f"shard {shard_jsonl} is empty; rerun the split_dataset rule")
+    dumper = RouterDumper.from_path(model_path, settings)
+    try:
+        log.info("dumping %d samples from %s with batch size %d on %s", len(records), shard_jsonl,
+                 settings.batch_size, dumper.device)
+        shard = dumper.dump(records)
+        shard.attrs = {
+            "model_path": str(model_path),
+            "config_digest": settings.digest(),
+            "dtype": str(next(dumper.model.parameters()).dtype).replace("torch.", ""),
+            "source": str(shard_jsonl),
+        }
+        write_router_shard(out_h5, shard)
+    finally:
+        dumper.close()
+    return len(shard)
