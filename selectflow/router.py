@@ -45,6 +45,7 @@ class DumpSettings:
     max_length: int = 512
     ifd: bool = True
     router_pattern: str = DEFAULT_ROUTER_PATTERN
+    router_source: str = "auto"
     quality_gate_pattern: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -52,7 +53,8 @@ class DumpSettings:
 
     def digest(self) -> str:
         """Short hash of every setting that changes the dumped numbers."""
-        keys = {k: v for k, v in asdict(self).items() if k not in ("batch_size", "device", "sort_by_length")}
+        skip = ("batch_size", "device", "sort_by_length", "router_source")
+        keys = {k: v for k, v in asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -149,7 +151,11 @@ class RouterDumper:
 
     def __init__(self, model, tokenizer, settings: DumpSettings, device: torch.device):
         self.model, self.tokenizer, self.settings, self.device = model, tokenizer, settings, device
-        self.use_output = supports_router_output(model)
+        if settings.router_source not in ("auto", "output", "hooks"):
+            raise SelectFlowError(f"router_dump.router_source must be auto, output or hooks, not {settings.router_source!r}")
+        if settings.router_source == "output" and not supports_router_output(model):
+            raise SelectFlowError(f"{type(model).__name__} has no output_router_logits; set router_source: hooks")
+        self.use_output = settings.router_source != "hooks" and supports_router_output(model)
         self.routers = [] if self.use_output else named_modules_matching(model, settings.router_pattern)
         if not self.use_output and not self.routers:
             raise SelectFlowError(

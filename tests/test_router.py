@@ -1,0 +1,137 @@
+"""Router dump: values vs a direct forward pass, mask handling, architectures, hooks, gates."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from selectflow.errors import SelectFlowError
+from selectflow.records import read_dataset
+from selectflow.router import DumpSettings, RouterDumper, encode_pair
+from selectflow.routerfile import read_router_shard
+
+ATOL = 1e-5  # float32 on CPU: batched vs single forward differ only by summation order
+
+ARCHS = {
+    "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32),
+    "olmoe": dict(num_experts=8, num_experts_per_tok=2),
+    "mixtral": dict(num_local_experts=8, num_experts_per_tok=2),
+    "qwen2_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32),
+}
+
+
+@pytest.fixture(scope="module")
+def records(demo_pool):
+    return read_dataset(demo_pool, "demo")[:12]
+
+
+def save_arch(tmp_path, arch, tokenizer, layers=2):
+    cfg = AutoConfig.for_model(arch, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **ARCHS[arch])
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(cfg)
+    out = tmp_path / arch
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def reference(model, tokenizer, rec, max_length=256):
+    """One sample alone, no padding: softmax router probs averaged over tokens, response NLL."""
+    ids, n_prompt = encode_pair(tokenizer, rec["prompt"], rec["response"], max_length)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        out = model(input_ids=x, output_router_logits=True)
+    probs = torch.stack([torch.softmax(r.float(), -1).mean(0) for r in out.router_logits]).numpy()
+    logp = torch.log_softmax(out.logits[0, :-1].float(), -1)
+    nll = -logp[torch.arange(len(ids) - 1), x[0, 1:]]
+    return probs, nll[n_prompt - 1:].mean().item(), len(ids) - n_prompt
+
+
+def test_dump_matches_direct_forward(demo_model, records):
+    dumper = RouterDumper.from_path(str(demo_model), DumpSettings(batch_size=5, max_length=256, device="cpu"))
+    shard = dumper.dump(records, progress=False)
+    assert shard.moe_probs.shape == (len(records), 2, 8)
+    assert list(shard.sample_id) == [r["sample_id"] for r in records]
+    for row, rec in enumerate(records):
+        probs, nll, n_resp = reference(dumper.model, dumper.tokenizer, rec)
+        np.testing.assert_allclose(shard.moe_probs[row], probs, atol=ATOL)
+        assert shard.n_response_tokens[row] == n_resp
+        assert shard.nll_response[row] == pytest.approx(nll, abs=1e-4)
+    np.testing.assert_allclose(shard.moe_probs.sum(-1), 1.0, atol=1e-5)
+    assert np.isfinite(shard.nll_response_alone).all()
+
+
+def test_padding_does_not_change_a_sample(demo_model, records):
+    dumper = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", sort_by_length=False))
+    short = min(records, key=lambda r: len(r["prompt"] + r["response"]))
+    alone = dumper.dump([short], batch_size=1, progress=False)
+    mixed = dumper.dump(records + [short], batch_size=len(records) + 1, progress=False)
+    np.testing.assert_allclose(mixed.moe_probs[-1], alone.moe_probs[0], atol=ATOL)
+    assert mixed.nll_response[-1] == pytest.approx(alone.nll_response[0], abs=1e-4)
+
+
+def test_batch_size_and_sorting_do_not_change_results(demo_model, records):
+    a = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu")).dump(records, batch_size=1, progress=False)
+    b = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", sort_by_length=True)).dump(
+        records, batch_size=7, progress=False)
+    np.testing.assert_allclose(a.moe_probs, b.moe_probs, atol=ATOL)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_architectures_dump_via_output_and_hooks(tmp_path, demo_model, records, arch):
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    path = save_arch(tmp_path, arch, tokenizer)
+    out = RouterDumper.from_path(str(path), DumpSettings(device="cpu", router_source="output")).dump(records, progress=False)
+    hooked = RouterDumper.from_path(str(path), DumpSettings(device="cpu", router_source="hooks"))
+    assert len(hooked.routers) == 2
+    via_hooks = hooked.dump(records, progress=False)
+    assert out.moe_probs.shape == (len(records), 2, 8)
+    np.testing.assert_allclose(via_hooks.moe_probs, out.moe_probs, atol=1e-6)
+    # routing carries information: samples are not all routed the same way
+    assert out.moe_probs.std(axis=0).max() > 1e-3
+
+
+def test_quality_gates_are_captured_by_name(demo_model, records):
+    dumper = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", quality_gate_pattern=r"quality_gate$"))
+    torch.manual_seed(0)
+
+    def run_gate(gate):
+        # a Select-MoE model runs its gate inside the layer; here a hook runs it on the same input
+        def hook(_module, _inputs, output):
+            gate(output)
+
+        return hook
+
+    for layer in dumper.model.model.layers:
+        layer.quality_gate = torch.nn.Linear(32, 2)
+        layer.post_attention_layernorm.register_forward_hook(run_gate(layer.quality_gate))
+    dumper.__init__(dumper.model, dumper.tokenizer, dumper.settings, dumper.device)
+    assert len(dumper.quality_gates) == 2
+    shard = dumper.dump(records[:3], batch_size=3, progress=False)
+    assert shard.quality_logits.shape == (3, 2, 2)
+    assert np.isfinite(shard.quality_logits).all() and np.abs(shard.quality_logits).sum() > 0
+
+
+def test_dense_model_is_rejected(tmp_path, demo_model):
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    cfg = AutoConfig.for_model("qwen3", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "dense")
+    tokenizer.save_pretrained(tmp_path / "dense")
+    with pytest.raises(SelectFlowError, match="no MoE routers found"):
+        RouterDumper.from_path(str(tmp_path / "dense"), DumpSettings(device="cpu"))
+
+
+def test_shard_file_roundtrip(tmp_path, demo_model, demo_pool):
+    from selectflow.records import write_jsonl
+    from selectflow.router import dump_shard_file
+
+    shard_jsonl = tmp_path / "shard.jsonl"
+    write_jsonl(shard_jsonl, read_dataset(demo_pool, "demo")[:6])
+    assert dump_shard_file(str(demo_model), str(shard_jsonl), str(tmp_path / "s.h5"), DumpSettings(device="cpu")) == 6
+    shard = read_router_shard(tmp_path / "s.h5")
+    assert shard.attrs["layout_version"] == 1 and shard.attrs["model_path"] == str(demo_model)
+    assert shard.moe_probs.dtype == np.float32 and len(shard.record) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "shard.jsonl"]
