@@ -134,16 +134,23 @@ def _masked_token_mean(per_layer: list[torch.Tensor], mask: torch.Tensor, softma
 
 
 def _response_nll(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean NLL of tokens [start, length) of each row (token i predicted from position i-1)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    tok_nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, T-1]
-    nll, count = np.full(len(starts), np.nan, dtype=np.float32), np.zeros(len(starts), dtype=np.int32)
-    for row, (s, n) in enumerate(zip(starts, lengths)):
-        s = max(s, 1)  # the first token has nothing to be predicted from
-        if n > s:
-            nll[row] = tok_nll[row, s - 1 : n - 1].mean().item()
-            count[row] = n - s
-    return nll, count
+    """Mean NLL of tokens [start, length) of each row (token i predicted from position i-1).
+
+    Only the scored positions go through the softmax. Rows with no scored token get NaN.
+    """
+    b, t = ids.shape
+    pos = torch.arange(1, t, device=ids.device)
+    lo = torch.tensor(starts, device=ids.device).clamp_min(1).unsqueeze(1)  # the first token has no context
+    hi = torch.tensor(lengths, device=ids.device).unsqueeze(1)
+    scored = (pos >= lo) & (pos < hi)  # [B, T-1]: target position pos, predicted at pos-1
+    rows, cols = scored.nonzero(as_tuple=True)
+    tok_nll = torch.nn.functional.cross_entropy(
+        logits[rows, cols].float(), ids[rows, cols + 1], reduction="none"
+    )
+    count = scored.sum(1)
+    total = torch.zeros(b, device=ids.device).index_add_(0, rows, tok_nll)
+    nll = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+    return nll.cpu().numpy().astype(np.float32), count.cpu().numpy().astype(np.int32)
 
 
 class RouterDumper:

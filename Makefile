@@ -1,0 +1,22 @@
+# The two commands of the README. Both set everything up on a fresh machine (Python 3.11).
+#   make demo   install (CPU) and run the demo chain end to end
+#   make test   install (CPU) and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install
+
+$(STAMP): pyproject.toml requirements-cpu.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-cpu.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	. $(VENV)/bin/activate && snakemake --cores 1 --resources gpu=1
+
+test: $(STAMP)
+	. $(VENV)/bin/activate && python -m pytest -q -ra

@@ -1,0 +1,33 @@
+"""Helpers for tests that run the real Snakemake workflow in a scratch folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir: Path, *args: str, config: str = "small", timeout: int = 900, check: bool = True,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``snakemake`` on the repo's Snakefile inside ``workdir`` with a test config.
+
+    ``args`` come first: targets must precede options such as ``--resources`` that take
+    several values.
+    """
+    cmd = [
+        sys.executable, "-m", "snakemake", *args, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+        "--configfile", str(REPO / "tests" / "configs" / config / "config.yaml"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def ran_jobs(proc: subprocess.CompletedProcess) -> list[str]:
+    """Rule names of the jobs a Snakemake run executed, from its log on stderr."""
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [ln.split()[-1].rstrip(":") for ln in lines if ln.startswith(("rule ", "localrule ", "checkpoint "))]
