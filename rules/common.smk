@@ -1,9 +1,6 @@
-import glob
-
 from snakemake.utils import validate
 
 from selectflow.oom import attempt_size
-
 
 validate(config, "../schemas/config.schema.yaml")
 

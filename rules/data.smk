@@ -1,13 +1,13 @@
 rule demo_pool:
     output:
         "resources/demo/demo_pool.jsonl",
-    params:
-        n_records=config["demo"]["n_records"],
-        seed=config["demo"]["seed"],
     log:
         "logs/demo/demo_pool.log",
     conda:
         "../envs/selectflow.yaml"
+    params:
+        n_records=config["demo"]["n_records"],
+        seed=config["demo"]["seed"],
     script:
         "../scripts/demo_pool.py"
 
@@ -17,12 +17,12 @@ rule demo_model:
         pool="resources/demo/demo_pool.jsonl",
     output:
         directory("resources/demo/model"),
-    params:
-        seed=config["demo"]["seed"],
     log:
         "logs/demo/demo_model.log",
     conda:
         "../envs/selectflow.yaml"
+    params:
+        seed=config["demo"]["seed"],
     script:
         "../scripts/demo_model.py"
 
@@ -32,11 +32,11 @@ checkpoint split_dataset:
         lambda wc: config["datasets"][wc.dataset],
     output:
         directory(f"{RESULTS}/shards/{{dataset}}"),
-    params:
-        shard_size=config["shard_size"],
     log:
         f"{LOGS}/split_dataset/{{dataset}}.log",
     conda:
         "../envs/selectflow.yaml"
+    params:
+        shard_size=config["shard_size"],
     script:
         "../scripts/split_dataset.py"

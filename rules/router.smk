@@ -4,18 +4,18 @@ rule router_dump:
         model=config["model"]["path"],
     output:
         f"{RESULTS}/router_data/{{dataset}}/{{shard}}.h5",
-    params:
-        settings=config["router_dump"],
-    resources:
-        gpu=1,
-        batch_size=scaled(config["router_dump"]["batch_size"]),
-        attempt=current_attempt,
     log:
         f"{LOGS}/router_dump/{{dataset}}/{{shard}}.log",
     benchmark:
         f"{BENCH}/router_dump/{{dataset}}/{{shard}}.tsv"
     conda:
         "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        batch_size=scaled(config["router_dump"]["batch_size"]),
+        attempt=current_attempt,
+    params:
+        settings=config["router_dump"],
     script:
         "../scripts/router_dump.py"
 

@@ -4,14 +4,14 @@ checkpoint candidates:
     output:
         h5=f"{RESULTS}/selection/candidates.h5",
         quality=f"{RESULTS}/selection/quality.tsv",
-    params:
-        selection=SEL,
     log:
         f"{LOGS}/selection/candidates.log",
     benchmark:
         f"{BENCH}/selection/candidates.tsv"
     conda:
         "../envs/selectflow.yaml"
+    params:
+        selection=SEL,
     script:
         "../scripts/candidates.py"
 
@@ -21,19 +21,19 @@ rule distance_block:
         f"{RESULTS}/selection/candidates.h5",
     output:
         f"{RESULTS}/selection/distances/block_{{i}}_{{j}}.h5",
-    params:
-        block_size=SEL["distance_batch_size"],
-        device=SEL["device"],
-    resources:
-        gpu=1,
-        sub_chunk=scaled(SEL["distance_batch_size"]),
-        attempt=current_attempt,
     log:
         f"{LOGS}/selection/distances/block_{{i}}_{{j}}.log",
     benchmark:
         f"{BENCH}/selection/distances/block_{{i}}_{{j}}.tsv"
     conda:
         "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        sub_chunk=scaled(SEL["distance_batch_size"]),
+        attempt=current_attempt,
+    params:
+        block_size=SEL["distance_batch_size"],
+        device=SEL["device"],
     script:
         "../scripts/distance_block.py"
 
@@ -44,19 +44,19 @@ rule fps:
         blocks=distance_blocks,
     output:
         f"{RESULTS}/selection/fps_curve.tsv",
-    params:
-        selection=SEL,
-        block_dir=f"{RESULTS}/selection/distances",
-    resources:
-        gpu=1,
-        chunk=scaled(SEL["distance_batch_size"]),
-        attempt=current_attempt,
     log:
         f"{LOGS}/selection/fps.log",
     benchmark:
         f"{BENCH}/selection/fps.tsv"
     conda:
         "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        chunk=scaled(SEL["distance_batch_size"]),
+        attempt=current_attempt,
+    params:
+        selection=SEL,
+        block_dir=f"{RESULTS}/selection/distances",
     script:
         "../scripts/fps.py"
 

@@ -1,0 +1,57 @@
+"""Render the config keys table (config/README.md) from schemas/config.schema.yaml.
+
+The schema is the single source of truth for keys, types, defaults and meanings; the
+table is regenerated with ``python -m selectflow config-doc > config/README.md`` and a
+test checks that the committed file is current.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+HEADER = """# Configuration keys
+
+`config/config.yaml` is validated against `schemas/config.schema.yaml` when the workflow
+starts; an unknown key or a wrong type stops the run with a message naming the key.
+Missing keys take the defaults below. Generated from the schema by
+`python -m selectflow config-doc > config/README.md` (a test keeps it current).
+
+| key | type | default | meaning |
+|---|---|---|---|
+"""
+
+
+def _type(node: dict) -> str:
+    t = node.get("type", "object")
+    text = " or ".join(t) if isinstance(t, list) else t
+    if "enum" in node:
+        text += ": " + ", ".join(f"`{v}`" for v in node["enum"])
+    return text
+
+
+def _rows(node: dict, prefix: str = ""):
+    for key, sub in node.get("properties", {}).items():
+        name = f"{prefix}{key}"
+        if sub.get("type") == "object" and "properties" in sub:
+            if sub.get("description"):
+                yield name, "section", "", sub["description"]
+            yield from _rows(sub, name + ".")
+        else:
+            if "default" in sub:
+                value = sub["default"]
+                shown = f"`{value if isinstance(value, str) else json.dumps(value)}`"
+            else:
+                shown = "(required)" if key in node.get("required", []) else ""
+            yield name, _type(sub), shown, sub.get("description", "")
+
+
+def render(schema_path: Path = SCHEMA) -> str:
+    schema = yaml.safe_load(schema_path.read_text())
+    cell = lambda text: text.replace("|", "\\|")  # noqa: E731 - a pipe would end the table cell
+    lines = [f"| `{k}` | {cell(t)} | {cell(d)} | {cell(m)} |" for k, t, d, m in _rows(schema)]
+    return HEADER + "\n".join(lines) + "\n"

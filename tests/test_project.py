@@ -1,0 +1,54 @@
+"""Project hygiene a user relies on: lint-clean rules, current config docs, schema errors."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from selectflow.configdoc import render
+
+from .workflow import REPO
+
+
+def test_config_readme_is_current():
+    assert (REPO / "config" / "README.md").read_text() == render(), "run: python -m selectflow config-doc > config/README.md"
+
+
+def test_every_schema_key_has_a_description():
+    from selectflow.configdoc import _rows
+
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    missing = [key for key, _, _, meaning in _rows(schema) if not meaning]
+    assert missing == []
+
+
+def test_snakefmt_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_snakemake_lint_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("patch, words", [
+    ({"shard_size": "many"}, "shard_size"),
+    ({"no_such_key": 1}, "no_such_key"),
+    ({"selection": {"selection_percentage": 1.5}}, "selection_percentage"),
+    ({"selection": {"selection_percentage": 0}}, "selection_percentage"),
+])
+def test_bad_config_is_rejected_with_the_key(tmp_path, patch, words):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in patch.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                           "--configfile", str(tmp_path / "config.yaml")], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert words in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
