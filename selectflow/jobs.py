@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import SelectFlowError
-from .oom import is_oom
+from .oom import is_oom, limit_address_space_growth, set_adaptive
 
 log = logging.getLogger("selectflow.job")
 
@@ -35,9 +35,11 @@ EXIT_NOT_RETRIED = 4
 RERUN_COMMAND = "snakemake --cores 1 --resources gpu=1"
 
 
-def _setup_logging(log_path: str) -> None:
+def _setup_logging(log_path: str):
+    """Send logging and fd 2 to the log file; return a stream on the original stderr."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     fh = open(log_path, "a", buffering=1, encoding="utf-8")
+    console = os.fdopen(os.dup(2), "w", buffering=1)
     os.dup2(fh.fileno(), 2)
     sys.stderr = fh
     logging.basicConfig(
@@ -45,6 +47,7 @@ def _setup_logging(log_path: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.captureWarnings(True)
+    return console
 
 
 def _peak_line() -> str:
@@ -78,16 +81,18 @@ def run_job(
     for the log lines; ``gpu`` makes the job claim a device first.
     """
     log_path = snakemake.log[0]
-    _setup_logging(log_path)
+    console = _setup_logging(log_path)
     rule = snakemake.rule
     attempt = int(snakemake.resources.get("attempt", 1))
     failure = Path(f"{log_path}.failure.json")
     size = snakemake.resources.get(size_name) if size_name else None
-    factor = float(snakemake.config.get("retry", {}).get("factor", 2))
+    retry = snakemake.config.get("retry", {})
+    factor = float(retry.get("factor", 2))
     log.info("rule %s, attempt %d%s", rule, attempt, f", {size_name}={size}" if size_name else "")
 
     if attempt > 1 and failure.exists():
         previous = json.loads(failure.read_text())
+        log.info("attempt %s failed with: %s", previous.get("attempt"), previous.get("error", "").splitlines()[0])
         if previous.get("kind") != "oom":
             log.error("attempt %d of rule %s skipped: attempt %d failed with %s, which is not an out-of-memory "
                       "error, so a smaller %s would not help. Original error:\n%s", attempt, rule,
@@ -101,6 +106,11 @@ def run_job(
 
             gpu_id = snakemake.config.get("gpu_id")
             claim = claim_gpu(Path(".snakemake") / "selectflow_gpu_locks", gpu_id)
+        set_adaptive(retry.get("adaptive_chunks", True))
+        if retry.get("job_memory_budget_mb"):
+            limit = limit_address_space_growth(retry["job_memory_budget_mb"])
+            log.info("address space capped at %.0f MiB (retry.job_memory_budget_mb=%s)", limit / 2**20,
+                     retry["job_memory_budget_mb"])
         fn()
     except SelectFlowError as exc:
         log.error("%s", exc)
@@ -111,12 +121,14 @@ def run_job(
             raise
         if is_oom(exc):
             nxt = max(1, int(size // factor)) if isinstance(size, int) else None
-            log.error(
-                "OUT OF MEMORY in rule %s (attempt %d): %s: %s; %s=%s; next attempt uses %s=%s. Finished chunks are "
-                "kept; Snakemake retries automatically (profiles/default), or continue with: %s",
-                rule, attempt, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", size_name, size,
-                size_name, nxt, RERUN_COMMAND,
+            line = (
+                f"OUT OF MEMORY in rule {rule} (attempt {attempt}): {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}; {size_name}={size}; next attempt uses "
+                f"{size_name}={nxt}. Finished outputs are kept; Snakemake retries automatically (profiles/default), "
+                f"or continue with: {RERUN_COMMAND}"
             )
+            log.error("%s", line)
+            print(f"[selectflow] {line}", file=console)
             _write_failure(failure, "oom", exc, attempt)
             sys.exit(EXIT_OOM)
         log.exception("rule %s failed (not an out-of-memory error; it will not be retried with a smaller size)", rule)

@@ -24,7 +24,17 @@ _OOM_TEXT = (
     "failed to allocate",
     "std::bad_alloc",
     "cannot allocate memory",
+    "can't allocate memory",
 )
+
+# Within-job halving of sub-chunks; the job wrapper switches it off when the config says
+# so (retry.adaptive_chunks: false), leaving OOMs to the attempt-level retry alone.
+_adaptive = True
+
+
+def set_adaptive(enabled: bool) -> None:
+    global _adaptive
+    _adaptive = bool(enabled)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -56,6 +66,21 @@ def free_memory() -> None:
         pass
 
 
+def limit_address_space_growth(budget_mb: float) -> int:
+    """Cap this process's address space at its current size + ``budget_mb`` (RLIMIT_AS).
+
+    Allocations beyond it fail at once with ``MemoryError`` / an allocator error, which
+    the job wrapper treats as an OOM. Returns the limit in bytes.
+    """
+    import resource
+
+    import psutil
+
+    limit = psutil.Process().memory_info().vms + int(budget_mb * 2**20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    return limit
+
+
 def attempt_size(base: int, attempt: int, factor: float = 2.0, floor: int = 1) -> int:
     """``base`` divided by ``factor`` once per retry (attempt 1 is ``base``), never below ``floor``."""
     return max(int(floor), int(base // (factor ** (max(int(attempt), 1) - 1))))
@@ -83,7 +108,7 @@ def run_adaptive(
         try:
             results.append(fn(lo, hi))
         except Exception as exc:  # noqa: BLE001 - filtered by is_oom
-            if not is_oom(exc) or chunk <= min_chunk:
+            if not is_oom(exc) or chunk <= min_chunk or not _adaptive:
                 raise
             del exc
             free_memory()

@@ -1,0 +1,136 @@
+"""FPS against a brute-force reference: both modes, chunk/block sizes, planted ties, k >= N."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from selectflow.distance import BlockMatrix, block_count, block_path, compute_block, features
+from selectflow.errors import SelectFlowError
+from selectflow.fps import fps_matrix, fps_streaming
+
+
+def probs(n, layers=2, experts=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.dirichlet(np.full(experts, 0.7), size=(n, layers)).astype(np.float32)
+
+
+def naive_matrix(f, metric):
+    a = f.astype(np.float64)
+    diff = a[:, None, :] - a[None, :, :]
+    if metric == "wasserstein":
+        return np.abs(diff).sum(-1).astype(np.float32)
+    if metric == "l2":
+        return np.sqrt((diff**2).sum(-1)).astype(np.float32)
+    return np.maximum(0.0, 1.0 - a @ a.T).astype(np.float32)
+
+
+def brute_fps(dist, k, start):
+    """Textbook max-min: scan every unpicked candidate; strict '>' keeps the lowest index on ties."""
+    n = len(dist)
+    picks, at = [start], [np.inf]
+    while len(picks) < min(k, n):
+        best, best_c = -1.0, None
+        for c in range(n):
+            if c in picks:
+                continue
+            m = min(float(dist[c, s]) for s in picks)
+            if m > best:
+                best, best_c = m, c
+        picks.append(best_c)
+        at.append(best)
+    return np.array(picks), np.array(at)
+
+
+def with_ties(n, seed, metric):
+    """Features with planted exact ties: duplicate rows and points on an integer lattice."""
+    f = features(probs(n, seed=seed), metric)
+    rng = np.random.default_rng(seed + 100)
+    dup = rng.choice(n, size=n // 4, replace=False)
+    f[dup] = f[rng.choice(n, size=len(dup))]
+    return f
+
+
+def blocks(tmp_path, f, block_size, metric):
+    n = len(f)
+    nb = block_count(n, block_size)
+    for i in range(nb):
+        for j in range(i, nb):
+            compute_block(f, i, j, block_size, block_path(tmp_path, i, j), metric=metric, device="cpu", sub_chunk=3)
+    return BlockMatrix(tmp_path, n, block_size, metric)
+
+
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+@pytest.mark.parametrize("n, k, seed, start", [(40, 12, 0, 0), (57, 57, 1, 5), (31, 100, 2, 30), (50, 20, 3, 17)])
+def test_both_modes_equal_brute_force(tmp_path, metric, n, k, seed, start):
+    f = with_ties(n, seed, metric)
+    ref_picks, ref_at = brute_fps(naive_matrix(f, metric), k, start)
+    for chunk in (1, 7, 10_000):
+        got = fps_streaming(f, k, metric=metric, start=start, device="cpu", chunk=chunk)
+        np.testing.assert_array_equal(got.picks, ref_picks)
+        np.testing.assert_array_equal(got.min_distance, ref_at)
+    for block_size in (8, n):
+        got = fps_matrix(blocks(tmp_path / f"b{block_size}", f, block_size, metric), k, start=start)
+        np.testing.assert_array_equal(got.picks, ref_picks)
+        np.testing.assert_array_equal(got.min_distance, ref_at)
+
+
+def test_lattice_ties_go_to_lowest_index(tmp_path):
+    # one layer, one-hot routing: the Wasserstein distance of experts e1, e2 is |e1 - e2|
+    experts = [4, 8, 0, 6, 2, 8, 0]
+    p = np.zeros((len(experts), 1, 9), dtype=np.float32)
+    p[np.arange(len(experts)), 0, experts] = 1.0
+    f = features(p)
+    # from expert 4: experts 8 (indices 1, 5) and 0 (2, 6) tie at 4 -> index 1; then 0 (still at
+    # 4) -> index 2; then 6 and 2 tie at 2 -> index 3, then 4; then the duplicates at 0 -> 5, 6
+    want = [0, 1, 2, 3, 4, 5, 6]
+    want_at = [np.inf, 4, 4, 2, 2, 0, 0]
+    streaming = fps_streaming(f, 10, start=0, device="cpu", chunk=2)
+    matrix = fps_matrix(blocks(tmp_path, f, 3, "wasserstein"), 10, start=0)
+    for got in (streaming, matrix):
+        assert got.picks.tolist() == want
+        assert got.min_distance.tolist() == want_at
+    # reversed, expert 0 holds the lowest tied index: the index decides, not the value
+    rev = fps_streaming(f[::-1].copy(), 3, start=len(experts) - 1, device="cpu")
+    assert rev.picks.tolist() == [6, 0, 1]
+
+
+def test_k_at_least_n_returns_each_candidate_once():
+    f = with_ties(25, 4, "wasserstein")
+    got = fps_streaming(f, 1000, device="cpu", start=3)
+    assert len(got.picks) == 25 and sorted(got.picks.tolist()) == list(range(25))
+    assert got.picks[0] == 3
+    curve = got.curve()
+    assert curve.columns.tolist() == ["step", "candidate_index", "min_distance"] and len(curve) == 25
+    # max-min distances never increase along the curve
+    assert np.all(np.diff(got.min_distance[1:]) <= 0)
+
+
+def test_logs_max_min_distance_every_interval(caplog):
+    f = features(probs(30, seed=5))
+    with caplog.at_level(logging.INFO, logger="selectflow.fps"):
+        got = fps_streaming(f, 25, device="cpu", log_interval=10)
+    steps = [r for r in caplog.messages if "step" in r]
+    assert [m.split("step ")[1].split("/")[0] for m in steps] == ["0", "10", "20"]
+    assert f"max-min distance {got.min_distance[10]:.6g}" in steps[1]
+
+
+def test_bad_arguments_rejected():
+    f = features(probs(5))
+    with pytest.raises(SelectFlowError, match="k >= 1"):
+        fps_streaming(f, 0, device="cpu")
+    with pytest.raises(SelectFlowError, match="start index 9"):
+        fps_streaming(f, 2, start=9, device="cpu")
+    with pytest.raises(SelectFlowError, match="unknown distance metric"):
+        fps_streaming(f, 2, metric="manhattan", device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+def test_cuda_picks_identical_to_cpu(metric):
+    f = with_ties(3000, 6, metric)
+    cpu = fps_streaming(f, 300, metric=metric, device="cpu")
+    gpu = fps_streaming(f, 300, metric=metric, device="cuda", chunk=777)
+    np.testing.assert_array_equal(cpu.picks, gpu.picks)
+    np.testing.assert_array_equal(cpu.min_distance, gpu.min_distance)

@@ -1,0 +1,86 @@
+"""Quality scores against hand-computed values, and the errors for absent data."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from selectflow.errors import SelectFlowError
+from selectflow.quality import quality_scores
+from selectflow.routerfile import RouterShard
+
+
+def shard(n=3, *, logits=None, nll=None, alone=None, resp_tokens=None, records=None):
+    ids = np.array([f"s{i}" for i in range(n)], dtype=object)
+    return RouterShard(
+        sample_id=ids,
+        moe_probs=np.full((n, 2, 4), 0.25, dtype=np.float32),
+        nll_response=np.asarray(nll if nll is not None else np.ones(n), dtype=np.float32),
+        n_tokens=np.full(n, 10, dtype=np.int32),
+        n_response_tokens=np.asarray(resp_tokens if resp_tokens is not None else np.full(n, 5), dtype=np.int32),
+        quality_logits=None if logits is None else np.asarray(logits, dtype=np.float32),
+        nll_response_alone=None if alone is None else np.asarray(alone, dtype=np.float32),
+        record=None if records is None else np.array([json.dumps(r) for r in records], dtype=object),
+    )
+
+
+def test_gate_is_mean_over_layers_of_softmax_index_0():
+    logits = [[[2.0, 0.0], [0.0, 0.0]], [[0.0, 3.0], [-1.0, 1.0]], [[100.0, -100.0], [5.0, 5.0]]]
+    score, keep = quality_scores(shard(logits=logits), "gate")
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731 - softmax of two logits = sigmoid of their difference
+    expected = [(sig(2) + 0.5) / 2, (sig(-3) + sig(-2)) / 2, (1.0 + 0.5) / 2]
+    np.testing.assert_allclose(score, expected, rtol=1e-12)
+    assert keep.all() and score.dtype == np.float64
+
+
+def test_auto_uses_gate_when_logits_present_else_ifd():
+    logits = [[[1.0, 0.0]] * 2] * 3
+    with_gate = shard(logits=logits, alone=[2.0, 2.0, 2.0])
+    np.testing.assert_allclose(quality_scores(with_gate, "auto")[0], quality_scores(with_gate, "gate")[0])
+    no_gate = shard(nll=[1.0, 1.5, 3.0], alone=[2.0, 2.0, 2.0])
+    np.testing.assert_allclose(quality_scores(no_gate, "auto")[0], [0.5, 0.75, 1.5], rtol=1e-6)
+
+
+def test_ifd_ratio_and_drops():
+    s = shard(
+        n=6,
+        nll=[1.0, 2.0, 3.0, np.nan, 1.0, 1.0],
+        alone=[2.0, 2.0, 2.0, 2.0, 0.0, 4.0],
+        resp_tokens=[5, 5, 5, 0, 5, 0],
+    )
+    score, keep = quality_scores(s, "ifd")
+    np.testing.assert_allclose(score[:3], [0.5, 1.0, 1.5])
+    # IFD >= 1, NaN NLL, division by zero, and no response tokens are all dropped
+    assert keep.tolist() == [True, False, False, False, False, False]
+
+
+def test_perplexity_is_negative_nll():
+    score, keep = quality_scores(shard(nll=[0.5, 2.0, np.nan], resp_tokens=[3, 3, 0]), "perplexity")
+    np.testing.assert_allclose(score[:2], [-0.5, -2.0])
+    assert keep.tolist() == [True, True, False]
+
+
+def test_field_reads_original_record():
+    recs = [{"sample_id": f"s{i}", "dataset": "d", "record": {"score": v}} for i, v in enumerate([3, 1.5, -2])]
+    score, keep = quality_scores(shard(records=recs), "field", "score")
+    assert score.tolist() == [3.0, 1.5, -2.0] and keep.all()
+
+
+@pytest.mark.parametrize("value, phrase", [(None, "has no field"), ("high", "non-numeric"), (True, "non-numeric")])
+def test_field_missing_or_non_numeric_names_sample_and_field(value, phrase):
+    recs = [{"sample_id": "s0", "dataset": "d", "record": {"score": 1}},
+            {"sample_id": "s1", "dataset": "d", "record": {} if value is None else {"score": value}}]
+    with pytest.raises(SelectFlowError, match=rf"'s1'.*{phrase}.*'score'"):
+        quality_scores(shard(n=2, records=recs), "field", "score")
+
+
+def test_errors_for_unknown_method_and_absent_data():
+    with pytest.raises(SelectFlowError, match="unknown quality method 'best'"):
+        quality_scores(shard(), "best")
+    with pytest.raises(SelectFlowError, match="router_dump.ifd"):
+        quality_scores(shard(), "auto")
+    with pytest.raises(SelectFlowError, match="quality_logits"):
+        quality_scores(shard(), "gate")
+    with pytest.raises(SelectFlowError, match="needs the name"):
+        quality_scores(shard(), "field")

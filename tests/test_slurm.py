@@ -1,0 +1,161 @@
+"""The workflow on a real single-node SLURM cluster, through profiles/slurm.
+
+Needs root and the SLURM Debian packages: .ci/slurm.sh installs them and runs this file
+with SELECTFLOW_SLURM=1; everywhere else it is skipped. tests/slurm/cluster.sh starts
+munged, slurmctld and slurmd (one node, one fake GPU of model "fake", partitions
+"debug" and "all") for the module and stops them by their PID files afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "tests" / "slurm"
+CONFIG = HERE / "config" / "config.yaml"
+TARGET = "router_data"
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(os.environ.get("SELECTFLOW_SLURM") != "1",
+                       reason="needs a SLURM cluster of its own: run .ci/slurm.sh (sets SELECTFLOW_SLURM=1)"),
+]
+
+# Cluster-friendly defaults of the profile, shortened for a test: without slurmdbd sacct
+# does not work, and the first status check would come only after 40 s.
+SLURM_ARGS = ["--profile", str(REPO / "profiles" / "slurm"),
+              "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1"]
+
+
+def snakemake(workdir: Path, *args: str, env: dict[str, str], snakefile: Path = REPO / "Snakefile") -> subprocess.Popen:
+    """Start ``snakemake ARGS -s SNAKEFILE -d WORKDIR`` with stdout+stderr in WORKDIR/snakemake.out."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    # a developer's own site settings must not leak into the run
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SELECTFLOW_SLURM_")}
+    with open(workdir / "snakemake.out", "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "snakemake", *args, "-s", str(snakefile), "-d", str(workdir)],
+                                stdout=out, stderr=subprocess.STDOUT, text=True, env={**clean, **env}, cwd=REPO)
+
+
+def finish(proc: subprocess.Popen, workdir: Path, timeout: int = 600) -> str:
+    """Wait for a run from :func:`snakemake`; its output, or an AssertionError showing it."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    text = (workdir / "snakemake.out").read_text()
+    if proc.returncode != 0:
+        raise AssertionError(f"snakemake in {workdir} failed ({proc.returncode}):\n{text[-10000:]}")
+    return text
+
+
+def slurm_jobs(run_log: str, env: dict[str, str]) -> list[dict[str, str]]:
+    """Every SLURM job of one Snakemake run (its job name is the run ID), oldest first."""
+    run_id = re.search(r"SLURM run ID: (\S+)", run_log).group(1)
+    out = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True, check=True,
+                         env={**os.environ, **env}).stdout
+    jobs = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
+    return sorted((j for j in jobs if j["JobName"] == run_id), key=lambda j: int(j["JobId"]))
+
+
+def h5_contents(path: Path) -> dict[str, object]:
+    """Every dataset and attribute of an HDF5 file, by name."""
+    found: dict[str, object] = {}
+    with h5py.File(path, "r") as f:
+        found.update({f"@{k}": v for k, v in f.attrs.items()})
+        f.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def outputs(workdir: Path) -> dict[str, object]:
+    """What the demo chain produced under results/, HDF5 as contents, other files as bytes."""
+    files = sorted(p for p in (workdir / "results").rglob("*") if p.is_file())
+    return {str(p.relative_to(workdir)): h5_contents(p) if p.suffix == ".h5" else p.read_bytes() for p in files}
+
+
+def assert_same(local: dict[str, object], slurm: dict[str, object]) -> None:
+    assert local.keys() == slurm.keys()
+    for name, want in local.items():
+        got = slurm[name]
+        if isinstance(want, dict):
+            assert want.keys() == got.keys(), name
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{name}: {key}")
+        else:
+            assert got == want, name
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """SLURM_CONF of a fresh single-node cluster, stopped after the module's tests."""
+    # not under pytest's tmp_path: that is private to root, and munged runs as user munge
+    state = Path(tempfile.mkdtemp(prefix="selectflow-slurm-"))
+    script = HERE / "cluster.sh"
+    try:
+        subprocess.run(["bash", str(script), "start", str(state)], check=True, timeout=120)
+        yield {"SLURM_CONF": str(state / "slurm.conf")}
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(state)], check=True, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_demo_chain_on_slurm_matches_local_run(cluster, tmp_path):
+    # the local reference run shares the two cores with the SLURM run, which mostly waits
+    local = snakemake(tmp_path / "local", TARGET, "--configfile", str(CONFIG), "--cores", "1",
+                      "--resources", "gpu=1", env={})
+    site = {"SELECTFLOW_SLURM_PARTITION": "all", "SELECTFLOW_SLURM_GPU_MODEL": "fake"}
+    on_slurm = snakemake(tmp_path / "slurm", TARGET, "--configfile", str(CONFIG), *SLURM_ARGS,
+                         env={**cluster, **site})
+    finish(local, tmp_path / "local")
+    log = finish(on_slurm, tmp_path / "slurm")
+
+    assert_same(outputs(tmp_path / "local"), outputs(tmp_path / "slurm"))
+
+    jobs = slurm_jobs(log, cluster)
+    rules = [re.match(r"rule_([a-z_]+?)(_wildcards_|$)", j["Comment"]).group(1) for j in jobs]
+    assert {"demo_pool", "demo_model", "split_dataset", "router_dump"} <= set(rules)
+    assert all(j["JobState"] == "COMPLETED" and j["Partition"] == "all" for j in jobs)
+    for job, rule in zip(jobs, rules):
+        gpu = job.get("TresPerJob")
+        if rule == "router_dump":
+            assert gpu == "gres:gpu:fake:1", job
+            assert (job["MinMemoryNode"], job["TimeLimit"]) == ("16000M", "04:00:00"), job
+        else:
+            assert gpu in (None, "(null)"), job
+            assert (job["MinMemoryNode"], job["TimeLimit"]) == ("4000M", "01:00:00"), job
+
+
+def test_memory_kill_is_retried_as_new_job_with_more_memory(cluster, tmp_path):
+    snakefile = HERE / "retry" / "Snakefile"
+    dry = finish(snakemake(tmp_path, "-n", *SLURM_ARGS, "--config", "alloc_mb=1", env=cluster,
+                           snakefile=snakefile), tmp_path)
+    first_mb = int(re.search(r"mem_mb=(\d+)", dry).group(1))
+    alloc_mb = first_mb + first_mb // 4
+
+    log = finish(snakemake(tmp_path, *SLURM_ARGS, "--retries", "1", "--config", f"alloc_mb={alloc_mb}",
+                           env=cluster, snakefile=snakefile), tmp_path)
+
+    jobs = slurm_jobs(log, cluster)
+    assert [j["JobState"] for j in jobs] == ["FAILED", "COMPLETED"], jobs
+    killed, retried = jobs
+    assert killed["JobId"] != retried["JobId"]
+    assert killed["MinMemoryNode"] == f"{first_mb}M"
+    assert int(retried["MinMemoryNode"].rstrip("M")) > alloc_mb
+    slurm_log = Path(killed["StdOut"]).read_text()
+    assert "exceeded memory limit" in slurm_log
+    done = json.loads((tmp_path / "grown.json").read_text())
+    assert done["attempt"] == 2 and done["held"] == alloc_mb * 2**20
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", log)
+    assert submitted == [killed["JobId"], retried["JobId"]]
