@@ -1,8 +1,12 @@
 from snakemake.utils import validate
 
+from selectflow.locks import clear_stale_locks
 from selectflow.oom import attempt_size
 
 validate(config, "../schemas/config.schema.yaml")
+
+if workflow.is_main_process:
+    clear_stale_locks()
 
 RESULTS = f"results/{config['run']}"
 LOGS = f"logs/{config['run']}"

@@ -63,8 +63,8 @@ rule fps:
 
 rule selected_data:
     input:
-        candidates=f"{RESULTS}/selection/candidates.h5",
         curve=f"{RESULTS}/selection/fps_curve.tsv",
+        quality=f"{RESULTS}/selection/quality.tsv",
         router=router_shards,
     output:
         selected=f"{RESULTS}/selection/selected_data.jsonl",

@@ -6,6 +6,6 @@ sm = snakemake  # noqa: F821 - injected by Snakemake
 run_job(
     sm,
     lambda: write_selection(
-        sm.input.candidates, sm.input.curve, list(sm.input.router), sm.output.selected, sm.output.summary
+        sm.input.curve, sm.input.quality, list(sm.input.router), sm.output.selected, sm.output.summary
     ),
 )

@@ -1,40 +1,103 @@
-"""End-to-end: the workflow on a small demo config, through Snakemake, and partial reruns."""
+"""End-to-end through Snakemake on a small demo config: outputs, partial reruns, SIGKILL."""
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from selectflow.routerfile import read_router_shard
+from selectflow.select import n_blocks
 
-from .workflow import ran_jobs, snakemake
+from .workflow import REPO, config_variant, ran_jobs, snakemake
 
 pytestmark = pytest.mark.slow
+SEL = "results/small/selection"
+README_COMMAND = ("--cores", "1", "--resources", "gpu=1")
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    wd = tmp_path_factory.mktemp("wf")
-    snakemake(wd, "router_data", "--cores", "2", "--resources", "gpu=1")
+def clean_run(tmp_path_factory) -> Path:
+    wd = tmp_path_factory.mktemp("clean")
+    snakemake(wd, "--cores", "2", "--resources", "gpu=1")
     return wd
 
 
-def test_router_data_written(workdir):
-    shards = sorted((workdir / "results/small/router_data/demo").glob("*.h5"))
+def test_chain_outputs(clean_run):
+    shards = sorted((clean_run / "results/small/router_data/demo").glob("*.h5"))
     assert [p.name for p in shards] == [f"shard_{k:05d}.h5" for k in range(4)]
-    total = sum(len(read_router_shard(p)) for p in shards)
-    assert total == 240
-    logs = (workdir / "logs/small/router_dump/demo/shard_00000.log").read_text()
+    assert sum(len(read_router_shard(p)) for p in shards) == 240
+    logs = (clean_run / "logs/small/router_dump/demo/shard_00000.log").read_text()
     assert "router dump: 100%" in logs and "rule router_dump done" in logs
-    assert (workdir / "benchmarks/small/router_dump/demo/shard_00000.tsv").is_file()
+    assert (clean_run / "benchmarks/small/router_dump/demo/shard_00000.tsv").is_file()
+    lines = (clean_run / SEL / "selected_data.jsonl").read_text().splitlines()
+    assert len(lines) == 24  # 10% of 240
 
 
-def test_deleted_shard_is_recomputed_alone(workdir):
-    shards = sorted((workdir / "results/small/router_data/demo").glob("*.h5"))
+def test_deleted_shard_is_recomputed_alone(clean_run, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(clean_run, wd, symlinks=True)
+    shards = sorted((wd / "results/small/router_data/demo").glob("*.h5"))
     before = {p.name: p.stat().st_mtime_ns for p in shards}
     shards[2].unlink()
-    proc = snakemake(workdir, "router_data", "--cores", "2", "--resources", "gpu=1")
+    proc = snakemake(wd, "router_data", *README_COMMAND)
     assert ran_jobs(proc).count("router_dump") == 1
     after = {p.name: p.stat().st_mtime_ns for p in sorted(shards[0].parent.glob("*.h5"))}
-    assert after.keys() == before.keys()
-    changed = [name for name in after if after[name] != before[name]]
-    assert changed == [shards[2].name]
+    assert [name for name in after if after[name] != before[name]] == [shards[2].name]
+
+
+def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(clean_run, wd, symlinks=True)
+    proc = snakemake(wd, *README_COMMAND, config=config_variant("small", tmp_path, selection={"distance_mode": "matrix"}))
+    assert "distance_block" in ran_jobs(proc) and "router_dump" not in ran_jobs(proc)
+    n = n_blocks(wd / SEL / "candidates.h5", 50)
+    assert n >= 2 and len(list((wd / SEL / "distances").glob("block_*.h5"))) == n * (n + 1) // 2
+    assert (wd / SEL / "selected_data.jsonl").read_bytes() == (clean_run / SEL / "selected_data.jsonl").read_bytes()
+
+
+def kill_when(workdir: Path, ready, config, timeout: float = 600) -> None:
+    """Start the workflow in its own process group and SIGKILL the whole group once ``ready()``."""
+    cmd = [sys.executable, "-m", "snakemake", *README_COMMAND, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "workflow ended before the kill point"
+            assert time.time() < deadline, "kill point not reached"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize("point, mode", [
+    ("router_dump", "streaming"),
+    ("distance_block", "matrix"),
+    ("fps", "streaming"),
+])
+def test_sigkill_then_rerun_only_finishes_what_was_missing(clean_run, tmp_path, point, mode):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    shutil.copytree(clean_run / "resources", wd / "resources")  # the demo inputs are not under test here
+    config = config_variant("small", tmp_path, selection={"distance_mode": mode})
+    shards = wd / "results/small/router_data/demo"
+    blocks = wd / SEL / "distances"
+    ready = {
+        "router_dump": lambda: len(list(shards.glob("*.h5"))) >= 2,
+        "distance_block": lambda: len(list(blocks.glob("block_*.h5"))) >= 1,
+        "fps": lambda: (wd / "logs/small/selection/fps.log").exists(),
+    }[point]
+    kill_when(wd, ready, config)
+    done_before = {p: p.stat().st_mtime_ns for p in wd.glob("results/**/*.h5")}
+    proc = snakemake(wd, *README_COMMAND, config=config)
+    jobs = ran_jobs(proc)
+    # finished outputs were kept, not recomputed
+    assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())
+    assert jobs.count("router_dump") == 4 - len([p for p in done_before if p.parent == shards])
+    assert (wd / SEL / "selected_data.jsonl").read_bytes() == (clean_run / SEL / "selected_data.jsonl").read_bytes()
