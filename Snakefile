@@ -10,6 +10,8 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/router.smk"
 include: "rules/select.smk"
+include: "rules/train.smk"
+include: "rules/index.smk"
 
 
 rule all:

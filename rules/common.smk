@@ -17,6 +17,8 @@ SEL = config["selection"]
 wildcard_constraints:
     dataset="[A-Za-z0-9_.-]+",
     shard=r"shard_\d{5}",
+    w=r"\d{5}",
+    name="[A-Za-z0-9_.-]+",
     i=r"\d+",
     j=r"\d+",
 
@@ -64,4 +66,108 @@ def distance_blocks(wildcards):
 
 
 def final_targets(wildcards):
-    return [f"{RESULTS}/selection/selected_data.jsonl"]
+    targets = [
+        f"{RESULTS}/selection/selected_data.jsonl",
+        f"{RESULTS}/selection/selection_summary.tsv",
+    ]
+    if config["train"].get("enabled", True):
+        targets += [f"{RESULTS}/train/metrics.tsv"]
+    if config["index"]["enabled"]:
+        targets += [f"{RESULTS}/indexes/pool/summary.tsv"]
+        targets += [
+            f"{RESULTS}/indexes/{name}/summary.tsv"
+            for name in config["index"]["sequences"]
+        ]
+        targets += [f"{RESULTS}/retrieve/neighbors.tsv"]
+    return targets
+
+
+def train_config():
+    """The train section with its preset and defaults resolved (a preset never beats a user key)."""
+    from selectflow.train import resolve_train_config
+
+    return resolve_train_config(_trainer_keys(config["train"]))
+
+
+def warmup_train_config():
+    from selectflow.train import resolve_train_config
+
+    return resolve_train_config(
+        _trainer_keys({**config["train"], **config["warmup"]["train"]})
+    )
+
+
+def _trainer_keys(section):
+    """The train section less the workflow's own keys (enabled, model_path)."""
+    return {k: v for k, v in section.items() if k not in ("enabled", "model_path")}
+
+
+def router_model():
+    """The model the router dump runs: the warm-up checkpoint when warm-up is on."""
+    if config["warmup"]["enabled"]:
+        return f"{RESULTS}/warmup/checkpoint"
+    return config["model"]["path"]
+
+
+def pool_shard_files(wildcards):
+    return [
+        f"{RESULTS}/shards/{ds}/{shard}.jsonl"
+        for ds in sorted(config["datasets"])
+        for shard in shard_names(ds)
+    ]
+
+
+def index_spec(name):
+    """What index ``name`` holds: ``pool`` and ``decontam`` are item windows of the pool
+    (embedded by the trained model, resp. the base model); others are sequence arrays.
+    """
+    idx = config["index"]
+    if name in ("pool", "decontam"):
+        encoder = idx["encoder"] or f"{RESULTS}/train/checkpoint"
+        if name == "decontam":
+            encoder = config["decontaminate"]["encoder"] or config["model"]["path"]
+        return {"kind": "items", "encoder": encoder, "window_size": idx["window_size"]}
+    if name not in idx["sequences"]:
+        raise ValueError(
+            f"unknown index '{name}': not pool, decontam or a key of index.sequences"
+        )
+    return {"kind": "positions", **idx["sequences"][name]}
+
+
+def n_windows(name):
+    spec = index_spec(name)
+    if spec["kind"] == "items":
+        from selectflow.indexing import n_item_windows
+
+        manifest = checkpoints.pool_manifest.get().output[0]
+        return n_item_windows(manifest, spec["window_size"])
+    from selectflow.indexing import sequence_windows_of
+
+    return len(
+        sequence_windows_of(
+            spec["path"], spec["dataset"], spec["window_size"], spec["window_stride"]
+        )
+    )
+
+
+def window_files(wildcards, name=None):
+    name = name or wildcards.name
+    return [
+        f"{RESULTS}/indexes/{name}/window_{w:05d}.faiss" for w in range(n_windows(name))
+    ]
+
+
+def index_window_inputs(wildcards):
+    spec = index_spec(wildcards.name)
+    if spec["kind"] == "items":
+        return {
+            "manifest": checkpoints.pool_manifest.get().output[0],
+            "encoder": spec["encoder"],
+        }
+    return {"array": spec["path"]}
+
+
+def excluded_ids_file():
+    if config["decontaminate"]["eval_set"]:
+        return [f"{RESULTS}/decontaminate/contaminated.tsv"]
+    return []

@@ -1,7 +1,7 @@
 rule router_dump:
     input:
         shard=f"{RESULTS}/shards/{{dataset}}/{{shard}}.jsonl",
-        model=config["model"]["path"],
+        model=router_model(),
     output:
         f"{RESULTS}/router_data/{{dataset}}/{{shard}}.h5",
     log:

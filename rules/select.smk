@@ -1,6 +1,7 @@
 checkpoint candidates:
     input:
-        router_shards,
+        router=router_shards,
+        exclude=excluded_ids_file(),
     output:
         h5=f"{RESULTS}/selection/candidates.h5",
         quality=f"{RESULTS}/selection/quality.tsv",

@@ -1,13 +1,18 @@
 """Checkpoint candidates: quality scores, stage-1 filter and FPS features -> candidates.h5."""
+import pandas as pd
+
 from selectflow.jobs import run_job
 from selectflow.select import build_candidates
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 sel = sm.params.selection
+exclude = set()
+for path in sm.input.exclude:  # pool samples too close to the evaluation set (rule decontaminate)
+    exclude |= set(pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)["sample_id"])
 run_job(
     sm,
     lambda: build_candidates(
-        list(sm.input),
+        list(sm.input.router),
         sm.output.h5,
         sm.output.quality,
         method=sel["quality_method"],
@@ -16,5 +21,6 @@ run_job(
         importance_selection_percentage=sel["importance_selection_percentage"],
         disable_diversity=sel["disable_diversity"],
         metric=sel["metric"],
+        exclude_ids=exclude,
     ),
 )

@@ -1,0 +1,97 @@
+checkpoint pool_manifest:
+    input:
+        pool_shard_files,
+    output:
+        f"{RESULTS}/pool_manifest.tsv",
+    log:
+        f"{LOGS}/pool_manifest.log",
+    conda:
+        "../envs/selectflow.yaml"
+    script:
+        "../scripts/pool_manifest.py"
+
+
+rule index_window:
+    input:
+        unpack(index_window_inputs),
+    output:
+        faiss=f"{RESULTS}/indexes/{{name}}/window_{{w}}.faiss",
+        ids=f"{RESULTS}/indexes/{{name}}/window_{{w}}.ids.tsv",
+        meta=f"{RESULTS}/indexes/{{name}}/window_{{w}}.json",
+    log:
+        f"{LOGS}/indexes/{{name}}/window_{{w}}.log",
+    benchmark:
+        f"{BENCH}/indexes/{{name}}/window_{{w}}.tsv"
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        batch_size=scaled(config["index"]["batch_size"]),
+        attempt=current_attempt,
+    params:
+        spec=lambda wc: index_spec(wc.name),
+        index=config["index"],
+    script:
+        "../scripts/index_window.py"
+
+
+rule index_summary:
+    input:
+        window_files,
+    output:
+        f"{RESULTS}/indexes/{{name}}/summary.tsv",
+    log:
+        f"{LOGS}/indexes/{{name}}/summary.log",
+    conda:
+        "../envs/selectflow.yaml"
+    params:
+        index_dir=f"{RESULTS}/indexes/{{name}}",
+    script:
+        "../scripts/index_summary.py"
+
+
+rule retrieve:
+    input:
+        windows=lambda wc: window_files(wc, name="pool"),
+        queries=config["retrieve"]["queries"]
+        or f"{RESULTS}/selection/selected_data.jsonl",
+        encoder=index_spec("pool")["encoder"],
+    output:
+        f"{RESULTS}/retrieve/neighbors.tsv",
+    log:
+        f"{LOGS}/retrieve.log",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        batch_size=scaled(config["index"]["batch_size"]),
+        attempt=current_attempt,
+    params:
+        index_dir=f"{RESULTS}/indexes/pool",
+        index=config["index"],
+        k=config["retrieve"]["k"],
+    script:
+        "../scripts/retrieve.py"
+
+
+rule decontaminate:
+    input:
+        windows=lambda wc: window_files(wc, name="decontam"),
+        queries=config["decontaminate"]["eval_set"] or [],
+        encoder=index_spec("decontam")["encoder"],
+    output:
+        f"{RESULTS}/decontaminate/contaminated.tsv",
+    log:
+        f"{LOGS}/decontaminate.log",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        batch_size=scaled(config["index"]["batch_size"]),
+        attempt=current_attempt,
+    params:
+        index_dir=f"{RESULTS}/indexes/decontam",
+        index=config["index"],
+        threshold=config["decontaminate"]["threshold"],
+    script:
+        "../scripts/decontaminate.py"
