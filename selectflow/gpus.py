@@ -1,6 +1,7 @@
 """GPU assignment for Snakemake jobs: one free device per job, chosen before CUDA starts.
 
-Snakemake never sets ``CUDA_VISIBLE_DEVICES``. A GPU job calls :func:`claim_gpu`, which
+Snakemake never sets ``CUDA_VISIBLE_DEVICES`` (a scheduler such as SLURM may; then it is
+kept). A GPU job calls :func:`claim_gpu`, which
 takes an exclusive lock file ``{lock_dir}/gpu{N}.lock`` on the unclaimed device with the
 most free memory (seed 003's "pick the freest GPU"), or on ``gpu_id`` when the config
 forces one, then sets ``CUDA_VISIBLE_DEVICES`` so the job sees only that device. The lock
@@ -72,6 +73,10 @@ def claim_gpu(lock_dir: str | os.PathLike, gpu_id: int | None = None, free: dict
     so the choice can be tested on a machine without GPUs.
     """
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOC_CONF)
+    if gpu_id is None and os.environ.get("CUDA_VISIBLE_DEVICES"):
+        # a scheduler (SLURM) or the user already chose the device for this job
+        log.info("using CUDA_VISIBLE_DEVICES=%s set outside the workflow", os.environ["CUDA_VISIBLE_DEVICES"])
+        return GpuClaim(None)
     free = query_free_memory() if free is None else free
     if not free:
         return GpuClaim(None)
