@@ -16,15 +16,20 @@ def clean_env(monkeypatch):
 
 def test_freest_unclaimed_device_first(tmp_path):
     free = {0: 1000, 1: 70000, 2: 30000}
-    a = claim_gpu(tmp_path, free=free)
+
+    def job():
+        # each job is a fresh process: nothing set CUDA_VISIBLE_DEVICES before it
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        return claim_gpu(tmp_path, free=free)
+
+    a = job()
     assert a.index == 1 and os.environ["CUDA_VISIBLE_DEVICES"] == "1"
-    b = claim_gpu(tmp_path, free=free)
-    c = claim_gpu(tmp_path, free=free)
+    b, c = job(), job()
     assert (b.index, c.index) == (2, 0)
     with pytest.raises(SelectFlowError, match="all GPUs .* are held"):
-        claim_gpu(tmp_path, free=free)
+        job()
     b.release()
-    assert claim_gpu(tmp_path, free=free).index == 2
+    assert job().index == 2
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
 
 
