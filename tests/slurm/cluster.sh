@@ -86,7 +86,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-# no slurmdbd: sacct does not work, the profile's status command is squeue
+# no slurmdbd: sacct does not work, so the test has the plugin poll squeue
 AccountingStorageType=accounting_storage/none
 # no cgroups either: memory limits are enforced by polling each step's RSS
 JobAcctGatherType=jobacct_gather/linux

@@ -1,12 +1,14 @@
-"""Rule grow: hold ``alloc_mb`` MiB of resident memory for a while, then write
-{"attempt": N, "mem_mb": M} to the output, so the test can tell which attempt succeeded."""
+"""Rule grow: hold ``alloc_mb`` MiB of resident memory for a moment, then write
+{"attempt": N, "mem_mb": M, "held": bytes} so the test can tell which attempt succeeded."""
 import json
 import time
 
+from selectflow.fsutil import atomic_open
+
 sm = snakemake  # noqa: F821 - injected by Snakemake
-# bytes() of a repeated non-zero byte: every page is written, so all of it is resident
+# a repeated non-zero byte: every page is written, so all of it is resident
 block = b"\x01" * (sm.params.alloc_mb * 2**20)
 # slurmstepd samples RSS every second (JobAcctGatherFrequency=task=1)
-time.sleep(10)
-with open(sm.output[0], "w") as fh:
+time.sleep(3)
+with atomic_open(sm.output[0], "w") as fh:
     json.dump({"attempt": sm.resources.attempt, "mem_mb": sm.resources.mem_mb, "held": len(block)}, fh)
