@@ -135,3 +135,20 @@ def test_shard_file_roundtrip(tmp_path, demo_model, demo_pool):
     assert shard.attrs["layout_version"] == 1 and shard.attrs["model_path"] == str(demo_model)
     assert shard.moe_probs.dtype == np.float32 and len(shard.record) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "shard.jsonl"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_dump_matches_cpu(demo_model, records):
+    cpu = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu")).dump(records, progress=False)
+    fp32 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda", dtype="float32"))
+    assert next(fp32.model.parameters()).is_cuda
+    gpu = fp32.dump(records, progress=False)
+    # TF32 matmuls may be on: tolerance of a few 1e-4 on probabilities
+    np.testing.assert_allclose(gpu.moe_probs, cpu.moe_probs, atol=5e-4)
+    np.testing.assert_allclose(gpu.nll_response, cpu.nll_response, rtol=1e-3)
+    bf16 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda"))
+    np.testing.assert_allclose(bf16.dump(records, progress=False).moe_probs, cpu.moe_probs, atol=3e-2)  # bf16 default
+    bf16.close()
+    # the job frees the model and the CUDA cache before it ends (the next rule needs the memory)
+    fp32.close()
+    assert torch.cuda.memory_allocated() < 2**20
