@@ -22,7 +22,7 @@ from .embed import encode_texts, load_encoder
 from .errors import SelectFlowError
 from .fsutil import atomic_open
 from .index_store import WindowFiles, WindowStore, build_window_index
-from .records import detect_format, prompt_and_response, read_dataset, read_jsonl
+from .records import read_dataset, read_jsonl, record_prompt_response
 from .windows import item_windows, read_sequence_window, sequence_windows
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ def n_item_windows(manifest_tsv: str | os.PathLike, window_size: int) -> int:
 
 def record_text(record: dict) -> str:
     """The text a sample is embedded by: its prompt and response."""
-    if "prompt" in record and "response" in record:
-        return record["prompt"] + record["response"]
-    prompt, response = prompt_and_response(record, detect_format(record))
-    return prompt + response
+    return "".join(record_prompt_response(record))
 
 
 def window_records(manifest_tsv: str | os.PathLike, w: int, window_size: int) -> list[dict]:

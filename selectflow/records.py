@@ -103,7 +103,9 @@ def prompt_and_response(record: dict, fmt: str) -> tuple[str, str]:
     return _dialogue(record["messages"], "role", "content", "messages")
 
 
-def _parse_lines(path: Path) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line; a bad line raises naming file and line."""
+    path = Path(path)
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -127,7 +129,7 @@ def read_dataset(path: str | os.PathLike, dataset: str) -> list[dict]:
         raise SelectFlowError(
             f"dataset '{dataset}': file {path} does not exist; fix 'datasets.{dataset}' in the config"
         )
-    parsed = list(_parse_lines(path))
+    parsed = list(iter_jsonl(path))
     if not parsed:
         raise SelectFlowError(f"dataset '{dataset}': {path} holds no records; remove it from 'datasets' or fill it")
     try:
@@ -162,7 +164,14 @@ def read_dataset(path: str | os.PathLike, dataset: str) -> list[dict]:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file the workflow wrote (shards, selections)."""
-    return [rec for _, rec in _parse_lines(Path(path))]
+    return [rec for _, rec in iter_jsonl(Path(path))]
+
+
+def record_prompt_response(record: dict) -> tuple[str, str]:
+    """(prompt, response) of a normalised record, or of an original one in any input format."""
+    if isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
+        return record["prompt"], record["response"]
+    return prompt_and_response(record, detect_format(record))
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
