@@ -1,5 +1,6 @@
 """End-to-end through Snakemake on a small demo config: outputs, partial reruns, SIGKILL."""
 
+import json
 import os
 import shutil
 import signal
@@ -58,6 +59,12 @@ def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):
     n = n_blocks(wd / SEL / "candidates.h5", 50)
     assert n >= 2 and len(list((wd / SEL / "distances").glob("block_*.h5"))) == n * (n + 1) // 2
     assert (wd / SEL / "selected_data.jsonl").read_bytes() == (clean_run / SEL / "selected_data.jsonl").read_bytes()
+    if point == "train":
+        summary = json.loads((wd / "results/small/train/summary.json").read_text())
+        assert summary["resumed_from_step"] > 0
+        for name in ("model.safetensors",):
+            assert (wd / "results/small/train/checkpoint" / name).read_bytes() == (
+                clean_run / "results/small/train/checkpoint" / name).read_bytes()
 
 
 def kill_when(workdir: Path, ready, config, timeout: float = 600) -> None:
@@ -80,6 +87,7 @@ def kill_when(workdir: Path, ready, config, timeout: float = 600) -> None:
     ("router_dump", "streaming"),
     ("distance_block", "matrix"),
     ("fps", "streaming"),
+    ("train", "streaming"),
 ])
 def test_sigkill_then_rerun_only_finishes_what_was_missing(clean_run, tmp_path, point, mode):
     wd = tmp_path / "wd"
@@ -92,6 +100,7 @@ def test_sigkill_then_rerun_only_finishes_what_was_missing(clean_run, tmp_path, 
         "router_dump": lambda: len(list(shards.glob("*.h5"))) >= 2,
         "distance_block": lambda: len(list(blocks.glob("block_*.h5"))) >= 1,
         "fps": lambda: (wd / "logs/small/selection/fps.log").exists(),
+        "train": lambda: any((wd / "results/small/train/resume").glob("*")),
     }[point]
     kill_when(wd, ready, config)
     done_before = {p: p.stat().st_mtime_ns for p in wd.glob("results/**/*.h5")}
