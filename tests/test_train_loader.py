@@ -216,7 +216,7 @@ def test_prefetch_early_exit_stops_thread_blocked_on_full_queue():
 # --- presets and schema --------------------------------------------------------------------
 
 @pytest.mark.parametrize(("preset", "cache", "size", "prefetch", "factor", "workers"), [
-    ("basic", True, 5000, False, 2, 0), ("prefetch", False, 0, True, 2, 1), ("combined", True, 3000, True, 2, 0),
+    ("basic", True, 5000, False, 2, 0), ("prefetch", False, 0, True, 2, 0), ("combined", True, 3000, True, 2, 0),
     ("aggressive", True, 10000, True, 3, 0), ("minimal", True, 2000, True, 1, 0),
 ])
 def test_presets_resolve_to_seed_values(preset, cache, size, prefetch, factor, workers):

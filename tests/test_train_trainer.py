@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -108,14 +107,15 @@ def test_resume_after_sigkill_matches_uninterrupted_run(demo, tmp_path):
 
     # a Snakemake retry (attempt 2) resumes with micro-batch 2 x 4: same samples per step
     summary2 = train(demo["model"], demo["data"], retried, cfg, attempt=2)
-    assert (summary2["resumed_from_step"], summary2["micro_batch_size"], summary2["gradient_accumulation_steps"]) == (3, 2, 4)
+    split = (summary2["resumed_from_step"], summary2["micro_batch_size"], summary2["gradient_accumulation_steps"])
+    assert split == (3, 2, 4)
     assert max_diff(ref, weights(retried)) <= 1e-6
 
 
 def test_loader_pipelines_give_identical_training(demo, tmp_path):
     base = {**FAST, "max_steps": 12, "micro_batch_size": 4, "gradient_accumulation_steps": 2}
     plain = train(demo["model"], demo["data"], tmp_path / "plain", base)
-    workers = train(demo["model"], demo["data"], tmp_path / "workers", {**base, "preset": "prefetch"})
+    workers = train(demo["model"], demo["data"], tmp_path / "workers", {**base, "preset": "prefetch", "num_workers": 1})
     cached = train(demo["model"], demo["data"], tmp_path / "cached",
                    {**base, "preset": "combined", "gpu_cache_size": 40})
     ref = weights(tmp_path / "plain")
@@ -177,15 +177,49 @@ def to_sharegpt(rec):
 
 def to_messages(rec):
     user = rec["instruction"] + (f"\n\n{rec['input']}" if rec["input"] else "")
-    return {"id": rec["id"], "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}]}
+    return {"id": rec["id"], "messages": [{"role": "user", "content": user},
+                                          {"role": "assistant", "content": rec["output"]}]}
 
 
-@pytest.mark.parametrize("convert", [to_sharegpt, to_messages], ids=["sharegpt", "messages"])
-def test_train_on_pool_uses_a_seeded_subset(demo, tmp_path, convert):
-    pool = tmp_path / "pool.jsonl"
-    write_jsonl(pool, [convert(r["record"]) for r in read_dataset(demo["pool"], "demo")[:40]])
+def test_train_on_pool_uses_a_seeded_subset_of_several_formats(demo, tmp_path):
+    records = [r["record"] for r in read_dataset(demo["pool"], "demo")[:40]]
+    sharegpt, messages = tmp_path / "chat.jsonl", tmp_path / "msgs.jsonl"
+    write_jsonl(sharegpt, [to_sharegpt(r) for r in records[:20]])
+    write_jsonl(messages, [to_messages(r) for r in records[20:]])
     cfg = {**FAST, "max_steps": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 1}
-    summary = train_on_pool(demo["model"], pool, tmp_path / "warmup", cfg, subset_ratio=0.25)
+    summary = train_on_pool(demo["model"], [sharegpt, messages], tmp_path / "warmup", cfg, subset_ratio=0.25)
     assert summary["n_samples"] == 10 and (tmp_path / "warmup" / "checkpoint" / "model.safetensors").is_file()
     with pytest.raises(SelectFlowError, match="subset_ratio"):
-        train_on_pool(demo["model"], pool, tmp_path / "bad", cfg, subset_ratio=0.0)
+        train_on_pool(demo["model"], sharegpt, tmp_path / "bad", cfg, subset_ratio=0.0)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_cuda_cache_and_prefetch_deliver_device_batches_in_order():
+    from selectflow.train.cache import DeviceCacheDataset
+    from selectflow.train.prefetch import PrefetchLoader
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    cache = DeviceCacheDataset([{"input_ids": torch.full((5,), i, dtype=torch.int32)} for i in range(8)], dev, 4)
+    first, again = cache[3], cache[3]
+    assert first["input_ids"].device == dev and again["input_ids"] is first["input_ids"]
+    assert (cache.stats()["misses"], cache.stats()["device_hits"]) == (1, 1)
+    source = [{"x": torch.full((1024,), k).pin_memory()} for k in range(20)]
+    got = [b["x"] for b in PrefetchLoader(source, dev, prefetch_factor=2)]
+    assert all(t.device == dev for t in got)
+    assert [int(t[0]) for t in got] == list(range(20))
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_training_with_combined_preset_reports_device_peak(demo, tmp_path, precision):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("no bf16 on this GPU")
+    summary = train(demo["model"], demo["data"], tmp_path / precision,
+                    {**FAST, "max_steps": 6, "precision": precision, "preset": "combined", "empty_cache_every": 2})
+    assert summary["device"].startswith("cuda") and summary["precision"] == precision
+    assert summary["measured_peak_mb"] > 0 and summary["cache"]["device_items"] > 0
+    metrics = pd.read_csv(tmp_path / precision / "metrics.tsv", sep="\t")
+    assert (metrics["gpu_peak_mb"] > 0).all() and metrics["loss"].notna().all()

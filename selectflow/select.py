@@ -1,0 +1,402 @@
+"""The selection pipeline as file-to-file steps (one per Snakemake rule) and the resume CLI.
+
+1. :func:`build_candidates`: router shards -> ``candidates.h5`` + ``quality.tsv``.
+   Quality scores, drops ``keep=False`` samples, orders the rest by quality (descending,
+   ties by ``sample_id``) and keeps the candidates FPS will choose from.
+2. :func:`compute_block` (``n_blocks`` of them per side, upper triangle): distance blocks,
+   only for ``mode: matrix``.
+3. :func:`run_fps`: ``candidates.h5`` (+ blocks) -> ``fps_curve.tsv`` (the picks in order).
+4. :func:`write_selection`: curve + shards -> ``selected_data.jsonl`` + ``selection_summary.tsv``.
+
+:func:`continue_selection` runs all of it in-process on a folder of shards (the original's
+``continue_selection.py``).
+
+``candidates.h5``: ``sample_id`` [m] str, ``quality`` [m] float64, ``features`` [m, D]
+float32 (grid features, :func:`selectflow.distance.features`), in candidate order; attributes
+``layout_version``, ``complete``, ``metric``, ``n_pool``, ``n_kept``, ``k``, ``stage``
+(``fps``: FPS over every kept sample; ``two_stage``: FPS over the quality top
+``importance_selection_percentage``; ``quality``: top-k by quality, no FPS) and
+``quality_method``.
+
+``fps_curve.tsv``: ``step``, ``sample_id``, ``candidate_index``, ``min_distance`` (``inf``
+for the first pick, ``nan`` without diversity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from . import distance
+from .errors import CorruptFileError, SelectFlowError
+from .fps import fps_matrix, fps_streaming
+from .fsutil import atomic_open, atomic_path
+from .quality import METHODS, quality_scores, resolve_method
+from .records import write_jsonl
+from .routerfile import concat_shards, read_router_shard
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_LAYOUT_VERSION = 1
+CANDIDATES_REBUILD_HINT = "rule select_candidates rebuilds it: delete the file and rerun snakemake"
+STAGES = ("fps", "two_stage", "quality")
+MODES = ("streaming", "matrix")
+
+
+def check_fraction(name: str, value: float | None, *, optional: bool = False) -> float | None:
+    """Return ``value`` if it lies in (0, 1]; else raise naming the key ``name``."""
+    if value is None and optional:
+        return None
+    if value is None or not isinstance(value, (int, float)) or not (0.0 < float(value) <= 1.0):
+        raise SelectFlowError(f"{name} must be a fraction in (0, 1] (0.05 means 5%), got {value!r}")
+    return float(value)
+
+
+@dataclass
+class Candidates:
+    path: Path
+    sample_id: np.ndarray  # [m] object (str), candidate order
+    quality: np.ndarray  # [m] float64
+    attrs: dict
+
+    def __len__(self) -> int:
+        return len(self.sample_id)
+
+
+def read_candidates(path: str | os.PathLike) -> Candidates:
+    """Read ids, quality and attributes of ``candidates.h5`` (not the features)."""
+    path = Path(path)
+    with _open_candidates(path) as f:
+        ids = np.array([v.decode() if isinstance(v, bytes) else v for v in f["sample_id"][()]], dtype=object)
+        quality = f["quality"][()]
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    return Candidates(path=path, sample_id=ids, quality=quality, attrs=attrs)
+
+
+def _open_candidates(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise SelectFlowError(f"candidates file {path} is missing; {CANDIDATES_REBUILD_HINT}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CorruptFileError(f"{path} is not a readable HDF5 file ({exc}); {CANDIDATES_REBUILD_HINT}") from None
+    if f.attrs.get("layout_version") != CANDIDATES_LAYOUT_VERSION or not f.attrs.get("complete", False):
+        f.close()
+        raise CorruptFileError(f"{path}: unknown layout or no completeness marker; {CANDIDATES_REBUILD_HINT}")
+    return f
+
+
+def build_candidates(
+    router_paths: list[str | os.PathLike],
+    out_h5: str | os.PathLike,
+    quality_tsv: str | os.PathLike,
+    *,
+    method: str = "auto",
+    field: str | None = None,
+    selection_percentage: float,
+    importance_selection_percentage: float | None = None,
+    disable_diversity: bool = False,
+    metric: str = "wasserstein",
+    exclude_ids: set[str] | None = None,
+) -> int:
+    """Score the pool, pick the candidates, write ``out_h5`` and ``quality_tsv``; return k.
+
+    The pool is every sample of ``router_paths`` not in ``exclude_ids``; k =
+    round(selection_percentage · pool), at least 1, at most the kept samples.
+    """
+    selection = check_fraction("selection_percentage", selection_percentage)
+    importance = check_fraction("importance_selection_percentage", importance_selection_percentage, optional=True)
+    distance.check_metric(metric)
+    shard = concat_shards(list(router_paths))
+    pool = np.ones(len(shard), dtype=bool)
+    if exclude_ids:
+        pool = ~np.isin(shard.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
+    score, keep = quality_scores(shard, method, field)
+    keep &= pool
+    n_pool, n_kept = int(pool.sum()), int(keep.sum())
+    if n_kept == 0:
+        raise SelectFlowError(
+            f"no sample of the {n_pool} in the pool passed the quality filter (method {method!r}); "
+            "check the router data or choose another quality method"
+        )
+    k = max(1, round(selection * n_pool))
+    if k > n_kept:
+        log.warning("k=%d exceeds the %d samples that passed the quality filter; selecting all of them", k, n_kept)
+        k = n_kept
+    kept = np.flatnonzero(keep)
+    # quality descending, ties by sample_id: the order is a function of the data, not of shard order
+    order = kept[np.lexsort((shard.sample_id[kept].astype(str), -score[kept]))]
+    if disable_diversity:
+        stage, m = "quality", k
+    elif importance is not None and importance > selection:
+        stage, m = "two_stage", min(n_kept, max(k, round(importance * n_pool)))
+    else:
+        if importance is not None:
+            log.info("importance_selection_percentage %g <= selection_percentage %g: one FPS stage", importance, selection)
+        stage, m = "fps", n_kept
+    chosen = order[:m]
+    feats = distance.features(shard.moe_probs[chosen], metric)
+    with atomic_path(out_h5, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("sample_id", data=shard.sample_id[chosen].astype(object), dtype=h5py.string_dtype())
+            f.create_dataset("quality", data=score[chosen].astype(np.float64))
+            f.create_dataset("features", data=feats)
+            f.attrs.update(
+                {"metric": metric, "n_pool": n_pool, "n_kept": n_kept, "k": k, "stage": stage,
+                 "quality_method": resolve_method(shard, method)}
+            )
+            f.attrs["layout_version"] = CANDIDATES_LAYOUT_VERSION
+            f.attrs["complete"] = True
+    candidate = np.zeros(len(shard), dtype=bool)
+    candidate[chosen] = True
+    datasets = _datasets(shard)
+    rank = np.concatenate([order, np.flatnonzero(pool & ~keep)])
+    table = pd.DataFrame(
+        {
+            "sample_id": shard.sample_id[rank],
+            "dataset": datasets[rank],
+            "quality": score[rank],
+            "kept": keep[rank],
+            "candidate": candidate[rank],
+        }
+    )
+    _write_tsv(table, quality_tsv)
+    log.info("pool %d, kept %d, candidates %d (%s), k %d", n_pool, n_kept, m, stage, k)
+    return k
+
+
+def _datasets(shard) -> np.ndarray:
+    if shard.record is None:
+        return np.full(len(shard), "", dtype=object)
+    return np.array([json.loads(r).get("dataset", "") for r in shard.record], dtype=object)
+
+
+def _write_tsv(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        table.to_csv(fh, sep="\t", index=False, na_rep="nan")
+
+
+def _read_tsv(path: str | os.PathLike, what: str) -> pd.DataFrame:
+    if not Path(path).is_file():
+        raise SelectFlowError(f"{what} {path} is missing; rerun snakemake to rebuild it")
+    # ids and dataset names stay strings ("NA", "007" included); only numeric columns parse nan
+    return pd.read_csv(
+        path, sep="\t", dtype={"sample_id": str, "dataset": str}, keep_default_na=False,
+        na_values={"quality": ["nan"], "min_distance": ["nan"]},
+    )
+
+
+def n_blocks(candidates_h5: str | os.PathLike, block_size: int) -> int:
+    """Blocks per side of the candidate distance matrix (blocks (i, j) with i <= j exist)."""
+    return distance.block_count(len(read_candidates(candidates_h5)), block_size)
+
+
+def compute_block(
+    candidates_h5: str | os.PathLike,
+    i: int,
+    j: int,
+    block_size: int,
+    out_path: str | os.PathLike,
+    *,
+    device: str = "auto",
+    sub_chunk: int = 256,
+) -> None:
+    """Write distance block (i, j) of the candidates (see :func:`selectflow.distance.compute_block`)."""
+    path = Path(candidates_h5)
+    with _open_candidates(path) as f:
+        metric = f.attrs["metric"]
+        distance.compute_block(f["features"], i, j, block_size, out_path, metric=metric, device=device, sub_chunk=sub_chunk)
+
+
+def run_fps(
+    candidates_h5: str | os.PathLike,
+    curve_tsv: str | os.PathLike,
+    *,
+    mode: str = "streaming",
+    block_dir: str | os.PathLike | None = None,
+    block_size: int | None = None,
+    device: str = "auto",
+    log_interval: int = 100,
+    chunk: int = 1 << 20,
+) -> int:
+    """Pick k candidates (FPS from the highest-quality one) and write the curve; return k."""
+    if mode not in MODES:
+        raise SelectFlowError(f"unknown FPS mode {mode!r}; use one of {', '.join(MODES)}")
+    cands = read_candidates(candidates_h5)
+    k, stage, metric = int(cands.attrs["k"]), cands.attrs["stage"], cands.attrs["metric"]
+    if stage == "quality":
+        picks = np.arange(min(k, len(cands)))
+        min_distance = np.full(len(picks), np.nan)
+    elif mode == "streaming":
+        with _open_candidates(cands.path) as f:
+            feats = f["features"][()]
+        result = fps_streaming(feats, k, metric=metric, start=0, device=device, chunk=chunk, log_interval=log_interval)
+        picks, min_distance = result.picks, result.min_distance
+    else:
+        if block_dir is None or block_size is None:
+            raise SelectFlowError("FPS mode 'matrix' needs block_dir and block_size (the distance_block outputs)")
+        matrix = distance.BlockMatrix(block_dir, len(cands), block_size, metric)
+        result = fps_matrix(matrix, k, start=0, log_interval=log_interval)
+        picks, min_distance = result.picks, result.min_distance
+    curve = pd.DataFrame(
+        {
+            "step": np.arange(len(picks)),
+            "sample_id": cands.sample_id[picks],
+            "candidate_index": picks,
+            "min_distance": min_distance,
+        }
+    )
+    _write_tsv(curve, curve_tsv)
+    return len(picks)
+
+
+def write_selection(
+    curve_tsv: str | os.PathLike,
+    quality_tsv: str | os.PathLike,
+    router_paths: list[str | os.PathLike],
+    out_jsonl: str | os.PathLike,
+    summary_tsv: str | os.PathLike,
+) -> int:
+    """Write the selected original records (in pick order) and the per-dataset summary.
+
+    Each line is the original input record plus ``sample_id``, ``dataset``,
+    ``quality_score`` and ``selection_rank`` (0 = first pick); those four keys win over
+    same-named fields of the record. Shards are read one at a time.
+    """
+    curve = _read_tsv(curve_tsv, "FPS curve")
+    quality = _read_tsv(quality_tsv, "quality table").set_index("sample_id")
+    wanted = {sid: rank for rank, sid in zip(curve["step"], curve["sample_id"])}
+    found: dict[str, dict] = {}
+    for path in router_paths:
+        shard = read_router_shard(path)
+        if shard.record is None:
+            raise SelectFlowError(
+                f"{path} has no 'record' dataset, so the selected records cannot be written; rerun router_dump"
+            )
+        for sid, text in zip(shard.sample_id, shard.record):
+            if sid in wanted:
+                found[sid] = json.loads(text)
+    missing = [sid for sid in wanted if sid not in found]
+    if missing:
+        raise SelectFlowError(
+            f"{len(missing)} selected samples (first {missing[0]!r}) are in {curve_tsv} but in none of the router "
+            "shards; the curve is stale: delete it and rerun snakemake"
+        )
+    unknown = [sid for sid in wanted if sid not in quality.index]
+    if unknown:
+        raise SelectFlowError(
+            f"selected sample {unknown[0]!r} is not in {quality_tsv}; it is stale: delete it and rerun snakemake"
+        )
+
+    def lines():
+        for sid in curve["sample_id"]:
+            norm = found[sid]
+            yield {
+                **norm["record"],
+                "sample_id": sid,
+                "dataset": norm["dataset"],
+                "quality_score": float(quality.at[sid, "quality"]),
+                "selection_rank": int(wanted[sid]),
+            }
+
+    n = write_jsonl(out_jsonl, lines())
+    table = quality.reset_index()
+    table["selected"] = table["sample_id"].isin(list(wanted))
+    sel = table[table["selected"]]
+    summary = (
+        table.groupby("dataset")
+        .agg(pool=("sample_id", "size"), kept=("kept", "sum"), candidates=("candidate", "sum"), selected=("selected", "sum"))
+        .join(sel.groupby("dataset")["quality"].agg(quality_min="min", quality_max="max"))
+        .reset_index()
+    )
+    _write_tsv(summary, summary_tsv)
+    log.info("wrote %d selected records to %s", n, out_jsonl)
+    return n
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="continue-selection",
+        description="Run data selection (quality, FPS, selected_data.jsonl) from saved router data.",
+    )
+    p.add_argument("--router_data_dir", required=True, help="folder of router-data *.h5 shards (searched recursively)")
+    p.add_argument("--output_path", required=True, help="selected_data.jsonl to write; curve and summary go beside it")
+    p.add_argument("--selection_percentage", type=float, required=True, help="fraction of the pool to select, in (0, 1]")
+    p.add_argument("--importance_selection_percentage", type=float, default=None,
+                   help="two-stage: FPS only over this top fraction by quality, in (0, 1]")
+    p.add_argument("--disable_diversity", action="store_true", help="top-k by quality, no FPS")
+    p.add_argument("--distance_batch_size", type=int, default=1000,
+                   help="distance block size of --mode matrix (lower it on OOM); streaming needs no N x N batches")
+    p.add_argument("--fps_log_interval", type=int, default=100, help="log the FPS max-min distance every N picks")
+    p.add_argument("--device", choices=("cuda", "cpu", "auto"), default="auto")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--metric", choices=distance.METRICS, default="wasserstein")
+    p.add_argument("--mode", choices=MODES, default="streaming",
+                   help="streaming: distances on the fly (O(N) memory); matrix: precomputed distance blocks")
+    p.add_argument("--quality_method", choices=METHODS, default="auto")
+    p.add_argument("--quality_field", default=None, help="record field holding the score for --quality_method field")
+    return p
+
+
+def continue_selection(argv: list[str] | None = None) -> int:
+    """CLI entry: the whole selection from a folder of shards; exit status 0, or 2 on a SelectFlowError."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        _continue(args)
+    except SelectFlowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _continue(args: argparse.Namespace) -> None:
+    router_dir = Path(args.router_data_dir)
+    if not router_dir.is_dir():
+        raise SelectFlowError(f"--router_data_dir {router_dir} is not a folder")
+    shards = sorted(router_dir.rglob("*.h5"))
+    if not shards:
+        raise SelectFlowError(
+            f"no *.h5 router-data shards under {router_dir}; point --router_data_dir at the router_data folder"
+        )
+    if args.distance_batch_size < 1:
+        raise SelectFlowError(f"--distance_batch_size must be >= 1, got {args.distance_batch_size}")
+    out = Path(args.output_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quality_tsv, curve_tsv, summary_tsv = (
+        out.with_name(name) for name in ("quality.tsv", "fps_curve.tsv", "selection_summary.tsv")
+    )
+    log.info("%d router shards under %s", len(shards), router_dir)
+    with tempfile.TemporaryDirectory(prefix=".selection.", dir=out.parent) as work:
+        cands_h5 = Path(work) / "candidates.h5"
+        build_candidates(
+            shards, cands_h5, quality_tsv, method=args.quality_method, field=args.quality_field,
+            selection_percentage=args.selection_percentage,
+            importance_selection_percentage=args.importance_selection_percentage,
+            disable_diversity=args.disable_diversity, metric=args.metric,
+        )
+        block_dir = None
+        if args.mode == "matrix" and not args.disable_diversity:
+            block_dir = Path(work) / "blocks"
+            nb = n_blocks(cands_h5, args.distance_batch_size)
+            for i in range(nb):
+                for j in range(i, nb):
+                    path = distance.block_path(block_dir, i, j)
+                    compute_block(cands_h5, i, j, args.distance_batch_size, path, device=args.device)
+        run_fps(
+            cands_h5, curve_tsv, mode=args.mode, block_dir=block_dir, block_size=args.distance_batch_size,
+            device=args.device, log_interval=args.fps_log_interval,
+        )
+    write_selection(curve_tsv, quality_tsv, shards, out, summary_tsv)

@@ -1,0 +1,26 @@
+"""Memory-frugal supervised fine-tuning (issue 5, library side).
+
+=================  ===================================================================
+module             what it computes
+=================  ===================================================================
+``trainer``        :func:`train` / :func:`train_on_pool`: the SFT loop, its outputs, resume
+``data``           records → token tensors (loss on response tokens) → padded batches;
+                   the per-step sample plan
+``loader``         :class:`BatchStream`: dataset → (cache) → DataLoader → (prefetch) → device
+``cache``          :class:`DeviceCacheDataset`: LRU cache of tokenised samples on the device
+``prefetch``       :class:`PrefetchLoader`: background thread, side CUDA stream
+``monitor``        host / device memory readings → ``memory.tsv``, ``empty_cache`` schedule
+``presets``        the ``train:`` section: defaults, presets, :func:`resolve_train_config`
+``estimate``       predicted training memory, :func:`pick_micro_batch`, the
+                   ``estimate-memory`` command
+``model``          loading with the memory levers (precision, LoRA, 8-bit, offload, …)
+``checkpoint``     the ``resume/`` state (weights, optimizer, RNG, data position)
+=================  ===================================================================
+"""
+
+from .estimate import estimate_memory_main, estimate_training_memory, model_shape, pick_micro_batch
+from .presets import PRESETS, resolve_train_config
+from .trainer import train, train_on_pool
+
+__all__ = ["PRESETS", "estimate_memory_main", "estimate_training_memory", "model_shape", "pick_micro_batch",
+           "resolve_train_config", "train", "train_on_pool"]
