@@ -33,7 +33,7 @@ from pathlib import Path
 LAYERS, EXPERTS = 16, 64
 
 PRESETS = {
-    "quick": {"block": 256, "fps_n": 3000, "fps_k": 300, "fps_block": 500, "scale_n": 50_000, "scale_k": 300},
+    "quick": {"block": 256, "fps_n": 3000, "fps_k": 300, "fps_block": 500, "scale_n": 100_000, "scale_k": 200},
     "full": {"block": 512, "fps_n": 20_000, "fps_k": 2000, "fps_block": 2000, "scale_n": 200_000, "scale_k": 10_000},
     "cuda": {"block": 1000, "fps_n": 20_000, "fps_k": 2000, "fps_block": 5000, "scale_n": 1_000_000, "scale_k": 50_000},
 }

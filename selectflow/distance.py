@@ -24,9 +24,11 @@ in dataset ``distance`` float32, with attributes ``layout_version``, ``complete`
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -121,11 +123,9 @@ def pairwise(a: torch.Tensor, b: torch.Tensor, metric: str = "wasserstein", *, b
         raise SelectFlowError(f"feature widths differ: {a.shape[1]} vs {b.shape[1]}")
     if metric == "wasserstein":
         if a.device.type == "cpu":
-            import faiss
-
             a_np = np.ascontiguousarray(a.numpy(), dtype=np.float32)
             b_np = np.ascontiguousarray(b.numpy(), dtype=np.float32)
-            return torch.from_numpy(faiss.pairwise_distances(a_np, b_np, faiss.METRIC_L1))
+            return torch.from_numpy(_l1_cpu(a_np, b_np))
         return torch.cdist(a.float(), b.float(), p=1)
     a64, b64 = a.double(), b.double()
     dots = a64 @ b64.T
@@ -135,6 +135,37 @@ def pairwise(a: torch.Tensor, b: torch.Tensor, metric: str = "wasserstein", *, b
         b_sq = squared_norms(b64)
     squared = squared_norms(a64)[:, None] + b_sq[None, :] - 2.0 * dots
     return squared.sqrt_().float()
+
+
+_FAISS_SERIAL_ROWS = 10  # FAISS's pairwise_distances runs on one thread for at most this many query rows
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="selectflow-l1")
+
+
+def _l1_cpu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Float32 [m, k] L1 distances by FAISS; few-row queries are spread over threads by rows of ``b``.
+
+    FAISS parallelises over query rows only, so the streaming FPS step (one query against
+    all N rows) would run on one core; here pieces of ``b`` go to a thread pool (FAISS
+    releases the GIL), several pieces per thread so a descheduled thread delays little.
+    """
+    import faiss
+
+    threads = torch.get_num_threads()
+    if len(a) > _FAISS_SERIAL_ROWS or threads == 1 or len(b) < 4096:
+        return faiss.pairwise_distances(a, b, faiss.METRIC_L1)
+    out = np.empty((len(a), len(b)), dtype=np.float32)
+    cuts = np.linspace(0, len(b), 4 * threads + 1).astype(int)
+
+    def piece(lo: int, hi: int) -> None:
+        out[:, lo:hi] = faiss.pairwise_distances(a, b[lo:hi], faiss.METRIC_L1)
+
+    for future in [_pool(threads).submit(piece, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]:
+        future.result()
+    return out
 
 
 def seed_style_wasserstein(probs_a, probs_b) -> torch.Tensor:

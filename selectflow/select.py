@@ -48,7 +48,7 @@ from .routerfile import concat_shards, read_router_shard
 log = logging.getLogger(__name__)
 
 CANDIDATES_LAYOUT_VERSION = 1
-CANDIDATES_REBUILD_HINT = "rule select_candidates rebuilds it: delete the file and rerun snakemake"
+CANDIDATES_REBUILD_HINT = "rule candidates rebuilds it: delete the file and rerun snakemake"
 STAGES = ("fps", "two_stage", "quality")
 MODES = ("streaming", "matrix")
 
@@ -160,7 +160,8 @@ def build_candidates(
     candidate = np.zeros(len(shard), dtype=bool)
     candidate[chosen] = True
     datasets = _datasets(shard)
-    rank = np.concatenate([order, np.flatnonzero(pool & ~keep)])
+    dropped = np.flatnonzero(pool & ~keep)
+    rank = np.concatenate([order, dropped[np.argsort(shard.sample_id[dropped].astype(str), kind="stable")]])
     table = pd.DataFrame(
         {
             "sample_id": shard.sample_id[rank],

@@ -62,6 +62,14 @@ def test_pairwise_is_bit_identical_to_naive_float64(metric):
     assert got[7, 3] == 0.0
 
 
+def test_one_query_against_many_rows_is_exact():
+    # large enough that the CPU path spreads the rows over threads
+    f = features(probs(9000, seed=6))
+    got = pairwise(torch.from_numpy(f[:1]), torch.from_numpy(f)).numpy()
+    want = np.abs(f[:1].astype(np.float64) - f.astype(np.float64)).sum(1).astype(np.float32)
+    np.testing.assert_array_equal(got[0], want)
+
+
 def test_wasserstein_equals_seed_style_within_grid_tolerance():
     p = probs(30, layers=4, experts=16, seed=2)
     dim = 4 * 16

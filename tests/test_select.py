@@ -173,7 +173,7 @@ def test_corrupt_candidates_rejected(tmp_path):
     path = tmp_path / "c.h5"
     with h5py.File(path, "w") as f:
         f.attrs["layout_version"] = 1
-    with pytest.raises(CorruptFileError, match="no completeness marker.*rule select_candidates rebuilds it"):
+    with pytest.raises(CorruptFileError, match="no completeness marker.*rule candidates rebuilds it"):
         run_fps(path, tmp_path / "curve.tsv")
 
 
