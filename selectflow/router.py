@@ -133,7 +133,7 @@ def _masked_token_mean(per_layer: list[torch.Tensor], mask: torch.Tensor, softma
     return torch.stack(out, dim=1)
 
 
-def _response_nll(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _response_nll(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean NLL of tokens [start, length) of each row (token i predicted from position i-1).
 
     Only the scored positions go through the softmax. Rows with no scored token get NaN.
@@ -150,7 +150,7 @@ def _response_nll(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], le
     count = scored.sum(1)
     total = torch.zeros(b, device=ids.device).index_add_(0, rows, tok_nll)
     nll = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
-    return nll.cpu().numpy().astype(np.float32), count.cpu().numpy().astype(np.int32)
+    return nll, count
 
 
 class RouterDumper:
@@ -193,26 +193,34 @@ class RouterDumper:
             raise SelectFlowError(f"{type(self.model).__name__} produced no router logits; set 'router_dump.router_pattern'")
         return ids, mask, out.logits, router_logits, [g[0] for g in gates]
 
-    def _batch(self, records: list[dict]) -> dict[str, np.ndarray]:
-        s = self.settings
-        pairs = [encode_pair(self.tokenizer, r["prompt"], r["response"], s.max_length) for r in records]
-        seqs = [p for p, _ in pairs]
+    def _encode(self, records: list[dict]) -> list[tuple[list[int], int, list[int] | None]]:
+        """Per record: ids of prompt + response, the prompt's length, ids after an empty prompt (IFD)."""
+        s, header = self.settings, format_turns([])
+        out = []
+        for r in records:
+            ids, n_prompt = encode_pair(self.tokenizer, r["prompt"], r["response"], s.max_length)
+            alone = encode_pair(self.tokenizer, header, r["response"], s.max_length)[0] if s.ifd else None
+            out.append((ids, n_prompt, alone))
+        return out
+
+    def _batch(self, items: list[tuple[list[int], int, list[int] | None]]) -> dict[str, torch.Tensor]:
+        """One batch → per-sample results, left on the device (one transfer at the end, no sync)."""
+        seqs = [ids for ids, _, _ in items]
         ids, mask, logits, router_logits, gates = self._forward(seqs)
         lengths = [len(x) for x in seqs]
-        nll, n_resp = _response_nll(logits, ids, [n for _, n in pairs], lengths)
+        nll, n_resp = _response_nll(logits, ids, [n for _, n, _ in items], lengths)
         out = {
-            "moe_probs": _masked_token_mean(router_logits, mask, softmax=True).cpu().numpy(),
+            "moe_probs": _masked_token_mean(router_logits, mask, softmax=True),
             "nll_response": nll,
             "n_response_tokens": n_resp,
-            "n_tokens": np.asarray(lengths, dtype=np.int32),
         }
         if gates:
-            out["quality_logits"] = _masked_token_mean(gates, mask, softmax=False).cpu().numpy()
-        if s.ifd:
-            header = self.tokenizer(format_turns([]), add_special_tokens=False).input_ids
-            alone = [encode_pair(self.tokenizer, format_turns([]), r["response"], s.max_length)[0] for r in records]
+            out["quality_logits"] = _masked_token_mean(gates, mask, softmax=False)
+        if self.settings.ifd:
+            alone = [a for _, _, a in items]
             ids2, _, logits2, _, _ = self._forward(alone)
-            out["nll_response_alone"], _ = _response_nll(logits2, ids2, [len(header)] * len(alone), [len(a) for a in alone])
+            out["nll_response_alone"], _ = _response_nll(logits2, ids2, [self._header_len] * len(alone),
+                                                         [len(a) for a in alone])
         return out
 
     @torch.inference_mode()
@@ -222,25 +230,30 @@ class RouterDumper:
 
         s = self.settings
         batch_size = batch_size or s.batch_size
+        self._header_len = len(self.tokenizer(format_turns([]), add_special_tokens=False).input_ids)
+        encoded = self._encode(records)
         order = list(range(len(records)))
         if s.sort_by_length:
-            order.sort(key=lambda i: len(records[i]["prompt"]) + len(records[i]["response"]), reverse=True)
+            order.sort(key=lambda i: len(encoded[i][0]), reverse=True)
         bar = tqdm(total=len(records), desc="router dump", unit="sample", disable=not progress, mininterval=1.0)
 
         def run(lo: int, hi: int):
-            part = self._batch([records[i] for i in order[lo:hi]])
+            part = self._batch([encoded[i] for i in order[lo:hi]])
             bar.update(hi - lo)
-            return order[lo:hi], part
+            return part
 
-        results = run_adaptive(lambda lo, hi: run(lo, hi), 0, len(records), batch_size, what="router-dump batch")
+        parts = run_adaptive(run, 0, len(records), batch_size, what="router-dump batch")
         bar.close()
-        keys = results[0][1].keys() if results else []
-        rows = np.concatenate([np.asarray(idx) for idx, _ in results])
-        inverse = np.empty_like(rows)
-        inverse[rows] = np.arange(len(rows))
-        merged = {k: np.concatenate([part[k] for _, part in results])[inverse] for k in keys}
+        inverse = np.empty(len(order), dtype=np.int64)
+        inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+        merged = {k: torch.cat([p[k] for p in parts]).cpu().numpy()[inverse] for k in (parts[0] if parts else {})}
+        merged["n_response_tokens"] = merged["n_response_tokens"].astype(np.int32)
+        for key in ("nll_response", "nll_response_alone"):
+            if key in merged:
+                merged[key] = merged[key].astype(np.float32)
         return RouterShard(
             sample_id=np.array([r["sample_id"] for r in records], dtype=object),
+            n_tokens=np.array([len(ids) for ids, _, _ in encoded], dtype=np.int32),
             record=np.array([json.dumps(r, ensure_ascii=False) for r in records], dtype=object),
             **merged,
         )

@@ -150,5 +150,10 @@ def test_cuda_dump_matches_cpu(demo_model, records):
     np.testing.assert_allclose(bf16.dump(records, progress=False).moe_probs, cpu.moe_probs, atol=3e-2)  # bf16 default
     bf16.close()
     # the job frees the model and the CUDA cache before it ends (the next rule needs the memory)
+    import weakref
+
+    model = weakref.ref(fp32.model)
     fp32.close()
-    assert torch.cuda.memory_allocated() < 2**20
+    assert model() is None
+    # what stays allocated is cuBLAS's workspace (32 MiB on Hopper), not the model
+    assert torch.cuda.memory_allocated() <= 32 * 2**20
