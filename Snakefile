@@ -6,15 +6,20 @@ min_version("8.20")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/router.smk"
 include: "rules/select.smk"
 include: "rules/train.smk"
 include: "rules/index.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         final_targets,
+        rules.report_figures.output,

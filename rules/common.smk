@@ -1,3 +1,6 @@
+import os
+
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from selectflow.locks import clear_stale_locks
@@ -7,6 +10,14 @@ validate(config, "../schemas/config.schema.yaml")
 
 if workflow.is_main_process:
     clear_stale_locks()
+
+for _name, _path in config["datasets"].items():
+    # the demo pool is built by rule demo_pool; any other dataset must exist up front
+    if not os.path.exists(_path) and not _path.startswith("resources/demo/"):
+        raise WorkflowError(
+            f"dataset '{_name}': file {_path} does not exist (relative to {os.getcwd()}); "
+            f"fix 'datasets.{_name}' in the config"
+        )
 
 RESULTS = f"results/{config['run']}"
 LOGS = f"logs/{config['run']}"

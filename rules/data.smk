@@ -5,6 +5,8 @@ rule demo_pool:
         "logs/demo/demo_pool.log",
     conda:
         "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
     params:
         n_records=config["demo"]["n_records"],
         seed=config["demo"]["seed"],
@@ -21,6 +23,8 @@ rule demo_model:
         "logs/demo/demo_model.log",
     conda:
         "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
     params:
         seed=config["demo"]["seed"],
     script:
@@ -36,6 +40,8 @@ checkpoint split_dataset:
         f"{LOGS}/split_dataset/{{dataset}}.log",
     conda:
         "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
     params:
         shard_size=config["shard_size"],
     script:

@@ -7,6 +7,8 @@ checkpoint pool_manifest:
         f"{LOGS}/pool_manifest.log",
     conda:
         "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
     script:
         "../scripts/pool_manifest.py"
 
@@ -44,6 +46,8 @@ rule index_summary:
         f"{LOGS}/indexes/{{name}}/summary.log",
     conda:
         "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
     params:
         index_dir=f"{RESULTS}/indexes/{{name}}",
     script:

@@ -1,6 +1,8 @@
 rule router_dump:
     input:
         shard=f"{RESULTS}/shards/{{dataset}}/{{shard}}.jsonl",
+        # checks sample ids are unique across datasets before any inference
+        manifest=f"{RESULTS}/pool_manifest.tsv",
         model=router_model(),
     output:
         f"{RESULTS}/router_data/{{dataset}}/{{shard}}.h5",

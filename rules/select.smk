@@ -11,6 +11,8 @@ checkpoint candidates:
         f"{BENCH}/selection/candidates.tsv"
     conda:
         "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
     params:
         selection=SEL,
     script:
@@ -74,5 +76,7 @@ rule selected_data:
         f"{LOGS}/selection/selected_data.log",
     conda:
         "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
     script:
         "../scripts/selected_data.py"

@@ -21,7 +21,7 @@ rule warmup:
     params:
         train=warmup_train_config(),
         subset_ratio=config["warmup"]["subset_ratio"],
-        out_dir=f"{RESULTS}/warmup",
+        out_dir=lambda wc, output: os.path.dirname(output.metrics),
     script:
         "../scripts/train.py"
 
@@ -47,6 +47,6 @@ rule train:
     params:
         train=train_config(),
         subset_ratio=None,
-        out_dir=f"{RESULTS}/train",
+        out_dir=lambda wc, output: os.path.dirname(output.metrics),
     script:
         "../scripts/train.py"

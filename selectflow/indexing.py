@@ -29,20 +29,33 @@ log = logging.getLogger(__name__)
 
 
 def write_pool_manifest(shard_paths: Sequence[str | os.PathLike], out_tsv: str | os.PathLike) -> int:
-    """Write the pool's ``sample_id``-ordered manifest; return the pool size."""
+    """Write the pool's ``sample_id``-ordered manifest; return the pool size.
+
+    Runs before any inference, so a ``sample_id`` used twice (two datasets with the same
+    ``id`` s) stops the run before the router dump, naming both records.
+    """
     rows = [
-        (rec["sample_id"], rec["dataset"], str(path), row)
+        (rec["sample_id"], rec["dataset"], rec["line"], str(path), row)
         for path in shard_paths
         for row, rec in enumerate(read_jsonl(path))
     ]
-    table = pd.DataFrame(rows, columns=["sample_id", "dataset", "shard", "row"]).sort_values("sample_id", kind="stable")
+    table = pd.DataFrame(rows, columns=["sample_id", "dataset", "line", "shard", "row"])
+    table = table.sort_values("sample_id", kind="stable")
+    dup = table[table["sample_id"].duplicated(keep=False)]
+    if len(dup):
+        first = dup[dup["sample_id"] == dup["sample_id"].iloc[0]]
+        where = ", ".join(f"dataset '{d}' line {n}" for d, n in zip(first["dataset"], first["line"]))
+        raise SelectFlowError(
+            f"sample_id {first['sample_id'].iloc[0]!r} is used by {where} ({dup['sample_id'].nunique()} ids repeat in "
+            "all); give records unique 'id's across datasets, or drop the 'id' field to use dataset:line ids"
+        )
     with atomic_open(out_tsv, "w", encoding="utf-8") as fh:
         table.to_csv(fh, sep="\t", index=False)
     return len(table)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", dtype={"sample_id": str, "dataset": str, "shard": str, "row": int},
+    return pd.read_csv(path, sep="\t", dtype={"sample_id": str, "dataset": str, "line": int, "shard": str, "row": int},
                        keep_default_na=False)
 
 

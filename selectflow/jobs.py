@@ -35,8 +35,8 @@ EXIT_NOT_RETRIED = 4
 RERUN_COMMAND = "snakemake --cores 1 --resources gpu=1"
 
 
-def _setup_logging(log_path: str):
-    """Send logging and fd 2 to the log file; return a stream on the original stderr."""
+def _setup_logging(log_path: str) -> None:
+    """Send logging and fd 2 to the log file; warnings and errors also to the console."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     fh = open(log_path, "a", buffering=1, encoding="utf-8")
     console = os.fdopen(os.dup(2), "w", buffering=1)
@@ -47,7 +47,11 @@ def _setup_logging(log_path: str):
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.captureWarnings(True)
-    return console
+    # warnings and errors also reach the console, where the user watches the run
+    shown = logging.StreamHandler(console)
+    shown.setLevel(logging.WARNING)
+    shown.setFormatter(logging.Formatter("[selectflow] %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("selectflow").addHandler(shown)
 
 
 def _peak_line() -> str:
@@ -81,7 +85,7 @@ def run_job(
     for the log lines; ``gpu`` makes the job claim a device first.
     """
     log_path = snakemake.log[0]
-    console = _setup_logging(log_path)
+    _setup_logging(log_path)
     rule = snakemake.rule
     attempt = int(snakemake.resources.get("attempt", 1))
     failure = Path(f"{log_path}.failure.json")
@@ -94,9 +98,10 @@ def run_job(
         previous = json.loads(failure.read_text())
         log.info("attempt %s failed with: %s", previous.get("attempt"), previous.get("error", "").splitlines()[0])
         if previous.get("kind") != "oom":
+            detail = f"\n{previous.get('traceback')}" if previous.get("kind") == "error" else ""
             log.error("attempt %d of rule %s skipped: attempt %d failed with %s, which is not an out-of-memory "
-                      "error, so a smaller %s would not help. Original error:\n%s", attempt, rule,
-                      previous.get("attempt"), previous.get("error"), size_name or "batch", previous.get("traceback"))
+                      "error, so a smaller %s would not help.%s", attempt, rule, previous.get("attempt"),
+                      previous.get("error"), size_name or "batch", detail)
             sys.exit(EXIT_NOT_RETRIED)
 
     claim = None
@@ -127,8 +132,7 @@ def run_job(
                 f"{size_name}={nxt}. Finished outputs are kept; Snakemake retries automatically (profiles/default), "
                 f"or continue with: {RERUN_COMMAND}"
             )
-            log.error("%s", line)
-            print(f"[selectflow] {line}", file=console)
+            log.error("%s", line)  # also on the console (the WARNING handler)
             _write_failure(failure, "oom", exc, attempt)
             sys.exit(EXIT_OOM)
         log.exception("rule %s failed (not an out-of-memory error; it will not be retried with a smaller size)", rule)

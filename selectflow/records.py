@@ -114,7 +114,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise SelectFlowError(
-                    f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno}); "
+                    f"{path}:{lineno}: malformed JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}); "
                     "fix or remove this line"
                 ) from None
             if not isinstance(record, dict):
@@ -135,7 +135,7 @@ def read_dataset(path: str | os.PathLike, dataset: str) -> list[dict]:
     try:
         fmt = detect_format(parsed[0][1])
     except ValueError as exc:
-        raise SelectFlowError(f"{path}:{parsed[0][0]}: {exc}") from None
+        raise SelectFlowError(f"{path}:{parsed[0][0]}: {exc}; fix or remove this record") from None
     ids = [rec.get("id") for _, rec in parsed]
     use_ids = all(i is not None for i in ids) and len({str(i) for i in ids}) == len(ids)
     if any(i is not None for i in ids) and not use_ids:
@@ -147,7 +147,7 @@ def read_dataset(path: str | os.PathLike, dataset: str) -> list[dict]:
                 raise ValueError(f"record is not in the file's format ({fmt}, detected from line {parsed[0][0]})")
             prompt, response = prompt_and_response(record, fmt)
         except ValueError as exc:
-            raise SelectFlowError(f"{path}:{lineno}: {exc}") from None
+            raise SelectFlowError(f"{path}:{lineno}: {exc}; fix or remove this record") from None
         out.append(
             {
                 "sample_id": str(rid) if use_ids else f"{dataset}:{lineno}",

@@ -122,7 +122,7 @@ def read_router_shard(path: str | os.PathLike) -> RouterShard:
     if not np.isfinite(probs).all():
         bad = int(np.argwhere(~np.isfinite(probs).reshape(n, -1).all(axis=1))[0, 0])
         raise SelectFlowError(
-            f"{path}: moe_probs has NaN/inf (first at sample {data['sample_id'][bad]!r}); the model produced "
+            f"{path}: moe_probs has NaN/inf (first at sample {_strings(data['sample_id'][bad:bad + 1])[0]!r}); the model produced "
             f"non-finite routing (try dtype float32); {REBUILD_HINT}"
         )
     sample_id = _strings(data["sample_id"])
