@@ -156,7 +156,9 @@ def worker_train(spec: dict) -> dict:
            "save_every": 0, "monitor_interval": 0, **spec.get("train", {})}
     with tempfile.TemporaryDirectory() as out:
         s = train(spec["model"], spec["data"], Path(out) / "run", cfg)
-    return {"samples_per_s": s["samples_per_s"], "samples_per_cpu_s": None, "host_peak_rss_mb": s["host_peak_rss_mb"],
+    samples = s["samples_per_s"] * s["train_seconds"]
+    return {"samples_per_s": s["samples_per_s"], "samples_per_cpu_s": samples / s["train_cpu_seconds"],
+            "host_peak_rss_mb": s["host_peak_rss_mb"],
             "loop_pss_growth_mb": None,
             "device_peak_mb": s["measured_peak_mb"], "predicted_peak_mb": s["estimated_peak_mb"],
             "micro_batch_size": s["micro_batch_size"], "cache": s["cache"], "checksum": None}
@@ -221,6 +223,7 @@ def loader_mode(args) -> None:
         model, data = prepare_demo(work, n_records)
         for consumer in consumers:
             spec_base = {"consumer": consumer, "model": str(model), "data": str(data), "device": device,
+                         "threads": args.threads,
                          "micro": args.micro_batch, "max_length": 256, "epochs": epochs}
             if consumer == "train" and device == "cpu":
                 # the demo MoE trains at ~25 samples/s on 2 CPU cores: a slice of the data keeps the run short
@@ -237,7 +240,8 @@ def loader_mode(args) -> None:
             assert len(sums) == 1, f"variants delivered different batches: {sums}"
             print(f"\n## consumer={consumer}, device={device}, {Path(spec_base['data']).name}: "
                   f"{sum(1 for _ in open(spec_base['data']))} samples x {spec_base['epochs']} epochs, micro-batch "
-                  f"{args.micro_batch}, max_length 256, {repeats} interleaved repeat(s), median")
+                  f"{args.micro_batch}, max_length 256, {repeats} interleaved repeat(s), median"
+                  f"{f', {args.threads} torch thread(s)' if args.threads else ''}")
             print(table(median_rows(results)))
 
 
@@ -323,11 +327,17 @@ def main(argv=None) -> int:
                     help="what reads the batches (default: loader with --quick, both otherwise)")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, help="interleaved repeats per variant (default 1 quick, 3 full)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads per subprocess (default: torch's choice); "
+                    "1 avoids OpenMP stalls on a shared, oversubscribed CPU box")
     ap.add_argument("--estimate", action="store_true", help="predicted vs measured training peak")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
+        if spec.get("threads"):
+            import torch
+
+            torch.set_num_threads(spec["threads"])
         result = worker_loader(spec) if spec["consumer"] == "loader" else worker_train(spec)
         print("RESULT " + json.dumps(result), flush=True)
         return 0

@@ -6,7 +6,16 @@ from snakemake.utils import validate
 from selectflow.locks import clear_stale_locks
 from selectflow.oom import attempt_size
 
+
+def _trainer_keys(section):
+    """The train section less the workflow's own keys (enabled, model_path)."""
+    return {k: v for k, v in section.items() if k not in ("enabled", "model_path")}
+
+
 validate(config, "../schemas/config.schema.yaml")
+validate(
+    _trainer_keys(config["train"]), "../schemas/train.schema.yaml", set_default=False
+)
 
 if workflow.is_main_process:
     clear_stale_locks()
@@ -81,7 +90,7 @@ def final_targets(wildcards):
         f"{RESULTS}/selection/selected_data.jsonl",
         f"{RESULTS}/selection/selection_summary.tsv",
     ]
-    if config["train"].get("enabled", True):
+    if config["train"]["enabled"]:
         targets += [f"{RESULTS}/train/metrics.tsv"]
     if config["index"]["enabled"]:
         targets += [f"{RESULTS}/indexes/pool/summary.tsv"]
@@ -106,11 +115,6 @@ def warmup_train_config():
     return resolve_train_config(
         _trainer_keys({**config["train"], **config["warmup"]["train"]})
     )
-
-
-def _trainer_keys(section):
-    """The train section less the workflow's own keys (enabled, model_path)."""
-    return {k: v for k, v in section.items() if k not in ("enabled", "model_path")}
 
 
 def router_model():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMA = SCHEMAS / "config.schema.yaml"
 
 HEADER = """# Configuration keys
 
@@ -52,6 +53,9 @@ def _rows(node: dict, prefix: str = ""):
 
 def render(schema_path: Path = SCHEMA) -> str:
     schema = yaml.safe_load(schema_path.read_text())
+    # the trainer's keys live in their own schema (checked by the train package)
+    train = yaml.safe_load((SCHEMAS / "train.schema.yaml").read_text())
+    schema["properties"]["train"]["properties"].update(train["properties"])
     cell = lambda text: text.replace("|", "\\|")  # noqa: E731 - a pipe would end the table cell
     lines = [f"| `{k}` | {cell(t)} | {cell(d)} | {cell(m)} |" for k, t, d, m in _rows(schema)]
     return HEADER + "\n".join(lines) + "\n"

@@ -59,12 +59,6 @@ def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):
     n = n_blocks(wd / SEL / "candidates.h5", 50)
     assert n >= 2 and len(list((wd / SEL / "distances").glob("block_*.h5"))) == n * (n + 1) // 2
     assert (wd / SEL / "selected_data.jsonl").read_bytes() == (clean_run / SEL / "selected_data.jsonl").read_bytes()
-    if point == "train":
-        summary = json.loads((wd / "results/small/train/summary.json").read_text())
-        assert summary["resumed_from_step"] > 0
-        for name in ("model.safetensors",):
-            assert (wd / "results/small/train/checkpoint" / name).read_bytes() == (
-                clean_run / "results/small/train/checkpoint" / name).read_bytes()
 
 
 def kill_when(workdir: Path, ready, config, timeout: float = 600) -> None:
@@ -110,3 +104,9 @@ def test_sigkill_then_rerun_only_finishes_what_was_missing(clean_run, tmp_path, 
     assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())
     assert jobs.count("router_dump") == 4 - len([p for p in done_before if p.parent == shards])
     assert (wd / SEL / "selected_data.jsonl").read_bytes() == (clean_run / SEL / "selected_data.jsonl").read_bytes()
+    if point == "train":
+        summary = json.loads((wd / "results/small/train/summary.json").read_text())
+        assert summary["resumed_from_step"] > 0
+        name = "model.safetensors"
+        assert (wd / "results/small/train/checkpoint" / name).read_bytes() == (
+            clean_run / "results/small/train/checkpoint" / name).read_bytes()

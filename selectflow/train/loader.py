@@ -65,6 +65,5 @@ class BatchStream:
         self.close()
 
     def close(self) -> None:
-        """Stop the prefetch thread (if any)."""
-        if self._prefetch is not None:
-            self._prefetch.close()
+        """Stop the prefetch thread or the batch generator; either way the DataLoader's workers exit."""
+        self._batches.close()

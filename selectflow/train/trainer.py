@@ -68,6 +68,7 @@ def train(model_path, data_jsonl, out_dir, cfg: dict | None, *, attempt: int = 1
     summary (also ``summary.json``) holds the sizes used (``micro_batch_size``,
     ``gradient_accumulation_steps``, ``effective_batch``), ``steps``, ``resumed_from_step``,
     ``first_loss`` / ``final_loss`` (mean of the last 5 steps), ``samples_per_s``,
+    ``train_seconds`` / ``train_cpu_seconds`` (wall / CPU time of the loop, with workers),
     ``estimated_peak_mb`` beside ``measured_peak_mb`` (CUDA) and ``host_peak_rss_mb``, and
     the device-cache counts (``cache``).
     """
@@ -276,7 +277,7 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
     autocast = partial(torch.autocast, device.type, dtype=compute_dtype(precision), enabled=precision != "fp32")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), os.times()
     samples_done = 0
     step = start
     it = iter(stream)
@@ -323,6 +324,7 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
     finally:
         stream.close()
     elapsed = time.perf_counter() - t_start
+    cpu_seconds = sum(os.times()[:4]) - sum(cpu_start[:4])
 
     if not monitor.rows or monitor.rows[-1]["step"] != total_steps:
         monitor.sample(total_steps)
@@ -341,6 +343,7 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
         "checkpoint": str(out_dir / "checkpoint"), "checkpoint_kind": kind, "first_loss": losses[0] if losses else None,
         "final_loss": float(np.mean(losses[-5:])) if losses else None,
         "samples_per_s": samples_done / elapsed if elapsed > 0 else None, "train_seconds": elapsed,
+        "train_cpu_seconds": cpu_seconds,
         "estimated_peak_mb": estimate.total / MIB, "measured_peak_mb": measured_peak,
         "host_peak_rss_mb": _host_peak_rss_mb(), "cache": cache.stats() if cache is not None else None,
     }
