@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import SelectFlowError
-from ..records import detect_format, prompt_and_response
+from ..records import iter_jsonl, record_prompt_response
 
 IGNORE_INDEX = -100
 
@@ -34,18 +33,7 @@ def load_training_pairs(path: str | os.PathLike) -> list[tuple[str, str, str]]:
     path = Path(path)
     if not path.is_file():
         raise SelectFlowError(f"training data {path} does not exist; run the selection step first or fix the path")
-    pairs = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SelectFlowError(f"{path}:{lineno}: malformed JSON ({exc.msg}); fix or remove this line") from None
-            if not isinstance(record, dict):
-                raise SelectFlowError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            pairs.append(record_to_pair(record, f"{path}:{lineno}"))
+    pairs = [record_to_pair(record, f"{path}:{lineno}") for lineno, record in iter_jsonl(path)]
     if not pairs:
         raise SelectFlowError(f"training data {path} holds no records; the selection is empty")
     return pairs
@@ -54,12 +42,10 @@ def load_training_pairs(path: str | os.PathLike) -> list[tuple[str, str, str]]:
 def record_to_pair(record: dict, where: str) -> tuple[str, str, str]:
     """One record (normalised or original) → ``(sample_id, prompt, response)``."""
     sample_id = str(record.get("sample_id", record.get("id", where)))
-    if isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
-        return sample_id, record["prompt"], record["response"]
     try:
-        prompt, response = prompt_and_response(record, detect_format(record))
+        prompt, response = record_prompt_response(record)
     except (ValueError, KeyError) as exc:
-        raise SelectFlowError(f"{where}: {exc}") from None
+        raise SelectFlowError(f"{where}: {exc}; fix or remove this record") from None
     return sample_id, prompt, response
 
 
