@@ -140,6 +140,7 @@ def test_shard_file_roundtrip(tmp_path, demo_model, demo_pool):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_dump_matches_cpu(demo_model, records):
     cpu = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu")).dump(records, progress=False)
+    before = torch.cuda.memory_allocated()
     fp32 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda", dtype="float32"))
     assert next(fp32.model.parameters()).is_cuda
     gpu = fp32.dump(records, progress=False)
@@ -155,5 +156,5 @@ def test_cuda_dump_matches_cpu(demo_model, records):
     model = weakref.ref(fp32.model)
     fp32.close()
     assert model() is None
-    # what stays allocated is cuBLAS's workspace (32 MiB on Hopper), not the model
-    assert torch.cuda.memory_allocated() <= 32 * 2**20
+    # what may stay allocated is a cuBLAS workspace (32 MiB on Hopper), not the model
+    assert torch.cuda.memory_allocated() - before <= 32 * 2**20
