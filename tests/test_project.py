@@ -1,6 +1,5 @@
 """Project hygiene a user relies on: lint-clean rules, current config docs, schema errors."""
 
-import shutil
 import subprocess
 import sys
 
