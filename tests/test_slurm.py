@@ -90,8 +90,12 @@ def h5_contents(path: Path) -> dict[str, object]:
 
 
 def outputs(workdir: Path) -> dict[str, object]:
-    """What the demo chain produced under results/, HDF5 as contents, other files as bytes."""
-    files = sorted(p for p in (workdir / "results").rglob("*") if p.is_file())
+    """What the demo chain produced under results/, HDF5 as contents, other files as bytes.
+
+    The resources figure plots each job's runtime and memory, which differ between any two
+    runs; everything else must be identical.
+    """
+    files = sorted(p for p in (workdir / "results").rglob("*") if p.is_file() and p.name != "resources.png")
     return {str(p.relative_to(workdir)): h5_contents(p) if p.suffix == ".h5" else p.read_bytes() for p in files}
 
 
