@@ -21,7 +21,7 @@ import pandas as pd
 from .embed import encode_texts, load_encoder
 from .errors import SelectFlowError
 from .fsutil import atomic_open
-from .index_store import WindowFiles, WindowStore, build_window_index
+from .index_store import WindowStore, build_window_index
 from .records import read_dataset, read_jsonl, record_prompt_response
 from .windows import item_windows, read_sequence_window, sequence_windows
 
@@ -160,7 +160,3 @@ def find_contaminated(index_dir, n_windows: int, eval_jsonl, encoder_path, thres
         store.close()
     log.info("%d pool samples within %g of the evaluation set %s", len(hits), threshold, eval_jsonl)
     return hits
-
-
-def window_file(index_dir, w: int) -> Path:
-    return WindowFiles.of(index_dir, w).faiss

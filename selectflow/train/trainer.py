@@ -45,6 +45,7 @@ from ..errors import SelectFlowError
 from ..fsutil import atomic_dir, atomic_open
 from ..oom import attempt_size, is_oom
 from ..records import read_dataset
+from ..gpus import ALLOC_CONF
 from .checkpoint import load_resume, save_resume
 from .data import IGNORE_INDEX, TokenizedDataset, load_training_pairs, plan_steps, split_micro, steps_per_epoch
 from .estimate import estimate_training_memory, freest_cuda_device, model_shape, pick_micro_batch, resolve_budget
@@ -119,8 +120,8 @@ def _expandable_segments() -> None:
         log.info("CUDA is already initialised: set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in the "
                  "environment to get expandable segments")
         return
-    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-    log.info("CUDA allocator: expandable_segments enabled")
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF
+    log.info("CUDA allocator: %s", ALLOC_CONF)
 
 
 def batch_split(c: dict, attempt: int) -> tuple[int, int, int]:
