@@ -140,7 +140,7 @@ def to_jsonl_command(path: Path) -> str:
             f"[print(json.dumps(r, ensure_ascii=False)) for r in json.load(sys.stdin)]\" < {path.name} > {out}")
 
 
-def _open_lines(path: Path):
+def open_lines(path: Path):
     """The file as binary lines: gzip read directly; other compressed or UTF-16 files refused."""
     with open(path, "rb") as fh:
         head = fh.read(4)
@@ -177,7 +177,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """
     path = Path(path)
     first = True
-    with _open_lines(path) as fh:
+    with open_lines(path) as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = _decode(raw, path, lineno)
             if not line.strip():
