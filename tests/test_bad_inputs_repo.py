@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -304,11 +305,12 @@ def no_pad_model(demo_model, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_no_pad_token_and_a_shard_without_selected_samples(tmp_path, demo_pool, no_pad_model):
-    """41 records, shard_size 20: the last shard holds one sample, not selected; the tokenizer has no pad/eos."""
+    """21 records, shard_size 20: the last shard holds one sample, not selected; the tokenizer has no pad/eos."""
     root = repo_copy(tmp_path)
-    pool = tmp_path / "pool41.jsonl"
-    pool.write_text("".join(demo_pool.read_text().splitlines(keepends=True)[:41]))
-    my_yaml(root, {"mine": pool}, no_pad_model, shard_size=20, train={"enabled": False}, index={"enabled": False})
+    pool = tmp_path / "pool21.jsonl"
+    pool.write_text("".join(demo_pool.read_text().splitlines(keepends=True)[:21]))
+    my_yaml(root, {"mine": pool}, no_pad_model, shard_size=20, selection={"selection_percentage": 0.1},
+            train={"enabled": False}, index={"enabled": False})
     proc = snakemake(root, *RUN)
     assert proc.returncode == 0, output(proc)[-4000:]
     warnings = [ln for ln in output(proc).splitlines() if ln.startswith("[selectflow] WARNING selectflow.tokens")]
@@ -319,7 +321,48 @@ def test_no_pad_token_and_a_shard_without_selected_samples(tmp_path, demo_pool, 
     results = root / "results" / "mine"
     selected = {r["sample_id"] for r in read_jsonl(results / "selection" / "selected_data.jsonl")}
     shards = sorted((results / "router_data" / "mine").glob("*.h5"))
-    assert len(shards) == 3
+    assert len(shards) == 2
     assert any(not selected & set(read_router_shard(p).sample_id) for p in shards)  # the case that crashed
     assert all((results / "report" / f).stat().st_size > 0 for f in ("routing_pca.png", "routing_heatmap.png"))
     assert "Nothing to be done" in output(snakemake(root, "-n"))
+
+
+@pytest.mark.parametrize("picked", ["none", "all"])
+def test_routing_sample_of_a_shard_with_no_or_only_selected_samples(tmp_path, picked):
+    """The report's routing sample when one shard has no selected sample, or only selected ones."""
+    from selectflow.report import routing_sample
+
+    from .test_bad_inputs import write_shard
+
+    write_shard(tmp_path / "a.h5", [f"a{i}" for i in range(10)])
+    write_shard(tmp_path / "b.h5", ["b0"])
+    selected = {"a1", "a2"} | ({"b0"} if picked == "all" else set())
+    sample = routing_sample([tmp_path / "a.h5", tmp_path / "b.h5"], selected)
+    assert sample.features.shape == (11, 2 * 4) and sample.n_selected == len(selected)
+    assert sorted(sample.selected.tolist()) == [False] * (11 - len(selected)) + [True] * len(selected)
+
+
+def test_one_padding_rule_for_router_trainer_and_encoder(no_pad_model, demo_model, tmp_path, caplog):
+    """pad, else eos, else 0 (logged); the encoder's vectors do not depend on the pad id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selectflow.embed import encode_texts
+    from selectflow.tokens import pad_token_id
+    from selectflow.train import train
+
+    with_pad, no_pad = AutoTokenizer.from_pretrained(demo_model), AutoTokenizer.from_pretrained(no_pad_model)
+    eos_only = AutoTokenizer.from_pretrained(demo_model)
+    eos_only.pad_token = None
+    assert (pad_token_id(with_pad), pad_token_id(eos_only)) == (with_pad.pad_token_id, with_pad.eos_token_id)
+    with caplog.at_level("WARNING", logger="selectflow.tokens"):
+        assert pad_token_id(no_pad) == 0
+    assert "has neither a pad nor an eos token; padding with id 0" in caplog.text
+    model = AutoModelForCausalLM.from_pretrained(demo_model)
+    texts = ["a short text", "a somewhat longer text than the first one"]
+    np.testing.assert_allclose(encode_texts(model, no_pad, texts, device="cpu"),
+                               encode_texts(model, with_pad, texts, device="cpu"), rtol=1e-5, atol=1e-6)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(4)))
+    summary = train(no_pad_model, data, tmp_path / "run", {"max_steps": 1, "micro_batch_size": 4, "max_length": 32,
+                                                             "save_every": 0, "device": "cpu"})
+    assert summary["micro_batch_size"] == 4 and (tmp_path / "run" / "checkpoint").is_dir()
