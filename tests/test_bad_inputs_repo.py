@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from selectflow.errors import SelectFlowError
+from selectflow.preflight import tiny_selection_warning
 from selectflow.records import read_dataset, read_jsonl
 from selectflow.routerfile import read_router_shard
 
@@ -262,9 +263,10 @@ def test_selection_that_rounds_to_one_record_warns(root, good_file, demo_model, 
     warnings = [ln for ln in output(proc).splitlines() if ln.startswith("[selectflow] WARNING")]
     assert warnings[0] == ("[selectflow] WARNING: selection.selection_percentage 0.05 of the 12 records in "
                            "'datasets' selects 1 record; raise selection_percentage or add records")
-    # 40 records select 2: no warning
-    my_yaml(root, {"mine": good_file}, demo_model)
-    assert "[selectflow] WARNING" not in output(snakemake(root, "-n"))
+    # the same check, on 40 records (2 selected), and on 12 at 10 % (1.2 -> 1)
+    assert tiny_selection_warning({"mine": str(good_file)}, 0.05) is None
+    assert "of the 12 records in 'datasets' selects 1 record" in tiny_selection_warning({"mine": str(small)}, 0.1)
+    assert tiny_selection_warning({"mine": str(small)}, 0.2) is None
 
 
 def in_mount_namespace(root: Path, options: str) -> tuple:
