@@ -88,13 +88,15 @@ def turn_text(content: object, where: str) -> str:
         texts = []
         for k, part in enumerate(content, start=1):
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            if kind != "text" or not isinstance(part.get("text"), str):
+            if kind == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"{where} part {k} has no string 'text'")
+            if kind != "text":
                 raise ValueError(f"{where} part {k} is {kind!r}, not a text part ({{\"type\": \"text\", \"text\": …}}); "
                                  "only text can be trained on")
             texts.append(part["text"])
         content = "\n".join(texts)
     elif content is not None and not isinstance(content, str):
-        raise ValueError(f"{where} is a {type(content).__name__}, not text")
+        raise ValueError(f"{where} is of type {type(content).__name__}, not text")
     if content is None or not content.strip():
         raise ValueError(f"{where} is {'null' if content is None else 'empty'}")
     return content
