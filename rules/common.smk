@@ -1,3 +1,5 @@
+import sys
+
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
@@ -36,7 +38,7 @@ BENCH = f"benchmarks/{config['run']}"
 SEL = config["selection"]
 
 # datasets, model folders, the results disk, a selection of one record: before any job
-for _warning in checked(preflight, config, RESULTS):
+for _warning in checked(preflight, config, RESULTS, sys.argv):
     if workflow.is_main_process:
         logger.warning(f"[selectflow] WARNING: {_warning}")
 

@@ -19,6 +19,9 @@ from .records import open_lines
 
 DEMO_PREFIX = "resources/demo/"
 MIN_FREE_MB = 100
+# commands that free space or repair state: a full or read-only disk must not block them
+HOUSEKEEPING = ("--unlock", "--delete-all-output", "--delete-temp-output", "--cleanup-metadata", "--cm",
+                "--cleanup-shadow", "--touch", "-t")
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
@@ -125,11 +128,16 @@ def tiny_selection_warning(datasets: Mapping[str, str], selection_percentage: fl
             f"{k} record; raise selection_percentage or add records")
 
 
-def preflight(config: Mapping, results: str) -> list[str]:
-    """Every check of this module on a validated config; returns the warnings to show."""
+def preflight(config: Mapping, results: str, argv: list[str] = ()) -> list[str]:
+    """Every check of this module on a validated config; returns the warnings to show.
+
+    ``argv`` (Snakemake's command line): the disk checks are skipped for housekeeping
+    commands such as ``--unlock`` or ``--delete-all-output``.
+    """
     check_datasets_exist(config["datasets"])
     for key, path in model_keys(config):
         check_model_folder(key, path)
-    check_results_writable(results)
+    if not any(arg.split("=")[0] in HOUSEKEEPING for arg in argv):
+        check_results_writable(results)
     warning = tiny_selection_warning(config["datasets"], config["selection"]["selection_percentage"])
     return [warning] if warning else []
