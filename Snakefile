@@ -3,7 +3,11 @@ from snakemake.utils import min_version
 min_version("8.20")
 
 
-configfile: "config/config.yaml"
+# The demo's config only when no --configfile is given: Snakemake would merge a user's
+# file into it, and the demo's datasets would be selected from too.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "report/workflow.rst"

@@ -1,10 +1,13 @@
-import os
+import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
+from selectflow.errors import SelectFlowError
 from selectflow.locks import clear_stale_locks
 from selectflow.oom import attempt_size
+from selectflow.preflight import check_datasets_given, preflight
 
 
 def _trainer_keys(section):
@@ -12,6 +15,15 @@ def _trainer_keys(section):
     return {k: v for k, v in section.items() if k not in ("enabled", "model_path")}
 
 
+def checked(fn, *args):
+    """``fn(*args)``; a SelectFlowError stops Snakemake with its message alone."""
+    try:
+        return fn(*args)
+    except SelectFlowError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+checked(check_datasets_given, config, workflow.overwrite_configfiles)
 validate(config, "../schemas/config.schema.yaml")
 validate(
     _trainer_keys(config["train"]), "../schemas/train.schema.yaml", set_default=False
@@ -20,18 +32,15 @@ validate(
 if workflow.is_main_process:
     clear_stale_locks()
 
-for _name, _path in config["datasets"].items():
-    # the demo pool is built by rule demo_pool; any other dataset must exist up front
-    if not os.path.exists(_path) and not _path.startswith("resources/demo/"):
-        raise WorkflowError(
-            f"dataset '{_name}': file {_path} does not exist (relative to {os.getcwd()}); "
-            f"fix 'datasets.{_name}' in the config"
-        )
-
 RESULTS = f"results/{config['run']}"
 LOGS = f"logs/{config['run']}"
 BENCH = f"benchmarks/{config['run']}"
 SEL = config["selection"]
+
+# datasets, model folders, the results disk, a selection of one record: before any job
+for _warning in checked(preflight, config, RESULTS, sys.argv):
+    if workflow.is_main_process:
+        logger.warning(f"[selectflow] WARNING: {_warning}")
 
 
 wildcard_constraints:

@@ -19,6 +19,7 @@ import torch
 from .device import inference_dtype, resolve_device
 from .errors import SelectFlowError
 from .oom import run_adaptive
+from .tokens import pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def encode_texts(
         bad = int(np.argmax(lengths == 0))
         raise SelectFlowError(f"text {bad} ({texts[bad]!r}) has no tokens; drop empty texts before embedding")
     order = np.argsort(-lengths, kind="stable")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
 
     def run(lo: int, hi: int) -> None:
         rows = order[lo:hi]

@@ -14,14 +14,21 @@ Every record becomes a *normalised record* (a dict, one JSON line in a shard)::
      "record": {...}}    # the original record, untouched
 
 ``sample_id`` is the record's ``id`` when every record of the file has one and they are
-unique, else ``"{dataset}:{line}"`` (1-based line number).
+unique, else ``"{dataset}:{line}"`` (1-based line number). An ``id`` that could not survive
+the chain (HDF5, TSV, FAISS id files) is refused where the file is read: see :func:`check_id`.
+
+Files are read as UTF-8 JSON Lines (a UTF-8 byte-order mark is accepted, ``.gz`` files are
+read directly); anything else stops with ``file:line: what; what to do``.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
+import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -33,6 +40,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("alpaca", "sharegpt", "messages")
 _USER_ROLES = {"human", "user"}
 _ASSISTANT_ROLES = {"gpt", "assistant"}
+MAX_ID_LENGTH = 256
 
 
 def detect_format(record: dict) -> str:
@@ -74,6 +82,26 @@ def _alpaca(record: dict) -> tuple[str, str]:
     return format_turns([("user", user)]), record["output"]
 
 
+def turn_text(content: object, where: str) -> str:
+    """The text of one turn: a non-empty string, or an OpenAI list of ``{"type": "text", "text"}`` parts (joined)."""
+    if isinstance(content, list):
+        texts = []
+        for k, part in enumerate(content, start=1):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"{where} part {k} has no string 'text'")
+            if kind != "text":
+                raise ValueError(f"{where} part {k} is {kind!r}, not a text part ({{\"type\": \"text\", \"text\": …}}); "
+                                 "only text can be trained on")
+            texts.append(part["text"])
+        content = "\n".join(texts)
+    elif content is not None and not isinstance(content, str):
+        raise ValueError(f"{where} is of type {type(content).__name__}, not text")
+    if content is None or not content.strip():
+        raise ValueError(f"{where} is {'null' if content is None else 'empty'}")
+    return content
+
+
 def _dialogue(items: list, role_key: str, text_key: str, kind: str) -> tuple[str, str]:
     if not isinstance(items, list) or not items:
         raise ValueError(f"{kind} record has an empty or non-list conversation")
@@ -85,7 +113,7 @@ def _dialogue(items: list, role_key: str, text_key: str, kind: str) -> tuple[str
         role = "user" if role in _USER_ROLES else "assistant" if role in _ASSISTANT_ROLES else role
         if role not in ("user", "assistant", "system"):
             raise ValueError(f"{kind} turn has unknown {role_key} {item[role_key]!r}")
-        turns.append((role, str(item[text_key])))
+        turns.append((role, turn_text(item[text_key], f"{kind} turn {len(turns) + 1} ({role}) '{text_key}'")))
     last = max((i for i, (r, _) in enumerate(turns) if r == "assistant"), default=None)
     if last is None:
         raise ValueError(f"{kind} record has no assistant turn (no response)")
@@ -103,13 +131,63 @@ def prompt_and_response(record: dict, fmt: str) -> tuple[str, str]:
     return _dialogue(record["messages"], "role", "content", "messages")
 
 
+_COMPRESSED = {b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
+_LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def to_jsonl_command(path: Path) -> str:
+    """Shell commands that turn the JSON array file ``path`` into JSON Lines."""
+    out = f"{path.stem}.jsonl" if path.suffix != ".jsonl" else f"{path.stem}.lines.jsonl"
+    return (f"jq -c '.[]' {path.name} > {out}, or python -c \"import json,sys; "
+            f"[print(json.dumps(r, ensure_ascii=False)) for r in json.load(sys.stdin)]\" < {path.name} > {out}")
+
+
+def open_lines(path: Path):
+    """The file as binary lines: gzip read directly; other compressed or UTF-16 files refused."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.open(path, "rb")
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise SelectFlowError(f"{path}:1: this is a {kind} file, not JSON Lines; decompress it first "
+                                  "(gzip files are read directly)")
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise SelectFlowError(f"{path}:1: this file is UTF-16, not UTF-8; convert it with "
+                              f"iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}")
+    return open(path, "rb")
+
+
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    if lineno == 1:
+        raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SelectFlowError(
+            f"{path}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line); "
+            f"re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix} "
+            "if it is Latin-1"
+        ) from None
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of each non-blank line; a bad line raises naming file and line."""
+    """(line number, object) of each non-blank line; a bad line raises naming file and line.
+
+    UTF-8 only (a byte-order mark is skipped); a gzip file is read directly. A JSON array
+    (one line or pretty-printed) is refused with the command that converts it.
+    """
     path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    first = True
+    with open_lines(path) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = _decode(raw, path, lineno)
             if not line.strip():
                 continue
+            if first and line.lstrip().startswith("["):
+                raise SelectFlowError(f"{path}:{lineno}: this is a JSON array, not JSON Lines (one object per line); "
+                                      f"convert it with {to_jsonl_command(path)}")
+            first = False
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -117,9 +195,36 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                     f"{path}:{lineno}: malformed JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}); "
                     "fix or remove this line"
                 ) from None
+            except RecursionError:
+                raise SelectFlowError(f"{path}:{lineno}: JSON nested too deeply to read; "
+                                      "flatten or remove this record") from None
             if not isinstance(record, dict):
-                raise SelectFlowError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                raise SelectFlowError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}; "
+                                      "fix or remove this line")
+            if _LONE_SURROGATE_ESCAPE.search(raw):
+                try:
+                    json.dumps(record, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise SelectFlowError(
+                        f"{path}:{lineno}: invalid \\u escape {exc.object[exc.start:exc.end]!r} "
+                        "(half of a UTF-16 surrogate pair, not a character); fix or remove this record"
+                    ) from None
             yield lineno, record
+
+
+def check_id(rid: object) -> str | None:
+    """Why ``rid`` cannot be a sample id (None when it can): ids go into HDF5, TSV and FAISS id files."""
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        return f"a {type(rid).__name__}, not a string or integer"
+    text = str(rid)
+    if not text.strip():
+        return "empty"
+    if len(text) > MAX_ID_LENGTH:
+        return f"{len(text)} characters long (at most {MAX_ID_LENGTH})"
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"holds the control character {bad!r}"
+    return None
 
 
 def read_dataset(path: str | os.PathLike, dataset: str) -> list[dict]:
@@ -138,6 +243,14 @@ def read_dataset(path: str | os.PathLike, dataset: str) -> list[dict]:
         raise SelectFlowError(f"{path}:{parsed[0][0]}: {exc}; fix or remove this record") from None
     ids = [rec.get("id") for _, rec in parsed]
     use_ids = all(i is not None for i in ids) and len({str(i) for i in ids}) == len(ids)
+    for (lineno, _), rid in zip(parsed, ids) if use_ids else ():
+        why = check_id(rid)
+        if why is not None:
+            shown = repr(rid) if len(repr(rid)) <= 60 else repr(rid)[:57] + "..."
+            raise SelectFlowError(
+                f"{path}:{lineno}: 'id' {shown} cannot be a sample id ({why}); fix it, or drop the 'id' "
+                f"field from every record of the file (ids become '{dataset}:<line>')"
+            )
     if any(i is not None for i in ids) and not use_ids:
         log.warning("%s: 'id' missing or repeated; sample ids fall back to '%s:<line>'", path, dataset)
     out = []

@@ -199,7 +199,7 @@ def cdf_features(moe_probs: np.ndarray) -> np.ndarray:
     routing distance of selection (there also snapped to a grid, which a picture does not need).
     """
     probs = np.asarray(moe_probs, dtype=np.float32)
-    return np.cumsum(probs, axis=2).reshape(len(probs), -1)
+    return np.cumsum(probs, axis=2).reshape(len(probs), probs.shape[1] * probs.shape[2])  # n may be 0
 
 
 def _unit_hash(ids: Iterable[str]) -> np.ndarray:

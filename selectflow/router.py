@@ -33,6 +33,7 @@ from .device import inference_dtype, resolve_device
 from .errors import SelectFlowError
 from .records import format_turns, read_jsonl
 from .routerfile import RouterShard, write_router_shard
+from .tokens import pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class RouterDumper:
         return cls(model, tokenizer, settings, device)
 
     def _forward(self, seqs: list[list[int]]):
-        ids, mask = _pad(seqs, self.tokenizer.pad_token_id)
+        ids, mask = _pad(seqs, pad_token_id(self.tokenizer))
         ids, mask = ids.to(self.device), mask.to(self.device)
         with capture_outputs(self.routers) as routed, capture_outputs(self.quality_gates) as gates:
             kwargs = {"output_router_logits": True} if self.use_output else {}

@@ -46,6 +46,7 @@ from ..fsutil import atomic_dir, atomic_open
 from ..oom import attempt_size, is_oom
 from ..records import read_dataset
 from ..gpus import ALLOC_CONF
+from ..tokens import pad_token_id
 from .checkpoint import load_resume, save_resume
 from .data import IGNORE_INDEX, TokenizedDataset, load_training_pairs, plan_steps, split_micro, steps_per_epoch
 from .estimate import estimate_training_memory, freest_cuda_device, model_shape, pick_micro_batch, resolve_budget
@@ -248,7 +249,7 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
                               "tokenizer files") from None
     if tokenizer.eos_token_id is None:
         log.warning("tokenizer of %s has no eos token; responses are not closed by one", model_path)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_token_id(tokenizer)
     model = load_for_training(model_path, c, device, precision)
 
     n = len(pairs)
