@@ -113,6 +113,8 @@ def _dialogue(items: list, role_key: str, text_key: str, kind: str) -> tuple[str
         role = "user" if role in _USER_ROLES else "assistant" if role in _ASSISTANT_ROLES else role
         if role not in ("user", "assistant", "system"):
             raise ValueError(f"{kind} turn has unknown {role_key} {item[role_key]!r}")
+        if role == "system" and (item[text_key] is None or item[text_key] == ""):
+            continue  # an empty system prompt says nothing; real chat exports are full of them
         turns.append((role, turn_text(item[text_key], f"{kind} turn {len(turns) + 1} ({role}) '{text_key}'")))
     last = max((i for i, (r, _) in enumerate(turns) if r == "assistant"), default=None)
     if last is None:

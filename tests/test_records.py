@@ -78,3 +78,19 @@ def test_split_into_shards(tmp_path):
     assert [r["sample_id"] for r in rows] == [f"d:{i}" for i in range(1, 8)]
     assert sorted(x.name for x in (tmp_path / "shards").iterdir()) == [p.name for p in paths]
     assert [x.name for x in tmp_path.iterdir() if x.name.startswith(".")] == []
+
+
+def test_empty_system_prompt_is_dropped_but_empty_user_turn_is_an_error(tmp_path):
+    f = write_lines(tmp_path / "m.jsonl", [
+        {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": "hello"}]},
+        {"messages": [{"role": "system", "content": None}, {"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": "hello"}]},
+    ])
+    recs = read_dataset(f, "m")
+    assert [r["prompt"] for r in recs] == ["### User:\nhi\n\n### Assistant:\n"] * 2
+    bad = write_lines(tmp_path / "b.jsonl", [
+        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "hello"}]},
+    ])
+    with pytest.raises(SelectFlowError, match=r"b\.jsonl:1: .*turn 1 \(user\).* is empty"):
+        read_dataset(bad, "b")
