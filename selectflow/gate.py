@@ -136,6 +136,13 @@ def _hidden_size(model: nn.Module, router: nn.Module) -> int:
     return int(config.hidden_size)
 
 
+def _new_gate(block: nn.Module, hidden: int, trash: str) -> QualityGate:
+    """A gate on the device of ``block`` in its float dtype (float32 beside quantised weights)."""
+    ref = next(block.parameters())
+    dtype = ref.dtype if ref.dtype.is_floating_point else torch.float32
+    return QualityGate(hidden, trash, device=ref.device, dtype=dtype)
+
+
 def _install(block: nn.Module, gate: QualityGate) -> None:
     if hasattr(block, GATE_ATTR):
         raise SelectFlowError(f"{type(block).__name__} already has a quality gate; convert a base model only once")
@@ -155,10 +162,9 @@ def attach_gates(model: nn.Module, *, trash: str = "zero", init_std: float = 0.0
     generator = torch.Generator().manual_seed(int(seed))
     names = []
     for path, block, router in find_moe_blocks(model, router_pattern):
-        ref = next(block.parameters())
         hidden = _hidden_size(model, router)
         weight = torch.randn(2, hidden, generator=generator) * float(init_std)
-        gate = QualityGate(hidden, trash, device=ref.device, dtype=ref.dtype)
+        gate = _new_gate(block, hidden, trash)
         with torch.no_grad():
             gate.weight.copy_(weight)
         _install(block, gate)
@@ -234,8 +240,7 @@ def load_gates(model: nn.Module, folder: str | os.PathLike) -> list[str]:
         if key not in weights or tuple(weights[key].shape) != (2, entry["hidden_size"]):
             raise SelectFlowError(f"{folder / GATES_WEIGHTS}: no [2, {entry['hidden_size']}] tensor {key!r}; "
                                   "rerun rule convert")
-        ref = next(block.parameters())
-        gate = QualityGate(entry["hidden_size"], entry["trash"], device=ref.device, dtype=ref.dtype)
+        gate = _new_gate(block, entry["hidden_size"], entry["trash"])
         with torch.no_grad():
             gate.weight.copy_(weights[key])
         gate._selectflow_init_std = entry.get("init_std")
@@ -281,20 +286,27 @@ def convert_model(base_path: str | os.PathLike, out_dir: str | os.PathLike, *, t
 
     The base weights are not loaded into a new file: every file of ``base_path`` is hard
     linked (copied where links are impossible), so the conversion costs one model load
-    (to find the MoE blocks) and no extra disk on one file system.
+    (to find the MoE blocks) and no extra disk on one file system. A ``base_path`` that
+    already has gates (e.g. an earlier warm-up checkpoint) is passed through with its
+    gates, which are checked to load; ``trash``, ``init_std`` and ``seed`` then do nothing.
     """
     base = Path(base_path)
     if not base.is_dir():
         raise SelectFlowError(f"model path {base} is not a folder; set 'model.path' to a local Hugging Face model folder")
-    if is_converted(base):
-        raise SelectFlowError(f"{base} already has quality gates ({GATES_JSON}); convert the base model instead")
+    converted = is_converted(base)
     model = load_causal_lm(base, dtype=torch.float32)
-    names = attach_gates(model, trash=trash, init_std=init_std, seed=seed, router_pattern=router_pattern)
+    if converted:
+        names = [f"{name}.weight" for name, _ in quality_gates(model)]
+        log.warning("%s already has %d quality gates (%s): keeping them; the trash, init std and seed settings "
+                    "do not apply", base, len(names), GATES_JSON)
+    else:
+        names = attach_gates(model, trash=trash, init_std=init_std, seed=seed, router_pattern=router_pattern)
     with atomic_dir(out_dir) as tmp:
         for src in base.iterdir():
             if src.is_file() and not src.name.startswith("."):
                 _link_or_copy(src, tmp / src.name)
-        save_gates(model, tmp, trash=trash, init_std=float(init_std), seed=int(seed), base_model=str(base))
+        if not converted:
+            save_gates(model, tmp, trash=trash, init_std=float(init_std), seed=int(seed), base_model=str(base))
     log.info("converted %s -> %s: %d quality gates (%s)", base, out_dir, len(names), ", ".join(names[:3]) +
              (", ..." if len(names) > 3 else ""))
     return Path(out_dir)

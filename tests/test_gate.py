@@ -184,8 +184,11 @@ def test_convert_links_base_files_and_is_seeded(tmp_path, demo_model, converted)
     assert not torch.equal(a["model.layers.0.mlp.quality_gate"].weight, c["model.layers.0.mlp.quality_gate"].weight)
     std = torch.cat([g.weight.flatten() for g in a.values()]).std().item()
     assert 0.012 < std < 0.03  # N(0, 0.02)
-    with pytest.raises(SelectFlowError, match="already has quality gates"):
-        convert_model(converted, tmp_path / "twice")
+    # converting a converted model keeps its gates (e.g. a warm-up checkpoint given as model.path)
+    twice = dict(quality_gates(load_causal_lm(convert_model(converted, tmp_path / "twice", seed=1))))
+    assert all(torch.equal(a[k].weight, twice[k].weight) for k in a)
+    with pytest.raises(SelectFlowError, match="already has a quality gate"):
+        attach_gates(load_causal_lm(converted))
 
 
 def test_gates_of_another_model_are_refused(tmp_path, converted):
