@@ -286,3 +286,16 @@ def test_gate_is_a_bias_free_linear_to_two():
     assert isinstance(gate, torch.nn.Linear) and gate.bias is None and tuple(gate.weight.shape) == (2, 16)
     with pytest.raises(SelectFlowError, match="trash expert 'bin'"):
         QualityGate(16, "bin")
+
+
+def test_bf16_warmup_and_dump_run(tmp_path, converted, demo_pool, records):
+    """Half precision (the GPU default), here on the CPU: bf16 autocast in the warm-up, bf16 weights in the dump."""
+    pairs = [(r["sample_id"], r["prompt"], r["response"]) for r in read_dataset(demo_pool, "demo")[:8]]
+    summary = fit(converted, pairs, tmp_path / "w", {**WARMUP, "max_steps": 2, "precision": "bf16"},
+                  objective=GateObjective(1.0))
+    assert np.isfinite(summary["final_loss"])
+    dumper = RouterDumper.from_path(str(tmp_path / "w" / "checkpoint"),
+                                    DumpSettings(device="cpu", dtype="bfloat16", max_length=64))
+    assert {g.weight.dtype for _, g in dumper.quality_gates} == {torch.bfloat16}
+    shard = dumper.dump(records[:4], progress=False)
+    assert shard.quality_logits.shape == (4, 2, 2) and np.isfinite(shard.quality_logits).all()
