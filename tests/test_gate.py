@@ -230,6 +230,14 @@ def test_convert_and_dump_write_quality_logits(tmp_path, demo_model, records, fa
         dumper.model(input_ids=torch.tensor([ids]))
     direct = torch.stack([x.reshape(-1, 2).mean(0) for x in logits]).numpy()
     np.testing.assert_allclose(shard.quality_logits[0], direct, atol=1e-5)
+    # hook-based capture: a broad router pattern does not take the quality gates for routers
+    hooked = RouterDumper.from_path(str(tmp_path / "converted"),
+                                    DumpSettings(device="cpu", max_length=64, router_source="hooks",
+                                                 router_pattern=r"\.(quality_gate|gate|router)$"))
+    assert [n for n, _ in hooked.routers] == ["model.layers.0.mlp.gate", "model.layers.1.mlp.gate"]
+    via_hooks = hooked.dump(records, batch_size=4, progress=False)
+    np.testing.assert_allclose(via_hooks.moe_probs, shard.moe_probs, atol=1e-6)
+    np.testing.assert_allclose(via_hooks.quality_logits, shard.quality_logits, atol=1e-6)
     # the base model has no gates: no quality logits, auto is not gate
     plain = RouterDumper.from_path(str(tmp_path / "base"), DumpSettings(device="cpu", max_length=64))
     assert plain.dump(records[:2], progress=False).quality_logits is None
