@@ -17,7 +17,9 @@
   they stay as the last columns of ``moe_probs``, since choosing them is a routing
   decision too. Shared experts are always on, have no router column and are not counted;
 * ``batch_dependent``: the family's values depend on the other rows of a batch
-  (indexed/sparse attention, token-mixing routers): it is dumped one sample at a time.
+  (indexed/sparse attention, token-mixing routers): it is dumped one sample at a time;
+* ``loops``: layers run several passes (looped transformers); each pass is a routing
+  decision and gets its own row of ``moe_probs`` (router by router, pass by pass).
 
 Families not in the table use the generic path: ``output_router_logits`` when the config
 has it, else hooks on ``router_pattern``; softmax. Every captured tensor is checked:
@@ -53,6 +55,7 @@ class Family:
     score: str = "softmax"
     extra_experts: str | int = 0
     batch_dependent: bool = False
+    loops: bool = False
     note: str = ""
 
 
@@ -64,8 +67,10 @@ FAMILIES: dict[str, Family] = {
         "afmoe", "axk1", "axk2", "bailing_hybrid", "beam", "deepseek_v3", "dots1", "exaone_moe", "flint",
         "glm4_moe", "glm4_moe_lite", "glm4v_moe_text", "hy_v3", "hy_v4", "inkling_text", "kimi_linear", "kolibri1",
         "laguna", "lfm2_moe", "mimo_v2_flash", "minimax_m2", "minimax_m3_vl_text", "nemotron_h", "sarvam_mla",
-        "sarvam_moe", "solar_open", "inkling2_text", "inkling2_loop_text", "mistral4",
+        "sarvam_moe", "solar_open", "inkling2_text", "mistral4",
     )},
+    "inkling2_loop_text": Family(score="sigmoid", source="hooks", pattern=r"(^|\.)mlp\.gate$", loops=True,
+                                 note="looped layers: one row per pass"),
     **{name: _SIGMOID_INDEXED for name in ("deepseek_v32", "glm_moe_dsa", "dots3_note_text")},
     "qwen4_exp_text": Family(batch_dependent=True, note="indexed attention: dumped at batch 1"),
     "deepseek_v4": Family(score="sqrtsoftplus", source="hooks", pattern=r"(^|\.)mlp\.gate$", batch_dependent=True,
@@ -269,7 +274,7 @@ def resolve_capture(model, settings) -> Capture:
     extra = family.extra_experts
     n_extra = int(getattr(text_config(model.config), extra, 0) or 0) if isinstance(extra, str) else int(extra)
     structural = expected_moe_layers(model)
-    n_layers = len(modules) if not use_output else (len(structural) or None)
+    n_layers = None if family.loops else len(modules) if not use_output else (len(structural) or None)
     if not use_output and structural and len(modules) != len(structural) and family.score != "product_keys":
         raise SelectFlowError(
             f"router_pattern {pattern!r} matches {len(modules)} modules ({', '.join(n for n, _ in modules[:4])}"

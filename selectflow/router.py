@@ -193,13 +193,14 @@ class RouterDumper:
             router_logits = list(getattr(out, "router_logits", None) or [])
             names = [f"router_logits[{i}]" for i in range(len(router_logits))]
         else:
+            names, router_logits = [], []
             for (name, _), calls in zip(self.routers, routed):
-                if len(calls) != 1:
+                if len(calls) != 1 and not (calls and self.capture.family.loops):
                     raise SelectFlowError(
                         f"router module {name} ran {len(calls)} times in one forward pass, expected once; "
                         "set 'router_dump.router_pattern' to match one router per MoE layer")
-            names = [name for name, _ in self.routers]
-            router_logits = [self.capture.pick(name, r[0], n_tokens) for name, r in zip(names, routed)]
+                names += [name] * len(calls)
+                router_logits += [self.capture.pick(name, c, n_tokens) for c in calls]
         if not router_logits or any(r is None for r in router_logits):
             raise SelectFlowError(f"{type(self.model).__name__} produced no router logits; set 'router_dump.router_pattern'")
         router_logits = self.capture.check(router_logits, names, n_tokens)
