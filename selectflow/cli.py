@@ -39,6 +39,12 @@ def _config_doc(argv: list[str]) -> int:
     return 0
 
 
+def _families_doc(argv: list[str]) -> int:
+    from .familycheck import families_doc
+
+    return families_doc(argv)
+
+
 def _continue_selection(argv: list[str]) -> int:
     from .select import continue_selection
 
@@ -56,6 +62,7 @@ COMMANDS = {
     "estimate-memory": (_estimate_memory, "predict training memory and the largest micro-batch that fits"),
     "make-demo": (_make_demo, "write the demo pool and tiny MoE model"),
     "config-doc": (_config_doc, "print the config keys table (config/README.md)"),
+    "families-doc": (_families_doc, "check every installed MoE family and print the table (docs/families.md)"),
 }
 
 
