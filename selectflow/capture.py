@@ -18,6 +18,10 @@
   decision too. Shared experts are always on, have no router column and are not counted;
 * ``batch_dependent``: the family's values depend on the other rows of a batch
   (indexed/sparse attention, token-mixing routers): it is dumped one sample at a time;
+* ``sink_rows``: config key of always-on (shared) experts the router weight also scores
+  (Inkling's shared-expert sinks): not routed choices, so they get no column;
+* ``sparse_mixer``: the model's top-k weights come from a sparse mixer with no dense
+  equivalent (PhiMoE): ``moe_probs`` is the softmax of the logits;
 * ``loops``: layers run several passes (looped transformers); each pass is a routing
   decision and gets its own row of ``moe_probs`` (router by router, pass by pass).
 
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -56,6 +60,8 @@ class Family:
     extra_experts: str | int = 0
     batch_dependent: bool = False
     loops: bool = False
+    sink_rows: str | int = 0
+    sparse_mixer: bool = False
     note: str = ""
 
 
@@ -69,6 +75,9 @@ FAMILIES: dict[str, Family] = {
         "laguna", "lfm2_moe", "mimo_v2_flash", "minimax_m2", "minimax_m3_vl_text", "nemotron_h", "sarvam_mla",
         "sarvam_moe", "solar_open", "inkling2_text", "mistral4",
     )},
+    "inkling_text": Family(score="sigmoid", sink_rows="n_shared_experts",
+                           note="the router also scores the shared experts (sinks); they get no column"),
+    "phimoe": Family(sparse_mixer=True, note="sparsemixer top-k weights have no dense form: softmax of the logits"),
     "inkling2_loop_text": Family(score="sigmoid", source="hooks", pattern=r"(^|\.)mlp\.gate$", loops=True,
                                  note="looped layers: one row per pass"),
     **{name: _SIGMOID_INDEXED for name in ("deepseek_v32", "glm_moe_dsa", "dots3_note_text")},
@@ -103,6 +112,15 @@ def n_routed_experts(config) -> int | None:
     ffn = getattr(cfg, "ffn_config", None)  # DBRX
     value = getattr(ffn, "moe_num_experts", None) if ffn is not None else None
     return value if isinstance(value, int) else None
+
+
+def _n_hidden_layers(config) -> int:
+    cfg = text_config(config)
+    for key in ("num_hidden_layers", "n_layers", "num_layers"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 10**6
 
 
 def family_of(model) -> tuple[str, Family | None]:
@@ -159,8 +177,8 @@ class Capture:
     n_layers: int | None
     batch_dependent: bool
     from_table: bool
+    n_hidden_layers: int = 0
     suggestion: str | None = None
-    seen_layers: list[int] = field(default_factory=list)
 
     @property
     def n_columns(self) -> int | None:
@@ -174,7 +192,7 @@ class Capture:
                 f"{', batch-dependent: batch 1' if self.batch_dependent else ''}")
 
     def _fail(self, what: str, name: str, value) -> SelectFlowError:
-        hint = (f"set router_dump.router_source: hooks and router_dump.router_pattern: {self.suggestion!r}"
+        hint = (f"set router_dump.router_source: hooks and router_dump.router_pattern: '{self.suggestion}'"
                 if self.suggestion else "set router_dump.router_pattern to the name of the router's linear layer")
         return SelectFlowError(
             f"router capture of {self.model_type or 'this model'}: {name} gave {describe(value)}, {what}; "
@@ -203,9 +221,15 @@ class Capture:
             raise SelectFlowError(
                 f"router capture of {self.model_type or 'this model'}: got {len(per_layer)} router outputs "
                 f"({', '.join(names[:4])}{', …' if len(names) > 4 else ''}) for {self.n_layers} MoE layers; "
-                + (f"set router_dump.router_source: hooks and router_dump.router_pattern: {self.suggestion!r}"
+                + (f"set router_dump.router_source: hooks and router_dump.router_pattern: '{self.suggestion}'"
                    if self.suggestion else "set router_dump.router_pattern to match one router per MoE layer")
             )
+        if self.n_layers is None and not self.family.loops and len(per_layer) > self.n_hidden_layers:
+            raise SelectFlowError(
+                f"router capture of {self.model_type or 'this model'}: {len(per_layer)} router outputs for "
+                f"{self.n_hidden_layers} layers; the model returns more than one router per layer (attention "
+                "experts?); set router_dump.router_source: hooks and router_dump.router_pattern to the MLP routers"
+                + (f", e.g. '{self.suggestion}'" if self.suggestion else ""))
         out = []
         for name, value in zip(names, per_layer):
             if self.score == "product_keys":
@@ -216,7 +240,30 @@ class Capture:
             if self.n_columns is not None and (value.shape[-1] != self.n_columns or value.numel() != n_tokens * self.n_columns):
                 raise self._fail(f"expected [{n_tokens} tokens, {self.n_columns}]", name, value)
             out.append(value.reshape(n_tokens, -1))
+        self._check_values(out, names)
         return out
+
+    def _check_values(self, per_layer: list[torch.Tensor], names: list[str]) -> None:
+        """Logits, not scores: finite, not already rows of probabilities, not mostly exact zeros (top-k scores).
+
+        One device sync for all layers of a forward pass.
+        """
+        if not per_layer or self.score in ("probs", "product_keys"):
+            return
+        flags = torch.stack([torch.stack([
+            ~torch.isfinite(x).all(),
+            (x.min() >= 0) & ((x.float().sum(-1) - 1).abs().max() < 1e-3),
+            (x == 0).float().mean() > 0.5,
+        ]) for x in per_layer]).tolist()
+        for name, x, (nonfinite, probs, sparse) in zip(names, per_layer, flags):
+            if nonfinite:
+                raise SelectFlowError(
+                    f"router capture of {self.model_type}: {name} gave non-finite values; the model overflowed "
+                    "(try router_dump.dtype: float32) or the module returns masked top-k scores, not logits")
+            if probs:
+                raise self._fail("rows that already sum to 1 (probabilities, which a softmax would flatten)", name, x)
+            if sparse:
+                raise self._fail("mostly exact zeros (top-k scores rather than logits)", name, x)
 
     def _check_product_keys(self, name, value, n_tokens):
         keys = int(round((self.n_experts or 0) ** 0.5))
@@ -274,20 +321,21 @@ def resolve_capture(model, settings) -> Capture:
     extra = family.extra_experts
     n_extra = int(getattr(text_config(model.config), extra, 0) or 0) if isinstance(extra, str) else int(extra)
     structural = expected_moe_layers(model)
+    suggestion = suggest_pattern(model, n_experts + n_extra) if n_experts else None
     n_layers = None if family.loops else len(modules) if not use_output else (len(structural) or None)
     if not use_output and structural and len(modules) != len(structural) and family.score != "product_keys":
         raise SelectFlowError(
             f"router_pattern {pattern!r} matches {len(modules)} modules ({', '.join(n for n, _ in modules[:4])}"
             f"{', …' if len(modules) > 4 else ''}) but {type(model).__name__} has {len(structural)} MoE layers; "
             f"set router_dump.router_pattern to match one router per MoE layer"
-            + (f", e.g. {suggest_pattern(model, n_experts + n_extra)!r}" if n_experts and suggest_pattern(model, n_experts + n_extra) else "")
+            + (f", e.g. '{suggestion}'" if suggestion else "")
         )
     batch_dependent = family.batch_dependent or any(
         re.search(r"(^|\.)indexer$", n) for n, _ in model.named_modules())
     capture = Capture(
         model_type=model_type, family=family, use_output=use_output, modules=modules, n_experts=n_experts,
         n_extra=n_extra, score=scoring(model.config, family), n_layers=n_layers, batch_dependent=batch_dependent,
-        from_table=from_table, suggestion=suggest_pattern(model, n_experts + n_extra) if n_experts else None,
+        from_table=from_table, n_hidden_layers=_n_hidden_layers(model.config), suggestion=suggestion,
     )
     if n_experts is None:
         log.warning("%s: the config declares no expert count (%s); router outputs are checked for shape only",

@@ -87,6 +87,26 @@ def test_hooks_pick_the_logits_out_of_a_router_tuple(inputs):
     np.testing.assert_allclose(a.moe_probs, b.moe_probs, atol=1e-7)
 
 
+#: captures that used to give plausible wrong numbers; each is now refused by a check
+WRONG_CAPTURES = [
+    ("llama4_text", dict(router_source="hooks", router_pattern=r"feed_forward\.router$"), "mostly exact zeros"),
+    ("gemma4_text", dict(router_source="hooks", router_pattern=r"layers\.\d+\.router$"), "already sum to 1"),
+    ("jetmoe", dict(router_source="output"), "8 router outputs for 4 layers"),
+    ("deepseek_v4", dict(router_source="output"), "got 1 router outputs .* for 4 MoE layers"),
+]
+
+
+@pytest.mark.parametrize("model_type, settings, message", WRONG_CAPTURES, ids=[w[0] for w in WRONG_CAPTURES])
+def test_wrong_captures_are_refused(inputs, model_type, settings, message):
+    tokenizer, _ = inputs
+    if model_type not in INSTALLED:
+        pytest.skip(f"{model_type} not in this transformers")
+    model = build_tiny(model_type, tokenizer)
+    with pytest.raises(SelectFlowError, match=message):
+        dumper_for(model, tokenizer, **settings)
+    assert dumper_for(model, tokenizer).capture.from_table  # auto takes the family table's capture
+
+
 def test_no_shard_is_written_from_a_failed_check(tmp_path, demo_model, demo_pool):
     from selectflow.records import read_dataset, write_jsonl
     from selectflow.router import dump_shard_file
@@ -122,7 +142,7 @@ def test_batch_dependent_family_is_dumped_one_sample_at_a_time(inputs):
     tokenizer, records = inputs
     if "glm_moe_dsa" not in INSTALLED:
         pytest.skip("glm_moe_dsa not in this transformers")
-    dumper = dumper_for(build_tiny("glm_moe_dsa", tokenizer))
+    dumper = dumper_for(build_tiny("glm_moe_dsa", tokenizer), tokenizer)
     assert dumper.capture.batch_dependent
     shard = dumper.dump(records[:4], batch_size=4, progress=False)
     assert dumper.effective_batch_size == 1 and shard.moe_probs.shape[0] == 4
@@ -130,7 +150,7 @@ def test_batch_dependent_family_is_dumped_one_sample_at_a_time(inputs):
 
 def test_batch_size_does_not_change_a_batch_invariant_family(inputs):
     tokenizer, records = inputs
-    dumper = dumper_for(build_tiny("qwen3_moe", tokenizer))
+    dumper = dumper_for(build_tiny("qwen3_moe", tokenizer), tokenizer)
     assert not dumper.capture.batch_dependent
     one = dumper.dump(records, batch_size=1, progress=False)
     six = dumper.dump(records, batch_size=6, progress=False)
