@@ -297,11 +297,25 @@ class FamilyResult:
     summary: str = ""
     score_checked: int = 0
     seconds: float = 0.0
+    capture: object = None  # the selectflow.capture.Capture used
 
 
 def check_family(model_type: str, tokenizer, records: list[dict], *, batch_size: int = 4,
                  max_length: int = 48) -> FamilyResult:
-    """Build the tiny model, dump ``records`` batched and padded, compare with :func:`reference`."""
+    """Build the tiny model, dump ``records`` batched and padded, compare with :func:`reference`.
+
+    Runs on one CPU thread: on models this small, intra-op threads only spin (about 10x the
+    CPU time on a 2-core machine).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _check_family(model_type, tokenizer, records, batch_size, max_length)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_family(model_type: str, tokenizer, records: list[dict], batch_size: int, max_length: int) -> FamilyResult:
     from .errors import SelectFlowError
     from .router import DumpSettings, RouterDumper, encode_pair
 
@@ -337,7 +351,7 @@ def check_family(model_type: str, tokenizer, records: list[dict], *, batch_size:
         checked += ref.score_checked
         score_err = max(score_err, ref.score_mismatch)
     result = FamilyResult(model_type, "checked", "", worst, shard.moe_probs.shape[1], shard.moe_probs.shape[2],
-                          capture.summary(), checked, time.perf_counter() - start)
+                          capture.summary(), checked, time.perf_counter() - start, capture)
     if worst > TOLERANCE:
         result.status, result.reason = "failed", f"dump differs from the per-sample reference by {worst:.2e}"
     elif score_err > 1e-4 and not capture.family.sparse_mixer:
@@ -376,14 +390,28 @@ def render_table(results: list[FamilyResult]) -> str:
         f"sample forwarded alone (router logits read from the router weight's input, float64). "
         f"{checked} of {len(results)} families checked to ≤ {TOLERANCE:g}.",
         "",
-        "| family | status | capture | MoE layers | max error | note |",
-        "|---|---|---|---|---|---|",
+        "Columns: where the router logits come from (`output` = `output_router_logits`, else the hooked "
+        "modules' pattern), whether the family table (`selectflow/capture.py`) has a row, the routing score "
+        "(README, *Routing distribution*), experts per layer (incl. zero/skip experts), MoE layers of the tiny "
+        "model, batch (1 = dumped one sample at a time), the largest difference from the reference, and a "
+        "score check (router calls whose own top-k weights agreed with the score; – where the router does not "
+        "return them).",
+        "",
+        "| family | status | logits from | table | score | experts | MoE layers | batch | max error | score check | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         note = FAMILIES[r.model_type].note if r.model_type in FAMILIES else ""
-        err = f"{r.max_error:.1e}" if r.status != "skipped" and r.max_error == r.max_error else ""
-        text = r.summary if r.status == "checked" else r.reason
-        lines.append(f"| `{r.model_type}` | {r.status} | {text.replace('|', '/')} | {r.layers or ''} | {err} | {note} |")
+        c = r.capture
+        if r.status == "checked" and c is not None:
+            source = "output" if c.use_output else f"`{c.family.pattern}`" if c.family.pattern else "`router_pattern`"
+            if c.batch_dependent and not c.family.batch_dependent:
+                note = note or "has an `indexer` (sparse attention): dumped at batch 1"
+            lines.append(f"| `{r.model_type}` | checked | {source} | {'yes' if c.from_table else 'no'} | {c.score} | "
+                         f"{r.experts} | {r.layers} | {1 if c.batch_dependent else 'any'} | {r.max_error:.1e} | "
+                         f"{r.score_checked or '–'} | {note} |")
+        else:
+            lines.append(f"| `{r.model_type}` | {r.status} | {r.reason.replace('|', '/')} |  |  |  |  |  |  |  | {note} |")
     return "\n".join(lines) + "\n"
 
 

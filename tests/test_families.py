@@ -1,7 +1,7 @@
 """Every MoE family of the installed transformers, and the checks on what the capture captures.
 
 The family list is enumerated at collection time (:func:`moe_families`), not written here.
-Each family: a tiny seeded model (≤ 4 layers, 8 experts, the demo tokenizer), a batched
+Each family (about 30 s for all on one core): a tiny seeded model (≤ 4 layers, 8 experts, the demo tokenizer), a batched
 padded dump compared with each sample forwarded alone, router logits read from the router
 weight's input in float64 (:func:`selectflow.familycheck.reference`).
 """
@@ -25,12 +25,20 @@ def inputs():
     return demo_inputs()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Models this small only spin on intra-op threads (≈10x the CPU time on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def dumper_for(model, tokenizer, **settings):
     return RouterDumper(model, tokenizer, DumpSettings(device="cpu", ifd=False, max_length=48, **settings),
                         torch.device("cpu"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model_type", INSTALLED)
 def test_family_dump_matches_per_sample_reference(inputs, model_type):
     tokenizer, records = inputs
@@ -42,7 +50,6 @@ def test_family_dump_matches_per_sample_reference(inputs, model_type):
     assert result.max_error <= TOLERANCE and result.layers >= 1 and result.experts >= 8
 
 
-@pytest.mark.slow
 def test_enough_families_are_checked():
     if set(RESULTS) != set(INSTALLED):
         pytest.skip("runs after the whole family parametrisation")
