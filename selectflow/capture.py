@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -179,6 +179,9 @@ class Capture:
     from_table: bool
     n_hidden_layers: int = 0
     suggestion: str | None = None
+    _flags: torch.Tensor | None = None
+    _flag_names: list[str] = field(default_factory=list)
+    _flag_shapes: list[str] = field(default_factory=list)
 
     @property
     def n_columns(self) -> int | None:
@@ -195,7 +198,8 @@ class Capture:
         hint = (f"set router_dump.router_source: hooks and router_dump.router_pattern: '{self.suggestion}'"
                 if self.suggestion else "set router_dump.router_pattern to the name of the router's linear layer")
         return SelectFlowError(
-            f"router capture of {self.model_type or 'this model'}: {name} gave {describe(value)}, {what}; "
+            f"router capture of {self.model_type or 'this model'}: {name} gave "
+            f"{value if isinstance(value, str) else describe(value)}, {what}; "
             f"it is not router logits over the {self.n_columns} experts the config declares; {hint}"
         )
 
@@ -246,7 +250,7 @@ class Capture:
     def _check_values(self, per_layer: list[torch.Tensor], names: list[str]) -> None:
         """Logits, not scores: finite, not already rows of probabilities, not mostly exact zeros (top-k scores).
 
-        One device sync for all layers of a forward pass.
+        The flags stay on the device, OR-ed over batches; :meth:`verify` reads them (one sync per dump).
         """
         if not per_layer or self.score in ("probs", "product_keys"):
             return
@@ -254,16 +258,26 @@ class Capture:
             ~torch.isfinite(x).all(),
             (x.min() >= 0) & ((x.float().sum(-1) - 1).abs().max() < 1e-3),
             (x == 0).float().mean() > 0.5,
-        ]) for x in per_layer]).tolist()
-        for name, x, (nonfinite, probs, sparse) in zip(names, per_layer, flags):
+        ]) for x in per_layer])
+        if self._flags is not None and self._flags.shape == flags.shape:
+            flags = flags | self._flags
+        self._flags, self._flag_names = flags, [f"{n}" for n in names]
+        self._flag_shapes = [describe(x) for x in per_layer]
+
+    def verify(self) -> None:
+        """Raise if any router output checked since the last call was not logits."""
+        if self._flags is None:
+            return
+        flags, names, self._flags = self._flags.tolist(), self._flag_names, None
+        for name, shape, (nonfinite, probs, sparse) in zip(names, self._flag_shapes, flags):
             if nonfinite:
                 raise SelectFlowError(
                     f"router capture of {self.model_type}: {name} gave non-finite values; the model overflowed "
                     "(try router_dump.dtype: float32) or the module returns masked top-k scores, not logits")
             if probs:
-                raise self._fail("rows that already sum to 1 (probabilities, which a softmax would flatten)", name, x)
+                raise self._fail("rows that already sum to 1 (probabilities, which a softmax would flatten)", name, shape)
             if sparse:
-                raise self._fail("mostly exact zeros (top-k scores rather than logits)", name, x)
+                raise self._fail("mostly exact zeros (top-k scores rather than logits)", name, shape)
 
     def _check_product_keys(self, name, value, n_tokens):
         keys = int(round((self.n_experts or 0) ** 0.5))

@@ -175,6 +175,7 @@ class RouterDumper:
         """One short forward so a capture that fails its checks fails before any dump."""
         token = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
         self._forward([[token] * 4, [token] * 3])
+        self.capture.verify()
 
     @classmethod
     def from_path(cls, path: str, settings: DumpSettings) -> RouterDumper:
@@ -263,6 +264,7 @@ class RouterDumper:
 
         parts = run_adaptive(run, 0, len(records), batch_size, what="router-dump batch")
         bar.close()
+        self.capture.verify()  # value checks of every batch, one device sync
         inverse = np.empty(len(order), dtype=np.int64)
         inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
         merged = {k: torch.cat([p[k] for p in parts]).cpu().numpy()[inverse] for k in (parts[0] if parts else {})}
