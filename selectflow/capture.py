@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -112,6 +112,11 @@ def n_routed_experts(config) -> int | None:
     ffn = getattr(cfg, "ffn_config", None)  # DBRX
     value = getattr(ffn, "moe_num_experts", None) if ffn is not None else None
     return value if isinstance(value, int) else None
+
+
+def config_count(config, value: str | int) -> int:
+    """A count given as a number or as the name of a config attribute (0 when absent)."""
+    return int(getattr(text_config(config), value, 0) or 0) if isinstance(value, str) else int(value)
 
 
 def _n_hidden_layers(config) -> int:
@@ -322,9 +327,9 @@ def resolve_capture(model, settings) -> Capture:
     else:
         use_output = source == "output"
         pattern = settings.router_pattern
-        family = Family(score=family.score, extra_experts=family.extra_experts,
-                        batch_dependent=family.batch_dependent, note=family.note,
-                        output_index=family.output_index if family.pattern == pattern else None)
+        # the model's properties (score, extra experts, batch dependence) stay; the capture is the user's
+        family = replace(family, source=source, pattern=None,
+                         output_index=family.output_index if family.pattern == pattern else None)
     modules = [] if use_output else named_modules_matching(model, pattern)
     if not use_output and not modules:
         raise SelectFlowError(
@@ -332,10 +337,9 @@ def resolve_capture(model, settings) -> Capture:
             f"name matches router_pattern {pattern!r}; use an MoE model or set 'router_dump.router_pattern'"
         )
     n_experts = n_routed_experts(model.config)
-    extra = family.extra_experts
-    n_extra = int(getattr(text_config(model.config), extra, 0) or 0) if isinstance(extra, str) else int(extra)
+    n_extra, n_sinks = (config_count(model.config, v) for v in (family.extra_experts, family.sink_rows))
     structural = expected_moe_layers(model)
-    suggestion = suggest_pattern(model, n_experts + n_extra) if n_experts else None
+    suggestion = suggest_pattern(model, n_experts + n_extra + n_sinks) if n_experts else None
     n_layers = None if family.loops else len(modules) if not use_output else (len(structural) or None)
     if not use_output and structural and len(modules) != len(structural) and family.score != "product_keys":
         raise SelectFlowError(

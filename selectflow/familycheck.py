@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .capture import EXPERT_KEYS, FAMILIES, family_of, n_routed_experts, resolve_capture, text_config
+from .capture import EXPERT_KEYS, FAMILIES, config_count, family_of, n_routed_experts
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +182,12 @@ def _columns(model) -> int:
     n = n_routed_experts(model.config) or 0
     if family is not None and family.score == "product_keys":
         return 2 * int(round(n ** 0.5))
-    extra = family.extra_experts if family else 0
-    return n + (int(getattr(text_config(model.config), extra, 0) or 0) if isinstance(extra, str) else int(extra))
+    return n + (config_count(model.config, family.extra_experts) if family else 0)
 
 
 def _sink_rows(model) -> int:
     _, family = family_of(model)
-    rows = family.sink_rows if family else 0
-    return int(getattr(text_config(model.config), rows, 0) or 0) if isinstance(rows, str) else int(rows)
+    return config_count(model.config, family.sink_rows) if family else 0
 
 
 def _dist64(logits: torch.Tensor, score: str) -> torch.Tensor:
@@ -434,4 +432,4 @@ def families_doc(argv: list[str]) -> int:
 
 
 __all__ = ["moe_families", "tiny_config", "build_tiny", "reference", "check_family", "render_table",
-           "resolve_capture", "demo_inputs"]
+           "demo_inputs"]
