@@ -125,6 +125,19 @@ def test_no_shard_is_written_from_a_failed_check(tmp_path, demo_model, demo_pool
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.jsonl"]
 
 
+def test_shard_records_capture_and_batch_size(tmp_path, demo_model, demo_pool):
+    from selectflow.records import read_dataset, write_jsonl
+    from selectflow.router import dump_shard_file
+    from selectflow.routerfile import read_router_shard
+
+    write_jsonl(tmp_path / "shard.jsonl", read_dataset(demo_pool, "demo")[:4])
+    dump_shard_file(str(demo_model), str(tmp_path / "shard.jsonl"), str(tmp_path / "s.h5"),
+                    DumpSettings(device="cpu", batch_size=3))
+    attrs = read_router_shard(tmp_path / "s.h5").attrs
+    assert attrs["batch_size"] == 3 and "output_router_logits" in attrs["router_capture"]
+    assert "score softmax" in attrs["router_capture"]
+
+
 @pytest.mark.parametrize("model_type", ["deepseek_v3", "glm4_moe"])
 def test_sigmoid_family_scores_and_softmax_logits_option(inputs, model_type):
     tokenizer, records = inputs
