@@ -249,7 +249,7 @@ class RouterDumper:
             log.warning("%s: values depend on the other rows of a batch; dumping one sample at a time (batch %d "
                         "ignored)", self.capture.model_type, batch_size)
             batch_size = 1
-        self.effective_batch_size = batch_size
+        self.effective_batch_size = 0  # the largest batch that produced rows (an OOM halves the next ones)
         self._header_len = len(self.tokenizer(format_turns([]), add_special_tokens=False).input_ids)
         encoded = self._encode(records)
         order = list(range(len(records)))
@@ -259,6 +259,7 @@ class RouterDumper:
 
         def run(lo: int, hi: int):
             part = self._batch([encoded[i] for i in order[lo:hi]])
+            self.effective_batch_size = max(self.effective_batch_size, hi - lo)
             bar.update(hi - lo)
             return part
 

@@ -134,7 +134,7 @@ def test_shard_records_capture_and_batch_size(tmp_path, demo_model, demo_pool):
     dump_shard_file(str(demo_model), str(tmp_path / "shard.jsonl"), str(tmp_path / "s.h5"),
                     DumpSettings(device="cpu", batch_size=3))
     attrs = read_router_shard(tmp_path / "s.h5").attrs
-    assert attrs["batch_size"] == 3 and "output_router_logits" in attrs["router_capture"]
+    assert attrs["batch_size"] == 3 and "output_router_logits" in attrs["router_capture"]  # 4 records: 3 + 1
     assert "score softmax" in attrs["router_capture"]
 
 
