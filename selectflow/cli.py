@@ -58,6 +58,12 @@ def _config_doc(argv: list[str]) -> int:
     return 0
 
 
+def _families_doc(argv: list[str]) -> int:
+    from .familycheck import families_doc
+
+    return families_doc(argv)
+
+
 def _continue_selection(argv: list[str]) -> int:
     from .select import continue_selection
 
@@ -76,6 +82,7 @@ COMMANDS = {
     "make-demo": (_make_demo, "write the demo pool and tiny MoE model"),
     "convert": (_convert, "give an MoE model Select-MoE quality gates (stage 0)"),
     "config-doc": (_config_doc, "print the config keys table (config/README.md)"),
+    "families-doc": (_families_doc, "check every installed MoE family and print the table (docs/families.md)"),
 }
 
 

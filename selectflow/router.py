@@ -3,17 +3,19 @@
 For each sample (a normalised record, see :mod:`selectflow.records`) the dump computes,
 in the same pass:
 
-* ``moe_probs`` [L, E]: softmax of each MoE layer's router logits, averaged over the
-  sample's valid (attention-mask) tokens;
+* ``moe_probs`` [L, E]: each MoE layer's routing distribution (the score the model routes
+  with, see :mod:`selectflow.capture`; ``softmax_logits`` forces a softmax of the logits),
+  averaged over the sample's valid (attention-mask) tokens;
 * ``quality_logits`` [L, 2]: Select-MoE quality-gate outputs (the gates of a model converted
   by :mod:`selectflow.gate`, or modules whose name matches ``quality_gate_pattern``),
   averaged the same way, when the model has them;
 * ``nll_response``: mean NLL of the response tokens given the prompt, and (``ifd``)
   ``nll_response_alone``: the same tokens after an empty prompt.
 
-Router logits come from ``output_router_logits=True`` where the model returns them
-(Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE), else from forward hooks on modules whose name
-matches ``router_pattern``. Batches are length-sorted; rows are written in shard order.
+Router logits come from ``output_router_logits=True`` where the model returns them, else
+from forward hooks on modules whose name matches ``router_pattern``; the per-family table
+and the checks of what is captured live in :mod:`selectflow.capture`. Batches are
+length-sorted; rows are written in shard order.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .capture import resolve_capture
 from .device import inference_dtype, resolve_device
 from .errors import SelectFlowError
 from .records import format_turns, read_jsonl
@@ -52,6 +55,7 @@ class DumpSettings:
     device: str = "auto"
     dtype: str = "auto"
     sort_by_length: bool = True
+    softmax_logits: bool = False
 
     def digest(self) -> str:
         """Short hash of every setting that changes the dumped numbers."""
@@ -82,13 +86,13 @@ def named_modules_matching(model: torch.nn.Module, pattern: str) -> list[tuple[s
 
 
 @contextmanager
-def capture_outputs(modules: list[tuple[str, torch.nn.Module]]):
-    """Record each module's first output tensor per forward call, in module order."""
+def capture_outputs(modules: list[tuple[str, torch.nn.Module]], whole: bool = False):
+    """Record each module's first output tensor (``whole``: its whole output) per forward call."""
     captured: list[list[torch.Tensor]] = [[] for _ in modules]
     handles = []
     for slot, (_, module) in zip(captured, modules):
         def hook(_mod, _inp, out, slot=slot):
-            slot.append(out[0] if isinstance(out, (tuple, list)) else out)
+            slot.append(out[0] if isinstance(out, (tuple, list)) and not whole else out)
         handles.append(module.register_forward_hook(hook))
     try:
         yield captured
@@ -162,29 +166,23 @@ class RouterDumper:
 
     def __init__(self, model, tokenizer, settings: DumpSettings, device: torch.device):
         self.model, self.tokenizer, self.settings, self.device = model, tokenizer, settings, device
-        if settings.router_source not in ("auto", "output", "hooks"):
-            raise SelectFlowError(f"router_dump.router_source must be auto, output or hooks, not {settings.router_source!r}")
-        if settings.router_source == "output" and not supports_router_output(model):
-            raise SelectFlowError(f"{type(model).__name__} has no output_router_logits; set router_source: hooks")
-        self.use_output = settings.router_source != "hooks" and supports_router_output(model)
-        self.routers = [] if self.use_output else named_modules_matching(model, settings.router_pattern)
-        from .gate import QualityGate
-
-        self.routers = [(n, m) for n, m in self.routers if not isinstance(m, QualityGate)]  # gates are not routers
-        if not self.use_output and not self.routers:
-            raise SelectFlowError(
-                f"no MoE routers found in {type(model).__name__}: the model returns no router logits and no module "
-                f"name matches router_pattern {settings.router_pattern!r}; use an MoE model or set "
-                "'router_dump.router_pattern'"
-            )
+        self.capture = resolve_capture(model, settings)
+        self.use_output, self.routers = self.capture.use_output, self.capture.modules
         if settings.quality_gate_pattern:
             self.quality_gates = named_modules_matching(model, settings.quality_gate_pattern)
         else:  # a converted model's gates (selectflow.gate) are found without a pattern
             from .gate import quality_gates
 
             self.quality_gates = quality_gates(model)
-        log.info("routers via %s; %d quality gates", "output_router_logits" if self.use_output else
-                 f"hooks on {len(self.routers)} modules", len(self.quality_gates))
+        log.info("%s; %d quality gates", self.capture.summary(), len(self.quality_gates))
+        self._check_capture()
+
+    @torch.inference_mode()
+    def _check_capture(self) -> None:
+        """One short forward so a capture that fails its checks fails before any dump."""
+        token = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        self._forward([[token] * 4, [token] * 3])
+        self.capture.verify()
 
     @classmethod
     def from_path(cls, path: str, settings: DumpSettings) -> RouterDumper:
@@ -195,12 +193,25 @@ class RouterDumper:
     def _forward(self, seqs: list[list[int]]):
         ids, mask = _pad(seqs, pad_token_id(self.tokenizer))
         ids, mask = ids.to(self.device), mask.to(self.device)
-        with capture_outputs(self.routers) as routed, capture_outputs(self.quality_gates) as gates:
+        with capture_outputs(self.routers, whole=True) as routed, capture_outputs(self.quality_gates) as gates:
             kwargs = {"output_router_logits": True} if self.use_output else {}
             out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
-        router_logits = list(out.router_logits) if self.use_output else [r[0] for r in routed]
+        n_tokens = ids.numel()
+        if self.use_output:
+            router_logits = list(getattr(out, "router_logits", None) or [])
+            names = [f"router_logits[{i}]" for i in range(len(router_logits))]
+        else:
+            names, router_logits = [], []
+            for (name, _), calls in zip(self.routers, routed):
+                if len(calls) != 1 and not (calls and self.capture.family.loops):
+                    raise SelectFlowError(
+                        f"router module {name} ran {len(calls)} times in one forward pass, expected once; "
+                        "set 'router_dump.router_pattern' to match one router per MoE layer")
+                names += [name] * len(calls)
+                router_logits += [self.capture.pick(name, c, n_tokens) for c in calls]
         if not router_logits or any(r is None for r in router_logits):
             raise SelectFlowError(f"{type(self.model).__name__} produced no router logits; set 'router_dump.router_pattern'")
+        router_logits = self.capture.check(router_logits, names, n_tokens)
         return ids, mask, out.logits, router_logits, [g[0] for g in gates]
 
     def _encode(self, records: list[dict]) -> list[tuple[list[int], int, list[int] | None]]:
@@ -220,7 +231,8 @@ class RouterDumper:
         lengths = [len(x) for x in seqs]
         nll, n_resp = _response_nll(logits, ids, [n for _, n, _ in items], lengths)
         out = {
-            "moe_probs": _masked_token_mean(router_logits, mask, softmax=True),
+            "moe_probs": _masked_token_mean(
+                [self.capture.distribution(x, self.settings.softmax_logits) for x in router_logits], mask, softmax=False),
             "nll_response": nll,
             "n_response_tokens": n_resp,
         }
@@ -240,6 +252,11 @@ class RouterDumper:
 
         s = self.settings
         batch_size = batch_size or s.batch_size
+        if self.capture.batch_dependent and batch_size > 1:
+            log.warning("%s: values depend on the other rows of a batch; dumping one sample at a time (batch %d "
+                        "ignored)", self.capture.model_type, batch_size)
+            batch_size = 1
+        self.effective_batch_size = 0  # the largest batch that produced rows (an OOM halves the next ones)
         self._header_len = len(self.tokenizer(format_turns([]), add_special_tokens=False).input_ids)
         encoded = self._encode(records)
         order = list(range(len(records)))
@@ -249,11 +266,13 @@ class RouterDumper:
 
         def run(lo: int, hi: int):
             part = self._batch([encoded[i] for i in order[lo:hi]])
+            self.effective_batch_size = max(self.effective_batch_size, hi - lo)
             bar.update(hi - lo)
             return part
 
         parts = run_adaptive(run, 0, len(records), batch_size, what="router-dump batch")
         bar.close()
+        self.capture.verify()  # value checks of every batch, one device sync
         inverse = np.empty(len(order), dtype=np.int64)
         inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
         merged = {k: torch.cat([p[k] for p in parts]).cpu().numpy()[inverse] for k in (parts[0] if parts else {})}
@@ -291,6 +310,8 @@ def dump_shard_file(model_path: str, shard_jsonl: str, out_h5: str, settings: Du
             "config_digest": settings.digest(),
             "dtype": str(next(dumper.model.parameters()).dtype).replace("torch.", ""),
             "source": str(shard_jsonl),
+            "router_capture": dumper.capture.summary(),
+            "batch_size": dumper.effective_batch_size,
         }
         write_router_shard(out_h5, shard)
     finally:

@@ -6,8 +6,9 @@ Datasets (``n`` samples, ``L`` MoE layers, ``E`` experts):
 name                   shape         dtype       meaning
 =====================  ============  ==========  =======================================
 ``sample_id``          [n]           utf-8 str   stable id, join key for everything later
-``moe_probs``          [n, L, E]     float32     softmax router probabilities, averaged
-                                                 over the sample's valid tokens
+``moe_probs``          [n, L, E]     float32     routing distribution (the model's score,
+                                                 see selectflow.capture), averaged over
+                                                 the sample's valid tokens
 ``quality_logits``     [n, L, 2]     float32     Select-MoE quality-gate logits averaged
                                                  over valid tokens (only if the model has
                                                  quality gates)
@@ -21,7 +22,9 @@ name                   shape         dtype       meaning
 =====================  ============  ==========  =======================================
 
 Attributes: ``layout_version``, ``complete`` (set last, inside the temp file, before the
-rename), ``model_path``, ``config_digest``, ``dtype``, ``n_layers``, ``n_experts``.
+rename), ``model_path``, ``config_digest``, ``dtype``, ``n_layers``, ``n_experts``,
+``router_capture`` (where the logits came from and the score used) and ``batch_size``
+(the batch the values were computed at; 1 for batch-dependent families).
 """
 
 from __future__ import annotations
