@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from . import distance
 from .errors import CorruptFileError, SelectFlowError
 from .fps import fps_matrix, fps_streaming
 from .fsutil import atomic_open, atomic_path
-from .quality import METHODS, quality_scores, resolve_method
+from .quality import METHODS, assess, resolve_method
 from .records import write_jsonl
 from .routerfile import concat_shards, read_router_shard
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 CANDIDATES_LAYOUT_VERSION = 1
 CANDIDATES_REBUILD_HINT = "rule candidates rebuilds it: delete the file and rerun snakemake"
 STAGES = ("fps", "two_stage", "quality")
+# raw inputs of the score that quality.tsv may carry (selectflow.quality.assess)
+NUMERIC_INPUTS = ("nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "gate_mean", "distinct_3grams")
 MODES = ("streaming", "matrix")
 
 
@@ -121,8 +124,10 @@ def build_candidates(
     pool = np.ones(len(shard), dtype=bool)
     if exclude_ids:
         pool = ~np.isin(shard.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
-    score, keep = quality_scores(shard, method, field)
-    keep &= pool
+    quality = assess(shard, method, field)
+    score, keep, reason = quality.score, quality.keep & pool, quality.reason.copy()
+    reason[~pool] = "excluded"
+    n_dup = drop_duplicates(shard, score, keep, reason)
     n_pool, n_kept = int(pool.sum()), int(keep.sum())
     if n_kept == 0:
         raise SelectFlowError(
@@ -145,6 +150,8 @@ def build_candidates(
             log.info("importance_selection_percentage %g <= selection_percentage %g: one FPS stage", importance, selection)
         stage, m = "fps", n_kept
     chosen = order[:m]
+    reason[order[m:]] = "below_importance_cut"
+    reason[chosen] = "candidate"
     feats = distance.features(shard.moe_probs[chosen], metric)
     with atomic_path(out_h5, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
@@ -153,7 +160,7 @@ def build_candidates(
             f.create_dataset("features", data=feats)
             f.attrs.update(
                 {"metric": metric, "n_pool": n_pool, "n_kept": n_kept, "k": k, "stage": stage,
-                 "quality_method": resolve_method(shard, method)}
+                 "quality_method": resolve_method(shard, method), "n_duplicates": n_dup}
             )
             f.attrs["layout_version"] = CANDIDATES_LAYOUT_VERSION
             f.attrs["complete"] = True
@@ -169,11 +176,49 @@ def build_candidates(
             "quality": score[rank],
             "kept": keep[rank],
             "candidate": candidate[rank],
+            "reason": reason[rank],
+            **{name: values[rank] for name, values in quality.inputs.items()},
         }
     )
     _write_tsv(table, quality_tsv)
-    log.info("pool %d, kept %d, candidates %d (%s), k %d", n_pool, n_kept, m, stage, k)
+    log.info("pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d", n_pool, n_kept, n_dup, m, stage, k)
     return k
+
+
+def normalised_text(record_json: str) -> str:
+    """Prompt and response of a normalised record, lower-cased, punctuation and runs of space removed."""
+    rec = json.loads(record_json)
+    return "\x00".join(" ".join(re.sub(r"[^\w\s]", " ", rec.get(key, "").lower()).split()) for key in ("prompt", "response"))
+
+
+def drop_duplicates(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray) -> int:
+    """Drop kept samples that repeat another one; keep the best-quality copy; return how many were dropped.
+
+    Two samples are duplicates when their normalised texts (:func:`normalised_text`) are equal
+    or their routing (``moe_probs``, to 6 decimals) is identical. The copy with the highest
+    score stays (ties: the smallest ``sample_id``); the others get ``keep=False`` and reason
+    ``duplicate_of:<id of the copy kept>``. ``keep`` and ``reason`` are changed in place.
+    """
+    kept = np.flatnonzero(keep)
+    kept = kept[np.lexsort((shard.sample_id[kept].astype(str), -score[kept]))]  # best copy first
+    keys = []
+    if shard.record is not None:
+        keys.append([normalised_text(shard.record[i]) for i in kept])
+    routing = np.round(np.asarray(shard.moe_probs[kept], dtype=np.float64), 6)
+    keys.append([row.tobytes() for row in routing])
+    n = 0
+    for key in keys:
+        first: dict = {}
+        for i, k in zip(kept, key):
+            if not keep[i]:
+                continue
+            if k in first:
+                keep[i] = False
+                reason[i] = f"duplicate_of:{shard.sample_id[first[k]]}"
+                n += 1
+            else:
+                first[k] = i
+    return n
 
 
 def _datasets(shard) -> np.ndarray:
@@ -193,7 +238,7 @@ def _read_tsv(path: str | os.PathLike, what: str) -> pd.DataFrame:
     # ids and dataset names stay strings ("NA", "007" included); only numeric columns parse nan
     return pd.read_csv(
         path, sep="\t", dtype={"sample_id": str, "dataset": str}, keep_default_na=False,
-        na_values={"quality": ["nan"], "min_distance": ["nan"]},
+        na_values={name: ["nan"] for name in ("quality", "min_distance", *NUMERIC_INPUTS)},
     )
 
 
@@ -249,6 +294,13 @@ def run_fps(
         matrix = distance.BlockMatrix(block_dir, len(cands), block_size, metric)
         result = fps_matrix(matrix, k, start=0, log_interval=log_interval)
         picks, min_distance = result.picks, result.min_distance
+    zero = np.flatnonzero(np.asarray(min_distance) <= 0)
+    if len(zero):
+        log.warning(
+            "FPS max-min distance reached 0 at pick %d of %d: the remaining candidates repeat picked ones "
+            "(identical routing features); the selection holds repeats — lower selection_percentage, or check the "
+            "pool for duplicates", int(zero[0]) + 1, len(picks),
+        )
     curve = pd.DataFrame(
         {
             "step": np.arange(len(picks)),
@@ -316,7 +368,8 @@ def write_selection(
     sel = table[table["selected"]]
     summary = (
         table.groupby("dataset")
-        .agg(pool=("sample_id", "size"), kept=("kept", "sum"), candidates=("candidate", "sum"), selected=("selected", "sum"))
+        .agg(pool=("sample_id", "size"), kept=("kept", "sum"), candidates=("candidate", "sum"),
+             selected=("selected", "sum"), duplicates=("reason", lambda r: int(r.astype(str).str.startswith("duplicate_of:").sum())))
         .join(sel.groupby("dataset")["quality"].agg(quality_min="min", quality_max="max"))
         .reset_index()
     )
