@@ -74,7 +74,8 @@ def measure(selected: list[str], lab: dict[str, dict]) -> dict:
     return row
 
 
-def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, importance: float) -> pd.DataFrame:
+def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, importance: float,
+             strata: int) -> pd.DataFrame:
     shard = concat_shards(router_paths)
     methods = (["gate"] if shard.quality_logits is not None else []) + ["combined", "ifd", "perplexity"]
     k = max(1, round(selection * len(shard)))
@@ -85,6 +86,7 @@ def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, i
             for diversity in (True, False):
                 t0 = time.perf_counter()
                 build_candidates(router_paths, out / "c.h5", out / "q.tsv", method=method, selection_percentage=selection,
+                                 routing_strata=strata,
                                  importance_selection_percentage=importance, disable_diversity=not diversity)
                 run_fps(out / "c.h5", out / "curve.tsv", device="cpu", log_interval=10**9)
                 picks = pd.read_csv(out / "curve.tsv", sep="\t", dtype={"sample_id": str})["sample_id"].tolist()
@@ -136,6 +138,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_selection_quality")
     p.add_argument("--selection", type=float, default=0.05)
     p.add_argument("--importance", type=float, default=0.2)
+    p.add_argument("--strata", type=int, default=None, help="selection.routing_strata (default: the schema's)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     pools = []
@@ -152,8 +155,10 @@ def main() -> None:
         p.error("give --router and --pool, or --build SEED:N ...")
     pd.set_option("display.width", 250)
     for name, paths, pool in pools:
-        table = run_pool(paths, labels(pool), args.selection, args.importance)
-        print(f"\n## {name}: select {args.selection:g} (two-stage, importance {args.importance:g})\n")
+        strata = args.strata if args.strata is not None else schema_default("selection", "routing_strata")
+        table = run_pool(paths, labels(pool), args.selection, args.importance, strata)
+        print(f"\n## {name}: select {args.selection:g} (two-stage, importance {args.importance:g}, "
+              f"routing_strata {strata})\n")
         print(table.to_markdown(index=False, floatfmt=".3f"))
 
 

@@ -14,8 +14,12 @@ method          score (higher ranks higher) and what it drops
                 sure the model is that the response ends where it ends (``nll_eos`` NaN,
                 i.e. cut by ``max_length``: term 0). Drops responses without a word
                 (``no_response_tokens``), ``nonfinite`` NLLs, ``ifd>=1`` (the prompt
-                does not help: off-topic or boilerplate answers) and ``repetitive``
-                responses (under half of their word 3-grams distinct: degenerate loops).
+                does not help: off-topic or boilerplate answers), ``repetitive``
+                responses (under half of their word 3-grams distinct: degenerate loops)
+                and ``unfinished`` ones (p(eos) < 0.5 after the response: the model
+                expects more, as after truncated or rambling text; this check is
+                skipped with a warning when it would drop over half the pool, i.e.
+                when the model does not end responses with its eos token).
                 Measured on the demo pools (bench/bench_selection_quality.py), it puts
                 empty, truncated, repeated and off-topic records at the bottom, where
                 ``ifd`` puts them at the top.
@@ -37,6 +41,7 @@ method          score (higher ranks higher) and what it drops
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field as dc_field
@@ -46,9 +51,13 @@ import numpy as np
 from .errors import SelectFlowError
 from .routerfile import RouterShard
 
+log = logging.getLogger(__name__)
+
 METHODS = ("auto", "combined", "gate", "ifd", "perplexity", "field")
 # a response whose word 3-grams are less than half distinct is a degenerate loop
 MIN_DISTINCT_TRIGRAMS = 0.5
+# the model finds it likelier that the response goes on than that it ends here: unfinished
+MIN_P_EOS = 0.5
 
 
 @dataclass
@@ -119,6 +128,19 @@ def distinct_ngram_share(texts: list[str], n: int = 3) -> np.ndarray:
     return out
 
 
+def _unfinished(nll_eos: np.ndarray) -> np.ndarray:
+    """p(eos) < MIN_P_EOS after the response; skipped (with a warning) when that is most of the pool."""
+    with np.errstate(invalid="ignore"):
+        bad = nll_eos > -math.log(MIN_P_EOS)  # NaN (cut by max_length): not judged
+    if bad.mean() > 0.5:
+        log.warning(
+            "the model gives the end-of-sequence token p < %g after %.0f%% of the responses: it does not end "
+            "responses the way this pool does (another eos token or template?), so the 'unfinished' check is "
+            "skipped; the combined score still uses nll_eos", MIN_P_EOS, 100 * bad.mean())
+        return np.zeros_like(bad)
+    return bad
+
+
 def _nll_based(shard: RouterShard, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ifd, perplexity, combined: score, keep and reason, first failing check named."""
     n = len(shard)
@@ -149,6 +171,8 @@ def _nll_based(shard: RouterShard, method: str) -> tuple[np.ndarray, np.ndarray,
         if method == "combined" and shard.record is not None:
             checks.append(("repetitive", distinct_ngram_share([_response(r) for r in shard.record], 3)
                            < MIN_DISTINCT_TRIGRAMS))
+        if method == "combined" and shard.nll_eos is not None:
+            checks.append(("unfinished", _unfinished(np.asarray(shard.nll_eos, dtype=np.float64))))
     reason = np.full(n, "", dtype=object)
     for name, bad in checks:
         reason[(reason == "") & bad] = name

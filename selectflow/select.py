@@ -44,6 +44,7 @@ from .fps import fps_matrix, fps_streaming
 from .fsutil import atomic_open, atomic_path
 from .quality import METHODS, assess, resolve_method
 from .records import write_jsonl
+from .strata import allocate, kmeans
 from .routerfile import concat_shards, read_router_shard
 
 log = logging.getLogger(__name__)
@@ -111,11 +112,16 @@ def build_candidates(
     disable_diversity: bool = False,
     metric: str = "wasserstein",
     exclude_ids: set[str] | None = None,
+    routing_strata: int = 1,
 ) -> int:
     """Score the pool, pick the candidates, write ``out_h5`` and ``quality_tsv``; return k.
 
     The pool is every sample of ``router_paths`` not in ``exclude_ids``; k =
-    round(selection_percentage · pool), at least 1, at most the kept samples.
+    round(selection_percentage · pool), at least 1, at most the kept samples. Duplicates
+    are dropped first (:func:`drop_duplicates`). With ``routing_strata`` > 1 (and diversity
+    on) the kept samples are split into that many routing strata (:mod:`selectflow.strata`):
+    each stratum gets candidates (its quality top) and FPS picks in proportion to the pool
+    samples it stands for.
     """
     selection = check_fraction("selection_percentage", selection_percentage)
     importance = check_fraction("importance_selection_percentage", importance_selection_percentage, optional=True)
@@ -149,8 +155,12 @@ def build_candidates(
         if importance is not None:
             log.info("importance_selection_percentage %g <= selection_percentage %g: one FPS stage", importance, selection)
         stage, m = "fps", n_kept
-    chosen = order[:m]
-    reason[order[m:]] = "below_importance_cut"
+    stratum = quota = None
+    if stage == "quality" or routing_strata <= 1:
+        chosen = order[:m]
+    else:
+        chosen, stratum, quota = _stratified(shard, order, reason, k, m, metric, routing_strata)
+    reason[order] = "below_importance_cut"
     reason[chosen] = "candidate"
     feats = distance.features(shard.moe_probs[chosen], metric)
     with atomic_path(out_h5, suffix=".h5") as tmp:
@@ -158,6 +168,9 @@ def build_candidates(
             f.create_dataset("sample_id", data=shard.sample_id[chosen].astype(object), dtype=h5py.string_dtype())
             f.create_dataset("quality", data=score[chosen].astype(np.float64))
             f.create_dataset("features", data=feats)
+            if stratum is not None:
+                f.create_dataset("stratum", data=stratum)
+                f.create_dataset("quota", data=quota)
             f.attrs.update(
                 {"metric": metric, "n_pool": n_pool, "n_kept": n_kept, "k": k, "stage": stage,
                  "quality_method": resolve_method(shard, method), "n_duplicates": n_dup}
@@ -183,6 +196,28 @@ def build_candidates(
     _write_tsv(table, quality_tsv)
     log.info("pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d", n_pool, n_kept, n_dup, m, stage, k)
     return k
+
+
+def _stratified(shard, order: np.ndarray, reason: np.ndarray, k: int, m: int, metric: str, n_strata: int):
+    """Candidates (quality order kept), stratum per candidate and FPS quota per stratum."""
+    labels = kmeans(distance.features(shard.moe_probs[order], metric), n_strata, seed=0)
+    size = np.bincount(labels)
+    # each stratum stands for its kept samples and the duplicates dropped in their favour
+    at = {sid: i for i, sid in enumerate(shard.sample_id[order])}
+    mass = size.astype(np.float64)
+    for r in reason:
+        if isinstance(r, str) and r.startswith("duplicate_of:") and r[13:] in at:
+            mass[labels[at[r[13:]]]] += 1
+    quota = allocate(k, mass, size)
+    per = np.maximum(allocate(m, mass, size), quota)
+    rank_in = np.zeros(len(order), dtype=np.int64)  # rank of each kept sample inside its stratum
+    for c in range(len(size)):
+        idx = np.flatnonzero(labels == c)
+        rank_in[idx] = np.arange(len(idx))
+    take = rank_in < per[labels]
+    log.info("%d routing strata: sizes %s, pool shares %s, picks %s", len(size), size.tolist(),
+             np.round(mass / mass.sum(), 3).tolist(), quota.tolist())
+    return order[take], labels[take].astype(np.int64), quota
 
 
 def normalised_text(record_json: str) -> str:
@@ -280,19 +315,26 @@ def run_fps(
         raise SelectFlowError(f"unknown FPS mode {mode!r}; use one of {', '.join(MODES)}")
     cands = read_candidates(candidates_h5)
     k, stage, metric = int(cands.attrs["k"]), cands.attrs["stage"], cands.attrs["metric"]
+    strata = quota = None
+    with _open_candidates(cands.path) as f:
+        if "stratum" in f:
+            strata, quota = f["stratum"][()], f["quota"][()]
+    # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
+    start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
     if stage == "quality":
         picks = np.arange(min(k, len(cands)))
         min_distance = np.full(len(picks), np.nan)
     elif mode == "streaming":
         with _open_candidates(cands.path) as f:
             feats = f["features"][()]
-        result = fps_streaming(feats, k, metric=metric, start=0, device=device, chunk=chunk, log_interval=log_interval)
+        result = fps_streaming(feats, k, metric=metric, start=start, device=device, chunk=chunk,
+                               log_interval=log_interval, strata=strata, quota=quota)
         picks, min_distance = result.picks, result.min_distance
     else:
         if block_dir is None or block_size is None:
             raise SelectFlowError("FPS mode 'matrix' needs block_dir and block_size (the distance_block outputs)")
         matrix = distance.BlockMatrix(block_dir, len(cands), block_size, metric)
-        result = fps_matrix(matrix, k, start=0, log_interval=log_interval)
+        result = fps_matrix(matrix, k, start=start, log_interval=log_interval, strata=strata, quota=quota)
         picks, min_distance = result.picks, result.min_distance
     zero = np.flatnonzero(np.asarray(min_distance) <= 0)
     if len(zero):
@@ -399,6 +441,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="streaming: distances on the fly (O(N) memory); matrix: precomputed distance blocks")
     p.add_argument("--quality_method", choices=METHODS, default="auto")
     p.add_argument("--quality_field", default=None, help="record field holding the score for --quality_method field")
+    p.add_argument("--routing_strata", type=int, default=40,
+                   help="routing strata keeping the pool's shares (selection.routing_strata; 1 = plain FPS)")
     return p
 
 
@@ -439,7 +483,7 @@ def _continue(args: argparse.Namespace) -> None:
             shards, cands_h5, quality_tsv, method=args.quality_method, field=args.quality_field,
             selection_percentage=args.selection_percentage,
             importance_selection_percentage=args.importance_selection_percentage,
-            disable_diversity=args.disable_diversity, metric=args.metric,
+            disable_diversity=args.disable_diversity, metric=args.metric, routing_strata=args.routing_strata,
         )
         block_dir = None
         if args.mode == "matrix" and not args.disable_diversity:
