@@ -64,7 +64,8 @@ def test_combined_against_a_naive_reference_and_its_direction():
     # the prompt helps more -> higher; the model expects the end less -> lower
     assert a.score[0] > a.score[1] > a.score[3]
     assert a.score[0] > a.score[2]
-    assert a.reason.tolist() == ["", "", "", "", "ifd>=1", "", "nonfinite", "no_response_tokens"]
+    # p(eos) = exp(-3) < 0.5 after sample 3: unfinished
+    assert a.reason.tolist() == ["", "", "", "unfinished", "ifd>=1", "", "nonfinite", "no_response_tokens"]
     assert a.keep.tolist() == [r == "" for r in a.reason]
     assert {"nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "distinct_3grams"} <= set(a.inputs)
 
@@ -126,3 +127,11 @@ def test_errors_for_unknown_method_and_absent_data():
         quality_scores(shard(), "gate")
     with pytest.raises(SelectFlowError, match="needs the name"):
         quality_scores(shard(), "field")
+
+
+def test_unfinished_check_is_skipped_when_the_model_never_ends_responses(caplog):
+    s = shard(n=4, nll=[1.0] * 4, alone=[2.0] * 4, eos=[3.0, 3.0, 3.0, 0.1], records=[norm("an answer")] * 4)
+    with caplog.at_level("WARNING"):
+        a = assess(s, "combined")
+    assert a.keep.all() and "unfinished" in caplog.text
+    assert a.score[3] > a.score[0]  # the score still uses nll_eos
