@@ -4,6 +4,10 @@
     snakemake --cores 1 --resources gpu=1 router_data
     python bench/bench_selection_quality.py --router results/demo/router_data --pool resources/demo/demo_pool.jsonl
 
+    # what the workflow itself selected (results/demo/selection/selected_data.jsonl):
+    python bench/bench_selection_quality.py --pool resources/demo/demo_pool.jsonl \
+        --selected results/demo/selection/selected_data.jsonl
+
     # the default pool plus two other demo seeds/sizes, each built here: pool, pre-trained demo
     # model, router dump (about 3-5 min per pool on 2 CPU cores)
     python bench/bench_selection_quality.py --build 0:3000 1:2000 2:5000 --work /tmp/bsq
@@ -134,6 +138,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--router", type=Path, help="a router_data folder (searched for *.h5) of a workflow run")
     p.add_argument("--pool", type=Path, help="the demo pool JSONL of that run (for its labels)")
+    p.add_argument("--selected", type=Path, help="a workflow's selected_data.jsonl to measure (with --pool)")
     p.add_argument("--build", nargs="*", default=[], metavar="SEED:N", help="build and measure demo pools SEED:N")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_selection_quality")
     p.add_argument("--selection", type=float, default=0.05)
@@ -142,6 +147,10 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     pools = []
+    if args.selected:
+        picks = [json.loads(line)["sample_id"] for line in open(args.selected, encoding="utf-8")]
+        row = pd.DataFrame([{"selection": str(args.selected), **measure(picks, labels(args.pool))}])
+        print(row.to_markdown(index=False, floatfmt=".3f"))
     if args.router:
         pools.append((f"{args.pool} (workflow run)", sorted(args.router.rglob("*.h5")), args.pool))
     for spec in args.build:
@@ -151,8 +160,8 @@ def main() -> None:
                                  schema_default("router_dump", "max_length"))
         print(f"built seed {seed}, {n} records in {time.perf_counter() - t0:.0f} s", flush=True)
         pools.append((f"demo seed {seed}, {n} records", paths, pool))
-    if not pools:
-        p.error("give --router and --pool, or --build SEED:N ...")
+    if not pools and not args.selected:
+        p.error("give --router and --pool, --selected and --pool, or --build SEED:N ...")
     pd.set_option("display.width", 250)
     for name, paths, pool in pools:
         strata = args.strata if args.strata is not None else schema_default("selection", "routing_strata")
