@@ -1,9 +1,30 @@
+rule convert:
+    # Select-MoE stage 0: the base model's files plus a quality gate at every MoE block.
+    input:
+        model=config["model"]["path"],
+    output:
+        directory(f"{RESULTS}/warmup/converted"),
+    log:
+        f"{LOGS}/convert.log",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
+    params:
+        trash=config["warmup"]["trash_expert"],
+        init_std=config["warmup"]["gate_init_std"],
+        seed=warmup_train_config()["seed"],
+        router_pattern=config["router_dump"]["router_pattern"],
+    script:
+        "../scripts/convert.py"
+
+
 rule warmup:
-    # Select-MoE stage 1: a short fine-tune on a random share of the pool, so routing
-    # carries signal before the router dump.
+    # Select-MoE stage 1: train only the quality gates and routers on a random share of
+    # the pool (LM loss + gate loss), so gates and routing carry signal for the dump.
     input:
         pools=list(config["datasets"].values()),
-        model=config["model"]["path"],
+        model=rules.convert.output[0],
     output:
         checkpoint=directory(f"{RESULTS}/warmup/checkpoint"),
         metrics=f"{RESULTS}/warmup/metrics.tsv",
@@ -21,6 +42,8 @@ rule warmup:
     params:
         train=warmup_train_config(),
         subset_ratio=config["warmup"]["subset_ratio"],
+        quality_loss_weight=config["warmup"]["quality_loss_weight"],
+        router_pattern=config["router_dump"]["router_pattern"],
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
     script:
         "../scripts/train.py"

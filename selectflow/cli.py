@@ -2,7 +2,8 @@
 
 Commands run the library without Snakemake: resuming a selection from saved router
 data (the seed's ``continue_selection.py``), estimating training memory, building the
-demo inputs, and printing the config keys table.
+demo inputs, converting an MoE model for Select-MoE (stage 0), and printing the config
+keys table.
 """
 
 from __future__ import annotations
@@ -31,6 +32,24 @@ def _make_demo(argv: list[str]) -> int:
     return 0
 
 
+def _convert(argv: list[str]) -> int:
+    from .gate import TRASH_KINDS, convert_model
+
+    ap = argparse.ArgumentParser(prog="selectflow convert",
+                                 description="Select-MoE stage 0: a copy of an MoE model with a quality gate at every MoE block")
+    ap.add_argument("--model", required=True, help="local Hugging Face MoE causal LM folder")
+    ap.add_argument("--out", required=True, help="folder for the converted model (base files linked + gate files)")
+    ap.add_argument("--trash", choices=TRASH_KINDS, help="trash expert (default: zero)")
+    ap.add_argument("--init-std", type=float, help="std of the gates' normal init (default: 0.02)")
+    ap.add_argument("--seed", type=int, help="seed of the gates' init (default: 0)")
+    ap.add_argument("--router-pattern", help="regex on router module names (default: router_dump's)")
+    args = vars(ap.parse_args(argv))
+    model, out = args.pop("model"), args.pop("out")
+    out = convert_model(model, out, **{k: v for k, v in args.items() if v is not None})
+    print(f"wrote {out}")
+    return 0
+
+
 def _config_doc(argv: list[str]) -> int:
     from .configdoc import render
 
@@ -55,6 +74,7 @@ COMMANDS = {
     "continue-selection": (_continue_selection, "resume selection from a folder of router-data shards"),
     "estimate-memory": (_estimate_memory, "predict training memory and the largest micro-batch that fits"),
     "make-demo": (_make_demo, "write the demo pool and tiny MoE model"),
+    "convert": (_convert, "give an MoE model Select-MoE quality gates (stage 0)"),
     "config-doc": (_config_doc, "print the config keys table (config/README.md)"),
 }
 

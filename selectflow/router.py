@@ -5,8 +5,9 @@ in the same pass:
 
 * ``moe_probs`` [L, E]: softmax of each MoE layer's router logits, averaged over the
   sample's valid (attention-mask) tokens;
-* ``quality_logits`` [L, 2]: Select-MoE quality-gate outputs (modules whose name matches
-  ``quality_gate_pattern``), averaged the same way, when the model has them;
+* ``quality_logits`` [L, 2]: Select-MoE quality-gate outputs (the gates of a model converted
+  by :mod:`selectflow.gate`, or modules whose name matches ``quality_gate_pattern``),
+  averaged the same way, when the model has them;
 * ``nll_response``: mean NLL of the response tokens given the prompt, and (``ifd``)
   ``nll_response_alone``: the same tokens after an empty prompt;
 * ``nll_eos``: NLL of the end-of-sequence token after the response (NaN when the
@@ -62,12 +63,14 @@ class DumpSettings:
 
 def load_model(path: str, device: torch.device, dtype: torch.dtype):
     """Load a local Hugging Face causal LM and its tokenizer (``from_pretrained``, no download)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from .gate import load_causal_lm
 
     if not Path(path).is_dir():
         raise SelectFlowError(f"model path {path} is not a folder; set 'model.path' to a local Hugging Face model folder")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = load_causal_lm(path, dtype=dtype)
     model.to(device).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -182,9 +185,12 @@ class RouterDumper:
                 f"name matches router_pattern {settings.router_pattern!r}; use an MoE model or set "
                 "'router_dump.router_pattern'"
             )
-        self.quality_gates = (
-            named_modules_matching(model, settings.quality_gate_pattern) if settings.quality_gate_pattern else []
-        )
+        if settings.quality_gate_pattern:
+            self.quality_gates = named_modules_matching(model, settings.quality_gate_pattern)
+        else:  # a converted model's gates (selectflow.gate) are found without a pattern
+            from .gate import quality_gates
+
+            self.quality_gates = quality_gates(model)
         log.info("routers via %s; %d quality gates", "output_router_logits" if self.use_output else
                  f"hooks on {len(self.routers)} modules", len(self.quality_gates))
 

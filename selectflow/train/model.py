@@ -77,7 +77,7 @@ def _max_memory(spec: dict) -> dict | None:
 
 def load_for_training(model_path, c: dict, device: torch.device, precision: str):
     """``from_pretrained`` with the levers applied; returns the model in train mode."""
-    from transformers import AutoModelForCausalLM
+    from ..gate import load_causal_lm
 
     lora = c["lora"]["enabled"]
     offload = c["cpu_offload"]["enabled"]
@@ -94,7 +94,7 @@ def load_for_training(model_path, c: dict, device: torch.device, precision: str)
         kwargs["device_map"] = "auto"
         kwargs["max_memory"] = _max_memory(c["cpu_offload"]["max_memory"])
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        model = load_causal_lm(model_path, **kwargs)  # a converted model comes with its quality gates
     except OSError as exc:
         raise SelectFlowError(f"cannot load a causal LM from {model_path} ({exc}); point model_path at a folder "
                               "saved with save_pretrained") from None

@@ -8,7 +8,8 @@ random ``subset_ratio`` of a pool file (the warm-up run). Both write to ``out_di
   with 8-bit loading, the LoRA adapter only;
 * ``metrics.tsv``: per optimizer step ``step, epoch, loss, lr, samples_per_s, host_rss_mb,
   gpu_allocated_mb, gpu_reserved_mb, gpu_peak_mb`` (loss: mean over the response tokens
-  of the step's samples);
+  of the step's samples); with a gate objective (the warm-up) also ``quality_loss`` (the
+  weighted gate term, included in ``loss``) and ``p_good`` (mean good-probability);
 * ``memory.tsv``: the memory monitor's samples (every ``monitor_interval`` steps);
 * ``summary.json``: the returned summary;
 * ``resume/`` while running (see :mod:`selectflow.train.checkpoint`), removed at the end.
@@ -31,6 +32,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -43,6 +45,7 @@ from tqdm import tqdm
 from ..device import resolve_device
 from ..errors import SelectFlowError
 from ..fsutil import atomic_dir, atomic_open
+from ..gate import quality_gates, save_converted
 from ..oom import attempt_size, is_oom
 from ..records import read_dataset
 from ..gpus import ALLOC_CONF
@@ -78,12 +81,14 @@ def train(model_path, data_jsonl, out_dir, cfg: dict | None, *, attempt: int = 1
 
 
 def train_on_pool(model_path, pool_jsonl, out_dir, cfg: dict | None, *, subset_ratio: float, attempt: int = 1,
-                  on_step: Callable[[int], None] | None = None) -> dict:
+                  on_step: Callable[[int], None] | None = None, objective=None) -> dict:
     """Fine-tune on a random ``subset_ratio`` of a pool (the warm-up run).
 
     ``pool_jsonl`` is one JSONL path or a list of them (Alpaca / ShareGPT / messages, one
     format per file). The subset is drawn with ``train.seed`` over all records and does
-    not depend on the attempt, so a retry resumes on the same samples.
+    not depend on the attempt, so a retry resumes on the same samples. ``objective`` (a
+    :class:`selectflow.gate.GateObjective`) makes it Select-MoE's stage 1: only the gates
+    and routers train, and the gate loss is added.
     """
     if not 0.0 < float(subset_ratio) <= 1.0:
         raise SelectFlowError(f"subset_ratio must be in (0, 1], got {subset_ratio!r}")
@@ -96,7 +101,7 @@ def train_on_pool(model_path, pool_jsonl, out_dir, cfg: dict | None, *, subset_r
              ", ".join(map(str, paths)), subset_ratio, seed)
     pairs = [(records[i]["sample_id"], records[i]["prompt"], records[i]["response"]) for i in chosen]
     return fit(model_path, pairs, out_dir, cfg, attempt=attempt, on_step=on_step,
-               source=f"{', '.join(map(str, paths))} (subset {subset_ratio:g})")
+               source=f"{', '.join(map(str, paths))} (subset {subset_ratio:g})", objective=objective)
 
 
 def _pick_device(spec: str) -> torch.device:
@@ -195,18 +200,28 @@ def _sizes(model_path, c: dict, attempt: int, device: torch.device, precision: s
 
 
 def _optimizer_step(model, micro_batches: list[dict], *, autocast, scaler, optimizer, scheduler, params,
-                    max_grad_norm: float) -> float:
+                    max_grad_norm: float, objective=None, extra: dict | None = None) -> float:
     """Forward/backward every micro-batch of one step, then step the optimizer; return the step's loss.
 
     Each micro-batch's summed token loss is divided by the response-token count of the
-    whole step, so the accumulated gradient is that of the step's mean token loss.
+    whole step, so the accumulated gradient is that of the step's mean token loss. An
+    ``objective`` adds its term, normalised by the step's valid (attention-mask) tokens;
+    ``extra`` then receives the step's ``quality_loss`` and ``p_good``.
     """
     n_tokens = max(1, sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches))
+    n_valid = max(1, sum(int(mb["attention_mask"].sum()) for mb in micro_batches))
     loss_sum = 0.0
+    quality_sum = p_good_sum = 0.0
     for mb in micro_batches:
-        with autocast():
+        with autocast(), (objective.recording(model) if objective else nullcontext()) as gate_logits:
             logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
         loss = response_loss_sum(logits, mb["labels"]) / n_tokens
+        if objective is not None:
+            quality = objective.loss(gate_logits, mb["attention_mask"], n_valid)
+            loss = loss + quality
+            quality_sum += quality.detach()
+            p_good_sum += objective.p_good_sum(gate_logits, mb["attention_mask"]) / n_valid
+            del gate_logits
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
         del logits, loss
@@ -217,15 +232,26 @@ def _optimizer_step(model, micro_batches: list[dict], *, autocast, scaler, optim
     scaler.update()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    if extra is not None and objective is not None:
+        extra.update(quality_loss=float(quality_sum), p_good=float(p_good_sum))
     return float(loss_sum)
 
 
 def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None, *, attempt: int = 1,
-        on_step: Callable[[int], None] | None = None, source: str = "") -> dict:
-    """The training loop behind :func:`train` and :func:`train_on_pool`."""
+        on_step: Callable[[int], None] | None = None, source: str = "", objective=None) -> dict:
+    """The training loop behind :func:`train` and :func:`train_on_pool`.
+
+    ``objective`` (e.g. :class:`selectflow.gate.GateObjective`) picks the trainable
+    parameters (``select_trainable(model)``) and adds a loss term (``recording(model)``
+    around the forward pass, then ``loss(captured, attention_mask, n_valid_tokens)``).
+    """
     from transformers import AutoTokenizer
 
     c = resolve_train_config(cfg)
+    if objective is not None and c["lora"]["enabled"]:
+        raise SelectFlowError("the gate warm-up trains the quality gates and routers themselves, not LoRA adapters; "
+                              "set warmup.train.lora.enabled: false")
+    columns = METRIC_COLUMNS + (["quality_loss", "p_good"] if objective is not None else [])
     out_dir = Path(out_dir)
     if c["expandable_segments"]:
         _expandable_segments()
@@ -250,6 +276,8 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
         log.warning("tokenizer of %s has no eos token; responses are not closed by one", model_path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     model = load_for_training(model_path, c, device, precision)
+    if objective is not None:
+        objective.select_trainable(model)
 
     n = len(pairs)
     spe = steps_per_epoch(n, effective)
@@ -263,6 +291,7 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
         "effective_batch": effective, "total_steps": total_steps, "precision": precision,
         **{k: c[k] for k in ("learning_rate", "weight_decay", "max_grad_norm", "warmup_ratio", "seed", "max_length",
                              "lora", "load_in_8bit")},
+        **({"objective": objective.fingerprint()} if objective is not None else {}),
     }
     state = load_resume(out_dir / "resume", fingerprint, model=model, optimizer=optimizer, scheduler=scheduler,
                         scaler=scaler)
@@ -287,16 +316,17 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
                          disable=None):
             t0 = time.perf_counter()
             lr = scheduler.get_last_lr()[0]
+            extra: dict = {}
             loss = _optimizer_step(model, [next(it) for _ in steps[step - start]], autocast=autocast, scaler=scaler,
                                    optimizer=optimizer, scheduler=scheduler, params=params,
-                                   max_grad_norm=float(c["max_grad_norm"]))
+                                   max_grad_norm=float(c["max_grad_norm"]), objective=objective, extra=extra)
             done = step + 1
             n_step_samples = sum(len(mb) for mb in steps[step - start])
             samples_done += n_step_samples
             snap = memory_snapshot(device)
             metrics.append({"step": done, "epoch": done / spe, "loss": loss, "lr": lr,
                             "samples_per_s": n_step_samples / (time.perf_counter() - t0),
-                            **{k: snap[k] for k in METRIC_COLUMNS if k in snap}})
+                            **{k: snap[k] for k in METRIC_COLUMNS if k in snap}, **extra})
             if step == start:
                 measured = snap["gpu_peak_mb"] if device.type == "cuda" else snap["host_rss_mb"]
                 log.info("after the first step: predicted peak %.1f MiB, measured %s %.1f MiB", estimate.total / MIB,
@@ -305,7 +335,7 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
             if c["monitor_interval"] and done % c["monitor_interval"] == 0:
                 log.info("step %d/%d: loss %.4f, lr %.3g, %.1f samples/s", done, total_steps, metrics[-1]["loss"], lr,
                          metrics[-1]["samples_per_s"])
-                write_tsv(out_dir / "metrics.tsv", metrics, METRIC_COLUMNS)
+                write_tsv(out_dir / "metrics.tsv", metrics, columns)
                 monitor.write(out_dir / "memory.tsv")
                 if cache is not None:
                     cache.log_stats(f"step {done}")
@@ -314,7 +344,7 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
                 save_resume(out_dir / "resume", model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             step=done, epoch=epoch, position=k * effective, order=orders[epoch],
                             fingerprint=fingerprint, micro_batch_size=micro, gradient_accumulation_steps=accum,
-                            metrics=metrics, metric_columns=METRIC_COLUMNS, memory=monitor.rows)
+                            metrics=metrics, metric_columns=columns, memory=monitor.rows)
             if on_step is not None:
                 on_step(done)
     except Exception as exc:
@@ -332,7 +362,7 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
     if cache is not None:
         cache.log_stats("end")
     kind = _save_checkpoint(model, tokenizer, out_dir / "checkpoint", c)
-    write_tsv(out_dir / "metrics.tsv", metrics, METRIC_COLUMNS)
+    write_tsv(out_dir / "metrics.tsv", metrics, columns)
     monitor.write(out_dir / "memory.tsv")
     measured_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
     losses = [m["loss"] for m in metrics]
@@ -366,6 +396,9 @@ def _save_checkpoint(model, tokenizer, path: Path, c: dict) -> str:
             model = model.merge_and_unload()
             kind = "full (LoRA merged)"
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if quality_gates(model):  # a converted model: base weights + the gate files (selectflow.gate)
+            save_converted(model, tmp, tokenizer)
+        else:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     return kind
