@@ -16,10 +16,10 @@ method          score (higher ranks higher) and what it drops
                 (``no_response_tokens``), ``nonfinite`` NLLs, ``ifd>=1`` (the prompt
                 does not help: off-topic or boilerplate answers), ``repetitive``
                 responses (under half of their word 3-grams distinct: degenerate loops)
-                and ``unfinished`` ones (p(eos) < 0.5 after the response: the model
-                expects more, as after truncated or rambling text; this check is
-                skipped with a warning when it would drop over half the pool, i.e.
-                when the model does not end responses with its eos token).
+                and ``unfinished`` ones (p(eos) after the response under half of
+                the pool's median p(eos): the model expects more, as after truncated
+                or rambling text; relative to the pool, so a model that ends answers
+                with another token does not drop them all).
                 Measured on the demo pools (bench/bench_selection_quality.py), it puts
                 empty, truncated, repeated and off-topic records at the bottom, where
                 ``ifd`` puts them at the top.
@@ -56,8 +56,9 @@ log = logging.getLogger(__name__)
 METHODS = ("auto", "combined", "gate", "ifd", "perplexity", "field")
 # a response whose word 3-grams are less than half distinct is a degenerate loop
 MIN_DISTINCT_TRIGRAMS = 0.5
-# the model finds it likelier that the response goes on than that it ends here: unfinished
-MIN_P_EOS = 0.5
+# unfinished: the model gives the end of the response under half the probability it gives
+# the end of the pool's median response
+EOS_FACTOR = 2.0
 
 
 @dataclass
@@ -129,16 +130,12 @@ def distinct_ngram_share(texts: list[str], n: int = 3) -> np.ndarray:
 
 
 def _unfinished(nll_eos: np.ndarray) -> np.ndarray:
-    """p(eos) < MIN_P_EOS after the response; skipped (with a warning) when that is most of the pool."""
+    """p(eos) after the response under 1 / EOS_FACTOR of the pool's median p(eos) (NaN: not judged)."""
+    finite = nll_eos[np.isfinite(nll_eos)]
+    if not len(finite):
+        return np.zeros(len(nll_eos), dtype=bool)
     with np.errstate(invalid="ignore"):
-        bad = nll_eos > -math.log(MIN_P_EOS)  # NaN (cut by max_length): not judged
-    if bad.mean() > 0.5:
-        log.warning(
-            "the model gives the end-of-sequence token p < %g after %.0f%% of the responses: it does not end "
-            "responses the way this pool does (another eos token or template?), so the 'unfinished' check is "
-            "skipped; the combined score still uses nll_eos", MIN_P_EOS, 100 * bad.mean())
-        return np.zeros_like(bad)
-    return bad
+        return nll_eos > np.median(finite) + math.log(EOS_FACTOR)
 
 
 def _nll_based(shard: RouterShard, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 CANDIDATES_LAYOUT_VERSION = 1
 CANDIDATES_REBUILD_HINT = "rule candidates rebuilds it: delete the file and rerun snakemake"
 STAGES = ("fps", "two_stage", "quality")
+# strata earn picks only for their samples above this quantile of the kept samples' quality
+STRATUM_FLOOR = 0.25
 # raw inputs of the score that quality.tsv may carry (selectflow.quality.assess)
 NUMERIC_INPUTS = ("nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "gate_mean", "distinct_3grams")
 MODES = ("streaming", "matrix")
@@ -202,12 +204,17 @@ def _stratified(shard, order: np.ndarray, reason: np.ndarray, k: int, m: int, me
     """Candidates (quality order kept), stratum per candidate and FPS quota per stratum."""
     labels = kmeans(distance.features(shard.moe_probs[order], metric), n_strata, seed=0)
     size = np.bincount(labels)
-    # each stratum stands for its kept samples and the duplicates dropped in their favour
+    # each stratum stands for its kept samples and the duplicates dropped in their favour,
+    # counting only those above the kept samples' lower quality quartile: a region of
+    # low-quality samples does not earn picks by its size
     at = {sid: i for i, sid in enumerate(shard.sample_id[order])}
-    mass = size.astype(np.float64)
+    weight = np.ones(len(order))
     for r in reason:
         if isinstance(r, str) and r.startswith("duplicate_of:") and r[13:] in at:
-            mass[labels[at[r[13:]]]] += 1
+            weight[at[r[13:]]] += 1
+    score = np.arange(len(order))[::-1]  # order is by quality, best first
+    weight[score < np.quantile(score, STRATUM_FLOOR)] = 0
+    mass = np.bincount(labels, weights=weight, minlength=len(size))
     quota = allocate(k, mass, size)
     per = np.maximum(allocate(m, mass, size), quota)
     rank_in = np.zeros(len(order), dtype=np.int64)  # rank of each kept sample inside its stratum

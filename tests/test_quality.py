@@ -64,7 +64,7 @@ def test_combined_against_a_naive_reference_and_its_direction():
     # the prompt helps more -> higher; the model expects the end less -> lower
     assert a.score[0] > a.score[1] > a.score[3]
     assert a.score[0] > a.score[2]
-    # p(eos) = exp(-3) < 0.5 after sample 3: unfinished
+    # p(eos) after sample 3 is under half the median's (0.1 + log 2 < 3): unfinished
     assert a.reason.tolist() == ["", "", "", "unfinished", "ifd>=1", "", "nonfinite", "no_response_tokens"]
     assert a.keep.tolist() == [r == "" for r in a.reason]
     assert {"nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "distinct_3grams"} <= set(a.inputs)
@@ -129,9 +129,11 @@ def test_errors_for_unknown_method_and_absent_data():
         quality_scores(shard(), "field")
 
 
-def test_unfinished_check_is_skipped_when_the_model_never_ends_responses(caplog):
-    s = shard(n=4, nll=[1.0] * 4, alone=[2.0] * 4, eos=[3.0, 3.0, 3.0, 0.1], records=[norm("an answer")] * 4)
-    with caplog.at_level("WARNING"):
-        a = assess(s, "combined")
-    assert a.keep.all() and "unfinished" in caplog.text
-    assert a.score[3] > a.score[0]  # the score still uses nll_eos
+def test_unfinished_is_relative_to_the_pools_median_end():
+    # a model that ends every response with low p(eos) drops none of them ...
+    s = shard(n=4, nll=[1.0] * 4, alone=[2.0] * 4, eos=[3.0, 3.2, 2.9, 0.1], records=[norm("an answer")] * 4)
+    a = assess(s, "combined")
+    assert a.keep.all() and a.score[3] > a.score[0]  # the score still uses nll_eos
+    # ... and drops one whose end is under half as likely as the median's (median 2.95 + log 2 = 3.64)
+    s = shard(n=5, nll=[1.0] * 5, alone=[2.0] * 5, eos=[3.0, 3.2, 2.9, 0.1, 3.7], records=[norm("an answer")] * 5)
+    assert assess(s, "combined").reason.tolist() == ["", "", "", "", "unfinished"]
