@@ -161,7 +161,7 @@ def build_candidates(
     if stage == "quality" or routing_strata <= 1:
         chosen = order[:m]
     else:
-        chosen, stratum, quota = _stratified(shard, order, reason, k, m, metric, routing_strata)
+        chosen, stratum, quota = _stratified(shard, order, score[order], reason, k, m, metric, routing_strata)
     reason[order] = "below_importance_cut"
     reason[chosen] = "candidate"
     feats = distance.features(shard.moe_probs[chosen], metric)
@@ -200,7 +200,8 @@ def build_candidates(
     return k
 
 
-def _stratified(shard, order: np.ndarray, reason: np.ndarray, k: int, m: int, metric: str, n_strata: int):
+def _stratified(shard, order: np.ndarray, score: np.ndarray, reason: np.ndarray, k: int, m: int, metric: str,
+                n_strata: int):
     """Candidates (quality order kept), stratum per candidate and FPS quota per stratum."""
     labels = kmeans(distance.features(shard.moe_probs[order], metric), n_strata, seed=0)
     size = np.bincount(labels)
@@ -212,7 +213,6 @@ def _stratified(shard, order: np.ndarray, reason: np.ndarray, k: int, m: int, me
     for r in reason:
         if isinstance(r, str) and r.startswith("duplicate_of:") and r[13:] in at:
             weight[at[r[13:]]] += 1
-    score = np.arange(len(order))[::-1]  # order is by quality, best first
     weight[score < np.quantile(score, STRATUM_FLOOR)] = 0
     mass = np.bincount(labels, weights=weight, minlength=len(size))
     quota = allocate(k, mass, size)
