@@ -36,10 +36,12 @@ def test_gate_is_mean_over_layers_of_softmax_index_0():
     assert keep.all() and score.dtype == np.float64
 
 
-def test_auto_uses_gate_else_combined_else_perplexity():
+def test_auto_uses_combined_else_gate_else_perplexity():
     logits = [[[1.0, 0.0]] * 2] * 3
     with_gate = shard(logits=logits, alone=[2.0, 2.0, 2.0])
-    np.testing.assert_allclose(quality_scores(with_gate, "auto")[0], quality_scores(with_gate, "gate")[0])
+    np.testing.assert_allclose(quality_scores(with_gate, "auto")[0], quality_scores(with_gate, "combined")[0])
+    only_gate = shard(logits=logits)
+    np.testing.assert_allclose(quality_scores(only_gate, "auto")[0], quality_scores(only_gate, "gate")[0])
     no_gate = shard(nll=[1.0, 1.5, 3.0], alone=[2.0, 2.0, 2.0])
     np.testing.assert_allclose(quality_scores(no_gate, "auto")[0], quality_scores(no_gate, "combined")[0])
     no_alone = shard(nll=[1.0, 1.5, 3.0])
