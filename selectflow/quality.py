@@ -146,8 +146,8 @@ def _nll_based(shard: RouterShard, method: str) -> tuple[np.ndarray, np.ndarray,
     nll = np.asarray(shard.nll_response, dtype=np.float64)
     n_resp = np.asarray(shard.n_response_tokens)
     empty = n_resp <= 0
-    if shard.record is not None:  # eos alone is not a response
-        empty |= np.array([not _response(r).strip() for r in shard.record], dtype=bool)
+    if shard.record is not None:  # eos alone is not a response (records without the key: not judged)
+        empty |= np.array([not json.loads(r).get("response", "x").strip() for r in shard.record], dtype=bool)
     if method == "perplexity":
         score = -nll
         checks = [("no_response_tokens", empty), ("nonfinite", ~np.isfinite(score))]

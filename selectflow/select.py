@@ -227,9 +227,14 @@ def _stratified(shard, order: np.ndarray, score: np.ndarray, reason: np.ndarray,
     return order[take], labels[take].astype(np.int64), quota
 
 
-def normalised_text(record_json: str) -> str:
-    """Prompt and response of a normalised record, lower-cased, punctuation and runs of space removed."""
+def normalised_text(record_json: str) -> str | None:
+    """Prompt and response of a normalised record, lower-cased, punctuation and runs of space removed.
+
+    ``None`` for a record with neither (nothing to compare).
+    """
     rec = json.loads(record_json)
+    if "prompt" not in rec and "response" not in rec:
+        return None
     return "\x00".join(" ".join(re.sub(r"[^\w\s]", " ", rec.get(key, "").lower()).split()) for key in ("prompt", "response"))
 
 
@@ -252,7 +257,7 @@ def drop_duplicates(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarr
     for key in keys:
         first: dict = {}
         for i, k in zip(kept, key):
-            if not keep[i]:
+            if not keep[i] or k is None:
                 continue
             if k in first:
                 keep[i] = False
