@@ -402,6 +402,6 @@ class GateObjective:
         return self.weight * masked_gate_loss(gate_logits, attention_mask, n_tokens)
 
     @torch.no_grad()
-    def p_good_sum(self, gate_logits: list[torch.Tensor], attention_mask: torch.Tensor) -> float:
+    def p_good_sum(self, gate_logits: list[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
         """Layer mean of the summed good-probability over valid tokens (for the metrics)."""
-        return float(_masked_layer_mean(gate_logits, attention_mask, 1, lambda p: p))
+        return _masked_layer_mean(gate_logits, attention_mask, 1, lambda p: p)

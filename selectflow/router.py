@@ -179,6 +179,9 @@ class RouterDumper:
             raise SelectFlowError(f"{type(model).__name__} has no output_router_logits; set router_source: hooks")
         self.use_output = settings.router_source != "hooks" and supports_router_output(model)
         self.routers = [] if self.use_output else named_modules_matching(model, settings.router_pattern)
+        from .gate import QualityGate
+
+        self.routers = [(n, m) for n, m in self.routers if not isinstance(m, QualityGate)]  # gates are not routers
         if not self.use_output and not self.routers:
             raise SelectFlowError(
                 f"no MoE routers found in {type(model).__name__}: the model returns no router logits and no module "

@@ -233,6 +233,14 @@ def test_convert_and_dump_write_quality_logits(tmp_path, demo_model, records, fa
         dumper.model(input_ids=torch.tensor([ids]))
     direct = torch.stack([x.reshape(-1, 2).mean(0) for x in logits]).numpy()
     np.testing.assert_allclose(shard.quality_logits[0], direct, atol=1e-5)
+    # hook-based capture: a broad router pattern does not take the quality gates for routers
+    hooked = RouterDumper.from_path(str(tmp_path / "converted"),
+                                    DumpSettings(device="cpu", max_length=64, router_source="hooks",
+                                                 router_pattern=r"\.(quality_gate|gate|router)$"))
+    assert [n for n, _ in hooked.routers] == ["model.layers.0.mlp.gate", "model.layers.1.mlp.gate"]
+    via_hooks = hooked.dump(records, batch_size=4, progress=False)
+    np.testing.assert_allclose(via_hooks.moe_probs, shard.moe_probs, atol=1e-6)
+    np.testing.assert_allclose(via_hooks.quality_logits, shard.quality_logits, atol=1e-6)
     # the base model has no gates: no quality logits, auto is not gate
     plain = RouterDumper.from_path(str(tmp_path / "base"), DumpSettings(device="cpu", max_length=64))
     assert plain.dump(records[:2], progress=False).quality_logits is None
@@ -289,3 +297,16 @@ def test_gate_is_a_bias_free_linear_to_two():
     assert isinstance(gate, torch.nn.Linear) and gate.bias is None and tuple(gate.weight.shape) == (2, 16)
     with pytest.raises(SelectFlowError, match="trash expert 'bin'"):
         QualityGate(16, "bin")
+
+
+def test_bf16_warmup_and_dump_run(tmp_path, converted, demo_pool, records):
+    """Half precision (the GPU default), here on the CPU: bf16 autocast in the warm-up, bf16 weights in the dump."""
+    pairs = [(r["sample_id"], r["prompt"], r["response"]) for r in read_dataset(demo_pool, "demo")[:8]]
+    summary = fit(converted, pairs, tmp_path / "w", {**WARMUP, "max_steps": 2, "precision": "bf16"},
+                  objective=GateObjective(1.0))
+    assert np.isfinite(summary["final_loss"])
+    dumper = RouterDumper.from_path(str(tmp_path / "w" / "checkpoint"),
+                                    DumpSettings(device="cpu", dtype="bfloat16", max_length=64))
+    assert {g.weight.dtype for _, g in dumper.quality_gates} == {torch.bfloat16}
+    shard = dumper.dump(records[:4], progress=False)
+    assert shard.quality_logits.shape == (4, 2, 2) and np.isfinite(shard.quality_logits).all()
