@@ -9,7 +9,7 @@
         --selected results/demo/selection/selected_data.jsonl
 
     # the default pool plus two other demo seeds/sizes, each built here: pool, pre-trained demo
-    # model, router dump (about 3-5 min per pool on 2 CPU cores)
+    # model, router dump (measured 12-14 min per pool on the busy 2-core box; cached under --work)
     python bench/bench_selection_quality.py --build 0:3000 1:2000 2:5000 --work /tmp/bsq
 
 For each pool and each quality method (``gate`` when the router data has quality logits,
