@@ -27,6 +27,7 @@ rule demo_model:
         attempt=current_attempt,
     params:
         seed=config["demo"]["seed"],
+        pretrain_epochs=config["demo"]["pretrain_epochs"],
     script:
         "../scripts/demo_model.py"
 

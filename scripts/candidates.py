@@ -22,5 +22,6 @@ run_job(
         disable_diversity=sel["disable_diversity"],
         metric=sel["metric"],
         exclude_ids=exclude,
+        routing_strata=sel["routing_strata"],
     ),
 )

@@ -5,9 +5,13 @@
   and planted junk (``empty``, ``truncated``, ``repeated``, ``off_topic``), so that a
   selection has something to find.
 * :func:`build_demo_model` → a Qwen3-MoE causal LM (4 layers, 8 experts, top-2) with
-  seeded random weights and a BPE tokenizer trained on the pool, saved with
+  seeded weights and a BPE tokenizer trained on the pool, then pre-trained on the whole
+  pool (:func:`pretrain_demo_model`: a plain, seeded language-model fit of prompt +
+  response + eos, a few epochs on the CPU) so that, like a real pre-trained model, it
+  predicts a clean response from its prompt and routes topics differently; saved with
   ``save_pretrained`` (safetensors) so it loads through the same ``from_pretrained``
-  path as a real model. Nothing is downloaded.
+  path as a real model. Nothing is downloaded. The pre-training reads only ``prompt``
+  and ``response``: never the label fields ``planted``, ``topic``, ``duplicate_of``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ _TOPICS = {
         ("What is the capital of {country}?", "", "The capital of {country} is {capital}."),
         ("Name the continent where {country} lies.", "", "{country} lies in {continent}."),
         ("Write one sentence about {country}.", "", "{country} is a country in {continent} whose capital is {capital}."),
+        ("Plan a {a}-day trip to {country}.", "", "Spend {a} days in {country}: start in {capital}, then see more of {continent}."),
     ],
     "cooking": [
         ("Give a short recipe using {food}.", "", "Wash the {food}, cut it, cook it for {a} minutes with {spice}, then serve warm."),
@@ -43,17 +48,23 @@ _TOPICS = {
         ("Write a Python function that returns the {op} of two numbers.", "", "def {fn}(a, b):\n    return a {sym} b"),
         ("Explain what a {ds} is.", "", "A {ds} is a data structure that {dsdesc}."),
         ("Translate this to Python: print {a}.", "", "print({a})"),
+        ("Write a loop that prints the numbers from 1 to {a}.", "", "for i in range(1, {a1}):\n    print(i)"),
     ],
     "animals": [
         ("Describe the {animal}.", "", "The {animal} is an animal that lives in the {habitat} and eats {diet}."),
         ("Where does the {animal} live?", "", "The {animal} lives in the {habitat}."),
         ("Classify the {animal}.", "It is found in the {habitat}.", "The {animal} is a {cls}."),
+        ("Write a short story about a {adj} {animal}.", "", "Once a {adj} {animal} lived in the {habitat} and ate {diet} every day."),
+        ("A zoo keeps {a} {animal}s. What do they need?", "", "The {a} {animal}s need a home like the {habitat} and food such as {diet}."),
     ],
 }
 _COUNTRIES = [("France", "Paris", "Europe"), ("Japan", "Tokyo", "Asia"), ("Kenya", "Nairobi", "Africa"),
               ("Brazil", "Brasilia", "South America"), ("Canada", "Ottawa", "North America"),
               ("Egypt", "Cairo", "Africa"), ("India", "New Delhi", "Asia"), ("Italy", "Rome", "Europe"),
-              ("Peru", "Lima", "South America"), ("Norway", "Oslo", "Europe")]
+              ("Peru", "Lima", "South America"), ("Norway", "Oslo", "Europe"), ("Chile", "Santiago", "South America"),
+              ("Ghana", "Accra", "Africa"), ("Mexico", "Mexico City", "North America"), ("Spain", "Madrid", "Europe"),
+              ("Thailand", "Bangkok", "Asia"), ("Morocco", "Rabat", "Africa"), ("Cuba", "Havana", "North America"),
+              ("Greece", "Athens", "Europe"), ("Vietnam", "Hanoi", "Asia"), ("Argentina", "Buenos Aires", "South America")]
 _FOODS = ["rice", "potatoes", "carrots", "lentils", "pasta", "eggs", "spinach", "beans"]
 _SPICES = ["cumin", "paprika", "black pepper", "turmeric", "basil", "garlic"]
 _OPS = [("sum", "add", "+"), ("difference", "sub", "-"), ("product", "mul", "*"), ("quotient", "div", "/")]
@@ -61,7 +72,11 @@ _DS = [("list", "keeps items in order"), ("dictionary", "maps keys to values"), 
        ("queue", "serves items first in, first out"), ("stack", "serves items last in, first out")]
 _ANIMALS = [("fox", "forest", "small animals", "mammal"), ("eagle", "mountains", "fish and rodents", "bird"),
             ("shark", "ocean", "fish", "fish"), ("frog", "wetlands", "insects", "amphibian"),
-            ("camel", "desert", "plants", "mammal"), ("penguin", "antarctic", "krill", "bird")]
+            ("camel", "desert", "plants", "mammal"), ("penguin", "antarctic", "krill", "bird"),
+            ("owl", "forest", "mice", "bird"), ("dolphin", "ocean", "fish", "mammal"), ("lizard", "desert", "insects", "reptile"),
+            ("bear", "mountains", "berries and fish", "mammal"), ("turtle", "wetlands", "plants", "reptile"),
+            ("zebra", "savanna", "grass", "mammal")]
+_ADJECTIVES = ["brave", "sleepy", "hungry", "curious", "tiny", "old", "clever", "shy"]
 _JUNK_WORDS = ["zorp", "qlax", "vemt", "krill", "blorb", "snarf", "wux", "pim"]
 
 
@@ -72,7 +87,7 @@ def _fill(rng: random.Random, topic: str) -> dict:
     op, fn, sym = rng.choice(_OPS)
     ds, dsdesc = rng.choice(_DS)
     animal, habitat, diet, cls = rng.choice(_ANIMALS)
-    values = dict(a=a, b=b, s=a + b, p=a * b, d=a - b, even="Yes, it is even." if a % 2 == 0 else "No, it is odd.",
+    values = dict(a=a, a1=a + 1, adj=rng.choice(_ADJECTIVES), b=b, s=a + b, p=a * b, d=a - b, even="Yes, it is even." if a % 2 == 0 else "No, it is odd.",
                   country=country, capital=capital, continent=continent, food=rng.choice(_FOODS),
                   spice=rng.choice(_SPICES), op=op, fn=fn, sym=sym, ds=ds, dsdesc=dsdesc, animal=animal,
                   habitat=habitat, diet=diet, cls=cls)
@@ -168,9 +183,51 @@ def demo_model_config(vocab_size: int, *, n_layers: int = 4, n_experts: int = 8,
     )
 
 
+def pretrain_demo_model(model, tokenizer, texts: list[tuple[str, str]], *, epochs: float, batch_size: int = 32,
+                        learning_rate: float = 3e-3, max_length: int = 128, seed: int = 0) -> list[float]:
+    """Fit ``model`` to (prompt, response) pairs as a plain causal LM (every token, seeded order).
+
+    AdamW with a linear decay to zero over ``epochs`` passes of shuffled batches; returns the
+    loss per step. Deterministic for a given seed and thread count.
+    """
+    import torch
+
+    from .router import _pad, encode_pair
+
+    seqs = [encode_pair(tokenizer, p, r, max_length)[0] for p, r in texts]
+    gen = torch.Generator().manual_seed(seed)
+    steps = max(1, round(epochs * len(seqs) / batch_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
+    model.train()
+    losses: list[float] = []
+    order: list[int] = []
+    for step in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(len(seqs), generator=gen).tolist()
+        batch, order = order[:batch_size], order[batch_size:]
+        ids, mask = _pad([seqs[i] for i in batch], tokenizer.pad_token_id)
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.detach().item())
+        if step % 50 == 0 or step == steps - 1:
+            log.info("demo pre-training step %d/%d: loss %.3f", step + 1, steps, losses[-1])
+    model.eval()
+    return losses
+
+
 def build_demo_model(out_dir: str | os.PathLike, pool_path: str | os.PathLike, *, seed: int = 0,
-                     vocab_size: int = 1024, n_layers: int = 4, n_experts: int = 8, hidden: int = 64) -> Path:
-    """Train a tokenizer on the pool, build the seeded tiny MoE and save both to ``out_dir``."""
+                     vocab_size: int = 1024, n_layers: int = 4, n_experts: int = 8, hidden: int = 64,
+                     pretrain_epochs: float = 0.0) -> Path:
+    """Train a tokenizer on the pool, build the seeded tiny MoE, pre-train it, save both to ``out_dir``.
+
+    ``pretrain_epochs`` passes of :func:`pretrain_demo_model` over the whole pool (0: random weights).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -181,6 +238,9 @@ def build_demo_model(out_dir: str | os.PathLike, pool_path: str | os.PathLike, *
     config = demo_model_config(len(tokenizer), n_layers=n_layers, n_experts=n_experts, hidden=hidden)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
+    if pretrain_epochs > 0:
+        pretrain_demo_model(model, tokenizer, [(r["prompt"], r["response"]) for r in records],
+                            epochs=pretrain_epochs, seed=seed)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -14,6 +14,11 @@ chunk or block size, and CPU or GPU pick the same candidates in the same order.
 
 Both return :class:`FPSResult`: picks int64 [k] and the min distance of each pick to the
 earlier ones, float64 [k] (``inf`` at step 0). ``k >= N`` returns all N in FPS order.
+
+With ``strata`` (int [N], the routing stratum of each candidate) and ``quota`` (int [S],
+picks per stratum, summing to k) FPS is the same greedy max-min over all candidates, except
+that a stratum whose quota is filled leaves the race: the picks keep the strata's shares,
+and within and across strata each pick is still the farthest one left.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ def fps_streaming(
     device: str = "auto",
     chunk: int = 1 << 20,
     log_interval: int = 100,
+    strata: np.ndarray | None = None,
+    quota: np.ndarray | None = None,
 ) -> FPSResult:
     """FPS over ``features`` [N, D] float32 (grid features), distances computed per step.
 
@@ -95,17 +102,18 @@ def fps_streaming(
         run_adaptive(part, 0, n, rows["chunk"], what="FPS distance rows")
         rows["chunk"] = min(sizes[:-1] or sizes)
 
-    return _greedy(min_dist, k, start, update, log_interval, "streaming")
+    return _greedy(min_dist, k, start, update, log_interval, "streaming", strata, quota)
 
 
-def fps_matrix(matrix: BlockMatrix, k: int, *, start: int = 0, log_interval: int = 100) -> FPSResult:
+def fps_matrix(matrix: BlockMatrix, k: int, *, start: int = 0, log_interval: int = 100,
+               strata: np.ndarray | None = None, quota: np.ndarray | None = None) -> FPSResult:
     """FPS reading one row of the precomputed distance matrix per step."""
     min_dist = torch.full((matrix.n,), math.inf, dtype=torch.float32)
 
     def update(p: int) -> None:
         _fold(min_dist, torch.from_numpy(matrix.row(p)))
 
-    return _greedy(min_dist, k, start, update, log_interval, "matrix")
+    return _greedy(min_dist, k, start, update, log_interval, "matrix", strata, quota)
 
 
 # On CPU the per-step vector ops go through numpy: torch would wake its OpenMP pool for
@@ -126,7 +134,8 @@ def _argmax(min_dist: torch.Tensor) -> int:
 
 
 def _greedy(
-    min_dist: torch.Tensor, k: int, start: int, update: Callable[[int], None], log_interval: int, mode: str
+    min_dist: torch.Tensor, k: int, start: int, update: Callable[[int], None], log_interval: int, mode: str,
+    strata: np.ndarray | None = None, quota: np.ndarray | None = None,
 ) -> FPSResult:
     """The max-min loop shared by both modes; ``update(p)`` folds pick p into ``min_dist``."""
     n = int(min_dist.numel())
@@ -139,6 +148,12 @@ def _greedy(
     if int(log_interval) < 1:
         raise SelectFlowError(f"fps_log_interval must be >= 1, got {log_interval}")
     k = min(int(k), n)
+    if strata is not None:
+        strata, left = np.asarray(strata), np.asarray(quota, dtype=np.int64).copy()
+        if strata.shape != (n,) or left.sum() != k or (left > np.bincount(strata, minlength=len(left))).any():
+            raise SelectFlowError("FPS strata and quota do not fit the candidates (quota must sum to k, each <= its stratum)")
+        if left[strata[start]] < 1:
+            raise SelectFlowError(f"FPS start index {start} lies in a stratum with quota 0")
     picks = np.empty(k, dtype=np.int64)
     at = np.empty(k, dtype=np.float64)
     p, d = int(start), math.inf
@@ -151,6 +166,11 @@ def _greedy(
         update(p)
         # a picked candidate must never win again, even when all that remain are its duplicates
         min_dist[p] = -math.inf
+        if strata is not None:
+            left[strata[p]] -= 1
+            if left[strata[p]] == 0:  # stratum full: its candidates leave the race
+                full = torch.from_numpy(np.flatnonzero(strata == strata[p])).to(min_dist.device)
+                min_dist[full] = -math.inf
         p = _argmax(min_dist)
         d = float(min_dist[p])
     log.info("FPS %s done: %d picks of %d candidates, last max-min distance %.6g", mode, k, n, at[-1])

@@ -10,7 +10,9 @@ in the same pass:
   by :mod:`selectflow.gate`, or modules whose name matches ``quality_gate_pattern``),
   averaged the same way, when the model has them;
 * ``nll_response``: mean NLL of the response tokens given the prompt, and (``ifd``)
-  ``nll_response_alone``: the same tokens after an empty prompt.
+  ``nll_response_alone``: the same tokens after an empty prompt;
+* ``nll_eos``: NLL of the end-of-sequence token after the response (NaN when the
+  sequence was cut by ``max_length`` or the tokenizer has no eos token).
 
 Router logits come from ``output_router_logits=True`` where the model returns them, else
 from forward hooks on modules whose name matches ``router_pattern``; the per-family table
@@ -161,6 +163,16 @@ def _response_nll(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], le
     return nll, count
 
 
+def _eos_nll(logits: torch.Tensor, ids: torch.Tensor, lengths: list[int], eos_id: int | None) -> torch.Tensor:
+    """NLL of each row's last token when it is ``eos_id`` (predicted from the token before); else NaN."""
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    last = torch.tensor(lengths, device=ids.device) - 1
+    pred = logits[rows, (last - 1).clamp_min(0)].float()
+    nll = torch.nn.functional.cross_entropy(pred, ids[rows, last], reduction="none")
+    ok = (ids[rows, last] == (-1 if eos_id is None else eos_id)) & (last >= 1)
+    return torch.where(ok, nll, torch.full_like(nll, float("nan")))
+
+
 class RouterDumper:
     """Holds a loaded model and turns lists of normalised records into :class:`RouterShard` s."""
 
@@ -235,6 +247,7 @@ class RouterDumper:
                 [self.capture.distribution(x, self.settings.softmax_logits) for x in router_logits], mask, softmax=False),
             "nll_response": nll,
             "n_response_tokens": n_resp,
+            "nll_eos": _eos_nll(logits, ids, lengths, self.tokenizer.eos_token_id),
         }
         if gates:
             out["quality_logits"] = _masked_token_mean(gates, mask, softmax=False)
@@ -277,7 +290,7 @@ class RouterDumper:
         inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
         merged = {k: torch.cat([p[k] for p in parts]).cpu().numpy()[inverse] for k in (parts[0] if parts else {})}
         merged["n_response_tokens"] = merged["n_response_tokens"].astype(np.int32)
-        for key in ("nll_response", "nll_response_alone"):
+        for key in ("nll_response", "nll_response_alone", "nll_eos"):
             if key in merged:
                 merged[key] = merged[key].astype(np.float32)
         return RouterShard(

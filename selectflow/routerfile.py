@@ -15,6 +15,9 @@ name                   shape         dtype       meaning
 ``nll_response``       [n]           float32     mean NLL of response tokens given prompt
 ``nll_response_alone`` [n]           float32     mean NLL of response tokens without the
                                                  prompt (only when IFD is enabled)
+``nll_eos``            [n]           float32     NLL of the end-of-sequence token right after
+                                                 the response (NaN when cut by max_length);
+                                                 high for text that stops mid-way
 ``n_tokens``           [n]           int32       valid tokens of prompt + response
 ``n_response_tokens``  [n]           int32       response tokens scored (0: NLLs are NaN)
 ``record``             [n]           utf-8 str   the normalised record as JSON (so a folder
@@ -54,6 +57,7 @@ class RouterShard:
     n_response_tokens: np.ndarray  # [n] int32
     quality_logits: np.ndarray | None = None  # [n, L, 2] float32
     nll_response_alone: np.ndarray | None = None  # [n] float32
+    nll_eos: np.ndarray | None = None  # [n] float32
     record: np.ndarray | None = None  # [n] object (JSON str of the normalised record)
     attrs: dict = field(default_factory=dict)
 
@@ -61,8 +65,8 @@ class RouterShard:
         return len(self.sample_id)
 
 
-_OPTIONAL = ("quality_logits", "nll_response_alone")
-_PER_SAMPLE = ("nll_response", "n_tokens", "n_response_tokens", "nll_response_alone", "record")
+_OPTIONAL = ("quality_logits", "nll_response_alone", "nll_eos")
+_PER_SAMPLE = ("nll_response", "n_tokens", "n_response_tokens", "nll_response_alone", "nll_eos", "record")
 
 
 def write_router_shard(path: str | os.PathLike, shard: RouterShard) -> None:
@@ -137,6 +141,7 @@ def read_router_shard(path: str | os.PathLike) -> RouterShard:
         n_response_tokens=data["n_response_tokens"],
         quality_logits=data.get("quality_logits"),
         nll_response_alone=data.get("nll_response_alone"),
+        nll_eos=data.get("nll_eos"),
         record=_strings(data["record"]) if "record" in data else None,
         attrs=attrs,
     )
@@ -172,6 +177,7 @@ def concat_shards(paths: list[str | os.PathLike]) -> RouterShard:
         n_response_tokens=stack("n_response_tokens"),
         quality_logits=stack("quality_logits"),
         nll_response_alone=stack("nll_response_alone"),
+        nll_eos=stack("nll_eos"),
         record=stack("record"),
         attrs=dict(s0.attrs),
     )

@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ from . import distance
 from .errors import CorruptFileError, SelectFlowError
 from .fps import fps_matrix, fps_streaming
 from .fsutil import atomic_open, atomic_path
-from .quality import METHODS, quality_scores, resolve_method
+from .quality import METHODS, assess, resolve_method
 from .records import write_jsonl
+from .strata import allocate, kmeans
 from .routerfile import concat_shards, read_router_shard
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,10 @@ log = logging.getLogger(__name__)
 CANDIDATES_LAYOUT_VERSION = 1
 CANDIDATES_REBUILD_HINT = "rule candidates rebuilds it: delete the file and rerun snakemake"
 STAGES = ("fps", "two_stage", "quality")
+# strata earn picks only for their samples above this quantile of the kept samples' quality
+STRATUM_FLOOR = 0.25
+# raw inputs of the score that quality.tsv may carry (selectflow.quality.assess)
+NUMERIC_INPUTS = ("nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "gate_mean", "distinct_3grams")
 MODES = ("streaming", "matrix")
 
 
@@ -108,11 +114,16 @@ def build_candidates(
     disable_diversity: bool = False,
     metric: str = "wasserstein",
     exclude_ids: set[str] | None = None,
+    routing_strata: int = 1,
 ) -> int:
     """Score the pool, pick the candidates, write ``out_h5`` and ``quality_tsv``; return k.
 
     The pool is every sample of ``router_paths`` not in ``exclude_ids``; k =
-    round(selection_percentage · pool), at least 1, at most the kept samples.
+    round(selection_percentage · pool), at least 1, at most the kept samples. Duplicates
+    are dropped first (:func:`drop_duplicates`). With ``routing_strata`` > 1 (and diversity
+    on) the kept samples are split into that many routing strata (:mod:`selectflow.strata`):
+    each stratum gets candidates (its quality top) and FPS picks in proportion to the pool
+    samples it stands for.
     """
     selection = check_fraction("selection_percentage", selection_percentage)
     importance = check_fraction("importance_selection_percentage", importance_selection_percentage, optional=True)
@@ -121,8 +132,10 @@ def build_candidates(
     pool = np.ones(len(shard), dtype=bool)
     if exclude_ids:
         pool = ~np.isin(shard.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
-    score, keep = quality_scores(shard, method, field)
-    keep &= pool
+    quality = assess(shard, method, field)
+    score, keep, reason = quality.score, quality.keep & pool, quality.reason.copy()
+    reason[~pool] = "excluded"
+    n_dup = drop_duplicates(shard, score, keep, reason)
     n_pool, n_kept = int(pool.sum()), int(keep.sum())
     if n_kept == 0:
         raise SelectFlowError(
@@ -144,16 +157,25 @@ def build_candidates(
         if importance is not None:
             log.info("importance_selection_percentage %g <= selection_percentage %g: one FPS stage", importance, selection)
         stage, m = "fps", n_kept
-    chosen = order[:m]
+    stratum = quota = None
+    if stage == "quality" or routing_strata <= 1:
+        chosen = order[:m]
+    else:
+        chosen, stratum, quota = _stratified(shard, order, score[order], reason, k, m, metric, routing_strata)
+    reason[order] = "below_importance_cut"
+    reason[chosen] = "candidate"
     feats = distance.features(shard.moe_probs[chosen], metric)
     with atomic_path(out_h5, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("sample_id", data=shard.sample_id[chosen].astype(object), dtype=h5py.string_dtype())
             f.create_dataset("quality", data=score[chosen].astype(np.float64))
             f.create_dataset("features", data=feats)
+            if stratum is not None:
+                f.create_dataset("stratum", data=stratum)
+                f.create_dataset("quota", data=quota)
             f.attrs.update(
                 {"metric": metric, "n_pool": n_pool, "n_kept": n_kept, "k": k, "stage": stage,
-                 "quality_method": resolve_method(shard, method)}
+                 "quality_method": resolve_method(shard, method), "n_duplicates": n_dup}
             )
             f.attrs["layout_version"] = CANDIDATES_LAYOUT_VERSION
             f.attrs["complete"] = True
@@ -169,11 +191,81 @@ def build_candidates(
             "quality": score[rank],
             "kept": keep[rank],
             "candidate": candidate[rank],
+            "reason": reason[rank],
+            **{name: values[rank] for name, values in quality.inputs.items()},
         }
     )
     _write_tsv(table, quality_tsv)
-    log.info("pool %d, kept %d, candidates %d (%s), k %d", n_pool, n_kept, m, stage, k)
+    log.info("pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d", n_pool, n_kept, n_dup, m, stage, k)
     return k
+
+
+def _stratified(shard, order: np.ndarray, score: np.ndarray, reason: np.ndarray, k: int, m: int, metric: str,
+                n_strata: int):
+    """Candidates (quality order kept), stratum per candidate and FPS quota per stratum."""
+    labels = kmeans(distance.features(shard.moe_probs[order], metric), n_strata, seed=0)
+    size = np.bincount(labels)
+    # each stratum stands for its kept samples and the duplicates dropped in their favour,
+    # counting only those above the kept samples' lower quality quartile: a region of
+    # low-quality samples does not earn picks by its size
+    at = {sid: i for i, sid in enumerate(shard.sample_id[order])}
+    weight = np.ones(len(order))
+    for r in reason:
+        if isinstance(r, str) and r.startswith("duplicate_of:") and r[13:] in at:
+            weight[at[r[13:]]] += 1
+    weight[score < np.quantile(score, STRATUM_FLOOR)] = 0
+    mass = np.bincount(labels, weights=weight, minlength=len(size))
+    quota = allocate(k, mass, size)
+    per = np.maximum(allocate(m, mass, size), quota)
+    rank_in = np.zeros(len(order), dtype=np.int64)  # rank of each kept sample inside its stratum
+    for c in range(len(size)):
+        idx = np.flatnonzero(labels == c)
+        rank_in[idx] = np.arange(len(idx))
+    take = rank_in < per[labels]
+    log.info("%d routing strata: sizes %s, pool shares %s, picks %s", len(size), size.tolist(),
+             np.round(mass / mass.sum(), 3).tolist(), quota.tolist())
+    return order[take], labels[take].astype(np.int64), quota
+
+
+def normalised_text(record_json: str) -> str | None:
+    """Prompt and response of a normalised record, lower-cased, punctuation and runs of space removed.
+
+    ``None`` for a record with neither (nothing to compare).
+    """
+    rec = json.loads(record_json)
+    if "prompt" not in rec and "response" not in rec:
+        return None
+    return "\x00".join(" ".join(re.sub(r"[^\w\s]", " ", rec.get(key, "").lower()).split()) for key in ("prompt", "response"))
+
+
+def drop_duplicates(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray) -> int:
+    """Drop kept samples that repeat another one; keep the best-quality copy; return how many were dropped.
+
+    Two samples are duplicates when their normalised texts (:func:`normalised_text`) are equal
+    or their routing (``moe_probs``, to 6 decimals) is identical. The copy with the highest
+    score stays (ties: the smallest ``sample_id``); the others get ``keep=False`` and reason
+    ``duplicate_of:<id of the copy kept>``. ``keep`` and ``reason`` are changed in place.
+    """
+    kept = np.flatnonzero(keep)
+    kept = kept[np.lexsort((shard.sample_id[kept].astype(str), -score[kept]))]  # best copy first
+    keys = []
+    if shard.record is not None:
+        keys.append([normalised_text(shard.record[i]) for i in kept])
+    routing = np.round(np.asarray(shard.moe_probs[kept], dtype=np.float64), 6)
+    keys.append([row.tobytes() for row in routing])
+    n = 0
+    for key in keys:
+        first: dict = {}
+        for i, k in zip(kept, key):
+            if not keep[i] or k is None:
+                continue
+            if k in first:
+                keep[i] = False
+                reason[i] = f"duplicate_of:{shard.sample_id[first[k]]}"
+                n += 1
+            else:
+                first[k] = i
+    return n
 
 
 def _datasets(shard) -> np.ndarray:
@@ -193,7 +285,7 @@ def _read_tsv(path: str | os.PathLike, what: str) -> pd.DataFrame:
     # ids and dataset names stay strings ("NA", "007" included); only numeric columns parse nan
     return pd.read_csv(
         path, sep="\t", dtype={"sample_id": str, "dataset": str}, keep_default_na=False,
-        na_values={"quality": ["nan"], "min_distance": ["nan"]},
+        na_values={name: ["nan"] for name in ("quality", "min_distance", *NUMERIC_INPUTS)},
     )
 
 
@@ -235,20 +327,34 @@ def run_fps(
         raise SelectFlowError(f"unknown FPS mode {mode!r}; use one of {', '.join(MODES)}")
     cands = read_candidates(candidates_h5)
     k, stage, metric = int(cands.attrs["k"]), cands.attrs["stage"], cands.attrs["metric"]
+    strata = quota = None
+    with _open_candidates(cands.path) as f:
+        if "stratum" in f:
+            strata, quota = f["stratum"][()], f["quota"][()]
+    # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
+    start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
     if stage == "quality":
         picks = np.arange(min(k, len(cands)))
         min_distance = np.full(len(picks), np.nan)
     elif mode == "streaming":
         with _open_candidates(cands.path) as f:
             feats = f["features"][()]
-        result = fps_streaming(feats, k, metric=metric, start=0, device=device, chunk=chunk, log_interval=log_interval)
+        result = fps_streaming(feats, k, metric=metric, start=start, device=device, chunk=chunk,
+                               log_interval=log_interval, strata=strata, quota=quota)
         picks, min_distance = result.picks, result.min_distance
     else:
         if block_dir is None or block_size is None:
             raise SelectFlowError("FPS mode 'matrix' needs block_dir and block_size (the distance_block outputs)")
         matrix = distance.BlockMatrix(block_dir, len(cands), block_size, metric)
-        result = fps_matrix(matrix, k, start=0, log_interval=log_interval)
+        result = fps_matrix(matrix, k, start=start, log_interval=log_interval, strata=strata, quota=quota)
         picks, min_distance = result.picks, result.min_distance
+    zero = np.flatnonzero(np.asarray(min_distance) <= 0)
+    if len(zero):
+        log.warning(
+            "FPS max-min distance reached 0 at pick %d of %d: the remaining candidates repeat picked ones "
+            "(identical routing features); the selection holds repeats — lower selection_percentage, or check the "
+            "pool for duplicates", int(zero[0]) + 1, len(picks),
+        )
     curve = pd.DataFrame(
         {
             "step": np.arange(len(picks)),
@@ -316,7 +422,8 @@ def write_selection(
     sel = table[table["selected"]]
     summary = (
         table.groupby("dataset")
-        .agg(pool=("sample_id", "size"), kept=("kept", "sum"), candidates=("candidate", "sum"), selected=("selected", "sum"))
+        .agg(pool=("sample_id", "size"), kept=("kept", "sum"), candidates=("candidate", "sum"),
+             selected=("selected", "sum"), duplicates=("reason", lambda r: int(r.astype(str).str.startswith("duplicate_of:").sum())))
         .join(sel.groupby("dataset")["quality"].agg(quality_min="min", quality_max="max"))
         .reset_index()
     )
@@ -346,6 +453,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="streaming: distances on the fly (O(N) memory); matrix: precomputed distance blocks")
     p.add_argument("--quality_method", choices=METHODS, default="auto")
     p.add_argument("--quality_field", default=None, help="record field holding the score for --quality_method field")
+    p.add_argument("--routing_strata", type=int, default=40,
+                   help="routing strata keeping the pool's shares (selection.routing_strata; 1 = plain FPS)")
     return p
 
 
@@ -386,7 +495,7 @@ def _continue(args: argparse.Namespace) -> None:
             shards, cands_h5, quality_tsv, method=args.quality_method, field=args.quality_field,
             selection_percentage=args.selection_percentage,
             importance_selection_percentage=args.importance_selection_percentage,
-            disable_diversity=args.disable_diversity, metric=args.metric,
+            disable_diversity=args.disable_diversity, metric=args.metric, routing_strata=args.routing_strata,
         )
         block_dir = None
         if args.mode == "matrix" and not args.disable_diversity:

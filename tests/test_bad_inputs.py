@@ -244,7 +244,7 @@ def write_shard(path: Path, ids: list[str], layers: int = 2, experts: int = 4, n
     probs = rng.dirichlet(np.ones(experts), size=(n, layers)).astype(np.float32)
     if nan_at is not None:
         probs[nan_at, 1, 2] = np.nan
-    records = [json.dumps({"sample_id": s, "dataset": "d", "line": k + 1, "prompt": "p", "response": "r",
+    records = [json.dumps({"sample_id": s, "dataset": "d", "line": k + 1, "prompt": f"p {s}", "response": f"r {s}",
                            "record": {"instruction": "i", "output": "o"}}) for k, s in enumerate(ids)]
     write_router_shard(path, RouterShard(
         sample_id=np.array(ids, dtype=object), moe_probs=probs, nll_response=rng.uniform(1, 2, n).astype(np.float32),

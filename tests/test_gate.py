@@ -221,6 +221,9 @@ def test_convert_and_dump_write_quality_logits(tmp_path, demo_model, records, fa
     shard = dumper.dump(records, batch_size=4, progress=False)
     assert shard.quality_logits.shape == (len(records), 2, 2)
     assert np.isfinite(shard.quality_logits).all() and shard.quality_logits.std(axis=0).max() > 1e-3
+    # auto prefers combined where the dump has nll_response_alone (measured better), else the gate
+    assert resolve_method(shard, "auto") == "combined"
+    shard.nll_response_alone = None
     assert resolve_method(shard, "auto") == "gate"
     # the dumped value is the valid-token mean of the gate's logits on the block input
     rec = records[0]

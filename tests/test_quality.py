@@ -2,16 +2,17 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
 from selectflow.errors import SelectFlowError
-from selectflow.quality import quality_scores
+from selectflow.quality import assess, distinct_ngram_share, quality_scores
 from selectflow.routerfile import RouterShard
 
 
-def shard(n=3, *, logits=None, nll=None, alone=None, resp_tokens=None, records=None):
+def shard(n=3, *, logits=None, nll=None, alone=None, resp_tokens=None, records=None, eos=None):
     ids = np.array([f"s{i}" for i in range(n)], dtype=object)
     return RouterShard(
         sample_id=ids,
@@ -21,6 +22,7 @@ def shard(n=3, *, logits=None, nll=None, alone=None, resp_tokens=None, records=N
         n_response_tokens=np.asarray(resp_tokens if resp_tokens is not None else np.full(n, 5), dtype=np.int32),
         quality_logits=None if logits is None else np.asarray(logits, dtype=np.float32),
         nll_response_alone=None if alone is None else np.asarray(alone, dtype=np.float32),
+        nll_eos=None if eos is None else np.asarray(eos, dtype=np.float32),
         record=None if records is None else np.array([json.dumps(r) for r in records], dtype=object),
     )
 
@@ -34,12 +36,55 @@ def test_gate_is_mean_over_layers_of_softmax_index_0():
     assert keep.all() and score.dtype == np.float64
 
 
-def test_auto_uses_gate_when_logits_present_else_ifd():
+def test_auto_uses_combined_else_gate_else_perplexity():
     logits = [[[1.0, 0.0]] * 2] * 3
     with_gate = shard(logits=logits, alone=[2.0, 2.0, 2.0])
-    np.testing.assert_allclose(quality_scores(with_gate, "auto")[0], quality_scores(with_gate, "gate")[0])
+    np.testing.assert_allclose(quality_scores(with_gate, "auto")[0], quality_scores(with_gate, "combined")[0])
+    only_gate = shard(logits=logits)
+    np.testing.assert_allclose(quality_scores(only_gate, "auto")[0], quality_scores(only_gate, "gate")[0])
     no_gate = shard(nll=[1.0, 1.5, 3.0], alone=[2.0, 2.0, 2.0])
-    np.testing.assert_allclose(quality_scores(no_gate, "auto")[0], [0.5, 0.75, 1.5], rtol=1e-6)
+    np.testing.assert_allclose(quality_scores(no_gate, "auto")[0], quality_scores(no_gate, "combined")[0])
+    no_alone = shard(nll=[1.0, 1.5, 3.0])
+    np.testing.assert_allclose(quality_scores(no_alone, "auto")[0], [-1.0, -1.5, -3.0])
+
+
+def norm(response):
+    return {"sample_id": "x", "dataset": "d", "prompt": "q", "response": response, "record": {}}
+
+
+def test_combined_against_a_naive_reference_and_its_direction():
+    nll = [1.0, 1.0, 2.0, 1.0, 1.0, 1.0, np.nan, 1.0]
+    alone = [4.0, 2.0, 4.0, 2.0, 1.0, 2.0, 2.0, 2.0]
+    eos = [0.1, 0.1, 0.1, 3.0, 0.1, np.nan, 0.1, 0.1]
+    resp = ["a fine answer"] * 6 + ["x", ""]
+    s = shard(n=8, nll=nll, alone=alone, eos=eos, records=[norm(r) for r in resp])
+    a = assess(s, "combined")
+    for i in range(8):  # log(1/IFD) + log p(eos); an unknown eos (cut by max_length) adds nothing
+        want = math.log(alone[i] / nll[i]) - (0.0 if math.isnan(eos[i]) else eos[i])
+        if math.isfinite(want):
+            assert a.score[i] == pytest.approx(want, rel=1e-6)
+    # the prompt helps more -> higher; the model expects the end less -> lower
+    assert a.score[0] > a.score[1] > a.score[3]
+    assert a.score[0] > a.score[2]
+    # p(eos) after sample 3 is under half the median's (0.1 + log 2 < 3): unfinished
+    assert a.reason.tolist() == ["", "", "", "unfinished", "ifd>=1", "", "nonfinite", "no_response_tokens"]
+    assert a.keep.tolist() == [r == "" for r in a.reason]
+    assert {"nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "distinct_3grams"} <= set(a.inputs)
+
+
+def test_combined_drops_degenerate_repetition_not_ordinary_text():
+    resp = ["the cat " * 20, "ok " * 30, "Boil the rice for ten minutes, then add salt and serve it warm.", "Yes."]
+    s = shard(n=4, nll=[1.0] * 4, alone=[2.0] * 4, eos=[0.1] * 4, records=[norm(r) for r in resp])
+    a = assess(s, "combined")
+    assert a.reason.tolist() == ["repetitive", "repetitive", "", ""]
+
+
+def test_distinct_ngram_share_against_a_naive_count():
+    texts = ["a b c a b c", "one two three four", "x", "Go, go, go!"]
+    for text, got in zip(texts, distinct_ngram_share(texts, 3)):
+        words = re.findall(r"\w+|[^\w\s]", text.lower())
+        grams = [" ".join(words[i : i + 3]) for i in range(len(words) - 2)]
+        assert got == (len(set(grams)) / len(grams) if grams else 1.0)
 
 
 def test_ifd_ratio_and_drops():
@@ -79,8 +124,18 @@ def test_errors_for_unknown_method_and_absent_data():
     with pytest.raises(SelectFlowError, match="unknown quality method 'best'"):
         quality_scores(shard(), "best")
     with pytest.raises(SelectFlowError, match="router_dump.ifd"):
-        quality_scores(shard(), "auto")
+        quality_scores(shard(), "combined")
     with pytest.raises(SelectFlowError, match="quality_logits"):
         quality_scores(shard(), "gate")
     with pytest.raises(SelectFlowError, match="needs the name"):
         quality_scores(shard(), "field")
+
+
+def test_unfinished_is_relative_to_the_pools_median_end():
+    # a model that ends every response with low p(eos) drops none of them ...
+    s = shard(n=4, nll=[1.0] * 4, alone=[2.0] * 4, eos=[3.0, 3.2, 2.9, 0.1], records=[norm("an answer")] * 4)
+    a = assess(s, "combined")
+    assert a.keep.all() and a.score[3] > a.score[0]  # the score still uses nll_eos
+    # ... and drops one whose end is under half as likely as the median's (median 2.95 + log 2 = 3.64)
+    s = shard(n=5, nll=[1.0] * 5, alone=[2.0] * 5, eos=[3.0, 3.2, 2.9, 0.1, 3.7], records=[norm("an answer")] * 5)
+    assert assess(s, "combined").reason.tolist() == ["", "", "", "", "unfinished"]

@@ -158,3 +158,20 @@ def test_cuda_dump_matches_cpu(demo_model, records):
     assert model() is None
     # what may stay allocated is a cuBLAS workspace (32 MiB on Hopper), not the model
     assert torch.cuda.memory_allocated() - before <= 32 * 2**20
+
+
+def test_nll_eos_is_the_end_token_nll_after_the_response(demo_model, records):
+    dumper = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", max_length=256, ifd=False))
+    recs = records[:6]
+    shard = dumper.dump(recs, batch_size=4, progress=False)
+    eos = dumper.tokenizer.eos_token_id
+    for rec, got in zip(recs, shard.nll_eos):
+        ids, _ = encode_pair(dumper.tokenizer, rec["prompt"], rec["response"], 256)
+        assert ids[-1] == eos
+        with torch.no_grad():
+            logits = dumper.model(input_ids=torch.tensor([ids])).logits[0, -2].double()
+        assert got == pytest.approx(float(-torch.log_softmax(logits, -1)[eos]), abs=1e-4)
+    # cut by max_length: the end is not in the sequence, nothing to judge
+    cut = RouterDumper(dumper.model, dumper.tokenizer, DumpSettings(device="cpu", max_length=8, ifd=False),
+                       dumper.device).dump(recs[:2], progress=False)
+    assert np.isnan(cut.nll_eos).all()

@@ -41,7 +41,7 @@ def make_pool(seed=0):
                 "logits": logits,
                 "nll": float(rng.uniform(0.5, 2.0)),
                 "alone": float(rng.uniform(0.5, 2.0)),
-                "norm": {"sample_id": sid, "dataset": name, "line": line, "prompt": "p", "response": "r",
+                "norm": {"sample_id": sid, "dataset": name, "line": line, "prompt": f"p {sid}", "response": f"r {sid}",
                          "record": {"instruction": f"do {sid}", "output": "ok", "score": float(rng.normal())}},
             }
     return pool
@@ -196,3 +196,69 @@ def test_continue_selection_cli(tmp_path, capsys):
     assert continue_selection(["--router_data_dir", str(tmp_path / "run"), "--output_path", str(out),
                                "--selection_percentage", "0.1"]) == 2
     assert "no *.h5 router-data shards" in capsys.readouterr().err
+
+
+def test_duplicates_keep_the_best_copy_and_are_counted(tmp_path, caplog):
+    pool = make_pool(seed=11)
+    ids = list(pool)
+    best, worse = ids[0], ids[1]  # same text up to case, spacing and punctuation
+    pool[worse]["norm"] = {**pool[worse]["norm"], "prompt": "P  " + pool[best]["norm"]["prompt"].upper() + "!",
+                           "response": pool[best]["norm"]["response"] + "."}
+    pool[best]["norm"] = {**pool[best]["norm"], "prompt": "p " + pool[best]["norm"]["prompt"]}
+    pool[worse]["logits"] = pool[best]["logits"] - np.array([1.0, -1.0], dtype=np.float32)  # lower gate score
+    twin_a, twin_b = ids[2], ids[3]  # different text, identical routing
+    pool[twin_b]["probs"] = pool[twin_a]["probs"].copy()
+    pool[twin_b]["logits"] = pool[twin_a]["logits"].copy()  # equal quality: the smaller sample_id stays
+    paths = write_shards(pool, tmp_path / "a", seed=1)
+    selected = pipeline(paths, tmp_path / "o", selection_percentage=1.0, method="gate")
+    picked = {r["sample_id"] for r in selected}
+    assert best in picked and worse not in picked and min(twin_a, twin_b) in picked and max(twin_a, twin_b) not in picked
+    table = pd.read_csv(tmp_path / "o" / "quality.tsv", sep="\t", keep_default_na=False, dtype={"sample_id": str})
+    reason = dict(zip(table["sample_id"], table["reason"]))
+    assert reason[worse] == f"duplicate_of:{best}"
+    assert reason[max(twin_a, twin_b)] == f"duplicate_of:{min(twin_a, twin_b)}"
+    assert len(selected) == len(pool) - 2  # k = the whole pool, capped at what is left
+    summary = pd.read_csv(tmp_path / "o" / "summary.tsv", sep="\t", keep_default_na=False)
+    assert summary["duplicates"].sum() == 2 and summary["selected"].sum() == len(pool) - 2
+    assert read_candidates(tmp_path / "o" / "candidates.h5").attrs["n_duplicates"] == 2
+
+
+def test_reason_column_and_raw_inputs(tmp_path):
+    pool = make_pool(seed=12)
+    ids = list(pool)
+    pool[ids[0]]["nll"], pool[ids[0]]["alone"] = 2.0, 1.0  # IFD 2: the prompt does not help
+    pool[ids[1]]["norm"] = {**pool[ids[1]]["norm"], "response": "   "}  # no response
+    for s in ids[2:]:
+        pool[s]["alone"] = pool[s]["nll"] * 2
+    paths = write_shards(pool, tmp_path / "a", seed=2)
+    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", method="combined", selection_percentage=0.1,
+                     importance_selection_percentage=0.5)
+    table = pd.read_csv(tmp_path / "q.tsv", sep="\t", keep_default_na=False, dtype={"sample_id": str})
+    reason = dict(zip(table["sample_id"], table["reason"]))
+    assert reason[ids[0]] == "ifd>=1" and reason[ids[1]] == "no_response_tokens"
+    m = round(0.5 * len(pool))
+    assert (table["reason"] == "candidate").sum() == m == table["candidate"].sum()
+    assert (table["reason"] == "below_importance_cut").sum() == len(pool) - 2 - m
+    assert set(table.loc[table["candidate"], "reason"]) == {"candidate"}
+    row = table.set_index("sample_id").loc[ids[5]]
+    assert float(row["nll_response"]) == pytest.approx(pool[ids[5]]["nll"], rel=1e-6)
+    assert float(row["nll_response_alone"]) == pytest.approx(pool[ids[5]]["alone"], rel=1e-6)
+    assert float(row["quality"]) == pytest.approx(math.log(2.0), rel=1e-5)  # log(1/IFD), no eos data
+    assert "gate_mean" in table.columns  # the test shards carry quality logits
+
+
+def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
+    pool = make_pool(seed=13)
+    ids = list(pool)
+    for i, s in enumerate(ids):  # four routing patterns only
+        pool[s]["probs"] = pool[ids[i % 4]]["probs"]
+    paths = write_shards(pool, tmp_path / "a", seed=3)
+    # routing-identical samples are dropped before FPS, so only 4 candidates stay
+    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", method="gate", selection_percentage=0.5)
+    assert len(read_candidates(tmp_path / "c.h5")) == 4
+    # FPS over candidates that repeat each other (written by hand) warns on the console
+    with h5py.File(tmp_path / "c.h5", "a") as f:
+        f["features"][2] = f["features"][0]
+    with caplog.at_level("WARNING"):
+        run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", device="cpu")
+    assert any("max-min distance reached 0" in r.message for r in caplog.records)
