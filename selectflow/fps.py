@@ -145,7 +145,7 @@ def _greedy(
     for step in tqdm(range(k), desc=f"FPS ({mode})", unit="pick", disable=None):
         picks[step], at[step] = p, d
         if step % log_interval == 0:
-            log.info("FPS %s step %d/%d: picked %d, max-min distance %.6g", mode, step, k, p, d)
+            log.info("pick %d/%d: candidate %d, max-min distance %.6g (FPS %s)", step, k, p, d, mode)
         if step + 1 == k:
             break
         update(p)

@@ -47,6 +47,8 @@ def _setup_logging(log_path: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.captureWarnings(True)
+    # faiss logs at INFO which of its builds it tried to load ("Could not load library with AVX2 …")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     # warnings and errors also reach the console, where the user watches the run
     shown = logging.StreamHandler(console)
     shown.setLevel(logging.WARNING)
