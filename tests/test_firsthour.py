@@ -271,3 +271,18 @@ def test_grouped_embedding_matches_one_window_per_job(tmp_path, demo_model, demo
         grouped = faiss.read_index(str(tmp_path / "grouped" / f"window_{w:05d}.faiss"))
         alone = faiss.read_index(str(tmp_path / "single" / f"window_{w:05d}.faiss"))
         np.testing.assert_array_equal(grouped.reconstruct_n(0, grouped.ntotal), alone.reconstruct_n(0, alone.ntotal))
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def test_config_doc_rows_are_one_line_with_four_cells():
+    import re
+
+    from selectflow.configdoc import render
+
+    body = render().split("|---|---|---|---|\n", 1)[1]
+    for line in body.splitlines():
+        assert line.startswith("| `"), line
+        assert len(re.findall(r"(?<!\\)\|", line)) == 5, line
+    assert "`None`" not in body
