@@ -16,7 +16,7 @@ include: "rules/select.smk"
 include: "rules/train.smk"
 include: "rules/index.smk"
 include: "rules/report.smk"
-include: "rules/summary.smk"
+include: "rules/console.smk"
 
 
 rule all:

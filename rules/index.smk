@@ -1,6 +1,8 @@
 checkpoint pool_manifest:
     input:
-        pool_shard_files,
+        shards=pool_shard_files,
+        # the split_dataset folders the shards are in: links the two in the rule graph
+        folders=[f"{RESULTS}/shards/{ds}" for ds in sorted(config["datasets"])],
     output:
         f"{RESULTS}/pool_manifest.tsv",
     log:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ def check_main(argv: list[str]) -> int:
     )
     ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
     args = ap.parse_args(argv)
+    logging.getLogger("selectflow.records").setLevel(logging.WARNING)  # the table says it, once
     config = load_config(args.configfile)
     results = check_config(config)
     sys.stdout.write(f"config {args.configfile}: valid; run '{config.get('run')}'\n")
@@ -170,3 +172,28 @@ def check_main(argv: list[str]) -> int:
     bad = [r for r in results if not r.ok]
     sys.stdout.write(f"{len(results) - len(bad)} of {len(results)} datasets ready\n")
     return 0 if not bad else 2
+
+
+def data_check_text(config: dict) -> str:
+    """For ``snakemake -n``: print the dataset table; return the problems as text ("" when none)."""
+    results = check_config(config)
+    sys.stdout.write("data check (selectflow check):\n" + render(results))
+    bad = [r for r in results if not r.ok]
+    if not bad:
+        return ""
+    return (f"data check: {len(bad)} of {len(results)} datasets cannot be read (PROBLEM above: "
+            f"{', '.join(r.name for r in bad)}); fix them and run again")
+
+
+def is_dry_run(argv: list[str]) -> bool:
+    """Whether a Snakemake command line asks for a dry run (``-n``, ``-np``, ``--dry-run``, ``--dryrun``).
+
+    The Snakefile needs this while it is parsed, before Snakemake picks its executor.
+    """
+    for arg in argv[1:]:
+        if arg in ("--dry-run", "--dryrun", "--just-print"):
+            return True
+        if len(arg) > 1 and arg[0] == "-" and arg[1] != "-" and arg[1:].isalpha() and "n" in arg[1:] \
+                and set(arg[1:]) <= set("nprqkFfRUTtSDh"):
+            return True
+    return False

@@ -50,19 +50,23 @@ def load_encoder(path: str | os.PathLike, device: str | torch.device = "auto", d
     return model.to(device).eval(), tokenizer
 
 
+def _no_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in str(record.msg)
+
+
 @contextlib.contextmanager
 def _quiet_load_report():
-    """Silence transformers' load-report warning (its own logger) for the duration of one load."""
-    names = ("transformers.modeling_utils", "transformers.utils.loading_report")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+    """Drop transformers' load-report warning for the duration of one load.
+
+    A filter, not a level: transformers runs extra checks (and logs about tensor
+    parallelism) when its logger's level is raised.
+    """
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(_no_load_report)
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        logger.removeFilter(_no_load_report)
 
 
 def _backbone(model):
