@@ -91,7 +91,7 @@ def example_rows(quality_tsv, curve_tsv, router_paths, *, per_group: int = 5, ma
 
 
 def examples_figure(quality_tsv, curve_tsv, router_paths, out_png: str | os.PathLike, *, per_group: int = 5,
-                    max_chars: int = 70) -> pd.DataFrame:
+                    max_chars: int = 60) -> pd.DataFrame:
     """Draw :func:`example_rows` as a table figure (PNG, like the report's other entries); return the table."""
     from matplotlib.figure import Figure
 
@@ -109,7 +109,7 @@ def examples_figure(quality_tsv, curve_tsv, router_paths, out_png: str | os.Path
             f"{float(q):.4g}" if q not in ("", "nan", "None") else "n/a",
             values["prompt"], values["response"],
         ])
-    fig = Figure(figsize=(16, 1.2 + 0.28 * max(1, len(cells))))
+    fig = Figure(figsize=(16, 0.6 + 0.24 * (1 + max(1, len(cells)))))
     ax = fig.subplots()
     ax.set_axis_off()
     n_sel = int((table["reason"] == "selected").sum())
@@ -117,8 +117,8 @@ def examples_figure(quality_tsv, curve_tsv, router_paths, out_png: str | os.Path
                  "being selected", fontsize=10, loc="left")
     if cells:
         shown = ax.table(cellText=cells, colLabels=["why", "sample_id", "dataset", "quality", "prompt", "response"],
-                         loc="upper left", cellLoc="left", colLoc="left",
-                         colWidths=[0.14, 0.09, 0.06, 0.05, 0.36, 0.30])
+                         bbox=[0, 0, 1, 1], cellLoc="left", colLoc="left",
+                         colWidths=[0.14, 0.09, 0.06, 0.05, 0.35, 0.31])
         shown.auto_set_font_size(False)
         shown.set_fontsize(7.5)
         for (r, _), cell in shown.get_celld().items():

@@ -146,6 +146,25 @@ def logged_messages(log_dir: str | os.PathLike, since: float | None = None,
     return [(level_of[key], key, n) for key, n in counts.items()]
 
 
+def failed_jobs(log_dir: str | os.PathLike, since: float | None = None) -> list[tuple[str, str]]:
+    """``(log file, error type)`` of each job whose last attempt failed (its ``.log.failure.json``, see
+    :mod:`selectflow.jobs`), written at or after ``since``."""
+    import json
+
+    log_dir = Path(log_dir)
+    out = []
+    for path in sorted(log_dir.rglob("*.log.failure.json")) if log_dir.is_dir() else []:
+        if since is not None and path.stat().st_mtime < since - 1:
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        kind = "out of memory" if record.get("kind") == "oom" else str(record.get("error", "")).split(":", 1)[0]
+        out.append((str(path)[: -len(".failure.json")], kind))
+    return out
+
+
 def _table(rows: list[dict]) -> list[str]:
     head = ("dataset", *COUNT_COLUMNS)
     cells = [[str(r["dataset"])] + ["?" if r[c] is None else f"{r[c]:,}" for c in COUNT_COLUMNS] for r in rows]
@@ -207,6 +226,11 @@ def run_summary(config: dict, *, ok: bool = True, since: float | None = None, wo
     outputs = _outputs(results, log_dir, config)
     if outputs:
         lines += ["", "outputs:", *outputs]
+    if not ok:
+        failed = failed_jobs(log_dir, since)
+        if failed:
+            lines += ["", f"failed jobs ({len(failed)}; the message of each is in its log, printed above):"]
+            lines += [f"  {path} ({kind})" for path, kind in failed]
     levels = ("WARNING",) if ok else ("WARNING", "ERROR", "CRITICAL")
     messages = logged_messages(log_dir, since, levels)
     if messages:

@@ -216,6 +216,17 @@ def test_summary_reads_columns_by_name_and_survives_missing_files(tmp_path):
     assert "FAILED" in empty and "no selection results yet" in empty
 
 
+def test_failed_run_summary_names_the_failed_jobs_without_repeating_their_message(tmp_path):
+    _fake_run(tmp_path)
+    (tmp_path / "logs" / "r" / "split_dataset").mkdir()
+    (tmp_path / "logs" / "r" / "split_dataset" / "x.log.failure.json").write_text(
+        json.dumps({"kind": "input", "attempt": 1, "error": "SelectFlowError: x.jsonl:2: malformed JSON"}))
+    text = run_summary({"run": "r"}, ok=False, workdir=tmp_path)
+    assert "FAILED" in text and "split_dataset/x.log (SelectFlowError)" in text
+    assert "malformed JSON" not in text
+    assert "split_dataset" not in run_summary({"run": "r"}, ok=True, workdir=tmp_path)
+
+
 def test_logged_messages_on_failure_include_errors(tmp_path):
     _fake_run(tmp_path)
     (tmp_path / "logs" / "r" / "x.log").write_text("2099-01-01 10:00:00,000 ERROR selectflow.job: boom\n")
@@ -302,3 +313,39 @@ def test_config_doc_rows_are_one_line_with_four_cells():
         assert line.startswith("| `"), line
         assert len(re.findall(r"(?<!\\)\|", line)) == 5, line
     assert "`None`" not in body
+
+
+# ----------------------------------------------------------------------------- the workflow's console
+
+
+def _bad_config(tmp_path):
+    good = _write(tmp_path / "good.jsonl", [json.dumps({"id": "z1", "instruction": "a", "output": "b"})])
+    bad = _write(tmp_path / "bad.jsonl", [json.dumps({"instruction": "a", "output": "b"}), "{bad"])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"run": "t", "datasets": {"good": good, "bad": bad}, "model": {"path": "none"}}))
+    return cfg
+
+
+def test_dry_run_checks_the_data(tmp_path):
+    from .workflow import snakemake
+
+    proc = snakemake(tmp_path, "-n", config=_bad_config(tmp_path), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "good     alpaca  1        'id' field  ok" in out
+    assert out.count("bad.jsonl:2: malformed JSON") == 1, out
+    assert "Job stats" not in out
+
+
+def test_a_job_error_appears_once_and_the_summary_follows(tmp_path):
+    from .workflow import snakemake
+
+    cfg = _bad_config(tmp_path)
+    proc = snakemake(tmp_path, "results/t/shards/bad", "--cores", "1", config=cfg, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Trying to restart job" in out  # the profile's retries ran...
+    assert out.count("bad.jsonl:2: malformed JSON") == 1, out  # ...without repeating the error
+    assert "attempt 3 of rule split_dataset skipped" in out
+    assert "SelectFlow run 't': FAILED" in proc.stdout
+    assert "logs/t/split_dataset/bad.log (SelectFlowError)" in proc.stdout
