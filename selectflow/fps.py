@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from .device import resolve_device
@@ -65,6 +64,8 @@ def fps_streaming(
     halves it and the smaller size is kept for the following steps. cosine and l2 hold the
     features in float64 (their exact dtype) so that no step converts them again.
     """
+    import torch
+
     dev = resolve_device(device)
     feats = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32)).to(compute_dtype(metric))
     n = feats.shape[0]
@@ -100,6 +101,8 @@ def fps_streaming(
 
 def fps_matrix(matrix: BlockMatrix, k: int, *, start: int = 0, log_interval: int = 100) -> FPSResult:
     """FPS reading one row of the precomputed distance matrix per step."""
+    import torch
+
     min_dist = torch.full((matrix.n,), math.inf, dtype=torch.float32)
 
     def update(p: int) -> None:
@@ -112,6 +115,8 @@ def fps_matrix(matrix: BlockMatrix, k: int, *, start: int = 0, log_interval: int
 # them, and right after FAISS's pool ran that costs milliseconds per step on a busy box.
 def _fold(min_dist: torch.Tensor, d: torch.Tensor) -> None:
     """``min_dist = minimum(min_dist, d)`` in place."""
+    import torch
+
     if min_dist.device.type == "cpu":
         np.minimum(min_dist.numpy(), d.numpy(), out=min_dist.numpy())
     else:
@@ -120,6 +125,8 @@ def _fold(min_dist: torch.Tensor, d: torch.Tensor) -> None:
 
 def _argmax(min_dist: torch.Tensor) -> int:
     """Index of the largest entry; the lowest such index on ties (numpy and torch both say so)."""
+    import torch
+
     if min_dist.device.type == "cpu":
         return int(np.argmax(min_dist.numpy()))
     return int(torch.argmax(min_dist))
