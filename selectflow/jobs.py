@@ -49,6 +49,8 @@ def _setup_logging(log_path: str) -> None:
     logging.captureWarnings(True)
     # faiss logs at INFO which of its builds it tried to load ("Could not load library with AVX2 …")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    # transformers' "Loading weights" bars: carriage-return noise in a log file (set before it is imported)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # warnings and the out-of-memory line also reach the console, where the user watches the run;
     # other errors only the log, which Snakemake prints under "Logfile …" (show-failed-logs): once
     shown = logging.StreamHandler(console)
