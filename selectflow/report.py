@@ -147,6 +147,15 @@ def quality_figure(
     _save(fig, out_png)
 
 
+def fps_title(n_picks: int, n_candidates: int, attrs: Mapping) -> str:
+    """The FPS figure's title: picks, and the candidates FPS ran over (with two stages, not the kept samples)."""
+    stage = attrs["stage"]
+    if stage == "two_stage":
+        stage = f"two stages: the top {n_candidates} of {attrs['n_kept']} kept samples by quality"
+    return (f"Farthest-point sampling: {n_picks} picks from {n_candidates} candidates\n"
+            f"({stage}; {attrs['metric']} distance)")
+
+
 def fps_figure(curve_tsv: str | os.PathLike, candidates_h5: str | os.PathLike, out_png) -> None:
     """Max-min distance of each FPS pick (its distance to the nearest earlier pick) vs step."""
     curve = _read_tsv(curve_tsv, "FPS curve")
@@ -155,14 +164,9 @@ def fps_figure(curve_tsv: str | os.PathLike, candidates_h5: str | os.PathLike, o
     shown = np.isfinite(dist)  # step 0 is inf (nothing picked before it)
     from .select import read_candidates
 
-    n_candidates = len(read_candidates(candidates_h5).sample_id)
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
-    stage = attrs["stage"]
-    if stage == "two_stage":
-        stage = f"two stages: the top {n_candidates} of {attrs['n_kept']} kept samples by quality"
-    ax.set_title(f"Farthest-point sampling: {len(curve)} picks from {n_candidates} candidates\n"
-                 f"({stage}; {attrs['metric']} distance)", fontsize=10)
+    ax.set_title(fps_title(len(curve), len(read_candidates(candidates_h5).sample_id), attrs), fontsize=10)
     if attrs["stage"] == "quality":
         _message(ax, "diversity disabled (selection.disable_diversity): the picks are the top-k by quality, no FPS")
     elif not shown.any():

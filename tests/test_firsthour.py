@@ -349,3 +349,63 @@ def test_a_job_error_appears_once_and_the_summary_follows(tmp_path):
     assert "attempt 3 of rule split_dataset skipped" in out
     assert "SelectFlow run 't': FAILED" in proc.stdout
     assert "logs/t/split_dataset/bad.log (SelectFlowError)" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_fps_title_counts_the_candidates_not_the_kept_samples():
+    from selectflow.report import fps_title
+
+    title = fps_title(150, 600, {"stage": "two_stage", "n_kept": 2887, "metric": "wasserstein"})
+    assert title.startswith("Farthest-point sampling: 150 picks from 600 candidates")
+    assert "top 600 of 2887 kept" in title
+    assert "from 2887" not in fps_title(10, 2887, {"stage": "fps", "n_kept": 2887, "metric": "l2"}).replace(
+        "from 2887 candidates", "")
+
+
+def test_index_job_seconds_read_from_the_benchmarks(tmp_path):
+    from selectflow.report import index_job_seconds
+
+    folder = tmp_path / "indexes" / "pool"
+    folder.mkdir(parents=True)
+    head = "s\th:m:s\tmax_rss\n"
+    (folder / "window_00000.tsv").write_text(head + "2.5\t0:00:02\t100\n")
+    (folder / "window_00001.tsv").write_text(head + "1.5\t0:00:01\t100\n")
+    (folder / "embed_group_00000.tsv").write_text(head + "9.0\t0:00:09\t300\n")
+    assert index_job_seconds(tmp_path, "pool") == ({0: 2.5, 1: 1.5}, 9.0, 1)
+    windows, embed, n = index_job_seconds(tmp_path, "other")
+    assert windows == {} and n == 0
+
+
+@pytest.mark.parametrize("with_reason", [True, False])
+def test_example_records_selected_then_each_reason(tmp_path, with_reason):
+    from selectflow.report_examples import example_rows, examples_figure
+
+    pool = make_pool(seed=5)
+    paths = write_shards(pool, tmp_path / "router_data", seed=3)
+    ids = sorted(pool)
+    picked = ids[:4]
+    rows = []
+    for i, sid in enumerate(ids):
+        kept, cand = i % 5 != 4, i % 5 in (0, 1, 2)
+        reason = "" if sid in picked else ("ifd>=1" if not kept else "below_importance_cut" if not cand
+                                           else "not_picked")
+        rows.append({"sample_id": sid, "dataset": pool[sid]["norm"]["dataset"], "quality": 1.0 - i / 100,
+                     "kept": kept, "candidate": cand, **({"reason": reason} if with_reason else {})})
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(tmp_path / "quality.tsv", sep="\t", index=False)
+    pd.DataFrame({"step": range(4), "sample_id": picked[::-1], "candidate_index": range(4),
+                  "min_distance": [float("inf"), 3, 2, 1]}).to_csv(tmp_path / "curve.tsv", sep="\t", index=False)
+    table = example_rows(tmp_path / "quality.tsv", tmp_path / "curve.tsv", paths, per_group=2)
+    assert list(table["sample_id"][:2]) == picked[::-1][:2]  # pick order
+    reasons = list(dict.fromkeys(table["reason"]))
+    expected = ["ifd>=1", "below_importance_cut", "not_picked"] if with_reason else \
+        ["dropped by the quality method", "below_importance_cut", "not_picked"]
+    assert reasons[0] == "selected" and sorted(reasons[1:]) == sorted(expected)
+    assert (table.groupby("reason").size() <= 2).all()
+    first = table.iloc[0]
+    assert (first["prompt"], first["response"]) == ("p", "r")  # the normalised record stored in the shard
+    examples_figure(tmp_path / "quality.tsv", tmp_path / "curve.tsv", paths, tmp_path / "examples.png")
+    assert (tmp_path / "examples.png").read_bytes()[:4] == b"\x89PNG"
