@@ -3,6 +3,7 @@ the end-of-run summary, quiet job logs and the index stage's grouped embedding."
 
 import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -304,8 +305,6 @@ def test_grouped_embedding_matches_one_window_per_job(tmp_path, demo_model, demo
 
 
 def test_config_doc_rows_are_one_line_with_four_cells():
-    import re
-
     from selectflow.configdoc import render
 
     body = render().split("|---|---|---|---|\n", 1)[1]
@@ -409,3 +408,25 @@ def test_example_records_selected_then_each_reason(tmp_path, with_reason):
     assert (first["prompt"], first["response"]) == ("p", "r")  # the normalised record stored in the shard
     examples_figure(tmp_path / "quality.tsv", tmp_path / "curve.tsv", paths, tmp_path / "examples.png")
     assert (tmp_path / "examples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_small_run_ends_with_the_summary_and_quiet_logs(tmp_path):
+    from .workflow import config_variant, snakemake
+
+    config = config_variant("small", tmp_path, index={"window_size": 50, "windows_per_job": 2})
+    proc = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", config=config)
+    summary = proc.stdout[proc.stdout.index("SelectFlow run 'small': finished"):]
+    row = next(line for line in summary.splitlines() if line.split()[:1] == ["demo"])
+    assert row.split()[1:] == ["240", *row.split()[2:4], "24"]
+    assert re.search(r"quality method: (gate|ifd|perplexity|field)\b", summary)
+    assert "snakemake --report report.html" in summary
+    # 240 samples in windows of 50: 5 windows, embedded by 3 jobs, each window its own files
+    index = tmp_path / "results/small/indexes/pool"
+    assert sorted(p.name for p in index.glob("window_*.faiss")) == [f"window_{w:05d}.faiss" for w in range(5)]
+    assert sorted(p.name for p in (index / "embeddings").glob("*.h5")) == [f"group_{g:05d}.h5" for g in range(3)]
+    logs = "\n".join(p.read_text() for p in (tmp_path / "logs/small").rglob("*.log"))
+    for noise in ("faiss.loader", "LOAD REPORT", "UNEXPECTED", "\x1b[", "Loading weights", "TP rules"):
+        assert noise not in logs, noise
+    assert "pick 5/24: candidate " in logs
+    assert (tmp_path / "results/small/report/examples.png").is_file()
