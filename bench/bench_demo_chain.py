@@ -77,7 +77,7 @@ def main() -> None:
     mean = {name: {k: sum(run[k] for run in runs) / len(runs) for k in runs[0]} for name, runs in results.items()}
     for key in ("wall_s", "cpu_s", "jobs", "console_lines"):
         b, o = mean["baseline"][key], mean["ours"][key]
-        print(f"{key:14s} baseline {b:8.1f}  ours {o:8.1f}  ours/baseline {o / b:5.2f}  ({(1 - o / b) * 100:+.0f} % less)")
+        print(f"{key:14s} baseline {b:8.1f}  ours {o:8.1f}  ours/baseline {o / b:5.2f}  ({(o / b - 1) * 100:+.0f} %)")
 
 
 if __name__ == "__main__":
