@@ -20,6 +20,7 @@ include: "rules/select.smk"
 include: "rules/train.smk"
 include: "rules/index.smk"
 include: "rules/report.smk"
+include: "rules/console.smk"
 
 
 rule all:

@@ -158,6 +158,12 @@ def index_spec(name):
     return {"kind": "positions", **idx["sequences"][name]}
 
 
+def index_type_of(name):
+    """The FAISS index type of index ``name`` (a sequence index may override index.index_type)."""
+    spec = index_spec(name)
+    return spec.get("index_type") or config["index"]["index_type"]
+
+
 def n_windows(name):
     spec = index_spec(name)
     if spec["kind"] == "items":
@@ -184,9 +190,10 @@ def window_files(wildcards, name=None):
 def index_window_inputs(wildcards):
     spec = index_spec(wildcards.name)
     if spec["kind"] == "items":
+        # the window's vectors, embedded by its group's index_embed job
+        group = int(wildcards.w) // config["index"]["windows_per_job"]
         return {
-            "manifest": checkpoints.pool_manifest.get().output[0],
-            "encoder": spec["encoder"],
+            "embeddings": f"{RESULTS}/indexes/{wildcards.name}/embeddings/group_{group:05d}.h5"
         }
     return {"array": spec["path"]}
 

@@ -1,6 +1,8 @@
 checkpoint pool_manifest:
     input:
-        pool_shard_files,
+        shards=pool_shard_files,
+        # the split_dataset folders the shards are in: links the two in the rule graph
+        folders=[f"{RESULTS}/shards/{ds}" for ds in sorted(config["datasets"])],
     output:
         f"{RESULTS}/pool_manifest.tsv",
     log:
@@ -11,6 +13,32 @@ checkpoint pool_manifest:
         attempt=current_attempt,
     script:
         "../scripts/pool_manifest.py"
+
+
+rule index_embed:
+    # one job embeds index.windows_per_job item windows (the encoder is loaded once)
+    input:
+        manifest=f"{RESULTS}/pool_manifest.tsv",
+        encoder=lambda wc: index_spec(wc.name)["encoder"],
+    output:
+        f"{RESULTS}/indexes/{{name}}/embeddings/group_{{g}}.h5",
+    log:
+        f"{LOGS}/indexes/{{name}}/embed_group_{{g}}.log",
+    benchmark:
+        f"{BENCH}/indexes/{{name}}/embed_group_{{g}}.tsv"
+    wildcard_constraints:
+        g=r"\d{5}",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        batch_size=scaled(config["index"]["batch_size"]),
+        attempt=current_attempt,
+    params:
+        spec=lambda wc: index_spec(wc.name),
+        index=config["index"],
+    script:
+        "../scripts/index_embed.py"
 
 
 rule index_window:
@@ -27,8 +55,8 @@ rule index_window:
     conda:
         "../envs/selectflow.yaml"
     resources:
-        gpu=1,
-        batch_size=scaled(config["index"]["batch_size"]),
+        # FAISS builds on a GPU only for ivfpq; flat windows are CPU jobs
+        gpu=lambda wc: int(index_type_of(wc.name) == "ivfpq"),
         attempt=current_attempt,
     params:
         spec=lambda wc: index_spec(wc.name),

@@ -30,6 +30,12 @@ rule report_figures:
             category="1. Selection",
             labels={"figure": "FPS curve"},
         ),
+        examples=report(
+            f"{RESULTS}/report/examples.png",
+            caption="../report/examples.rst",
+            category="1. Selection",
+            labels={"figure": "example records"},
+        ),
         pca=report(
             f"{RESULTS}/report/routing_pca.png",
             caption="../report/routing_pca.rst",

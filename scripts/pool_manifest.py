@@ -3,4 +3,4 @@ from selectflow.indexing import write_pool_manifest
 from selectflow.jobs import run_job
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-run_job(sm, lambda: write_pool_manifest(list(sm.input), sm.output[0]))
+run_job(sm, lambda: write_pool_manifest(list(sm.input.shards), sm.output[0]))

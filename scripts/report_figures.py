@@ -16,5 +16,6 @@ run_job(
         train_metrics={label: path for label, paths in (("fine-tune", sm.input.train), ("warm-up", sm.input.warmup))
                        for path in paths},
         index_summaries=list(sm.input.indexes),
+        examples_png=sm.output.examples,
     ),
 )

@@ -1,9 +1,14 @@
 """Command line: ``selectflow <command>`` (also ``python -m selectflow <command>``).
 
-Commands run the library without Snakemake: resuming a selection from saved router
-data (the seed's ``continue_selection.py``), estimating training memory, building the
-demo inputs, converting an MoE model for Select-MoE (stage 0), and printing the config
-keys table.
+Commands run the library without Snakemake: checking a config's datasets, the summary
+of a finished run, resuming a selection from saved router data (the seed's
+``continue_selection.py``), estimating training memory, building the demo inputs, converting an MoE
+model for Select-MoE (stage 0), and printing the config keys table.
+
+Flags have one style: words joined by dashes (``--router-data-dir``); the seed's
+underscore spelling (``--router_data_dir``) is accepted everywhere as an alias. This
+module imports nothing heavy, so ``selectflow --help`` answers at once; each command
+imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -17,14 +22,26 @@ from .errors import SelectFlowError
 EXIT_USER_ERROR = 2
 
 
-def _make_demo(argv: list[str]) -> int:
-    from .demo import build_demo_model, write_demo_pool
+def normalise_flags(argv: list[str], sep: str) -> list[str]:
+    """``--a_b`` / ``--a-b`` → the spelling with ``sep`` between words (values are left alone)."""
+    other = "_" if sep == "-" else "-"
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace(other, sep) + eq + value
+        out.append(arg)
+    return out
 
+
+def _make_demo(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="selectflow make-demo", description="write the demo pool and the tiny MoE model")
     ap.add_argument("--out", default="resources/demo", help="folder for demo_pool.jsonl and model/")
     ap.add_argument("--n-records", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = ap.parse_args(normalise_flags(argv, "-"))
+    from .demo import build_demo_model, write_demo_pool
+
     pool = f"{args.out}/demo_pool.jsonl"
     write_demo_pool(pool, args.n_records, args.seed)
     build_demo_model(f"{args.out}/model", pool, seed=args.seed)
@@ -51,9 +68,9 @@ def _convert(argv: list[str]) -> int:
 
 
 def _config_doc(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="selectflow config-doc", description="print the config keys table").parse_args(argv)
     from .configdoc import render
 
-    argparse.ArgumentParser(prog="selectflow config-doc", description="print the config keys table").parse_args(argv)
     sys.stdout.write(render())
     return 0
 
@@ -64,19 +81,98 @@ def _families_doc(argv: list[str]) -> int:
     return families_doc(argv)
 
 
-def _continue_selection(argv: list[str]) -> int:
-    from .select import continue_selection
+def _check(argv: list[str]) -> int:
+    from .check import check_main
 
-    return continue_selection(argv)
+    return check_main(normalise_flags(argv, "-"))
+
+
+def _summary(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="selectflow summary",
+                                 description="print the summary of a run (as shown when snakemake finishes)")
+    ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
+    args = ap.parse_args(normalise_flags(argv, "-"))
+    from .check import load_config
+    from .summary import run_summary
+
+    sys.stdout.write(run_summary(load_config(args.configfile)))
+    return 0
+
+
+# continue-selection flag -> selection.* key of the schema whose default it takes
+SELECTION_FLAGS = {
+    "selection_percentage": "selection_percentage",
+    "importance_selection_percentage": "importance_selection_percentage",
+    "distance_batch_size": "distance_batch_size",
+    "fps_log_interval": "fps_log_interval",
+    "device": "device",
+    "metric": "metric",
+    "mode": "distance_mode",
+    "quality_method": "quality_method",
+    "quality_field": "quality_field",
+    "routing_strata": "routing_strata",
+}
+
+
+def selection_defaults(configfile: str | None = None) -> dict:
+    """``selection.*`` values for continue-selection: the schema's defaults, or a config file's section."""
+    if configfile:
+        from .check import load_config
+
+        return load_config(configfile)["selection"]
+    import yaml
+
+    from .configdoc import SCHEMA
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]["selection"]["properties"]
+    return {key: spec["default"] for key, spec in props.items() if "default" in spec}
+
+
+def selection_args(values: dict) -> list[str]:
+    """``values`` (``selection.*``) as continue-selection flags; None and false flags are left out."""
+    args = []
+    for flag, key in SELECTION_FLAGS.items():
+        if values.get(key) is not None:
+            args += [f"--{flag}", str(values[key])]
+    if values.get("disable_diversity"):
+        args.append("--disable_diversity")
+    return args
+
+
+CONTINUE_NOTE = """
+Every flag is also accepted with dashes (--router-data-dir). Defaults are those of the
+workflow, from schemas/config.schema.yaml (selection.*): --selection_percentage {selection_percentage},
+--importance_selection_percentage {importance_selection_percentage} (none: one FPS stage), --distance_batch_size
+{distance_batch_size}, --fps_log_interval {fps_log_interval}. --configfile FILE takes the selection section of
+a workflow config instead (config/config.yaml: two stages, 0.2 of the pool by quality, then
+FPS picks 0.05); flags given after it win.
+"""
+
+
+def _continue_selection(argv: list[str]) -> int:
+    argv = normalise_flags(argv, "_")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--configfile")
+    known, rest = pre.parse_known_args(argv)
+    from .select import _parser, continue_selection
+
+    if "-h" in rest or "--help" in rest:
+        _parser().print_help()
+        print(CONTINUE_NOTE.format(**{k: v for k, v in selection_defaults().items()}))
+        return 0
+    # defaults first, the user's flags after them: argparse keeps the last value given
+    return continue_selection(selection_args(selection_defaults(known.configfile)) + rest)
 
 
 def _estimate_memory(argv: list[str]) -> int:
     from .train.estimate import estimate_memory_main
 
-    return estimate_memory_main(argv)
+    return estimate_memory_main(normalise_flags(argv, "-"))
 
 
 COMMANDS = {
+    "check": (_check, "check the config and every dataset (format, records, ids, first bad line); runs no model"),
+    "summary": (_summary, "print the summary of a finished run (counts, quality method, outputs, warnings)"),
     "continue-selection": (_continue_selection, "resume selection from a folder of router-data shards"),
     "estimate-memory": (_estimate_memory, "predict training memory and the largest micro-batch that fits"),
     "make-demo": (_make_demo, "write the demo pool and tiny MoE model"),
@@ -86,13 +182,29 @@ COMMANDS = {
 }
 
 
+def _usage() -> str:
+    lines = ["usage: selectflow <command> [options]   (selectflow <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:20s} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "  --version            print the version"]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: selectflow <command> [options]\n\ncommands:")
-        for name, (_, text) in COMMANDS.items():
-            print(f"  {name:20s} {text}")
-        return 0 if argv and argv[0] in ("-h", "--help") else EXIT_USER_ERROR
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(_usage())
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"selectflow {__version__}")
+        return 0
+    if not argv:
+        sys.stderr.write(_usage())
+        return EXIT_USER_ERROR
+    if argv[0] not in COMMANDS:
+        sys.stderr.write(f"selectflow: unknown command '{argv[0]}'\n\n" + _usage())
+        return EXIT_USER_ERROR
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[argv[0]][0](argv[1:]) or 0

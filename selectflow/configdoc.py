@@ -31,8 +31,14 @@ def _type(node: dict) -> str:
     t = node.get("type", "object")
     text = " or ".join(t) if isinstance(t, list) else t
     if "enum" in node:
-        text += ": " + ", ".join(f"`{v}`" for v in node["enum"])
+        # YAML null is Python None: show it as the config spells it, and once (the type says "or null")
+        text += ": " + ", ".join(f"`{v}`" for v in node["enum"] if v is not None)
     return text
+
+
+def _one_line(text: str) -> str:
+    """A description as one table cell: folded YAML blocks end in a newline that would end the row."""
+    return " ".join(str(text).split())
 
 
 def _rows(node: dict, prefix: str = ""):
@@ -57,5 +63,5 @@ def render(schema_path: Path = SCHEMA) -> str:
     train = yaml.safe_load((SCHEMAS / "train.schema.yaml").read_text())
     schema["properties"]["train"]["properties"].update(train["properties"])
     cell = lambda text: text.replace("|", "\\|")  # noqa: E731 - a pipe would end the table cell
-    lines = [f"| `{k}` | {cell(t)} | {cell(d)} | {cell(m)} |" for k, t, d, m in _rows(schema)]
+    lines = [f"| `{k}` | {cell(t)} | {cell(d)} | {cell(_one_line(m))} |" for k, t, d, m in _rows(schema)]
     return HEADER + "\n".join(lines) + "\n"

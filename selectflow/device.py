@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import torch
 
 from .errors import SelectFlowError
 
 
 def resolve_device(spec: str | None = "auto") -> torch.device:
     """``auto`` → ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
     spec = (spec or "auto").lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -21,6 +22,8 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
 
 def inference_dtype(device: torch.device, spec: str = "auto") -> torch.dtype:
     """``auto`` → bfloat16 on CUDA (when supported), float32 on CPU."""
+    import torch
+
     if spec == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16

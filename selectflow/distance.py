@@ -33,7 +33,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 
 from .device import resolve_device
 from .errors import CorruptFileError, SelectFlowError
@@ -101,12 +100,16 @@ def features(moe_probs: np.ndarray, metric: str = "wasserstein") -> np.ndarray:
 
 def compute_dtype(metric: str) -> torch.dtype:
     """The dtype in which ``metric`` distances are exact on the feature grid."""
+    import torch
+
     return torch.float32 if check_metric(metric) == "wasserstein" else torch.float64
 
 
 def squared_norms(x: torch.Tensor) -> torch.Tensor:
     """Float64 [n] squared L2 norms of the rows of ``x`` (exact on the l2 grid)."""
     # row pieces keep the temporary small when x is large
+    import torch
+
     return torch.cat([(piece * piece).sum(1) for piece in (p.double() for p in x.split(4096))])
 
 
@@ -118,6 +121,8 @@ def pairwise(a: torch.Tensor, b: torch.Tensor, metric: str = "wasserstein", *, b
     cosine / l2: float64 matmul (exact on the grid), rounded once to float32. ``b_sq``
     (l2 only) is :func:`squared_norms` of ``b``, for callers that stream the same rows often.
     """
+    import torch
+
     check_metric(metric)
     if a.shape[1] != b.shape[1]:
         raise SelectFlowError(f"feature widths differ: {a.shape[1]} vs {b.shape[1]}")
@@ -152,6 +157,8 @@ def _l1_cpu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     all N rows) would run on one core; here pieces of ``b`` go to a thread pool (FAISS
     releases the GIL), several pieces per thread so a descheduled thread delays little.
     """
+    import torch
+
     import faiss
 
     threads = torch.get_num_threads()
@@ -173,6 +180,8 @@ def seed_style_wasserstein(probs_a, probs_b) -> torch.Tensor:
 
     Kept only as the reference for tests and the benchmark: memory grows as m·k·L·E.
     """
+    import torch
+
     cdf_a = torch.as_tensor(probs_a, dtype=torch.float32).cumsum(-1)
     cdf_b = torch.as_tensor(probs_b, dtype=torch.float32).cumsum(-1)
     return (cdf_a[:, None] - cdf_b[None]).abs().sum(dim=(-1, -2))
@@ -209,6 +218,8 @@ def compute_block(
     ``features`` is any row-sliceable float32 array (numpy or an h5py dataset, read lazily).
     Rows go through the device ``sub_chunk`` at a time; an OOM halves the sub-chunk.
     """
+    import torch
+
     check_metric(metric)
     n = int(features.shape[0])
     nb = block_count(n, block_size)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -35,11 +36,38 @@ def load_encoder(path: str | os.PathLike, device: str | torch.device = "auto", d
     kwargs = {"dtype": inference_dtype(device, dtype), "local_files_only": True}
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     try:
-        model = AutoModel.from_pretrained(path, **kwargs)
+        # the backbone of a causal LM checkpoint leaves its lm_head unused: transformers would log a
+        # coloured "LOAD REPORT" table for that; it is checked here instead, and only real gaps reported
+        with _quiet_load_report():
+            model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+        unexpected = [k for k in info.get("unexpected_keys", ()) if not k.split(".")[0] == "lm_head"]
+        if info.get("missing_keys") or unexpected:
+            log.warning("encoder %s: %d weights missing from the checkpoint (newly initialised: %s), %d unused (%s)",
+                        path, len(info.get("missing_keys", ())), ", ".join(sorted(info.get("missing_keys", ()))[:5]),
+                        len(unexpected), ", ".join(sorted(unexpected)[:5]))
     except ValueError:
         # Architectures registered only as causal LMs; encode_texts reaches their backbone.
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model.to(device).eval(), tokenizer
+
+
+def _no_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    """Drop transformers' load-report warning for the duration of one load.
+
+    A filter, not a level: transformers runs extra checks (and logs about tensor
+    parallelism) when its logger's level is raised.
+    """
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(_no_load_report)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_no_load_report)
 
 
 def _backbone(model):

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from .device import resolve_device
@@ -72,6 +71,8 @@ def fps_streaming(
     halves it and the smaller size is kept for the following steps. cosine and l2 hold the
     features in float64 (their exact dtype) so that no step converts them again.
     """
+    import torch
+
     dev = resolve_device(device)
     feats = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32)).to(compute_dtype(metric))
     n = feats.shape[0]
@@ -108,6 +109,8 @@ def fps_streaming(
 def fps_matrix(matrix: BlockMatrix, k: int, *, start: int = 0, log_interval: int = 100,
                strata: np.ndarray | None = None, quota: np.ndarray | None = None) -> FPSResult:
     """FPS reading one row of the precomputed distance matrix per step."""
+    import torch
+
     min_dist = torch.full((matrix.n,), math.inf, dtype=torch.float32)
 
     def update(p: int) -> None:
@@ -120,6 +123,8 @@ def fps_matrix(matrix: BlockMatrix, k: int, *, start: int = 0, log_interval: int
 # them, and right after FAISS's pool ran that costs milliseconds per step on a busy box.
 def _fold(min_dist: torch.Tensor, d: torch.Tensor) -> None:
     """``min_dist = minimum(min_dist, d)`` in place."""
+    import torch
+
     if min_dist.device.type == "cpu":
         np.minimum(min_dist.numpy(), d.numpy(), out=min_dist.numpy())
     else:
@@ -128,6 +133,8 @@ def _fold(min_dist: torch.Tensor, d: torch.Tensor) -> None:
 
 def _argmax(min_dist: torch.Tensor) -> int:
     """Index of the largest entry; the lowest such index on ties (numpy and torch both say so)."""
+    import torch
+
     if min_dist.device.type == "cpu":
         return int(np.argmax(min_dist.numpy()))
     return int(torch.argmax(min_dist))
@@ -160,7 +167,7 @@ def _greedy(
     for step in tqdm(range(k), desc=f"FPS ({mode})", unit="pick", disable=None):
         picks[step], at[step] = p, d
         if step % log_interval == 0:
-            log.info("FPS %s step %d/%d: picked %d, max-min distance %.6g", mode, step, k, p, d)
+            log.info("pick %d/%d: candidate %d, max-min distance %.6g (FPS %s)", step, k, p, d, mode)
         if step + 1 == k:
             break
         update(p)

@@ -233,6 +233,7 @@ def build_window_index(
     pq_m: int | None = None,
     nprobe: int | None = None,
     min_free_bytes: int = 0,
+    embed_seconds: float | None = None,
 ) -> dict:
     """Index one window's ``float32 [n, D]`` vectors; write ``.faiss``, ``.ids.tsv``, ``.json``; return the metadata.
 
@@ -242,7 +243,8 @@ def build_window_index(
     holds all items over a different span of positions; only per-window search applies).
     ``ivfpq`` falls back to ``flat_l2`` (with a warning) when the window is too small to
     train. Fails before any work when the disk has less than the estimated size plus
-    ``min_free_bytes`` free.
+    ``min_free_bytes`` free. ``embed_seconds`` (the time the vectors took to compute, when
+    known) is kept in the metadata for the report.
     """
     files = WindowFiles.beside(out_faiss)
     if window is None:
@@ -317,6 +319,7 @@ def build_window_index(
         "nprobe": (nprobe or min(plan[0], 16)) if plan else None,
         "built_on": built_on,
         "build_seconds": round(build_seconds, 6),
+        "embed_seconds": None if embed_seconds is None else round(float(embed_seconds), 6),
         "write_seconds": round(time.perf_counter() - t0, 6),
         "faiss_bytes": files.faiss.stat().st_size,
         "ids_bytes": files.ids.stat().st_size,
@@ -662,8 +665,8 @@ class WindowStore:
 def summarize_windows(index: str | os.PathLike | WindowStore, out_tsv: str | os.PathLike | None = None) -> pd.DataFrame:
     """Per window: size, type, build time, bytes on disk and (for an open store) RAM held; log the totals.
 
-    Columns: window, n, dim, index_type, metric, built_on, build_seconds, disk_bytes,
-    open, ram_bytes. Written to ``out_tsv`` (atomically) when given.
+    Columns: window, n, dim, index_type, metric, built_on, build_seconds, embed_seconds
+    (NaN when the vectors came from elsewhere), disk_bytes, open, ram_bytes. Written to ``out_tsv`` (atomically) when given.
     """
     store = index if isinstance(index, WindowStore) else WindowStore(index)
     rows = []
@@ -678,6 +681,7 @@ def summarize_windows(index: str | os.PathLike | WindowStore, out_tsv: str | os.
                 "metric": meta["metric"],
                 "built_on": meta["built_on"],
                 "build_seconds": meta["build_seconds"],
+                "embed_seconds": meta.get("embed_seconds") if meta.get("embed_seconds") is not None else float("nan"),
                 "disk_bytes": meta["faiss_bytes"] + meta["ids_bytes"],
                 "open": entry is not None,
                 "ram_bytes": entry.ram_bytes if entry is not None else 0,

@@ -47,9 +47,15 @@ def _setup_logging(log_path: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.captureWarnings(True)
-    # warnings and errors also reach the console, where the user watches the run
+    # faiss logs at INFO which of its builds it tried to load ("Could not load library with AVX2 …")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    # transformers' "Loading weights" bars: carriage-return noise in a log file (set before it is imported)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # warnings and the out-of-memory line also reach the console, where the user watches the run;
+    # other errors only the log, which Snakemake prints under "Logfile …" (show-failed-logs): once
     shown = logging.StreamHandler(console)
     shown.setLevel(logging.WARNING)
+    shown.addFilter(lambda record: record.levelno < logging.ERROR or getattr(record, "console", False))
     shown.setFormatter(logging.Formatter("[selectflow] %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("selectflow").addHandler(shown)
 
@@ -96,13 +102,14 @@ def run_job(
 
     if attempt > 1 and failure.exists():
         previous = json.loads(failure.read_text())
-        log.info("attempt %s failed with: %s", previous.get("attempt"), previous.get("error", "").splitlines()[0])
         if previous.get("kind") != "oom":
-            detail = f"\n{previous.get('traceback')}" if previous.get("kind") == "error" else ""
-            log.error("attempt %d of rule %s skipped: attempt %d failed with %s, which is not an out-of-memory "
-                      "error, so a smaller %s would not help.%s", attempt, rule, previous.get("attempt"),
-                      previous.get("error"), size_name or "batch", detail)
+            # the error itself was shown with attempt 1 (and stays in the .failure.json): not repeated
+            kind = previous.get("error", "").split(":", 1)[0] or "an error"
+            log.info("attempt %d of rule %s skipped: attempt %s failed with %s, which is not an out-of-memory error, "
+                     "so a smaller %s would not help (its message is shown above, once; the full record is in %s)",
+                     attempt, rule, previous.get("attempt"), kind, size_name or "batch", failure)
             sys.exit(EXIT_NOT_RETRIED)
+        log.info("attempt %s failed with: %s", previous.get("attempt"), previous.get("error", "").splitlines()[0])
 
     claim = None
     try:
@@ -132,7 +139,7 @@ def run_job(
                 f"{size_name}={nxt}. Finished outputs are kept; Snakemake retries automatically (profiles/default), "
                 f"or continue with: {RERUN_COMMAND}"
             )
-            log.error("%s", line)  # also on the console (the WARNING handler)
+            log.error("%s", line, extra={"console": True})  # also on the console
             _write_failure(failure, "oom", exc, attempt)
             sys.exit(EXIT_OOM)
         log.exception("rule %s failed (not an out-of-memory error; it will not be retried with a smaller size)", rule)

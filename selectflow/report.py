@@ -147,16 +147,26 @@ def quality_figure(
     _save(fig, out_png)
 
 
+def fps_title(n_picks: int, n_candidates: int, attrs: Mapping) -> str:
+    """The FPS figure's title: picks, and the candidates FPS ran over (with two stages, not the kept samples)."""
+    stage = attrs["stage"]
+    if stage == "two_stage":
+        stage = f"two stages: the top {n_candidates} of {attrs['n_kept']} kept samples by quality"
+    return (f"Farthest-point sampling: {n_picks} picks from {n_candidates} candidates\n"
+            f"({stage}; {attrs['metric']} distance)")
+
+
 def fps_figure(curve_tsv: str | os.PathLike, candidates_h5: str | os.PathLike, out_png) -> None:
     """Max-min distance of each FPS pick (its distance to the nearest earlier pick) vs step."""
     curve = _read_tsv(curve_tsv, "FPS curve")
     attrs = candidate_attrs(candidates_h5)
     dist = curve["min_distance"].to_numpy(dtype=np.float64)
     shown = np.isfinite(dist)  # step 0 is inf (nothing picked before it)
+    from .select import read_candidates
+
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
-    ax.set_title(f"Farthest-point sampling: {len(curve)} picks from {attrs['n_kept']} kept samples "
-                 f"({attrs['stage']}, {attrs['metric']})")
+    ax.set_title(fps_title(len(curve), len(read_candidates(candidates_h5).sample_id), attrs), fontsize=10)
     if attrs["stage"] == "quality":
         _message(ax, "diversity disabled (selection.disable_diversity): the picks are the top-k by quality, no FPS")
     elif not shown.any():
@@ -469,8 +479,32 @@ def training_figure(metrics: Mapping[str, str | os.PathLike], out_png) -> None:
     _save(fig, out_png)
 
 
-def index_figure(summaries: Iterable[str | os.PathLike], out_png) -> None:
-    """Per window of each index (summary.tsv of :func:`selectflow.index_store.summarize_windows`): build time, disk."""
+def _bench_seconds(path: Path) -> float:
+    try:
+        bench = pd.read_csv(path, sep="\t")
+        return float(bench["s"].mean())
+    except (OSError, ValueError, KeyError):
+        return float("nan")
+
+
+def index_job_seconds(bench_dir: str | os.PathLike | None, name: str) -> tuple[dict[int, float], float, int]:
+    """``({window: index_window job seconds}, index_embed job seconds in all, index_embed jobs)`` from benchmarks."""
+    folder = Path(bench_dir) / "indexes" / name if bench_dir is not None else None
+    if folder is None or not folder.is_dir():
+        return {}, float("nan"), 0
+    windows = {int(m.group(1)): _bench_seconds(p) for p in folder.glob("window_*.tsv")
+               if (m := re.fullmatch(r"window_(\d+)\.tsv", p.name))}
+    embeds = [_bench_seconds(p) for p in folder.glob("embed_group_*.tsv")]
+    return windows, float(np.nansum(embeds)) if embeds else float("nan"), len(embeds)
+
+
+def index_figure(summaries: Iterable[str | os.PathLike], out_png, bench_dir: str | os.PathLike | None = None) -> None:
+    """Per window of each index: embedding time, FAISS build time, job time; size on disk.
+
+    Build and embedding times come from each index's ``summary.tsv``
+    (:func:`selectflow.index_store.summarize_windows`), job wall times from the
+    ``benchmark:`` files of rules ``index_window`` and ``index_embed`` under ``bench_dir``.
+    """
     present = [Path(p) for p in summaries if Path(p).is_file()]
     if not present:
         placeholder_figure(out_png, "FAISS index build", "index stage not run in this workflow "
@@ -482,20 +516,35 @@ def index_figure(summaries: Iterable[str | os.PathLike], out_png) -> None:
     for i, path in enumerate(present):
         table = pd.read_csv(path, sep="\t")
         name = path.parent.name
-        style = dict(color=f"C{i}", marker="o", ms=4, label=name)
-        ax_time.plot(table["window"], table["build_seconds"], **style)
-        ax_disk.plot(table["window"], table["disk_bytes"] / 2**20, **style)
-        totals.append(f"{name}: {len(table)} windows, {int(table['n'].sum())} rows, "
-                      f"{table['disk_bytes'].sum() / 2**20:.1f} MB, {table['build_seconds'].sum():.2f} s "
-                      f"({', '.join(sorted(set(table['index_type'])))} on {', '.join(sorted(set(table['built_on'])))})")
-    ax_time.set_title("build time per window", fontsize=10)
+        jobs, embed_jobs_s, n_embed_jobs = index_job_seconds(bench_dir, name)
+        job_s = table["window"].map(jobs).astype(float)
+        embed_s = pd.to_numeric(table.get("embed_seconds", pd.Series(np.nan, index=table.index)), errors="coerce")
+        for values, marker, ls, what in ((job_s, "o", "-", "index_window job"), (embed_s, "s", "--", "embedding"),
+                                         (table["build_seconds"], "^", ":", "FAISS build")):
+            if values.notna().any():
+                ax_time.plot(table["window"], values, color=f"C{i}", marker=marker, ms=4, ls=ls,
+                             label=f"{name}: {what}")
+        ax_disk.plot(table["window"], table["disk_bytes"] / 2**20, color=f"C{i}", marker="o", ms=4, label=name)
+        parts = [f"{name}: {len(table)} windows, {int(table['n'].sum())} rows, {table['disk_bytes'].sum() / 2**20:.1f} MB"]
+        if job_s.notna().any():
+            parts.append(f"window jobs {job_s.sum():.1f} s")
+        if n_embed_jobs:
+            parts.append(f"{n_embed_jobs} embedding job{'s' if n_embed_jobs > 1 else ''} {embed_jobs_s:.1f} s")
+        if embed_s.notna().any():
+            parts.append(f"embedding {embed_s.sum():.2f} s")
+        parts.append(f"FAISS builds {table['build_seconds'].sum():.4f} s "
+                     f"({', '.join(sorted(set(table['index_type'])))} on {', '.join(sorted(set(table['built_on'])))})")
+        totals.append(", ".join(parts))
+    ax_time.set_title("time per window", fontsize=10)
     ax_time.set_ylabel("seconds")
     ax_disk.set_title("index size on disk per window", fontsize=10)
     ax_disk.set_ylabel("MB")
+    # job seconds and FAISS build microseconds on one axis: a log scale shows both
+    ax_time.set_yscale("log")
+    ax_disk.set_ylim(bottom=0)
     for ax in (ax_time, ax_disk):
         ax.set_xlabel("window")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("\n".join(totals), fontsize=9)
@@ -533,8 +582,13 @@ def make_report_figures(
     train_metrics: Mapping[str, str | os.PathLike] | None = None,
     index_summaries: Iterable[str | os.PathLike] = (),
     max_points: int = 3000,
+    examples_png: str | os.PathLike | None = None,
 ) -> None:
-    """Write every figure of :data:`FIGURES`; ``out`` maps each name to its PNG path."""
+    """Write every figure of :data:`FIGURES`; ``out`` maps each name to its PNG path.
+
+    ``examples_png``: also draw the table of example selected and dropped records there
+    (:mod:`selectflow.report_examples`).
+    """
     missing = [name for name in FIGURES if name not in out]
     if missing:
         raise SelectFlowError(f"no output path for figures {missing}")
@@ -545,4 +599,8 @@ def make_report_figures(
     heatmap_figure(sample, out["heatmap"])
     resources_figure(job_resources(log_dir, bench_dir), out["resources"])
     training_figure(train_metrics or {}, out["training"])
-    index_figure(index_summaries, out["indexes"])
+    index_figure(index_summaries, out["indexes"], bench_dir)
+    if examples_png is not None:
+        from .report_examples import examples_figure
+
+        examples_figure(quality_tsv, curve_tsv, list(router_paths), examples_png)

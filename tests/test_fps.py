@@ -111,9 +111,9 @@ def test_logs_max_min_distance_every_interval(caplog):
     f = features(probs(30, seed=5))
     with caplog.at_level(logging.INFO, logger="selectflow.fps"):
         got = fps_streaming(f, 25, device="cpu", log_interval=10)
-    steps = [r for r in caplog.messages if "step" in r]
-    assert [m.split("step ")[1].split("/")[0] for m in steps] == ["0", "10", "20"]
-    assert f"max-min distance {got.min_distance[10]:.6g}" in steps[1]
+    steps = [r for r in caplog.messages if r.startswith("pick ")]
+    assert [m.split("pick ")[1].split("/")[0] for m in steps] == ["0", "10", "20"]
+    assert steps[1].startswith(f"pick 10/25: candidate {got.picks[10]}, max-min distance {got.min_distance[10]:.6g}")
 
 
 def test_bad_arguments_rejected():

@@ -22,14 +22,15 @@ HAS_CHROMIUM = Path(CHROMIUM).is_file()
 REPORT_FIGURES = [
     ("1. Selection", "quality scores"),
     ("1. Selection", "FPS curve"),
+    ("1. Selection", "example records"),
     ("2. Routing", "routing PCA"),
     ("2. Routing", "routing heat-map"),
     ("3. Training", "training loss"),
     ("4. Index", "index build"),
     ("5. Resources", "runtime and memory"),
 ]
-FIGURE_FILES = ["quality_histogram", "fps_curve", "routing_pca", "routing_heatmap", "training_loss", "index_build",
-                "resources"]
+FIGURE_FILES = ["quality_histogram", "fps_curve", "examples", "routing_pca", "routing_heatmap", "training_loss",
+                "index_build", "resources"]
 SELECTED_RED = np.array([214, 39, 40])  # the quality histogram's "selected" bars
 
 

@@ -18,9 +18,20 @@ module             what it computes
 =================  ===================================================================
 """
 
-from .estimate import estimate_memory_main, estimate_training_memory, model_shape, pick_micro_batch
+import importlib
+
 from .presets import PRESETS, resolve_train_config
-from .trainer import train, train_on_pool
+
+# torch-heavy names load on first use, so the Snakefile (which needs only the presets) and
+# the CLI start without importing torch
+_LAZY = {"estimate_memory_main": "estimate", "estimate_training_memory": "estimate", "model_shape": "estimate",
+         "pick_micro_batch": "estimate", "train": "trainer", "train_on_pool": "trainer"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["PRESETS", "estimate_memory_main", "estimate_training_memory", "model_shape", "pick_micro_batch",
            "resolve_train_config", "train", "train_on_pool"]
