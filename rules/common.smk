@@ -4,6 +4,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
+from selectflow.check import data_check_text, is_dry_run
 from selectflow.errors import SelectFlowError
 from selectflow.locks import clear_stale_locks
 from selectflow.oom import attempt_size
@@ -36,6 +37,12 @@ RESULTS = f"results/{config['run']}"
 LOGS = f"logs/{config['run']}"
 BENCH = f"benchmarks/{config['run']}"
 SEL = config["selection"]
+
+if workflow.is_main_process and is_dry_run(sys.argv):
+    # a dry run also checks the data: format, records, id source, first bad line per dataset
+    _problems = data_check_text(config)
+    if _problems:
+        raise WorkflowError(_problems)
 
 # datasets, model folders, the results disk, a selection of one record: before any job
 for _warning in checked(preflight, config, RESULTS, sys.argv):

@@ -145,6 +145,8 @@ def _greedy(
     strata: np.ndarray | None = None, quota: np.ndarray | None = None,
 ) -> FPSResult:
     """The max-min loop shared by both modes; ``update(p)`` folds pick p into ``min_dist``."""
+    import torch
+
     n = int(min_dist.numel())
     if n == 0:
         raise SelectFlowError("farthest point sampling got no candidates")

@@ -320,8 +320,12 @@ def test_config_doc_rows_are_one_line_with_four_cells():
 def _bad_config(tmp_path):
     good = _write(tmp_path / "good.jsonl", [json.dumps({"id": "z1", "instruction": "a", "output": "b"})])
     bad = _write(tmp_path / "bad.jsonl", [json.dumps({"instruction": "a", "output": "b"}), "{bad"])
+    model = tmp_path / "model"  # passes the model-folder check; no job here loads it
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"run": "t", "datasets": {"good": good, "bad": bad}, "model": {"path": "none"}}))
+    cfg.write_text(yaml.safe_dump({"run": "t", "datasets": {"good": good, "bad": bad}, "model": {"path": str(model)}}))
     return cfg
 
 
@@ -405,7 +409,8 @@ def test_example_records_selected_then_each_reason(tmp_path, with_reason):
     assert reasons[0] == "selected" and sorted(reasons[1:]) == sorted(expected)
     assert (table.groupby("reason").size() <= 2).all()
     first = table.iloc[0]
-    assert (first["prompt"], first["response"]) == ("p", "r")  # the normalised record stored in the shard
+    norm = pool[first["sample_id"]]["norm"]  # the normalised record stored in the shard
+    assert (first["prompt"], first["response"]) == (norm["prompt"], norm["response"])
     examples_figure(tmp_path / "quality.tsv", tmp_path / "curve.tsv", paths, tmp_path / "examples.png")
     assert (tmp_path / "examples.png").read_bytes()[:4] == b"\x89PNG"
 
