@@ -42,22 +42,26 @@ class DatasetCheck:
 
 
 def _first_format(path: Path) -> str | None:
-    from .records import detect_format
+    """The format of the first record, read as the workflow reads it (None when unreadable)."""
+    from .records import detect_format, iter_jsonl
 
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                return detect_format(json.loads(line))
-            except (ValueError, TypeError, AttributeError):
-                return None
+    try:
+        for _, record in iter_jsonl(path):
+            return detect_format(record)
+    except (SelectFlowError, ValueError):
+        return None
     return None
 
 
-def _count_lines(path: Path) -> int:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return sum(1 for line in fh if line.strip())
+def _count_lines(path: Path) -> int | None:
+    """Non-blank lines, bytes as they are (None when the file cannot be opened as lines)."""
+    from .records import open_lines
+
+    try:
+        with open_lines(path) as fh:
+            return sum(1 for line in fh if line.strip())
+    except (SelectFlowError, OSError):
+        return None
 
 
 def check_dataset(name: str, path: str | os.PathLike) -> tuple[DatasetCheck, list[str]]:

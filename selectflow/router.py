@@ -192,8 +192,11 @@ class RouterDumper:
     @torch.inference_mode()
     def _check_capture(self) -> None:
         """One short forward so a capture that fails its checks fails before any dump."""
-        token = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        self._forward([[token] * 4, [token] * 3])
+        # ordinary text, not a special token: a pad/eos embedding may be all zeros (padding_idx),
+        # and zero hidden states give all-zero router logits that the checks rightly refuse
+        ids = self.tokenizer.encode("Name three rivers and the seas they flow into.", add_special_tokens=False)[:8]
+        ids = ids if len(ids) >= 4 else list(range(1, 5))
+        self._forward([ids, ids[:-1]])
         self.capture.verify()
 
     @classmethod

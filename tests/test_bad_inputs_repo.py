@@ -195,9 +195,9 @@ def test_unreadable_file_stops_at_split_with_one_line(split_run, file):
     assert proc.returncode != 0
     path = f"data/{file}"
     shown = [ln.split("ERROR selectflow.job: ", 1)[1] for ln in output(proc).splitlines()
-             if ln.startswith("[selectflow] ERROR selectflow.job: ") and path + ":" in ln]
+             if "ERROR selectflow.job: " in ln and path + ":" in ln]
     assert shown, output(proc)[-3000:]
-    assert shown[0] == path + STOP[file]
+    assert shown == [path + STOP[file]]  # once: the retries that follow do not repeat it
     assert "Traceback" not in output(proc)
     assert not (root / "results" / "mine" / "shards" / dataset_name(file)).exists()
     assert dataset_name(file) in scheduled(dry, "split_dataset")  # nothing left looking complete
@@ -310,7 +310,8 @@ def no_pad_model(demo_model, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_no_pad_token_and_a_shard_without_selected_samples(tmp_path, demo_pool, no_pad_model):
-    """21 records, shard_size 20: the last shard holds one sample, not selected; the tokenizer has no pad/eos."""
+    """21 records, shard_size 20: the last shard holds one sample (selected or not, a one-sided shard); the
+    tokenizer has no pad/eos."""
     root = repo_copy(tmp_path)
     pool = tmp_path / "pool21.jsonl"
     pool.write_text("".join(demo_pool.read_text().splitlines(keepends=True)[:21]))
@@ -327,7 +328,9 @@ def test_no_pad_token_and_a_shard_without_selected_samples(tmp_path, demo_pool, 
     selected = {r["sample_id"] for r in read_jsonl(results / "selection" / "selected_data.jsonl")}
     shards = sorted((results / "router_data" / "mine").glob("*.h5"))
     assert len(shards) == 2
-    assert any(not selected & set(read_router_shard(p).sample_id) for p in shards)  # the case that crashed
+    # the cases that crashed: a shard with no selected sample, or with only selected ones
+    assert any(not selected & set(ids) or set(ids) <= selected
+               for ids in (read_router_shard(p).sample_id for p in shards))
     assert all((results / "report" / f).stat().st_size > 0 for f in ("routing_pca.png", "routing_heatmap.png"))
     assert "Nothing to be done" in output(snakemake(root, "-n"))
 
