@@ -68,7 +68,7 @@ def test_families_are_enumerated_not_listed():
 def test_hooks_on_a_non_router_module_are_refused(inputs):
     tokenizer, _ = inputs
     model = build_tiny("qwen3_moe", tokenizer)
-    with pytest.raises(SelectFlowError, match=r"model\.layers\.0\.post_attention_layernorm gave float32\[2, 4, 64\]") as err:
+    with pytest.raises(SelectFlowError, match=r"model\.layers\.0\.post_attention_layernorm gave float32\[2, \d+, 64\]") as err:
         dumper_for(model, tokenizer, router_source="hooks", router_pattern=r"post_attention_layernorm$")
     assert r"mlp\.gate" in str(err.value)  # the suggested router_pattern names the real routers
 
