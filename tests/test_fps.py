@@ -26,20 +26,28 @@ def naive_matrix(f, metric):
     return np.maximum(0.0, 1.0 - a @ a.T).astype(np.float32)
 
 
-def brute_fps(dist, k, start):
-    """Textbook max-min: scan every unpicked candidate; strict '>' keeps the lowest index on ties."""
+def brute_fps(dist, k, start, strata=None, quota=None):
+    """Textbook max-min: scan every unpicked candidate; strict '>' keeps the lowest index on ties.
+
+    With ``strata`` and ``quota``: only candidates whose stratum still has picks left compete.
+    """
     n = len(dist)
+    left = None if strata is None else np.array(quota).copy()
     picks, at = [start], [np.inf]
+    if left is not None:
+        left[strata[start]] -= 1
     while len(picks) < min(k, n):
         best, best_c = -1.0, None
         for c in range(n):
-            if c in picks:
+            if c in picks or (left is not None and left[strata[c]] == 0):
                 continue
             m = min(float(dist[c, s]) for s in picks)
             if m > best:
                 best, best_c = m, c
         picks.append(best_c)
         at.append(best)
+        if left is not None:
+            left[strata[best_c]] -= 1
     return np.array(picks), np.array(at)
 
 

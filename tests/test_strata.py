@@ -11,26 +11,7 @@ from selectflow.fps import fps_matrix, fps_streaming
 from selectflow.routerfile import RouterShard, write_router_shard
 from selectflow.select import build_candidates, run_fps
 from selectflow.strata import allocate, kmeans
-from tests.test_fps import blocks, naive_matrix, with_ties
-
-
-def brute_quota_fps(dist, strata, quota, start):
-    """Textbook max-min over the candidates whose stratum still has picks left."""
-    left = np.array(quota).copy()
-    picks, at = [start], [np.inf]
-    left[strata[start]] -= 1
-    while len(picks) < sum(quota):
-        best, best_c = -1.0, None
-        for c in range(len(dist)):
-            if c in picks or left[strata[c]] == 0:
-                continue
-            m = min(float(dist[c, s]) for s in picks)
-            if m > best:
-                best, best_c = m, c
-        picks.append(best_c)
-        at.append(best)
-        left[strata[best_c]] -= 1
-    return np.array(picks), np.array(at)
+from tests.test_fps import blocks, brute_fps, naive_matrix, with_ties
 
 
 @pytest.mark.parametrize("seed, start", [(0, 0), (1, 7)])
@@ -38,7 +19,7 @@ def test_quota_fps_equals_a_naive_reference_in_both_modes(tmp_path, seed, start)
     f = with_ties(45, seed, "wasserstein")
     strata = np.random.default_rng(seed).integers(0, 3, len(f))
     quota = np.array([4, 2, 5])
-    ref_picks, ref_at = brute_quota_fps(naive_matrix(f, "wasserstein"), strata, quota, start)
+    ref_picks, ref_at = brute_fps(naive_matrix(f, "wasserstein"), sum(quota), start, strata, quota)
     got = fps_streaming(f, 11, start=start, device="cpu", strata=strata, quota=quota)
     np.testing.assert_array_equal(got.picks, ref_picks)
     np.testing.assert_array_equal(got.min_distance, ref_at)
