@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 CANDIDATES_LAYOUT_VERSION = 1
 CANDIDATES_REBUILD_HINT = "rule candidates rebuilds it: delete the file and rerun snakemake"
 STAGES = ("fps", "two_stage", "quality")
-# strata earn picks only for their samples above this quantile of the kept samples' quality
-STRATUM_FLOOR = 0.25
 # raw inputs of the score that quality.tsv may carry (selectflow.quality.assess)
 NUMERIC_INPUTS = ("nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "gate_mean", "distinct_3grams")
 MODES = ("streaming", "matrix")
@@ -161,7 +159,7 @@ def build_candidates(
     if stage == "quality" or routing_strata <= 1:
         chosen = order[:m]
     else:
-        chosen, stratum, quota = _stratified(shard, order, score[order], reason, k, m, metric, routing_strata)
+        chosen, stratum, quota = _stratified(shard, order, reason, k, m, metric, routing_strata)
     reason[order] = "below_importance_cut"
     reason[chosen] = "candidate"
     feats = distance.features(shard.moe_probs[chosen], metric)
@@ -200,20 +198,20 @@ def build_candidates(
     return k
 
 
-def _stratified(shard, order: np.ndarray, score: np.ndarray, reason: np.ndarray, k: int, m: int, metric: str,
-                n_strata: int):
+def _stratified(shard, order: np.ndarray, reason: np.ndarray, k: int, m: int, metric: str, n_strata: int):
     """Candidates (quality order kept), stratum per candidate and FPS quota per stratum."""
     labels = kmeans(distance.features(shard.moe_probs[order], metric), n_strata, seed=0)
     size = np.bincount(labels)
-    # each stratum stands for its kept samples and the duplicates dropped in their favour,
-    # counting only those above the kept samples' lower quality quartile: a region of
-    # low-quality samples does not earn picks by its size
+    # each stratum stands for its kept samples and the duplicates dropped in their favour:
+    # its share of the pool that passed the quality filter. Quality does not weigh in here
+    # (it already chose what is kept, and picks the candidates inside each stratum): a score
+    # that runs lower in one kind of task than in another would otherwise move that task's
+    # picks to the others (measured in bench/bench_selection_quality.py, README "Routing strata")
     at = {sid: i for i, sid in enumerate(shard.sample_id[order])}
     weight = np.ones(len(order))
     for r in reason:
         if isinstance(r, str) and r.startswith("duplicate_of:") and r[13:] in at:
             weight[at[r[13:]]] += 1
-    weight[score < np.quantile(score, STRATUM_FLOOR)] = 0
     mass = np.bincount(labels, weights=weight, minlength=len(size))
     quota = allocate(k, mass, size)
     per = np.maximum(allocate(m, mass, size), quota)
