@@ -4,7 +4,7 @@ checkpoint candidates:
         exclude=excluded_ids_file(),
     output:
         h5=f"{RESULTS}/selection/candidates.h5",
-        quality=f"{RESULTS}/selection/quality.tsv",
+        quality=f"{RESULTS}/selection/candidates_quality.tsv",
     log:
         f"{LOGS}/selection/candidates.log",
     benchmark:
@@ -67,11 +67,12 @@ rule fps:
 rule selected_data:
     input:
         curve=f"{RESULTS}/selection/fps_curve.tsv",
-        quality=f"{RESULTS}/selection/quality.tsv",
+        quality=f"{RESULTS}/selection/candidates_quality.tsv",
         router=router_shards,
     output:
         selected=f"{RESULTS}/selection/selected_data.jsonl",
         summary=f"{RESULTS}/selection/selection_summary.tsv",
+        quality=f"{RESULTS}/selection/quality.tsv",
     log:
         f"{LOGS}/selection/selected_data.log",
     conda:

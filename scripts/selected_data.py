@@ -1,4 +1,4 @@
-"""Rule selected_data: join picks with the original records -> selected_data.jsonl + summary."""
+"""Rule selected_data: join picks with the original records -> selected_data.jsonl, summary, final quality.tsv."""
 from selectflow.jobs import run_job
 from selectflow.select import write_selection
 
@@ -6,6 +6,7 @@ sm = snakemake  # noqa: F821 - injected by Snakemake
 run_job(
     sm,
     lambda: write_selection(
-        sm.input.curve, sm.input.quality, list(sm.input.router), sm.output.selected, sm.output.summary
+        sm.input.curve, sm.input.quality, list(sm.input.router), sm.output.selected, sm.output.summary,
+        sm.output.quality,
     ),
 )

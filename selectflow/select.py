@@ -1,12 +1,15 @@
 """The selection pipeline as file-to-file steps (one per Snakemake rule) and the resume CLI.
 
-1. :func:`build_candidates`: router shards -> ``candidates.h5`` + ``quality.tsv``.
+1. :func:`build_candidates`: router shards -> ``candidates.h5`` + ``candidates_quality.tsv``
+   (every sample's score and ``reason``; the candidates' reason is ``candidate``).
    Quality scores, drops ``keep=False`` samples, orders the rest by quality (descending,
    ties by ``sample_id``) and keeps the candidates FPS will choose from.
 2. :func:`compute_block` (``n_blocks`` of them per side, upper triangle): distance blocks,
    only for ``mode: matrix``.
 3. :func:`run_fps`: ``candidates.h5`` (+ blocks) -> ``fps_curve.tsv`` (the picks in order).
-4. :func:`write_selection`: curve + shards -> ``selected_data.jsonl`` + ``selection_summary.tsv``.
+4. :func:`write_selection`: curve + shards -> ``selected_data.jsonl`` + ``selection_summary.tsv``
+   + ``quality.tsv`` (``candidates_quality.tsv`` with the final ``reason``: ``selected``,
+   ``not_picked`` or why the sample was dropped before FPS).
 
 :func:`continue_selection` runs all of it in-process on a folder of shards (the original's
 ``continue_selection.py``).
@@ -371,12 +374,15 @@ def write_selection(
     router_paths: list[str | os.PathLike],
     out_jsonl: str | os.PathLike,
     summary_tsv: str | os.PathLike,
+    final_quality_tsv: str | os.PathLike | None = None,
 ) -> int:
     """Write the selected original records (in pick order) and the per-dataset summary.
 
     Each line is the original input record plus ``sample_id``, ``dataset``,
     ``quality_score`` and ``selection_rank`` (0 = first pick); those four keys win over
-    same-named fields of the record. Shards are read one at a time.
+    same-named fields of the record. Shards are read one at a time. With
+    ``final_quality_tsv``, ``quality_tsv`` (as :func:`build_candidates` wrote it, before
+    FPS) is written there with each sample's final ``reason`` (:func:`final_reasons`).
     """
     curve = _read_tsv(curve_tsv, "FPS curve")
     quality = _read_tsv(quality_tsv, "quality table").set_index("sample_id")
@@ -426,8 +432,22 @@ def write_selection(
         .reset_index()
     )
     _write_tsv(summary, summary_tsv)
+    if final_quality_tsv is not None:
+        _write_tsv(final_reasons(table), final_quality_tsv)
     log.info("wrote %d selected records to %s", n, out_jsonl)
     return n
+
+
+def final_reasons(table: pd.DataFrame) -> pd.DataFrame:
+    """The quality table after FPS: ``reason`` ``selected`` for the picks, ``not_picked`` for the other candidates.
+
+    ``table`` has :func:`build_candidates`'s columns plus a bool ``selected``; the drop
+    reasons of the samples that never became candidates stay as they are.
+    """
+    reason = table["reason"].astype(object).copy()
+    reason[table["reason"].astype(str) == "candidate"] = "not_picked"
+    reason[table["selected"].astype(bool)] = "selected"
+    return table.assign(reason=reason)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -488,9 +508,9 @@ def _continue(args: argparse.Namespace) -> None:
     )
     log.info("%d router shards under %s", len(shards), router_dir)
     with tempfile.TemporaryDirectory(prefix=".selection.", dir=out.parent) as work:
-        cands_h5 = Path(work) / "candidates.h5"
+        cands_h5, cands_tsv = Path(work) / "candidates.h5", Path(work) / "candidates_quality.tsv"
         build_candidates(
-            shards, cands_h5, quality_tsv, method=args.quality_method, field=args.quality_field,
+            shards, cands_h5, cands_tsv, method=args.quality_method, field=args.quality_field,
             selection_percentage=args.selection_percentage,
             importance_selection_percentage=args.importance_selection_percentage,
             disable_diversity=args.disable_diversity, metric=args.metric, routing_strata=args.routing_strata,
@@ -507,4 +527,4 @@ def _continue(args: argparse.Namespace) -> None:
             cands_h5, curve_tsv, mode=args.mode, block_dir=block_dir, block_size=args.distance_batch_size,
             device=args.device, log_interval=args.fps_log_interval,
         )
-    write_selection(curve_tsv, quality_tsv, shards, out, summary_tsv)
+        write_selection(curve_tsv, cands_tsv, shards, out, summary_tsv, quality_tsv)

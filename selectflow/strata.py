@@ -5,7 +5,8 @@ route alike (one kind of task) gets few picks however many samples it holds, and
 region gets many. Strata keep the pool's shares: the kept samples are clustered by their
 routing features (:func:`kmeans`, seeded, deterministic), each stratum gets picks in
 proportion to the pool samples it stands for (:func:`allocate`: its kept samples plus the
-duplicates they stand for), and FPS runs over all candidates with a quota per stratum
+duplicates they stand for; the quality score does not weigh in, README "Routing strata"),
+and FPS runs over all candidates with a quota per stratum
 (:mod:`selectflow.fps`). ``selection.routing_strata: 1`` is plain Select-MoE FPS.
 """
 

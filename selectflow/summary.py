@@ -181,7 +181,7 @@ def _table(rows: list[dict]) -> list[str]:
 def _outputs(results: Path, log_dir: Path, config: dict) -> list[str]:
     entries = [
         (results / "selection" / "selected_data.jsonl", "the selected records, in pick order"),
-        (results / "selection" / "quality.tsv", "every pool sample: quality score, kept, candidate"),
+        (results / "selection" / "quality.tsv", "every pool sample: quality score, reason (selected, not_picked, dropped why)"),
         (results / "selection" / "selection_summary.tsv", "the table above"),
         (results / "train" / "checkpoint", "the model fine-tuned on the selection"),
         (results / "indexes", "one FAISS index file per window"),

@@ -77,7 +77,7 @@ def write_shards(pool, root, seed, shard_size=5):
 
 def pipeline(paths, out, **kw):
     mode = kw.pop("mode", "streaming")
-    build_candidates(paths, out / "candidates.h5", out / "quality.tsv", **kw)
+    build_candidates(paths, out / "candidates.h5", out / "candidates_quality.tsv", **kw)
     block_dir = None
     if mode == "matrix":
         block_dir = out / "blocks"
@@ -86,7 +86,8 @@ def pipeline(paths, out, **kw):
             for j in range(i, nb):
                 compute_block(out / "candidates.h5", i, j, 4, block_path(block_dir, i, j), device="cpu", sub_chunk=3)
     run_fps(out / "candidates.h5", out / "curve.tsv", mode=mode, block_dir=block_dir, block_size=4, device="cpu", log_interval=5)
-    write_selection(out / "curve.tsv", out / "quality.tsv", paths, out / "selected.jsonl", out / "summary.tsv")
+    write_selection(out / "curve.tsv", out / "candidates_quality.tsv", paths, out / "selected.jsonl", out / "summary.tsv",
+                    out / "quality.tsv")
     return [json.loads(line) for line in open(out / "selected.jsonl")]
 
 
@@ -121,6 +122,14 @@ def test_two_stage_joins_by_sample_id(tmp_path):
         assert summary.at[name, "selected"] == sum(s.startswith(name + ":") for s in want)
     curve = pd.read_csv(tmp_path / "out" / "curve.tsv", sep="\t", keep_default_na=False)
     assert math.isinf(curve["min_distance"][0]) and curve["sample_id"].tolist() == want
+    # the table a user reads after the run: every sample's final reason
+    table = pd.read_csv(tmp_path / "out" / "quality.tsv", sep="\t", keep_default_na=False, dtype={"sample_id": str})
+    reason = dict(zip(table["sample_id"], table["reason"]))
+    assert len(reason) == n
+    assert {s for s, r in reason.items() if r == "selected"} == set(want)
+    assert {s for s, r in reason.items() if r == "not_picked"} == set(stage1) - set(want)
+    assert {s for s, r in reason.items() if r == "below_importance_cut"} == set(ranked) - set(stage1)
+    assert table["selected"].sum() == len(want) and table["candidate"].sum() == len(stage1)
 
 
 def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
@@ -187,6 +196,9 @@ def test_continue_selection_cli(tmp_path, capsys):
     lines = [json.loads(line) for line in open(out)]
     assert len(lines) == round(0.2 * len(pool))
     assert {p.name for p in out.parent.iterdir()} == {"selected_data.jsonl", "quality.tsv", "fps_curve.tsv", "selection_summary.tsv"}
+    table = pd.read_csv(out.with_name("quality.tsv"), sep="\t", keep_default_na=False, dtype={"sample_id": str})
+    assert set(table.loc[table["reason"] == "selected", "sample_id"]) == {r["sample_id"] for r in lines}
+    assert (table["reason"] == "not_picked").sum() == table["candidate"].sum() - len(lines) > 0
     # same selection in streaming mode
     assert continue_selection(base + ["--selection_percentage", "0.2", "--importance_selection_percentage", "0.5"]) == 0
     assert [json.loads(line) for line in open(out)] == lines

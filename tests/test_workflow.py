@@ -38,6 +38,19 @@ def test_chain_outputs(clean_run):
     assert (clean_run / "benchmarks/small/router_dump/demo/shard_00000.tsv").is_file()
     lines = (clean_run / SEL / "selected_data.jsonl").read_text().splitlines()
     assert len(lines) == 24  # 10% of 240
+    # quality.tsv, written after FPS, gives every pool sample its final reason
+    picked = {json.loads(line)["sample_id"] for line in lines}
+    reason = reasons(clean_run / SEL / "quality.tsv")
+    assert len(reason) == 240 and {s for s, r in reason.items() if r == "selected"} == picked
+    assert "not_picked" in reason.values() and "candidate" not in reason.values()
+    # the candidates rule's table, before FPS, names the same samples as candidates
+    before = reasons(clean_run / SEL / "candidates_quality.tsv")
+    assert {s for s, r in before.items() if r == "candidate"} == {s for s, r in reason.items() if r in ("selected", "not_picked")}
+
+
+def reasons(tsv: Path) -> dict[str, str]:
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()]
+    return {r[rows[0].index("sample_id")]: r[rows[0].index("reason")] for r in rows[1:]}
 
 
 def test_deleted_shard_is_recomputed_alone(clean_run, tmp_path):
