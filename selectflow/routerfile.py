@@ -147,6 +147,19 @@ def read_router_shard(path: str | os.PathLike) -> RouterShard:
     )
 
 
+def shard_header(path: str | os.PathLike) -> tuple[dict, np.ndarray]:
+    """The attributes and sample ids of a complete shard (no arrays read); CorruptFileError if unfit."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+            if attrs.get("layout_version") != LAYOUT_VERSION or not attrs.get("complete", False):
+                raise CorruptFileError(f"{path}: half-written or of another layout; {REBUILD_HINT}")
+            ids = _strings(f["sample_id"][()])
+    except (OSError, KeyError) as exc:
+        raise CorruptFileError(f"{path} is not a readable router shard ({exc}); {REBUILD_HINT}") from None
+    return attrs, ids
+
+
 def _strings(values: np.ndarray) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
 
