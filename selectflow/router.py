@@ -392,6 +392,9 @@ def dump_shard_group(model_path: str, shard_jsonls: list[str], store_h5s: list[s
     """
     dumper = None
     rows = []
+    for store in map(Path, store_h5s):  # temp files of a killed attempt (atomic_path names them so)
+        for stale in store.parent.glob(f".{store.name}.*"):
+            stale.unlink(missing_ok=True)
     try:
         for i, (jsonl, store) in enumerate(zip(shard_jsonls, store_h5s), start=1):
             records = _read_shard_records(jsonl)

@@ -43,7 +43,8 @@ from .errors import CorruptFileError, SelectFlowError
 from .fsutil import atomic_path
 
 LAYOUT_VERSION = 1
-REBUILD_HINT = "rule router_dump rebuilds it: delete the file and rerun snakemake"
+REBUILD_HINT = ("rule router_dump rebuilds it: delete the file and its hard link of the same name under "
+                "results/{run}/router_store/, then rerun snakemake")
 
 
 @dataclass
