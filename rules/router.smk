@@ -36,6 +36,8 @@ rule router_shard:
     log:
         f"{LOGS}/router_shard/{{dataset}}/{{shard}}.log",
     localrule: True
+    conda:
+        "../envs/selectflow.yaml"
     params:
         store=f"{RESULTS}/router_store/{{dataset}}/{{shard}}.h5",
     shell:
