@@ -79,6 +79,38 @@ def shard_names(dataset):
     return sorted(glob_wildcards(f"{folder}/{{shard}}.jsonl").shard)
 
 
+def _group_start(dataset, shard):
+    """Index of the first shard of ``shard``'s router_dump group, and the dataset's shards."""
+    names = shard_names(dataset)
+    k = config["router_dump"]["shards_per_job"]
+    return names.index(shard) // k * k, names
+
+
+def group_members(wildcards):
+    """The shards of the router_dump group named by its first shard ``wildcards.shard``."""
+    start, names = _group_start(wildcards.dataset, wildcards.shard)
+    return names[start : start + config["router_dump"]["shards_per_job"]]
+
+
+def group_shard_files(wildcards):
+    return [
+        f"{RESULTS}/shards/{wildcards.dataset}/{s}.jsonl"
+        for s in group_members(wildcards)
+    ]
+
+
+def group_store_files(wildcards):
+    return [
+        f"{RESULTS}/router_store/{wildcards.dataset}/{s}.h5"
+        for s in group_members(wildcards)
+    ]
+
+
+def shard_group_manifest(wildcards):
+    start, names = _group_start(wildcards.dataset, wildcards.shard)
+    return f"{RESULTS}/router_store/{wildcards.dataset}/{names[start]}.group.tsv"
+
+
 def router_shards(wildcards):
     return [
         f"{RESULTS}/router_data/{ds}/{shard}.h5"

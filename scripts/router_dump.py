@@ -1,12 +1,12 @@
-"""Rule router_dump: routing probabilities and response NLLs of one shard -> HDF5."""
+"""Rule router_dump: routing probabilities and response NLLs of a group of shards -> one HDF5 each."""
 from selectflow.jobs import run_job
-from selectflow.router import DumpSettings, dump_shard_file
+from selectflow.router import DumpSettings, dump_shard_group
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 settings = DumpSettings(**{**sm.params.settings, "batch_size": sm.resources.batch_size})
 run_job(
     sm,
-    lambda: dump_shard_file(sm.input.model, sm.input.shard, sm.output[0], settings),
+    lambda: dump_shard_group(sm.input.model, list(sm.input.shards), list(sm.params.store), sm.output[0], settings),
     size_name="batch_size",
     gpu=True,
 )

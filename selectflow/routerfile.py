@@ -43,7 +43,8 @@ from .errors import CorruptFileError, SelectFlowError
 from .fsutil import atomic_path
 
 LAYOUT_VERSION = 1
-REBUILD_HINT = "rule router_dump rebuilds it: delete the file and rerun snakemake"
+REBUILD_HINT = ("rule router_dump rebuilds it: delete the file and its hard link of the same name under "
+                "results/{run}/router_store/, then rerun snakemake")
 
 
 @dataclass
@@ -145,6 +146,19 @@ def read_router_shard(path: str | os.PathLike) -> RouterShard:
         record=_strings(data["record"]) if "record" in data else None,
         attrs=attrs,
     )
+
+
+def shard_header(path: str | os.PathLike) -> tuple[dict, np.ndarray]:
+    """The attributes and sample ids of a complete shard (no arrays read); CorruptFileError if unfit."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+            if attrs.get("layout_version") != LAYOUT_VERSION or not attrs.get("complete", False):
+                raise CorruptFileError(f"{path}: half-written or of another layout; {REBUILD_HINT}")
+            ids = _strings(f["sample_id"][()])
+    except (OSError, KeyError) as exc:
+        raise CorruptFileError(f"{path} is not a readable router shard ({exc}); {REBUILD_HINT}") from None
+    return attrs, ids
 
 
 def _strings(values: np.ndarray) -> np.ndarray:

@@ -1,5 +1,8 @@
 """Router dump: values vs a direct forward pass, mask handling, architectures, hooks, gates."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -135,6 +138,62 @@ def test_shard_file_roundtrip(tmp_path, demo_model, demo_pool):
     assert shard.attrs["layout_version"] == 1 and shard.attrs["model_path"] == str(demo_model)
     assert shard.moe_probs.dtype == np.float32 and len(shard.record) == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "shard.jsonl"]
+
+
+def _write_shards(folder, demo_pool, sizes):
+    from selectflow.records import write_jsonl
+
+    rows, paths = read_dataset(demo_pool, "demo"), []
+    for k, n in enumerate(sizes):
+        paths.append(str(folder / f"shard_{k:05d}.jsonl"))
+        write_jsonl(paths[-1], rows[sum(sizes[:k]):sum(sizes[:k]) + n])
+    return paths
+
+
+def test_shard_group_files_match_one_shard_per_job(tmp_path, demo_model, demo_pool):
+    """One model load for a group writes the same bytes as one job per shard."""
+    from selectflow.router import dump_shard_file, dump_shard_group
+
+    jsonls = _write_shards(tmp_path, demo_pool, [5, 7, 4])
+    settings = DumpSettings(device="cpu", batch_size=4, max_length=128)
+    store = [str(tmp_path / "store" / f"shard_{k:05d}.h5") for k in range(3)]
+    assert dump_shard_group(str(demo_model), jsonls, store, str(tmp_path / "group.tsv"), settings) == 16
+    for k, jsonl in enumerate(jsonls):
+        single = tmp_path / "single" / f"shard_{k:05d}.h5"
+        single.parent.mkdir(exist_ok=True)
+        dump_shard_file(str(demo_model), jsonl, str(single), settings)
+        assert single.read_bytes() == (tmp_path / "store" / single.name).read_bytes()
+    table = (tmp_path / "group.tsv").read_text().splitlines()
+    assert table[0] == "shard\tstore\tn_samples\treused" and [row.split("\t")[3] for row in table[1:]] == ["no"] * 3
+
+
+def test_shard_group_reuses_only_valid_stored_shards(tmp_path, demo_model, demo_pool, caplog):
+    """A rerun keeps a complete stored shard of the same model, settings and records; redoes the others."""
+    import logging
+
+    from selectflow.router import dump_shard_group
+
+    jsonls = _write_shards(tmp_path, demo_pool, [4, 4, 4])
+    settings = DumpSettings(device="cpu", max_length=64)
+    store = [str(tmp_path / "store" / f"shard_{k:05d}.h5") for k in range(3)]
+    dump_shard_group(str(demo_model), jsonls, store, str(tmp_path / "g.tsv"), settings)
+    inode = [Path(p).stat().st_ino for p in store]
+    Path(store[1]).write_bytes(Path(store[1]).read_bytes()[:500])  # truncated, as by a crash mid-write elsewhere
+    Path(store[2]).unlink()
+    with caplog.at_level(logging.INFO, logger="selectflow.router"):
+        dump_shard_group(str(demo_model), jsonls, store, str(tmp_path / "g.tsv"), settings)
+    assert Path(store[0]).stat().st_ino == inode[0]  # untouched
+    assert Path(store[1]).stat().st_ino != inode[1] and len(read_router_shard(store[1])) == 4
+    assert [row.split("\t")[3] for row in (tmp_path / "g.tsv").read_text().splitlines()[1:]] == ["yes", "no", "no"]
+    assert "not a readable router shard" in caplog.text and "not dumped yet" in caplog.text
+    # other settings (a digest change) or other records: nothing is reused
+    dump_shard_group(str(demo_model), jsonls, store, str(tmp_path / "g.tsv"), DumpSettings(device="cpu", max_length=32))
+    assert [row.split("\t")[3] for row in (tmp_path / "g.tsv").read_text().splitlines()[1:]] == ["no"] * 3
+    _write_shards(tmp_path, demo_pool, [4, 5, 4])  # shard 1 gains a record, shard 2 shifts by one
+    for path in jsonls:  # dated back: the sample ids alone decide (a newer shard file is always redone)
+        os.utime(path, (1e9, 1e9))
+    dump_shard_group(str(demo_model), jsonls, store, str(tmp_path / "g.tsv"), DumpSettings(device="cpu", max_length=32))
+    assert [row.split("\t")[3] for row in (tmp_path / "g.tsv").read_text().splitlines()[1:]] == ["yes", "no", "no"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -33,9 +33,16 @@ def test_chain_outputs(clean_run):
     shards = sorted((clean_run / "results/small/router_data/demo").glob("*.h5"))
     assert [p.name for p in shards] == [f"shard_{k:05d}.h5" for k in range(4)]
     assert sum(len(read_router_shard(p)) for p in shards) == 240
+    # one router_dump job (shards_per_job 8 >= 4 shards), named by its first shard, one model load
     logs = (clean_run / "logs/small/router_dump/demo/shard_00000.log").read_text()
     assert "router dump: 100%" in logs and "rule router_dump done" in logs
+    assert [f"shard {k}/4 done" in logs for k in range(1, 5)] == [True] * 4
+    assert logs.count("routers via") == 1  # the capture line of a model load: once
+    assert not (clean_run / "logs/small/router_dump/demo/shard_00001.log").exists()
     assert (clean_run / "benchmarks/small/router_dump/demo/shard_00000.tsv").is_file()
+    # each router_data file is a hard link to its store file, not a copy
+    store = clean_run / "results/small/router_store/demo"
+    assert all(p.stat().st_ino == (store / p.name).stat().st_ino for p in shards)
     lines = (clean_run / SEL / "selected_data.jsonl").read_text().splitlines()
     assert len(lines) == 24  # 10% of 240
     # quality.tsv, written after FPS, gives every pool sample its final reason
@@ -57,12 +64,28 @@ def test_deleted_shard_is_recomputed_alone(clean_run, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(clean_run, wd, symlinks=True)
     shards = sorted((wd / "results/small/router_data/demo").glob("*.h5"))
-    before = {p.name: p.stat().st_mtime_ns for p in shards}
+    store = wd / "results/small/router_store/demo"
+    # an atomic rewrite makes a new inode; a reused store file keeps its inode
+    before = {p.name: p.stat().st_ino for p in sorted(store.glob("*.h5"))}
+    original = shards[2].read_bytes()
+    # a deleted router_data file comes back from the store: no shard dumped, no model load
     shards[2].unlink()
     proc = snakemake(wd, "router_data", *README_COMMAND)
     assert ran_jobs(proc).count("router_dump") == 1
-    after = {p.name: p.stat().st_mtime_ns for p in sorted(shards[0].parent.glob("*.h5"))}
+    log = (wd / "logs/small/router_dump/demo/shard_00000.log").read_text()
+    assert log.count(": reusing ") == 4 and "dumping" not in log and "routers via" not in log
+    assert {p.name: p.stat().st_ino for p in sorted(store.glob("*.h5"))} == before
+    assert shards[2].read_bytes() == original
+    # deleted in the store too: that shard alone is dumped again, the group's others are reused
+    shards[2].unlink()
+    (store / shards[2].name).unlink()
+    proc = snakemake(wd, "router_data", *README_COMMAND)
+    assert ran_jobs(proc).count("router_dump") == 1
+    log = (wd / "logs/small/router_dump/demo/shard_00000.log").read_text()
+    assert log.count(": reusing ") == 3 and log.count(": dumping ") == 1
+    after = {p.name: p.stat().st_ino for p in sorted(store.glob("*.h5"))}
     assert [name for name in after if after[name] != before[name]] == [shards[2].name]
+    assert shards[2].read_bytes() == original
 
 
 def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):
@@ -75,7 +98,7 @@ def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):
     assert (wd / SEL / "selected_data.jsonl").read_bytes() == (clean_run / SEL / "selected_data.jsonl").read_bytes()
 
 
-def kill_when(workdir: Path, ready, config, timeout: float = 600) -> None:
+def kill_when(workdir: Path, ready, config, timeout: float = 600, poll: float = 0.2) -> None:
     """Start the workflow in its own process group and SIGKILL the whole group once ``ready()``."""
     cmd = [sys.executable, "-m", "snakemake", *README_COMMAND, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
            "--configfile", str(config)]
@@ -85,7 +108,7 @@ def kill_when(workdir: Path, ready, config, timeout: float = 600) -> None:
         while not ready():
             assert proc.poll() is None, "workflow ended before the kill point"
             assert time.time() < deadline, "kill point not reached"
-            time.sleep(0.2)
+            time.sleep(poll)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -107,19 +130,31 @@ def test_sigkill_then_rerun_only_finishes_what_was_missing(clean_run, tmp_path, 
     config = config_variant("small", tmp_path, selection={"distance_mode": mode}, train=train)
     shards = wd / "results/small/router_data/demo"
     blocks = wd / SEL / "distances"
+    store = wd / "results/small/router_store/demo"
     ready = {
-        "router_dump": lambda: len(list(shards.glob("*.h5"))) >= 2,
+        # the group job (all 4 shards) killed after its first shard is stored
+        "router_dump": lambda: len(list(store.glob("shard_*.h5"))) >= 1,
         "distance_block": lambda: len(list(blocks.glob("block_*.h5"))) >= 1,
         "fps": lambda: (wd / "logs/small/selection/fps.log").exists(),
         "train": lambda: any((wd / "results/small/train/resume").glob("*")),
     }[point]
-    kill_when(wd, ready, config)
-    done_before = {p: p.stat().st_mtime_ns for p in wd.glob("results/**/*.h5")}
+    kill_when(wd, ready, config, poll=0.02 if point == "router_dump" else 0.2)
+    # Snakemake touches the router_data hard links when it (re)links them, which touches the
+    # store file too: those are compared by inode (an atomic rewrite makes a new one)
+    linked = (shards, store)
+    done_before = {p: p.stat().st_ino if p.parent in linked else p.stat().st_mtime_ns
+                   for p in wd.glob("results/**/[!.]*.h5")}
+    stored = [p for p in done_before if p.parent == store]
+    if point == "router_dump":
+        assert 1 <= len(stored) < 4, "the kill did not land inside the group job"
     proc = snakemake(wd, *README_COMMAND, config=config)
     jobs = ran_jobs(proc)
     # finished outputs were kept, not recomputed
-    assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())
-    assert jobs.count("router_dump") == 4 - len([p for p in done_before if p.parent == shards])
+    assert all((p.stat().st_ino if p.parent in linked else p.stat().st_mtime_ns) == t for p, t in done_before.items())
+    assert jobs.count("router_dump") == (len(stored) < 4)
+    if point == "router_dump":
+        log = (wd / "logs/small/router_dump/demo/shard_00000.log").read_text()
+        assert log.count(": reusing ") == len(stored) and log.count(": dumping ") == 4 - len(stored)
     assert (wd / SEL / "selected_data.jsonl").read_bytes() == (clean_run / SEL / "selected_data.jsonl").read_bytes()
     if point == "train":
         summary = json.loads((wd / "results/small/train/summary.json").read_text())
