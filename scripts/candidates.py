@@ -1,8 +1,8 @@
 """Checkpoint candidates: quality scores, stage-1 filter and FPS features -> candidates.h5."""
 import pandas as pd
 
-from selectflow.jobs import run_job
-from selectflow.select import build_candidates
+from selectflow.runtime.jobs import run_job
+from selectflow.stages.select import build_candidates
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 sel = sm.params.selection

@@ -1,6 +1,6 @@
 """Rule convert: Select-MoE stage 0, the base model plus a quality gate at every MoE block."""
-from selectflow.gate import convert_model
-from selectflow.jobs import run_job
+from selectflow.router.gate import convert_model
+from selectflow.runtime.jobs import run_job
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 run_job(

@@ -1,6 +1,6 @@
 """Rule decontaminate: pool samples within the threshold of any evaluation sample -> TSV."""
-from selectflow.indexing import find_contaminated
-from selectflow.jobs import run_job
+from selectflow.runtime.jobs import run_job
+from selectflow.stages.index import find_contaminated
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 idx = sm.params.index
@@ -12,5 +12,4 @@ run_job(
         device=idx["device"],
     ),
     size_name="batch_size",
-    gpu=True,
 )

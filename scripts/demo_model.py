@@ -1,6 +1,6 @@
 """Rule demo_model: build the tiny MoE model and tokenizer from the demo pool, pre-trained on it."""
-from selectflow.demo import build_demo_model
-from selectflow.jobs import run_job
+from selectflow.data.demo import build_demo_model
+from selectflow.runtime.jobs import run_job
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 run_job(

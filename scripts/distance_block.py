@@ -1,6 +1,6 @@
 """Rule distance_block: one upper-triangle block of the candidate distance matrix."""
-from selectflow.jobs import run_job
-from selectflow.select import compute_block
+from selectflow.runtime.jobs import run_job
+from selectflow.stages.select import compute_block
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 run_job(
@@ -15,5 +15,4 @@ run_job(
         sub_chunk=sm.resources.sub_chunk,
     ),
     size_name="sub_chunk",
-    gpu=True,
 )

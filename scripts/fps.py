@@ -1,6 +1,6 @@
 """Rule fps: farthest-point sampling over the candidates -> the FPS curve TSV."""
-from selectflow.jobs import run_job
-from selectflow.select import run_fps
+from selectflow.runtime.jobs import run_job
+from selectflow.stages.select import run_fps
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 sel = sm.params.selection
@@ -17,5 +17,4 @@ run_job(
         chunk=sm.resources.chunk,
     ),
     size_name="chunk",
-    gpu=True,
 )

@@ -1,6 +1,6 @@
 """Rule index_embed: a group of item windows -> encoder embeddings, one HDF5 file (encoder loaded once)."""
-from selectflow.indexing import embed_item_windows
-from selectflow.jobs import run_job
+from selectflow.runtime.jobs import run_job
+from selectflow.stages.index import embed_item_windows
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 spec, idx = sm.params.spec, sm.params.index
@@ -11,5 +11,4 @@ run_job(
         sm.output[0], batch_size=sm.resources.batch_size, max_length=idx["max_length"], device=idx["device"],
     ),
     size_name="batch_size",
-    gpu=True,
 )

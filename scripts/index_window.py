@@ -1,6 +1,6 @@
 """Rule index_window: one window's vectors -> FAISS index + ids + metadata (atomic); no model, no torch."""
-from selectflow.indexing import index_embedded_window, index_sequence_window
-from selectflow.jobs import run_job
+from selectflow.runtime.jobs import run_job
+from selectflow.stages.index import index_embedded_window, index_sequence_window
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 spec, idx, w = sm.params.spec, sm.params.index, int(sm.wildcards.w)
@@ -12,4 +12,4 @@ else:
     body = lambda: index_sequence_window(  # noqa: E731
         sm.input.array, spec["dataset"], w, spec["window_size"], spec["window_stride"], sm.output.faiss, **common,
     )
-run_job(sm, body, gpu=index_type == "ivfpq")
+run_job(sm, body)  # claims a GPU when the rule asked for one (ivfpq)

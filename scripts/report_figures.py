@@ -1,6 +1,6 @@
 """Rule report_figures: selection results, router data, logs and benchmarks -> report PNGs."""
-from selectflow.jobs import run_job
-from selectflow.report import FIGURES, make_report_figures
+from selectflow.report.figures import FIGURES, make_report_figures
+from selectflow.runtime.jobs import run_job
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 run_job(

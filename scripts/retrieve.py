@@ -1,6 +1,6 @@
 """Rule retrieve: top-k pool neighbours of each query across all windows -> neighbors.tsv."""
-from selectflow.indexing import retrieve_neighbors
-from selectflow.jobs import run_job
+from selectflow.runtime.jobs import run_job
+from selectflow.stages.index import retrieve_neighbors
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 idx = sm.params.index
@@ -12,5 +12,4 @@ run_job(
         device=idx["device"],
     ),
     size_name="batch_size",
-    gpu=True,
 )

@@ -1,6 +1,6 @@
 """Rule selected_data: join picks with the original records -> selected_data.jsonl, summary, final quality.tsv."""
-from selectflow.jobs import run_job
-from selectflow.select import write_selection
+from selectflow.runtime.jobs import run_job
+from selectflow.stages.select import write_selection
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 run_job(

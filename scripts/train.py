@@ -1,9 +1,9 @@
 """Rules train and warmup: fine-tune a causal LM (resumes from results/.../resume/).
 
-The warm-up trains only the quality gates and routers of the converted model (selectflow.gate).
+The warm-up trains only the quality gates and routers of the converted model (selectflow.router.gate).
 """
-from selectflow.gate import GateObjective
-from selectflow.jobs import run_job
+from selectflow.router.gate import GateObjective
+from selectflow.runtime.jobs import run_job
 from selectflow.train import train, train_on_pool
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
@@ -16,4 +16,4 @@ else:  # the warm-up: Select-MoE stage 1 on the converted model
         sm.input.model, list(sm.input.pools), sm.params.out_dir, sm.params.train,
         subset_ratio=sm.params.subset_ratio, attempt=attempt, objective=objective,
     )
-run_job(sm, body, size_name="micro_batch_size", gpu=True)
+run_job(sm, body, size_name="micro_batch_size")

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from .errors import SelectFlowError
+from selectflow.runtime.errors import SelectFlowError
 
 EXIT_USER_ERROR = 2
 
@@ -40,7 +40,7 @@ def _make_demo(argv: list[str]) -> int:
     ap.add_argument("--n-records", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(normalise_flags(argv, "-"))
-    from .demo import build_demo_model, write_demo_pool
+    from selectflow.data.demo import build_demo_model, write_demo_pool
 
     pool = f"{args.out}/demo_pool.jsonl"
     write_demo_pool(pool, args.n_records, args.seed)
@@ -50,7 +50,7 @@ def _make_demo(argv: list[str]) -> int:
 
 
 def _convert(argv: list[str]) -> int:
-    from .gate import TRASH_KINDS, convert_model
+    from selectflow.router.gate import TRASH_KINDS, convert_model
 
     ap = argparse.ArgumentParser(prog="selectflow convert",
                                  description="Select-MoE stage 0: a copy of an MoE model with a quality gate at every MoE block")
@@ -69,20 +69,20 @@ def _convert(argv: list[str]) -> int:
 
 def _config_doc(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="selectflow config-doc", description="print the config keys table").parse_args(argv)
-    from .configdoc import render
+    from selectflow.configdoc import render
 
     sys.stdout.write(render())
     return 0
 
 
 def _families_doc(argv: list[str]) -> int:
-    from .familycheck import families_doc
+    from selectflow.router.familycheck import families_doc
 
     return families_doc(argv)
 
 
 def _check(argv: list[str]) -> int:
-    from .check import check_main
+    from selectflow.data.check import check_main
 
     return check_main(normalise_flags(argv, "-"))
 
@@ -92,8 +92,8 @@ def _summary(argv: list[str]) -> int:
                                  description="print the summary of a run (as shown when snakemake finishes)")
     ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
     args = ap.parse_args(normalise_flags(argv, "-"))
-    from .check import load_config
-    from .summary import run_summary
+    from selectflow.data.check import load_config
+    from selectflow.report.summary import run_summary
 
     sys.stdout.write(run_summary(load_config(args.configfile)))
     return 0
@@ -117,12 +117,12 @@ SELECTION_FLAGS = {
 def selection_defaults(configfile: str | None = None) -> dict:
     """``selection.*`` values for continue-selection: the schema's defaults, or a config file's section."""
     if configfile:
-        from .check import load_config
+        from selectflow.data.check import load_config
 
         return load_config(configfile)["selection"]
     import yaml
 
-    from .configdoc import SCHEMA
+    from selectflow.configdoc import SCHEMA
 
     props = yaml.safe_load(SCHEMA.read_text())["properties"]["selection"]["properties"]
     return {key: spec["default"] for key, spec in props.items() if "default" in spec}
@@ -154,7 +154,7 @@ def _continue_selection(argv: list[str]) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--configfile")
     known, rest = pre.parse_known_args(argv)
-    from .select import _parser, continue_selection
+    from selectflow.stages.select import _parser, continue_selection
 
     if "-h" in rest or "--help" in rest:
         _parser().print_help()
@@ -165,7 +165,7 @@ def _continue_selection(argv: list[str]) -> int:
 
 
 def _estimate_memory(argv: list[str]) -> int:
-    from .train.estimate import estimate_memory_main
+    from selectflow.train.estimate import estimate_memory_main
 
     return estimate_memory_main(normalise_flags(argv, "-"))
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_usage())
         return 0
     if argv and argv[0] in ("-V", "--version"):
-        from . import __version__
+        from selectflow import __version__
 
         print(f"selectflow {__version__}")
         return 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from selectflow.demo import build_demo_model, write_demo_pool
+from selectflow.data.demo import build_demo_model, write_demo_pool
 
 REPO = Path(__file__).resolve().parents[1]
 

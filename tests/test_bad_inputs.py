@@ -17,7 +17,11 @@ import numpy as np
 import pytest
 import yaml
 
-from selectflow.routerfile import RouterShard, read_router_shard, write_router_shard
+from selectflow.router.routerfile import (
+    RouterShard,
+    read_router_shard,
+    write_router_shard,
+)
 
 from .workflow import REPO, snakemake
 

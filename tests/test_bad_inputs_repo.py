@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import yaml
 
-from selectflow.errors import SelectFlowError
-from selectflow.preflight import tiny_selection_warning
-from selectflow.records import read_dataset, read_jsonl
-from selectflow.routerfile import read_router_shard
+from selectflow.data.preflight import tiny_selection_warning
+from selectflow.data.records import read_dataset, read_jsonl
+from selectflow.router.routerfile import read_router_shard
+from selectflow.runtime.errors import SelectFlowError
 
 from .workflow import REPO
 
@@ -319,9 +319,9 @@ def test_no_pad_token_and_a_shard_without_selected_samples(tmp_path, demo_pool, 
             train={"enabled": False}, index={"enabled": False})
     proc = snakemake(root, *RUN)
     assert proc.returncode == 0, output(proc)[-4000:]
-    warnings = [ln for ln in output(proc).splitlines() if ln.startswith("[selectflow] WARNING selectflow.tokens")]
+    warnings = [ln for ln in output(proc).splitlines() if ln.startswith("[selectflow] WARNING selectflow.data.tokens")]
     assert warnings and warnings[0] == (
-        f"[selectflow] WARNING selectflow.tokens: tokenizer {no_pad_model} has neither a pad nor an eos token; "
+        f"[selectflow] WARNING selectflow.data.tokens: tokenizer {no_pad_model} has neither a pad nor an eos token; "
         "padding with id 0 (padded positions are masked out); set pad_token in its tokenizer_config.json to choose "
         "another")
     results = root / "results" / "mine"
@@ -338,7 +338,7 @@ def test_no_pad_token_and_a_shard_without_selected_samples(tmp_path, demo_pool, 
 @pytest.mark.parametrize("picked", ["none", "all"])
 def test_routing_sample_of_a_shard_with_no_or_only_selected_samples(tmp_path, picked):
     """The report's routing sample when one shard has no selected sample, or only selected ones."""
-    from selectflow.report import routing_sample
+    from selectflow.report.figures import routing_sample
 
     from .test_bad_inputs import write_shard
 
@@ -354,15 +354,15 @@ def test_one_padding_rule_for_router_trainer_and_encoder(no_pad_model, demo_mode
     """pad, else eos, else 0 (logged); the encoder's vectors do not depend on the pad id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selectflow.embed import encode_texts
-    from selectflow.tokens import pad_token_id
+    from selectflow.data.tokens import pad_token_id
+    from selectflow.index.embed import encode_texts
     from selectflow.train import train
 
     with_pad, no_pad = AutoTokenizer.from_pretrained(demo_model), AutoTokenizer.from_pretrained(no_pad_model)
     eos_only = AutoTokenizer.from_pretrained(demo_model)
     eos_only.pad_token = None
     assert (pad_token_id(with_pad), pad_token_id(eos_only)) == (with_pad.pad_token_id, with_pad.eos_token_id)
-    with caplog.at_level("WARNING", logger="selectflow.tokens"):
+    with caplog.at_level("WARNING", logger="selectflow.data.tokens"):
         assert pad_token_id(no_pad) == 0
     assert "has neither a pad nor an eos token; padding with id 0" in caplog.text
     model = AutoModelForCausalLM.from_pretrained(demo_model)

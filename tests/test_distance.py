@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from selectflow.distance import (
+from selectflow.runtime.errors import CorruptFileError, SelectFlowError
+from selectflow.select.distance import (
     BLOCK_REBUILD_HINT,
     BlockMatrix,
     block_count,
@@ -21,7 +22,6 @@ from selectflow.distance import (
     read_block,
     seed_style_wasserstein,
 )
-from selectflow.errors import CorruptFileError, SelectFlowError
 
 
 def probs(n, layers=3, experts=8, seed=0):
@@ -143,7 +143,7 @@ def test_block_under_real_memory_limit_halves_sub_chunk(tmp_path):
         f"""
         import logging, resource, sys
         import numpy as np, psutil, torch
-        from selectflow.distance import compute_block, read_block, pairwise
+        from selectflow.select.distance import compute_block, read_block, pairwise
         logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
         f = np.round(np.random.default_rng(0).random((3000, 64), dtype=np.float32) * 2**14) / 2**14
         ref = pairwise(torch.from_numpy(f), torch.from_numpy(f)).numpy()  # 36 MB, computed before the limit

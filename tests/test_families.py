@@ -3,17 +3,24 @@
 The family list is enumerated at collection time (:func:`moe_families`), not written here.
 Each family (about 30 s for all on one core): a tiny seeded model (≤ 4 layers, 8 experts, the demo tokenizer), a batched
 padded dump compared with each sample forwarded alone, router logits read from the router
-weight's input in float64 (:func:`selectflow.familycheck.reference`).
+weight's input in float64 (:func:`selectflow.router.familycheck.reference`).
 """
 
 import numpy as np
 import pytest
 import torch
 
-from selectflow.capture import FAMILIES
-from selectflow.errors import SelectFlowError
-from selectflow.familycheck import TOLERANCE, build_tiny, check_family, demo_inputs, moe_families, reference
-from selectflow.router import DumpSettings, RouterDumper, encode_pair
+from selectflow.router.capture import FAMILIES
+from selectflow.router.dump import DumpSettings, RouterDumper, encode_pair
+from selectflow.router.familycheck import (
+    TOLERANCE,
+    build_tiny,
+    check_family,
+    demo_inputs,
+    moe_families,
+    reference,
+)
+from selectflow.runtime.errors import SelectFlowError
 
 INSTALLED = moe_families()
 MIN_CHECKED = 58  # of the 61 MoE families in transformers 5.24
@@ -115,8 +122,8 @@ def test_wrong_captures_are_refused(inputs, model_type, settings, message):
 
 
 def test_no_shard_is_written_from_a_failed_check(tmp_path, demo_model, demo_pool):
-    from selectflow.records import read_dataset, write_jsonl
-    from selectflow.router import dump_shard_file
+    from selectflow.data.records import read_dataset, write_jsonl
+    from selectflow.router.dump import dump_shard_file
 
     write_jsonl(tmp_path / "shard.jsonl", read_dataset(demo_pool, "demo")[:4])
     bad = DumpSettings(device="cpu", router_source="hooks", router_pattern=r"post_attention_layernorm$")
@@ -126,9 +133,9 @@ def test_no_shard_is_written_from_a_failed_check(tmp_path, demo_model, demo_pool
 
 
 def test_shard_records_capture_and_batch_size(tmp_path, demo_model, demo_pool):
-    from selectflow.records import read_dataset, write_jsonl
-    from selectflow.router import dump_shard_file
-    from selectflow.routerfile import read_router_shard
+    from selectflow.data.records import read_dataset, write_jsonl
+    from selectflow.router.dump import dump_shard_file
+    from selectflow.router.routerfile import read_router_shard
 
     write_jsonl(tmp_path / "shard.jsonl", read_dataset(demo_pool, "demo")[:4])
     dump_shard_file(str(demo_model), str(tmp_path / "shard.jsonl"), str(tmp_path / "s.h5"),

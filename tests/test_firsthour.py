@@ -13,12 +13,11 @@ import pytest
 import yaml
 
 from selectflow import __version__, cli
-from selectflow.check import check_config, load_config, render
-from selectflow.summary import logged_messages, run_summary, selection_counts
+from selectflow.data.check import check_config, load_config, render
+from selectflow.report.summary import logged_messages, run_summary, selection_counts
 
 from .test_select import make_pool, write_shards
 from .workflow import REPO
-
 
 # ----------------------------------------------------------------------------- CLI
 
@@ -181,10 +180,10 @@ def _fake_run(root, quality_columns=("sample_id", "dataset", "quality", "kept", 
     logs = root / "logs" / "r" / "selection"
     logs.mkdir(parents=True)
     (logs / "candidates.log").write_text(
-        "2020-01-01 10:00:00,000 WARNING selectflow.select: an old warning\n"
-        "2099-01-01 10:00:00,000 INFO selectflow.select: pool 5, kept 4, candidates 3 (two_stage), k 2\n"
-        "2099-01-01 10:00:01,000 WARNING selectflow.quality: 3 samples have no response tokens\n"
-        "2099-01-01 10:00:02,000 WARNING selectflow.quality: 3 samples have no response tokens\n")
+        "2020-01-01 10:00:00,000 WARNING selectflow.stages.select: an old warning\n"
+        "2099-01-01 10:00:00,000 INFO selectflow.stages.select: pool 5, kept 4, candidates 3 (two_stage), k 2\n"
+        "2099-01-01 10:00:01,000 WARNING selectflow.select.quality: 3 samples have no response tokens\n"
+        "2099-01-01 10:00:02,000 WARNING selectflow.select.quality: 3 samples have no response tokens\n")
     (root / "results" / "r" / "router_data").mkdir()
     return sel
 
@@ -240,10 +239,10 @@ def test_logged_messages_on_failure_include_errors(tmp_path):
 
 
 def test_fps_log_lines_name_pick_and_candidate(caplog):
-    from selectflow.fps import fps_streaming
+    from selectflow.select.fps import fps_streaming
 
     feats = np.random.default_rng(0).random((30, 4)).astype(np.float32)
-    with caplog.at_level(logging.INFO, logger="selectflow.fps"):
+    with caplog.at_level(logging.INFO, logger="selectflow.select.fps"):
         result = fps_streaming(feats, 10, metric="l2", device="cpu", log_interval=5)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("pick 5/10"))
     assert line.startswith(f"pick 5/10: candidate {int(result.picks[5])},")
@@ -256,7 +255,7 @@ if sys.argv[2] == "plain":
     from transformers import AutoModel
     AutoModel.from_pretrained(sys.argv[1], local_files_only=True)
 else:
-    from selectflow.embed import load_encoder
+    from selectflow.index.embed import load_encoder
     load_encoder(sys.argv[1], "cpu")
 """
 
@@ -275,10 +274,14 @@ def test_encoder_load_logs_no_load_report(demo_model):
 
 
 def test_grouped_embedding_matches_one_window_per_job(tmp_path, demo_model, demo_pool):
-    from selectflow.indexing import (
-        embed_item_windows, index_embedded_window, index_item_window, window_groups, write_pool_manifest,
+    from selectflow.data.records import split_into_shards
+    from selectflow.stages.index import (
+        embed_item_windows,
+        index_embedded_window,
+        index_item_window,
+        window_groups,
+        write_pool_manifest,
     )
-    from selectflow.records import split_into_shards
 
     shards = split_into_shards(demo_pool, "demo", tmp_path / "shards", 40)[:3]
     manifest = tmp_path / "manifest.tsv"
@@ -359,7 +362,7 @@ def test_a_job_error_appears_once_and_the_summary_follows(tmp_path):
 
 
 def test_fps_title_counts_the_candidates_not_the_kept_samples():
-    from selectflow.report import fps_title
+    from selectflow.report.figures import fps_title
 
     title = fps_title(150, 600, {"stage": "two_stage", "n_kept": 2887, "metric": "wasserstein"})
     assert title.startswith("Farthest-point sampling: 150 picks from 600 candidates")
@@ -369,7 +372,7 @@ def test_fps_title_counts_the_candidates_not_the_kept_samples():
 
 
 def test_index_job_seconds_read_from_the_benchmarks(tmp_path):
-    from selectflow.report import index_job_seconds
+    from selectflow.report.figures import index_job_seconds
 
     folder = tmp_path / "indexes" / "pool"
     folder.mkdir(parents=True)
@@ -384,7 +387,7 @@ def test_index_job_seconds_read_from_the_benchmarks(tmp_path):
 
 @pytest.mark.parametrize("with_reason", [True, False])
 def test_example_records_selected_then_each_reason(tmp_path, with_reason):
-    from selectflow.report_examples import example_rows, examples_figure
+    from selectflow.report.examples import example_rows, examples_figure
 
     pool = make_pool(seed=5)
     paths = write_shards(pool, tmp_path / "router_data", seed=3)

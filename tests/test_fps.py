@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from selectflow.distance import BlockMatrix, block_count, block_path, compute_block, features
-from selectflow.errors import SelectFlowError
-from selectflow.fps import fps_matrix, fps_streaming
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.select.distance import (
+    BlockMatrix,
+    block_count,
+    block_path,
+    compute_block,
+    features,
+)
+from selectflow.select.fps import fps_matrix, fps_streaming
 
 
 def probs(n, layers=2, experts=6, seed=0):
@@ -117,7 +123,7 @@ def test_k_at_least_n_returns_each_candidate_once():
 
 def test_logs_max_min_distance_every_interval(caplog):
     f = features(probs(30, seed=5))
-    with caplog.at_level(logging.INFO, logger="selectflow.fps"):
+    with caplog.at_level(logging.INFO, logger="selectflow.select.fps"):
         got = fps_streaming(f, 25, device="cpu", log_interval=10)
     steps = [r for r in caplog.messages if r.startswith("pick ")]
     assert [m.split("pick ")[1].split("/")[0] for m in steps] == ["0", "10", "20"]

@@ -9,13 +9,24 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from selectflow.errors import SelectFlowError
-from selectflow.gate import (GATES_JSON, GateObjective, QualityGate, attach_gates, convert_model, find_moe_blocks,
-                             forced_gates, load_causal_lm, masked_gate_loss, quality_gates, record_gate_logits,
-                             save_converted)
-from selectflow.quality import resolve_method
-from selectflow.records import read_dataset
-from selectflow.router import DumpSettings, RouterDumper
+from selectflow.data.records import read_dataset
+from selectflow.router.dump import DumpSettings, RouterDumper
+from selectflow.router.gate import (
+    GATES_JSON,
+    GateObjective,
+    QualityGate,
+    attach_gates,
+    convert_model,
+    find_moe_blocks,
+    forced_gates,
+    load_causal_lm,
+    masked_gate_loss,
+    quality_gates,
+    record_gate_logits,
+    save_converted,
+)
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.select.quality import resolve_method
 from selectflow.train.trainer import fit
 
 FAMILIES = {

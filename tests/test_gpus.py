@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from selectflow.errors import SelectFlowError
-from selectflow.gpus import claim_gpu
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.gpus import claim_gpu
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selectflow.errors import CorruptFileError
-from selectflow.routerfile import read_router_shard
+from selectflow.router.routerfile import read_router_shard
+from selectflow.runtime.errors import CorruptFileError
 
 from .workflow import config_variant, snakemake
 

@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from selectflow.errors import SelectFlowError
-from selectflow.quality import assess, distinct_ngram_share, quality_scores
-from selectflow.routerfile import RouterShard
+from selectflow.router.routerfile import RouterShard
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.select.quality import assess, distinct_ngram_share, quality_scores
 
 
 def shard(n=3, *, logits=None, nll=None, alone=None, resp_tokens=None, records=None, eos=None):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from selectflow.errors import SelectFlowError
-from selectflow.records import read_dataset, read_jsonl, split_into_shards
+from selectflow.data.records import read_dataset, read_jsonl, split_into_shards
+from selectflow.runtime.errors import SelectFlowError
 
 
 def write_lines(path, lines):

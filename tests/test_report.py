@@ -11,8 +11,14 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from selectflow.report import FIGURES, job_resources, make_report_figures, pca_2d, routing_sample
-from selectflow.routerfile import RouterShard, write_router_shard
+from selectflow.report.figures import (
+    FIGURES,
+    job_resources,
+    make_report_figures,
+    pca_2d,
+    routing_sample,
+)
+from selectflow.router.routerfile import RouterShard, write_router_shard
 
 from .workflow import REPO, snakemake
 
@@ -139,7 +145,7 @@ def png_size(path):
 def test_figures_without_later_stages(shards, tmp_path):
     """Selection-only run: every figure is written; training and index say 'stage not run'."""
     paths, ids, _ = shards
-    from selectflow.select import build_candidates, run_fps
+    from selectflow.stages.select import build_candidates, run_fps
 
     sel = tmp_path / "selection"
     build_candidates(paths, sel / "candidates.h5", sel / "quality.tsv", method="perplexity",

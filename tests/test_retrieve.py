@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from selectflow.embed import encode_texts, load_encoder
-from selectflow.errors import SelectFlowError
-from selectflow.index_store import WindowStore, build_windows
-from selectflow.records import read_dataset
-from selectflow.retrieve import OnDemandNeighbors, decontaminate, retrieve
-from selectflow.windows import item_windows
+from selectflow.data.records import read_dataset
+from selectflow.index.embed import encode_texts, load_encoder
+from selectflow.index.retrieve import OnDemandNeighbors, decontaminate, retrieve
+from selectflow.index.store import WindowStore, build_windows
+from selectflow.index.windows import item_windows
+from selectflow.runtime.errors import SelectFlowError
 
 
 def make_store(tmp_path, x, window_size, index_type="flat_l2", prefix="s"):

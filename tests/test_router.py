@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from selectflow.errors import SelectFlowError
-from selectflow.records import read_dataset
-from selectflow.router import DumpSettings, RouterDumper, encode_pair
-from selectflow.routerfile import read_router_shard
+from selectflow.data.records import read_dataset
+from selectflow.router.dump import DumpSettings, RouterDumper, encode_pair
+from selectflow.router.routerfile import read_router_shard
+from selectflow.runtime.errors import SelectFlowError
 
 ATOL = 1e-5  # float32 on CPU: batched vs single forward differ only by summation order
 
@@ -128,8 +128,8 @@ def test_dense_model_is_rejected(tmp_path, demo_model):
 
 
 def test_shard_file_roundtrip(tmp_path, demo_model, demo_pool):
-    from selectflow.records import write_jsonl
-    from selectflow.router import dump_shard_file
+    from selectflow.data.records import write_jsonl
+    from selectflow.router.dump import dump_shard_file
 
     shard_jsonl = tmp_path / "shard.jsonl"
     write_jsonl(shard_jsonl, read_dataset(demo_pool, "demo")[:6])
@@ -141,7 +141,7 @@ def test_shard_file_roundtrip(tmp_path, demo_model, demo_pool):
 
 
 def _write_shards(folder, demo_pool, sizes):
-    from selectflow.records import write_jsonl
+    from selectflow.data.records import write_jsonl
 
     rows, paths = read_dataset(demo_pool, "demo"), []
     for k, n in enumerate(sizes):
@@ -152,7 +152,7 @@ def _write_shards(folder, demo_pool, sizes):
 
 def test_shard_group_files_match_one_shard_per_job(tmp_path, demo_model, demo_pool):
     """One model load for a group writes the same bytes as one job per shard."""
-    from selectflow.router import dump_shard_file, dump_shard_group
+    from selectflow.router.dump import dump_shard_file, dump_shard_group
 
     jsonls = _write_shards(tmp_path, demo_pool, [5, 7, 4])
     settings = DumpSettings(device="cpu", batch_size=4, max_length=128)
@@ -171,7 +171,7 @@ def test_shard_group_reuses_only_valid_stored_shards(tmp_path, demo_model, demo_
     """A rerun keeps a complete stored shard of the same model, settings and records; redoes the others."""
     import logging
 
-    from selectflow.router import dump_shard_group
+    from selectflow.router.dump import dump_shard_group
 
     jsonls = _write_shards(tmp_path, demo_pool, [4, 4, 4])
     settings = DumpSettings(device="cpu", max_length=64)
@@ -180,12 +180,12 @@ def test_shard_group_reuses_only_valid_stored_shards(tmp_path, demo_model, demo_
     inode = [Path(p).stat().st_ino for p in store]
     Path(store[1]).write_bytes(Path(store[1]).read_bytes()[:500])  # truncated, as by a crash mid-write elsewhere
     Path(store[2]).unlink()
-    with caplog.at_level(logging.INFO, logger="selectflow.router"):
+    with caplog.at_level(logging.INFO, logger="selectflow.router.dump"):
         dump_shard_group(str(demo_model), jsonls, store, str(tmp_path / "g.tsv"), settings)
     assert Path(store[0]).stat().st_ino == inode[0]  # untouched
     assert Path(store[1]).stat().st_ino != inode[1] and len(read_router_shard(store[1])) == 4
     assert [row.split("\t")[3] for row in (tmp_path / "g.tsv").read_text().splitlines()[1:]] == ["yes", "no", "no"]
-    assert "not a readable router shard" in caplog.text and "not dumped yet" in caplog.text
+    assert "is not a readable HDF5 file" in caplog.text and "not dumped yet" in caplog.text
     # other settings (a digest change) or other records: nothing is reused
     dump_shard_group(str(demo_model), jsonls, store, str(tmp_path / "g.tsv"), DumpSettings(device="cpu", max_length=32))
     assert [row.split("\t")[3] for row in (tmp_path / "g.tsv").read_text().splitlines()[1:]] == ["no"] * 3

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selectflow.distance import block_path, features
-from selectflow.errors import CorruptFileError, SelectFlowError
-from selectflow.fps import fps_streaming
-from selectflow.routerfile import RouterShard, write_router_shard
-from selectflow.select import (
+from selectflow.router.routerfile import RouterShard, write_router_shard
+from selectflow.runtime.errors import CorruptFileError, SelectFlowError
+from selectflow.select.distance import block_path, features
+from selectflow.select.fps import fps_streaming
+from selectflow.stages.select import (
     build_candidates,
     compute_block,
     continue_selection,

@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selectflow.errors import SelectFlowError
-from selectflow.train.estimate import (ModelShape, estimate_memory_main, estimate_training_memory, model_shape,
-                                       parse_bytes, pick_micro_batch)
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.train.estimate import (
+    ModelShape,
+    estimate_memory_main,
+    estimate_training_memory,
+    model_shape,
+    parse_bytes,
+    pick_micro_batch,
+)
 
 # n_params 1000 (800 in linear layers), h 8, 2 layers, V 10, kv 4, dense MLP width 16
 DENSE = ModelShape(n_params=1000, n_linear_params=800, hidden=8, layers=2, vocab=10, kv_dim=4, intermediate=16)
@@ -83,7 +89,7 @@ def test_parse_bytes_rejects_nonsense():
 
 @pytest.fixture(scope="module")
 def moe_folder(tmp_path_factory):
-    from selectflow.demo import demo_model_config
+    from selectflow.data.demo import demo_model_config
 
     path = tmp_path_factory.mktemp("shape") / "model"
     demo_model_config(300, n_layers=2, n_experts=4, hidden=32).save_pretrained(path)

@@ -11,11 +11,18 @@ import pytest
 import torch
 import yaml
 
-from selectflow.errors import SelectFlowError
-from selectflow.records import format_turns
+from selectflow.data.records import format_turns
+from selectflow.runtime.errors import SelectFlowError
 from selectflow.train.cache import DeviceCacheDataset
-from selectflow.train.data import (IGNORE_INDEX, encode_pair, epoch_order, load_training_pairs, pad_collate,
-                                   plan_steps, split_micro)
+from selectflow.train.data import (
+    IGNORE_INDEX,
+    encode_pair,
+    epoch_order,
+    load_training_pairs,
+    pad_collate,
+    plan_steps,
+    split_micro,
+)
 from selectflow.train.prefetch import PrefetchLoader
 from selectflow.train.presets import DEFAULTS, PRESETS, resolve_train_config
 from selectflow.train.trainer import batch_split

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selectflow.demo import build_demo_model, write_demo_pool
-from selectflow.errors import SelectFlowError
-from selectflow.records import read_dataset, write_jsonl
+from selectflow.data.demo import build_demo_model, write_demo_pool
+from selectflow.data.records import read_dataset, write_jsonl
+from selectflow.runtime.errors import SelectFlowError
 from selectflow.train import train, train_on_pool
 from selectflow.train.estimate import estimate_training_memory, model_shape
 from selectflow.train.trainer import METRIC_COLUMNS

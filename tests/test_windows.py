@@ -6,8 +6,12 @@ import h5py
 import numpy as np
 import pytest
 
-from selectflow.errors import SelectFlowError
-from selectflow.windows import item_windows, read_sequence_window, sequence_windows
+from selectflow.index.windows import (
+    item_windows,
+    read_sequence_window,
+    sequence_windows,
+)
+from selectflow.runtime.errors import SelectFlowError
 
 
 def test_item_windows_are_consecutive_and_cover_every_item():

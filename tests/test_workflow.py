@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from selectflow.routerfile import read_router_shard
-from selectflow.select import n_blocks
+from selectflow.router.routerfile import read_router_shard
+from selectflow.stages.select import n_blocks
 
 from .workflow import REPO, config_variant, ran_jobs, snakemake
 

@@ -20,7 +20,7 @@ module             what it computes
 
 import importlib
 
-from .presets import PRESETS, resolve_train_config
+from selectflow.train.presets import PRESETS, resolve_train_config
 
 # torch-heavy names load on first use, so the Snakefile (which needs only the presets) and
 # the CLI start without importing torch

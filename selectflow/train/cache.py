@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..oom import free_memory, is_oom
+from selectflow.runtime.oom import free_memory, is_oom
 
 log = logging.getLogger(__name__)
 

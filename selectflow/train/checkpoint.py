@@ -35,8 +35,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..fsutil import atomic_dir
-from .monitor import MEMORY_COLUMNS, write_tsv
+from selectflow.runtime.fsutil import atomic_dir
+from selectflow.train.monitor import MEMORY_COLUMNS, write_tsv
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import SelectFlowError
-from ..records import iter_jsonl, record_prompt_response
+from selectflow.data.records import iter_jsonl, record_prompt_response
+from selectflow.runtime.errors import SelectFlowError
 
 IGNORE_INDEX = -100
 

@@ -49,7 +49,7 @@ import pandas as pd
 import psutil
 import torch
 
-from ..errors import SelectFlowError
+from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def model_shape(model_path, lora: dict | None = None) -> ModelShape:
     if lora and lora.get("enabled"):
         from peft import get_peft_model
 
-        from .model import lora_config
+        from selectflow.train.model import lora_config
 
         n_lora = get_peft_model(model, lora_config(lora)).get_nb_trainable_parameters()[0]
     hidden = text.hidden_size

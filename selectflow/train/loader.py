@@ -25,10 +25,10 @@ from functools import partial
 
 import torch
 
-from .cache import DeviceCacheDataset
-from .data import pad_collate
-from .estimate import parse_bytes
-from .prefetch import PrefetchLoader, move_batch
+from selectflow.train.cache import DeviceCacheDataset
+from selectflow.train.data import pad_collate
+from selectflow.train.estimate import parse_bytes
+from selectflow.train.prefetch import PrefetchLoader, move_batch
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
 * CUDA only, and only with LoRA (their base weights cannot train): ``cpu_offload``
   (``device_map="auto"`` + ``max_memory``, accelerate) and ``load_in_8bit`` (bitsandbytes).
 
-:func:`check_levers` raises :class:`~selectflow.errors.SelectFlowError` for a combination
+:func:`check_levers` raises :class:`~selectflow.runtime.errors.SelectFlowError` for a combination
 the device cannot run, before anything is loaded.
 """
 
@@ -18,7 +18,7 @@ import logging
 
 import torch
 
-from ..errors import SelectFlowError
+from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _max_memory(spec: dict) -> dict | None:
 
 def load_for_training(model_path, c: dict, device: torch.device, precision: str):
     """``from_pretrained`` with the levers applied; returns the model in train mode."""
-    from ..gate import load_causal_lm
+    from selectflow.router.gate import load_causal_lm
 
     lora = c["lora"]["enabled"]
     offload = c["cpu_offload"]["enabled"]

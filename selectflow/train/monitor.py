@@ -18,7 +18,7 @@ import pandas as pd
 import psutil
 import torch
 
-from ..fsutil import atomic_open
+from selectflow.runtime.fsutil import atomic_open
 
 log = logging.getLogger(__name__)
 

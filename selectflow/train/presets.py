@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 
-from ..errors import SelectFlowError
+from selectflow.runtime.errors import SelectFlowError
 
 PRESET_KEYS = ("use_gpu_cache", "gpu_cache_size", "use_prefetch", "prefetch_factor", "num_workers", "pin_memory",
                "micro_batch_size", "gradient_accumulation_steps")

@@ -42,21 +42,39 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..device import resolve_device
-from ..errors import SelectFlowError
-from ..fsutil import atomic_dir, atomic_open
-from ..gate import quality_gates, save_converted
-from ..oom import attempt_size, is_oom
-from ..records import read_dataset
-from ..gpus import ALLOC_CONF
-from ..tokens import pad_token_id
-from .checkpoint import load_resume, save_resume
-from .data import IGNORE_INDEX, TokenizedDataset, load_training_pairs, plan_steps, split_micro, steps_per_epoch
-from .estimate import estimate_training_memory, freest_cuda_device, model_shape, pick_micro_batch, resolve_budget
-from .loader import BatchStream
-from .model import check_levers, compute_dtype, load_for_training, resolve_precision
-from .monitor import MIB, MemoryMonitor, memory_snapshot, write_tsv
-from .presets import resolve_train_config
+from selectflow.data.records import read_dataset
+from selectflow.data.tokens import pad_token_id
+from selectflow.router.gate import quality_gates, save_converted
+from selectflow.runtime.device import resolve_device
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.fsutil import atomic_dir, atomic_open
+from selectflow.runtime.gpus import ALLOC_CONF
+from selectflow.runtime.oom import attempt_size, is_oom
+from selectflow.train.checkpoint import load_resume, save_resume
+from selectflow.train.data import (
+    IGNORE_INDEX,
+    TokenizedDataset,
+    load_training_pairs,
+    plan_steps,
+    split_micro,
+    steps_per_epoch,
+)
+from selectflow.train.estimate import (
+    estimate_training_memory,
+    freest_cuda_device,
+    model_shape,
+    pick_micro_batch,
+    resolve_budget,
+)
+from selectflow.train.loader import BatchStream
+from selectflow.train.model import (
+    check_levers,
+    compute_dtype,
+    load_for_training,
+    resolve_precision,
+)
+from selectflow.train.monitor import MIB, MemoryMonitor, memory_snapshot, write_tsv
+from selectflow.train.presets import resolve_train_config
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +106,7 @@ def train_on_pool(model_path, pool_jsonl, out_dir, cfg: dict | None, *, subset_r
     ``pool_jsonl`` is one JSONL path or a list of them (Alpaca / ShareGPT / messages, one
     format per file). The subset is drawn with ``train.seed`` over all records and does
     not depend on the attempt, so a retry resumes on the same samples. ``objective`` (a
-    :class:`selectflow.gate.GateObjective`) makes it Select-MoE's stage 1: only the gates
+    :class:`selectflow.router.gate.GateObjective`) makes it Select-MoE's stage 1: only the gates
     and routers train, and the gate loss is added.
     """
     if not 0.0 < float(subset_ratio) <= 1.0:
@@ -242,7 +260,7 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
         on_step: Callable[[int], None] | None = None, source: str = "", objective=None) -> dict:
     """The training loop behind :func:`train` and :func:`train_on_pool`.
 
-    ``objective`` (e.g. :class:`selectflow.gate.GateObjective`) picks the trainable
+    ``objective`` (e.g. :class:`selectflow.router.gate.GateObjective`) picks the trainable
     parameters (``select_trainable(model)``) and adds a loss term (``recording(model)``
     around the forward pass, then ``loss(captured, attention_mask, n_valid_tokens)``).
     """
@@ -397,7 +415,7 @@ def _save_checkpoint(model, tokenizer, path: Path, c: dict) -> str:
             model = model.merge_and_unload()
             kind = "full (LoRA merged)"
     with atomic_dir(path) as tmp:
-        if quality_gates(model):  # a converted model: base weights + the gate files (selectflow.gate)
+        if quality_gates(model):  # a converted model: base weights + the gate files (selectflow.router.gate)
             save_converted(model, tmp, tokenizer)
         else:
             model.save_pretrained(tmp)

@@ -3,7 +3,7 @@
 import json
 import time
 
-from selectflow.fsutil import atomic_open
+from selectflow.runtime.fsutil import atomic_open
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 # a repeated non-zero byte: every page is written, so all of it is resident

@@ -1,0 +1,1 @@
+"""Instruction records: formats, ids, checks; the demo pool and model."""

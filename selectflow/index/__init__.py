@@ -1,0 +1,1 @@
+"""Per-window FAISS indexes: windows, embeddings, the on-disk store, retrieval."""

@@ -1,0 +1,1 @@
+"""The run's report: figures, example records, the console summary."""

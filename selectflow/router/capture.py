@@ -1,0 +1,365 @@
+"""Router capture: where each MoE family keeps its router logits, and a check of what was captured.
+
+:data:`FAMILIES` is a small table keyed by ``config.model_type`` (data, not code per family):
+
+* ``source`` / ``pattern`` / ``output_index``: the router logits come from the model's
+  ``output_router_logits`` (``"output"``) or from forward hooks on modules whose name
+  matches ``pattern`` (``"hooks"``), element ``output_index`` of the module's output
+  (``None``: the first float tensor shaped [tokens, experts]);
+* ``score``: how the model turns logits into its routing distribution over experts:
+  ``softmax``; ``sigmoid`` (per-expert sigmoid, normalised over all experts so it sums
+  to 1 like a softmax); ``sqrtsoftplus`` (the same with sqrt(softplus)); ``probs`` (the
+  captured values already are probabilities); ``product_keys`` (two key halves whose
+  softmaxes multiply, Doge). A ``scoring_func`` / ``expert_selection_fn`` key in the
+  model config overrides the table (DeepSeek-style configs);
+* ``extra_experts``: config key (or a fixed count) of "zero"/"skip" experts the router
+  scores after the routed ones (LongCat ``zero_expert_num``, Zaya's one skip expert):
+  they stay as the last columns of ``moe_probs``, since choosing them is a routing
+  decision too. Shared experts are always on, have no router column and are not counted;
+* ``batch_dependent``: the family's values depend on the other rows of a batch
+  (indexed/sparse attention, token-mixing routers): it is dumped one sample at a time;
+* ``sink_rows``: config key of always-on (shared) experts the router weight also scores
+  (Inkling's shared-expert sinks): not routed choices, so they get no column;
+* ``sparse_mixer``: the model's top-k weights come from a sparse mixer with no dense
+  equivalent (PhiMoE): ``moe_probs`` is the softmax of the logits;
+* ``loops``: layers run several passes (looped transformers); each pass is a routing
+  decision and gets its own row of ``moe_probs`` (router by router, pass by pass).
+
+Families not in the table use the generic path: ``output_router_logits`` when the config
+has it, else hooks on ``router_pattern``; softmax. Every captured tensor is checked:
+floating point, [tokens, E] with E from the config, one per MoE layer. A failed check
+raises :class:`SelectFlowError` naming the module, what it returned, and a suggested
+``router_pattern``; nothing is written from values that failed it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from selectflow.runtime.errors import SelectFlowError
+
+log = logging.getLogger(__name__)
+
+#: config attributes holding the routed-expert count, in lookup order
+EXPERT_KEYS = ("n_routed_experts", "num_local_experts", "num_experts", "moe_num_experts")
+SCORES = ("softmax", "sigmoid", "sqrtsoftplus", "probs", "product_keys")
+#: module names that mark an attention (not MLP) mixture, or always-on experts
+_NOT_ROUTED = re.compile(r"(attn|attention|shared)")
+
+
+@dataclass(frozen=True)
+class Family:
+    source: str = "output"
+    pattern: str | None = None
+    output_index: int | None = None
+    score: str = "softmax"
+    extra_experts: str | int = 0
+    batch_dependent: bool = False
+    loops: bool = False
+    sink_rows: str | int = 0
+    sparse_mixer: bool = False
+    note: str = ""
+
+
+_SIGMOID = Family(score="sigmoid")
+_SIGMOID_INDEXED = Family(score="sigmoid", batch_dependent=True, note="indexed (sparse) attention: dumped at batch 1")
+
+FAMILIES: dict[str, Family] = {
+    **{name: _SIGMOID for name in (
+        "afmoe", "axk1", "axk2", "bailing_hybrid", "beam", "deepseek_v3", "dots1", "exaone_moe", "flint",
+        "glm4_moe", "glm4_moe_lite", "glm4v_moe_text", "hy_v3", "hy_v4", "inkling_text", "kimi_linear", "kolibri1",
+        "laguna", "lfm2_moe", "mimo_v2_flash", "minimax_m2", "minimax_m3_vl_text", "nemotron_h", "sarvam_mla",
+        "sarvam_moe", "solar_open", "inkling2_text", "mistral4",
+    )},
+    "inkling_text": Family(score="sigmoid", sink_rows="n_shared_experts",
+                           note="the router also scores the shared experts (sinks); they get no column"),
+    "phimoe": Family(sparse_mixer=True, note="sparsemixer top-k weights have no dense form: softmax of the logits"),
+    "inkling2_loop_text": Family(score="sigmoid", source="hooks", pattern=r"(^|\.)mlp\.gate$", loops=True,
+                                 note="looped layers: one row per pass"),
+    **{name: _SIGMOID_INDEXED for name in ("deepseek_v32", "glm_moe_dsa", "dots3_note_text")},
+    "qwen4_exp_text": Family(batch_dependent=True, note="indexed attention: dumped at batch 1"),
+    "deepseek_v4": Family(score="sqrtsoftplus", source="hooks", pattern=r"(^|\.)mlp\.gate$", batch_dependent=True,
+                          note="hash-routed first layers are missing from output_router_logits; compressed "
+                               "sparse attention: dumped at batch 1"),
+    "llama4_text": Family(score="sigmoid", source="hooks", pattern=r"(^|\.)feed_forward\.router$", output_index=1,
+                          note="the router returns (top-k sigmoid scores, logits)"),
+    "gemma4_text": Family(source="hooks", pattern=r"(^|\.)router\.proj$",
+                          note="the router module returns probabilities; its proj holds the logits"),
+    "jetmoe": Family(source="hooks", pattern=r"(^|\.)mlp\.router$", output_index=4,
+                     note="output_router_logits interleaves the attention-expert routers"),
+    "longcat_flash": Family(extra_experts="zero_expert_num", note="zero (identity) experts are the last columns"),
+    "zaya": Family(extra_experts=1, note="the skip expert is the last column"),
+    "doge": Family(score="product_keys", source="hooks", pattern=r"(^|\.)mlp$", output_index=1, batch_dependent=True,
+                   note="product-key experts (keys²); the router mixes rows of a batch: dumped at batch 1"),
+}
+
+
+def text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def n_routed_experts(config) -> int | None:
+    """Routed experts the config declares (shared experts excluded), or None."""
+    cfg = text_config(config)
+    for key in EXPERT_KEYS:
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    ffn = getattr(cfg, "ffn_config", None)  # DBRX
+    value = getattr(ffn, "moe_num_experts", None) if ffn is not None else None
+    return value if isinstance(value, int) else None
+
+
+def config_count(config, value: str | int) -> int:
+    """A count given as a number or as the name of a config attribute (0 when absent)."""
+    return int(getattr(text_config(config), value, 0) or 0) if isinstance(value, str) else int(value)
+
+
+def _n_hidden_layers(config) -> int:
+    cfg = text_config(config)
+    for key in ("num_hidden_layers", "n_layers", "num_layers"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 10**6
+
+
+def family_of(model) -> tuple[str, Family | None]:
+    model_type = getattr(text_config(model.config), "model_type", "") or getattr(model.config, "model_type", "")
+    return model_type, FAMILIES.get(model_type)
+
+
+def scoring(config, family: Family) -> str:
+    """The routing score the model uses: the config's own ``scoring_func`` wins over the table."""
+    cfg = text_config(config)
+    for key in ("scoring_func", "expert_selection_fn"):
+        value = getattr(cfg, key, None)
+        if value in SCORES:
+            return value
+    return family.score
+
+
+def expected_moe_layers(model) -> list[str]:
+    """Names of the routed-expert containers (``*.experts``, not shared / attention ones)."""
+    return [n for n, _ in model.named_modules() if re.search(r"(^|\.)experts$", n) and not _NOT_ROUTED.search(n)]
+
+
+def describe(value) -> str:
+    """Short type/shape description of a module output, for messages."""
+    if torch.is_tensor(value):
+        return f"{str(value.dtype).replace('torch.', '')}{list(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(describe(v) for v in value[:6]) + (", …" if len(value) > 6 else "") + ")"
+    return type(value).__name__
+
+
+def suggest_pattern(model, n_columns: int) -> str | None:
+    """A regex on the module names that own a [n_columns, hidden] weight (likely routers)."""
+    names = set()
+    for name, param in model.named_parameters():
+        if param.ndim == 2 and param.shape[0] == n_columns and name.endswith("weight") and "expert" not in name:
+            names.add(re.sub(r"^.*?\.\d+\.", "", name.rsplit(".", 1)[0]))
+    if not names:
+        return None
+    return r"(^|\.)(" + "|".join(re.escape(n) for n in sorted(names)) + ")$"
+
+
+@dataclass
+class Capture:
+    """What to capture from one model and how to check and score it."""
+
+    model_type: str
+    family: Family
+    use_output: bool
+    modules: list[tuple[str, torch.nn.Module]]
+    n_experts: int | None
+    n_extra: int
+    score: str
+    n_layers: int | None
+    batch_dependent: bool
+    from_table: bool
+    n_hidden_layers: int = 0
+    suggestion: str | None = None
+    _flags: torch.Tensor | None = None
+    _flag_names: list[str] = field(default_factory=list)
+    _flag_shapes: list[str] = field(default_factory=list)
+
+    @property
+    def n_columns(self) -> int | None:
+        return None if self.n_experts is None else self.n_experts + self.n_extra
+
+    def summary(self) -> str:
+        where = "output_router_logits" if self.use_output else f"hooks on {len(self.modules)} modules"
+        origin = f"family table entry {self.model_type!r}" if self.from_table else f"generic path ({self.model_type or 'unknown'})"
+        return (f"routers via {where} ({origin}); {self.n_columns} experts"
+                f"{f' incl. {self.n_extra} zero/skip' if self.n_extra else ''}, score {self.score}"
+                f"{', batch-dependent: batch 1' if self.batch_dependent else ''}")
+
+    def _fail(self, what: str, name: str, value) -> SelectFlowError:
+        hint = (f"set router_dump.router_source: hooks and router_dump.router_pattern: '{self.suggestion}'"
+                if self.suggestion else "set router_dump.router_pattern to the name of the router's linear layer")
+        return SelectFlowError(
+            f"router capture of {self.model_type or 'this model'}: {name} gave "
+            f"{value if isinstance(value, str) else describe(value)}, {what}; "
+            f"it is not router logits over the {self.n_columns} experts the config declares; {hint}"
+        )
+
+    def pick(self, name: str, out, n_tokens: int):
+        """The logits tensor inside one module output (hooks path), or raise."""
+        if torch.is_tensor(out) or self.score == "product_keys":
+            candidates = [out] if torch.is_tensor(out) else list(out)
+        else:
+            candidates = list(out) if isinstance(out, (tuple, list)) else [out]
+        if self.family.output_index is not None and not torch.is_tensor(out):
+            if self.family.output_index >= len(candidates):
+                raise self._fail(f"which has no element {self.family.output_index}", name, out)
+            return candidates[self.family.output_index]
+        for value in candidates:
+            if torch.is_tensor(value) and value.is_floating_point() and value.shape[-1:] == (self.n_columns,) \
+                    and value.numel() == n_tokens * self.n_columns:
+                return value
+        return candidates[0]
+
+    def check(self, per_layer: list, names: list[str], n_tokens: int) -> list[torch.Tensor]:
+        """Validate the captured outputs of one forward; return [n_tokens, E] logits per MoE layer."""
+        if self.n_layers is not None and len(per_layer) != self.n_layers:
+            raise SelectFlowError(
+                f"router capture of {self.model_type or 'this model'}: got {len(per_layer)} router outputs "
+                f"({', '.join(names[:4])}{', …' if len(names) > 4 else ''}) for {self.n_layers} MoE layers; "
+                + (f"set router_dump.router_source: hooks and router_dump.router_pattern: '{self.suggestion}'"
+                   if self.suggestion else "set router_dump.router_pattern to match one router per MoE layer")
+            )
+        if self.n_layers is None and not self.family.loops and len(per_layer) > self.n_hidden_layers:
+            raise SelectFlowError(
+                f"router capture of {self.model_type or 'this model'}: {len(per_layer)} router outputs for "
+                f"{self.n_hidden_layers} layers; the model returns more than one router per layer (attention "
+                "experts?); set router_dump.router_source: hooks and router_dump.router_pattern to the MLP routers"
+                + (f", e.g. '{self.suggestion}'" if self.suggestion else ""))
+        out = []
+        for name, value in zip(names, per_layer):
+            if self.score == "product_keys":
+                out.append(self._check_product_keys(name, value, n_tokens))
+                continue
+            if not torch.is_tensor(value) or not value.is_floating_point():
+                raise self._fail("not a floating-point tensor", name, value)
+            if self.n_columns is not None and (value.shape[-1] != self.n_columns or value.numel() != n_tokens * self.n_columns):
+                raise self._fail(f"expected [{n_tokens} tokens, {self.n_columns}]", name, value)
+            out.append(value.reshape(n_tokens, -1))
+        self._check_values(out, names)
+        return out
+
+    def _check_values(self, per_layer: list[torch.Tensor], names: list[str]) -> None:
+        """Logits, not scores: finite, not already rows of probabilities, not mostly exact zeros (top-k scores).
+
+        The flags stay on the device, OR-ed over batches; :meth:`verify` reads them (one sync per dump).
+        """
+        if not per_layer or self.score in ("probs", "product_keys"):
+            return
+        flags = torch.stack([torch.stack([
+            ~torch.isfinite(x).all(),
+            (x.min() >= 0) & ((x.float().sum(-1) - 1).abs().max() < 1e-3),
+            (x == 0).float().mean() > 0.5,
+        ]) for x in per_layer])
+        if self._flags is not None and self._flags.shape == flags.shape:
+            flags = flags | self._flags
+        self._flags, self._flag_names = flags, [f"{n}" for n in names]
+        self._flag_shapes = [describe(x) for x in per_layer]
+
+    def verify(self) -> None:
+        """Raise if any router output checked since the last call was not logits."""
+        if self._flags is None:
+            return
+        flags, names, self._flags = self._flags.tolist(), self._flag_names, None
+        for name, shape, (nonfinite, probs, sparse) in zip(names, self._flag_shapes, flags):
+            if nonfinite:
+                raise SelectFlowError(
+                    f"router capture of {self.model_type}: {name} gave non-finite values; the model overflowed "
+                    "(try router_dump.dtype: float32) or the module returns masked top-k scores, not logits")
+            if probs:
+                raise self._fail("rows that already sum to 1 (probabilities, which a softmax would flatten)", name, shape)
+            if sparse:
+                raise self._fail("mostly exact zeros (top-k scores rather than logits)", name, shape)
+
+    def _check_product_keys(self, name, value, n_tokens):
+        keys = int(round((self.n_experts or 0) ** 0.5))
+        if not torch.is_tensor(value) or value.shape != (2, n_tokens, keys):
+            raise self._fail(f"expected [2, {n_tokens} tokens, {keys} keys]", name, value)
+        return value
+
+    def distribution(self, logits: torch.Tensor, softmax_logits: bool = False) -> torch.Tensor:
+        """[tokens, E] logits → the per-token routing distribution (rows sum to 1), float32."""
+        return routing_distribution(logits, "softmax" if softmax_logits and self.score != "product_keys" else self.score)
+
+
+def routing_distribution(logits: torch.Tensor, score: str) -> torch.Tensor:
+    """Per-token routing distribution from router outputs (see the module doc for ``score``)."""
+    x = logits.float()
+    if score == "softmax":
+        return torch.softmax(x, dim=-1)
+    if score == "probs":
+        return x / x.sum(-1, keepdim=True).clamp_min(1e-30)
+    if score == "product_keys":  # [2, N, K] → [N, K*K]: p(i, j) = softmax(x)_i · softmax(y)_j
+        a, b = torch.softmax(x[0], -1), torch.softmax(x[1], -1)
+        return (a.unsqueeze(-1) * b.unsqueeze(-2)).reshape(a.shape[0], -1)
+    s = torch.sigmoid(x) if score == "sigmoid" else torch.sqrt(torch.nn.functional.softplus(x))
+    return s / s.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def resolve_capture(model, settings) -> Capture:
+    """Choose the capture for ``model`` from ``settings.router_source`` and the family table."""
+    from selectflow.router.dump import named_modules_matching, supports_router_output
+
+    source = settings.router_source
+    if source not in ("auto", "output", "hooks"):
+        raise SelectFlowError(f"router_dump.router_source must be auto, output or hooks, not {source!r}")
+    model_type, entry = family_of(model)
+    family = entry or Family()
+    from_table = entry is not None and source == "auto"
+    if source == "output" and not supports_router_output(model):
+        raise SelectFlowError(f"{type(model).__name__} has no output_router_logits; set router_source: hooks")
+    if source == "auto":
+        use_output = family.source == "output" and supports_router_output(model)
+        pattern = family.pattern if from_table and family.pattern else settings.router_pattern
+    else:
+        use_output = source == "output"
+        pattern = settings.router_pattern
+        # the model's properties (score, extra experts, batch dependence) stay; the capture is the user's
+        family = replace(family, source=source, pattern=None,
+                         output_index=family.output_index if family.pattern == pattern else None)
+    from selectflow.router.gate import QualityGate
+
+    # a broad pattern can match a converted model's quality gates: they are not routers
+    modules = [] if use_output else [
+        (n, m) for n, m in named_modules_matching(model, pattern) if not isinstance(m, QualityGate)]
+    if not use_output and not modules:
+        raise SelectFlowError(
+            f"no MoE routers found in {type(model).__name__}: the model returns no router logits and no module "
+            f"name matches router_pattern {pattern!r}; use an MoE model or set 'router_dump.router_pattern'"
+        )
+    n_experts = n_routed_experts(model.config)
+    n_extra, n_sinks = (config_count(model.config, v) for v in (family.extra_experts, family.sink_rows))
+    structural = expected_moe_layers(model)
+    suggestion = suggest_pattern(model, n_experts + n_extra + n_sinks) if n_experts else None
+    n_layers = None if family.loops else len(modules) if not use_output else (len(structural) or None)
+    if not use_output and structural and len(modules) != len(structural) and family.score != "product_keys":
+        raise SelectFlowError(
+            f"router_pattern {pattern!r} matches {len(modules)} modules ({', '.join(n for n, _ in modules[:4])}"
+            f"{', …' if len(modules) > 4 else ''}) but {type(model).__name__} has {len(structural)} MoE layers; "
+            f"set router_dump.router_pattern to match one router per MoE layer"
+            + (f", e.g. '{suggestion}'" if suggestion else "")
+        )
+    batch_dependent = family.batch_dependent or any(
+        re.search(r"(^|\.)indexer$", n) for n, _ in model.named_modules())
+    capture = Capture(
+        model_type=model_type, family=family, use_output=use_output, modules=modules, n_experts=n_experts,
+        n_extra=n_extra, score=scoring(model.config, family), n_layers=n_layers, batch_dependent=batch_dependent,
+        from_table=from_table, n_hidden_layers=_n_hidden_layers(model.config), suggestion=suggestion,
+    )
+    if n_experts is None:
+        log.warning("%s: the config declares no expert count (%s); router outputs are checked for shape only",
+                    model_type, "/".join(EXPERT_KEYS))
+    return capture

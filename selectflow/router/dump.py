@@ -1,0 +1,424 @@
+"""Router-data dump: one forward pass per batch → routing probabilities and response NLLs.
+
+For each sample (a normalised record, see :mod:`selectflow.data.records`) the dump computes,
+in the same pass:
+
+* ``moe_probs`` [L, E]: each MoE layer's routing distribution (the score the model routes
+  with, see :mod:`selectflow.router.capture`; ``softmax_logits`` forces a softmax of the logits),
+  averaged over the sample's valid (attention-mask) tokens;
+* ``quality_logits`` [L, 2]: Select-MoE quality-gate outputs (the gates of a model converted
+  by :mod:`selectflow.router.gate`, or modules whose name matches ``quality_gate_pattern``),
+  averaged the same way, when the model has them;
+* ``nll_response``: mean NLL of the response tokens given the prompt, and (``ifd``)
+  ``nll_response_alone``: the same tokens after an empty prompt;
+* ``nll_eos``: NLL of the end-of-sequence token after the response (NaN when the
+  sequence was cut by ``max_length`` or the tokenizer has no eos token).
+
+Router logits come from ``output_router_logits=True`` where the model returns them, else
+from forward hooks on modules whose name matches ``router_pattern``; the per-family table
+and the checks of what is captured live in :mod:`selectflow.router.capture`. Batches are
+length-sorted; rows are written in shard order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from selectflow.data.records import format_turns, read_jsonl
+from selectflow.data.tokens import pad_token_id
+from selectflow.router.capture import resolve_capture
+from selectflow.router.routerfile import RouterShard, write_router_shard
+from selectflow.runtime.device import inference_dtype, resolve_device
+from selectflow.runtime.errors import SelectFlowError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROUTER_PATTERN = r"(^|\.)(mlp|block_sparse_moe|moe)\.(gate|router)$"
+
+
+@dataclass
+class DumpSettings:
+    batch_size: int = 16
+    max_length: int = 512
+    ifd: bool = True
+    router_pattern: str = DEFAULT_ROUTER_PATTERN
+    router_source: str = "auto"
+    quality_gate_pattern: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    sort_by_length: bool = True
+    softmax_logits: bool = False
+
+    def digest(self) -> str:
+        """Short hash of every setting that changes the dumped numbers."""
+        skip = ("batch_size", "device", "sort_by_length", "router_source")
+        keys = {k: v for k, v in asdict(self).items() if k not in skip}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_model(path: str, device: torch.device, dtype: torch.dtype):
+    """Load a local Hugging Face causal LM and its tokenizer (``from_pretrained``, no download)."""
+    from transformers import AutoTokenizer
+
+    from selectflow.router.gate import load_causal_lm
+
+    if not Path(path).is_dir():
+        raise SelectFlowError(f"model path {path} is not a folder; set 'model.path' to a local Hugging Face model folder")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = load_causal_lm(path, dtype=dtype)
+    model.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def named_modules_matching(model: torch.nn.Module, pattern: str) -> list[tuple[str, torch.nn.Module]]:
+    rx = re.compile(pattern)
+    return [(name, mod) for name, mod in model.named_modules() if rx.search(name)]
+
+
+@contextmanager
+def capture_outputs(modules: list[tuple[str, torch.nn.Module]], whole: bool = False):
+    """Record each module's first output tensor (``whole``: its whole output) per forward call."""
+    captured: list[list[torch.Tensor]] = [[] for _ in modules]
+    handles = []
+    for slot, (_, module) in zip(captured, modules):
+        def hook(_mod, _inp, out, slot=slot):
+            slot.append(out[0] if isinstance(out, (tuple, list)) and not whole else out)
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def supports_router_output(model) -> bool:
+    return hasattr(model.config, "output_router_logits")
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt + response + eos, cut to ``max_length``; and the prompt's length.
+
+    Prompt and response are tokenised separately so the response tokens are exactly
+    those scored, whatever the tokenizer does at the boundary.
+    """
+    p = tokenizer(prompt, add_special_tokens=False).input_ids
+    r = tokenizer(response, add_special_tokens=False).input_ids
+    if tokenizer.eos_token_id is not None:
+        r = r + [tokenizer.eos_token_id]
+    return (p + r)[:max_length], min(len(p), max_length)
+
+
+def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return ids, mask
+
+
+def _masked_token_mean(per_layer: list[torch.Tensor], mask: torch.Tensor, softmax: bool) -> torch.Tensor:
+    """[B·T, K] (or [B, T, K]) per layer → [B, L, K] mean over the mask's valid tokens."""
+    b, t = mask.shape
+    m = mask.to(torch.float32).unsqueeze(-1)
+    out = []
+    for x in per_layer:
+        x = x.reshape(b, t, -1).float()
+        if softmax:
+            x = torch.softmax(x, dim=-1)
+        out.append((x * m).sum(1) / m.sum(1).clamp_min(1))
+    return torch.stack(out, dim=1)
+
+
+def _response_nll(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean NLL of tokens [start, length) of each row (token i predicted from position i-1).
+
+    Only the scored positions go through the softmax. Rows with no scored token get NaN.
+    """
+    b, t = ids.shape
+    pos = torch.arange(1, t, device=ids.device)
+    lo = torch.tensor(starts, device=ids.device).clamp_min(1).unsqueeze(1)  # the first token has no context
+    hi = torch.tensor(lengths, device=ids.device).unsqueeze(1)
+    scored = (pos >= lo) & (pos < hi)  # [B, T-1]: target position pos, predicted at pos-1
+    rows, cols = scored.nonzero(as_tuple=True)
+    tok_nll = torch.nn.functional.cross_entropy(
+        logits[rows, cols].float(), ids[rows, cols + 1], reduction="none"
+    )
+    count = scored.sum(1)
+    total = torch.zeros(b, device=ids.device).index_add_(0, rows, tok_nll)
+    nll = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+    return nll, count
+
+
+def _eos_nll(logits: torch.Tensor, ids: torch.Tensor, lengths: list[int], eos_id: int | None) -> torch.Tensor:
+    """NLL of each row's last token when it is ``eos_id`` (predicted from the token before); else NaN."""
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    last = torch.tensor(lengths, device=ids.device) - 1
+    pred = logits[rows, (last - 1).clamp_min(0)].float()
+    nll = torch.nn.functional.cross_entropy(pred, ids[rows, last], reduction="none")
+    ok = (ids[rows, last] == (-1 if eos_id is None else eos_id)) & (last >= 1)
+    return torch.where(ok, nll, torch.full_like(nll, float("nan")))
+
+
+class RouterDumper:
+    """Holds a loaded model and turns lists of normalised records into :class:`RouterShard` s."""
+
+    def __init__(self, model, tokenizer, settings: DumpSettings, device: torch.device):
+        self.model, self.tokenizer, self.settings, self.device = model, tokenizer, settings, device
+        self.capture = resolve_capture(model, settings)
+        self.use_output, self.routers = self.capture.use_output, self.capture.modules
+        if settings.quality_gate_pattern:
+            self.quality_gates = named_modules_matching(model, settings.quality_gate_pattern)
+        else:  # a converted model's gates (selectflow.router.gate) are found without a pattern
+            from selectflow.router.gate import quality_gates
+
+            self.quality_gates = quality_gates(model)
+        log.info("%s; %d quality gates", self.capture.summary(), len(self.quality_gates))
+        self._check_capture()
+
+    @torch.inference_mode()
+    def _check_capture(self) -> None:
+        """One short forward so a capture that fails its checks fails before any dump."""
+        # ordinary text, not a special token: a pad/eos embedding may be all zeros (padding_idx),
+        # and zero hidden states give all-zero router logits that the checks rightly refuse
+        ids = self.tokenizer.encode("Name three rivers and the seas they flow into.", add_special_tokens=False)[:8]
+        ids = ids if len(ids) >= 4 else list(range(1, 5))
+        self._forward([ids, ids[:-1]])
+        self.capture.verify()
+
+    @classmethod
+    def from_path(cls, path: str, settings: DumpSettings) -> RouterDumper:
+        device = resolve_device(settings.device)
+        model, tokenizer = load_model(path, device, inference_dtype(device, settings.dtype))
+        return cls(model, tokenizer, settings, device)
+
+    def _forward(self, seqs: list[list[int]]):
+        ids, mask = _pad(seqs, pad_token_id(self.tokenizer))
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with capture_outputs(self.routers, whole=True) as routed, capture_outputs(self.quality_gates) as gates:
+            kwargs = {"output_router_logits": True} if self.use_output else {}
+            out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
+        n_tokens = ids.numel()
+        if self.use_output:
+            router_logits = list(getattr(out, "router_logits", None) or [])
+            names = [f"router_logits[{i}]" for i in range(len(router_logits))]
+        else:
+            names, router_logits = [], []
+            for (name, _), calls in zip(self.routers, routed):
+                if len(calls) != 1 and not (calls and self.capture.family.loops):
+                    raise SelectFlowError(
+                        f"router module {name} ran {len(calls)} times in one forward pass, expected once; "
+                        "set 'router_dump.router_pattern' to match one router per MoE layer")
+                names += [name] * len(calls)
+                router_logits += [self.capture.pick(name, c, n_tokens) for c in calls]
+        if not router_logits or any(r is None for r in router_logits):
+            raise SelectFlowError(f"{type(self.model).__name__} produced no router logits; set 'router_dump.router_pattern'")
+        router_logits = self.capture.check(router_logits, names, n_tokens)
+        return ids, mask, out.logits, router_logits, [g[0] for g in gates]
+
+    def _encode(self, records: list[dict]) -> list[tuple[list[int], int, list[int] | None]]:
+        """Per record: ids of prompt + response, the prompt's length, ids after an empty prompt (IFD)."""
+        s, header = self.settings, format_turns([])
+        out = []
+        for r in records:
+            ids, n_prompt = encode_pair(self.tokenizer, r["prompt"], r["response"], s.max_length)
+            alone = encode_pair(self.tokenizer, header, r["response"], s.max_length)[0] if s.ifd else None
+            out.append((ids, n_prompt, alone))
+        return out
+
+    def _batch(self, items: list[tuple[list[int], int, list[int] | None]]) -> dict[str, torch.Tensor]:
+        """One batch → per-sample results, left on the device (one transfer at the end, no sync)."""
+        seqs = [ids for ids, _, _ in items]
+        ids, mask, logits, router_logits, gates = self._forward(seqs)
+        lengths = [len(x) for x in seqs]
+        nll, n_resp = _response_nll(logits, ids, [n for _, n, _ in items], lengths)
+        out = {
+            "moe_probs": _masked_token_mean(
+                [self.capture.distribution(x, self.settings.softmax_logits) for x in router_logits], mask, softmax=False),
+            "nll_response": nll,
+            "n_response_tokens": n_resp,
+            "nll_eos": _eos_nll(logits, ids, lengths, self.tokenizer.eos_token_id),
+        }
+        if gates:
+            out["quality_logits"] = _masked_token_mean(gates, mask, softmax=False)
+        if self.settings.ifd:
+            alone = [a for _, _, a in items]
+            ids2, _, logits2, _, _ = self._forward(alone)
+            out["nll_response_alone"], _ = _response_nll(logits2, ids2, [self._header_len] * len(alone),
+                                                         [len(a) for a in alone])
+        return out
+
+    @torch.inference_mode()
+    def dump(self, records: list[dict], batch_size: int | None = None, progress: bool = True) -> RouterShard:
+        """Run the model over ``records``; rows of the result follow the input order."""
+        from selectflow.runtime.oom import run_adaptive
+
+        s = self.settings
+        batch_size = batch_size or s.batch_size
+        if self.capture.batch_dependent and batch_size > 1:
+            log.warning("%s: values depend on the other rows of a batch; dumping one sample at a time (batch %d "
+                        "ignored)", self.capture.model_type, batch_size)
+            batch_size = 1
+        self.effective_batch_size = 0  # the largest batch that produced rows (an OOM halves the next ones)
+        self._header_len = len(self.tokenizer(format_turns([]), add_special_tokens=False).input_ids)
+        encoded = self._encode(records)
+        order = list(range(len(records)))
+        if s.sort_by_length:
+            order.sort(key=lambda i: len(encoded[i][0]), reverse=True)
+        bar = tqdm(total=len(records), desc="router dump", unit="sample", disable=not progress, mininterval=1.0)
+
+        def run(lo: int, hi: int):
+            part = self._batch([encoded[i] for i in order[lo:hi]])
+            self.effective_batch_size = max(self.effective_batch_size, hi - lo)
+            bar.update(hi - lo)
+            return part
+
+        parts = run_adaptive(run, 0, len(records), batch_size, what="router-dump batch")
+        bar.close()
+        self.capture.verify()  # value checks of every batch, one device sync
+        inverse = np.empty(len(order), dtype=np.int64)
+        inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+        merged = {k: torch.cat([p[k] for p in parts]).cpu().numpy()[inverse] for k in (parts[0] if parts else {})}
+        merged["n_response_tokens"] = merged["n_response_tokens"].astype(np.int32)
+        for key in ("nll_response", "nll_response_alone", "nll_eos"):
+            if key in merged:
+                merged[key] = merged[key].astype(np.float32)
+        return RouterShard(
+            sample_id=np.array([r["sample_id"] for r in records], dtype=object),
+            n_tokens=np.array([len(ids) for ids, _, _ in encoded], dtype=np.int32),
+            record=np.array([json.dumps(r, ensure_ascii=False) for r in records], dtype=object),
+            **merged,
+        )
+
+    def close(self) -> None:
+        """Free the model and the CUDA cache (the next rule may need the memory)."""
+        from selectflow.runtime.oom import free_memory
+
+        del self.model
+        free_memory()
+
+
+def _shard_attrs(dumper: RouterDumper, model_path: str, shard_jsonl: str, settings: DumpSettings) -> dict:
+    return {
+        "model_path": str(model_path),
+        "config_digest": settings.digest(),
+        "dtype": str(next(dumper.model.parameters()).dtype).replace("torch.", ""),
+        "source": str(shard_jsonl),
+        "router_capture": dumper.capture.summary(),
+        "batch_size": dumper.effective_batch_size,
+    }
+
+
+def _read_shard_records(shard_jsonl: str) -> list[dict]:
+    records = read_jsonl(shard_jsonl)
+    if not records:
+        raise SelectFlowError(f"shard {shard_jsonl} is empty; rerun the split_dataset rule")
+    return records
+
+
+def dump_shard_file(model_path: str, shard_jsonl: str, out_h5: str, settings: DumpSettings) -> int:
+    """Rule-level call: dump one JSONL shard of normalised records to ``out_h5``."""
+    records = _read_shard_records(shard_jsonl)
+    dumper = RouterDumper.from_path(model_path, settings)
+    try:
+        log.info("dumping %d samples from %s with batch size %d on %s", len(records), shard_jsonl,
+                 settings.batch_size, dumper.device)
+        shard = dumper.dump(records)
+        shard.attrs = _shard_attrs(dumper, model_path, shard_jsonl, settings)
+        write_router_shard(out_h5, shard)
+    finally:
+        dumper.close()
+    return len(shard)
+
+
+def _newest_mtime(path: str | Path) -> float:
+    """The newest modification time of ``path`` or of any file under it (a model folder)."""
+    path = Path(path)
+    times = [path.stat().st_mtime]
+    if path.is_dir():
+        times += [p.stat().st_mtime for p in path.rglob("*") if p.is_file()]
+    return max(times)
+
+
+def reusable_shard(store_h5: str, shard_jsonl: str, records: list[dict], model_path: str,
+                   settings: DumpSettings) -> str | None:
+    """Why the stored dump ``store_h5`` of ``shard_jsonl`` cannot be reused, or None when it can.
+
+    Reusable: complete, from this model folder, these settings (digest) and this shard, the
+    same sample ids in the same order, and newer than the shard file and every model file.
+    """
+    from selectflow.router.routerfile import shard_header
+
+    if not Path(store_h5).is_file():
+        return "not dumped yet"
+    try:
+        attrs, ids = shard_header(store_h5)
+    except SelectFlowError as exc:
+        return str(exc)
+    for key, want in (("model_path", str(model_path)), ("config_digest", settings.digest()),
+                      ("source", str(shard_jsonl))):
+        if attrs.get(key) != want:
+            return f"{key} is {attrs.get(key)!r}, now {want!r}"
+    if list(ids) != [r["sample_id"] for r in records]:
+        return "its sample ids differ from the shard's"
+    if Path(store_h5).stat().st_mtime < max(_newest_mtime(shard_jsonl), _newest_mtime(model_path)):
+        return "older than the shard or the model"
+    return None
+
+
+def dump_shard_group(model_path: str, shard_jsonls: list[str], store_h5s: list[str], manifest_tsv: str,
+                     settings: DumpSettings) -> int:
+    """Rule-level call: dump a group of shards with one model load; one file per shard.
+
+    Each finished shard is written atomically to its ``store_h5s`` entry, a file Snakemake
+    does not know as an output (so a failed or killed job does not delete it); a rerun reuses
+    every stored shard that :func:`reusable_shard` accepts, so an OOM or a crash costs at
+    most the shard in progress. The model is loaded only when a shard needs dumping. The
+    ``manifest_tsv`` (the job's declared output) lists shard, store file, rows and whether
+    it was reused; rule ``router_shard`` links each store file to ``router_data``.
+    """
+    dumper = None
+    rows = []
+    for store in map(Path, store_h5s):  # temp files of a killed attempt (atomic_path names them so)
+        for stale in store.parent.glob(f".{store.name}.*"):
+            stale.unlink(missing_ok=True)
+    try:
+        for i, (jsonl, store) in enumerate(zip(shard_jsonls, store_h5s), start=1):
+            records = _read_shard_records(jsonl)
+            why = reusable_shard(store, jsonl, records, model_path, settings)
+            if why is None:
+                log.info("shard %d/%d %s: reusing %s (%d samples, dumped by an earlier attempt)", i,
+                         len(shard_jsonls), jsonl, store, len(records))
+                rows.append((Path(jsonl).stem, store, len(records), "yes"))
+                continue
+            if dumper is None:
+                dumper = RouterDumper.from_path(model_path, settings)
+            log.info("shard %d/%d %s: dumping %d samples with batch size %d on %s (%s)", i, len(shard_jsonls),
+                     jsonl, len(records), settings.batch_size, dumper.device, why)
+            shard = dumper.dump(records)
+            shard.attrs = _shard_attrs(dumper, model_path, jsonl, settings)
+            write_router_shard(store, shard)
+            log.info("shard %d/%d done: %s", i, len(shard_jsonls), store)
+            rows.append((Path(jsonl).stem, store, len(records), "no"))
+    finally:
+        if dumper is not None:
+            dumper.close()
+    from selectflow.runtime.fsutil import atomic_open
+
+    with atomic_open(manifest_tsv, "w", encoding="utf-8") as fh:
+        fh.write("shard\tstore\tn_samples\treused\n")
+        fh.writelines("\t".join(map(str, row)) + "\n" for row in rows)
+    return sum(row[2] for row in rows)

@@ -1,0 +1,193 @@
+"""HDF5 layout of one router-data shard (``results/{run}/router_data/{dataset}/{shard}.h5``).
+
+Datasets (``n`` samples, ``L`` MoE layers, ``E`` experts):
+
+=====================  ============  ==========  =======================================
+name                   shape         dtype       meaning
+=====================  ============  ==========  =======================================
+``sample_id``          [n]           utf-8 str   stable id, join key for everything later
+``moe_probs``          [n, L, E]     float32     routing distribution (the model's score,
+                                                 see selectflow.router.capture), averaged over
+                                                 the sample's valid tokens
+``quality_logits``     [n, L, 2]     float32     Select-MoE quality-gate logits averaged
+                                                 over valid tokens (only if the model has
+                                                 quality gates)
+``nll_response``       [n]           float32     mean NLL of response tokens given prompt
+``nll_response_alone`` [n]           float32     mean NLL of response tokens without the
+                                                 prompt (only when IFD is enabled)
+``nll_eos``            [n]           float32     NLL of the end-of-sequence token right after
+                                                 the response (NaN when cut by max_length);
+                                                 high for text that stops mid-way
+``n_tokens``           [n]           int32       valid tokens of prompt + response
+``n_response_tokens``  [n]           int32       response tokens scored (0: NLLs are NaN)
+``record``             [n]           utf-8 str   the normalised record as JSON (so a folder
+                                                 of shards is enough to write a selection)
+=====================  ============  ==========  =======================================
+
+Attributes: ``layout_version``, ``complete`` (set last, inside the temp file, before the
+rename), ``model_path``, ``config_digest``, ``dtype``, ``n_layers``, ``n_experts``,
+``router_capture`` (where the logits came from and the score used) and ``batch_size``
+(the batch the values were computed at; 1 for batch-dependent families).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from selectflow.runtime.errors import CorruptFileError, SelectFlowError
+from selectflow.runtime.fsutil import atomic_path, open_checked_h5
+
+LAYOUT_VERSION = 1
+REBUILD_HINT = ("rule router_dump rebuilds it: delete the file and its hard link of the same name under "
+                "results/{run}/router_store/, then rerun snakemake")
+
+
+@dataclass
+class RouterShard:
+    """The arrays of one or more shards, rows aligned by ``sample_id``."""
+
+    sample_id: np.ndarray  # [n] object (str)
+    moe_probs: np.ndarray  # [n, L, E] float32
+    nll_response: np.ndarray  # [n] float32
+    n_tokens: np.ndarray  # [n] int32
+    n_response_tokens: np.ndarray  # [n] int32
+    quality_logits: np.ndarray | None = None  # [n, L, 2] float32
+    nll_response_alone: np.ndarray | None = None  # [n] float32
+    nll_eos: np.ndarray | None = None  # [n] float32
+    record: np.ndarray | None = None  # [n] object (JSON str of the normalised record)
+    attrs: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sample_id)
+
+
+_OPTIONAL = ("quality_logits", "nll_response_alone", "nll_eos")
+_PER_SAMPLE = ("nll_response", "n_tokens", "n_response_tokens", "nll_response_alone", "nll_eos", "record")
+
+
+def write_router_shard(path: str | os.PathLike, shard: RouterShard) -> None:
+    """Write ``shard`` atomically; the file carries ``complete=True`` only when whole."""
+    n = len(shard)
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("sample_id", data=np.asarray(shard.sample_id, dtype=object), dtype=h5py.string_dtype())
+            f.create_dataset("moe_probs", data=np.asarray(shard.moe_probs, dtype=np.float32))
+            f.create_dataset("nll_response", data=np.asarray(shard.nll_response, dtype=np.float32))
+            f.create_dataset("n_tokens", data=np.asarray(shard.n_tokens, dtype=np.int32))
+            f.create_dataset("n_response_tokens", data=np.asarray(shard.n_response_tokens, dtype=np.int32))
+            if shard.record is not None:
+                f.create_dataset("record", data=np.asarray(shard.record, dtype=object), dtype=h5py.string_dtype())
+            for name in _OPTIONAL:
+                value = getattr(shard, name)
+                if value is not None:
+                    f.create_dataset(name, data=np.asarray(value, dtype=np.float32))
+            for key, value in shard.attrs.items():
+                f.attrs[key] = value
+            f.attrs["layout_version"] = LAYOUT_VERSION
+            f.attrs["n_samples"] = n
+            f.attrs["n_layers"] = shard.moe_probs.shape[1]
+            f.attrs["n_experts"] = shard.moe_probs.shape[2]
+            f.attrs["complete"] = True
+
+
+def read_router_shard(path: str | os.PathLike) -> RouterShard:
+    """Read and validate one shard; raise :class:`CorruptFileError` naming the file if unfit."""
+    path = Path(path)
+    with open_checked_h5(path, "router data", LAYOUT_VERSION, REBUILD_HINT) as f:
+        try:
+            data = {name: f[name][()] for name in f.keys()}
+        except (OSError, KeyError) as exc:
+            raise CorruptFileError(f"{path}: cannot read its datasets ({exc}); {REBUILD_HINT}") from None
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    n = attrs.get("n_samples")
+    missing = {"sample_id", "moe_probs", "nll_response", "n_tokens", "n_response_tokens"} - data.keys()
+    if missing:
+        raise CorruptFileError(f"{path}: datasets {sorted(missing)} are missing; {REBUILD_HINT}")
+    probs = data["moe_probs"]
+    if probs.ndim != 3 or probs.shape[0] != n:
+        raise CorruptFileError(f"{path}: moe_probs has shape {probs.shape}, expected [{n}, L, E]; {REBUILD_HINT}")
+    for name in ("sample_id", *_PER_SAMPLE):
+        if name in data and data[name].shape != (n,):
+            raise CorruptFileError(f"{path}: {name} has shape {data[name].shape}, expected ({n},); {REBUILD_HINT}")
+    if "quality_logits" in data and data["quality_logits"].shape[:2] != probs.shape[:2]:
+        raise CorruptFileError(f"{path}: quality_logits shape {data['quality_logits'].shape} does not match moe_probs; {REBUILD_HINT}")
+    if not np.isfinite(probs).all():
+        bad = int(np.argwhere(~np.isfinite(probs).reshape(n, -1).all(axis=1))[0, 0])
+        raise SelectFlowError(
+            f"{path}: moe_probs has NaN/inf (first at sample {_strings(data['sample_id'][bad:bad + 1])[0]!r}); the model produced "
+            f"non-finite routing (try dtype float32); {REBUILD_HINT}"
+        )
+    sample_id = _strings(data["sample_id"])
+    return RouterShard(
+        sample_id=sample_id,
+        moe_probs=probs.astype(np.float32, copy=False),
+        nll_response=data["nll_response"],
+        n_tokens=data["n_tokens"],
+        n_response_tokens=data["n_response_tokens"],
+        quality_logits=data.get("quality_logits"),
+        nll_response_alone=data.get("nll_response_alone"),
+        nll_eos=data.get("nll_eos"),
+        record=_strings(data["record"]) if "record" in data else None,
+        attrs=attrs,
+    )
+
+
+def shard_header(path: str | os.PathLike) -> tuple[dict, np.ndarray]:
+    """The attributes and sample ids of a complete shard (no arrays read); CorruptFileError if unfit."""
+    with open_checked_h5(path, "router data", LAYOUT_VERSION, REBUILD_HINT) as f:
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        try:
+            ids = _strings(f["sample_id"][()])
+        except (OSError, KeyError) as exc:
+            raise CorruptFileError(f"{path} is not a readable router shard ({exc}); {REBUILD_HINT}") from None
+    return attrs, ids
+
+
+def _strings(values: np.ndarray) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
+
+
+def concat_shards(paths: list[str | os.PathLike]) -> RouterShard:
+    """Read shards and stack them; L and E must agree, sample ids must be unique."""
+    if not paths:
+        raise SelectFlowError("no router-data shards given; run the router_dump rule first")
+    shards = [(Path(p), read_router_shard(p)) for p in paths]
+    p0, s0 = shards[0]
+    for p, s in shards[1:]:
+        if s.moe_probs.shape[1:] != s0.moe_probs.shape[1:]:
+            raise SelectFlowError(
+                f"router shards disagree on [L, E]: {p0} has {list(s0.moe_probs.shape[1:])}, {p} has "
+                f"{list(s.moe_probs.shape[1:])}; they come from different models — rerun router_dump with one model"
+            )
+    def stack(name):
+        values = [getattr(s, name) for _, s in shards]
+        if any(v is None for v in values):
+            return None
+        return np.concatenate(values)
+
+    out = RouterShard(
+        sample_id=np.concatenate([s.sample_id for _, s in shards]),
+        moe_probs=np.concatenate([s.moe_probs for _, s in shards]),
+        nll_response=stack("nll_response"),
+        n_tokens=stack("n_tokens"),
+        n_response_tokens=stack("n_response_tokens"),
+        quality_logits=stack("quality_logits"),
+        nll_response_alone=stack("nll_response_alone"),
+        nll_eos=stack("nll_eos"),
+        record=stack("record"),
+        attrs=dict(s0.attrs),
+    )
+    uniq, counts = np.unique(out.sample_id, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][0]
+        where = [str(p) for p, s in shards if dup in set(s.sample_id)]
+        raise SelectFlowError(
+            f"duplicate sample_id {dup!r} in {where}; give records unique 'id's across datasets "
+            "(or drop the 'id' field to use dataset:line ids)"
+        )
+    return out

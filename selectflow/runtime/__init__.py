@@ -1,0 +1,1 @@
+"""What every job needs: job wrapper, OOM handling, devices and GPUs, locks, atomic files, errors."""

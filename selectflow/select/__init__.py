@@ -1,0 +1,1 @@
+"""Selection maths: quality scores, routing distances, strata, farthest point sampling."""

@@ -1,0 +1,191 @@
+"""Farthest point sampling (greedy max-min) over candidate features or a distance matrix.
+
+Both modes start at candidate ``start`` (the caller passes the highest-quality one), then
+repeatedly pick the candidate whose distance to its nearest earlier pick is largest.
+**Ties go to the lowest candidate index** (``argmax`` returns the first maximum).
+Distances are exact on the feature grid (see :mod:`selectflow.select.distance`), so both modes, any
+chunk or block size, and CPU or GPU pick the same candidates in the same order.
+
+* :func:`fps_streaming`: distances from each new pick to all N candidates are computed on
+  the fly from the features [N, D] float32, in row chunks; one pass over the features per
+  step and O(N) extra memory (the running min-distance vector), no N×N anywhere.
+* :func:`fps_matrix`: rows of the precomputed distance matrix read from block files
+  (:class:`selectflow.select.distance.BlockMatrix`).
+
+Both return :class:`FPSResult`: picks int64 [k] and the min distance of each pick to the
+earlier ones, float64 [k] (``inf`` at step 0). ``k >= N`` returns all N in FPS order.
+
+With ``strata`` (int [N], the routing stratum of each candidate) and ``quota`` (int [S],
+picks per stratum, summing to k) FPS is the same greedy max-min over all candidates, except
+that a stratum whose quota is filled leaves the race: the picks keep the strata's shares,
+and within and across strata each pick is still the farthest one left.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from selectflow.runtime.device import resolve_device
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.oom import free_memory, is_oom, run_adaptive
+from selectflow.select.distance import (
+    BlockMatrix,
+    compute_dtype,
+    pairwise,
+    squared_norms,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FPSResult:
+    picks: np.ndarray  # [k] int64 candidate indices, in pick order
+    min_distance: np.ndarray  # [k] float64 distance to the nearest earlier pick (inf at step 0)
+
+    def curve(self) -> pd.DataFrame:
+        """Columns ``step``, ``candidate_index``, ``min_distance``."""
+        return pd.DataFrame(
+            {"step": np.arange(len(self.picks)), "candidate_index": self.picks, "min_distance": self.min_distance}
+        )
+
+
+def fps_streaming(
+    features,
+    k: int,
+    *,
+    metric: str = "wasserstein",
+    start: int = 0,
+    device: str = "auto",
+    chunk: int = 1 << 20,
+    log_interval: int = 100,
+    strata: np.ndarray | None = None,
+    quota: np.ndarray | None = None,
+) -> FPSResult:
+    """FPS over ``features`` [N, D] float32 (grid features), distances computed per step.
+
+    ``chunk`` rows go through :func:`~selectflow.select.distance.pairwise` at a time (a chunk
+    costs only its float32 output: the kernels make no [chunk, D] temporary); an OOM
+    halves it and the smaller size is kept for the following steps. cosine and l2 hold the
+    features in float64 (their exact dtype) so that no step converts them again.
+    """
+    import torch
+
+    dev = resolve_device(device)
+    feats = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32)).to(compute_dtype(metric))
+    n = feats.shape[0]
+    if dev.type != "cpu":
+        try:
+            feats = feats.to(dev)
+        except Exception as exc:  # noqa: BLE001 - filtered by is_oom
+            if not is_oom(exc):
+                raise
+            del exc
+            free_memory()
+            log.warning("features [%d, %d] do not fit on %s; streaming them from host memory every step", *feats.shape, dev)
+    sq = squared_norms(feats) if metric == "l2" else None
+    min_dist = torch.full((n,), math.inf, dtype=torch.float32, device=dev)
+    rows = {"chunk": int(chunk)}
+
+    def update(p: int) -> None:
+        point = feats[p : p + 1].to(dev)
+        sizes: list[int] = []
+
+        def part(lo: int, hi: int) -> None:
+            b_sq = None if sq is None else sq[lo:hi].to(dev)
+            d = pairwise(point, feats[lo:hi].to(dev), metric, b_sq=b_sq)[0]
+            # in place and idempotent, so a piece retried after an OOM stays correct
+            _fold(min_dist[lo:hi], d)
+            sizes.append(hi - lo)
+
+        run_adaptive(part, 0, n, rows["chunk"], what="FPS distance rows")
+        rows["chunk"] = min(sizes[:-1] or sizes)
+
+    return _greedy(min_dist, k, start, update, log_interval, "streaming", strata, quota)
+
+
+def fps_matrix(matrix: BlockMatrix, k: int, *, start: int = 0, log_interval: int = 100,
+               strata: np.ndarray | None = None, quota: np.ndarray | None = None) -> FPSResult:
+    """FPS reading one row of the precomputed distance matrix per step."""
+    import torch
+
+    min_dist = torch.full((matrix.n,), math.inf, dtype=torch.float32)
+
+    def update(p: int) -> None:
+        _fold(min_dist, torch.from_numpy(matrix.row(p)))
+
+    return _greedy(min_dist, k, start, update, log_interval, "matrix", strata, quota)
+
+
+# On CPU the per-step vector ops go through numpy: torch would wake its OpenMP pool for
+# them, and right after FAISS's pool ran that costs milliseconds per step on a busy box.
+def _fold(min_dist: torch.Tensor, d: torch.Tensor) -> None:
+    """``min_dist = minimum(min_dist, d)`` in place."""
+    import torch
+
+    if min_dist.device.type == "cpu":
+        np.minimum(min_dist.numpy(), d.numpy(), out=min_dist.numpy())
+    else:
+        torch.minimum(min_dist, d, out=min_dist)
+
+
+def _argmax(min_dist: torch.Tensor) -> int:
+    """Index of the largest entry; the lowest such index on ties (numpy and torch both say so)."""
+    import torch
+
+    if min_dist.device.type == "cpu":
+        return int(np.argmax(min_dist.numpy()))
+    return int(torch.argmax(min_dist))
+
+
+def _greedy(
+    min_dist: torch.Tensor, k: int, start: int, update: Callable[[int], None], log_interval: int, mode: str,
+    strata: np.ndarray | None = None, quota: np.ndarray | None = None,
+) -> FPSResult:
+    """The max-min loop shared by both modes; ``update(p)`` folds pick p into ``min_dist``."""
+    import torch
+
+    n = int(min_dist.numel())
+    if n == 0:
+        raise SelectFlowError("farthest point sampling got no candidates")
+    if int(k) < 1:
+        raise SelectFlowError(f"farthest point sampling needs k >= 1, got {k}")
+    if not 0 <= int(start) < n:
+        raise SelectFlowError(f"FPS start index {start} is outside the {n} candidates")
+    if int(log_interval) < 1:
+        raise SelectFlowError(f"fps_log_interval must be >= 1, got {log_interval}")
+    k = min(int(k), n)
+    if strata is not None:
+        strata, left = np.asarray(strata), np.asarray(quota, dtype=np.int64).copy()
+        if strata.shape != (n,) or left.sum() != k or (left > np.bincount(strata, minlength=len(left))).any():
+            raise SelectFlowError("FPS strata and quota do not fit the candidates (quota must sum to k, each <= its stratum)")
+        if left[strata[start]] < 1:
+            raise SelectFlowError(f"FPS start index {start} lies in a stratum with quota 0")
+    picks = np.empty(k, dtype=np.int64)
+    at = np.empty(k, dtype=np.float64)
+    p, d = int(start), math.inf
+    for step in tqdm(range(k), desc=f"FPS ({mode})", unit="pick", disable=None):
+        picks[step], at[step] = p, d
+        if step % log_interval == 0:
+            log.info("pick %d/%d: candidate %d, max-min distance %.6g (FPS %s)", step, k, p, d, mode)
+        if step + 1 == k:
+            break
+        update(p)
+        # a picked candidate must never win again, even when all that remain are its duplicates
+        min_dist[p] = -math.inf
+        if strata is not None:
+            left[strata[p]] -= 1
+            if left[strata[p]] == 0:  # stratum full: its candidates leave the race
+                full = torch.from_numpy(np.flatnonzero(strata == strata[p])).to(min_dist.device)
+                min_dist[full] = -math.inf
+        p = _argmax(min_dist)
+        d = float(min_dist[p])
+    log.info("FPS %s done: %d picks of %d candidates, last max-min distance %.6g", mode, k, n, at[-1])
+    return FPSResult(picks=picks, min_distance=at)

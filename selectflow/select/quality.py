@@ -1,0 +1,211 @@
+"""Per-sample quality scores from router data; higher is better for every method.
+
+``assess(shard, method, field)`` takes a :class:`~selectflow.router.routerfile.RouterShard` of
+``n`` samples and returns an :class:`Assessment`: ``score`` float64 [n], ``keep`` bool [n]
+(samples with ``keep=False`` never become candidates), ``reason`` [n] (why a sample was
+dropped, ``""`` when kept) and ``inputs`` (the raw per-sample numbers the score is made of,
+written to ``quality.tsv``). ``quality_scores`` returns only ``(score, keep)``.
+
+==============  ======================================================================
+method          score (higher ranks higher) and what it drops
+==============  ======================================================================
+``combined``    ``log(1 / IFD) + log p(eos)`` = ``log(nll_response_alone / nll_response)
+                - nll_eos``: how much the prompt lowers the response's loss, plus how
+                sure the model is that the response ends where it ends (``nll_eos`` NaN,
+                i.e. cut by ``max_length``: term 0). Drops responses without a word
+                (``no_response_tokens``), ``nonfinite`` NLLs, ``ifd>=1`` (the prompt
+                does not help: off-topic or boilerplate answers), ``repetitive``
+                responses (under half of their word 3-grams distinct: degenerate loops)
+                and ``unfinished`` ones (p(eos) after the response under half of
+                the pool's median p(eos): the model expects more, as after truncated
+                or rambling text; relative to the pool, so a model that ends answers
+                with another token does not drop them all).
+                Measured on the demo pools (bench/bench_selection_quality.py), it puts
+                empty, truncated, repeated and off-topic records at the bottom, where
+                ``ifd`` puts them at the top.
+``gate``        Select-MoE quality gate: per layer ``softmax(quality_logits)[0]``
+                (index 0 = "good"), averaged over layers; drops ``nonfinite``
+``ifd``         Cherry's IFD = ``nll_response / nll_response_alone``, **higher** ranks
+                higher (the paper's direction: the prompt is hard to follow); drops
+                ``ifd>=1`` (the prompt does not help), ``no_response_tokens`` and
+                ``nonfinite``. On a model that knows the pool this ranks junk first
+                (measured): prefer ``combined``.
+``perplexity``  ``-nll_response`` (lower loss ranks higher); drops ``no_response_tokens``
+                and ``nonfinite``
+``field``       numeric field ``field`` of the original input record; drops nothing
+``auto``        ``combined`` when the shard has ``nll_response_alone`` (``router_dump.ifd:
+                true``, the default), else ``gate`` when it has ``quality_logits``, else
+                ``perplexity``: the order measured on the demo (README, Selection), where
+                the warmed-up gate selected 79 % good records and ``combined`` 99 %
+==============  ======================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+
+import numpy as np
+
+from selectflow.router.routerfile import RouterShard
+from selectflow.runtime.errors import SelectFlowError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("auto", "combined", "gate", "ifd", "perplexity", "field")
+# a response whose word 3-grams are less than half distinct is a degenerate loop
+MIN_DISTINCT_TRIGRAMS = 0.5
+# unfinished: the model gives the end of the response under half the probability it gives
+# the end of the pool's median response
+EOS_FACTOR = 2.0
+
+
+@dataclass
+class Assessment:
+    score: np.ndarray  # [n] float64, higher is better
+    keep: np.ndarray  # [n] bool
+    reason: np.ndarray  # [n] object: why dropped ("" when kept)
+    inputs: dict[str, np.ndarray] = dc_field(default_factory=dict)  # raw per-sample inputs of the score
+
+
+def resolve_method(shard: RouterShard, method: str) -> str:
+    """The method ``method`` stands for on ``shard`` (``auto`` resolved)."""
+    if method not in METHODS:
+        raise SelectFlowError(f"unknown quality method {method!r}; use one of {', '.join(METHODS)}")
+    if method == "auto":  # the best available, as measured in bench/bench_selection_quality.py
+        if shard.nll_response_alone is not None:
+            return "combined"
+        return "gate" if shard.quality_logits is not None else "perplexity"
+    return method
+
+
+def quality_scores(shard: RouterShard, method: str = "auto", field: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(score float64 [n], keep bool [n])`` for ``shard`` under ``method``."""
+    a = assess(shard, method, field)
+    return a.score, a.keep
+
+
+def assess(shard: RouterShard, method: str = "auto", field: str | None = None) -> Assessment:
+    """Score, keep flag, drop reason and raw inputs of every sample of ``shard`` under ``method``."""
+    method = resolve_method(shard, method)
+    if method == "gate":
+        score, keep = _gate(shard)
+        reason = np.where(keep, "", "nonfinite").astype(object)
+    elif method == "field":
+        score, keep = _field(shard, field)
+        reason = np.full(len(shard), "", dtype=object)
+    else:
+        score, keep, reason = _nll_based(shard, method)
+    return Assessment(score, keep, reason, _inputs(shard))
+
+
+def _inputs(shard: RouterShard) -> dict[str, np.ndarray]:
+    out = {"nll_response": np.asarray(shard.nll_response, dtype=np.float64)}
+    if shard.nll_response_alone is not None:
+        out["nll_response_alone"] = np.asarray(shard.nll_response_alone, dtype=np.float64)
+    if shard.nll_eos is not None:
+        out["nll_eos"] = np.asarray(shard.nll_eos, dtype=np.float64)
+    out["n_response_tokens"] = np.asarray(shard.n_response_tokens)
+    if shard.quality_logits is not None:
+        out["gate_mean"] = _gate(shard)[0]
+    if shard.record is not None:
+        out["distinct_3grams"] = distinct_ngram_share([_response(r) for r in shard.record], 3)
+    return out
+
+
+def _response(record_json: str) -> str:
+    return json.loads(record_json).get("response", "")
+
+
+def distinct_ngram_share(texts: list[str], n: int = 3) -> np.ndarray:
+    """Per text: distinct word n-grams / all word n-grams (1.0 when it has fewer than n words)."""
+    out = np.ones(len(texts), dtype=np.float64)
+    for i, text in enumerate(texts):
+        words = re.findall(r"\w+|[^\w\s]", text.lower())
+        grams = [tuple(words[j : j + n]) for j in range(len(words) - n + 1)]
+        if grams:
+            out[i] = len(set(grams)) / len(grams)
+    return out
+
+
+def _unfinished(nll_eos: np.ndarray) -> np.ndarray:
+    """p(eos) after the response under 1 / EOS_FACTOR of the pool's median p(eos) (NaN: not judged)."""
+    finite = nll_eos[np.isfinite(nll_eos)]
+    if not len(finite):
+        return np.zeros(len(nll_eos), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return nll_eos > np.median(finite) + math.log(EOS_FACTOR)
+
+
+def _nll_based(shard: RouterShard, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ifd, perplexity, combined: score, keep and reason, first failing check named."""
+    n = len(shard)
+    nll = np.asarray(shard.nll_response, dtype=np.float64)
+    n_resp = np.asarray(shard.n_response_tokens)
+    empty = n_resp <= 0
+    if shard.record is not None:  # eos alone is not a response (records without the key: not judged)
+        empty |= np.array([not json.loads(r).get("response", "x").strip() for r in shard.record], dtype=bool)
+    if method == "perplexity":
+        score = -nll
+        checks = [("no_response_tokens", empty), ("nonfinite", ~np.isfinite(score))]
+    else:
+        if shard.nll_response_alone is None:
+            raise SelectFlowError(
+                f"quality method {method!r} needs nll_response_alone, which the router data lacks; enable "
+                "router_dump.ifd in the config and rerun router_dump (or use quality method 'perplexity' or 'field')"
+            )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ifd = nll / np.asarray(shard.nll_response_alone, dtype=np.float64)
+            if method == "ifd":
+                score = ifd
+            else:
+                eos = np.zeros(n) if shard.nll_eos is None else np.nan_to_num(
+                    np.asarray(shard.nll_eos, dtype=np.float64), nan=0.0)
+                score = -np.log(ifd) - eos
+        checks = [("no_response_tokens", empty), ("nonfinite", ~np.isfinite(score) | ~np.isfinite(ifd)),
+                  ("ifd>=1", ifd >= 1.0)]
+        if method == "combined" and shard.record is not None:
+            checks.append(("repetitive", distinct_ngram_share([_response(r) for r in shard.record], 3)
+                           < MIN_DISTINCT_TRIGRAMS))
+        if method == "combined" and shard.nll_eos is not None:
+            checks.append(("unfinished", _unfinished(np.asarray(shard.nll_eos, dtype=np.float64))))
+    reason = np.full(n, "", dtype=object)
+    for name, bad in checks:
+        reason[(reason == "") & bad] = name
+    return score, reason == "", reason
+
+
+def _gate(shard: RouterShard) -> tuple[np.ndarray, np.ndarray]:
+    if shard.quality_logits is None:
+        raise SelectFlowError(
+            "quality method 'gate' needs quality_logits, but the router data has none (the model has no "
+            "quality gates); use quality method 'ifd', 'perplexity' or 'field'"
+        )
+    logits = np.asarray(shard.quality_logits, dtype=np.float64)
+    # softmax over the two gate outputs, written as a logistic of the difference (stable for large logits)
+    p_good = 1.0 / (1.0 + np.exp(logits[..., 1] - logits[..., 0]))
+    score = p_good.mean(axis=1)
+    return score, np.isfinite(score)
+
+
+def _field(shard: RouterShard, field: str | None) -> tuple[np.ndarray, np.ndarray]:
+    if not field:
+        raise SelectFlowError("quality method 'field' needs the name of a numeric record field (quality.field)")
+    if shard.record is None:
+        raise SelectFlowError("quality method 'field' needs the records, but the router data has no 'record' dataset")
+    score = np.empty(len(shard), dtype=np.float64)
+    for i, (sid, text) in enumerate(zip(shard.sample_id, shard.record)):
+        value = json.loads(text).get("record", {}).get(field)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok:
+            what = "has no field" if value is None else f"has a non-numeric value {value!r} in field"
+            raise SelectFlowError(
+                f"sample {sid!r}: the input record {what} {field!r}; quality method 'field' needs a finite "
+                "number there in every record"
+            )
+        score[i] = value
+    return score, np.ones(len(shard), dtype=bool)
