@@ -13,7 +13,7 @@ cost, less sensitive than wall time to other load on a shared machine); ``host_p
 runs, minus the PSS before it; polled every 20 ms); ``device_peak_mb``; ``cache_hit_pct``
 (device hits / reads).
 
-Loader mode: the same tokenised demo data (``selectflow.demo`` pool, its BPE tokenizer)
+Loader mode: the same tokenised demo data (``selectflow.data.demo`` pool, its BPE tokenizer)
 goes through :class:`selectflow.train.loader.BatchStream` (the trainer's pipeline) in five
 configurations, each in its own subprocess so that its host peak RSS is its own:
 
@@ -112,8 +112,14 @@ def worker_loader(spec: dict) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from selectflow.device import resolve_device
-    from selectflow.train.data import TokenizedDataset, load_training_pairs, plan_steps, split_micro, steps_per_epoch
+    from selectflow.runtime.device import resolve_device
+    from selectflow.train.data import (
+        TokenizedDataset,
+        load_training_pairs,
+        plan_steps,
+        split_micro,
+        steps_per_epoch,
+    )
     from selectflow.train.loader import BatchStream
     from selectflow.train.presets import resolve_train_config
 
@@ -165,8 +171,8 @@ def worker_train(spec: dict) -> dict:
 
 
 def prepare_demo(work: Path, n_records: int) -> tuple[Path, Path]:
-    from selectflow.demo import build_demo_model, write_demo_pool
-    from selectflow.records import read_dataset, write_jsonl
+    from selectflow.data.demo import build_demo_model, write_demo_pool
+    from selectflow.data.records import read_dataset, write_jsonl
 
     pool = work / "pool.jsonl"
     write_demo_pool(pool, n_records, seed=0)
@@ -273,7 +279,7 @@ def build_dense(path: Path, tokenizer_dir: Path, kwargs: dict) -> Path:
 
 def long_samples(path: Path, n: int, words: int) -> Path:
     """Records whose responses exceed ``max_length`` tokens, so every sample fills the window."""
-    from selectflow.records import write_jsonl
+    from selectflow.data.records import write_jsonl
 
     rng = random.Random(0)
     vocab = "the of capital animal cook minutes python list returns number forest ocean spice rice".split()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from selectflow.demo import build_demo_model, write_demo_pool
-from selectflow.records import read_dataset
-from selectflow.router import DumpSettings, RouterDumper, _pad, encode_pair
-from selectflow.routerfile import write_router_shard
+from selectflow.data.demo import build_demo_model, write_demo_pool
+from selectflow.data.records import read_dataset
+from selectflow.router.dump import DumpSettings, RouterDumper, _pad, encode_pair
+from selectflow.router.routerfile import write_router_shard
 
 
 def bare_loop(dumper: RouterDumper, records: list[dict], batch_size: int, sort: bool) -> float:

@@ -54,7 +54,7 @@ def routing_probs(n: int, seed: int, lo: int = 0):
 def pool_features(n: int, seed: int):
     import numpy as np
 
-    from selectflow.distance import features
+    from selectflow.select.distance import features
 
     out = np.empty((n, LAYERS * EXPERTS), dtype=np.float32)
     for lo in range(0, n, 16384):
@@ -132,8 +132,16 @@ def worker(name: str, p: dict, device: str) -> dict:
     import numpy as np
     import torch
 
-    from selectflow.distance import BlockMatrix, block_count, block_path, compute_block, features, pairwise, seed_style_wasserstein
-    from selectflow.fps import fps_matrix, fps_streaming
+    from selectflow.select.distance import (
+        BlockMatrix,
+        block_count,
+        block_path,
+        compute_block,
+        features,
+        pairwise,
+        seed_style_wasserstein,
+    )
+    from selectflow.select.fps import fps_matrix, fps_streaming
 
     if name in ("block_seed", "block_ours"):
         probs = routing_probs(p["block"], seed=1)

@@ -43,10 +43,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selectflow.distance import features  # noqa: E402
-from selectflow.fps import fps_streaming  # noqa: E402
-from selectflow.routerfile import concat_shards  # noqa: E402
-from selectflow.select import build_candidates, read_candidates, run_fps  # noqa: E402
+from selectflow.router.routerfile import concat_shards  # noqa: E402
+from selectflow.select.distance import features  # noqa: E402
+from selectflow.select.fps import fps_streaming  # noqa: E402
+from selectflow.stages.select import build_candidates, read_candidates, run_fps  # noqa: E402
 
 JUNK = ("junk_empty", "junk_truncated", "junk_repeated", "junk_off_topic")
 
@@ -109,10 +109,10 @@ def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, i
 
 def build_pool(seed: int, n: int, work: Path, epochs: float, max_length: int) -> tuple[list[Path], Path]:
     """Demo pool, pre-trained demo model and one router-data shard, as the workflow builds them."""
-    from selectflow.demo import build_demo_model, write_demo_pool
-    from selectflow.records import read_dataset
-    from selectflow.router import DumpSettings, RouterDumper
-    from selectflow.routerfile import write_router_shard
+    from selectflow.data.demo import build_demo_model, write_demo_pool
+    from selectflow.data.records import read_dataset
+    from selectflow.router.dump import DumpSettings, RouterDumper
+    from selectflow.router.routerfile import write_router_shard
 
     root = work / f"seed{seed}_n{n}"
     pool, model, h5 = root / "pool.jsonl", root / "model", root / "router.h5"

@@ -4,11 +4,11 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from selectflow.check import data_check_text, is_dry_run
-from selectflow.errors import SelectFlowError
-from selectflow.locks import clear_stale_locks
-from selectflow.oom import attempt_size
-from selectflow.preflight import check_datasets_given, preflight
+from selectflow.data.check import data_check_text, is_dry_run
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.locks import clear_stale_locks
+from selectflow.runtime.oom import attempt_size
+from selectflow.data.preflight import check_datasets_given, preflight
 
 
 def _trainer_keys(section):
@@ -123,7 +123,7 @@ def distance_blocks(wildcards):
     """Upper-triangle block files of the candidate distance matrix (matrix mode only)."""
     if SEL["distance_mode"] != "matrix":
         return []
-    from selectflow.select import n_blocks
+    from selectflow.stages.select import n_blocks
 
     cand = checkpoints.candidates.get().output.h5
     n = n_blocks(cand, SEL["distance_batch_size"])
@@ -207,11 +207,11 @@ def index_type_of(name):
 def n_windows(name):
     spec = index_spec(name)
     if spec["kind"] == "items":
-        from selectflow.indexing import n_item_windows
+        from selectflow.stages.index import n_item_windows
 
         manifest = checkpoints.pool_manifest.get().output[0]
         return n_item_windows(manifest, spec["window_size"])
-    from selectflow.indexing import sequence_windows_of
+    from selectflow.stages.index import sequence_windows_of
 
     return len(
         sequence_windows_of(

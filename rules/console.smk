@@ -1,6 +1,6 @@
 import time
 
-from selectflow.summary import print_run_summary
+from selectflow.report.summary import print_run_summary
 
 # the summary lists warnings logged after this moment (logs are appended to across runs)
 RUN_STARTED = time.time()

@@ -1,4 +1,4 @@
-from selectflow.report import stage_inputs
+from selectflow.report.figures import stage_inputs
 
 
 rule report_figures:
