@@ -1,8 +1,8 @@
-from selectflow.report.figures import stage_inputs
+from selectflow.stages.report import stage_inputs
 
 
 rule report_figures:
-    # Figures for `snakemake --report report.html`; resources come from the logs and
+    # Figures for `snakemake --report report.html`; resources come from the records and
     # benchmarks of the jobs that finished before this one.
     input:
         # training metrics and index summaries only when this run's `rule all` asks for them

@@ -338,7 +338,7 @@ def test_no_pad_token_and_a_shard_without_selected_samples(tmp_path, demo_pool, 
 @pytest.mark.parametrize("picked", ["none", "all"])
 def test_routing_sample_of_a_shard_with_no_or_only_selected_samples(tmp_path, picked):
     """The report's routing sample when one shard has no selected sample, or only selected ones."""
-    from selectflow.report.figures import routing_sample
+    from selectflow.report.routing import routing_sample
 
     from .test_bad_inputs import write_shard
 

@@ -1,9 +1,11 @@
 """Report figures: the math against naive references, and the real report in a real browser."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -11,14 +13,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from selectflow.report.figures import (
-    FIGURES,
-    job_resources,
-    make_report_figures,
-    pca_2d,
-    routing_sample,
-)
+from selectflow.report.resources import job_resources
+from selectflow.report.routing import pca_2d, routing_sample
 from selectflow.router.routerfile import RouterShard, write_router_shard
+from selectflow.runtime.jobrecord import read_job_records, record_path
+from selectflow.stages.report import FIGURES, make_report_figures
 
 from .workflow import REPO, snakemake
 
@@ -102,38 +101,80 @@ def test_routing_means_and_sample(shards):
     np.testing.assert_allclose(reordered.mean_pool, full.mean_pool, rtol=1e-9)
 
 
-def write_log(path, lines):
+def write_record(path, **fields):
+    """A job record as run_job leaves it beside the log ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{stamp} INFO selectflow.job: {text}\n" for stamp, text in lines))
+    record_path(path).write_text(json.dumps({"version": 1, "log": str(path), "attempt": 1, "status": "done",
+                                             "gpu_peak_allocated_mb": None, **fields}))
 
 
-def test_job_resources_from_logs_and_benchmarks(tmp_path):
+def test_job_resources_from_records_and_benchmarks(tmp_path):
     logs, bench = tmp_path / "logs", tmp_path / "bench"
-    write_log(logs / "router_dump/d/shard_00000.log", [
-        ("2026-01-01 10:00:00,000", "rule router_dump, attempt 1, batch_size=16"),
-        ("2026-01-01 10:00:05,000", "OUT OF MEMORY in rule router_dump (attempt 1)"),
-        ("2026-01-01 10:00:06,000", "rule router_dump, attempt 2, batch_size=8"),
-        ("2026-01-01 10:00:10,500", "rule router_dump done: peak_host_rss_mb=410.0 gpu_peak_allocated_mb=1234.5 "
-                                    "gpu_peak_reserved_mb=2000.0"),
-    ])
-    write_log(logs / "split_dataset/d.log", [
-        ("2026-01-01 09:59:00,000", "rule split_dataset, attempt 1"),
-        ("2026-01-01 09:59:02,250", "rule split_dataset done: peak_host_rss_mb=120.5"),
-    ])
-    write_log(logs / "selection/fps.log", [("2026-01-01 10:01:00,000", "rule fps, attempt 1")])  # failed: no done line
+    write_record(logs / "router_dump/d/shard_00000.log", rule="router_dump", attempt=2, seconds=4.5,
+                 peak_host_rss_mb=410.0, gpu_peak_allocated_mb=1234.5, gpu_peak_reserved_mb=2000.0)
+    write_record(logs / "split_dataset/d.log", rule="split_dataset", seconds=2.25, peak_host_rss_mb=120.5)
+    write_record(logs / "selection/fps.log", rule="fps", status="error", seconds=1.0, peak_host_rss_mb=99.0)
+    (logs / "selection/broken.log.job.json").write_text("{not json")  # skipped, with a warning
     (bench / "router_dump/d").mkdir(parents=True)
     (bench / "router_dump/d/shard_00000.tsv").write_text(
         "s\th:m:s\tmax_rss\tmax_vms\n12.5\t0:00:12\t512.25\t900\n")
     (bench / "train.tsv").write_text("s\th:m:s\tmax_rss\tmax_vms\n30.0\t0:00:30\t700.0\t1200\n")
 
     table = job_resources(logs, bench).set_index("job")
-    assert sorted(table.index) == ["router_dump/d/shard_00000", "split_dataset/d", "train"]
+    assert sorted(table.index) == ["router_dump/d/shard_00000", "split_dataset/d", "train"]  # fps failed
     dump, split, train = (table.loc[j] for j in ("router_dump/d/shard_00000", "split_dataset/d", "train"))
     assert (dump["rule"], dump["attempts"], dump["seconds"], dump["max_rss_mb"], dump["gpu_peak_mb"]) == (
         "router_dump", 2, 12.5, 512.25, 1234.5)  # benchmark wins for time and RSS
     assert (split["rule"], split["seconds"], split["max_rss_mb"]) == ("split_dataset", 2.25, 120.5)
     assert np.isnan(split["gpu_peak_mb"])
     assert (train["rule"], train["seconds"], train["max_rss_mb"]) == ("train", 30.0, 700.0)
+
+
+JOB_SCRIPT = """
+import sys, time
+from types import SimpleNamespace
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.jobs import run_job
+
+class Resources(dict):
+    pass
+
+log, body = sys.argv[1], sys.argv[2]
+sm = SimpleNamespace(log=[log], rule="demo_rule", config={}, wildcards={"shard": "00003"},
+                     resources=Resources(attempt=2, batch_size=8))
+
+def fn():
+    block = bytearray(64 * 2**20)  # touched: the peak RSS grows by 64 MB
+    time.sleep(0.3)
+    if body == "oom":
+        raise MemoryError("no room for the batch")
+    if body == "input":
+        raise SelectFlowError("x.jsonl:2: malformed JSON")
+    return len(block)
+
+run_job(sm, fn, size_name="batch_size")
+"""
+
+
+@pytest.mark.parametrize("body, code, status, error", [
+    ("ok", 0, "done", None), ("oom", 3, "oom", "MemoryError"), ("input", 2, "input_error", "SelectFlowError")])
+def test_run_job_writes_its_record_however_the_job_ends(tmp_path, body, code, status, error):
+    log = tmp_path / "logs" / "demo_rule" / "00003.log"
+    proc = subprocess.run([sys.executable, "-c", JOB_SCRIPT, str(log), body], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == code, proc.stderr + log.read_text()
+    records = read_job_records(tmp_path / "logs")
+    assert list(records) == ["demo_rule/00003"]
+    rec = records["demo_rule/00003"]
+    assert (rec["rule"], rec["attempt"], rec["status"], rec["error"]) == ("demo_rule", 2, status, error)
+    assert (rec["size_name"], rec["size"], rec["wildcards"]) == ("batch_size", 8, {"shard": "00003"})
+    assert 0.3 <= rec["seconds"] < 60 and rec["end"] - rec["start"] == pytest.approx(rec["seconds"], abs=1e-3)
+    assert rec["peak_host_rss_mb"] > 64 and rec["gpu_peak_allocated_mb"] is None
+    text = log.read_text()
+    if status == "done":  # the log's done line (measured a moment later) and the record agree
+        logged = float(re.search(r"rule demo_rule done: peak_host_rss_mb=([0-9.]+)", text).group(1))
+        assert rec["peak_host_rss_mb"] <= logged <= rec["peak_host_rss_mb"] + 1
+    assert not list(log.parent.glob(".*"))  # written atomically: no temp file left
 
 
 def png_size(path):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from selectflow.runtime.tables import read_tsv
+
 log = logging.getLogger(__name__)
 
 
@@ -63,9 +65,8 @@ def example_rows(quality_tsv, curve_tsv, router_paths, *, per_group: int = 5, ma
     """The table: the first ``per_group`` picks, then ``per_group`` samples of each drop reason (best quality first)."""
     from selectflow.data.records import record_prompt_response
 
-    quality = pd.read_csv(quality_tsv, sep="\t", dtype={"sample_id": str, "dataset": str, "reason": str},
-                          keep_default_na=False)
-    curve = pd.read_csv(curve_tsv, sep="\t", dtype={"sample_id": str}, keep_default_na=False)
+    quality = read_tsv(quality_tsv, "quality table", dtype={"reason": str})
+    curve = read_tsv(curve_tsv, "FPS curve")
     rank = {sid: i for i, sid in enumerate(curve["sample_id"])}
     quality = quality.assign(reason=drop_reasons(quality, set(rank)))
     chosen = [quality[quality["reason"] == "selected"].assign(rank=lambda t: t["sample_id"].map(rank))
@@ -94,7 +95,7 @@ def examples_figure(quality_tsv, curve_tsv, router_paths, out_png: str | os.Path
     """Draw :func:`example_rows` as a table figure (PNG, like the report's other entries); return the table."""
     from matplotlib.figure import Figure
 
-    from selectflow.report.figures import _save
+    from selectflow.report.canvas import SELECTED, save_png
 
     table = example_rows(quality_tsv, curve_tsv, router_paths, per_group=per_group, max_chars=max_chars)
     cells = []
@@ -122,8 +123,8 @@ def examples_figure(quality_tsv, curve_tsv, router_paths, out_png: str | os.Path
         shown.set_fontsize(7.5)
         for (r, _), cell in shown.get_celld().items():
             if r > 0 and cells[r - 1][0].startswith("selected"):
-                cell.get_text().set_color("#d62728")
+                cell.get_text().set_color(SELECTED)
     else:
         ax.text(0.5, 0.5, "no scored samples", ha="center", va="center", transform=ax.transAxes)
-    _save(fig, out_png)
+    save_png(fig, out_png)
     return table

@@ -35,11 +35,13 @@ MAX_MESSAGES = 8
 
 
 def _read_tsv(path: Path):
-    import pandas as pd
+    """The table at ``path``, or None when it is missing or unreadable (a summary reads defensively)."""
+    from selectflow.runtime.errors import SelectFlowError
+    from selectflow.runtime.tables import read_tsv
 
     try:
-        return pd.read_csv(path, sep="\t", dtype={"sample_id": str, "dataset": str}, keep_default_na=False)
-    except (OSError, ValueError) as exc:
+        return read_tsv(path, "table")
+    except (SelectFlowError, OSError, ValueError) as exc:
         log.debug("cannot read %s: %s", path, exc)
         return None
 

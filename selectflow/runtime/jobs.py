@@ -111,6 +111,9 @@ def run_job(
             sys.exit(EXIT_NOT_RETRIED)
         log.info("attempt %s failed with: %s", previous.get("attempt"), previous.get("error", "").splitlines()[0])
 
+    from selectflow.runtime.jobrecord import JobRecord
+
+    record = JobRecord.start(snakemake, size_name)  # {log}.job.json: the facts the report reads
     claim = None
     try:
         if int(snakemake.resources.get("gpu", 0) or 0) > 0:
@@ -148,5 +151,6 @@ def run_job(
     finally:
         if claim is not None:
             claim.release()
+        record.finish(sys.exc_info()[1])
     failure.unlink(missing_ok=True)
     log.info("rule %s done: %s", rule, _peak_line())
