@@ -70,7 +70,7 @@ def write_data(path: Path, items: int, width: int, features: int, n_windows: int
 
 
 def child_build(args) -> dict:
-    from selectflow.index.store import build_windows
+    from selectflow.index.build import build_windows
     from selectflow.index.windows import read_sequence_window, sequence_windows
 
     n_pos = args.width * args.windows
@@ -104,12 +104,8 @@ def child_build(args) -> dict:
 def child_query(args) -> dict:
     import faiss
 
-    from selectflow.index.store import (
-        WindowFiles,
-        WindowStore,
-        _direct_kernel,
-        exact_top_k,
-    )
+    from selectflow.index.layout import WindowFiles
+    from selectflow.index.store import WindowStore, _direct_kernel, exact_top_k
 
     rng = np.random.default_rng(1)
     store = WindowStore(args.out, max_open=args.max_open or 4, exact=args.mode != "store-blas")
