@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from selectflow.runtime.units import MIB
+
 SIZES = {
     # items, width (positions per window), features, query batches
     "full": dict(items=2000, width=256, features=16, batches=200, batch=64, k=8),
@@ -165,7 +167,7 @@ def run_child(script: Path, **kw) -> dict:
 
 
 def mib(n: float) -> float:
-    return n / 2**20
+    return n / MIB
 
 
 def main() -> None:
