@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from selectflow.runtime.units import MIB
+
 SIZES = {
     # items, width (positions per window), features, query batches
     "full": dict(items=2000, width=256, features=16, batches=200, batch=64, k=8),
@@ -70,7 +72,7 @@ def write_data(path: Path, items: int, width: int, features: int, n_windows: int
 
 
 def child_build(args) -> dict:
-    from selectflow.index.store import build_windows
+    from selectflow.index.build import build_windows
     from selectflow.index.windows import read_sequence_window, sequence_windows
 
     n_pos = args.width * args.windows
@@ -104,12 +106,8 @@ def child_build(args) -> dict:
 def child_query(args) -> dict:
     import faiss
 
-    from selectflow.index.store import (
-        WindowFiles,
-        WindowStore,
-        _direct_kernel,
-        exact_top_k,
-    )
+    from selectflow.index.layout import WindowFiles
+    from selectflow.index.store import WindowStore, _direct_kernel, exact_top_k
 
     rng = np.random.default_rng(1)
     store = WindowStore(args.out, max_open=args.max_open or 4, exact=args.mode != "store-blas")
@@ -169,7 +167,7 @@ def run_child(script: Path, **kw) -> dict:
 
 
 def mib(n: float) -> float:
-    return n / 2**20
+    return n / MIB
 
 
 def main() -> None:

@@ -16,13 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selectflow.index.store import (
-    WindowFiles,
-    WindowStore,
-    build_window_index,
-    build_windows,
-    summarize_windows,
-)
+from selectflow.index.build import build_window_index, build_windows
+from selectflow.index.layout import WindowFiles
+from selectflow.index.store import WindowStore
+from selectflow.index.summary import summarize_windows
 from selectflow.index.windows import item_windows
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 
@@ -214,7 +211,7 @@ def test_sigkill_during_builds_leaves_whole_windows_or_none(tmp_path):
     # see must be whole; an unfinished one reads as missing (its metadata lands last).
     script = textwrap.dedent(f"""
         import numpy as np, sys
-        from selectflow.index.store import build_window_index
+        from selectflow.index.build import build_window_index
         x = np.random.default_rng(0).standard_normal((60000, 64)).astype(np.float32)
         ids = [f"s{{i}}" for i in range(len(x))]
         for w in range(100):
@@ -264,7 +261,7 @@ def test_ivfpq_builds_for_large_windows_and_falls_back_when_small(tmp_path, capl
     assert np.mean([f"s{i}" in row for i, row in enumerate(got)]) > 0.9  # approximate, but finds the item itself
     assert meta["faiss_bytes"] < x.nbytes / 4  # PQ codes, not raw vectors
 
-    with caplog.at_level(logging.WARNING, logger="selectflow.index.store"):
+    with caplog.at_level(logging.WARNING, logger="selectflow.index.build"):
         small = build_window_index(x[:500], ids[:500], tmp_path / "small" / "window_00000.faiss", index_type="ivfpq")
     assert small["index_type"] == "flat_l2" and small["requested_index_type"] == "ivfpq"
     assert "too few to train" in caplog.text

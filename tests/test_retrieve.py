@@ -8,9 +8,15 @@ import pytest
 import torch
 
 from selectflow.data.records import read_dataset
+from selectflow.index.build import build_windows
 from selectflow.index.embed import encode_texts, load_encoder
-from selectflow.index.retrieve import OnDemandNeighbors, decontaminate, retrieve
-from selectflow.index.store import WindowStore, build_windows
+from selectflow.index.retrieve import (
+    OnDemandNeighbors,
+    decontaminate,
+    retrieve,
+    write_table,
+)
+from selectflow.index.store import WindowStore
 from selectflow.index.windows import item_windows
 from selectflow.runtime.errors import SelectFlowError
 
@@ -32,7 +38,8 @@ def test_retrieve_writes_ranked_neighbours(tmp_path):
     x = rng.standard_normal((400, 8)).astype(np.float32)
     store = make_store(tmp_path, x, 90)
     q = x[[5, 250]] + 0.001
-    table = retrieve(store, q, ["qa", "qb"], 4, tmp_path / "neighbors.tsv", progress=False)
+    table = retrieve(store, q, ["qa", "qb"], 4, progress=False)
+    write_table(table, tmp_path / "neighbors.tsv")
     back = pd.read_csv(tmp_path / "neighbors.tsv", sep="\t", dtype={"sample_id": str, "query_id": str})
     assert list(back.columns) == ["query_id", "rank", "sample_id", "window", "distance"]
     assert back["query_id"].tolist() == ["qa"] * 4 + ["qb"] * 4 and back["rank"].tolist() == [1, 2, 3, 4] * 2
@@ -43,7 +50,7 @@ def test_retrieve_writes_ranked_neighbours(tmp_path):
         back["distance"].to_numpy().astype(np.float32), table["distance"].to_numpy()
     )  # %.9g round-trips
     with pytest.raises(SelectFlowError, match="query ids repeat"):
-        retrieve(store, q, ["qa", "qa"], 4, tmp_path / "n2.tsv", progress=False)
+        retrieve(store, q, ["qa", "qa"], 4, progress=False)
 
 
 @pytest.mark.parametrize("index_type, threshold", [("flat_l2", 2.0), ("flat_l1", 2.0), ("flat_ip", 6.0)])
@@ -52,9 +59,8 @@ def test_decontaminate_finds_every_pair_within_threshold_inclusive(tmp_path, ind
     pool = rng.integers(0, 3, size=(600, 4)).astype(np.float32)  # exact distances, thresholds attained
     evals = rng.integers(0, 3, size=(5, 4)).astype(np.float32)
     store = make_store(tmp_path, pool, 128, index_type)
-    flagged = decontaminate(
-        store, evals, [f"e{i}" for i in range(5)], threshold, tmp_path / "contam.tsv", progress=False
-    )
+    table = decontaminate(store, evals, [f"e{i}" for i in range(5)], threshold, progress=False)
+    write_table(table, tmp_path / "contam.tsv")
 
     if index_type == "flat_l2":
         d, near = ((pool[None] - evals[:, None]) ** 2).sum(-1), None
@@ -64,7 +70,7 @@ def test_decontaminate_finds_every_pair_within_threshold_inclusive(tmp_path, ind
         d = evals @ pool.T
     near = d >= threshold if index_type == "flat_ip" else d <= threshold
     assert (d == threshold).any()  # the boundary itself is exercised
-    assert flagged == {f"s{j}" for j in np.nonzero(near.any(axis=0))[0]}
+    assert set(table["sample_id"]) == {f"s{j}" for j in np.nonzero(near.any(axis=0))[0]}
     back = pd.read_csv(tmp_path / "contam.tsv", sep="\t", dtype=str)
     assert list(back.columns) == ["sample_id", "eval_id", "distance", "window"]
     assert len(back) == int(near.sum())
@@ -76,11 +82,11 @@ def test_decontaminate_finds_every_pair_within_threshold_inclusive(tmp_path, ind
 def test_decontaminate_with_nothing_near_writes_an_empty_table(tmp_path):
     pool = np.zeros((50, 3), np.float32)
     store = make_store(tmp_path, pool, 20)
-    assert (
-        decontaminate(store, np.full((2, 3), 10, np.float32), ["a", "b"], 1.0, tmp_path / "c.tsv", progress=False)
-        == set()
-    )
-    assert pd.read_csv(tmp_path / "c.tsv", sep="\t").empty
+    table = decontaminate(store, np.full((2, 3), 10, np.float32), ["a", "b"], 1.0, progress=False)
+    assert table.empty and list(table.columns) == ["sample_id", "eval_id", "distance", "window"]
+    write_table(table, tmp_path / "c.tsv")
+    back = pd.read_csv(tmp_path / "c.tsv", sep="\t")
+    assert back.empty and list(back.columns) == ["sample_id", "eval_id", "distance", "window"]
 
 
 # ----------------------------------------------------------------------------- embeddings

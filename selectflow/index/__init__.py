@@ -1,1 +1,1 @@
-"""Per-window FAISS indexes: windows, embeddings, the on-disk store, retrieval."""
+"""Per-window FAISS indexes: windows, embeddings, the files of a window (layout), build, store, summary, retrieval."""

@@ -1,9 +1,9 @@
 """Queries against a :class:`~selectflow.index.store.WindowStore`: neighbours, decontamination, on-demand embeddings.
 
-* :func:`retrieve` → ``neighbors.tsv`` (query_id, rank, sample_id, window, distance): the
-  ``k`` nearest pool items of each query over all windows.
-* :func:`decontaminate` → the set of pool sample ids within ``threshold`` of any eval
-  sample, and a TSV of the pairs (sample_id, eval_id, distance, window).
+* :func:`retrieve` → the table of ``neighbors.tsv`` (query_id, rank, sample_id, window,
+  distance): the ``k`` nearest pool items of each query over all windows.
+* :func:`decontaminate` → the table of pool samples within ``threshold`` of an eval sample
+  (sample_id, eval_id, distance, window), one row per pair.
 * :class:`OnDemandNeighbors` → for a training batch from one window, its neighbours in that
   window embedded by the model *as it is now* (``float32 [q, k, H]``): neighbour
   embeddings are never precomputed, so they are never stale and never all in RAM.
@@ -14,7 +14,6 @@ or inner product (``flat_ip``, where larger means nearer).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,14 +25,12 @@ from tqdm.auto import tqdm
 from selectflow.index.embed import encode_texts
 from selectflow.index.store import WindowStore
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.runtime.fsutil import atomic_open
-
-log = logging.getLogger(__name__)
+from selectflow.runtime.tables import write_tsv
 
 
-def _write_tsv(table: pd.DataFrame, path: str | os.PathLike) -> None:
-    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-        table.to_csv(fh, sep="\t", index=False, float_format="%.9g")
+def write_table(table: pd.DataFrame, out_tsv: str | os.PathLike) -> None:
+    """Write a :func:`retrieve` or :func:`decontaminate` table (atomically); ``%.9g`` round-trips float32 distances."""
+    write_tsv(table, out_tsv, float_format="%.9g")
 
 
 def _check_ids(vectors: np.ndarray, ids: Sequence[str], what: str) -> None:
@@ -43,16 +40,9 @@ def _check_ids(vectors: np.ndarray, ids: Sequence[str], what: str) -> None:
         raise SelectFlowError(f"{what} ids repeat; every {what} sample needs its own id")
 
 
-def retrieve(
-    store: WindowStore,
-    query_vectors: np.ndarray,
-    query_ids: Sequence[str],
-    k: int,
-    out_tsv: str | os.PathLike,
-    *,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Write the ``k`` nearest pool items of every query (rank 1 = nearest) to ``out_tsv``; return the table.
+def retrieve(store: WindowStore, query_vectors: np.ndarray, query_ids: Sequence[str], k: int, *,
+             progress: bool = True) -> pd.DataFrame:
+    """The ``k`` nearest pool items of every query (rank 1 = nearest), a row per (query, neighbour).
 
     Fewer than ``k`` rows per query only when the pool has fewer items (or, for ``ivfpq``,
     when the probed lists hold fewer).
@@ -69,22 +59,12 @@ def retrieve(
             "distance": dist.ravel(),
         }
     )
-    table = table[table["sample_id"] != ""].reset_index(drop=True)
-    _write_tsv(table, out_tsv)
-    log.info("%d queries x top-%d over %d windows -> %s", q, k, len(store), out_tsv)
-    return table
+    return table[table["sample_id"] != ""].reset_index(drop=True)
 
 
-def decontaminate(
-    store: WindowStore,
-    eval_vectors: np.ndarray,
-    eval_ids: Sequence[str],
-    threshold: float,
-    out_tsv: str | os.PathLike,
-    *,
-    progress: bool = True,
-) -> set[str]:
-    """Pool sample ids within ``threshold`` of any eval sample (threshold included); pairs go to ``out_tsv``.
+def decontaminate(store: WindowStore, eval_vectors: np.ndarray, eval_ids: Sequence[str], threshold: float, *,
+                  progress: bool = True) -> pd.DataFrame:
+    """Pool samples within ``threshold`` of an eval sample (threshold included), a row per (sample, eval) pair.
 
     "Within" is squared-L2 / L1 distance <= ``threshold``, or inner product >= ``threshold``
     for ``flat_ip``. Uses FAISS range search per window, so every pair is found however many
@@ -112,23 +92,11 @@ def decontaminate(
                 )
             )
     columns = ["sample_id", "eval_id", "distance", "window"]
-    if parts:
-        table = pd.concat(parts, ignore_index=True)
-        table["key"] = -table["distance"] if larger else table["distance"]
-        table = table.sort_values(["q", "key", "window", "row"], kind="stable")[columns].reset_index(drop=True)
-    else:
-        table = pd.DataFrame(columns=columns)
-    _write_tsv(table, out_tsv)
-    flagged = set(table["sample_id"])
-    log.info(
-        "decontamination at %s %g: %d pool samples near %d eval samples -> %s",
-        store.metric(),
-        threshold,
-        len(flagged),
-        table["eval_id"].nunique(),
-        out_tsv,
-    )
-    return flagged
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    table = pd.concat(parts, ignore_index=True)
+    table["key"] = -table["distance"] if larger else table["distance"]
+    return table.sort_values(["q", "key", "window", "row"], kind="stable")[columns].reset_index(drop=True)
 
 
 @dataclass

@@ -1,22 +1,12 @@
 """Per-window FAISS indexes on disk, opened only when a window is searched.
 
-One window = one index file plus two small files beside it (``index_dir/``)::
-
-    window_00003.faiss     the FAISS index (rows 0..n-1 of the window)
-    window_00003.ids.tsv   row → sample_id (columns ``row``, ``sample_id``)
-    window_00003.json      metadata, written last: layout_version, window, n_windows, kind
-                           ("items" | "positions"), span, n, dim, index_type, metric,
-                           built_on, build_seconds, file sizes (a window without it is
-                           unfinished)
-
-* :func:`build_window_index` — ``float32 [n, D]`` vectors + ``n`` ids → the three files,
-  each written atomically, after a free-disk check.
-* :class:`WindowStore` — searches windows, holding at most ``max_open`` indexes (or
-  ``ram_budget_bytes``) open, least recently used closed first. Nothing else is kept in
-  RAM but the small metadata, which is what lets hundreds of windows run in the memory of a
-  few (the alternative, all embeddings and indexes in RAM, grows with the window count).
-* :func:`build_windows` — the build loop over many windows, one window in RAM at a time.
-* :func:`summarize_windows` — per-window build time, disk and RAM → table / TSV / log.
+* :class:`WindowStore` — searches the windows of ``index_dir`` (files as in
+  :mod:`selectflow.index.layout`, built by :mod:`selectflow.index.build`), holding at most
+  ``max_open`` indexes (or ``ram_budget_bytes``) open, least recently used closed first.
+  Nothing else is kept in RAM but the small metadata, which is what lets hundreds of
+  windows run in the memory of a few (the alternative, all embeddings and indexes in RAM,
+  grows with the window count).
+* :func:`exact_top_k` — the top ``k`` of one index by (distance, row), ties included.
 
 Distances are FAISS's for the index metric: **squared** L2 (``flat_l2``, ``ivfpq``), L1
 (``flat_l1``) or inner product (``flat_ip``, larger is nearer). For the flat types a
@@ -29,70 +19,28 @@ windows returns under the same rule.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import re
-import shutil
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
-import pandas as pd
-import psutil
 from tqdm.auto import tqdm
 
+from selectflow.index.layout import REBUILD_HINT, WINDOW_NAME, WindowFiles, read_meta
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
-from selectflow.runtime.fsutil import atomic_open, atomic_path
+from selectflow.runtime.tables import read_tsv
+from selectflow.runtime.units import format_bytes
 
 log = logging.getLogger(__name__)
-
-LAYOUT_VERSION = 1
-REBUILD_HINT = "rule index_window rebuilds it (delete the window's files and rerun snakemake)"
-INDEX_TYPES = ("flat_l2", "flat_ip", "flat_l1", "ivfpq")
-_METRICS = {"flat_l2": "l2", "flat_ip": "ip", "flat_l1": "l1", "ivfpq": "l2"}
-_FAISS_METRIC = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT, "l1": faiss.METRIC_L1}
-_PQ_BITS = 8
-_NAME = re.compile(r"^window_(\d+)$")
-
-
-def window_name(window: int) -> str:
-    return f"window_{window:05d}"
-
-
-@dataclass(frozen=True)
-class WindowFiles:
-    faiss: Path
-    ids: Path
-    meta: Path
-
-    @classmethod
-    def beside(cls, faiss_path: str | os.PathLike) -> WindowFiles:
-        """The ids and metadata paths that go with ``…/window_XXXXX.faiss``."""
-        p = Path(faiss_path)
-        stem = p.name[: -len(".faiss")] if p.name.endswith(".faiss") else p.name
-        return cls(p, p.with_name(f"{stem}.ids.tsv"), p.with_name(f"{stem}.json"))
-
-    @classmethod
-    def of(cls, index_dir: str | os.PathLike, window: int) -> WindowFiles:
-        return cls.beside(Path(index_dir) / f"{window_name(window)}.faiss")
 
 
 def larger_is_nearer(metric: str) -> bool:
     return metric == "ip"
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
@@ -146,236 +94,6 @@ def exact_top_k(search: Callable, n: int, queries: np.ndarray, k: int, larger_be
     return out_d, out_i
 
 
-# ----------------------------------------------------------------------------- build
-
-
-def _default_pq_m(dim: int) -> int:
-    """Most sub-quantizers (<= 64) of >= 8 dimensions each: fewer dims per code trains slowly and adds little."""
-    return next((m for m in (64, 32, 16, 8, 4, 2) if dim % m == 0 and dim // m >= 8), 1)
-
-
-def _ivfpq_plan(n: int, dim: int, ivf_nlist: int | None, pq_m: int | None) -> tuple[int, int] | None:
-    """(nlist, pq_m) for an IVF-PQ index of ``n`` vectors, or None when ``n`` is too few to train.
-
-    FAISS wants ~39 training points per centroid, for the IVF lists and for the 256
-    centroids of each PQ sub-quantizer; below that the clusters are noise.
-    """
-    nlist = ivf_nlist or max(1, int(4 * math.sqrt(n)))
-    m = pq_m or _default_pq_m(dim)
-    if dim % m:
-        raise SelectFlowError(f"pq_m={m} does not divide the vector dimension {dim}; pick a divisor of {dim}")
-    if n < 39 * max(nlist, 2**_PQ_BITS):
-        return None
-    return nlist, m
-
-
-def _estimate_bytes(n: int, dim: int, ids: Sequence[str], plan: tuple[int, int] | None) -> int:
-    if plan is None:
-        index = n * dim * 4
-    else:
-        nlist, m = plan
-        index = n * (m + 8) + nlist * dim * 4 + 2**_PQ_BITS * dim * 4
-    ids_bytes = sum(len(s.encode()) for s in ids) + n * (len(str(n)) + 2)
-    return index + ids_bytes + 64 * 1024
-
-
-def _want_gpu(use_gpu) -> bool:
-    has = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if use_gpu in ("auto", None):
-        return has
-    if use_gpu in (True, "cuda", "gpu"):
-        if not has:
-            raise SelectFlowError(
-                "use_gpu=True but the installed faiss has no GPU support (install faiss-gpu) or sees no GPU"
-            )
-        return True
-    if use_gpu in (False, "cpu"):
-        return False
-    raise SelectFlowError(f"use_gpu must be 'auto', True or False, got {use_gpu!r}")
-
-
-def _make_index(vectors: np.ndarray, metric: str, plan: tuple[int, int] | None, gpu: bool) -> tuple[faiss.Index, str]:
-    dim = vectors.shape[1]
-    if plan is None:
-        # A flat "build" is a copy of the vectors: on a GPU it would only add two transfers.
-        index = faiss.IndexFlat(dim, _FAISS_METRIC[metric])
-        index.add(vectors)
-        return index, "cpu"
-    nlist, m = plan
-    index = faiss.index_factory(dim, f"IVF{nlist},PQ{m}", _FAISS_METRIC[metric])
-    index.do_polysemous_training = False  # only polysemous search uses it, and it is most of the training time
-    if gpu:
-        try:
-            res = faiss.StandardGpuResources()
-            on_gpu = faiss.index_cpu_to_gpu(res, 0, index)
-            on_gpu.train(vectors)
-            on_gpu.add(vectors)
-            return faiss.index_gpu_to_cpu(on_gpu), "gpu"
-        except RuntimeError as exc:  # GPU IVF-PQ supports fewer (pq_m, dim) shapes than the CPU one
-            log.warning("GPU IVF-PQ build failed (%s); building on CPU", str(exc).splitlines()[0])
-    index.train(vectors)
-    index.add(vectors)
-    return index, "cpu"
-
-
-def build_window_index(
-    vectors: np.ndarray,
-    ids: Sequence[str],
-    out_faiss: str | os.PathLike,
-    *,
-    window: int | None = None,
-    n_windows: int | None = None,
-    span: tuple[int, int] | None = None,
-    kind: str = "items",
-    index_type: str = "flat_l2",
-    use_gpu="auto",
-    ivf_nlist: int | None = None,
-    pq_m: int | None = None,
-    nprobe: int | None = None,
-    min_free_bytes: int = 0,
-    embed_seconds: float | None = None,
-) -> dict:
-    """Index one window's ``float32 [n, D]`` vectors; write ``.faiss``, ``.ids.tsv``, ``.json``; return the metadata.
-
-    ``window`` defaults to the number in the file name (``window_00007.faiss`` → 7).
-    ``n_windows`` (the total) lets a :class:`WindowStore` notice a missing window.
-    ``kind`` is ``items`` (windows partition the items) or ``positions`` (every window
-    holds all items over a different span of positions; only per-window search applies).
-    ``ivfpq`` falls back to ``flat_l2`` (with a warning) when the window is too small to
-    train. Fails before any work when the disk has less than the estimated size plus
-    ``min_free_bytes`` free. ``embed_seconds`` (the time the vectors took to compute, when
-    known) is kept in the metadata for the report.
-    """
-    files = WindowFiles.beside(out_faiss)
-    if window is None:
-        match = _NAME.match(files.meta.stem)
-        if not match:
-            raise SelectFlowError(f"{out_faiss}: name it window_XXXXX.faiss or pass window=")
-        window = int(match.group(1))
-    if index_type not in INDEX_TYPES:
-        raise SelectFlowError(f"unknown index_type {index_type!r}; use one of {', '.join(INDEX_TYPES)}")
-    if kind not in ("items", "positions"):
-        raise SelectFlowError(f"kind must be 'items' or 'positions', got {kind!r}")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    ids = [str(s) for s in ids]
-    if vectors.ndim != 2 or vectors.shape[0] == 0:
-        raise SelectFlowError(f"window {window}: vectors must be a non-empty [n, D] array, got shape {vectors.shape}")
-    n, dim = vectors.shape
-    if len(ids) != n:
-        raise SelectFlowError(f"window {window}: {n} vectors but {len(ids)} sample ids")
-    if len(set(ids)) != n:
-        raise SelectFlowError(f"window {window}: sample ids repeat; every row needs its own id")
-    bad_id = next((s for s in ids if "\t" in s or "\n" in s or "\r" in s or not s), None)
-    if bad_id is not None:
-        raise SelectFlowError(f"window {window}: sample id {bad_id!r} is empty or holds a tab/newline")
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
-        raise SelectFlowError(
-            f"window {window}: vector of sample {ids[row]!r} (row {row}) has NaN/inf; fix the embeddings"
-        )
-
-    metric = _METRICS[index_type]
-    plan = None
-    if index_type == "ivfpq":
-        plan = _ivfpq_plan(n, dim, ivf_nlist, pq_m)
-        if plan is None:
-            log.warning("window %d: %d vectors are too few to train IVF-PQ; using an exact flat_l2 index", window, n)
-    effective = index_type if plan is not None or index_type != "ivfpq" else "flat_l2"
-
-    need = _estimate_bytes(n, dim, ids, plan)
-    files.faiss.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(files.faiss.parent).free
-    if free < need + min_free_bytes:
-        raise SelectFlowError(
-            f"not enough disk for {files.faiss}: the window needs ~{_fmt_bytes(need)}"
-            + (f" and {_fmt_bytes(min_free_bytes)} must stay free" if min_free_bytes else "")
-            + f", but {files.faiss.parent} has {_fmt_bytes(free)} free; free space or move index_dir to a larger disk"
-        )
-
-    t0 = time.perf_counter()
-    index, built_on = _make_index(vectors, metric, plan, _want_gpu(use_gpu))
-    build_seconds = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    files.meta.unlink(missing_ok=True)  # the window reads as unfinished until the new metadata lands
-    with atomic_path(files.faiss, suffix=".faiss") as tmp:
-        faiss.write_index(index, str(tmp))
-    with atomic_open(files.ids, "w", encoding="utf-8", newline="") as fh:
-        pd.DataFrame({"row": np.arange(n), "sample_id": ids}).to_csv(fh, sep="\t", index=False)
-    meta = {
-        "layout_version": LAYOUT_VERSION,
-        "window": window,
-        "n_windows": n_windows,
-        "kind": kind,
-        "span": list(span) if span is not None else None,
-        "n": n,
-        "dim": dim,
-        "index_type": effective,
-        "requested_index_type": index_type,
-        "metric": metric,
-        "nlist": plan[0] if plan else None,
-        "pq_m": plan[1] if plan else None,
-        "nprobe": (nprobe or min(plan[0], 16)) if plan else None,
-        "built_on": built_on,
-        "build_seconds": round(build_seconds, 6),
-        "embed_seconds": None if embed_seconds is None else round(float(embed_seconds), 6),
-        "write_seconds": round(time.perf_counter() - t0, 6),
-        "faiss_bytes": files.faiss.stat().st_size,
-        "ids_bytes": files.ids.stat().st_size,
-    }
-    with atomic_open(files.meta, "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=1)
-    return meta
-
-
-def build_windows(
-    source: Callable[[int, tuple[int, int]], tuple[np.ndarray, Sequence[str]]],
-    windows: Sequence[tuple[int, int]],
-    index_dir: str | os.PathLike,
-    *,
-    kind: str = "items",
-    progress: bool = True,
-    **build_kwargs,
-) -> pd.DataFrame:
-    """Build every window: ``source(w, span) -> (vectors, ids)``, index, write, drop; return the summary.
-
-    Only one window's vectors are in memory at a time, so peak RAM does not grow with
-    ``len(windows)`` (the loop the workflow runs as one ``index_window`` job per window).
-    """
-    for w, span in enumerate(tqdm(windows, desc="index windows", unit="window", disable=not progress)):
-        vectors, ids = source(w, span)
-        meta = build_window_index(
-            vectors,
-            ids,
-            WindowFiles.of(index_dir, w).faiss,
-            window=w,
-            n_windows=len(windows),
-            span=span,
-            kind=kind,
-            **build_kwargs,
-        )
-        del vectors  # before the next source() call, or two windows would be in RAM at once
-        log.debug(
-            "window %d: %d x %d %s in %.2fs", w, meta["n"], meta["dim"], meta["index_type"], meta["build_seconds"]
-        )
-    return summarize_windows(index_dir)
-
-
-# ----------------------------------------------------------------------------- store
-
-
-def _read_meta(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"window metadata {path} is unreadable ({exc}); {REBUILD_HINT}") from None
-    if meta.get("layout_version") != LAYOUT_VERSION:
-        raise CorruptFileError(
-            f"{path}: layout_version {meta.get('layout_version')!r}, expected {LAYOUT_VERSION}; {REBUILD_HINT}"
-        )
-    return meta
-
 
 @dataclass
 class _OpenWindow:
@@ -383,6 +101,41 @@ class _OpenWindow:
     ids: np.ndarray  # [n] object (str)
     ram_bytes: int
     mmap: bool
+
+
+def _scan_windows(index_dir: Path, n_windows: int | None) -> list[dict]:
+    """The metadata of windows ``0..n-1`` in ``index_dir``; a missing file is a :class:`SelectFlowError` naming it.
+
+    ``n`` is ``n_windows``, else the count the build recorded, else the highest window + 1.
+    """
+    found = {}
+    for path in index_dir.glob("window_*.json"):
+        match = WINDOW_NAME.match(path.stem)
+        if match:
+            found[int(match.group(1))] = read_meta(path)
+    recorded = {m["n_windows"] for m in found.values() if m.get("n_windows")}
+    if len(recorded) > 1:
+        raise SelectFlowError(
+            f"windows in {index_dir} were built for different window counts {sorted(recorded)}; "
+            "delete the folder and rebuild all windows"
+        )
+    expected = n_windows or (recorded.pop() if recorded else (max(found) + 1 if found else 0))
+    if expected == 0:
+        raise SelectFlowError(f"no window indexes (window_*.json) in {index_dir}; rule index_window builds them")
+    missing = []
+    for w in range(expected):
+        files = WindowFiles.of(index_dir, w)
+        if w not in found:
+            missing.append(files.faiss if not files.faiss.exists() else files.meta)
+            continue
+        missing.extend(p for p in (files.faiss, files.ids) if not p.exists())
+    if missing:
+        names = ", ".join(str(p) for p in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise SelectFlowError(
+            f"{len(missing)} window index file(s) missing in {index_dir} (expected {expected} windows): "
+            f"{names}; {REBUILD_HINT}"
+        )
+    return [found[w] for w in range(expected)]
 
 
 class WindowStore:
@@ -421,38 +174,7 @@ class WindowStore:
         self.ram_budget_bytes = ram_budget_bytes
         self.nprobe = nprobe
         self.exact = exact
-        found = {}
-        for path in self.index_dir.glob("window_*.json"):
-            match = _NAME.match(path.stem)
-            if match:
-                found[int(match.group(1))] = _read_meta(path)
-        recorded = {m["n_windows"] for m in found.values() if m.get("n_windows")}
-        if len(recorded) > 1:
-            raise SelectFlowError(
-                f"windows in {self.index_dir} were built for different window counts {sorted(recorded)}; "
-                "delete the folder and rebuild all windows"
-            )
-        expected = n_windows or (recorded.pop() if recorded else (max(found) + 1 if found else 0))
-        if expected == 0:
-            raise SelectFlowError(
-                f"no window indexes (window_*.json) in {self.index_dir}; rule index_window builds them"
-            )
-        missing = []
-        for w in range(expected):
-            files = WindowFiles.of(self.index_dir, w)
-            if w not in found:
-                missing.append(files.faiss if not files.faiss.exists() else files.meta)
-                continue
-            missing.extend(p for p in (files.faiss, files.ids) if not p.exists())
-        if missing:
-            names = ", ".join(str(p) for p in missing[:5]) + (
-                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            )
-            raise SelectFlowError(
-                f"{len(missing)} window index file(s) missing in {self.index_dir} (expected {expected} windows): "
-                f"{names}; {REBUILD_HINT}"
-            )
-        self.meta = [found[w] for w in range(expected)]
+        self.meta = _scan_windows(self.index_dir, n_windows)
         self._open: OrderedDict[int, _OpenWindow] = OrderedDict()
         self.loads = 0
         self.hits = 0
@@ -494,7 +216,7 @@ class WindowStore:
                 )
         meta = self.meta[w]
         index, mmap = self._read_index(w, files.faiss)
-        table = pd.read_csv(files.ids, sep="\t", dtype={"sample_id": str}, keep_default_na=False, na_filter=False)
+        table = read_tsv(files.ids, "window ids file")
         if list(table.columns) != ["row", "sample_id"] or not np.array_equal(table["row"], np.arange(len(table))):
             raise CorruptFileError(f"{files.ids}: expected columns row, sample_id with rows 0..n-1; {REBUILD_HINT}")
         if not index.ntotal == len(table) == meta["n"] or index.d != meta["dim"]:
@@ -514,8 +236,8 @@ class WindowStore:
             log.warning(
                 "window %d alone needs ~%s, over the RAM budget of %s",
                 w,
-                _fmt_bytes(ram),
-                _fmt_bytes(self.ram_budget_bytes),
+                format_bytes(ram),
+                format_bytes(self.ram_budget_bytes),
             )
         return entry
 
@@ -531,6 +253,11 @@ class WindowStore:
 
     def close(self) -> None:
         self._open.clear()
+
+    def open_ram_bytes(self, w: int) -> int | None:
+        """The RAM estimate of window ``w`` while it is open, else None."""
+        entry = self._open.get(w)
+        return None if entry is None else entry.ram_bytes
 
     def ram_held_bytes(self) -> int:
         return sum(o.ram_bytes for o in self._open.values())
@@ -657,48 +384,3 @@ class WindowStore:
         query = np.repeat(np.arange(len(x), dtype=np.int64), np.diff(lims).astype(np.int64))
         order = np.lexsort((rows, -dist if larger else dist, query))
         return query[order], dist[order].astype(np.float32), rows[order].astype(np.int64)
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def summarize_windows(index: str | os.PathLike | WindowStore, out_tsv: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Per window: size, type, build time, bytes on disk and (for an open store) RAM held; log the totals.
-
-    Columns: window, n, dim, index_type, metric, built_on, build_seconds, embed_seconds
-    (NaN when the vectors came from elsewhere), disk_bytes, open, ram_bytes. Written to ``out_tsv`` (atomically) when given.
-    """
-    store = index if isinstance(index, WindowStore) else WindowStore(index)
-    rows = []
-    for meta in store.meta:
-        entry = store._open.get(meta["window"])
-        rows.append(
-            {
-                "window": meta["window"],
-                "n": meta["n"],
-                "dim": meta["dim"],
-                "index_type": meta["index_type"],
-                "metric": meta["metric"],
-                "built_on": meta["built_on"],
-                "build_seconds": meta["build_seconds"],
-                "embed_seconds": meta.get("embed_seconds") if meta.get("embed_seconds") is not None else float("nan"),
-                "disk_bytes": meta["faiss_bytes"] + meta["ids_bytes"],
-                "open": entry is not None,
-                "ram_bytes": entry.ram_bytes if entry is not None else 0,
-            }
-        )
-    table = pd.DataFrame(rows)
-    log.info(
-        "%d windows, %d rows: %s of indexes on disk, %.1fs of builds; %d open holding ~%s; process RSS %s",
-        len(table),
-        int(table["n"].sum()),
-        _fmt_bytes(table["disk_bytes"].sum()),
-        table["build_seconds"].sum(),
-        int(table["open"].sum()),
-        _fmt_bytes(table["ram_bytes"].sum()),
-        _fmt_bytes(psutil.Process().memory_info().rss),
-    )
-    if out_tsv is not None:
-        with atomic_open(out_tsv, "w", encoding="utf-8", newline="") as fh:
-            table.to_csv(fh, sep="\t", index=False)
-    return table

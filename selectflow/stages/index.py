@@ -1,4 +1,8 @@
-"""Rule-level glue of the index stage: pool manifest → one FAISS window per job → retrieval.
+"""The index stage: pool manifest → one FAISS window per job → retrieval, one function per rule.
+
+The rules of ``rules/index.smk`` call :func:`write_pool_manifest` (checkpoint
+``pool_manifest``), :func:`index_embed`, :func:`index_window`, :func:`index_summary`,
+:func:`retrieve` and :func:`decontaminate`; the functions below do the work:
 
 * :func:`write_pool_manifest`: every pool sample, ordered by ``sample_id`` →
   ``pool_manifest.tsv`` (``sample_id``, ``dataset``, ``shard``, ``row``). Item windows are
@@ -9,12 +13,13 @@
   no model: a cheap job per window, so each window keeps its own output files).
 * :func:`index_item_window`: both steps for one window in one call.
 * :func:`index_sequence_window`: window ``w`` of an HDF5 array [items, positions(, F)].
-* :func:`retrieve_neighbors` / :func:`find_contaminated`: queries → ``neighbors.tsv`` /
-  pool samples too close to an evaluation set.
+* :func:`retrieve` / :func:`decontaminate`: queries → ``neighbors.tsv`` / pool samples too
+  close to an evaluation set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from selectflow.config import DecontaminateConfig, IndexConfig, RetrieveConfig
 from selectflow.data.records import read_dataset, read_jsonl, record_prompt_response
 from selectflow.index.windows import (
     item_windows,
@@ -30,7 +36,9 @@ from selectflow.index.windows import (
     sequence_windows,
 )
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.runtime.fsutil import atomic_open, atomic_path
+from selectflow.runtime.fsutil import atomic_path
+from selectflow.runtime.tables import read_tsv, write_tsv
+from selectflow.runtime.units import GIB
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +64,12 @@ def write_pool_manifest(shard_paths: Sequence[str | os.PathLike], out_tsv: str |
             f"sample_id {first['sample_id'].iloc[0]!r} is used by {where} ({dup['sample_id'].nunique()} ids repeat in "
             "all); give records unique 'id's across datasets, or drop the 'id' field to use dataset:line ids"
         )
-    with atomic_open(out_tsv, "w", encoding="utf-8") as fh:
-        table.to_csv(fh, sep="\t", index=False)
+    write_tsv(table, out_tsv)
     return len(table)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", dtype={"sample_id": str, "dataset": str, "line": int, "shard": str, "row": int},
-                       keep_default_na=False)
+    return read_tsv(path, "pool manifest", dtype={"line": int, "shard": str, "row": int})
 
 
 def n_item_windows(manifest_tsv: str | os.PathLike, window_size: int) -> int:
@@ -144,7 +150,7 @@ def index_embedded_window(embeddings_h5, w: int, out_faiss, *, index_type: str =
     """Build window ``w``'s FAISS files from its vectors in ``embeddings_h5`` (:func:`embed_item_windows`)."""
     import h5py
 
-    from selectflow.index.store import build_window_index
+    from selectflow.index.build import build_window_index
 
     with h5py.File(embeddings_h5, "r") as f:
         key = f"window_{w:05d}"
@@ -164,8 +170,8 @@ def index_item_window(manifest_tsv, w: int, window_size: int, encoder_path, out_
                       batch_size: int = 32, max_length: int = 256, device: str = "auto", n_windows: int | None = None,
                       min_free_bytes: int = 0) -> dict:
     """Embed item window ``w`` with the encoder and write its FAISS files."""
+    from selectflow.index.build import build_window_index
     from selectflow.index.embed import encode_texts, load_encoder
-    from selectflow.index.store import build_window_index
 
     records = window_records(manifest_tsv, w, window_size)
     t0 = time.perf_counter()
@@ -182,7 +188,7 @@ def index_item_window(manifest_tsv, w: int, window_size: int, encoder_path, out_
 def index_sequence_window(h5_path, dataset: str, w: int, window_size: int, stride: int, out_faiss, *,
                           index_type: str = "flat_l2", min_free_bytes: int = 0) -> dict:
     """Index window ``w`` of an HDF5 array [items, positions(, F)]; item ``i`` gets id ``str(i)``."""
-    from selectflow.index.store import build_window_index
+    from selectflow.index.build import build_window_index
 
     spans = sequence_windows_of(h5_path, dataset, window_size, stride)
     start, stop = spans[w]
@@ -208,41 +214,81 @@ def _query_texts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     return [r["sample_id"] for r in normalised], [record_text(r) for r in normalised]
 
 
-def _encode_queries(path, encoder_path, batch_size: int, max_length: int, device: str):
+def _encode_queries(path, encoder_path, index: IndexConfig, batch_size: int):
     from selectflow.index.embed import encode_texts, load_encoder
 
     ids, texts = _query_texts(path)
-    model, tokenizer = load_encoder(encoder_path, device)
-    return ids, encode_texts(model, tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    model, tokenizer = load_encoder(encoder_path, index.device)
+    return ids, encode_texts(model, tokenizer, texts, batch_size=batch_size, max_length=index.max_length)
 
 
-def retrieve_neighbors(index_dir, n_windows: int, queries_jsonl, encoder_path, k: int, out_tsv, *, max_open: int = 4,
-                       batch_size: int = 32, max_length: int = 256, device: str = "auto") -> pd.DataFrame:
-    """Top-``k`` pool neighbours of every query across all windows → ``out_tsv``."""
-    from selectflow.index.retrieve import retrieve
+@contextlib.contextmanager
+def _opened_store(index_dir, n_windows: int, index: IndexConfig):
     from selectflow.index.store import WindowStore
 
-    ids, vectors = _encode_queries(queries_jsonl, encoder_path, batch_size, max_length, device)
-    store = WindowStore(index_dir, max_open=max_open, n_windows=n_windows)
+    store = WindowStore(index_dir, max_open=index.max_open, n_windows=n_windows)
     try:
-        table = retrieve(store, vectors, ids, k, out_tsv)
+        yield store
+    finally:
+        store.close()
+
+
+# ----------------------------------------------------------------------------- the rules' functions
+
+
+def index_embed(manifest_tsv, group: int, encoder_path, out_h5, index: IndexConfig, batch_size: int) -> None:
+    """Rule index_embed: item window group ``group`` → its embeddings HDF5 (``batch_size`` from the resources)."""
+    embed_item_windows(manifest_tsv, group, index.windows_per_job, index.window_size, encoder_path, out_h5,
+                       batch_size=batch_size, max_length=index.max_length, device=index.device)
+
+
+def index_window(spec: dict, w: int, source, out_faiss, index: IndexConfig) -> None:
+    """Rule index_window: window ``w`` of index ``spec`` (common.smk's ``index_spec``) → its FAISS files.
+
+    ``source`` is the group's embeddings HDF5 for item windows, the sequence array for position windows.
+    """
+    common = {"index_type": spec.get("index_type") or index.index_type, "min_free_bytes": int(index.min_free_gb * GIB)}
+    if spec["kind"] == "items":
+        index_embedded_window(source, w, out_faiss, **common)
+    else:
+        index_sequence_window(source, spec["dataset"], w, spec["window_size"], spec["window_stride"], out_faiss,
+                              **common)
+
+
+def index_summary(index_dir, out_tsv) -> None:
+    """Rule index_summary: per-window build time, disk and RAM of the index in ``index_dir`` → ``out_tsv``."""
+    from selectflow.index.summary import summarize_windows
+
+    summarize_windows(index_dir, out_tsv)
+
+
+def retrieve(index_dir, n_windows: int, queries_jsonl, encoder_path, out_tsv, index: IndexConfig,
+             retrieve_cfg: RetrieveConfig, batch_size: int) -> None:
+    """Rule retrieve: top-``k`` pool neighbours of every query across all windows → ``out_tsv``."""
+    from selectflow.index import retrieve as search
+
+    ids, vectors = _encode_queries(queries_jsonl, encoder_path, index, batch_size)
+    with _opened_store(index_dir, n_windows, index) as store:
+        table = search.retrieve(store, vectors, ids, retrieve_cfg.k)
+        search.write_table(table, out_tsv)
+        log.info("%d queries x top-%d over %d windows -> %s", len(ids), retrieve_cfg.k, len(store), out_tsv)
         log.info("store: %s", store.stats())
-    finally:
-        store.close()
-    return table
 
 
-def find_contaminated(index_dir, n_windows: int, eval_jsonl, encoder_path, threshold: float, out_tsv, *,
-                      max_open: int = 4, batch_size: int = 32, max_length: int = 256, device: str = "auto") -> set[str]:
-    """Pool samples within ``threshold`` of any evaluation sample → ``out_tsv`` (sample_id, eval_id, distance)."""
-    from selectflow.index.retrieve import decontaminate
-    from selectflow.index.store import WindowStore
+def decontaminate(index_dir, n_windows: int, eval_jsonl, encoder_path, out_tsv, index: IndexConfig,
+                  decontaminate_cfg: DecontaminateConfig, batch_size: int) -> None:
+    """Rule decontaminate: pool samples within the threshold of any evaluation sample → ``out_tsv``.
 
-    ids, vectors = _encode_queries(eval_jsonl, encoder_path, batch_size, max_length, device)
-    store = WindowStore(index_dir, max_open=max_open, n_windows=n_windows)
-    try:
-        hits = decontaminate(store, vectors, ids, threshold, out_tsv)
-    finally:
-        store.close()
-    log.info("%d pool samples within %g of the evaluation set %s", len(hits), threshold, eval_jsonl)
-    return hits
+    Columns sample_id, eval_id, distance, window: one row per (pool sample, eval sample) pair.
+    """
+    from selectflow.index import retrieve as search
+
+    threshold = decontaminate_cfg.threshold
+    ids, vectors = _encode_queries(eval_jsonl, encoder_path, index, batch_size)
+    with _opened_store(index_dir, n_windows, index) as store:
+        table = search.decontaminate(store, vectors, ids, threshold)
+        search.write_table(table, out_tsv)
+        hits = table["sample_id"].nunique()
+        log.info("decontamination at %s %g: %d pool samples near %d eval samples -> %s", store.metric(), threshold,
+                 hits, table["eval_id"].nunique(), out_tsv)
+    log.info("%d pool samples within %g of the evaluation set %s", hits, threshold, eval_jsonl)
