@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from selectflow import cli
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
+from selectflow.select.candidates import n_blocks, read_candidates
 from selectflow.select.distance import block_path, features
 from selectflow.select.fps import fps_streaming
-from selectflow import cli
-from selectflow.select.candidates import n_blocks, read_candidates
 from selectflow.stages.select import (
     build_candidates,
     compute_block,
@@ -247,7 +247,7 @@ def test_continue_selection_distance_batch_size_sets_the_fps_chunk(tmp_path, mon
     build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", sel)
     run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", sel, chunk=3)
     assert chunks[-1] == 3
-    assert open(tmp_path / "curve.tsv").read() == open(outs[7].with_name("fps_curve.tsv")).read()
+    assert (tmp_path / "curve.tsv").read_bytes() == outs[7].with_name("fps_curve.tsv").read_bytes()
 
 
 def test_duplicates_keep_the_best_copy_and_are_counted(tmp_path, caplog):

@@ -39,7 +39,9 @@ from selectflow.router.routerfile import concat_shards, read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.tables import read_tsv, write_tsv
 from selectflow.select import distance
-from selectflow.select.candidates import (  # noqa: F401 - read_candidates, n_blocks: the stage's files, for rules and report
+
+# read_candidates and n_blocks are also the stage's file readers for the rules and the report
+from selectflow.select.candidates import (
     check_selection,
     choose,
     n_blocks,
@@ -130,7 +132,7 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
         feats = f["features"][()] if stage != "quality" and sel.distance_mode == "streaming" else None
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
-    opts = dict(start=start, log_interval=sel.fps_log_interval, strata=strata, quota=quota)
+    opts = {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota}
     if stage == "quality":
         picks = np.arange(min(k, len(cands)))
         min_distance = np.full(len(picks), np.nan)
@@ -262,7 +264,7 @@ def continue_selection(router_dir: str | os.PathLike, output_path: str | os.Path
         if sel.distance_mode == "matrix" and not sel.disable_diversity:
             block_dir = Path(work) / "blocks"
             nb = n_blocks(cands_h5, sel.distance_batch_size)
-            for i, j in ((i, j) for i in range(nb) for j in range(i, nb)):
+            for i, j in [(a, b) for a in range(nb) for b in range(a, nb)]:
                 compute_block(cands_h5, i, j, distance.block_path(block_dir, i, j), sel)
         run_fps(cands_h5, out.with_name("fps_curve.tsv"), sel, block_dir=block_dir)
         write_selection(out.with_name("fps_curve.tsv"), cands_tsv, shards, out, out.with_name("selection_summary.tsv"),
