@@ -81,6 +81,35 @@ def _families_doc(argv: list[str]) -> int:
     return families_doc(argv)
 
 
+def check_parser() -> argparse.ArgumentParser:
+    """``selectflow check``'s flags (used by :func:`selectflow.data.check.check_main`)."""
+    ap = argparse.ArgumentParser(
+        prog="selectflow check",
+        description="check the config and every dataset (format, records, id source, first bad line); runs no model",
+    )
+    ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
+    return ap
+
+
+def estimate_memory_parser() -> argparse.ArgumentParser:
+    """``selectflow estimate-memory``'s flags (used by :func:`selectflow.train.estimate.estimate_memory_main`);
+    ``--lora-r`` defaults to the train schema's ``lora.r``."""
+    lora_r = _schema("train.schema.yaml")["properties"]["lora"]["properties"]["r"]["default"]
+    ap = argparse.ArgumentParser(prog="selectflow estimate-memory",
+                                 description="Training-memory estimate before launch, and the micro-batch that fits a budget.")
+    ap.add_argument("--model", required=True, help="folder with config.json of a causal LM")
+    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--lora", action="store_true", help="train LoRA adapters only")
+    ap.add_argument("--lora-r", type=int, default=lora_r, help="adapter rank (train lora.r; default: %(default)s)")
+    ap.add_argument("--lora-targets", default="all-linear", help="'all-linear' or comma-separated module names")
+    ap.add_argument("--load-in-8bit", action="store_true")
+    ap.add_argument("--budget", help="e.g. 12GB: also print the largest micro-batch (<= 1024) that fits")
+    return ap
+
+
 def _check(argv: list[str]) -> int:
     from selectflow.data.check import check_main
 
@@ -123,12 +152,17 @@ quality, then FPS picks 0.05); flags given after it win.
 """
 
 
-def _selection_schema() -> dict:
+def _schema(name: str) -> dict:
+    """A schema of ``schemas/`` (read when a command needs it, so ``--help`` stays light)."""
     import yaml
 
-    from selectflow.configdoc import SCHEMA
+    from selectflow.configdoc import SCHEMAS
 
-    return yaml.safe_load(SCHEMA.read_text())["properties"]["selection"]
+    return yaml.safe_load((SCHEMAS / name).read_text())
+
+
+def _selection_schema() -> dict:
+    return _schema("config.schema.yaml")["properties"]["selection"]
 
 
 def selection_defaults(configfile: str | None = None) -> dict:
