@@ -44,9 +44,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selectflow.router.routerfile import concat_shards  # noqa: E402
+from selectflow.select.candidates import read_candidates  # noqa: E402
 from selectflow.select.distance import features  # noqa: E402
 from selectflow.select.fps import fps_streaming  # noqa: E402
-from selectflow.stages.select import build_candidates, read_candidates, run_fps  # noqa: E402
+from selectflow.stages.select import build_candidates, run_fps, selection_section  # noqa: E402
 
 JUNK = ("junk_empty", "junk_truncated", "junk_repeated", "junk_off_topic")
 
@@ -89,10 +90,11 @@ def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, i
         for method in methods:
             for diversity in (True, False):
                 t0 = time.perf_counter()
-                build_candidates(router_paths, out / "c.h5", out / "q.tsv", method=method, selection_percentage=selection,
-                                 routing_strata=strata,
-                                 importance_selection_percentage=importance, disable_diversity=not diversity)
-                run_fps(out / "c.h5", out / "curve.tsv", device="cpu", log_interval=10**9)
+                sel = selection_section(quality_method=method, selection_percentage=selection, routing_strata=strata,
+                                        importance_selection_percentage=importance, disable_diversity=not diversity,
+                                        device="cpu", fps_log_interval=10**9)
+                build_candidates(router_paths, out / "c.h5", out / "q.tsv", sel)
+                run_fps(out / "c.h5", out / "curve.tsv", sel)
                 picks = pd.read_csv(out / "curve.tsv", sep="\t", dtype={"sample_id": str})["sample_id"].tolist()
                 cands = read_candidates(out / "c.h5")
                 rows.append({"method": method, "diversity": diversity, **measure(picks, lab),

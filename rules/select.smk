@@ -35,8 +35,7 @@ rule distance_block:
         sub_chunk=scaled(SEL["distance_batch_size"]),
         attempt=current_attempt,
     params:
-        block_size=SEL["distance_batch_size"],
-        device=SEL["device"],
+        selection=SEL,
     script:
         "../scripts/distance_block.py"
 

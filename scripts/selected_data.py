@@ -3,10 +3,6 @@ from selectflow.runtime.jobs import run_job
 from selectflow.stages.select import write_selection
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-run_job(
-    sm,
-    lambda: write_selection(
-        sm.input.curve, sm.input.quality, list(sm.input.router), sm.output.selected, sm.output.summary,
-        sm.output.quality,
-    ),
-)
+out = sm.output
+run_job(sm, lambda: write_selection(sm.input.curve, sm.input.quality, list(sm.input.router), out.selected,
+                                    out.summary, out.quality))

@@ -81,6 +81,35 @@ def _families_doc(argv: list[str]) -> int:
     return families_doc(argv)
 
 
+def check_parser() -> argparse.ArgumentParser:
+    """``selectflow check``'s flags (used by :func:`selectflow.data.check.check_main`)."""
+    ap = argparse.ArgumentParser(
+        prog="selectflow check",
+        description="check the config and every dataset (format, records, id source, first bad line); runs no model",
+    )
+    ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
+    return ap
+
+
+def estimate_memory_parser() -> argparse.ArgumentParser:
+    """``selectflow estimate-memory``'s flags (used by :func:`selectflow.train.estimate.estimate_memory_main`);
+    ``--lora-r`` defaults to the train schema's ``lora.r``."""
+    lora_r = _schema("train.schema.yaml")["properties"]["lora"]["properties"]["r"]["default"]
+    ap = argparse.ArgumentParser(prog="selectflow estimate-memory",
+                                 description="Training-memory estimate before launch, and the micro-batch that fits a budget.")
+    ap.add_argument("--model", required=True, help="folder with config.json of a causal LM")
+    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--lora", action="store_true", help="train LoRA adapters only")
+    ap.add_argument("--lora-r", type=int, default=lora_r, help="adapter rank (train lora.r; default: %(default)s)")
+    ap.add_argument("--lora-targets", default="all-linear", help="'all-linear' or comma-separated module names")
+    ap.add_argument("--load-in-8bit", action="store_true")
+    ap.add_argument("--budget", help="e.g. 12GB: also print the largest micro-batch (<= 1024) that fits")
+    return ap
+
+
 def _check(argv: list[str]) -> int:
     from selectflow.data.check import check_main
 
@@ -99,10 +128,11 @@ def _summary(argv: list[str]) -> int:
     return 0
 
 
-# continue-selection flag -> selection.* key of the schema whose default it takes
+# continue-selection flag -> selection.* key of the schema: its type, choices, help and default
 SELECTION_FLAGS = {
     "selection_percentage": "selection_percentage",
     "importance_selection_percentage": "importance_selection_percentage",
+    "disable_diversity": "disable_diversity",
     "distance_batch_size": "distance_batch_size",
     "fps_log_interval": "fps_log_interval",
     "device": "device",
@@ -112,56 +142,76 @@ SELECTION_FLAGS = {
     "quality_field": "quality_field",
     "routing_strata": "routing_strata",
 }
+SCHEMA_TYPES = {"integer": int, "number": float, "string": str}
+
+CONTINUE_NOTE = """
+Every flag is also accepted with dashes (--router-data-dir). Defaults are those of the
+workflow, from schemas/config.schema.yaml (selection.*). --configfile FILE takes the selection
+section of a workflow config instead (config/config.yaml: two stages, 0.2 of the pool by
+quality, then FPS picks 0.05); flags given after it win.
+"""
+
+
+def _schema(name: str) -> dict:
+    """A schema of ``schemas/`` (read when a command needs it, so ``--help`` stays light)."""
+    import yaml
+
+    from selectflow.configdoc import SCHEMAS
+
+    return yaml.safe_load((SCHEMAS / name).read_text())
+
+
+def _selection_schema() -> dict:
+    return _schema("config.schema.yaml")["properties"]["selection"]
 
 
 def selection_defaults(configfile: str | None = None) -> dict:
     """``selection.*`` values for continue-selection: the schema's defaults, or a config file's section."""
+    from selectflow.data.check import load_config, with_defaults
+
     if configfile:
-        from selectflow.data.check import load_config
-
         return load_config(configfile)["selection"]
-    import yaml
-
-    from selectflow.configdoc import SCHEMA
-
-    props = yaml.safe_load(SCHEMA.read_text())["properties"]["selection"]["properties"]
-    return {key: spec["default"] for key, spec in props.items() if "default" in spec}
+    return with_defaults({}, _selection_schema())
 
 
-def selection_args(values: dict) -> list[str]:
-    """``values`` (``selection.*``) as continue-selection flags; None and false flags are left out."""
-    args = []
+def continue_selection_parser(defaults: dict) -> argparse.ArgumentParser:
+    """The continue-selection flags; each selection flag takes type, choices and help from the schema, its
+    default from ``defaults`` (:func:`selection_defaults`)."""
+    p = argparse.ArgumentParser(
+        prog="continue-selection", epilog=CONTINUE_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run data selection (quality, FPS, selected_data.jsonl) from saved router data.",
+    )
+    p.add_argument("--router_data_dir", required=True, help="folder of router-data *.h5 shards (searched recursively)")
+    p.add_argument("--output_path", required=True, help="selected_data.jsonl to write; curve and summary go beside it")
+    p.add_argument("--configfile", help="workflow config whose selection section gives the defaults")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    props = _selection_schema()["properties"]
     for flag, key in SELECTION_FLAGS.items():
-        if values.get(key) is not None:
-            args += [f"--{flag}", str(values[key])]
-    if values.get("disable_diversity"):
-        args.append("--disable_diversity")
-    return args
-
-
-CONTINUE_NOTE = """
-Every flag is also accepted with dashes (--router-data-dir). Defaults are those of the
-workflow, from schemas/config.schema.yaml (selection.*): --selection_percentage {selection_percentage},
---importance_selection_percentage {importance_selection_percentage} (none: one FPS stage), --distance_batch_size
-{distance_batch_size}, --fps_log_interval {fps_log_interval}. --configfile FILE takes the selection section of
-a workflow config instead (config/config.yaml: two stages, 0.2 of the pool by quality, then
-FPS picks 0.05); flags given after it win.
-"""
+        spec = props[key]
+        kinds = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
+        text = spec["description"].replace("%", "%%") + f" (selection.{key}; default: %(default)s)"
+        if "boolean" in kinds:
+            p.add_argument(f"--{flag}", dest=key, action="store_true", help=text)
+        else:
+            kind = next(SCHEMA_TYPES[k] for k in kinds if k in SCHEMA_TYPES)
+            p.add_argument(f"--{flag}", dest=key, type=kind, choices=spec.get("enum"), help=text)
+    p.set_defaults(**{key: defaults[key] for key in SELECTION_FLAGS.values()})
+    return p
 
 
 def _continue_selection(argv: list[str]) -> int:
     argv = normalise_flags(argv, "_")
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--configfile")
-    known, rest = pre.parse_known_args(argv)
-    from selectflow.stages.select import _parser, continue_selection
+    known, _ = pre.parse_known_args(argv)
+    args = continue_selection_parser(selection_defaults(known.configfile)).parse_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    from selectflow.config import SelectionConfig, section
+    from selectflow.stages.select import continue_selection
 
-    if "-h" in rest or "--help" in rest:
-        _parser().print_help()
-        print(CONTINUE_NOTE.format(**{k: v for k, v in selection_defaults().items()}))
-        return 0
-    # defaults first, the user's flags after them: argparse keeps the last value given
-    return continue_selection(selection_args(selection_defaults(known.configfile)) + rest)
+    continue_selection(args.router_data_dir, args.output_path, section(SelectionConfig, vars(args)))
+    return 0
 
 
 def _estimate_memory(argv: list[str]) -> int:

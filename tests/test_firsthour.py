@@ -98,13 +98,17 @@ def test_continue_selection_configfile_uses_the_workflow_settings(tmp_path):
     assert len(_selection(explicit)[0]) == round(0.1 * len(pool))
 
 
-def test_selection_args_follow_the_schema():
-    args = cli.selection_args(cli.selection_defaults())
-    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())["properties"]["selection"]
-    sel = schema["properties"]
-    assert args[args.index("--selection_percentage") + 1] == str(sel["selection_percentage"]["default"])
-    assert args[args.index("--mode") + 1] == sel["distance_mode"]["default"]
-    assert ("--importance_selection_percentage" in args) == (sel["importance_selection_percentage"]["default"] is not None)
+def test_continue_selection_defaults_come_from_the_schema(capsys):
+    sel = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())["properties"]["selection"]["properties"]
+    args = cli.continue_selection_parser(cli.selection_defaults()).parse_args(["--router_data_dir", "r",
+                                                                              "--output_path", "o"])
+    for flag, key in cli.SELECTION_FLAGS.items():
+        assert getattr(args, key) == sel[key]["default"], flag
+    with pytest.raises(SystemExit):
+        cli.main(["continue-selection", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(selection.routing_strata; default: {sel['routing_strata']['default']})" in text
+    assert f"(selection.distance_batch_size; default: {sel['distance_batch_size']['default']})" in text
 
 
 # ----------------------------------------------------------------------------- data check

@@ -186,12 +186,12 @@ def png_size(path):
 def test_figures_without_later_stages(shards, tmp_path):
     """Selection-only run: every figure is written; training and index say 'stage not run'."""
     paths, ids, _ = shards
-    from selectflow.stages.select import build_candidates, run_fps
+    from selectflow.stages.select import build_candidates, run_fps, selection_section
 
     sel = tmp_path / "selection"
-    build_candidates(paths, sel / "candidates.h5", sel / "quality.tsv", method="perplexity",
-                     selection_percentage=0.1)
-    run_fps(sel / "candidates.h5", sel / "fps_curve.tsv", device="cpu")
+    section = selection_section(quality_method="perplexity", selection_percentage=0.1, routing_strata=1, device="cpu")
+    build_candidates(paths, sel / "candidates.h5", sel / "quality.tsv", section)
+    run_fps(sel / "candidates.h5", sel / "fps_curve.tsv", section)
     out = {name: tmp_path / "report" / f"{name}.png" for name in FIGURES}
     make_report_figures(out, quality_tsv=sel / "quality.tsv", curve_tsv=sel / "fps_curve.tsv",
                         candidates_h5=sel / "candidates.h5", router_paths=paths, log_dir=tmp_path / "no_logs",

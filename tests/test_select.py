@@ -8,17 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from selectflow import cli
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
+from selectflow.select.candidates import n_blocks, read_candidates
 from selectflow.select.distance import block_path, features
 from selectflow.select.fps import fps_streaming
 from selectflow.stages.select import (
     build_candidates,
     compute_block,
-    continue_selection,
-    n_blocks,
-    read_candidates,
     run_fps,
+    selection_section,
     write_selection,
 )
 
@@ -75,17 +75,22 @@ def write_shards(pool, root, seed, shard_size=5):
     return paths
 
 
+def section(**kw):
+    """The selection section for these tests: plain FPS (one stratum) on the CPU unless ``kw`` says otherwise."""
+    return selection_section({"routing_strata": 1, "device": "cpu", **kw})
+
+
 def pipeline(paths, out, **kw):
-    mode = kw.pop("mode", "streaming")
-    build_candidates(paths, out / "candidates.h5", out / "candidates_quality.tsv", **kw)
+    sel = section(distance_batch_size=4, fps_log_interval=5, **kw)
+    build_candidates(paths, out / "candidates.h5", out / "candidates_quality.tsv", sel)
     block_dir = None
-    if mode == "matrix":
+    if sel.distance_mode == "matrix":
         block_dir = out / "blocks"
         nb = n_blocks(out / "candidates.h5", 4)
         for i in range(nb):
             for j in range(i, nb):
-                compute_block(out / "candidates.h5", i, j, 4, block_path(block_dir, i, j), device="cpu", sub_chunk=3)
-    run_fps(out / "candidates.h5", out / "curve.tsv", mode=mode, block_dir=block_dir, block_size=4, device="cpu", log_interval=5)
+                compute_block(out / "candidates.h5", i, j, block_path(block_dir, i, j), sel, sub_chunk=3)
+    run_fps(out / "candidates.h5", out / "curve.tsv", sel, block_dir=block_dir)
     write_selection(out / "curve.tsv", out / "candidates_quality.tsv", paths, out / "selected.jsonl", out / "summary.tsv",
                     out / "quality.tsv")
     return [json.loads(line) for line in open(out / "selected.jsonl")]
@@ -94,7 +99,7 @@ def pipeline(paths, out, **kw):
 def test_two_stage_joins_by_sample_id(tmp_path):
     pool = make_pool()
     paths = write_shards(pool, tmp_path / "a", seed=1)
-    selected = pipeline(paths, tmp_path / "out", selection_percentage=0.2, importance_selection_percentage=0.5, method="gate")
+    selected = pipeline(paths, tmp_path / "out", selection_percentage=0.2, importance_selection_percentage=0.5, quality_method="gate")
 
     # reference: rank the dict by (quality desc, sample_id), keep the top half, FPS from the best
     n = len(pool)
@@ -134,9 +139,9 @@ def test_two_stage_joins_by_sample_id(tmp_path):
 
 def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
     pool = make_pool(seed=5)
-    kw = dict(selection_percentage=0.3, importance_selection_percentage=0.6, method="gate")
+    kw = dict(selection_percentage=0.3, importance_selection_percentage=0.6, quality_method="gate")
     a = pipeline(write_shards(pool, tmp_path / "a", seed=2, shard_size=4), tmp_path / "oa", **kw)
-    b = pipeline(write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", mode="matrix", **kw)
+    b = pipeline(write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", distance_mode="matrix", **kw)
     assert a == b
     curve_a = pd.read_csv(tmp_path / "oa" / "curve.tsv", sep="\t")
     curve_b = pd.read_csv(tmp_path / "ob" / "curve.tsv", sep="\t")
@@ -146,8 +151,9 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
 def test_single_stage_when_importance_not_above_selection_and_ifd_drops(tmp_path):
     pool = make_pool(seed=7)
     paths = write_shards(pool, tmp_path / "a", seed=4)
-    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", method="ifd", selection_percentage=0.25,
-                     importance_selection_percentage=0.25, exclude_ids={"chat:1", "alpaca:2"})
+    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv",
+                     section(quality_method="ifd", selection_percentage=0.25, importance_selection_percentage=0.25),
+                     exclude_ids={"chat:1", "alpaca:2"})
     ifd = {s: v["nll"] / v["alone"] for s, v in pool.items() if s not in {"chat:1", "alpaca:2"}}
     kept = sorted((s for s, v in ifd.items() if v < 1), key=lambda s: (-ifd[s], s))
     cands = read_candidates(tmp_path / "c.h5")
@@ -161,7 +167,7 @@ def test_single_stage_when_importance_not_above_selection_and_ifd_drops(tmp_path
 def test_disable_diversity_is_top_k_by_quality(tmp_path):
     pool = make_pool(seed=8)
     selected = pipeline(write_shards(pool, tmp_path / "a", seed=5), tmp_path / "o", selection_percentage=0.1,
-                        importance_selection_percentage=0.5, disable_diversity=True, method="gate")
+                        importance_selection_percentage=0.5, disable_diversity=True, quality_method="gate")
     ranked = sorted(pool, key=lambda s: (-gate_score(pool[s]), s))
     assert [r["sample_id"] for r in selected] == ranked[: round(0.1 * len(pool))]
     curve = pd.read_csv(tmp_path / "o" / "curve.tsv", sep="\t")
@@ -174,7 +180,7 @@ def test_percentages_outside_unit_interval_rejected(tmp_path, key, value):
     paths = write_shards(make_pool(), tmp_path / "a", seed=0)
     kw = {"selection_percentage": 0.1, "importance_selection_percentage": None, key: value}
     with pytest.raises(SelectFlowError, match=rf"{key} must be a fraction in \(0, 1\]"):
-        build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", **kw)
+        build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", section(**kw))
     assert not (tmp_path / "c.h5").exists()
 
 
@@ -183,7 +189,11 @@ def test_corrupt_candidates_rejected(tmp_path):
     with h5py.File(path, "w") as f:
         f.attrs["layout_version"] = 1
     with pytest.raises(CorruptFileError, match="no completeness marker.*rule candidates rebuilds it"):
-        run_fps(path, tmp_path / "curve.tsv")
+        run_fps(path, tmp_path / "curve.tsv", section())
+
+
+def continue_selection(argv):
+    return cli.main(["continue-selection", *argv])
 
 
 def test_continue_selection_cli(tmp_path, capsys):
@@ -210,6 +220,36 @@ def test_continue_selection_cli(tmp_path, capsys):
     assert "no *.h5 router-data shards" in capsys.readouterr().err
 
 
+def test_continue_selection_distance_batch_size_sets_the_fps_chunk(tmp_path, monkeypatch):
+    """--distance_batch_size is the streaming FPS chunk, as selection.distance_batch_size is in the workflow."""
+    import selectflow.stages.select as stage
+
+    chunks = []
+    real = stage.fps_streaming
+
+    def spy(*args, **kw):
+        chunks.append(kw["chunk"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(stage, "fps_streaming", spy)
+    write_shards(make_pool(seed=10), tmp_path / "router_data", seed=7)
+    base = ["--router-data-dir", str(tmp_path / "router_data"), "--device", "cpu", "--selection-percentage", "0.2",
+            "--routing-strata", "1"]
+    outs = {}
+    for size in (7, 1000):
+        outs[size] = tmp_path / str(size) / "selected_data.jsonl"
+        assert continue_selection(base + ["--output-path", str(outs[size]), "--distance-batch-size", str(size)]) == 0
+    assert chunks == [7, 1000]
+    assert outs[7].read_bytes() == outs[1000].read_bytes()  # the chunk changes the memory, not the picks
+    # the rule passes its attempt-scaled resource instead
+    sel = section(selection_percentage=0.2)
+    paths = sorted((tmp_path / "router_data").rglob("*.h5"))
+    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", sel)
+    run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", sel, chunk=3)
+    assert chunks[-1] == 3
+    assert (tmp_path / "curve.tsv").read_bytes() == outs[7].with_name("fps_curve.tsv").read_bytes()
+
+
 def test_duplicates_keep_the_best_copy_and_are_counted(tmp_path, caplog):
     pool = make_pool(seed=11)
     ids = list(pool)
@@ -222,7 +262,7 @@ def test_duplicates_keep_the_best_copy_and_are_counted(tmp_path, caplog):
     pool[twin_b]["probs"] = pool[twin_a]["probs"].copy()
     pool[twin_b]["logits"] = pool[twin_a]["logits"].copy()  # equal quality: the smaller sample_id stays
     paths = write_shards(pool, tmp_path / "a", seed=1)
-    selected = pipeline(paths, tmp_path / "o", selection_percentage=1.0, method="gate")
+    selected = pipeline(paths, tmp_path / "o", selection_percentage=1.0, quality_method="gate")
     picked = {r["sample_id"] for r in selected}
     assert best in picked and worse not in picked and min(twin_a, twin_b) in picked and max(twin_a, twin_b) not in picked
     table = pd.read_csv(tmp_path / "o" / "quality.tsv", sep="\t", keep_default_na=False, dtype={"sample_id": str})
@@ -243,8 +283,8 @@ def test_reason_column_and_raw_inputs(tmp_path):
     for s in ids[2:]:
         pool[s]["alone"] = pool[s]["nll"] * 2
     paths = write_shards(pool, tmp_path / "a", seed=2)
-    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", method="combined", selection_percentage=0.1,
-                     importance_selection_percentage=0.5)
+    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv",
+                     section(quality_method="combined", selection_percentage=0.1, importance_selection_percentage=0.5))
     table = pd.read_csv(tmp_path / "q.tsv", sep="\t", keep_default_na=False, dtype={"sample_id": str})
     reason = dict(zip(table["sample_id"], table["reason"]))
     assert reason[ids[0]] == "ifd>=1" and reason[ids[1]] == "no_response_tokens"
@@ -266,11 +306,11 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
         pool[s]["probs"] = pool[ids[i % 4]]["probs"]
     paths = write_shards(pool, tmp_path / "a", seed=3)
     # routing-identical samples are dropped before FPS, so only 4 candidates stay
-    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", method="gate", selection_percentage=0.5)
+    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", section(quality_method="gate", selection_percentage=0.5))
     assert len(read_candidates(tmp_path / "c.h5")) == 4
     # FPS over candidates that repeat each other (written by hand) warns on the console
     with h5py.File(tmp_path / "c.h5", "a") as f:
         f["features"][2] = f["features"][0]
     with caplog.at_level("WARNING"):
-        run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", device="cpu")
+        run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", section())
     assert any("max-min distance reached 0" in r.message for r in caplog.records)

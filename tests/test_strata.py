@@ -10,7 +10,7 @@ from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select.fps import fps_matrix, fps_streaming
 from selectflow.select.strata import allocate, kmeans
-from selectflow.stages.select import build_candidates, run_fps
+from selectflow.stages.select import build_candidates, run_fps, selection_section
 from tests.test_fps import blocks, brute_fps, naive_matrix, with_ties
 
 
@@ -76,9 +76,10 @@ def test_strata_keep_the_pool_shares_that_plain_fps_loses(tmp_path):
     write_router_shard(tmp_path / "r.h5", shard)
     picked = {}
     for strata in (1, 2):
-        build_candidates([tmp_path / "r.h5"], tmp_path / "c.h5", tmp_path / "q.tsv", method="perplexity",
-                         selection_percentage=0.2, routing_strata=strata)
-        run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", device="cpu")
+        sel = selection_section(quality_method="perplexity", selection_percentage=0.2, routing_strata=strata,
+                                device="cpu")
+        build_candidates([tmp_path / "r.h5"], tmp_path / "c.h5", tmp_path / "q.tsv", sel)
+        run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", sel)
         curve = pd.read_csv(tmp_path / "curve.tsv", sep="\t")
         picked[strata] = sum(int(s[1:]) < 90 for s in curve["sample_id"])  # picks from the dense region
     assert picked[1] <= 6  # plain FPS: the spread 25 % of the pool takes most of the 24 picks

@@ -13,7 +13,6 @@ before anything else is built.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -162,12 +161,9 @@ def with_defaults(config: dict, schema: dict) -> dict:
 
 
 def check_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="selectflow check",
-        description="check the config and every dataset (format, records, id source, first bad line); runs no model",
-    )
-    ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
-    args = ap.parse_args(argv)
+    from selectflow.cli import check_parser
+
+    args = check_parser().parse_args(argv)
     logging.getLogger("selectflow.data.records").setLevel(logging.WARNING)  # the table says it, once
     config = load_config(args.configfile)
     results = check_config(config)

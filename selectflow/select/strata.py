@@ -12,13 +12,18 @@ and FPS runs over all candidates with a quota per stratum
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
-import torch
+
+log = logging.getLogger(__name__)
 
 
 def kmeans(features: np.ndarray, n_clusters: int, *, seed: int = 0, iterations: int = 25,
            chunk: int = 65536) -> np.ndarray:
     """Cluster labels int64 [n] of ``features`` [n, D] (squared L2, k-means++ start, ``seed``)."""
+    import torch  # here, not at the top: a job that never clusters starts without torch
+
     x = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32))
     n = x.shape[0]
     c = min(int(n_clusters), n)
@@ -78,3 +83,31 @@ def allocate(total: int, weight: np.ndarray, cap: np.ndarray) -> np.ndarray:
         out = np.minimum(out + add, cap)
         open_ = out < cap
     return out
+
+
+def stratify(features: np.ndarray, weight: np.ndarray, k: int, m: int, n_strata: int):
+    """Routing strata of the kept samples (``features`` [n, D] in quality order) and what each gets.
+
+    ``weight`` [n] is how many pool samples each kept one stands for (itself and the duplicates
+    dropped in its favour). Returns ``take`` (bool [n]: the candidates, the quality top of each
+    stratum), ``labels`` (int64 [n], stratum of each kept sample) and ``quota`` (int [S], FPS
+    picks per stratum, summing to ``k``); each stratum has at least its quota of candidates and
+    ``m`` candidates are shared in proportion too.
+    """
+    labels = kmeans(features, n_strata, seed=0)
+    size = np.bincount(labels)
+    # each stratum stands for its kept samples and the duplicates dropped in their favour:
+    # its share of the pool that passed the quality filter. Quality does not weigh in here
+    # (it already chose what is kept, and picks the candidates inside each stratum): a score
+    # that runs lower in one kind of task than in another would otherwise move that task's
+    # picks to the others (measured in bench/bench_selection_quality.py, README "Routing strata")
+    mass = np.bincount(labels, weights=weight, minlength=len(size))
+    quota = allocate(k, mass, size)
+    per = np.maximum(allocate(m, mass, size), quota)
+    rank_in = np.zeros(len(labels), dtype=np.int64)  # rank of each kept sample inside its stratum
+    for c in range(len(size)):
+        idx = np.flatnonzero(labels == c)
+        rank_in[idx] = np.arange(len(idx))
+    log.info("%d routing strata: sizes %s, pool shares %s, picks %s", len(size), size.tolist(),
+             np.round(mass / mass.sum(), 3).tolist(), quota.tolist())
+    return rank_in < per[labels], labels, quota

@@ -39,7 +39,6 @@ fragmentation, and temporary buffers of single kernels.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
@@ -237,18 +236,9 @@ def pick_micro_batch(shape: ModelShape, budget_bytes: int, *, max_length: int, u
 
 def estimate_memory_main(argv: list[str] | None = None) -> int:
     """``selectflow estimate-memory``: print the predicted training memory of a model folder."""
-    ap = argparse.ArgumentParser(prog="selectflow estimate-memory", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="folder with config.json of a causal LM")
-    ap.add_argument("--micro-batch", type=int, default=1)
-    ap.add_argument("--max-length", type=int, default=1024)
-    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
-    ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--lora", action="store_true", help="train LoRA adapters only")
-    ap.add_argument("--lora-r", type=int, default=8)
-    ap.add_argument("--lora-targets", default="all-linear", help="'all-linear' or comma-separated module names")
-    ap.add_argument("--load-in-8bit", action="store_true")
-    ap.add_argument("--budget", help="e.g. 12GB: also print the largest micro-batch (<= 1024) that fits")
-    args = ap.parse_args(argv)
+    from selectflow.cli import estimate_memory_parser
+
+    args = estimate_memory_parser().parse_args(argv)
     try:
         targets = args.lora_targets if args.lora_targets == "all-linear" else args.lora_targets.split(",")
         shape = model_shape(args.model, {"enabled": args.lora, "r": args.lora_r, "target_modules": targets})

@@ -1,0 +1,177 @@
+"""The candidates FPS chooses from, and their file ``candidates.h5``.
+
+:func:`choose` orders the samples that passed the quality filter (quality descending, ties
+by ``sample_id``), sets k and picks the candidates: every kept sample (``fps``), the quality
+top ``importance_selection_percentage`` (``two_stage``) or the top k (``quality``, no FPS);
+with ``routing_strata`` > 1 the candidates and picks are shared out by routing strata
+(:func:`selectflow.select.strata.stratify`).
+
+``candidates.h5``: ``sample_id`` [m] str, ``quality`` [m] float64, ``features`` [m, D]
+float32 (grid features, :func:`selectflow.select.distance.features`), in candidate order;
+with strata also ``stratum`` [m] int64 and ``quota`` [S]; attributes ``layout_version``,
+``complete``, ``metric``, ``n_pool``, ``n_kept``, ``k``, ``stage`` (``fps``, ``two_stage``
+or ``quality``), ``quality_method`` and ``n_duplicates``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.fsutil import atomic_path, open_checked_h5
+from selectflow.select import distance
+from selectflow.select.dedup import duplicates_of
+from selectflow.select.strata import stratify
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_LAYOUT_VERSION = 1
+CANDIDATES_REBUILD_HINT = "rule candidates rebuilds it: delete the file and rerun snakemake"
+STAGES = ("fps", "two_stage", "quality")
+
+
+def check_fraction(name: str, value: float | None, *, optional: bool = False) -> float | None:
+    """Return ``value`` if it lies in (0, 1]; else raise naming the key ``name``."""
+    if value is None and optional:
+        return None
+    if value is None or not isinstance(value, (int, float)) or not (0.0 < float(value) <= 1.0):
+        raise SelectFlowError(f"{name} must be a fraction in (0, 1] (0.05 means 5%), got {value!r}")
+    return float(value)
+
+
+def check_selection(sel) -> None:
+    """The fractions and the metric of a selection section (:class:`selectflow.config.SelectionConfig`)."""
+    check_fraction("selection_percentage", sel.selection_percentage)
+    check_fraction("importance_selection_percentage", sel.importance_selection_percentage, optional=True)
+    distance.check_metric(sel.metric)
+
+
+@dataclass
+class Candidates:
+    path: Path
+    sample_id: np.ndarray  # [m] object (str), candidate order
+    quality: np.ndarray  # [m] float64
+    attrs: dict
+
+    def __len__(self) -> int:
+        return len(self.sample_id)
+
+
+def open_candidates(path: str | os.PathLike) -> h5py.File:
+    """``candidates.h5`` open for reading, checked (layout version, completeness)."""
+    return open_checked_h5(Path(path), "candidates file", CANDIDATES_LAYOUT_VERSION, CANDIDATES_REBUILD_HINT)
+
+
+def read_candidates(path: str | os.PathLike) -> Candidates:
+    """Read ids, quality and attributes of ``candidates.h5`` (not the features)."""
+    path = Path(path)
+    with open_candidates(path) as f:
+        ids = np.array([v.decode() if isinstance(v, bytes) else v for v in f["sample_id"][()]], dtype=object)
+        quality = f["quality"][()]
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    return Candidates(path=path, sample_id=ids, quality=quality, attrs=attrs)
+
+
+def n_blocks(candidates_h5: str | os.PathLike, block_size: int) -> int:
+    """Blocks per side of the candidate distance matrix (blocks (i, j) with i <= j exist)."""
+    return distance.block_count(len(read_candidates(candidates_h5)), block_size)
+
+
+@dataclass
+class Choice:
+    k: int  # FPS picks
+    stage: str  # one of STAGES
+    order: np.ndarray  # kept samples, quality descending (ties by sample_id)
+    chosen: np.ndarray  # candidates (shard indices), in quality order
+    stratum: np.ndarray | None = None  # [m] routing stratum of each candidate
+    quota: np.ndarray | None = None  # [S] picks per stratum
+
+
+def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_pool: int, sel) -> Choice:
+    """k and the candidates among the ``keep`` samples; ``reason`` gets ``candidate`` / ``below_importance_cut``.
+
+    k = round(selection_percentage · ``n_pool``), at least 1, at most the kept samples.
+    """
+    selection = float(sel.selection_percentage)
+    importance = sel.importance_selection_percentage
+    n_kept = int(keep.sum())
+    if n_kept == 0:
+        raise SelectFlowError(
+            f"no sample of the {n_pool} in the pool passed the quality filter (method {sel.quality_method!r}); "
+            "check the router data or choose another quality method"
+        )
+    k = max(1, round(selection * n_pool))
+    if k > n_kept:
+        log.warning("k=%d exceeds the %d samples that passed the quality filter; selecting all of them", k, n_kept)
+        k = n_kept
+    kept = np.flatnonzero(keep)
+    # quality descending, ties by sample_id: the order is a function of the data, not of shard order
+    order = kept[np.lexsort((shard.sample_id[kept].astype(str), -score[kept]))]
+    if sel.disable_diversity:
+        stage, m = "quality", k
+    elif importance is not None and importance > selection:
+        stage, m = "two_stage", min(n_kept, max(k, round(importance * n_pool)))
+    else:
+        if importance is not None:
+            log.info("importance_selection_percentage %g <= selection_percentage %g: one FPS stage", importance, selection)
+        stage, m = "fps", n_kept
+    choice = Choice(k=k, stage=stage, order=order, chosen=order[:m])
+    if stage != "quality" and sel.routing_strata > 1:
+        feats = distance.features(shard.moe_probs[order], sel.metric)
+        take, labels, choice.quota = stratify(feats, duplicates_of(shard.sample_id[order], reason), k, m,
+                                              sel.routing_strata)
+        choice.chosen, choice.stratum = order[take], labels[take].astype(np.int64)
+    reason[order] = "below_importance_cut"
+    reason[choice.chosen] = "candidate"
+    return choice
+
+
+def write_candidates(path: str | os.PathLike, shard, score: np.ndarray, choice: Choice, attrs: dict) -> None:
+    """``candidates.h5`` (atomic) for ``choice``; ``attrs`` are the counts and names it records."""
+    feats = distance.features(shard.moe_probs[choice.chosen], attrs["metric"])
+    with atomic_path(path, suffix=".h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("sample_id", data=shard.sample_id[choice.chosen].astype(object), dtype=h5py.string_dtype())
+            f.create_dataset("quality", data=score[choice.chosen].astype(np.float64))
+            f.create_dataset("features", data=feats)
+            if choice.stratum is not None:
+                f.create_dataset("stratum", data=choice.stratum)
+                f.create_dataset("quota", data=choice.quota)
+            f.attrs.update(attrs)
+            f.attrs["layout_version"] = CANDIDATES_LAYOUT_VERSION
+            f.attrs["complete"] = True
+
+
+def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice):
+    """``candidates_quality.tsv``'s rows: the kept samples in quality order, then the dropped ones by id."""
+    import pandas as pd
+
+    candidate = np.zeros(len(shard), dtype=bool)
+    candidate[choice.chosen] = True
+    datasets = _datasets(shard)
+    dropped = np.flatnonzero(pool & ~keep)
+    rank = np.concatenate([choice.order, dropped[np.argsort(shard.sample_id[dropped].astype(str), kind="stable")]])
+    return pd.DataFrame(
+        {
+            "sample_id": shard.sample_id[rank],
+            "dataset": datasets[rank],
+            "quality": quality.score[rank],
+            "kept": keep[rank],
+            "candidate": candidate[rank],
+            "reason": reason[rank],
+            **{name: values[rank] for name, values in quality.inputs.items()},
+        }
+    )
+
+
+def _datasets(shard) -> np.ndarray:
+    if shard.record is None:
+        return np.full(len(shard), "", dtype=object)
+    return np.array([json.loads(r).get("dataset", "") for r in shard.record], dtype=object)
