@@ -35,6 +35,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from selectflow.config import TrainConfig
+from selectflow.router.gate import quality_gates, save_converted
 from selectflow.runtime.fsutil import atomic_dir
 from selectflow.train.monitor import MEMORY_COLUMNS, write_tsv
 
@@ -124,3 +126,21 @@ def load_resume(resume_dir: str | Path, fingerprint: dict, *, model, optimizer, 
 
 def _rows(path: Path) -> list[dict]:
     return pd.read_csv(path, sep="\t").to_dict("records") if path.is_file() and path.stat().st_size else []
+
+
+def save_trained(model, tokenizer, path: Path, c: TrainConfig) -> str:
+    """Save the trained model atomically; LoRA is merged unless the base is 8-bit (adapter only)."""
+    kind = "full"
+    if c.lora.enabled:
+        if c.load_in_8bit:
+            kind = "lora_adapter"
+        else:
+            model = model.merge_and_unload()
+            kind = "full (LoRA merged)"
+    with atomic_dir(path) as tmp:
+        if quality_gates(model):  # a converted model: base weights + the gate files (selectflow.router.gate)
+            save_converted(model, tmp, tokenizer)
+        else:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return kind
