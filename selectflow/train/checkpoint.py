@@ -17,9 +17,10 @@ file                       content
 =========================  ==========================================================
 
 The data position is counted in samples, so a resumed run may use another micro-batch
-size (a Snakemake retry halves it) and still see the same samples per optimizer step. A
+size (a Snakemake retry shrinks it) and still see the same samples per optimizer step. A
 state whose fingerprint differs from the current run (other data, learning rate, …) is
-ignored with a warning and the run starts over.
+ignored with a warning and the run starts over. :func:`save_trained` writes the finished
+model (``out_dir/checkpoint/``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from selectflow.config import TrainConfig
 from selectflow.router.gate import quality_gates, save_converted
 from selectflow.runtime.fsutil import atomic_dir
-from selectflow.train.monitor import MEMORY_COLUMNS, write_tsv
+from selectflow.train.monitor import MEMORY_COLUMNS, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ def save_resume(resume_dir: str | Path, *, model, optimizer, scheduler, scaler, 
         (tmp / "state.json").write_text(json.dumps({
             "step": step, "epoch": epoch, "position": position, "order": order, "fingerprint": fingerprint,
             "micro_batch_size": micro_batch_size, "gradient_accumulation_steps": gradient_accumulation_steps}))
-        write_tsv(tmp / "metrics.tsv", metrics, metric_columns)
-        write_tsv(tmp / "memory.tsv", memory, MEMORY_COLUMNS)
+        write_rows(tmp / "metrics.tsv", metrics, metric_columns)
+        write_rows(tmp / "memory.tsv", memory, MEMORY_COLUMNS)
     log.info("resume state saved at step %d (epoch %d, sample %d of the epoch) -> %s", step, epoch, position, resume_dir)
 
 

@@ -68,7 +68,7 @@ from selectflow.train.model import (
     load_for_training,
     resolve_precision,
 )
-from selectflow.train.monitor import MIB, MemoryMonitor, memory_snapshot, write_tsv
+from selectflow.train.monitor import MIB, MemoryMonitor, memory_snapshot, write_rows
 from selectflow.train.presets import resolve_train_config
 from selectflow.train.step import lr_lambda, optimizer_step
 
@@ -278,7 +278,7 @@ def _after_step(run: _Run, done: int, lr: float, cache) -> None:
     if c.monitor_interval and done % c.monitor_interval == 0:
         log.info("step %d/%d: loss %.4f, lr %.3g, %.1f samples/s", done, run.total_steps, run.metrics[-1]["loss"], lr,
                  run.metrics[-1]["samples_per_s"])
-        write_tsv(run.out_dir / "metrics.tsv", run.metrics, run.columns)
+        write_rows(run.out_dir / "metrics.tsv", run.metrics, run.columns)
         run.monitor.write(run.out_dir / "memory.tsv")
         if cache is not None:
             cache.log_stats(f"step {done}")
@@ -322,8 +322,8 @@ def _loop(run: _Run, pairs, tokenizer, pad_id: int, on_step) -> tuple[float, flo
                 on_step(step + 1)
     except Exception as exc:
         if is_oom(exc):
-            log.error("out of memory at step %d with micro-batch %d (attempt %d); a retry halves the micro-batch "
-                      "and resumes from the last save in %s", step + 1, run.micro, run.attempt, run.out_dir / "resume")
+            log.error("out of memory at step %d with micro-batch %d (attempt %d); a retry divides the micro-batch "
+                      "by retry.factor and resumes from the last save in %s", step + 1, run.micro, run.attempt, run.out_dir / "resume")
         raise
     finally:
         stream.close()
@@ -368,7 +368,7 @@ def _finish(run: _Run, model_path, tokenizer, source: str, timing: tuple[float, 
     if cache is not None:
         cache.log_stats("end")
     kind = save_trained(run.model, tokenizer, out_dir / "checkpoint", run.c)
-    write_tsv(out_dir / "metrics.tsv", run.metrics, run.columns)
+    write_rows(out_dir / "metrics.tsv", run.metrics, run.columns)
     run.monitor.write(out_dir / "memory.tsv")
     measured_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
     losses = [m["loss"] for m in run.metrics]
