@@ -71,9 +71,8 @@ def test_slurm_profile_asks_a_gpu_for_every_rule_that_declares_one():
 
     from selectflow.runtime.gpus import RULES_DIR, gpu_rules
 
-    declared = {m.group(1) for path in RULES_DIR.glob("*.smk")
-                for m in re.finditer(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n|\n)*?        gpu=(?!0,)", path.read_text(),
-                                     re.M)}
+    block = re.compile(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n|\n)*?        gpu=(?!0,)", re.M)
+    declared = {m.group(1) for path in RULES_DIR.glob("*.smk") for m in block.finditer(path.read_text())}
     assert {"router_dump", "train", "warmup", "fps", "index_window"} <= declared
     profile = yte.process_yaml(open(RULES_DIR.parent / "profiles" / "slurm" / "config.yaml"))
     big = {rule for rule, res in profile["set-resources"].items() if res["mem_mb"].startswith("min(16000")}

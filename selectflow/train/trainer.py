@@ -323,7 +323,8 @@ def _loop(run: _Run, pairs, tokenizer, pad_id: int, on_step) -> tuple[float, flo
     except Exception as exc:
         if is_oom(exc):
             log.error("out of memory at step %d with micro-batch %d (attempt %d); a retry divides the micro-batch "
-                      "by retry.factor and resumes from the last save in %s", step + 1, run.micro, run.attempt, run.out_dir / "resume")
+                      "by retry.factor and resumes from the last save in %s", step + 1, run.micro, run.attempt,
+                      run.out_dir / "resume")
         raise
     finally:
         stream.close()
