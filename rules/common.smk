@@ -4,16 +4,12 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
+from selectflow.config import build_config, trainer_keys
 from selectflow.data.check import data_check_text, is_dry_run
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.locks import clear_stale_locks
-from selectflow.runtime.oom import attempt_size
+from selectflow.runtime.oom import scaled_resource
 from selectflow.data.preflight import check_datasets_given, preflight
-
-
-def _trainer_keys(section):
-    """The train section less the workflow's own keys (enabled, model_path)."""
-    return {k: v for k, v in section.items() if k not in ("enabled", "model_path")}
 
 
 def checked(fn, *args):
@@ -27,15 +23,17 @@ def checked(fn, *args):
 checked(check_datasets_given, config, workflow.overwrite_configfiles)
 validate(config, "../schemas/config.schema.yaml")
 validate(
-    _trainer_keys(config["train"]), "../schemas/train.schema.yaml", set_default=False
+    trainer_keys(config["train"]), "../schemas/train.schema.yaml", set_default=False
 )
+# the typed config, the train sections resolved (preset, defaults): once per run
+CFG = checked(build_config, config)
 
 if workflow.is_main_process:
     clear_stale_locks()
 
-RESULTS = f"results/{config['run']}"
-LOGS = f"logs/{config['run']}"
-BENCH = f"benchmarks/{config['run']}"
+RESULTS = f"results/{CFG.run}"
+LOGS = f"logs/{CFG.run}"
+BENCH = f"benchmarks/{CFG.run}"
 SEL = config["selection"]
 
 if workflow.is_main_process and is_dry_run(sys.argv):
@@ -62,11 +60,7 @@ wildcard_constraints:
 
 def scaled(base):
     """A resource function: ``base`` divided by retry.factor per attempt, floor 1."""
-
-    def size(wildcards, attempt):
-        return attempt_size(base, attempt, config["retry"]["factor"])
-
-    return size
+    return scaled_resource(base, CFG.retry.factor)
 
 
 def current_attempt(wildcards, attempt):
@@ -82,14 +76,14 @@ def shard_names(dataset):
 def _group_start(dataset, shard):
     """Index of the first shard of ``shard``'s router_dump group, and the dataset's shards."""
     names = shard_names(dataset)
-    k = config["router_dump"]["shards_per_job"]
+    k = CFG.router_dump.shards_per_job
     return names.index(shard) // k * k, names
 
 
 def group_members(wildcards):
     """The shards of the router_dump group named by its first shard ``wildcards.shard``."""
     start, names = _group_start(wildcards.dataset, wildcards.shard)
-    return names[start : start + config["router_dump"]["shards_per_job"]]
+    return names[start : start + CFG.router_dump.shards_per_job]
 
 
 def group_shard_files(wildcards):
@@ -114,19 +108,19 @@ def shard_group_manifest(wildcards):
 def router_shards(wildcards):
     return [
         f"{RESULTS}/router_data/{ds}/{shard}.h5"
-        for ds in sorted(config["datasets"])
+        for ds in sorted(CFG.datasets)
         for shard in shard_names(ds)
     ]
 
 
 def distance_blocks(wildcards):
     """Upper-triangle block files of the candidate distance matrix (matrix mode only)."""
-    if SEL["distance_mode"] != "matrix":
+    if CFG.selection.distance_mode != "matrix":
         return []
     from selectflow.stages.select import n_blocks
 
     cand = checkpoints.candidates.get().output.h5
-    n = n_blocks(cand, SEL["distance_batch_size"])
+    n = n_blocks(cand, CFG.selection.distance_batch_size)
     return [
         f"{RESULTS}/selection/distances/block_{i}_{j}.h5"
         for i in range(n)
@@ -139,44 +133,28 @@ def final_targets(wildcards):
         f"{RESULTS}/selection/selected_data.jsonl",
         f"{RESULTS}/selection/selection_summary.tsv",
     ]
-    if config["train"]["enabled"]:
+    if CFG.train.enabled:
         targets += [f"{RESULTS}/train/metrics.tsv"]
-    if config["index"]["enabled"]:
+    if CFG.index.enabled:
         targets += [f"{RESULTS}/indexes/pool/summary.tsv"]
         targets += [
-            f"{RESULTS}/indexes/{name}/summary.tsv"
-            for name in config["index"]["sequences"]
+            f"{RESULTS}/indexes/{name}/summary.tsv" for name in CFG.index.sequences
         ]
         targets += [f"{RESULTS}/retrieve/neighbors.tsv"]
     return targets
 
 
-def train_config():
-    """The train section with its preset and defaults resolved (a preset never beats a user key)."""
-    from selectflow.train import resolve_train_config
-
-    return resolve_train_config(_trainer_keys(config["train"]))
-
-
-def warmup_train_config():
-    from selectflow.train import resolve_train_config
-
-    return resolve_train_config(
-        _trainer_keys({**config["train"], **config["warmup"]["train"]})
-    )
-
-
 def router_model():
     """The model the router dump runs: the warm-up checkpoint when warm-up is on."""
-    if config["warmup"]["enabled"]:
+    if CFG.warmup.enabled:
         return f"{RESULTS}/warmup/checkpoint"
-    return config["model"]["path"]
+    return CFG.model_path
 
 
 def pool_shard_files(wildcards):
     return [
         f"{RESULTS}/shards/{ds}/{shard}.jsonl"
-        for ds in sorted(config["datasets"])
+        for ds in sorted(CFG.datasets)
         for shard in shard_names(ds)
     ]
 
@@ -185,23 +163,23 @@ def index_spec(name):
     """What index ``name`` holds: ``pool`` and ``decontam`` are item windows of the pool
     (embedded by the trained model, resp. the base model); others are sequence arrays.
     """
-    idx = config["index"]
+    idx = CFG.index
     if name in ("pool", "decontam"):
-        encoder = idx["encoder"] or f"{RESULTS}/train/checkpoint"
+        encoder = idx.encoder or f"{RESULTS}/train/checkpoint"
         if name == "decontam":
-            encoder = config["decontaminate"]["encoder"] or config["model"]["path"]
-        return {"kind": "items", "encoder": encoder, "window_size": idx["window_size"]}
-    if name not in idx["sequences"]:
+            encoder = CFG.decontaminate.encoder or CFG.model_path
+        return {"kind": "items", "encoder": encoder, "window_size": idx.window_size}
+    if name not in idx.sequences:
         raise ValueError(
             f"unknown index '{name}': not pool, decontam or a key of index.sequences"
         )
-    return {"kind": "positions", **idx["sequences"][name]}
+    return {"kind": "positions", **idx.sequences[name]}
 
 
 def index_type_of(name):
     """The FAISS index type of index ``name`` (a sequence index may override index.index_type)."""
     spec = index_spec(name)
-    return spec.get("index_type") or config["index"]["index_type"]
+    return spec.get("index_type") or CFG.index.index_type
 
 
 def n_windows(name):
@@ -231,7 +209,7 @@ def index_window_inputs(wildcards):
     spec = index_spec(wildcards.name)
     if spec["kind"] == "items":
         # the window's vectors, embedded by its group's index_embed job
-        group = int(wildcards.w) // config["index"]["windows_per_job"]
+        group = int(wildcards.w) // CFG.index.windows_per_job
         return {
             "embeddings": f"{RESULTS}/indexes/{wildcards.name}/embeddings/group_{group:05d}.h5"
         }
@@ -239,6 +217,6 @@ def index_window_inputs(wildcards):
 
 
 def excluded_ids_file():
-    if config["decontaminate"]["eval_set"]:
+    if CFG.decontaminate.eval_set:
         return [f"{RESULTS}/decontaminate/contaminated.tsv"]
     return []

@@ -1,7 +1,7 @@
 rule convert:
     # Select-MoE stage 0: the base model's files plus a quality gate at every MoE block.
     input:
-        model=config["model"]["path"],
+        model=CFG.model_path,
     output:
         directory(f"{RESULTS}/warmup/converted"),
     log:
@@ -11,10 +11,10 @@ rule convert:
     resources:
         attempt=current_attempt,
     params:
-        trash=config["warmup"]["trash_expert"],
-        init_std=config["warmup"]["gate_init_std"],
-        seed=warmup_train_config()["seed"],
-        router_pattern=config["router_dump"]["router_pattern"],
+        trash=CFG.warmup.trash_expert,
+        init_std=CFG.warmup.gate_init_std,
+        seed=CFG.warmup.train.seed,
+        router_pattern=CFG.router_dump.router_pattern,
     script:
         "../scripts/convert.py"
 
@@ -23,7 +23,7 @@ rule warmup:
     # Select-MoE stage 1: train only the quality gates and routers on a random share of
     # the pool (LM loss + gate loss), so gates and routing carry signal for the dump.
     input:
-        pools=list(config["datasets"].values()),
+        pools=list(CFG.datasets.values()),
         model=rules.convert.output[0],
     output:
         checkpoint=directory(f"{RESULTS}/warmup/checkpoint"),
@@ -37,22 +37,22 @@ rule warmup:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        micro_batch_size=scaled(warmup_train_config().get("micro_batch_size") or 1),
+        micro_batch_size=scaled(CFG.warmup.train.micro_batch_size),
         attempt=current_attempt,
     params:
-        train=warmup_train_config(),
-        subset_ratio=config["warmup"]["subset_ratio"],
-        quality_loss_weight=config["warmup"]["quality_loss_weight"],
-        router_pattern=config["router_dump"]["router_pattern"],
+        train=CFG.warmup.train,
+        subset_ratio=CFG.warmup.subset_ratio,
+        quality_loss_weight=CFG.warmup.quality_loss_weight,
+        router_pattern=CFG.router_dump.router_pattern,
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
     script:
-        "../scripts/train.py"
+        "../scripts/warmup.py"
 
 
 rule train:
     input:
         data=f"{RESULTS}/selection/selected_data.jsonl",
-        model=config["train"].get("model_path") or config["model"]["path"],
+        model=CFG.train.model_path or CFG.model_path,
     output:
         checkpoint=directory(f"{RESULTS}/train/checkpoint"),
         metrics=f"{RESULTS}/train/metrics.tsv",
@@ -65,11 +65,10 @@ rule train:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        micro_batch_size=scaled(train_config().get("micro_batch_size") or 1),
+        micro_batch_size=scaled(CFG.train.settings.micro_batch_size),
         attempt=current_attempt,
     params:
-        train=train_config(),
-        subset_ratio=None,
+        train=CFG.train.settings,
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
     script:
         "../scripts/train.py"

@@ -5,12 +5,22 @@ default is written: :func:`build_config` takes a config that Snakemake's ``valid
 :func:`selectflow.data.check.load_config`) has already filled with the schema's defaults and
 gives every section a typed, read-only view. A field here and a key in the schema are kept
 equal by ``tests/test_config.py``.
+
+The ``train:`` section is resolved once as well (:class:`TrainConfig`, with its loader preset
+applied by :func:`selectflow.train.presets.resolve_train_config`); the warm-up's train
+settings are the train section with ``warmup.train`` laid over it.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
+from functools import cache
 from typing import Any
+
+import yaml
+
+from selectflow.configdoc import SCHEMAS
 
 
 @dataclass(frozen=True)
@@ -57,13 +67,103 @@ class SelectionConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: str | list
+
+
+@dataclass(frozen=True)
+class CpuOffloadConfig:
+    enabled: bool
+    max_memory: dict
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The trainer's settings (``schemas/train.schema.yaml``), preset resolved: no key is null
+    except ``preset``, ``max_steps``, ``gpu_cache_bytes`` and ``gpu_memory_budget``."""
+
+    preset: str | None
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    max_length: int
+    precision: str
+    gradient_checkpointing: bool
+    learning_rate: float
+    weight_decay: float
+    max_grad_norm: float
+    epochs: int
+    max_steps: int | None
+    warmup_ratio: float
+    seed: int
+    save_every: int
+    monitor_interval: int
+    empty_cache_every: int
+    use_gpu_cache: bool
+    gpu_cache_size: int
+    gpu_cache_bytes: int | str | None
+    use_prefetch: bool
+    prefetch_factor: int
+    num_workers: int
+    pin_memory: bool
+    gpu_memory_budget: int | str | None
+    expandable_segments: bool
+    lora: LoraConfig
+    cpu_offload: CpuOffloadConfig
+    load_in_8bit: bool
+    device: str
+
+
+NESTED = {"lora": LoraConfig, "cpu_offload": CpuOffloadConfig}
+
+
+@cache
+def train_schema() -> dict:
+    return yaml.safe_load((SCHEMAS / "train.schema.yaml").read_text())
+
+
+def train_defaults() -> dict:
+    """The trainer's defaults, read from ``schemas/train.schema.yaml`` (nested sections as mappings)."""
+
+    def defaults(node: dict):
+        if node.get("type") == "object" and "properties" in node:
+            return {k: defaults(v) for k, v in node["properties"].items()}
+        return copy.deepcopy(node["default"])
+
+    return defaults(train_schema())
+
+
+def train_config_of(values: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a complete, checked mapping (``lora`` / ``cpu_offload`` as mappings)."""
+    nested = {name: section(cls, values[name]) for name, cls in NESTED.items()}
+    return TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig) if f.name not in NESTED}, **nested)
+
+
+def lora_settings(lora: LoraConfig | dict) -> LoraConfig:
+    """``lora`` as a :class:`LoraConfig`; a partial mapping takes the schema's defaults for missing keys."""
+    if isinstance(lora, LoraConfig):
+        return lora
+    return section(LoraConfig, {**train_defaults()["lora"], **lora})
+
+
+@dataclass(frozen=True)
 class WarmupConfig:
     enabled: bool
     subset_ratio: float
     quality_loss_weight: float
     trash_expert: str
     gate_init_std: float
-    train: dict  # keys of the train section that the warm-up overrides
+    train: TrainConfig  # the train section with the warm-up's overrides, resolved
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    enabled: bool
+    model_path: str | None
+    settings: TrainConfig  # the trainer's keys, resolved
 
 
 @dataclass(frozen=True)
@@ -112,7 +212,7 @@ class Config:
     router_dump: RouterDumpConfig
     selection: SelectionConfig
     warmup: WarmupConfig
-    train: dict  # the raw train section; resolved by selectflow.train.presets
+    train: TrainSection
     index: IndexConfig
     retrieve: RetrieveConfig
     decontaminate: DecontaminateConfig
@@ -123,10 +223,28 @@ def section(cls: type, values: dict[str, Any]):
     return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
+WORKFLOW_TRAIN_KEYS = ("enabled", "model_path")  # keys of the train section that are not the trainer's
+
+
+def trainer_keys(train: dict) -> dict:
+    """The train section less the workflow's own keys (:data:`WORKFLOW_TRAIN_KEYS`)."""
+    return {k: v for k, v in train.items() if k not in WORKFLOW_TRAIN_KEYS}
+
+
 def build_config(config: dict) -> Config:
-    """The typed config of a run from the validated, default-filled config mapping."""
+    """The typed config of a run from the validated, default-filled config mapping.
+
+    Raises :class:`~selectflow.runtime.errors.SelectFlowError` for a bad train key.
+    """
+    from selectflow.train.presets import resolve_train_config
+
+    train = config["train"]
+    warmup = {**config["warmup"], "train": resolve_train_config(trainer_keys({**train, **config["warmup"]["train"]}))}
+    sections = {name: section(cls, config[name]) for name, cls in SECTIONS.items() if name != "warmup"}
     return Config(
         run=config["run"], datasets=dict(config["datasets"]), model_path=config["model"]["path"],
-        shard_size=config["shard_size"], gpu_id=config.get("gpu_id"), train=dict(config["train"]),
-        **{name: section(cls, config[name]) for name, cls in SECTIONS.items()},
+        shard_size=config["shard_size"], gpu_id=config.get("gpu_id"),
+        train=TrainSection(enabled=train["enabled"], model_path=train["model_path"],
+                           settings=resolve_train_config(trainer_keys(train))),
+        warmup=section(WarmupConfig, warmup), **sections,
     )

@@ -26,3 +26,34 @@ def test_defaults_come_from_the_schema_and_sections_are_frozen():
     with pytest.raises(AttributeError):
         cfg.selection.metric = "l2"  # frozen
 
+
+
+def test_train_config_has_exactly_the_train_schema_keys():
+    from selectflow.config import NESTED, TrainConfig, train_schema
+
+    keys = train_schema()["properties"]
+    assert [f.name for f in fields(TrainConfig)] == list(keys)
+    for name, cls in NESTED.items():
+        assert [f.name for f in fields(cls)] == list(keys[name]["properties"])
+
+
+def test_train_sections_are_resolved_once_with_the_warmup_overrides():
+    from selectflow.config import TrainConfig
+
+    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"},
+           "train": {"preset": "minimal", "max_steps": 7, "lora": {"r": 4}}, "warmup": {"train": {"max_steps": 2}}}
+    cfg = build_config(with_defaults(raw, SCHEMA_DOC))
+    train, warmup = cfg.train.settings, cfg.warmup.train
+    assert isinstance(train, TrainConfig) and cfg.train.enabled and cfg.train.model_path is None
+    assert (train.micro_batch_size, train.gradient_accumulation_steps, train.max_steps, train.lora.r) == (1, 8, 7, 4)
+    assert (warmup.max_steps, warmup.micro_batch_size, warmup.lora.r) == (2, 1, 4)
+    with pytest.raises(AttributeError):
+        train.lora.r = 8  # frozen
+
+
+def test_a_bad_train_key_is_named():
+    from selectflow.runtime.errors import SelectFlowError
+
+    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "warmup": {"train": {"batch_size": 4}}}
+    with pytest.raises(SelectFlowError, match="train.batch_size"):
+        build_config(with_defaults(raw, SCHEMA_DOC))

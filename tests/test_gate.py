@@ -288,7 +288,7 @@ def test_warmup_resumes_to_the_uninterrupted_result(tmp_path, converted, demo_po
 
     with pytest.raises(RuntimeError, match="simulated"):
         fit(converted, pairs, tmp_path / "cut", cfg, objective=GateObjective(1.0), on_step=crash)
-    summary = fit(converted, pairs, tmp_path / "cut", cfg, objective=GateObjective(1.0), attempt=2)
+    summary = fit(converted, pairs, tmp_path / "cut", cfg, objective=GateObjective(1.0), micro_batch_size=2, attempt=2)
     assert summary["resumed_from_step"] == 2 and summary["micro_batch_size"] == 2
     whole, cut = _params(tmp_path / "whole" / "checkpoint"), _params(tmp_path / "cut" / "checkpoint")
     assert max((whole[k] - cut[k]).abs().max().item() for k in whole) < 1e-5

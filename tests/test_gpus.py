@@ -50,3 +50,30 @@ def test_user_settings_are_kept(tmp_path, monkeypatch):
 def test_no_gpu_is_a_no_op(tmp_path):
     assert claim_gpu(tmp_path, free={}).index is None
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_gpu_rules_are_read_from_the_rules_resources(tmp_path):
+    from selectflow.runtime.gpus import gpu_rules
+
+    (tmp_path / "a.smk").write_text(
+        "rule cpu_only:\n    resources:\n        mem_mb=100,\n    script:\n        'x.py'\n\n\n"
+        "rule on_gpu:\n    input:\n        'gpu=1',\n    resources:\n        gpu=1,\n        attempt=f,\n\n\n"
+        "def helper():\n    gpu = 1\n\n\n"
+        "checkpoint maybe:\n    resources:\n        gpu=lambda wc: int(wc.x == 'y'),\n\n\n"
+        "rule zero:\n    resources:\n        gpu=0,\n")
+    assert gpu_rules(tmp_path) == ["maybe", "on_gpu"]
+
+
+def test_slurm_profile_asks_a_gpu_for_every_rule_that_declares_one():
+    import re
+
+    import yte
+
+    from selectflow.runtime.gpus import RULES_DIR, gpu_rules
+
+    block = re.compile(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n|\n)*?        gpu=(?!0,)", re.M)
+    declared = {m.group(1) for path in RULES_DIR.glob("*.smk") for m in block.finditer(path.read_text())}
+    assert {"router_dump", "train", "warmup", "fps", "index_window"} <= declared
+    profile = yte.process_yaml(open(RULES_DIR.parent / "profiles" / "slurm" / "config.yaml"))
+    big = {rule for rule, res in profile["set-resources"].items() if res["mem_mb"].startswith("min(16000")}
+    assert big == declared == set(gpu_rules())

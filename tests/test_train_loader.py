@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import FrozenInstanceError, asdict
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,9 @@ from selectflow.train.data import (
     split_micro,
 )
 from selectflow.train.prefetch import PrefetchLoader
-from selectflow.train.presets import DEFAULTS, PRESETS, resolve_train_config
+from selectflow.config import train_defaults
+from selectflow.runtime.oom import attempt_size
+from selectflow.train.presets import PRESETS, resolve_train_config
 from selectflow.train.trainer import batch_split
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "train.schema.yaml"
@@ -122,7 +125,8 @@ def test_plan_covers_each_sample_once_per_epoch_and_resumes_consistently():
 ])
 def test_batch_split_keeps_effective_batch_per_attempt(micro, accum, attempt, expected):
     c = resolve_train_config({"micro_batch_size": micro, "gradient_accumulation_steps": accum})
-    assert batch_split(c, attempt) == expected
+    assert batch_split(c, attempt_size(micro, attempt, 2)) == expected
+    assert batch_split(c) == batch_split(c, micro)  # no resource: the configured micro-batch
 
 
 # --- device cache ------------------------------------------------------------------------
@@ -228,21 +232,23 @@ def test_prefetch_early_exit_stops_thread_blocked_on_full_queue():
 ])
 def test_presets_resolve_to_seed_values(preset, cache, size, prefetch, factor, workers):
     c = resolve_train_config({"preset": preset})
-    assert (c["use_gpu_cache"], c["gpu_cache_size"], c["use_prefetch"], c["prefetch_factor"], c["num_workers"]) == (
+    assert (c.use_gpu_cache, c.gpu_cache_size, c.use_prefetch, c.prefetch_factor, c.num_workers) == (
         cache, size, prefetch, factor, workers)
-    assert c["pin_memory"] is (not cache)  # the seed: no pinned memory with the device cache
-    assert c["micro_batch_size"] * c["gradient_accumulation_steps"] == 8
+    assert c.pin_memory is (not cache)  # the seed: no pinned memory with the device cache
+    assert c.micro_batch_size * c.gradient_accumulation_steps == 8
 
 
 def test_user_keys_override_preset_and_nulls_do_not():
     c = resolve_train_config({"preset": "aggressive", "gpu_cache_size": 123, "prefetch_factor": None,
                               "lora": {"r": 4}})
-    assert c["gpu_cache_size"] == 123 and c["prefetch_factor"] == 3
-    assert c["lora"] == {**DEFAULTS["lora"], "r": 4}
+    assert c.gpu_cache_size == 123 and c.prefetch_factor == 3
+    assert asdict(c.lora) == {**train_defaults()["lora"], "r": 4}
     minimal = resolve_train_config({"preset": "minimal"})
-    assert (minimal["micro_batch_size"], minimal["gradient_accumulation_steps"]) == (1, 8)
+    assert (minimal.micro_batch_size, minimal.gradient_accumulation_steps) == (1, 8)
     plain = resolve_train_config({})
-    assert (plain["use_gpu_cache"], plain["use_prefetch"], plain["micro_batch_size"]) == (False, False, 4)
+    assert (plain.use_gpu_cache, plain.use_prefetch, plain.micro_batch_size) == (False, False, 4)
+    with pytest.raises(FrozenInstanceError):
+        plain.seed = 1  # resolved once, read-only
 
 
 @pytest.mark.parametrize(("cfg", "match"), [
@@ -261,15 +267,20 @@ def schema_defaults(node):
     return node["default"]
 
 
-def test_schema_defaults_match_python_defaults_and_validate():
+def test_schema_defaults_are_the_trainer_defaults_and_validate():
     import jsonschema
 
     schema = yaml.safe_load(SCHEMA.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert schema_defaults(schema) == DEFAULTS
-    jsonschema.validate(DEFAULTS, schema)
+    defaults = train_defaults()
+    assert schema_defaults(schema) == defaults
+    jsonschema.validate(defaults, schema)
     for name in PRESETS:
-        jsonschema.validate({**DEFAULTS, "preset": name}, schema)
+        jsonschema.validate({**defaults, "preset": name}, schema)
+    # the resolved config is the schema's defaults, preset-controlled keys filled from the base
+    resolved = asdict(resolve_train_config({}))
+    assert {k: v for k, v in resolved.items() if defaults[k] is not None} == {
+        k: v for k, v in defaults.items() if v is not None}
 
     def every_key_documented(node, where):
         for key, sub in node.get("properties", {}).items():
@@ -279,4 +290,4 @@ def test_schema_defaults_match_python_defaults_and_validate():
     every_key_documented(schema, "train")
     # a config filled with the schema's defaults must not mask the preset
     filled = {**schema_defaults(schema), "preset": "minimal"}
-    assert resolve_train_config(filled)["gpu_cache_size"] == 2000
+    assert resolve_train_config(filled).gpu_cache_size == 2000

@@ -108,8 +108,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(demo, tmp_path):
     assert res_metrics["step"].tolist() == list(range(1, 11))
     assert res_metrics["loss"].tolist() == ref_metrics["loss"].tolist()
 
-    # a Snakemake retry (attempt 2) resumes with micro-batch 2 x 4: same samples per step
-    summary2 = train(demo["model"], demo["data"], retried, cfg, attempt=2)
+    # a Snakemake retry (attempt 2, resource micro_batch_size 2) resumes with micro-batch 2 x 4: same samples per step
+    summary2 = train(demo["model"], demo["data"], retried, cfg, micro_batch_size=2, attempt=2)
     split = (summary2["resumed_from_step"], summary2["micro_batch_size"], summary2["gradient_accumulation_steps"])
     assert split == (3, 2, 4)
     assert max_diff(ref, weights(retried)) <= 1e-6

@@ -13,13 +13,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
+from selectflow.runtime.device import use_expandable_segments
 from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
-ALLOC_CONF = "expandable_segments:True"
 
 
 def query_free_memory() -> dict[int, int]:
@@ -72,7 +73,7 @@ def claim_gpu(lock_dir: str | os.PathLike, gpu_id: int | None = None, free: dict
     ``free`` (device → free MiB) defaults to :func:`query_free_memory`; it is a parameter
     so the choice can be tested on a machine without GPUs.
     """
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOC_CONF)
+    use_expandable_segments()
     if gpu_id is None and os.environ.get("CUDA_VISIBLE_DEVICES"):
         # a scheduler (SLURM) or the user already chose the device for this job
         log.info("using CUDA_VISIBLE_DEVICES=%s set outside the workflow", os.environ["CUDA_VISIBLE_DEVICES"])
@@ -96,3 +97,34 @@ def claim_gpu(lock_dir: str | os.PathLike, gpu_id: int | None = None, free: dict
         f"all GPUs {candidates} are held by other jobs (locks in {lock_dir}); run with --resources gpu=N "
         "where N is at most the number of GPUs"
     )
+
+
+RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
+_RULE = re.compile(r"^(?:rule|checkpoint)\s+(\w+)\s*:")
+_DIRECTIVE = re.compile(r"^    (\w+):")
+_GPU = re.compile(r"^\s+gpu\s*=\s*(.+?),?\s*$")
+
+
+def gpu_rules(rules_dir: str | os.PathLike = RULES_DIR) -> list[str]:
+    """Rules of ``rules_dir/*.smk`` whose ``resources:`` declare ``gpu=`` (a literal 0 aside), sorted.
+
+    A rule's ``resources: gpu=1`` is its one GPU declaration: the job wrapper claims a device
+    from it, and the SLURM profile (``profiles/slurm``) asks for a GPU from this list. A
+    function (``gpu=lambda …``) counts: the rule may use a GPU.
+    """
+    paths = sorted(Path(rules_dir).glob("*.smk"))
+    if not paths:
+        raise SelectFlowError(f"no rules/*.smk in {rules_dir}: run from a checkout of the workflow (pip install -e .)")
+    found = set()
+    for path in paths:
+        rule = directive = None
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if m := _RULE.match(line):
+                rule, directive = m.group(1), None
+            elif not line.startswith(" ") and line.strip():
+                rule = directive = None  # Python code between rules
+            elif m := _DIRECTIVE.match(line):
+                directive = m.group(1)
+            elif rule and directive == "resources" and (m := _GPU.match(line)) and m.group(1) != "0":
+                found.add(rule)
+    return sorted(found)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.runtime.oom import is_oom, limit_address_space_growth, set_adaptive
+from selectflow.runtime.oom import attempt_size, is_oom, limit_address_space_growth, set_adaptive
 
 log = logging.getLogger("selectflow.job")
 
@@ -97,7 +97,6 @@ def run_job(
     failure = Path(f"{log_path}.failure.json")
     size = snakemake.resources.get(size_name) if size_name else None
     retry = snakemake.config.get("retry", {})
-    factor = float(retry.get("factor", 2))
     log.info("rule %s, attempt %d%s", rule, attempt, f", {size_name}={size}" if size_name else "")
 
     if attempt > 1 and failure.exists():
@@ -135,7 +134,7 @@ def run_job(
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         if is_oom(exc):
-            nxt = max(1, int(size // factor)) if isinstance(size, int) else None
+            nxt = attempt_size(size, 2, retry["factor"]) if isinstance(size, int) else None
             line = (
                 f"OUT OF MEMORY in rule {rule} (attempt {attempt}): {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}; {size_name}={size}; next attempt uses "

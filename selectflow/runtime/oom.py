@@ -4,7 +4,8 @@
   allocation failure) from any other exception.
 * :func:`run_adaptive` runs ``fn(lo, hi)`` over ``[start, stop)`` in sub-chunks and halves
   the sub-chunk after an OOM, keeping the sub-chunks already finished.
-* :func:`attempt_size` is the size a rule uses on Snakemake attempt ``attempt``.
+* :func:`attempt_size` is the size a rule uses on Snakemake attempt ``attempt``;
+  :func:`scaled_resource` is the rule's resource function around it.
 """
 
 from __future__ import annotations
@@ -81,9 +82,28 @@ def limit_address_space_growth(budget_mb: float) -> int:
     return limit
 
 
-def attempt_size(base: int, attempt: int, factor: float = 2.0, floor: int = 1) -> int:
-    """``base`` divided by ``factor`` once per retry (attempt 1 is ``base``), never below ``floor``."""
-    return max(int(floor), int(base // (factor ** (max(int(attempt), 1) - 1))))
+def attempt_size(base: int, attempt: int, factor: float, floor: int = 1) -> int:
+    """``base`` floor-divided by ``factor`` once per retry (attempt 1 is ``base``), never below ``floor``.
+
+    The one rule for every attempt-scaled size: the rule's resource (``rules/common.smk``,
+    with ``retry.factor``) and the job wrapper's "next attempt uses" line. It is applied one
+    retry at a time, so ``attempt_size(attempt_size(b, n, f), 2, f) == attempt_size(b, n + 1, f)``:
+    the next attempt's size follows from the current one (for an integer factor it equals
+    ``b // f ** (attempt - 1)``).
+    """
+    size = max(int(floor), int(base))
+    for _ in range(max(int(attempt), 1) - 1):
+        size = max(int(floor), int(size // factor))
+    return size
+
+
+def scaled_resource(base: int, factor: float) -> Callable[[object, int], int]:
+    """A Snakemake resource function: ``attempt_size(base, attempt, factor)`` per attempt."""
+
+    def size(wildcards, attempt: int) -> int:
+        return attempt_size(base, attempt, factor)
+
+    return size
 
 
 def run_adaptive(

@@ -10,7 +10,9 @@ module             what it computes
 ``cache``          :class:`DeviceCacheDataset`: LRU cache of tokenised samples on the device
 ``prefetch``       :class:`PrefetchLoader`: background thread, side CUDA stream
 ``monitor``        host / device memory readings → ``memory.tsv``, ``empty_cache`` schedule
-``presets``        the ``train:`` section: defaults, presets, :func:`resolve_train_config`
+``step``           one optimizer step: response-token loss, accumulation, LR schedule
+``presets``        loader presets, :func:`resolve_train_config` (schema defaults → preset →
+                   user keys → a frozen :class:`~selectflow.config.TrainConfig`)
 ``estimate``       predicted training memory, :func:`pick_micro_batch`, the
                    ``estimate-memory`` command
 ``model``          loading with the memory levers (precision, LoRA, 8-bit, offload, …)

@@ -17,9 +17,10 @@ file                       content
 =========================  ==========================================================
 
 The data position is counted in samples, so a resumed run may use another micro-batch
-size (a Snakemake retry halves it) and still see the same samples per optimizer step. A
+size (a Snakemake retry shrinks it) and still see the same samples per optimizer step. A
 state whose fingerprint differs from the current run (other data, learning rate, …) is
-ignored with a warning and the run starts over.
+ignored with a warning and the run starts over. :func:`save_trained` writes the finished
+model (``out_dir/checkpoint/``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from selectflow.config import TrainConfig
+from selectflow.router.gate import quality_gates, save_converted
 from selectflow.runtime.fsutil import atomic_dir
-from selectflow.train.monitor import MEMORY_COLUMNS, write_tsv
+from selectflow.train.monitor import MEMORY_COLUMNS, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,8 @@ def save_resume(resume_dir: str | Path, *, model, optimizer, scheduler, scaler, 
         (tmp / "state.json").write_text(json.dumps({
             "step": step, "epoch": epoch, "position": position, "order": order, "fingerprint": fingerprint,
             "micro_batch_size": micro_batch_size, "gradient_accumulation_steps": gradient_accumulation_steps}))
-        write_tsv(tmp / "metrics.tsv", metrics, metric_columns)
-        write_tsv(tmp / "memory.tsv", memory, MEMORY_COLUMNS)
+        write_rows(tmp / "metrics.tsv", metrics, metric_columns)
+        write_rows(tmp / "memory.tsv", memory, MEMORY_COLUMNS)
     log.info("resume state saved at step %d (epoch %d, sample %d of the epoch) -> %s", step, epoch, position, resume_dir)
 
 
@@ -124,3 +127,21 @@ def load_resume(resume_dir: str | Path, fingerprint: dict, *, model, optimizer, 
 
 def _rows(path: Path) -> list[dict]:
     return pd.read_csv(path, sep="\t").to_dict("records") if path.is_file() and path.stat().st_size else []
+
+
+def save_trained(model, tokenizer, path: Path, c: TrainConfig) -> str:
+    """Save the trained model atomically; LoRA is merged unless the base is 8-bit (adapter only)."""
+    kind = "full"
+    if c.lora.enabled:
+        if c.load_in_8bit:
+            kind = "lora_adapter"
+        else:
+            model = model.merge_and_unload()
+            kind = "full (LoRA merged)"
+    with atomic_dir(path) as tmp:
+        if quality_gates(model):  # a converted model: base weights + the gate files (selectflow.router.gate)
+            save_converted(model, tmp, tokenizer)
+        else:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return kind

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -129,3 +130,13 @@ def plan_steps(orders: dict[int, list[int]], n_samples: int, effective_batch: in
 def split_micro(indices: list[int], micro_batch: int) -> list[list[int]]:
     """Cut one step's samples into micro-batches of at most ``micro_batch``."""
     return [indices[i : i + micro_batch] for i in range(0, len(indices), micro_batch)]
+
+
+def data_digest(pairs: list[tuple[str, str, str]]) -> str:
+    """A short hash of the training pairs (part of the resume fingerprint)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for sample_id, prompt, response in pairs:
+        h.update(json.dumps([sample_id, prompt, response]).encode())
+    return h.hexdigest()[:16]

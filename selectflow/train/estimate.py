@@ -48,6 +48,7 @@ import pandas as pd
 import psutil
 import torch
 
+from selectflow.config import LoraConfig, lora_settings
 from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,6 @@ def resolve_budget(spec, device: torch.device, key: str = "train.gpu_memory_budg
     return parse_bytes(spec, key)
 
 
-def freest_cuda_device() -> torch.device:
-    """The CUDA device with the most free memory (seed 003's "pick the freest GPU")."""
-    free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
-    return torch.device("cuda", max(range(len(free)), key=free.__getitem__))
-
-
 @dataclass(frozen=True)
 class ModelShape:
     """What the estimate needs to know about a causal LM."""
@@ -105,9 +100,10 @@ class ModelShape:
     lora_params: int = 0  # trainable parameters the LoRA config adds (0: no LoRA)
 
 
-def model_shape(model_path, lora: dict | None = None) -> ModelShape:
+def model_shape(model_path, lora: LoraConfig | dict | None = None) -> ModelShape:
     """Read a model folder's config and count its parameters on the ``meta`` device.
 
+    ``lora`` is the ``train.lora`` section (a partial mapping takes the schema's defaults).
     LoRA's trainable count comes from applying the same ``peft`` config the trainer uses
     to the meta model, so it matches whatever modules peft targets (for MoE models in
     recent peft / transformers that includes fused expert weights and routers).
@@ -126,7 +122,8 @@ def model_shape(model_path, lora: dict | None = None) -> ModelShape:
     n_params = sum(p.numel() for p in model.parameters())
     n_linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
     n_lora = 0
-    if lora and lora.get("enabled"):
+    lora = lora_settings(lora) if lora else None
+    if lora and lora.enabled:
         from peft import get_peft_model
 
         from selectflow.train.model import lora_config

@@ -25,6 +25,7 @@ from functools import partial
 
 import torch
 
+from selectflow.config import TrainConfig
 from selectflow.train.cache import DeviceCacheDataset
 from selectflow.train.data import pad_collate
 from selectflow.train.estimate import parse_bytes
@@ -36,23 +37,23 @@ log = logging.getLogger(__name__)
 class BatchStream:
     """Device batches of ``micro_batches`` (in order) from ``dataset``; close it when done."""
 
-    def __init__(self, dataset, micro_batches: list[list[int]], c: dict, device: torch.device, pad_id: int):
+    def __init__(self, dataset, micro_batches: list[list[int]], c: TrainConfig, device: torch.device, pad_id: int):
         self.cache: DeviceCacheDataset | None = None
-        workers = c["num_workers"]
-        if c["use_gpu_cache"]:
-            limit = None if c["gpu_cache_bytes"] is None else parse_bytes(c["gpu_cache_bytes"], "train.gpu_cache_bytes")
-            dataset = self.cache = DeviceCacheDataset(dataset, device, c["gpu_cache_size"], limit)
+        workers = c.num_workers
+        if c.use_gpu_cache:
+            limit = None if c.gpu_cache_bytes is None else parse_bytes(c.gpu_cache_bytes, "train.gpu_cache_bytes")
+            dataset = self.cache = DeviceCacheDataset(dataset, device, c.gpu_cache_size, limit)
             if workers:
                 log.warning("train.num_workers=%d ignored with train.use_gpu_cache: the device cache lives in this "
-                            "process; loading runs in the %s thread", workers, "prefetch" if c["use_prefetch"] else "main")
+                            "process; loading runs in the %s thread", workers, "prefetch" if c.use_prefetch else "main")
                 workers = 0
         if workers:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=micro_batches, num_workers=workers,
             collate_fn=partial(pad_collate, pad_id=pad_id, device=device if self.cache is not None else None),
-            pin_memory=bool(c["pin_memory"]) and device.type == "cuda" and self.cache is None)
-        self._prefetch = PrefetchLoader(loader, device, c["prefetch_factor"]) if c["use_prefetch"] else None
+            pin_memory=bool(c.pin_memory) and device.type == "cuda" and self.cache is None)
+        self._prefetch = PrefetchLoader(loader, device, c.prefetch_factor) if c.use_prefetch else None
         self._batches = self._prefetch if self._prefetch is not None else (move_batch(b, device) for b in loader)
 
     def __iter__(self):

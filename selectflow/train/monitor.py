@@ -18,7 +18,7 @@ import pandas as pd
 import psutil
 import torch
 
-from selectflow.runtime.fsutil import atomic_open
+from selectflow.runtime.tables import write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,9 @@ def memory_snapshot(device: torch.device) -> dict[str, float]:
     return snap
 
 
-def write_tsv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
-    """Write ``rows`` as a tab-separated table (atomically)."""
-    with atomic_open(path, "w", encoding="utf-8") as fh:
-        pd.DataFrame(rows, columns=columns).to_csv(fh, sep="\t", index=False, float_format="%.6g")
+def write_rows(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
+    """Write ``rows`` as a tab-separated table (atomically, 6 significant digits)."""
+    write_tsv(pd.DataFrame(rows, columns=columns), path, float_format="%.6g")
 
 
 class MemoryMonitor:
@@ -71,4 +70,4 @@ class MemoryMonitor:
             torch.cuda.empty_cache()
 
     def write(self, path: str | os.PathLike) -> None:
-        write_tsv(path, self.rows, MEMORY_COLUMNS)
+        write_rows(path, self.rows, MEMORY_COLUMNS)

@@ -1,9 +1,11 @@
-"""The ``train:`` config section: defaults, loader presets, and their resolution.
+"""The ``train:`` config section: loader presets, and the section's resolution.
 
 :func:`resolve_train_config` takes the user's ``train:`` mapping (possibly partial, possibly
-with schema defaults filled in) and returns a complete, checked copy:
+with schema defaults filled in) and returns a complete, checked, frozen
+:class:`~selectflow.config.TrainConfig`:
 
-1. every key starts at :data:`DEFAULTS`;
+1. every key starts at its default in ``schemas/train.schema.yaml`` (the only place a
+   default is written; :func:`selectflow.config.train_defaults`);
 2. a ``preset`` (``basic``, ``prefetch``, ``combined``, ``aggressive``, ``minimal``) sets the
    loader keys of :data:`PRESETS` and the micro-batch / accumulation split;
 3. any key the user set to a non-null value wins over the preset.
@@ -25,8 +27,7 @@ adds the inter-process copy of every batch (``bench/bench_loader.py`` measures i
 
 from __future__ import annotations
 
-import copy
-
+from selectflow.config import NESTED, TrainConfig, train_config_of, train_defaults
 from selectflow.runtime.errors import SelectFlowError
 
 PRESET_KEYS = ("use_gpu_cache", "gpu_cache_size", "use_prefetch", "prefetch_factor", "num_workers", "pin_memory",
@@ -56,50 +57,30 @@ PRESETS = {
                 "num_workers": 0, "pin_memory": False, "micro_batch_size": 1, "gradient_accumulation_steps": 8},
 }
 
-DEFAULTS = {
-    "preset": None,
-    **{key: None for key in PRESET_KEYS},
-    "max_length": 512,
-    "precision": "auto",
-    "gradient_checkpointing": False,
-    "learning_rate": 2e-4,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "epochs": 1,
-    "max_steps": None,
-    "warmup_ratio": 0.05,
-    "seed": 0,
-    "save_every": 50,
-    "monitor_interval": 10,
-    "empty_cache_every": 0,
-    "gpu_cache_bytes": None,
-    "gpu_memory_budget": None,
-    "expandable_segments": True,
-    "lora": {"enabled": False, "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
-    "cpu_offload": {"enabled": False, "max_memory": {}},
-    "load_in_8bit": False,
-    "device": "auto",
-}
-
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _POSITIVE_INTS = ("micro_batch_size", "gradient_accumulation_steps", "max_length", "epochs", "prefetch_factor")
 _NON_NEGATIVE_INTS = ("gpu_cache_size", "num_workers", "save_every", "monitor_interval", "empty_cache_every", "seed")
 
 
-def resolve_train_config(cfg: dict | None) -> dict:
-    """Return the complete ``train:`` section: defaults, then preset, then the user's keys."""
+def resolve_train_config(cfg: dict | TrainConfig | None) -> TrainConfig:
+    """The complete ``train:`` section: schema defaults, then preset, then the user's keys.
+
+    A :class:`~selectflow.config.TrainConfig` (already resolved) is returned as it is.
+    """
+    if isinstance(cfg, TrainConfig):
+        return cfg
     cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULTS))
+    out = train_defaults()
+    unknown = sorted(set(cfg) - set(out))
     if unknown:
-        raise SelectFlowError(f"unknown key(s) train.{', train.'.join(unknown)}; known keys: {', '.join(DEFAULTS)}")
-    out = copy.deepcopy(DEFAULTS)
-    for section in ("lora", "cpu_offload"):
+        raise SelectFlowError(f"unknown key(s) train.{', train.'.join(unknown)}; known keys: {', '.join(out)}")
+    for section in NESTED:
         given = cfg.pop(section, None) or {}
         if not isinstance(given, dict):
             raise SelectFlowError(f"train.{section} must be a mapping, got {given!r}")
-        bad = sorted(set(given) - set(DEFAULTS[section]))
+        bad = sorted(set(given) - set(out[section]))
         if bad:
-            raise SelectFlowError(f"unknown key(s) train.{section}.{', '.join(bad)}; known: {', '.join(DEFAULTS[section])}")
+            raise SelectFlowError(f"unknown key(s) train.{section}.{', '.join(bad)}; known: {', '.join(out[section])}")
         out[section].update({k: v for k, v in given.items() if v is not None})
     out.update({k: v for k, v in cfg.items() if v is not None})
     preset = out["preset"]
@@ -110,7 +91,7 @@ def resolve_train_config(cfg: dict | None) -> dict:
         if out[key] is None:
             out[key] = source[key]
     _check(out)
-    return out
+    return train_config_of(out)
 
 
 def _check(c: dict) -> None:

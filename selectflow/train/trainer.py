@@ -14,10 +14,9 @@ random ``subset_ratio`` of a pool file (the warm-up run). Both write to ``out_di
 * ``summary.json``: the returned summary;
 * ``resume/`` while running (see :mod:`selectflow.train.checkpoint`), removed at the end.
 
-The loss covers response tokens only and is normalised by the response-token count of
-the whole optimizer step, so gradients do not depend on how the step is cut into
-micro-batches. Snakemake attempt ``n`` halves the micro-batch ``n-1`` times (floor 1) and
-raises the accumulation to keep the effective batch; a rerun resumes from the last save.
+The loss covers response tokens only (:mod:`selectflow.train.step`). A Snakemake retry runs with a smaller ``micro_batch_size`` (the rule's
+attempt-scaled resource, the only place it is computed) and raises the accumulation to
+keep the effective batch; a rerun resumes from the last save.
 """
 
 from __future__ import annotations
@@ -32,28 +31,25 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, is_dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from selectflow.data.records import read_dataset
 from selectflow.data.tokens import pad_token_id
-from selectflow.router.gate import quality_gates, save_converted
-from selectflow.runtime.device import resolve_device
+from selectflow.config import TrainConfig
+from selectflow.runtime.device import pick_device, use_expandable_segments
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.runtime.fsutil import atomic_dir, atomic_open
-from selectflow.runtime.gpus import ALLOC_CONF
-from selectflow.runtime.oom import attempt_size, is_oom
-from selectflow.train.checkpoint import load_resume, save_resume
+from selectflow.runtime.fsutil import atomic_open
+from selectflow.runtime.oom import is_oom
+from selectflow.train.checkpoint import load_resume, save_resume, save_trained
 from selectflow.train.data import (
-    IGNORE_INDEX,
     TokenizedDataset,
+    data_digest,
     load_training_pairs,
     plan_steps,
     split_micro,
@@ -61,7 +57,6 @@ from selectflow.train.data import (
 )
 from selectflow.train.estimate import (
     estimate_training_memory,
-    freest_cuda_device,
     model_shape,
     pick_micro_batch,
     resolve_budget,
@@ -73,8 +68,9 @@ from selectflow.train.model import (
     load_for_training,
     resolve_precision,
 )
-from selectflow.train.monitor import MIB, MemoryMonitor, memory_snapshot, write_tsv
+from selectflow.train.monitor import MIB, MemoryMonitor, memory_snapshot, write_rows
 from selectflow.train.presets import resolve_train_config
+from selectflow.train.step import lr_lambda, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +78,14 @@ METRIC_COLUMNS = ["step", "epoch", "loss", "lr", "samples_per_s", "host_rss_mb",
                   "gpu_reserved_mb", "gpu_peak_mb"]
 
 
-def train(model_path, data_jsonl, out_dir, cfg: dict | None, *, attempt: int = 1,
-          on_step: Callable[[int], None] | None = None) -> dict:
+def train(model_path, data_jsonl, out_dir, cfg: TrainConfig | dict | None, *, micro_batch_size: int | None = None,
+          attempt: int = 1, on_step: Callable[[int], None] | None = None) -> dict:
     """Fine-tune ``model_path`` on the records of ``data_jsonl``; return the run summary.
 
-    ``cfg`` is the ``train:`` config section; ``attempt`` the Snakemake attempt;
-    ``on_step(step)`` is called after each optimizer step (and its resume save). The
+    ``cfg`` is the ``train:`` section (a :class:`~selectflow.config.TrainConfig`, or a mapping
+    that is resolved); ``micro_batch_size`` this attempt's micro-batch (the rule's
+    attempt-scaled resource; None: the configured one); ``attempt`` the Snakemake attempt
+    (logged); ``on_step(step)`` is called after each optimizer step (and its resume save). The
     summary (also ``summary.json``) holds the sizes used (``micro_batch_size``,
     ``gradient_accumulation_steps``, ``effective_batch``), ``steps``, ``resumed_from_step``,
     ``first_loss`` / ``final_loss`` (mean of the last 5 steps), ``samples_per_s``,
@@ -96,10 +94,12 @@ def train(model_path, data_jsonl, out_dir, cfg: dict | None, *, attempt: int = 1
     the device-cache counts (``cache``).
     """
     pairs = load_training_pairs(data_jsonl)
-    return fit(model_path, pairs, out_dir, cfg, attempt=attempt, on_step=on_step, source=str(data_jsonl))
+    return fit(model_path, pairs, out_dir, cfg, micro_batch_size=micro_batch_size, attempt=attempt, on_step=on_step,
+               source=str(data_jsonl))
 
 
-def train_on_pool(model_path, pool_jsonl, out_dir, cfg: dict | None, *, subset_ratio: float, attempt: int = 1,
+def train_on_pool(model_path, pool_jsonl, out_dir, cfg: TrainConfig | dict | None, *, subset_ratio: float,
+                  micro_batch_size: int | None = None, attempt: int = 1,
                   on_step: Callable[[int], None] | None = None, objective=None) -> dict:
     """Fine-tune on a random ``subset_ratio`` of a pool (the warm-up run).
 
@@ -114,80 +114,25 @@ def train_on_pool(model_path, pool_jsonl, out_dir, cfg: dict | None, *, subset_r
     paths = [pool_jsonl] if isinstance(pool_jsonl, (str, os.PathLike)) else list(pool_jsonl)
     records = [rec for path in paths for rec in read_dataset(path, Path(path).stem)]
     k = max(1, round(float(subset_ratio) * len(records)))
-    seed = resolve_train_config(cfg)["seed"]
-    chosen = sorted(random.Random(seed).sample(range(len(records)), k))
+    c = resolve_train_config(cfg)
+    chosen = sorted(random.Random(c.seed).sample(range(len(records)), k))
     log.info("warm-up subset: %d of %d records of %s (ratio %g, seed %d)", k, len(records),
-             ", ".join(map(str, paths)), subset_ratio, seed)
+             ", ".join(map(str, paths)), subset_ratio, c.seed)
     pairs = [(records[i]["sample_id"], records[i]["prompt"], records[i]["response"]) for i in chosen]
-    return fit(model_path, pairs, out_dir, cfg, attempt=attempt, on_step=on_step,
+    return fit(model_path, pairs, out_dir, c, micro_batch_size=micro_batch_size, attempt=attempt, on_step=on_step,
                source=f"{', '.join(map(str, paths))} (subset {subset_ratio:g})", objective=objective)
 
 
-def _pick_device(spec: str) -> torch.device:
-    if spec == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
-        return freest_cuda_device()
-    device = resolve_device(spec)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
+def batch_split(c: TrainConfig, micro_batch_size: int | None = None) -> tuple[int, int, int]:
+    """``(micro_batch, accumulation, effective_batch)`` when the micro-batch is ``micro_batch_size``.
 
-
-def _expandable_segments() -> None:
-    """Ask the CUDA allocator for expandable segments (less fragmentation) unless the user set it.
-
-    The allocator reads ``PYTORCH_CUDA_ALLOC_CONF`` when CUDA initialises, so this works only
-    before the first CUDA call of the process.
+    The effective batch (configured micro-batch × accumulation) never changes; a retry's
+    smaller micro-batch (None: the configured one) raises the accumulation to cover the
+    same samples.
     """
-    if not torch.cuda.is_available() or "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
-        return
-    if torch.cuda.is_initialized():
-        log.info("CUDA is already initialised: set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True in the "
-                 "environment to get expandable segments")
-        return
-    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF
-    log.info("CUDA allocator: %s", ALLOC_CONF)
-
-
-def batch_split(c: dict, attempt: int) -> tuple[int, int, int]:
-    """``(micro_batch, accumulation, effective_batch)`` for Snakemake attempt ``attempt``.
-
-    The effective batch (configured micro-batch × accumulation) never changes; the
-    micro-batch halves per retry and the accumulation grows to cover the same samples.
-    """
-    effective = c["micro_batch_size"] * c["gradient_accumulation_steps"]
-    micro = attempt_size(c["micro_batch_size"], attempt)
+    effective = c.micro_batch_size * c.gradient_accumulation_steps
+    micro = micro_batch_size or c.micro_batch_size
     return micro, math.ceil(effective / micro), effective
-
-
-def _data_digest(pairs: list[tuple[str, str, str]]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for sample_id, prompt, response in pairs:
-        h.update(json.dumps([sample_id, prompt, response]).encode())
-    return h.hexdigest()[:16]
-
-
-def _lr_lambda(total_steps: int, warmup_ratio: float):
-    warmup = int(round(warmup_ratio * total_steps))
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor
-
-
-def response_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over labelled positions (fp32).
-
-    ``logits`` ``[B, T, V]`` predict token ``t+1`` at position ``t``; the labels are shifted
-    rather than the logits, so no copy of the logits is made beyond the fp32 upcast.
-    """
-    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def _host_peak_rss_mb() -> float:
@@ -195,14 +140,15 @@ def _host_peak_rss_mb() -> float:
     return peak / MIB if sys.platform == "darwin" else peak / 1024
 
 
-def _sizes(model_path, c: dict, attempt: int, device: torch.device, precision: str):
+def _sizes(model_path, c: TrainConfig, micro_batch_size: int | None, attempt: int, device: torch.device,
+           precision: str):
     """Micro-batch split for this attempt, capped by ``gpu_memory_budget``; and its memory estimate."""
-    micro, accum, effective = batch_split(c, attempt)
-    lora = c["lora"]["enabled"]
-    shape = model_shape(model_path, c["lora"] if lora else None)
-    est_kwargs = dict(max_length=c["max_length"], precision=precision,
-                      gradient_checkpointing=c["gradient_checkpointing"], lora=lora, load_in_8bit=c["load_in_8bit"])
-    budget = resolve_budget(c["gpu_memory_budget"], device)
+    micro, accum, effective = batch_split(c, micro_batch_size)
+    lora = c.lora.enabled
+    shape = model_shape(model_path, c.lora if lora else None)
+    est_kwargs = dict(max_length=c.max_length, precision=precision,
+                      gradient_checkpointing=c.gradient_checkpointing, lora=lora, load_in_8bit=c.load_in_8bit)
+    budget = resolve_budget(c.gpu_memory_budget, device)
     if budget is not None:
         fitting = pick_micro_batch(shape, budget, upper=micro, **est_kwargs)
         if fitting < micro:
@@ -211,80 +157,34 @@ def _sizes(model_path, c: dict, attempt: int, device: torch.device, precision: s
             micro, accum = fitting, math.ceil(effective / fitting)
     estimate = estimate_training_memory(shape, micro_batch=micro, **est_kwargs)
     log.info("attempt %d: micro-batch %d (configured %d) x %d accumulation steps = effective batch %d samples; "
-             "max_length %d, precision %s, device %s", attempt, micro, c["micro_batch_size"], accum, effective,
-             c["max_length"], precision, device)
+             "max_length %d, precision %s, device %s", attempt, micro, c.micro_batch_size, accum, effective,
+             c.max_length, precision, device)
     log.info("memory estimate for micro-batch %d: predicted peak %.1f MiB (%s)", micro, estimate.total / MIB,
              ", ".join(f"{k} {v / MIB:.1f}" for k, v in asdict(estimate).items()))
     return micro, accum, effective, estimate
 
 
-def _optimizer_step(model, micro_batches: list[dict], *, autocast, scaler, optimizer, scheduler, params,
-                    max_grad_norm: float, objective=None, extra: dict | None = None) -> float:
-    """Forward/backward every micro-batch of one step, then step the optimizer; return the step's loss.
-
-    Each micro-batch's summed token loss is divided by the response-token count of the
-    whole step, so the accumulated gradient is that of the step's mean token loss. An
-    ``objective`` adds its term, normalised by the step's valid (attention-mask) tokens;
-    ``extra`` then receives the step's ``quality_loss`` and ``p_good``.
-    """
-    n_tokens = max(1, sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches))
-    n_valid = max(1, sum(int(mb["attention_mask"].sum()) for mb in micro_batches))
-    loss_sum = 0.0
-    quality_sum = p_good_sum = 0.0
-    for mb in micro_batches:
-        with autocast(), (objective.recording(model) if objective else nullcontext()) as gate_logits:
-            logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
-        loss = response_loss_sum(logits, mb["labels"]) / n_tokens
-        if objective is not None:
-            quality = objective.loss(gate_logits, mb["attention_mask"], n_valid)
-            loss = loss + quality
-            quality_sum += quality.detach()
-            p_good_sum += objective.p_good_sum(gate_logits, mb["attention_mask"]) / n_valid
-            del gate_logits
-        scaler.scale(loss).backward()
-        loss_sum += loss.detach()
-        del logits, loss
-    if max_grad_norm:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    if extra is not None and objective is not None:
-        extra.update(quality_loss=float(quality_sum), p_good=float(p_good_sum))
-    return float(loss_sum)
-
-
-def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None, *, attempt: int = 1,
-        on_step: Callable[[int], None] | None = None, source: str = "", objective=None) -> dict:
-    """The training loop behind :func:`train` and :func:`train_on_pool`.
-
-    ``objective`` (e.g. :class:`selectflow.router.gate.GateObjective`) picks the trainable
-    parameters (``select_trainable(model)``) and adds a loss term (``recording(model)``
-    around the forward pass, then ``loss(captured, attention_mask, n_valid_tokens)``).
-    """
-    from transformers import AutoTokenizer
-
-    c = resolve_train_config(cfg)
-    if objective is not None and c["lora"]["enabled"]:
-        raise SelectFlowError("the gate warm-up trains the quality gates and routers themselves, not LoRA adapters; "
-                              "set warmup.train.lora.enabled: false")
-    columns = METRIC_COLUMNS + (["quality_loss", "p_good"] if objective is not None else [])
-    out_dir = Path(out_dir)
-    if c["expandable_segments"]:
-        _expandable_segments()
-    device = _pick_device(c["device"])
-    precision = resolve_precision(c["precision"], device)
+def _device_and_precision(c: TrainConfig) -> tuple[torch.device, str]:
+    """The training device (current for this process) and the resolved precision; levers checked."""
+    if c.expandable_segments and torch.cuda.is_available():
+        use_expandable_segments()
+    device = pick_device(c.device)
+    precision = resolve_precision(c.precision, device)
     check_levers(c, device, precision)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    seed = c["seed"]
+    return device, precision
+
+
+def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    micro, accum, effective, estimate = _sizes(model_path, c, attempt, device, precision)
+
+def _tokenizer(model_path):
+    """The model's tokenizer and the id that pads its batches."""
+    from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -293,131 +193,201 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: dict | None
                               "tokenizer files") from None
     if tokenizer.eos_token_id is None:
         log.warning("tokenizer of %s has no eos token; responses are not closed by one", model_path)
-    pad_id = pad_token_id(tokenizer)
-    model = load_for_training(model_path, c, device, precision)
-    if objective is not None:
-        objective.select_trainable(model)
+    return tokenizer, pad_token_id(tokenizer)
 
-    n = len(pairs)
-    spe = steps_per_epoch(n, effective)
-    total_steps = c["max_steps"] or c["epochs"] * spe
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(c["learning_rate"]), weight_decay=float(c["weight_decay"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, float(c["warmup_ratio"])))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    fingerprint = {
-        "model_path": str(Path(model_path).resolve()), "data": _data_digest(pairs), "n_samples": n,
-        "effective_batch": effective, "total_steps": total_steps, "precision": precision,
-        **{k: c[k] for k in ("learning_rate", "weight_decay", "max_grad_norm", "warmup_ratio", "seed", "max_length",
-                             "lora", "load_in_8bit")},
-        **({"objective": objective.fingerprint()} if objective is not None else {}),
+
+@dataclass
+class _Run:
+    """One training run between its setup, its loop and its end."""
+
+    c: TrainConfig
+    out_dir: Path
+    device: torch.device
+    precision: str
+    attempt: int
+    micro: int
+    accum: int
+    effective: int
+    estimate: object
+    columns: list[str]
+    model: object
+    objective: object
+    n: int
+    spe: int
+    total_steps: int = 0
+    params: list = None
+    optimizer: object = None
+    scheduler: object = None
+    scaler: object = None
+    fingerprint: dict = None
+    start: int = 0
+    orders: dict = None
+    metrics: list = None
+    monitor: MemoryMonitor = None
+    steps: list = None
+
+
+def _fingerprint_value(value):
+    return asdict(value) if is_dataclass(value) else value
+
+
+def _start(run: _Run, model_path, pairs) -> None:
+    """Optimizer, schedule and scaler of ``run``; its resume state; the sample plan of its remaining steps."""
+    c = run.c
+    run.total_steps = c.max_steps or c.epochs * run.spe
+    run.params = [p for p in run.model.parameters() if p.requires_grad]
+    run.optimizer = torch.optim.AdamW(run.params, lr=float(c.learning_rate), weight_decay=float(c.weight_decay))
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(run.total_steps, float(c.warmup_ratio)))
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
+    run.fingerprint = {
+        "model_path": str(Path(model_path).resolve()), "data": data_digest(pairs), "n_samples": run.n,
+        "effective_batch": run.effective, "total_steps": run.total_steps, "precision": run.precision,
+        **{k: _fingerprint_value(getattr(c, k)) for k in ("learning_rate", "weight_decay", "max_grad_norm",
+                                                           "warmup_ratio", "seed", "max_length", "lora",
+                                                           "load_in_8bit")},
+        **({"objective": run.objective.fingerprint()} if run.objective is not None else {}),
     }
-    state = load_resume(out_dir / "resume", fingerprint, model=model, optimizer=optimizer, scheduler=scheduler,
-                        scaler=scaler)
-    start = state.step if state else 0
-    orders = {state.epoch: state.order} if state else {}
-    metrics = list(state.metrics) if state else []
-    monitor = MemoryMonitor(device, c["monitor_interval"], c["empty_cache_every"], state.memory if state else None)
-    steps = [split_micro(idx, micro) for idx in plan_steps(orders, n, effective, seed, start, total_steps)]
+    state = load_resume(run.out_dir / "resume", run.fingerprint, model=run.model, optimizer=run.optimizer,
+                        scheduler=run.scheduler, scaler=run.scaler)
+    run.start = state.step if state else 0
+    run.orders = {state.epoch: state.order} if state else {}
+    run.metrics = list(state.metrics) if state else []
+    run.monitor = MemoryMonitor(run.device, c.monitor_interval, c.empty_cache_every, state.memory if state else None)
+    run.steps = [split_micro(idx, run.micro)
+                 for idx in plan_steps(run.orders, run.n, run.effective, c.seed, run.start, run.total_steps)]
 
-    stream = BatchStream(TokenizedDataset(pairs, tokenizer, c["max_length"]), [mb for step in steps for mb in step],
-                         c, device, pad_id)
+
+def _record_step(run: _Run, step: int, loss: float, lr: float, n_step_samples: int, seconds: float,
+                 extra: dict) -> None:
+    """Append step ``step``'s metrics row; after the first step of this run, compare memory to the estimate."""
+    snap = memory_snapshot(run.device)
+    run.metrics.append({"step": step + 1, "epoch": (step + 1) / run.spe, "loss": loss, "lr": lr,
+                        "samples_per_s": n_step_samples / seconds,
+                        **{k: snap[k] for k in METRIC_COLUMNS if k in snap}, **extra})
+    if step == run.start:
+        cuda = run.device.type == "cuda"
+        measured = snap["gpu_peak_mb"] if cuda else snap["host_rss_mb"]
+        log.info("after the first step: predicted peak %.1f MiB, measured %s %.1f MiB", run.estimate.total / MIB,
+                 "device peak" if cuda else "host RSS", measured)
+
+
+def _after_step(run: _Run, done: int, lr: float, cache) -> None:
+    """Memory sample, progress log and tables, and the resume save that fall on step ``done``."""
+    c = run.c
+    run.monitor.after_step(done)
+    if c.monitor_interval and done % c.monitor_interval == 0:
+        log.info("step %d/%d: loss %.4f, lr %.3g, %.1f samples/s", done, run.total_steps, run.metrics[-1]["loss"], lr,
+                 run.metrics[-1]["samples_per_s"])
+        write_rows(run.out_dir / "metrics.tsv", run.metrics, run.columns)
+        run.monitor.write(run.out_dir / "memory.tsv")
+        if cache is not None:
+            cache.log_stats(f"step {done}")
+    if c.save_every and done % c.save_every == 0 and done < run.total_steps:
+        epoch, k = divmod(done, run.spe)
+        save_resume(run.out_dir / "resume", model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                    scaler=run.scaler, step=done, epoch=epoch, position=k * run.effective, order=run.orders[epoch],
+                    fingerprint=run.fingerprint, micro_batch_size=run.micro, gradient_accumulation_steps=run.accum,
+                    metrics=run.metrics, metric_columns=run.columns, memory=run.monitor.rows)
+
+
+def _loop(run: _Run, pairs, tokenizer, pad_id: int, on_step) -> tuple[float, float, int, object]:
+    """Run the remaining optimizer steps; return wall and CPU seconds, samples trained and the device cache."""
+    c = run.c
+    stream = BatchStream(TokenizedDataset(pairs, tokenizer, c.max_length), [mb for step in run.steps for mb in step],
+                         c, run.device, pad_id)
     cache = stream.cache
-    autocast = partial(torch.autocast, device.type, dtype=compute_dtype(precision), enabled=precision != "fp32")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    autocast = partial(torch.autocast, run.device.type, dtype=compute_dtype(run.precision),
+                       enabled=run.precision != "fp32")
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
     t_start, cpu_start = time.perf_counter(), os.times()
     samples_done = 0
-    step = start
+    step = run.start
     it = iter(stream)
     try:
-        for step in tqdm(range(start, total_steps), initial=start, total=total_steps, desc="train", mininterval=5,
-                         disable=None):
+        for step in tqdm(range(run.start, run.total_steps), initial=run.start, total=run.total_steps, desc="train",
+                         mininterval=5, disable=None):
             t0 = time.perf_counter()
-            lr = scheduler.get_last_lr()[0]
+            lr = run.scheduler.get_last_lr()[0]
             extra: dict = {}
-            loss = _optimizer_step(model, [next(it) for _ in steps[step - start]], autocast=autocast, scaler=scaler,
-                                   optimizer=optimizer, scheduler=scheduler, params=params,
-                                   max_grad_norm=float(c["max_grad_norm"]), objective=objective, extra=extra)
-            done = step + 1
-            n_step_samples = sum(len(mb) for mb in steps[step - start])
+            micro_batches = run.steps[step - run.start]
+            loss = optimizer_step(run.model, [next(it) for _ in micro_batches], autocast=autocast, scaler=run.scaler,
+                                  optimizer=run.optimizer, scheduler=run.scheduler, params=run.params,
+                                  max_grad_norm=float(c.max_grad_norm), objective=run.objective, extra=extra)
+            n_step_samples = sum(len(mb) for mb in micro_batches)
             samples_done += n_step_samples
-            snap = memory_snapshot(device)
-            metrics.append({"step": done, "epoch": done / spe, "loss": loss, "lr": lr,
-                            "samples_per_s": n_step_samples / (time.perf_counter() - t0),
-                            **{k: snap[k] for k in METRIC_COLUMNS if k in snap}, **extra})
-            if step == start:
-                measured = snap["gpu_peak_mb"] if device.type == "cuda" else snap["host_rss_mb"]
-                log.info("after the first step: predicted peak %.1f MiB, measured %s %.1f MiB", estimate.total / MIB,
-                         "device peak" if device.type == "cuda" else "host RSS", measured)
-            monitor.after_step(done)
-            if c["monitor_interval"] and done % c["monitor_interval"] == 0:
-                log.info("step %d/%d: loss %.4f, lr %.3g, %.1f samples/s", done, total_steps, metrics[-1]["loss"], lr,
-                         metrics[-1]["samples_per_s"])
-                write_tsv(out_dir / "metrics.tsv", metrics, columns)
-                monitor.write(out_dir / "memory.tsv")
-                if cache is not None:
-                    cache.log_stats(f"step {done}")
-            if c["save_every"] and done % c["save_every"] == 0 and done < total_steps:
-                epoch, k = divmod(done, spe)
-                save_resume(out_dir / "resume", model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            step=done, epoch=epoch, position=k * effective, order=orders[epoch],
-                            fingerprint=fingerprint, micro_batch_size=micro, gradient_accumulation_steps=accum,
-                            metrics=metrics, metric_columns=columns, memory=monitor.rows)
+            _record_step(run, step, loss, lr, n_step_samples, time.perf_counter() - t0, extra)
+            _after_step(run, step + 1, lr, cache)
             if on_step is not None:
-                on_step(done)
+                on_step(step + 1)
     except Exception as exc:
         if is_oom(exc):
-            log.error("out of memory at step %d with micro-batch %d (attempt %d); a retry halves the micro-batch "
-                      "and resumes from the last save in %s", step + 1, micro, attempt, out_dir / "resume")
+            log.error("out of memory at step %d with micro-batch %d (attempt %d); a retry divides the micro-batch "
+                      "by retry.factor and resumes from the last save in %s", step + 1, run.micro, run.attempt,
+                      run.out_dir / "resume")
         raise
     finally:
         stream.close()
-    elapsed = time.perf_counter() - t_start
-    cpu_seconds = sum(os.times()[:4]) - sum(cpu_start[:4])
+    return time.perf_counter() - t_start, sum(os.times()[:4]) - sum(cpu_start[:4]), samples_done, cache
 
-    if not monitor.rows or monitor.rows[-1]["step"] != total_steps:
-        monitor.sample(total_steps)
+
+def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: TrainConfig | dict | None, *,
+        micro_batch_size: int | None = None, attempt: int = 1, on_step: Callable[[int], None] | None = None,
+        source: str = "", objective=None) -> dict:
+    """The training loop behind :func:`train` and :func:`train_on_pool`.
+
+    ``objective`` (e.g. :class:`selectflow.router.gate.GateObjective`) picks the trainable
+    parameters (``select_trainable(model)``) and adds a loss term (``recording(model)``
+    around the forward pass, then ``loss(captured, attention_mask, n_valid_tokens)``).
+    """
+    c = resolve_train_config(cfg)
+    if objective is not None and c.lora.enabled:
+        raise SelectFlowError("the gate warm-up trains the quality gates and routers themselves, not LoRA adapters; "
+                              "set warmup.train.lora.enabled: false")
+    columns = METRIC_COLUMNS + (["quality_loss", "p_good"] if objective is not None else [])
+    device, precision = _device_and_precision(c)
+    _seed_everything(c.seed)
+    micro, accum, effective, estimate = _sizes(model_path, c, micro_batch_size, attempt, device, precision)
+    tokenizer, pad_id = _tokenizer(model_path)
+    model = load_for_training(model_path, c, device, precision)
+    if objective is not None:
+        objective.select_trainable(model)
+    run = _Run(c=c, out_dir=Path(out_dir), device=device, precision=precision, attempt=attempt, micro=micro,
+               accum=accum, effective=effective, estimate=estimate, columns=columns, model=model, objective=objective,
+               n=len(pairs), spe=steps_per_epoch(len(pairs), effective))
+    _start(run, model_path, pairs)
+    elapsed, cpu_seconds, samples_done, cache = _loop(run, pairs, tokenizer, pad_id, on_step)
+    return _finish(run, model_path, tokenizer, source, (elapsed, cpu_seconds, samples_done), cache)
+
+
+def _finish(run: _Run, model_path, tokenizer, source: str, timing: tuple[float, float, int], cache) -> dict:
+    """Save the checkpoint, the tables and ``summary.json``; drop the resume state; return the summary."""
+    elapsed, cpu_seconds, samples_done = timing
+    out_dir, device, total_steps = run.out_dir, run.device, run.total_steps
+    if not run.monitor.rows or run.monitor.rows[-1]["step"] != total_steps:
+        run.monitor.sample(total_steps)
     if cache is not None:
         cache.log_stats("end")
-    kind = _save_checkpoint(model, tokenizer, out_dir / "checkpoint", c)
-    write_tsv(out_dir / "metrics.tsv", metrics, columns)
-    monitor.write(out_dir / "memory.tsv")
+    kind = save_trained(run.model, tokenizer, out_dir / "checkpoint", run.c)
+    write_rows(out_dir / "metrics.tsv", run.metrics, run.columns)
+    run.monitor.write(out_dir / "memory.tsv")
     measured_peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
-    losses = [m["loss"] for m in metrics]
+    losses = [m["loss"] for m in run.metrics]
     summary = {
-        "source": source, "model_path": str(model_path), "out_dir": str(out_dir), "n_samples": n,
-        "steps": total_steps, "resumed_from_step": start, "attempt": attempt, "epochs": total_steps / spe,
-        "micro_batch_size": micro, "gradient_accumulation_steps": accum, "effective_batch": effective,
-        "precision": precision, "device": str(device), "lora": c["lora"]["enabled"],
+        "source": source, "model_path": str(model_path), "out_dir": str(out_dir), "n_samples": run.n,
+        "steps": total_steps, "resumed_from_step": run.start, "attempt": run.attempt, "epochs": total_steps / run.spe,
+        "micro_batch_size": run.micro, "gradient_accumulation_steps": run.accum, "effective_batch": run.effective,
+        "precision": run.precision, "device": str(device), "lora": run.c.lora.enabled,
         "checkpoint": str(out_dir / "checkpoint"), "checkpoint_kind": kind, "first_loss": losses[0] if losses else None,
         "final_loss": float(np.mean(losses[-5:])) if losses else None,
         "samples_per_s": samples_done / elapsed if elapsed > 0 else None, "train_seconds": elapsed,
         "train_cpu_seconds": cpu_seconds,
-        "estimated_peak_mb": estimate.total / MIB, "measured_peak_mb": measured_peak,
+        "estimated_peak_mb": run.estimate.total / MIB, "measured_peak_mb": measured_peak,
         "host_peak_rss_mb": _host_peak_rss_mb(), "cache": cache.stats() if cache is not None else None,
     }
     with atomic_open(out_dir / "summary.json", "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2)
     shutil.rmtree(out_dir / "resume", ignore_errors=True)
     log.info("trained %d steps (%d resumed) on %d samples in %.1f s: loss %s -> %s; checkpoint %s", total_steps,
-             start, n, elapsed, summary["first_loss"], summary["final_loss"], summary["checkpoint"])
+             run.start, run.n, elapsed, summary["first_loss"], summary["final_loss"], summary["checkpoint"])
     return summary
-
-
-def _save_checkpoint(model, tokenizer, path: Path, c: dict) -> str:
-    """Save the trained model atomically; LoRA is merged unless the base is 8-bit (adapter only)."""
-    kind = "full"
-    if c["lora"]["enabled"]:
-        if c["load_in_8bit"]:
-            kind = "lora_adapter"
-        else:
-            model = model.merge_and_unload()
-            kind = "full (LoRA merged)"
-    with atomic_dir(path) as tmp:
-        if quality_gates(model):  # a converted model: base weights + the gate files (selectflow.router.gate)
-            save_converted(model, tmp, tokenizer)
-        else:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-    return kind
