@@ -43,11 +43,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from selectflow.config import selection_section  # noqa: E402
 from selectflow.router.routerfile import concat_shards  # noqa: E402
 from selectflow.select.candidates import read_candidates  # noqa: E402
 from selectflow.select.distance import features  # noqa: E402
 from selectflow.select.fps import fps_streaming  # noqa: E402
-from selectflow.stages.select import build_candidates, run_fps, selection_section  # noqa: E402
+from selectflow.stages.select import build_candidates, run_fps  # noqa: E402
 
 JUNK = ("junk_empty", "junk_truncated", "junk_repeated", "junk_off_topic")
 

@@ -154,11 +154,9 @@ quality, then FPS picks 0.05); flags given after it win.
 
 def _schema(name: str) -> dict:
     """A schema of ``schemas/`` (read when a command needs it, so ``--help`` stays light)."""
-    import yaml
+    from selectflow.config import schema
 
-    from selectflow.configdoc import SCHEMAS
-
-    return yaml.safe_load((SCHEMAS / name).read_text())
+    return schema(name)
 
 
 def _selection_schema() -> dict:

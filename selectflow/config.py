@@ -121,8 +121,21 @@ NESTED = {"lora": LoraConfig, "cpu_offload": CpuOffloadConfig}
 
 
 @cache
+def schema(name: str = "config.schema.yaml") -> dict:
+    """A schema of ``schemas/``, read once per process."""
+    return yaml.safe_load((SCHEMAS / name).read_text())
+
+
 def train_schema() -> dict:
-    return yaml.safe_load((SCHEMAS / "train.schema.yaml").read_text())
+    return schema("train.schema.yaml")
+
+
+def selection_section(values: dict | None = None, **overrides) -> SelectionConfig:
+    """The selection section: ``values`` and ``overrides`` over the schema's defaults (not validated)."""
+    from selectflow.data.check import with_defaults
+
+    return section(SelectionConfig, with_defaults({**(values or {}), **overrides},
+                                                  schema()["properties"]["selection"]))
 
 
 def train_defaults() -> dict:

@@ -186,7 +186,8 @@ def png_size(path):
 def test_figures_without_later_stages(shards, tmp_path):
     """Selection-only run: every figure is written; training and index say 'stage not run'."""
     paths, ids, _ = shards
-    from selectflow.stages.select import build_candidates, run_fps, selection_section
+    from selectflow.config import selection_section
+    from selectflow.stages.select import build_candidates, run_fps
 
     sel = tmp_path / "selection"
     section = selection_section(quality_method="perplexity", selection_percentage=0.1, routing_strata=1, device="cpu")

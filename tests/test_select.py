@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from selectflow import cli
+from selectflow.config import selection_section
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.select.candidates import n_blocks, read_candidates
@@ -18,7 +19,6 @@ from selectflow.stages.select import (
     build_candidates,
     compute_block,
     run_fps,
-    selection_section,
     write_selection,
 )
 

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from selectflow.config import selection_section
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select.fps import fps_matrix, fps_streaming
 from selectflow.select.strata import allocate, kmeans
-from selectflow.stages.select import build_candidates, run_fps, selection_section
+from selectflow.stages.select import build_candidates, run_fps
 from tests.test_fps import blocks, brute_fps, naive_matrix, with_ties
 
 

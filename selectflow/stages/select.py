@@ -19,7 +19,7 @@
 original's ``continue_selection.py``; its parser is in :mod:`selectflow.cli`).
 
 Each function takes paths and the ``selection`` section (:class:`selectflow.config.SelectionConfig`);
-:func:`selection_section` builds one from the schema's defaults for a caller without a config.
+:func:`selectflow.config.selection_section` builds one from the schema's defaults for a caller without a config.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from selectflow.config import SelectionConfig, section
+from selectflow.config import SelectionConfig
 from selectflow.data.records import write_jsonl
 from selectflow.router.routerfile import concat_shards, read_router_shard
 from selectflow.runtime.errors import SelectFlowError
@@ -60,17 +60,6 @@ log = logging.getLogger(__name__)
 NUMERIC_INPUTS = ("nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "gate_mean", "distinct_3grams")
 NAN_COLUMNS = ("quality", "min_distance", *NUMERIC_INPUTS)
 MODES = ("streaming", "matrix")
-
-
-def selection_section(values: dict | None = None, **overrides) -> SelectionConfig:
-    """The selection section: ``values`` and ``overrides`` over the schema's defaults (not validated)."""
-    import yaml
-
-    from selectflow.configdoc import SCHEMA
-    from selectflow.data.check import with_defaults
-
-    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["selection"]
-    return section(SelectionConfig, with_defaults({**(values or {}), **overrides}, schema))
 
 
 def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.PathLike, quality_tsv: str | os.PathLike,

@@ -40,7 +40,6 @@ fragmentation, and temporary buffers of single kernels.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from dataclasses import asdict, dataclass, fields
 
@@ -50,22 +49,9 @@ import torch
 
 from selectflow.config import LoraConfig, lora_settings
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.units import parse_bytes
 
 log = logging.getLogger(__name__)
-
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(value, key: str = "value") -> int:
-    """``12884901888``, ``"12GB"`` (10^9), ``"12GiB"`` (2^30), ``"800 MB"`` → bytes."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise SelectFlowError(f"{key}: cannot read {value!r} as a size; write e.g. 12GB, 800MiB or a number of bytes")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
 
 def free_memory_bytes(device: torch.device) -> int:
     """Free memory of ``device``: the CUDA driver's free bytes, or the host's available bytes."""

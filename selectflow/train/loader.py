@@ -28,7 +28,7 @@ import torch
 from selectflow.config import TrainConfig
 from selectflow.train.cache import DeviceCacheDataset
 from selectflow.train.data import pad_collate
-from selectflow.train.estimate import parse_bytes
+from selectflow.runtime.units import parse_bytes
 from selectflow.train.prefetch import PrefetchLoader, move_batch
 
 log = logging.getLogger(__name__)
