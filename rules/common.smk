@@ -34,7 +34,6 @@ if workflow.is_main_process:
 RESULTS = f"results/{CFG.run}"
 LOGS = f"logs/{CFG.run}"
 BENCH = f"benchmarks/{CFG.run}"
-SEL = config["selection"]
 
 if workflow.is_main_process and is_dry_run(sys.argv):
     # a dry run also checks the data: format, records, id source, first bad line per

@@ -2,7 +2,7 @@ checkpoint pool_manifest:
     input:
         shards=pool_shard_files,
         # the split_dataset folders the shards are in: links the two in the rule graph
-        folders=[f"{RESULTS}/shards/{ds}" for ds in sorted(config["datasets"])],
+        folders=[f"{RESULTS}/shards/{ds}" for ds in sorted(CFG.datasets)],
     output:
         f"{RESULTS}/pool_manifest.tsv",
     log:
@@ -32,11 +32,11 @@ rule index_embed:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        batch_size=scaled(config["index"]["batch_size"]),
+        batch_size=scaled(CFG.index.batch_size),
         attempt=current_attempt,
     params:
         spec=lambda wc: index_spec(wc.name),
-        index=config["index"],
+        index=CFG.index,
     script:
         "../scripts/index_embed.py"
 
@@ -60,7 +60,7 @@ rule index_window:
         attempt=current_attempt,
     params:
         spec=lambda wc: index_spec(wc.name),
-        index=config["index"],
+        index=CFG.index,
     script:
         "../scripts/index_window.py"
 
@@ -85,8 +85,7 @@ rule index_summary:
 rule retrieve:
     input:
         windows=lambda wc: window_files(wc, name="pool"),
-        queries=config["retrieve"]["queries"]
-        or f"{RESULTS}/selection/selected_data.jsonl",
+        queries=CFG.retrieve.queries or f"{RESULTS}/selection/selected_data.jsonl",
         encoder=index_spec("pool")["encoder"],
     output:
         f"{RESULTS}/retrieve/neighbors.tsv",
@@ -96,12 +95,12 @@ rule retrieve:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        batch_size=scaled(config["index"]["batch_size"]),
+        batch_size=scaled(CFG.index.batch_size),
         attempt=current_attempt,
     params:
         index_dir=f"{RESULTS}/indexes/pool",
-        index=config["index"],
-        k=config["retrieve"]["k"],
+        index=CFG.index,
+        k=CFG.retrieve.k,
     script:
         "../scripts/retrieve.py"
 
@@ -109,7 +108,7 @@ rule retrieve:
 rule decontaminate:
     input:
         windows=lambda wc: window_files(wc, name="decontam"),
-        queries=config["decontaminate"]["eval_set"] or [],
+        queries=CFG.decontaminate.eval_set or [],
         encoder=index_spec("decontam")["encoder"],
     output:
         f"{RESULTS}/decontaminate/contaminated.tsv",
@@ -119,11 +118,11 @@ rule decontaminate:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        batch_size=scaled(config["index"]["batch_size"]),
+        batch_size=scaled(CFG.index.batch_size),
         attempt=current_attempt,
     params:
         index_dir=f"{RESULTS}/indexes/decontam",
-        index=config["index"],
-        threshold=config["decontaminate"]["threshold"],
+        index=CFG.index,
+        threshold=CFG.decontaminate.threshold,
     script:
         "../scripts/decontaminate.py"

@@ -6,11 +6,7 @@ rule report_figures:
     # benchmarks of the jobs that finished before this one.
     input:
         # training metrics and index summaries only when this run's `rule all` asks for them
-        unpack(
-            lambda wc: stage_inputs(
-                final_targets(wc), RESULTS, config["warmup"]["enabled"]
-            )
-        ),
+        unpack(lambda wc: stage_inputs(final_targets(wc), RESULTS, CFG.warmup.enabled)),
         quality=f"{RESULTS}/selection/quality.tsv",
         curve=f"{RESULTS}/selection/fps_curve.tsv",
         candidates=f"{RESULTS}/selection/candidates.h5",

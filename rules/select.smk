@@ -14,7 +14,7 @@ checkpoint candidates:
     resources:
         attempt=current_attempt,
     params:
-        selection=SEL,
+        selection=CFG.selection,
     script:
         "../scripts/candidates.py"
 
@@ -32,10 +32,10 @@ rule distance_block:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        sub_chunk=scaled(SEL["distance_batch_size"]),
+        sub_chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
-        selection=SEL,
+        selection=CFG.selection,
     script:
         "../scripts/distance_block.py"
 
@@ -54,10 +54,10 @@ rule fps:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        chunk=scaled(SEL["distance_batch_size"]),
+        chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
-        selection=SEL,
+        selection=CFG.selection,
         block_dir=f"{RESULTS}/selection/distances",
     script:
         "../scripts/fps.py"
