@@ -2,7 +2,7 @@
 
 The warm-up trains only the quality gates and routers of the converted model (selectflow.router.gate).
 """
-from selectflow.router.gate import GateObjective
+from selectflow.router.objective import GateObjective
 from selectflow.runtime.jobs import run_job
 from selectflow.train import train, train_on_pool
 
