@@ -12,14 +12,8 @@ import torch
 
 from selectflow.router.capture import FAMILIES
 from selectflow.router.dump import DumpSettings, RouterDumper, encode_pair
-from selectflow.router.familycheck import (
-    TOLERANCE,
-    build_tiny,
-    check_family,
-    demo_inputs,
-    moe_families,
-    reference,
-)
+from selectflow.router.familycheck import TOLERANCE, check_family, reference
+from selectflow.router.tinymoe import build_tiny, demo_inputs, moe_families
 from selectflow.runtime.errors import SelectFlowError
 
 INSTALLED = moe_families()
