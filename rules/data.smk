@@ -26,8 +26,7 @@ rule demo_model:
     resources:
         attempt=current_attempt,
     params:
-        seed=config["demo"]["seed"],
-        pretrain_epochs=config["demo"]["pretrain_epochs"],
+        demo=config["demo"],
     script:
         "../scripts/demo_model.py"
 

@@ -19,9 +19,7 @@ rule router_dump:
         batch_size=scaled(config["router_dump"]["batch_size"]),
         attempt=current_attempt,
     params:
-        settings={
-            k: v for k, v in config["router_dump"].items() if k != "shards_per_job"
-        },
+        router_dump=config["router_dump"],
         store=group_store_files,
     script:
         "../scripts/router_dump.py"

@@ -1,11 +1,7 @@
 """Rule demo_model: build the tiny MoE model and tokenizer from the demo pool, pre-trained on it."""
-from selectflow.data.demo import build_demo_model
+from selectflow.config import DemoConfig, section
 from selectflow.runtime.jobs import run_job
+from selectflow.stages.data import demo_model
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-run_job(
-    sm,
-    lambda: build_demo_model(
-        sm.output[0], sm.input.pool, seed=sm.params.seed, pretrain_epochs=sm.params.pretrain_epochs
-    ),
-)
+run_job(sm, lambda: demo_model(sm.input.pool, sm.output[0], section(DemoConfig, sm.params.demo)))

@@ -12,14 +12,8 @@ import torch
 
 from selectflow.router.capture import FAMILIES
 from selectflow.router.dump import DumpSettings, RouterDumper, encode_pair
-from selectflow.router.familycheck import (
-    TOLERANCE,
-    build_tiny,
-    check_family,
-    demo_inputs,
-    moe_families,
-    reference,
-)
+from selectflow.router.familycheck import TOLERANCE, check_family, reference
+from selectflow.router.tinymoe import build_tiny, demo_inputs, moe_families
 from selectflow.runtime.errors import SelectFlowError
 
 INSTALLED = moe_families()
@@ -123,7 +117,7 @@ def test_wrong_captures_are_refused(inputs, model_type, settings, message):
 
 def test_no_shard_is_written_from_a_failed_check(tmp_path, demo_model, demo_pool):
     from selectflow.data.records import read_dataset, write_jsonl
-    from selectflow.router.dump import dump_shard_file
+    from selectflow.stages.router import dump_shard_file
 
     write_jsonl(tmp_path / "shard.jsonl", read_dataset(demo_pool, "demo")[:4])
     bad = DumpSettings(device="cpu", router_source="hooks", router_pattern=r"post_attention_layernorm$")
@@ -134,7 +128,7 @@ def test_no_shard_is_written_from_a_failed_check(tmp_path, demo_model, demo_pool
 
 def test_shard_records_capture_and_batch_size(tmp_path, demo_model, demo_pool):
     from selectflow.data.records import read_dataset, write_jsonl
-    from selectflow.router.dump import dump_shard_file
+    from selectflow.stages.router import dump_shard_file
     from selectflow.router.routerfile import read_router_shard
 
     write_jsonl(tmp_path / "shard.jsonl", read_dataset(demo_pool, "demo")[:4])

@@ -13,18 +13,15 @@ from selectflow.data.records import read_dataset
 from selectflow.router.dump import DumpSettings, RouterDumper
 from selectflow.router.gate import (
     GATES_JSON,
-    GateObjective,
     QualityGate,
     attach_gates,
     convert_model,
     find_moe_blocks,
-    forced_gates,
     load_causal_lm,
-    masked_gate_loss,
     quality_gates,
-    record_gate_logits,
     save_converted,
 )
+from selectflow.router.objective import GateObjective, forced_gates, masked_gate_loss, record_gate_logits
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select.quality import resolve_method
 from selectflow.train.trainer import fit

@@ -129,7 +129,7 @@ def test_dense_model_is_rejected(tmp_path, demo_model):
 
 def test_shard_file_roundtrip(tmp_path, demo_model, demo_pool):
     from selectflow.data.records import write_jsonl
-    from selectflow.router.dump import dump_shard_file
+    from selectflow.stages.router import dump_shard_file
 
     shard_jsonl = tmp_path / "shard.jsonl"
     write_jsonl(shard_jsonl, read_dataset(demo_pool, "demo")[:6])
@@ -152,7 +152,7 @@ def _write_shards(folder, demo_pool, sizes):
 
 def test_shard_group_files_match_one_shard_per_job(tmp_path, demo_model, demo_pool):
     """One model load for a group writes the same bytes as one job per shard."""
-    from selectflow.router.dump import dump_shard_file, dump_shard_group
+    from selectflow.stages.router import dump_shard_file, dump_shard_group
 
     jsonls = _write_shards(tmp_path, demo_pool, [5, 7, 4])
     settings = DumpSettings(device="cpu", batch_size=4, max_length=128)
@@ -171,7 +171,7 @@ def test_shard_group_reuses_only_valid_stored_shards(tmp_path, demo_model, demo_
     """A rerun keeps a complete stored shard of the same model, settings and records; redoes the others."""
     import logging
 
-    from selectflow.router.dump import dump_shard_group
+    from selectflow.stages.router import dump_shard_group
 
     jsonls = _write_shards(tmp_path, demo_pool, [4, 4, 4])
     settings = DumpSettings(device="cpu", max_length=64)
@@ -180,7 +180,7 @@ def test_shard_group_reuses_only_valid_stored_shards(tmp_path, demo_model, demo_
     inode = [Path(p).stat().st_ino for p in store]
     Path(store[1]).write_bytes(Path(store[1]).read_bytes()[:500])  # truncated, as by a crash mid-write elsewhere
     Path(store[2]).unlink()
-    with caplog.at_level(logging.INFO, logger="selectflow.router.dump"):
+    with caplog.at_level(logging.INFO, logger="selectflow.stages.router"):
         dump_shard_group(str(demo_model), jsonls, store, str(tmp_path / "g.tsv"), settings)
     assert Path(store[0]).stat().st_ino == inode[0]  # untouched
     assert Path(store[1]).stat().st_ino != inode[1] and len(read_router_shard(store[1])) == 4
@@ -234,3 +234,17 @@ def test_nll_eos_is_the_end_token_nll_after_the_response(demo_model, records):
     cut = RouterDumper(dumper.model, dumper.tokenizer, DumpSettings(device="cpu", max_length=8, ifd=False),
                        dumper.device).dump(recs[:2], progress=False)
     assert np.isnan(cut.nll_eos).all()
+
+
+def test_dump_settings_take_every_dump_key_of_the_config_section():
+    """Rule router_dump's settings: each key of the router_dump section, the job's batch size."""
+    from selectflow.config import RouterDumpConfig
+    from selectflow.stages.router import dump_settings
+
+    cfg = RouterDumpConfig(batch_size=99, max_length=77, ifd=False, router_pattern="x$", router_source="hooks",
+                           softmax_logits=True, quality_gate_pattern="q$", device="cpu", dtype="float32",
+                           shards_per_job=3)
+    s = dump_settings(cfg, batch_size=5)
+    assert s.batch_size == 5 and s.sort_by_length
+    assert (s.max_length, s.ifd, s.router_pattern, s.router_source, s.softmax_logits, s.quality_gate_pattern,
+            s.device, s.dtype) == (77, False, "x$", "hooks", True, "q$", "cpu", "float32")

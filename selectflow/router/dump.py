@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from selectflow.data.records import format_turns, read_jsonl
+from selectflow.data.records import format_turns
 from selectflow.data.tokens import pad_token_id
 from selectflow.router.capture import resolve_capture
-from selectflow.router.routerfile import RouterShard, write_router_shard
+from selectflow.router.routerfile import RouterShard
 from selectflow.runtime.device import inference_dtype, resolve_device
 from selectflow.runtime.errors import SelectFlowError
 
@@ -309,116 +309,3 @@ class RouterDumper:
 
         del self.model
         free_memory()
-
-
-def _shard_attrs(dumper: RouterDumper, model_path: str, shard_jsonl: str, settings: DumpSettings) -> dict:
-    return {
-        "model_path": str(model_path),
-        "config_digest": settings.digest(),
-        "dtype": str(next(dumper.model.parameters()).dtype).replace("torch.", ""),
-        "source": str(shard_jsonl),
-        "router_capture": dumper.capture.summary(),
-        "batch_size": dumper.effective_batch_size,
-    }
-
-
-def _read_shard_records(shard_jsonl: str) -> list[dict]:
-    records = read_jsonl(shard_jsonl)
-    if not records:
-        raise SelectFlowError(f"shard {shard_jsonl} is empty; rerun the split_dataset rule")
-    return records
-
-
-def dump_shard_file(model_path: str, shard_jsonl: str, out_h5: str, settings: DumpSettings) -> int:
-    """Rule-level call: dump one JSONL shard of normalised records to ``out_h5``."""
-    records = _read_shard_records(shard_jsonl)
-    dumper = RouterDumper.from_path(model_path, settings)
-    try:
-        log.info("dumping %d samples from %s with batch size %d on %s", len(records), shard_jsonl,
-                 settings.batch_size, dumper.device)
-        shard = dumper.dump(records)
-        shard.attrs = _shard_attrs(dumper, model_path, shard_jsonl, settings)
-        write_router_shard(out_h5, shard)
-    finally:
-        dumper.close()
-    return len(shard)
-
-
-def _newest_mtime(path: str | Path) -> float:
-    """The newest modification time of ``path`` or of any file under it (a model folder)."""
-    path = Path(path)
-    times = [path.stat().st_mtime]
-    if path.is_dir():
-        times += [p.stat().st_mtime for p in path.rglob("*") if p.is_file()]
-    return max(times)
-
-
-def reusable_shard(store_h5: str, shard_jsonl: str, records: list[dict], model_path: str,
-                   settings: DumpSettings) -> str | None:
-    """Why the stored dump ``store_h5`` of ``shard_jsonl`` cannot be reused, or None when it can.
-
-    Reusable: complete, from this model folder, these settings (digest) and this shard, the
-    same sample ids in the same order, and newer than the shard file and every model file.
-    """
-    from selectflow.router.routerfile import shard_header
-
-    if not Path(store_h5).is_file():
-        return "not dumped yet"
-    try:
-        attrs, ids = shard_header(store_h5)
-    except SelectFlowError as exc:
-        return str(exc)
-    for key, want in (("model_path", str(model_path)), ("config_digest", settings.digest()),
-                      ("source", str(shard_jsonl))):
-        if attrs.get(key) != want:
-            return f"{key} is {attrs.get(key)!r}, now {want!r}"
-    if list(ids) != [r["sample_id"] for r in records]:
-        return "its sample ids differ from the shard's"
-    if Path(store_h5).stat().st_mtime < max(_newest_mtime(shard_jsonl), _newest_mtime(model_path)):
-        return "older than the shard or the model"
-    return None
-
-
-def dump_shard_group(model_path: str, shard_jsonls: list[str], store_h5s: list[str], manifest_tsv: str,
-                     settings: DumpSettings) -> int:
-    """Rule-level call: dump a group of shards with one model load; one file per shard.
-
-    Each finished shard is written atomically to its ``store_h5s`` entry, a file Snakemake
-    does not know as an output (so a failed or killed job does not delete it); a rerun reuses
-    every stored shard that :func:`reusable_shard` accepts, so an OOM or a crash costs at
-    most the shard in progress. The model is loaded only when a shard needs dumping. The
-    ``manifest_tsv`` (the job's declared output) lists shard, store file, rows and whether
-    it was reused; rule ``router_shard`` links each store file to ``router_data``.
-    """
-    dumper = None
-    rows = []
-    for store in map(Path, store_h5s):  # temp files of a killed attempt (atomic_path names them so)
-        for stale in store.parent.glob(f".{store.name}.*"):
-            stale.unlink(missing_ok=True)
-    try:
-        for i, (jsonl, store) in enumerate(zip(shard_jsonls, store_h5s), start=1):
-            records = _read_shard_records(jsonl)
-            why = reusable_shard(store, jsonl, records, model_path, settings)
-            if why is None:
-                log.info("shard %d/%d %s: reusing %s (%d samples, dumped by an earlier attempt)", i,
-                         len(shard_jsonls), jsonl, store, len(records))
-                rows.append((Path(jsonl).stem, store, len(records), "yes"))
-                continue
-            if dumper is None:
-                dumper = RouterDumper.from_path(model_path, settings)
-            log.info("shard %d/%d %s: dumping %d samples with batch size %d on %s (%s)", i, len(shard_jsonls),
-                     jsonl, len(records), settings.batch_size, dumper.device, why)
-            shard = dumper.dump(records)
-            shard.attrs = _shard_attrs(dumper, model_path, jsonl, settings)
-            write_router_shard(store, shard)
-            log.info("shard %d/%d done: %s", i, len(shard_jsonls), store)
-            rows.append((Path(jsonl).stem, store, len(records), "no"))
-    finally:
-        if dumper is not None:
-            dumper.close()
-    from selectflow.runtime.fsutil import atomic_open
-
-    with atomic_open(manifest_tsv, "w", encoding="utf-8") as fh:
-        fh.write("shard\tstore\tn_samples\treused\n")
-        fh.writelines("\t".join(map(str, row)) + "\n" for row in rows)
-    return sum(row[2] for row in rows)

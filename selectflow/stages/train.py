@@ -11,7 +11,8 @@ import os
 from collections.abc import Sequence
 
 from selectflow.config import TrainConfig
-from selectflow.router.gate import GateObjective, convert_model
+from selectflow.router.gate import convert_model
+from selectflow.router.objective import GateObjective
 from selectflow.train import train_on_pool
 from selectflow.train import train as train_model
 

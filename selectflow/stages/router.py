@@ -1,0 +1,150 @@
+"""Rule-level glue of the router stage (rules/router.smk): shard files in, router-data files out.
+
+* :func:`router_dump` (rule ``router_dump``): a group of JSONL shards → one HDF5 file each
+  in the group's store, one model load, a rerun reusing every stored shard that
+  :func:`reusable_shard` accepts (:func:`dump_shard_group`);
+* :func:`dump_shard_file`: one shard → one HDF5 file (no store, no reuse).
+
+The maths of the dump is :class:`selectflow.router.dump.RouterDumper`; the file layout
+:mod:`selectflow.router.routerfile`. Rule ``router_shard`` (a shell job) links each store
+file to ``router_data``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import pandas as pd
+
+from selectflow.config import RouterDumpConfig
+from selectflow.data.records import read_jsonl
+from selectflow.router.dump import DumpSettings, RouterDumper
+from selectflow.router.routerfile import shard_header, write_router_shard
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.tables import write_tsv
+
+log = logging.getLogger(__name__)
+
+
+def dump_settings(cfg: RouterDumpConfig, batch_size: int) -> DumpSettings:
+    """The dump settings of the ``router_dump`` config section, with the job's (retry-scaled) batch size."""
+    names = {f.name for f in fields(DumpSettings)}
+    return DumpSettings(**{**{k: v for k, v in asdict(cfg).items() if k in names}, "batch_size": batch_size})
+
+
+def router_dump(model_path: str, shard_jsonls: list[str], store_h5s: list[str], manifest_tsv: str,
+                cfg: RouterDumpConfig, batch_size: int) -> None:
+    """Rule ``router_dump``: the group of shards → its store files and the group table ``manifest_tsv``."""
+    dump_shard_group(model_path, shard_jsonls, store_h5s, manifest_tsv, dump_settings(cfg, batch_size))
+
+
+def _shard_attrs(dumper: RouterDumper, model_path: str, shard_jsonl: str, settings: DumpSettings) -> dict:
+    return {
+        "model_path": str(model_path),
+        "config_digest": settings.digest(),
+        "dtype": str(next(dumper.model.parameters()).dtype).replace("torch.", ""),
+        "source": str(shard_jsonl),
+        "router_capture": dumper.capture.summary(),
+        "batch_size": dumper.effective_batch_size,
+    }
+
+
+def _read_shard_records(shard_jsonl: str) -> list[dict]:
+    records = read_jsonl(shard_jsonl)
+    if not records:
+        raise SelectFlowError(f"shard {shard_jsonl} is empty; rerun the split_dataset rule")
+    return records
+
+
+def _dump_one(dumper: RouterDumper, records: list[dict], model_path: str, shard_jsonl: str, out_h5: str,
+              settings: DumpSettings) -> None:
+    shard = dumper.dump(records)
+    shard.attrs = _shard_attrs(dumper, model_path, shard_jsonl, settings)
+    write_router_shard(out_h5, shard)
+
+
+def dump_shard_file(model_path: str, shard_jsonl: str, out_h5: str, settings: DumpSettings) -> int:
+    """Dump one JSONL shard of normalised records to ``out_h5``; the number of samples."""
+    records = _read_shard_records(shard_jsonl)
+    dumper = RouterDumper.from_path(model_path, settings)
+    try:
+        log.info("dumping %d samples from %s with batch size %d on %s", len(records), shard_jsonl,
+                 settings.batch_size, dumper.device)
+        _dump_one(dumper, records, model_path, shard_jsonl, out_h5, settings)
+    finally:
+        dumper.close()
+    return len(records)
+
+
+def _newest_mtime(path: str | Path) -> float:
+    """The newest modification time of ``path`` or of any file under it (a model folder)."""
+    path = Path(path)
+    times = [path.stat().st_mtime]
+    if path.is_dir():
+        times += [p.stat().st_mtime for p in path.rglob("*") if p.is_file()]
+    return max(times)
+
+
+def reusable_shard(store_h5: str, shard_jsonl: str, records: list[dict], model_path: str,
+                   settings: DumpSettings) -> str | None:
+    """Why the stored dump ``store_h5`` of ``shard_jsonl`` cannot be reused, or None when it can.
+
+    Reusable: complete, from this model folder, these settings (digest) and this shard, the
+    same sample ids in the same order, and newer than the shard file and every model file.
+    """
+    if not Path(store_h5).is_file():
+        return "not dumped yet"
+    try:
+        attrs, ids = shard_header(store_h5)
+    except SelectFlowError as exc:
+        return str(exc)
+    for key, want in (("model_path", str(model_path)), ("config_digest", settings.digest()),
+                      ("source", str(shard_jsonl))):
+        if attrs.get(key) != want:
+            return f"{key} is {attrs.get(key)!r}, now {want!r}"
+    if list(ids) != [r["sample_id"] for r in records]:
+        return "its sample ids differ from the shard's"
+    if Path(store_h5).stat().st_mtime < max(_newest_mtime(shard_jsonl), _newest_mtime(model_path)):
+        return "older than the shard or the model"
+    return None
+
+
+def dump_shard_group(model_path: str, shard_jsonls: list[str], store_h5s: list[str], manifest_tsv: str,
+                     settings: DumpSettings) -> int:
+    """Dump a group of shards with one model load; one file per shard; the number of samples.
+
+    Each finished shard is written atomically to its ``store_h5s`` entry, a file Snakemake
+    does not know as an output (so a failed or killed job does not delete it); a rerun reuses
+    every stored shard that :func:`reusable_shard` accepts, so an OOM or a crash costs at
+    most the shard in progress. The model is loaded only when a shard needs dumping. The
+    ``manifest_tsv`` (the job's declared output) lists shard, store file, rows and whether
+    it was reused; rule ``router_shard`` links each store file to ``router_data``.
+    """
+    dumper = None
+    rows = []
+    for store in map(Path, store_h5s):  # temp files of a killed attempt (atomic_path names them so)
+        for stale in store.parent.glob(f".{store.name}.*"):
+            stale.unlink(missing_ok=True)
+    try:
+        for i, (jsonl, store) in enumerate(zip(shard_jsonls, store_h5s), start=1):
+            records = _read_shard_records(jsonl)
+            why = reusable_shard(store, jsonl, records, model_path, settings)
+            if why is None:
+                log.info("shard %d/%d %s: reusing %s (%d samples, dumped by an earlier attempt)", i,
+                         len(shard_jsonls), jsonl, store, len(records))
+                rows.append((Path(jsonl).stem, store, len(records), "yes"))
+                continue
+            if dumper is None:
+                dumper = RouterDumper.from_path(model_path, settings)
+            log.info("shard %d/%d %s: dumping %d samples with batch size %d on %s (%s)", i, len(shard_jsonls),
+                     jsonl, len(records), settings.batch_size, dumper.device, why)
+            _dump_one(dumper, records, model_path, jsonl, store, settings)
+            log.info("shard %d/%d done: %s", i, len(shard_jsonls), store)
+            rows.append((Path(jsonl).stem, store, len(records), "no"))
+    finally:
+        if dumper is not None:
+            dumper.close()
+    write_tsv(pd.DataFrame(rows, columns=["shard", "store", "n_samples", "reused"]), manifest_tsv)
+    return sum(row[2] for row in rows)
