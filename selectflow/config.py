@@ -126,6 +126,13 @@ def schema(name: str = "config.schema.yaml") -> dict:
     return yaml.safe_load((SCHEMAS / name).read_text())
 
 
+def retry_section(config: dict) -> RetryConfig:
+    """The retry section of a job's config; keys it lacks take the schema's defaults."""
+    from selectflow.data.check import with_defaults
+
+    return section(RetryConfig, with_defaults(config.get("retry") or {}, schema()["properties"]["retry"]))
+
+
 def train_schema() -> dict:
     return schema("train.schema.yaml")
 

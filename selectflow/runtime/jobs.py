@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from selectflow.config import retry_section
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.oom import attempt_size, is_oom, limit_address_space_growth, set_adaptive
 
@@ -96,7 +97,7 @@ def run_job(
     attempt = int(snakemake.resources.get("attempt", 1))
     failure = Path(f"{log_path}.failure.json")
     size = snakemake.resources.get(size_name) if size_name else None
-    retry = snakemake.config.get("retry", {})
+    retry = retry_section(snakemake.config)
     log.info("rule %s, attempt %d%s", rule, attempt, f", {size_name}={size}" if size_name else "")
 
     if attempt > 1 and failure.exists():
@@ -120,11 +121,11 @@ def run_job(
 
             gpu_id = snakemake.config.get("gpu_id")
             claim = claim_gpu(Path(".snakemake") / "selectflow_gpu_locks", gpu_id)
-        set_adaptive(retry.get("adaptive_chunks", True))
-        if retry.get("job_memory_budget_mb"):
-            limit = limit_address_space_growth(retry["job_memory_budget_mb"])
+        set_adaptive(retry.adaptive_chunks)
+        if retry.job_memory_budget_mb:
+            limit = limit_address_space_growth(retry.job_memory_budget_mb)
             log.info("address space capped at %.0f MiB (retry.job_memory_budget_mb=%s)", limit / 2**20,
-                     retry["job_memory_budget_mb"])
+                     retry.job_memory_budget_mb)
         fn()
     except SelectFlowError as exc:
         log.error("%s", exc)
@@ -134,7 +135,7 @@ def run_job(
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         if is_oom(exc):
-            nxt = attempt_size(size, 2, retry["factor"]) if isinstance(size, int) else None
+            nxt = attempt_size(size, 2, retry.factor) if isinstance(size, int) else None
             line = (
                 f"OUT OF MEMORY in rule {rule} (attempt {attempt}): {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}; {size_name}={size}; next attempt uses "
