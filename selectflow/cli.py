@@ -35,16 +35,23 @@ def normalise_flags(argv: list[str], sep: str) -> list[str]:
 
 
 def _make_demo(argv: list[str]) -> int:
+    from selectflow.config import DemoConfig, schema, section
+    from selectflow.data.check import with_defaults
+
+    demo = with_defaults({}, schema()["properties"]["demo"])  # the workflow's demo: section, defaults
     ap = argparse.ArgumentParser(prog="selectflow make-demo", description="write the demo pool and the tiny MoE model")
     ap.add_argument("--out", default="resources/demo", help="folder for demo_pool.jsonl and model/")
-    ap.add_argument("--n-records", type=int, default=3000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-records", type=int, default=demo["n_records"], help="demo.n_records (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=demo["seed"], help="demo.seed (default: %(default)s)")
+    ap.add_argument("--pretrain-epochs", type=float, default=demo["pretrain_epochs"],
+                    help="demo.pretrain_epochs (default: %(default)s)")
     args = ap.parse_args(normalise_flags(argv, "-"))
-    from selectflow.data.demo import build_demo_model, write_demo_pool
+    from selectflow.stages.data import demo_model, demo_pool
 
     pool = f"{args.out}/demo_pool.jsonl"
-    write_demo_pool(pool, args.n_records, args.seed)
-    build_demo_model(f"{args.out}/model", pool, seed=args.seed)
+    demo_pool(pool, args.n_records, args.seed)
+    demo_model(pool, f"{args.out}/model", section(DemoConfig, {"n_records": args.n_records, "seed": args.seed,
+                                                              "pretrain_epochs": args.pretrain_epochs}))
     print(f"wrote {pool} and {args.out}/model")
     return 0
 
@@ -94,7 +101,8 @@ def check_parser() -> argparse.ArgumentParser:
 def estimate_memory_parser() -> argparse.ArgumentParser:
     """``selectflow estimate-memory``'s flags (used by :func:`selectflow.train.estimate.estimate_memory_main`);
     ``--lora-r`` defaults to the train schema's ``lora.r``."""
-    lora_r = _schema("train.schema.yaml")["properties"]["lora"]["properties"]["r"]["default"]
+    lora = _schema("train.schema.yaml")["properties"]["lora"]["properties"]
+    lora_r = lora["r"]["default"]
     ap = argparse.ArgumentParser(prog="selectflow estimate-memory",
                                  description="Training-memory estimate before launch, and the micro-batch that fits a budget.")
     ap.add_argument("--model", required=True, help="folder with config.json of a causal LM")
@@ -104,7 +112,8 @@ def estimate_memory_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--lora", action="store_true", help="train LoRA adapters only")
     ap.add_argument("--lora-r", type=int, default=lora_r, help="adapter rank (train lora.r; default: %(default)s)")
-    ap.add_argument("--lora-targets", default="all-linear", help="'all-linear' or comma-separated module names")
+    ap.add_argument("--lora-targets", default=lora["target_modules"]["default"],
+                    help="'all-linear' or comma-separated module names (train lora.target_modules; default: %(default)s)")
     ap.add_argument("--load-in-8bit", action="store_true")
     ap.add_argument("--budget", help="e.g. 12GB: also print the largest micro-batch (<= 1024) that fits")
     return ap

@@ -146,7 +146,7 @@ def make_demo_pool(n_records: int = 3000, seed: int = 0, near_dup_rate: float = 
     return records
 
 
-def write_demo_pool(path: str | os.PathLike, n_records: int = 3000, seed: int = 0) -> int:
+def write_demo_pool(path: str | os.PathLike, n_records: int, seed: int = 0) -> int:
     """Write :func:`make_demo_pool` as JSONL (atomically); return the record count."""
     records = make_demo_pool(n_records, seed)
     with atomic_open(path, "w", encoding="utf-8") as fh:
