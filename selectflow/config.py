@@ -133,6 +133,12 @@ def retry_section(config: dict) -> RetryConfig:
     return section(RetryConfig, with_defaults(config.get("retry") or {}, schema()["properties"]["retry"]))
 
 
+def schema_default(section_name: str, key: str) -> Any:
+    """The schema's default of ``section_name.key``: for a library's own defaults (e.g. a
+    dataclass ``field(default_factory=...)``), so that no default is written twice."""
+    return copy.deepcopy(schema()["properties"][section_name]["properties"][key]["default"])
+
+
 def train_schema() -> dict:
     return schema("train.schema.yaml")
 

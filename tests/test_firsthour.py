@@ -291,13 +291,15 @@ def test_grouped_embedding_matches_one_window_per_job(tmp_path, demo_model, demo
     manifest = tmp_path / "manifest.tsv"
     n = write_pool_manifest(shards, manifest)
     assert window_groups(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
-    embed_item_windows(manifest, 1, 2, 25, demo_model, tmp_path / "g1.h5", device="cpu")
+    embed_item_windows(manifest, 1, 2, 25, demo_model, tmp_path / "g1.h5", batch_size=32, max_length=256, device="cpu")
     with h5py.File(tmp_path / "g1.h5") as f:
         assert sorted(f) == ["window_00002", "window_00003"] and f.attrs["n_windows"] == -(-n // 25)
     for w in (2, 3):
-        meta = index_embedded_window(tmp_path / "g1.h5", w, tmp_path / "grouped" / f"window_{w:05d}.faiss")
+        meta = index_embedded_window(tmp_path / "g1.h5", w, tmp_path / "grouped" / f"window_{w:05d}.faiss",
+                                     index_type="flat_l2")
         single = index_item_window(manifest, w, 25, demo_model, tmp_path / "single" / f"window_{w:05d}.faiss",
-                                   device="cpu", n_windows=meta["n_windows"])
+                                   index_type="flat_l2", batch_size=32, max_length=256, device="cpu",
+                                   n_windows=meta["n_windows"])
         assert meta["embed_seconds"] > 0 and single["embed_seconds"] > 0
         assert (tmp_path / "grouped" / f"window_{w:05d}.ids.tsv").read_text() == \
             (tmp_path / "single" / f"window_{w:05d}.ids.tsv").read_text()

@@ -27,13 +27,15 @@ import json
 import logging
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from selectflow.config import schema_default
 from selectflow.data.records import format_turns
 from selectflow.data.tokens import pad_token_id
 from selectflow.router.capture import resolve_capture
@@ -43,21 +45,26 @@ from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROUTER_PATTERN = r"(^|\.)(mlp|block_sparse_moe|moe)\.(gate|router)$"
+DEFAULT_ROUTER_PATTERN = schema_default("router_dump", "router_pattern")
+
+
+def _schema(key: str):
+    """A field whose default is the schema's ``router_dump.<key>``."""
+    return field(default_factory=partial(schema_default, "router_dump", key))
 
 
 @dataclass
 class DumpSettings:
-    batch_size: int = 16
-    max_length: int = 512
-    ifd: bool = True
-    router_pattern: str = DEFAULT_ROUTER_PATTERN
-    router_source: str = "auto"
-    quality_gate_pattern: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
+    batch_size: int = _schema("batch_size")
+    max_length: int = _schema("max_length")
+    ifd: bool = _schema("ifd")
+    router_pattern: str = _schema("router_pattern")
+    router_source: str = _schema("router_source")
+    quality_gate_pattern: str | None = _schema("quality_gate_pattern")
+    device: str = _schema("device")
+    dtype: str = _schema("dtype")
     sort_by_length: bool = True
-    softmax_logits: bool = False
+    softmax_logits: bool = _schema("softmax_logits")
 
     def digest(self) -> str:
         """Short hash of every setting that changes the dumped numbers."""

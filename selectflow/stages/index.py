@@ -109,7 +109,7 @@ def n_window_groups(manifest_tsv: str | os.PathLike, window_size: int, per_job: 
 
 
 def embed_item_windows(manifest_tsv, group: int, per_job: int, window_size: int, encoder_path, out_h5, *,
-                       batch_size: int = 32, max_length: int = 256, device: str = "auto") -> int:
+                       batch_size: int, max_length: int, device: str) -> int:
     """Embed the item windows of group ``group`` (``per_job`` windows each) into ``out_h5``; return the rows.
 
     ``out_h5`` holds, per window ``w``, ``window_XXXXX/vectors`` float32 [n, H] and
@@ -145,7 +145,7 @@ def embed_item_windows(manifest_tsv, group: int, per_job: int, window_size: int,
     return rows
 
 
-def index_embedded_window(embeddings_h5, w: int, out_faiss, *, index_type: str = "flat_l2",
+def index_embedded_window(embeddings_h5, w: int, out_faiss, *, index_type: str,
                           min_free_bytes: int = 0) -> dict:
     """Build window ``w``'s FAISS files from its vectors in ``embeddings_h5`` (:func:`embed_item_windows`)."""
     import h5py
@@ -166,8 +166,8 @@ def index_embedded_window(embeddings_h5, w: int, out_faiss, *, index_type: str =
                               index_type=index_type, min_free_bytes=min_free_bytes, embed_seconds=embed_seconds)
 
 
-def index_item_window(manifest_tsv, w: int, window_size: int, encoder_path, out_faiss, *, index_type: str = "flat_l2",
-                      batch_size: int = 32, max_length: int = 256, device: str = "auto", n_windows: int | None = None,
+def index_item_window(manifest_tsv, w: int, window_size: int, encoder_path, out_faiss, *, index_type: str,
+                      batch_size: int, max_length: int, device: str, n_windows: int | None = None,
                       min_free_bytes: int = 0) -> dict:
     """Embed item window ``w`` with the encoder and write its FAISS files."""
     from selectflow.index.build import build_window_index
@@ -186,7 +186,7 @@ def index_item_window(manifest_tsv, w: int, window_size: int, encoder_path, out_
 
 
 def index_sequence_window(h5_path, dataset: str, w: int, window_size: int, stride: int, out_faiss, *,
-                          index_type: str = "flat_l2", min_free_bytes: int = 0) -> dict:
+                          index_type: str, min_free_bytes: int = 0) -> dict:
     """Index window ``w`` of an HDF5 array [items, positions(, F)]; item ``i`` gets id ``str(i)``."""
     from selectflow.index.build import build_window_index
 
