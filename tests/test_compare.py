@@ -130,3 +130,66 @@ def test_unknown_baseline_is_named():
     feats, quality, ids = _pool()
     with pytest.raises(SelectFlowError, match="compare.methods"):
         baselines.select("lesss", feats, quality, ids, 3, seed=0, labels=None, eps=0.0, metric="wasserstein")
+
+
+def _raw(**compare):
+    return {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "compare": compare}
+
+
+def test_an_unknown_compare_method_is_a_config_error_naming_the_key(tmp_path):
+    import yaml
+
+    from selectflow.data.check import load_config
+    from selectflow.runtime.errors import SelectFlowError
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_raw(methods=["random", "lesss"])))
+    with pytest.raises(SelectFlowError, match=r"key compare\.methods\.1: 'lesss' is not one of"):
+        load_config(path)
+
+
+def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
+    import yaml
+
+    from selectflow.config import build_config
+    from selectflow.configdoc import SCHEMA
+    from selectflow.data.check import with_defaults
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    cfg = build_config(with_defaults(_raw(methods=["quality", "random"], train={"max_steps": 3}), schema))
+    assert cfg.compare.methods == ("fps", "quality", "random")
+    assert cfg.compare.train.max_steps == 3 and cfg.train.settings.max_steps != 3
+    default = build_config(with_defaults(_raw(), schema)).compare
+    assert default.methods[0] == "fps" and set(default.methods) == {"fps", *baselines.BASELINES}
+
+
+def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
+    from selectflow.config import CompareConfig, selection_section
+    from selectflow.runtime.tables import read_tsv
+    from selectflow.stages import compare
+    from selectflow.stages.select import build_candidates, run_fps
+    from tests.test_select import make_pool, write_shards
+
+    shards = write_shards(make_pool(), tmp_path / "router", seed=1)
+    sel = selection_section(selection_percentage=0.2, device="cpu", quality_method="ifd")
+    cmp = CompareConfig(methods=("fps", *baselines.BASELINES), seed=0, heldout_fraction=0.25, eval=None, seeds=1,
+                        clusters=3, near_duplicate_quantile=0.05, train=None)
+    build_candidates(shards, tmp_path / "main.h5", tmp_path / "main.tsv", sel)
+    n = compare.draw_heldout(tmp_path / "main.tsv", shards, tmp_path / "heldout.jsonl", cmp)
+    held = compare.heldout_ids(tmp_path / "heldout.jsonl")
+    assert n == len(held) > 0
+    k = build_candidates(shards, tmp_path / "c.h5", tmp_path / "c.tsv", sel, held)
+    compare.build_pool(shards, tmp_path / "c.h5", tmp_path / "c.tsv", tmp_path / "pool.h5", cmp)
+    assert not held & set(compare.read_pool(tmp_path / "pool.h5")["sample_id"])
+    run_fps(tmp_path / "c.h5", tmp_path / "fps.tsv", sel)
+    picks = {"fps": tmp_path / "fps.tsv"}
+    for method in baselines.BASELINES:
+        compare.pick_baseline(method, tmp_path / "pool.h5", tmp_path / f"{method}.tsv", cmp)
+        picks[method] = tmp_path / f"{method}.tsv"
+    for method, path in picks.items():
+        ids = list(read_tsv(path, method)["sample_id"])
+        assert len(ids) == len(set(ids)) == k, method
+        assert not held & set(ids), method
+    # the same draw again: identical
+    compare.draw_heldout(tmp_path / "main.tsv", shards, tmp_path / "again.jsonl", cmp)
+    assert (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "heldout.jsonl").read_bytes()
