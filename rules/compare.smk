@@ -149,11 +149,11 @@ rule compare_finetune:
         eval=compare_eval_file,
         model=CFG.train.model_path or CFG.model_path,
     output:
-        f"{COMPARE}/{{method}}/seed_{{i}}/eval.tsv",
+        f"{COMPARE}/{{method}}/eval.tsv",
     log:
-        f"{LOGS}/compare/{{method}}_seed_{{i}}.log",
+        f"{LOGS}/compare/{{method}}_finetune.log",
     benchmark:
-        f"{BENCH}/compare/{{method}}_seed_{{i}}.tsv"
+        f"{BENCH}/compare/{{method}}_finetune.tsv"
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -162,6 +162,7 @@ rule compare_finetune:
         attempt=current_attempt,
     params:
         train=CFG.compare.train,
+        seeds=CFG.compare.seeds,
         out_dir=lambda wc, output: os.path.dirname(output[0]),
     script:
         "../scripts/compare_finetune.py"
@@ -169,11 +170,7 @@ rule compare_finetune:
 
 rule compare_downstream:
     input:
-        expand(
-            f"{COMPARE}/{{method}}/seed_{{i}}/eval.tsv",
-            method=CFG.compare.methods,
-            i=range(CFG.compare.seeds),
-        ),
+        expand(f"{COMPARE}/{{method}}/eval.tsv", method=CFG.compare.methods),
     output:
         f"{COMPARE}/downstream.tsv",
     log:
@@ -184,7 +181,6 @@ rule compare_downstream:
         attempt=current_attempt,
     params:
         methods=CFG.compare.methods,
-        seeds=CFG.compare.seeds,
     script:
         "../scripts/compare_downstream.py"
 

@@ -3,7 +3,4 @@ from selectflow.runtime.jobs import run_job
 from selectflow.stages.compare import downstream
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-n = sm.params.seeds
-files = list(sm.input)
-run_job(sm, lambda: downstream({m: files[j * n : (j + 1) * n] for j, m in enumerate(sm.params.methods)},
-                               sm.output[0]))
+run_job(sm, lambda: downstream(dict(zip(sm.params.methods, sm.input)), sm.output[0]))

@@ -193,3 +193,16 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     # the same draw again: identical
     compare.draw_heldout(tmp_path / "main.tsv", shards, tmp_path / "again.jsonl", cmp)
     assert (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "heldout.jsonl").read_bytes()
+
+
+def test_caption_names_the_winner_and_the_gap():
+    import pandas as pd
+
+    from selectflow.report.compare import caption
+
+    down = pd.DataFrame({"method": ["fps", "random", "quality"], "mean_eval_loss": [2.30, 2.20, 2.50],
+                         "std_eval_loss": [0.01, 0.01, 0.02], "n_seeds": [3, 3, 3]})
+    text = caption(down)
+    assert text.startswith("Lowest mean eval loss: random (2.2000") and "0.1000 below fps (beyond the seed spread)" in text
+    down.loc[0, "mean_eval_loss"] = 2.205
+    assert "0.0050 below fps (within the seed spread)" in caption(down)

@@ -28,7 +28,7 @@ def caption(down: pd.DataFrame) -> str:
         verdict = "within the seed spread" if gap <= spread else "beyond the seed spread"
         text += f", {gap:.4f} below {runner['method']} ({verdict})"
     fps = down[down["method"] == "fps"]
-    if len(fps) and best["method"] != "fps":
+    if len(fps) and best["method"] != "fps" and (runner is None or runner["method"] != "fps"):
         rank = int(fps.index[0]) + 1
         text += (f"; fps ranks {rank} of {len(down)}, {fps['mean_eval_loss'].iloc[0] - best['mean_eval_loss']:.4f} "
                  "above the best")

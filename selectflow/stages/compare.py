@@ -199,28 +199,34 @@ def eval_loss(model_dir, eval_jsonl, max_length: int, batch_size: int = 16) -> t
     return total / max(1, tokens), tokens
 
 
-def finetune_and_eval(model, data, eval_jsonl, out_dir, out_tsv, settings: TrainConfig, *, seed: int,
-                      micro_batch_size: int, attempt: int) -> float:
-    """Fine-tune ``model`` on ``data`` with ``settings`` and ``seed``; write the eval loss; return it.
+def finetune_and_eval(model, data, eval_jsonl, out_dir, out_tsv, settings: TrainConfig, *, seeds: int,
+                      micro_batch_size: int, attempt: int) -> list[float]:
+    """Fine-tune ``model`` on ``data`` once per seed, evaluate each; write ``out_tsv``; return the losses.
 
-    The checkpoint is removed once evaluated (only ``eval.tsv`` and the trainer's tables stay).
+    Seed i trains with ``settings`` and ``seed = settings.seed + i`` in ``out_dir/seed_i``
+    (the trainer's tables stay there; the checkpoint is removed once evaluated). The seeds
+    run in one process: a fine-tune of the demo takes about a second, its start-up ten.
     """
     from selectflow.train import train as train_model
 
-    train_model(model, data, out_dir, replace(settings, seed=seed), micro_batch_size=micro_batch_size, attempt=attempt)
-    checkpoint = Path(out_dir) / "checkpoint"
-    loss, tokens = eval_loss(checkpoint, eval_jsonl, settings.max_length)
-    write_tsv(pd.DataFrame([{"seed": seed, "eval_loss": loss, "eval_tokens": tokens}]), out_tsv, float_format="%.6g")
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    log.info("seed %d: eval loss %.4f over %d response tokens", seed, loss, tokens)
-    return loss
-
-
-def downstream(evals: dict[str, list], out_tsv) -> pd.DataFrame:
-    """``method, mean_eval_loss, std_eval_loss, n_seeds, losses`` from each method's ``eval.tsv`` files."""
     rows = []
-    for method, paths in evals.items():
-        losses = np.array([float(read_tsv(p, "eval loss")["eval_loss"].iloc[0]) for p in paths])
+    for i in range(seeds):
+        seed, run_dir = settings.seed + i, Path(out_dir) / f"seed_{i}"
+        train_model(model, data, run_dir, replace(settings, seed=seed), micro_batch_size=micro_batch_size,
+                    attempt=attempt)
+        loss, tokens = eval_loss(run_dir / "checkpoint", eval_jsonl, settings.max_length)
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+        log.info("seed %d: eval loss %.4f over %d response tokens", seed, loss, tokens)
+        rows.append({"seed": seed, "eval_loss": loss, "eval_tokens": tokens})
+    write_tsv(pd.DataFrame(rows), out_tsv, float_format="%.6g")
+    return [r["eval_loss"] for r in rows]
+
+
+def downstream(evals: dict[str, str | os.PathLike], out_tsv) -> pd.DataFrame:
+    """``method, mean_eval_loss, std_eval_loss, n_seeds, losses`` from each method's ``eval.tsv``."""
+    rows = []
+    for method, path in evals.items():
+        losses = read_tsv(path, "eval loss table")["eval_loss"].to_numpy(dtype=np.float64)
         rows.append({"method": method, "mean_eval_loss": losses.mean(),
                      "std_eval_loss": losses.std(ddof=1) if len(losses) > 1 else math.nan,
                      "n_seeds": len(losses), "losses": ",".join(f"{v:.4f}" for v in losses)})
