@@ -4,10 +4,8 @@
 
 COMPARE = f"{RESULTS}/compare"
 COMPARE_BASELINES = "|".join(m for m in CFG.compare.methods if m != "fps") or "none"
-
-
-def compare_eval_file(wildcards):
-    return CFG.compare.eval or f"{COMPARE}/heldout.jsonl"
+# the evaluation set: the user's compare.eval, else the held-out slice
+COMPARE_EVAL = CFG.compare.eval or f"{COMPARE}/heldout.jsonl"
 
 
 rule compare_heldout:
@@ -146,7 +144,7 @@ rule compare_intrinsic:
 rule compare_finetune:
     input:
         data=f"{COMPARE}/{{method}}/selected_data.jsonl",
-        eval=compare_eval_file,
+        eval=COMPARE_EVAL,
         model=CFG.train.model_path or CFG.model_path,
     output:
         f"{COMPARE}/{{method}}/eval.tsv",
