@@ -96,9 +96,11 @@ rule compare_baseline:
     conda:
         "../envs/selectflow.yaml"
     resources:
+        gpu=1,
         attempt=current_attempt,
     params:
         compare=CFG.compare,
+        device=CFG.selection.device,
     script:
         "../scripts/compare_baseline.py"
 

@@ -206,3 +206,16 @@ def test_caption_names_the_winner_and_the_gap():
     assert text.startswith("Lowest mean eval loss: random (2.2000") and "0.1000 below fps (beyond the seed spread)" in text
     down.loc[0, "mean_eval_loss"] = 2.205
     assert "0.0050 below fps (within the seed spread)" in caption(down)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["score_first", "semdedup"])
+def test_cuda_picks_the_same_rows_as_cpu(method):
+    feats, quality, ids = _pool(200)
+    labels = baselines.kmeans_labels(feats, 5, seed=0)
+    eps = baselines.pair_threshold(feats, 0.05, 0, "wasserstein")
+    assert eps == baselines.pair_threshold(feats, 0.05, 0, "wasserstein", device="cuda")
+    args = (method, feats, quality, ids, 30)
+    cpu = baselines.select(*args, seed=0, labels=labels, eps=eps, metric="wasserstein", device="cpu")
+    gpu = baselines.select(*args, seed=0, labels=labels, eps=eps, metric="wasserstein", device="cuda")
+    assert np.array_equal(cpu, gpu)

@@ -3,7 +3,7 @@
 Every selector takes the pool's routing features ``feats`` [n, D] (grid features,
 :func:`selectflow.select.distance.features`), its quality scores and sample ids, and returns
 ``k`` row indices in pick order. None holds an n×n matrix: distances are computed one row
-(or one chunk of rows) against the pool at a time. k-means runs through FAISS on CPU.
+(or one chunk of rows) against the pool at a time. k-means runs through FAISS on CPU; distances run on the device given (CPU or CUDA, the same picks).
 
 Ties in quality are broken by ``sample_id`` everywhere (:func:`quality_order`), so a result
 depends on the data and the seed only, not on the order of the rows.
@@ -90,15 +90,15 @@ def round_robin(labels: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int
     return flat[np.lexsort((turn, rounds))][:k]
 
 
-def _torch(feats: np.ndarray):
+def _torch(feats: np.ndarray, device="cpu"):
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(device)
 
 
 def _dist_row(x, i: int, metric: str) -> np.ndarray:
     """Distances [n] from row ``i`` to every row of ``x`` (a torch tensor)."""
-    return distance.pairwise(x[i : i + 1], x, metric)[0].numpy()
+    return distance.pairwise(x[i : i + 1], x, metric)[0].cpu().numpy()
 
 
 def score_first_walk(feats: np.ndarray, order: np.ndarray, k: int, tau: float, metric: str, x=None) -> np.ndarray:
@@ -123,7 +123,8 @@ def score_first_walk(feats: np.ndarray, order: np.ndarray, k: int, tau: float, m
     return np.asarray(kept, dtype=np.int64)
 
 
-def score_first(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, float]:
+def score_first(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, metric: str,
+                device="cpu") -> tuple[np.ndarray, float]:
     """DEITA-style score-first selection of exactly k rows; return the picks and the threshold τ.
 
     τ is found by bisection: τ = -1 always fills k (every distance exceeds it, so the walk
@@ -135,7 +136,7 @@ def score_first(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int,
     n = len(quality)
     _check_k(k, n)
     order = quality_order(quality, ids)
-    x = _torch(feats)
+    x = _torch(feats, device)
     lo = -1.0
     hi = 2.0 * float(_dist_row(x, int(order[0]), metric).max())
     if k > 1 and hi > 0:
@@ -151,7 +152,7 @@ def score_first(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int,
 
 
 def semdedup(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, labels: np.ndarray, k: int, eps: float,
-             metric: str) -> tuple[np.ndarray, int]:
+             metric: str, device="cpu") -> tuple[np.ndarray, int]:
     """Drop near-duplicates within each cluster, then take the top k by quality; return picks and drops.
 
     In each cluster the members are walked in quality order; a member within ``eps``
@@ -161,7 +162,7 @@ def semdedup(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, labels: np
     """
     n = len(quality)
     _check_k(k, n)
-    x = _torch(feats)
+    x = _torch(feats, device)
     order = quality_order(quality, ids)
     dropped = np.zeros(n, dtype=bool)
     for c in np.unique(labels):
@@ -171,14 +172,15 @@ def semdedup(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, labels: np
         for j in range(len(members)):
             if near[j]:
                 continue
-            d = distance.pairwise(sub[j : j + 1], sub[j + 1 :], metric)[0].numpy()
+            d = distance.pairwise(sub[j : j + 1], sub[j + 1 :], metric)[0].cpu().numpy()
             near[j + 1 :] |= d <= eps
         dropped[members[near]] = True
     ranked = np.concatenate([order[~dropped[order]], order[dropped[order]]])
     return ranked[:k].astype(np.int64), int(dropped.sum())
 
 
-def pair_threshold(feats: np.ndarray, quantile: float, seed: int, metric: str, n_pairs: int = 10000) -> float:
+def pair_threshold(feats: np.ndarray, quantile: float, seed: int, metric: str, n_pairs: int = 10000,
+                   device="cpu") -> float:
     """The ``quantile`` of the distances of ``n_pairs`` random pairs of distinct rows (seeded).
 
     The scale-free near-duplicate threshold: ``quantile`` 0.01 calls two samples near
@@ -190,28 +192,32 @@ def pair_threshold(feats: np.ndarray, quantile: float, seed: int, metric: str, n
     rng = np.random.default_rng(seed)
     a = rng.integers(0, n, n_pairs)
     b = (a + rng.integers(1, n, n_pairs)) % n  # never a itself
-    x = _torch(feats)
+    x = _torch(feats, device)
     d = np.concatenate([
-        distance.pairwise(x[a[s : s + 1000]], x[b[s : s + 1000]], metric).numpy().diagonal()
+        distance.pairwise(x[a[s : s + 1000]], x[b[s : s + 1000]], metric).cpu().numpy().diagonal()
         for s in range(0, n_pairs, 1000)
     ])
     return float(np.quantile(d, quantile))
 
 
-def near_duplicate_pairs(feats: np.ndarray, eps: float, metric: str, chunk: int = 1024) -> int:
+def near_duplicate_pairs(feats: np.ndarray, eps: float, metric: str, chunk: int = 1024, device="cpu") -> int:
     """Pairs i < j of rows within ``eps`` (distance <= eps), counted ``chunk`` rows at a time."""
-    x = _torch(feats)
+    x = _torch(feats, device)
     n, total = len(x), 0
     for s in range(0, n, chunk):
-        d = distance.pairwise(x[s : s + chunk], x, metric).numpy()
+        d = distance.pairwise(x[s : s + chunk], x, metric).cpu().numpy()
         rows = np.arange(s, min(s + chunk, n))[:, None]
         total += int(((d <= eps) & (np.arange(n)[None, :] > rows)).sum())
     return total
 
 
 def select(method: str, feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, *, seed: int,
-           labels: np.ndarray | None, eps: float, metric: str) -> np.ndarray:
-    """Rows picked by baseline ``method`` (one of :data:`BASELINES`); ``labels`` are the pool's k-means clusters."""
+           labels: np.ndarray | None, eps: float, metric: str, device="cpu") -> np.ndarray:
+    """Rows picked by baseline ``method`` (one of :data:`BASELINES`); ``labels`` are the pool's k-means clusters.
+
+    ``device`` (a torch device) is where the distances of ``score_first`` and ``semdedup`` run;
+    distances on the feature grid are exact, so CPU and GPU pick the same rows.
+    """
     if method == "random":
         return random_pick(len(quality), k, seed)
     if method == "quality":
@@ -219,7 +225,7 @@ def select(method: str, feats: np.ndarray, quality: np.ndarray, ids: np.ndarray,
     if method == "kmeans":
         return round_robin(labels, quality, ids, k)
     if method == "score_first":
-        return score_first(feats, quality, ids, k, metric)[0]
+        return score_first(feats, quality, ids, k, metric, device)[0]
     if method == "semdedup":
-        return semdedup(feats, quality, ids, labels, k, eps, metric)[0]
+        return semdedup(feats, quality, ids, labels, k, eps, metric, device)[0]
     raise SelectFlowError(f"unknown compare method {method!r}; compare.methods takes {', '.join(BASELINES)} and fps")

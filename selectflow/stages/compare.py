@@ -120,12 +120,17 @@ def read_pool(pool_h5) -> dict:
     return out
 
 
-def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig) -> int:
-    """Run baseline ``method`` on ``pool.h5``; write its picks (the FPS curve's columns); return k."""
+def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: str = "cpu") -> int:
+    """Run baseline ``method`` on ``pool.h5``; write its picks (the FPS curve's columns); return k.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``: ``selection.device``) is where its distances run.
+    """
+    from selectflow.runtime.device import resolve_device
+
     pool = read_pool(pool_h5)
     picks = baselines.select(method, pool["features"], pool["quality"], pool["sample_id"], int(pool["k"]),
                              seed=cmp.seed, labels=pool["cluster"], eps=float(pool["near_duplicate_threshold"]),
-                             metric=pool["metric"])
+                             metric=pool["metric"], device=resolve_device(device))
     table = {"step": np.arange(len(picks)), "sample_id": pool["sample_id"][picks], "candidate_index": picks,
              "min_distance": np.full(len(picks), np.nan)}
     write_tsv(pd.DataFrame(table), picks_tsv, na_rep="nan")
