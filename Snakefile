@@ -19,6 +19,7 @@ include: "rules/router.smk"
 include: "rules/select.smk"
 include: "rules/train.smk"
 include: "rules/index.smk"
+include: "rules/compare.smk"
 include: "rules/report.smk"
 include: "rules/console.smk"
 

@@ -220,9 +220,22 @@ class DecontaminateConfig:
     encoder: str | None
 
 
+@dataclass(frozen=True)
+class CompareConfig:
+    methods: tuple
+    seed: int
+    heldout_fraction: float
+    eval: str | None
+    seeds: int
+    clusters: int
+    near_duplicate_quantile: float
+    train: TrainConfig  # the train section with the comparison's overrides, resolved
+
+
 SECTIONS = {
     "demo": DemoConfig, "retry": RetryConfig, "router_dump": RouterDumpConfig, "selection": SelectionConfig,
     "warmup": WarmupConfig, "index": IndexConfig, "retrieve": RetrieveConfig, "decontaminate": DecontaminateConfig,
+    "compare": CompareConfig,
 }
 
 
@@ -242,6 +255,7 @@ class Config:
     index: IndexConfig
     retrieve: RetrieveConfig
     decontaminate: DecontaminateConfig
+    compare: CompareConfig
 
 
 def section(cls: type, values: dict[str, Any]):
@@ -266,11 +280,21 @@ def build_config(config: dict) -> Config:
 
     train = config["train"]
     warmup = {**config["warmup"], "train": resolve_train_config(trainer_keys({**train, **config["warmup"]["train"]}))}
-    sections = {name: section(cls, config[name]) for name, cls in SECTIONS.items() if name != "warmup"}
+    sections = {name: section(cls, config[name]) for name, cls in SECTIONS.items() if name not in ("warmup", "compare")}
     return Config(
         run=config["run"], datasets=dict(config["datasets"]), model_path=config["model"]["path"],
         shard_size=config["shard_size"], gpu_id=config.get("gpu_id"),
         train=TrainSection(enabled=train["enabled"], model_path=train["model_path"],
                            settings=resolve_train_config(trainer_keys(train))),
-        warmup=section(WarmupConfig, warmup), **sections,
+        warmup=section(WarmupConfig, warmup), compare=compare_section(config, train), **sections,
     )
+
+
+def compare_section(config: dict, train: dict) -> CompareConfig:
+    """The compare section: methods with ``fps`` first (always in), its train overrides resolved."""
+    from selectflow.train.presets import resolve_train_config
+
+    cmp = config["compare"]
+    methods = ("fps", *[m for m in cmp["methods"] if m != "fps"])
+    settings = resolve_train_config(trainer_keys({**train, **cmp["train"]}))
+    return section(CompareConfig, {**cmp, "methods": methods, "train": settings})

@@ -1,0 +1,231 @@
+"""Baseline selectors the comparison stage runs beside FPS: pure, seeded, deterministic.
+
+Every selector takes the pool's routing features ``feats`` [n, D] (grid features,
+:func:`selectflow.select.distance.features`), its quality scores and sample ids, and returns
+``k`` row indices in pick order. None holds an n×n matrix: distances are computed one row
+(or one chunk of rows) against the pool at a time. k-means runs through FAISS on CPU; distances run on the device given (CPU or CUDA, the same picks).
+
+Ties in quality are broken by ``sample_id`` everywhere (:func:`quality_order`), so a result
+depends on the data and the seed only, not on the order of the rows.
+
+* ``random``: k rows drawn without replacement by ``numpy.random.default_rng(seed)``.
+* ``quality``: the top k by quality, no diversity.
+* ``kmeans`` (Select-MoE's later method): k-means on the routing features, then
+  round-robin over the clusters (:func:`round_robin`).
+* ``score_first`` (DEITA-style): walk the pool in quality order and keep a sample when its
+  distance to every kept one exceeds a threshold τ (:func:`score_first_walk`); τ is the
+  largest value a bisection finds for which the walk still fills k (:func:`score_first`).
+* ``semdedup``: k-means, drop near-duplicates within each cluster (a member within ``eps``
+  of a better member kept in the same cluster), then the top k by quality
+  (:func:`semdedup`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.select import distance
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("random", "quality", "kmeans", "score_first", "semdedup")
+BISECTION_STEPS = 30
+
+
+def quality_order(quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row indices by quality descending, ties by ``sample_id`` ascending."""
+    return np.lexsort((np.asarray(ids).astype(str), -np.asarray(quality, dtype=np.float64)))
+
+
+def _check_k(k: int, n: int) -> int:
+    if not 1 <= k <= n:
+        raise SelectFlowError(f"cannot select {k} of a pool of {n}: k must be in [1, {n}]")
+    return int(k)
+
+
+def random_pick(n: int, k: int, seed: int) -> np.ndarray:
+    """k distinct rows of n, drawn by ``default_rng(seed)`` (draw order)."""
+    return np.random.default_rng(seed).choice(n, _check_k(k, n), replace=False).astype(np.int64)
+
+
+def quality_pick(quality: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """The top k rows by quality."""
+    return quality_order(quality, ids)[: _check_k(k, len(quality))]
+
+
+def kmeans_labels(feats: np.ndarray, n_clusters: int, seed: int, niter: int = 20) -> np.ndarray:
+    """Cluster label [n] int64 of each row: FAISS k-means (L2, CPU, seeded, no subsampling)."""
+    import faiss
+
+    x = np.ascontiguousarray(feats, dtype=np.float32)
+    n_clusters = max(1, min(int(n_clusters), len(x)))
+    if n_clusters == 1:
+        return np.zeros(len(x), dtype=np.int64)
+    km = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, seed=int(seed), verbose=False,
+                      max_points_per_centroid=max(256, len(x)), min_points_per_centroid=1)
+    km.train(x)
+    _, labels = km.index.search(x, 1)
+    return labels[:, 0].astype(np.int64)
+
+
+def round_robin(labels: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """k rows taken round-robin over the clusters, each cluster's best remaining one per round.
+
+    Within a cluster, members go by :func:`quality_order`; the clusters take turns in the
+    order of their best member (so round 0 is every cluster's best, best cluster first). A
+    cluster that runs out drops out of later rounds.
+    """
+    _check_k(k, len(labels))
+    order = quality_order(quality, ids)
+    members: dict[int, list[int]] = {}
+    for i in order:  # clusters first seen in quality order: the order of their best member
+        members.setdefault(int(labels[i]), []).append(int(i))
+    lists = list(members.values())
+    rounds = np.concatenate([np.arange(len(m)) for m in lists])
+    turn = np.concatenate([np.full(len(m), c) for c, m in enumerate(lists)])
+    flat = np.concatenate([np.asarray(m, dtype=np.int64) for m in lists])
+    return flat[np.lexsort((turn, rounds))][:k]
+
+
+def _torch(feats: np.ndarray, device="cpu"):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(device)
+
+
+def _dist_row(x, i: int, metric: str) -> np.ndarray:
+    """Distances [n] from row ``i`` to every row of ``x`` (a torch tensor)."""
+    return distance.pairwise(x[i : i + 1], x, metric)[0].cpu().numpy()
+
+
+def score_first_walk(feats: np.ndarray, order: np.ndarray, k: int, tau: float, metric: str, x=None) -> np.ndarray:
+    """Walk ``order``; keep a row when its distance to every kept row exceeds ``tau``; stop at k kept.
+
+    Returns the kept rows (fewer than k when the walk ends first). The minimum distance of
+    every row to the kept set is updated one kept row at a time: O(k·n) distances, O(n) memory.
+    """
+    x = _torch(feats) if x is None else x
+    min_dist = np.full(len(order), np.inf, dtype=np.float64)
+    kept: list[int] = []
+    pos = 0
+    while len(kept) < k and pos < len(order):
+        ahead = np.flatnonzero(min_dist[pos:] > tau)
+        if not len(ahead):
+            break
+        pos += int(ahead[0])
+        row = int(order[pos])
+        kept.append(row)
+        min_dist = np.minimum(min_dist, _dist_row(x, row, metric)[order])
+        pos += 1
+    return np.asarray(kept, dtype=np.int64)
+
+
+def score_first(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, metric: str,
+                device="cpu") -> tuple[np.ndarray, float]:
+    """DEITA-style score-first selection of exactly k rows; return the picks and the threshold τ.
+
+    τ is found by bisection: τ = -1 always fills k (every distance exceeds it, so the walk
+    is the quality top k); τ = 2·max distance from the best row (at least the pool's
+    diameter) keeps one row only. :data:`BISECTION_STEPS` halvings keep the feasible end;
+    its walk is the selection. The walk's count need not be monotone in τ, so τ is the
+    largest feasible value the bisection meets, not necessarily the largest overall.
+    """
+    n = len(quality)
+    _check_k(k, n)
+    order = quality_order(quality, ids)
+    x = _torch(feats, device)
+    lo = -1.0
+    hi = 2.0 * float(_dist_row(x, int(order[0]), metric).max())
+    if k > 1 and hi > 0:
+        for _ in range(BISECTION_STEPS):
+            mid = (lo + hi) / 2
+            if len(score_first_walk(feats, order, k, mid, metric, x)) >= k:
+                lo = mid
+            else:
+                hi = mid
+    picks = score_first_walk(feats, order, k, lo, metric, x)
+    log.info("score_first: threshold %.6g keeps %d", lo, len(picks))
+    return picks, lo
+
+
+def semdedup(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, labels: np.ndarray, k: int, eps: float,
+             metric: str, device="cpu") -> tuple[np.ndarray, int]:
+    """Drop near-duplicates within each cluster, then take the top k by quality; return picks and drops.
+
+    In each cluster the members are walked in quality order; a member within ``eps``
+    (distance <= eps) of a member already kept in the same cluster is dropped. The top k
+    survivors by quality are the selection; when fewer than k survive, the best dropped rows
+    fill the rest (the selection always has k rows).
+    """
+    n = len(quality)
+    _check_k(k, n)
+    x = _torch(feats, device)
+    order = quality_order(quality, ids)
+    dropped = np.zeros(n, dtype=bool)
+    for c in np.unique(labels):
+        members = order[labels[order] == c]  # quality order within the cluster
+        sub = x[members]
+        near = np.zeros(len(members), dtype=bool)
+        for j in range(len(members)):
+            if near[j]:
+                continue
+            d = distance.pairwise(sub[j : j + 1], sub[j + 1 :], metric)[0].cpu().numpy()
+            near[j + 1 :] |= d <= eps
+        dropped[members[near]] = True
+    ranked = np.concatenate([order[~dropped[order]], order[dropped[order]]])
+    return ranked[:k].astype(np.int64), int(dropped.sum())
+
+
+def pair_threshold(feats: np.ndarray, quantile: float, seed: int, metric: str, n_pairs: int = 10000,
+                   device="cpu") -> float:
+    """The ``quantile`` of the distances of ``n_pairs`` random pairs of distinct rows (seeded).
+
+    The scale-free near-duplicate threshold: ``quantile`` 0.01 calls two samples near
+    duplicates when they are closer than 99 % of random pairs of the pool.
+    """
+    n = len(feats)
+    if n < 2:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, n, n_pairs)
+    b = (a + rng.integers(1, n, n_pairs)) % n  # never a itself
+    x = _torch(feats, device)
+    d = np.concatenate([
+        distance.pairwise(x[a[s : s + 1000]], x[b[s : s + 1000]], metric).cpu().numpy().diagonal()
+        for s in range(0, n_pairs, 1000)
+    ])
+    return float(np.quantile(d, quantile))
+
+
+def near_duplicate_pairs(feats: np.ndarray, eps: float, metric: str, chunk: int = 1024, device="cpu") -> int:
+    """Pairs i < j of rows within ``eps`` (distance <= eps), counted ``chunk`` rows at a time."""
+    x = _torch(feats, device)
+    n, total = len(x), 0
+    for s in range(0, n, chunk):
+        d = distance.pairwise(x[s : s + chunk], x, metric).cpu().numpy()
+        rows = np.arange(s, min(s + chunk, n))[:, None]
+        total += int(((d <= eps) & (np.arange(n)[None, :] > rows)).sum())
+    return total
+
+
+def select(method: str, feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, *, seed: int,
+           labels: np.ndarray | None, eps: float, metric: str, device="cpu") -> np.ndarray:
+    """Rows picked by baseline ``method`` (one of :data:`BASELINES`); ``labels`` are the pool's k-means clusters.
+
+    ``device`` (a torch device) is where the distances of ``score_first`` and ``semdedup`` run;
+    distances on the feature grid are exact, so CPU and GPU pick the same rows.
+    """
+    if method == "random":
+        return random_pick(len(quality), k, seed)
+    if method == "quality":
+        return quality_pick(quality, ids, k)
+    if method == "kmeans":
+        return round_robin(labels, quality, ids, k)
+    if method == "score_first":
+        return score_first(feats, quality, ids, k, metric, device)[0]
+    if method == "semdedup":
+        return semdedup(feats, quality, ids, labels, k, eps, metric, device)[0]
+    raise SelectFlowError(f"unknown compare method {method!r}; compare.methods takes {', '.join(BASELINES)} and fps")

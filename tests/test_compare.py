@@ -1,0 +1,221 @@
+"""The comparison stage: baseline selectors against brute-force references, held-out slice, config."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from selectflow.select import baselines, distance
+
+
+def _pool(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(4), size=(n, 2)).astype(np.float32)
+    feats = distance.features(probs, "wasserstein")
+    quality = np.round(rng.normal(size=n), 1)  # ties on purpose
+    ids = np.array([f"s{i:03d}" for i in rng.permutation(n)], dtype=object)
+    return feats, quality, ids
+
+
+def _full(feats):
+    """The brute-force n×n distance matrix (references only)."""
+    import torch
+
+    x = torch.from_numpy(feats)
+    return distance.pairwise(x, x, "wasserstein").numpy().astype(np.float64)  # compared like the walk does
+
+
+def _qorder(quality, ids):
+    return sorted(range(len(quality)), key=lambda i: (-quality[i], ids[i]))
+
+
+def test_random_and_quality_have_k_distinct_rows_and_are_seeded():
+    feats, quality, ids = _pool()
+    a, b = baselines.random_pick(60, 7, seed=3), baselines.random_pick(60, 7, seed=3)
+    assert np.array_equal(a, b) and len(set(a)) == 7
+    assert not np.array_equal(a, baselines.random_pick(60, 7, seed=4))
+    assert list(baselines.quality_pick(quality, ids, 7)) == _qorder(quality, ids)[:7]
+
+
+def test_round_robin_matches_a_brute_force_reference():
+    feats, quality, ids = _pool()
+    labels = np.random.default_rng(1).integers(0, 5, 60)
+    labels[labels == 4] = 3  # uneven cluster sizes, one cluster empty
+    order = _qorder(quality, ids)
+    # reference: clusters by their best member; each round every cluster's next best
+    queues = {}
+    for i in order:
+        queues.setdefault(labels[i], []).append(i)
+    expect = []
+    while any(queues.values()):
+        for c in list(queues):
+            if queues[c]:
+                expect.append(queues[c].pop(0))
+    for k in (1, 4, 17, 60):
+        assert list(baselines.round_robin(labels, quality, ids, k)) == expect[:k]
+
+
+def test_score_first_walk_follows_the_threshold_rule():
+    feats, quality, ids = _pool()
+    d = _full(feats)
+    order = _qorder(quality, ids)
+    tau = float(np.quantile(d[np.triu_indices(60, 1)], 0.2))
+    kept = []
+    for i in order:
+        if all(d[i, j] > tau for j in kept):
+            kept.append(i)
+    got = baselines.score_first_walk(feats, np.asarray(order), 60, tau, "wasserstein")
+    assert list(got) == kept
+    assert list(baselines.score_first_walk(feats, np.asarray(order), 3, tau, "wasserstein")) == kept[:3]
+
+
+def test_score_first_reaches_k_and_its_threshold_separates_the_picks():
+    feats, quality, ids = _pool()
+    d = _full(feats)
+    for k in (1, 5, 12):
+        picks, tau = baselines.score_first(feats, quality, ids, k, "wasserstein")
+        assert len(picks) == k == len(set(picks))
+        assert all(d[i, j] > tau for i, j in itertools.combinations(picks, 2))
+        if k > 1:
+            assert tau > 0  # a real threshold, not the quality top k
+            assert len(baselines.score_first_walk(feats, np.asarray(_qorder(quality, ids)), k, tau * 1.5,
+                                                  "wasserstein")) < k or tau * 1.5 > d.max()
+
+
+def test_semdedup_drops_near_duplicates_within_clusters_only():
+    feats, quality, ids = _pool()
+    feats = np.concatenate([feats, feats[:10]])  # ten exact copies
+    quality = np.concatenate([quality, quality[:10] - 5.0])  # worse than their originals
+    ids = np.concatenate([ids, [f"z{i}" for i in range(10)]]).astype(object)
+    d = _full(feats)
+    labels = np.arange(70) % 3
+    labels[60:] = labels[:10]  # copies in their original's cluster
+    eps = float(np.quantile(d[np.triu_indices(70, 1)], 0.05))
+    # reference: per cluster, walk in quality order, drop a member within eps of a kept one
+    dropped = set()
+    for c in range(3):
+        kept = []
+        for i in _qorder(quality, ids):
+            if labels[i] != c:
+                continue
+            if any(d[i, j] <= eps for j in kept):
+                dropped.add(i)
+            else:
+                kept.append(i)
+    survivors = [i for i in _qorder(quality, ids) if i not in dropped]
+    picks, n_dropped = baselines.semdedup(feats, quality, ids, labels, 20, eps, "wasserstein")
+    assert n_dropped == len(dropped) and set(range(60, 70)) <= dropped
+    assert list(picks) == survivors[:20]
+    # across clusters nothing is dropped: one cluster per row keeps everything
+    _, none = baselines.semdedup(feats, quality, ids, np.arange(70), 20, eps, "wasserstein")
+    assert none == 0
+    # fewer survivors than k: the best dropped rows fill the selection
+    picks, _ = baselines.semdedup(feats, quality, ids, labels, 70, eps, "wasserstein")
+    assert sorted(picks) == list(range(70))
+
+
+def test_kmeans_is_seeded_and_near_duplicate_pairs_match_brute_force():
+    feats, quality, ids = _pool()
+    a = baselines.kmeans_labels(feats, 6, seed=0)
+    assert np.array_equal(a, baselines.kmeans_labels(feats, 6, seed=0)) and len(np.unique(a)) == 6
+    d = _full(feats)
+    eps = float(np.quantile(d[np.triu_indices(60, 1)], 0.1))
+    assert baselines.near_duplicate_pairs(feats, eps, "wasserstein", chunk=7) == int(
+        (d[np.triu_indices(60, 1)] <= eps).sum())
+
+
+def test_unknown_baseline_is_named():
+    from selectflow.runtime.errors import SelectFlowError
+
+    feats, quality, ids = _pool()
+    with pytest.raises(SelectFlowError, match="compare.methods"):
+        baselines.select("lesss", feats, quality, ids, 3, seed=0, labels=None, eps=0.0, metric="wasserstein")
+
+
+def _raw(**compare):
+    return {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "compare": compare}
+
+
+def test_an_unknown_compare_method_is_a_config_error_naming_the_key(tmp_path):
+    import yaml
+
+    from selectflow.data.check import load_config
+    from selectflow.runtime.errors import SelectFlowError
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_raw(methods=["random", "lesss"])))
+    with pytest.raises(SelectFlowError, match=r"key compare\.methods\.1: 'lesss' is not one of"):
+        load_config(path)
+
+
+def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
+    import yaml
+
+    from selectflow.config import build_config
+    from selectflow.configdoc import SCHEMA
+    from selectflow.data.check import with_defaults
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    cfg = build_config(with_defaults(_raw(methods=["quality", "random"], train={"max_steps": 3}), schema))
+    assert cfg.compare.methods == ("fps", "quality", "random")
+    assert cfg.compare.train.max_steps == 3 and cfg.train.settings.max_steps != 3
+    default = build_config(with_defaults(_raw(), schema)).compare
+    assert default.methods[0] == "fps" and set(default.methods) == {"fps", *baselines.BASELINES}
+
+
+def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
+    from selectflow.config import CompareConfig, selection_section
+    from selectflow.runtime.tables import read_tsv
+    from selectflow.stages import compare
+    from selectflow.stages.select import build_candidates, run_fps
+    from tests.test_select import make_pool, write_shards
+
+    shards = write_shards(make_pool(), tmp_path / "router", seed=1)
+    sel = selection_section(selection_percentage=0.2, device="cpu", quality_method="ifd")
+    cmp = CompareConfig(methods=("fps", *baselines.BASELINES), seed=0, heldout_fraction=0.25, eval=None, seeds=1,
+                        clusters=3, near_duplicate_quantile=0.05, train=None)
+    build_candidates(shards, tmp_path / "main.h5", tmp_path / "main.tsv", sel)
+    n = compare.draw_heldout(tmp_path / "main.tsv", shards, tmp_path / "heldout.jsonl", cmp)
+    held = compare.heldout_ids(tmp_path / "heldout.jsonl")
+    assert n == len(held) > 0
+    k = build_candidates(shards, tmp_path / "c.h5", tmp_path / "c.tsv", sel, held)
+    compare.build_pool(shards, tmp_path / "c.h5", tmp_path / "c.tsv", tmp_path / "pool.h5", cmp)
+    assert not held & set(compare.read_pool(tmp_path / "pool.h5")["sample_id"])
+    run_fps(tmp_path / "c.h5", tmp_path / "fps.tsv", sel)
+    picks = {"fps": tmp_path / "fps.tsv"}
+    for method in baselines.BASELINES:
+        compare.pick_baseline(method, tmp_path / "pool.h5", tmp_path / f"{method}.tsv", cmp)
+        picks[method] = tmp_path / f"{method}.tsv"
+    for method, path in picks.items():
+        ids = list(read_tsv(path, method)["sample_id"])
+        assert len(ids) == len(set(ids)) == k, method
+        assert not held & set(ids), method
+    # the same draw again: identical
+    compare.draw_heldout(tmp_path / "main.tsv", shards, tmp_path / "again.jsonl", cmp)
+    assert (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "heldout.jsonl").read_bytes()
+
+
+def test_caption_names_the_winner_and_the_gap():
+    import pandas as pd
+
+    from selectflow.report.compare import caption
+
+    down = pd.DataFrame({"method": ["fps", "random", "quality"], "mean_eval_loss": [2.30, 2.20, 2.50],
+                         "std_eval_loss": [0.01, 0.01, 0.02], "n_seeds": [3, 3, 3]})
+    text = caption(down)
+    assert text.startswith("Lowest mean eval loss: random (2.2000") and "0.1000 below fps (beyond the seed spread)" in text
+    down.loc[0, "mean_eval_loss"] = 2.205
+    assert "0.0050 below fps (within the seed spread)" in caption(down)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["score_first", "semdedup"])
+def test_cuda_picks_the_same_rows_as_cpu(method):
+    feats, quality, ids = _pool(200)
+    labels = baselines.kmeans_labels(feats, 5, seed=0)
+    eps = baselines.pair_threshold(feats, 0.05, 0, "wasserstein")
+    assert eps == baselines.pair_threshold(feats, 0.05, 0, "wasserstein", device="cuda")
+    args = (method, feats, quality, ids, 30)
+    cpu = baselines.select(*args, seed=0, labels=labels, eps=eps, metric="wasserstein", device="cpu")
+    gpu = baselines.select(*args, seed=0, labels=labels, eps=eps, metric="wasserstein", device="cuda")
+    assert np.array_equal(cpu, gpu)
