@@ -1,6 +1,7 @@
 """The selection steps end to end on small shuffled multi-dataset, multi-shard router data."""
 
 import json
+import logging
 import math
 
 import h5py
@@ -314,3 +315,19 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", section())
     assert any("max-min distance reached 0" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("strata", [1, 3])
+def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, caplog):
+    # rule fps with selection.fps_gpus: 2 on a CPU box: torchrun starts two gloo ranks
+    pool = make_pool(seed=7)
+    paths = write_shards(pool, tmp_path / "a", seed=2)
+    sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=strata, distance_batch_size=4)
+    build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "candidates_quality.tsv", sel)
+    assert run_fps(tmp_path / "candidates.h5", tmp_path / "one.tsv", sel) == 9
+    ranked = section(selection_percentage=0.3, quality_method="gate", routing_strata=strata, distance_batch_size=4,
+                     fps_gpus=2)
+    with caplog.at_level(logging.INFO, logger="selectflow.stages.select"):
+        assert run_fps(tmp_path / "candidates.h5", tmp_path / "two.tsv", ranked) == 9
+    assert any("rank 0/2 (gloo, cpu): candidate rows [0, " in m for m in caplog.messages), "the FPS did not run on two ranks"
+    assert (tmp_path / "two.tsv").read_bytes() == (tmp_path / "one.tsv").read_bytes()

@@ -111,22 +111,23 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
 
     Streaming FPS computes ``chunk`` distance rows at a time (default ``distance_batch_size``;
     the rule passes its attempt-scaled resource); matrix mode reads the blocks in ``block_dir``.
+    With ``fps_gpus`` > 1 streaming FPS runs on that many ranks (:func:`launch_fps_ranks`),
+    with the same picks.
     """
     if sel.distance_mode not in MODES:
         raise SelectFlowError(f"unknown FPS mode {sel.distance_mode!r}; use one of {', '.join(MODES)}")
     cands = read_candidates(candidates_h5)
     k, stage, metric = int(cands.attrs["k"]), cands.attrs["stage"], cands.attrs["metric"]
+    chunk = chunk or sel.distance_batch_size
+    if stage != "quality" and sel.distance_mode == "streaming" and sel.fps_gpus > 1:
+        return launch_fps_ranks(candidates_h5, curve_tsv, sel, chunk)
     with open_candidates(cands.path) as f:
-        strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
+        opts = _fps_options(f, sel)
         feats = f["features"][()] if stage != "quality" and sel.distance_mode == "streaming" else None
-    # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
-    start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
-    opts = {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota}
     if stage == "quality":
         picks = np.arange(min(k, len(cands)))
         min_distance = np.full(len(picks), np.nan)
     elif feats is not None:
-        chunk = chunk or sel.distance_batch_size
         log.info("streaming FPS: %d distance rows per chunk", chunk)
         result = fps_streaming(feats, k, metric=metric, device=sel.device, chunk=chunk, **opts)
         picks, min_distance = result.picks, result.min_distance
@@ -136,11 +137,77 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
         matrix = distance.BlockMatrix(block_dir, len(cands), sel.distance_batch_size, metric)
         result = fps_matrix(matrix, k, **opts)
         picks, min_distance = result.picks, result.min_distance
+    return _write_curve(cands, picks, min_distance, curve_tsv)
+
+
+def _fps_options(f, sel: SelectionConfig) -> dict:
+    """Start, strata and quota of the open ``candidates.h5`` ``f``, and the log interval."""
+    strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
+    # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
+    start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
+    return {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota}
+
+
+def _write_curve(cands, picks: np.ndarray, min_distance: np.ndarray, curve_tsv: str | os.PathLike) -> int:
     _warn_repeats(min_distance)
     curve = {"step": np.arange(len(picks)), "sample_id": cands.sample_id[picks], "candidate_index": picks,
              "min_distance": min_distance}
     write_tsv(pd.DataFrame(curve), curve_tsv, na_rep="nan")
     return len(picks)
+
+
+def launch_fps_ranks(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel: SelectionConfig,
+                     chunk: int) -> int:
+    """Run streaming FPS on ``sel.fps_gpus`` ranks started by torchrun on this node; return k.
+
+    ``python -m torch.distributed.run --standalone --nproc_per_node W -m selectflow.stages.select
+    fps-rank ...``: each rank runs :func:`fps_rank` (NCCL, one GPU each, when W GPUs are
+    visible; else gloo ranks on the CPU). The ranks' output goes to this job's log.
+    Rank 0 writes ``curve_tsv``. Under SLURM the job gets its W GPUs on one node from the
+    profile (``gpu=W`` → ``--gpus``) and torchrun starts the ranks there, as here.
+    """
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    world = int(sel.fps_gpus)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+           "-m", "selectflow.stages.select", "fps-rank", str(candidates_h5), str(curve_tsv), str(int(chunk)),
+           json.dumps(asdict(sel))]
+    log.info("streaming FPS on %d ranks: %s", world, " ".join(cmd[:-1]))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))}
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        for line in proc.stdout:
+            log.info("[fps ranks] %s", line.rstrip())
+            tail = (tail + [line.rstrip()])[-40:]
+    if proc.returncode != 0:
+        text = "\n".join(tail)
+        if "out of memory" in text.lower() or "MemoryError" in text:
+            raise MemoryError(f"an FPS rank ran out of memory:\n{text}")
+        raise RuntimeError(f"FPS ranks failed (exit {proc.returncode}); their last lines:\n{text}")
+    return len(read_tsv(curve_tsv, "FPS curve", nan_columns=NAN_COLUMNS))
+
+
+def fps_rank(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel: SelectionConfig, chunk: int) -> None:
+    """One rank of :func:`launch_fps_ranks` (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
+    import torch.distributed as dist
+
+    from selectflow.select.fps_dist import backend_for, fps_distributed, rank_device
+
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    backend = backend_for(sel.device, world)
+    dev = rank_device(backend, int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
+    try:
+        cands = read_candidates(candidates_h5)
+        with open_candidates(cands.path) as f:
+            result = fps_distributed(f["features"], int(cands.attrs["k"]), metric=cands.attrs["metric"], device=dev,
+                                     chunk=chunk, **_fps_options(f, sel))
+        if rank == 0:
+            _write_curve(cands, result.picks, result.min_distance, curve_tsv)
+    finally:
+        dist.destroy_process_group()
 
 
 def _warn_repeats(min_distance: np.ndarray) -> None:
@@ -258,3 +325,21 @@ def continue_selection(router_dir: str | os.PathLike, output_path: str | os.Path
         run_fps(cands_h5, out.with_name("fps_curve.tsv"), sel, block_dir=block_dir)
         write_selection(out.with_name("fps_curve.tsv"), cands_tsv, shards, out, out.with_name("selection_summary.tsv"),
                         out.with_name("quality.tsv"))
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m selectflow.stages.select fps-rank CANDIDATES CURVE CHUNK SELECTION_JSON`` (torchrun's command)."""
+    import sys
+
+    if len(argv) != 5 or argv[0] != "fps-rank":
+        sys.exit("usage: python -m selectflow.stages.select fps-rank CANDIDATES_H5 CURVE_TSV CHUNK SELECTION_JSON")
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"rank {rank} %(asctime)s %(levelname)s %(name)s: %(message)s")
+    fps_rank(argv[1], argv[2], SelectionConfig(**json.loads(argv[4])), int(argv[3]))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])
