@@ -35,7 +35,7 @@ import pandas as pd
 
 from selectflow.config import SelectionConfig
 from selectflow.data.records import write_jsonl
-from selectflow.router.routerfile import concat_shards, read_router_shard
+from selectflow.router.routerfile import RouterShard, read_records, scan_shards, shard_header
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.tables import read_tsv, write_tsv
 from selectflow.select import distance
@@ -50,9 +50,9 @@ from selectflow.select.candidates import (
     read_candidates,
     write_candidates,
 )
-from selectflow.select.dedup import drop_duplicates
+from selectflow.select.dedup import drop_duplicates, routing_keys, text_keys
 from selectflow.select.fps import fps_matrix, fps_streaming
-from selectflow.select.quality import assess, resolve_method
+from selectflow.select.quality import assess, record_facts, resolve_method
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,17 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     ``routing_strata`` > 1 (and diversity on) the kept samples are split into that many
     routing strata (:mod:`selectflow.select.strata`): each stratum gets candidates (its
     quality top) and FPS picks in proportion to the pool samples it stands for.
+
+    Streamed: the shards are read one at a time (:func:`~selectflow.router.routerfile.scan_shards`);
+    of each only the small per-sample arrays and :func:`pool_facts` stay, then the
+    ``moe_probs`` of the candidates are read back shard by shard. Peak host memory:
+    O(candidates × L·E) for their features, plus one shard, plus O(pool) small values
+    (about 100 bytes a sample with L=16: ids, NLLs, gate logits, two 16-byte digests); with
+    ``routing_strata`` > 1 the k-means needs the features of every kept sample, so
+    O(kept × L·E) there.
     """
     check_selection(sel)
-    shard = concat_shards(list(router_paths))
+    shard = scan_shards(list(router_paths), lambda s: pool_facts(s, sel))
     pool = np.ones(len(shard), dtype=bool)
     if exclude_ids:
         pool = ~np.isin(shard.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
@@ -91,6 +99,17 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     log.info("pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d",
              n_pool, n_kept, n_dup, len(choice.chosen), choice.stage, choice.k)
     return choice.k
+
+
+def pool_facts(shard: RouterShard, sel: SelectionConfig) -> dict[str, np.ndarray]:
+    """What the selection needs later from one shard's records and routing: quality's record facts,
+    each record's ``dataset``, and the duplicate keys as digests (:mod:`selectflow.select.dedup`)."""
+    out = {"routing_key": routing_keys(shard.moe_probs)}
+    if shard.record is not None:
+        field = sel.quality_field if sel.quality_method == "field" else None
+        out.update(record_facts(shard.record, field), text_key=text_keys(shard.record),
+                   dataset=np.array([json.loads(r).get("dataset", "") for r in shard.record], dtype=object))
+    return out
 
 
 def compute_block(candidates_h5: str | os.PathLike, i: int, j: int, out_path: str | os.PathLike, sel: SelectionConfig,
@@ -221,16 +240,13 @@ def _warn_repeats(min_distance: np.ndarray) -> None:
 
 
 def _selected_records(wanted: dict, router_paths: list, curve_tsv, quality, quality_tsv) -> dict[str, dict]:
-    """The normalised records of the picks, read one shard at a time; stale inputs are errors."""
+    """The normalised records of the picks, one shard at a time, only their rows read; stale inputs are errors."""
     found: dict[str, dict] = {}
     for path in router_paths:
-        shard = read_router_shard(path)
-        if shard.record is None:
-            raise SelectFlowError(
-                f"{path} has no 'record' dataset, so the selected records cannot be written; rerun router_dump"
-            )
-        for sid, text in zip(shard.sample_id, shard.record):
-            if sid in wanted:
+        _, ids = shard_header(path)
+        rows = np.array([i for i, sid in enumerate(ids) if sid in wanted], dtype=np.int64)
+        if len(rows):
+            for sid, text in zip(ids[rows], read_records(path, rows)):
                 found[sid] = json.loads(text)
     missing = [sid for sid in wanted if sid not in found]
     if missing:
