@@ -77,7 +77,7 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     of each only the small per-sample arrays and :func:`pool_facts` stay, then the
     ``moe_probs`` of the candidates are read back shard by shard. Peak host memory:
     O(candidates × L·E) for their features, plus one shard, plus O(pool) small values
-    (about 100 bytes a sample with L=16: ids, NLLs, gate logits, two 16-byte digests); with
+    (a few hundred bytes a sample: ids, NLLs, gate logits, record facts, two 16-byte digests); with
     ``routing_strata`` > 1 the k-means needs the features of every kept sample, so
     O(kept × L·E) there.
     """
