@@ -53,7 +53,7 @@ rule fps:
     conda:
         "../envs/selectflow.yaml"
     resources:
-        gpu=1,
+        gpu=CFG.selection.fps_gpus,
         chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:

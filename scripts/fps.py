@@ -1,4 +1,4 @@
-"""Rule fps: farthest-point sampling over the candidates -> the FPS curve TSV."""
+"""Rule fps: farthest-point sampling over the candidates -> the FPS curve TSV (selection.fps_gpus ranks)."""
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.select import run_fps
 

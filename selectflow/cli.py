@@ -144,6 +144,7 @@ SELECTION_FLAGS = {
     "disable_diversity": "disable_diversity",
     "distance_batch_size": "distance_batch_size",
     "fps_log_interval": "fps_log_interval",
+    "fps_gpus": "fps_gpus",
     "device": "device",
     "metric": "metric",
     "mode": "distance_mode",

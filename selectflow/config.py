@@ -63,6 +63,7 @@ class SelectionConfig:
     distance_mode: str
     distance_batch_size: int
     fps_log_interval: int
+    fps_gpus: int
     device: str
 
 

@@ -1,6 +1,7 @@
 """The selection steps end to end on small shuffled multi-dataset, multi-shard router data."""
 
 import json
+import logging
 import math
 
 import h5py
@@ -314,3 +315,144 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", section())
     assert any("max-min distance reached 0" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("strata", [1, 3])
+def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, caplog):
+    # rule fps with selection.fps_gpus: 2 on a CPU box: torchrun starts two gloo ranks
+    pool = make_pool(seed=7)
+    paths = write_shards(pool, tmp_path / "a", seed=2)
+    sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=strata, distance_batch_size=4)
+    build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "candidates_quality.tsv", sel)
+    assert run_fps(tmp_path / "candidates.h5", tmp_path / "one.tsv", sel) == 9
+    ranked = section(selection_percentage=0.3, quality_method="gate", routing_strata=strata, distance_batch_size=4,
+                     fps_gpus=2)
+    with caplog.at_level(logging.INFO, logger="selectflow.stages.select"):
+        assert run_fps(tmp_path / "candidates.h5", tmp_path / "two.tsv", ranked) == 9
+    assert any("rank 0/2 (gloo, cpu): candidate rows [0, " in m for m in caplog.messages), "the FPS did not run on two ranks"
+    assert (tmp_path / "two.tsv").read_bytes() == (tmp_path / "one.tsv").read_bytes()
+
+
+def rich_pool(seed):
+    """make_pool plus what the candidates step must handle: text and routing duplicates, an empty, a looping
+    and a text-less response, a pool-relative unfinished one (nll_eos)."""
+    pool = make_pool(seed)
+    ids = list(pool)
+    rng = np.random.default_rng(seed + 50)
+    for s in ids:
+        pool[s]["eos"] = float(rng.uniform(0.1, 1.0))
+    pool[ids[1]]["norm"] = {**pool[ids[1]]["norm"], "prompt": pool[ids[0]]["norm"]["prompt"].upper() + "!",
+                            "response": pool[ids[0]]["norm"]["response"]}
+    pool[ids[2]]["probs"] = pool[ids[3]]["probs"].copy()
+    pool[ids[4]]["norm"] = {**pool[ids[4]]["norm"], "response": "   "}
+    pool[ids[5]]["norm"] = {**pool[ids[5]]["norm"], "response": "so so so so so so so so so so so"}
+    pool[ids[6]]["norm"] = {k: v for k, v in pool[ids[6]]["norm"].items() if k not in ("prompt", "response")}
+    pool[ids[7]]["eos"] = 9.0
+    pool[ids[8]]["nll"] = 5.0  # ifd >= 1
+    for s in ids[:8]:  # ifd < 1, so that the other checks decide
+        pool[s]["nll"], pool[s]["alone"] = pool[s]["nll"] / 4, pool[s]["nll"] / 2
+    return pool
+
+
+def write_rich_shards(pool, root, seed, shard_size=4):
+    paths = write_shards(pool, root, seed, shard_size)
+    for path in paths:
+        with h5py.File(path, "a") as f:
+            ids = [v.decode() for v in f["sample_id"][()]]
+            f.create_dataset("nll_eos", data=np.array([pool[s]["eos"] for s in ids], dtype=np.float32))
+    return paths
+
+
+def h5_digest(path):
+    """sha256 of every dataset (name, dtype, shape, values) and attribute of an HDF5 file."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with h5py.File(path, "r") as f:
+        for name in sorted(f):
+            data = f[name][()]
+            h.update(f"{name}|{data.dtype}|{data.shape}|".encode())
+            h.update(b"\x00".join(v if isinstance(v, bytes) else str(v).encode() for v in data.ravel())
+                     if data.dtype.kind == "O" else np.ascontiguousarray(data).tobytes())
+        for key in sorted(f.attrs):
+            h.update(f"{key}={f.attrs[key]!r};".encode())
+    return h.hexdigest()[:16]
+
+
+def file_digest(path):
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
+
+
+# the outputs of build_candidates and write_selection on rich_pool(21) as the in-memory code wrote them
+# (commit 3681dd9, before streaming); a change to these bytes is a change of the selection
+STREAMING_CASES = {
+    "combined_strata": dict(quality_method="combined", selection_percentage=0.2, importance_selection_percentage=0.6,
+                            routing_strata=3),
+    "combined_fps": dict(quality_method="combined", selection_percentage=0.25),
+    "gate_two_stage": dict(quality_method="gate", selection_percentage=0.2, importance_selection_percentage=0.5),
+    "field": dict(quality_method="field", quality_field="score", selection_percentage=0.3, routing_strata=2),
+    "perplexity_quality": dict(quality_method="perplexity", selection_percentage=0.2, disable_diversity=True),
+}
+EXPECTED_DIGESTS = {
+    "combined_strata": {
+        "candidates.h5": "3ed3ed198719a916",
+        "candidates_quality.tsv": "6021f9637a3d5427",
+        "curve.tsv": "ffd373d5873733c3",
+        "selected.jsonl": "ca74f39fb4e212a2",
+        "summary.tsv": "81083d650bfc43eb",
+        "quality.tsv": "66561a91e91f2401",
+    },
+    "combined_fps": {
+        "candidates.h5": "d23dc58c2a687a09",
+        "candidates_quality.tsv": "6021f9637a3d5427",
+        "curve.tsv": "49874493ea19cc2d",
+        "selected.jsonl": "e99e5677b349ee7e",
+        "summary.tsv": "f87a41e8806efa0c",
+        "quality.tsv": "d42b43317f1876b0",
+    },
+    "gate_two_stage": {
+        "candidates.h5": "94f2dd9cc6458025",
+        "candidates_quality.tsv": "2639b325c1b602e4",
+        "curve.tsv": "6714cc481e9c125f",
+        "selected.jsonl": "78346fcfca77fa35",
+        "summary.tsv": "cf24b1f02c4b18d5",
+        "quality.tsv": "5a69cf1b3c651a54",
+    },
+    "field": {
+        "candidates.h5": "89a316b8c783c3ec",
+        "candidates_quality.tsv": "b564c6125b609d0e",
+        "curve.tsv": "599c245bdd6140df",
+        "selected.jsonl": "61b4e78264edb6d2",
+        "summary.tsv": "cd9082ccc0768324",
+        "quality.tsv": "f020da093524cabb",
+    },
+    "perplexity_quality": {
+        "candidates.h5": "9d3113b750b60023",
+        "candidates_quality.tsv": "f4f9a4fb5a2488ec",
+        "curve.tsv": "e26ffb74833d75ac",
+        "selected.jsonl": "d84c64ebdd3f1fe5",
+        "summary.tsv": "e221dc37f353df14",
+        "quality.tsv": "0b56be932a1934e6",
+    },
+}
+
+
+def selection_digests(tmp_path, name):
+    pool = rich_pool(21)
+    paths = write_rich_shards(pool, tmp_path / "shards", seed=3)
+    out = tmp_path / name
+    sel = section(distance_batch_size=4, **STREAMING_CASES[name])
+    build_candidates(paths, out / "candidates.h5", out / "candidates_quality.tsv", sel, exclude_ids={"chat:2"})
+    run_fps(out / "candidates.h5", out / "curve.tsv", sel)
+    write_selection(out / "curve.tsv", out / "candidates_quality.tsv", paths, out / "selected.jsonl", out / "summary.tsv",
+                    out / "quality.tsv")
+    return {"candidates.h5": h5_digest(out / "candidates.h5"),
+            **{f: file_digest(out / f) for f in ("candidates_quality.tsv", "curve.tsv", "selected.jsonl", "summary.tsv",
+                                                 "quality.tsv")}}
+
+
+@pytest.mark.parametrize("name", list(STREAMING_CASES))
+def test_streaming_candidates_write_what_the_in_memory_code_wrote(tmp_path, name):
+    assert selection_digests(tmp_path, name) == EXPECTED_DIGESTS[name]

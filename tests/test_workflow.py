@@ -98,6 +98,18 @@ def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):
     assert (wd / SEL / "selected_data.jsonl").read_bytes() == (clean_run / SEL / "selected_data.jsonl").read_bytes()
 
 
+def test_fps_on_two_ranks_writes_the_same_curve(clean_run, tmp_path):
+    # selection.fps_gpus: 2 on a CPU box: rule fps asks for gpu=2 and runs two gloo ranks under torchrun
+    wd = tmp_path / "wd"
+    shutil.copytree(clean_run, wd, symlinks=True)
+    config = config_variant("small", tmp_path, selection={"fps_gpus": 2})
+    (wd / SEL / "fps_curve.tsv").unlink()  # a changed selection section alone does not rerun fps
+    proc = snakemake(wd, f"{SEL}/fps_curve.tsv", "--cores", "2", "--resources", "gpu=2", config=config)
+    assert "fps" in ran_jobs(proc) and "router_dump" not in ran_jobs(proc)
+    assert "rank 0/2 (gloo, cpu)" in (wd / "logs/small/selection/fps.log").read_text()
+    assert (wd / SEL / "fps_curve.tsv").read_bytes() == (clean_run / SEL / "fps_curve.tsv").read_bytes()
+
+
 def kill_when(workdir: Path, ready, config, timeout: float = 600, poll: float = 0.2) -> None:
     """Start the workflow in its own process group and SIGKILL the whole group once ``ready()``."""
     cmd = [sys.executable, "-m", "snakemake", *README_COMMAND, "-s", str(REPO / "Snakefile"), "-d", str(workdir),

@@ -61,6 +61,10 @@ class RouterShard:
     nll_eos: np.ndarray | None = None  # [n] float32
     record: np.ndarray | None = None  # [n] object (JSON str of the normalised record)
     attrs: dict = field(default_factory=dict)
+    # a streamed pool (scan_shards): per-sample values derived from the records and routing, and
+    # where each row lives; moe_probs and record are then None
+    facts: dict | None = None
+    source: ShardRows | None = None
 
     def __len__(self) -> int:
         return len(self.sample_id)
@@ -152,18 +156,37 @@ def _strings(values: np.ndarray) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
 
 
+def _check_same_layers(p0, probs0: np.ndarray, p, probs: np.ndarray) -> None:
+    if probs.shape[1:] != probs0.shape[1:]:
+        raise SelectFlowError(
+            f"router shards disagree on [L, E]: {p0} has {list(probs0.shape[1:])}, {p} has "
+            f"{list(probs.shape[1:])}; they come from different models — rerun router_dump with one model"
+        )
+
+
+def _check_unique(sample_id: np.ndarray, shard_of: np.ndarray, paths: list) -> None:
+    uniq, counts = np.unique(sample_id, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][0]
+        where = [str(paths[i]) for i in np.unique(shard_of[sample_id == dup])]
+        raise SelectFlowError(
+            f"duplicate sample_id {dup!r} in {where}; give records unique 'id's across datasets "
+            "(or drop the 'id' field to use dataset:line ids)"
+        )
+
+
 def concat_shards(paths: list[str | os.PathLike]) -> RouterShard:
-    """Read shards and stack them; L and E must agree, sample ids must be unique."""
+    """Read shards and stack them; L and E must agree, sample ids must be unique.
+
+    Holds the whole pool; :func:`scan_shards` reads the same shards one at a time.
+    """
     if not paths:
         raise SelectFlowError("no router-data shards given; run the router_dump rule first")
     shards = [(Path(p), read_router_shard(p)) for p in paths]
     p0, s0 = shards[0]
     for p, s in shards[1:]:
-        if s.moe_probs.shape[1:] != s0.moe_probs.shape[1:]:
-            raise SelectFlowError(
-                f"router shards disagree on [L, E]: {p0} has {list(s0.moe_probs.shape[1:])}, {p} has "
-                f"{list(s.moe_probs.shape[1:])}; they come from different models — rerun router_dump with one model"
-            )
+        _check_same_layers(p0, s0.moe_probs, p, s.moe_probs)
+
     def stack(name):
         values = [getattr(s, name) for _, s in shards]
         if any(v is None for v in values):
@@ -182,12 +205,101 @@ def concat_shards(paths: list[str | os.PathLike]) -> RouterShard:
         record=stack("record"),
         attrs=dict(s0.attrs),
     )
-    uniq, counts = np.unique(out.sample_id, return_counts=True)
-    if (counts > 1).any():
-        dup = uniq[counts > 1][0]
-        where = [str(p) for p, s in shards if dup in set(s.sample_id)]
-        raise SelectFlowError(
-            f"duplicate sample_id {dup!r} in {where}; give records unique 'id's across datasets "
-            "(or drop the 'id' field to use dataset:line ids)"
-        )
+    _check_unique(out.sample_id, np.repeat(np.arange(len(shards)), [len(s) for _, s in shards]), [p for p, _ in shards])
+    return out
+
+
+@dataclass
+class ShardRows:
+    """Where the rows of a streamed pool live: shard ``shard_of[i]``, row ``row_of[i]`` of ``paths``."""
+
+    paths: list
+    shard_of: np.ndarray  # [n] int64
+    row_of: np.ndarray  # [n] int64
+
+    def take(self, rows: np.ndarray, read, out: np.ndarray | None = None) -> np.ndarray:
+        """``read(path)[row]`` for each pool row of ``rows``, in that order, one shard at a time.
+
+        ``read`` maps a shard's path to an array of its rows (or a transform of them); the
+        result is ``out`` (or a new array) [len(rows), ...]. Shards holding none of ``rows``
+        are not opened.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        for k in np.unique(self.shard_of[rows]):
+            at = np.flatnonzero(self.shard_of[rows] == k)
+            values = read(self.paths[k], self.row_of[rows[at]])
+            if out is None:
+                out = np.empty((len(rows), *values.shape[1:]), dtype=values.dtype)
+            out[at] = values
+        return out
+
+
+def read_moe_probs(path: str | os.PathLike, rows: np.ndarray | None = None) -> np.ndarray:
+    """``moe_probs`` [n or len(rows), L, E] float32 of a complete shard (only ``rows``, in their order, if given)."""
+    with open_checked_h5(path, "router data", LAYOUT_VERSION, REBUILD_HINT) as f:
+        try:
+            probs = f["moe_probs"][()]
+        except (OSError, KeyError) as exc:
+            raise CorruptFileError(f"{path}: cannot read moe_probs ({exc}); {REBUILD_HINT}") from None
+    return (probs if rows is None else probs[rows]).astype(np.float32, copy=False)
+
+
+def read_records(path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
+    """The ``record`` strings [len(rows)] of rows ``rows`` of a complete shard; only those rows are read."""
+    rows = np.asarray(rows, dtype=np.int64)
+    with open_checked_h5(path, "router data", LAYOUT_VERSION, REBUILD_HINT) as f:
+        if "record" not in f:
+            raise SelectFlowError(
+                f"{path} has no 'record' dataset, so the selected records cannot be written; rerun router_dump"
+            )
+        order = np.argsort(rows, kind="stable")
+        uniq, back = np.unique(rows[order], return_inverse=True)
+        try:
+            values = _strings(f["record"][uniq]) if len(uniq) else np.array([], dtype=object)
+        except (OSError, KeyError) as exc:
+            raise CorruptFileError(f"{path}: cannot read its records ({exc}); {REBUILD_HINT}") from None
+    out = np.empty(len(rows), dtype=object)
+    out[order] = values[back]
+    return out
+
+
+_SMALL = ("nll_response", "n_tokens", "n_response_tokens", "quality_logits", "nll_response_alone", "nll_eos")
+
+
+def scan_shards(paths: list[str | os.PathLike], derive) -> RouterShard:
+    """The pool's small per-sample arrays, read one shard at a time, without ``moe_probs`` and records.
+
+    Each shard is read and validated whole (:func:`read_router_shard`), ``derive(shard)``
+    turns it into a dict of per-sample arrays (values of its records and routing the caller
+    needs later), then its ``moe_probs`` and records are dropped. The result has
+    ``moe_probs=None``, ``record=None``, ``facts`` (the stacked ``derive`` arrays) and
+    ``source`` (:class:`ShardRows`, to read chosen rows back). Peak memory: one shard plus
+    the small arrays of the pool. Same checks as :func:`concat_shards`.
+    """
+    if not paths:
+        raise SelectFlowError("no router-data shards given; run the router_dump rule first")
+    paths = [Path(p) for p in paths]
+    parts: dict[str, list] = {name: [] for name in ("sample_id", *_SMALL)}
+    facts: dict[str, list] = {}
+    sizes, first, attrs = [], None, {}
+    for p in paths:
+        s = read_router_shard(p)
+        if first is None:
+            first, attrs = (p, s.moe_probs[:0].copy()), dict(s.attrs)
+        _check_same_layers(first[0], first[1], p, s.moe_probs)
+        for name in parts:
+            parts[name].append(getattr(s, name))
+        for name, values in derive(s).items():
+            facts.setdefault(name, []).append(values)
+        sizes.append(len(s))
+
+    def stack(values):
+        return None if any(v is None for v in values) else np.concatenate(values)
+
+    shard_of = np.repeat(np.arange(len(paths)), sizes)
+    out = RouterShard(moe_probs=None, attrs=attrs, **{name: stack(values) for name, values in parts.items()},
+                      # a value some shards cannot give (no records there) is given for none
+                      facts={name: np.concatenate(values) for name, values in facts.items() if len(values) == len(paths)},
+                      source=ShardRows(paths, shard_of, np.concatenate([np.arange(n) for n in sizes])))
+    _check_unique(out.sample_id, shard_of, paths)
     return out

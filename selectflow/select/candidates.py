@@ -24,6 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from selectflow.router.routerfile import read_moe_probs
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
 from selectflow.select import distance
@@ -124,7 +125,7 @@ def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_poo
         stage, m = "fps", n_kept
     choice = Choice(k=k, stage=stage, order=order, chosen=order[:m])
     if stage != "quality" and sel.routing_strata > 1:
-        feats = distance.features(shard.moe_probs[order], sel.metric)
+        feats = pool_features(shard, order, sel.metric)
         take, labels, choice.quota = stratify(feats, duplicates_of(shard.sample_id[order], reason), k, m,
                                               sel.routing_strata)
         choice.chosen, choice.stratum = order[take], labels[take].astype(np.int64)
@@ -135,7 +136,7 @@ def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_poo
 
 def write_candidates(path: str | os.PathLike, shard, score: np.ndarray, choice: Choice, attrs: dict) -> None:
     """``candidates.h5`` (atomic) for ``choice``; ``attrs`` are the counts and names it records."""
-    feats = distance.features(shard.moe_probs[choice.chosen], attrs["metric"])
+    feats = pool_features(shard, choice.chosen, attrs["metric"])
     with atomic_path(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("sample_id", data=shard.sample_id[choice.chosen].astype(object), dtype=h5py.string_dtype())
@@ -147,6 +148,17 @@ def write_candidates(path: str | os.PathLike, shard, score: np.ndarray, choice: 
             f.attrs.update(attrs)
             f.attrs["layout_version"] = CANDIDATES_LAYOUT_VERSION
             f.attrs["complete"] = True
+
+
+def pool_features(shard, rows: np.ndarray, metric: str) -> np.ndarray:
+    """Float32 [len(rows), D] grid features of pool rows ``rows`` (in that order).
+
+    A streamed pool (:func:`selectflow.router.routerfile.scan_shards`) reads their
+    ``moe_probs`` back one shard at a time: memory [len(rows), D] plus one shard.
+    """
+    if shard.moe_probs is not None:
+        return distance.features(shard.moe_probs[rows], metric)
+    return shard.source.take(rows, lambda path, at: distance.features(read_moe_probs(path, at), metric))
 
 
 def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice):
@@ -172,6 +184,8 @@ def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np
 
 
 def _datasets(shard) -> np.ndarray:
+    if shard.facts is not None and "dataset" in shard.facts:
+        return shard.facts["dataset"]
     if shard.record is None:
         return np.full(len(shard), "", dtype=object)
     return np.array([json.loads(r).get("dataset", "") for r in shard.record], dtype=object)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -19,6 +20,32 @@ def normalised_text(record_json: str) -> str | None:
     return "\x00".join(" ".join(re.sub(r"[^\w\s]", " ", rec.get(key, "").lower()).split()) for key in ("prompt", "response"))
 
 
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def text_keys(records) -> np.ndarray:
+    """Object [n]: a 16-byte digest of each record's :func:`normalised_text` (None where it has none).
+
+    A streamed pool keeps these instead of the texts; two texts collide with probability
+    about 2**-128 per pair, so equal digests mean equal texts for any pool that fits on disks.
+    """
+    out = np.empty(len(records), dtype=object)
+    for i, r in enumerate(records):
+        text = normalised_text(r)
+        out[i] = None if text is None else _digest(text.encode())
+    return out
+
+
+def routing_keys(moe_probs: np.ndarray) -> np.ndarray:
+    """Object [n]: a 16-byte digest of each sample's routing to 6 decimals (the routing duplicate key)."""
+    routing = np.round(np.asarray(moe_probs, dtype=np.float64), 6)
+    out = np.empty(len(routing), dtype=object)
+    for i, row in enumerate(routing):
+        out[i] = _digest(row.tobytes())
+    return out
+
+
 def drop_duplicates(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray) -> int:
     """Drop kept samples that repeat another one; keep the best-quality copy; return how many were dropped.
 
@@ -30,10 +57,16 @@ def drop_duplicates(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarr
     kept = np.flatnonzero(keep)
     kept = kept[np.lexsort((shard.sample_id[kept].astype(str), -score[kept]))]  # best copy first
     keys = []
-    if shard.record is not None:
+    facts = shard.facts or {}
+    if "text_key" in facts:  # a streamed pool: digests of the same keys (text_keys, routing_keys)
+        keys.append(facts["text_key"][kept])
+    elif shard.record is not None:
         keys.append([normalised_text(shard.record[i]) for i in kept])
-    routing = np.round(np.asarray(shard.moe_probs[kept], dtype=np.float64), 6)
-    keys.append([row.tobytes() for row in routing])
+    if "routing_key" in facts:
+        keys.append(facts["routing_key"][kept])
+    else:
+        routing = np.round(np.asarray(shard.moe_probs[kept], dtype=np.float64), 6)
+        keys.append([row.tobytes() for row in routing])
     n = 0
     for key in keys:
         first: dict = {}

@@ -108,7 +108,7 @@ def fps_streaming(
         run_adaptive(part, 0, n, rows["chunk"], what="FPS distance rows")
         rows["chunk"] = min(sizes[:-1] or sizes)
 
-    return _greedy(min_dist, k, start, update, log_interval, "streaming", strata, quota)
+    return _greedy(_Race(min_dist), k, start, update, log_interval, "streaming", strata, quota)
 
 
 def fps_matrix(matrix: BlockMatrix, k: int, *, start: int = 0, log_interval: int = 100,
@@ -121,7 +121,7 @@ def fps_matrix(matrix: BlockMatrix, k: int, *, start: int = 0, log_interval: int
     def update(p: int) -> None:
         _fold(min_dist, torch.from_numpy(matrix.row(p)))
 
-    return _greedy(min_dist, k, start, update, log_interval, "matrix", strata, quota)
+    return _greedy(_Race(min_dist), k, start, update, log_interval, "matrix", strata, quota)
 
 
 # On CPU the per-step vector ops go through numpy: torch would wake its OpenMP pool for
@@ -145,14 +145,33 @@ def _argmax(min_dist: torch.Tensor) -> int:
     return int(torch.argmax(min_dist))
 
 
+class _Race:
+    """The running min-distances of all N candidates in one process (the distributed one is in fps_dist)."""
+
+    def __init__(self, min_dist: torch.Tensor):
+        self.min_dist = min_dist
+        self.n = int(min_dist.numel())
+
+    def drop(self, index: int | np.ndarray) -> None:
+        """Candidates ``index`` (global) leave the race."""
+        import torch
+
+        if not isinstance(index, (int, np.integer)):
+            index = torch.from_numpy(np.asarray(index)).to(self.min_dist.device)
+        self.min_dist[index] = -math.inf
+
+    def best(self) -> tuple[int, float]:
+        """The candidate farthest from the picks (lowest index on ties) and its distance."""
+        p = _argmax(self.min_dist)
+        return p, float(self.min_dist[p])
+
+
 def _greedy(
-    min_dist: torch.Tensor, k: int, start: int, update: Callable[[int], None], log_interval: int, mode: str,
+    race, k: int, start: int, update: Callable[[int], None], log_interval: int, mode: str,
     strata: np.ndarray | None = None, quota: np.ndarray | None = None,
 ) -> FPSResult:
-    """The max-min loop shared by both modes; ``update(p)`` folds pick p into ``min_dist``."""
-    import torch
-
-    n = int(min_dist.numel())
+    """The max-min loop shared by every mode; ``update(p)`` folds pick p into the race's min-distances."""
+    n = race.n
     if n == 0:
         raise SelectFlowError("farthest point sampling got no candidates")
     if int(k) < 1:
@@ -179,13 +198,11 @@ def _greedy(
             break
         update(p)
         # a picked candidate must never win again, even when all that remain are its duplicates
-        min_dist[p] = -math.inf
+        race.drop(p)
         if strata is not None:
             left[strata[p]] -= 1
             if left[strata[p]] == 0:  # stratum full: its candidates leave the race
-                full = torch.from_numpy(np.flatnonzero(strata == strata[p])).to(min_dist.device)
-                min_dist[full] = -math.inf
-        p = _argmax(min_dist)
-        d = float(min_dist[p])
+                race.drop(np.flatnonzero(strata == strata[p]))
+        p, d = race.best()
     log.info("FPS %s done: %d picks of %d candidates, last max-min distance %.6g", mode, k, n, at[-1])
     return FPSResult(picks=picks, min_distance=at)

@@ -92,18 +92,44 @@ def quality_scores(shard: RouterShard, method: str = "auto", field: str | None =
 def assess(shard: RouterShard, method: str = "auto", field: str | None = None) -> Assessment:
     """Score, keep flag, drop reason and raw inputs of every sample of ``shard`` under ``method``."""
     method = resolve_method(shard, method)
+    facts = _facts(shard, field if method == "field" else None)
     if method == "gate":
         score, keep = _gate(shard)
         reason = np.where(keep, "", "nonfinite").astype(object)
     elif method == "field":
-        score, keep = _field(shard, field)
+        score, keep = _field(shard, field, facts)
         reason = np.full(len(shard), "", dtype=object)
     else:
-        score, keep, reason = _nll_based(shard, method)
-    return Assessment(score, keep, reason, _inputs(shard))
+        score, keep, reason = _nll_based(shard, method, facts)
+    return Assessment(score, keep, reason, _inputs(shard, facts))
 
 
-def _inputs(shard: RouterShard) -> dict[str, np.ndarray]:
+def record_facts(records: np.ndarray, field: str | None = None) -> dict[str, np.ndarray]:
+    """What the methods read from the records, per sample: ``empty_response`` (bool; records
+    without the key are not judged), ``distinct_3grams`` (float64) and, with ``field``,
+    ``field_value`` (object: the record's value or None). Each record is parsed once.
+
+    A streamed pool (:func:`selectflow.router.routerfile.scan_shards`) carries these in
+    ``shard.facts`` instead of the records.
+    """
+    parsed = [json.loads(r) for r in records]
+    out = {
+        "empty_response": np.array([not rec.get("response", "x").strip() for rec in parsed], dtype=bool),
+        "distinct_3grams": distinct_ngram_share([rec.get("response", "") for rec in parsed], 3),
+    }
+    if field:
+        out["field_value"] = np.array([rec.get("record", {}).get(field) for rec in parsed] + [None], dtype=object)[:-1]
+    return out
+
+
+def _facts(shard: RouterShard, field: str | None = None) -> dict[str, np.ndarray] | None:
+    """:func:`record_facts` of ``shard``: precomputed (streamed pool) or from its records; None without records."""
+    if shard.facts is not None and "empty_response" in shard.facts:
+        return shard.facts
+    return None if shard.record is None else record_facts(shard.record, field)
+
+
+def _inputs(shard: RouterShard, facts: dict | None) -> dict[str, np.ndarray]:
     out = {"nll_response": np.asarray(shard.nll_response, dtype=np.float64)}
     if shard.nll_response_alone is not None:
         out["nll_response_alone"] = np.asarray(shard.nll_response_alone, dtype=np.float64)
@@ -112,13 +138,9 @@ def _inputs(shard: RouterShard) -> dict[str, np.ndarray]:
     out["n_response_tokens"] = np.asarray(shard.n_response_tokens)
     if shard.quality_logits is not None:
         out["gate_mean"] = _gate(shard)[0]
-    if shard.record is not None:
-        out["distinct_3grams"] = distinct_ngram_share([_response(r) for r in shard.record], 3)
+    if facts is not None:
+        out["distinct_3grams"] = facts["distinct_3grams"]
     return out
-
-
-def _response(record_json: str) -> str:
-    return json.loads(record_json).get("response", "")
 
 
 def distinct_ngram_share(texts: list[str], n: int = 3) -> np.ndarray:
@@ -141,14 +163,14 @@ def _unfinished(nll_eos: np.ndarray) -> np.ndarray:
         return nll_eos > np.median(finite) + math.log(EOS_FACTOR)
 
 
-def _nll_based(shard: RouterShard, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _nll_based(shard: RouterShard, method: str, facts: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ifd, perplexity, combined: score, keep and reason, first failing check named."""
     n = len(shard)
     nll = np.asarray(shard.nll_response, dtype=np.float64)
     n_resp = np.asarray(shard.n_response_tokens)
     empty = n_resp <= 0
-    if shard.record is not None:  # eos alone is not a response (records without the key: not judged)
-        empty |= np.array([not json.loads(r).get("response", "x").strip() for r in shard.record], dtype=bool)
+    if facts is not None:  # eos alone is not a response (records without the key: not judged)
+        empty |= facts["empty_response"]
     if method == "perplexity":
         score = -nll
         checks = [("no_response_tokens", empty), ("nonfinite", ~np.isfinite(score))]
@@ -168,9 +190,8 @@ def _nll_based(shard: RouterShard, method: str) -> tuple[np.ndarray, np.ndarray,
                 score = -np.log(ifd) - eos
         checks = [("no_response_tokens", empty), ("nonfinite", ~np.isfinite(score) | ~np.isfinite(ifd)),
                   ("ifd>=1", ifd >= 1.0)]
-        if method == "combined" and shard.record is not None:
-            checks.append(("repetitive", distinct_ngram_share([_response(r) for r in shard.record], 3)
-                           < MIN_DISTINCT_TRIGRAMS))
+        if method == "combined" and facts is not None:
+            checks.append(("repetitive", facts["distinct_3grams"] < MIN_DISTINCT_TRIGRAMS))
         if method == "combined" and shard.nll_eos is not None:
             checks.append(("unfinished", _unfinished(np.asarray(shard.nll_eos, dtype=np.float64))))
     reason = np.full(n, "", dtype=object)
@@ -192,14 +213,13 @@ def _gate(shard: RouterShard) -> tuple[np.ndarray, np.ndarray]:
     return score, np.isfinite(score)
 
 
-def _field(shard: RouterShard, field: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _field(shard: RouterShard, field: str | None, facts: dict | None) -> tuple[np.ndarray, np.ndarray]:
     if not field:
         raise SelectFlowError("quality method 'field' needs the name of a numeric record field (quality.field)")
-    if shard.record is None:
+    if facts is None:
         raise SelectFlowError("quality method 'field' needs the records, but the router data has no 'record' dataset")
     score = np.empty(len(shard), dtype=np.float64)
-    for i, (sid, text) in enumerate(zip(shard.sample_id, shard.record)):
-        value = json.loads(text).get("record", {}).get(field)
+    for i, (sid, value) in enumerate(zip(shard.sample_id, facts["field_value"])):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok:
             what = "has no field" if value is None else f"has a non-numeric value {value!r} in field"

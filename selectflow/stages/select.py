@@ -35,7 +35,7 @@ import pandas as pd
 
 from selectflow.config import SelectionConfig
 from selectflow.data.records import write_jsonl
-from selectflow.router.routerfile import concat_shards, read_router_shard
+from selectflow.router.routerfile import RouterShard, read_records, scan_shards, shard_header
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.tables import read_tsv, write_tsv
 from selectflow.select import distance
@@ -50,9 +50,9 @@ from selectflow.select.candidates import (
     read_candidates,
     write_candidates,
 )
-from selectflow.select.dedup import drop_duplicates
+from selectflow.select.dedup import drop_duplicates, routing_keys, text_keys
 from selectflow.select.fps import fps_matrix, fps_streaming
-from selectflow.select.quality import assess, resolve_method
+from selectflow.select.quality import assess, record_facts, resolve_method
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,17 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     ``routing_strata`` > 1 (and diversity on) the kept samples are split into that many
     routing strata (:mod:`selectflow.select.strata`): each stratum gets candidates (its
     quality top) and FPS picks in proportion to the pool samples it stands for.
+
+    Streamed: the shards are read one at a time (:func:`~selectflow.router.routerfile.scan_shards`);
+    of each only the small per-sample arrays and :func:`pool_facts` stay, then the
+    ``moe_probs`` of the candidates are read back shard by shard. Peak host memory:
+    O(candidates × L·E) for their features, plus one shard, plus O(pool) small values
+    (a few hundred bytes a sample: ids, NLLs, gate logits, record facts, two 16-byte digests); with
+    ``routing_strata`` > 1 the k-means needs the features of every kept sample, so
+    O(kept × L·E) there.
     """
     check_selection(sel)
-    shard = concat_shards(list(router_paths))
+    shard = scan_shards(list(router_paths), lambda s: pool_facts(s, sel))
     pool = np.ones(len(shard), dtype=bool)
     if exclude_ids:
         pool = ~np.isin(shard.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
@@ -91,6 +99,17 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     log.info("pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d",
              n_pool, n_kept, n_dup, len(choice.chosen), choice.stage, choice.k)
     return choice.k
+
+
+def pool_facts(shard: RouterShard, sel: SelectionConfig) -> dict[str, np.ndarray]:
+    """What the selection needs later from one shard's records and routing: quality's record facts,
+    each record's ``dataset``, and the duplicate keys as digests (:mod:`selectflow.select.dedup`)."""
+    out = {"routing_key": routing_keys(shard.moe_probs)}
+    if shard.record is not None:
+        field = sel.quality_field if sel.quality_method == "field" else None
+        out.update(record_facts(shard.record, field), text_key=text_keys(shard.record),
+                   dataset=np.array([json.loads(r).get("dataset", "") for r in shard.record], dtype=object))
+    return out
 
 
 def compute_block(candidates_h5: str | os.PathLike, i: int, j: int, out_path: str | os.PathLike, sel: SelectionConfig,
@@ -111,22 +130,23 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
 
     Streaming FPS computes ``chunk`` distance rows at a time (default ``distance_batch_size``;
     the rule passes its attempt-scaled resource); matrix mode reads the blocks in ``block_dir``.
+    With ``fps_gpus`` > 1 streaming FPS runs on that many ranks (:func:`launch_fps_ranks`),
+    with the same picks.
     """
     if sel.distance_mode not in MODES:
         raise SelectFlowError(f"unknown FPS mode {sel.distance_mode!r}; use one of {', '.join(MODES)}")
     cands = read_candidates(candidates_h5)
     k, stage, metric = int(cands.attrs["k"]), cands.attrs["stage"], cands.attrs["metric"]
+    chunk = chunk or sel.distance_batch_size
+    if stage != "quality" and sel.distance_mode == "streaming" and sel.fps_gpus > 1:
+        return launch_fps_ranks(candidates_h5, curve_tsv, sel, chunk)
     with open_candidates(cands.path) as f:
-        strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
+        opts = _fps_options(f, sel)
         feats = f["features"][()] if stage != "quality" and sel.distance_mode == "streaming" else None
-    # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
-    start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
-    opts = {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota}
     if stage == "quality":
         picks = np.arange(min(k, len(cands)))
         min_distance = np.full(len(picks), np.nan)
     elif feats is not None:
-        chunk = chunk or sel.distance_batch_size
         log.info("streaming FPS: %d distance rows per chunk", chunk)
         result = fps_streaming(feats, k, metric=metric, device=sel.device, chunk=chunk, **opts)
         picks, min_distance = result.picks, result.min_distance
@@ -136,11 +156,77 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
         matrix = distance.BlockMatrix(block_dir, len(cands), sel.distance_batch_size, metric)
         result = fps_matrix(matrix, k, **opts)
         picks, min_distance = result.picks, result.min_distance
+    return _write_curve(cands, picks, min_distance, curve_tsv)
+
+
+def _fps_options(f, sel: SelectionConfig) -> dict:
+    """Start, strata and quota of the open ``candidates.h5`` ``f``, and the log interval."""
+    strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
+    # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
+    start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
+    return {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota}
+
+
+def _write_curve(cands, picks: np.ndarray, min_distance: np.ndarray, curve_tsv: str | os.PathLike) -> int:
     _warn_repeats(min_distance)
     curve = {"step": np.arange(len(picks)), "sample_id": cands.sample_id[picks], "candidate_index": picks,
              "min_distance": min_distance}
     write_tsv(pd.DataFrame(curve), curve_tsv, na_rep="nan")
     return len(picks)
+
+
+def launch_fps_ranks(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel: SelectionConfig,
+                     chunk: int) -> int:
+    """Run streaming FPS on ``sel.fps_gpus`` ranks started by torchrun on this node; return k.
+
+    ``python -m torch.distributed.run --standalone --nproc_per_node W -m selectflow.stages.select
+    fps-rank ...``: each rank runs :func:`fps_rank` (NCCL, one GPU each, when W GPUs are
+    visible; else gloo ranks on the CPU). The ranks' output goes to this job's log.
+    Rank 0 writes ``curve_tsv``. Under SLURM the job gets its W GPUs on one node from the
+    profile (``gpu=W`` → ``--gpus``) and torchrun starts the ranks there, as here.
+    """
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    world = int(sel.fps_gpus)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+           "-m", "selectflow.stages.select", "fps-rank", str(candidates_h5), str(curve_tsv), str(int(chunk)),
+           json.dumps(asdict(sel))]
+    log.info("streaming FPS on %d ranks: %s", world, " ".join(cmd[:-1]))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))}
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        for line in proc.stdout:
+            log.info("[fps ranks] %s", line.rstrip())
+            tail = (tail + [line.rstrip()])[-40:]
+    if proc.returncode != 0:
+        text = "\n".join(tail)
+        if "out of memory" in text.lower() or "MemoryError" in text:
+            raise MemoryError(f"an FPS rank ran out of memory:\n{text}")
+        raise RuntimeError(f"FPS ranks failed (exit {proc.returncode}); their last lines:\n{text}")
+    return len(read_tsv(curve_tsv, "FPS curve", nan_columns=NAN_COLUMNS))
+
+
+def fps_rank(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel: SelectionConfig, chunk: int) -> None:
+    """One rank of :func:`launch_fps_ranks` (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
+    import torch.distributed as dist
+
+    from selectflow.select.fps_dist import backend_for, fps_distributed, rank_device
+
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    backend = backend_for(sel.device, world)
+    dev = rank_device(backend, int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
+    try:
+        cands = read_candidates(candidates_h5)
+        with open_candidates(cands.path) as f:
+            result = fps_distributed(f["features"], int(cands.attrs["k"]), metric=cands.attrs["metric"], device=dev,
+                                     chunk=chunk, **_fps_options(f, sel))
+        if rank == 0:
+            _write_curve(cands, result.picks, result.min_distance, curve_tsv)
+    finally:
+        dist.destroy_process_group()
 
 
 def _warn_repeats(min_distance: np.ndarray) -> None:
@@ -154,16 +240,13 @@ def _warn_repeats(min_distance: np.ndarray) -> None:
 
 
 def _selected_records(wanted: dict, router_paths: list, curve_tsv, quality, quality_tsv) -> dict[str, dict]:
-    """The normalised records of the picks, read one shard at a time; stale inputs are errors."""
+    """The normalised records of the picks, one shard at a time, only their rows read; stale inputs are errors."""
     found: dict[str, dict] = {}
     for path in router_paths:
-        shard = read_router_shard(path)
-        if shard.record is None:
-            raise SelectFlowError(
-                f"{path} has no 'record' dataset, so the selected records cannot be written; rerun router_dump"
-            )
-        for sid, text in zip(shard.sample_id, shard.record):
-            if sid in wanted:
+        _, ids = shard_header(path)
+        rows = np.array([i for i, sid in enumerate(ids) if sid in wanted], dtype=np.int64)
+        if len(rows):
+            for sid, text in zip(ids[rows], read_records(path, rows)):
                 found[sid] = json.loads(text)
     missing = [sid for sid in wanted if sid not in found]
     if missing:
@@ -258,3 +341,21 @@ def continue_selection(router_dir: str | os.PathLike, output_path: str | os.Path
         run_fps(cands_h5, out.with_name("fps_curve.tsv"), sel, block_dir=block_dir)
         write_selection(out.with_name("fps_curve.tsv"), cands_tsv, shards, out, out.with_name("selection_summary.tsv"),
                         out.with_name("quality.tsv"))
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m selectflow.stages.select fps-rank CANDIDATES CURVE CHUNK SELECTION_JSON`` (torchrun's command)."""
+    import sys
+
+    if len(argv) != 5 or argv[0] != "fps-rank":
+        sys.exit("usage: python -m selectflow.stages.select fps-rank CANDIDATES_H5 CURVE_TSV CHUNK SELECTION_JSON")
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"rank {rank} %(asctime)s %(levelname)s %(name)s: %(message)s")
+    fps_rank(argv[1], argv[2], SelectionConfig(**json.loads(argv[4])), int(argv[3]))
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])

@@ -1,0 +1,183 @@
+"""Scale of the selection steps: time and peak RSS of candidates, FPS (1 and 2 ranks), selected_data.
+
+Synthetic router shards in the real layout (``selectflow.router.routerfile``): L=16 layers,
+E=64 experts (OLMoE-sized routing, 4 KB a sample), ~1 KB JSON records, NLLs and ``nll_eos``
+(quality method ``auto`` = ``combined``). Each step runs in a fresh Python process, so its
+peak RSS (``ru_maxrss``) is its own. Baselines measured in the same run:
+
+* ``candidates`` streamed (this code) vs the in-memory path of before (``concat_shards`` of the
+  whole pool, then the same scoring) — the old path is skipped above ``--old-max`` samples;
+* ``selected_data`` reading only the selected rows vs reading every shard whole;
+* FPS on 2 gloo ranks (torchrun) vs one process, same picks checked.
+
+    python bench/bench_scale.py --n 20000              # a quick run
+    python bench/bench_scale.py --n 200000 --k 100     # what the README's "Scale" table quotes
+
+Prints one line per step and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+L, E = 16, 64
+WORDS = ("model route expert token layer data sample quality answer question explain because result value "
+         "method train select pool window index memory shard").split()
+
+
+def make_shards(root: Path, n: int, shard_size: int, seed: int = 0) -> list[Path]:
+    """``n`` samples in shards of ``shard_size``: Dirichlet routing, ~1 KB records, a few planted duplicates."""
+    from selectflow.router.routerfile import RouterShard, write_router_shard
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k, lo in enumerate(range(0, n, shard_size)):
+        m = min(shard_size, n - lo)
+        probs = rng.dirichlet(np.full(E, 0.3), size=(m, L)).astype(np.float32)
+        records = []
+        for i in range(lo, lo + m):
+            words = rng.choice(WORDS, size=150)
+            prompt, response = " ".join(words[:40]), " ".join(words[40:])
+            records.append(json.dumps({"sample_id": f"bench:{i}", "dataset": "bench", "line": i, "prompt": prompt,
+                                       "response": response, "record": {"instruction": prompt, "output": response}}))
+        alone = rng.uniform(1.0, 3.0, size=m).astype(np.float32)
+        shard = RouterShard(
+            sample_id=np.array([f"bench:{i}" for i in range(lo, lo + m)], dtype=object), moe_probs=probs,
+            nll_response=(alone * rng.uniform(0.3, 1.1, size=m)).astype(np.float32),
+            n_tokens=np.full(m, 300, dtype=np.int32), n_response_tokens=np.full(m, 200, dtype=np.int32),
+            nll_response_alone=alone, nll_eos=rng.uniform(0.1, 1.0, size=m).astype(np.float32),
+            record=np.array(records, dtype=object))
+        path = root / f"shard_{k:05d}.h5"
+        write_router_shard(path, shard)
+        paths.append(path)
+    return paths
+
+
+# each step: a Python snippet run in a fresh process; argv: json of its arguments
+STEP = r'''
+import json, resource, sys, time
+args = json.loads(sys.argv[1])
+from selectflow.config import selection_section
+sel = selection_section(args["sel"])
+t = time.perf_counter()
+if args["step"] == "candidates":
+    from selectflow.stages.select import build_candidates
+    build_candidates(args["paths"], args["out"] + "/candidates.h5", args["out"] + "/candidates_quality.tsv", sel)
+elif args["step"] == "candidates_old":
+    # the code before streaming: the whole pool in memory (concat_shards), then the same functions
+    import numpy as np
+    from selectflow.router.routerfile import concat_shards
+    from selectflow.runtime.tables import write_tsv
+    from selectflow.select.candidates import choose, quality_table, write_candidates
+    from selectflow.select.dedup import drop_duplicates
+    from selectflow.select.quality import assess, resolve_method
+    shard = concat_shards(args["paths"])
+    pool = np.ones(len(shard), dtype=bool)
+    quality = assess(shard, sel.quality_method, sel.quality_field)
+    score, keep, reason = quality.score, quality.keep & pool, quality.reason.copy()
+    n_dup = drop_duplicates(shard, score, keep, reason)
+    choice = choose(shard, score, keep, reason, int(pool.sum()), sel)
+    write_candidates(args["out"] + "/candidates_old.h5", shard, score, choice, {
+        "metric": sel.metric, "n_pool": int(pool.sum()), "n_kept": int(keep.sum()), "k": choice.k,
+        "stage": choice.stage, "quality_method": resolve_method(shard, sel.quality_method), "n_duplicates": n_dup})
+    write_tsv(quality_table(shard, quality, pool, keep, reason, choice), args["out"] + "/candidates_quality_old.tsv",
+              na_rep="nan")
+elif args["step"] == "fps":
+    from selectflow.stages.select import run_fps
+    run_fps(args["out"] + "/candidates.h5", args["out"] + f"/curve_{sel.fps_gpus}.tsv", sel)
+elif args["step"] == "selected_data":
+    from selectflow.stages.select import write_selection
+    write_selection(args["out"] + "/curve_1.tsv", args["out"] + "/candidates_quality.tsv", args["paths"],
+                    args["out"] + "/selected.jsonl", args["out"] + "/summary.tsv", args["out"] + "/quality.tsv")
+elif args["step"] == "selected_data_old":
+    # before: every shard read whole to find the selected records
+    from selectflow.router.routerfile import read_router_shard
+    from selectflow.runtime.tables import read_tsv
+    wanted = set(read_tsv(args["out"] + "/curve_1.tsv", "curve")["sample_id"])
+    found = {}
+    for p in args["paths"]:
+        s = read_router_shard(p)
+        found.update({sid: json.loads(r) for sid, r in zip(s.sample_id, s.record) if sid in wanted})
+    assert len(found) == len(wanted)
+seconds = time.perf_counter() - t
+# the FPS ranks are children (torchrun's): the larger of this process and its largest child
+peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) * 1024
+print("RESULT " + json.dumps({"seconds": seconds, "peak_rss": peak}))
+'''
+
+
+def run_step(step: str, args: dict) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", STEP, json.dumps({**args, "step": step})], capture_output=True,
+                          text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"step {step} failed:\n{proc.stderr[-3000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[7:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=20000, help="pool samples (default %(default)s)")
+    ap.add_argument("--shard-size", type=int, default=5000)
+    ap.add_argument("--k", type=int, default=50, help="FPS picks (the FPS time scales linearly in k)")
+    ap.add_argument("--candidates", type=float, default=0.2, help="importance_selection_percentage")
+    ap.add_argument("--old-max", type=int, default=300000, help="skip the in-memory baselines above this N")
+    ap.add_argument("--workdir", default=None, help="where the shards go (default: a temporary folder)")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+        work = Path(work)
+        t = time.perf_counter()
+        paths = make_shards(work / "shards", args.n, args.shard_size)
+        size = sum(p.stat().st_size for p in paths)
+        print(f"N={args.n:,}: {len(paths)} shards, {size / 2**30:.2f} GiB on disk, written in "
+              f"{time.perf_counter() - t:.0f} s")
+        sel = {"selection_percentage": args.k / args.n, "importance_selection_percentage": args.candidates,
+               "routing_strata": 1, "device": "cpu", "distance_batch_size": 65536}
+        common = {"paths": [str(p) for p in paths], "out": str(work), "sel": sel}
+        m = round(args.candidates * args.n)
+        feature_bytes = m * L * E * 4
+        rows = {}
+        rows["candidates"] = run_step("candidates", common)
+        if args.n <= args.old_max:
+            rows["candidates (in-memory, before)"] = run_step("candidates_old", common)
+            import h5py
+
+            with h5py.File(work / "candidates.h5") as a, h5py.File(work / "candidates_old.h5") as b:
+                assert all(np.array_equal(a[name][()], b[name][()]) for name in a), "candidates differ"
+            assert (work / "candidates_quality.tsv").read_bytes() == (work / "candidates_quality_old.tsv").read_bytes()
+        rows["fps, 1 process"] = run_step("fps", common)
+        rows["fps, 2 ranks (gloo)"] = run_step("fps", {**common, "sel": {**sel, "fps_gpus": 2}})
+        assert (work / "curve_1.tsv").read_bytes() == (work / "curve_2.tsv").read_bytes(), "FPS picks differ"
+        rows["selected_data"] = run_step("selected_data", common)
+        if args.n <= args.old_max:
+            rows["selected_data (whole shards, before)"] = run_step("selected_data_old", common)
+    print(f"candidates: {m:,}, features {feature_bytes / 2**30:.2f} GiB; FPS k={args.k}")
+    print(f"{'step':40s} {'time s':>9s} {'peak RSS GiB':>13s}")
+    for name, r in rows.items():
+        print(f"{name:40s} {r['seconds']:9.1f} {r['peak_rss'] / 2**30:13.2f}")
+    budget = 1.5 * feature_bytes + 2**30
+    print(f"candidates peak RSS / (1.5 x feature bytes + 1 GiB) = {rows['candidates']['peak_rss'] / budget:.2f}")
+    for new, old in (("candidates", "candidates (in-memory, before)"),
+                     ("selected_data", "selected_data (whole shards, before)")):
+        if old in rows:
+            print(f"{new}: peak RSS {rows[new]['peak_rss'] / rows[old]['peak_rss']:.2f}x, time "
+                  f"{rows[new]['seconds'] / rows[old]['seconds']:.2f}x of before")
+    one, two = rows["fps, 1 process"]["seconds"], rows["fps, 2 ranks (gloo)"]["seconds"]
+    print(f"fps: 2 ranks take {two / one:.2f}x the time of 1 process (same picks); per step "
+          f"{one / args.k * 1e3:.1f} ms vs {two / args.k * 1e3:.1f} ms (each includes reading the features)")
+
+
+if __name__ == "__main__":
+    main()
