@@ -21,7 +21,7 @@ rule compare_heldout:
     resources:
         attempt=current_attempt,
     params:
-        compare=CFG.compare,
+        compare=as_param(CFG.compare),
     script:
         "../scripts/compare_heldout.py"
 
@@ -41,7 +41,7 @@ rule compare_candidates:
     resources:
         attempt=current_attempt,
     params:
-        selection=CFG.selection,
+        selection=as_param(CFG.selection),
     script:
         "../scripts/compare_candidates.py"
 
@@ -60,7 +60,7 @@ rule compare_pool:
     resources:
         attempt=current_attempt,
     params:
-        compare=CFG.compare,
+        compare=as_param(CFG.compare),
     script:
         "../scripts/compare_pool.py"
 
@@ -79,7 +79,7 @@ rule compare_fps:
         chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
-        selection=CFG.selection,
+        selection=as_param(CFG.selection),
     script:
         "../scripts/compare_fps.py"
 
@@ -99,7 +99,7 @@ rule compare_baseline:
         gpu=1,
         attempt=current_attempt,
     params:
-        compare=CFG.compare,
+        compare=as_param(CFG.compare),
         device=CFG.selection.device,
     script:
         "../scripts/compare_baseline.py"
@@ -161,7 +161,7 @@ rule compare_finetune:
         micro_batch_size=scaled(CFG.compare.train.micro_batch_size),
         attempt=current_attempt,
     params:
-        train=CFG.compare.train,
+        train=as_param(CFG.compare.train),
         seeds=CFG.compare.seeds,
         out_dir=lambda wc, output: os.path.dirname(output[0]),
     script:

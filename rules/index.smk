@@ -36,7 +36,7 @@ rule index_embed:
         attempt=current_attempt,
     params:
         spec=lambda wc: index_spec(wc.name),
-        index=CFG.index,
+        index=as_param(CFG.index),
     script:
         "../scripts/index_embed.py"
 
@@ -60,7 +60,7 @@ rule index_window:
         attempt=current_attempt,
     params:
         spec=lambda wc: index_spec(wc.name),
-        index=CFG.index,
+        index=as_param(CFG.index),
     script:
         "../scripts/index_window.py"
 
@@ -99,7 +99,7 @@ rule retrieve:
         attempt=current_attempt,
     params:
         index_dir=f"{RESULTS}/indexes/pool",
-        index=CFG.index,
+        index=as_param(CFG.index),
         k=CFG.retrieve.k,
     script:
         "../scripts/retrieve.py"
@@ -122,7 +122,7 @@ rule decontaminate:
         attempt=current_attempt,
     params:
         index_dir=f"{RESULTS}/indexes/decontam",
-        index=CFG.index,
+        index=as_param(CFG.index),
         threshold=CFG.decontaminate.threshold,
     script:
         "../scripts/decontaminate.py"

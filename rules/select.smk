@@ -14,7 +14,7 @@ checkpoint candidates:
     resources:
         attempt=current_attempt,
     params:
-        selection=CFG.selection,
+        selection=as_param(CFG.selection),
     script:
         "../scripts/candidates.py"
 
@@ -35,7 +35,7 @@ rule distance_block:
         sub_chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
-        selection=CFG.selection,
+        selection=as_param(CFG.selection),
     script:
         "../scripts/distance_block.py"
 
@@ -57,7 +57,7 @@ rule fps:
         chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
-        selection=CFG.selection,
+        selection=as_param(CFG.selection),
         block_dir=f"{RESULTS}/selection/distances",
     script:
         "../scripts/fps.py"

@@ -40,7 +40,7 @@ rule warmup:
         micro_batch_size=scaled(CFG.warmup.train.micro_batch_size),
         attempt=current_attempt,
     params:
-        train=CFG.warmup.train,
+        train=as_param(CFG.warmup.train),
         subset_ratio=CFG.warmup.subset_ratio,
         quality_loss_weight=CFG.warmup.quality_loss_weight,
         router_pattern=CFG.router_dump.router_pattern,
@@ -68,7 +68,7 @@ rule train:
         micro_batch_size=scaled(CFG.train.settings.micro_batch_size),
         attempt=current_attempt,
     params:
-        train=CFG.train.settings,
+        train=as_param(CFG.train.settings),
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
     script:
         "../scripts/train.py"

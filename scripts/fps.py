@@ -1,8 +1,9 @@
 """Rule fps: farthest-point sampling over the candidates -> the FPS curve TSV (selection.fps_gpus ranks)."""
+from selectflow.config import SelectionConfig, from_param
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.select import run_fps
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-sel = sm.params.selection  # a SelectionConfig (CFG.selection)
+sel = from_param(SelectionConfig, sm.params.selection)
 run_job(sm, lambda: run_fps(sm.input.candidates, sm.output[0], sel, block_dir=sm.params.block_dir,
                             chunk=sm.resources.chunk), size_name="chunk")

@@ -1,9 +1,10 @@
 """Rule warmup: Select-MoE stage 1, only the quality gates and routers of the converted model train."""
+from selectflow.config import TrainConfig, from_param
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.train import warmup
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 size = dict(micro_batch_size=sm.resources.micro_batch_size, attempt=sm.resources.attempt)
-run_job(sm, lambda: warmup(sm.input.model, sm.input.pools, sm.params.out_dir, sm.params.train,
+run_job(sm, lambda: warmup(sm.input.model, sm.input.pools, sm.params.out_dir, from_param(TrainConfig, sm.params.train),
                            subset_ratio=sm.params.subset_ratio, quality_loss_weight=sm.params.quality_loss_weight,
                            router_pattern=sm.params.router_pattern, **size), size_name="micro_batch_size")

@@ -14,9 +14,9 @@ settings are the train section with ``warmup.train`` laid over it.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from functools import cache
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 
@@ -257,6 +257,23 @@ class Config:
     retrieve: RetrieveConfig
     decontaminate: DecontaminateConfig
     compare: CompareConfig
+
+
+def as_param(value):
+    """A config section as a rule param: a plain mapping. Snakemake's params rerun trigger
+    compares only builtin values (a dataclass would be "unrepresentable" and never trigger a
+    rerun); the script turns it back with :func:`from_param`."""
+    return asdict(value)
+
+
+def from_param(cls: type, values: dict[str, Any]):
+    """The section ``cls`` from its :func:`as_param` mapping, nested sections included."""
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        value, kind = values[f.name], hints[f.name]
+        kwargs[f.name] = from_param(kind, value) if is_dataclass(kind) and isinstance(value, dict) else value
+    return cls(**kwargs)
 
 
 def section(cls: type, values: dict[str, Any]):
