@@ -57,3 +57,14 @@ def test_a_bad_train_key_is_named():
     raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "warmup": {"train": {"batch_size": 4}}}
     with pytest.raises(SelectFlowError, match="train.batch_size"):
         build_config(with_defaults(raw, SCHEMA_DOC))
+
+
+def test_sections_travel_as_plain_params_and_come_back_equal():
+    # Snakemake's params rerun trigger compares only builtin values: a section must travel as a mapping
+    from selectflow.config import as_param, from_param
+
+    cfg = build_config(with_defaults({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}, SCHEMA_DOC))
+    for value in (cfg.selection, cfg.index, cfg.compare, cfg.warmup, cfg.train.settings):
+        param = as_param(value)
+        assert isinstance(param, dict) and "object at 0x" not in repr(param)
+        assert from_param(type(value), param) == value
