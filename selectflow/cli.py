@@ -35,10 +35,9 @@ def normalise_flags(argv: list[str], sep: str) -> list[str]:
 
 
 def _make_demo(argv: list[str]) -> int:
-    from selectflow.config import DemoConfig, schema, section
-    from selectflow.data.check import with_defaults
+    from selectflow.config import DemoConfig, section, section_values
 
-    demo = with_defaults({}, schema()["properties"]["demo"])  # the workflow's demo: section, defaults
+    demo = section_values("demo")  # the workflow's demo: section, defaults
     ap = argparse.ArgumentParser(prog="selectflow make-demo", description="write the demo pool and the tiny MoE model")
     ap.add_argument("--out", default="resources/demo", help="folder for demo_pool.jsonl and model/")
     ap.add_argument("--n-records", type=int, default=demo["n_records"], help="demo.n_records (default: %(default)s)")
@@ -175,11 +174,12 @@ def _selection_schema() -> dict:
 
 def selection_defaults(configfile: str | None = None) -> dict:
     """``selection.*`` values for continue-selection: the schema's defaults, or a config file's section."""
-    from selectflow.data.check import load_config, with_defaults
+    from selectflow.config import section_values
+    from selectflow.data.check import load_config
 
     if configfile:
         return load_config(configfile)["selection"]
-    return with_defaults({}, _selection_schema())
+    return section_values("selection")
 
 
 def continue_selection_parser(defaults: dict) -> argparse.ArgumentParser:

@@ -127,11 +127,25 @@ def schema(name: str = "config.schema.yaml") -> dict:
     return yaml.safe_load((SCHEMAS / name).read_text())
 
 
+def with_defaults(config: dict, schema_node: dict) -> dict:
+    """``config`` with every missing key of ``schema_node`` (nested sections included) set to its default."""
+    out = dict(config)
+    for key, sub in schema_node.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])  # the schema is cached: never hand out its objects
+        if sub.get("type") == "object" and "properties" in sub:
+            out[key] = with_defaults(out.get(key) or {}, sub)
+    return out
+
+
+def section_values(name: str, values: dict | None = None) -> dict:
+    """Section ``name`` of the config schema as a mapping: ``values`` over the schema's defaults."""
+    return with_defaults(values or {}, schema()["properties"][name])
+
+
 def retry_section(config: dict) -> RetryConfig:
     """The retry section of a job's config; keys it lacks take the schema's defaults."""
-    from selectflow.data.check import with_defaults
-
-    return section(RetryConfig, with_defaults(config.get("retry") or {}, schema()["properties"]["retry"]))
+    return section(RetryConfig, section_values("retry", config.get("retry")))
 
 
 def schema_default(section_name: str, key: str) -> Any:
@@ -146,10 +160,7 @@ def train_schema() -> dict:
 
 def selection_section(values: dict | None = None, **overrides) -> SelectionConfig:
     """The selection section: ``values`` and ``overrides`` over the schema's defaults (not validated)."""
-    from selectflow.data.check import with_defaults
-
-    return section(SelectionConfig, with_defaults({**(values or {}), **overrides},
-                                                  schema()["properties"]["selection"]))
+    return section(SelectionConfig, section_values("selection", {**(values or {}), **overrides}))
 
 
 def train_defaults() -> dict:

@@ -151,9 +151,8 @@ def test_an_unknown_compare_method_is_a_config_error_naming_the_key(tmp_path):
 def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
     import yaml
 
-    from selectflow.config import build_config
+    from selectflow.config import build_config, with_defaults
     from selectflow.configdoc import SCHEMA
-    from selectflow.data.check import with_defaults
 
     schema = yaml.safe_load(SCHEMA.read_text())
     cfg = build_config(with_defaults(_raw(methods=["quality", "random"], train={"max_steps": 3}), schema))

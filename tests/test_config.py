@@ -5,9 +5,8 @@ from dataclasses import fields
 import pytest
 import yaml
 
-from selectflow.config import SECTIONS, build_config
+from selectflow.config import SECTIONS, build_config, with_defaults
 from selectflow.configdoc import SCHEMA
-from selectflow.data.check import with_defaults
 
 SCHEMA_DOC = yaml.safe_load(SCHEMA.read_text())
 

@@ -13,7 +13,6 @@ before anything else is built.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -131,7 +130,7 @@ def load_config(configfile: str | os.PathLike) -> dict:
     import jsonschema
     import yaml
 
-    from selectflow.configdoc import SCHEMA
+    from selectflow.config import schema, with_defaults
 
     path = Path(configfile)
     if not path.is_file():
@@ -140,24 +139,12 @@ def load_config(configfile: str | os.PathLike) -> dict:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise SelectFlowError(f"{path}: not valid YAML ({exc})") from None
-    schema = yaml.safe_load(SCHEMA.read_text())
     try:
-        jsonschema.validate(config, schema)
+        jsonschema.validate(config, schema())
     except jsonschema.ValidationError as exc:
         where = ".".join(str(p) for p in exc.absolute_path) or "(top level)"
         raise SelectFlowError(f"{path}: key {where}: {exc.message}; see config/README.md") from None
-    return with_defaults(config, schema)
-
-
-def with_defaults(config: dict, schema: dict) -> dict:
-    """``config`` with every missing key of ``schema`` (nested sections included) set to its default."""
-    out = dict(config)
-    for key, sub in schema.get("properties", {}).items():
-        if key not in out and "default" in sub:
-            out[key] = sub["default"]
-        if sub.get("type") == "object" and "properties" in sub:
-            out[key] = with_defaults(out.get(key) or {}, sub)
-    return out
+    return with_defaults(config, schema())
 
 
 def check_main(argv: list[str]) -> int:
