@@ -61,7 +61,11 @@ def _excerpt(text: str, limit: int) -> str:
 
 
 def example_rows(quality_tsv, curve_tsv, router_paths, *, per_group: int = 5, max_chars: int = 160) -> pd.DataFrame:
-    """The table: the first ``per_group`` picks, then ``per_group`` samples of each drop reason (best quality first)."""
+    """The table: the first ``per_group`` picks, then ``per_group`` samples of each kind of drop reason.
+
+    Rows keep the order of ``quality_tsv`` (best quality first); a kind is the reason up to
+    its first ``:``, so all ``duplicate_of:<id>`` rows form one group.
+    """
     from selectflow.data.records import record_prompt_response
 
     quality = read_tsv(quality_tsv, "quality table", dtype={"reason": str})
@@ -70,7 +74,9 @@ def example_rows(quality_tsv, curve_tsv, router_paths, *, per_group: int = 5, ma
     quality = quality.assign(reason=drop_reasons(quality, set(rank)))
     chosen = [quality[quality["reason"] == "selected"].assign(rank=lambda t: t["sample_id"].map(rank))
               .sort_values("rank").head(per_group)]
-    for reason, part in quality[quality["reason"] != "selected"].groupby("reason", sort=True):
+    dropped = quality[quality["reason"] != "selected"]
+    # one group per kind of reason: "duplicate_of:<id>" names a different id on every row
+    for _, part in dropped.groupby(dropped["reason"].str.partition(":")[0], sort=True):
         chosen.append(part.head(per_group).assign(rank=None))
     table = pd.concat(chosen, ignore_index=True)
     records = _records(list(router_paths), set(table["sample_id"]))
