@@ -52,6 +52,8 @@ rule fps:
         f"{BENCH}/selection/fps.tsv"
     conda:
         "../envs/selectflow.yaml"
+    # one CPU per rank to drive its GPU (under SLURM: --cpus-per-task)
+    threads: CFG.selection.fps_gpus
     resources:
         gpu=CFG.selection.fps_gpus,
         chunk=scaled(CFG.selection.distance_batch_size),

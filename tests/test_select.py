@@ -16,6 +16,7 @@ from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.select.candidates import n_blocks, read_candidates
 from selectflow.select.distance import block_path, features
 from selectflow.select.fps import fps_streaming
+from selectflow.select.fps_dist import THREAD_VARS
 from selectflow.stages.select import (
     build_candidates,
     compute_block,
@@ -318,8 +319,11 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("strata", [1, 3])
-def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, caplog):
-    # rule fps with selection.fps_gpus: 2 on a CPU box: torchrun starts two gloo ranks
+def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, caplog, monkeypatch):
+    # rule fps with selection.fps_gpus: 2 on a CPU box: torchrun starts two gloo ranks, which share
+    # the job's threads (Snakemake sets OMP_NUM_THREADS, MKL_NUM_THREADS… to the rule's threads: 2)
+    for name in THREAD_VARS:
+        monkeypatch.setenv(name, "2")
     pool = make_pool(seed=7)
     paths = write_shards(pool, tmp_path / "a", seed=2)
     sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=strata, distance_batch_size=4)
@@ -329,7 +333,9 @@ def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, caplog):
                      fps_gpus=2)
     with caplog.at_level(logging.INFO, logger="selectflow.stages.select"):
         assert run_fps(tmp_path / "candidates.h5", tmp_path / "two.tsv", ranked) == 9
-    assert any("rank 0/2 (gloo, cpu): candidate rows [0, " in m for m in caplog.messages), "the FPS did not run on two ranks"
+    ranks = [m for m in caplog.messages if "rank 0/2 (gloo, cpu): candidate rows [0, " in m]
+    assert ranks, "the FPS did not run on two ranks"
+    assert ranks[0].endswith(" of 30, 1 CPU threads"), ranks
     assert (tmp_path / "two.tsv").read_bytes() == (tmp_path / "one.tsv").read_bytes()
 
 

@@ -2,7 +2,7 @@
 
 Needs root and the SLURM Debian packages: .ci/slurm.sh installs them and runs this file
 with SELECTFLOW_SLURM=1; everywhere else it is skipped. tests/slurm/cluster.sh starts
-munged, slurmctld and slurmd (one node, one fake GPU of model "fake", partitions
+munged, slurmctld and slurmd (one node, two fake GPUs of model "fake", partitions
 "debug" and "all") for the module and stops them by their PID files afterwards.
 """
 
@@ -35,6 +35,9 @@ pytestmark = [
 # does not work, and the first status check would come only after 40 s.
 SLURM_ARGS = ["--profile", str(REPO / "profiles" / "slurm"),
               "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1"]
+# the site settings of the demo runs: a partition named like a Python builtin, the fake GPUs
+SITE = {"SELECTFLOW_SLURM_PARTITION": "all", "SELECTFLOW_SLURM_GPU_MODEL": "fake"}
+SEL = "results/slurm/selection"
 
 
 def snakemake(workdir: Path, *args: str, env: dict[str, str], snakefile: Path = REPO / "Snakefile") -> subprocess.Popen:
@@ -125,21 +128,30 @@ def cluster():
         shutil.rmtree(state, ignore_errors=True)
 
 
-def test_demo_chain_on_slurm_matches_local_run(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def demo_runs(cluster, tmp_path_factory):
+    """The demo chain run locally (one FPS rank) and through SLURM: (local folder, SLURM folder, SLURM run's output)."""
+    root = tmp_path_factory.mktemp("demo")
     # the local reference run shares the two cores with the SLURM run, which mostly waits
-    local = snakemake(tmp_path / "local", "--configfile", str(CONFIG), "--cores", "1", "--resources", "gpu=1",
-                      env={})
-    site = {"SELECTFLOW_SLURM_PARTITION": "all", "SELECTFLOW_SLURM_GPU_MODEL": "fake"}
-    on_slurm = snakemake(tmp_path / "slurm", "--configfile", str(CONFIG), *SLURM_ARGS, env={**cluster, **site})
-    finish(local, tmp_path / "local")
-    log = finish(on_slurm, tmp_path / "slurm")
+    local = snakemake(root / "local", "--configfile", str(CONFIG), "--cores", "1", "--resources", "gpu=1", env={})
+    on_slurm = snakemake(root / "slurm", "--configfile", str(CONFIG), *SLURM_ARGS, env={**cluster, **SITE})
+    finish(local, root / "local")
+    return root / "local", root / "slurm", finish(on_slurm, root / "slurm")
 
-    produced = outputs(tmp_path / "slurm")
-    assert "results/slurm/selection/selected_data.jsonl" in produced
-    assert_same(outputs(tmp_path / "local"), produced)
+
+def job_rule(job: dict[str, str]) -> str:
+    """The rule of a SLURM job the plugin submitted (its comment is rule_NAME[_wildcards_…])."""
+    return re.match(r"rule_(\w+?)(_wildcards_.*)?$", job["Comment"]).group(1)
+
+
+def test_demo_chain_on_slurm_matches_local_run(cluster, demo_runs):
+    local, slurm, log = demo_runs
+    produced = outputs(slurm)
+    assert f"{SEL}/selected_data.jsonl" in produced
+    assert_same(outputs(local), produced)
 
     jobs = slurm_jobs(log, cluster)
-    rules = [re.match(r"rule_(\w+?)(_wildcards_.*)?$", j["Comment"]).group(1) for j in jobs]
+    rules = [job_rule(j) for j in jobs]
     # every job but the local target rules went through sbatch
     assert set(rules) == set(re.findall(r"^(?:rule|checkpoint) (\w+):$", log, re.M))
     gpu = gpu_rules(log)
@@ -152,6 +164,30 @@ def test_demo_chain_on_slurm_matches_local_run(cluster, tmp_path):
         else:
             want = (None, "4000M", "01:00:00")
         assert (job.get("TresPerJob"), job["MinMemoryNode"], job["TimeLimit"]) == want, (rule, job)
+
+
+def test_fps_on_two_slurm_gpus_picks_what_one_rank_picks(cluster, demo_runs, tmp_path):
+    # the SLURM run again with selection.fps_gpus: 2: the changed section reruns the selection, not the dump
+    local, slurm, _ = demo_runs
+    wd = tmp_path / "wd"
+    shutil.copytree(slurm, wd, symlinks=True)
+    two_ranks = tmp_path / "two_ranks.yaml"
+    two_ranks.write_text("selection:\n  fps_gpus: 2\n")
+    log = finish(snakemake(wd, f"{SEL}/selected_data.jsonl", "--configfile", str(CONFIG), str(two_ranks),
+                           *SLURM_ARGS, env={**cluster, **SITE}), wd)
+
+    jobs = {job_rule(j): j for j in slurm_jobs(log, cluster)}
+    assert "fps" in jobs and "router_dump" not in jobs
+    fps = jobs["fps"]
+    # both fake GPUs of the node and a CPU for each rank, on one node
+    assert (fps["JobState"], fps.get("TresPerJob"), fps["NumCPUs"], fps["NumNodes"]) == (
+        "COMPLETED", "gres:gpu:fake:2", "2", "1"), fps
+    fps_log = (wd / "logs/slurm/selection/fps.log").read_text()
+    # SLURM's CUDA_VISIBLE_DEVICES stands, and with CPU torch the two ranks run gloo, sharing the job's two CPUs
+    assert "using CUDA_VISIBLE_DEVICES=0,1 set outside the workflow" in fps_log
+    assert "rank 0/2 (gloo, cpu): candidate rows [0, " in fps_log and "1 CPU thread" in fps_log
+    for name in ("fps_curve.tsv", "selected_data.jsonl"):
+        assert (wd / SEL / name).read_bytes() == (local / SEL / name).read_bytes(), name
 
 
 def test_memory_kill_is_retried_as_new_job_with_more_memory(cluster, tmp_path):

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -57,6 +59,21 @@ def rank_device(backend: str, local_rank: int):
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+# the thread counts Snakemake sets to a job's threads; torch takes MKL_NUM_THREADS over OMP_NUM_THREADS
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def rank_thread_env(environ: Mapping[str, str], world: int) -> dict[str, str]:
+    """:data:`THREAD_VARS` for each of ``world`` ranks that share one job's CPU threads.
+
+    The job's threads are ``environ``'s ``OMP_NUM_THREADS`` (under Snakemake the rule's
+    threads), else the CPUs this process may run on; each rank gets an equal part, at least one.
+    """
+    job = int(environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+    return dict.fromkeys(THREAD_VARS, str(max(1, job // world)))
 
 
 class _ShardedRace:
@@ -126,7 +143,8 @@ def fps_distributed(
     min_dist = torch.full((hi - lo,), math.inf, dtype=torch.float32, device=dev)
     row = torch.empty(dim, dtype=feats.dtype, device=comm)
     rows = {"chunk": int(chunk)}
-    log.info("rank %d/%d (%s, %s): candidate rows [%d, %d) of %d", rank, world, backend, dev, lo, hi, n)
+    log.info("rank %d/%d (%s, %s): candidate rows [%d, %d) of %d, %d CPU threads", rank, world, backend, dev, lo, hi, n,
+             torch.get_num_threads())
 
     def update(p: int) -> None:
         owner = int(np.searchsorted(bounds, p, side="right") - 1)

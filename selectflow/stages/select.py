@@ -182,19 +182,23 @@ def launch_fps_ranks(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathL
     ``python -m torch.distributed.run --standalone --nproc_per_node W -m selectflow.stages.select
     fps-rank ...``: each rank runs :func:`fps_rank` (NCCL, one GPU each, when W GPUs are
     visible; else gloo ranks on the CPU). The ranks' output goes to this job's log.
-    Rank 0 writes ``curve_tsv``. Under SLURM the job gets its W GPUs on one node from the
-    profile (``gpu=W`` → ``--gpus``) and torchrun starts the ranks there, as here.
+    Rank 0 writes ``curve_tsv``. Under SLURM the job gets its W GPUs and W CPUs on one node
+    from the profile (``gpu=W`` → ``--gpus``, ``threads: W`` → ``--cpus-per-task``) and
+    torchrun starts the ranks there, as here. The ranks share the job's CPU threads
+    (:func:`~selectflow.select.fps_dist.rank_thread_env`) instead of each taking them all.
     """
     import subprocess
     import sys
     from dataclasses import asdict
+
+    from selectflow.select.fps_dist import rank_thread_env
 
     world = int(sel.fps_gpus)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
            "-m", "selectflow.stages.select", "fps-rank", str(candidates_h5), str(curve_tsv), str(int(chunk)),
            json.dumps(asdict(sel))]
     log.info("streaming FPS on %d ranks: %s", world, " ".join(cmd[:-1]))
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))}
+    env = {**os.environ, **rank_thread_env(os.environ, world)}
     tail: list[str] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         for line in proc.stdout:

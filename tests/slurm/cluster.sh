@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throw-away single-node SLURM cluster with one fake GPU, for tests/test_slurm.py.
+# A throw-away single-node SLURM cluster with two fake GPUs, for tests/test_slurm.py.
 #
 #   tests/slurm/cluster.sh start DIR   # write DIR/slurm.conf, start munged, slurmctld, slurmd
 #   tests/slurm/cluster.sh stop DIR    # stop the daemons started above, by their PID files
@@ -100,15 +100,17 @@ ReturnToService=2
 MinJobAge=3600
 DefMemPerCPU=1000
 GresTypes=gpu
-$node NodeAddr=127.0.0.1 Gres=gpu:fake:1 State=UNKNOWN
+$node NodeAddr=127.0.0.1 Gres=gpu:fake:2 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 # a second partition, named like a Python builtin, for the profile's partition setting
 PartitionName=all Nodes=ALL MaxTime=INFINITE State=UP
 EOF
-    # one GPU of model "fake": slurmd needs a device file, and /dev/null is always there
+    # two GPUs of model "fake", for the two-rank FPS job: slurmd needs a device file per GPU,
+    # and /dev/null and /dev/zero are always there
     cat >"$dir/gres.conf" <<EOF
 AutoDetect=off
 Name=gpu Type=fake File=/dev/null
+Name=gpu Type=fake File=/dev/zero
 EOF
     mkdir -p "$(dirname "$conf_link")"
     ln -s "$dir" "$conf_link"
