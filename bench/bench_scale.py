@@ -35,32 +35,58 @@ WORDS = ("model route expert token layer data sample quality answer question exp
          "method train select pool window index memory shard").split()
 
 
-def make_shards(root: Path, n: int, shard_size: int, seed: int = 0) -> list[Path]:
-    """``n`` samples in shards of ``shard_size``: Dirichlet routing, ~1 KB records, a few planted duplicates."""
-    from selectflow.router.routerfile import RouterShard, write_router_shard
+# records are built from pre-built blocks of words: realistic size and text, distinct, and
+# fast enough to write 2M of them (a Python loop over 150 words a record took ~35 min)
+BLOCK_WORDS, N_BLOCKS, BLOCKS_PROMPT, BLOCKS_RESPONSE = 10, 4096, 4, 11
 
+
+def word_blocks(seed: int = 0) -> np.ndarray:
+    """[N_BLOCKS] str: runs of BLOCK_WORDS random WORDS."""
     rng = np.random.default_rng(seed)
-    paths = []
-    for k, lo in enumerate(range(0, n, shard_size)):
-        m = min(shard_size, n - lo)
-        probs = rng.dirichlet(np.full(E, 0.3), size=(m, L)).astype(np.float32)
-        records = []
-        for i in range(lo, lo + m):
-            words = rng.choice(WORDS, size=150)
-            prompt, response = " ".join(words[:40]), " ".join(words[40:])
-            records.append(json.dumps({"sample_id": f"bench:{i}", "dataset": "bench", "line": i, "prompt": prompt,
-                                       "response": response, "record": {"instruction": prompt, "output": response}}))
-        alone = rng.uniform(1.0, 3.0, size=m).astype(np.float32)
-        shard = RouterShard(
-            sample_id=np.array([f"bench:{i}" for i in range(lo, lo + m)], dtype=object), moe_probs=probs,
-            nll_response=(alone * rng.uniform(0.3, 1.1, size=m)).astype(np.float32),
-            n_tokens=np.full(m, 300, dtype=np.int32), n_response_tokens=np.full(m, 200, dtype=np.int32),
-            nll_response_alone=alone, nll_eos=rng.uniform(0.1, 1.0, size=m).astype(np.float32),
-            record=np.array(records, dtype=object))
-        path = root / f"shard_{k:05d}.h5"
-        write_router_shard(path, shard)
-        paths.append(path)
-    return paths
+    words = np.array(WORDS, dtype=object)[rng.integers(0, len(WORDS), size=(N_BLOCKS, BLOCK_WORDS))]
+    return np.array([" ".join(row) for row in words], dtype=object)
+
+
+def make_shard(path: Path, lo: int, m: int, seed: int) -> None:
+    """Shard of samples ``lo`` .. ``lo + m``: Dirichlet(0.3) routing, ~1 KB records, NLLs; skipped if complete."""
+    from selectflow.router.routerfile import RouterShard, shard_header, write_router_shard
+    from selectflow.runtime.errors import SelectFlowError
+
+    if path.exists():
+        try:
+            if len(shard_header(path)[1]) == m:
+                return
+        except SelectFlowError:
+            pass
+    rng = np.random.default_rng([seed, lo])
+    gamma = rng.standard_gamma(0.3, size=(m, L, E), dtype=np.float32)
+    probs = gamma / gamma.sum(axis=2, keepdims=True)
+    blocks = word_blocks(seed)[rng.integers(0, N_BLOCKS, size=(m, BLOCKS_PROMPT + BLOCKS_RESPONSE))]
+    ids = [f"bench:{i}" for i in range(lo, lo + m)]
+    records = []
+    for i, sid, row in zip(range(lo, lo + m), ids, blocks):
+        prompt, response = " ".join(row[:BLOCKS_PROMPT]), " ".join(row[BLOCKS_PROMPT:])
+        records.append(json.dumps({"sample_id": sid, "dataset": "bench", "line": i, "prompt": prompt,
+                                   "response": response, "record": {"instruction": prompt, "output": response}}))
+    alone = rng.uniform(1.0, 3.0, size=m).astype(np.float32)
+    write_router_shard(path, RouterShard(
+        sample_id=np.array(ids, dtype=object), moe_probs=probs,
+        nll_response=(alone * rng.uniform(0.3, 1.1, size=m)).astype(np.float32),
+        n_tokens=np.full(m, 300, dtype=np.int32), n_response_tokens=np.full(m, 200, dtype=np.int32),
+        nll_response_alone=alone, nll_eos=rng.uniform(0.1, 1.0, size=m).astype(np.float32),
+        record=np.array(records, dtype=object)))
+
+
+def make_shards(root: Path, n: int, shard_size: int, seed: int = 0, workers: int = 2) -> list[Path]:
+    """``n`` samples in shards of ``shard_size`` under ``root``, written by ``workers`` processes (complete ones kept)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = [(root / f"shard_{k:05d}.h5", lo, min(shard_size, n - lo), seed)
+            for k, lo in enumerate(range(0, n, shard_size))]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(make_shard, *zip(*jobs)))
+    return [path for path, *_ in jobs]
 
 
 # each step: a Python snippet run in a fresh process; argv: json of its arguments
