@@ -392,7 +392,10 @@ def file_digest(path):
 
 
 # the outputs of build_candidates and write_selection on rich_pool(21) as the in-memory code wrote them
-# (commit 3681dd9, before streaming); a change to these bytes is a change of the selection
+# (commit 3681dd9, before streaming); a change to these bytes is a change of the selection. The TSV
+# digests depend on the installed libraries (first taken 2026-11-29; on 2026-12-03's fresh install
+# 3681dd9 itself wrote other candidates_quality/quality bytes, equal to the streaming code's): they
+# were taken again by running 3681dd9's code in that install
 STREAMING_CASES = {
     "combined_strata": dict(quality_method="combined", selection_percentage=0.2, importance_selection_percentage=0.6,
                             routing_strata=3),
@@ -404,43 +407,43 @@ STREAMING_CASES = {
 EXPECTED_DIGESTS = {
     "combined_strata": {
         "candidates.h5": "3ed3ed198719a916",
-        "candidates_quality.tsv": "6021f9637a3d5427",
+        "candidates_quality.tsv": "d777aef015fcff59",
         "curve.tsv": "ffd373d5873733c3",
         "selected.jsonl": "ca74f39fb4e212a2",
         "summary.tsv": "81083d650bfc43eb",
-        "quality.tsv": "66561a91e91f2401",
+        "quality.tsv": "86356ad714e65f9d",
     },
     "combined_fps": {
         "candidates.h5": "d23dc58c2a687a09",
-        "candidates_quality.tsv": "6021f9637a3d5427",
+        "candidates_quality.tsv": "d777aef015fcff59",
         "curve.tsv": "49874493ea19cc2d",
         "selected.jsonl": "e99e5677b349ee7e",
         "summary.tsv": "f87a41e8806efa0c",
-        "quality.tsv": "d42b43317f1876b0",
+        "quality.tsv": "b1acc1af3045b1c5",
     },
     "gate_two_stage": {
         "candidates.h5": "94f2dd9cc6458025",
-        "candidates_quality.tsv": "2639b325c1b602e4",
+        "candidates_quality.tsv": "91b5d37c62d51007",
         "curve.tsv": "6714cc481e9c125f",
         "selected.jsonl": "78346fcfca77fa35",
         "summary.tsv": "cf24b1f02c4b18d5",
-        "quality.tsv": "5a69cf1b3c651a54",
+        "quality.tsv": "cf0d2f21c8b53cfa",
     },
     "field": {
         "candidates.h5": "89a316b8c783c3ec",
-        "candidates_quality.tsv": "b564c6125b609d0e",
+        "candidates_quality.tsv": "91e6de0ee5b425e1",
         "curve.tsv": "599c245bdd6140df",
         "selected.jsonl": "61b4e78264edb6d2",
         "summary.tsv": "cd9082ccc0768324",
-        "quality.tsv": "f020da093524cabb",
+        "quality.tsv": "f0f726980cbd5d9a",
     },
     "perplexity_quality": {
         "candidates.h5": "9d3113b750b60023",
-        "candidates_quality.tsv": "f4f9a4fb5a2488ec",
+        "candidates_quality.tsv": "658ab2873e4b10d3",
         "curve.tsv": "e26ffb74833d75ac",
         "selected.jsonl": "d84c64ebdd3f1fe5",
         "summary.tsv": "e221dc37f353df14",
-        "quality.tsv": "0b56be932a1934e6",
+        "quality.tsv": "f3772046e9151552",
     },
 }
 
