@@ -101,23 +101,9 @@ if args["step"] == "candidates":
     build_candidates(args["paths"], args["out"] + "/candidates.h5", args["out"] + "/candidates_quality.tsv", sel)
 elif args["step"] == "candidates_old":
     # the code before streaming: the whole pool in memory (concat_shards), then the same functions
-    import numpy as np
-    from selectflow.router.routerfile import concat_shards
-    from selectflow.runtime.tables import write_tsv
-    from selectflow.select.candidates import choose, quality_table, write_candidates
-    from selectflow.select.dedup import drop_duplicates
-    from selectflow.select.quality import assess, resolve_method
-    shard = concat_shards(args["paths"])
-    pool = np.ones(len(shard), dtype=bool)
-    quality = assess(shard, sel.quality_method, sel.quality_field)
-    score, keep, reason = quality.score, quality.keep & pool, quality.reason.copy()
-    n_dup = drop_duplicates(shard, score, keep, reason)
-    choice = choose(shard, score, keep, reason, int(pool.sum()), sel)
-    write_candidates(args["out"] + "/candidates_old.h5", shard, score, choice, {
-        "metric": sel.metric, "n_pool": int(pool.sum()), "n_kept": int(keep.sum()), "k": choice.k,
-        "stage": choice.stage, "quality_method": resolve_method(shard, sel.quality_method), "n_duplicates": n_dup})
-    write_tsv(quality_table(shard, quality, pool, keep, reason, choice), args["out"] + "/candidates_quality_old.tsv",
-              na_rep="nan")
+    from selectflow.stages.select import build_candidates
+    build_candidates(args["paths"], args["out"] + "/candidates_old.h5", args["out"] + "/candidates_quality_old.tsv",
+                     sel, in_memory=True)
 elif args["step"] == "fps":
     from selectflow.stages.select import run_fps
     run_fps(args["out"] + "/candidates.h5", args["out"] + f"/curve_{sel.fps_gpus}.tsv", sel)

@@ -1,3 +1,4 @@
+import os
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -66,17 +67,33 @@ def current_attempt(wildcards, attempt):
     return attempt
 
 
+# {shards folder: (its mtime, sorted shard names, {name: position})}: the input functions ask
+# for a dataset's shards once per job; listing the folder each time made a dry run over
+# thousands of shards quadratic. The folder's mtime changes whenever a shard is added or removed.
+_SHARD_LISTING = {}
+
+
+def _shard_listing(dataset):
+    folder = checkpoints.split_dataset.get(dataset=dataset).output[0]
+    mtime = os.stat(folder).st_mtime_ns
+    cached = _SHARD_LISTING.get(folder)
+    if cached is None or cached[0] != mtime:
+        names = sorted(glob_wildcards(f"{folder}/{{shard}}.jsonl").shard)
+        cached = (mtime, names, {name: i for i, name in enumerate(names)})
+        _SHARD_LISTING[folder] = cached
+    return cached[1], cached[2]
+
+
 def shard_names(dataset):
     """Shards of one dataset, known once checkpoint split_dataset has run."""
-    folder = checkpoints.split_dataset.get(dataset=dataset).output[0]
-    return sorted(glob_wildcards(f"{folder}/{{shard}}.jsonl").shard)
+    return _shard_listing(dataset)[0]
 
 
 def _group_start(dataset, shard):
     """Index of the first shard of ``shard``'s router_dump group, and the dataset's shards."""
-    names = shard_names(dataset)
+    names, position = _shard_listing(dataset)
     k = CFG.router_dump.shards_per_job
-    return names.index(shard) // k * k, names
+    return position[shard] // k * k, names
 
 
 def group_members(wildcards):

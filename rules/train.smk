@@ -1,31 +1,13 @@
-rule convert:
-    # Select-MoE stage 0: the base model's files plus a quality gate at every MoE block.
-    input:
-        model=CFG.model_path,
-    output:
-        directory(f"{RESULTS}/warmup/converted"),
-    log:
-        f"{LOGS}/convert.log",
-    conda:
-        "../envs/selectflow.yaml"
-    resources:
-        attempt=current_attempt,
-    params:
-        trash=CFG.warmup.trash_expert,
-        init_std=CFG.warmup.gate_init_std,
-        seed=CFG.warmup.train.seed,
-        router_pattern=CFG.router_dump.router_pattern,
-    script:
-        "../scripts/convert.py"
-
-
 rule warmup:
-    # Select-MoE stage 1: train only the quality gates and routers on a random share of
-    # the pool (LM loss + gate loss), so gates and routing carry signal for the dump.
+    # Select-MoE stages 0-1 in one job (one model load, one start of torch): the base model
+    # plus a quality gate at every MoE block (converted/), then train only the gates and
+    # routers on a random share of the pool (LM loss + gate loss), so gates and routing
+    # carry signal for the dump
     input:
         pools=list(CFG.datasets.values()),
-        model=rules.convert.output[0],
+        model=CFG.model_path,
     output:
+        converted=directory(f"{RESULTS}/warmup/converted"),
         checkpoint=directory(f"{RESULTS}/warmup/checkpoint"),
         metrics=f"{RESULTS}/warmup/metrics.tsv",
         memory=f"{RESULTS}/warmup/memory.tsv",
@@ -40,6 +22,12 @@ rule warmup:
         micro_batch_size=scaled(CFG.warmup.train.micro_batch_size),
         attempt=current_attempt,
     params:
+        convert=dict(
+            trash=CFG.warmup.trash_expert,
+            init_std=CFG.warmup.gate_init_std,
+            seed=CFG.warmup.train.seed,
+            router_pattern=CFG.router_dump.router_pattern,
+        ),
         train=as_param(CFG.warmup.train),
         subset_ratio=CFG.warmup.subset_ratio,
         quality_loss_weight=CFG.warmup.quality_loss_weight,

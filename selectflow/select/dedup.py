@@ -9,15 +9,19 @@ import re
 import numpy as np
 
 
-def normalised_text(record_json: str) -> str | None:
-    """Prompt and response of a normalised record, lower-cased, punctuation and runs of space removed.
+_PUNCTUATION = re.compile(r"[^\w\s]")
+
+
+def normalised_text(record: str | dict) -> str | None:
+    """Prompt and response of a normalised record (JSON or parsed), lower-cased, punctuation and
+    runs of space removed.
 
     ``None`` for a record with neither (nothing to compare).
     """
-    rec = json.loads(record_json)
+    rec = json.loads(record) if isinstance(record, str) else record
     if "prompt" not in rec and "response" not in rec:
         return None
-    return "\x00".join(" ".join(re.sub(r"[^\w\s]", " ", rec.get(key, "").lower()).split()) for key in ("prompt", "response"))
+    return "\x00".join(" ".join(_PUNCTUATION.sub(" ", rec.get(key, "").lower()).split()) for key in ("prompt", "response"))
 
 
 def _digest(data: bytes) -> bytes:
@@ -25,22 +29,30 @@ def _digest(data: bytes) -> bytes:
 
 
 def text_keys(records) -> np.ndarray:
-    """Object [n]: a 16-byte digest of each record's :func:`normalised_text` (None where it has none).
+    """``S16`` [n]: a 16-byte digest of each record's :func:`normalised_text` (``b""`` where it has none).
+    ``records``: JSON strings or parsed dicts.
 
-    A streamed pool keeps these instead of the texts; two texts collide with probability
-    about 2**-128 per pair, so equal digests mean equal texts for any pool that fits on disks.
+    A streamed pool keeps these instead of the texts, 16 bytes a sample and no Python object
+    each; two texts collide with probability about 2**-128 per pair, so equal digests mean
+    equal texts for any pool that fits on disks. (NumPy drops an ``S`` value's trailing zero
+    bytes, which keeps distinct digests distinct.)
     """
-    out = np.empty(len(records), dtype=object)
+    out = np.zeros(len(records), dtype="S16")
     for i, r in enumerate(records):
         text = normalised_text(r)
-        out[i] = None if text is None else _digest(text.encode())
+        if text is not None:
+            out[i] = _digest(text.encode())
     return out
 
 
 def routing_keys(moe_probs: np.ndarray) -> np.ndarray:
-    """Object [n]: a 16-byte digest of each sample's routing to 6 decimals (the routing duplicate key)."""
-    routing = np.round(np.asarray(moe_probs, dtype=np.float64), 6)
-    out = np.empty(len(routing), dtype=object)
+    """``S16`` [n]: a 16-byte digest of each sample's routing to 6 decimals (the routing duplicate key).
+
+    The digest is of the integers ``rint(p · 1e6)`` (int32), which are equal exactly when the
+    values rounded to 6 decimals are (``np.round`` is ``rint(p · 1e6) / 1e6``).
+    """
+    routing = np.rint(np.asarray(moe_probs, dtype=np.float64) * 1e6).astype(np.int32)
+    out = np.zeros(len(routing), dtype="S16")
     for i, row in enumerate(routing):
         out[i] = _digest(row.tobytes())
     return out
@@ -69,17 +81,30 @@ def drop_duplicates(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarr
         keys.append([row.tobytes() for row in routing])
     n = 0
     for key in keys:
-        first: dict = {}
-        for i, k in zip(kept, key):
-            if not keep[i] or k is None:
-                continue
-            if k in first:
-                keep[i] = False
-                reason[i] = f"duplicate_of:{shard.sample_id[first[k]]}"
-                n += 1
-            else:
-                first[k] = i
+        n += _drop_repeats(kept, np.asarray(key, dtype=object if isinstance(key, list) else None), shard.sample_id,
+                           keep, reason)
     return n
+
+
+def _drop_repeats(order: np.ndarray, key: np.ndarray, sample_id: np.ndarray, keep: np.ndarray,
+                  reason: np.ndarray) -> int:
+    """Among the still-kept samples ``order`` (best first) with a key (not None, not ``b""``), drop
+    every one whose ``key`` an earlier one has; return how many.
+
+    Sorted, not hashed: no dict of the pool's keys (a few hundred bytes a sample at 2M samples).
+    """
+    has = key != b"" if key.dtype.kind == "S" else np.array([k is not None for k in key], dtype=bool)
+    live = keep[order] & has
+    rows, key = order[live], key[live]
+    if not len(rows):
+        return 0
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)  # first: earliest position
+    best = first[np.ravel(inverse)]
+    repeat = np.flatnonzero(best != np.arange(len(rows)))
+    keep[rows[repeat]] = False
+    for at, of in zip(rows[repeat], rows[best[repeat]]):
+        reason[at] = f"duplicate_of:{sample_id[of]}"
+    return len(repeat)
 
 
 def duplicates_of(order_ids: np.ndarray, reason: np.ndarray) -> np.ndarray:

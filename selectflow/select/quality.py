@@ -104,15 +104,16 @@ def assess(shard: RouterShard, method: str = "auto", field: str | None = None) -
     return Assessment(score, keep, reason, _inputs(shard, facts))
 
 
-def record_facts(records: np.ndarray, field: str | None = None) -> dict[str, np.ndarray]:
+def record_facts(records, field: str | None = None) -> dict[str, np.ndarray]:
     """What the methods read from the records, per sample: ``empty_response`` (bool; records
     without the key are not judged), ``distinct_3grams`` (float64) and, with ``field``,
-    ``field_value`` (object: the record's value or None). Each record is parsed once.
+    ``field_value`` (object: the record's value or None). ``records``: JSON strings (each
+    parsed once) or the parsed dicts.
 
     A streamed pool (:func:`selectflow.router.routerfile.scan_shards`) carries these in
     ``shard.facts`` instead of the records.
     """
-    parsed = [json.loads(r) for r in records]
+    parsed = [json.loads(r) if isinstance(r, str) else r for r in records]
     out = {
         "empty_response": np.array([not rec.get("response", "x").strip() for rec in parsed], dtype=bool),
         "distinct_3grams": distinct_ngram_share([rec.get("response", "") for rec in parsed], 3),
@@ -143,14 +144,17 @@ def _inputs(shard: RouterShard, facts: dict | None) -> dict[str, np.ndarray]:
     return out
 
 
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
 def distinct_ngram_share(texts: list[str], n: int = 3) -> np.ndarray:
     """Per text: distinct word n-grams / all word n-grams (1.0 when it has fewer than n words)."""
     out = np.ones(len(texts), dtype=np.float64)
     for i, text in enumerate(texts):
-        words = re.findall(r"\w+|[^\w\s]", text.lower())
-        grams = [tuple(words[j : j + n]) for j in range(len(words) - n + 1)]
-        if grams:
-            out[i] = len(set(grams)) / len(grams)
+        words = _WORD.findall(text.lower())
+        n_grams = len(words) - n + 1
+        if n_grams > 0:
+            out[i] = len(set(zip(*(words[j:] for j in range(n))))) / n_grams
     return out
 
 

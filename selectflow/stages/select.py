@@ -35,7 +35,7 @@ import pandas as pd
 
 from selectflow.config import SelectionConfig
 from selectflow.data.records import write_jsonl
-from selectflow.router.routerfile import RouterShard, read_records, scan_shards, shard_header
+from selectflow.router.routerfile import RouterShard, concat_shards, read_records, scan_shards, shard_header
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.tables import read_tsv, write_tsv
 from selectflow.select import distance
@@ -63,7 +63,7 @@ MODES = ("streaming", "matrix")
 
 
 def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.PathLike, quality_tsv: str | os.PathLike,
-                     sel: SelectionConfig, exclude_ids: set[str] | None = None) -> int:
+                     sel: SelectionConfig, exclude_ids: set[str] | None = None, *, in_memory: bool = False) -> int:
     """Score the pool, pick the candidates, write ``out_h5`` and ``quality_tsv``; return k.
 
     The pool is every sample of ``router_paths`` not in ``exclude_ids``; k =
@@ -80,9 +80,16 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     (a few hundred bytes a sample: ids, NLLs, gate logits, record facts, two 16-byte digests); with
     ``routing_strata`` > 1 the k-means needs the features of every kept sample, so
     O(kept × L·E) there.
+
+    ``in_memory=True`` reads the whole pool instead (:func:`~selectflow.router.routerfile.concat_shards`:
+    every record and ``moe_probs``, as before streaming) and writes the same bytes; the
+    reference the streaming path is tested and benchmarked against.
     """
     check_selection(sel)
-    shard = scan_shards(list(router_paths), lambda s: pool_facts(s, sel))
+    if in_memory:
+        shard = concat_shards(list(router_paths))
+    else:
+        shard = scan_shards(list(router_paths), lambda s: pool_facts(s, sel))
     pool = np.ones(len(shard), dtype=bool)
     if exclude_ids:
         pool = ~np.isin(shard.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
@@ -107,8 +114,11 @@ def pool_facts(shard: RouterShard, sel: SelectionConfig) -> dict[str, np.ndarray
     out = {"routing_key": routing_keys(shard.moe_probs)}
     if shard.record is not None:
         field = sel.quality_field if sel.quality_method == "field" else None
-        out.update(record_facts(shard.record, field), text_key=text_keys(shard.record),
-                   dataset=np.array([json.loads(r).get("dataset", "") for r in shard.record], dtype=object))
+        parsed = [json.loads(r) for r in shard.record]  # once, for all three
+        names: dict[str, str] = {}  # one string object per dataset name, not one a sample
+        out.update(record_facts(parsed, field), text_key=text_keys(parsed),
+                   dataset=np.array([names.setdefault(n, n) for n in (rec.get("dataset", "") for rec in parsed)],
+                                    dtype=object))
     return out
 
 
