@@ -129,6 +129,14 @@ print("RESULT " + json.dumps({"seconds": seconds, "peak_rss": peak}))
 
 
 def run_step(step: str, args: dict) -> dict:
+    """Run ``step`` in a fresh process; print its time and peak RSS as soon as it ends (a 2M run takes ~15 min)."""
+    result = _run_step(step, args)
+    print(f"  {step}{' on %d ranks' % args['sel']['fps_gpus'] if 'fps_gpus' in args['sel'] else ''}: "
+          f"{result['seconds']:.1f} s, peak RSS {result['peak_rss'] / 2**30:.2f} GiB", flush=True)
+    return result
+
+
+def _run_step(step: str, args: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", STEP, json.dumps({**args, "step": step})], capture_output=True,
                           text=True, env=env)
@@ -154,7 +162,7 @@ def main() -> None:
         paths = make_shards(work / "shards", args.n, args.shard_size)
         size = sum(p.stat().st_size for p in paths)
         print(f"N={args.n:,}: {len(paths)} shards, {size / 2**30:.2f} GiB on disk, written in "
-              f"{time.perf_counter() - t:.0f} s")
+              f"{time.perf_counter() - t:.0f} s", flush=True)
         sel = {"selection_percentage": args.k / args.n, "importance_selection_percentage": args.candidates,
                "routing_strata": 1, "device": "cpu", "distance_batch_size": 65536}
         common = {"paths": [str(p) for p in paths], "out": str(work), "sel": sel}
