@@ -130,20 +130,16 @@ print("RESULT " + json.dumps({"seconds": seconds, "peak_rss": peak}))
 
 def run_step(step: str, args: dict) -> dict:
     """Run ``step`` in a fresh process; print its time and peak RSS as soon as it ends (a 2M run takes ~15 min)."""
-    result = _run_step(step, args)
-    print(f"  {step}{' on %d ranks' % args['sel']['fps_gpus'] if 'fps_gpus' in args['sel'] else ''}: "
-          f"{result['seconds']:.1f} s, peak RSS {result['peak_rss'] / 2**30:.2f} GiB", flush=True)
-    return result
-
-
-def _run_step(step: str, args: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", STEP, json.dumps({**args, "step": step})], capture_output=True,
                           text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"step {step} failed:\n{proc.stderr[-3000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[7:])
+    result = json.loads(line[7:])
+    ranks = f" on {args['sel']['fps_gpus']} ranks" if "fps_gpus" in args["sel"] else ""
+    print(f"  {step}{ranks}: {result['seconds']:.1f} s, peak RSS {result['peak_rss'] / 2**30:.2f} GiB", flush=True)
+    return result
 
 
 def main() -> None:

@@ -62,39 +62,31 @@ def drop_duplicates(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarr
     """Drop kept samples that repeat another one; keep the best-quality copy; return how many were dropped.
 
     Two samples are duplicates when their normalised texts (:func:`normalised_text`) are equal
-    or their routing (``moe_probs``, to 6 decimals) is identical. The copy with the highest
+    or their routing (``moe_probs``, to 6 decimals) is identical, compared by their digests
+    (:func:`text_keys`, :func:`routing_keys`) in both a streamed and a whole pool. The copy with the highest
     score stays (ties: the smallest ``sample_id``); the others get ``keep=False`` and reason
     ``duplicate_of:<id of the copy kept>``. ``keep`` and ``reason`` are changed in place.
     """
     kept = np.flatnonzero(keep)
     kept = kept[np.lexsort((shard.sample_id[kept].astype(str), -score[kept]))]  # best copy first
+    facts = shard.facts or {}  # a streamed pool carries the keys (pool_facts); else they are made here
     keys = []
-    facts = shard.facts or {}
-    if "text_key" in facts:  # a streamed pool: digests of the same keys (text_keys, routing_keys)
+    if "text_key" in facts:
         keys.append(facts["text_key"][kept])
     elif shard.record is not None:
-        keys.append([normalised_text(shard.record[i]) for i in kept])
-    if "routing_key" in facts:
-        keys.append(facts["routing_key"][kept])
-    else:
-        routing = np.round(np.asarray(shard.moe_probs[kept], dtype=np.float64), 6)
-        keys.append([row.tobytes() for row in routing])
-    n = 0
-    for key in keys:
-        n += _drop_repeats(kept, np.asarray(key, dtype=object if isinstance(key, list) else None), shard.sample_id,
-                           keep, reason)
-    return n
+        keys.append(text_keys(shard.record[kept]))
+    keys.append(facts["routing_key"][kept] if "routing_key" in facts else routing_keys(shard.moe_probs[kept]))
+    return sum(_drop_repeats(kept, key, shard.sample_id, keep, reason) for key in keys)
 
 
 def _drop_repeats(order: np.ndarray, key: np.ndarray, sample_id: np.ndarray, keep: np.ndarray,
                   reason: np.ndarray) -> int:
-    """Among the still-kept samples ``order`` (best first) with a key (not None, not ``b""``), drop
+    """Among the still-kept samples ``order`` (best first) with a key (``S16``, ``b""``: none), drop
     every one whose ``key`` an earlier one has; return how many.
 
     Sorted, not hashed: no dict of the pool's keys (a few hundred bytes a sample at 2M samples).
     """
-    has = key != b"" if key.dtype.kind == "S" else np.array([k is not None for k in key], dtype=bool)
-    live = keep[order] & has
+    live = keep[order] & (key != b"")
     rows, key = order[live], key[live]
     if not len(rows):
         return 0
