@@ -158,7 +158,27 @@ def check_main(argv: list[str]) -> int:
     sys.stdout.write(render(results))
     bad = [r for r in results if not r.ok]
     sys.stdout.write(f"{len(results) - len(bad)} of {len(results)} datasets ready\n")
-    return 0 if not bad else 2
+    models = model_type_problems(config)
+    for problem in models:
+        sys.stdout.write(f"PROBLEM: {problem}\n")
+    return 0 if not bad and not models else 2
+
+
+def model_type_problems(config: dict) -> list[str]:
+    """The causal-LM model folders (``model.path``, ``train.model_path``) whose model type cannot be loaded as one.
+
+    Only folders with a config.json are read: ``check`` runs no model and leaves missing folders to the workflow.
+    """
+    from selectflow.data.preflight import CAUSAL_LM_KEYS, check_causal_lm, model_keys
+
+    problems = []
+    for key, path in model_keys(config):
+        if key in CAUSAL_LM_KEYS and (Path(path) / "config.json").is_file():
+            try:
+                check_causal_lm(key, path)
+            except SelectFlowError as exc:
+                problems.append(str(exc))
+    return problems
 
 
 def data_check_text(config: dict) -> str:

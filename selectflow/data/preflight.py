@@ -70,6 +70,54 @@ def check_model_folder(key: str, path: str) -> None:
                               f"weights into it, or set '{key}' to a complete model folder")
 
 
+#: keys whose model is loaded with AutoModelForCausalLM (the encoders are not)
+CAUSAL_LM_KEYS = ("model.path", "train.model_path")
+
+
+def causal_lm_problem(model_type: str) -> str | None:
+    """Why the installed transformers cannot load ``model_type`` as a causal LM; None when it can."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return None
+    where = f"transformers {transformers.__version__}"
+    if model_type not in CONFIG_MAPPING_NAMES:
+        return (f"{where} does not know model_type {model_type!r} (a newer transformers may; SelectFlow does not "
+                "run remote code)")
+    tasks = []
+    for name in sorted(dir(modeling_auto)):
+        mapping = getattr(modeling_auto, name)
+        if name.startswith("MODEL_FOR_") and name.endswith("_MAPPING_NAMES") and model_type in mapping:
+            cls = mapping[model_type]
+            task = name.removeprefix("MODEL_FOR_").removesuffix("_MAPPING_NAMES").lower().replace("_", "-")
+            tasks.append(f"{task} ({cls if isinstance(cls, str) else cls[0]})")
+    if tasks:
+        return f"{where} loads model_type {model_type!r} as {', '.join(tasks[:3])}, not as a causal LM"
+    if model_type in modeling_auto.MODEL_MAPPING_NAMES:
+        return f"{where} has only a base model for model_type {model_type!r}, no causal-LM head"
+    return f"{where} has no model class for model_type {model_type!r} (a part of a larger model's config)"
+
+
+def check_causal_lm(key: str, path: str) -> None:
+    """The model type named by the folder's ``config.json`` (if any) is one AutoModelForCausalLM loads."""
+    import json
+
+    config = Path(path) / "config.json"
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise SelectFlowError(f"'{key}' {path}: cannot read config.json ({exc}); save the model with "
+                              "save_pretrained") from None
+    problem = causal_lm_problem(model_type) if model_type else None  # untyped: the loader says what is wrong
+    if problem:
+        raise SelectFlowError(
+            f"'{key}' {path}: {problem}. SelectFlow dumps the routers of Hugging Face MoE causal LMs (the types "
+            "AutoModelForCausalLM loads; the MoE ones checked are listed in docs/families.md); set "
+            f"'{key}' to such a model, e.g. its text-only causal-LM checkpoint")
+
+
 def _nearest_existing(path: Path) -> Path:
     path = path.absolute()
     while not path.exists():
@@ -137,6 +185,8 @@ def preflight(config: Mapping, results: str, argv: list[str] = ()) -> list[str]:
     check_datasets_exist(config["datasets"])
     for key, path in model_keys(config):
         check_model_folder(key, path)
+        if key in CAUSAL_LM_KEYS:
+            check_causal_lm(key, path)
     if not any(arg.split("=")[0] in HOUSEKEEPING for arg in argv):
         check_results_writable(results)
     warning = tiny_selection_warning(config["datasets"], config["selection"]["selection_percentage"])

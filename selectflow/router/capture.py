@@ -27,9 +27,12 @@
 
 Families not in the table use the generic path: ``output_router_logits`` when the config
 has it, else hooks on ``router_pattern``; softmax. Every captured tensor is checked:
-floating point, [tokens, E] with E from the config, one per MoE layer. A failed check
-raises :class:`SelectFlowError` naming the module, what it returned, and a suggested
-``router_pattern``; nothing is written from values that failed it.
+floating point, [tokens, E] with E from the config, one per MoE layer; its values (finite,
+not probabilities, not mostly exact zeros) on the valid tokens only: many models zero the
+hidden states at padded positions, so padding rows hold exact zeros whatever the router is.
+A failed check raises :class:`CaptureError` naming the module and what it returned; the
+dumper adds a remedy it has tested (:func:`candidate_settings`); nothing is written from
+values that failed it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,15 @@ EXPERT_KEYS = ("n_routed_experts", "num_local_experts", "num_experts", "moe_num_
 SCORES = ("softmax", "sigmoid", "sqrtsoftplus", "probs", "product_keys")
 #: module names that mark an attention (not MLP) mixture, or always-on experts
 _NOT_ROUTED = re.compile(r"(attn|attention|shared)")
+
+
+class CaptureError(SelectFlowError):
+    """A capture that is not router logits; ``seqs``: the token ids of the forward that showed it (if known)."""
+
+    def __init__(self, message: str, seqs: list[list[int]] | None = None):
+        super().__init__(message)
+        self.seqs = seqs
+        self.call: int | None = None  # index of the failing forward since the last verify
 
 
 @dataclass(frozen=True)
@@ -71,9 +83,9 @@ _SIGMOID_INDEXED = Family(score="sigmoid", batch_dependent=True, note="indexed (
 FAMILIES: dict[str, Family] = {
     **{name: _SIGMOID for name in (
         "afmoe", "axk1", "axk2", "bailing_hybrid", "beam", "deepseek_v3", "dots1", "exaone_moe", "flint",
-        "glm4_moe", "glm4_moe_lite", "glm4v_moe_text", "hy_v3", "hy_v4", "inkling_text", "kimi_linear", "kolibri1",
+        "glm4_moe", "glm4_moe_lite", "hy_v3", "hy_v4", "inkling_text", "kimi_linear", "kolibri1",
         "laguna", "lfm2_moe", "mimo_v2_flash", "minimax_m2", "minimax_m3_vl_text", "nemotron_h", "sarvam_mla",
-        "sarvam_moe", "solar_open", "inkling2_text", "mistral4",
+        "sarvam_moe", "solar_open", "inkling2_text",
     )},
     "inkling_text": Family(score="sigmoid", sink_rows="n_shared_experts",
                            note="the router also scores the shared experts (sinks); they get no column"),
@@ -158,10 +170,15 @@ def describe(value) -> str:
 
 
 def suggest_pattern(model, n_columns: int) -> str | None:
-    """A regex on the module names that own a [n_columns, hidden] weight (likely routers)."""
+    """A regex on the module names that own a [n_columns, hidden] weight (likely routers).
+
+    Attention and shared-expert modules are left out: a linear-attention projection can
+    have as many rows as there are experts (Qwen3-Next's ``linear_attn.in_proj_ba``).
+    """
     names = set()
     for name, param in model.named_parameters():
-        if param.ndim == 2 and param.shape[0] == n_columns and name.endswith("weight") and "expert" not in name:
+        if param.ndim == 2 and param.shape[0] == n_columns and name.endswith("weight") and "expert" not in name \
+                and not _NOT_ROUTED.search(name):
             names.add(re.sub(r"^.*?\.\d+\.", "", name.rsplit(".", 1)[0]))
     if not names:
         return None
@@ -183,10 +200,7 @@ class Capture:
     batch_dependent: bool
     from_table: bool
     n_hidden_layers: int = 0
-    suggestion: str | None = None
-    _flags: torch.Tensor | None = None
-    _flag_names: list[str] = field(default_factory=list)
-    _flag_shapes: list[str] = field(default_factory=list)
+    _pending: list[tuple[torch.Tensor, list[str], list[str]]] = field(default_factory=list)
 
     @property
     def n_columns(self) -> int | None:
@@ -199,13 +213,11 @@ class Capture:
                 f"{f' incl. {self.n_extra} zero/skip' if self.n_extra else ''}, score {self.score}"
                 f"{', batch-dependent: batch 1' if self.batch_dependent else ''}")
 
-    def _fail(self, what: str, name: str, value) -> SelectFlowError:
-        hint = (f"set router_dump.router_source: hooks and router_dump.router_pattern: '{self.suggestion}'"
-                if self.suggestion else "set router_dump.router_pattern to the name of the router's linear layer")
-        return SelectFlowError(
+    def _fail(self, what: str, name: str, value) -> CaptureError:
+        return CaptureError(
             f"router capture of {self.model_type or 'this model'}: {name} gave "
             f"{value if isinstance(value, str) else describe(value)}, {what}; "
-            f"it is not router logits over the {self.n_columns} experts the config declares; {hint}"
+            f"it is not router logits over the {self.n_columns} experts the config declares"
         )
 
     def pick(self, name: str, out, n_tokens: int):
@@ -224,21 +236,22 @@ class Capture:
                 return value
         return candidates[0]
 
-    def check(self, per_layer: list, names: list[str], n_tokens: int) -> list[torch.Tensor]:
-        """Validate the captured outputs of one forward; return [n_tokens, E] logits per MoE layer."""
+    def check(self, per_layer: list, names: list[str], n_tokens: int,
+              valid: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Validate the captured outputs of one forward; return [n_tokens, E] logits per MoE layer.
+
+        ``valid``: [n_tokens] bool, the non-padding tokens (the attention mask, flattened); the
+        value checks look at those rows only (default: every row).
+        """
         if self.n_layers is not None and len(per_layer) != self.n_layers:
-            raise SelectFlowError(
+            raise CaptureError(
                 f"router capture of {self.model_type or 'this model'}: got {len(per_layer)} router outputs "
-                f"({', '.join(names[:4])}{', …' if len(names) > 4 else ''}) for {self.n_layers} MoE layers; "
-                + (f"set router_dump.router_source: hooks and router_dump.router_pattern: '{self.suggestion}'"
-                   if self.suggestion else "set router_dump.router_pattern to match one router per MoE layer")
-            )
+                f"({', '.join(names[:4])}{', …' if len(names) > 4 else ''}) for {self.n_layers} MoE layers")
         if self.n_layers is None and not self.family.loops and len(per_layer) > self.n_hidden_layers:
-            raise SelectFlowError(
+            raise CaptureError(
                 f"router capture of {self.model_type or 'this model'}: {len(per_layer)} router outputs for "
                 f"{self.n_hidden_layers} layers; the model returns more than one router per layer (attention "
-                "experts?); set router_dump.router_source: hooks and router_dump.router_pattern to the MLP routers"
-                + (f", e.g. '{self.suggestion}'" if self.suggestion else ""))
+                "experts?)")
         out = []
         for name, value in zip(names, per_layer):
             if self.score == "product_keys":
@@ -249,40 +262,61 @@ class Capture:
             if self.n_columns is not None and (value.shape[-1] != self.n_columns or value.numel() != n_tokens * self.n_columns):
                 raise self._fail(f"expected [{n_tokens} tokens, {self.n_columns}]", name, value)
             out.append(value.reshape(n_tokens, -1))
-        self._check_values(out, names)
+        self._check_values(out, names, valid)
         return out
 
-    def _check_values(self, per_layer: list[torch.Tensor], names: list[str]) -> None:
-        """Logits, not scores: finite, not already rows of probabilities, not mostly exact zeros (top-k scores).
+    def _check_values(self, per_layer: list[torch.Tensor], names: list[str], valid: torch.Tensor | None) -> None:
+        """Logits, not scores, on the valid rows: finite, not rows of probabilities, not mostly exact zeros.
 
-        The flags stay on the device, OR-ed over batches; :meth:`verify` reads them (one sync per dump).
+        Padding rows are left out: models that zero the hidden states at padded positions
+        (Qwen3-Next, Jamba, …) give exact-zero logits there, and a batch can be mostly padding.
+        The flags stay on the device, one [L, 3] tensor per forward; :meth:`verify` reads them
+        (one sync per dump).
         """
         if not per_layer or self.score in ("probs", "product_keys"):
             return
-        flags = torch.stack([torch.stack([
-            ~torch.isfinite(x).all(),
-            (x.min() >= 0) & ((x.float().sum(-1) - 1).abs().max() < 1e-3),
-            (x == 0).float().mean() > 0.5,
-        ]) for x in per_layer])
-        if self._flags is not None and self._flags.shape == flags.shape:
-            flags = flags | self._flags
-        self._flags, self._flag_names = flags, [f"{n}" for n in names]
-        self._flag_shapes = [describe(x) for x in per_layer]
+        n = per_layer[0].shape[0]
+        rows = torch.ones(n, dtype=torch.bool, device=per_layer[0].device) if valid is None \
+            else valid.reshape(n).to(per_layer[0].device, torch.bool)
+        cells = rows.sum() * per_layer[0].shape[-1]
+        flags = []
+        for x in per_layer:
+            x = x.float()
+            kept = rows.unsqueeze(-1)
+            row_sum_error = torch.where(rows, (x.sum(-1) - 1).abs(), torch.zeros((), device=x.device))
+            flags.append(torch.stack([
+                (~torch.isfinite(x) & kept).any(),
+                (cells > 0) & (torch.where(kept, x, torch.full((), float("inf"), device=x.device)).min() >= 0)
+                & (row_sum_error.max() < 1e-3),
+                ((x == 0) & kept).sum() * 2 > cells,
+            ]))
+        self._pending.append((torch.stack(flags), list(names), [describe(x) for x in per_layer]))
 
     def verify(self) -> None:
-        """Raise if any router output checked since the last call was not logits."""
-        if self._flags is None:
+        """Raise :class:`CaptureError` if any router output checked since the last call was not logits.
+
+        The error's ``call`` is the index of the first failing forward since the last call.
+        """
+        if not self._pending:
             return
-        flags, names, self._flags = self._flags.tolist(), self._flag_names, None
-        for name, shape, (nonfinite, probs, sparse) in zip(names, self._flag_shapes, flags):
-            if nonfinite:
-                raise SelectFlowError(
-                    f"router capture of {self.model_type}: {name} gave non-finite values; the model overflowed "
-                    "(try router_dump.dtype: float32) or the module returns masked top-k scores, not logits")
-            if probs:
-                raise self._fail("rows that already sum to 1 (probabilities, which a softmax would flatten)", name, shape)
-            if sparse:
-                raise self._fail("mostly exact zeros (top-k scores rather than logits)", name, shape)
+        pending, self._pending = self._pending, []
+        flags = torch.cat([f.flatten() for f, _, _ in pending]).tolist()
+        at = 0
+        for call, (f, names, shapes) in enumerate(pending):
+            for name, shape in zip(names, shapes):
+                nonfinite, probs, sparse = flags[at:at + 3]
+                at += 3
+                err = None
+                if nonfinite:
+                    err = self._fail("non-finite values at valid tokens (overflow, or masked top-k scores)", name, shape)
+                elif probs:
+                    err = self._fail("rows that already sum to 1 (probabilities, which a softmax would flatten)",
+                                     name, shape)
+                elif sparse:
+                    err = self._fail("mostly exact zeros at valid tokens (top-k scores rather than logits)", name, shape)
+                if err is not None:
+                    err.call = call
+                    raise err
 
     def _check_product_keys(self, name, value, n_tokens):
         keys = int(round((self.n_experts or 0) ** 0.5))
@@ -320,7 +354,7 @@ def resolve_capture(model, settings) -> Capture:
     family = entry or Family()
     from_table = entry is not None and source == "auto"
     if source == "output" and not supports_router_output(model):
-        raise SelectFlowError(f"{type(model).__name__} has no output_router_logits; set router_source: hooks")
+        raise CaptureError(f"{type(model).__name__} has no output_router_logits (router_dump.router_source: output)")
     if source == "auto":
         use_output = family.source == "output" and supports_router_output(model)
         pattern = family.pattern if from_table and family.pattern else settings.router_pattern
@@ -336,30 +370,53 @@ def resolve_capture(model, settings) -> Capture:
     modules = [] if use_output else [
         (n, m) for n, m in named_modules_matching(model, pattern) if not isinstance(m, QualityGate)]
     if not use_output and not modules:
-        raise SelectFlowError(
+        raise CaptureError(
             f"no MoE routers found in {type(model).__name__}: the model returns no router logits and no module "
-            f"name matches router_pattern {pattern!r}; use an MoE model or set 'router_dump.router_pattern'"
-        )
+            f"name matches router_pattern {pattern!r}")
     n_experts = n_routed_experts(model.config)
     n_extra, n_sinks = (config_count(model.config, v) for v in (family.extra_experts, family.sink_rows))
     structural = expected_moe_layers(model)
-    suggestion = suggest_pattern(model, n_experts + n_extra + n_sinks) if n_experts else None
     n_layers = None if family.loops else len(modules) if not use_output else (len(structural) or None)
     if not use_output and structural and len(modules) != len(structural) and family.score != "product_keys":
-        raise SelectFlowError(
+        raise CaptureError(
             f"router_pattern {pattern!r} matches {len(modules)} modules ({', '.join(n for n, _ in modules[:4])}"
-            f"{', …' if len(modules) > 4 else ''}) but {type(model).__name__} has {len(structural)} MoE layers; "
-            f"set router_dump.router_pattern to match one router per MoE layer"
-            + (f", e.g. '{suggestion}'" if suggestion else "")
-        )
+            f"{', …' if len(modules) > 4 else ''}) but {type(model).__name__} has {len(structural)} MoE layers")
     batch_dependent = family.batch_dependent or any(
         re.search(r"(^|\.)indexer$", n) for n, _ in model.named_modules())
     capture = Capture(
         model_type=model_type, family=family, use_output=use_output, modules=modules, n_experts=n_experts,
         n_extra=n_extra, score=scoring(model.config, family), n_layers=n_layers, batch_dependent=batch_dependent,
-        from_table=from_table, n_hidden_layers=_n_hidden_layers(model.config), suggestion=suggestion,
+        from_table=from_table, n_hidden_layers=_n_hidden_layers(model.config),
     )
     if n_experts is None:
         log.warning("%s: the config declares no expert count (%s); router outputs are checked for shape only",
                     model_type, "/".join(EXPERT_KEYS))
     return capture
+
+
+def candidate_settings(model, settings) -> list[tuple[object, str]]:
+    """Other captures to try when ``settings`` failed, each with the config change that selects it.
+
+    In order: the family table (``auto``), hooks on the modules that own a router-shaped
+    weight (:func:`suggest_pattern`), hooks on the default ``router_pattern``, and
+    ``output_router_logits``. The dumper keeps the first that passes the checks on the
+    batch that failed; none is suggested untested.
+    """
+    from selectflow.router.dump import DEFAULT_ROUTER_PATTERN, supports_router_output
+
+    _, entry = family_of(model)
+    family = entry or Family()
+    n_experts = n_routed_experts(model.config)
+    n_rows = (n_experts or 0) + config_count(model.config, family.extra_experts) + config_count(model.config,
+                                                                                             family.sink_rows)
+    out = []
+    if settings.router_source != "auto":
+        out.append((replace(settings, router_source="auto"), "set router_dump.router_source: auto"))
+    suggested = suggest_pattern(model, n_rows) if n_experts else None
+    for pattern in dict.fromkeys(p for p in (suggested, DEFAULT_ROUTER_PATTERN) if p):
+        if (settings.router_source, settings.router_pattern) != ("hooks", pattern):
+            out.append((replace(settings, router_source="hooks", router_pattern=pattern),
+                        f"set router_dump.router_source: hooks and router_dump.router_pattern: '{pattern}'"))
+    if settings.router_source != "output" and supports_router_output(model):
+        out.append((replace(settings, router_source="output"), "set router_dump.router_source: output"))
+    return out

@@ -38,7 +38,8 @@ from tqdm import tqdm
 from selectflow.config import schema_default
 from selectflow.data.records import format_turns
 from selectflow.data.tokens import pad_token_id
-from selectflow.router.capture import resolve_capture
+from selectflow.router.capture import (EXPERT_KEYS, Capture, CaptureError, candidate_settings, expected_moe_layers,
+                                       n_routed_experts, resolve_capture)
 from selectflow.router.routerfile import RouterShard
 from selectflow.runtime.device import inference_dtype, resolve_device
 from selectflow.runtime.errors import SelectFlowError
@@ -146,7 +147,7 @@ def _masked_token_mean(per_layer: list[torch.Tensor], mask: torch.Tensor, softma
         x = x.reshape(b, t, -1).float()
         if softmax:
             x = torch.softmax(x, dim=-1)
-        out.append((x * m).sum(1) / m.sum(1).clamp_min(1))
+        out.append(torch.where(m > 0, x, 0.0).sum(1) / m.sum(1).clamp_min(1))  # padding may hold NaN
     return torch.stack(out, dim=1)
 
 
@@ -185,26 +186,83 @@ class RouterDumper:
 
     def __init__(self, model, tokenizer, settings: DumpSettings, device: torch.device):
         self.model, self.tokenizer, self.settings, self.device = model, tokenizer, settings, device
-        self.capture = resolve_capture(model, settings)
-        self.use_output, self.routers = self.capture.use_output, self.capture.modules
+        self.forwards: list[list[list[int]]] = []  # token ids of each checked forward since the last verify (one dump)
+        self.capture: Capture | None = None
         if settings.quality_gate_pattern:
             self.quality_gates = named_modules_matching(model, settings.quality_gate_pattern)
         else:  # a converted model's gates (selectflow.router.gate) are found without a pattern
             from selectflow.router.gate import quality_gates
 
             self.quality_gates = quality_gates(model)
+        try:
+            self.capture = resolve_capture(model, settings)
+        except CaptureError as err:
+            raise self._with_remedy(err, self._probe()) from None
+        self.use_output, self.routers = self.capture.use_output, self.capture.modules
         log.info("%s; %d quality gates", self.capture.summary(), len(self.quality_gates))
         self._check_capture()
+
+    def _probe(self) -> list[list[int]]:
+        """Two short sequences of ordinary text, one padded: the forward that checks a capture up front."""
+        # not a special token: a pad/eos embedding may be all zeros (padding_idx), and zero
+        # hidden states give all-zero router logits that the checks rightly refuse
+        ids = self.tokenizer.encode("Name three rivers and the seas they flow into.", add_special_tokens=False)[:8]
+        ids = ids if len(ids) >= 4 else list(range(1, 5))
+        return [ids, ids[:-1]]
 
     @torch.inference_mode()
     def _check_capture(self) -> None:
         """One short forward so a capture that fails its checks fails before any dump."""
-        # ordinary text, not a special token: a pad/eos embedding may be all zeros (padding_idx),
-        # and zero hidden states give all-zero router logits that the checks rightly refuse
-        ids = self.tokenizer.encode("Name three rivers and the seas they flow into.", add_special_tokens=False)[:8]
-        ids = ids if len(ids) >= 4 else list(range(1, 5))
-        self._forward([ids, ids[:-1]])
-        self.capture.verify()
+        self.forwards = []
+        probe = self._probe()
+        try:
+            # as the dump will run: a batch of two, one padded; one at a time at batch 1
+            for seqs in ([probe] if self.settings.batch_size > 1 and not self.capture.batch_dependent
+                         else [[x] for x in probe]):
+                self._forward(seqs)
+            self.capture.verify()
+        except CaptureError as err:
+            raise self._with_remedy(err, err.seqs or self.forwards[err.call or 0]) from None
+
+    @torch.inference_mode()
+    def _passes(self, capture: Capture, batches: list[list[list[int]]]) -> bool:
+        """Whether ``capture`` passes its checks on each of ``batches`` (token ids per row)."""
+        try:
+            for seqs in batches:
+                self._forward(seqs, capture)
+            capture.verify()
+        except CaptureError:
+            return False
+        return True
+
+    def _with_remedy(self, err: CaptureError, seqs: list[list[int]]) -> SelectFlowError:
+        """``err`` with a remedy that was tried here on the forward that failed (``seqs``), or the news that none was."""
+        widths = sorted({len(x) for x in seqs})
+        capture = self.capture
+        if capture is not None and len(widths) > 1 and self._passes(capture, [[x] for x in seqs]):
+            padded = 1 - sum(len(x) for x in seqs) / (len(seqs) * widths[-1])
+            return SelectFlowError(
+                f"{err}; the failing batch of {len(seqs)} records ({padded:.0%} padding) passes the same checks "
+                "when each record is forwarded alone: lower router_dump.batch_size (1 was tested and works)")
+        tried = []
+        for settings, change in candidate_settings(self.model, self.settings):
+            tried.append(change.removeprefix("set "))
+            try:
+                candidate = resolve_capture(self.model, settings)
+            except CaptureError:
+                continue
+            if self._passes(candidate, [seqs]):
+                return SelectFlowError(f"{err}; {change} (tested on the same batch: it captures "
+                                       f"{candidate.summary().removeprefix('routers via ')})")
+        if n_routed_experts(self.model.config) is None and not expected_moe_layers(self.model):
+            return SelectFlowError(f"{err}; its config declares no experts ({'/'.join(EXPERT_KEYS)}) and it has no "
+                                   "'experts' modules: use an MoE model or set 'router_dump.router_pattern'")
+        dtype = "" if self.settings.dtype == "float32" else (
+            "; if the values overflow in half precision, set router_dump.dtype: float32 (not tested here)")
+        return SelectFlowError(
+            f"{err}; no capture tried here passes the checks ({'; '.join(tried) or 'no other capture applies'})"
+            f"{dtype}; set router_dump.router_pattern to the name of the router's linear layer, or add the "
+            "family to FAMILIES in selectflow/router/capture.py (README, MoE families)")
 
     @classmethod
     def from_path(cls, path: str, settings: DumpSettings) -> RouterDumper:
@@ -212,28 +270,36 @@ class RouterDumper:
         model, tokenizer = load_model(path, device, inference_dtype(device, settings.dtype))
         return cls(model, tokenizer, settings, device)
 
-    def _forward(self, seqs: list[list[int]]):
+    def _forward(self, seqs: list[list[int]], capture: Capture | None = None):
+        """One padded forward of ``seqs`` with ``capture`` (default: the dumper's) hooked and checked."""
+        capture = capture or self.capture
+        if capture is self.capture:
+            self.forwards.append(seqs)
         ids, mask = _pad(seqs, pad_token_id(self.tokenizer))
         ids, mask = ids.to(self.device), mask.to(self.device)
-        with capture_outputs(self.routers, whole=True) as routed, capture_outputs(self.quality_gates) as gates:
-            kwargs = {"output_router_logits": True} if self.use_output else {}
+        with capture_outputs(capture.modules, whole=True) as routed, capture_outputs(self.quality_gates) as gates:
+            kwargs = {"output_router_logits": True} if capture.use_output else {}
             out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
         n_tokens = ids.numel()
-        if self.use_output:
-            router_logits = list(getattr(out, "router_logits", None) or [])
-            names = [f"router_logits[{i}]" for i in range(len(router_logits))]
-        else:
-            names, router_logits = [], []
-            for (name, _), calls in zip(self.routers, routed):
-                if len(calls) != 1 and not (calls and self.capture.family.loops):
-                    raise SelectFlowError(
-                        f"router module {name} ran {len(calls)} times in one forward pass, expected once; "
-                        "set 'router_dump.router_pattern' to match one router per MoE layer")
-                names += [name] * len(calls)
-                router_logits += [self.capture.pick(name, c, n_tokens) for c in calls]
-        if not router_logits or any(r is None for r in router_logits):
-            raise SelectFlowError(f"{type(self.model).__name__} produced no router logits; set 'router_dump.router_pattern'")
-        router_logits = self.capture.check(router_logits, names, n_tokens)
+        try:
+            if capture.use_output:
+                router_logits = list(getattr(out, "router_logits", None) or [])
+                names = [f"router_logits[{i}]" for i in range(len(router_logits))]
+            else:
+                names, router_logits = [], []
+                for (name, _), calls in zip(capture.modules, routed):
+                    if len(calls) != 1 and not (calls and capture.family.loops):
+                        raise CaptureError(f"router module {name} ran {len(calls)} times in one forward pass, "
+                                           "expected once (router_dump.router_pattern should match one router per "
+                                           "MoE layer)")
+                    names += [name] * len(calls)
+                    router_logits += [capture.pick(name, c, n_tokens) for c in calls]
+            if not router_logits or any(r is None for r in router_logits):
+                raise CaptureError(f"{type(self.model).__name__} produced no router logits")
+            router_logits = capture.check(router_logits, names, n_tokens, valid=mask.reshape(-1))
+        except CaptureError as err:
+            err.seqs = seqs
+            raise
         return ids, mask, out.logits, router_logits, [g[0] for g in gates]
 
     def _encode(self, records: list[dict]) -> list[tuple[list[int], int, list[int] | None]]:
@@ -293,9 +359,14 @@ class RouterDumper:
             bar.update(hi - lo)
             return part
 
-        parts = run_adaptive(run, 0, len(records), batch_size, what="router-dump batch")
-        bar.close()
-        self.capture.verify()  # value checks of every batch, one device sync
+        self.forwards = []
+        try:
+            parts = run_adaptive(run, 0, len(records), batch_size, what="router-dump batch")
+            self.capture.verify()  # value checks of every batch, one device sync
+        except CaptureError as err:
+            raise self._with_remedy(err, err.seqs or self.forwards[err.call or 0]) from None
+        finally:
+            bar.close()
         inverse = np.empty(len(order), dtype=np.int64)
         inverse[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
         merged = {k: torch.cat([p[k] for p in parts]).cpu().numpy()[inverse] for k in (parts[0] if parts else {})}

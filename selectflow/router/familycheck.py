@@ -5,7 +5,9 @@
   of :mod:`selectflow.router.capture`: from the input of the module that owns the router weight
   (a [E, ·] matrix), in float64; it also checks the routing score against the router's own
   top-k weights where the router returns them;
-* :func:`check_family` compares a batched, padded dump with that reference;
+* :func:`check_family` compares a dump at the workflow's defaults (the schema's ``router_dump``
+  section: batch 16, IFD on) of records of uneven length (most of a batch is padding) with
+  that reference;
 * :func:`render_table` writes the supported-families table (``selectflow families-doc``).
 
 Used by ``tests/test_families.py`` and ``python -m selectflow families-doc``. Builds run
@@ -135,25 +137,27 @@ class FamilyResult:
     score_checked: int = 0
     seconds: float = 0.0
     capture: object = None  # the selectflow.router.capture.Capture used
+    padding: float = 0.0  # the largest share of padding tokens in one forward of the dump (IFD pass included)
 
 
-def check_family(model_type: str, tokenizer, records: list[dict], *, batch_size: int = 4,
-                 max_length: int = 48) -> FamilyResult:
-    """Build the tiny model, dump ``records`` batched and padded, compare with :func:`reference`.
+def check_family(model_type: str, tokenizer, records: list[dict], settings=None) -> FamilyResult:
+    """Build the tiny model, dump ``records`` with ``settings`` (default: the schema's, on CPU), compare with :func:`reference`.
 
     Runs on one CPU thread: on models this small, intra-op threads only spin (about 10x the
     CPU time on a 2-core machine).
     """
+    from selectflow.router.dump import DumpSettings
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _check_family(model_type, tokenizer, records, batch_size, max_length)
+        return _check_family(model_type, tokenizer, records, settings or DumpSettings(device="cpu"))
     finally:
         torch.set_num_threads(threads)
 
 
-def _check_family(model_type: str, tokenizer, records: list[dict], batch_size: int, max_length: int) -> FamilyResult:
-    from selectflow.router.dump import DumpSettings, RouterDumper, encode_pair
+def _check_family(model_type: str, tokenizer, records: list[dict], settings) -> FamilyResult:
+    from selectflow.router.dump import RouterDumper, encode_pair
     from selectflow.runtime.errors import SelectFlowError
 
     start = time.perf_counter()
@@ -167,17 +171,17 @@ def _check_family(model_type: str, tokenizer, records: list[dict], batch_size: i
     except Exception as exc:  # noqa: BLE001 - the model itself fails before any selectflow code runs
         return FamilyResult(model_type, "skipped", f"the tiny model's own forward fails: {type(exc).__name__}: "
                             f"{str(exc)[:160]}")
-    settings = DumpSettings(batch_size=batch_size, max_length=max_length, ifd=False, device="cpu")
     try:
         with quiet():
             dumper = RouterDumper(model, tokenizer, settings, torch.device("cpu"))
             shard = dumper.dump(records, progress=False)
     except SelectFlowError as exc:
         return FamilyResult(model_type, "failed", f"dump refused: {exc}", seconds=time.perf_counter() - start)
+    padding = max(1 - sum(map(len, seqs)) / (len(seqs) * max(map(len, seqs))) for seqs in dumper.forwards)
     capture = dumper.capture
     worst, checked, score_err = 0.0, 0, 0.0
     for row, rec in enumerate(records):
-        ids, _ = encode_pair(tokenizer, rec["prompt"], rec["response"], max_length)
+        ids, _ = encode_pair(tokenizer, rec["prompt"], rec["response"], settings.max_length)
         with quiet():
             ref = reference(model, ids, capture.score)
         if ref.probs.shape != shard.moe_probs[row].shape:
@@ -188,7 +192,7 @@ def _check_family(model_type: str, tokenizer, records: list[dict], batch_size: i
         checked += ref.score_checked
         score_err = max(score_err, ref.score_mismatch)
     result = FamilyResult(model_type, "checked", "", worst, shard.moe_probs.shape[1], shard.moe_probs.shape[2],
-                          capture.summary(), checked, time.perf_counter() - start, capture)
+                          capture.summary(), checked, time.perf_counter() - start, capture, padding)
     if worst > TOLERANCE:
         result.status, result.reason = "failed", f"dump differs from the per-sample reference by {worst:.2e}"
     elif score_err > 1e-4 and not capture.family.sparse_mixer:
@@ -199,41 +203,69 @@ def _check_family(model_type: str, tokenizer, records: list[dict], batch_size: i
     return result
 
 
-def render_table(results: list[FamilyResult]) -> str:
-    """Markdown table of the family check (docs/families.md)."""
+def render_table(results: list[FamilyResult], not_causal: dict[str, str]) -> str:
+    """Markdown table of the family check, and the expert-declaring types that are not causal LMs (docs/families.md)."""
     import transformers
 
+    from selectflow.router.dump import DumpSettings
+
+    d = DumpSettings()
     checked = sum(r.status == "checked" for r in results)
+    padding = max((r.padding for r in results), default=0.0)
     lines = [
         "# Supported MoE families",
         "",
-        f"Generated by `python -m selectflow families-doc` with transformers {transformers.__version__}: a tiny "
-        f"seeded model of each MoE family ({N_EXPERTS} experts, ≤ 4 layers), its batched dump compared with each "
-        f"sample forwarded alone (router logits read from the router weight's input, float64). "
-        f"{checked} of {len(results)} families checked to ≤ {TOLERANCE:g}.",
+        f"Generated by `python -m selectflow families-doc` with transformers {transformers.__version__}. Of the "
+        f"{len(results) + len(not_causal)} model types whose config declares experts, {len(results)} load as a "
+        f"causal LM (`AutoModelForCausalLM`, composite types such as `llama4` included: their text model); "
+        f"**{checked} of those {len(results)} are checked** to ≤ {TOLERANCE:g}. The other {len(not_causal)} are "
+        "listed [below](#expert-types-that-are-not-causal-lms): the workflow stops on them before any job.",
+        "",
+        f"The check: a tiny seeded model of each type ({N_EXPERTS} experts, ≤ 4 layers, the demo tokenizer) dumps "
+        f"20 demo-pool records of uneven length at the workflow's defaults (`router_dump`: batch {d.batch_size}, "
+        f"max_length {d.max_length}, ifd {str(d.ifd).lower()}, router_source {d.router_source}, float32; up to "
+        f"{padding:.0%} of a batch is padding), and the result is compared with each sample forwarded alone "
+        "(router logits read from the router weight's input, float64).",
         "",
         "Columns: where the router logits come from (`output` = `output_router_logits`, else the hooked "
         "modules' pattern), whether the family table (`selectflow/router/capture.py`) has a row, the routing score "
         "(README, *Routing distribution*), experts per layer (incl. zero/skip experts), MoE layers of the tiny "
-        "model, batch (1 = dumped one sample at a time), the largest difference from the reference, and a "
-        "score check (router calls whose own top-k weights agreed with the score; – where the router does not "
-        "return them).",
+        "model, batch (1 = dumped one sample at a time), the largest share of padding in one forward, the largest "
+        "difference from the reference, and a score check (router calls whose own top-k weights agreed with the "
+        "score; – where the router does not return them).",
         "",
-        "| family | status | logits from | table | score | experts | MoE layers | batch | max error | score check | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model type | status | logits from | table | score | experts | MoE layers | batch | padding | max error "
+        "| score check | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        note = FAMILIES[r.model_type].note if r.model_type in FAMILIES else ""
         c = r.capture
+        family = c.model_type if c is not None else r.model_type
+        note = FAMILIES[family].note if family in FAMILIES else ""
+        if family != r.model_type:
+            note = f"loads as `{family}`" + (f"; {note}" if note else "")
         if r.status == "checked" and c is not None:
             source = "output" if c.use_output else f"`{c.family.pattern}`" if c.family.pattern else "`router_pattern`"
             if c.batch_dependent and not c.family.batch_dependent:
                 note = note or "has an `indexer` (sparse attention): dumped at batch 1"
             lines.append(f"| `{r.model_type}` | checked | {source} | {'yes' if c.from_table else 'no'} | {c.score} | "
-                         f"{r.experts} | {r.layers} | {1 if c.batch_dependent else 'any'} | {r.max_error:.1e} | "
-                         f"{r.score_checked or '–'} | {note} |")
+                         f"{r.experts} | {r.layers} | {1 if c.batch_dependent else 'any'} | {r.padding:.0%} | "
+                         f"{r.max_error:.1e} | {r.score_checked or '–'} | {note} |")
         else:
-            lines.append(f"| `{r.model_type}` | {r.status} | {r.reason.replace('|', '/')} |  |  |  |  |  |  |  | {note} |")
+            lines.append(f"| `{r.model_type}` | {r.status} | {r.reason.replace('|', '/')} |  |  |  |  |  |  |  |  "
+                         f"| {note} |")
+    lines += [
+        "",
+        "## Expert types that are not causal LMs",
+        "",
+        "SelectFlow loads `model.path` with `AutoModelForCausalLM`; the preflight (and `selectflow check`) stops "
+        "on a folder whose `config.json` names one of these types, with the reason below. For a multimodal model, "
+        "use its text-only causal-LM checkpoint where one exists.",
+        "",
+        "| model type | why it does not load as a causal LM |",
+        "|---|---|",
+        *(f"| `{t}` | {why} |" for t, why in sorted(not_causal.items())),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -241,9 +273,11 @@ def families_doc(argv: list[str]) -> int:
     import argparse
     import sys
 
+    from selectflow.router.tinymoe import not_causal_lm
+
     ap = argparse.ArgumentParser(prog="selectflow families-doc",
                                  description="check every installed MoE family and print the supported-families table")
-    ap.add_argument("families", nargs="*", help="model types to check (default: every MoE family installed)")
+    ap.add_argument("families", nargs="*", help="model types to check (default: every MoE causal-LM type installed)")
     args = ap.parse_args(argv)
     tokenizer, records = demo_inputs()
     results = []
@@ -251,5 +285,5 @@ def families_doc(argv: list[str]) -> int:
         result = check_family(model_type, tokenizer, records)
         log.info("%s: %s %s", model_type, result.status, result.reason or f"{result.max_error:.1e}")
         results.append(result)
-    sys.stdout.write(render_table(results))
+    sys.stdout.write(render_table(results, {} if args.families else not_causal_lm()))
     return 0

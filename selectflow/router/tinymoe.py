@@ -12,6 +12,7 @@ Used by :mod:`selectflow.router.familycheck`. Builds run offline from configs.
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 
@@ -50,25 +51,53 @@ TINY: dict[str, dict] = {
 }
 
 
-def moe_families() -> list[str]:
-    """Causal-LM model types of the installed transformers whose config declares experts."""
+def _declares_experts(d: dict) -> bool:
+    """A config dict (one level of nested configs included, not wrapped sub-models) with an expert key."""
+    keys = [str(k) for k in d] + [f"{k}.{kk}" for k, v in d.items() if isinstance(v, dict)
+                                   and not _WRAPPED.search(str(k)) for kk in v]
+    return any("expert" in k for k in keys)
+
+
+def _default_config(model_type: str) -> dict | None:
+    from transformers import CONFIG_MAPPING
+
+    try:
+        return CONFIG_MAPPING[model_type]().to_dict()
+    except Exception:  # noqa: BLE001 - a config that cannot be built with defaults is not enumerable
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def expert_types() -> dict[str, bool]:
+    """Every model type of the installed transformers whose config (or text config) declares experts
+    → whether it loads as a causal LM (``AutoModelForCausalLM``)."""
     from transformers import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    out = []
+    out = {}
     with quiet():
-        for model_type in sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
-            if model_type not in CONFIG_MAPPING:
-                continue
-            try:
-                d = CONFIG_MAPPING[model_type]().to_dict()
-            except Exception:  # noqa: BLE001 - a config that cannot be built with defaults is not enumerable
-                continue
-            keys = [str(k) for k in d] + [f"{k}.{kk}" for k, v in d.items() if isinstance(v, dict)
-                                           and not _WRAPPED.search(str(k)) for kk in v]
-            if any("expert" in k for k in keys):
-                out.append(model_type)
+        for model_type in sorted(CONFIG_MAPPING.keys()):
+            d = _default_config(model_type)
+            text = d.get("text_config") if d else None
+            if d and (_declares_experts(d) or (isinstance(text, dict) and _declares_experts(text))):
+                out[model_type] = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     return out
+
+
+def moe_families() -> list[str]:
+    """Causal-LM model types of the installed transformers whose config (or text config) declares experts.
+
+    Composite types (``llama4``, ``qwen3_5_moe``: a text config inside a multimodal one) count:
+    ``AutoModelForCausalLM`` loads their text model.
+    """
+    return [t for t, causal in expert_types().items() if causal]
+
+
+def not_causal_lm() -> dict[str, str]:
+    """Expert-declaring model types that do not load as a causal LM → why (:func:`causal_lm_problem`)."""
+    from selectflow.data.preflight import causal_lm_problem
+
+    return {t: causal_lm_problem(t) for t, causal in expert_types().items() if not causal}
 
 
 class quiet:
@@ -91,10 +120,23 @@ class quiet:
 
 
 def tiny_config(model_type: str, vocab_size: int, *, pad_token_id: int = 0, eos_token_id: int = 1, layers: int = 4):
-    """The family's default config shrunk to a tiny model (see the module doc)."""
+    """The family's default config shrunk to a tiny model (see the module doc).
+
+    A composite type gets its text config shrunk; widths of the other parts that must match
+    the text hidden size follow it.
+    """
     from transformers import CONFIG_MAPPING
 
     d = CONFIG_MAPPING[model_type]().to_dict()
+    text = d.get("text_config")
+    if isinstance(text, dict) and text.get("model_type") in CONFIG_MAPPING:
+        tiny = tiny_config(text["model_type"], vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                           layers=layers)
+        parts = {k: {kk: tiny.hidden_size if vv == text.get("hidden_size") and kk != "hidden_size" else vv
+                     for kk, vv in v.items()}
+                 for k, v in d.items() if isinstance(v, dict) and _WRAPPED.search(k) and k != "text_config"}
+        with quiet():
+            return CONFIG_MAPPING[model_type](text_config=tiny.to_dict(), **parts)
     n_default = d.get("num_hidden_layers")
     over: dict = {}
     for key, value in d.items():
@@ -178,8 +220,13 @@ def sink_rows(model) -> int:
     return config_count(model.config, family.sink_rows) if family else 0
 
 
-def demo_inputs(n_records: int = 6):
-    """The demo tokenizer (trained on the demo pool) and a few records of varied length."""
+def demo_inputs():
+    """The demo tokenizer (trained on the demo pool) and 20 demo records of deliberately uneven length.
+
+    The 2 longest records of the pool, 4 from the middle and the 14 shortest: sorted by
+    length into batches of 16 (the schema's ``router_dump.batch_size``), the first batch is
+    about three quarters padding, and so is the IFD pass (responses alone).
+    """
     from selectflow.data.demo import _train_tokenizer, make_demo_pool
     from selectflow.data.records import prompt_and_response
 
@@ -189,5 +236,5 @@ def demo_inputs(n_records: int = 6):
         records.append({"sample_id": raw["id"], "prompt": prompt, "response": response})
     tokenizer = _train_tokenizer([r["prompt"] + r["response"] for r in records], 512)
     records = sorted(records, key=lambda r: len(r["prompt"] + r["response"]))
-    step = max(1, len(records) // n_records)
-    return tokenizer, records[::step][:n_records]
+    middle = len(records) // 2
+    return tokenizer, records[-2:] + records[middle:middle + 4] + records[:14]
