@@ -16,11 +16,14 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
 from selectflow.configdoc import SCHEMAS
+
+DEMO_POOL = "resources/demo/demo_pool.jsonl"  # rule demo_pool's output (rules/data.smk)
 
 
 @dataclass(frozen=True)
@@ -234,11 +237,21 @@ class DecontaminateConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
+    """``eval`` is resolved: ``demo``, ``heldout`` or the path of the user's test set."""
+
     methods: tuple
     seed: int
     heldout_fraction: float
-    eval: str | None
+    eval: str
+    test_per_kind: int
+    test_seed: int
+    student: str
+    student_hidden: int
+    student_layers: int
+    student_vocab: int
     seeds: int
+    full_pools: tuple
+    full_pool_seeds: int
     clusters: int
     near_duplicate_quantile: float
     train: TrainConfig  # the train section with the comparison's overrides, resolved
@@ -325,5 +338,9 @@ def compare_section(config: dict, train: dict) -> CompareConfig:
 
     cmp = config["compare"]
     methods = ("fps", *[m for m in cmp["methods"] if m != "fps"])
+    test = cmp["eval"]
+    if test == "auto":  # the demo's own test set when the demo pool is selected from, else a held-out slice
+        test = "demo" if any(Path(p).as_posix().endswith(DEMO_POOL) for p in config["datasets"].values()) else "heldout"
     settings = resolve_train_config(trainer_keys({**train, **cmp["train"]}))
-    return section(CompareConfig, {**cmp, "methods": methods, "train": settings})
+    return section(CompareConfig, {**cmp, "methods": methods, "eval": test, "full_pools": tuple(cmp["full_pools"]),
+                                   "train": settings})

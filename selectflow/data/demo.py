@@ -81,8 +81,14 @@ _JUNK_WORDS = ["zorp", "qlax", "vemt", "krill", "blorb", "snarf", "wux", "pim"]
 
 
 def _fill(rng: random.Random, topic: str) -> dict:
-    inst, inp, out = rng.choice(_TOPICS[topic])
-    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    return fill_template(rng, rng.choice(_TOPICS[topic]))
+
+
+def fill_template(rng: random.Random, template: tuple[str, str, str], number_max: int = 99) -> dict:
+    """One Alpaca record of ``template`` (instruction, input, output) with seeded values;
+    the numbers ``a``, ``b`` are drawn from 2..``number_max``."""
+    inst, inp, out = template
+    a, b = rng.randint(2, number_max), rng.randint(2, number_max)
     country, capital, continent = rng.choice(_COUNTRIES)
     op, fn, sym = rng.choice(_OPS)
     ds, dsdesc = rng.choice(_DS)
