@@ -55,6 +55,24 @@ def _make_demo(argv: list[str]) -> int:
     return 0
 
 
+def _real_text_pool(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="selectflow real-text-pool",
+                                 description="write a pool of instruction records built from the standard library's "
+                                             "docstrings as alpaca.jsonl, sharegpt.jsonl and messages.jsonl, with "
+                                             "planted near-duplicates and junk (labels: kind, planted)")
+    ap.add_argument("--out", required=True, help="folder for the three JSONL files")
+    ap.add_argument("--n-records", type=int, default=2000, help="records over the three files (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sample and the planting (default: %(default)s)")
+    ap.add_argument("--junk-rate", type=float, default=0.1, help="share turned into junk (default: %(default)s)")
+    ap.add_argument("--near-dup-rate", type=float, default=0.05, help="share of near-duplicates (default: %(default)s)")
+    args = ap.parse_args(normalise_flags(argv, "-"))
+    from selectflow.data.realtext import write_realtext_pool
+
+    paths = write_realtext_pool(args.out, args.n_records, args.seed, args.near_dup_rate, args.junk_rate)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _convert(argv: list[str]) -> int:
     from selectflow.router.gate import TRASH_KINDS, convert_model
 
@@ -234,6 +252,7 @@ COMMANDS = {
     "continue-selection": (_continue_selection, "resume selection from a folder of router-data shards"),
     "estimate-memory": (_estimate_memory, "predict training memory and the largest micro-batch that fits"),
     "make-demo": (_make_demo, "write the demo pool and tiny MoE model"),
+    "real-text-pool": (_real_text_pool, "write a labelled pool built from Python's docstrings (three formats)"),
     "convert": (_convert, "give an MoE model Select-MoE quality gates (stage 0)"),
     "config-doc": (_config_doc, "print the config keys table (config/README.md)"),
     "families-doc": (_families_doc, "check every installed MoE family and print the table (docs/families.md)"),
