@@ -78,8 +78,10 @@ def labels(*pools: Path) -> dict[str, dict]:
 
 
 def junk_columns(lab: dict[str, dict]) -> dict[str, set]:
-    """The junk columns of a pool: the demo's four kinds, or the junk suite's two halves."""
-    return SUITE_JUNK if any(v["planted"] in SUITE_JUNK["junk held-back"] for v in lab.values()) else DEMO_JUNK
+    """The junk columns of a pool: the demo's four kinds, or the junk suite's two halves (a kind
+    the demo does not plant is present; ``empty`` is in both)."""
+    suite_only = set().union(*SUITE_JUNK.values()) - set().union(*DEMO_JUNK.values())
+    return SUITE_JUNK if any(v["planted"] in suite_only for v in lab.values()) else DEMO_JUNK
 
 
 def measure(selected: list[str], lab: dict[str, dict]) -> dict:
