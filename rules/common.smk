@@ -5,7 +5,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from selectflow.config import as_param, build_config, trainer_keys
+from selectflow.config import as_param, build_config, proxy_model_dir, trainer_keys
 from selectflow.data.check import data_check_text, is_dry_run
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.locks import clear_stale_locks

@@ -30,7 +30,19 @@ DEMO_POOL = "resources/demo/demo_pool.jsonl"  # rule demo_pool's output (rules/d
 class DemoConfig:
     n_records: int
     seed: int
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    seed: int
+    vocab_size: int
+    n_layers: int
+    n_experts: int
+    hidden: int
     pretrain_epochs: float
+    batch_size: int
+    learning_rate: float
+    max_length: int
 
 
 @dataclass(frozen=True)
@@ -258,7 +270,7 @@ class CompareConfig:
 
 
 SECTIONS = {
-    "demo": DemoConfig, "retry": RetryConfig, "router_dump": RouterDumpConfig, "selection": SelectionConfig,
+    "demo": DemoConfig, "proxy": ProxyConfig, "retry": RetryConfig, "router_dump": RouterDumpConfig, "selection": SelectionConfig,
     "warmup": WarmupConfig, "index": IndexConfig, "retrieve": RetrieveConfig, "decontaminate": DecontaminateConfig,
     "compare": CompareConfig,
 }
@@ -272,6 +284,7 @@ class Config:
     shard_size: int
     gpu_id: int | None
     demo: DemoConfig
+    proxy: ProxyConfig
     retry: RetryConfig
     router_dump: RouterDumpConfig
     selection: SelectionConfig
@@ -305,6 +318,20 @@ def section(cls: type, values: dict[str, Any]):
     return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
+PROXY = "proxy"  # model.path that asks for the proxy scorer (rule proxy_model)
+
+
+def proxy_model_dir(run: str) -> str:
+    """Where rule proxy_model writes the proxy of run ``run``'s datasets."""
+    return f"results/{run}/proxy_model"
+
+
+def model_path_of(config: dict) -> str:
+    """The model folder a run loads: ``model.path``, or the proxy's folder when it is ``proxy``."""
+    path = config["model"]["path"]
+    return proxy_model_dir(config["run"]) if path == PROXY else path
+
+
 WORKFLOW_TRAIN_KEYS = ("enabled", "model_path")  # keys of the train section that are not the trainer's
 
 
@@ -324,7 +351,7 @@ def build_config(config: dict) -> Config:
     warmup = {**config["warmup"], "train": resolve_train_config(trainer_keys({**train, **config["warmup"]["train"]}))}
     sections = {name: section(cls, config[name]) for name, cls in SECTIONS.items() if name not in ("warmup", "compare")}
     return Config(
-        run=config["run"], datasets=dict(config["datasets"]), model_path=config["model"]["path"],
+        run=config["run"], datasets=dict(config["datasets"]), model_path=model_path_of(config),
         shard_size=config["shard_size"], gpu_id=config.get("gpu_id"),
         train=TrainSection(enabled=train["enabled"], model_path=train["model_path"],
                            settings=resolve_train_config(trainer_keys(train))),
