@@ -236,3 +236,15 @@ def excluded_ids_file():
     if CFG.decontaminate.eval_set:
         return [f"{RESULTS}/decontaminate/contaminated.tsv"]
     return []
+
+
+# target compare (rules/compare.smk defines COMPARE, COMPARE_RANDOM_DRAWS)
+def compare_training_data(wildcards):
+    """One selection for every seed; the random baseline draws anew for each seed."""
+    own = f"{COMPARE}/{wildcards.method}/selected_data.jsonl"
+    return [own, *COMPARE_RANDOM_DRAWS] if wildcards.method == "random" else [own]
+
+
+def compare_seeds(wildcards):
+    full = wildcards.method in CFG.compare.full_pools
+    return CFG.compare.full_pool_seeds if full else CFG.compare.seeds

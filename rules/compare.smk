@@ -20,17 +20,6 @@ COMPARE_RANDOM_DRAWS = [
 ]
 
 
-def compare_training_data(wildcards):
-    """One selection for every seed; the random baseline draws anew for each seed."""
-    own = f"{COMPARE}/{wildcards.method}/selected_data.jsonl"
-    return [own, *COMPARE_RANDOM_DRAWS] if wildcards.method == "random" else [own]
-
-
-def compare_seeds(wildcards):
-    full = wildcards.method in CFG.compare.full_pools
-    return CFG.compare.full_pool_seeds if full else CFG.compare.seeds
-
-
 rule compare_testset:
     input:
         list(CFG.datasets.values()),
