@@ -171,12 +171,12 @@ def worker_train(spec: dict) -> dict:
 
 
 def prepare_demo(work: Path, n_records: int) -> tuple[Path, Path]:
-    from selectflow.data.demo import build_demo_model, write_demo_pool
+    from selectflow.data.demo import build_proxy_model, write_demo_pool
     from selectflow.data.records import read_dataset, write_jsonl
 
     pool = work / "pool.jsonl"
     write_demo_pool(pool, n_records, seed=0)
-    model = build_demo_model(work / "model", pool, seed=0)
+    model = build_proxy_model(work / "model", pool, seed=0, pretrain_epochs=0)
     data = work / "selected_data.jsonl"
     write_jsonl(data, [{**r["record"], "sample_id": r["sample_id"]} for r in read_dataset(pool, "demo")])
     return model, data

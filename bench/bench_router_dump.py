@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from selectflow.data.demo import build_demo_model, write_demo_pool
+from selectflow.data.demo import build_proxy_model, write_demo_pool
 from selectflow.data.records import read_dataset
 from selectflow.router.dump import DumpSettings, RouterDumper, _pad, encode_pair
 from selectflow.router.routerfile import write_router_shard
@@ -66,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_demo_pool(tmp / "pool.jsonl", n_records=n)
-        model = args.model or str(build_demo_model(tmp / "model", tmp / "pool.jsonl"))
+        model = args.model or str(build_proxy_model(tmp / "model", tmp / "pool.jsonl", pretrain_epochs=0))
         records = read_dataset(tmp / "pool.jsonl", "bench")
         settings = DumpSettings(batch_size=args.batch_size, max_length=256, ifd=False, device=args.device)
         dumper = RouterDumper.from_path(model, settings)

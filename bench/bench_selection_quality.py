@@ -12,6 +12,10 @@
     # model, router dump (measured 12-14 min per pool on the busy 2-core box; cached under --work)
     python bench/bench_selection_quality.py --build 0:3000 1:2000 2:5000 --work /tmp/bsq
 
+    # the issue-23 pools: (b) a demo seed with the junk suite planted instead of the demo's own
+    # junk, (c) the real-text pool (three formats) scored by the proxy model built on it
+    python bench/bench_selection_quality.py --junk-suite 3:2000 --real-text 0:2000 --work /tmp/bsq
+
 For each pool and each quality method (``gate`` when the router data has quality logits,
 ``combined``, ``ifd``, ``perplexity``, ``none``) x diversity (FPS on / off) it runs the
 library's selection (``build_candidates`` + ``run_fps``, the default config's
@@ -22,6 +26,12 @@ a near-duplicate whose original is not selected), and the worst topic share rela
 the pool's (1.00 = as in the pool). ``none`` ranks nothing: FPS over the whole pool from
 its first sample (diversity on), a uniform random pick (off). ``random`` is the mean of
 5 seeded uniform random picks of the same size.
+
+On the pools with the junk suite (``--junk-suite``, ``--real-text``) the junk columns are
+the suite's two halves, ``junk tuning`` and ``junk held-back`` (the split written in
+``selectflow/data/junk.py`` before anything was tuned), and a second table gives each kind's
+share of the selection next to its share of the pool. The real-text pool's "topic" is the
+task kind (explain, signature, ...).
 
 The labels (``planted``, ``topic``, ``duplicate_of``) are read here, to measure; the
 selection never sees them. ``target`` says whether a row meets the issue's bar: good
@@ -43,41 +53,72 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selectflow.config import selection_section  # noqa: E402
+from selectflow.config import schema_default, selection_section  # noqa: E402
+from selectflow.data.junk import HELD_BACK_KINDS, TUNING_KINDS  # noqa: E402
+from selectflow.data.records import read_dataset  # noqa: E402
 from selectflow.router.routerfile import concat_shards  # noqa: E402
 from selectflow.select.candidates import read_candidates  # noqa: E402
 from selectflow.select.distance import features  # noqa: E402
 from selectflow.select.fps import fps_streaming  # noqa: E402
 from selectflow.stages.select import build_candidates, run_fps  # noqa: E402
 
-JUNK = ("junk_empty", "junk_truncated", "junk_repeated", "junk_off_topic")
+DEMO_JUNK = {k.removeprefix("junk_"): {k} for k in ("junk_empty", "junk_truncated", "junk_repeated", "junk_off_topic")}
+SUITE_JUNK = {"junk tuning": {f"junk_{k}" for k in TUNING_KINDS}, "junk held-back": {f"junk_{k}" for k in HELD_BACK_KINDS}}
 
 
-def labels(pool_jsonl: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in (json.loads(line) for line in open(pool_jsonl, encoding="utf-8"))}
+def labels(*pools: Path) -> dict[str, dict]:
+    """sample id -> planted, topic (the real-text pool's task kind), duplicate_of and (prompt, response)."""
+    out = {}
+    for k, path in enumerate(pools):
+        for r in read_dataset(path, f"pool{k}"):
+            rec = r["record"]
+            out[r["sample_id"]] = {"planted": rec["planted"], "topic": rec.get("topic", rec.get("kind")),
+                                   "duplicate_of": rec.get("duplicate_of"), "text": (r["prompt"], r["response"])}
+    return out
+
+
+def junk_columns(lab: dict[str, dict]) -> dict[str, set]:
+    """The junk columns of a pool: the demo's four kinds, or the junk suite's two halves (a kind
+    the demo does not plant is present; ``empty`` is in both)."""
+    suite_only = set().union(*SUITE_JUNK.values()) - set().union(*DEMO_JUNK.values())
+    return SUITE_JUNK if any(v["planted"] in suite_only for v in lab.values()) else DEMO_JUNK
 
 
 def measure(selected: list[str], lab: dict[str, dict]) -> dict:
     """Shares of the selected ids by planted kind and topic; duplicate pairs; the target check."""
     picked = set(selected)
-    kinds = pd.Series([lab[s]["planted"] for s in selected])
+    kinds = pd.Series([lab[s]["planted"] for s in selected], dtype=str)
     n = len(selected)
     dup = [s for s in selected if lab[s]["planted"] == "near_duplicate"]
     both = sum(lab[s]["duplicate_of"] in picked for s in dup)
     good = int((kinds == "clean").sum()) + len(dup) - both
-    junk = int(kinds.isin(JUNK).sum())
+    junk = int(kinds.str.startswith("junk_").sum())
     pool_topics = pd.Series([r["topic"] for r in lab.values()]).value_counts(normalize=True)
     sel_topics = pd.Series([lab[s]["topic"] for s in selected]).value_counts(normalize=True)
     ratio = {t: sel_topics.get(t, 0.0) / pool_topics[t] for t in pool_topics.index if t != "none"}
     worst = min(ratio.values()) if abs(min(ratio.values()) - 1) > abs(max(ratio.values()) - 1) else max(ratio.values())
-    texts = {(lab[s]["instruction"], lab[s].get("input", ""), lab[s]["output"]) for s in selected}
+    texts = {lab[s]["text"] for s in selected}
     row = {"n": n, "good": good / n, "clean": float((kinds == "clean").mean())}
-    row.update({k.removeprefix("junk_"): float((kinds == k).mean()) for k in JUNK})
+    row.update({col: float(kinds.isin(members).mean()) for col, members in junk_columns(lab).items()})
     row.update({"junk": junk / n, "near_dup": len(dup) / n, "pairs_both": both, "same_text": n - len(texts),
                 "topic_worst": worst})
     row["target"] = bool(row["good"] >= 0.95 and row["junk"] <= 0.02 and both == 0
                          and all(0.6 <= r <= 1.4 for r in ratio.values()))
+    row["by_kind"] = kinds[kinds.str.startswith("junk_")].value_counts().to_dict()
     return row
+
+
+def kind_table(table: pd.DataFrame, lab: dict[str, dict]) -> pd.DataFrame:
+    """Each junk-suite kind: its share of the pool and of each row's selection (held-back kinds marked)."""
+    pool = pd.Series([v["planted"] for v in lab.values()]).value_counts(normalize=True)
+    rows = []
+    for kind in TUNING_KINDS + HELD_BACK_KINDS:
+        row = {"kind": kind, "half": "tuning" if kind in TUNING_KINDS else "held-back",
+               "pool": pool.get(f"junk_{kind}", 0.0)}
+        for _, r in table.iterrows():
+            row[f"{r['method']} {'on' if r['diversity'] else 'off'}"] = r["by_kind"].get(f"junk_{kind}", 0) / r["n"]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, importance: float,
@@ -104,37 +145,63 @@ def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, i
     fps = fps_streaming(features(shard.moe_probs, "wasserstein"), k, start=0, device="cpu", log_interval=10**9)
     rows.append({"method": "none", "diversity": True, **measure(list(ids[fps.picks]), lab)})
     randoms = [measure(list(np.random.default_rng(seed).choice(ids, k, replace=False)), lab) for seed in range(5)]
-    mean = pd.DataFrame(randoms).drop(columns="target").mean().to_dict()
+    mean = pd.DataFrame(randoms).drop(columns=["target", "by_kind"]).mean().to_dict()
     mean["target"] = all(r["target"] for r in randoms)
+    mean["by_kind"] = {kind: sum(r["by_kind"].get(kind, 0) for r in randoms) / 5 for kind in
+                       {kind for r in randoms for kind in r["by_kind"]}}
     rows.append({"method": "random (mean of 5)", "diversity": False, **mean})
     return pd.DataFrame(rows)
 
 
-def build_pool(seed: int, n: int, work: Path, epochs: float, max_length: int) -> tuple[list[Path], Path]:
-    """Demo pool, pre-trained demo model and one router-data shard, as the workflow builds them."""
-    from selectflow.data.demo import build_demo_model, write_demo_pool
-    from selectflow.data.records import read_dataset
+def dump_pool(root: Path, pools: list[Path], max_length: int, seed: int) -> Path:
+    """The proxy model of ``pools`` (the demo model's recipe, ``seed``) and one router-data shard of them."""
+    from selectflow.data.demo import build_proxy_model
     from selectflow.router.dump import DumpSettings, RouterDumper
     from selectflow.router.routerfile import write_router_shard
 
-    root = work / f"seed{seed}_n{n}"
-    pool, model, h5 = root / "pool.jsonl", root / "model", root / "router.h5"
+    h5 = root / "router.h5"
     if not h5.is_file():
+        build_proxy_model(root / "model", pools, seed=seed)
+        dumper = RouterDumper.from_path(str(root / "model"), DumpSettings(batch_size=64, max_length=max_length,
+                                                                          ifd=True, device="cpu"))
+        records = [r for k, path in enumerate(pools) for r in read_dataset(path, f"pool{k}")]
+        write_router_shard(h5, dumper.dump(records, progress=False))
+    return h5
+
+
+def build_pool(seed: int, n: int, work: Path, max_length: int) -> tuple[list[Path], list[Path]]:
+    """Demo pool, pre-trained demo model and one router-data shard, as the workflow builds them."""
+    from selectflow.data.demo import write_demo_pool
+
+    root = work / f"seed{seed}_n{n}"
+    pool = root / "pool.jsonl"
+    if not (root / "router.h5").is_file():
         write_demo_pool(pool, n, seed)
-        build_demo_model(model, pool, seed=seed, pretrain_epochs=epochs)
-        dumper = RouterDumper.from_path(str(model), DumpSettings(batch_size=64, max_length=max_length, ifd=True,
-                                                                 device="cpu"))
-        write_router_shard(h5, dumper.dump(read_dataset(pool, "demo"), progress=False))
-    return [h5], pool
+    return [dump_pool(root, [pool], max_length, seed)], [pool]
 
 
-def schema_default(*keys: str):
-    import yaml
+def build_junk_suite_pool(seed: int, n: int, work: Path, max_length: int, junk_rate: float):
+    """A demo pool without the demo's own junk, the junk suite planted at ``junk_rate`` (every kind)."""
+    from selectflow.data.demo import make_demo_pool
+    from selectflow.data.junk import plant_junk
+    from selectflow.data.records import write_jsonl
 
-    node = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"))
-    for key in keys:
-        node = node["properties"][key]
-    return node["default"]
+    root = work / f"junksuite_seed{seed}_n{n}_rate{junk_rate:g}"
+    pool = root / "pool.jsonl"
+    if not (root / "router.h5").is_file():
+        write_jsonl(pool, plant_junk(make_demo_pool(n, seed, junk_rate=0.0), junk_rate, seed))
+    return [dump_pool(root, [pool], max_length, seed)], [pool]
+
+
+def build_real_text_pool(seed: int, n: int, work: Path, max_length: int, junk_rate: float):
+    """The real-text pool (Alpaca, ShareGPT and messages files) and its proxy model's router data."""
+    from selectflow.data.realtext import write_realtext_pool
+
+    root = work / f"realtext_seed{seed}_n{n}_rate{junk_rate:g}"
+    pools = [root / f"{fmt}.jsonl" for fmt in ("alpaca", "sharegpt", "messages")]
+    if not (root / "router.h5").is_file():
+        write_realtext_pool(root, n, seed, junk_rate=junk_rate)
+    return [dump_pool(root, pools, max_length, schema_default("proxy", "seed"))], pools
 
 
 def main() -> None:
@@ -143,6 +210,11 @@ def main() -> None:
     p.add_argument("--pool", type=Path, help="the demo pool JSONL of that run (for its labels)")
     p.add_argument("--selected", type=Path, help="a workflow's selected_data.jsonl to measure (with --pool)")
     p.add_argument("--build", nargs="*", default=[], metavar="SEED:N", help="build and measure demo pools SEED:N")
+    p.add_argument("--junk-suite", nargs="*", default=[], metavar="SEED:N",
+                   help="build and measure demo pools SEED:N with the junk suite planted (not the demo's junk)")
+    p.add_argument("--real-text", nargs="*", default=[], metavar="SEED:N",
+                   help="build and measure real-text pools SEED:N, scored by their proxy model")
+    p.add_argument("--junk-rate", type=float, default=0.15, help="junk-suite share of --junk-suite/--real-text pools")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_selection_quality")
     p.add_argument("--selection", type=float, default=0.05)
     p.add_argument("--importance", type=float, default=0.2)
@@ -152,26 +224,39 @@ def main() -> None:
     pools = []
     if args.selected:
         picks = [json.loads(line)["sample_id"] for line in open(args.selected, encoding="utf-8")]
-        row = pd.DataFrame([{"selection": str(args.selected), **measure(picks, labels(args.pool))}])
+        row = pd.DataFrame([{"selection": str(args.selected), **measure(picks, labels(args.pool))}]).drop(columns="by_kind")
         print(row.to_markdown(index=False, floatfmt=".3f"))
     if args.router:
-        pools.append((f"{args.pool} (workflow run)", sorted(args.router.rglob("*.h5")), args.pool))
-    for spec in args.build:
+        pools.append((f"{args.pool} (workflow run)", sorted(args.router.rglob("*.h5")), [args.pool]))
+    max_length = schema_default("router_dump", "max_length")
+    builds = [("demo seed {}, {} records", spec, lambda s, n: build_pool(s, n, args.work, max_length))
+              for spec in args.build]
+    builds += [(f"demo seed {{}}, {{}} records, junk suite planted at {args.junk_rate:g}", spec,
+                lambda s, n: build_junk_suite_pool(s, n, args.work, max_length, args.junk_rate))
+               for spec in args.junk_suite]
+    builds += [(f"real-text pool seed {{}}, {{}} records (3 formats), junk suite at {args.junk_rate:g}, proxy scorer",
+                spec, lambda s, n: build_real_text_pool(s, n, args.work, max_length, args.junk_rate))
+               for spec in args.real_text]
+    for name, spec, build in builds:
         seed, n = (int(x) for x in spec.split(":"))
         t0 = time.perf_counter()
-        paths, pool = build_pool(seed, n, args.work, schema_default("demo", "pretrain_epochs"),
-                                 schema_default("router_dump", "max_length"))
-        print(f"built seed {seed}, {n} records in {time.perf_counter() - t0:.0f} s", flush=True)
-        pools.append((f"demo seed {seed}, {n} records", paths, pool))
+        paths, pool = build(seed, n)
+        print(f"built {name.format(seed, n)} in {time.perf_counter() - t0:.0f} s", flush=True)
+        pools.append((name.format(seed, n), paths, pool))
     if not pools and not args.selected:
         p.error("give --router and --pool, --selected and --pool, or --build SEED:N ...")
     pd.set_option("display.width", 250)
     for name, paths, pool in pools:
         strata = args.strata if args.strata is not None else schema_default("selection", "routing_strata")
-        table = run_pool(paths, labels(pool), args.selection, args.importance, strata)
+        lab = labels(*pool)
+        t0 = time.perf_counter()
+        table = run_pool(paths, lab, args.selection, args.importance, strata)
         print(f"\n## {name}: select {args.selection:g} (two-stage, importance {args.importance:g}, "
-              f"routing_strata {strata})\n")
-        print(table.to_markdown(index=False, floatfmt=".3f"))
+              f"routing_strata {strata}; {time.perf_counter() - t0:.0f} s)\n")
+        print(table.drop(columns="by_kind").to_markdown(index=False, floatfmt=".3f"))
+        if junk_columns(lab) is SUITE_JUNK:
+            print("\nshare of each junk kind: in the pool, and in each selection\n")
+            print(kind_table(table, lab).to_markdown(index=False, floatfmt=".3f"))
 
 
 if __name__ == "__main__":

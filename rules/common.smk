@@ -5,7 +5,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from selectflow.config import as_param, build_config, trainer_keys
+from selectflow.config import as_param, build_config, proxy_model_dir, trainer_keys
 from selectflow.data.check import data_check_text, is_dry_run
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.locks import clear_stale_locks
@@ -236,3 +236,15 @@ def excluded_ids_file():
     if CFG.decontaminate.eval_set:
         return [f"{RESULTS}/decontaminate/contaminated.tsv"]
     return []
+
+
+# target compare (rules/compare.smk defines COMPARE, COMPARE_RANDOM_DRAWS)
+def compare_training_data(wildcards):
+    """One selection for every seed; the random baseline draws anew for each seed."""
+    own = f"{COMPARE}/{wildcards.method}/selected_data.jsonl"
+    return [own, *COMPARE_RANDOM_DRAWS] if wildcards.method == "random" else [own]
+
+
+def compare_seeds(wildcards):
+    full = wildcards.method in CFG.compare.full_pools
+    return CFG.compare.full_pool_seeds if full else CFG.compare.seeds

@@ -1,11 +1,57 @@
 # Target compare (README, "Does the selection pay off? (compare)"): every method of
-# compare.methods (fps always) re-run on the pool less a held-out slice, then scored.
+# compare.methods (fps always) and the full pools, each fine-tuned into the same student
+# (one that has seen no text) and scored on a test set no method can select from.
 # Not in the default target.
 
 COMPARE = f"{RESULTS}/compare"
 COMPARE_BASELINES = "|".join(m for m in CFG.compare.methods if m != "fps") or "none"
-# the evaluation set: the user's compare.eval, else the held-out slice
-COMPARE_EVAL = CFG.compare.eval or f"{COMPARE}/heldout.jsonl"
+# the test set: generated (demo), held out of the pool (heldout), or the user's file
+COMPARE_TEST = {
+    "demo": f"{COMPARE}/test.jsonl",
+    "heldout": f"{COMPARE}/heldout.jsonl",
+}.get(CFG.compare.eval, CFG.compare.eval)
+COMPARE_STUDENT = (
+    f"{COMPARE}/student" if CFG.compare.student == "scratch" else CFG.compare.student
+)
+# what is fine-tuned: the k-sized selections, then the full pools
+COMPARE_FINETUNED = [*CFG.compare.methods, *CFG.compare.full_pools]
+COMPARE_RANDOM_DRAWS = [
+    f"{COMPARE}/random/draw_{i}.jsonl" for i in range(1, CFG.compare.seeds)
+]
+
+
+rule compare_testset:
+    input:
+        list(CFG.datasets.values()),
+    output:
+        f"{COMPARE}/test.jsonl",
+    log:
+        f"{LOGS}/compare/testset.log",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
+    params:
+        datasets=CFG.datasets,
+        compare=as_param(CFG.compare),
+    script:
+        "../scripts/compare_testset.py"
+
+
+rule compare_student:
+    output:
+        directory(f"{COMPARE}/student"),
+    log:
+        f"{LOGS}/compare/student.log",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
+    params:
+        compare=as_param(CFG.compare),
+        max_length=CFG.compare.train.max_length,
+    script:
+        "../scripts/compare_student.py"
 
 
 rule compare_heldout:
@@ -115,12 +161,50 @@ rule compare_selected:
         summary=f"{COMPARE}/{{method}}/selection_summary.tsv",
     log:
         f"{LOGS}/compare/{{method}}_selected.log",
+    wildcard_constraints:
+        method="|".join(CFG.compare.methods),
     conda:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
     script:
         "../scripts/compare_selected.py"
+
+
+rule compare_full_pools:
+    input:
+        quality=f"{COMPARE}/candidates_quality.tsv",
+        router=router_shards,
+    output:
+        full_kept=f"{COMPARE}/full_kept/selected_data.jsonl",
+        full_raw=f"{COMPARE}/full_raw/selected_data.jsonl",
+    log:
+        f"{LOGS}/compare/full_pools.log",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
+    script:
+        "../scripts/compare_full_pools.py"
+
+
+rule compare_random_draws:
+    input:
+        pool=f"{COMPARE}/pool.h5",
+        quality=f"{COMPARE}/candidates_quality.tsv",
+        router=router_shards,
+    output:
+        COMPARE_RANDOM_DRAWS,
+    log:
+        f"{LOGS}/compare/random_draws.log",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
+    params:
+        compare=as_param(CFG.compare),
+    script:
+        "../scripts/compare_random_draws.py"
 
 
 rule compare_intrinsic:
@@ -145,9 +229,9 @@ rule compare_intrinsic:
 
 rule compare_finetune:
     input:
-        data=f"{COMPARE}/{{method}}/selected_data.jsonl",
-        eval=COMPARE_EVAL,
-        model=CFG.train.model_path or CFG.model_path,
+        data=compare_training_data,
+        test=COMPARE_TEST,
+        model=COMPARE_STUDENT,
     output:
         f"{COMPARE}/{{method}}/eval.tsv",
     log:
@@ -162,7 +246,7 @@ rule compare_finetune:
         attempt=current_attempt,
     params:
         train=as_param(CFG.compare.train),
-        seeds=CFG.compare.seeds,
+        seeds=compare_seeds,
         out_dir=lambda wc, output: os.path.dirname(output[0]),
     script:
         "../scripts/compare_finetune.py"
@@ -170,7 +254,7 @@ rule compare_finetune:
 
 rule compare_downstream:
     input:
-        expand(f"{COMPARE}/{{method}}/eval.tsv", method=CFG.compare.methods),
+        expand(f"{COMPARE}/{{method}}/eval.tsv", method=COMPARE_FINETUNED),
     output:
         f"{COMPARE}/downstream.tsv",
     log:
@@ -180,7 +264,7 @@ rule compare_downstream:
     resources:
         attempt=current_attempt,
     params:
-        methods=CFG.compare.methods,
+        methods=COMPARE_FINETUNED,
     script:
         "../scripts/compare_downstream.py"
 

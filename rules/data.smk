@@ -27,8 +27,29 @@ rule demo_model:
         attempt=current_attempt,
     params:
         demo=config["demo"],
+        proxy=config["proxy"],
     script:
         "../scripts/demo_model.py"
+
+
+rule proxy_model:
+    # model.path: proxy -- a tiny MoE built on the run's own datasets (the demo model's recipe)
+    input:
+        pools=[CFG.datasets[name] for name in sorted(CFG.datasets)],
+    output:
+        directory(proxy_model_dir(CFG.run)),
+    log:
+        f"{LOGS}/proxy_model.log",
+    benchmark:
+        f"{BENCH}/proxy_model.tsv"
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
+    params:
+        proxy=config["proxy"],
+    script:
+        "../scripts/proxy_model.py"
 
 
 checkpoint split_dataset:

@@ -34,6 +34,20 @@ def normalise_flags(argv: list[str], sep: str) -> list[str]:
     return out
 
 
+def _parse_with_proxy(ap: argparse.ArgumentParser, argv: list[str], skip: tuple[str, ...] = ()):
+    """Parse ``argv`` with a flag per key of the config's proxy section (less ``skip``, which
+    the command defines itself), defaults from the schema; return (other args, ProxyConfig)."""
+    from selectflow.config import ProxyConfig, schema, section
+
+    keys = schema()["properties"]["proxy"]["properties"]
+    for key, node in keys.items():
+        if key not in skip:
+            ap.add_argument(f"--{key.replace('_', '-')}", type=int if node["type"] == "integer" else float,
+                            default=node["default"], help=f"proxy.{key}: {node['description']} (default: %(default)s)")
+    args = vars(ap.parse_args(normalise_flags(argv, "-")))
+    return args, section(ProxyConfig, {k: args[k] if k in skip else args.pop(k) for k in keys})
+
+
 def _make_demo(argv: list[str]) -> int:
     from selectflow.config import DemoConfig, section, section_values
 
@@ -42,16 +56,48 @@ def _make_demo(argv: list[str]) -> int:
     ap.add_argument("--out", default="resources/demo", help="folder for demo_pool.jsonl and model/")
     ap.add_argument("--n-records", type=int, default=demo["n_records"], help="demo.n_records (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=demo["seed"], help="demo.seed (default: %(default)s)")
-    ap.add_argument("--pretrain-epochs", type=float, default=demo["pretrain_epochs"],
-                    help="demo.pretrain_epochs (default: %(default)s)")
-    args = ap.parse_args(normalise_flags(argv, "-"))
+    args, proxy = _parse_with_proxy(ap, argv, skip=("seed",))
     from selectflow.stages.data import demo_model, demo_pool
 
-    pool = f"{args.out}/demo_pool.jsonl"
-    demo_pool(pool, args.n_records, args.seed)
-    demo_model(pool, f"{args.out}/model", section(DemoConfig, {"n_records": args.n_records, "seed": args.seed,
-                                                              "pretrain_epochs": args.pretrain_epochs}))
-    print(f"wrote {pool} and {args.out}/model")
+    demo_cfg = section(DemoConfig, {"n_records": args["n_records"], "seed": args["seed"]})
+    pool = f"{args['out']}/demo_pool.jsonl"
+    demo_pool(pool, demo_cfg.n_records, demo_cfg.seed)
+    demo_model(pool, f"{args['out']}/model", demo_cfg, proxy)
+    print(f"wrote {pool} and {args['out']}/model")
+    return 0
+
+
+def _proxy_model(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="selectflow proxy-model",
+                                 description="build the proxy scorer of your own data: a tiny MoE causal LM with a "
+                                             "tokenizer trained on the files, pre-trained on their prompt + response "
+                                             "(what model.path: proxy builds); use the folder as model.path")
+    ap.add_argument("--data", action="append", required=True, metavar="JSONL",
+                    help="a dataset file (Alpaca, ShareGPT or messages); repeat for several")
+    ap.add_argument("--out", required=True, help="folder for the model and tokenizer")
+    args, proxy = _parse_with_proxy(ap, argv)
+    from selectflow.stages.data import proxy_model
+
+    proxy_model(args["data"], args["out"], proxy)
+    print(f"wrote {args['out']}")
+    return 0
+
+
+def _real_text_pool(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="selectflow real-text-pool",
+                                 description="write a pool of instruction records built from the standard library's "
+                                             "docstrings as alpaca.jsonl, sharegpt.jsonl and messages.jsonl, with "
+                                             "planted near-duplicates and junk (labels: kind, planted)")
+    ap.add_argument("--out", required=True, help="folder for the three JSONL files")
+    ap.add_argument("--n-records", type=int, default=2000, help="records over the three files (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sample and the planting (default: %(default)s)")
+    ap.add_argument("--junk-rate", type=float, default=0.1, help="share turned into junk (default: %(default)s)")
+    ap.add_argument("--near-dup-rate", type=float, default=0.05, help="share of near-duplicates (default: %(default)s)")
+    args = ap.parse_args(normalise_flags(argv, "-"))
+    from selectflow.data.realtext import write_realtext_pool
+
+    paths = write_realtext_pool(args.out, args.n_records, args.seed, args.near_dup_rate, args.junk_rate)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -234,6 +280,8 @@ COMMANDS = {
     "continue-selection": (_continue_selection, "resume selection from a folder of router-data shards"),
     "estimate-memory": (_estimate_memory, "predict training memory and the largest micro-batch that fits"),
     "make-demo": (_make_demo, "write the demo pool and tiny MoE model"),
+    "proxy-model": (_proxy_model, "build a tiny MoE scorer on your own JSONL files (model.path: proxy)"),
+    "real-text-pool": (_real_text_pool, "write a labelled pool built from Python's docstrings (three formats)"),
     "convert": (_convert, "give an MoE model Select-MoE quality gates (stage 0)"),
     "config-doc": (_config_doc, "print the config keys table (config/README.md)"),
     "families-doc": (_families_doc, "check every installed MoE family and print the table (docs/families.md)"),

@@ -16,18 +16,33 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
 from selectflow.configdoc import SCHEMAS
 
+DEMO_POOL = "resources/demo/demo_pool.jsonl"  # rule demo_pool's output (rules/data.smk)
+
 
 @dataclass(frozen=True)
 class DemoConfig:
     n_records: int
     seed: int
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    seed: int
+    vocab_size: int
+    n_layers: int
+    n_experts: int
+    hidden: int
     pretrain_epochs: float
+    batch_size: int
+    learning_rate: float
+    max_length: int
 
 
 @dataclass(frozen=True)
@@ -234,18 +249,28 @@ class DecontaminateConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
+    """``eval`` is resolved: ``demo``, ``heldout`` or the path of the user's test set."""
+
     methods: tuple
     seed: int
     heldout_fraction: float
-    eval: str | None
+    eval: str
+    test_per_kind: int
+    test_seed: int
+    student: str
+    student_hidden: int
+    student_layers: int
+    student_vocab: int
     seeds: int
+    full_pools: tuple
+    full_pool_seeds: int
     clusters: int
     near_duplicate_quantile: float
     train: TrainConfig  # the train section with the comparison's overrides, resolved
 
 
 SECTIONS = {
-    "demo": DemoConfig, "retry": RetryConfig, "router_dump": RouterDumpConfig, "selection": SelectionConfig,
+    "demo": DemoConfig, "proxy": ProxyConfig, "retry": RetryConfig, "router_dump": RouterDumpConfig, "selection": SelectionConfig,
     "warmup": WarmupConfig, "index": IndexConfig, "retrieve": RetrieveConfig, "decontaminate": DecontaminateConfig,
     "compare": CompareConfig,
 }
@@ -259,6 +284,7 @@ class Config:
     shard_size: int
     gpu_id: int | None
     demo: DemoConfig
+    proxy: ProxyConfig
     retry: RetryConfig
     router_dump: RouterDumpConfig
     selection: SelectionConfig
@@ -292,6 +318,20 @@ def section(cls: type, values: dict[str, Any]):
     return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
+PROXY = "proxy"  # model.path that asks for the proxy scorer (rule proxy_model)
+
+
+def proxy_model_dir(run: str) -> str:
+    """Where rule proxy_model writes the proxy of run ``run``'s datasets."""
+    return f"results/{run}/proxy_model"
+
+
+def model_path_of(config: dict) -> str:
+    """The model folder a run loads: ``model.path``, or the proxy's folder when it is ``proxy``."""
+    path = config["model"]["path"]
+    return proxy_model_dir(config["run"]) if path == PROXY else path
+
+
 WORKFLOW_TRAIN_KEYS = ("enabled", "model_path")  # keys of the train section that are not the trainer's
 
 
@@ -311,7 +351,7 @@ def build_config(config: dict) -> Config:
     warmup = {**config["warmup"], "train": resolve_train_config(trainer_keys({**train, **config["warmup"]["train"]}))}
     sections = {name: section(cls, config[name]) for name, cls in SECTIONS.items() if name not in ("warmup", "compare")}
     return Config(
-        run=config["run"], datasets=dict(config["datasets"]), model_path=config["model"]["path"],
+        run=config["run"], datasets=dict(config["datasets"]), model_path=model_path_of(config),
         shard_size=config["shard_size"], gpu_id=config.get("gpu_id"),
         train=TrainSection(enabled=train["enabled"], model_path=train["model_path"],
                            settings=resolve_train_config(trainer_keys(train))),
@@ -325,5 +365,9 @@ def compare_section(config: dict, train: dict) -> CompareConfig:
 
     cmp = config["compare"]
     methods = ("fps", *[m for m in cmp["methods"] if m != "fps"])
+    test = cmp["eval"]
+    if test == "auto":  # the demo's own test set when the demo pool is selected from, else a held-out slice
+        test = "demo" if any(Path(p).as_posix().endswith(DEMO_POOL) for p in config["datasets"].values()) else "heldout"
     settings = resolve_train_config(trainer_keys({**train, **cmp["train"]}))
-    return section(CompareConfig, {**cmp, "methods": methods, "train": settings})
+    return section(CompareConfig, {**cmp, "methods": methods, "eval": test, "full_pools": tuple(cmp["full_pools"]),
+                                   "train": settings})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from selectflow.data.demo import build_demo_model, write_demo_pool
+from selectflow.data.demo import build_proxy_model, write_demo_pool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,4 +21,4 @@ def demo_pool(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory, demo_pool) -> Path:
     out = tmp_path_factory.mktemp("model") / "model"
-    return build_demo_model(out, demo_pool, seed=0, vocab_size=512, n_layers=2, hidden=32)
+    return build_proxy_model(out, demo_pool, seed=0, vocab_size=512, n_layers=2, hidden=32, pretrain_epochs=0)

@@ -1,6 +1,7 @@
 """The comparison stage: baseline selectors against brute-force references, held-out slice, config."""
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -132,6 +133,16 @@ def test_unknown_baseline_is_named():
         baselines.select("lesss", feats, quality, ids, 3, seed=0, labels=None, eps=0.0, metric="wasserstein")
 
 
+def _section(**values):
+    from selectflow.config import CompareConfig, section, with_defaults
+    from selectflow.configdoc import SCHEMA
+
+    import yaml
+
+    defaults = with_defaults(_raw(), yaml.safe_load(SCHEMA.read_text()))["compare"]
+    return section(CompareConfig, {**defaults, "train": None, **values})
+
+
 def _raw(**compare):
     return {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "compare": compare}
 
@@ -162,6 +173,23 @@ def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
     assert default.methods[0] == "fps" and set(default.methods) == {"fps", *baselines.BASELINES}
 
 
+def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout_slice():
+    import yaml
+
+    from selectflow.config import build_config, with_defaults
+    from selectflow.configdoc import SCHEMA
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+
+    def resolved(datasets, **compare):
+        return build_config(with_defaults({**_raw(**compare), "datasets": datasets}, schema)).compare.eval
+
+    assert resolved({"demo": "resources/demo/demo_pool.jsonl"}) == "demo"
+    assert resolved({"mine": "data/mine.jsonl"}) == "heldout"
+    assert resolved({"mine": "data/mine.jsonl"}, eval="dev.jsonl") == "dev.jsonl"
+    assert resolved({"demo": "resources/demo/demo_pool.jsonl"}, eval="heldout") == "heldout"
+
+
 def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     from selectflow.config import CompareConfig, selection_section
     from selectflow.runtime.tables import read_tsv
@@ -171,9 +199,11 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
 
     shards = write_shards(make_pool(), tmp_path / "router", seed=1)
     sel = selection_section(selection_percentage=0.2, device="cpu", quality_method="ifd")
-    cmp = CompareConfig(methods=("fps", *baselines.BASELINES), seed=0, heldout_fraction=0.25, eval=None, seeds=1,
-                        clusters=3, near_duplicate_quantile=0.05, train=None)
+    cmp = _section(methods=("fps", *baselines.BASELINES), heldout_fraction=0.25, clusters=3,
+                   near_duplicate_quantile=0.05, eval="demo")
     build_candidates(shards, tmp_path / "main.h5", tmp_path / "main.tsv", sel)
+    assert compare.draw_heldout(tmp_path / "main.tsv", shards, tmp_path / "none.jsonl", cmp) == 0  # eval: demo
+    cmp = replace(cmp, eval="heldout")
     n = compare.draw_heldout(tmp_path / "main.tsv", shards, tmp_path / "heldout.jsonl", cmp)
     held = compare.heldout_ids(tmp_path / "heldout.jsonl")
     assert n == len(held) > 0
@@ -194,17 +224,41 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     assert (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "heldout.jsonl").read_bytes()
 
 
-def test_caption_names_the_winner_and_the_gap():
+def test_caption_names_the_winners_and_tests_the_difference_with_welch():
     import pandas as pd
+    from scipy import stats
 
-    from selectflow.report.compare import caption
+    from selectflow.report.compare import caption, difference
 
-    down = pd.DataFrame({"method": ["fps", "random", "quality"], "mean_eval_loss": [2.30, 2.20, 2.50],
-                         "std_eval_loss": [0.01, 0.01, 0.02], "n_seeds": [3, 3, 3]})
+    fps, rnd = np.array([0.50, 0.52, 0.51, 0.53, 0.49]), np.array([0.40, 0.45, 0.42, 0.41, 0.44])
+    # reference: Welch's t-test p < 0.05 exactly when the 95 % interval of the difference excludes 0
+    diff, half = difference(fps, rnd)
+    assert diff == pytest.approx(fps.mean() - rnd.mean())
+    assert (abs(diff) > half) == (stats.ttest_ind(fps, rnd, equal_var=False).pvalue < 0.05)
+
+    def row(method, acc, loss):
+        return {"method": method, "macro_accuracy": acc.mean(), "macro_accuracy_ci95": 0.01,
+                "accuracy_per_seed": ",".join(map(str, acc)), "macro_loss": loss.mean(), "macro_loss_ci95": 0.01,
+                "loss_per_seed": ",".join(map(str, loss))}
+
+    down = pd.DataFrame([row("fps", fps, 2 - fps), row("random", rnd, 2 - rnd)])
     text = caption(down)
-    assert text.startswith("Lowest mean eval loss: random (2.2000") and "0.1000 below fps (beyond the seed spread)" in text
-    down.loc[0, "mean_eval_loss"] = 2.205
-    assert "0.0050 below fps (within the seed spread)" in caption(down)
+    assert text.startswith("Best macro accuracy: fps (0.5100") and "best macro loss: fps" in text
+    assert "fps better than random by 0.0860 (beyond the 95 % interval" in text
+    close = pd.DataFrame([row("fps", fps, 2 - fps), row("random", fps[::-1] - 0.001, 2 - fps[::-1])])
+    assert "fps better than random by 0.0010 (within the 95 % interval" in caption(close)
+
+
+def test_interval_is_students_t_over_the_seeds():
+    from scipy import stats
+
+    from selectflow.stages.compare import interval
+
+    values = np.array([1.0, 1.2, 0.9, 1.1, 1.05])
+    mean, half = interval(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    assert mean == pytest.approx(values.mean()) and half == pytest.approx((high - low) / 2)
+    assert np.isnan(interval(np.array([1.0]))[1])
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selectflow.data.demo import build_demo_model, write_demo_pool
+from selectflow.data.demo import build_proxy_model, write_demo_pool
 from selectflow.data.records import read_dataset, write_jsonl
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.train import train, train_on_pool
@@ -33,7 +33,8 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_demo")
     pool = root / "pool.jsonl"
     write_demo_pool(pool, 200, seed=0)
-    model = build_demo_model(root / "model", pool, seed=0, vocab_size=512, n_layers=2, n_experts=4, hidden=32)
+    model = build_proxy_model(root / "model", pool, seed=0, vocab_size=512, n_layers=2, n_experts=4, hidden=32,
+                              pretrain_epochs=0)
     records = read_dataset(pool, "demo")[:64]
     data = root / "selected_data.jsonl"
     write_jsonl(data, [{**r["record"], "sample_id": r["sample_id"]} for r in records])

@@ -4,10 +4,11 @@
   ``output``, ``topic``, ``planted``) over several topics, with planted near-duplicates
   and planted junk (``empty``, ``truncated``, ``repeated``, ``off_topic``), so that a
   selection has something to find.
-* :func:`build_demo_model` → a Qwen3-MoE causal LM (4 layers, 8 experts, top-2) with
-  seeded weights and a BPE tokenizer trained on the pool, then pre-trained on the whole
-  pool (:func:`pretrain_demo_model`: a plain, seeded language-model fit of prompt +
-  response + eos, a few epochs on the CPU) so that, like a real pre-trained model, it
+* :func:`build_proxy_model` → the proxy scorer of any pool, the demo model being the proxy
+  of the demo pool: a Qwen3-MoE causal LM (by default 4 layers, 8 experts, top-2; sizes in
+  the config's ``proxy`` section) with seeded weights and a BPE tokenizer trained on the pool,
+  then pre-trained on the whole pool (:func:`pretrain_demo_model`: a plain, seeded
+  language-model fit of prompt + response + eos, on the CPU) so that, like a real pre-trained model, it
   predicts a clean response from its prompt and routes topics differently; saved with
   ``save_pretrained`` (safetensors) so it loads through the same ``from_pretrained``
   path as a real model. Nothing is downloaded. The pre-training reads only ``prompt``
@@ -81,8 +82,14 @@ _JUNK_WORDS = ["zorp", "qlax", "vemt", "krill", "blorb", "snarf", "wux", "pim"]
 
 
 def _fill(rng: random.Random, topic: str) -> dict:
-    inst, inp, out = rng.choice(_TOPICS[topic])
-    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    return fill_template(rng, rng.choice(_TOPICS[topic]))
+
+
+def fill_template(rng: random.Random, template: tuple[str, str, str], number_max: int = 99) -> dict:
+    """One Alpaca record of ``template`` (instruction, input, output) with seeded values;
+    the numbers ``a``, ``b`` are drawn from 2..``number_max``."""
+    inst, inp, out = template
+    a, b = rng.randint(2, number_max), rng.randint(2, number_max)
     country, capital, continent = rng.choice(_COUNTRIES)
     op, fn, sym = rng.choice(_OPS)
     ds, dsdesc = rng.choice(_DS)
@@ -170,8 +177,8 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
-def demo_model_config(vocab_size: int, *, n_layers: int = 4, n_experts: int = 8, hidden: int = 64):
-    """The tiny Qwen3-MoE config of the demo model (top-2 routing)."""
+def demo_model_config(vocab_size: int, *, n_layers: int, n_experts: int, hidden: int):
+    """The tiny Qwen3-MoE config of the demo / proxy model (top-2 routing); sizes: the proxy section."""
     from transformers import AutoConfig
 
     return AutoConfig.for_model(
@@ -183,12 +190,12 @@ def demo_model_config(vocab_size: int, *, n_layers: int = 4, n_experts: int = 8,
     )
 
 
-def pretrain_demo_model(model, tokenizer, texts: list[tuple[str, str]], *, epochs: float, batch_size: int = 32,
-                        learning_rate: float = 3e-3, max_length: int = 128, seed: int = 0) -> list[float]:
+def pretrain_demo_model(model, tokenizer, texts: list[tuple[str, str]], *, epochs: float, batch_size: int,
+                        learning_rate: float, max_length: int, seed: int) -> list[float]:
     """Fit ``model`` to (prompt, response) pairs as a plain causal LM (every token, seeded order).
 
     AdamW with a linear decay to zero over ``epochs`` passes of shuffled batches; returns the
-    loss per step. Deterministic for a given seed and thread count.
+    loss per step. Deterministic for a given seed and thread count. Settings: the proxy section.
     """
     import torch
 
@@ -217,34 +224,40 @@ def pretrain_demo_model(model, tokenizer, texts: list[tuple[str, str]], *, epoch
         sched.step()
         losses.append(loss.detach().item())
         if step % 50 == 0 or step == steps - 1:
-            log.info("demo pre-training step %d/%d: loss %.3f", step + 1, steps, losses[-1])
+            log.info("proxy pre-training step %d/%d: loss %.3f", step + 1, steps, losses[-1])
     model.eval()
     return losses
 
 
-def build_demo_model(out_dir: str | os.PathLike, pool_path: str | os.PathLike, *, seed: int = 0,
-                     vocab_size: int = 1024, n_layers: int = 4, n_experts: int = 8, hidden: int = 64,
-                     pretrain_epochs: float = 0.0) -> Path:
-    """Train a tokenizer on the pool, build the seeded tiny MoE, pre-train it, save both to ``out_dir``.
+def build_proxy_model(out_dir: str | os.PathLike, pools: str | os.PathLike | list, **settings) -> Path:
+    """The proxy scorer of a pool: train a tokenizer on it, build the seeded tiny MoE, pre-train it, save both.
 
-    ``pretrain_epochs`` passes of :func:`pretrain_demo_model` over the whole pool (0: random weights).
+    ``pools``: one JSONL file or a list of them (Alpaca, ShareGPT or messages, each detected),
+    read in the order given. ``settings``: keys of the config's ``proxy`` section over its
+    schema defaults (``seed``, ``vocab_size``, ``n_layers``, ``n_experts``, ``hidden``,
+    ``pretrain_epochs`` — 0: random weights —, ``batch_size``, ``learning_rate``, ``max_length``).
+    The demo model is this function on the demo pool. Reads only ``prompt`` and ``response``.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
+    from selectflow.config import ProxyConfig, section, section_values
     from selectflow.data.records import read_dataset
 
-    records = read_dataset(pool_path, "demo")
-    tokenizer = _train_tokenizer([r["prompt"] + r["response"] for r in records], vocab_size)
-    config = demo_model_config(len(tokenizer), n_layers=n_layers, n_experts=n_experts, hidden=hidden)
-    torch.manual_seed(seed)
+    cfg = section(ProxyConfig, section_values("proxy", settings))
+    paths = [pools] if isinstance(pools, (str, os.PathLike)) else list(pools)
+    records = [r for k, path in enumerate(paths) for r in read_dataset(path, f"pool{k}")]
+    tokenizer = _train_tokenizer([r["prompt"] + r["response"] for r in records], cfg.vocab_size)
+    config = demo_model_config(len(tokenizer), n_layers=cfg.n_layers, n_experts=cfg.n_experts, hidden=cfg.hidden)
+    torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(config)
-    if pretrain_epochs > 0:
+    if cfg.pretrain_epochs > 0:
         pretrain_demo_model(model, tokenizer, [(r["prompt"], r["response"]) for r in records],
-                            epochs=pretrain_epochs, seed=seed)
+                            epochs=cfg.pretrain_epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                            max_length=cfg.max_length, seed=cfg.seed)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    log.info("demo model: %s, %d parameters, vocab %d -> %s", type(model).__name__,
+    log.info("proxy model of %d records: %s, %d parameters, vocab %d -> %s", len(records), type(model).__name__,
              sum(p.numel() for p in model.parameters()), len(tokenizer), out_dir)
     return Path(out_dir)

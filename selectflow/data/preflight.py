@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from selectflow.config import PROXY
 from selectflow.data.records import open_lines
 from selectflow.runtime.errors import SelectFlowError
 
@@ -42,8 +43,9 @@ def check_datasets_exist(datasets: Mapping[str, str]) -> None:
 
 
 def model_keys(config: Mapping) -> list[tuple[str, str]]:
-    """(config key, folder) of every model the run loads that no rule builds."""
-    keys = [("model.path", config["model"]["path"])]
+    """(config key, folder) of every model the run loads that no rule builds (``model.path: proxy``
+    is built by rule proxy_model)."""
+    keys = [("model.path", config["model"]["path"])] if config["model"]["path"] != PROXY else []
     if config["train"]["enabled"] and config["train"].get("model_path"):
         keys.append(("train.model_path", config["train"]["model_path"]))
     if config["index"]["enabled"] and config["index"].get("encoder"):

@@ -1,4 +1,5 @@
-"""The comparison figure: downstream eval loss per method (mean ± std over seeds) and intrinsic metrics."""
+"""The comparison figure: macro accuracy and macro loss per method (mean and 95 % interval over seeds) and
+the selectors' intrinsic metrics; its caption says who won and whether beyond the interval."""
 
 from __future__ import annotations
 
@@ -16,47 +17,70 @@ INTRINSIC_PANELS = (("mean_quality", "mean quality"), ("near_duplicate_pairs", "
                     ("clusters_touched", "share of clusters touched"), ("cluster_entropy", "cluster entropy (nats)"))
 
 
-def caption(down: pd.DataFrame) -> str:
-    """Which method won on downstream loss, by how much, and where the main method (fps) stands."""
-    down = down.sort_values(["mean_eval_loss", "method"]).reset_index(drop=True)
-    best, runner = down.iloc[0], down.iloc[1] if len(down) > 1 else None
-    text = (f"Lowest mean eval loss: {best['method']} ({best['mean_eval_loss']:.4f} ± "
-            f"{best['std_eval_loss']:.4f} over {int(best['n_seeds'])} seeds)")
-    if runner is not None:
-        gap = runner["mean_eval_loss"] - best["mean_eval_loss"]
-        spread = np.nanmax([best["std_eval_loss"], runner["std_eval_loss"]])
-        verdict = "within the seed spread" if gap <= spread else "beyond the seed spread"
-        text += f", {gap:.4f} below {runner['method']} ({verdict})"
-    fps = down[down["method"] == "fps"]
-    if len(fps) and best["method"] != "fps" and (runner is None or runner["method"] != "fps"):
-        rank = int(fps.index[0]) + 1
-        text += (f"; fps ranks {rank} of {len(down)}, {fps['mean_eval_loss'].iloc[0] - best['mean_eval_loss']:.4f} "
-                 "above the best")
-    return text + "."
+MEASURES = (("accuracy", "macro accuracy", False), ("loss", "macro loss", True))  # (column, title, lower is better)
+
+
+def _per_seed(row, measure: str) -> np.ndarray:
+    return np.array([float(v) for v in str(row[f"{measure}_per_seed"]).split(",")], dtype=np.float64)
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean of ``a`` minus mean of ``b`` and the half-width of its 95 % interval (Welch)."""
+    from scipy import stats
+
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else 1.0
+    return float(a.mean() - b.mean()), float(stats.t.ppf(0.975, dof) * np.sqrt(va + vb))
+
+
+def caption(down: pd.DataFrame, main: str = "fps", reference: str = "random") -> str:
+    """Who won each measure, and whether the main method beats the reference beyond the 95 % interval."""
+    down = down.set_index("method")
+    parts = []
+    for measure, title, lower in MEASURES:
+        values = down[f"macro_{measure}"]
+        if values.isna().all():
+            continue
+        best = values.idxmin() if lower else values.idxmax()
+        text = f"best {title}: {best} ({values[best]:.4f} ± {down.at[best, f'macro_{measure}_ci95']:.4f})"
+        if main in down.index and reference in down.index and main != reference:
+            diff, half = difference(_per_seed(down.loc[main], measure), _per_seed(down.loc[reference], measure))
+            better = diff < 0 if lower else diff > 0
+            verdict = "beyond" if abs(diff) > half else "within"
+            text += (f"; {main} {'better' if better else 'worse'} than {reference} by {abs(diff):.4f} "
+                     f"({verdict} the 95 % interval ± {half:.4f})")
+        parts.append(text)
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "." if parts else "No downstream measure."
 
 
 def compare_figure(downstream_tsv: str | os.PathLike, intrinsic_tsv: str | os.PathLike,
                    out_png: str | os.PathLike, out_caption: str | os.PathLike) -> str:
     """Draw the figure and write its caption (also the figure's title); return the caption."""
-    down = read_tsv(downstream_tsv, "downstream table", nan_columns=("std_eval_loss",))
-    intr = read_tsv(intrinsic_tsv, "intrinsic table").set_index("method").loc[down["method"]]
+    down = read_tsv(downstream_tsv, "downstream table", nan_columns=tuple(
+        f"macro_{m}{tail}" for m, _, _ in MEASURES for tail in ("", "_ci95")))
+    intr = read_tsv(intrinsic_tsv, "intrinsic table").set_index("method")
     text = caption(down)
-    fig = Figure(figsize=(4 * (1 + len(INTRINSIC_PANELS)), 4))
-    axes = fig.subplots(1, 1 + len(INTRINSIC_PANELS))
+    measures = [m for m in MEASURES if down[f"macro_{m[0]}"].notna().any()]
+    fig = Figure(figsize=(4 * (len(measures) + len(INTRINSIC_PANELS)), 4.5))
+    axes = fig.subplots(1, len(measures) + len(INTRINSIC_PANELS))
     methods = list(down["method"])
     colours = [SELECTED if m == "fps" else POOL for m in methods]
     x = np.arange(len(methods))
-    axes[0].bar(x, down["mean_eval_loss"], yerr=down["std_eval_loss"].fillna(0), color=colours, capsize=4)
-    low, high = (down["mean_eval_loss"] - down["std_eval_loss"].fillna(0)).min(), \
-        (down["mean_eval_loss"] + down["std_eval_loss"].fillna(0)).max()
-    pad = max(1e-3, 0.2 * (high - low))
-    axes[0].set_ylim(low - pad, high + pad)
-    axes[0].set_title("eval loss (mean ± std over seeds)")
-    for ax, (column, title) in zip(axes[1:], INTRINSIC_PANELS):
-        ax.bar(x, intr[column], color=colours)
-        ax.set_title(title)
-    for ax in axes:
+    for ax, (measure, title, _) in zip(axes, measures):
+        mean, half = down[f"macro_{measure}"], down[f"macro_{measure}_ci95"].fillna(0)
+        ax.bar(x, mean, yerr=half, color=colours, capsize=4)
+        low, high = (mean - half).min(), (mean + half).max()
+        pad = max(1e-3, 0.2 * (high - low))
+        ax.set_ylim(max(0.0, low - pad) if measure == "accuracy" else low - pad, high + pad)
+        ax.set_title(f"{title} (mean, 95 % interval)")
         ax.set_xticks(x, methods, rotation=45, ha="right")
+    selectors = [m for m in methods if m in intr.index]
+    for ax, (column, title) in zip(axes[len(measures):], INTRINSIC_PANELS):
+        ax.bar(np.arange(len(selectors)), intr.loc[selectors, column],
+               color=[SELECTED if m == "fps" else POOL for m in selectors])
+        ax.set_title(title)
+        ax.set_xticks(np.arange(len(selectors)), selectors, rotation=45, ha="right")
     fig.suptitle(text, fontsize=9, wrap=True)
     save_png(fig, out_png)
     with atomic_open(out_caption, "w", encoding="utf-8") as fh:

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,9 +55,12 @@ def _kept_ids(quality_tsv) -> list[str]:
 
 
 def draw_heldout(quality_tsv, router_paths: list, out_jsonl, cmp: CompareConfig) -> int:
-    """Write the held-out evaluation slice (normalised records with ``sample_id``); return its size."""
+    """Write the held-out evaluation slice (normalised records with ``sample_id``); return its size.
+
+    Nothing is held out (an empty file) unless ``compare.eval`` is ``heldout``.
+    """
     ids: list[str] = []
-    if cmp.eval is None:
+    if cmp.eval == "heldout":
         kept = _kept_ids(quality_tsv)
         n = max(1, round(cmp.heldout_fraction * len(kept)))
         if n >= len(kept):
@@ -181,60 +185,155 @@ def _text_key(record: dict) -> str:
     return normalised_text(json.dumps({"prompt": prompt, "response": response}))
 
 
-def eval_loss(model_dir, eval_jsonl, max_length: int, batch_size: int = 16) -> tuple[float, int]:
-    """Mean response-token loss of the model in ``model_dir`` on ``eval_jsonl``; and the token count."""
-    import torch
+def write_testset(dataset_paths: dict, out_jsonl, cmp: CompareConfig) -> int:
+    """The demo's fresh test set (:func:`selectflow.data.demotest.make_demo_testset`): no record whose
+    normalised prompt + response is a pool record's, none alike; return its size."""
+    from selectflow.data.demotest import make_demo_testset
+    from selectflow.data.records import read_dataset
+
+    pool = {_text_key(rec) for name, path in dataset_paths.items() for rec in read_dataset(path, name)}
+    try:
+        records = make_demo_testset(cmp.test_per_kind, cmp.test_seed, lambda rec: _text_key(rec) in pool)
+    except ValueError as exc:
+        raise SelectFlowError(f"{exc} (compare.test_per_kind)") from None
+    log.info("demo test set: %d records, %d kinds, none of them among the pool's %d distinct records",
+             len(records), len({r["kind"] for r in records}), len(pool))
+    return write_jsonl(out_jsonl, records)
+
+
+def build_student(out_dir, cmp: CompareConfig, max_length: int) -> None:
+    """The scratch student of ``compare.student: scratch`` (:mod:`selectflow.train.student`)."""
+    from selectflow.train.student import build_scratch_student
+
+    build_scratch_student(out_dir, seed=cmp.seed, hidden=cmp.student_hidden, layers=cmp.student_layers,
+                          vocab_size=cmp.student_vocab, max_positions=max_length)
+
+
+def write_full_pools(quality_tsv, router_paths: list, outputs: dict[str, str | os.PathLike]) -> None:
+    """``full_kept`` (kept samples) and ``full_raw`` (every sample not excluded) of the comparison's pool."""
+    table = read_tsv(quality_tsv, "quality table", nan_columns=("quality",))
+    wanted = {"full_kept": set(table.loc[table["kept"].astype(str).str.lower() == "true", "sample_id"].astype(str)),
+              "full_raw": set(table.loc[table["reason"] != "excluded", "sample_id"].astype(str))}
+    rows: dict[str, list[dict]] = {name: [] for name in outputs}
+    for path in router_paths:
+        shard = read_router_shard(path)
+        for sid, text in zip(shard.sample_id, shard.record if shard.record is not None else []):
+            for name in outputs:
+                if sid in wanted[name]:
+                    rows[name].append({**json.loads(text)["record"], "sample_id": sid})
+    for name, path in outputs.items():
+        log.info("%s: %d samples", name, write_jsonl(path, rows[name]))
+
+
+def random_draws(pool_h5, quality_tsv, router_paths: list, out_paths: list, cmp: CompareConfig) -> None:
+    """The random baseline's further draws: ``out_paths[j]`` holds k samples drawn with ``compare.seed + j + 1``
+    (draw 0, seed ``compare.seed``, is the ``random`` method's own selection)."""
+    from selectflow.stages.select import write_selection
+
+    pool = read_pool(pool_h5)
+    for j, out in enumerate(out_paths):
+        picks = baselines.random_pick(len(pool["sample_id"]), int(pool["k"]), seed=cmp.seed + j + 1)
+        with tempfile.TemporaryDirectory(dir=Path(out).parent) as tmp:
+            picks_tsv = Path(tmp) / "picks.tsv"
+            write_tsv(pd.DataFrame({"step": np.arange(len(picks)), "sample_id": pool["sample_id"][picks],
+                                    "candidate_index": picks, "min_distance": np.nan}), picks_tsv, na_rep="nan")
+            write_selection(picks_tsv, quality_tsv, router_paths, out, Path(tmp) / "summary.tsv")
+
+
+def _test_rows(test_jsonl) -> list[tuple[str, str, str]]:
+    """``(kind, prompt, response)`` of each test record; kind ``all`` for records without one."""
+    rows = []
+    for _, rec in iter_jsonl(test_jsonl):
+        prompt, response = record_prompt_response(rec)
+        rows.append((str(rec.get("kind", "all")), prompt, response))
+    if not rows:
+        raise SelectFlowError(f"test set {test_jsonl} holds no records; set compare.eval to a non-empty JSONL")
+    return rows
+
+
+def evaluate(model_dir, test_jsonl, max_length: int) -> pd.DataFrame:
+    """Per kind: ``n``, response-token ``loss`` (summed NLL / tokens), ``tokens`` and ``accuracy`` of the
+    greedy answers (NaN for kinds without a checker: :data:`selectflow.data.demotest.CHECKERS`)."""
     from transformers import AutoModelForCausalLM
 
-    from selectflow.train.data import encode_pair, load_training_pairs, pad_collate
-    from selectflow.train.step import response_loss_sum
+    from selectflow.data.demotest import CHECKERS
+    from selectflow.train.evaluate import greedy_answers, response_losses
     from selectflow.train.trainer import _tokenizer
 
-    pairs = load_training_pairs(eval_jsonl)
+    rows = _test_rows(test_jsonl)
     tokenizer, pad_id = _tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for s in range(0, len(pairs), batch_size):
-            batch = pad_collate([encode_pair(tokenizer, p, r, max_length) for _, p, r in pairs[s : s + batch_size]],
-                                pad_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            total += float(response_loss_sum(logits, batch["labels"]))
-            tokens += int((batch["labels"][:, 1:] != -100).sum())
-    return total / max(1, tokens), tokens
+    losses = response_losses(model, tokenizer, pad_id, [(p, r) for _, p, r in rows], max_length)
+    checked = [i for i, (kind, _, _) in enumerate(rows) if kind in CHECKERS]
+    longest = max((len(tokenizer(rows[i][2], add_special_tokens=False)["input_ids"]) for i in checked), default=0)
+    answers = dict(zip(checked, greedy_answers(model, tokenizer, pad_id, [rows[i][1] for i in checked],
+                                               longest + 8)))
+    frame = pd.DataFrame({"kind": [r[0] for r in rows], "nll": [v for v, _ in losses],
+                          "tokens": [n for _, n in losses],
+                          "correct": [float(CHECKERS[r[0]](r[1], answers[i])) if i in answers else math.nan
+                                      for i, r in enumerate(rows)]})
+    table = frame.groupby("kind", sort=True).agg(n=("nll", "size"), nll=("nll", "sum"), tokens=("tokens", "sum"),
+                                                 accuracy=("correct", "mean"))
+    table["loss"] = table["nll"] / table["tokens"].clip(lower=1)
+    return table.reset_index()[["kind", "n", "loss", "tokens", "accuracy"]]
 
 
-def finetune_and_eval(model, data, eval_jsonl, out_dir, out_tsv, settings: TrainConfig, *, seeds: int,
-                      micro_batch_size: int, attempt: int) -> list[float]:
-    """Fine-tune ``model`` on ``data`` once per seed, evaluate each; write ``out_tsv``; return the losses.
+def finetune_and_eval(model, data: list, test_jsonl, out_dir, out_tsv, settings: TrainConfig, *, seeds: int,
+                      micro_batch_size: int, attempt: int) -> pd.DataFrame:
+    """Fine-tune ``model`` once per seed, evaluate each on ``test_jsonl``; write ``out_tsv``.
 
-    Seed i trains with ``settings`` and ``seed = settings.seed + i`` in ``out_dir/seed_i``
-    (the trainer's tables stay there; the checkpoint is removed once evaluated). The seeds
-    run in one process: a fine-tune of the demo takes about a second, its start-up ten.
+    Seed i trains on ``data[i % len(data)]`` (one selection for every seed, or one per seed:
+    the random baseline's draws) with ``settings`` and ``seed = settings.seed + i`` in
+    ``out_dir/seed_i`` (the trainer's tables stay there; the checkpoint is removed once
+    evaluated). ``out_tsv`` has a row per seed and kind (:func:`evaluate`) with the
+    selection's ``size`` and the optimizer ``steps``.
     """
     from selectflow.train import train as train_model
 
-    rows = []
+    tables = []
     for i in range(seeds):
-        seed, run_dir = settings.seed + i, Path(out_dir) / f"seed_{i}"
-        train_model(model, data, run_dir, replace(settings, seed=seed), micro_batch_size=micro_batch_size,
-                    attempt=attempt)
-        loss, tokens = eval_loss(run_dir / "checkpoint", eval_jsonl, settings.max_length)
+        seed, run_dir, source = settings.seed + i, Path(out_dir) / f"seed_{i}", data[i % len(data)]
+        summary = train_model(model, source, run_dir, replace(settings, seed=seed),
+                              micro_batch_size=micro_batch_size, attempt=attempt)
+        table = evaluate(run_dir / "checkpoint", test_jsonl, settings.max_length)
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-        log.info("seed %d: eval loss %.4f over %d response tokens", seed, loss, tokens)
-        rows.append({"seed": seed, "eval_loss": loss, "eval_tokens": tokens})
-    write_tsv(pd.DataFrame(rows), out_tsv, float_format="%.6g")
-    return [r["eval_loss"] for r in rows]
+        log.info("seed %d: macro loss %.4f, macro accuracy %.3f over %d kinds (%d steps on %s)", seed,
+                 table["loss"].mean(), table["accuracy"].mean(), len(table), summary["steps"], source)
+        tables.append(table.assign(seed=seed, size=sum(1 for _ in iter_jsonl(source)), steps=summary["steps"]))
+    out = pd.concat(tables, ignore_index=True)[["seed", "size", "steps", "kind", "n", "loss", "tokens", "accuracy"]]
+    write_tsv(out, out_tsv, float_format="%.6g", na_rep="nan")
+    return out
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % confidence interval (Student's t over the seeds)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return (float(values.mean()) if len(values) else math.nan), math.nan
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean()), float(half)
 
 
 def downstream(evals: dict[str, str | os.PathLike], out_tsv) -> pd.DataFrame:
-    """``method, mean_eval_loss, std_eval_loss, n_seeds, losses`` from each method's ``eval.tsv``."""
+    """One row per method from its ``eval.tsv``: ``size``, ``steps``, ``n_seeds``, macro loss and macro
+    accuracy (means over kinds) as mean and 95 % interval over seeds, the per-seed macro values, and
+    each kind's mean loss and accuracy (``loss:<kind>``, ``accuracy:<kind>``)."""
     rows = []
     for method, path in evals.items():
-        losses = read_tsv(path, "eval loss table")["eval_loss"].to_numpy(dtype=np.float64)
-        rows.append({"method": method, "mean_eval_loss": losses.mean(),
-                     "std_eval_loss": losses.std(ddof=1) if len(losses) > 1 else math.nan,
-                     "n_seeds": len(losses), "losses": ",".join(f"{v:.4f}" for v in losses)})
-    table = pd.DataFrame(rows)
-    write_tsv(table, out_tsv, float_format="%.6g", na_rep="nan")
-    return table
+        table = read_tsv(path, "eval table", nan_columns=("accuracy",))
+        per_seed = table.groupby("seed").agg(loss=("loss", "mean"), accuracy=("accuracy", "mean"))
+        row = {"method": method, "size": int(table["size"].iloc[0]), "steps": int(table["steps"].iloc[0]),
+               "n_seeds": len(per_seed)}
+        for measure in ("loss", "accuracy"):
+            row[f"macro_{measure}"], row[f"macro_{measure}_ci95"] = interval(per_seed[measure].to_numpy())
+            row[f"{measure}_per_seed"] = ",".join(f"{v:.4f}" for v in per_seed[measure])
+        for kind, group in table.groupby("kind", sort=True):
+            row[f"loss:{kind}"] = group["loss"].mean()
+            row[f"accuracy:{kind}"] = group["accuracy"].mean()
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    write_tsv(out, out_tsv, float_format="%.6g", na_rep="nan")
+    return out

@@ -1,4 +1,5 @@
-"""Rule-level glue of the data stage (rules/data.smk): the demo pool and model, the dataset shards.
+"""Rule-level glue of the data stage (rules/data.smk): the demo pool and model, the proxy
+model, the dataset shards.
 
 Each function is one rule's job: paths and a config section in, files written atomically by
 the pure modules :mod:`selectflow.data.records` and :mod:`selectflow.data.demo`.
@@ -7,9 +8,10 @@ the pure modules :mod:`selectflow.data.records` and :mod:`selectflow.data.demo`.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, replace
 
-from selectflow.config import DemoConfig
-from selectflow.data.demo import build_demo_model, write_demo_pool
+from selectflow.config import DemoConfig, ProxyConfig
+from selectflow.data.demo import build_proxy_model, write_demo_pool
 from selectflow.data.records import split_into_shards
 
 
@@ -22,9 +24,14 @@ def demo_pool(out_jsonl: str | os.PathLike, n_records: int, seed: int) -> None:
     write_demo_pool(out_jsonl, n_records, seed)
 
 
-def demo_model(pool_jsonl: str | os.PathLike, out_dir: str | os.PathLike, cfg: DemoConfig) -> None:
-    """Rule ``demo_model``: the tiny MoE model and tokenizer of the pool, pre-trained ``demo.pretrain_epochs``."""
-    build_demo_model(out_dir, pool_jsonl, seed=cfg.seed, pretrain_epochs=cfg.pretrain_epochs)
+def demo_model(pool_jsonl: str | os.PathLike, out_dir: str | os.PathLike, demo: DemoConfig, proxy: ProxyConfig) -> None:
+    """Rule ``demo_model``: the proxy of the demo pool (shape and pre-training: ``proxy``), seeded by ``demo.seed``."""
+    proxy_model([pool_jsonl], out_dir, replace(proxy, seed=demo.seed))
+
+
+def proxy_model(pools: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: ProxyConfig) -> None:
+    """Rule ``proxy_model``: the tiny MoE model and tokenizer of the datasets ``pools`` (``model.path: proxy``)."""
+    build_proxy_model(out_dir, pools, **asdict(cfg))
 
 
 def split_dataset(dataset_path: str | os.PathLike, dataset: str, out_dir: str | os.PathLike, shard_size: int) -> None:
