@@ -59,6 +59,8 @@ class SelectionConfig:
     quality_method: str
     routing_strata: int
     quality_field: str | None
+    near_duplicate_threshold: float | None
+    dedup_system_turns: bool
     metric: str
     distance_mode: str
     distance_batch_size: int
