@@ -168,12 +168,13 @@ def near_keys(records, threshold: float, system_turns: bool = False) -> dict[str
 
 
 def number_keys(texts: list[str]) -> np.ndarray:
-    """uint64 [n]: a digest of the numbers each text holds, in order (0: none). Two texts whose numbers
-    differ say different things (another sum, date, dose, version) however alike their words are, and
-    are never near-duplicates: templated records (``Add 12 and 34.``) are the commonest false merge."""
+    """uint64 [n]: a digest of the numbers each text holds, as a sorted multiset (0: none), so a reordered
+    copy keeps its digest. Two texts whose numbers differ say different things (another sum, date, dose,
+    version) however alike their words are, and are never near-duplicates: templated records
+    (``Add 12 and 34.``) are the commonest false merge."""
     out = np.zeros(len(texts), dtype=np.uint64)
     for i, text in enumerate(texts):
-        numbers = _NUMBER.findall(text)
+        numbers = sorted(_NUMBER.findall(text))
         if numbers:
             out[i] = int.from_bytes(hashlib.blake2b(" ".join(numbers).encode(), digest_size=8).digest(), "little")
     return out
