@@ -371,3 +371,18 @@ def test_report_figures_show_in_headless_chromium(report_html):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # not a blank or single-colour page
     red = (np.abs(pixels - SELECTED_RED).max(axis=-1) <= 8).sum()
     assert red > 200, "the quality histogram's selected bars are not on screen"
+
+
+def test_quality_histogram_counts_duplicates_apart_from_quality_drops():
+    import pandas as pd
+
+    from selectflow.report.figures import quality_groups
+
+    table = pd.DataFrame({
+        "sample_id": list("abcdefg"), "kept": [True, True, False, False, False, False, True],
+        "reason": ["selected", "not_picked", "repetitive", "duplicate_of:a", "duplicate_of:b", "excluded",
+                   "below_importance_cut"]})
+    picked = np.array([True, False, False, False, False, False, False])
+    counts = {label: int(mask.sum()) for mask, _, label in quality_groups(table, picked)}
+    assert counts == {"filtered out by the quality method": 1, "duplicates (the better copy stays)": 2,
+                      "excluded (decontamination)": 1, "kept, not selected": 2, "selected": 1}

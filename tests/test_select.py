@@ -222,6 +222,21 @@ def test_continue_selection_cli(tmp_path, capsys):
     assert "no *.h5 router-data shards" in capsys.readouterr().err
 
 
+def test_continue_selection_warns_when_the_selection_is_tiny(tmp_path, caplog):
+    pool = make_pool(seed=9)
+    write_shards(pool, tmp_path / "router_data", seed=6)
+    out = tmp_path / "run" / "selected_data.jsonl"
+    base = ["--router_data_dir", str(tmp_path / "router_data"), "--output_path", str(out), "--device", "cpu"]
+    with caplog.at_level(logging.WARNING):
+        assert continue_selection(base + ["--selection_percentage", "0.02"]) == 0  # round(0.6) -> 1 of 30
+    assert f"selection.selection_percentage 0.02 of the {len(pool)} samples under" in caplog.text
+    assert "selects 1 record; raise selection_percentage or add records" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert continue_selection(base + ["--selection_percentage", "0.1"]) == 0
+    assert "raise selection_percentage" not in caplog.text
+
+
 def test_continue_selection_distance_batch_size_sets_the_fps_chunk(tmp_path, monkeypatch):
     """--distance_batch_size is the streaming FPS chunk, as selection.distance_batch_size is in the workflow."""
     import selectflow.stages.select as stage

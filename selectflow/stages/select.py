@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from selectflow.config import SelectionConfig
+from selectflow.data.preflight import tiny_selection_text
 from selectflow.data.records import write_jsonl
 from selectflow.router.routerfile import RouterShard, concat_shards, read_records, scan_shards, shard_header
 from selectflow.runtime.errors import SelectFlowError
@@ -353,6 +354,10 @@ def continue_selection(router_dir: str | os.PathLike, output_path: str | os.Path
     with tempfile.TemporaryDirectory(prefix=".selection.", dir=out.parent) as work:
         cands_h5, cands_tsv, block_dir = Path(work) / "candidates.h5", Path(work) / "candidates_quality.tsv", None
         build_candidates(shards, cands_h5, cands_tsv, sel)
+        tiny = tiny_selection_text(sel.selection_percentage, int(read_candidates(cands_h5).attrs["n_pool"]),
+                                   f"samples under {router_dir}")
+        if tiny:
+            log.warning(tiny)  # the workflow says it before its first job (selectflow.data.preflight)
         if sel.distance_mode == "matrix" and not sel.disable_diversity:
             block_dir = Path(work) / "blocks"
             nb = n_blocks(cands_h5, sel.distance_batch_size)
