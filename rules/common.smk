@@ -1,11 +1,16 @@
 import os
 import sys
 
-from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from selectflow.config import as_param, build_config, proxy_model_dir, trainer_keys
+from selectflow.config import (
+    as_param,
+    build_config,
+    check_against_schema,
+    proxy_model_dir,
+    trainer_keys,
+)
 from selectflow.data.check import data_check_text, is_dry_run
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.locks import clear_stale_locks
@@ -14,17 +19,27 @@ from selectflow.data.preflight import check_datasets_given, preflight
 
 
 def checked(fn, *args):
-    """``fn(*args)``; a SelectFlowError stops Snakemake with its message alone."""
+    """``fn(*args)``; a SelectFlowError stops Snakemake with its message alone (no traceback)."""
     try:
         return fn(*args)
     except SelectFlowError as exc:
-        raise WorkflowError(str(exc)) from None
+        logger.error(f"[selectflow] ERROR: {exc}")
+        sys.exit(1)
 
 
+_CONFIG_SOURCE = (
+    ", ".join(map(str, workflow.overwrite_configfiles)) or "config/config.yaml"
+)
 checked(check_datasets_given, config, workflow.overwrite_configfiles)
+# every mistake in a few lines (key, what is wrong, what to write); validate then fills the defaults
+checked(check_against_schema, config, _CONFIG_SOURCE)
 validate(config, "../schemas/config.schema.yaml")
-validate(
-    trainer_keys(config["train"]), "../schemas/train.schema.yaml", set_default=False
+checked(
+    check_against_schema,
+    trainer_keys(config["train"]),
+    _CONFIG_SOURCE,
+    "train.schema.yaml",
+    "train",
 )
 # the typed config, the train sections resolved (preset, defaults): once per run
 CFG = checked(build_config, config)

@@ -196,6 +196,8 @@ SELECTION_FLAGS = {
     "quality_method": "quality_method",
     "quality_field": "quality_field",
     "routing_strata": "routing_strata",
+    "near_duplicate_threshold": "near_duplicate_threshold",
+    "dedup_system_turns": "dedup_system_turns",
 }
 SCHEMA_TYPES = {"integer": int, "number": float, "string": str}
 

@@ -74,6 +74,8 @@ class SelectionConfig:
     quality_method: str
     routing_strata: int
     quality_field: str | None
+    near_duplicate_threshold: float | None
+    dedup_system_turns: bool
     metric: str
     distance_mode: str
     distance_batch_size: int
@@ -371,3 +373,92 @@ def compare_section(config: dict, train: dict) -> CompareConfig:
     settings = resolve_train_config(trainer_keys({**train, **cmp["train"]}))
     return section(CompareConfig, {**cmp, "methods": methods, "eval": test, "full_pools": tuple(cmp["full_pools"]),
                                    "train": settings})
+
+
+MAX_PROBLEMS = 5  # config mistakes shown at once (each in at most 3 lines): the message stays under 20 lines
+MODEL_HINT = ("add a model section:\n    model:\n      path: /path/to/a/local/hf/moe-model\n"
+              "  or a small MoE built on your own datasets (rule proxy_model, no download): model: {path: proxy}")
+
+
+def check_against_schema(config: Any, source: str, name: str = "config.schema.yaml", prefix: str = "") -> None:
+    """Raise one :class:`~selectflow.runtime.errors.SelectFlowError` naming every mistake of ``config``
+    against schema ``name`` (at most :data:`MAX_PROBLEMS`, each with its key, what is wrong and what to
+    write instead); nothing when it is valid. ``source`` names the config file(s); ``prefix`` the section
+    ``config`` is (``train``), for the key names. No schema dump, no traceback."""
+    from jsonschema import Draft202012Validator
+
+    from selectflow.runtime.errors import SelectFlowError
+
+    errors = sorted(Draft202012Validator(schema(name)).iter_errors(config), key=lambda e: [str(p) for p in e.path])
+    if not errors:
+        return
+    lines = [f"{source}: {len(errors)} config mistake{'s' if len(errors) > 1 else ''} "
+             f"(every key: config/README.md)"]
+    for error in errors[:MAX_PROBLEMS]:
+        lines.append("- " + _explain(error, prefix))
+    if len(errors) > MAX_PROBLEMS:
+        lines.append(f"- and {len(errors) - MAX_PROBLEMS} more; fix these and run again to see them")
+    raise SelectFlowError("\n".join(lines))
+
+
+def _key(path, prefix: str = "") -> str:
+    return ".".join([prefix] * bool(prefix) + [str(p) for p in path]) or "(top level)"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TYPE_NAMES = {"object": "a mapping (key: value lines)", "array": "a list", "string": "a string", "number": "a number",
+               "integer": "a whole number", "boolean": "true or false", "null": "null"}
+
+
+def _about(spec: Any) -> str:
+    """`` (what the key is)``: its schema description, cut at a word near 100 characters."""
+    text = spec.get("description", "") if isinstance(spec, dict) else ""
+    if len(text) > 100:
+        text = text[:100].rsplit(" ", 1)[0] + " …"
+    return f" ({text})" if text else ""
+
+
+def _explain(error, prefix: str) -> str:
+    """One config mistake in words: the key, what is wrong, what to write instead."""
+    import difflib
+
+    key, rule, spec = _key(error.absolute_path, prefix), error.validator, error.schema
+    what = _about(spec)
+    if rule == "required":
+        missing = next((k for k in error.validator_value if k not in error.instance), error.validator_value[0])
+        full = _key([*error.absolute_path, missing], prefix)
+        if full == "model":
+            return f"'model' is missing: the run needs the MoE model whose routing it reads; {MODEL_HINT}"
+        return f"'{full}' is missing{_about(spec.get('properties', {}).get(missing, {}))}; add it"
+    if rule == "additionalProperties":
+        allowed = sorted(spec.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        parts = []
+        for k in extra:
+            near = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
+            parts.append(f"'{_key([*error.absolute_path, k], prefix)}' is not a config key; "
+                         + (f"did you mean '{near[0]}'?" if near else f"valid keys here: {', '.join(allowed)[:200]}"))
+        return "\n  ".join(parts)
+    if rule == "type":
+        kinds = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        want = " or ".join(_TYPE_NAMES.get(k, k) for k in kinds)
+        return f"'{key}' is {_shown(error.instance)}, it must be {want}{what}"
+    if rule in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        bound = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "more than",
+                 "exclusiveMaximum": "less than"}[rule]
+        return f"'{key}' is {_shown(error.instance)}, it must be {bound} {error.validator_value}{what}"
+    if rule == "enum":
+        near = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1, cutoff=0.5)
+        return (f"'{key}' is {_shown(error.instance)}, it must be one of {', '.join(map(str, error.validator_value))}"
+                + (f"; did you mean '{near[0]}'?" if near else ""))
+    if rule == "pattern":
+        return f"'{key}' is {_shown(error.instance)}, which does not match {error.validator_value}{what}"
+    if rule in ("minProperties", "minItems"):
+        return f"'{key}' is empty, it needs at least {error.validator_value} entr{'y' if error.validator_value == 1 else 'ies'}{what}"
+    if rule == "uniqueItems":
+        return f"'{key}' lists an item twice ({_shown(error.instance)}); name each once"
+    return f"'{key}': {error.message[:200]}"

@@ -77,14 +77,18 @@ def output(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout + proc.stderr
 
 
+ERROR = "[selectflow] ERROR: "
+
+
 def workflow_error(proc: subprocess.CompletedProcess) -> str:
-    """The message of a WorkflowError raised while Snakemake reads the workflow (the line after its header)."""
+    """The first line of the error that stopped Snakemake while it read the workflow (rules/common.smk
+    ``checked``: the message alone, no traceback)."""
     assert proc.returncode != 0, output(proc)[-3000:]
     lines = output(proc).splitlines()
-    at = next((i for i, ln in enumerate(lines) if ln.startswith("WorkflowError")), None)
+    at = next((i for i, ln in enumerate(lines) if ln.startswith(ERROR)), None)
     assert at is not None, output(proc)[-3000:]
-    assert "Job stats" not in output(proc)  # stopped before any job was planned
-    return lines[at + 1]
+    assert "Job stats" not in output(proc) and "Traceback" not in output(proc)  # stopped before any job was planned
+    return lines[at].removeprefix(ERROR)
 
 
 def scheduled(proc: subprocess.CompletedProcess, rule: str) -> set[str]:

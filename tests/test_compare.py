@@ -155,7 +155,7 @@ def test_an_unknown_compare_method_is_a_config_error_naming_the_key(tmp_path):
 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(_raw(methods=["random", "lesss"])))
-    with pytest.raises(SelectFlowError, match=r"key compare\.methods\.1: 'lesss' is not one of"):
+    with pytest.raises(SelectFlowError, match=r"'compare\.methods\.1' is 'lesss', it must be one of fps, random"):
         load_config(path)
 
 

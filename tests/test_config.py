@@ -7,6 +7,7 @@ import yaml
 
 from selectflow.config import SECTIONS, build_config, with_defaults
 from selectflow.configdoc import SCHEMA
+from selectflow.runtime.errors import SelectFlowError
 
 SCHEMA_DOC = yaml.safe_load(SCHEMA.read_text())
 
@@ -67,3 +68,40 @@ def test_sections_travel_as_plain_params_and_come_back_equal():
         param = as_param(value)
         assert isinstance(param, dict) and "object at 0x" not in repr(param)
         assert from_param(type(value), param) == value
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"datasets": {"a": "a.jsonl"}}, ["'model' is missing", "model:", "path:", "resources/demo/model"]),
+    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"selection_percentag": 0.1}},
+     ["'selection.selection_percentag' is not a config key; did you mean 'selection_percentage'?"]),
+    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"routing_strata": "4"}},
+     ["'selection.routing_strata' is '4', it must be a whole number"]),
+    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"near_duplicate_threshold": 1.5}},
+     ["'selection.near_duplicate_threshold' is 1.5, it must be at most 1"]),
+    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"metric": "cosin"}},
+     ["'selection.metric' is 'cosin', it must be one of wasserstein, cosine, l2; did you mean 'cosine'?"]),
+    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "wramup": {}}, ["'wramup' is not a config key; did you mean 'warmup'?"]),
+    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": 0.05},
+     ["'selection' is 0.05, it must be a mapping"]),
+])
+def test_config_mistakes_are_named_in_a_few_lines(config, words):
+    from selectflow.config import check_against_schema
+
+    with pytest.raises(SelectFlowError) as err:
+        check_against_schema(config, "my.yaml")
+    text = str(err.value)
+    assert text.startswith("my.yaml: 1 config mistake") and len(text.splitlines()) <= 20
+    assert all(w in text for w in words), text
+    assert "properties" not in text and "$schema" not in text
+
+
+def test_many_config_mistakes_stay_under_twenty_lines():
+    from selectflow.config import check_against_schema
+
+    bad = {"selection": {f"key{i}": i for i in range(30)}, "router_dump": {"batch_size": "x", "max_length": -1},
+           "index": {"window_size": 0}, "shard_size": "big"}
+    with pytest.raises(SelectFlowError) as err:
+        check_against_schema(bad, "my.yaml")
+    text = str(err.value)
+    assert len(text.splitlines()) <= 20 and "more; fix these and run again" in text, text
+    check_against_schema({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}, "my.yaml")  # valid: no error

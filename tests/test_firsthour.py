@@ -9,6 +9,7 @@ import sys
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -167,15 +168,16 @@ def test_check_command_exit_status_and_config_errors(tmp_path):
 # ----------------------------------------------------------------------------- summary
 
 
-def _fake_run(root, quality_columns=("sample_id", "dataset", "quality", "kept", "candidate")):
+def _fake_run(root, quality_columns=("sample_id", "dataset", "quality", "kept", "candidate", "reason")):
     sel = root / "results" / "r" / "selection"
     sel.mkdir(parents=True)
-    rows = [("a:1", "a", 0.9, True, True), ("a:2", "a", 0.5, True, False), ("a:3", "a", 0.1, False, False),
-            ("b:1", "b", 0.8, True, True), ("b:2", "b", 0.7, True, True)]
+    rows = [("a:1", "a", 0.9, True, True, "selected"), ("a:2", "a", 0.5, True, False, "below_importance_cut"),
+            ("a:3", "a", 0.1, False, False, "duplicate_of:b:1"), ("b:1", "b", 0.8, True, True, "not_picked"),
+            ("b:2", "b", 0.7, True, True, "selected")]
     with open(sel / "quality.tsv", "w") as fh:
         fh.write("\t".join(quality_columns) + "\n")
         for row in rows:
-            values = dict(zip(("sample_id", "dataset", "quality", "kept", "candidate"), row))
+            values = dict(zip(("sample_id", "dataset", "quality", "kept", "candidate", "reason"), row))
             fh.write("\t".join(str(values.get(c, "x")) for c in quality_columns) + "\n")
     (sel / "fps_curve.tsv").write_text("step\tsample_id\tcandidate_index\tmin_distance\n0\ta:1\t0\tinf\n1\tb:2\t2\t0.5\n")
     with h5py.File(sel / "candidates.h5", "w") as f:
@@ -200,8 +202,8 @@ def test_summary_counts_method_outputs_warnings_next_steps(tmp_path):
     lines = text.splitlines()
     row_a = next(line for line in lines if line.split()[:1] == ["a"])
     row_b = next(line for line in lines if line.split()[:1] == ["b"])
-    assert row_a.split()[1:] == ["3", "2", "1", "1"]
-    assert row_b.split()[1:] == ["2", "2", "2", "1"]
+    assert row_a.split()[1:] == ["3", "2", "1", "1", "1"]  # a:3 is a duplicate of b:1
+    assert row_b.split()[1:] == ["2", "2", "2", "1", "0"]
     assert "quality method: ifd (selection.quality_method: auto)" in text and "two_stage" in text
     assert "the selected records" not in text  # selected_data.jsonl is not written in this fake run: not listed
     assert "quality.tsv" in text
@@ -212,7 +214,7 @@ def test_summary_counts_method_outputs_warnings_next_steps(tmp_path):
 def test_summary_reads_columns_by_name_and_survives_missing_files(tmp_path):
     sel = _fake_run(tmp_path, quality_columns=("reason", "candidate", "sample_id", "quality", "dataset", "kept"))
     counts = {r["dataset"]: r for r in selection_counts(sel)}
-    assert counts["a"] == {"dataset": "a", "pool": 3, "kept": 2, "candidates": 1, "selected": 1}
+    assert counts["a"] == {"dataset": "a", "pool": 3, "kept": 2, "candidates": 1, "selected": 1, "duplicates": 1}
     (sel / "selection_summary.tsv").write_text("dataset\tpool\tselected\tnew_column\na\t30\t10\tz\nb\t20\t5\tz\n")
     counts = {r["dataset"]: r for r in selection_counts(sel)}
     assert counts["a"]["pool"] == 30 and counts["a"]["selected"] == 10 and counts["a"]["kept"] == 2
@@ -437,7 +439,9 @@ def test_small_run_ends_with_the_summary_and_quiet_logs(tmp_path):
     proc = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", config=config)
     summary = proc.stdout[proc.stdout.index("SelectFlow run 'small': finished"):]
     row = next(line for line in summary.splitlines() if line.split()[:1] == ["demo"])
-    assert row.split()[1:] == ["240", *row.split()[2:4], "24"]
+    quality = pd.read_csv(tmp_path / "results/small/selection/quality.tsv", sep="\t", keep_default_na=False)
+    duplicates = int(quality["reason"].str.startswith("duplicate_of:").sum())
+    assert row.split()[1:] == ["240", *row.split()[2:4], "24", str(duplicates)]
     assert re.search(r"quality method: (combined|gate|ifd|perplexity|field)\b", summary)
     assert "snakemake --report report.html" in summary
     # 240 samples in windows of 50: 5 windows, embedded by 3 jobs, each window its own files

@@ -9,7 +9,7 @@ import pytest
 
 from selectflow.router.routerfile import RouterShard
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.select.quality import assess, distinct_ngram_share, quality_scores
+from selectflow.select.quality import assess, distinct_ngram_share, quality_scores, words
 
 
 def shard(n=3, *, logits=None, nll=None, alone=None, resp_tokens=None, records=None, eos=None):
@@ -80,11 +80,44 @@ def test_combined_drops_degenerate_repetition_not_ordinary_text():
 
 
 def test_distinct_ngram_share_against_a_naive_count():
-    texts = ["a b c a b c", "one two three four", "x", "Go, go, go!"]
+    texts = ["a b c a b c", "one two three four", "x", "Go, go, go!", "well... well... well... fine"]
     for text, got in zip(texts, distinct_ngram_share(texts, 3)):
-        words = re.findall(r"\w+|[^\w\s]", text.lower())
-        grams = [" ".join(words[i : i + 3]) for i in range(len(words) - 2)]
+        found = [w for w in re.split(r"[^a-z]+", text.lower()) if w]  # ASCII text: words are runs of letters
+        grams = [" ".join(found[i : i + 3]) for i in range(len(found) - 2)]
         assert got == (len(set(grams)) / len(grams) if grams else 1.0)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The answer is 42 ..........", ["the", "answer", "is", "42"]),  # an ellipsis is no word
+    ("def f(x):\n    return x[0] + 1  # first", ["def", "f", "x", "return", "x", "0", "1", "first"]),
+    ("| a | b |\n|---|---|\n| 1 | 2 |", ["a", "b", "1", "2"]),  # table rules are no words
+    ("东京是日本的首都。", list("东京是日本的首都")),  # Han: a word a character
+    ("ひらがな カタカナ", list("ひらがなカタカナ")),
+    ("한국어 문장", ["한국어", "문장"]),  # Hangul is written with spaces
+    ("Ünïcödé naïve_name", ["ünïcödé", "naïve_name"]),
+    ("... ?! — *** $$$", []),
+])
+def test_words_are_word_characters_not_punctuation(text, expected):
+    assert words(text) == expected
+
+
+@pytest.mark.parametrize("response, why", [
+    ("The answer is 42 ..........", ""),  # was 'repetitive' when the dots counted as words
+    ("Wait for it . . . . . . . . . . . . . . . . and done.", ""),
+    ("| col | val |\n|-----|-----|\n| a | 1 |\n| b | 2 |\n| c | 3 |", ""),
+    ("```python\nfor i in range(3):\n    print(i, i * 2)\n```", ""),
+    ("东京是日本的首都，人口很多。", ""),
+    ("好" * 40, "repetitive"),  # a loop in Han text is still a loop
+    ("the cat " * 20, "repetitive"),
+    ("...", "no_response_tokens"),
+    ("?!", "no_response_tokens"),
+    ("—", "no_response_tokens"),
+    ("   \n ", "no_response_tokens"),
+])
+def test_combined_word_checks_count_words(response, why):
+    s = shard(n=1, nll=[1.0], alone=[2.0], eos=[0.1], records=[norm(response)])
+    assert assess(s, "combined").reason.tolist() == [why]
+    assert assess(s, "perplexity").reason.tolist() == ["no_response_tokens" if why == "no_response_tokens" else ""]
 
 
 def test_ifd_ratio_and_drops():

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import matplotlib.image
@@ -204,6 +205,60 @@ def test_figures_without_later_stages(shards, tmp_path):
     assert not list((tmp_path / "report").glob(".*"))  # no temp files left behind
 
 
+HOSTILE = [
+    "Set ${foo} to $HOME, then pay $5 and $10", r"\frac{a}{b} \\ 100% {braces} }{ $x^{$ _ ^",
+    "emoji 👩🏽‍💻 🇫🇷 🎉 and e\u0301\u0301 combining", "עברית מימין לשמאל ثم العربية",
+    "$" * 10_000, "long " * 2_000 + "$end$",
+]
+
+
+def test_excerpt_cuts_whole_characters():
+    from selectflow.report.canvas import excerpt
+
+    assert excerpt("a  b\n\tc", 10) == "a b c" and excerpt("abcdef", 4) == "abc…"
+    assert excerpt("x\x00y\ud800z", 10) == "x\ufffdy\ufffdz"
+    for text in ("abe\u0301\u0301xyz", "ab👩🏽‍💻xyz", "ab🇫🇷🇩🇪xyz", "abc\ufe0fxyz"):
+        for limit in range(1, len(text)):
+            cut = excerpt(text, limit)
+            assert len(cut) <= limit and cut.endswith("…")
+            kept = cut[:-1]
+            assert text.startswith(kept)
+            rest = text[len(kept):]  # what was cut starts a new character, never a mark, joiner or half a flag
+            assert not (rest and (unicodedata.category(rest[0]).startswith("M") or rest[0] in "\u200d\ufe0f"
+                                  or "\U0001f3fb" <= rest[0] <= "\U0001f3ff" or kept.endswith("\u200d")))
+            flags = len(kept) - len(kept.rstrip("".join(chr(c) for c in range(0x1F1E6, 0x1F200))))
+            assert flags % 2 == 0
+
+
+def test_figures_draw_user_text_plainly(tmp_path):
+    """Records, ids and reasons full of ``$``, TeX, emoji and right-to-left text reach every figure as plain text."""
+    rng = np.random.default_rng(2)
+    n = 40
+    ids = [f"id${i}^{{$%" for i in range(n)]  # two dollars around broken mathtext: matplotlib fails on it
+    bad = "costs $x^{$ and a $}$ b"
+    records = [json.dumps({"sample_id": s, "dataset": "d", "prompt": f"### User:\n{bad} {i} {HOSTILE[i % 6]}\n\n### "
+                           "Assistant:\n", "response": f"{bad} {HOSTILE[(i + 1) % 6]}", "record": {}})
+               for i, s in enumerate(ids)]
+    path = tmp_path / "d" / "shard_00000.h5"
+    write_router_shard(path, RouterShard(
+        sample_id=np.array(ids, dtype=object), moe_probs=rng.dirichlet(np.ones(4), size=(n, 2)).astype(np.float32),
+        nll_response=rng.uniform(1, 3, n).astype(np.float32), n_tokens=np.full(n, 8, np.int32),
+        n_response_tokens=np.full(n, 4, np.int32), record=np.array(records, dtype=object)))
+    from selectflow.config import selection_section
+    from selectflow.stages.select import build_candidates, run_fps
+
+    sel = tmp_path / "selection"
+    section = selection_section(quality_method="perplexity", selection_percentage=0.2, routing_strata=1, device="cpu")
+    build_candidates([path], sel / "candidates.h5", sel / "quality.tsv", section)
+    run_fps(sel / "candidates.h5", sel / "fps_curve.tsv", section)
+    out = {name: tmp_path / "report" / f"{name}.png" for name in FIGURES}
+    make_report_figures(out, quality_tsv=sel / "quality.tsv", curve_tsv=sel / "fps_curve.tsv",
+                        candidates_h5=sel / "candidates.h5", router_paths=[path], log_dir=tmp_path / "no_logs",
+                        bench_dir=tmp_path / "no_bench", train_metrics={}, index_summaries=[],
+                        examples_png=tmp_path / "report" / "examples.png")
+    assert all(png_size(p)[0] >= 300 for p in [*out.values(), tmp_path / "report" / "examples.png"])
+
+
 # ----------------------------------------------------------------------------- the report in a browser
 
 
@@ -316,3 +371,18 @@ def test_report_figures_show_in_headless_chromium(report_html):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # not a blank or single-colour page
     red = (np.abs(pixels - SELECTED_RED).max(axis=-1) <= 8).sum()
     assert red > 200, "the quality histogram's selected bars are not on screen"
+
+
+def test_quality_histogram_counts_duplicates_apart_from_quality_drops():
+    import pandas as pd
+
+    from selectflow.report.figures import quality_groups
+
+    table = pd.DataFrame({
+        "sample_id": list("abcdefg"), "kept": [True, True, False, False, False, False, True],
+        "reason": ["selected", "not_picked", "repetitive", "duplicate_of:a", "duplicate_of:b", "excluded",
+                   "below_importance_cut"]})
+    picked = np.array([True, False, False, False, False, False, False])
+    counts = {label: int(mask.sum()) for mask, _, label in quality_groups(table, picked)}
+    assert counts == {"filtered out by the quality method": 1, "duplicates (the better copy stays)": 2,
+                      "excluded (decontamination)": 1, "kept, not selected": 2, "selected": 1}

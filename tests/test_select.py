@@ -222,6 +222,21 @@ def test_continue_selection_cli(tmp_path, capsys):
     assert "no *.h5 router-data shards" in capsys.readouterr().err
 
 
+def test_continue_selection_warns_when_the_selection_is_tiny(tmp_path, caplog):
+    pool = make_pool(seed=9)
+    write_shards(pool, tmp_path / "router_data", seed=6)
+    out = tmp_path / "run" / "selected_data.jsonl"
+    base = ["--router_data_dir", str(tmp_path / "router_data"), "--output_path", str(out), "--device", "cpu"]
+    with caplog.at_level(logging.WARNING):
+        assert continue_selection(base + ["--selection_percentage", "0.02"]) == 0  # round(0.6) -> 1 of 30
+    assert f"selection.selection_percentage 0.02 of the {len(pool)} samples under" in caplog.text
+    assert "selects 1 record; raise selection_percentage or add records" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert continue_selection(base + ["--selection_percentage", "0.1"]) == 0
+    assert "raise selection_percentage" not in caplog.text
+
+
 def test_continue_selection_distance_batch_size_sets_the_fps_chunk(tmp_path, monkeypatch):
     """--distance_batch_size is the streaming FPS chunk, as selection.distance_batch_size is in the workflow."""
     import selectflow.stages.select as stage
@@ -256,9 +271,10 @@ def test_duplicates_keep_the_best_copy_and_are_counted(tmp_path, caplog):
     pool = make_pool(seed=11)
     ids = list(pool)
     best, worse = ids[0], ids[1]  # same text up to case, spacing and punctuation
-    pool[worse]["norm"] = {**pool[worse]["norm"], "prompt": "P  " + pool[best]["norm"]["prompt"].upper() + "!",
-                           "response": pool[best]["norm"]["response"] + "."}
-    pool[best]["norm"] = {**pool[best]["norm"], "prompt": "p " + pool[best]["norm"]["prompt"]}
+    said = pool[best]["norm"]["record"]
+    pool[worse]["norm"] = {**pool[worse]["norm"], "record": {**said, "instruction": "DO  " + said["instruction"].upper()
+                                                                     + "!", "output": said["output"] + "."}}
+    pool[best]["norm"] = {**pool[best]["norm"], "record": {**said, "instruction": "do " + said["instruction"]}}
     pool[worse]["logits"] = pool[best]["logits"] - np.array([1.0, -1.0], dtype=np.float32)  # lower gate score
     twin_a, twin_b = ids[2], ids[3]  # different text, identical routing
     pool[twin_b]["probs"] = pool[twin_a]["probs"].copy()
@@ -385,8 +401,11 @@ def rich_pool(seed):
     rng = np.random.default_rng(seed + 50)
     for s in ids:
         pool[s]["eos"] = float(rng.uniform(0.1, 1.0))
+    said = pool[ids[0]]["norm"]["record"]  # ids[1] says what ids[0] says (its record and its prompt)
     pool[ids[1]]["norm"] = {**pool[ids[1]]["norm"], "prompt": pool[ids[0]]["norm"]["prompt"].upper() + "!",
-                            "response": pool[ids[0]]["norm"]["response"]}
+                            "response": pool[ids[0]]["norm"]["response"],
+                            "record": {**pool[ids[1]]["norm"]["record"], "instruction": said["instruction"].upper() + "!",
+                                       "output": said["output"]}}
     pool[ids[2]]["probs"] = pool[ids[3]]["probs"].copy()
     pool[ids[4]]["norm"] = {**pool[ids[4]]["norm"], "response": "   "}
     pool[ids[5]]["norm"] = {**pool[ids[5]]["norm"], "response": "so so so so so so so so so so so"}
@@ -447,31 +466,31 @@ EXPECTED_DIGESTS = {
         "candidates.h5": "3ed3ed198719a916",
         "curve.tsv": "ffd373d5873733c3",
         "selected.jsonl": "ca74f39fb4e212a2",
-        "summary.tsv": "81083d650bfc43eb",
+        "summary.tsv": "73a6b904cfb9116a",
     },
     "combined_fps": {
         "candidates.h5": "d23dc58c2a687a09",
         "curve.tsv": "49874493ea19cc2d",
         "selected.jsonl": "e99e5677b349ee7e",
-        "summary.tsv": "f87a41e8806efa0c",
+        "summary.tsv": "18b6fdc625b485e5",
     },
     "gate_two_stage": {
         "candidates.h5": "94f2dd9cc6458025",
         "curve.tsv": "6714cc481e9c125f",
         "selected.jsonl": "78346fcfca77fa35",
-        "summary.tsv": "cf24b1f02c4b18d5",
+        "summary.tsv": "a11dc61bda849d2f",
     },
     "field": {
         "candidates.h5": "89a316b8c783c3ec",
         "curve.tsv": "599c245bdd6140df",
         "selected.jsonl": "61b4e78264edb6d2",
-        "summary.tsv": "cd9082ccc0768324",
+        "summary.tsv": "83b382a760f6d1fe",
     },
     "perplexity_quality": {
         "candidates.h5": "9d3113b750b60023",
         "curve.tsv": "e26ffb74833d75ac",
         "selected.jsonl": "d84c64ebdd3f1fe5",
-        "summary.tsv": "e221dc37f353df14",
+        "summary.tsv": "b0531afd42857119",
     },
 }
 

@@ -127,10 +127,9 @@ def render(results: list[DatasetCheck]) -> str:
 
 def load_config(configfile: str | os.PathLike) -> dict:
     """The config file, validated against the schema with its defaults filled in."""
-    import jsonschema
     import yaml
 
-    from selectflow.config import schema, with_defaults
+    from selectflow.config import check_against_schema, schema, with_defaults
 
     path = Path(configfile)
     if not path.is_file():
@@ -139,11 +138,7 @@ def load_config(configfile: str | os.PathLike) -> dict:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise SelectFlowError(f"{path}: not valid YAML ({exc})") from None
-    try:
-        jsonschema.validate(config, schema())
-    except jsonschema.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise SelectFlowError(f"{path}: key {where}: {exc.message}; see config/README.md") from None
+    check_against_schema(config, str(path))
     return with_defaults(config, schema())
 
 

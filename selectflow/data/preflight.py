@@ -173,8 +173,15 @@ def tiny_selection_warning(datasets: Mapping[str, str], selection_percentage: fl
         return None  # an unreadable file: its split_dataset job says what is wrong, with the line
     if n >= limit or n == 0:
         return None
+    return tiny_selection_text(selection_percentage, n, "records in 'datasets'")
+
+
+def tiny_selection_text(selection_percentage: float, n: int, what: str) -> str | None:
+    """The tiny-selection warning when ``selection_percentage`` of ``n`` ``what`` selects at most one, else None."""
     k = max(1, round(selection_percentage * n))
-    return (f"selection.selection_percentage {selection_percentage} of the {n} records in 'datasets' selects "
+    if k > 1:
+        return None
+    return (f"selection.selection_percentage {selection_percentage} of the {n} {what} selects "
             f"{k} record; raise selection_percentage or add records")
 
 

@@ -55,11 +55,6 @@ def _records(router_paths, wanted: set[str]) -> dict[str, dict]:
     return found
 
 
-def _excerpt(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def example_rows(quality_tsv, curve_tsv, router_paths, *, per_group: int = 5, max_chars: int = 160) -> pd.DataFrame:
     """The table: the first ``per_group`` picks, then ``per_group`` samples of each kind of drop reason.
 
@@ -67,6 +62,7 @@ def example_rows(quality_tsv, curve_tsv, router_paths, *, per_group: int = 5, ma
     its first ``:``, so all ``duplicate_of:<id>`` rows form one group.
     """
     from selectflow.data.records import record_prompt_response
+    from selectflow.report.canvas import excerpt
 
     quality = read_tsv(quality_tsv, "quality table", dtype={"reason": str})
     curve = read_tsv(curve_tsv, "FPS curve")
@@ -87,8 +83,8 @@ def example_rows(quality_tsv, curve_tsv, router_paths, *, per_group: int = 5, ma
             prompt, response = record_prompt_response(rec) if rec is not None else ("(record not stored)", "")
         except ValueError:
             prompt, response = json.dumps(rec, ensure_ascii=False), ""
-        prompts.append(_excerpt(prompt.replace("### User:", "").replace("### Assistant:", ""), max_chars))
-        responses.append(_excerpt(response, max_chars))
+        prompts.append(excerpt(prompt.replace("### User:", "").replace("### Assistant:", ""), max_chars))
+        responses.append(excerpt(response, max_chars))
     cols = ["reason", "rank", "sample_id", "dataset", "quality"]
     out = table[[c for c in cols if c in table]].copy()
     out["prompt"], out["response"] = prompts, responses
@@ -100,7 +96,7 @@ def examples_figure(quality_tsv, curve_tsv, router_paths, out_png: str | os.Path
     """Draw :func:`example_rows` as a table figure (PNG, like the report's other entries); return the table."""
     from matplotlib.figure import Figure
 
-    from selectflow.report.canvas import SELECTED, save_png
+    from selectflow.report.canvas import SELECTED, excerpt, save_png
 
     table = example_rows(quality_tsv, curve_tsv, router_paths, per_group=per_group, max_chars=max_chars)
     cells = []
@@ -109,8 +105,8 @@ def examples_figure(quality_tsv, curve_tsv, router_paths, out_png: str | os.Path
         rank = values.get("rank")
         q = str(values.get("quality", ""))
         cells.append([
-            str(values["reason"]) + ("" if rank is None or pd.isna(rank) else f" #{int(rank) + 1}"),
-            str(values["sample_id"]), str(values.get("dataset", "")),
+            excerpt(values["reason"], 40) + ("" if rank is None or pd.isna(rank) else f" #{int(rank) + 1}"),
+            excerpt(values["sample_id"], 40), excerpt(values.get("dataset", ""), 24),
             f"{float(q):.4g}" if q not in ("", "nan", "None") else "n/a",
             values["prompt"], values["response"],
         ])

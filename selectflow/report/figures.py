@@ -45,11 +45,15 @@ def _flag(column: pd.Series) -> np.ndarray:
 
 
 def candidate_attrs(candidates_h5: str | os.PathLike) -> dict:
-    """Attributes of ``candidates.h5`` (stage, metric, k, n_pool, n_kept, quality_method)."""
+    """Attributes of ``candidates.h5`` (stage, metric, k, n_pool, n_kept, quality_method), and ``strata``: the
+    routing strata the candidates were chosen in (0: none)."""
     # imported here: selectflow.stages.select pulls in torch, and the Snakefile imports this module
-    from selectflow.stages.select import read_candidates
+    from selectflow.stages.select import open_candidates, read_candidates
 
-    return read_candidates(candidates_h5).attrs
+    attrs = dict(read_candidates(candidates_h5).attrs)
+    with open_candidates(candidates_h5) as f:
+        attrs["strata"] = len(f["quota"]) if "quota" in f else 0
+    return attrs
 
 
 def selected_ids(curve_tsv: str | os.PathLike) -> set[str]:
@@ -58,6 +62,22 @@ def selected_ids(curve_tsv: str | os.PathLike) -> set[str]:
 
 
 # ----------------------------------------------------------------------------- selection
+
+
+def quality_groups(table: pd.DataFrame, picked: np.ndarray) -> list[tuple[np.ndarray, str, str]]:
+    """(mask, colour, label) of each stacked group of the quality histogram, from ``quality.tsv``'s rows:
+    dropped by the quality method, duplicates, excluded, kept but not selected, selected (disjoint)."""
+    kept = _flag(table["kept"])
+    reason = table["reason"].astype(str) if "reason" in table else pd.Series("", index=table.index)
+    duplicate = reason.str.startswith("duplicate_of:").to_numpy()
+    excluded = (reason == "excluded").to_numpy()
+    return [
+        (~kept & ~duplicate & ~excluded, "#f4a582", "filtered out by the quality method"),
+        (~kept & duplicate, "#92c5de", "duplicates (the better copy stays)"),
+        (~kept & excluded, "#bababa", "excluded (decontamination)"),
+        (kept & ~picked, POOL, "kept, not selected"),
+        (kept & picked, SELECTED, "selected"),
+    ]
 
 
 def quality_figure(
@@ -77,11 +97,7 @@ def quality_figure(
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_all, ax_kept = fig.subplots(1, 2)
     fig.suptitle(f"Quality scores ({attrs['quality_method']}): {int(picked.sum())} selected of {len(table)}")
-    groups = [
-        (finite & ~kept, "#f4a582", "filtered out by the quality method"),
-        (finite & kept & ~picked, POOL, "kept, not selected"),
-        (finite & picked, SELECTED, "selected"),
-    ]
+    groups = [(finite & mask, colour, label) for mask, colour, label in quality_groups(table, picked)]
     for ax, among, title in ((ax_all, finite, "all scored samples"), (ax_kept, finite & kept, "kept samples")):
         ax.set_title(title, fontsize=10)
         if not among.any():
@@ -91,9 +107,12 @@ def quality_figure(
         shown = [(m & among, c, f"{t} ({int((m & among).sum())})") for m, c, t in groups if (m & among).any()]
         ax.hist([score[m] for m, _, _ in shown], bins=bins, stacked=True, color=[c for _, c, _ in shown],
                 label=[t for _, _, t in shown])
-        if attrs["stage"] == "two_stage" and cand.any():
+        if attrs["stage"] == "two_stage" and cand.any() and not attrs.get("strata"):
             ax.axvline(score[cand].min(), color="k", ls="--", lw=1,
                        label=f"stage-1 cut: the top {int(cand.sum())} go to FPS")
+        elif attrs["stage"] == "two_stage" and cand.any():  # per stratum: no one score separates them
+            ax.plot([], [], " ", label=f"stage 1: {int(cand.sum())} candidates, the quality top of each of "
+                                       f"{attrs['strata']} routing strata (no single cut)")
         ax.set_yscale("log")
         ax.set_xlabel("quality score (higher is better)")
         ax.legend(fontsize=8, loc="best", framealpha=0.9)

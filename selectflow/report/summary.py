@@ -3,7 +3,8 @@
 :func:`run_summary` reads only files the run wrote, each defensively (a stage that did
 not run, or a table with other columns, leaves its part out) and returns the text:
 
-* per dataset: pool / kept / candidates / selected (``selection_summary.tsv``, else
+* per dataset: pool / kept / candidates / selected / duplicates dropped, exact or near
+  (``selection_summary.tsv``, else
   counted from ``quality.tsv``);
 * the quality method actually used (``candidates.h5`` attributes, else the ``candidates``
   log) and the selection stage;
@@ -29,7 +30,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-COUNT_COLUMNS = ("pool", "kept", "candidates", "selected")
+COUNT_COLUMNS = ("pool", "kept", "candidates", "selected", "duplicates")
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ (WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
 MAX_MESSAGES = 8
 
@@ -51,7 +52,7 @@ def _flag(column) -> "object":
 
 
 def selection_counts(selection_dir: str | os.PathLike) -> list[dict]:
-    """Per dataset ``{"dataset", "pool", "kept", "candidates", "selected"}`` (a count is None when unknown).
+    """Per dataset ``{"dataset", "pool", "kept", "candidates", "selected", "duplicates"}`` (None when unknown).
 
     Read from ``selection_summary.tsv`` by column name; counts it lacks come from
     ``quality.tsv`` (``kept`` / ``candidate`` flags) and ``fps_curve.tsv`` (the picks).
@@ -75,6 +76,8 @@ def selection_counts(selection_dir: str | os.PathLike) -> list[dict]:
                 "kept": int(_flag(part["kept"]).sum()) if "kept" in part else None,
                 "candidates": int(_flag(part["candidate"]).sum()) if "candidate" in part else None,
                 "selected": int(picked[part.index].sum()) if picked is not None else None,
+                "duplicates": (int(part["reason"].astype(str).str.startswith("duplicate_of:").sum())
+                               if "reason" in part else None),
             }
             for key, value in derived.items():
                 if row.get(key) is None:

@@ -161,8 +161,10 @@ def pool_features(shard, rows: np.ndarray, metric: str) -> np.ndarray:
     return shard.source.take(rows, lambda path, at: distance.features(read_moe_probs(path, at), metric))
 
 
-def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice):
-    """``candidates_quality.tsv``'s rows: the kept samples in quality order, then the dropped ones by id."""
+def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice,
+                  similarity: np.ndarray):
+    """``candidates_quality.tsv``'s rows: the kept samples in quality order, then the dropped ones by id;
+    ``similarity``: a duplicate's similarity to the copy kept (1 exact, else the MinHash estimate; NaN for others)."""
     import pandas as pd
 
     candidate = np.zeros(len(shard), dtype=bool)
@@ -178,6 +180,7 @@ def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np
             "kept": keep[rank],
             "candidate": candidate[rank],
             "reason": reason[rank],
+            "similarity": similarity[rank],
             **{name: values[rank] for name, values in quality.inputs.items()},
         }
     )

@@ -12,12 +12,15 @@ method          score (higher ranks higher) and what it drops
 ``combined``    ``log(1 / IFD) + log p(eos)`` = ``log(nll_response_alone / nll_response)
                 - nll_eos``: how much the prompt lowers the response's loss, plus how
                 sure the model is that the response ends where it ends (``nll_eos`` NaN,
-                i.e. cut by ``max_length``: term 0). Drops responses without a word
-                (``no_response_tokens``), ``nonfinite`` NLLs, ``ifd>=1`` (the prompt
+                i.e. cut by ``max_length``: term 0, and ``unfinished`` not judged).
+                Drops responses without a word (``no_response_tokens``; words are
+                :func:`words`: ``\\w+`` runs, a Han or kana character each, never
+                punctuation), ``nonfinite`` NLLs, ``ifd>=1`` (the prompt
                 does not help: off-topic or boilerplate answers), ``repetitive``
                 responses (under half of their word 3-grams distinct: degenerate loops)
                 and ``unfinished`` ones (p(eos) after the response under half of
-                the pool's median p(eos): the model expects more, as after truncated
+                the pool's median p(eos), i.e. ``nll_eos`` over the median of the
+                finite ``nll_eos`` + log 2: the model expects more, as after truncated
                 or rambling text; relative to the pool, so a model that ends answers
                 with another token does not drop them all).
                 Measured on the demo pools (bench/bench_selection_quality.py), it puts
@@ -31,6 +34,7 @@ method          score (higher ranks higher) and what it drops
                 ``nonfinite``. On a model that knows the pool this ranks junk first
                 (measured): prefer ``combined``.
 ``perplexity``  ``-nll_response`` (lower loss ranks higher); drops ``no_response_tokens``
+                (no response token, or no word)
                 and ``nonfinite``
 ``field``       numeric field ``field`` of the original input record; drops nothing
 ``auto``        ``combined`` when the shard has ``nll_response_alone`` (``router_dump.ifd:
@@ -105,8 +109,8 @@ def assess(shard: RouterShard, method: str = "auto", field: str | None = None) -
 
 
 def record_facts(records, field: str | None = None) -> dict[str, np.ndarray]:
-    """What the methods read from the records, per sample: ``empty_response`` (bool; records
-    without the key are not judged), ``distinct_3grams`` (float64) and, with ``field``,
+    """What the methods read from the records, per sample: ``empty_response`` (bool: the response
+    holds no word, :func:`words`; records without the key are not judged), ``distinct_3grams`` (float64) and, with ``field``,
     ``field_value`` (object: the record's value or None). ``records``: JSON strings (each
     parsed once) or the parsed dicts.
 
@@ -115,7 +119,7 @@ def record_facts(records, field: str | None = None) -> dict[str, np.ndarray]:
     """
     parsed = [json.loads(r) if isinstance(r, str) else r for r in records]
     out = {
-        "empty_response": np.array([not rec.get("response", "x").strip() for rec in parsed], dtype=bool),
+        "empty_response": np.array([not words(rec.get("response", "x")) for rec in parsed], dtype=bool),
         "distinct_3grams": distinct_ngram_share([rec.get("response", "") for rec in parsed], 3),
     }
     if field:
@@ -144,17 +148,25 @@ def _inputs(shard: RouterShard, facts: dict | None) -> dict[str, np.ndarray]:
     return out
 
 
-_WORD = re.compile(r"\w+|[^\w\s]")
+# scripts written without spaces between words (Han, kana): each character counts as a word
+_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_WORD = re.compile(f"[{_UNSPACED}]|[^\\W{_UNSPACED}]+")
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``, lower-cased: runs of letters, digits and ``_`` (``\\w+``), each Han or
+    kana character on its own; punctuation, symbols and spaces are no words."""
+    return _WORD.findall(text.lower())
 
 
 def distinct_ngram_share(texts: list[str], n: int = 3) -> np.ndarray:
-    """Per text: distinct word n-grams / all word n-grams (1.0 when it has fewer than n words)."""
+    """Per text: distinct word n-grams / all word n-grams (:func:`words`; 1.0 when it has fewer than n words)."""
     out = np.ones(len(texts), dtype=np.float64)
     for i, text in enumerate(texts):
-        words = _WORD.findall(text.lower())
-        n_grams = len(words) - n + 1
+        found = words(text)
+        n_grams = len(found) - n + 1
         if n_grams > 0:
-            out[i] = len(set(zip(*(words[j:] for j in range(n))))) / n_grams
+            out[i] = len(set(zip(*(found[j:] for j in range(n))))) / n_grams
     return out
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from selectflow.config import SelectionConfig
+from selectflow.data.preflight import tiny_selection_text
 from selectflow.data.records import write_jsonl
 from selectflow.router.routerfile import RouterShard, concat_shards, read_records, scan_shards, shard_header
 from selectflow.runtime.errors import SelectFlowError
@@ -50,7 +51,7 @@ from selectflow.select.candidates import (
     read_candidates,
     write_candidates,
 )
-from selectflow.select.dedup import drop_duplicates, routing_keys, text_keys
+from selectflow.select.dedup import drop_duplicates, near_keys, routing_keys, text_keys
 from selectflow.select.fps import fps_matrix, fps_streaming
 from selectflow.select.quality import assess, record_facts, resolve_method
 
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 
 # raw inputs of the score that quality.tsv may carry (selectflow.select.quality.assess)
 NUMERIC_INPUTS = ("nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "gate_mean", "distinct_3grams")
-NAN_COLUMNS = ("quality", "min_distance", *NUMERIC_INPUTS)
+NAN_COLUMNS = ("quality", "min_distance", "similarity", *NUMERIC_INPUTS)
 MODES = ("streaming", "matrix")
 
 
@@ -96,13 +97,15 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     quality = assess(shard, sel.quality_method, sel.quality_field)
     score, keep, reason = quality.score, quality.keep & pool, quality.reason.copy()
     reason[~pool] = "excluded"
-    n_dup = drop_duplicates(shard, score, keep, reason)
+    similarity = np.full(len(shard), np.nan)
+    n_dup = drop_duplicates(shard, score, keep, reason, similarity, near_threshold=sel.near_duplicate_threshold,
+                            system_turns=sel.dedup_system_turns)
     n_pool, n_kept = int(pool.sum()), int(keep.sum())
     choice = choose(shard, score, keep, reason, n_pool, sel)
     write_candidates(out_h5, shard, score, choice, {
         "metric": sel.metric, "n_pool": n_pool, "n_kept": n_kept, "k": choice.k, "stage": choice.stage,
         "quality_method": resolve_method(shard, sel.quality_method), "n_duplicates": n_dup})
-    write_tsv(quality_table(shard, quality, pool, keep, reason, choice), quality_tsv, na_rep="nan")
+    write_tsv(quality_table(shard, quality, pool, keep, reason, choice, similarity), quality_tsv, na_rep="nan")
     log.info("pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d",
              n_pool, n_kept, n_dup, len(choice.chosen), choice.stage, choice.k)
     return choice.k
@@ -110,13 +113,16 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
 
 def pool_facts(shard: RouterShard, sel: SelectionConfig) -> dict[str, np.ndarray]:
     """What the selection needs later from one shard's records and routing: quality's record facts,
-    each record's ``dataset``, and the duplicate keys as digests (:mod:`selectflow.select.dedup`)."""
+    each record's ``dataset``, and the duplicate keys (:mod:`selectflow.select.dedup`: digests, and
+    the near-duplicate LSH band keys and signatures when ``near_duplicate_threshold`` is set)."""
     out = {"routing_key": routing_keys(shard.moe_probs)}
     if shard.record is not None:
         field = sel.quality_field if sel.quality_method == "field" else None
-        parsed = [json.loads(r) for r in shard.record]  # once, for all three
+        parsed = [json.loads(r) for r in shard.record]  # once, for all of them
         names: dict[str, str] = {}  # one string object per dataset name, not one a sample
-        out.update(record_facts(parsed, field), text_key=text_keys(parsed),
+        if sel.near_duplicate_threshold is not None:
+            out.update(near_keys(parsed, sel.near_duplicate_threshold, sel.dedup_system_turns))
+        out.update(record_facts(parsed, field), text_key=text_keys(parsed, sel.dedup_system_turns),
                    dataset=np.array([names.setdefault(n, n) for n in (rec.get("dataset", "") for rec in parsed)],
                                     dtype=object))
     return out
@@ -301,7 +307,8 @@ def write_selection(curve_tsv: str | os.PathLike, quality_tsv: str | os.PathLike
     summary = (
         table.groupby("dataset")
         .agg(pool=("sample_id", "size"), kept=("kept", "sum"), candidates=("candidate", "sum"),
-             selected=("selected", "sum"), duplicates=("reason", lambda r: int(r.astype(str).str.startswith("duplicate_of:").sum())))
+             selected=("selected", "sum"), duplicates=("reason", lambda r: int(r.astype(str).str.startswith("duplicate_of:").sum())),
+             near_duplicates=("similarity", lambda v: int((v < 1).sum())))
         .join(sel.groupby("dataset")["quality"].agg(quality_min="min", quality_max="max"))
         .reset_index()
     )
@@ -347,6 +354,10 @@ def continue_selection(router_dir: str | os.PathLike, output_path: str | os.Path
     with tempfile.TemporaryDirectory(prefix=".selection.", dir=out.parent) as work:
         cands_h5, cands_tsv, block_dir = Path(work) / "candidates.h5", Path(work) / "candidates_quality.tsv", None
         build_candidates(shards, cands_h5, cands_tsv, sel)
+        tiny = tiny_selection_text(sel.selection_percentage, int(read_candidates(cands_h5).attrs["n_pool"]),
+                                   f"samples under {router_dir}")
+        if tiny:
+            log.warning(tiny)  # the workflow says it before its first job (selectflow.data.preflight)
         if sel.distance_mode == "matrix" and not sel.disable_diversity:
             block_dir = Path(work) / "blocks"
             nb = n_blocks(cands_h5, sel.distance_batch_size)

@@ -1,0 +1,174 @@
+"""Duplicates: what a sample says across formats, and near-duplicates by MinHash + LSH against exact Jaccard."""
+
+import json
+
+import numpy as np
+import pytest
+
+from selectflow.data.records import prompt_and_response
+from selectflow.select.dedup import (
+    NUM_PERM,
+    drop_near_duplicates,
+    lsh_shape,
+    near_keys,
+    normalised_text,
+    shingles,
+    text_keys,
+)
+
+QUESTION, ANSWER = "How do I set ${foo} in a shell?", "Run export foo=1; then $foo expands to 1."
+SYSTEM = "You are a helpful assistant."
+
+
+def normalised(record: dict, fmt: str) -> dict:
+    """A normalised record as split_into_shards writes it."""
+    prompt, response = prompt_and_response(record, fmt)
+    return {"sample_id": "x", "dataset": fmt, "line": 1, "prompt": prompt, "response": response, "record": record}
+
+
+FORMS = {
+    "alpaca": ({"instruction": QUESTION, "output": ANSWER}, "alpaca"),
+    "messages_with_system": ({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION},
+                                           {"role": "assistant", "content": ANSWER}]}, "messages"),
+    "sharegpt": ({"conversations": [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": ANSWER}]},
+                 "sharegpt"),
+    "messages_parts": ({"messages": [{"role": "user", "content": [{"type": "text", "text": QUESTION}]},
+                                     {"role": "assistant", "content": ANSWER}]}, "messages"),
+}
+
+
+def test_one_sample_in_every_format_has_one_text_key():
+    records = [normalised(rec, fmt) for rec, fmt in FORMS.values()]
+    keys = text_keys(records)
+    assert len(set(keys.tolist())) == 1 and keys[0] != b""
+    assert normalised_text(records[0]) == "how do i set foo in a shell\x00run export foo 1 then foo expands to 1"
+    # system turns count when asked: the messages copy with a system turn is then another text
+    with_system = text_keys(records, system_turns=True)
+    assert with_system[1] != with_system[0] and with_system[0] == with_system[2] == with_system[3]
+    # a different answer is a different sample
+    other = normalised({"instruction": QUESTION, "output": "Use set foo=1."}, "alpaca")
+    assert text_keys([other])[0] != keys[0]
+
+
+def exact_jaccard(a: str, b: str) -> float:
+    x, y = shingles(a), shingles(b)
+    return len(x & y) / len(x | y)
+
+
+def corpus(n: int, seed: int, words: int = 60) -> list[str]:
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(3000)]
+    return [" ".join(rng.choice(vocab, size=words)) for _ in range(n)]
+
+
+def edit(text: str, rng, changes: int, swaps: int) -> str:
+    words = text.split()
+    for at in rng.choice(len(words), size=changes, replace=False):
+        words[at] = f"new{rng.integers(10**6)}"
+    for _ in range(swaps):
+        at = int(rng.integers(len(words) - 1))
+        words[at], words[at + 1] = words[at + 1], words[at]
+    return " ".join(words)
+
+
+def rec(text: str) -> dict:
+    half = text.index(" ", len(text) // 2)
+    return normalised({"instruction": text[:half], "output": text[half + 1:]}, "alpaca")
+
+
+def test_minhash_estimate_agrees_with_exact_jaccard():
+    rng = np.random.default_rng(0)
+    base = corpus(40, 1)
+    pairs = [(t, edit(t, rng, int(c), int(s))) for t, c, s in zip(base, rng.integers(0, 12, 40), rng.integers(0, 4, 40))]
+    texts = [x for p in pairs for x in p]
+    keys = near_keys([{"prompt": "", "response": t} for t in texts], 0.7)
+    sig = keys["near_sig"]
+    err = [(sig[2 * i] == sig[2 * i + 1]).mean() - exact_jaccard(a, b) for i, (a, b) in enumerate(pairs)]
+    # 128 permutations: standard error <= 0.044; no estimate 4 of them off
+    assert np.abs(err).max() < 0.18 and abs(np.mean(err)) < 0.03, err
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.85])
+def test_near_duplicates_best_copy_kept_against_a_pairwise_reference(threshold):
+    """LSH + greedy pass vs a naive one over all pairs with the exact Jaccard: the same drops, except pairs
+    whose similarity lies within the estimate's error of the threshold."""
+    rng = np.random.default_rng(int(threshold * 100))
+    base = corpus(60, 2)
+    texts = base + [edit(t, rng, int(c), int(s)) for t, c, s in zip(base[:40], rng.integers(0, 8, 40),
+                                                                     rng.integers(0, 3, 40))]
+    n = len(texts)
+    ids = np.array([f"s{i:03d}" for i in rng.permutation(n)], dtype=object)
+    order = np.argsort(-rng.random(n))  # quality order, best first
+    keep, reason, sim = np.ones(n, bool), np.full(n, "", dtype=object), np.full(n, np.nan)
+    keys = near_keys([rec(t) for t in texts], threshold)
+    dropped = drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim)
+    # the reference: best first, drop a sample whose exact Jaccard with an earlier kept one reaches the threshold
+    want = np.ones(n, bool)
+    for pos, i in enumerate(order):
+        best = max((exact_jaccard(texts[i], texts[j]) for j in order[:pos] if want[j]), default=0)
+        want[i] = best < threshold
+    # a pair near the threshold may fall either side of the estimate
+    close = {i for i in range(n) for j in range(n) if i != j and abs(exact_jaccard(texts[i], texts[j]) - threshold) < 0.15}
+    differ = set(np.flatnonzero(keep != want))
+    assert differ <= close, sorted(differ - close)
+    assert dropped == int((~keep).sum()) >= 2 and (~want).sum() >= 2
+    for i in np.flatnonzero(~keep):
+        of = int(np.flatnonzero(ids == reason[i].split(":", 1)[1])[0])
+        assert keep[of] and list(order).index(of) < list(order).index(i)  # the kept copy ranks higher
+        assert sim[i] >= threshold and abs(sim[i] - exact_jaccard(texts[i], texts[of])) < 0.18
+
+
+def test_lsh_shape_uses_every_band_it_can():
+    for threshold in (0.5, 0.7, 0.9):
+        b, r = lsh_shape(threshold)
+        assert b * r <= NUM_PERM and b >= 1 and r >= 1
+        # a pair at the threshold shares a band with probability 1 - (1 - t^r)^b: most do, few far under it
+        assert 1 - (1 - threshold ** r) ** b > 0.9 and 1 - (1 - (threshold - 0.3) ** r) ** b < 0.2
+
+
+def test_text_without_words_is_never_a_near_duplicate():
+    keys = near_keys([{"prompt": "", "response": t} for t in ("...", "?!", "...", "a b c d e")], 0.5)
+    assert keys["near_ok"].tolist() == [False, False, False, True]
+    keep, reason, sim = np.ones(4, bool), np.full(4, "", dtype=object), np.full(4, np.nan)
+    assert drop_near_duplicates(np.arange(4), keys, 0.5, np.array(list("abcd"), dtype=object), keep, reason, sim) == 0
+
+
+def test_streamed_and_whole_pool_near_dedup_agree(tmp_path):
+    """build_candidates streamed (keys made per shard) and in memory (keys of the whole pool): the same quality.tsv."""
+    from selectflow.config import selection_section
+    from selectflow.router.routerfile import RouterShard, write_router_shard
+    from selectflow.stages.select import build_candidates
+
+    rng = np.random.default_rng(5)
+    base = corpus(30, 3)
+    texts = base + [edit(t, rng, 2, 1) for t in base[:15]]
+    n = len(texts)
+    ids = [f"d:{i}" for i in range(n)]
+    paths = []
+    for k, lo in enumerate(range(0, n, 8)):  # copies and originals in different shards
+        part = list(range(lo, min(n, lo + 8)))
+        records = [json.dumps({"sample_id": ids[i], "dataset": "d", **rec(texts[i])}) for i in part]
+        paths.append(tmp_path / f"shard_{k:05d}.h5")
+        write_router_shard(paths[-1], RouterShard(
+            sample_id=np.array([ids[i] for i in part], dtype=object),
+            moe_probs=rng.dirichlet(np.ones(4), size=(len(part), 2)).astype(np.float32),
+            nll_response=rng.uniform(1, 2, len(part)).astype(np.float32), n_tokens=np.full(len(part), 9, np.int32),
+            n_response_tokens=np.full(len(part), 4, np.int32), record=np.array(records, dtype=object)))
+    sel = selection_section(quality_method="perplexity", selection_percentage=0.2, routing_strata=1, device="cpu",
+                            near_duplicate_threshold=0.6)
+    build_candidates(paths, tmp_path / "s.h5", tmp_path / "s.tsv", sel)
+    build_candidates(paths, tmp_path / "m.h5", tmp_path / "m.tsv", sel, in_memory=True)
+    streamed = (tmp_path / "s.tsv").read_text()
+    assert streamed == (tmp_path / "m.tsv").read_text()
+    assert streamed.count("duplicate_of:") >= 13  # 2 words changed and 1 swap of 60: Jaccard about 0.75
+
+
+def test_texts_whose_numbers_differ_are_never_near_duplicates():
+    words = "boil the rice in salted water for about {} minutes then drain it and serve it warm with butter"
+    texts = [words.format(12), words.format(13), words.format(12).replace("then drain", "drain"),
+             words.format(12) + " on 3 plates", "on 3 plates " + words.format(12)]
+    keys = near_keys([rec(t) for t in texts], 0.6)
+    keep, reason, sim = np.ones(5, bool), np.full(5, "", dtype=object), np.full(5, np.nan)
+    drop_near_duplicates(np.arange(5), keys, 0.6, np.array(list("abcde"), dtype=object), keep, reason, sim)
+    # 13 minutes is another recipe; a word dropped is a copy; the same numbers in another order too
+    assert reason.tolist() == ["", "", "duplicate_of:a", "", "duplicate_of:d"]
