@@ -211,7 +211,7 @@ def test_config_without_model_says_how_to_name_one(tmp_path, good_pool):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"datasets": {"good": str(good_pool)}}))
     out = config_message(run(tmp_path, path, "-n"))
-    assert "'model' is missing" in out and "model:" in out and "path:" in out and "resources/demo/model" in out
+    assert "'model' is missing" in out and "model:" in out and "path:" in out and "{path: proxy}" in out
 
 
 # ----------------------------------------------------------------------------- model (Snakemake)
