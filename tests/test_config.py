@@ -71,7 +71,7 @@ def test_sections_travel_as_plain_params_and_come_back_equal():
 
 
 @pytest.mark.parametrize("config, words", [
-    ({"datasets": {"a": "a.jsonl"}}, ["'model' is missing", "model:", "path:", "resources/demo/model"]),
+    ({"datasets": {"a": "a.jsonl"}}, ["'model' is missing", "model:", "path:", "{path: proxy}"]),
     ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"selection_percentag": 0.1}},
      ["'selection.selection_percentag' is not a config key; did you mean 'selection_percentage'?"]),
     ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"routing_strata": "4"}},
