@@ -1,5 +1,7 @@
-"""Routing strata: k-means, proportional allocation, and quota FPS against naive references."""
+"""Routing strata: k-means, proportional allocation, and quota FPS against naive references; the
+clustering and score_first's bisection bounded for large pools."""
 
+import itertools
 import json
 
 import h5py
@@ -11,7 +13,7 @@ from selectflow.config import selection_section
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select.fps import fps_matrix, fps_streaming
-from selectflow.select import strata
+from selectflow.select import baselines, strata
 from selectflow.select.strata import allocate, kmeans, strata_labels
 from selectflow.stages.select import build_candidates, run_fps
 from tests.test_fps import blocks, brute_fps, naive_matrix, with_ties
@@ -114,11 +116,11 @@ def test_strata_labels_of_a_small_pool_are_the_whole_pool_kmeans():
     x = _blobs(900)
     features_of, labels_of, reads = _streamed(x)
     np.testing.assert_array_equal(strata_labels(len(x), 4, features_of, labels_of), kmeans(x, 4, seed=0))
-    assert reads == [900]  # 900 <= 4 x POINTS_PER_STRATUM: clustered whole
+    assert reads == [900]  # 900 <= 4 x POINTS_PER_CENTROID: clustered whole
 
 
 def test_strata_labels_of_a_large_pool_train_on_a_sample_and_assign_every_sample(monkeypatch):
-    monkeypatch.setattr(strata, "POINTS_PER_STRATUM", 25)  # 4 strata: a sample of 100 of 3,000
+    monkeypatch.setattr(strata, "POINTS_PER_CENTROID", 25)  # 4 strata: a sample of 100 of 3,000
     x = _blobs(3000)
     features_of, labels_of, reads = _streamed(x)
     got = strata_labels(len(x), 4, features_of, labels_of)
@@ -145,7 +147,7 @@ def test_strata_of_a_streamed_pool_hold_a_sample_of_the_kept_features(tmp_path, 
             n_tokens=np.full(size, 9, np.int32), n_response_tokens=np.full(size, 5, np.int32),
             record=np.array(records, dtype=object)))
         paths.append(tmp_path / f"shard_{k:05d}.h5")
-    monkeypatch.setattr(strata, "POINTS_PER_STRATUM", 50)  # 4 strata: k-means on 200 samples
+    monkeypatch.setattr(strata, "POINTS_PER_CENTROID", 50)  # 4 strata: k-means on 200 samples
     peak, labels = {}, {}
     for n_strata in (1, 4):
         sel = selection_section(quality_method="perplexity", selection_percentage=0.01,
@@ -165,3 +167,33 @@ def test_strata_of_a_streamed_pool_hold_a_sample_of_the_kept_features(tmp_path, 
     shard_bytes, sample_bytes = size * L * E * 4, 200 * L * E * 4
     assert peak[4] - peak[1] < 4 * shard_bytes + sample_bytes < n * L * E * 4 / 2, peak
     assert len(np.unique(labels)) == 4  # and there are 4 strata among the candidates
+
+
+def test_baseline_kmeans_of_a_large_pool_trains_on_a_sample_and_finds_the_groups():
+    x = _blobs(3000)  # 3,000 rows > 4 x POINTS_PER_CENTROID: FAISS trains on a seeded sample of 1,024
+    truth = kmeans(x, 4, seed=0)  # the whole-pool k-means of the strata separates the four groups
+    # FAISS starts from random rows: some seeds merge two groups, sampled or not (seed 1 does on all
+    # 3,000 rows); seed 2 does not
+    got = baselines.kmeans_labels(x, 4, seed=2)
+    assert len({(t, g) for t, g in zip(truth, got)}) == 4  # the same partition
+    np.testing.assert_array_equal(got, baselines.kmeans_labels(x, 4, seed=2, chunk=333))  # chunked assignment
+
+
+def test_score_first_bisection_is_capped_for_large_pools_and_still_selects_k():
+    rng = np.random.default_rng(5)
+    feats = rng.dirichlet(np.ones(8), size=(300, 2)).reshape(300, 16).astype(np.float32)
+    quality, ids = rng.normal(size=300), np.array([f"s{i:03d}" for i in range(300)], dtype=object)
+    k = 20
+    assert baselines.bisection_steps(k, 300) == baselines.BISECTION_STEPS  # small pools: unchanged
+    budget = 15 * k * 300  # room for 14 halvings (and the final walk): fewer than 30
+    assert baselines.bisection_steps(k, 300, budget) == 14
+    assert baselines.bisection_steps(k, 10**9) == baselines.MIN_BISECTION_STEPS
+    full, tau_full = baselines.score_first(feats, quality, ids, k, "l2")
+    capped, tau = baselines.score_first(feats, quality, ids, k, "l2", budget=budget)
+    d = np.linalg.norm(feats[:, None] - feats[None], axis=-1)
+    assert len(capped) == k == len(set(capped.tolist()))
+    assert all(d[i, j] > tau for i, j in itertools.combinations(capped, 2))
+    # the capped bisection is the first 14 halvings of the full one: τ below the full τ, by less than the
+    # bracket after 14 halvings of [-1, 2 × the largest distance from the best row]
+    best = int(baselines.quality_order(quality, ids)[0])
+    assert 0 <= tau_full - tau < (2 * d[best].max() + 1) / 2**14

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 # k-means trains on at most this many samples a stratum (FAISS's max_points_per_centroid
 # default); a larger pool is clustered on a seeded sample and assigned a shard at a time
-POINTS_PER_STRATUM = 256
+POINTS_PER_CENTROID = 256
 
 
 def fit(features: np.ndarray, n_clusters: int, *, seed: int = 0, iterations: int = 25,
@@ -99,11 +99,11 @@ def strata_labels(n: int, n_strata: int, features_of, labels_of, *, seed: int = 
     ``features_of(positions)`` returns float32 [len(positions), D] features of those kept
     samples; ``labels_of(label)`` applies ``label`` (features [r, D] -> labels [r]) to every
     kept sample a shard at a time and returns the labels [n] in kept order. Pools of at most
-    ``n_strata`` × :data:`POINTS_PER_STRATUM` samples are clustered whole (:func:`kmeans`);
+    ``n_strata`` × :data:`POINTS_PER_CENTROID` samples are clustered whole (:func:`kmeans`);
     larger ones train the centres on a seeded sample of that size (sorted positions) and
     assign every sample by streaming. Peak memory: the sample's features plus one shard.
     """
-    size = min(n, int(n_strata) * POINTS_PER_STRATUM)
+    size = min(n, int(n_strata) * POINTS_PER_CENTROID)
     if size == n:
         return kmeans(features_of(np.arange(n)), n_strata, seed=seed)
     sample = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
