@@ -8,9 +8,11 @@ Alpaca records is split by the real ``split_dataset`` checkpoint (``snakemake --
 on the shards folder), then ``snakemake -n --cores 1 --resources gpu=1`` plans the whole
 workflow, each in a fresh process. The plan stops at the ``pool_manifest`` checkpoint, so
 it holds every per-shard job: one ``router_dump`` job per ``router_dump.shards_per_job``
-shards and one ``router_shard`` job a shard. Printed: jobs planned, dry-run seconds, peak
-RSS (``ru_maxrss`` of the Snakemake process) and the ratios this tree / baseline. The
-baseline is skipped above ``--baseline-max`` shards (its dry run is quadratic in shards).
+shards, then (this tree) one ``router_data`` job that links every shard, or (trees before
+it) one ``router_shard`` job a shard. Printed: jobs planned, dry-run seconds, peak RSS
+(``ru_maxrss`` of the Snakemake process), the ratios this tree / baseline and whether the
+dry run stays within ``--target`` seconds. The baseline is skipped above ``--baseline-max``
+shards (before 9f70e3c its dry run was quadratic in shards).
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def dry_run(tree: Path, shards: int, shard_size: int) -> dict:
     seconds, peak, out = snakemake(tree, ["-n", "--cores", "1", "--resources", "gpu=1", "--configfile", str(config)])
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
     return {"seconds": seconds, "peak": peak, "split_s": split_s, "jobs": int(counts.get("total", 0)),
-            "router_dump": int(counts.get("router_dump", 0)), "router_shard": int(counts.get("router_shard", 0))}
+            "router_dump": int(counts.get("router_dump", 0)), "router_shard": int(counts.get("router_shard", 0)),
+            "router_data": int(counts.get("router_data", 0))}
 
 
 def main() -> None:
@@ -74,6 +77,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, action="append", help="shard counts (default 4000 and 20000)")
     ap.add_argument("--shard-size", type=int, default=2, help="records a shard (default %(default)s)")
     ap.add_argument("--baseline-max", type=int, default=4000, help="skip the baseline above this many shards")
+    ap.add_argument("--target", type=float, default=60.0, help="seconds a dry run of this tree may take")
     args = ap.parse_args()
     counts = args.shards or [4000, 20000]
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,8 +90,12 @@ def main() -> None:
                 rows[name, shards] = r = dry_run(tree, shards, args.shard_size)
                 print(f"{name:>12s}, {shards:,} shards: snakemake -n {r['seconds']:.1f} s, peak RSS "
                       f"{r['peak'] / 2**20:.0f} MiB; {r['jobs']:,} jobs ({r['router_dump']:,} router_dump, "
-                      f"{r['router_shard']:,} router_shard); split {r['split_s']:.1f} s", flush=True)
+                      f"{r['router_shard']:,} router_shard, {r['router_data']} router_data); split "
+                      f"{r['split_s']:.1f} s", flush=True)
         for shards in counts:
+            secs = rows["this tree", shards]["seconds"]
+            print(f"{shards:,} shards: this tree's dry run {secs:.1f} s, target <= {args.target:.0f} s: "
+                  f"{'met' if secs <= args.target else 'MISSED'}")
             if (args.baseline, shards) in rows:
                 ours, base = rows["this tree", shards], rows[args.baseline, shards]
                 print(f"{shards:,} shards: this tree / {args.baseline}: time {ours['seconds'] / base['seconds']:.2f}x, "

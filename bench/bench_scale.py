@@ -1,4 +1,4 @@
-"""Scale of the selection steps: time and peak RSS of candidates, FPS (1 and 2 ranks), selected_data.
+"""Scale of the selection steps: time and peak RSS of candidates, FPS (1 and 2 ranks), selected_data, the chain.
 
 Synthetic router shards in the real layout (``selectflow.router.routerfile``): L=16 layers,
 E=64 experts (OLMoE-sized routing, 4 KB a sample), ~1 KB JSON records, NLLs and ``nll_eos``
@@ -10,8 +10,12 @@ peak RSS (``ru_maxrss``) is its own. Baselines measured in the same run:
 * ``selected_data`` reading only the selected rows vs reading every shard whole;
 * FPS on 2 gloo ranks (torchrun) vs one process, same picks checked.
 
+``--steps chain`` runs ``continue_selection`` (candidates, FPS, selected_data in one process, as
+``selectflow continue-selection`` does) and checks its peak RSS against the bound
+1.5 × candidate feature bytes + 1 GiB; it prints each step's time and the peak RSS so far.
+
     python bench/bench_scale.py --n 20000              # a quick run
-    python bench/bench_scale.py --n 200000 --k 100     # what the README's "Scale" table quotes
+    python bench/bench_scale.py --n 1000000 --k 10000 --candidates 0.1 --steps chain   # the 1M check
 
 Prints one line per step and the ratios.
 """
@@ -121,6 +125,22 @@ elif args["step"] == "selected_data_old":
         s = read_router_shard(p)
         found.update({sid: json.loads(r) for sid, r in zip(s.sample_id, s.record) if sid in wanted})
     assert len(found) == len(wanted)
+elif args["step"] == "chain":
+    # continue-selection in this one process; each of its steps reports its time and the peak RSS so far
+    import resource
+    from selectflow.stages import select as stage
+    def timed(fn):
+        def run(*a, **kw):
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            print("STEP " + json.dumps({"step": fn.__name__, "seconds": time.perf_counter() - t0, "peak_rss": peak}),
+                  flush=True)
+            return out
+        return run
+    for name in ("build_candidates", "run_fps", "write_selection"):
+        setattr(stage, name, timed(getattr(stage, name)))
+    stage.continue_selection(args["out"] + "/shards", args["out"] + "/chain/selected_data.jsonl", sel)
 seconds = time.perf_counter() - t
 # the FPS ranks are children (torchrun's): the larger of this process and its largest child
 peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) * 1024
@@ -131,12 +151,19 @@ print("RESULT " + json.dumps({"seconds": seconds, "peak_rss": peak}))
 def run_step(step: str, args: dict) -> dict:
     """Run ``step`` in a fresh process; print its time and peak RSS as soon as it ends (a 2M run takes ~15 min)."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", STEP, json.dumps({**args, "step": step})], capture_output=True,
-                          text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"step {step} failed:\n{proc.stderr[-3000:]}")
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    result = json.loads(line[7:])
+    proc = subprocess.Popen([sys.executable, "-c", STEP, json.dumps({**args, "step": step})], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    result = None
+    for line in proc.stdout:
+        if line.startswith("STEP "):
+            inner = json.loads(line[5:])
+            print(f"    {inner['step']}: {inner['seconds']:.1f} s, peak RSS so far {inner['peak_rss'] / 2**30:.2f} GiB",
+                  flush=True)
+        elif line.startswith("RESULT "):
+            result = json.loads(line[7:])
+    err = proc.stderr.read()
+    if proc.wait() != 0 or result is None:
+        raise SystemExit(f"step {step} failed:\n{err[-3000:]}")
     ranks = f" on {args['sel']['fps_gpus']} ranks" if "fps_gpus" in args["sel"] else ""
     print(f"  {step}{ranks}: {result['seconds']:.1f} s, peak RSS {result['peak_rss'] / 2**30:.2f} GiB", flush=True)
     return result
@@ -149,6 +176,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=50, help="FPS picks (the FPS time scales linearly in k)")
     ap.add_argument("--candidates", type=float, default=0.2, help="importance_selection_percentage")
     ap.add_argument("--old-max", type=int, default=300000, help="skip the in-memory baselines above this N")
+    ap.add_argument("--strata", type=int, default=40, help="routing_strata (default %(default)s, the schema's)")
+    ap.add_argument("--steps", default="candidates,fps,ranks,selected_data",
+                    help="comma-separated, of candidates, fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
+                         "(continue-selection in one process); default %(default)s")
     ap.add_argument("--workdir", default=None, help="where the shards go (default: a temporary folder)")
     args = ap.parse_args()
 
@@ -160,36 +191,46 @@ def main() -> None:
         print(f"N={args.n:,}: {len(paths)} shards, {size / 2**30:.2f} GiB on disk, written in "
               f"{time.perf_counter() - t:.0f} s", flush=True)
         sel = {"selection_percentage": args.k / args.n, "importance_selection_percentage": args.candidates,
-               "routing_strata": 1, "device": "cpu", "distance_batch_size": 65536}
+               "routing_strata": args.strata, "device": "cpu", "distance_batch_size": 65536}
         common = {"paths": [str(p) for p in paths], "out": str(work), "sel": sel}
         m = round(args.candidates * args.n)
         feature_bytes = m * L * E * 4
+        steps = args.steps.split(",")
         rows = {}
-        rows["candidates"] = run_step("candidates", common)
-        if args.n <= args.old_max:
+        if "chain" in steps:
+            rows["continue-selection (one process)"] = run_step("chain", common)
+        if "candidates" in steps:
+            rows["candidates"] = run_step("candidates", common)
+        if "candidates" in steps and args.n <= args.old_max:
             rows["candidates (in-memory, before)"] = run_step("candidates_old", common)
             import h5py
 
             with h5py.File(work / "candidates.h5") as a, h5py.File(work / "candidates_old.h5") as b:
                 assert all(np.array_equal(a[name][()], b[name][()]) for name in a), "candidates differ"
             assert (work / "candidates_quality.tsv").read_bytes() == (work / "candidates_quality_old.tsv").read_bytes()
-        rows["fps, 1 process"] = run_step("fps", common)
-        rows["fps, 2 ranks (gloo)"] = run_step("fps", {**common, "sel": {**sel, "fps_gpus": 2}})
-        assert (work / "curve_1.tsv").read_bytes() == (work / "curve_2.tsv").read_bytes(), "FPS picks differ"
-        rows["selected_data"] = run_step("selected_data", common)
-        if args.n <= args.old_max:
+        if "fps" in steps:
+            rows["fps, 1 process"] = run_step("fps", common)
+        if "ranks" in steps:
+            rows["fps, 2 ranks (gloo)"] = run_step("fps", {**common, "sel": {**sel, "fps_gpus": 2}})
+            assert (work / "curve_1.tsv").read_bytes() == (work / "curve_2.tsv").read_bytes(), "FPS picks differ"
+        if "selected_data" in steps:
+            rows["selected_data"] = run_step("selected_data", common)
+        if "selected_data" in steps and args.n <= args.old_max:
             rows["selected_data (whole shards, before)"] = run_step("selected_data_old", common)
-    print(f"candidates: {m:,}, features {feature_bytes / 2**30:.2f} GiB; FPS k={args.k}")
-    print(f"{'step':40s} {'time s':>9s} {'peak RSS GiB':>13s}")
-    for name, r in rows.items():
-        print(f"{name:40s} {r['seconds']:9.1f} {r['peak_rss'] / 2**30:13.2f}")
+    print(f"candidates: {m:,}, features {feature_bytes / 2**30:.2f} GiB; FPS k={args.k}; routing_strata {args.strata}")
+    print(f"{'step':40s} {'time s':>9s} {'peak RSS GiB':>13s} {'/ bound':>8s}")
     budget = 1.5 * feature_bytes + 2**30
-    print(f"candidates peak RSS / (1.5 x feature bytes + 1 GiB) = {rows['candidates']['peak_rss'] / budget:.2f}")
+    for name, r in rows.items():
+        print(f"{name:40s} {r['seconds']:9.1f} {r['peak_rss'] / 2**30:13.2f} {r['peak_rss'] / budget:8.2f}")
+    print(f"bound: 1.5 x candidate feature bytes + 1 GiB = {budget / 2**30:.2f} GiB; every step of this tree "
+          f"{'within it' if all(r['peak_rss'] <= budget for n, r in rows.items() if 'before' not in n) else 'NOT within it'}")
     for new, old in (("candidates", "candidates (in-memory, before)"),
                      ("selected_data", "selected_data (whole shards, before)")):
         if old in rows:
             print(f"{new}: peak RSS {rows[new]['peak_rss'] / rows[old]['peak_rss']:.2f}x, time "
                   f"{rows[new]['seconds'] / rows[old]['seconds']:.2f}x of before")
+    if "fps, 1 process" not in rows or "fps, 2 ranks (gloo)" not in rows:
+        return
     one, two = rows["fps, 1 process"]["seconds"], rows["fps, 2 ranks (gloo)"]["seconds"]
     print(f"fps: 2 ranks take {two / one:.2f}x the time of 1 process (same picks); per step "
           f"{one / args.k * 1e3:.1f} ms vs {two / args.k * 1e3:.1f} ms (each includes reading the features)")

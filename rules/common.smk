@@ -131,17 +131,34 @@ def group_store_files(wildcards):
     ]
 
 
-def shard_group_manifest(wildcards):
-    start, names = _group_start(wildcards.dataset, wildcards.shard)
-    return f"{RESULTS}/router_store/{wildcards.dataset}/{names[start]}.group.tsv"
+def group_manifests(wildcards):
+    """The group table of every router_dump job (one per router_dump.shards_per_job shards)."""
+    k = CFG.router_dump.shards_per_job
+    return [
+        f"{RESULTS}/router_store/{ds}/{name}.group.tsv"
+        for ds in sorted(CFG.datasets)
+        for name in shard_names(ds)[::k]
+    ]
 
 
 def router_shards(wildcards):
-    return [
-        f"{RESULTS}/router_data/{ds}/{shard}.h5"
+    """Every router-data shard, known once checkpoint router_data has linked them."""
+    checkpoints.router_data.get()
+    paths = [
+        (ds, shard, f"{RESULTS}/router_data/{ds}/{shard}.h5")
         for ds in sorted(CFG.datasets)
         for shard in shard_names(ds)
     ]
+    missing = [(ds, shard, p) for ds, shard, p in paths if not os.path.exists(p)]
+    if missing:
+        ds, shard, path = missing[0]
+        start, names = _group_start(ds, shard)
+        raise WorkflowError(
+            f"{path} is missing ({len(missing)} router-data shards are): `snakemake router_data -R router_data` "
+            f"links them again from {RESULTS}/router_store/ without a dump; to dump one again, delete it there too "
+            f"and its group table {RESULTS}/router_store/{ds}/{names[start]}.group.tsv, then run the same command"
+        )
+    return [p for _, _, p in paths]
 
 
 def distance_blocks(wildcards):

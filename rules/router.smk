@@ -7,7 +7,8 @@ rule router_dump:
         manifest=f"{RESULTS}/pool_manifest.tsv",
         model=router_model(),
     output:
-        temp(f"{RESULTS}/router_store/{{dataset}}/{{shard}}.group.tsv"),
+        # kept (not temp): snakemake -R router_data links the shards again without a dump
+        f"{RESULTS}/router_store/{{dataset}}/{{shard}}.group.tsv",
     log:
         f"{LOGS}/router_dump/{{dataset}}/{{shard}}.log",
     benchmark:
@@ -25,26 +26,17 @@ rule router_dump:
         "../scripts/router_dump.py"
 
 
-rule router_shard:
-    # the shard's file from its group's store: a hard link, no copy (a shell job: no Python start)
+checkpoint router_data:
+    # every stored shard hard-linked into router_data/ by one job (not a job a shard: a dry run
+    # over 20,000 shards took 96 s with one); also the target to stop after inference
     input:
-        ancient(shard_group_manifest),
+        ancient(group_manifests),
     output:
-        f"{RESULTS}/router_data/{{dataset}}/{{shard}}.h5",
+        f"{RESULTS}/router_data/shards.tsv",
     log:
-        f"{LOGS}/router_shard/{{dataset}}/{{shard}}.log",
+        f"{LOGS}/router_data.log",
     localrule: True
     conda:
         "../envs/selectflow.yaml"
-    params:
-        store=f"{RESULTS}/router_store/{{dataset}}/{{shard}}.h5",
-    shell:
-        # a hard link; a copy (temp + rename) where the file system has none
-        "(ln -f {params.store} {output} || (cp {params.store} {output}.tmp"
-        " && mv {output}.tmp {output})) 2> {log}"
-
-
-rule router_data:
-    # Target to stop after inference: snakemake router_data
-    input:
-        router_shards,
+    script:
+        "../scripts/router_data.py"

@@ -248,3 +248,34 @@ def test_dump_settings_take_every_dump_key_of_the_config_section():
     assert s.batch_size == 5 and s.sort_by_length
     assert (s.max_length, s.ifd, s.router_pattern, s.router_source, s.softmax_logits, s.quality_gate_pattern,
             s.device, s.dtype) == (77, False, "x$", "hooks", True, "q$", "cpu", "float32")
+
+
+def test_router_data_links_every_stored_shard_in_one_job(tmp_path):
+    """Checkpoint router_data: hard links (same inode), the listing, a rerun that keeps them, a missing store file."""
+    import pandas as pd
+
+    from selectflow.stages.router import link_router_data
+
+    store = tmp_path / "router_store" / "ds"
+    store.mkdir(parents=True)
+    manifests = []
+    for first in (0, 2):  # two groups of two shards
+        rows = []
+        for k in (first, first + 1):
+            (store / f"shard_{k:05d}.h5").write_bytes(bytes([k]) * (10 + k))
+            rows.append((f"shard_{k:05d}", str(store / f"shard_{k:05d}.h5"), 10 + k, "no"))
+        manifests.append(store / f"shard_{first:05d}.group.tsv")
+        pd.DataFrame(rows, columns=["shard", "store", "n_samples", "reused"]).to_csv(manifests[-1], sep="\t", index=False)
+    listing = tmp_path / "router_data" / "shards.tsv"
+    assert link_router_data([str(m) for m in manifests], str(listing)) == 4
+    linked = sorted((tmp_path / "router_data" / "ds").glob("*.h5"))
+    assert [p.name for p in linked] == [f"shard_{k:05d}.h5" for k in range(4)]
+    assert all(p.stat().st_ino == (store / p.name).stat().st_ino for p in linked)
+    table = pd.read_csv(listing, sep="\t")
+    assert table["path"].tolist() == [str(p) for p in linked] and table["n_samples"].tolist() == [10, 11, 12, 13]
+    linked[1].unlink()  # a deleted link comes back; the others are left as they are
+    link_router_data([str(m) for m in manifests], str(listing))
+    assert linked[1].stat().st_ino == (store / linked[1].name).stat().st_ino
+    (store / "shard_00003.h5").unlink()
+    with pytest.raises(SelectFlowError, match=r"shard_00003\.h5, listed in .*shard_00002\.group\.tsv, is missing"):
+        link_router_data([str(m) for m in manifests], str(listing))

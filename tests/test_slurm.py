@@ -156,6 +156,10 @@ def test_demo_chain_on_slurm_matches_local_run(cluster, demo_runs):
     assert set(rules) == set(re.findall(r"^(?:rule|checkpoint) (\w+):$", log, re.M))
     gpu = gpu_rules(log)
     assert "router_dump" in gpu
+    # per-shard work goes in groups: one sbatch job dumps both shards (router_dump.shards_per_job 8), and
+    # one local job links every shard into router_data (no job a shard)
+    assert rules.count("router_dump") == 1
+    assert len(re.findall(r"^local(?:rule|checkpoint) router_data:$", log, re.M)) == 1
     assert all(j["JobState"] == "COMPLETED" and j["Partition"] == "all" for j in jobs)
     for job, rule in zip(jobs, rules):
         # attempt 1 of the profile's requests; GPU rules get SELECTFLOW_SLURM_GPU_MODEL

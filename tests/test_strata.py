@@ -1,7 +1,10 @@
-"""Routing strata: k-means, proportional allocation, and quota FPS against naive references."""
+"""Routing strata: k-means, proportional allocation, and quota FPS against naive references; the
+clustering and score_first's bisection bounded for large pools."""
 
+import itertools
 import json
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +13,8 @@ from selectflow.config import selection_section
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select.fps import fps_matrix, fps_streaming
-from selectflow.select.strata import allocate, kmeans
+from selectflow.select import baselines, strata
+from selectflow.select.strata import allocate, kmeans, strata_labels
 from selectflow.stages.select import build_candidates, run_fps
 from tests.test_fps import blocks, brute_fps, naive_matrix, with_ties
 
@@ -85,3 +89,111 @@ def test_strata_keep_the_pool_shares_that_plain_fps_loses(tmp_path):
         picked[strata] = sum(int(s[1:]) < 90 for s in curve["sample_id"])  # picks from the dense region
     assert picked[1] <= 6  # plain FPS: the spread 25 % of the pool takes most of the 24 picks
     assert picked[2] == 18  # strata: 90 / 120 of 24 picks
+
+
+def _blobs(n, seed=3):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    truth = rng.integers(0, 4, n)
+    return (centres[truth] + rng.normal(scale=0.5, size=(n, 2))).astype(np.float32)
+
+
+def _streamed(x, shard=97):
+    """strata_labels' two readers over ``x``, the second a shard of ``shard`` rows at a time; rows each read."""
+    reads = []
+
+    def features_of(at):
+        reads.append(len(at))
+        return x[at]
+
+    def labels_of(label):
+        return np.concatenate([label(x[lo : lo + shard]) for lo in range(0, len(x), shard)])
+
+    return features_of, labels_of, reads
+
+
+def test_strata_labels_of_a_small_pool_are_the_whole_pool_kmeans():
+    x = _blobs(900)
+    features_of, labels_of, reads = _streamed(x)
+    np.testing.assert_array_equal(strata_labels(len(x), 4, features_of, labels_of), kmeans(x, 4, seed=0))
+    assert reads == [900]  # 900 <= 4 x POINTS_PER_CENTROID: clustered whole
+
+
+def test_strata_labels_of_a_large_pool_train_on_a_sample_and_assign_every_sample(monkeypatch):
+    monkeypatch.setattr(strata, "POINTS_PER_CENTROID", 25)  # 4 strata: a sample of 100 of 3,000
+    x = _blobs(3000)
+    features_of, labels_of, reads = _streamed(x)
+    got = strata_labels(len(x), 4, features_of, labels_of)
+    assert reads == [100]  # only the sample's features were read at once
+    # separated groups: the sampled centres give the same partition, numbered alike, as k-means on every row
+    np.testing.assert_array_equal(got, kmeans(x, 4, seed=0))
+    np.testing.assert_array_equal(got, strata_labels(len(x), 4, *_streamed(x, shard=1000)[:2]))
+
+
+def test_strata_of_a_streamed_pool_hold_a_sample_of_the_kept_features(tmp_path, monkeypatch):
+    """With strata the scan holds the sampled features and one shard more than without, not every kept sample's."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    n, size, L, E = 6000, 500, 16, 64
+    paths = []
+    for k in range(n // size):
+        ids = [f"s{i:05d}" for i in range(k * size, (k + 1) * size)]
+        probs = rng.dirichlet(np.full(E, 0.3), size=(size, L)).astype(np.float32)
+        records = [json.dumps({"sample_id": s, "dataset": "d", "prompt": f"q {s}", "response": f"a {s}",
+                               "record": {}}) for s in ids]
+        write_router_shard(tmp_path / f"shard_{k:05d}.h5", RouterShard(
+            sample_id=np.array(ids, dtype=object), moe_probs=probs, nll_response=rng.uniform(1, 2, size).astype(np.float32),
+            n_tokens=np.full(size, 9, np.int32), n_response_tokens=np.full(size, 5, np.int32),
+            record=np.array(records, dtype=object)))
+        paths.append(tmp_path / f"shard_{k:05d}.h5")
+    monkeypatch.setattr(strata, "POINTS_PER_CENTROID", 50)  # 4 strata: k-means on 200 samples
+    peak, labels = {}, {}
+    for n_strata in (1, 4):
+        sel = selection_section(quality_method="perplexity", selection_percentage=0.01,
+                                importance_selection_percentage=0.02, routing_strata=n_strata, device="cpu")
+        tracemalloc.start()
+        build_candidates(paths, tmp_path / f"c{n_strata}.h5", tmp_path / f"q{n_strata}.tsv", sel)
+        peak[n_strata] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        in_memory = tmp_path / f"c{n_strata}_in_memory.h5"
+        build_candidates(paths, in_memory, tmp_path / f"q{n_strata}_in_memory.tsv", sel, in_memory=True)
+        with h5py.File(tmp_path / f"c{n_strata}.h5") as a, h5py.File(in_memory) as b:
+            assert all(np.array_equal(a[name][()], b[name][()]) for name in a)  # the whole-pool path agrees
+            if n_strata > 1:
+                labels = a["stratum"][()]
+    # k-means over every kept sample held their features (24.6 MB); now the sample's (0.8 MB) and one
+    # shard's moe_probs and features with their temporaries (a few times 2 MB)
+    shard_bytes, sample_bytes = size * L * E * 4, 200 * L * E * 4
+    assert peak[4] - peak[1] < 4 * shard_bytes + sample_bytes < n * L * E * 4 / 2, peak
+    assert len(np.unique(labels)) == 4  # and there are 4 strata among the candidates
+
+
+def test_baseline_kmeans_of_a_large_pool_trains_on_a_sample_and_finds_the_groups():
+    x = _blobs(3000)  # 3,000 rows > 4 x POINTS_PER_CENTROID: FAISS trains on a seeded sample of 1,024
+    truth = kmeans(x, 4, seed=0)  # the whole-pool k-means of the strata separates the four groups
+    # FAISS starts from random rows: some seeds merge two groups, sampled or not (seed 1 does on all
+    # 3,000 rows); seed 2 does not
+    got = baselines.kmeans_labels(x, 4, seed=2)
+    assert len({(t, g) for t, g in zip(truth, got)}) == 4  # the same partition
+    np.testing.assert_array_equal(got, baselines.kmeans_labels(x, 4, seed=2, chunk=333))  # chunked assignment
+
+
+def test_score_first_bisection_is_capped_for_large_pools_and_still_selects_k():
+    rng = np.random.default_rng(5)
+    feats = rng.dirichlet(np.ones(8), size=(300, 2)).reshape(300, 16).astype(np.float32)
+    quality, ids = rng.normal(size=300), np.array([f"s{i:03d}" for i in range(300)], dtype=object)
+    k = 20
+    assert baselines.bisection_steps(k, 300) == baselines.BISECTION_STEPS  # small pools: unchanged
+    budget = 15 * k * 300  # room for 14 halvings (and the final walk): fewer than 30
+    assert baselines.bisection_steps(k, 300, budget) == 14
+    assert baselines.bisection_steps(k, 10**9) == baselines.MIN_BISECTION_STEPS
+    full, tau_full = baselines.score_first(feats, quality, ids, k, "l2")
+    capped, tau = baselines.score_first(feats, quality, ids, k, "l2", budget=budget)
+    d = np.linalg.norm(feats[:, None] - feats[None], axis=-1)
+    assert len(capped) == k == len(set(capped.tolist()))
+    assert all(d[i, j] > tau for i, j in itertools.combinations(capped, 2))
+    # the capped bisection is the first 14 halvings of the full one: τ below the full τ, by less than the
+    # bracket after 14 halvings of [-1, 2 × the largest distance from the best row]
+    best = int(baselines.quality_order(quality, ids)[0])
+    assert 0 <= tau_full - tau < (2 * d[best].max() + 1) / 2**14

@@ -68,24 +68,26 @@ def test_deleted_shard_is_recomputed_alone(clean_run, tmp_path):
     # an atomic rewrite makes a new inode; a reused store file keeps its inode
     before = {p.name: p.stat().st_ino for p in sorted(store.glob("*.h5"))}
     original = shards[2].read_bytes()
-    # a deleted router_data file comes back from the store: no shard dumped, no model load
+    # a deleted router_data file stops the run with what to do; -R router_data links it again from the
+    # store: no router_dump job, no model load
     shards[2].unlink()
-    proc = snakemake(wd, "router_data", *README_COMMAND)
-    assert ran_jobs(proc).count("router_dump") == 1
-    log = (wd / "logs/small/router_dump/demo/shard_00000.log").read_text()
-    assert log.count(": reusing ") == 4 and "dumping" not in log and "routers via" not in log
+    proc = snakemake(wd, *README_COMMAND, check=False)
+    assert proc.returncode != 0 and f"{shards[2].name} is missing" in proc.stderr and "-R router_data" in proc.stderr
+    proc = snakemake(wd, "router_data", "-R", "router_data", *README_COMMAND)
+    assert "router_data" in ran_jobs(proc) and "router_dump" not in ran_jobs(proc)
     assert {p.name: p.stat().st_ino for p in sorted(store.glob("*.h5"))} == before
-    assert shards[2].read_bytes() == original
-    # deleted in the store too: that shard alone is dumped again, the group's others are reused
+    assert shards[2].read_bytes() == original and shards[2].stat().st_ino == before[shards[2].name]
+    # deleted in the store too, with its group table: that shard alone is dumped again, the group's others reused
     shards[2].unlink()
     (store / shards[2].name).unlink()
-    proc = snakemake(wd, "router_data", *README_COMMAND)
+    (store / "shard_00000.group.tsv").unlink()
+    proc = snakemake(wd, "router_data", "-R", "router_data", *README_COMMAND)
     assert ran_jobs(proc).count("router_dump") == 1
     log = (wd / "logs/small/router_dump/demo/shard_00000.log").read_text()
     assert log.count(": reusing ") == 3 and log.count(": dumping ") == 1
     after = {p.name: p.stat().st_ino for p in sorted(store.glob("*.h5"))}
     assert [name for name in after if after[name] != before[name]] == [shards[2].name]
-    assert shards[2].read_bytes() == original
+    assert shards[2].read_bytes() == original and shards[2].stat().st_ino == after[shards[2].name]
 
 
 def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):

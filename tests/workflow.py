@@ -42,4 +42,5 @@ def config_variant(name: str, folder: Path, **changes) -> Path:
 def ran_jobs(proc: subprocess.CompletedProcess) -> list[str]:
     """Rule names of the jobs a Snakemake run executed, from its log on stderr."""
     lines = (proc.stdout + proc.stderr).splitlines()
-    return [ln.split()[-1].rstrip(":") for ln in lines if ln.startswith(("rule ", "localrule ", "checkpoint "))]
+    starts = ("rule ", "localrule ", "checkpoint ", "localcheckpoint ")
+    return [ln.split()[-1].rstrip(":") for ln in lines if ln.startswith(starts)]

@@ -14,7 +14,8 @@ depends on the data and the seed only, not on the order of the rows.
   round-robin over the clusters (:func:`round_robin`).
 * ``score_first`` (DEITA-style): walk the pool in quality order and keep a sample when its
   distance to every kept one exceeds a threshold τ (:func:`score_first_walk`); τ is the
-  largest value a bisection finds for which the walk still fills k (:func:`score_first`).
+  largest value a bisection finds for which the walk still fills k (:func:`score_first`; its
+  walks, k·n distances each at most, are capped for large pools by :func:`bisection_steps`).
 * ``semdedup``: k-means, drop near-duplicates within each cluster (a member within ``eps``
   of a better member kept in the same cluster), then the top k by quality
   (:func:`semdedup`).
@@ -28,11 +29,17 @@ import numpy as np
 
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select import distance
+from selectflow.select.strata import POINTS_PER_CENTROID
 
 log = logging.getLogger(__name__)
 
 BASELINES = ("random", "quality", "kmeans", "score_first", "semdedup")
 BISECTION_STEPS = 30
+# score_first's bisection: a walk computes up to k·n distances; above this many for all walks
+# together the bisection takes fewer steps, never fewer than MIN_BISECTION_STEPS
+# (τ then within 2^-10 of its first bracket, 2 × the largest distance from the best row)
+WALK_DISTANCES = 10**10
+MIN_BISECTION_STEPS = 10
 
 
 def quality_order(quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -56,8 +63,13 @@ def quality_pick(quality: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return quality_order(quality, ids)[: _check_k(k, len(quality))]
 
 
-def kmeans_labels(feats: np.ndarray, n_clusters: int, seed: int, niter: int = 20) -> np.ndarray:
-    """Cluster label [n] int64 of each row: FAISS k-means (L2, CPU, seeded, no subsampling)."""
+def kmeans_labels(feats: np.ndarray, n_clusters: int, seed: int, niter: int = 20, chunk: int = 65536) -> np.ndarray:
+    """Cluster label [n] int64 of each row: FAISS k-means (L2, CPU, seeded).
+
+    The centres train on at most ``n_clusters`` × :data:`~selectflow.select.strata.POINTS_PER_CENTROID`
+    rows (FAISS draws that sample with ``seed``; a smaller pool trains on every row), then every
+    row is assigned ``chunk`` rows at a time: memory for the sample and one chunk beyond ``feats``.
+    """
     import faiss
 
     x = np.ascontiguousarray(feats, dtype=np.float32)
@@ -65,10 +77,10 @@ def kmeans_labels(feats: np.ndarray, n_clusters: int, seed: int, niter: int = 20
     if n_clusters == 1:
         return np.zeros(len(x), dtype=np.int64)
     km = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, seed=int(seed), verbose=False,
-                      max_points_per_centroid=max(256, len(x)), min_points_per_centroid=1)
+                      max_points_per_centroid=POINTS_PER_CENTROID, min_points_per_centroid=1)
     km.train(x)
-    _, labels = km.index.search(x, 1)
-    return labels[:, 0].astype(np.int64)
+    return np.concatenate([km.index.search(x[lo : lo + chunk], 1)[1][:, 0] for lo in range(0, len(x), chunk)]
+                          ).astype(np.int64)
 
 
 def round_robin(labels: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -123,14 +135,21 @@ def score_first_walk(feats: np.ndarray, order: np.ndarray, k: int, tau: float, m
     return np.asarray(kept, dtype=np.int64)
 
 
+def bisection_steps(k: int, n: int, budget: int = WALK_DISTANCES) -> int:
+    """Halvings of score_first's τ bisection for k of n: :data:`BISECTION_STEPS`, fewer when the walks
+    (up to k·n distances each) would compute more than ``budget`` distances, at least :data:`MIN_BISECTION_STEPS`."""
+    return int(max(MIN_BISECTION_STEPS, min(BISECTION_STEPS, budget // max(1, k * n) - 1)))
+
+
 def score_first(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, metric: str,
-                device="cpu") -> tuple[np.ndarray, float]:
+                device="cpu", budget: int = WALK_DISTANCES) -> tuple[np.ndarray, float]:
     """DEITA-style score-first selection of exactly k rows; return the picks and the threshold τ.
 
     τ is found by bisection: τ = -1 always fills k (every distance exceeds it, so the walk
     is the quality top k); τ = 2·max distance from the best row (at least the pool's
-    diameter) keeps one row only. :data:`BISECTION_STEPS` halvings keep the feasible end;
-    its walk is the selection. The walk's count need not be monotone in τ, so τ is the
+    diameter) keeps one row only. :func:`bisection_steps` halvings (30; fewer for pools where
+    the walks would compute more than ``budget`` distances) keep the feasible end; its walk
+    is the selection, exactly k rows whatever the number of halvings. The walk's count need not be monotone in τ, so τ is the
     largest feasible value the bisection meets, not necessarily the largest overall.
     """
     n = len(quality)
@@ -140,7 +159,7 @@ def score_first(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int,
     lo = -1.0
     hi = 2.0 * float(_dist_row(x, int(order[0]), metric).max())
     if k > 1 and hi > 0:
-        for _ in range(BISECTION_STEPS):
+        for _ in range(bisection_steps(k, n, budget)):
             mid = (lo + hi) / 2
             if len(score_first_walk(feats, order, k, mid, metric, x)) >= k:
                 lo = mid

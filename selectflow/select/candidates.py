@@ -29,13 +29,14 @@ from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
 from selectflow.select import distance
 from selectflow.select.dedup import duplicates_of
-from selectflow.select.strata import stratify
+from selectflow.select.strata import strata_labels, stratify
 
 log = logging.getLogger(__name__)
 
 CANDIDATES_LAYOUT_VERSION = 1
 CANDIDATES_REBUILD_HINT = "rule candidates rebuilds it: delete the file and rerun snakemake"
 STAGES = ("fps", "two_stage", "quality")
+CHUNK_ROWS = 65536  # rows of an in-memory pool turned into features at a time by pool_features(then=...)
 
 
 def check_fraction(name: str, value: float | None, *, optional: bool = False) -> float | None:
@@ -125,9 +126,10 @@ def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_poo
         stage, m = "fps", n_kept
     choice = Choice(k=k, stage=stage, order=order, chosen=order[:m])
     if stage != "quality" and sel.routing_strata > 1:
-        feats = pool_features(shard, order, sel.metric)
-        take, labels, choice.quota = stratify(feats, duplicates_of(shard.sample_id[order], reason), k, m,
-                                              sel.routing_strata)
+        labels = strata_labels(len(order), sel.routing_strata,
+                               lambda at: pool_features(shard, order[at], sel.metric),
+                               lambda label: pool_features(shard, order, sel.metric, then=label))
+        take, labels, choice.quota = stratify(labels, duplicates_of(shard.sample_id[order], reason), k, m)
         choice.chosen, choice.stratum = order[take], labels[take].astype(np.int64)
     reason[order] = "below_importance_cut"
     reason[choice.chosen] = "candidate"
@@ -150,15 +152,23 @@ def write_candidates(path: str | os.PathLike, shard, score: np.ndarray, choice: 
             f.attrs["complete"] = True
 
 
-def pool_features(shard, rows: np.ndarray, metric: str) -> np.ndarray:
-    """Float32 [len(rows), D] grid features of pool rows ``rows`` (in that order).
+def pool_features(shard, rows: np.ndarray, metric: str, then=None) -> np.ndarray:
+    """Float32 [len(rows), D] grid features of pool rows ``rows`` (in that order), or ``then`` of them.
 
     A streamed pool (:func:`selectflow.router.routerfile.scan_shards`) reads their
-    ``moe_probs`` back one shard at a time: memory [len(rows), D] plus one shard.
+    ``moe_probs`` back one shard at a time: memory [len(rows), D] plus one shard. With
+    ``then`` (features [r, D] -> array [r, ...], e.g. a stratum label) only its results are
+    kept, so the features of one shard at a time are held (of one chunk of rows for a pool in memory).
     """
-    if shard.moe_probs is not None:
-        return distance.features(shard.moe_probs[rows], metric)
-    return shard.source.take(rows, lambda path, at: distance.features(read_moe_probs(path, at), metric))
+    def read(probs):
+        feats = distance.features(probs, metric)
+        return feats if then is None else then(feats)
+
+    if shard.moe_probs is None:
+        return shard.source.take(rows, lambda path, at: read(read_moe_probs(path, at)))
+    if then is None:
+        return read(shard.moe_probs[rows])
+    return np.concatenate([read(shard.moe_probs[rows[lo : lo + CHUNK_ROWS]]) for lo in range(0, len(rows), CHUNK_ROWS)])
 
 
 def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice,

@@ -79,8 +79,10 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     ``moe_probs`` of the candidates are read back shard by shard. Peak host memory:
     O(candidates × L·E) for their features, plus one shard, plus O(pool) small values
     (a few hundred bytes a sample: ids, NLLs, gate logits, record facts, two 16-byte digests); with
-    ``routing_strata`` > 1 the k-means needs the features of every kept sample, so
-    O(kept × L·E) there.
+    ``routing_strata`` > 1 the k-means trains on a seeded sample of at most ``routing_strata`` ×
+    :data:`~selectflow.select.strata.POINTS_PER_CENTROID` kept samples and assigns every kept
+    sample a shard at a time (:func:`~selectflow.select.strata.strata_labels`), so that sample's
+    features more.
 
     ``in_memory=True`` reads the whole pool instead (:func:`~selectflow.router.routerfile.concat_shards`:
     every record and ``moe_probs``, as before streaming) and writes the same bytes; the
