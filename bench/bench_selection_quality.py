@@ -130,8 +130,8 @@ def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, i
              strata: int, methods: list[str] | None = None, settings: dict | None = None) -> pd.DataFrame:
     """Every method x diversity on / off, ``settings`` (more ``selection.*`` keys) applied to each."""
     shard = concat_shards(router_paths)
-    if methods is None:
-        methods = (["gate"] if shard.quality_logits is not None else []) + ["combined", "ifd", "perplexity"]
+    methods = ["gate", "combined", "ifd", "perplexity"] if methods is None else methods
+    methods = [m for m in methods if m != "gate" or shard.quality_logits is not None]  # gate: where there are logits
     suffix = "".join(f" {key}={value}" for key, value in (settings or {}).items())
     k = max(1, round(selection * len(shard)))
     rows = []
@@ -229,8 +229,8 @@ def main() -> None:
     p.add_argument("--importance", type=float, default=0.2)
     p.add_argument("--strata", type=int, default=None, help="selection.routing_strata (default: the schema's)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="quality methods to measure (default: gate when there are quality logits, combined, ifd, "
-                        "perplexity)")
+                   help="quality methods to measure (default: gate, combined, ifd, perplexity; gate only on "
+                        "router data with quality logits)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="settings",
                    help="more selection.* keys for every method (YAML values: quality_cut=pool), named in its row")
     args = p.parse_args()
