@@ -15,6 +15,9 @@
     # the issue-23 pools: (b) a demo seed with the junk suite planted instead of the demo's own
     # junk, (c) the real-text pool (three formats) scored by the proxy model built on it
     python bench/bench_selection_quality.py --junk-suite 3:2000 --real-text 0:2000 --work /tmp/bsq
+    # one method under other selection settings (a variant): --methods and --set KEY=VALUE
+    python bench/bench_selection_quality.py --junk-suite 3:2000 --work /tmp/bsq --methods combined \
+        --set quality_cut=pool
 
 For each pool and each quality method (``gate`` when the router data has quality logits,
 ``combined``, ``ifd``, ``perplexity``, ``none``) x diversity (FPS on / off) it runs the
@@ -46,14 +49,16 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selectflow.config import schema_default, selection_section  # noqa: E402
+from selectflow.config import SelectionConfig, schema_default, selection_section  # noqa: E402
 from selectflow.data.junk import HELD_BACK_KINDS, TUNING_KINDS  # noqa: E402
 from selectflow.data.records import read_dataset  # noqa: E402
 from selectflow.router.routerfile import concat_shards  # noqa: E402
@@ -122,9 +127,12 @@ def kind_table(table: pd.DataFrame, lab: dict[str, dict]) -> pd.DataFrame:
 
 
 def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, importance: float,
-             strata: int) -> pd.DataFrame:
+             strata: int, methods: list[str] | None = None, settings: dict | None = None) -> pd.DataFrame:
+    """Every method x diversity on / off, ``settings`` (more ``selection.*`` keys) applied to each."""
     shard = concat_shards(router_paths)
-    methods = (["gate"] if shard.quality_logits is not None else []) + ["combined", "ifd", "perplexity"]
+    methods = ["gate", "combined", "ifd", "perplexity"] if methods is None else methods
+    methods = [m for m in methods if m != "gate" or shard.quality_logits is not None]  # gate: where there are logits
+    suffix = "".join(f" {key}={value}" for key, value in (settings or {}).items())
     k = max(1, round(selection * len(shard)))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,14 +140,15 @@ def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, i
         for method in methods:
             for diversity in (True, False):
                 t0 = time.perf_counter()
-                sel = selection_section(quality_method=method, selection_percentage=selection, routing_strata=strata,
-                                        importance_selection_percentage=importance, disable_diversity=not diversity,
-                                        device="cpu", fps_log_interval=10**9)
+                sel = selection_section({"quality_method": method, "selection_percentage": selection,
+                                         "routing_strata": strata, "importance_selection_percentage": importance,
+                                         "disable_diversity": not diversity, "device": "cpu",
+                                         "fps_log_interval": 10**9, **(settings or {})})
                 build_candidates(router_paths, out / "c.h5", out / "q.tsv", sel)
                 run_fps(out / "c.h5", out / "curve.tsv", sel)
                 picks = pd.read_csv(out / "curve.tsv", sep="\t", dtype={"sample_id": str})["sample_id"].tolist()
                 cands = read_candidates(out / "c.h5")
-                rows.append({"method": method, "diversity": diversity, **measure(picks, lab),
+                rows.append({"method": method + suffix, "diversity": diversity, **measure(picks, lab),
                              "dups_dropped": int(cands.attrs["n_duplicates"]), "s": time.perf_counter() - t0})
     ids = shard.sample_id.astype(str)
     fps = fps_streaming(features(shard.moe_probs, "wasserstein"), k, start=0, device="cpu", log_interval=10**9)
@@ -219,6 +228,11 @@ def main() -> None:
     p.add_argument("--selection", type=float, default=0.05)
     p.add_argument("--importance", type=float, default=0.2)
     p.add_argument("--strata", type=int, default=None, help="selection.routing_strata (default: the schema's)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="quality methods to measure (default: gate, combined, ifd, perplexity; gate only on "
+                        "router data with quality logits)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="more selection.* keys for every method (YAML values: quality_cut=pool), named in its row")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     pools = []
@@ -246,11 +260,15 @@ def main() -> None:
     if not pools and not args.selected:
         p.error("give --router and --pool, --selected and --pool, or --build SEED:N ...")
     pd.set_option("display.width", 250)
+    settings = {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in args.settings)}
+    unknown = sorted(set(settings) - {f.name for f in fields(SelectionConfig)})
+    if unknown:
+        p.error(f"--set: {', '.join(unknown)} is no selection.* key")
     for name, paths, pool in pools:
         strata = args.strata if args.strata is not None else schema_default("selection", "routing_strata")
         lab = labels(*pool)
         t0 = time.perf_counter()
-        table = run_pool(paths, lab, args.selection, args.importance, strata)
+        table = run_pool(paths, lab, args.selection, args.importance, strata, args.methods, settings)
         print(f"\n## {name}: select {args.selection:g} (two-stage, importance {args.importance:g}, "
               f"routing_strata {strata}; {time.perf_counter() - t0:.0f} s)\n")
         print(table.drop(columns="by_kind").to_markdown(index=False, floatfmt=".3f"))

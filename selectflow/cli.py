@@ -195,6 +195,8 @@ SELECTION_FLAGS = {
     "mode": "distance_mode",
     "quality_method": "quality_method",
     "quality_field": "quality_field",
+    "quality_cut": "quality_cut",
+    "quality_cut_z": "quality_cut_z",
     "routing_strata": "routing_strata",
     "near_duplicate_threshold": "near_duplicate_threshold",
     "dedup_system_turns": "dedup_system_turns",

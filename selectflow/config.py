@@ -74,6 +74,8 @@ class SelectionConfig:
     quality_method: str
     routing_strata: int
     quality_field: str | None
+    quality_cut: str
+    quality_cut_z: float
     near_duplicate_threshold: float | None
     dedup_system_turns: bool
     metric: str

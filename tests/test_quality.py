@@ -9,7 +9,7 @@ import pytest
 
 from selectflow.router.routerfile import RouterShard
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.select.quality import assess, distinct_ngram_share, quality_scores, words
+from selectflow.select.quality import MIN_GROUP, assess, distinct_ngram_share, quality_scores, robust_z, words
 
 
 def shard(n=3, *, logits=None, nll=None, alone=None, resp_tokens=None, records=None, eos=None):
@@ -172,3 +172,127 @@ def test_unfinished_is_relative_to_the_pools_median_end():
     # ... and drops one whose end is under half as likely as the median's (median 2.95 + log 2 = 3.64)
     s = shard(n=5, nll=[1.0] * 5, alone=[2.0] * 5, eos=[3.0, 3.2, 2.9, 0.1, 3.7], records=[norm("an answer")] * 5)
     assert assess(s, "combined").reason.tolist() == ["", "", "", "", "unfinished"]
+
+
+def naive_z(x, groups, judged, min_group):
+    """Robust z by hand: per group median and 1.4826 MAD of its judged finite values (pooled when small)."""
+    x = np.asarray(x, dtype=float)
+    ok = judged & np.isfinite(x)
+
+    def stats(v):
+        med = np.median(v)
+        return med, 1.4826 * np.median(np.abs(v - med))
+
+    out = np.full(len(x), np.nan)
+    for g in set(groups):
+        m = np.array([gg == g for gg in groups])
+        med, mad = stats(x[m & ok]) if (m & ok).sum() >= min_group else stats(x[ok])
+        out[m] = (x[m] - med) / mad
+    return out
+
+
+def test_robust_z_against_numpy_median_mad_per_dataset():
+    rng = np.random.default_rng(0)
+    groups = np.array(["a"] * 60 + ["b"] * 70 + ["c"] * 5, dtype=object)
+    x = np.concatenate([rng.normal(0, 1, 60), rng.normal(10, 3, 70), rng.normal(5, 1, 5)])
+    x[3], x[70] = np.nan, 40.0  # a NaN is not judged; an outlier in b
+    judged = np.ones(len(x), dtype=bool)
+    judged[[10, 80]] = False  # left out of the statistics, still scored
+    z = robust_z(x, groups, judged)
+    want = naive_z(x, groups, judged, MIN_GROUP)
+    np.testing.assert_allclose(z, want, rtol=1e-9)
+    assert np.isnan(z[3]) and z[70] > 5  # 40 is far out in b's spread, not in a's terms
+    # c (5 samples, under MIN_GROUP) is judged by the whole pool, not by its own median
+    assert not np.allclose(z[130:], naive_z(x, ["c"] * len(x), judged & (groups == "c"), 1)[130:])
+
+
+def test_robust_z_falls_back_to_mean_deviation_when_mad_is_zero():
+    x = np.array([1.0] * 60 + [2.0, 5.0])
+    z = robust_z(x)
+    mean_ad = np.mean(np.abs(x - 1.0))
+    np.testing.assert_allclose(z, (x - 1.0) / (math.sqrt(math.pi / 2) * mean_ad))
+    assert robust_z(np.array([3.0] * 60)).tolist() == [0.0] * 60
+
+
+def pool_of(ifd_by_dataset, seed=0):
+    """Records of datasets with IFDs as given (alone 4.0), p(eos) alike; spread ±2 % around each value."""
+    rng = np.random.default_rng(seed)
+    ifd, names = [], []
+    for name, values in ifd_by_dataset.items():
+        for v in values:
+            ifd.append(v * (1 + rng.uniform(-0.02, 0.02)))
+            names.append(name)
+    n = len(ifd)
+    records = [{**norm(f"answer number {i} is fine"), "dataset": d} for i, d in enumerate(names)]
+    eos = 0.5 + rng.uniform(-0.01, 0.01, n)
+    return shard(n=n, nll=4.0 * np.array(ifd), alone=[4.0] * n, eos=eos, records=records), np.array(ifd)
+
+
+def test_pool_cut_drops_junk_between_clean_and_the_fixed_cut_per_dataset():
+    # dataset a: clean records at IFD 0.70 and 3 junk at 0.87 (under ifd>=1: the fixed cut keeps them);
+    # dataset b: every record at 0.87, its normal level: nothing there is far out
+    s, ifd = pool_of({"a": [0.70] * 97 + [0.87] * 3, "b": [0.87] * 80})
+    fixed = assess(s, "combined")
+    assert fixed.keep.all()
+    a = assess(s, "combined", cut="pool", cut_z=3.5)
+    junk = np.zeros(len(ifd), dtype=bool)
+    junk[97:100] = True
+    assert a.reason[junk].tolist() == ["outlier:log_ifd"] * 3
+    assert a.keep[~junk].all()
+    np.testing.assert_array_equal(a.score, fixed.score)  # the cut drops; the score stays the method's
+    # the same verdicts as a robust z by hand on log IFD (the other signals: nothing far out)
+    want = naive_z(np.log(ifd.astype(np.float32)), [json.loads(r)["dataset"] for r in s.record],
+                   np.ones(len(ifd), dtype=bool), MIN_GROUP) > 3.5
+    np.testing.assert_array_equal(~a.keep, want)
+    # every method but field gets the cut
+    assert assess(s, "perplexity", cut="pool", cut_z=3.5).reason[junk].tolist() == ["outlier:log_ifd"] * 3
+    # judged as one pool (no dataset names), b's normal level would be far out: all of b dropped
+    s.record = np.array([json.dumps({k: v for k, v in json.loads(r).items() if k != "dataset"}) for r in s.record],
+                        dtype=object)
+    assert (~assess(s, "combined", cut="pool", cut_z=3.5).keep[100:]).all()
+
+
+def test_pool_cut_keeps_the_fixed_drops_and_leaves_field_alone():
+    s, _ = pool_of({"a": [0.70] * 60 + [1.2]})
+    assert assess(s, "combined", cut="pool", cut_z=3.5).reason[-1] == "ifd>=1"  # first failing check named
+    recs = [{**json.loads(r), "record": {"score": float(i)}} for i, r in enumerate(s.record)]
+    f = shard(n=61, nll=s.nll_response, alone=s.nll_response_alone, records=recs)
+    assert assess(f, "field", "score", cut="pool", cut_z=3.5).keep.all()
+
+
+def test_pool_cut_needs_a_known_cut_and_a_positive_z():
+    s, _ = pool_of({"a": [0.7] * 60})
+    with pytest.raises(SelectFlowError, match="quality cut 'median'"):
+        assess(s, "combined", cut="median", cut_z=3.0)
+    with pytest.raises(SelectFlowError, match="quality_cut_z"):
+        assess(s, "combined", cut="pool")
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_selection_quality_cut_pool_reaches_the_quality_table(tmp_path, in_memory):
+    import pandas as pd
+
+    from selectflow.config import selection_section
+    from selectflow.router.routerfile import write_router_shard
+    from selectflow.stages.select import build_candidates
+
+    s, _ = pool_of({"a": [0.70] * 97 + [0.87] * 3, "b": [0.87] * 80})
+    s.moe_probs = np.random.default_rng(1).dirichlet(np.ones(4), size=(len(s), 2)).astype(np.float32)
+    paths = []
+    for k, part in enumerate((slice(0, 90), slice(90, None))):  # the junk of a spans both shards
+        piece = RouterShard(sample_id=s.sample_id[part], moe_probs=s.moe_probs[part], nll_response=s.nll_response[part],
+                            n_tokens=s.n_tokens[part], n_response_tokens=s.n_response_tokens[part],
+                            nll_response_alone=s.nll_response_alone[part], nll_eos=s.nll_eos[part],
+                            record=s.record[part])
+        paths.append(tmp_path / f"shard_{k}.h5")
+        write_router_shard(paths[-1], piece)
+    reasons = {}
+    for cut in ("fixed", "pool"):
+        sel = selection_section(quality_method="combined", quality_cut=cut, selection_percentage=0.5, device="cpu")
+        build_candidates(paths, tmp_path / f"{cut}.h5", tmp_path / f"{cut}.tsv", sel, in_memory=in_memory)
+        table = pd.read_csv(tmp_path / f"{cut}.tsv", sep="\t").set_index("sample_id")
+        reasons[cut] = table["reason"]
+    junk = [f"s{i}" for i in range(97, 100)]
+    assert not reasons["fixed"][junk].str.startswith("outlier").any()
+    assert reasons["pool"][junk].tolist() == ["outlier:log_ifd"] * 3
+    assert not reasons["pool"].drop(junk).str.startswith("outlier").any()

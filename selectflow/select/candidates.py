@@ -15,7 +15,6 @@ or ``quality``), ``quality_method`` and ``n_duplicates``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
 from selectflow.select import distance
 from selectflow.select.dedup import duplicates_of
+from selectflow.select.quality import datasets as shard_datasets
 from selectflow.select.strata import strata_labels, stratify
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np
 
     candidate = np.zeros(len(shard), dtype=bool)
     candidate[choice.chosen] = True
-    datasets = _datasets(shard)
+    datasets = shard_datasets(shard)
     dropped = np.flatnonzero(pool & ~keep)
     rank = np.concatenate([choice.order, dropped[np.argsort(shard.sample_id[dropped].astype(str), kind="stable")]])
     return pd.DataFrame(
@@ -194,11 +194,3 @@ def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np
             **{name: values[rank] for name, values in quality.inputs.items()},
         }
     )
-
-
-def _datasets(shard) -> np.ndarray:
-    if shard.facts is not None and "dataset" in shard.facts:
-        return shard.facts["dataset"]
-    if shard.record is None:
-        return np.full(len(shard), "", dtype=object)
-    return np.array([json.loads(r).get("dataset", "") for r in shard.record], dtype=object)

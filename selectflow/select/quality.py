@@ -1,6 +1,6 @@
 """Per-sample quality scores from router data; higher is better for every method.
 
-``assess(shard, method, field)`` takes a :class:`~selectflow.router.routerfile.RouterShard` of
+``assess(shard, method, field, cut, cut_z)`` takes a :class:`~selectflow.router.routerfile.RouterShard` of
 ``n`` samples and returns an :class:`Assessment`: ``score`` float64 [n], ``keep`` bool [n]
 (samples with ``keep=False`` never become candidates), ``reason`` [n] (why a sample was
 dropped, ``""`` when kept) and ``inputs`` (the raw per-sample numbers the score is made of,
@@ -61,6 +61,13 @@ from selectflow.runtime.errors import SelectFlowError
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "combined", "gate", "ifd", "perplexity", "field")
+CUTS = ("fixed", "pool")
+# a dataset with fewer samples is judged by the whole pool's median and MAD (too few for its own)
+MIN_GROUP = 50
+# MAD x this = the standard deviation of a normal distribution; mean absolute deviation x
+# sqrt(pi / 2) likewise, the fallback when over half of a group share one value (MAD 0)
+MAD_TO_SIGMA = 1.4826
+MEAN_AD_TO_SIGMA = math.sqrt(math.pi / 2)
 # a response whose word 3-grams are less than half distinct is a degenerate loop
 MIN_DISTINCT_TRIGRAMS = 0.5
 # unfinished: the model gives the end of the response under half the probability it gives
@@ -93,9 +100,15 @@ def quality_scores(shard: RouterShard, method: str = "auto", field: str | None =
     return a.score, a.keep
 
 
-def assess(shard: RouterShard, method: str = "auto", field: str | None = None) -> Assessment:
-    """Score, keep flag, drop reason and raw inputs of every sample of ``shard`` under ``method``."""
+def assess(shard: RouterShard, method: str = "auto", field: str | None = None, cut: str = "fixed",
+           cut_z: float | None = None) -> Assessment:
+    """Score, keep flag, drop reason and raw inputs of every sample of ``shard`` under ``method``;
+    ``cut`` ``pool`` drops robust-z outliers beyond ``cut_z`` (module docstring)."""
     method = resolve_method(shard, method)
+    if cut not in CUTS:
+        raise SelectFlowError(f"unknown quality cut {cut!r} (selection.quality_cut); use one of {', '.join(CUTS)}")
+    if cut == "pool" and (cut_z is None or not cut_z > 0):
+        raise SelectFlowError(f"quality cut 'pool' needs a positive selection.quality_cut_z, got {cut_z!r}")
     facts = _facts(shard, field if method == "field" else None)
     if method == "gate":
         score, keep = _gate(shard)
@@ -105,7 +118,71 @@ def assess(shard: RouterShard, method: str = "auto", field: str | None = None) -
         reason = np.full(len(shard), "", dtype=object)
     else:
         score, keep, reason = _nll_based(shard, method, facts)
-    return Assessment(score, keep, reason, _inputs(shard, facts))
+    if cut == "pool" and method != "field":
+        for name, z in pool_z(shard, reason == "").items():
+            reason[(reason == "") & (z > cut_z)] = f"outlier:{name}"
+    return Assessment(score, reason == "", reason, _inputs(shard, facts))
+
+
+def datasets(shard: RouterShard) -> np.ndarray:
+    """Each sample's ``dataset`` (object [n]): from the streamed pool's facts or the records; "" without records."""
+    if shard.facts is not None and "dataset" in shard.facts:
+        return shard.facts["dataset"]
+    if shard.record is None:
+        return np.full(len(shard), "", dtype=object)
+    return np.array([json.loads(r).get("dataset", "") for r in shard.record], dtype=object)
+
+
+def pool_signals(shard: RouterShard) -> dict[str, np.ndarray]:
+    """The model's per-sample signals the ``pool`` cut judges, float64 [n], higher is worse:
+    ``log_ifd`` (log nll_response / nll_response_alone; with ``nll_response_alone``), ``nll_eos``
+    (with it; NaN, a cut response, is not judged) and ``nll_response``."""
+    nll = np.asarray(shard.nll_response, dtype=np.float64)
+    out = {}
+    if shard.nll_response_alone is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["log_ifd"] = np.log(nll / np.asarray(shard.nll_response_alone, dtype=np.float64))
+    if shard.nll_eos is not None:
+        out["nll_eos"] = np.asarray(shard.nll_eos, dtype=np.float64)
+    out["nll_response"] = nll
+    return out
+
+
+def pool_z(shard: RouterShard, judged: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`robust_z` of each of :func:`pool_signals` per dataset, statistics over the ``judged`` samples."""
+    groups = datasets(shard)
+    return {name: robust_z(x, groups, judged) for name, x in pool_signals(shard).items()}
+
+
+def robust_z(x: np.ndarray, groups: np.ndarray | None = None, judged: np.ndarray | None = None) -> np.ndarray:
+    """``(x - median) / (1.4826 · MAD)`` per sample, float64 [n], the median and MAD of its group
+    (``groups`` [n], one group when None) over the group's ``judged`` samples with finite ``x``.
+    A group of under :data:`MIN_GROUP` such samples takes the statistics of all groups together;
+    MAD 0 falls back to sqrt(pi/2) · mean absolute deviation; both 0 (all equal): z 0 at the
+    median, ±inf elsewhere. Non-finite ``x`` gives NaN (not judged)."""
+    x = np.asarray(x, dtype=np.float64)
+    usable = np.isfinite(x) & (np.ones(len(x), dtype=bool) if judged is None else np.asarray(judged, dtype=bool))
+    groups = np.zeros(len(x), dtype=np.int8) if groups is None else np.asarray(groups)
+    z = np.full(len(x), np.nan)
+    whole = _center_scale(x[usable])
+    for g in np.unique(groups):
+        members = groups == g
+        own = usable & members
+        center, scale = _center_scale(x[own]) if own.sum() >= MIN_GROUP else whole
+        at = members & np.isfinite(x)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z[at] = np.where(x[at] == center, 0.0, (x[at] - center) / scale)
+    return z
+
+
+def _center_scale(x: np.ndarray) -> tuple[float, float]:
+    """Median and robust standard deviation of ``x`` (NaN, NaN when empty)."""
+    if not len(x):
+        return math.nan, math.nan
+    center = float(np.median(x))
+    deviation = np.abs(x - center)
+    scale = MAD_TO_SIGMA * float(np.median(deviation))
+    return center, scale if scale > 0 else MEAN_AD_TO_SIGMA * float(deviation.mean())
 
 
 def record_facts(records, field: str | None = None) -> dict[str, np.ndarray]:

@@ -96,7 +96,7 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     pool = np.ones(len(shard), dtype=bool)
     if exclude_ids:
         pool = ~np.isin(shard.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
-    quality = assess(shard, sel.quality_method, sel.quality_field)
+    quality = assess(shard, sel.quality_method, sel.quality_field, sel.quality_cut, sel.quality_cut_z)
     score, keep, reason = quality.score, quality.keep & pool, quality.reason.copy()
     reason[~pool] = "excluded"
     similarity = np.full(len(shard), np.nan)
