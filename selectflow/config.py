@@ -372,7 +372,9 @@ def compare_section(config: dict, train: dict) -> CompareConfig:
     test = cmp["eval"]
     if test == "auto":  # the demo's own test set when the demo pool is selected from, else a held-out slice
         test = "demo" if any(Path(p).as_posix().endswith(DEMO_POOL) for p in config["datasets"].values()) else "heldout"
-    settings = resolve_train_config(trainer_keys({**train, **cmp["train"]}))
+    # the comparison's own training defaults stay under the keys a config sets (compare.train: {epochs: 2}
+    # keeps max_steps: null and the learning rate), over the train section
+    settings = resolve_train_config(trainer_keys({**train, **schema_default("compare", "train"), **cmp["train"]}))
     return section(CompareConfig, {**cmp, "methods": methods, "eval": test, "full_pools": tuple(cmp["full_pools"]),
                                    "train": settings})
 

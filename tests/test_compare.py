@@ -169,6 +169,10 @@ def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
     cfg = build_config(with_defaults(_raw(methods=["quality", "random"], train={"max_steps": 3}), schema))
     assert cfg.compare.methods == ("fps", "quality", "random")
     assert cfg.compare.train.max_steps == 3 and cfg.train.settings.max_steps != 3
+    # one key set keeps the comparison's other training defaults, not the train section's
+    one = build_config(with_defaults({**_raw(train={"epochs": 2}), "train": {"max_steps": 6, "learning_rate": 0.1}},
+                                     schema)).compare.train
+    assert (one.epochs, one.max_steps, one.learning_rate) == (2, None, 0.01)
     default = build_config(with_defaults(_raw(), schema)).compare
     assert default.methods[0] == "fps" and set(default.methods) == {"fps", *baselines.BASELINES}
 
