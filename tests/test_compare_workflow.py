@@ -56,7 +56,7 @@ def test_the_test_set_is_disjoint_from_the_pool_and_no_student_saw_it(compared):
     test_keys = {_text_key(r) for r in test}
     assert {r["kind"] for r in test} == set(TEST_KINDS)
     assert not test_keys & {_text_key(r) for r in pool}
-    assert not {r["id"] for r in test} & {r["sample_id"] for r in pool} | {r.get("id") for r in pool}
+    assert not {r["id"] for r in test} & {r["sample_id"] for r in pool}
     # every student's training data: the selections, the random draws, the full pools
     data = sorted(out.glob("*/selected_data.jsonl")) + sorted((out / "random").glob("draw_*.jsonl"))
     assert len(data) == 8 + 1
