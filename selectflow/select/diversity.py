@@ -39,31 +39,38 @@ log = logging.getLogger(__name__)
 DIVERSITY = ("fps", "facility_location", "kmeans")
 
 
-def knn_graph(feats: np.ndarray, n_neighbors: int, metric: str, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def knn_graph(feats: np.ndarray, n_neighbors: int, metric: str, chunk: int = 1024,
+              device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``n_neighbors`` + 1 nearest rows (itself included): indices int64 and distances float32 [m, kk].
 
     Exact (distances on the feature grid, :func:`selectflow.select.distance.pairwise`), sorted
-    by distance, ties by row index; ``chunk`` rows of distances [chunk, m] at a time.
+    by distance, ties by row index; ``chunk`` rows of distances [chunk, m] at a time, on
+    ``device`` (``auto``, ``cpu``, ``cuda``: the same graph, the distances being exact).
     """
     import torch
+
+    from selectflow.runtime.device import resolve_device
 
     m = len(feats)
     kk = min(int(n_neighbors) + 1, m)
     x = torch.as_tensor(np.ascontiguousarray(feats, dtype=np.float32)).to(distance.compute_dtype(metric))
+    x = x.to(resolve_device(device))
     nbr = np.empty((m, kk), dtype=np.int64)
     dist = np.empty((m, kk), dtype=np.float32)
     for lo in range(0, m, chunk):
-        d = distance.pairwise(x[lo : lo + chunk], x, metric).cpu().numpy()
-        part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
-        pd_ = np.take_along_axis(d, part, 1)
-        order = np.lexsort((part, pd_), axis=1)
-        idx, val = np.take_along_axis(part, order, 1), np.take_along_axis(pd_, order, 1)
-        # argpartition picks any of the rows tied at the boundary: redo those rows by (distance, index)
-        for r in np.flatnonzero((d <= val[:, -1:]).sum(1) > kk):
-            cand = np.flatnonzero(d[r] <= val[r, -1])
-            cand = cand[np.lexsort((cand, d[r, cand]))[:kk]]
-            idx[r], val[r] = cand, d[r, cand]
-        nbr[lo : lo + len(d)], dist[lo : lo + len(d)] = idx, val
+        d = distance.pairwise(x[lo : lo + chunk], x, metric)
+        top_val, top_idx = torch.topk(d, kk, dim=1, largest=False)
+        tied = ((d <= top_val[:, -1:]).sum(1) > kk).cpu().numpy()
+        top_val, top_idx = top_val.cpu().numpy(), top_idx.cpu().numpy()
+        order = np.lexsort((top_idx, top_val), axis=1)
+        idx, val = np.take_along_axis(top_idx, order, 1), np.take_along_axis(top_val, order, 1)
+        # topk picks any of the rows tied at the boundary: redo those rows by (distance, index)
+        for r in np.flatnonzero(tied):
+            row = d[r].cpu().numpy()
+            cand = np.flatnonzero(row <= val[r, -1])
+            cand = cand[np.lexsort((cand, row[cand]))[:kk]]
+            idx[r], val[r] = cand, row[cand]
+        nbr[lo : lo + len(idx)], dist[lo : lo + len(idx)] = idx, val
     return nbr, dist
 
 
@@ -164,10 +171,10 @@ def kmeans_round_robin(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, 
 
 def select(method: str, feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, *, metric: str,
            n_neighbors: int, n_clusters: int, strata: np.ndarray | None = None, quota: np.ndarray | None = None,
-           chunk: int = 1024) -> np.ndarray:
+           chunk: int = 1024, device: str = "cpu") -> np.ndarray:
     """Candidate indices picked by ``method`` (``facility_location`` or ``kmeans``; FPS lives in :mod:`~selectflow.select.fps`)."""
     if method == "facility_location":
-        nbr, dist = knn_graph(feats, n_neighbors, metric, chunk)
+        nbr, dist = knn_graph(feats, n_neighbors, metric, chunk, device)
         log.info("facility location: %d-NN graph of %d candidates", nbr.shape[1] - 1, len(nbr))
         return facility_location(nbr, similarities(dist), quality_weight(quality, ids), k, strata, quota)
     if method == "kmeans":

@@ -170,7 +170,7 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
     elif not fps:
         picks = diversity.select(sel.diversity, feats, cands.quality, cands.sample_id, k, metric=metric,
                                  n_neighbors=sel.diversity_neighbors, n_clusters=sel.diversity_clusters,
-                                 strata=opts["strata"], quota=opts["quota"], chunk=chunk)
+                                 strata=opts["strata"], quota=opts["quota"], chunk=chunk, device=sel.device)
         min_distance = np.full(len(picks), np.nan)
     elif feats is not None:
         log.info("streaming FPS: %d distance rows per chunk", chunk)
