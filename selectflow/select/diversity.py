@@ -37,6 +37,7 @@ from selectflow.select import baselines, distance
 log = logging.getLogger(__name__)
 
 DIVERSITY = ("fps", "facility_location", "kmeans")
+KNN_BLOCK = 1 << 24  # distances [rows, m] computed at a time for the k-NN graph: 64 MiB of float32
 
 
 def knn_graph(feats: np.ndarray, n_neighbors: int, metric: str, chunk: int = 1024,
@@ -44,7 +45,8 @@ def knn_graph(feats: np.ndarray, n_neighbors: int, metric: str, chunk: int = 102
     """Each row's ``n_neighbors`` + 1 nearest rows (itself included): indices int64 and distances float32 [m, kk].
 
     Exact (distances on the feature grid, :func:`selectflow.select.distance.pairwise`), sorted
-    by distance, ties by row index; ``chunk`` rows of distances [chunk, m] at a time, on
+    by distance, ties by row index; ``chunk`` rows of distances [chunk, m] at a time, at most
+    :data:`KNN_BLOCK` distances (so the peak memory stays O(m·n_neighbors + KNN_BLOCK)), on
     ``device`` (``auto``, ``cpu``, ``cuda``: the same graph, the distances being exact).
     """
     import torch
@@ -53,6 +55,7 @@ def knn_graph(feats: np.ndarray, n_neighbors: int, metric: str, chunk: int = 102
 
     m = len(feats)
     kk = min(int(n_neighbors) + 1, m)
+    chunk = max(1, min(int(chunk), KNN_BLOCK // max(m, 1)))
     x = torch.as_tensor(np.ascontiguousarray(feats, dtype=np.float32)).to(distance.compute_dtype(metric))
     x = x.to(resolve_device(device))
     nbr = np.empty((m, kk), dtype=np.int64)
