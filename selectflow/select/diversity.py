@@ -175,7 +175,7 @@ def kmeans_round_robin(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, 
 def select(method: str, feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, *, metric: str,
            n_neighbors: int, n_clusters: int, strata: np.ndarray | None = None, quota: np.ndarray | None = None,
            chunk: int = 1024, device: str = "cpu") -> np.ndarray:
-    """Candidate indices picked by ``method`` (``facility_location`` or ``kmeans``; FPS lives in :mod:`~selectflow.select.fps`)."""
+    """Candidate indices picked by ``method``: ``facility_location`` or ``kmeans`` (FPS is :mod:`~selectflow.select.fps`)."""
     if method == "facility_location":
         nbr, dist = knn_graph(feats, n_neighbors, metric, chunk, device)
         log.info("facility location: %d-NN graph of %d candidates", nbr.shape[1] - 1, len(nbr))

@@ -142,7 +142,7 @@ def compute_block(candidates_h5: str | os.PathLike, i: int, j: int, out_path: st
 
 def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel: SelectionConfig, *,
             block_dir: str | os.PathLike | None = None, chunk: int | None = None) -> int:
-    """Pick k candidates (FPS from the highest-quality one, or ``selection.diversity``'s method) and write the curve; return k.
+    """Pick k candidates (FPS from the highest-quality one, or another ``selection.diversity``), write the curve; return k.
 
     ``selection.diversity`` ``facility_location`` or ``kmeans`` (:mod:`selectflow.select.diversity`)
     picks from the same candidates, strata and quotas as FPS, from their features in either
