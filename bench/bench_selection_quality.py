@@ -20,7 +20,8 @@
         --set quality_cut=pool
 
 For each pool and each quality method (``gate`` when the router data has quality logits,
-``combined``, ``ifd``, ``perplexity``, ``none``) x diversity (FPS on / off) it runs the
+``combined``, ``ifd``, ``perplexity``, ``none``) x diversity (each ``--diversity`` method,
+FPS by default, and off) it runs the
 library's selection (``build_candidates`` + ``run_fps``, the default config's
 ``selection_percentage`` 0.05 and ``importance_selection_percentage`` 0.2) and prints the
 selected set's share of clean records, of each planted junk kind and of near-duplicates,
@@ -121,14 +122,16 @@ def kind_table(table: pd.DataFrame, lab: dict[str, dict]) -> pd.DataFrame:
         row = {"kind": kind, "half": "tuning" if kind in TUNING_KINDS else "held-back",
                "pool": pool.get(f"junk_{kind}", 0.0)}
         for _, r in table.iterrows():
-            row[f"{r['method']} {'on' if r['diversity'] else 'off'}"] = r["by_kind"].get(f"junk_{kind}", 0) / r["n"]
+            row[f"{r['method']} {r['diversity'] or 'off'}"] = r["by_kind"].get(f"junk_{kind}", 0) / r["n"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, importance: float,
-             strata: int, methods: list[str] | None = None, settings: dict | None = None) -> pd.DataFrame:
-    """Every method x diversity on / off, ``settings`` (more ``selection.*`` keys) applied to each."""
+             strata: int, methods: list[str] | None = None, settings: dict | None = None,
+             diversities: tuple[str, ...] = ("fps",)) -> pd.DataFrame:
+    """Every method x diversity (each of ``diversities``, then off), ``settings`` (more ``selection.*`` keys)
+    applied to each."""
     shard = concat_shards(router_paths)
     methods = ["gate", "combined", "ifd", "perplexity"] if methods is None else methods
     methods = [m for m in methods if m != "gate" or shard.quality_logits is not None]  # gate: where there are logits
@@ -138,12 +141,12 @@ def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, i
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for method in methods:
-            for diversity in (True, False):
+            for diversity in (*diversities, False):
                 t0 = time.perf_counter()
                 sel = selection_section({"quality_method": method, "selection_percentage": selection,
                                          "routing_strata": strata, "importance_selection_percentage": importance,
-                                         "disable_diversity": not diversity, "device": "cpu",
-                                         "fps_log_interval": 10**9, **(settings or {})})
+                                         "disable_diversity": not diversity, "diversity": diversity or "fps",
+                                         "device": "cpu", "fps_log_interval": 10**9, **(settings or {})})
                 build_candidates(router_paths, out / "c.h5", out / "q.tsv", sel)
                 run_fps(out / "c.h5", out / "curve.tsv", sel)
                 picks = pd.read_csv(out / "curve.tsv", sep="\t", dtype={"sample_id": str})["sample_id"].tolist()
@@ -152,7 +155,7 @@ def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, i
                              "dups_dropped": int(cands.attrs["n_duplicates"]), "s": time.perf_counter() - t0})
     ids = shard.sample_id.astype(str)
     fps = fps_streaming(features(shard.moe_probs, "wasserstein"), k, start=0, device="cpu", log_interval=10**9)
-    rows.append({"method": "none", "diversity": True, **measure(list(ids[fps.picks]), lab)})
+    rows.append({"method": "none", "diversity": "fps", **measure(list(ids[fps.picks]), lab)})
     randoms = [measure(list(np.random.default_rng(seed).choice(ids, k, replace=False)), lab) for seed in range(5)]
     mean = pd.DataFrame(randoms).drop(columns=["target", "by_kind"]).mean().to_dict()
     mean["target"] = all(r["target"] for r in randoms)
@@ -233,6 +236,10 @@ def main() -> None:
                         "router data with quality logits)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="settings",
                    help="more selection.* keys for every method (YAML values: quality_cut=pool), named in its row")
+    p.add_argument("--diversity", nargs="+", default=["fps"], choices=["fps", "facility_location", "kmeans"],
+                   help="selection.diversity methods to run beside diversity off (default: fps)")
+    p.add_argument("--neighbors", type=int, default=None, help="selection.diversity_neighbors (default: the schema's)")
+    p.add_argument("--clusters", type=int, default=None, help="selection.diversity_clusters (default: the schema's)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     pools = []
@@ -268,7 +275,10 @@ def main() -> None:
         strata = args.strata if args.strata is not None else schema_default("selection", "routing_strata")
         lab = labels(*pool)
         t0 = time.perf_counter()
-        table = run_pool(paths, lab, args.selection, args.importance, strata, args.methods, settings)
+        extra = {key: value for key, value in (("diversity_neighbors", args.neighbors),
+                                               ("diversity_clusters", args.clusters)) if value is not None}
+        table = run_pool(paths, lab, args.selection, args.importance, strata, args.methods, {**settings, **extra},
+                         tuple(args.diversity))
         print(f"\n## {name}: select {args.selection:g} (two-stage, importance {args.importance:g}, "
               f"routing_strata {strata}; {time.perf_counter() - t0:.0f} s)\n")
         print(table.drop(columns="by_kind").to_markdown(index=False, floatfmt=".3f"))

@@ -162,8 +162,8 @@ def router_shards(wildcards):
 
 
 def distance_blocks(wildcards):
-    """Upper-triangle block files of the candidate distance matrix (matrix mode only)."""
-    if CFG.selection.distance_mode != "matrix":
+    """Upper-triangle block files of the candidate distance matrix (matrix mode FPS only)."""
+    if CFG.selection.distance_mode != "matrix" or CFG.selection.diversity != "fps":
         return []
     from selectflow.stages.select import n_blocks
 

@@ -71,6 +71,9 @@ class SelectionConfig:
     selection_percentage: float
     importance_selection_percentage: float | None
     disable_diversity: bool
+    diversity: str
+    diversity_neighbors: int
+    diversity_clusters: int
     quality_method: str
     routing_strata: int
     quality_field: str | None

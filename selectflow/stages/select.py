@@ -39,7 +39,7 @@ from selectflow.data.records import write_jsonl
 from selectflow.router.routerfile import RouterShard, concat_shards, read_records, scan_shards, shard_header
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.tables import read_tsv, write_tsv
-from selectflow.select import distance
+from selectflow.select import distance, diversity
 
 # read_candidates and n_blocks are also the stage's file readers for the rules and the report
 from selectflow.select.candidates import (
@@ -144,7 +144,11 @@ def compute_block(candidates_h5: str | os.PathLike, i: int, j: int, out_path: st
 
 def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel: SelectionConfig, *,
             block_dir: str | os.PathLike | None = None, chunk: int | None = None) -> int:
-    """Pick k candidates (FPS from the highest-quality one) and write the curve; return k.
+    """Pick k candidates (FPS from the highest-quality one, or another ``selection.diversity``), write the curve; return k.
+
+    ``selection.diversity`` ``facility_location`` or ``kmeans`` (:mod:`selectflow.select.diversity`)
+    picks from the same candidates, strata and quotas as FPS, from their features in either
+    distance mode (no blocks read); their curve's ``min_distance`` is ``nan``.
 
     Streaming FPS computes ``chunk`` distance rows at a time (default ``distance_batch_size``;
     the rule passes its attempt-scaled resource); matrix mode reads the blocks in ``block_dir``.
@@ -156,13 +160,19 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
     cands = read_candidates(candidates_h5)
     k, stage, metric = int(cands.attrs["k"]), cands.attrs["stage"], cands.attrs["metric"]
     chunk = chunk or sel.distance_batch_size
-    if stage != "quality" and sel.distance_mode == "streaming" and sel.fps_gpus > 1:
+    fps = stage != "quality" and sel.diversity == "fps"
+    if fps and sel.distance_mode == "streaming" and sel.fps_gpus > 1:
         return launch_fps_ranks(candidates_h5, curve_tsv, sel, chunk)
     with open_candidates(cands.path) as f:
         opts = _fps_options(f, sel)
-        feats = f["features"][()] if stage != "quality" and sel.distance_mode == "streaming" else None
+        feats = f["features"][()] if stage != "quality" and (sel.distance_mode == "streaming" or not fps) else None
     if stage == "quality":
         picks = np.arange(min(k, len(cands)))
+        min_distance = np.full(len(picks), np.nan)
+    elif not fps:
+        picks = diversity.select(sel.diversity, feats, cands.quality, cands.sample_id, k, metric=metric,
+                                 n_neighbors=sel.diversity_neighbors, n_clusters=sel.diversity_clusters,
+                                 strata=opts["strata"], quota=opts["quota"], chunk=chunk, device=sel.device)
         min_distance = np.full(len(picks), np.nan)
     elif feats is not None:
         log.info("streaming FPS: %d distance rows per chunk", chunk)
@@ -360,7 +370,7 @@ def continue_selection(router_dir: str | os.PathLike, output_path: str | os.Path
                                    f"samples under {router_dir}")
         if tiny:
             log.warning(tiny)  # the workflow says it before its first job (selectflow.data.preflight)
-        if sel.distance_mode == "matrix" and not sel.disable_diversity:
+        if sel.distance_mode == "matrix" and not sel.disable_diversity and sel.diversity == "fps":
             block_dir = Path(work) / "blocks"
             nb = n_blocks(cands_h5, sel.distance_batch_size)
             for i, j in [(a, b) for a in range(nb) for b in range(a, nb)]:

@@ -1,0 +1,102 @@
+"""Time and peak RSS of selection.diversity's methods against FPS on N synthetic candidates.
+
+Candidates as ``bench/bench_scale.py`` makes their routing: Dirichlet(0.3) over E experts in each
+of L layers (default L=16, E=64: D = 1024 Wasserstein grid features), random quality. Each
+method runs in a fresh Python process (``--one``), which builds the same seeded features, then
+times the selection call alone; ``ru_maxrss`` is read before the call (features built) and
+after, so ``extra MiB`` is what the method itself added at its peak. Baseline, in the same run:
+streaming FPS (``selectflow.select.fps.fps_streaming``) for the same k.
+
+    python bench/bench_diversity.py --n 100000 --k 1000            # the README's figures
+    python bench/bench_diversity.py --n 20000 --k 1000 --layers 4 --experts 16   # quick
+
+Prints one line per method and the ratios against FPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+METHODS = ("fps", "facility_location", "kmeans")
+
+
+def features(n: int, layers: int, experts: int, seed: int) -> np.ndarray:
+    from selectflow.select.distance import features as grid
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for lo in range(0, n, 16384):  # in pieces: no float64 [n, L, E] temporary
+        g = rng.standard_gamma(0.3, size=(min(16384, n - lo), layers, experts)).astype(np.float32)
+        out.append(grid(g / g.sum(axis=2, keepdims=True), "wasserstein"))
+    return np.concatenate(out)
+
+
+def one(args) -> dict:
+    import faiss  # noqa: F401 - imported before ``before``: the libraries' own memory is no method's
+    import torch  # noqa: F401
+
+    from selectflow.select import diversity
+    from selectflow.select.fps import fps_streaming
+
+    x = features(args.n, args.layers, args.experts, args.seed)
+    quality = np.random.default_rng(args.seed + 1).normal(size=args.n)
+    ids = np.array([f"s{i:07d}" for i in range(args.n)], dtype=object)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    if args.one == "fps":
+        picks = fps_streaming(x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9).picks
+    else:
+        picks = diversity.select(args.one, x, quality, ids, args.k, metric="wasserstein", n_neighbors=args.neighbors,
+                                 n_clusters=args.clusters, chunk=args.chunk, device=args.device)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert len(set(picks.tolist())) == args.k
+    return {"method": args.one, "s": seconds, "peak_MiB": peak, "extra_MiB": peak - before}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=100000, help="candidates")
+    p.add_argument("--k", type=int, default=1000, help="picks")
+    p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--experts", type=int, default=64)
+    p.add_argument("--neighbors", type=int, default=10, help="selection.diversity_neighbors")
+    p.add_argument("--clusters", type=int, default=20, help="selection.diversity_clusters")
+    p.add_argument("--chunk", type=int, default=1000, help="distance rows per chunk (selection.distance_batch_size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where FPS and the k-NN distances run")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--one", choices=METHODS, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(one(args)))
+        return
+    print(f"N {args.n}, k {args.k}, L {args.layers}, E {args.experts} (D {args.layers * args.experts}), "
+          f"{args.neighbors} neighbours, {args.clusters} clusters; each method in a fresh process", flush=True)
+    rows = {}
+    for method in dict.fromkeys(["fps", *args.methods]):
+        cmd = [sys.executable, __file__, "--one", method, *sys.argv[1:]]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout
+        rows[method] = json.loads(out.strip().splitlines()[-1])
+        r = rows[method]
+        print(f"{method:18s} {r['s']:9.1f} s  peak RSS {r['peak_MiB']:8.0f} MiB  (+{r['extra_MiB']:.0f} MiB in the call)",
+              flush=True)
+    base = rows["fps"]
+    for method, r in rows.items():
+        if method != "fps":
+            print(f"{method} / fps: time x{r['s'] / base['s']:.2f}, peak RSS x{r['peak_MiB'] / base['peak_MiB']:.2f}, "
+                  f"added in the call {r['extra_MiB']:.0f} vs {base['extra_MiB']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Representative selection over the candidates, next to FPS: facility location and k-means round-robin.
+
+FPS (:mod:`selectflow.select.fps`) picks the candidate farthest from every earlier pick, so it
+seeks outliers. The two methods here pick candidates that stand for many others instead.
+Both take the candidates' grid features ``feats`` [m, D] float32
+(:func:`selectflow.select.distance.features`), their quality float64 [m] and ``sample_id`` [m],
+and return ``k`` candidate indices int64 in pick order; with ``strata`` int [m] and ``quota``
+int [S] (summing to k) a stratum whose quota is filled leaves the race, as in FPS.
+Neither holds an m×m matrix.
+
+* :func:`facility_location`: lazy greedy maximisation of the quality-weighted facility
+  location function over the k-NN graph of the candidates (:func:`knn_graph`, exact, computed
+  ``chunk`` rows at a time: O(m·n_neighbors) memory). Candidate j covers candidate i with
+  similarity ``s_ij = exp(-(d_ij/σ)²)`` when j is one of i's ``n_neighbors`` nearest (i itself
+  included), else 0; σ is the median distance of a candidate to its farthest kept neighbour.
+  The gain of j is ``w_j · Σ_i max(0, s_ij - cover_i)`` with ``cover_i`` the largest similarity
+  of i to a pick so far. ``w_j`` = 1 - rank_j / m, rank in quality order (0 = best): a weight on
+  the pick, not a prior, because a scaled monotone submodular gain keeps the lazy greedy exact
+  (a stale gain stays an upper bound), and ranks, unlike raw scores, mean the same for every
+  quality method (log IFD, p(good), loss). Ties go to the lowest candidate index.
+* :func:`kmeans_round_robin` (Select-MoE's later method): FAISS k-means of the candidates
+  (:func:`selectflow.select.baselines.kmeans_labels`), then
+  :func:`selectflow.select.baselines.round_robin` by quality, the code compare's ``kmeans``
+  baseline runs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+
+import numpy as np
+
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.select import baselines, distance
+
+log = logging.getLogger(__name__)
+
+DIVERSITY = ("fps", "facility_location", "kmeans")
+KNN_BLOCK = 1 << 24  # distances [rows, m] computed at a time for the k-NN graph: 64 MiB of float32
+
+
+def knn_graph(feats: np.ndarray, n_neighbors: int, metric: str, chunk: int = 1024,
+              device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``n_neighbors`` + 1 nearest rows (itself included): indices int64 and distances float32 [m, kk].
+
+    Exact (distances on the feature grid, :func:`selectflow.select.distance.pairwise`), sorted
+    by distance, ties by row index; ``chunk`` rows of distances [chunk, m] at a time, at most
+    :data:`KNN_BLOCK` distances (so the peak memory stays O(m·n_neighbors + KNN_BLOCK)), on
+    ``device`` (``auto``, ``cpu``, ``cuda``: the same graph, the distances being exact).
+    """
+    import torch
+
+    from selectflow.runtime.device import resolve_device
+
+    m = len(feats)
+    kk = min(int(n_neighbors) + 1, m)
+    chunk = max(1, min(int(chunk), KNN_BLOCK // max(m, 1)))
+    x = torch.as_tensor(np.ascontiguousarray(feats, dtype=np.float32)).to(distance.compute_dtype(metric))
+    x = x.to(resolve_device(device))
+    nbr = np.empty((m, kk), dtype=np.int64)
+    dist = np.empty((m, kk), dtype=np.float32)
+    for lo in range(0, m, chunk):
+        d = distance.pairwise(x[lo : lo + chunk], x, metric)
+        top_val, top_idx = torch.topk(d, kk, dim=1, largest=False)
+        tied = ((d <= top_val[:, -1:]).sum(1) > kk).cpu().numpy()
+        top_val, top_idx = top_val.cpu().numpy(), top_idx.cpu().numpy()
+        order = np.lexsort((top_idx, top_val), axis=1)
+        idx, val = np.take_along_axis(top_idx, order, 1), np.take_along_axis(top_val, order, 1)
+        # topk picks any of the rows tied at the boundary: redo those rows by (distance, index)
+        for r in np.flatnonzero(tied):
+            row = d[r].cpu().numpy()
+            cand = np.flatnonzero(row <= val[r, -1])
+            cand = cand[np.lexsort((cand, row[cand]))[:kk]]
+            idx[r], val[r] = cand, row[cand]
+        nbr[lo : lo + len(idx)], dist[lo : lo + len(idx)] = idx, val
+    return nbr, dist
+
+
+def similarities(dist: np.ndarray) -> np.ndarray:
+    """``exp(-(d/σ)²)`` float64 [m, kk], σ the median of each row's largest distance (1 when that is 0)."""
+    sigma = float(np.median(dist[:, -1])) or 1.0
+    return np.exp(-np.square(dist.astype(np.float64) / sigma))
+
+
+def quality_weight(quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``1 - rank/m`` float64 [m], rank in :func:`~selectflow.select.baselines.quality_order` (best = 1)."""
+    m = len(quality)
+    rank = np.empty(m, dtype=np.float64)
+    rank[baselines.quality_order(quality, ids)] = np.arange(m)
+    return 1.0 - rank / m
+
+
+class _Quota:
+    """Picks left per stratum; every candidate in one stratum when there are no strata."""
+
+    def __init__(self, m: int, k: int, strata: np.ndarray | None, quota: np.ndarray | None):
+        if strata is None:
+            self.strata, self.left = np.zeros(m, dtype=np.int64), np.array([k], dtype=np.int64)
+        else:
+            self.strata, self.left = np.asarray(strata), np.asarray(quota, dtype=np.int64).copy()
+            if self.strata.shape != (m,) or self.left.sum() != k or (
+                    self.left > np.bincount(self.strata, minlength=len(self.left))).any():
+                raise SelectFlowError("diversity strata and quota do not fit the candidates "
+                                      "(quota must sum to k, each <= its stratum)")
+
+    def open(self, j: int) -> bool:
+        return self.left[self.strata[j]] > 0
+
+    def take(self, j: int) -> None:
+        self.left[self.strata[j]] -= 1
+
+
+def _check(m: int, k: int) -> int:
+    if m == 0:
+        raise SelectFlowError("diversity selection got no candidates")
+    if not 1 <= int(k) <= m:
+        raise SelectFlowError(f"cannot select {k} of {m} candidates: k must be in [1, {m}]")
+    return int(k)
+
+
+def facility_location(nbr: np.ndarray, sim: np.ndarray, weight: np.ndarray, k: int,
+                      strata: np.ndarray | None = None, quota: np.ndarray | None = None) -> np.ndarray:
+    """Lazy greedy picks int64 [k] of the weighted facility location over the k-NN graph ``nbr``/``sim`` [m, kk]."""
+    m = len(nbr)
+    k = _check(m, k)
+    slots = _Quota(m, k, strata, quota)
+    cols = nbr.ravel()
+    by_col = np.argsort(cols, kind="stable")
+    covered = np.repeat(np.arange(m), nbr.shape[1])[by_col]  # who each candidate can cover, grouped by candidate
+    covered_sim = sim.ravel()[by_col]
+    start = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=m))])
+    cover = np.zeros(m, dtype=np.float64)
+
+    def gain(j: int) -> float:
+        s, e = start[j], start[j + 1]
+        return float(weight[j] * np.maximum(0.0, covered_sim[s:e] - cover[covered[s:e]]).sum())
+
+    heap = [(-gain(j), j) for j in range(m)]
+    heapq.heapify(heap)
+    picks: list[int] = []
+    while len(picks) < k:
+        _, j = heapq.heappop(heap)
+        if not slots.open(j):
+            continue
+        entry = (-gain(j), j)
+        if heap and entry > heap[0]:  # a stale bound may still beat it: look again later
+            heapq.heappush(heap, entry)
+            continue
+        picks.append(j)
+        slots.take(j)
+        s, e = start[j], start[j + 1]
+        np.maximum.at(cover, covered[s:e], covered_sim[s:e])
+    return np.asarray(picks, dtype=np.int64)
+
+
+def kmeans_round_robin(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, n_clusters: int,
+                       seed: int = 0, strata: np.ndarray | None = None,
+                       quota: np.ndarray | None = None) -> np.ndarray:
+    """Round-robin by quality over FAISS k-means clusters; with strata, full strata are skipped."""
+    m = len(quality)
+    k = _check(m, k)
+    labels = baselines.kmeans_labels(feats, n_clusters, seed)
+    if strata is None:
+        return baselines.round_robin(labels, quality, ids, k)
+    slots = _Quota(m, k, strata, quota)
+    picks = []
+    for j in baselines.round_robin(labels, quality, ids, m):
+        if slots.open(j):
+            picks.append(int(j))
+            slots.take(j)
+    return np.asarray(picks, dtype=np.int64)
+
+
+def select(method: str, feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, *, metric: str,
+           n_neighbors: int, n_clusters: int, strata: np.ndarray | None = None, quota: np.ndarray | None = None,
+           chunk: int = 1024, device: str = "cpu") -> np.ndarray:
+    """Candidate indices picked by ``method``: ``facility_location`` or ``kmeans`` (FPS is :mod:`~selectflow.select.fps`)."""
+    if method == "facility_location":
+        nbr, dist = knn_graph(feats, n_neighbors, metric, chunk, device)
+        log.info("facility location: %d-NN graph of %d candidates", nbr.shape[1] - 1, len(nbr))
+        return facility_location(nbr, similarities(dist), quality_weight(quality, ids), k, strata, quota)
+    if method == "kmeans":
+        return kmeans_round_robin(feats, quality, ids, k, n_clusters, 0, strata, quota)
+    raise SelectFlowError(f"unknown selection.diversity {method!r}; use one of {', '.join(DIVERSITY)}")

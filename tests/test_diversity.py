@@ -1,0 +1,167 @@
+"""Facility location and k-means round-robin (selectflow.select.diversity) against brute-force references."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from selectflow.config import selection_section
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.select import baselines, distance, diversity
+
+
+def _feats(n, seed, metric="wasserstein", L=2, E=4):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(E) * 0.5, size=(n, L)).astype(np.float32)
+    return distance.features(probs, metric)
+
+
+def _full_distances(x, metric):
+    import torch
+
+    t = torch.as_tensor(x).to(distance.compute_dtype(metric))
+    return distance.pairwise(t, t, metric).numpy()
+
+
+def _greedy_reference(nbr, sim, weight, k, strata=None, quota=None):
+    """Exact greedy over the dense m×m similarity matrix restricted to the k-NN graph."""
+    m = len(nbr)
+    s = np.zeros((m, m))
+    s[np.repeat(np.arange(m), nbr.shape[1]), nbr.ravel()] = sim.ravel()
+    strata = np.zeros(m, dtype=int) if strata is None else strata
+    left = np.array([k]) if quota is None else np.array(quota).copy()
+    cover, picks = np.zeros(m), []
+    for _ in range(k):
+        gains = weight * np.maximum(0.0, s - cover[:, None]).sum(0)
+        gains[picks] = -np.inf
+        gains[left[strata] == 0] = -np.inf
+        j = int(np.argmax(gains))
+        picks.append(j)
+        left[strata[j]] -= 1
+        cover = np.maximum(cover, s[:, j])
+    return np.array(picks)
+
+
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+def test_knn_graph_is_the_exact_nearest_neighbours(metric):
+    x = _feats(300, 1, metric)
+    nbr, dist = diversity.knn_graph(x, 7, metric, chunk=64)
+    d = _full_distances(x, metric)
+    ref = np.array([np.lexsort((np.arange(len(x)), row))[:8] for row in d])
+    np.testing.assert_array_equal(nbr, ref)
+    np.testing.assert_array_equal(dist, np.take_along_axis(d, ref, 1))
+
+
+def test_knn_graph_breaks_ties_by_index():
+    x = np.repeat(_feats(20, 2), 5, axis=0)  # every row has 4 exact duplicates
+    nbr, dist = diversity.knn_graph(x, 3, "wasserstein", chunk=7)
+    d = _full_distances(x, "wasserstein")
+    ref = np.array([np.lexsort((np.arange(len(x)), row))[:4] for row in d])
+    np.testing.assert_array_equal(nbr, ref)
+    assert (dist == 0).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_facility_location_lazy_greedy_matches_exact_greedy(seed):
+    x = _feats(250, seed)
+    rng = np.random.default_rng(seed)
+    quality, ids = rng.normal(size=len(x)), np.array([f"s{i:04d}" for i in range(len(x))])
+    nbr, dist = diversity.knn_graph(x, 10, "wasserstein")
+    sim, w = diversity.similarities(dist), diversity.quality_weight(quality, ids)
+    picks = diversity.facility_location(nbr, sim, w, 40)
+    np.testing.assert_array_equal(picks, _greedy_reference(nbr, sim, w, 40))
+    assert len(set(picks.tolist())) == 40
+
+
+def test_facility_location_keeps_strata_quotas():
+    x = _feats(200, 5)
+    quality, ids = np.linspace(1, 0, len(x)), np.array([f"s{i:04d}" for i in range(len(x))])
+    strata = np.random.default_rng(5).integers(0, 4, len(x))
+    quota = np.array([10, 0, 5, 5])
+    nbr, dist = diversity.knn_graph(x, 8, "wasserstein")
+    sim, w = diversity.similarities(dist), diversity.quality_weight(quality, ids)
+    picks = diversity.facility_location(nbr, sim, w, 20, strata, quota)
+    np.testing.assert_array_equal(picks, _greedy_reference(nbr, sim, w, 20, strata, quota))
+    np.testing.assert_array_equal(np.bincount(strata[picks], minlength=4), quota)
+
+
+def test_facility_location_prefers_representatives_over_outliers():
+    """A dense cluster's member covers more than an isolated point, at equal quality weight."""
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0, 0.01, (50, 3))
+    outliers = rng.normal(0, 1, (5, 3)) + 10
+    x = np.vstack([outliers, dense]).astype(np.float32)
+    nbr, dist = diversity.knn_graph(x, 10, "l2")
+    picks = diversity.facility_location(nbr, diversity.similarities(dist), np.ones(len(x)), 1)
+    assert picks[0] >= 5
+
+
+def test_quality_weight_is_rank_based():
+    w = diversity.quality_weight(np.array([0.1, 5.0, 0.1, -3.0]), np.array(["b", "x", "a", "y"]))
+    np.testing.assert_array_equal(w, [0.5, 1.0, 0.75, 0.25])
+
+
+def test_kmeans_round_robin_is_compares_kmeans_baseline():
+    x = _feats(300, 3)
+    rng = np.random.default_rng(3)
+    quality, ids = rng.normal(size=len(x)), np.array([f"s{i:04d}" for i in range(len(x))])
+    picks = diversity.kmeans_round_robin(x, quality, ids, 30, 8, seed=4)
+    labels = baselines.kmeans_labels(x, 8, 4)
+    ref = baselines.select("kmeans", x, quality, ids, 30, seed=4, labels=labels, eps=0.0, metric="wasserstein")
+    np.testing.assert_array_equal(picks, ref)
+    # round 0 is every cluster's best member
+    best = {c: min((i for i in range(len(x)) if labels[i] == c), key=lambda i: (-quality[i], ids[i])) for c in range(8)}
+    assert set(picks[:8].tolist()) == set(best.values())
+    np.testing.assert_array_equal(picks, diversity.kmeans_round_robin(x, quality, ids, 30, 8, seed=4))
+
+
+def test_kmeans_round_robin_keeps_strata_quotas():
+    x = _feats(200, 6)
+    quality, ids = np.linspace(1, 0, len(x)), np.array([f"s{i:04d}" for i in range(len(x))])
+    strata = np.arange(len(x)) % 3
+    quota = np.array([2, 10, 3])
+    picks = diversity.kmeans_round_robin(x, quality, ids, 15, 6, strata=strata, quota=quota)
+    order = baselines.round_robin(baselines.kmeans_labels(x, 6, 0), quality, ids, len(x))
+    left, ref = quota.copy(), []
+    for j in order:
+        if left[strata[j]]:
+            ref.append(j)
+            left[strata[j]] -= 1
+    np.testing.assert_array_equal(picks, ref)
+
+
+def test_select_is_seeded_and_rejects_unknown_methods():
+    x = _feats(150, 7)
+    quality, ids = np.linspace(1, 0, len(x)), np.array([f"s{i:04d}" for i in range(len(x))])
+    kw = dict(metric="wasserstein", n_neighbors=5, n_clusters=5)
+    for method in ("facility_location", "kmeans"):
+        a = diversity.select(method, x, quality, ids, 12, **kw)
+        np.testing.assert_array_equal(a, diversity.select(method, x, quality, ids, 12, **kw))
+        assert len(set(a.tolist())) == 12
+    with pytest.raises(SelectFlowError, match="selection.diversity"):
+        diversity.select("fpsx", x, quality, ids, 12, **kw)
+    with pytest.raises(SelectFlowError, match="k must be"):
+        diversity.select("kmeans", x, quality, ids, 151, **kw)
+
+
+@pytest.mark.parametrize("method", ["facility_location", "kmeans"])
+def test_run_fps_writes_the_methods_picks(tmp_path, method):
+    import h5py
+
+    from selectflow.stages.select import run_fps
+
+    x = _feats(120, 8)
+    ids = np.array([f"s{i:04d}" for i in range(len(x))])
+    quality = np.linspace(2, 1, len(x))
+    h5 = tmp_path / "candidates.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("sample_id", data=ids.astype(object), dtype=h5py.string_dtype())
+        f.create_dataset("quality", data=quality)
+        f.create_dataset("features", data=x)
+        f.attrs.update({"metric": "wasserstein", "n_pool": 120, "n_kept": 120, "k": 10, "stage": "fps",
+                        "quality_method": "ifd", "n_duplicates": 0, "layout_version": 1, "complete": True})
+    sel = selection_section(diversity=method, diversity_neighbors=6, diversity_clusters=4, device="cpu")
+    assert run_fps(h5, tmp_path / "curve.tsv", sel) == 10
+    curve = pd.read_csv(tmp_path / "curve.tsv", sep="\t")
+    ref = diversity.select(method, x, quality, ids, 10, metric="wasserstein", n_neighbors=6, n_clusters=4)
+    np.testing.assert_array_equal(curve["candidate_index"], ref)
+    assert curve["sample_id"].tolist() == ids[ref].tolist()
