@@ -54,6 +54,15 @@ def _kept_ids(quality_tsv) -> list[str]:
     return sorted(table.loc[table["kept"].astype(str).str.lower() == "true", "sample_id"].astype(str))
 
 
+def _pool_records(router_paths: list, wanted: set[str]):
+    """``(sample_id, normalised record + sample_id)`` of the ``wanted`` samples, one shard at a time."""
+    for path in router_paths:
+        shard = read_router_shard(path)
+        for sid, text in zip(shard.sample_id, shard.record if shard.record is not None else []):
+            if sid in wanted:
+                yield sid, {**json.loads(text)["record"], "sample_id": sid}
+
+
 def draw_heldout(quality_tsv, router_paths: list, out_jsonl, cmp: CompareConfig) -> int:
     """Write the held-out evaluation slice (normalised records with ``sample_id``); return its size.
 
@@ -66,12 +75,8 @@ def draw_heldout(quality_tsv, router_paths: list, out_jsonl, cmp: CompareConfig)
         if n >= len(kept):
             raise SelectFlowError(f"compare.heldout_fraction {cmp.heldout_fraction} leaves no kept sample to select")
         ids = sorted(np.random.default_rng(cmp.seed).choice(np.array(kept, dtype=object), n, replace=False))
-    wanted, rows = set(ids), {}
-    for path in router_paths:
-        shard = read_router_shard(path)
-        for sid, text in zip(shard.sample_id, shard.record if shard.record is not None else []):
-            if sid in wanted:
-                rows[sid] = {**json.loads(text)["record"], "sample_id": sid}
+    wanted = set(ids)
+    rows = dict(_pool_records(router_paths, wanted))
     missing = wanted - set(rows)
     if missing:
         raise SelectFlowError(f"held-out sample {sorted(missing)[0]!r} of {quality_tsv} is in no router shard; "
@@ -212,15 +217,13 @@ def build_student(out_dir, cmp: CompareConfig, max_length: int) -> None:
 def write_full_pools(quality_tsv, router_paths: list, outputs: dict[str, str | os.PathLike]) -> None:
     """``full_kept`` (kept samples) and ``full_raw`` (every sample not excluded) of the comparison's pool."""
     table = read_tsv(quality_tsv, "quality table", nan_columns=("quality",))
-    wanted = {"full_kept": set(table.loc[table["kept"].astype(str).str.lower() == "true", "sample_id"].astype(str)),
+    wanted = {"full_kept": set(_kept_ids(quality_tsv)),
               "full_raw": set(table.loc[table["reason"] != "excluded", "sample_id"].astype(str))}
     rows: dict[str, list[dict]] = {name: [] for name in outputs}
-    for path in router_paths:
-        shard = read_router_shard(path)
-        for sid, text in zip(shard.sample_id, shard.record if shard.record is not None else []):
-            for name in outputs:
-                if sid in wanted[name]:
-                    rows[name].append({**json.loads(text)["record"], "sample_id": sid})
+    for sid, record in _pool_records(router_paths, set().union(*(wanted[name] for name in outputs))):
+        for name in outputs:
+            if sid in wanted[name]:
+                rows[name].append(record)
     for name, path in outputs.items():
         log.info("%s: %d samples", name, write_jsonl(path, rows[name]))
 
