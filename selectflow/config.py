@@ -76,6 +76,7 @@ class SelectionConfig:
     diversity_clusters: int
     quality_method: str
     routing_strata: int
+    strata_weight: str
     quality_field: str | None
     quality_cut: str
     quality_cut_z: float

@@ -197,3 +197,30 @@ def test_score_first_bisection_is_capped_for_large_pools_and_still_selects_k():
     # bracket after 14 halvings of [-1, 2 × the largest distance from the best row]
     best = int(baselines.quality_order(quality, ids)[0])
     assert 0 <= tau_full - tau < (2 * d[best].max() + 1) / 2**14
+
+
+def test_strata_weight_kept_shares_picks_by_kept_samples_pool_by_the_duplicates_too(tmp_path):
+    """Region A: 30 samples each written 3 times (60 exact duplicates dropped); region B: 30 samples."""
+    rng = np.random.default_rng(1)
+    a = np.tile([[0.9, 0.05, 0.03, 0.02]], (90, 2, 1)) + rng.uniform(0, 0.01, (90, 2, 4))
+    b = np.tile([[0.02, 0.03, 0.05, 0.9]], (30, 2, 1)) + rng.uniform(0, 0.01, (30, 2, 4))
+    probs = np.concatenate([a / a.sum(-1, keepdims=True), b / b.sum(-1, keepdims=True)]).astype(np.float32)
+    n = len(probs)
+    ids = [f"s{i:03d}" for i in range(n)]
+    text = [f"a{i % 30:03d}" if i < 90 else f"b{i:03d}" for i in range(n)]  # A's copies share a text
+    records = [json.dumps({"sample_id": s, "dataset": "d", "prompt": f"q {t}", "response": f"r {t}", "record": {}})
+               for s, t in zip(ids, text)]
+    shard = RouterShard(sample_id=np.array(ids, dtype=object), moe_probs=probs,
+                        nll_response=np.ones(n, np.float32), n_tokens=np.full(n, 9, np.int32),
+                        n_response_tokens=np.full(n, 5, np.int32), record=np.array(records, dtype=object))
+    write_router_shard(tmp_path / "r.h5", shard)
+    from_a = {}
+    for weight in ("pool", "kept"):
+        sel = selection_section(quality_method="perplexity", selection_percentage=0.1, routing_strata=2,
+                                strata_weight=weight, near_duplicate_threshold=None, device="cpu")
+        build_candidates([tmp_path / "r.h5"], tmp_path / "c.h5", tmp_path / "q.tsv", sel)
+        run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", sel)
+        curve = pd.read_csv(tmp_path / "curve.tsv", sep="\t")
+        assert len(curve) == 12  # 10 % of the pool of 120
+        from_a[weight] = sum(int(s[1:]) < 90 for s in curve["sample_id"])
+    assert from_a == {"pool": 9, "kept": 6}  # A stands for 90 of 120 pool samples, for 30 of 60 kept ones

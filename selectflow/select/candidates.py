@@ -129,7 +129,10 @@ def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_poo
         labels = strata_labels(len(order), sel.routing_strata,
                                lambda at: pool_features(shard, order[at], sel.metric),
                                lambda label: pool_features(shard, order, sel.metric, then=label))
-        take, labels, choice.quota = stratify(labels, duplicates_of(shard.sample_id[order], reason), k, m)
+        # a stratum's weight: its kept samples and, with strata_weight pool, the duplicates they stand for
+        weight = (duplicates_of(shard.sample_id[order], reason) if sel.strata_weight == "pool"
+                  else np.ones(len(order)))
+        take, labels, choice.quota = stratify(labels, weight, k, m)
         choice.chosen, choice.stratum = order[take], labels[take].astype(np.int64)
     reason[order] = "below_importance_cut"
     reason[choice.chosen] = "candidate"

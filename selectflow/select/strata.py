@@ -6,7 +6,8 @@ region gets many. Strata keep the pool's shares: the kept samples are clustered 
 routing features (:func:`strata_labels`: seeded, deterministic k-means, trained on a
 sample of the pool when it is large and assigned shard by shard), each stratum gets picks in
 proportion to the pool samples it stands for (:func:`allocate`: its kept samples plus the
-duplicates they stand for; the quality score does not weigh in, README "Routing strata"),
+duplicates they stand for, or its kept samples alone with ``selection.strata_weight: kept``;
+the quality score does not weigh in, README "Routing strata"),
 and FPS runs over all candidates with a quota per stratum
 (:mod:`selectflow.select.fps`). ``selection.routing_strata: 1`` is plain Select-MoE FPS.
 """
@@ -138,8 +139,8 @@ def allocate(total: int, weight: np.ndarray, cap: np.ndarray) -> np.ndarray:
 def stratify(labels: np.ndarray, weight: np.ndarray, k: int, m: int):
     """What each routing stratum of the kept samples gets (``labels`` [n]: :func:`strata_labels`, quality order).
 
-    ``weight`` [n] is how many pool samples each kept one stands for (itself and the duplicates
-    dropped in its favour). Returns ``take`` (bool [n]: the candidates, the quality top of each
+    ``weight`` [n] is what each kept sample weighs: the pool samples it stands for (itself and the
+    duplicates dropped in its favour; ``selection.strata_weight: pool``) or 1 (``kept``). Returns ``take`` (bool [n]: the candidates, the quality top of each
     stratum), ``labels`` (int64 [n], stratum of each kept sample) and ``quota`` (int [S], FPS
     picks per stratum, summing to ``k``); each stratum has at least its quota of candidates and
     ``m`` candidates are shared in proportion too.
