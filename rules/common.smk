@@ -163,7 +163,11 @@ def router_shards(wildcards):
 
 def distance_blocks(wildcards):
     """Upper-triangle block files of the candidate distance matrix (matrix mode FPS only)."""
-    if CFG.selection.distance_mode != "matrix" or CFG.selection.diversity != "fps":
+    if (
+        CFG.selection.distance_mode != "matrix"
+        or CFG.selection.diversity != "fps"
+        or CFG.selection.target
+    ):
         return []
     from selectflow.stages.select import n_blocks
 
@@ -262,6 +266,11 @@ def index_window_inputs(wildcards):
             "embeddings": f"{RESULTS}/indexes/{wildcards.name}/embeddings/group_{group:05d}.h5"
         }
     return {"array": spec["path"]}
+
+
+def target_router_file():
+    """The routed target records of selection.target (rule target_router), or none."""
+    return [f"{RESULTS}/target/router.h5"] if CFG.selection.target else []
 
 
 def excluded_ids_file():

@@ -72,6 +72,7 @@ class SelectionConfig:
     importance_selection_percentage: float | None
     disable_diversity: bool
     diversity: str
+    target: str | None
     diversity_neighbors: int
     diversity_clusters: int
     quality_method: str
