@@ -286,6 +286,30 @@ def compare_training_data(wildcards):
     return [own, *COMPARE_RANDOM_DRAWS] if wildcards.method == "random" else [own]
 
 
+def compare_target_set_inputs(wildcards):
+    """What the comparison's target set is made from (compare.target, or one like the test set)."""
+    if CFG.compare.target:
+        return {"target": CFG.compare.target, "test": COMPARE_TEST}
+    if CFG.compare.eval == "demo":
+        return {"datasets": list(CFG.datasets.values()), "test": COMPARE_TEST}
+    return {
+        "quality": f"{RESULTS}/selection/candidates_quality.tsv",
+        "router": router_shards(wildcards),
+        "test": COMPARE_TEST,
+    }
+
+
+def compare_target_slice():
+    """The held-out target slice of the pool, kept from every method (method target, eval heldout)."""
+    if (
+        "target" in CFG.compare.methods
+        and CFG.compare.eval == "heldout"
+        and not CFG.compare.target
+    ):
+        return [f"{COMPARE}/target_set/dev.jsonl"]
+    return []
+
+
 def compare_seeds(wildcards):
     full = wildcards.method in CFG.compare.full_pools
     return CFG.compare.full_pool_seeds if full else CFG.compare.seeds

@@ -83,6 +83,52 @@ def test_bad_inputs_are_errors():
         target.toward_target(cands[:2], cands, 11, "wasserstein")
 
 
+# --- the compare's target set: never a test record -------------------------------------------------
+
+def _cmp(compare=None):
+    """The compare section of a config with ``compare`` over the schema's defaults, methods fps and target."""
+    from selectflow.config import build_config, schema, with_defaults
+
+    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"},
+           "compare": {"methods": ["fps", "target"], "eval": "demo", **(compare or {})}}
+    return build_config(with_defaults(raw, schema())).compare
+
+
+def test_demo_target_set_shares_no_record_with_the_test_set_or_the_pool(tmp_path, demo_pool):
+    from selectflow.data.records import iter_jsonl, read_dataset
+    from selectflow.stages.compare import _text_key, write_target_set, write_testset
+
+    cmp = _cmp({"test_per_kind": 4})
+    test, dev = tmp_path / "test.jsonl", tmp_path / "dev.jsonl"
+    write_testset({"demo": demo_pool}, test, cmp)
+    n = write_target_set(dev, test, cmp, datasets={"demo": demo_pool})
+    test_keys = {_text_key(r) for _, r in iter_jsonl(test)}
+    dev_keys = {_text_key(r) for _, r in iter_jsonl(dev)}
+    pool_keys = {_text_key(r) for r in read_dataset(demo_pool, "demo")}
+    assert n == len(dev_keys) == len(test_keys) > 0  # as many as the test set, no two alike
+    assert not dev_keys & test_keys and not dev_keys & pool_keys
+    assert len(read_dataset(dev, "target")) == n  # a format the pool accepts
+
+
+def test_heldout_target_slice_is_disjoint_from_the_test_slice(tmp_path):
+    from selectflow.data.records import iter_jsonl
+    from selectflow.stages.compare import _kept_ids, _text_key, draw_heldout, heldout_ids, write_target_set
+    from selectflow.stages.select import build_candidates
+    from tests.test_select import make_pool, section, write_shards
+
+    shards = write_shards(make_pool(), tmp_path / "router", seed=1)
+    quality = tmp_path / "quality.tsv"
+    build_candidates(shards, tmp_path / "c.h5", quality, section())
+    cmp = _cmp({"eval": "heldout", "heldout_fraction": 0.2})
+    test, dev = tmp_path / "heldout.jsonl", tmp_path / "dev.jsonl"
+    draw_heldout(quality, shards, test, cmp)
+    n = write_target_set(dev, test, cmp, quality_tsv=quality, router_paths=shards)
+    kept = set(_kept_ids(quality))
+    assert n == round(0.2 * len(kept)) and heldout_ids(dev) <= kept
+    assert not heldout_ids(dev) & heldout_ids(test)
+    assert not {_text_key(r) for _, r in iter_jsonl(dev)} & {_text_key(r) for _, r in iter_jsonl(test)}
+
+
 def test_the_stage_picks_only_candidates_toward_the_targets_in_a_seeded_order(tmp_path):
     """run_fps with a target file: the reference round-robin over the candidates' features and the targets',
     visited in the stage's shuffle; samples dropped by the quality step are never picked."""
@@ -117,3 +163,25 @@ def test_the_stage_picks_only_candidates_toward_the_targets_in_a_seeded_order(tm
     build_candidates(shards, tmp_path / "cq.h5", tmp_path / "qq.tsv", sel_q)
     with pytest.raises(SelectFlowError, match="disable_diversity"):
         run_fps(tmp_path / "cq.h5", tmp_path / "curve.tsv", sel_q, target_h5=tmp_path / "target.h5")
+
+
+def test_a_user_target_set_with_a_test_record_is_an_error(tmp_path):
+    import json
+
+    from selectflow.stages.compare import write_target_set
+
+    test, dev = tmp_path / "test.jsonl", tmp_path / "dev.jsonl"
+    rows = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(4)]
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))
+    cmp = _cmp({"eval": str(test), "target": str(dev)})
+    with pytest.raises(SelectFlowError, match=r"compare.target .*1 records \(the first on line 1\)"):
+        write_target_set(tmp_path / "out.jsonl", test, cmp)
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
+    assert write_target_set(tmp_path / "out.jsonl", test, cmp) == 2
+
+
+def test_target_in_compare_methods_with_an_own_test_set_needs_compare_target():
+    with pytest.raises(SelectFlowError, match="set compare.target"):
+        _cmp({"eval": "dev.jsonl"})
+    assert _cmp({"eval": "dev.jsonl", "target": "t.jsonl"}).target == "t.jsonl"
