@@ -185,3 +185,16 @@ def test_target_in_compare_methods_with_an_own_test_set_needs_compare_target():
     with pytest.raises(SelectFlowError, match="set compare.target"):
         _cmp({"eval": "dev.jsonl"})
     assert _cmp({"eval": "dev.jsonl", "target": "t.jsonl"}).target == "t.jsonl"
+
+
+@pytest.mark.parametrize("key", ["selection", "compare"])
+def test_a_missing_target_file_is_named_before_any_job(tmp_path, key):
+    from selectflow.data.preflight import check_targets_exist
+
+    config = {"selection": {"target": None}, "compare": {"target": None}}
+    check_targets_exist(config)
+    config[key]["target"] = str(tmp_path / "dev.jsonl")
+    with pytest.raises(SelectFlowError, match=rf"{key}.target: file .*dev.jsonl does not exist"):
+        check_targets_exist(config)
+    (tmp_path / "dev.jsonl").write_text("{}\n")
+    check_targets_exist(config)
