@@ -163,7 +163,11 @@ def router_shards(wildcards):
 
 def distance_blocks(wildcards):
     """Upper-triangle block files of the candidate distance matrix (matrix mode FPS only)."""
-    if CFG.selection.distance_mode != "matrix" or CFG.selection.diversity != "fps":
+    if (
+        CFG.selection.distance_mode != "matrix"
+        or CFG.selection.diversity != "fps"
+        or CFG.selection.target
+    ):
         return []
     from selectflow.stages.select import n_blocks
 
@@ -264,6 +268,11 @@ def index_window_inputs(wildcards):
     return {"array": spec["path"]}
 
 
+def target_router_file():
+    """The routed target records of selection.target (rule target_router), or none."""
+    return [f"{RESULTS}/target/router.h5"] if CFG.selection.target else []
+
+
 def excluded_ids_file():
     if CFG.decontaminate.eval_set:
         return [f"{RESULTS}/decontaminate/contaminated.tsv"]
@@ -275,6 +284,30 @@ def compare_training_data(wildcards):
     """One selection for every seed; the random baseline draws anew for each seed."""
     own = f"{COMPARE}/{wildcards.method}/selected_data.jsonl"
     return [own, *COMPARE_RANDOM_DRAWS] if wildcards.method == "random" else [own]
+
+
+def compare_target_set_inputs(wildcards):
+    """What the comparison's target set is made from (compare.target, or one like the test set)."""
+    if CFG.compare.target:
+        return {"target": CFG.compare.target, "test": COMPARE_TEST}
+    if CFG.compare.eval == "demo":
+        return {"datasets": list(CFG.datasets.values()), "test": COMPARE_TEST}
+    return {
+        "quality": f"{RESULTS}/selection/candidates_quality.tsv",
+        "router": router_shards(wildcards),
+        "test": COMPARE_TEST,
+    }
+
+
+def compare_target_slice():
+    """The held-out target slice of the pool, kept from every method (method target, eval heldout)."""
+    if (
+        "target" in CFG.compare.methods
+        and CFG.compare.eval == "heldout"
+        and not CFG.compare.target
+    ):
+        return [f"{COMPARE}/target_set/dev.jsonl"]
+    return []
 
 
 def compare_seeds(wildcards):

@@ -4,7 +4,9 @@
 # Not in the default target.
 
 COMPARE = f"{RESULTS}/compare"
-COMPARE_BASELINES = "|".join(m for m in CFG.compare.methods if m != "fps") or "none"
+COMPARE_BASELINES = (
+    "|".join(m for m in CFG.compare.methods if m not in ("fps", "target")) or "none"
+)
 # the test set: generated (demo), held out of the pool (heldout), or the user's file
 COMPARE_TEST = {
     "demo": f"{COMPARE}/test.jsonl",
@@ -77,6 +79,8 @@ rule compare_candidates:
         router=router_shards,
         heldout=f"{COMPARE}/heldout.jsonl",
         exclude=excluded_ids_file(),
+        # method target with eval heldout: its target slice, kept from every method too
+        target=compare_target_slice(),
     output:
         h5=f"{COMPARE}/candidates.h5",
         quality=f"{COMPARE}/candidates_quality.tsv",
@@ -128,6 +132,66 @@ rule compare_fps:
         selection=as_param(CFG.selection),
     script:
         "../scripts/compare_fps.py"
+
+
+rule compare_target_set:
+    # method target: a target set that shares no record with the test set
+    input:
+        unpack(compare_target_set_inputs),
+    output:
+        f"{COMPARE}/target_set/dev.jsonl",
+    log:
+        f"{LOGS}/compare/target_set.log",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        attempt=current_attempt,
+    params:
+        datasets=CFG.datasets,
+        compare=as_param(CFG.compare),
+    script:
+        "../scripts/compare_target_set.py"
+
+
+rule compare_target_router:
+    # the target set routed by the model that routed the pool (rule target_router's function)
+    input:
+        target=f"{COMPARE}/target_set/dev.jsonl",
+        model=router_model(),
+    output:
+        f"{COMPARE}/target_set/router.h5",
+    log:
+        f"{LOGS}/compare/target_router.log",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        batch_size=scaled(config["router_dump"]["batch_size"]),
+        attempt=current_attempt,
+    params:
+        router_dump=config["router_dump"],
+    script:
+        "../scripts/target_router.py"
+
+
+rule compare_target:
+    input:
+        candidates=f"{COMPARE}/candidates.h5",
+        target=f"{COMPARE}/target_set/router.h5",
+    output:
+        f"{COMPARE}/target/picks.tsv",
+    log:
+        f"{LOGS}/compare/target.log",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        chunk=scaled(CFG.selection.distance_batch_size),
+        attempt=current_attempt,
+    params:
+        selection=as_param(CFG.selection),
+    script:
+        "../scripts/compare_target.py"
 
 
 rule compare_baseline:

@@ -40,3 +40,27 @@ checkpoint router_data:
         "../envs/selectflow.yaml"
     script:
         "../scripts/router_data.py"
+
+
+rule target_router:
+    # selection.target's records, routed by the pool's model with the pool's settings; never
+    # part of the pool
+    input:
+        target=lambda wc: CFG.selection.target,
+        model=router_model(),
+    output:
+        f"{RESULTS}/target/router.h5",
+    log:
+        f"{LOGS}/target_router.log",
+    benchmark:
+        f"{BENCH}/target_router.tsv"
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        batch_size=scaled(config["router_dump"]["batch_size"]),
+        attempt=current_attempt,
+    params:
+        router_dump=config["router_dump"],
+    script:
+        "../scripts/target_router.py"

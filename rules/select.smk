@@ -44,6 +44,8 @@ rule fps:
     input:
         candidates=f"{RESULTS}/selection/candidates.h5",
         blocks=distance_blocks,
+        # with selection.target: the picks go toward it instead of FPS
+        target=target_router_file(),
     output:
         f"{RESULTS}/selection/fps_curve.tsv",
     log:

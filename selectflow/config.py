@@ -72,6 +72,7 @@ class SelectionConfig:
     importance_selection_percentage: float | None
     disable_diversity: bool
     diversity: str
+    target: str | None
     diversity_neighbors: int
     diversity_clusters: int
     quality_method: str
@@ -263,6 +264,7 @@ class CompareConfig:
     seed: int
     heldout_fraction: float
     eval: str
+    target: str | None
     test_per_kind: int
     test_seed: int
     student: str
@@ -379,6 +381,13 @@ def compare_section(config: dict, train: dict) -> CompareConfig:
     # the comparison's own training defaults stay under the keys a config sets (compare.train: {epochs: 2}
     # keeps max_steps: null and the learning rate), over the train section
     settings = resolve_train_config(trainer_keys({**train, **schema_default("compare", "train"), **cmp["train"]}))
+    if "target" in methods and test not in ("demo", "heldout") and not cmp.get("target"):
+        from selectflow.runtime.errors import SelectFlowError
+
+        raise SelectFlowError(
+            f"compare.methods has target and compare.eval is your own test set ({test}): set compare.target to a "
+            "JSONL of target records (e.g. the task's dev set) that shares no record with it"
+        )
     return section(CompareConfig, {**cmp, "methods": methods, "eval": test, "full_pools": tuple(cmp["full_pools"]),
                                    "train": settings})
 

@@ -42,6 +42,15 @@ def check_datasets_exist(datasets: Mapping[str, str]) -> None:
                                   f"fix 'datasets.{name}' in the config")
 
 
+def check_targets_exist(config: Mapping) -> None:
+    """``selection.target`` and ``compare.target``, when set, are files (no rule builds them)."""
+    for key in ("selection", "compare"):
+        path = config.get(key, {}).get("target")
+        if path and not os.path.isfile(path):
+            raise SelectFlowError(f"{key}.target: file {path} does not exist (relative to {os.getcwd()}); "
+                                  f"point {key}.target at a JSONL of target records, or set it to null")
+
+
 def model_keys(config: Mapping) -> list[tuple[str, str]]:
     """(config key, folder) of every model the run loads that no rule builds (``model.path: proxy``
     is built by rule proxy_model)."""
@@ -192,6 +201,7 @@ def preflight(config: Mapping, results: str, argv: list[str] = ()) -> list[str]:
     commands such as ``--unlock`` or ``--delete-all-output``.
     """
     check_datasets_exist(config["datasets"])
+    check_targets_exist(config)
     for key, path in model_keys(config):
         check_model_folder(key, path)
         if key in CAUSAL_LM_KEYS:

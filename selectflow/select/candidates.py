@@ -23,7 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from selectflow.router.routerfile import read_moe_probs
+from selectflow.router.routerfile import read_moe_probs, read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
 from selectflow.select import distance
@@ -172,6 +172,13 @@ def pool_features(shard, rows: np.ndarray, metric: str, then=None) -> np.ndarray
     if then is None:
         return read(shard.moe_probs[rows])
     return np.concatenate([read(shard.moe_probs[rows[lo : lo + CHUNK_ROWS]]) for lo in range(0, len(rows), CHUNK_ROWS)])
+
+
+def target_features(router_h5: str | os.PathLike, metric: str) -> np.ndarray:
+    """Float32 [T, D] features of the target records in router file ``router_h5``: the candidates' kind,
+    through :func:`pool_features` (one function for both, so a feature choice applies to the targets too)."""
+    shard = read_router_shard(router_h5)
+    return pool_features(shard, np.arange(len(shard)), metric)
 
 
 def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice,

@@ -16,6 +16,10 @@ Design (README, "Does the selection pay off? (compare)"):
 4. Picks (``picks.tsv``, the FPS curve's columns): ``fps`` by :func:`selectflow.stages.select.run_fps`
    on the comparison's candidates; each baseline by :func:`pick_baseline` on ``pool.h5``.
    :func:`selectflow.stages.select.write_selection` turns picks into ``selected_data.jsonl``.
+   Method ``target``: :func:`write_target_set` (rule ``compare_target_set``) makes a target set
+   that shares no record with the test set, rule ``compare_target_router`` routes it like the
+   pool, and :func:`selectflow.stages.select.pick_toward_target` picks the comparison's
+   candidates nearest to it (rule ``compare_target``).
 5. :func:`intrinsic` -> ``intrinsic.tsv``; :func:`finetune_and_eval` (one per method and
    seed) -> ``eval.tsv``; :func:`downstream` -> ``downstream.tsv``.
 """
@@ -203,6 +207,54 @@ def write_testset(dataset_paths: dict, out_jsonl, cmp: CompareConfig) -> int:
         raise SelectFlowError(f"{exc} (compare.test_per_kind)") from None
     log.info("demo test set: %d records, %d kinds, none of them among the pool's %d distinct records",
              len(records), len({r["kind"] for r in records}), len(pool))
+    return write_jsonl(out_jsonl, records)
+
+
+def write_target_set(out_jsonl, test_jsonl, cmp: CompareConfig, *, datasets: dict | None = None,
+                     quality_tsv=None, router_paths: list | None = None) -> int:
+    """The target set of method ``target``, sharing no record (normalised prompt + response) with the test set.
+
+    ``compare.target`` when set (a SelectFlowError if one of its records is a test record);
+    else for eval ``demo`` fresh demo records like the test set's (seed ``test_seed + 1``), in
+    neither the pool (``datasets``) nor the test set; for eval ``heldout`` a second slice of the
+    kept samples of ``quality_tsv`` (``heldout_fraction`` of them, seed ``seed + 1``), none of
+    the test slice's, with their ``sample_id`` (rule ``compare_candidates`` keeps them from
+    every method). Return its size.
+    """
+    from selectflow.data.records import read_dataset
+
+    test = {_text_key(rec) for _, rec in iter_jsonl(test_jsonl)}
+    if cmp.target:
+        given = read_dataset(cmp.target, "target")
+        shared = [rec["line"] for rec in given if _text_key(rec) in test]
+        if shared:
+            raise SelectFlowError(
+                f"compare.target {cmp.target}: {len(shared)} records (the first on line {shared[0]}) are also in "
+                f"the test set {test_jsonl}; a target set must share no record with it: remove them"
+            )
+        records = [rec["record"] for rec in given]
+    elif cmp.eval == "demo":
+        from selectflow.data.demotest import make_demo_testset
+
+        pool = {_text_key(rec) for name, path in datasets.items() for rec in read_dataset(path, name)}
+        try:
+            records = make_demo_testset(cmp.test_per_kind, cmp.test_seed + 1,
+                                        lambda rec: _text_key(rec) in pool or _text_key(rec) in test)
+        except ValueError as exc:
+            raise SelectFlowError(f"{exc} (compare.test_per_kind, for the target set)") from None
+    elif cmp.eval == "heldout":
+        test_ids = heldout_ids(test_jsonl)
+        kept = [sid for sid in _kept_ids(quality_tsv) if sid not in test_ids]
+        n = max(1, round(cmp.heldout_fraction * (len(kept) + len(test_ids))))
+        if n >= len(kept):
+            raise SelectFlowError(f"compare.heldout_fraction {cmp.heldout_fraction} leaves no kept sample to select "
+                                  "once the test and target slices are held out")
+        ids = sorted(np.random.default_rng(cmp.seed + 1).choice(np.array(kept, dtype=object), n, replace=False))
+        rows = dict(_pool_records(router_paths, set(ids)))
+        records = [rows[sid] for sid in ids if _text_key(rows[sid]) not in test]
+    else:
+        raise SelectFlowError(f"compare.methods has target and compare.eval is {cmp.eval}: set compare.target")
+    log.info("target set: %d records, none of them in the test set %s", len(records), test_jsonl)
     return write_jsonl(out_jsonl, records)
 
 

@@ -5,7 +5,9 @@
   :func:`reusable_shard` accepts (:func:`dump_shard_group`);
 * :func:`link_router_data` (checkpoint ``router_data``, one job for the whole pool): every
   stored shard hard-linked to ``router_data/{dataset}/{shard}.h5``, and their listing;
-* :func:`dump_shard_file`: one shard → one HDF5 file (no store, no reuse).
+* :func:`dump_shard_file`: one shard → one HDF5 file (no store, no reuse);
+* :func:`dump_target` (rules ``target_router``, ``compare_target_router``): the target
+  records of ``selection.target`` (or the comparison's target set) → one HDF5 file.
 
 The maths of the dump is :class:`selectflow.router.dump.RouterDumper`; the file layout
 :mod:`selectflow.router.routerfile`.
@@ -30,6 +32,8 @@ from selectflow.runtime.fsutil import atomic_path
 from selectflow.runtime.tables import read_tsv, write_tsv
 
 log = logging.getLogger(__name__)
+
+TARGET_DATASET = "target"  # the dataset name of selection.target's records (their ids: target:<line>)
 
 
 def dump_settings(cfg: RouterDumpConfig, batch_size: int) -> DumpSettings:
@@ -71,12 +75,28 @@ def _dump_one(dumper: RouterDumper, records: list[dict], model_path: str, shard_
 
 def dump_shard_file(model_path: str, shard_jsonl: str, out_h5: str, settings: DumpSettings) -> int:
     """Dump one JSONL shard of normalised records to ``out_h5``; the number of samples."""
-    records = _read_shard_records(shard_jsonl)
+    return _dump_records(model_path, _read_shard_records(shard_jsonl), shard_jsonl, out_h5, settings)
+
+
+def dump_target(model_path: str, target_jsonl: str, out_h5: str, cfg: RouterDumpConfig, batch_size: int) -> int:
+    """Rules ``target_router`` and ``compare_target_router``: the target records → one router file.
+
+    ``target_jsonl`` is read as a dataset named ``target`` (any format a dataset may have:
+    :func:`selectflow.data.records.read_dataset`) and dumped by the pool's model with the pool's
+    settings, so its features are the pool's kind. The number of records.
+    """
+    from selectflow.data.records import read_dataset
+
+    records = read_dataset(target_jsonl, TARGET_DATASET)
+    return _dump_records(model_path, records, target_jsonl, out_h5, dump_settings(cfg, batch_size))
+
+
+def _dump_records(model_path: str, records: list[dict], source: str, out_h5: str, settings: DumpSettings) -> int:
     dumper = RouterDumper.from_path(model_path, settings)
     try:
-        log.info("dumping %d samples from %s with batch size %d on %s", len(records), shard_jsonl,
+        log.info("dumping %d samples from %s with batch size %d on %s", len(records), source,
                  settings.batch_size, dumper.device)
-        _dump_one(dumper, records, model_path, shard_jsonl, out_h5, settings)
+        _dump_one(dumper, records, model_path, source, out_h5, settings)
     finally:
         dumper.close()
     return len(records)

@@ -10,7 +10,8 @@
    triangle): distance blocks, only for ``distance_mode: matrix``.
 3. :func:`run_fps` (rule ``fps``): ``candidates.h5`` (+ blocks) -> ``fps_curve.tsv``
    (``step``, ``sample_id``, ``candidate_index``, ``min_distance``: ``inf`` for the first
-   pick, ``nan`` without diversity).
+   pick, ``nan`` without diversity); with ``selection.target``, :func:`pick_toward_target`
+   (+ the target's router file from rule ``target_router``) instead.
 4. :func:`write_selection` (rule ``selected_data``): curve + shards -> ``selected_data.jsonl``
    + ``selection_summary.tsv`` + ``quality.tsv`` (``candidates_quality.tsv`` with the final
    ``reason``: ``selected``, ``not_picked`` or why the sample was dropped before FPS).
@@ -49,11 +50,13 @@ from selectflow.select.candidates import (
     open_candidates,
     quality_table,
     read_candidates,
+    target_features,
     write_candidates,
 )
 from selectflow.select.dedup import drop_duplicates, near_keys, routing_keys, text_keys
 from selectflow.select.fps import fps_matrix, fps_streaming
 from selectflow.select.quality import assess, record_facts, resolve_method
+from selectflow.select.target import toward_target
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ log = logging.getLogger(__name__)
 NUMERIC_INPUTS = ("nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "gate_mean", "distinct_3grams")
 NAN_COLUMNS = ("quality", "min_distance", "similarity", *NUMERIC_INPUTS)
 MODES = ("streaming", "matrix")
+TARGET_ORDER_SEED = 0  # the shuffle in which the rounds of pick_toward_target visit the target records
 
 
 def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.PathLike, quality_tsv: str | os.PathLike,
@@ -143,8 +147,12 @@ def compute_block(candidates_h5: str | os.PathLike, i: int, j: int, out_path: st
 
 
 def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel: SelectionConfig, *,
-            block_dir: str | os.PathLike | None = None, chunk: int | None = None) -> int:
+            block_dir: str | os.PathLike | None = None, chunk: int | None = None,
+            target_h5: str | os.PathLike | None = None) -> int:
     """Pick k candidates (FPS from the highest-quality one, or another ``selection.diversity``), write the curve; return k.
+
+    With ``target_h5`` (the router file of ``selection.target``) the picks are the candidates
+    nearest to the targets instead (:func:`pick_toward_target`).
 
     ``selection.diversity`` ``facility_location`` or ``kmeans`` (:mod:`selectflow.select.diversity`)
     picks from the same candidates, strata and quotas as FPS, from their features in either
@@ -157,6 +165,8 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
     """
     if sel.distance_mode not in MODES:
         raise SelectFlowError(f"unknown FPS mode {sel.distance_mode!r}; use one of {', '.join(MODES)}")
+    if target_h5 is not None:
+        return pick_toward_target(candidates_h5, target_h5, curve_tsv, sel, chunk=chunk)
     cands = read_candidates(candidates_h5)
     k, stage, metric = int(cands.attrs["k"]), cands.attrs["stage"], cands.attrs["metric"]
     chunk = chunk or sel.distance_batch_size
@@ -185,6 +195,33 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
         result = fps_matrix(matrix, k, **opts)
         picks, min_distance = result.picks, result.min_distance
     return _write_curve(cands, picks, min_distance, curve_tsv)
+
+
+def pick_toward_target(candidates_h5: str | os.PathLike, target_h5: str | os.PathLike, curve_tsv: str | os.PathLike,
+                       sel: SelectionConfig, *, chunk: int | None = None) -> int:
+    """Pick the k candidates nearest to the target records of router file ``target_h5``; write the curve; return k.
+
+    The picks of :func:`selectflow.select.target.toward_target` (round-robin over the targets,
+    each taking its nearest unpicked candidate; ties to the higher-quality candidate), the
+    targets visited in a shuffle seeded with :data:`TARGET_ORDER_SEED` (file order would favour
+    the first task of a sorted dev set when there are more targets than picks). Only the
+    candidates (past the quality step and dedup) can be picked; routing strata chose them, but
+    their quotas do not apply: the targets decide where the picks go. The curve's
+    ``min_distance`` is ``nan``. ``chunk`` candidates at a time (default ``distance_batch_size``).
+    """
+    cands = read_candidates(candidates_h5)
+    k, stage, metric = int(cands.attrs["k"]), cands.attrs["stage"], cands.attrs["metric"]
+    if stage == "quality":
+        raise SelectFlowError(
+            f"selection.target replaces the diversity step, and {candidates_h5} was built with "
+            "selection.disable_diversity: true (no step to replace): set it to false, or unset selection.target"
+        )
+    with open_candidates(cands.path) as f:
+        feats = f["features"][()]
+    targets = target_features(target_h5, metric)
+    targets = targets[np.random.default_rng(TARGET_ORDER_SEED).permutation(len(targets))]
+    picks = toward_target(targets, feats, k, metric, chunk=chunk or sel.distance_batch_size, device=sel.device)
+    return _write_curve(cands, picks, np.full(len(picks), np.nan), curve_tsv)
 
 
 def _fps_options(f, sel: SelectionConfig) -> dict:
