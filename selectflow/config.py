@@ -60,6 +60,7 @@ class RouterDumpConfig:
     router_pattern: str
     router_source: str
     softmax_logits: bool
+    hidden_states: bool
     quality_gate_pattern: str | None
     device: str
     dtype: str
@@ -74,6 +75,7 @@ class SelectionConfig:
     diversity: str
     diversity_neighbors: int
     diversity_clusters: int
+    features: str
     quality_method: str
     routing_strata: int
     quality_field: str | None
