@@ -157,7 +157,8 @@ def masked_mean_last_hidden(model, tokenizer, recs, max_length=256):
 @pytest.mark.parametrize("arch", ["demo", "mixtral", "qwen2_moe"])
 def test_hidden_states_are_the_masked_mean_of_the_last_layer(tmp_path, demo_model, records, arch):
     path = demo_model if arch == "demo" else save_arch(tmp_path, arch, AutoTokenizer.from_pretrained(demo_model))
-    dumper = RouterDumper.from_path(str(path), DumpSettings(batch_size=5, max_length=256, device="cpu"))
+    dumper = RouterDumper.from_path(str(path), DumpSettings(batch_size=5, max_length=256, device="cpu",
+                                                            hidden_states=True))
     assert dumper.hidden_hook  # the decoder hook passed its check against output_hidden_states
     shard = dumper.dump(records, progress=False)
     want = masked_mean_last_hidden(dumper.model, dumper.tokenizer, records)
@@ -172,14 +173,14 @@ def test_hidden_states_are_the_masked_mean_of_the_last_layer(tmp_path, demo_mode
 def test_hidden_states_off_and_in_the_shard_file(tmp_path, demo_model, records):
     from selectflow.router.routerfile import concat_shards, scan_shards, write_router_shard
 
-    dumper = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", max_length=128))
+    dumper = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", max_length=128, hidden_states=True))
     shard = dumper.dump(records, progress=False)
     write_router_shard(tmp_path / "with.h5", shard)
     with h5py.File(tmp_path / "with.h5") as f:  # float16 on disk: H x 2 bytes a sample
         assert f["hidden"].dtype == np.float16 and f.attrs["hidden_size"] == shard.hidden.shape[1]
     back = read_router_shard(tmp_path / "with.h5")
     np.testing.assert_array_equal(back.hidden, shard.hidden.astype(np.float16).astype(np.float32))
-    off = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", max_length=128, hidden_states=False))
+    off = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", max_length=128))  # the default: off
     plain = off.dump(records, progress=False)
     assert plain.hidden is None and not off.hidden_hook
     np.testing.assert_array_equal(plain.moe_probs, shard.moe_probs)  # the other values do not move
@@ -268,9 +269,10 @@ def test_shard_group_reuses_only_valid_stored_shards(tmp_path, demo_model, demo_
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_dump_matches_cpu(demo_model, records):
-    cpu = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu")).dump(records, progress=False)
+    cpu = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", hidden_states=True)).dump(records,
+                                                                                                    progress=False)
     before = torch.cuda.memory_allocated()
-    fp32 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda", dtype="float32"))
+    fp32 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda", dtype="float32", hidden_states=True))
     assert next(fp32.model.parameters()).is_cuda
     gpu = fp32.dump(records, progress=False)
     # TF32 matmuls may be on: tolerance of a few 1e-4 on probabilities
@@ -279,7 +281,7 @@ def test_cuda_dump_matches_cpu(demo_model, records):
     assert fp32.hidden_hook  # the decoder hook passes its check on CUDA too
     scale = np.abs(cpu.hidden).max()
     np.testing.assert_allclose(gpu.hidden, cpu.hidden, atol=1e-3 * scale)
-    bf16 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda"))
+    bf16 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda", hidden_states=True))
     half = bf16.dump(records, progress=False)
     np.testing.assert_allclose(half.moe_probs, cpu.moe_probs, atol=3e-2)  # bf16 default
     np.testing.assert_allclose(half.hidden, cpu.hidden, atol=3e-2 * scale)
@@ -317,12 +319,12 @@ def test_dump_settings_take_every_dump_key_of_the_config_section():
     from selectflow.stages.router import dump_settings
 
     cfg = RouterDumpConfig(batch_size=99, max_length=77, ifd=False, router_pattern="x$", router_source="hooks",
-                           softmax_logits=True, hidden_states=False, quality_gate_pattern="q$", device="cpu",
+                           softmax_logits=True, hidden_states=True, quality_gate_pattern="q$", device="cpu",
                            dtype="float32", shards_per_job=3)
     s = dump_settings(cfg, batch_size=5)
     assert s.batch_size == 5 and s.sort_by_length
     assert (s.max_length, s.ifd, s.router_pattern, s.router_source, s.softmax_logits, s.hidden_states,
-            s.quality_gate_pattern, s.device, s.dtype) == (77, False, "x$", "hooks", True, False, "q$", "cpu", "float32")
+            s.quality_gate_pattern, s.device, s.dtype) == (77, False, "x$", "hooks", True, True, "q$", "cpu", "float32")
 
 
 def test_router_data_links_every_stored_shard_in_one_job(tmp_path):

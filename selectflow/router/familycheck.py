@@ -7,7 +7,7 @@
   top-k weights where the router returns them, and the last hidden state averaged over the
   tokens (``output_hidden_states``, the dump's ``hidden``);
 * :func:`check_family` compares a dump at the workflow's defaults (the schema's ``router_dump``
-  section: batch 16, IFD on) of records of uneven length (most of a batch is padding) with
+  section: batch 16, IFD on; ``hidden_states`` on too) of records of uneven length (most of a batch is padding) with
   that reference;
 * :func:`render_table` writes the supported-families table (``selectflow families-doc``).
 
@@ -146,7 +146,8 @@ class FamilyResult:
 
 
 def check_family(model_type: str, tokenizer, records: list[dict], settings=None) -> FamilyResult:
-    """Build the tiny model, dump ``records`` with ``settings`` (default: the schema's, on CPU), compare with :func:`reference`.
+    """Build the tiny model, dump ``records`` with ``settings`` (default: the schema's and the hidden-state
+    means, on CPU), compare with :func:`reference`.
 
     Runs on one CPU thread: on models this small, intra-op threads only spin (about 10x the
     CPU time on a 2-core machine).
@@ -156,7 +157,7 @@ def check_family(model_type: str, tokenizer, records: list[dict], settings=None)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _check_family(model_type, tokenizer, records, settings or DumpSettings(device="cpu"))
+        return _check_family(model_type, tokenizer, records, settings or DumpSettings(device="cpu", hidden_states=True))
     finally:
         torch.set_num_threads(threads)
 
