@@ -1,6 +1,7 @@
 """Router-dump overhead: full dump (+ HDF5 write) vs a bare forward loop on the same batches.
 
-Also length-sorted vs unsorted batching. Everything is measured in this one run on the
+Also length-sorted vs unsorted batching, and the dump with and without the hidden-state
+means (``router_dump.hidden_states``; the dump rows have them, one row does not). Everything is measured in this one run on the
 same records and model; the table prints ratios against the bare loop.
 
     python bench/bench_router_dump.py [--quick] [--device cpu|cuda] [--model PATH]
@@ -68,13 +69,17 @@ def main() -> None:
         write_demo_pool(tmp / "pool.jsonl", n_records=n)
         model = args.model or str(build_proxy_model(tmp / "model", tmp / "pool.jsonl", pretrain_epochs=0))
         records = read_dataset(tmp / "pool.jsonl", "bench")
-        settings = DumpSettings(batch_size=args.batch_size, max_length=256, ifd=False, device=args.device)
+        settings = DumpSettings(batch_size=args.batch_size, max_length=256, ifd=False, device=args.device,
+                                hidden_states=True)
         dumper = RouterDumper.from_path(model, settings)
         bare_loop(dumper, records[:64], args.batch_size, True)  # warm-up
         best = lambda f: min(f() for _ in range(args.repeats))  # noqa: E731
         bare_sorted = best(lambda: bare_loop(dumper, records, args.batch_size, True))
         bare_unsorted = best(lambda: bare_loop(dumper, records, args.batch_size, False))
         dump = best(lambda: full_dump(dumper, records, args.batch_size, tmp / "out.h5"))
+        dumper.settings.hidden_states = False
+        dump_no_hidden = best(lambda: full_dump(dumper, records, args.batch_size, tmp / "out.h5"))
+        dumper.settings.hidden_states = True
         dumper.settings.sort_by_length = False
         dump_unsorted = best(lambda: full_dump(dumper, records, args.batch_size, tmp / "out.h5"))
         dumper.settings.sort_by_length, dumper.settings.ifd = True, True
@@ -85,6 +90,7 @@ def main() -> None:
         ("bare forward loop, length-sorted", bare_sorted),
         ("bare forward loop, unsorted", bare_unsorted),
         ("router dump + HDF5, length-sorted", dump),
+        ("router dump + HDF5, sorted, no hidden states", dump_no_hidden),
         ("router dump + HDF5, unsorted", dump_unsorted),
         ("router dump + HDF5 + IFD pass, sorted", dump_ifd),
     ]
@@ -92,6 +98,7 @@ def main() -> None:
     for name, sec in rows:
         print(f"{name:42s} {sec:8.3f} {n / sec:10.1f} {sec / bare_sorted:14.3f}x")
     print(f"dump overhead (HDF5 + bookkeeping): {100 * (dump / bare_sorted - 1):+.1f}% (target <= 10%)")
+    print(f"hidden-state means: {100 * (dump / dump_no_hidden - 1):+.1f}% dump time")
     print(f"length sorting speed-up: bare {bare_unsorted / bare_sorted:.2f}x, dump {dump_unsorted / dump:.2f}x")
 
 

@@ -18,10 +18,15 @@
     # one method under other selection settings (a variant): --methods and --set KEY=VALUE
     python bench/bench_selection_quality.py --junk-suite 3:2000 --work /tmp/bsq --methods combined \
         --set quality_cut=pool
+    # routing against hidden-state features (selection.features) for each diversity method; a
+    # cached router.h5 without hidden states is dumped again with the cached model
+    python bench/bench_selection_quality.py --junk-suite 3:2000 --work /tmp/bsq --methods combined \
+        --diversity fps facility_location kmeans --features routing hidden
 
 For each pool and each quality method (``gate`` when the router data has quality logits,
 ``combined``, ``ifd``, ``perplexity``, ``none``) x diversity (each ``--diversity`` method,
-FPS by default, and off) it runs the
+FPS by default, and off) x features (each ``--features``, routing by default; diversity off
+once, as it compares no features) it runs the
 library's selection (``build_candidates`` + ``run_fps``, the default config's
 ``selection_percentage`` 0.05 and ``importance_selection_percentage`` 0.2) and prints the
 selected set's share of clean records, of each planted junk kind and of near-duplicates,
@@ -62,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selectflow.config import SelectionConfig, schema_default, selection_section  # noqa: E402
 from selectflow.data.junk import HELD_BACK_KINDS, TUNING_KINDS  # noqa: E402
 from selectflow.data.records import read_dataset  # noqa: E402
-from selectflow.router.routerfile import concat_shards  # noqa: E402
+from selectflow.router.routerfile import concat_shards, read_router_shard, shard_header, write_router_shard  # noqa: E402
 from selectflow.select.candidates import read_candidates  # noqa: E402
 from selectflow.select.distance import features  # noqa: E402
 from selectflow.select.fps import fps_streaming  # noqa: E402
@@ -122,16 +127,17 @@ def kind_table(table: pd.DataFrame, lab: dict[str, dict]) -> pd.DataFrame:
         row = {"kind": kind, "half": "tuning" if kind in TUNING_KINDS else "held-back",
                "pool": pool.get(f"junk_{kind}", 0.0)}
         for _, r in table.iterrows():
-            row[f"{r['method']} {r['diversity'] or 'off'}"] = r["by_kind"].get(f"junk_{kind}", 0) / r["n"]
+            row[f"{r['method']} {r['diversity'] or 'off'} {r['features']}".rstrip()] = \
+                r["by_kind"].get(f"junk_{kind}", 0) / r["n"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, importance: float,
              strata: int, methods: list[str] | None = None, settings: dict | None = None,
-             diversities: tuple[str, ...] = ("fps",)) -> pd.DataFrame:
-    """Every method x diversity (each of ``diversities``, then off), ``settings`` (more ``selection.*`` keys)
-    applied to each."""
+             diversities: tuple[str, ...] = ("fps",), feature_kinds: tuple[str, ...] = ("routing",)) -> pd.DataFrame:
+    """Every method x diversity (each of ``diversities``, then off) x features (each of ``feature_kinds``;
+    diversity off once), ``settings`` (more ``selection.*`` keys) applied to each."""
     shard = concat_shards(router_paths)
     methods = ["gate", "combined", "ifd", "perplexity"] if methods is None else methods
     methods = [m for m in methods if m != "gate" or shard.quality_logits is not None]  # gate: where there are logits
@@ -140,59 +146,71 @@ def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, i
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        runs = [(d, f) for d in diversities for f in feature_kinds] + [(False, feature_kinds[0])]
         for method in methods:
-            for diversity in (*diversities, False):
+            for diversity, kind in runs:
                 t0 = time.perf_counter()
                 sel = selection_section({"quality_method": method, "selection_percentage": selection,
                                          "routing_strata": strata, "importance_selection_percentage": importance,
                                          "disable_diversity": not diversity, "diversity": diversity or "fps",
-                                         "device": "cpu", "fps_log_interval": 10**9, **(settings or {})})
+                                         "features": kind, "device": "cpu", "fps_log_interval": 10**9,
+                                         **(settings or {})})
                 build_candidates(router_paths, out / "c.h5", out / "q.tsv", sel)
                 run_fps(out / "c.h5", out / "curve.tsv", sel)
                 picks = pd.read_csv(out / "curve.tsv", sep="\t", dtype={"sample_id": str})["sample_id"].tolist()
                 cands = read_candidates(out / "c.h5")
-                rows.append({"method": method + suffix, "diversity": diversity, **measure(picks, lab),
+                rows.append({"method": method + suffix, "diversity": diversity, "features": kind if diversity else "",
+                             **measure(picks, lab),
                              "dups_dropped": int(cands.attrs["n_duplicates"]), "s": time.perf_counter() - t0})
     ids = shard.sample_id.astype(str)
     fps = fps_streaming(features(shard.moe_probs, "wasserstein"), k, start=0, device="cpu", log_interval=10**9)
-    rows.append({"method": "none", "diversity": "fps", **measure(list(ids[fps.picks]), lab)})
+    rows.append({"method": "none", "diversity": "fps", "features": "routing", **measure(list(ids[fps.picks]), lab)})
     randoms = [measure(list(np.random.default_rng(seed).choice(ids, k, replace=False)), lab) for seed in range(5)]
     mean = pd.DataFrame(randoms).drop(columns=["target", "by_kind"]).mean().to_dict()
     mean["target"] = all(r["target"] for r in randoms)
     mean["by_kind"] = {kind: sum(r["by_kind"].get(kind, 0) for r in randoms) / 5 for kind in
                        {kind for r in randoms for kind in r["by_kind"]}}
-    rows.append({"method": "random (mean of 5)", "diversity": False, **mean})
+    rows.append({"method": "random (mean of 5)", "diversity": False, "features": "", **mean})
     return pd.DataFrame(rows)
 
 
-def dump_pool(root: Path, pools: list[Path], max_length: int, seed: int) -> Path:
-    """The proxy model of ``pools`` (the demo model's recipe, ``seed``) and one router-data shard of them."""
+def has_hidden(h5: Path) -> bool:
+    return bool(shard_header(h5)[0].get("hidden_size"))
+
+
+def dump_pool(root: Path, pools: list[Path], max_length: int, seed: int, hidden: bool = False) -> Path:
+    """The proxy model of ``pools`` (the demo model's recipe, ``seed``) and one router-data shard of them.
+
+    Both are cached under ``root``; a cached shard without hidden states is dumped again (with the
+    cached model) when ``hidden`` asks for them.
+    """
     from selectflow.data.demo import build_proxy_model
     from selectflow.router.dump import DumpSettings, RouterDumper
-    from selectflow.router.routerfile import write_router_shard
 
     h5 = root / "router.h5"
-    if not h5.is_file():
-        build_proxy_model(root / "model", pools, seed=seed)
+    if not h5.is_file() or (hidden and not has_hidden(h5)):
+        if not (root / "model" / "config.json").is_file():
+            build_proxy_model(root / "model", pools, seed=seed)
         dumper = RouterDumper.from_path(str(root / "model"), DumpSettings(batch_size=64, max_length=max_length,
-                                                                          ifd=True, device="cpu"))
+                                                                          ifd=True, device="auto", dtype="float32",
+                                                                          hidden_states=hidden))
         records = [r for k, path in enumerate(pools) for r in read_dataset(path, f"pool{k}")]
         write_router_shard(h5, dumper.dump(records, progress=False))
     return h5
 
 
-def build_pool(seed: int, n: int, work: Path, max_length: int) -> tuple[list[Path], list[Path]]:
+def build_pool(seed: int, n: int, work: Path, max_length: int, hidden: bool = False) -> tuple[list[Path], list[Path]]:
     """Demo pool, pre-trained demo model and one router-data shard, as the workflow builds them."""
     from selectflow.data.demo import write_demo_pool
 
     root = work / f"seed{seed}_n{n}"
     pool = root / "pool.jsonl"
-    if not (root / "router.h5").is_file():
+    if not pool.is_file():
         write_demo_pool(pool, n, seed)
-    return [dump_pool(root, [pool], max_length, seed)], [pool]
+    return [dump_pool(root, [pool], max_length, seed, hidden)], [pool]
 
 
-def build_junk_suite_pool(seed: int, n: int, work: Path, max_length: int, junk_rate: float):
+def build_junk_suite_pool(seed: int, n: int, work: Path, max_length: int, junk_rate: float, hidden: bool = False):
     """A demo pool without the demo's own junk, the junk suite planted at ``junk_rate`` (every kind)."""
     from selectflow.data.demo import make_demo_pool
     from selectflow.data.junk import plant_junk
@@ -200,20 +218,35 @@ def build_junk_suite_pool(seed: int, n: int, work: Path, max_length: int, junk_r
 
     root = work / f"junksuite_seed{seed}_n{n}_rate{junk_rate:g}"
     pool = root / "pool.jsonl"
-    if not (root / "router.h5").is_file():
+    if not pool.is_file():
         write_jsonl(pool, plant_junk(make_demo_pool(n, seed, junk_rate=0.0), junk_rate, seed))
-    return [dump_pool(root, [pool], max_length, seed)], [pool]
+    return [dump_pool(root, [pool], max_length, seed, hidden)], [pool]
 
 
-def build_real_text_pool(seed: int, n: int, work: Path, max_length: int, junk_rate: float):
+def build_real_text_pool(seed: int, n: int, work: Path, max_length: int, junk_rate: float, hidden: bool = False):
     """The real-text pool (Alpaca, ShareGPT and messages files) and its proxy model's router data."""
     from selectflow.data.realtext import write_realtext_pool
 
     root = work / f"realtext_seed{seed}_n{n}_rate{junk_rate:g}"
     pools = [root / f"{fmt}.jsonl" for fmt in ("alpaca", "sharegpt", "messages")]
-    if not (root / "router.h5").is_file():
+    if not all(p.is_file() for p in pools):
         write_realtext_pool(root, n, seed, junk_rate=junk_rate)
-    return [dump_pool(root, pools, max_length, schema_default("proxy", "seed"))], pools
+    return [dump_pool(root, pools, max_length, schema_default("proxy", "seed"), hidden)], pools
+
+
+def hidden_bytes(paths: list[Path]) -> str:
+    """The shards' size with their ``hidden`` dataset and, rewritten here without it, the size they had without."""
+    if not all(has_hidden(p) for p in paths):
+        return ""
+    with tempfile.TemporaryDirectory() as tmp:
+        without = 0
+        for k, path in enumerate(paths):
+            shard = read_router_shard(path)
+            shard.hidden = None
+            write_router_shard(Path(tmp) / f"{k}.h5", shard)
+            without += (Path(tmp) / f"{k}.h5").stat().st_size
+    with_ = sum(p.stat().st_size for p in paths)
+    return f"router data {with_ / 2**20:.2f} MiB with hidden, {without / 2**20:.2f} MiB without (+{with_ / without - 1:.0%})"
 
 
 def main() -> None:
@@ -240,6 +273,9 @@ def main() -> None:
                    help="selection.diversity methods to run beside diversity off (default: fps)")
     p.add_argument("--neighbors", type=int, default=None, help="selection.diversity_neighbors (default: the schema's)")
     p.add_argument("--clusters", type=int, default=None, help="selection.diversity_clusters (default: the schema's)")
+    p.add_argument("--features", nargs="+", default=["routing"], choices=["routing", "hidden"],
+                   help="selection.features to run each diversity method with (default: routing); hidden re-dumps "
+                        "a cached router.h5 that has no hidden states")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     pools = []
@@ -250,19 +286,20 @@ def main() -> None:
     if args.router:
         pools.append((f"{args.pool} (workflow run)", sorted(args.router.rglob("*.h5")), [args.pool]))
     max_length = schema_default("router_dump", "max_length")
-    builds = [("demo seed {}, {} records", spec, lambda s, n: build_pool(s, n, args.work, max_length))
+    hidden = "hidden" in args.features
+    builds = [("demo seed {}, {} records", spec, lambda s, n: build_pool(s, n, args.work, max_length, hidden))
               for spec in args.build]
     builds += [(f"demo seed {{}}, {{}} records, junk suite planted at {args.junk_rate:g}", spec,
-                lambda s, n: build_junk_suite_pool(s, n, args.work, max_length, args.junk_rate))
+                lambda s, n: build_junk_suite_pool(s, n, args.work, max_length, args.junk_rate, hidden))
                for spec in args.junk_suite]
     builds += [(f"real-text pool seed {{}}, {{}} records (3 formats), junk suite at {args.junk_rate:g}, proxy scorer",
-                spec, lambda s, n: build_real_text_pool(s, n, args.work, max_length, args.junk_rate))
+                spec, lambda s, n: build_real_text_pool(s, n, args.work, max_length, args.junk_rate, hidden))
                for spec in args.real_text]
     for name, spec, build in builds:
         seed, n = (int(x) for x in spec.split(":"))
         t0 = time.perf_counter()
         paths, pool = build(seed, n)
-        print(f"built {name.format(seed, n)} in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"built {name.format(seed, n)} in {time.perf_counter() - t0:.0f} s; {hidden_bytes(paths)}", flush=True)
         pools.append((name.format(seed, n), paths, pool))
     if not pools and not args.selected:
         p.error("give --router and --pool, --selected and --pool, or --build SEED:N ...")
@@ -278,7 +315,7 @@ def main() -> None:
         extra = {key: value for key, value in (("diversity_neighbors", args.neighbors),
                                                ("diversity_clusters", args.clusters)) if value is not None}
         table = run_pool(paths, lab, args.selection, args.importance, strata, args.methods, {**settings, **extra},
-                         tuple(args.diversity))
+                         tuple(args.diversity), tuple(args.features))
         print(f"\n## {name}: select {args.selection:g} (two-stage, importance {args.importance:g}, "
               f"routing_strata {strata}; {time.perf_counter() - t0:.0f} s)\n")
         print(table.drop(columns="by_kind").to_markdown(index=False, floatfmt=".3f"))

@@ -190,6 +190,7 @@ SELECTION_FLAGS = {
     "diversity": "diversity",
     "diversity_neighbors": "diversity_neighbors",
     "diversity_clusters": "diversity_clusters",
+    "features": "features",
     "distance_batch_size": "distance_batch_size",
     "fps_log_interval": "fps_log_interval",
     "fps_gpus": "fps_gpus",

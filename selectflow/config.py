@@ -60,6 +60,7 @@ class RouterDumpConfig:
     router_pattern: str
     router_source: str
     softmax_logits: bool
+    hidden_states: bool
     quality_gate_pattern: str | None
     device: str
     dtype: str
@@ -75,6 +76,7 @@ class SelectionConfig:
     target: str | None
     diversity_neighbors: int
     diversity_clusters: int
+    features: str
     quality_method: str
     routing_strata: int
     strata_weight: str

@@ -5,7 +5,8 @@ composite types (``llama4``, ``qwen3_5_moe``) included. Each type (about a minut
 one core): a tiny seeded model (≤ 4 layers, 8 experts, the demo tokenizer) dumps 20 demo
 records of uneven length at the schema's ``router_dump`` defaults (batch 16, IFD on: one
 batch is about 80 % padding), compared with each sample forwarded alone, router logits read
-from the router weight's input in float64 (:func:`selectflow.router.familycheck.reference`).
+from the router weight's input in float64, the hidden-state means from ``output_hidden_states``
+(:func:`selectflow.router.familycheck.reference`).
 """
 
 import json
@@ -20,7 +21,7 @@ import torch
 
 from selectflow.router.capture import FAMILIES, suggest_pattern
 from selectflow.router.dump import DumpSettings, RouterDumper, encode_pair
-from selectflow.router.familycheck import TOLERANCE, check_family, reference
+from selectflow.router.familycheck import HIDDEN_TOLERANCE, TOLERANCE, check_family, reference
 from selectflow.router.tinymoe import build_tiny, demo_inputs, expert_types, moe_families, not_causal_lm
 from selectflow.runtime.errors import SelectFlowError
 
@@ -60,6 +61,8 @@ def test_family_dump_matches_per_sample_reference(inputs, model_type):
         pytest.skip(result.reason)
     assert result.status == "checked", result.reason
     assert result.max_error <= TOLERANCE and result.layers >= 1 and result.experts >= 8
+    # the mean-pooled last hidden state (check_family turns it on) matched output_hidden_states of each sample alone
+    assert result.hidden_error <= HIDDEN_TOLERANCE
     # batched families met a batch that is mostly padding (IFD pass included)
     assert result.capture.batch_dependent or result.padding >= 0.5, result.padding
 
@@ -84,7 +87,7 @@ def test_padding_rows_are_exact_zeros_and_not_checked(inputs, model_type):
     model = build_tiny(model_type, tokenizer)
     dumper = dumper_for(model, tokenizer)
     seqs = [encode_pair(tokenizer, r["prompt"], r["response"], 512)[0] for r in records[:1] + records[-7:]]
-    _, mask, _, logits, _ = dumper._forward(seqs)
+    _, mask, _, logits, _, _ = dumper._forward(seqs)
     pad = ~mask.reshape(-1).bool()
     assert pad.float().mean() > 0.5
     assert bool((logits[0][pad] == 0).all())  # the first MoE layer sees zeroed hidden states at the padding

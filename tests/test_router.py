@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -140,6 +141,76 @@ def test_shard_file_roundtrip(tmp_path, demo_model, demo_pool):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "shard.jsonl"]
 
 
+def masked_mean_last_hidden(model, tokenizer, recs, max_length=256):
+    """[n, H]: one padded batch, ``output_hidden_states=True``, the last layer averaged over the attention mask."""
+    seqs = [encode_pair(tokenizer, r["prompt"], r["response"], max_length)[0] for r in recs]
+    ids = torch.full((len(seqs), max(map(len, seqs))), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for row, x in enumerate(seqs):
+        ids[row, : len(x)], mask[row, : len(x)] = torch.tensor(x), 1
+    with torch.no_grad():
+        last = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1].float()
+    m = mask.unsqueeze(-1).float()
+    return ((last * m).sum(1) / m.sum(1)).numpy()
+
+
+@pytest.mark.parametrize("arch", ["demo", "mixtral", "qwen2_moe"])
+def test_hidden_states_are_the_masked_mean_of_the_last_layer(tmp_path, demo_model, records, arch):
+    path = demo_model if arch == "demo" else save_arch(tmp_path, arch, AutoTokenizer.from_pretrained(demo_model))
+    dumper = RouterDumper.from_path(str(path), DumpSettings(batch_size=5, max_length=256, device="cpu",
+                                                            hidden_states=True))
+    assert dumper.hidden_hook  # the decoder hook passed its check against output_hidden_states
+    shard = dumper.dump(records, progress=False)
+    want = masked_mean_last_hidden(dumper.model, dumper.tokenizer, records)
+    assert shard.hidden.shape == (len(records), dumper.model.config.hidden_size) and shard.hidden.dtype == np.float32
+    np.testing.assert_allclose(shard.hidden, want, atol=ATOL)
+    assert np.abs(want).max() > 0.1 and want.std(axis=0).max() > 1e-2  # not all zeros, not all alike
+    # the fallback (output_hidden_states in the same forward) gives the same vectors
+    dumper.hidden_hook = []
+    np.testing.assert_allclose(dumper.dump(records, progress=False).hidden, shard.hidden, atol=ATOL)
+
+
+def test_hidden_states_off_and_in_the_shard_file(tmp_path, demo_model, records):
+    from selectflow.router.routerfile import concat_shards, scan_shards, write_router_shard
+
+    dumper = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", max_length=128, hidden_states=True))
+    shard = dumper.dump(records, progress=False)
+    write_router_shard(tmp_path / "with.h5", shard)
+    with h5py.File(tmp_path / "with.h5") as f:  # float16 on disk: H x 2 bytes a sample
+        assert f["hidden"].dtype == np.float16 and f.attrs["hidden_size"] == shard.hidden.shape[1]
+    back = read_router_shard(tmp_path / "with.h5")
+    np.testing.assert_array_equal(back.hidden, shard.hidden.astype(np.float16).astype(np.float32))
+    off = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", max_length=128))  # the default: off
+    plain = off.dump(records, progress=False)
+    assert plain.hidden is None and not off.hidden_hook
+    np.testing.assert_array_equal(plain.moe_probs, shard.moe_probs)  # the other values do not move
+    write_router_shard(tmp_path / "without.h5", off.dump(records[:4], progress=False))
+    assert read_router_shard(tmp_path / "without.h5").hidden is None
+    # readers tolerate a pool where some shards lack them: no hidden for the pool, the rest as before
+    write_router_shard(tmp_path / "with.h5", dumper.dump(records[4:], progress=False))
+    paths = [tmp_path / "with.h5", tmp_path / "without.h5"]
+    pool = concat_shards(paths)
+    assert pool.hidden is None and len(pool) == len(records)
+    np.testing.assert_allclose(np.sort(pool.moe_probs.ravel()), np.sort(shard.moe_probs.ravel()), atol=ATOL)
+    assert len(scan_shards(paths, lambda s: {})) == len(records)
+
+
+def test_a_stored_shard_without_hidden_states_is_dumped_again_when_they_are_asked(tmp_path, demo_model, demo_pool):
+    from selectflow.stages.router import dump_shard_group
+
+    jsonls = _write_shards(tmp_path, demo_pool, [4])
+    store = [str(tmp_path / "store" / "shard_00000.h5")]
+
+    def reused(hidden_states):
+        dump_shard_group(str(demo_model), jsonls, store, str(tmp_path / "g.tsv"),
+                         DumpSettings(device="cpu", max_length=64, hidden_states=hidden_states))
+        return (tmp_path / "g.tsv").read_text().splitlines()[1].split("\t")[3]
+
+    assert reused(False) == "no" and read_router_shard(store[0]).hidden is None
+    assert reused(True) == "no" and read_router_shard(store[0]).hidden is not None
+    assert reused(False) == "yes" and reused(True) == "yes"  # a shard with them serves both
+
+
 def _write_shards(folder, demo_pool, sizes):
     from selectflow.data.records import write_jsonl
 
@@ -198,16 +269,22 @@ def test_shard_group_reuses_only_valid_stored_shards(tmp_path, demo_model, demo_
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_dump_matches_cpu(demo_model, records):
-    cpu = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu")).dump(records, progress=False)
+    cpu = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", hidden_states=True)).dump(records,
+                                                                                                    progress=False)
     before = torch.cuda.memory_allocated()
-    fp32 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda", dtype="float32"))
+    fp32 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda", dtype="float32", hidden_states=True))
     assert next(fp32.model.parameters()).is_cuda
     gpu = fp32.dump(records, progress=False)
     # TF32 matmuls may be on: tolerance of a few 1e-4 on probabilities
     np.testing.assert_allclose(gpu.moe_probs, cpu.moe_probs, atol=5e-4)
     np.testing.assert_allclose(gpu.nll_response, cpu.nll_response, rtol=1e-3)
-    bf16 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda"))
-    np.testing.assert_allclose(bf16.dump(records, progress=False).moe_probs, cpu.moe_probs, atol=3e-2)  # bf16 default
+    assert fp32.hidden_hook  # the decoder hook passes its check on CUDA too
+    scale = np.abs(cpu.hidden).max()
+    np.testing.assert_allclose(gpu.hidden, cpu.hidden, atol=1e-3 * scale)
+    bf16 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda", hidden_states=True))
+    half = bf16.dump(records, progress=False)
+    np.testing.assert_allclose(half.moe_probs, cpu.moe_probs, atol=3e-2)  # bf16 default
+    np.testing.assert_allclose(half.hidden, cpu.hidden, atol=3e-2 * scale)
     bf16.close()
     # the job frees the model and the CUDA cache before it ends (the next rule needs the memory)
     import weakref
@@ -242,12 +319,12 @@ def test_dump_settings_take_every_dump_key_of_the_config_section():
     from selectflow.stages.router import dump_settings
 
     cfg = RouterDumpConfig(batch_size=99, max_length=77, ifd=False, router_pattern="x$", router_source="hooks",
-                           softmax_logits=True, quality_gate_pattern="q$", device="cpu", dtype="float32",
-                           shards_per_job=3)
+                           softmax_logits=True, hidden_states=True, quality_gate_pattern="q$", device="cpu",
+                           dtype="float32", shards_per_job=3)
     s = dump_settings(cfg, batch_size=5)
     assert s.batch_size == 5 and s.sort_by_length
-    assert (s.max_length, s.ifd, s.router_pattern, s.router_source, s.softmax_logits, s.quality_gate_pattern,
-            s.device, s.dtype) == (77, False, "x$", "hooks", True, "q$", "cpu", "float32")
+    assert (s.max_length, s.ifd, s.router_pattern, s.router_source, s.softmax_logits, s.hidden_states,
+            s.quality_gate_pattern, s.device, s.dtype) == (77, False, "x$", "hooks", True, True, "q$", "cpu", "float32")
 
 
 def test_router_data_links_every_stored_shard_in_one_job(tmp_path):

@@ -70,6 +70,7 @@ def write_shards(pool, root, seed, shard_size=5):
             quality_logits=np.stack([pool[s]["logits"] for s in part]),
             nll_response_alone=np.array([pool[s]["alone"] for s in part], dtype=np.float32),
             record=np.array([json.dumps(pool[s]["norm"]) for s in part], dtype=object),
+            hidden=np.stack([pool[s]["hidden"] for s in part]) if "hidden" in pool[ids[0]] else None,
         )
         path = root / f"group{k % 2}" / f"shard_{k:05d}.h5"
         write_router_shard(path, shard)
@@ -516,3 +517,60 @@ def test_streaming_candidates_write_what_the_in_memory_code_wrote(tmp_path, name
     assert {f: d for f, d in streamed.items() if f in EXPECTED_DIGESTS[name]} == EXPECTED_DIGESTS[name]
     # every file, the TSVs included, byte for byte as the whole-pool path writes them on this machine
     assert streamed == selection_digests(tmp_path, name, in_memory=True)
+
+
+def with_hidden(pool, seed=5, size=6):
+    """``pool`` with a hidden-state vector per sample, unrelated to its routing (float16 values: stored exactly)."""
+    rng = np.random.default_rng(seed)
+    for s in pool.values():
+        s["hidden"] = rng.normal(size=size).astype(np.float16).astype(np.float32)
+    return pool
+
+
+def test_hidden_features_pick_by_cosine_distance_of_the_hidden_states(tmp_path):
+    pool = with_hidden(make_pool())
+    paths = write_shards(pool, tmp_path / "a", seed=1)
+    kw = dict(selection_percentage=0.2, importance_selection_percentage=0.5, quality_method="gate")
+    selected = [r["sample_id"] for r in pipeline(paths, tmp_path / "hidden", features="hidden", **kw)]
+
+    # reference: the same quality stage, FPS over the L2-normalised hidden vectors under cosine distance
+    ranked = sorted(pool, key=lambda s: (-gate_score(pool[s]), s))
+    stage1 = ranked[: round(0.5 * len(pool))]
+    unit = np.stack([pool[s]["hidden"] / np.linalg.norm(pool[s]["hidden"]) for s in stage1])
+    ref = fps_streaming(features(unit[:, None, :], "cosine"), round(0.2 * len(pool)), metric="cosine", device="cpu")
+    assert selected == [stage1[i] for i in ref.picks]
+    assert read_candidates(tmp_path / "hidden" / "candidates.h5").attrs["metric"] == "cosine"
+    # the key changes what is compared: routing features pick otherwise on this pool
+    assert selected != [r["sample_id"] for r in pipeline(paths, tmp_path / "routing", **kw)]
+
+
+@pytest.mark.parametrize("diversity", ["fps", "facility_location", "kmeans"])
+def test_hidden_features_run_with_strata_streamed_as_in_memory(tmp_path, diversity):
+    pool = with_hidden(make_pool())
+    paths = write_shards(pool, tmp_path / "a", seed=2)
+    sel = section(features="hidden", diversity=diversity, routing_strata=3, diversity_clusters=3,
+                  diversity_neighbors=4, selection_percentage=0.2, importance_selection_percentage=0.6)
+    picks = []
+    for in_memory in (False, True):
+        out = tmp_path / f"out{in_memory}"
+        build_candidates(paths, out / "c.h5", out / "q.tsv", sel, in_memory=in_memory)
+        run_fps(out / "c.h5", out / "curve.tsv", sel)
+        picks.append(pd.read_csv(out / "curve.tsv", sep="\t", dtype={"sample_id": str})["sample_id"].tolist())
+        with h5py.File(out / "c.h5") as f:
+            assert f["features"].shape[1] == 6 and f["stratum"][()].max() == 2
+    assert picks[0] == picks[1] and len(picks[0]) == round(0.2 * len(pool)) == len(set(picks[0]))
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_hidden_features_of_shards_dumped_without_them_say_which_key_to_set(tmp_path, in_memory):
+    pool = make_pool()
+    paths = write_shards(pool, tmp_path / "a", seed=1)
+    sel = section(features="hidden", selection_percentage=0.2)
+    with pytest.raises(SelectFlowError, match=r"router_dump\.hidden_states: true.*router dump runs again") as err:
+        build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", sel, in_memory=in_memory)
+    if not in_memory:  # streamed: the shard that lacks them is named
+        assert any(str(p) in str(err.value) for p in paths)
+    assert not (tmp_path / "c.h5").exists()
+    # the same shards serve routing features as before
+    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", section(selection_percentage=0.2),
+                     in_memory=in_memory)

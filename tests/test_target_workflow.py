@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from selectflow.config import selection_section
 from selectflow.data.demotest import make_demo_testset
 from selectflow.data.records import iter_jsonl, write_jsonl
 from selectflow.select.candidates import read_candidates, target_features
@@ -38,7 +39,8 @@ def test_the_selection_is_the_reference_round_robin_toward_the_target(ran):
     cands = read_candidates(work / SEL / "candidates.h5")
     with h5py.File(work / SEL / "candidates.h5") as f:
         feats = f["features"][()]
-    targets = target_features(work / "results/small/target/router.h5", cands.attrs["metric"])
+    targets = target_features(work / "results/small/target/router.h5",
+                              selection_section({"metric": cands.attrs["metric"]}))
     targets = targets[np.random.default_rng(TARGET_ORDER_SEED).permutation(len(targets))]
     curve = pd.read_csv(work / SEL / "fps_curve.tsv", sep="\t")
     want = _reference(targets, feats, int(cands.attrs["k"]), cands.attrs["metric"])

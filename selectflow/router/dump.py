@@ -12,12 +12,20 @@ in the same pass:
 * ``nll_response``: mean NLL of the response tokens given the prompt, and (``ifd``)
   ``nll_response_alone``: the same tokens after an empty prompt;
 * ``nll_eos``: NLL of the end-of-sequence token after the response (NaN when the
-  sequence was cut by ``max_length`` or the tokenizer has no eos token).
+  sequence was cut by ``max_length`` or the tokenizer has no eos token);
+* ``hidden`` [H] (``hidden_states``): the model's last hidden state (after the final norm, what
+  ``output_hidden_states`` returns last) averaged over the sample's valid tokens.
 
 Router logits come from ``output_router_logits=True`` where the model returns them, else
 from forward hooks on modules whose name matches ``router_pattern``; the per-family table
 and the checks of what is captured live in :mod:`selectflow.router.capture`. Batches are
 length-sorted; rows are written in shard order.
+
+The last hidden state comes from a forward hook on the decoder (``model.get_decoder()``),
+whose ``last_hidden_state`` is checked once, on the probe forward, against
+``output_hidden_states``; where the hook gives something else the dump asks the model for
+``output_hidden_states`` instead (every layer's states held for the batch: more memory).
+Either way it is the same forward pass as the routing, never a second one.
 """
 
 from __future__ import annotations
@@ -66,10 +74,15 @@ class DumpSettings:
     dtype: str = _schema("dtype")
     sort_by_length: bool = True
     softmax_logits: bool = _schema("softmax_logits")
+    hidden_states: bool = _schema("hidden_states")
 
     def digest(self) -> str:
-        """Short hash of every setting that changes the dumped numbers."""
-        skip = ("batch_size", "device", "sort_by_length", "router_source")
+        """Short hash of every setting that changes the dumped numbers.
+
+        ``hidden_states`` adds a dataset and changes no number: a stored shard's reuse checks it
+        apart (:func:`selectflow.stages.router.reusable_shard`), so that turning it off reuses shards.
+        """
+        skip = ("batch_size", "device", "sort_by_length", "router_source", "hidden_states")
         keys = {k: v for k, v in asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -151,6 +164,14 @@ def _masked_token_mean(per_layer: list[torch.Tensor], mask: torch.Tensor, softma
     return torch.stack(out, dim=1)
 
 
+def _last_hidden(output) -> torch.Tensor | None:
+    """The ``last_hidden_state`` [B, T, H] of a decoder's output (a ModelOutput or a tuple), or None."""
+    value = getattr(output, "last_hidden_state", None)
+    if value is None and isinstance(output, (tuple, list)) and output:
+        value = output[0]
+    return value if torch.is_tensor(value) else None
+
+
 def _response_nll(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean NLL of tokens [start, length) of each row (token i predicted from position i-1).
 
@@ -201,6 +222,34 @@ class RouterDumper:
         self.use_output, self.routers = self.capture.use_output, self.capture.modules
         log.info("%s; %d quality gates", self.capture.summary(), len(self.quality_gates))
         self._check_capture()
+        self.hidden_hook: list[tuple[str, torch.nn.Module]] = []  # empty: output_hidden_states
+        if settings.hidden_states:
+            self._resolve_hidden()
+
+    @torch.inference_mode()
+    def _resolve_hidden(self) -> None:
+        """Hook the decoder for the last hidden state if, on the probe, it equals ``output_hidden_states[-1]``."""
+        decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
+        decoder = decoder if isinstance(decoder, torch.nn.Module) and decoder is not self.model else None
+        ids, mask = _pad(self._probe(), pad_token_id(self.tokenizer))
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        with capture_outputs([("decoder", decoder)] if decoder is not None else [], whole=True) as calls:
+            out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+        want = (getattr(out, "hidden_states", None) or [None])[-1]
+        if not torch.is_tensor(want):
+            raise SelectFlowError(f"{type(self.model).__name__} returns no hidden states (output_hidden_states); "
+                                  "set router_dump.hidden_states: false (selection.features: routing needs none)")
+        if decoder is None:
+            log.info("last hidden state via output_hidden_states (no decoder module to hook)")
+            return
+        hooked = _last_hidden(calls[0][-1]) if calls[0] else None
+        valid = mask.bool()
+        if torch.is_tensor(hooked) and hooked.shape == want.shape and torch.equal(hooked[valid], want[valid]):
+            self.hidden_hook = [("decoder", decoder)]
+            log.info("last hidden state via a hook on %s", type(decoder).__name__)
+        else:
+            log.info("last hidden state via output_hidden_states (the %s hook gives %s)", type(decoder).__name__,
+                     "no tensor" if hooked is None else "other values")
 
     def _probe(self) -> list[list[int]]:
         """Two short sequences of ordinary text, one padded: the forward that checks a capture up front."""
@@ -270,16 +319,26 @@ class RouterDumper:
         model, tokenizer = load_model(path, device, inference_dtype(device, settings.dtype))
         return cls(model, tokenizer, settings, device)
 
-    def _forward(self, seqs: list[list[int]], capture: Capture | None = None):
-        """One padded forward of ``seqs`` with ``capture`` (default: the dumper's) hooked and checked."""
+    def _forward(self, seqs: list[list[int]], capture: Capture | None = None, hidden: bool = False):
+        """One padded forward of ``seqs`` with ``capture`` (default: the dumper's) hooked and checked.
+
+        ``hidden``: also return the last hidden state [B, T, H] (else None).
+        """
         capture = capture or self.capture
         if capture is self.capture:
             self.forwards.append(seqs)
         ids, mask = _pad(seqs, pad_token_id(self.tokenizer))
         ids, mask = ids.to(self.device), mask.to(self.device)
-        with capture_outputs(capture.modules, whole=True) as routed, capture_outputs(self.quality_gates) as gates:
+        hook = self.hidden_hook if hidden else []
+        with capture_outputs(capture.modules, whole=True) as routed, capture_outputs(self.quality_gates) as gates, \
+                capture_outputs(hook, whole=True) as last:
             kwargs = {"output_router_logits": True} if capture.use_output else {}
+            if hidden and not hook:
+                kwargs["output_hidden_states"] = True
             out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
+        states = None
+        if hidden:
+            states = _last_hidden(last[0][-1]) if hook else out.hidden_states[-1]
         n_tokens = ids.numel()
         try:
             if capture.use_output:
@@ -300,7 +359,7 @@ class RouterDumper:
         except CaptureError as err:
             err.seqs = seqs
             raise
-        return ids, mask, out.logits, router_logits, [g[0] for g in gates]
+        return ids, mask, out.logits, router_logits, [g[0] for g in gates], states
 
     def _encode(self, records: list[dict]) -> list[tuple[list[int], int, list[int] | None]]:
         """Per record: ids of prompt + response, the prompt's length, ids after an empty prompt (IFD)."""
@@ -315,7 +374,7 @@ class RouterDumper:
     def _batch(self, items: list[tuple[list[int], int, list[int] | None]]) -> dict[str, torch.Tensor]:
         """One batch → per-sample results, left on the device (one transfer at the end, no sync)."""
         seqs = [ids for ids, _, _ in items]
-        ids, mask, logits, router_logits, gates = self._forward(seqs)
+        ids, mask, logits, router_logits, gates, states = self._forward(seqs, hidden=self.settings.hidden_states)
         lengths = [len(x) for x in seqs]
         nll, n_resp = _response_nll(logits, ids, [n for _, n, _ in items], lengths)
         out = {
@@ -327,9 +386,11 @@ class RouterDumper:
         }
         if gates:
             out["quality_logits"] = _masked_token_mean(gates, mask, softmax=False)
+        if states is not None:
+            out["hidden"] = _masked_token_mean([states], mask, softmax=False)[:, 0]
         if self.settings.ifd:
             alone = [a for _, _, a in items]
-            ids2, _, logits2, _, _ = self._forward(alone)
+            ids2, _, logits2, _, _, _ = self._forward(alone)
             out["nll_response_alone"], _ = _response_nll(logits2, ids2, [self._header_len] * len(alone),
                                                          [len(a) for a in alone])
         return out

@@ -4,9 +4,10 @@
 * :func:`reference` forwards each sample alone and reads the router logits independently
   of :mod:`selectflow.router.capture`: from the input of the module that owns the router weight
   (a [E, ·] matrix), in float64; it also checks the routing score against the router's own
-  top-k weights where the router returns them;
+  top-k weights where the router returns them, and the last hidden state averaged over the
+  tokens (``output_hidden_states``, the dump's ``hidden``);
 * :func:`check_family` compares a dump at the workflow's defaults (the schema's ``router_dump``
-  section: batch 16, IFD on) of records of uneven length (most of a batch is padding) with
+  section: batch 16, IFD on; ``hidden_states`` on too) of records of uneven length (most of a batch is padding) with
   that reference;
 * :func:`render_table` writes the supported-families table (``selectflow families-doc``).
 
@@ -29,6 +30,7 @@ from selectflow.router.tinymoe import N_EXPERTS, build_tiny, columns, demo_input
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-5
+HIDDEN_TOLERANCE = 1e-4  # of the largest |value|: hidden states are not bounded by 1 as probabilities are
 
 
 def _dist64(logits: torch.Tensor, score: str) -> torch.Tensor:
@@ -55,10 +57,11 @@ class Reference:
     probs: np.ndarray  # [L, E] float64
     score_checked: int  # router calls whose own top-k weights agreed with the score
     score_mismatch: float  # largest disagreement (renormalised top-k weights)
+    hidden: np.ndarray | None = None  # [H] float32: output_hidden_states[-1] averaged over the tokens
 
 
 def reference(model, ids: list[int], score: str) -> Reference:
-    """One sample alone: router logits from the router weight's input, float64, mean over tokens."""
+    """One sample alone: router logits from the router weight's input, float64, mean over tokens; the last hidden state's mean."""
     n_cols = columns(model)
     owners = router_weights(model, n_cols + sink_rows(model))
     inputs: dict[str, list[torch.Tensor]] = {}
@@ -84,7 +87,7 @@ def reference(model, ids: list[int], score: str) -> Reference:
                     module.register_forward_hook(post(name)), parent.register_forward_hook(post(name + "<parent>"))]
     try:
         with torch.no_grad():
-            model(input_ids=torch.tensor([ids]), use_cache=False)
+            states = model(input_ids=torch.tensor([ids]), use_cache=False, output_hidden_states=True).hidden_states
     finally:
         for h in handles:
             h.remove()
@@ -104,7 +107,8 @@ def reference(model, ids: list[int], score: str) -> Reference:
                     checked += 1
                     worst = max(worst, err)
                     break
-    return Reference(torch.stack(layers).numpy() if layers else np.zeros((0, 0)), checked, worst)
+    hidden = states[-1][0].float().mean(0).numpy() if states else None
+    return Reference(torch.stack(layers).numpy() if layers else np.zeros((0, 0)), checked, worst, hidden)
 
 
 def _score_agreement(dist: torch.Tensor, out) -> float | None:
@@ -138,10 +142,12 @@ class FamilyResult:
     seconds: float = 0.0
     capture: object = None  # the selectflow.router.capture.Capture used
     padding: float = 0.0  # the largest share of padding tokens in one forward of the dump (IFD pass included)
+    hidden_error: float = float("nan")  # largest |dumped hidden - reference| relative to the largest |reference|
 
 
 def check_family(model_type: str, tokenizer, records: list[dict], settings=None) -> FamilyResult:
-    """Build the tiny model, dump ``records`` with ``settings`` (default: the schema's, on CPU), compare with :func:`reference`.
+    """Build the tiny model, dump ``records`` with ``settings`` (default: the schema's and the hidden-state
+    means, on CPU), compare with :func:`reference`.
 
     Runs on one CPU thread: on models this small, intra-op threads only spin (about 10x the
     CPU time on a 2-core machine).
@@ -151,7 +157,7 @@ def check_family(model_type: str, tokenizer, records: list[dict], settings=None)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _check_family(model_type, tokenizer, records, settings or DumpSettings(device="cpu"))
+        return _check_family(model_type, tokenizer, records, settings or DumpSettings(device="cpu", hidden_states=True))
     finally:
         torch.set_num_threads(threads)
 
@@ -179,7 +185,7 @@ def _check_family(model_type: str, tokenizer, records: list[dict], settings) -> 
         return FamilyResult(model_type, "failed", f"dump refused: {exc}", seconds=time.perf_counter() - start)
     padding = max(1 - sum(map(len, seqs)) / (len(seqs) * max(map(len, seqs))) for seqs in dumper.forwards)
     capture = dumper.capture
-    worst, checked, score_err = 0.0, 0, 0.0
+    worst, checked, score_err, hidden_err = 0.0, 0, 0.0, 0.0
     for row, rec in enumerate(records):
         ids, _ = encode_pair(tokenizer, rec["prompt"], rec["response"], settings.max_length)
         with quiet():
@@ -189,12 +195,19 @@ def _check_family(model_type: str, tokenizer, records: list[dict], settings) -> 
                                 f"{list(shard.moe_probs[row].shape)}", summary=capture.summary(),
                                 seconds=time.perf_counter() - start)
         worst = max(worst, float(np.abs(shard.moe_probs[row] - ref.probs).max()))
+        if shard.hidden is not None:
+            hidden_err = max(hidden_err, float(np.abs(shard.hidden[row] - ref.hidden).max())
+                             / max(float(np.abs(ref.hidden).max()), 1e-30)) if ref.hidden is not None else np.inf
         checked += ref.score_checked
         score_err = max(score_err, ref.score_mismatch)
     result = FamilyResult(model_type, "checked", "", worst, shard.moe_probs.shape[1], shard.moe_probs.shape[2],
-                          capture.summary(), checked, time.perf_counter() - start, capture, padding)
+                          capture.summary(), checked, time.perf_counter() - start, capture, padding,
+                          hidden_err if shard.hidden is not None else float("nan"))
     if worst > TOLERANCE:
         result.status, result.reason = "failed", f"dump differs from the per-sample reference by {worst:.2e}"
+    elif hidden_err > HIDDEN_TOLERANCE:
+        result.status, result.reason = "failed", (f"the dumped hidden-state means differ from the per-sample "
+                                                  f"output_hidden_states reference by {hidden_err:.2e} (relative)")
     elif score_err > 1e-4 and not capture.family.sparse_mixer:
         result.status, result.reason = "failed", (f"the router's own top-k weights disagree with score "
                                                   f"{capture.score!r} by {score_err:.2e}")

@@ -22,10 +22,20 @@ name                   shape         dtype       meaning
 ``n_response_tokens``  [n]           int32       response tokens scored (0: NLLs are NaN)
 ``record``             [n]           utf-8 str   the normalised record as JSON (so a folder
                                                  of shards is enough to write a selection)
+``hidden``             [n, H]        float16     the model's last hidden state (after its
+                                                 final norm) averaged over the sample's valid
+                                                 tokens (only with router_dump.hidden_states;
+                                                 float32 where a value exceeds float16's range)
 =====================  ============  ==========  =======================================
 
+``hidden`` is float16 because it is read for cosine distances only: float16 rounds each value
+by at most 2**-11 of itself, which moves the cosine distance of two vectors by ~1e-7, and it
+halves the bytes (H·2 a sample: 8 KiB for H = 4096). Readers return it as float32, and
+tolerate shards without it (``RouterShard.hidden`` None; :func:`read_hidden` raises).
+
 Attributes: ``layout_version``, ``complete`` (set last, inside the temp file, before the
-rename), ``model_path``, ``config_digest``, ``dtype``, ``n_layers``, ``n_experts``,
+rename), ``model_path``, ``config_digest``, ``dtype``, ``n_layers``, ``n_experts``, ``hidden_size``
+(H, 0 without ``hidden``),
 ``router_capture`` (where the logits came from and the score used) and ``batch_size``
 (the batch the values were computed at; 1 for batch-dependent families).
 """
@@ -60,6 +70,7 @@ class RouterShard:
     nll_response_alone: np.ndarray | None = None  # [n] float32
     nll_eos: np.ndarray | None = None  # [n] float32
     record: np.ndarray | None = None  # [n] object (JSON str of the normalised record)
+    hidden: np.ndarray | None = None  # [n, H] float32 (mean-pooled last hidden state)
     attrs: dict = field(default_factory=dict)
     # a streamed pool (scan_shards): per-sample values derived from the records and routing, and
     # where each row lives; moe_probs and record are then None
@@ -90,13 +101,22 @@ def write_router_shard(path: str | os.PathLike, shard: RouterShard) -> None:
                 value = getattr(shard, name)
                 if value is not None:
                     f.create_dataset(name, data=np.asarray(value, dtype=np.float32))
+            if shard.hidden is not None:
+                f.create_dataset("hidden", data=_half_if_it_fits(shard.hidden))
             for key, value in shard.attrs.items():
                 f.attrs[key] = value
+            f.attrs["hidden_size"] = 0 if shard.hidden is None else shard.hidden.shape[1]
             f.attrs["layout_version"] = LAYOUT_VERSION
             f.attrs["n_samples"] = n
             f.attrs["n_layers"] = shard.moe_probs.shape[1]
             f.attrs["n_experts"] = shard.moe_probs.shape[2]
             f.attrs["complete"] = True
+
+
+def _half_if_it_fits(values: np.ndarray) -> np.ndarray:
+    """``values`` as float16, or float32 when one of them is beyond float16's range."""
+    values = np.asarray(values, dtype=np.float32)
+    return values.astype(np.float16) if np.abs(values).max(initial=0.0) <= np.finfo(np.float16).max else values
 
 
 def read_router_shard(path: str | os.PathLike) -> RouterShard:
@@ -120,6 +140,8 @@ def read_router_shard(path: str | os.PathLike) -> RouterShard:
             raise CorruptFileError(f"{path}: {name} has shape {data[name].shape}, expected ({n},); {REBUILD_HINT}")
     if "quality_logits" in data and data["quality_logits"].shape[:2] != probs.shape[:2]:
         raise CorruptFileError(f"{path}: quality_logits shape {data['quality_logits'].shape} does not match moe_probs; {REBUILD_HINT}")
+    if "hidden" in data and (data["hidden"].ndim != 2 or data["hidden"].shape[0] != n):
+        raise CorruptFileError(f"{path}: hidden has shape {data['hidden'].shape}, expected [{n}, H]; {REBUILD_HINT}")
     if not np.isfinite(probs).all():
         bad = int(np.argwhere(~np.isfinite(probs).reshape(n, -1).all(axis=1))[0, 0])
         raise SelectFlowError(
@@ -137,6 +159,7 @@ def read_router_shard(path: str | os.PathLike) -> RouterShard:
         nll_response_alone=data.get("nll_response_alone"),
         nll_eos=data.get("nll_eos"),
         record=_strings(data["record"]) if "record" in data else None,
+        hidden=data["hidden"].astype(np.float32) if "hidden" in data else None,
         attrs=attrs,
     )
 
@@ -203,6 +226,7 @@ def concat_shards(paths: list[str | os.PathLike]) -> RouterShard:
         nll_response_alone=stack("nll_response_alone"),
         nll_eos=stack("nll_eos"),
         record=stack("record"),
+        hidden=stack("hidden"),
         attrs=dict(s0.attrs),
     )
     _check_unique(out.sample_id, np.repeat(np.arange(len(shards)), [len(s) for _, s in shards]), [p for p, _ in shards])
@@ -234,14 +258,34 @@ class ShardRows:
         return out
 
 
+def _read_array(path: str | os.PathLike, name: str, rows: np.ndarray | None, absent: str | None = None) -> np.ndarray:
+    """Dataset ``name`` of a complete shard as float32 (only ``rows``, in their order, if given).
+
+    ``absent``: the SelectFlowError message (after the path) when an optional ``name`` is not there.
+    """
+    with open_checked_h5(path, "router data", LAYOUT_VERSION, REBUILD_HINT) as f:
+        if absent is not None and name not in f:
+            raise SelectFlowError(f"router shard {path} {absent}")
+        try:
+            values = f[name][()]
+        except (OSError, KeyError) as exc:
+            raise CorruptFileError(f"{path}: cannot read {name} ({exc}); {REBUILD_HINT}") from None
+    return (values if rows is None else values[rows]).astype(np.float32, copy=False)
+
+
 def read_moe_probs(path: str | os.PathLike, rows: np.ndarray | None = None) -> np.ndarray:
     """``moe_probs`` [n or len(rows), L, E] float32 of a complete shard (only ``rows``, in their order, if given)."""
-    with open_checked_h5(path, "router data", LAYOUT_VERSION, REBUILD_HINT) as f:
-        try:
-            probs = f["moe_probs"][()]
-        except (OSError, KeyError) as exc:
-            raise CorruptFileError(f"{path}: cannot read moe_probs ({exc}); {REBUILD_HINT}") from None
-    return (probs if rows is None else probs[rows]).astype(np.float32, copy=False)
+    return _read_array(path, "moe_probs", rows)
+
+
+NO_HIDDEN = ("has no 'hidden' dataset (the samples' mean-pooled last hidden states), which selection.features: "
+             "hidden reads; set router_dump.hidden_states: true and rerun snakemake (the router dump runs again, "
+             "nothing before it), or set selection.features: routing")
+
+
+def read_hidden(path: str | os.PathLike, rows: np.ndarray | None = None) -> np.ndarray:
+    """``hidden`` [n or len(rows), H] float32 of a complete shard; SelectFlowError when it was dumped without."""
+    return _read_array(path, "hidden", rows, absent=NO_HIDDEN)
 
 
 def read_records(path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:

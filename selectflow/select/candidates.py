@@ -6,11 +6,17 @@ top ``importance_selection_percentage`` (``two_stage``) or the top k (``quality`
 with ``routing_strata`` > 1 the candidates and picks are shared out by routing strata
 (:func:`selectflow.select.strata.stratify`).
 
+Every per-sample feature vector of the selection (candidates, routing strata, and target
+records) comes from :func:`sample_features`: ``selection.features`` routing (the routing
+distributions under ``selection.metric``) or hidden (the dump's mean-pooled last hidden
+states under cosine distance).
+
 ``candidates.h5``: ``sample_id`` [m] str, ``quality`` [m] float64, ``features`` [m, D]
 float32 (grid features, :func:`selectflow.select.distance.features`), in candidate order;
 with strata also ``stratum`` [m] int64 and ``quota`` [S]; attributes ``layout_version``,
-``complete``, ``metric``, ``n_pool``, ``n_kept``, ``k``, ``stage`` (``fps``, ``two_stage``
-or ``quality``), ``quality_method`` and ``n_duplicates``.
+``complete``, ``metric`` (the distance of ``features``: cosine for hidden states),
+``n_pool``, ``n_kept``, ``k``, ``stage`` (``fps``, ``two_stage`` or ``quality``),
+``quality_method`` and ``n_duplicates``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from selectflow.router.routerfile import read_moe_probs, read_router_shard
+from selectflow.router.routerfile import NO_HIDDEN, read_hidden, read_moe_probs, read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
 from selectflow.select import distance
@@ -36,7 +42,8 @@ log = logging.getLogger(__name__)
 CANDIDATES_LAYOUT_VERSION = 1
 CANDIDATES_REBUILD_HINT = "rule candidates rebuilds it: delete the file and rerun snakemake"
 STAGES = ("fps", "two_stage", "quality")
-CHUNK_ROWS = 65536  # rows of an in-memory pool turned into features at a time by pool_features(then=...)
+FEATURES = ("routing", "hidden")
+CHUNK_ROWS = 65536  # rows of an in-memory pool turned into features at a time by sample_features(then=...)
 
 
 def check_fraction(name: str, value: float | None, *, optional: bool = False) -> float | None:
@@ -52,7 +59,7 @@ def check_selection(sel) -> None:
     """The fractions and the metric of a selection section (:class:`selectflow.config.SelectionConfig`)."""
     check_fraction("selection_percentage", sel.selection_percentage)
     check_fraction("importance_selection_percentage", sel.importance_selection_percentage, optional=True)
-    distance.check_metric(sel.metric)
+    feature_metric(sel)
 
 
 @dataclass
@@ -127,8 +134,8 @@ def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_poo
     choice = Choice(k=k, stage=stage, order=order, chosen=order[:m])
     if stage != "quality" and sel.routing_strata > 1:
         labels = strata_labels(len(order), sel.routing_strata,
-                               lambda at: pool_features(shard, order[at], sel.metric),
-                               lambda label: pool_features(shard, order, sel.metric, then=label))
+                               lambda at: sample_features(shard, order[at], sel)[0],
+                               lambda label: sample_features(shard, order, sel, then=label)[0])
         # a stratum's weight: its kept samples and, with strata_weight pool, the duplicates they stand for
         weight = (duplicates_of(shard.sample_id[order], reason) if sel.strata_weight == "pool"
                   else np.ones(len(order)))
@@ -139,9 +146,9 @@ def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_poo
     return choice
 
 
-def write_candidates(path: str | os.PathLike, shard, score: np.ndarray, choice: Choice, attrs: dict) -> None:
+def write_candidates(path: str | os.PathLike, shard, score: np.ndarray, choice: Choice, attrs: dict, sel) -> None:
     """``candidates.h5`` (atomic) for ``choice``; ``attrs`` are the counts and names it records."""
-    feats = pool_features(shard, choice.chosen, attrs["metric"])
+    feats, metric = sample_features(shard, choice.chosen, sel)
     with atomic_path(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("sample_id", data=shard.sample_id[choice.chosen].astype(object), dtype=h5py.string_dtype())
@@ -151,34 +158,55 @@ def write_candidates(path: str | os.PathLike, shard, score: np.ndarray, choice: 
                 f.create_dataset("stratum", data=choice.stratum)
                 f.create_dataset("quota", data=choice.quota)
             f.attrs.update(attrs)
+            f.attrs["metric"] = metric
             f.attrs["layout_version"] = CANDIDATES_LAYOUT_VERSION
             f.attrs["complete"] = True
 
 
-def pool_features(shard, rows: np.ndarray, metric: str, then=None) -> np.ndarray:
-    """Float32 [len(rows), D] grid features of pool rows ``rows`` (in that order), or ``then`` of them.
+def feature_metric(sel) -> str:
+    """The distance of ``sel``'s features: ``selection.metric`` for routing, cosine for hidden states."""
+    if sel.features not in FEATURES:
+        raise SelectFlowError(f"unknown selection.features {sel.features!r}; use one of {', '.join(FEATURES)}")
+    return "cosine" if sel.features == "hidden" else distance.check_metric(sel.metric)
 
-    A streamed pool (:func:`selectflow.router.routerfile.scan_shards`) reads their
-    ``moe_probs`` back one shard at a time: memory [len(rows), D] plus one shard. With
-    ``then`` (features [r, D] -> array [r, ...], e.g. a stratum label) only its results are
-    kept, so the features of one shard at a time are held (of one chunk of rows for a pool in memory).
+
+def sample_features(shard, rows: np.ndarray | None, sel, then=None) -> tuple[np.ndarray, str]:
+    """Float32 [len(rows), D] grid features of rows ``rows`` (in that order; None: all), or ``then`` of them; and their metric.
+
+    The one place ``selection.features`` (``sel``: a :class:`selectflow.config.SelectionConfig`)
+    turns router data into the vectors the selection compares (:func:`feature_metric` gives the
+    distance): routing, the ``moe_probs`` [L, E] under ``selection.metric`` (D = L·E); hidden,
+    the ``hidden`` [H] states, L2-normalised for cosine distance (D = H). ``shard`` is a
+    :class:`~selectflow.router.routerfile.RouterShard` in memory, or a streamed pool
+    (:func:`selectflow.router.routerfile.scan_shards`), whose rows are read back one shard at a
+    time: memory [len(rows), D] plus one shard. With ``then`` (features [r, D] -> array [r, ...],
+    e.g. a stratum label) only its results are kept, so the features of one shard at a time are
+    held (of one chunk of rows for a pool in memory). A SelectFlowError names the key to set when
+    hidden features are asked of router data dumped without them.
     """
-    def read(probs):
-        feats = distance.features(probs, metric)
+    metric = feature_metric(sel)
+    hidden = sel.features == "hidden"
+    rows = np.arange(len(shard)) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def read(values):
+        feats = distance.features(values[:, None, :] if hidden else values, metric)
         return feats if then is None else then(feats)
 
-    if shard.moe_probs is None:
-        return shard.source.take(rows, lambda path, at: read(read_moe_probs(path, at)))
+    if shard.source is not None and shard.moe_probs is None:
+        return shard.source.take(rows, lambda path, at: read((read_hidden if hidden else read_moe_probs)(path, at))), metric
+    values = shard.hidden if hidden else shard.moe_probs
+    if values is None:
+        raise SelectFlowError(f"the router data {NO_HIDDEN}")
     if then is None:
-        return read(shard.moe_probs[rows])
-    return np.concatenate([read(shard.moe_probs[rows[lo : lo + CHUNK_ROWS]]) for lo in range(0, len(rows), CHUNK_ROWS)])
+        return read(values[rows]), metric
+    return np.concatenate([read(values[rows[lo : lo + CHUNK_ROWS]])
+                           for lo in range(0, len(rows), CHUNK_ROWS)]), metric
 
 
-def target_features(router_h5: str | os.PathLike, metric: str) -> np.ndarray:
+def target_features(router_h5: str | os.PathLike, sel) -> np.ndarray:
     """Float32 [T, D] features of the target records in router file ``router_h5``: the candidates' kind,
-    through :func:`pool_features` (one function for both, so a feature choice applies to the targets too)."""
-    shard = read_router_shard(router_h5)
-    return pool_features(shard, np.arange(len(shard)), metric)
+    through :func:`sample_features` (one function for both, so ``selection.features`` applies to the targets too)."""
+    return sample_features(read_router_shard(router_h5), None, sel)[0]
 
 
 def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice,

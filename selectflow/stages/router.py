@@ -116,7 +116,9 @@ def reusable_shard(store_h5: str, shard_jsonl: str, records: list[dict], model_p
     """Why the stored dump ``store_h5`` of ``shard_jsonl`` cannot be reused, or None when it can.
 
     Reusable: complete, from this model folder, these settings (digest) and this shard, the
-    same sample ids in the same order, and newer than the shard file and every model file.
+    same sample ids in the same order, newer than the shard file and every model file, and
+    with the hidden-state means when ``hidden_states`` asks for them (a shard that has them
+    is reused when it is off).
     """
     if not Path(store_h5).is_file():
         return "not dumped yet"
@@ -128,6 +130,8 @@ def reusable_shard(store_h5: str, shard_jsonl: str, records: list[dict], model_p
                       ("source", str(shard_jsonl))):
         if attrs.get(key) != want:
             return f"{key} is {attrs.get(key)!r}, now {want!r}"
+    if settings.hidden_states and not attrs.get("hidden_size"):
+        return "it has no hidden-state means (router_dump.hidden_states is on)"
     if list(ids) != [r["sample_id"] for r in records]:
         return "its sample ids differ from the shard's"
     if Path(store_h5).stat().st_mtime < max(_newest_mtime(shard_jsonl), _newest_mtime(model_path)):

@@ -80,8 +80,9 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
 
     Streamed: the shards are read one at a time (:func:`~selectflow.router.routerfile.scan_shards`);
     of each only the small per-sample arrays and :func:`pool_facts` stay, then the
-    ``moe_probs`` of the candidates are read back shard by shard. Peak host memory:
-    O(candidates × L·E) for their features, plus one shard, plus O(pool) small values
+    ``moe_probs`` (``selection.features: hidden``: ``hidden``) of the candidates are read back
+    shard by shard (:func:`~selectflow.select.candidates.sample_features`). Peak host memory:
+    O(candidates × D) for their features (D = L·E, or H), plus one shard, plus O(pool) small values
     (a few hundred bytes a sample: ids, NLLs, gate logits, record facts, two 16-byte digests); with
     ``routing_strata`` > 1 the k-means trains on a seeded sample of at most ``routing_strata`` ×
     :data:`~selectflow.select.strata.POINTS_PER_CENTROID` kept samples and assigns every kept
@@ -109,8 +110,8 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     n_pool, n_kept = int(pool.sum()), int(keep.sum())
     choice = choose(shard, score, keep, reason, n_pool, sel)
     write_candidates(out_h5, shard, score, choice, {
-        "metric": sel.metric, "n_pool": n_pool, "n_kept": n_kept, "k": choice.k, "stage": choice.stage,
-        "quality_method": resolve_method(shard, sel.quality_method), "n_duplicates": n_dup})
+        "n_pool": n_pool, "n_kept": n_kept, "k": choice.k, "stage": choice.stage,
+        "quality_method": resolve_method(shard, sel.quality_method), "n_duplicates": n_dup}, sel)
     write_tsv(quality_table(shard, quality, pool, keep, reason, choice, similarity), quality_tsv, na_rep="nan")
     log.info("pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d",
              n_pool, n_kept, n_dup, len(choice.chosen), choice.stage, choice.k)
@@ -218,7 +219,7 @@ def pick_toward_target(candidates_h5: str | os.PathLike, target_h5: str | os.Pat
         )
     with open_candidates(cands.path) as f:
         feats = f["features"][()]
-    targets = target_features(target_h5, metric)
+    targets = target_features(target_h5, sel)
     targets = targets[np.random.default_rng(TARGET_ORDER_SEED).permutation(len(targets))]
     picks = toward_target(targets, feats, k, metric, chunk=chunk or sel.distance_batch_size, device=sel.device)
     return _write_curve(cands, picks, np.full(len(picks), np.nan), curve_tsv)
