@@ -111,6 +111,7 @@ rule compare_pool:
         attempt=current_attempt,
     params:
         compare=as_param(CFG.compare),
+        selection=as_param(CFG.selection),
     script:
         "../scripts/compare_pool.py"
 

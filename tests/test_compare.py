@@ -212,7 +212,7 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     held = compare.heldout_ids(tmp_path / "heldout.jsonl")
     assert n == len(held) > 0
     k = build_candidates(shards, tmp_path / "c.h5", tmp_path / "c.tsv", sel, held)
-    compare.build_pool(shards, tmp_path / "c.h5", tmp_path / "c.tsv", tmp_path / "pool.h5", cmp)
+    compare.build_pool(shards, tmp_path / "c.h5", tmp_path / "c.tsv", tmp_path / "pool.h5", cmp, sel)
     assert not held & set(compare.read_pool(tmp_path / "pool.h5")["sample_id"])
     run_fps(tmp_path / "c.h5", tmp_path / "fps.tsv", sel)
     picks = {"fps": tmp_path / "fps.tsv"}

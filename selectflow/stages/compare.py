@@ -39,13 +39,13 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from selectflow.config import CompareConfig, TrainConfig
+from selectflow.config import CompareConfig, SelectionConfig, TrainConfig
 from selectflow.data.records import iter_jsonl, record_prompt_response, write_jsonl
 from selectflow.router.routerfile import read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path
 from selectflow.runtime.tables import read_tsv, write_tsv
-from selectflow.select import baselines, distance
+from selectflow.select import baselines
 from selectflow.select.dedup import normalised_text
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,15 @@ def heldout_ids(heldout_jsonl) -> set[str]:
     return {str(rec["sample_id"]) for _, rec in iter_jsonl(heldout_jsonl)}
 
 
-def build_pool(router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: CompareConfig) -> None:
-    """``pool.h5``: the kept samples the baselines choose from, their clusters and thresholds."""
-    from selectflow.select.candidates import read_candidates
+def build_pool(router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: CompareConfig,
+               sel: SelectionConfig) -> None:
+    """``pool.h5``: the kept samples the baselines choose from, their clusters and thresholds.
+
+    Their features are the candidates' (``selection.features``, through
+    :func:`selectflow.select.candidates.sample_features`), so the baselines compare what the main
+    method compares.
+    """
+    from selectflow.select.candidates import read_candidates, sample_features
 
     cands = read_candidates(candidates_h5)
     metric, k = cands.attrs["metric"], int(cands.attrs["k"])
@@ -107,7 +113,11 @@ def build_pool(router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: Comp
         mask = np.array([sid in kept for sid in shard.sample_id], dtype=bool)
         if mask.any():
             ids.append(shard.sample_id[mask].astype(str))
-            feats.append(distance.features(shard.moe_probs[mask], metric))
+            x, x_metric = sample_features(shard, np.flatnonzero(mask), sel)
+            if x_metric != metric:
+                raise SelectFlowError(f"{candidates_h5} was built with metric {metric}, the selection settings "
+                                      f"give {x_metric}: rerun rule compare_candidates")
+            feats.append(x)
     ids_arr = np.concatenate(ids)
     order = np.argsort(ids_arr, kind="stable")  # pool rows by sample_id: shard order does not matter
     ids_arr, x = ids_arr[order], np.concatenate(feats)[order]
