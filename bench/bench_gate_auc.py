@@ -5,6 +5,9 @@
     python bench/bench_gate_auc.py --work /tmp/bga
     # one setting against the demo's: --steps/--share/--weight take lists, --grid full crosses them
     python bench/bench_gate_auc.py --work /tmp/bga --steps 60 600 --share 0.3 --weight 1
+    # the objective variants (warmup.gate_objective), each over the same grid
+    python bench/bench_gate_auc.py --work /tmp/bga --objective response_tokens prompt_gain --steps 60 600 \
+        --share 0.3 --weight 1 10 --no-gain
 
 The pool is a demo pool without the demo's own junk, the junk suite
 (:mod:`selectflow.data.junk`) planted at ``--junk-rate`` (every kind in turn), and its demo
@@ -14,7 +17,8 @@ runs it: :func:`selectflow.train.trainer.fit` with the gate objective) trains on
 the pool drawn from the other half, and the held-out half is then dumped through the
 warmed-up model. The gate's score is the library's (``quality_method: gate``).
 
-Table 1, per warm-up (``steps``, ``share``, ``weight``; the demo's is 60 steps, 0.3, 1.0):
+Table 1, per warm-up (``objective`` = ``warmup.gate_objective``, ``steps``, ``share``,
+``weight``; the demo's is select_moe, 60 steps, 0.3, 1.0):
 AUC of p(good), clean over each junk kind (1 = every clean record above every record of the
 kind, 0.5 = chance, below 0.5 = the gate calls the kind *better* than clean), the mean AUC
 over the suite's tuning and held-back halves, and the worst kind. ``empty`` records have no
@@ -54,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selectflow.data.junk import HELD_BACK_KINDS, JUNK_KINDS, TUNING_KINDS  # noqa: E402
 from selectflow.data.records import read_dataset  # noqa: E402
+from selectflow.router.objective import OBJECTIVES  # noqa: E402
 
 DEMO = {"steps": 60, "share": 0.3, "weight": 1.0}
 LR = 0.003  # the demo config's warmup.train.learning_rate
@@ -110,7 +115,7 @@ def dumper(model: Path):
 
 
 def warm_up(converted: Path, train_side: list[dict], n_pool: int, out: Path, steps: int, share: float,
-            weight: float, seed: int, objective: dict) -> Path:
+            weight: float, seed: int, objective: str) -> Path:
     """Stage 1 on ``share`` × ``n_pool`` records of ``train_side``; the checkpoint folder."""
     from selectflow.router.objective import GateObjective
     from selectflow.train.trainer import fit
@@ -120,7 +125,7 @@ def warm_up(converted: Path, train_side: list[dict], n_pool: int, out: Path, ste
     pairs = [(train_side[i]["sample_id"], train_side[i]["prompt"], train_side[i]["response"]) for i in chosen]
     cfg = {"preset": "combined", "max_length": MAX_LENGTH, "max_steps": steps, "learning_rate": LR, "save_every": 0,
            "seed": seed}
-    fit(converted, pairs, out, cfg, objective=GateObjective(weight, **objective))
+    fit(converted, pairs, out, cfg, objective=GateObjective(weight, objective=objective))
     return out / "checkpoint"
 
 
@@ -152,14 +157,15 @@ def one_setting(job: tuple) -> tuple[np.ndarray, float]:
     """One warm-up and the gate scores of the held-out records (a worker process, one thread)."""
     import torch
 
-    pool, heldout, pool_seed, converted, work, steps, share, weight, seed = job
+    pool, heldout, pool_seed, converted, work, steps, share, weight, objective, seed = job
     torch.set_num_threads(1)
     records = read_dataset(pool, "pool")
     train_side, held = split(records, heldout, pool_seed)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        ckpt = warm_up(converted, train_side, len(records), Path(tmp) / "warmup", steps, share, weight, seed, {})
+        ckpt = warm_up(converted, train_side, len(records), Path(tmp) / "warmup", steps, share, weight, seed,
+                       objective)
         score = gate_scores(ckpt, held)
     return score, time.perf_counter() - t0
 
@@ -174,6 +180,8 @@ def main() -> None:
                    help="warm-up data as a share of the pool (at most 1 − --heldout)")
     p.add_argument("--weight", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0, 10.0],
                    help="warmup.quality_loss_weight values")
+    p.add_argument("--objective", nargs="+", default=["select_moe"], choices=OBJECTIVES,
+                   help="warmup.gate_objective values, each run over the whole grid (default: select_moe)")
     p.add_argument("--grid", choices=["axes", "full"], default="axes",
                    help="axes: vary one of steps/share/weight at a time around the demo's (60, 0.3, 1.0); "
                         "full: every combination")
@@ -209,14 +217,15 @@ def main() -> None:
         settings += [(DEMO["steps"], s, DEMO["weight"]) for s in args.share]
         settings += [(DEMO["steps"], DEMO["share"], w) for w in args.weight]
         settings = list(dict.fromkeys(settings))
-    jobs = [(pool, args.heldout, seed, converted, args.work, steps, share, weight, args.seed)
-            for steps, share, weight in settings]
+    settings = [(*s, objective) for objective in args.objective for s in settings]
+    jobs = [(pool, args.heldout, seed, converted, args.work, *s, args.seed) for s in settings]
     rows, demo_score = [], None
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool_ex:
-        for (steps, share, weight), (score, seconds) in zip(settings, pool_ex.map(one_setting, jobs)):
-            if (steps, share, weight) == tuple(DEMO.values()):
+        for (steps, share, weight, objective), (score, seconds) in zip(settings, pool_ex.map(one_setting, jobs)):
+            if (steps, share, weight, objective) == (*DEMO.values(), "select_moe"):
                 demo_score = score
-            rows.append({"steps": steps, "share": share, "weight": weight, **kind_aucs(score, planted),
+            rows.append({"objective": objective, "steps": steps, "share": share, "weight": weight,
+                         **kind_aucs(score, planted),
                          "s": seconds})
             print(pd.DataFrame(rows[-1:]).to_markdown(index=False, floatfmt=".2f"), flush=True)
     pd.set_option("display.width", 250)
