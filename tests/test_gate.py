@@ -176,6 +176,23 @@ def test_response_tokens_penalty_counts_only_positions_that_predict_a_response_t
     assert not torch.allclose(moe, loss)
 
 
+def test_all_tokens_adds_the_prompt_tokens_lm_loss_to_the_penalty():
+    batch = _labelled_batch()
+    g = torch.Generator().manual_seed(2)
+    gate = [torch.randn(3, 9, 2, generator=g) for _ in range(2)]
+    logits = torch.randn(3, 9, 11, generator=g)
+    batch["input_ids"] = batch["input_ids"] % 11
+    loss = GateObjective(1.5, objective="all_tokens").loss(gate, batch, n_valid=20, n_response=8, logits=logits)
+    prompt = 0.0
+    for b, p in enumerate([3, 2, 4]):  # positions 0 .. p-2 predict prompt tokens 1 .. p-1
+        for t in range(p - 1):
+            prompt += torch.nn.functional.cross_entropy(logits[b, t], batch["input_ids"][b, t + 1])
+    expected = 1.5 * masked_gate_loss(gate, batch["attention_mask"], 20) + prompt / 8
+    assert torch.allclose(loss, expected, atol=1e-5)
+    with pytest.raises(SelectFlowError, match="logits"):
+        GateObjective(1.5, objective="all_tokens").loss(gate, batch, 20, 8)
+
+
 def _row_nll(model, seq):
     logits = model(input_ids=torch.tensor([seq])).logits[0]
     return torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(seq[1:]), reduction="none")

@@ -10,6 +10,9 @@ only the quality gates of :mod:`selectflow.router.gate` and the routers; its los
 ``response_tokens``  the same penalty over the positions that predict a response token only,
                      the tokens the LM loss counts, so both sides of the trade-off count the
                      same tokens (normalised by the step's response-token count)
+``all_tokens``       Select-MoE's penalty, plus the LM loss of the prompt tokens (the trainer's
+                     LM loss counts the response only), so both sides of the trade-off count
+                     every token: the penalty alone no longer pushes prompt tokens to the trash
 ``prompt_gain``      a target instead of a penalty: binary cross-entropy of p_good against
                      whether the prompt lowers the next response token's loss
                      (:func:`prompt_gain_targets`, the base model with every gate forced to
@@ -36,7 +39,7 @@ from selectflow.train.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("select_moe", "response_tokens", "prompt_gain")
+OBJECTIVES = ("select_moe", "response_tokens", "all_tokens", "prompt_gain")
 
 
 @contextmanager
@@ -93,6 +96,15 @@ def masked_gate_loss(gate_logits: list[torch.Tensor], attention_mask: torch.Tens
 def predicting_response(labels: torch.Tensor) -> torch.Tensor:
     """Bool ``[B, T]``: the positions whose next token is a labelled (response) token."""
     return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+
+
+def prompt_loss_sum(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Summed next-token cross-entropy (fp32) at the positions whose next token is a prompt token
+    (valid, unlabelled): the part of the sequence the trainer's response loss leaves out."""
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    prompt_next = (mask[:, 1:] > 0) & (labels[:, 1:] == IGNORE_INDEX)
+    nll = _token_nll(logits[:, :-1], ids[:, 1:])
+    return (nll * prompt_next).sum()
 
 
 def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -193,14 +205,20 @@ class GateObjective:
             yield sink
 
     def loss(self, gate_logits: list[torch.Tensor], batch: dict, n_valid, n_response,
-             targets: torch.Tensor | None = None) -> torch.Tensor:
+             targets: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> torch.Tensor:
         """``quality_loss_weight`` × the objective's gate term for one micro-batch.
 
         ``n_valid`` / ``n_response``: the whole optimizer step's valid (attention-mask) tokens and
         response tokens, the normalisers (a step cut into micro-batches gets the same gradient).
+        ``logits``: the model's output ``[B, T, V]`` (``all_tokens`` adds its prompt-token loss).
         """
         if self.objective == "select_moe":
             return self.weight * masked_gate_loss(gate_logits, batch["attention_mask"], n_valid)
+        if self.objective == "all_tokens":
+            if logits is None:
+                raise SelectFlowError("gate objective 'all_tokens' needs the model's logits")
+            penalty = self.weight * masked_gate_loss(gate_logits, batch["attention_mask"], n_valid)
+            return penalty + prompt_loss_sum(logits, batch) / max(1, int(n_response))
         if self.objective == "response_tokens":
             return self.weight * masked_gate_loss(gate_logits, predicting_response(batch["labels"]), n_response)
         if targets is None:

@@ -58,7 +58,7 @@ def optimizer_step(model, micro_batches: list[dict], *, autocast, scaler, optimi
             logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
         loss = response_loss_sum(logits, mb["labels"]) / n_tokens
         if objective is not None:
-            quality = objective.loss(gate_logits, mb, n_valid, n_tokens, targets)
+            quality = objective.loss(gate_logits, mb, n_valid, n_tokens, targets, logits)
             loss = loss + quality
             quality_sum += quality.detach()
             p_good_sum += objective.p_good_sum(gate_logits, mb["attention_mask"]) / n_valid
