@@ -21,8 +21,10 @@ Table 1, per warm-up (``objective`` = ``warmup.gate_objective``, ``steps``, ``sh
 ``weight``; the demo's is select_moe, 60 steps, 0.3, 1.0):
 AUC of p(good), clean over each junk kind (1 = every clean record above every record of the
 kind, 0.5 = chance, below 0.5 = the gate calls the kind *better* than clean), the mean AUC
-over the suite's tuning and held-back halves, and the worst kind. ``empty`` records have no
-response token.
+over the suite's tuning and held-back halves, and the worst kind. Two scores per warm-up: the
+library's (``all tokens (library)``: the gate logits averaged over the whole sequence, as the
+router dump writes them) and a diagnostic, the same over the response tokens alone (an
+``empty`` record's response is its eos token).
 
 Table 2 tests why easy-to-predict junk reads as good. Stage 1 minimises
 ``LM loss + weight × mean sigmoid(p_good)``: a token is worth routing through the MoE (good)
@@ -129,10 +131,28 @@ def warm_up(converted: Path, train_side: list[dict], n_pool: int, out: Path, ste
     return out / "checkpoint"
 
 
-def gate_scores(model: Path, held: list[dict]) -> np.ndarray:
-    from selectflow.select.quality import quality_scores
+def gate_scores(model: Path, held: list[dict]) -> dict[str, np.ndarray]:
+    """The library's gate score (token mean of the logits over the whole sequence, as the dump
+    writes it) and the same over the response tokens alone (what a response-only dump would give)."""
+    import torch
 
-    return quality_scores(dumper(model).dump(held, progress=False), "gate")[0]
+    from selectflow.data.tokens import pad_token_id
+    from selectflow.router.objective import record_gate_logits
+    from selectflow.select.quality import quality_scores
+    from selectflow.train.data import IGNORE_INDEX, encode_pair, pad_collate
+
+    d = dumper(model)
+    library = quality_scores(d.dump(held, progress=False), "gate")[0]
+    response = []
+    for start in range(0, len(held), 64):
+        items = [encode_pair(d.tokenizer, r["prompt"], r["response"], MAX_LENGTH) for r in held[start : start + 64]]
+        batch = pad_collate(items, pad_token_id(d.tokenizer))
+        with torch.no_grad(), record_gate_logits(d.model) as logits:
+            d.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        keep = (batch["labels"] != IGNORE_INDEX).unsqueeze(-1).float()
+        means = [(x.reshape(*keep.shape[:2], 2).float() * keep).sum(1) / keep.sum(1).clamp_min(1) for x in logits]
+        response.append(torch.stack([torch.softmax(m, -1)[:, 0] for m in means], 1).mean(1).numpy())
+    return {"all tokens (library)": library, "response tokens": np.concatenate(response)}
 
 
 def moe_gain(converted: Path, held: list[dict]) -> pd.DataFrame:
@@ -166,8 +186,8 @@ def one_setting(job: tuple) -> tuple[np.ndarray, float]:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         ckpt = warm_up(converted, train_side, len(records), Path(tmp) / "warmup", steps, share, weight, seed,
                        objective)
-        score = gate_scores(ckpt, held)
-    return score, time.perf_counter() - t0
+        scores = gate_scores(ckpt, held)
+    return scores, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -221,13 +241,12 @@ def main() -> None:
     jobs = [(pool, args.heldout, seed, converted, args.work, *s, args.seed) for s in settings]
     rows, demo_score = [], None
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool_ex:
-        for (steps, share, weight, objective), (score, seconds) in zip(settings, pool_ex.map(one_setting, jobs)):
+        for (steps, share, weight, objective), (scores, seconds) in zip(settings, pool_ex.map(one_setting, jobs)):
             if (steps, share, weight, objective) == (*DEMO.values(), "select_moe"):
-                demo_score = score
-            rows.append({"objective": objective, "steps": steps, "share": share, "weight": weight,
-                         **kind_aucs(score, planted),
-                         "s": seconds})
-            print(pd.DataFrame(rows[-1:]).to_markdown(index=False, floatfmt=".2f"), flush=True)
+                demo_score = scores["all tokens (library)"]
+            rows += [{"objective": objective, "steps": steps, "share": share, "weight": weight, "score": name,
+                      **kind_aucs(score, planted), "s": seconds} for name, score in scores.items()]
+            print(pd.DataFrame(rows[-2:]).to_markdown(index=False, floatfmt=".2f"), flush=True)
     pd.set_option("display.width", 250)
     print(f"\n## AUC of p(good), clean over each junk kind, {len(held)} held-out records "
           f"(tuning: {', '.join(TUNING_KINDS)}; held back: {', '.join(HELD_BACK_KINDS)})\n")
