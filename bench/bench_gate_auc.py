@@ -35,7 +35,8 @@ NLL, the MoE's gain (``nll_good0 − nll_good1``) per token and per sample (× r
 what the sample adds to the summed LM term), the response's share of the sequence's tokens
 (the LM loss covers response tokens only, the gate penalty every token), and, after the
 demo's warm-up, the mean p(good) and its Spearman correlation over all held-out records with
-the per-token gain, the NLL and the response share.
+the per-token gain, the NLL, the response share and the response length (for the
+library's score and the response-only one).
 
 The labels (``planted``) are read here, to measure; the warm-up and the gate never see them.
 """
@@ -243,7 +244,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool_ex:
         for (steps, share, weight, objective), (scores, seconds) in zip(settings, pool_ex.map(one_setting, jobs)):
             if (steps, share, weight, objective) == (*DEMO.values(), "select_moe"):
-                demo_score = scores["all tokens (library)"]
+                demo_score = scores
             rows += [{"objective": objective, "steps": steps, "share": share, "weight": weight, "score": name,
                       **kind_aucs(score, planted), "s": seconds} for name, score in scores.items()]
             print(pd.DataFrame(rows[-2:]).to_markdown(index=False, floatfmt=".2f"), flush=True)
@@ -256,19 +257,24 @@ def main() -> None:
     gain = moe_gain(converted, held)
     gain["planted"] = planted
     if demo_score is not None:
-        gain["p_good"] = demo_score
+        gain["p_good"], gain["p_good_response"] = demo_score["all tokens (library)"], demo_score["response tokens"]
     table = gain.groupby("planted").mean(numeric_only=True)
     table.insert(0, "n", gain.groupby("planted").size())
     print("\n## The MoE's gain per kind (held out; converted model before the warm-up, gates forced to 1 / 0)\n")
     print(table.to_markdown(floatfmt=".3f"))
     if demo_score is not None:
         ok = np.isfinite(gain["gain_token"]) & np.isfinite(gain["p_good"])
-        rho = gain.loc[ok, ["gain_token", "p_good"]].rank().corr().iloc[0, 1]
-        rho_nll = gain.loc[ok, ["nll_good1", "p_good"]].rank().corr().iloc[0, 1]
-        rho_share = gain.loc[ok, ["response_share", "p_good"]].rank().corr().iloc[0, 1]
-        print(f"\nSpearman over {int(ok.sum())} held-out records, p(good) after the demo's warm-up with: "
-              f"the MoE's per-token gain {rho:+.2f}, the response NLL (good = 1) {rho_nll:+.2f}, "
-              f"the response's share of the sequence's tokens {rho_share:+.2f}")
+        against = {"the MoE's per-token gain": "gain_token", "the response NLL (good = 1)": "nll_good1",
+                   "the response's share of the sequence's tokens": "response_share",
+                   "the response's length in tokens": "n_tokens"}
+        clean = ok & (gain["planted"] == "clean")
+        for score, name in (("p_good", "p(good) (sequence)"), ("p_good_response", "p(good) over the response")):
+            rhos = {label: gain.loc[rows, [col, score]].rank().corr().iloc[0, 1]
+                    for label, col in against.items() for rows in (ok,)}
+            rho_clean = gain.loc[clean, ["n_tokens", score]].rank().corr().iloc[0, 1]
+            print(f"\nSpearman over {int(ok.sum())} held-out records, {name} after the demo's warm-up with: "
+                  + ", ".join(f"{label} {rho:+.2f}" for label, rho in rhos.items())
+                  + f"; with the response length among the {int(clean.sum())} clean records {rho_clean:+.2f}")
 
 
 if __name__ == "__main__":
