@@ -31,6 +31,7 @@ rule warmup:
         train=as_param(CFG.warmup.train),
         subset_ratio=CFG.warmup.subset_ratio,
         quality_loss_weight=CFG.warmup.quality_loss_weight,
+        gate_objective=CFG.warmup.gate_objective,
         router_pattern=CFG.router_dump.router_pattern,
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
     script:

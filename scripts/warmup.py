@@ -12,7 +12,7 @@ def stages_0_1():
     convert(sm.input.model, sm.output.converted, **sm.params.convert)
     warmup(sm.output.converted, sm.input.pools, sm.params.out_dir, from_param(TrainConfig, sm.params.train),
            subset_ratio=sm.params.subset_ratio, quality_loss_weight=sm.params.quality_loss_weight,
-           router_pattern=sm.params.router_pattern, **size)
+           gate_objective=sm.params.gate_objective, router_pattern=sm.params.router_pattern, **size)
 
 
 run_job(sm, stages_0_1, size_name="micro_batch_size")

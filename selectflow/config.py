@@ -218,6 +218,7 @@ class WarmupConfig:
     enabled: bool
     subset_ratio: float
     quality_loss_weight: float
+    gate_objective: str
     trash_expert: str
     gate_init_std: float
     train: TrainConfig  # the train section with the warm-up's overrides, resolved

@@ -21,7 +21,14 @@ from selectflow.router.gate import (
     quality_gates,
     save_converted,
 )
-from selectflow.router.objective import GateObjective, forced_gates, masked_gate_loss, record_gate_logits
+from selectflow.router.objective import (
+    OBJECTIVES,
+    GateObjective,
+    forced_gates,
+    masked_gate_loss,
+    prompt_gain_targets,
+    record_gate_logits,
+)
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select.quality import resolve_method
 from selectflow.train.trainer import fit
@@ -136,6 +143,101 @@ def test_gate_loss_ignores_padding():
     # the value: layer mean of the token mean of sigmoid(softmax(logits)[..., 0])
     expected = torch.stack([torch.sigmoid(torch.softmax(v, -1)[..., 0]).mean() for v in valid]).mean()
     assert torch.allclose(loss, expected)
+
+
+def _labelled_batch():
+    """Three right-padded rows: prompt lengths 3, 2, 4; response (labelled) lengths 4, 3, 1; padding after."""
+    ids, _ = ids_and_mask()
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for b, (p, r) in enumerate([(3, 4), (2, 3), (4, 1)]):
+        mask[b, : p + r] = 1
+        labels[b, p : p + r] = ids[b, p : p + r]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_response_tokens_penalty_counts_only_positions_that_predict_a_response_token():
+    batch = _labelled_batch()
+    g = torch.Generator().manual_seed(1)
+    logits = [torch.randn(3, 9, 2, generator=g) for _ in range(2)]
+    loss = GateObjective(2.0, objective="response_tokens").loss(logits, batch, n_valid=99, n_response=8)
+    per_layer = []
+    for x in logits:
+        total = 0.0
+        for b in range(3):
+            for t in range(8):
+                if batch["labels"][b, t + 1] != -100:
+                    total += torch.sigmoid(torch.softmax(x[b, t], -1)[0])
+        per_layer.append(total / 8)
+    assert torch.allclose(loss, 2.0 * torch.stack(per_layer).mean(), atol=1e-6)
+    # select_moe counts every valid token and divides by n_valid
+    moe = GateObjective(2.0, objective="select_moe").loss(logits, batch, n_valid=20, n_response=8)
+    assert torch.allclose(moe, 2.0 * masked_gate_loss(logits, batch["attention_mask"], 20))
+    assert not torch.allclose(moe, loss)
+
+
+def test_all_tokens_adds_the_prompt_tokens_lm_loss_to_the_penalty():
+    batch = _labelled_batch()
+    g = torch.Generator().manual_seed(2)
+    gate = [torch.randn(3, 9, 2, generator=g) for _ in range(2)]
+    logits = torch.randn(3, 9, 11, generator=g)
+    batch["input_ids"] = batch["input_ids"] % 11
+    loss = GateObjective(1.5, objective="all_tokens").loss(gate, batch, n_valid=20, n_response=8, logits=logits)
+    prompt = 0.0
+    for b, p in enumerate([3, 2, 4]):  # positions 0 .. p-2 predict prompt tokens 1 .. p-1
+        for t in range(p - 1):
+            prompt += torch.nn.functional.cross_entropy(logits[b, t], batch["input_ids"][b, t + 1])
+    expected = 1.5 * masked_gate_loss(gate, batch["attention_mask"], 20) + prompt / 8
+    assert torch.allclose(loss, expected, atol=1e-5)
+    with pytest.raises(SelectFlowError, match="logits"):
+        GateObjective(1.5, objective="all_tokens").loss(gate, batch, 20, 8)
+
+
+def _row_nll(model, seq):
+    logits = model(input_ids=torch.tensor([seq])).logits[0]
+    return torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(seq[1:]), reduction="none")
+
+
+def test_prompt_gain_targets_match_separate_unpadded_forwards():
+    model = tiny("qwen3_moe")
+    attach_gates(model, init_std=0.5, seed=2)  # gates that would change the output unless forced to good
+    batch = _labelled_batch()
+    with torch.no_grad():
+        targets = prompt_gain_targets(model, batch)
+        for b, (p, r) in enumerate([(3, 4), (2, 3), (4, 1)]):
+            seq = batch["input_ids"][b, : p + r].tolist()
+            with forced_gates(model, 1.0):
+                with_prompt = _row_nll(model, seq)[p - 1 :]  # predicting the r response tokens
+                alone = _row_nll(model, [seq[0]] + seq[p:])
+            expected = (alone > with_prompt).float()
+            assert torch.equal(targets[b, p - 1 : p + r - 1], expected)
+            rest = torch.ones(9, dtype=torch.bool)
+            rest[p - 1 : p + r - 1] = False
+            assert torch.all(targets[b, rest] == 0.5)
+    assert {0.0, 1.0} <= set(targets.unique().tolist())  # both kinds of token occur
+
+
+def test_prompt_gain_loss_is_the_masked_cross_entropy_against_the_targets():
+    batch = _labelled_batch()
+    g = torch.Generator().manual_seed(3)
+    logits = [torch.randn(3, 9, 2, generator=g) for _ in range(2)]
+    targets = torch.rand(3, 9, generator=g).round()
+    loss = GateObjective(0.5, objective="prompt_gain").loss(logits, batch, n_valid=17, n_response=8, targets=targets)
+    per_layer = []
+    for x in logits:
+        p = torch.softmax(x, -1)[..., 0]
+        bce = -(targets * p.log() + (1 - targets) * (1 - p).log())
+        per_layer.append((bce * batch["attention_mask"]).sum() / 17)
+    assert torch.allclose(loss, 0.5 * torch.stack(per_layer).mean(), atol=1e-5)
+    with pytest.raises(SelectFlowError, match="targets"):
+        GateObjective(0.5, objective="prompt_gain").loss(logits, batch, 17, 8)
+
+
+def test_unknown_gate_objective_is_refused_and_the_objective_is_in_the_fingerprint():
+    with pytest.raises(SelectFlowError, match="warmup.gate_objective"):
+        GateObjective(1.0, objective="loss_gain")
+    assert GateObjective(1.0).fingerprint()["gate_objective"] == "select_moe"  # the schema default
+    assert GateObjective(1.0, objective="prompt_gain").fingerprint() != GateObjective(1.0).fingerprint()
 
 
 def test_gate_loss_of_a_padded_batch_equals_the_unpadded_one():
@@ -258,9 +360,10 @@ def _params(path):
     return {n: p.detach().clone() for n, p in load_causal_lm(path).named_parameters()}
 
 
-def test_one_warmup_step_changes_only_gates_and_routers(tmp_path, converted, demo_pool):
+@pytest.mark.parametrize("gate_objective", OBJECTIVES)
+def test_one_warmup_step_changes_only_gates_and_routers(tmp_path, converted, demo_pool, gate_objective):
     pairs = [(r["sample_id"], r["prompt"], r["response"]) for r in read_dataset(demo_pool, "demo")[:8]]
-    objective = GateObjective(quality_loss_weight=1.0)
+    objective = GateObjective(quality_loss_weight=1.0, objective=gate_objective)
     summary = fit(converted, pairs, tmp_path / "w", {**WARMUP, "max_steps": 1}, objective=objective)
     assert summary["steps"] == 1
     before, after = _params(converted), _params(tmp_path / "w" / "checkpoint")

@@ -25,9 +25,9 @@ def convert(model: str | os.PathLike, out_dir: str | os.PathLike, *, trash: str,
 
 def warmup(model: str | os.PathLike, pools: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
            settings: TrainConfig, *, subset_ratio: float, quality_loss_weight: float, router_pattern: str | None,
-           micro_batch_size: int, attempt: int) -> None:
+           gate_objective: str, micro_batch_size: int, attempt: int) -> None:
     """Train only the gates and routers of the converted ``model`` on a seeded share of the pools."""
-    objective = GateObjective(quality_loss_weight, router_pattern)
+    objective = GateObjective(quality_loss_weight, router_pattern, gate_objective)
     train_on_pool(model, list(pools), out_dir, settings, subset_ratio=subset_ratio,
                   micro_batch_size=micro_batch_size, attempt=attempt, objective=objective)
 

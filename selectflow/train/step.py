@@ -44,7 +44,7 @@ def optimizer_step(model, micro_batches: list[dict], *, autocast, scaler, optimi
 
     Each micro-batch's summed token loss is divided by the response-token count of the
     whole step, so the accumulated gradient is that of the step's mean token loss. An
-    ``objective`` adds its term, normalised by the step's valid (attention-mask) tokens;
+    ``objective`` adds its term, normalised by the step's valid (attention-mask) or response tokens;
     ``extra`` then receives the step's ``quality_loss`` and ``p_good``.
     """
     n_tokens = max(1, sum(int((mb["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro_batches))
@@ -52,11 +52,13 @@ def optimizer_step(model, micro_batches: list[dict], *, autocast, scaler, optimi
     loss_sum = 0.0
     quality_sum = p_good_sum = 0.0
     for mb in micro_batches:
+        with autocast():
+            targets = objective.targets(model, mb) if objective is not None else None
         with autocast(), (objective.recording(model) if objective else nullcontext()) as gate_logits:
             logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
         loss = response_loss_sum(logits, mb["labels"]) / n_tokens
         if objective is not None:
-            quality = objective.loss(gate_logits, mb["attention_mask"], n_valid)
+            quality = objective.loss(gate_logits, mb, n_valid, n_tokens, targets, logits)
             loss = loss + quality
             quality_sum += quality.detach()
             p_good_sum += objective.p_good_sum(gate_logits, mb["attention_mask"]) / n_valid
