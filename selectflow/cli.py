@@ -202,6 +202,7 @@ SELECTION_FLAGS = {
     "quality_cut": "quality_cut",
     "quality_cut_z": "quality_cut_z",
     "routing_strata": "routing_strata",
+    "strata_weight": "strata_weight",
     "near_duplicate_threshold": "near_duplicate_threshold",
     "dedup_system_turns": "dedup_system_turns",
 }
@@ -210,8 +211,9 @@ SCHEMA_TYPES = {"integer": int, "number": float, "string": str}
 CONTINUE_NOTE = """
 Every flag is also accepted with dashes (--router-data-dir). Defaults are those of the
 workflow, from schemas/config.schema.yaml (selection.*). --configfile FILE takes the selection
-section of a workflow config instead (config/config.yaml: two stages, 0.2 of the pool by
-quality, then FPS picks 0.05); flags given after it win.
+section of a workflow config instead (config/config.yaml: FPS picks 0.05 of the pool from
+every kept sample); flags given after it win. selection.target is not resumed here (its target
+records need the workflow's rule target_router): run snakemake for it.
 """
 
 
@@ -272,7 +274,8 @@ def _continue_selection(argv: list[str]) -> int:
     from selectflow.config import SelectionConfig, section
     from selectflow.stages.select import continue_selection
 
-    continue_selection(args.router_data_dir, args.output_path, section(SelectionConfig, vars(args)))
+    # no target: its records are routed by the workflow (rule target_router), not from saved shards
+    continue_selection(args.router_data_dir, args.output_path, section(SelectionConfig, {**vars(args), "target": None}))
     return 0
 
 
