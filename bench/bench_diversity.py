@@ -10,6 +10,9 @@ streaming FPS (``selectflow.select.fps.fps_streaming``) for the same k.
     python bench/bench_diversity.py --n 100000 --k 1000            # the README's figures
     python bench/bench_diversity.py --n 20000 --k 1000 --layers 4 --experts 16   # quick
 
+``target`` (selection.target) selects toward ``--targets`` synthetic target records made like
+the candidates (their features are built before the timer starts).
+
 Prints one line per method and the ratios against FPS.
 """
 
@@ -27,7 +30,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-METHODS = ("fps", "facility_location", "kmeans")
+METHODS = ("fps", "facility_location", "kmeans", "target")
 
 
 def features(n: int, layers: int, experts: int, seed: int) -> np.ndarray:
@@ -47,6 +50,7 @@ def one(args) -> dict:
 
     from selectflow.select import diversity
     from selectflow.select.fps import fps_streaming
+    from selectflow.select.target import toward_target
 
     x = features(args.n, args.layers, args.experts, args.seed)
     quality = np.random.default_rng(args.seed + 1).normal(size=args.n)
@@ -55,6 +59,11 @@ def one(args) -> dict:
     t0 = time.perf_counter()
     if args.one == "fps":
         picks = fps_streaming(x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9).picks
+    elif args.one == "target":  # selection.target: --targets target records, routed like the candidates
+        targets = features(args.targets, args.layers, args.experts, args.seed + 2)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t0 = time.perf_counter()
+        picks = toward_target(targets, x, args.k, "wasserstein", chunk=args.chunk, device=args.device)
     else:
         picks = diversity.select(args.one, x, quality, ids, args.k, metric="wasserstein", n_neighbors=args.neighbors,
                                  n_clusters=args.clusters, chunk=args.chunk, device=args.device)
@@ -72,6 +81,7 @@ def main() -> None:
     p.add_argument("--experts", type=int, default=64)
     p.add_argument("--neighbors", type=int, default=10, help="selection.diversity_neighbors")
     p.add_argument("--clusters", type=int, default=20, help="selection.diversity_clusters")
+    p.add_argument("--targets", type=int, default=220, help="target records of method target (selection.target)")
     p.add_argument("--chunk", type=int, default=1000, help="distance rows per chunk (selection.distance_batch_size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where FPS and the k-NN distances run")
