@@ -259,17 +259,29 @@ def _shared_buckets(band: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.
 READ_CHUNK = 4096
 
 
-def _member_sets(rows: np.ndarray, records_of, system_turns: bool) -> tuple[list, list]:
-    """(:func:`shingle_hashes` of each pool row's text, of its answer), the records read back
-    :data:`READ_CHUNK` at a time in pool order (a streamed pool's shard by shard)."""
-    texts, answers = [None] * len(rows), [None] * len(rows)
-    by_row = np.argsort(rows, kind="stable")
-    for lo in range(0, len(rows), READ_CHUNK):
-        at = by_row[lo:lo + READ_CHUNK]
-        for i, record in zip(at, records_of(rows[at])):
-            text, answer = near_parts(record, system_turns)
-            texts[i], answers[i] = shingle_hashes(text), shingle_hashes(answer)
-    return texts, answers
+class _MemberSets:
+    """:func:`shingle_hashes` of the texts and answers of some pool rows, read back :data:`READ_CHUNK`
+    records at a time in pool order (a streamed pool's shard by shard) and kept as one flat uint32
+    array and its offsets a chunk: 4 bytes a shingle, no Python object a sample."""
+
+    def __init__(self, rows: np.ndarray, records_of, system_turns: bool):
+        self.by_row = np.argsort(rows, kind="stable")
+        self.place = np.empty(len(rows), dtype=np.int64)
+        self.place[self.by_row] = np.arange(len(rows))
+        self.chunks = []  # per chunk: (texts, their offsets, answers, their offsets)
+        for lo in range(0, len(rows), READ_CHUNK):
+            sets = [[], []]
+            for record in records_of(rows[self.by_row[lo:lo + READ_CHUNK]]):
+                for out, part in zip(sets, near_parts(record, system_turns)):
+                    out.append(shingle_hashes(part))
+            self.chunks.append(tuple(x for values in sets for x in (
+                np.concatenate(values), np.cumsum([0] + [len(v) for v in values]))))
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(text, answer) hashes of the ``i``-th row."""
+        c, at = divmod(int(self.place[i]), READ_CHUNK)
+        texts, text_at, answers, answer_at = self.chunks[c]
+        return texts[text_at[at]:text_at[at + 1]], answers[answer_at[at]:answer_at[at + 1]]
 
 
 def drop_near_duplicates(order: np.ndarray, keys: dict[str, np.ndarray], threshold: float, sample_id: np.ndarray,
@@ -299,7 +311,7 @@ def drop_near_duplicates(order: np.ndarray, keys: dict[str, np.ndarray], thresho
     by_pos = np.argsort(member, kind="stable")
     visits = np.split(bucket[by_pos], np.flatnonzero(np.diff(member[by_pos])) + 1)
     members = np.unique(member)
-    texts, answers = _member_sets(rows[members], records_of, system_turns)
+    sets = _MemberSets(rows[members], records_of, system_turns)
     alive = np.ones(len(rows), dtype=bool)
     dropped = 0
     for k, (pos, its) in enumerate(zip(members, visits)):
@@ -307,10 +319,11 @@ def drop_near_duplicates(order: np.ndarray, keys: dict[str, np.ndarray], thresho
         earlier = earlier[(earlier < pos) & alive[earlier]]
         at = rows[pos]
         best, best_sim = None, -1.0
+        text, answer = sets[k]
         for q in earlier[numbers[rows[earlier]] == numbers[at]]:
-            j = np.searchsorted(members, q)
-            sim = jaccard(texts[k], texts[j])
-            if sim >= threshold and sim > best_sim and jaccard(answers[k], answers[j]) >= ANSWER_MIN:
+            other_text, other_answer = sets[np.searchsorted(members, q)]
+            sim = jaccard(text, other_text)
+            if sim >= threshold and sim > best_sim and jaccard(answer, other_answer) >= ANSWER_MIN:
                 best, best_sim = rows[q], sim
         if best is not None:
             alive[pos] = False
