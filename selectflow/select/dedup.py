@@ -16,9 +16,10 @@ system turn are one sample; ``selection.dedup_system_turns: true`` counts system
   numbers are the same (:func:`near_keys`, :func:`drop_near_duplicates`).
 
 A streamed pool keeps only keys, per sample: two 16-byte digests, the LSH band keys (4 bytes a
-band: 96 bytes at the default threshold 0.6), a digest of the numbers (8 bytes) and a flag; the
-signatures are dropped with each shard. The near-duplicate pass reads back the records of the
-samples that share a bucket with another (and only those) for the exact check.
+band: 96 bytes at the default threshold 0.6), the signature's first :data:`PREFILTER_PERM` values
+cut to 8 bits (32 bytes), a digest of the numbers (8 bytes) and a flag; the rest of the signature
+is dropped with each shard. The near-duplicate pass reads back the records of the samples in a
+candidate pair whose estimate is near the threshold (and only those) for the exact check.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ MINHASH_SEED = 1
 # whole text it shares. Such answers overlap by under 0.2; of the 374 planted docstring copies at
 # Jaccard 0.6 or more in bench/bench_near_dedup.py, 2 overlap by under 0.3 (0.27, 0.29)
 ANSWER_MIN = 0.3
+# the pass reads back only pairs whose MinHash estimate from the signature's first PREFILTER_PERM
+# values (8 bits each, 32 bytes a sample) is within PREFILTER_MARGIN of the threshold: LSH buckets
+# shared by chance (pairs of Jaccard ~0) are not read; a pair at the threshold falls that far
+# below it with probability under 0.001 (standard error 0.087 at 32 permutations)
+PREFILTER_PERM = 32
+PREFILTER_MARGIN = 0.3
 
 
 def _turns(rec: dict) -> list[tuple[str, str]]:
@@ -182,9 +189,10 @@ _BAND_MULT = (np.random.default_rng(20261204).integers(0, 2**63, size=NUM_PERM, 
 
 def near_keys(records, threshold: float, system_turns: bool = False) -> dict[str, np.ndarray]:
     """Per record: ``near_band`` uint32 [n, bands] (LSH band keys, :func:`lsh_shape`; two keys agree by
-    chance with probability 2**-32, a pair the exact check then turns away), ``near_numbers`` uint64
-    [n] (:func:`number_keys`) and ``near_ok`` bool [n] (the text and its answer have a word; a sample
-    without is never a near-duplicate, only an exact one). The signatures are not kept."""
+    chance with probability 2**-32, a pair the exact check then turns away), ``near_sig`` uint8
+    [n, PREFILTER_PERM] (the signature's first values, low 8 bits: :func:`estimate`), ``near_numbers``
+    uint64 [n] (:func:`number_keys`) and ``near_ok`` bool [n] (the text and its answer have a word; a
+    sample without is never a near-duplicate, only an exact one). The rest of the signature is not kept."""
     parts = [near_parts(r, system_turns) for r in records]
     return {**keys_of_signatures(*signatures(parts), threshold), "near_numbers": number_keys([t for t, _ in parts])}
 
@@ -222,7 +230,14 @@ def keys_of_signatures(sig: np.ndarray, ok: np.ndarray, threshold: float) -> dic
     b, r = lsh_shape(threshold)
     with np.errstate(over="ignore"):
         band = (sig[:, :b * r].astype(np.uint64).reshape(len(sig), b, r) * _BAND_MULT[:r]).sum(axis=2)
-    return {"near_band": (band >> np.uint64(32)).astype(np.uint32), "near_ok": ok}
+    return {"near_band": (band >> np.uint64(32)).astype(np.uint32),
+            "near_sig": (sig[:, :PREFILTER_PERM] & 0xFF).astype(np.uint8), "near_ok": ok}
+
+
+def estimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard similarity of MinHash signatures cut to 8 bits (uint8 [..., perm], broadcast):
+    the share of agreeing values, less the 1/256 that agree by chance."""
+    return np.clip(((a == b).mean(axis=-1) - 1 / 256) / (1 - 1 / 256), 0.0, 1.0)
 
 
 def shingle_hashes(text: str) -> np.ndarray:
@@ -295,10 +310,12 @@ def drop_near_duplicates(order: np.ndarray, keys: dict[str, np.ndarray], thresho
     ``records_of(rows)``: the records of pool rows (JSON strings or dicts), asked for the samples that
     share a bucket only. Return how many were dropped.
 
-    Only samples that share a bucket with another are visited, in order, each compared with the
-    earlier kept members of its buckets. Memory: about 34 bytes a kept sample, one band at a time,
-    16 a (sample, band) whose bucket is shared, and the shingle hashes of the samples in a shared
-    bucket (4 bytes a shingle of the text and of the answer).
+    Only samples that share a bucket with another are visited, each with the earlier members of its
+    buckets whose signature estimate is within :data:`PREFILTER_MARGIN` of the threshold; only
+    those pairs' records are read back, then the samples are checked in order against the earlier
+    ones still kept. Memory: about 34 bytes a kept sample, one band at a time, 16 a (sample, band)
+    whose bucket is shared, and the shingle hashes of the samples read back (4 bytes a shingle of
+    the text and of the answer).
     """
     rows = order[keep[order] & keys["near_ok"][order]]
     if len(rows) < 2:
@@ -306,22 +323,30 @@ def drop_near_duplicates(order: np.ndarray, keys: dict[str, np.ndarray], thresho
     member, bucket = _shared_buckets(keys["near_band"], rows)
     if not len(member):
         return 0
-    numbers = keys["near_numbers"]
+    numbers, sig = keys["near_numbers"], keys["near_sig"]
     start = np.searchsorted(bucket, np.arange(bucket[-1] + 2))  # bucket i: member[start[i]:start[i + 1]]
     by_pos = np.argsort(member, kind="stable")
     visits = np.split(bucket[by_pos], np.flatnonzero(np.diff(member[by_pos])) + 1)
-    members = np.unique(member)
-    sets = _MemberSets(rows[members], records_of, system_turns)
+    candidates = {}  # position: its earlier bucket-mates with the same numbers and an estimate near enough
+    for pos, its in zip(np.unique(member), visits):
+        earlier = np.unique(np.concatenate([member[start[i]:start[i + 1]] for i in its]))
+        earlier = earlier[earlier < pos]
+        earlier = earlier[numbers[rows[earlier]] == numbers[rows[pos]]]
+        earlier = earlier[estimate(sig[rows[earlier]], sig[rows[pos]]) >= threshold - PREFILTER_MARGIN]
+        if len(earlier):
+            candidates[int(pos)] = earlier
+    if not candidates:
+        return 0
+    read = np.unique(np.concatenate([np.fromiter(candidates, dtype=np.int64), *candidates.values()]))
+    sets = _MemberSets(rows[read], records_of, system_turns)
     alive = np.ones(len(rows), dtype=bool)
     dropped = 0
-    for k, (pos, its) in enumerate(zip(members, visits)):
-        earlier = np.unique(np.concatenate([member[start[i]:start[i + 1]] for i in its]))
-        earlier = earlier[(earlier < pos) & alive[earlier]]
+    for pos, earlier in candidates.items():
         at = rows[pos]
         best, best_sim = None, -1.0
-        text, answer = sets[k]
-        for q in earlier[numbers[rows[earlier]] == numbers[at]]:
-            other_text, other_answer = sets[np.searchsorted(members, q)]
+        text, answer = sets[np.searchsorted(read, pos)]
+        for q in earlier[alive[earlier]]:
+            other_text, other_answer = sets[np.searchsorted(read, q)]
             sim = jaccard(text, other_text)
             if sim >= threshold and sim > best_sim and jaccard(answer, other_answer) >= ANSWER_MIN:
                 best, best_sim = rows[q], sim
