@@ -222,7 +222,7 @@ def record(pick, i):
 
 kept_picks = []
 t0 = time.perf_counter()
-parts = {"text": [], "near_band": [], "near_ok": [], "near_numbers": []}
+parts = {"text": []}
 for lo in range(0, n, shard):  # one shard of records at a time; only the keys stay
     # each record: 2-8 random docstring sentences (records share a sentence now and then, as real pools do)
     picks = [rng.choice(len(sentences), size=rng.integers(2, 9), replace=False) for _ in range(min(shard, n - lo))]
@@ -232,7 +232,7 @@ for lo in range(0, n, shard):  # one shard of records at a time; only the keys s
     if engine != "none":
         keys = near_keys([dedup.near_parts(r) for r in recs], threshold, engine)
         for k, v in keys.items():
-            parts[k].append(v)
+            parts.setdefault(k, []).append(v)
 t_keys = time.perf_counter() - t0
 ids = np.array([f"r:{i}" for i in range(n)], dtype=object)
 order = rng.permutation(n)
