@@ -98,20 +98,23 @@ def perturb(text: str, rng: random.Random, vocab: list[str]) -> tuple[str, str]:
     return " ".join(words), kind
 
 
-def signatures(texts: list[str], engine: str) -> tuple[np.ndarray, np.ndarray]:
-    if engine == "datasketch":
-        return dedup.signatures(texts)
+def rensa_minhash(grams: list[bytes]) -> np.ndarray:
     from rensa import RMinHash
 
-    sig = np.zeros((len(texts), dedup.NUM_PERM), dtype=np.uint32)
-    ok = np.zeros(len(texts), dtype=bool)
-    for i, text in enumerate(texts):
-        grams = dedup.shingles(text)
-        if grams:
-            m = RMinHash(num_perm=dedup.NUM_PERM, seed=dedup.MINHASH_SEED)
-            m.update([g.decode() for g in grams])
-            sig[i], ok[i] = m.digest(), True
-    return sig, ok
+    m = RMinHash(num_perm=dedup.NUM_PERM, seed=dedup.MINHASH_SEED)
+    m.update([g.decode() for g in grams])
+    return np.asarray(m.digest(), dtype=np.uint32)
+
+
+def signatures(parts: list[tuple[str, str]], engine: str):
+    """dedup.signatures with the engine's MinHash (datasketch: the method's)."""
+    return dedup.signatures(parts, **({} if engine == "datasketch" else {"minhash": rensa_minhash}))
+
+
+def near_keys(parts: list[tuple[str, str]], threshold: float, engine: str) -> dict:
+    """dedup.near_keys of (text, answer) pairs with the engine's MinHash."""
+    return {**dedup.keys_of_signatures(*signatures(parts, engine), threshold),
+            "near_numbers": dedup.number_keys([t for t, _ in parts])}
 
 
 def run_dedup(records: list[dict], threshold: float, engine: str, seed: int = 0):
@@ -123,9 +126,8 @@ def run_dedup(records: list[dict], threshold: float, engine: str, seed: int = 0)
     t0 = time.perf_counter()
     text = dedup.text_keys(records)
     dedup._drop_repeats(order, text[order], ids, keep, reason, sim)
-    texts = [dedup.near_text(r) for r in records]
-    keys = {**dedup.keys_of_signatures(*signatures(texts, engine), threshold), "near_numbers": dedup.number_keys(texts)}
-    dedup.drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim)
+    keys = near_keys([dedup.near_parts(r) for r in records], threshold, engine)
+    dedup.drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim, lambda rows: [records[i] for i in rows])
     return keep, reason, sim, time.perf_counter() - t0
 
 
@@ -203,28 +205,34 @@ import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(0, sys.argv[1] + "/bench")
-from bench_near_dedup import docstrings, normalised, alpaca, signatures
+from bench_near_dedup import docstrings, normalised, alpaca, near_keys
 from selectflow.select import dedup
 
 n, shard, engine, threshold = int(sys.argv[2]), 1000, sys.argv[3], float(sys.argv[4])
 sentences = [s.strip() + "." for d in docstrings() for s in d.split(". ") if len(s.split()) >= 4]
 rng = np.random.default_rng(0)
 if engine != "none":  # imports and the LSH shape (datasketch pulls in scipy) before the start line
-    dedup.keys_of_signatures(*signatures(["warm up"], engine), threshold)
+    near_keys([("warm up now", "warm up now")], threshold, engine)
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def record(pick, i):
+    return normalised(alpaca(" ".join(sentences[j] for j in pick)), f"r:{i}")
+
+
+kept_picks = []
 t0 = time.perf_counter()
-parts = {"text": [], "near_band": [], "near_sig": [], "near_ok": [], "near_numbers": []}
+parts = {"text": []}
 for lo in range(0, n, shard):  # one shard of records at a time; only the keys stay
     # each record: 2-8 random docstring sentences (records share a sentence now and then, as real pools do)
     picks = [rng.choice(len(sentences), size=rng.integers(2, 9), replace=False) for _ in range(min(shard, n - lo))]
-    recs = [normalised(alpaca(" ".join(sentences[j] for j in p)), f"r:{lo + i}") for i, p in enumerate(picks)]
+    recs = [record(p, lo + i) for i, p in enumerate(picks)]
+    kept_picks.extend(picks)  # what the records are made of: the dedup pass reads some back, as from shards
     parts["text"].append(dedup.text_keys(recs))
     if engine != "none":
-        texts = [dedup.near_text(r) for r in recs]
-        keys = {**dedup.keys_of_signatures(*signatures(texts, engine), threshold),
-                "near_numbers": dedup.number_keys(texts)}
+        keys = near_keys([dedup.near_parts(r) for r in recs], threshold, engine)
         for k, v in keys.items():
-            parts[k].append(v)
+            parts.setdefault(k, []).append(v)
 t_keys = time.perf_counter() - t0
 ids = np.array([f"r:{i}" for i in range(n)], dtype=object)
 order = rng.permutation(n)
@@ -234,7 +242,8 @@ near = 0
 t1 = time.perf_counter()
 if engine != "none":
     keys = {k: np.concatenate(v) for k, v in parts.items() if k != "text"}
-    near = dedup.drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim)
+    near = dedup.drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim,
+                                      lambda rows: [record(kept_picks[i], i) for i in rows])
 t_pass = time.perf_counter() - t1
 print(json.dumps({"engine": engine, "n": n, "keys_s": t_keys, "pass_s": t_pass, "near": near,
                   "exact": int((sim == 1).sum()),

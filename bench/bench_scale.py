@@ -138,7 +138,7 @@ elif args["step"] == "chain":
                   flush=True)
             return out
         return run
-    for name in ("build_candidates", "run_fps", "write_selection"):
+    for name in ("drop_duplicates", "build_candidates", "run_fps", "write_selection"):
         setattr(stage, name, timed(getattr(stage, name)))
     stage.continue_selection(args["out"] + "/shards", args["out"] + "/chain/selected_data.jsonl", sel)
 seconds = time.perf_counter() - t
@@ -179,7 +179,8 @@ def main() -> None:
     ap.add_argument("--strata", type=int, default=40, help="routing_strata (default %(default)s, the schema's)")
     ap.add_argument("--steps", default="candidates,fps,ranks,selected_data",
                     help="comma-separated, of candidates, fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
-                         "(continue-selection in one process); default %(default)s")
+                         "(continue-selection in one process), chain_exact_only (the same without near-duplicate "
+                         "dedup); default %(default)s")
     ap.add_argument("--workdir", default=None, help="where the shards go (default: a temporary folder)")
     args = ap.parse_args()
 
@@ -199,6 +200,9 @@ def main() -> None:
         rows = {}
         if "chain" in steps:
             rows["continue-selection (one process)"] = run_step("chain", common)
+        if "chain_exact_only" in steps:  # the same with near-duplicate dedup off: what it costs
+            rows["continue-selection, exact dedup only"] = run_step(
+                "chain", {**common, "sel": {**sel, "near_duplicate_threshold": None}})
         if "candidates" in steps:
             rows["candidates"] = run_step("candidates", common)
         if "candidates" in steps and args.n <= args.old_max:

@@ -8,7 +8,10 @@ import pytest
 from selectflow.data.records import prompt_and_response
 from selectflow.select.dedup import (
     NUM_PERM,
+    ANSWER_MIN,
     drop_near_duplicates,
+    near_parts,
+    signatures,
     lsh_shape,
     near_keys,
     normalised_text,
@@ -81,41 +84,65 @@ def test_minhash_estimate_agrees_with_exact_jaccard():
     base = corpus(40, 1)
     pairs = [(t, edit(t, rng, int(c), int(s))) for t, c, s in zip(base, rng.integers(0, 12, 40), rng.integers(0, 4, 40))]
     texts = [x for p in pairs for x in p]
-    keys = near_keys([{"prompt": "", "response": t} for t in texts], 0.7)
-    sig = keys["near_sig"]
+    sig, ok = signatures([near_parts({"prompt": "", "response": t}) for t in texts])
+    assert ok.all()
     err = [(sig[2 * i] == sig[2 * i + 1]).mean() - exact_jaccard(a, b) for i, (a, b) in enumerate(pairs)]
     # 128 permutations: standard error <= 0.044; no estimate 4 of them off
     assert np.abs(err).max() < 0.18 and abs(np.mean(err)) < 0.03, err
 
 
+def answer_of(text: str) -> str:
+    return text[text.index(" ", len(text) // 2) + 1:]
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.7, 0.85])
 def test_near_duplicates_best_copy_kept_against_a_pairwise_reference(threshold):
-    """LSH + greedy pass vs a naive one over all pairs with the exact Jaccard: the same drops, except pairs
-    whose similarity lies within the estimate's error of the threshold."""
+    """LSH + greedy pass vs a naive one over all pairs with the exact Jaccard of the texts and of their
+    answers: the same drops and the same similarities, except pairs the LSH may miss (within 0.1 of
+    the threshold: a pair at it shares a band with probability over 0.9)."""
     rng = np.random.default_rng(int(threshold * 100))
     base = corpus(60, 2)
     texts = base + [edit(t, rng, int(c), int(s)) for t, c, s in zip(base[:40], rng.integers(0, 8, 40),
                                                                      rng.integers(0, 3, 40))]
+    # the same first half (question) with the answer cut short or replaced: not copies however alike the texts
+    texts += [t[:t.index(" ", len(t) // 2)] + " " + " ".join(answer_of(t).split()[:4]) for t in base[40:50]]
+    texts += [t[:t.index(" ", len(t) // 2)] + " " + edit(answer_of(t), rng, 20, 0) for t in base[50:60]]
     n = len(texts)
     ids = np.array([f"s{i:03d}" for i in rng.permutation(n)], dtype=object)
     order = np.argsort(-rng.random(n))  # quality order, best first
     keep, reason, sim = np.ones(n, bool), np.full(n, "", dtype=object), np.full(n, np.nan)
-    keys = near_keys([rec(t) for t in texts], threshold)
-    dropped = drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim)
-    # the reference: best first, drop a sample whose exact Jaccard with an earlier kept one reaches the threshold
+    records = [rec(t) for t in texts]
+    keys = near_keys(records, threshold)
+    asked = []
+
+    def records_of(rows):
+        asked.extend(rows)
+        return [records[i] for i in rows]
+
+    dropped = drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim, records_of)
+
+    def copies(i, j):
+        return (exact_jaccard(texts[i], texts[j]) >= threshold
+                and exact_jaccard(answer_of(texts[i]), answer_of(texts[j])) >= ANSWER_MIN)
+
+    # the reference: best first, drop a sample that is a copy of an earlier kept one
     want = np.ones(n, bool)
     for pos, i in enumerate(order):
-        best = max((exact_jaccard(texts[i], texts[j]) for j in order[:pos] if want[j]), default=0)
-        want[i] = best < threshold
-    # a pair near the threshold may fall either side of the estimate
-    close = {i for i in range(n) for j in range(n) if i != j and abs(exact_jaccard(texts[i], texts[j]) - threshold) < 0.15}
+        want[i] = not any(copies(i, j) for j in order[:pos] if want[j])
+    close = {i for i in range(n) for j in range(n) if i != j and abs(exact_jaccard(texts[i], texts[j]) - threshold) < 0.1}
     differ = set(np.flatnonzero(keep != want))
     assert differ <= close, sorted(differ - close)
     assert dropped == int((~keep).sum()) >= 2 and (~want).sum() >= 2
     for i in np.flatnonzero(~keep):
         of = int(np.flatnonzero(ids == reason[i].split(":", 1)[1])[0])
         assert keep[of] and list(order).index(of) < list(order).index(i)  # the kept copy ranks higher
-        assert sim[i] >= threshold and abs(sim[i] - exact_jaccard(texts[i], texts[of])) < 0.18
+        assert copies(i, of) and sim[i] == pytest.approx(exact_jaccard(texts[i], texts[of]), abs=0.02)
+        # the most similar earlier kept copy is named
+        assert sim[i] >= max(exact_jaccard(texts[i], texts[j]) for j in order[:list(order).index(i)]
+                             if keep[j] and copies(i, j)) - 0.02
+    # cut-short and rewritten answers share their question's half of the text and are kept
+    assert keep[100:].all() and max(exact_jaccard(texts[i], texts[i - 60]) for i in range(100, 110)) >= 0.5
+    assert len(asked) < n  # only samples sharing a bucket are read back
 
 
 def test_lsh_shape_uses_every_band_it_can():
@@ -130,7 +157,8 @@ def test_text_without_words_is_never_a_near_duplicate():
     keys = near_keys([{"prompt": "", "response": t} for t in ("...", "?!", "...", "a b c d e")], 0.5)
     assert keys["near_ok"].tolist() == [False, False, False, True]
     keep, reason, sim = np.ones(4, bool), np.full(4, "", dtype=object), np.full(4, np.nan)
-    assert drop_near_duplicates(np.arange(4), keys, 0.5, np.array(list("abcd"), dtype=object), keep, reason, sim) == 0
+    assert drop_near_duplicates(np.arange(4), keys, 0.5, np.array(list("abcd"), dtype=object), keep, reason, sim,
+                                lambda rows: pytest.fail("no sample shares a bucket")) == 0
 
 
 def test_streamed_and_whole_pool_near_dedup_agree(tmp_path):
@@ -169,6 +197,26 @@ def test_texts_whose_numbers_differ_are_never_near_duplicates():
              words.format(12) + " on 3 plates", "on 3 plates " + words.format(12)]
     keys = near_keys([rec(t) for t in texts], 0.6)
     keep, reason, sim = np.ones(5, bool), np.full(5, "", dtype=object), np.full(5, np.nan)
-    drop_near_duplicates(np.arange(5), keys, 0.6, np.array(list("abcde"), dtype=object), keep, reason, sim)
+    drop_near_duplicates(np.arange(5), keys, 0.6, np.array(list("abcde"), dtype=object), keep, reason, sim,
+                         lambda rows: [rec(texts[i]) for i in rows])
     # 13 minutes is another recipe; a word dropped is a copy; the same numbers in another order too
     assert reason.tolist() == ["", "", "duplicate_of:a", "", "duplicate_of:d"]
+
+
+def test_a_copy_must_answer_alike():
+    """The same long question with the answer cut short, emptied of words or one word repeated is another
+    sample (junk the quality step judges), though the texts' Jaccard passes the threshold; a word changed
+    in the answer is a copy."""
+    question = corpus(1, 7, words=60)[0]
+    answer = "boil the rice in salted water then drain it and serve it warm with butter"
+    texts = [f"{question} {answer}", f"{question} {answer.replace('warm', 'hot')}",
+             f"{question} {' '.join(answer.split()[:4])}", f"{question} {' '.join(['rice'] * 30)}", f"{question} ..."]
+    records = [normalised({"instruction": question, "output": t[len(question) + 1:]}, "alpaca") for t in texts]
+    keys = near_keys(records, 0.6)
+    assert keys["near_ok"].tolist() == [True, True, True, True, False]  # an answer without a word: exact dedup only
+    assert min(exact_jaccard(texts[0], t) for t in texts[1:4]) >= 0.6
+    keep, reason, sim = np.ones(5, bool), np.full(5, "", dtype=object), np.full(5, np.nan)
+    drop_near_duplicates(np.arange(5), keys, 0.6, np.array(list("abcde"), dtype=object), keep, reason, sim,
+                         lambda rows: [records[i] for i in rows])
+    assert reason.tolist() == ["", "duplicate_of:a", "", "", ""]
+    assert sim[1] == pytest.approx(exact_jaccard(texts[0], texts[1]))

@@ -11,11 +11,15 @@ system turn are one sample; ``selection.dedup_system_turns: true`` counts system
   to 6 decimals (:func:`routing_keys`);
 * near: MinHash (datasketch, :data:`NUM_PERM` permutations) of the text's word
   :data:`SHINGLE_WORDS`-grams, candidate pairs from LSH bands (:func:`lsh_shape`), a pair
-  merged when the estimated Jaccard similarity of their shingle sets is at least
-  ``selection.near_duplicate_threshold`` (:func:`near_keys`, :func:`drop_near_duplicates`).
+  merged when the Jaccard similarity of their shingle sets, computed exactly, is at least
+  ``selection.near_duplicate_threshold``, their answers' at least :data:`ANSWER_MIN` and their
+  numbers are the same (:func:`near_keys`, :func:`drop_near_duplicates`).
 
-A streamed pool keeps only the keys, per sample: two 16-byte digests, the LSH band keys
-(8 bytes a band) and the signature cut to 16 bits a permutation (256 bytes).
+A streamed pool keeps only keys, per sample: two 16-byte digests, the LSH band keys (4 bytes a
+band: 96 bytes at the default threshold 0.6), the signature's first :data:`PREFILTER_PERM` values
+cut to 8 bits (32 bytes), a digest of the numbers (8 bytes) and a flag; the rest of the signature
+is dropped with each shard. The near-duplicate pass reads back the records of the samples in a
+candidate pair whose estimate is near the threshold (and only those) for the exact check.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zlib
 
 import numpy as np
 
@@ -34,6 +39,17 @@ _NUMBER = re.compile(r"\b\d+\b")  # a number standing alone (not the digits of a
 NUM_PERM = 128  # MinHash permutations: the estimated Jaccard's standard error is at most 0.044
 SHINGLE_WORDS = 3  # words per shingle (bench/bench_near_dedup.py measures 2, 3 and 5)
 MINHASH_SEED = 1
+# Two samples are copies when they ask and answer alike: the same question with the answer cut
+# short, emptied or replaced by one repeated word is another (junk) sample, however much of the
+# whole text it shares. Such answers overlap by under 0.2; of the 374 planted docstring copies at
+# Jaccard 0.6 or more in bench/bench_near_dedup.py, 2 overlap by under 0.3 (0.27, 0.29)
+ANSWER_MIN = 0.3
+# the pass reads back only pairs whose MinHash estimate from the signature's first PREFILTER_PERM
+# values (8 bits each, 32 bytes a sample) is within PREFILTER_MARGIN of the threshold: LSH buckets
+# shared by chance (pairs of Jaccard ~0) are not read; a pair at the threshold falls that far
+# below it with probability under 0.001 (standard error 0.087 at 32 permutations)
+PREFILTER_PERM = 32
+PREFILTER_MARGIN = 0.3
 
 
 def _turns(rec: dict) -> list[tuple[str, str]]:
@@ -113,8 +129,8 @@ def text_keys(records, system_turns: bool = False) -> np.ndarray:
     return out
 
 
-# (false positive, false negative) weights of the LSH shape: a candidate pair is checked against
-# the signature estimate anyway, so a false positive costs one comparison and a false negative a
+# (false positive, false negative) weights of the LSH shape: a candidate pair is checked with
+# the exact Jaccard anyway, so a false positive costs one comparison and a false negative a
 # missed duplicate; equal weights found under half of the pairs at the threshold (tests/test_dedup.py)
 LSH_WEIGHTS = (0.05, 0.95)
 
@@ -138,33 +154,47 @@ def shingles(text: str) -> set[bytes]:
     return {" ".join(found[i:i + n]).encode() for i in range(len(found) - n + 1)} if found else set()
 
 
-def signatures(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(uint32 [n, NUM_PERM] MinHash signatures, bool [n] has a word)`` of ``texts`` (datasketch, seeded)."""
+def datasketch_minhash(grams: list[bytes]) -> np.ndarray:
+    """uint32 [NUM_PERM]: the MinHash of a shingle set (datasketch, seeded; its permutations made once)."""
     from datasketch import MinHash
 
-    sig = np.zeros((len(texts), NUM_PERM), dtype=np.uint32)
-    ok = np.zeros(len(texts), dtype=bool)
-    for i, text in enumerate(texts):
+    global _TEMPLATE_MINHASH
+    if _TEMPLATE_MINHASH is None:
+        _TEMPLATE_MINHASH = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED)
+    m = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED, permutations=_TEMPLATE_MINHASH.permutations,
+                scheme=_TEMPLATE_MINHASH.scheme)
+    m.update_batch(grams)
+    return m.hashvalues.astype(np.uint32)
+
+
+_TEMPLATE_MINHASH = None
+
+
+def signatures(parts: list[tuple[str, str]], minhash=datasketch_minhash) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint32 [n, NUM_PERM] MinHash signatures of the texts, bool [n] the text and its answer have a
+    word)`` of ``parts`` (:func:`near_parts`); ``minhash``: a shingle list's signature."""
+    sig = np.zeros((len(parts), NUM_PERM), dtype=np.uint32)
+    ok = np.zeros(len(parts), dtype=bool)
+    for i, (text, answer) in enumerate(parts):
         grams = shingles(text)
-        if grams:
-            m = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED)
-            m.update_batch(list(grams))
-            sig[i], ok[i] = m.hashvalues, True
+        if grams and shingles(answer):
+            sig[i], ok[i] = minhash(list(grams)), True
     return sig, ok
 
 
-# odd 64-bit multipliers: a band key is the dot product of its rows with them, mod 2**64
+# odd 64-bit multipliers: a band key is the high half of the dot product of its rows with them, mod 2**64
 _BAND_MULT = (np.random.default_rng(20261204).integers(0, 2**63, size=NUM_PERM, dtype=np.uint64) * np.uint64(2)
               + np.uint64(1))
 
 
 def near_keys(records, threshold: float, system_turns: bool = False) -> dict[str, np.ndarray]:
-    """Per record: ``near_band`` uint64 [n, bands] (LSH band keys, :func:`lsh_shape`), ``near_sig``
-    uint16 [n, NUM_PERM] (each MinHash value's low 16 bits: two different values agree by chance
-    with probability 2**-16, a bias of under 0.0001 on the estimate) and ``near_ok`` bool [n] (the
-    text has a word)."""
-    texts = [near_text(r, system_turns) for r in records]
-    return {**keys_of_signatures(*signatures(texts), threshold), "near_numbers": number_keys(texts)}
+    """Per record: ``near_band`` uint32 [n, bands] (LSH band keys, :func:`lsh_shape`; two keys agree by
+    chance with probability 2**-32, a pair the exact check then turns away), ``near_sig`` uint8
+    [n, PREFILTER_PERM] (the signature's first values, low 8 bits: :func:`estimate`), ``near_numbers``
+    uint64 [n] (:func:`number_keys`) and ``near_ok`` bool [n] (the text and its answer have a word; a
+    sample without is never a near-duplicate, only an exact one). The rest of the signature is not kept."""
+    parts = [near_parts(r, system_turns) for r in records]
+    return {**keys_of_signatures(*signatures(parts), threshold), "near_numbers": number_keys([t for t, _ in parts])}
 
 
 def number_keys(texts: list[str]) -> np.ndarray:
@@ -182,60 +212,147 @@ def number_keys(texts: list[str]) -> np.ndarray:
 
 def near_text(record: str | dict, system_turns: bool = False) -> str:
     """The text a record's shingles come from: :func:`normalised_text`, turns joined by a space."""
-    return (normalised_text(record, system_turns) or "").replace("\x00", " ")
+    return near_parts(record, system_turns)[0]
+
+
+def near_parts(record: str | dict, system_turns: bool = False) -> tuple[str, str]:
+    """(:func:`near_text`, its answer normalised alike; ``""`` for a record without an answer)."""
+    rec = json.loads(record) if isinstance(record, str) else record
+    text = normalised_text(rec, system_turns)
+    if text is None:
+        return "", ""
+    has_answer = any(role == "answer" for role, _ in _turns(rec))
+    return text.replace("\x00", " "), text.rsplit("\x00", 1)[-1] if has_answer else ""
 
 
 def keys_of_signatures(sig: np.ndarray, ok: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    """:func:`near_keys` from MinHash signatures (uint32 [n, NUM_PERM]) and their ``ok`` flags."""
+    """:func:`near_keys` but the numbers, from :func:`signatures`."""
     b, r = lsh_shape(threshold)
     with np.errstate(over="ignore"):
         band = (sig[:, :b * r].astype(np.uint64).reshape(len(sig), b, r) * _BAND_MULT[:r]).sum(axis=2)
-    band += np.arange(b, dtype=np.uint64)  # the same rows in two bands give two keys
-    return {"near_band": band, "near_sig": (sig & 0xFFFF).astype(np.uint16), "near_ok": ok}
+    return {"near_band": (band >> np.uint64(32)).astype(np.uint32),
+            "near_sig": (sig[:, :PREFILTER_PERM] & 0xFF).astype(np.uint8), "near_ok": ok}
+
+
+def estimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard similarity of MinHash signatures cut to 8 bits (uint8 [..., perm], broadcast):
+    the share of agreeing values, less the 1/256 that agree by chance."""
+    return np.clip(((a == b).mean(axis=-1) - 1 / 256) / (1 - 1 / 256), 0.0, 1.0)
+
+
+def shingle_hashes(text: str) -> np.ndarray:
+    """uint32 [m], sorted: a CRC-32 of each of :func:`shingles` of ``text`` (two of a text's shingles
+    collide with probability about m**2 / 2**33: a shingle more or less, now and then, in a Jaccard)."""
+    return np.unique(np.fromiter((zlib.crc32(g) for g in shingles(text)), dtype=np.uint32))
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two sorted sets (:func:`shingle_hashes`); 0 when both are empty."""
+    shared = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - shared
+    return shared / union if union else 0.0
+
+
+def _shared_buckets(band: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into ``rows``, bucket numbers 0, 1, …) of every (sample, band) whose bucket holds
+    another of ``rows``, sorted by bucket then position. One band at a time: sorted, not hashed."""
+    positions, buckets, first = [], [], 0
+    for j in range(band.shape[1]):
+        key = band[rows, j]
+        by_key = np.argsort(key, kind="stable")
+        key = key[by_key]
+        bucket = np.cumsum(np.concatenate([[True], key[1:] != key[:-1]])) - 1
+        shared = np.bincount(bucket)[bucket] > 1
+        positions.append(by_key[shared].astype(np.int32))  # ascending within a bucket (stable sort)
+        buckets.append(bucket[shared] + first)
+        first += int(bucket[-1]) + 1
+    bucket = np.concatenate(buckets)
+    return np.concatenate(positions), np.cumsum(np.concatenate([[True], bucket[1:] != bucket[:-1]])) - 1
+
+
+# records read back at a time for the exact check (a few MB of JSON)
+READ_CHUNK = 4096
+
+
+class _MemberSets:
+    """:func:`shingle_hashes` of the texts and answers of some pool rows, read back :data:`READ_CHUNK`
+    records at a time in pool order (a streamed pool's shard by shard) and kept as one flat uint32
+    array and its offsets a chunk: 4 bytes a shingle, no Python object a sample."""
+
+    def __init__(self, rows: np.ndarray, records_of, system_turns: bool):
+        self.by_row = np.argsort(rows, kind="stable")
+        self.place = np.empty(len(rows), dtype=np.int64)
+        self.place[self.by_row] = np.arange(len(rows))
+        self.chunks = []  # per chunk: (texts, their offsets, answers, their offsets)
+        for lo in range(0, len(rows), READ_CHUNK):
+            sets = [[], []]
+            for record in records_of(rows[self.by_row[lo:lo + READ_CHUNK]]):
+                for out, part in zip(sets, near_parts(record, system_turns)):
+                    out.append(shingle_hashes(part))
+            self.chunks.append(tuple(x for values in sets for x in (
+                np.concatenate(values), np.cumsum([0] + [len(v) for v in values]))))
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(text, answer) hashes of the ``i``-th row."""
+        c, at = divmod(int(self.place[i]), READ_CHUNK)
+        texts, text_at, answers, answer_at = self.chunks[c]
+        return texts[text_at[at]:text_at[at + 1]], answers[answer_at[at]:answer_at[at + 1]]
 
 
 def drop_near_duplicates(order: np.ndarray, keys: dict[str, np.ndarray], threshold: float, sample_id: np.ndarray,
-                         keep: np.ndarray, reason: np.ndarray, similarity: np.ndarray) -> int:
-    """Among the still-kept samples ``order`` (best first), drop each one whose estimated Jaccard
-    similarity to an earlier kept one that shares an LSH band with it is at least ``threshold``;
-    ``reason`` names the most similar such copy (``duplicate_of:<id>``) and ``similarity`` gets the
-    estimate. ``keys``: :func:`near_keys` of the whole pool. Return how many were dropped.
+                         keep: np.ndarray, reason: np.ndarray, similarity: np.ndarray, records_of,
+                         system_turns: bool = False) -> int:
+    """Among the still-kept samples ``order`` (best first), drop each one that shares an LSH band
+    with an earlier kept one whose numbers are the same, whose Jaccard similarity to it (of the
+    texts' shingle sets, exact) is at least ``threshold`` and whose answers' at least
+    :data:`ANSWER_MIN`; ``reason`` names the most similar such copy (``duplicate_of:<id>``) and
+    ``similarity`` gets the Jaccard. ``keys``: :func:`near_keys` of the whole pool;
+    ``records_of(rows)``: the records of pool rows (JSON strings or dicts), asked for the samples that
+    share a bucket only. Return how many were dropped.
 
-    Sorted, not hashed: per band, the kept samples sorted by key; only samples that share a
-    bucket with another are visited, in order, each compared with the earlier kept members
-    of its buckets.
+    Only samples that share a bucket with another are visited, each with the earlier members of its
+    buckets whose signature estimate is within :data:`PREFILTER_MARGIN` of the threshold; only
+    those pairs' records are read back, then the samples are checked in order against the earlier
+    ones still kept. Memory: about 34 bytes a kept sample, one band at a time, 16 a (sample, band)
+    whose bucket is shared, and the shingle hashes of the samples read back (4 bytes a shingle of
+    the text and of the answer).
     """
     rows = order[keep[order] & keys["near_ok"][order]]
     if len(rows) < 2:
         return 0
-    band, sig = keys["near_band"][rows], keys["near_sig"]
-    numbers = keys.get("near_numbers", np.zeros(len(keep), dtype=np.uint64))
-    n, b = band.shape
-    members = []  # per band: (positions sorted by key, start of each position's bucket, end of it)
-    shared = np.zeros(n, dtype=bool)
-    for j in range(b):  # int32 positions: 12 bytes a sample and band
-        by_key = np.argsort(band[:, j], kind="stable").astype(np.int32)  # positions ascending within a bucket
-        sorted_keys = band[by_key, j]
-        start = np.searchsorted(sorted_keys, sorted_keys, side="left").astype(np.int32)
-        end = np.searchsorted(sorted_keys, sorted_keys, side="right").astype(np.int32)
-        where = np.empty(n, dtype=np.int32)
-        where[by_key] = np.arange(n, dtype=np.int32)
-        members.append((by_key, start[where], end[where]))
-        shared |= (end - start > 1)[where]
-    alive = np.ones(n, dtype=bool)
+    member, bucket = _shared_buckets(keys["near_band"], rows)
+    if not len(member):
+        return 0
+    numbers, sig = keys["near_numbers"], keys["near_sig"]
+    start = np.searchsorted(bucket, np.arange(bucket[-1] + 2))  # bucket i: member[start[i]:start[i + 1]]
+    by_pos = np.argsort(member, kind="stable")
+    visits = np.split(bucket[by_pos], np.flatnonzero(np.diff(member[by_pos])) + 1)
+    candidates = {}  # position: its earlier bucket-mates with the same numbers and an estimate near enough
+    for pos, its in zip(np.unique(member), visits):
+        earlier = np.unique(np.concatenate([member[start[i]:start[i + 1]] for i in its]))
+        earlier = earlier[earlier < pos]
+        earlier = earlier[numbers[rows[earlier]] == numbers[rows[pos]]]
+        earlier = earlier[estimate(sig[rows[earlier]], sig[rows[pos]]) >= threshold - PREFILTER_MARGIN]
+        if len(earlier):
+            candidates[int(pos)] = earlier
+    if not candidates:
+        return 0
+    read = np.unique(np.concatenate([np.fromiter(candidates, dtype=np.int64), *candidates.values()]))
+    sets = _MemberSets(rows[read], records_of, system_turns)
+    alive = np.ones(len(rows), dtype=bool)
     dropped = 0
-    for pos in np.flatnonzero(shared):
-        earlier = np.unique(np.concatenate([by_key[s:e][by_key[s:e] < pos] for by_key, s_, e_ in members
-                                            for s, e in [(s_[pos], e_[pos])]]))
-        earlier = earlier[alive[earlier] & (numbers[rows[earlier]] == numbers[rows[pos]])]
-        if not len(earlier):
-            continue
-        est = (sig[rows[earlier]] == sig[rows[pos]]).mean(axis=1)
-        best = int(np.argmax(est))
-        if est[best] >= threshold:
+    for pos, earlier in candidates.items():
+        at = rows[pos]
+        best, best_sim = None, -1.0
+        text, answer = sets[np.searchsorted(read, pos)]
+        for q in earlier[alive[earlier]]:
+            other_text, other_answer = sets[np.searchsorted(read, q)]
+            sim = jaccard(text, other_text)
+            if sim >= threshold and sim > best_sim and jaccard(answer, other_answer) >= ANSWER_MIN:
+                best, best_sim = rows[q], sim
+        if best is not None:
             alive[pos] = False
-            at, of = rows[pos], rows[earlier[best]]
-            keep[at], reason[at], similarity[at] = False, f"duplicate_of:{sample_id[of]}", float(est[best])
+            keep[at], reason[at], similarity[at] = False, f"duplicate_of:{sample_id[best]}", best_sim
             dropped += 1
     return dropped
 
@@ -260,10 +377,10 @@ def drop_duplicates(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarr
     Two samples are duplicates when their normalised texts (:func:`normalised_text`) are equal
     or their routing (``moe_probs``, to 6 decimals) is identical, compared by their digests
     (:func:`text_keys`, :func:`routing_keys`) in both a streamed and a whole pool; then, with
-    ``near_threshold``, when their texts' estimated Jaccard similarity reaches it
+    ``near_threshold``, when their texts' Jaccard similarity reaches it
     (:func:`drop_near_duplicates`). The copy with the highest score stays (ties: the smallest
     ``sample_id``); the others get ``keep=False``, reason ``duplicate_of:<id of the copy kept>``
-    and ``similarity`` 1 (exact) or the estimate (near). ``keep``, ``reason`` and ``similarity``
+    and ``similarity`` 1 (exact) or the Jaccard (near). ``keep``, ``reason`` and ``similarity``
     are changed in place.
     """
     kept = np.flatnonzero(keep)
@@ -282,7 +399,17 @@ def drop_duplicates(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarr
             near = facts
         else:  # a whole pool: the keys of every record, so that positions are the pool's
             near = near_keys(shard.record, near_threshold, system_turns)
-        dropped += drop_near_duplicates(kept, near, near_threshold, shard.sample_id, keep, reason, similarity)
+        if shard.record is not None:
+            records_of = shard.record.__getitem__
+        else:  # a streamed pool: the records of the samples that share a bucket, read back from their shards
+            from selectflow.router.routerfile import read_records
+
+            def records_of(rows):
+                return shard.source.take(rows, read_records)
+        dropped += drop_near_duplicates(kept, near, near_threshold, shard.sample_id, keep, reason, similarity,
+                                        records_of, system_turns)
+        for name in [k for k in facts if k.startswith("near_")]:  # spent: gone before the features are read
+            del facts[name]
     return dropped
 
 
