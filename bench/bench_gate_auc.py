@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selectflow.data.junk import HELD_BACK_KINDS, JUNK_KINDS, TUNING_KINDS  # noqa: E402
 from selectflow.data.records import read_dataset  # noqa: E402
-from selectflow.router.objective import OBJECTIVES  # noqa: E402
+from selectflow.train.objective import OBJECTIVES  # noqa: E402
 
 DEMO = {"steps": 60, "share": 0.3, "weight": 1.0}
 LR = 0.003  # the demo config's warmup.train.learning_rate
@@ -120,7 +120,7 @@ def dumper(model: Path):
 def warm_up(converted: Path, train_side: list[dict], n_pool: int, out: Path, steps: int, share: float,
             weight: float, seed: int, objective: str) -> Path:
     """Stage 1 on ``share`` × ``n_pool`` records of ``train_side``; the checkpoint folder."""
-    from selectflow.router.objective import GateObjective
+    from selectflow.train.objective import GateObjective
     from selectflow.train.trainer import fit
 
     k = min(len(train_side), max(1, round(share * n_pool)))
@@ -138,7 +138,7 @@ def gate_scores(model: Path, held: list[dict]) -> dict[str, np.ndarray]:
     import torch
 
     from selectflow.data.tokens import pad_token_id
-    from selectflow.router.objective import record_gate_logits
+    from selectflow.train.objective import record_gate_logits
     from selectflow.select.quality import quality_scores
     from selectflow.train.data import IGNORE_INDEX, encode_pair, pad_collate
 
@@ -158,7 +158,7 @@ def gate_scores(model: Path, held: list[dict]) -> dict[str, np.ndarray]:
 
 def moe_gain(converted: Path, held: list[dict]) -> pd.DataFrame:
     """Per held-out record: response NLL with every gate forced to good = 1 and to 0, and the token count."""
-    from selectflow.router.objective import forced_gates
+    from selectflow.train.objective import forced_gates
 
     d = dumper(converted)
     out = {}

@@ -18,7 +18,8 @@ import torch
 
 from selectflow.data.demo import build_proxy_model, write_demo_pool
 from selectflow.data.records import read_dataset
-from selectflow.router.dump import DumpSettings, RouterDumper, _pad, encode_pair
+from selectflow.data.tokens import encode_pair, pad_batch
+from selectflow.router.dump import DumpSettings, RouterDumper
 from selectflow.router.routerfile import write_router_shard
 
 
@@ -34,7 +35,7 @@ def bare_loop(dumper: RouterDumper, records: list[dict], batch_size: int, sort: 
         for lo in range(0, len(order), batch_size):
             seqs = [encode_pair(tok, records[i]["prompt"], records[i]["response"], s.max_length)[0]
                     for i in order[lo:lo + batch_size]]
-            ids, mask = _pad(seqs, tok.pad_token_id)
+            ids, mask = pad_batch(seqs, tok.pad_token_id)
             dumper.model(input_ids=ids.to(dumper.device), attention_mask=mask.to(dumper.device),
                          output_router_logits=True, use_cache=False)
     sync()

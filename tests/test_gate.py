@@ -21,7 +21,9 @@ from selectflow.router.gate import (
     quality_gates,
     save_converted,
 )
-from selectflow.router.objective import (
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.select.quality import resolve_method
+from selectflow.train.objective import (
     OBJECTIVES,
     GateObjective,
     forced_gates,
@@ -29,8 +31,6 @@ from selectflow.router.objective import (
     prompt_gain_targets,
     record_gate_logits,
 )
-from selectflow.runtime.errors import SelectFlowError
-from selectflow.select.quality import resolve_method
 from selectflow.train.trainer import fit
 
 FAMILIES = {

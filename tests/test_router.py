@@ -10,7 +10,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from selectflow.data.records import read_dataset
-from selectflow.router.dump import DumpSettings, RouterDumper, encode_pair
+from selectflow.data.tokens import encode_pair
+from selectflow.router.dump import DumpSettings, RouterDumper
 from selectflow.router.routerfile import read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 

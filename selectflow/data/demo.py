@@ -199,8 +199,7 @@ def pretrain_demo_model(model, tokenizer, texts: list[tuple[str, str]], *, epoch
     """
     import torch
 
-    from selectflow.data.tokens import pad_token_id
-    from selectflow.router.dump import _pad, encode_pair
+    from selectflow.data.tokens import encode_pair, pad_batch, pad_token_id
 
     seqs = [encode_pair(tokenizer, p, r, max_length)[0] for p, r in texts]
     gen = torch.Generator().manual_seed(seed)
@@ -214,7 +213,7 @@ def pretrain_demo_model(model, tokenizer, texts: list[tuple[str, str]], *, epoch
         if len(order) < batch_size:
             order += torch.randperm(len(seqs), generator=gen).tolist()
         batch, order = order[:batch_size], order[batch_size:]
-        ids, mask = _pad([seqs[i] for i in batch], pad_token_id(tokenizer))
+        ids, mask = pad_batch([seqs[i] for i in batch], pad_token_id(tokenizer))
         labels = ids.masked_fill(mask == 0, -100)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
         opt.zero_grad(set_to_none=True)

@@ -43,6 +43,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from selectflow.router.gate import QualityGate
+from selectflow.router.modules import (DEFAULT_ROUTER_PATTERN, named_modules_matching, supports_router_output,
+                                       text_config)
 from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
@@ -108,10 +111,6 @@ FAMILIES: dict[str, Family] = {
     "doge": Family(score="product_keys", source="hooks", pattern=r"(^|\.)mlp$", output_index=1, batch_dependent=True,
                    note="product-key experts (keys²); the router mixes rows of a batch: dumped at batch 1"),
 }
-
-
-def text_config(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def n_routed_experts(config) -> int | None:
@@ -345,8 +344,6 @@ def routing_distribution(logits: torch.Tensor, score: str) -> torch.Tensor:
 
 def resolve_capture(model, settings) -> Capture:
     """Choose the capture for ``model`` from ``settings.router_source`` and the family table."""
-    from selectflow.router.dump import named_modules_matching, supports_router_output
-
     source = settings.router_source
     if source not in ("auto", "output", "hooks"):
         raise SelectFlowError(f"router_dump.router_source must be auto, output or hooks, not {source!r}")
@@ -364,8 +361,6 @@ def resolve_capture(model, settings) -> Capture:
         # the model's properties (score, extra experts, batch dependence) stay; the capture is the user's
         family = replace(family, source=source, pattern=None,
                          output_index=family.output_index if family.pattern == pattern else None)
-    from selectflow.router.gate import QualityGate
-
     # a broad pattern can match a converted model's quality gates: they are not routers
     modules = [] if use_output else [
         (n, m) for n, m in named_modules_matching(model, pattern) if not isinstance(m, QualityGate)]
@@ -402,8 +397,6 @@ def candidate_settings(model, settings) -> list[tuple[object, str]]:
     ``output_router_logits``. The dumper keeps the first that passes the checks on the
     batch that failed; none is suggested untested.
     """
-    from selectflow.router.dump import DEFAULT_ROUTER_PATTERN, supports_router_output
-
     _, entry = family_of(model)
     family = entry or Family()
     n_experts = n_routed_experts(model.config)

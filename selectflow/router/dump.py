@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -45,16 +44,17 @@ from tqdm import tqdm
 
 from selectflow.config import schema_default
 from selectflow.data.records import format_turns
-from selectflow.data.tokens import pad_token_id
+from selectflow.data.tokens import encode_pair, pad_batch, pad_token_id
 from selectflow.router.capture import (EXPERT_KEYS, Capture, CaptureError, candidate_settings, expected_moe_layers,
                                        n_routed_experts, resolve_capture)
+from selectflow.router.gate import load_causal_lm, quality_gates
+from selectflow.router.modules import named_modules_matching
 from selectflow.router.routerfile import RouterShard
 from selectflow.runtime.device import inference_dtype, resolve_device
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.oom import free_memory, run_adaptive
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ROUTER_PATTERN = schema_default("router_dump", "router_pattern")
 
 
 def _schema(key: str):
@@ -91,8 +91,6 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype):
     """Load a local Hugging Face causal LM and its tokenizer (``from_pretrained``, no download)."""
     from transformers import AutoTokenizer
 
-    from selectflow.router.gate import load_causal_lm
-
     if not Path(path).is_dir():
         raise SelectFlowError(f"model path {path} is not a folder; set 'model.path' to a local Hugging Face model folder")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -101,11 +99,6 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-def named_modules_matching(model: torch.nn.Module, pattern: str) -> list[tuple[str, torch.nn.Module]]:
-    rx = re.compile(pattern)
-    return [(name, mod) for name, mod in model.named_modules() if rx.search(name)]
 
 
 @contextmanager
@@ -122,33 +115,6 @@ def capture_outputs(modules: list[tuple[str, torch.nn.Module]], whole: bool = Fa
     finally:
         for h in handles:
             h.remove()
-
-
-def supports_router_output(model) -> bool:
-    return hasattr(model.config, "output_router_logits")
-
-
-def encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
-    """Token ids of prompt + response + eos, cut to ``max_length``; and the prompt's length.
-
-    Prompt and response are tokenised separately so the response tokens are exactly
-    those scored, whatever the tokenizer does at the boundary.
-    """
-    p = tokenizer(prompt, add_special_tokens=False).input_ids
-    r = tokenizer(response, add_special_tokens=False).input_ids
-    if tokenizer.eos_token_id is not None:
-        r = r + [tokenizer.eos_token_id]
-    return (p + r)[:max_length], min(len(p), max_length)
-
-
-def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[row, : len(s)] = 1
-    return ids, mask
 
 
 def _masked_token_mean(per_layer: list[torch.Tensor], mask: torch.Tensor, softmax: bool) -> torch.Tensor:
@@ -212,8 +178,6 @@ class RouterDumper:
         if settings.quality_gate_pattern:
             self.quality_gates = named_modules_matching(model, settings.quality_gate_pattern)
         else:  # a converted model's gates (selectflow.router.gate) are found without a pattern
-            from selectflow.router.gate import quality_gates
-
             self.quality_gates = quality_gates(model)
         try:
             self.capture = resolve_capture(model, settings)
@@ -231,7 +195,7 @@ class RouterDumper:
         """Hook the decoder for the last hidden state if, on the probe, it equals ``output_hidden_states[-1]``."""
         decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
         decoder = decoder if isinstance(decoder, torch.nn.Module) and decoder is not self.model else None
-        ids, mask = _pad(self._probe(), pad_token_id(self.tokenizer))
+        ids, mask = pad_batch(self._probe(), pad_token_id(self.tokenizer))
         ids, mask = ids.to(self.device), mask.to(self.device)
         with capture_outputs([("decoder", decoder)] if decoder is not None else [], whole=True) as calls:
             out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
@@ -327,7 +291,7 @@ class RouterDumper:
         capture = capture or self.capture
         if capture is self.capture:
             self.forwards.append(seqs)
-        ids, mask = _pad(seqs, pad_token_id(self.tokenizer))
+        ids, mask = pad_batch(seqs, pad_token_id(self.tokenizer))
         ids, mask = ids.to(self.device), mask.to(self.device)
         hook = self.hidden_hook if hidden else []
         with capture_outputs(capture.modules, whole=True) as routed, capture_outputs(self.quality_gates) as gates, \
@@ -398,8 +362,6 @@ class RouterDumper:
     @torch.inference_mode()
     def dump(self, records: list[dict], batch_size: int | None = None, progress: bool = True) -> RouterShard:
         """Run the model over ``records``; rows of the result follow the input order."""
-        from selectflow.runtime.oom import run_adaptive
-
         s = self.settings
         batch_size = batch_size or s.batch_size
         if self.capture.batch_dependent and batch_size > 1:
@@ -444,7 +406,5 @@ class RouterDumper:
 
     def close(self) -> None:
         """Free the model and the CUDA cache (the next rule may need the memory)."""
-        from selectflow.runtime.oom import free_memory
-
         del self.model
         free_memory()

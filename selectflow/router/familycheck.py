@@ -24,8 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from selectflow.data.tokens import encode_pair
 from selectflow.router.capture import FAMILIES
-from selectflow.router.tinymoe import N_EXPERTS, build_tiny, columns, demo_inputs, moe_families, quiet, router_weights, sink_rows
+from selectflow.router.dump import DumpSettings, RouterDumper
+from selectflow.router.tinymoe import (N_EXPERTS, build_tiny, columns, demo_inputs, moe_families, not_causal_lm, quiet,
+                                       router_weights, sink_rows)
+from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +156,6 @@ def check_family(model_type: str, tokenizer, records: list[dict], settings=None)
     Runs on one CPU thread: on models this small, intra-op threads only spin (about 10x the
     CPU time on a 2-core machine).
     """
-    from selectflow.router.dump import DumpSettings
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -163,9 +165,6 @@ def check_family(model_type: str, tokenizer, records: list[dict], settings=None)
 
 
 def _check_family(model_type: str, tokenizer, records: list[dict], settings) -> FamilyResult:
-    from selectflow.router.dump import RouterDumper, encode_pair
-    from selectflow.runtime.errors import SelectFlowError
-
     start = time.perf_counter()
     try:
         model = build_tiny(model_type, tokenizer)
@@ -219,8 +218,6 @@ def _check_family(model_type: str, tokenizer, records: list[dict], settings) -> 
 def render_table(results: list[FamilyResult], not_causal: dict[str, str]) -> str:
     """Markdown table of the family check, and the expert-declaring types that are not causal LMs (docs/families.md)."""
     import transformers
-
-    from selectflow.router.dump import DumpSettings
 
     d = DumpSettings()
     checked = sum(r.status == "checked" for r in results)
@@ -285,8 +282,6 @@ def render_table(results: list[FamilyResult], not_causal: dict[str, str]) -> str
 def families_doc(argv: list[str]) -> int:
     import argparse
     import sys
-
-    from selectflow.router.tinymoe import not_causal_lm
 
     ap = argparse.ArgumentParser(prog="selectflow families-doc",
                                  description="check every installed MoE family and print the supported-families table")

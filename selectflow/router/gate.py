@@ -29,7 +29,7 @@ model folder made by :func:`convert_model` holds the base model's files (hard li
 the file system allows, else copies) plus the two gate files, so it is a complete model
 folder on its own.
 
-Stage 1 (the ``warmup`` rule) lives in :mod:`selectflow.router.objective`: it trains only the
+Stage 1 (the ``warmup`` rule) lives in :mod:`selectflow.train.objective`: it trains only the
 gates and the routers and adds ``quality_loss_weight`` × the gate loss to the LM loss.
 """
 
@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from selectflow.router.modules import DEFAULT_ROUTER_PATTERN, text_config
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_dir, atomic_open, atomic_path
 
@@ -94,18 +95,12 @@ def _mix(block: nn.Module, args: tuple, kwargs: dict, output):
     return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
 
-def default_router_pattern() -> str:
-    from selectflow.router.dump import DEFAULT_ROUTER_PATTERN
-
-    return DEFAULT_ROUTER_PATTERN
-
-
 def find_moe_blocks(model: nn.Module, router_pattern: str | None = None) -> list[tuple[str, nn.Module, nn.Module]]:
     """``(block path, block, router)`` for the parent of every module matching ``router_pattern``.
 
     Raises :class:`SelectFlowError` when nothing matches or one block sits inside another.
     """
-    rx = re.compile(router_pattern or default_router_pattern())
+    rx = re.compile(router_pattern or DEFAULT_ROUTER_PATTERN)
     modules = dict(model.named_modules())
     found: dict[str, tuple[nn.Module, nn.Module]] = {}
     for name, module in modules.items():
@@ -130,8 +125,7 @@ def _hidden_size(model: nn.Module, router: nn.Module) -> int:
     weight = getattr(router, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.ndim == 2:
         return int(weight.shape[1])
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(config.hidden_size)
+    return int(text_config(model.config).hidden_size)
 
 
 def _new_gate(block: nn.Module, hidden: int, trash: str) -> QualityGate:

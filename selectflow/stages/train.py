@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from selectflow.config import TrainConfig
 from selectflow.router.gate import convert_model
-from selectflow.router.objective import GateObjective
 from selectflow.train import train_on_pool
 from selectflow.train import train as train_model
+from selectflow.train.objective import GateObjective
 
 
 def convert(model: str | os.PathLike, out_dir: str | os.PathLike, *, trash: str, init_std: float, seed: int,

@@ -11,6 +11,7 @@ module             what it computes
 ``prefetch``       :class:`PrefetchLoader`: background thread, side CUDA stream
 ``monitor``        host / device memory readings → ``memory.tsv``, ``empty_cache`` schedule
 ``step``           one optimizer step: response-token loss, accumulation, LR schedule
+``objective``      the warm-up's (Select-MoE stage 1) trainable tensors and gate loss
 ``presets``        loader presets, :func:`resolve_train_config` (schema defaults → preset →
                    user keys → a frozen :class:`~selectflow.config.TrainConfig`)
 ``estimate``       predicted training memory, :func:`pick_micro_batch`, the

@@ -106,7 +106,7 @@ def train_on_pool(model_path, pool_jsonl, out_dir, cfg: TrainConfig | dict | Non
     ``pool_jsonl`` is one JSONL path or a list of them (Alpaca / ShareGPT / messages, one
     format per file). The subset is drawn with ``train.seed`` over all records and does
     not depend on the attempt, so a retry resumes on the same samples. ``objective`` (a
-    :class:`selectflow.router.objective.GateObjective`) makes it Select-MoE's stage 1: only the gates
+    :class:`selectflow.train.objective.GateObjective`) makes it Select-MoE's stage 1: only the gates
     and routers train, and the gate loss is added.
     """
     if not 0.0 < float(subset_ratio) <= 1.0:
@@ -336,7 +336,7 @@ def fit(model_path, pairs: list[tuple[str, str, str]], out_dir, cfg: TrainConfig
         source: str = "", objective=None) -> dict:
     """The training loop behind :func:`train` and :func:`train_on_pool`.
 
-    ``objective`` (e.g. :class:`selectflow.router.objective.GateObjective`) picks the trainable
+    ``objective`` (e.g. :class:`selectflow.train.objective.GateObjective`) picks the trainable
     parameters (``select_trainable(model)``) and adds a loss term (``recording(model)``
     around the forward pass, then ``loss(captured, attention_mask, n_valid_tokens)``).
     """

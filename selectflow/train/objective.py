@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selectflow.router.gate import default_router_pattern, find_moe_blocks, quality_gates
+from selectflow.config import schema_default
+from selectflow.router.gate import find_moe_blocks, quality_gates
+from selectflow.router.modules import DEFAULT_ROUTER_PATTERN
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.train.data import IGNORE_INDEX
 
@@ -166,14 +168,12 @@ class GateObjective:
     """
 
     def __init__(self, quality_loss_weight: float, router_pattern: str | None = None, objective: str | None = None):
-        from selectflow.config import schema_default
-
         objective = objective or schema_default("warmup", "gate_objective")
         if objective not in OBJECTIVES:
             raise SelectFlowError(f"unknown gate objective {objective!r} (warmup.gate_objective); use one of "
                                   f"{', '.join(OBJECTIVES)}")
         self.weight = float(quality_loss_weight)
-        self.router_pattern = router_pattern or default_router_pattern()
+        self.router_pattern = router_pattern or DEFAULT_ROUTER_PATTERN
         self.objective = objective
 
     def fingerprint(self) -> dict:
