@@ -203,10 +203,25 @@ def sample_features(shard, rows: np.ndarray | None, sel, then=None) -> tuple[np.
                            for lo in range(0, len(rows), CHUNK_ROWS)]), metric
 
 
+def shard_features(shard, rows: np.ndarray | None, sel) -> tuple[np.ndarray, str]:
+    """:func:`sample_features` of rows ``rows`` (None: all) of a shard read whole."""
+    metric = feature_metric(sel)
+    hidden = sel.features == "hidden"
+    values = shard.hidden if hidden else shard.moe_probs
+    if values is None:
+        raise SelectFlowError(f"the router data {NO_HIDDEN}")
+    return _grid_features(values if rows is None else values[np.asarray(rows, dtype=np.int64)], hidden, metric), metric
+
+
+def _grid_features(values: np.ndarray, hidden: bool, metric: str) -> np.ndarray:
+    """Grid features of ``moe_probs`` [r, L, E] or, ``hidden``, of hidden states [r, H] (one layer of H values)."""
+    return distance.features(values[:, None, :] if hidden else values, metric)
+
+
 def target_features(router_h5: str | os.PathLike, sel) -> np.ndarray:
     """Float32 [T, D] features of the target records in router file ``router_h5``: the candidates' kind,
-    through :func:`sample_features` (one function for both, so ``selection.features`` applies to the targets too)."""
-    return sample_features(read_router_shard(router_h5), None, sel)[0]
+    through :func:`shard_features` (so ``selection.features`` applies to the targets too)."""
+    return shard_features(read_router_shard(router_h5), None, sel)[0]
 
 
 def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice,
