@@ -34,6 +34,7 @@ from matplotlib.ticker import MaxNLocator
 from selectflow.report.canvas import POOL, SELECTED, message, placeholder_figure, save_png
 from selectflow.report.resources import bench_seconds
 from selectflow.runtime.tables import read_tsv
+from selectflow.select.candidates import open_candidates, read_candidates
 
 
 def _read_tsv(path: str | os.PathLike, what: str) -> pd.DataFrame:
@@ -47,9 +48,6 @@ def _flag(column: pd.Series) -> np.ndarray:
 def candidate_attrs(candidates_h5: str | os.PathLike) -> dict:
     """Attributes of ``candidates.h5`` (stage, metric, k, n_pool, n_kept, quality_method), and ``strata``: the
     routing strata the candidates were chosen in (0: none)."""
-    # imported here: selectflow.stages.select pulls in torch, and the Snakefile imports this module
-    from selectflow.stages.select import open_candidates, read_candidates
-
     attrs = dict(read_candidates(candidates_h5).attrs)
     with open_candidates(candidates_h5) as f:
         attrs["strata"] = len(f["quota"]) if "quota" in f else 0
@@ -138,8 +136,6 @@ def fps_figure(curve_tsv: str | os.PathLike, candidates_h5: str | os.PathLike, o
     attrs = candidate_attrs(candidates_h5)
     dist = curve["min_distance"].to_numpy(dtype=np.float64)
     shown = np.isfinite(dist)  # step 0 is inf (nothing picked before it)
-    from selectflow.stages.select import read_candidates
-
     fig = Figure(figsize=(8, 4))
     ax = fig.subplots()
     ax.set_title(fps_title(len(curve), len(read_candidates(candidates_h5).sample_id), attrs), fontsize=10)
