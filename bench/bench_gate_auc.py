@@ -138,12 +138,13 @@ def gate_scores(model: Path, held: list[dict]) -> dict[str, np.ndarray]:
     import torch
 
     from selectflow.data.tokens import pad_token_id
+    from selectflow.select.pool import pool_of
     from selectflow.train.objective import record_gate_logits
     from selectflow.select.quality import quality_scores
     from selectflow.train.data import IGNORE_INDEX, encode_pair, pad_collate
 
     d = dumper(model)
-    library = quality_scores(d.dump(held, progress=False), "gate")[0]
+    library = quality_scores(pool_of([(None, d.dump(held, progress=False))]), "gate")[0]
     response = []
     for start in range(0, len(held), 64):
         items = [encode_pair(d.tokenizer, r["prompt"], r["response"], MAX_LENGTH) for r in held[start : start + 64]]

@@ -6,7 +6,8 @@ E=64 experts (OLMoE-sized routing, 4 KB a sample), ~1 KB JSON records, NLLs and 
 peak RSS (``ru_maxrss``) is its own. Baselines measured in the same run:
 
 * ``candidates`` streamed (this code) vs the in-memory path of before (``concat_shards`` of the
-  whole pool, then the same scoring) — the old path is skipped above ``--old-max`` samples;
+  whole pool, then the same scoring: ``tests/pool_reference.py``) — the old path is skipped above
+  ``--old-max`` samples;
 * ``selected_data`` reading only the selected rows vs reading every shard whole;
 * FPS on 2 gloo ranks (torchrun) vs one process, same picks checked.
 
@@ -105,9 +106,9 @@ if args["step"] == "candidates":
     build_candidates(args["paths"], args["out"] + "/candidates.h5", args["out"] + "/candidates_quality.tsv", sel)
 elif args["step"] == "candidates_old":
     # the code before streaming: the whole pool in memory (concat_shards), then the same functions
-    from selectflow.stages.select import build_candidates
-    build_candidates(args["paths"], args["out"] + "/candidates_old.h5", args["out"] + "/candidates_quality_old.tsv",
-                     sel, in_memory=True)
+    from tests.pool_reference import build_candidates_whole
+    build_candidates_whole(args["paths"], args["out"] + "/candidates_old.h5",
+                           args["out"] + "/candidates_quality_old.tsv", sel)
 elif args["step"] == "fps":
     from selectflow.stages.select import run_fps
     run_fps(args["out"] + "/candidates.h5", args["out"] + f"/curve_{sel.fps_gpus}.tsv", sel)

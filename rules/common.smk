@@ -169,7 +169,7 @@ def distance_blocks(wildcards):
         or CFG.selection.target
     ):
         return []
-    from selectflow.stages.select import n_blocks
+    from selectflow.select.candidates import n_blocks
 
     cand = checkpoints.candidates.get().output.h5
     n = n_blocks(cand, CFG.selection.distance_batch_size)

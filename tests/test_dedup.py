@@ -162,10 +162,12 @@ def test_text_without_words_is_never_a_near_duplicate():
 
 
 def test_streamed_and_whole_pool_near_dedup_agree(tmp_path):
-    """build_candidates streamed (keys made per shard) and in memory (keys of the whole pool): the same quality.tsv."""
+    """build_candidates streamed (keys made per shard) and on the whole pool (keys of every record at once): the
+    same quality.tsv."""
     from selectflow.config import selection_section
     from selectflow.router.routerfile import RouterShard, write_router_shard
     from selectflow.stages.select import build_candidates
+    from tests.pool_reference import build_candidates_whole
 
     rng = np.random.default_rng(5)
     base = corpus(30, 3)
@@ -185,7 +187,7 @@ def test_streamed_and_whole_pool_near_dedup_agree(tmp_path):
     sel = selection_section(quality_method="perplexity", selection_percentage=0.2, routing_strata=1, device="cpu",
                             near_duplicate_threshold=0.6)
     build_candidates(paths, tmp_path / "s.h5", tmp_path / "s.tsv", sel)
-    build_candidates(paths, tmp_path / "m.h5", tmp_path / "m.tsv", sel, in_memory=True)
+    build_candidates_whole(paths, tmp_path / "m.h5", tmp_path / "m.tsv", sel)
     streamed = (tmp_path / "s.tsv").read_text()
     assert streamed == (tmp_path / "m.tsv").read_text()
     assert streamed.count("duplicate_of:") >= 13  # 2 words changed and 1 swap of 60: Jaccard about 0.75

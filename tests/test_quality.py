@@ -9,7 +9,17 @@ import pytest
 
 from selectflow.router.routerfile import RouterShard
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.select.pool import pool_of
 from selectflow.select.quality import MIN_GROUP, assess, distinct_ngram_share, quality_scores, robust_z, words
+
+
+def as_pool(s):
+    """The pool of the one shard ``s`` held in memory (record field ``score`` read for method ``field``)."""
+    return pool_of([(None, s)], field="score")
+
+
+def pool(n=3, **kw):
+    return as_pool(shard(n, **kw))
 
 
 def shard(n=3, *, logits=None, nll=None, alone=None, resp_tokens=None, records=None, eos=None):
@@ -29,7 +39,7 @@ def shard(n=3, *, logits=None, nll=None, alone=None, resp_tokens=None, records=N
 
 def test_gate_is_mean_over_layers_of_softmax_index_0():
     logits = [[[2.0, 0.0], [0.0, 0.0]], [[0.0, 3.0], [-1.0, 1.0]], [[100.0, -100.0], [5.0, 5.0]]]
-    score, keep = quality_scores(shard(logits=logits), "gate")
+    score, keep = quality_scores(pool(logits=logits), "gate")
     sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731 - softmax of two logits = sigmoid of their difference
     expected = [(sig(2) + 0.5) / 2, (sig(-3) + sig(-2)) / 2, (1.0 + 0.5) / 2]
     np.testing.assert_allclose(score, expected, rtol=1e-12)
@@ -38,13 +48,13 @@ def test_gate_is_mean_over_layers_of_softmax_index_0():
 
 def test_auto_uses_combined_else_gate_else_perplexity():
     logits = [[[1.0, 0.0]] * 2] * 3
-    with_gate = shard(logits=logits, alone=[2.0, 2.0, 2.0])
+    with_gate = pool(logits=logits, alone=[2.0, 2.0, 2.0])
     np.testing.assert_allclose(quality_scores(with_gate, "auto")[0], quality_scores(with_gate, "combined")[0])
-    only_gate = shard(logits=logits)
+    only_gate = pool(logits=logits)
     np.testing.assert_allclose(quality_scores(only_gate, "auto")[0], quality_scores(only_gate, "gate")[0])
-    no_gate = shard(nll=[1.0, 1.5, 3.0], alone=[2.0, 2.0, 2.0])
+    no_gate = pool(nll=[1.0, 1.5, 3.0], alone=[2.0, 2.0, 2.0])
     np.testing.assert_allclose(quality_scores(no_gate, "auto")[0], quality_scores(no_gate, "combined")[0])
-    no_alone = shard(nll=[1.0, 1.5, 3.0])
+    no_alone = pool(nll=[1.0, 1.5, 3.0])
     np.testing.assert_allclose(quality_scores(no_alone, "auto")[0], [-1.0, -1.5, -3.0])
 
 
@@ -57,7 +67,7 @@ def test_combined_against_a_naive_reference_and_its_direction():
     alone = [4.0, 2.0, 4.0, 2.0, 1.0, 2.0, 2.0, 2.0]
     eos = [0.1, 0.1, 0.1, 3.0, 0.1, np.nan, 0.1, 0.1]
     resp = ["a fine answer"] * 6 + ["x", ""]
-    s = shard(n=8, nll=nll, alone=alone, eos=eos, records=[norm(r) for r in resp])
+    s = pool(n=8, nll=nll, alone=alone, eos=eos, records=[norm(r) for r in resp])
     a = assess(s, "combined")
     for i in range(8):  # log(1/IFD) + log p(eos); an unknown eos (cut by max_length) adds nothing
         want = math.log(alone[i] / nll[i]) - (0.0 if math.isnan(eos[i]) else eos[i])
@@ -74,7 +84,7 @@ def test_combined_against_a_naive_reference_and_its_direction():
 
 def test_combined_drops_degenerate_repetition_not_ordinary_text():
     resp = ["the cat " * 20, "ok " * 30, "Boil the rice for ten minutes, then add salt and serve it warm.", "Yes."]
-    s = shard(n=4, nll=[1.0] * 4, alone=[2.0] * 4, eos=[0.1] * 4, records=[norm(r) for r in resp])
+    s = pool(n=4, nll=[1.0] * 4, alone=[2.0] * 4, eos=[0.1] * 4, records=[norm(r) for r in resp])
     a = assess(s, "combined")
     assert a.reason.tolist() == ["repetitive", "repetitive", "", ""]
 
@@ -115,13 +125,13 @@ def test_words_are_word_characters_not_punctuation(text, expected):
     ("   \n ", "no_response_tokens"),
 ])
 def test_combined_word_checks_count_words(response, why):
-    s = shard(n=1, nll=[1.0], alone=[2.0], eos=[0.1], records=[norm(response)])
+    s = pool(n=1, nll=[1.0], alone=[2.0], eos=[0.1], records=[norm(response)])
     assert assess(s, "combined").reason.tolist() == [why]
     assert assess(s, "perplexity").reason.tolist() == ["no_response_tokens" if why == "no_response_tokens" else ""]
 
 
 def test_ifd_ratio_and_drops():
-    s = shard(
+    s = pool(
         n=6,
         nll=[1.0, 2.0, 3.0, np.nan, 1.0, 1.0],
         alone=[2.0, 2.0, 2.0, 2.0, 0.0, 4.0],
@@ -134,14 +144,14 @@ def test_ifd_ratio_and_drops():
 
 
 def test_perplexity_is_negative_nll():
-    score, keep = quality_scores(shard(nll=[0.5, 2.0, np.nan], resp_tokens=[3, 3, 0]), "perplexity")
+    score, keep = quality_scores(pool(nll=[0.5, 2.0, np.nan], resp_tokens=[3, 3, 0]), "perplexity")
     np.testing.assert_allclose(score[:2], [-0.5, -2.0])
     assert keep.tolist() == [True, True, False]
 
 
 def test_field_reads_original_record():
     recs = [{"sample_id": f"s{i}", "dataset": "d", "record": {"score": v}} for i, v in enumerate([3, 1.5, -2])]
-    score, keep = quality_scores(shard(records=recs), "field", "score")
+    score, keep = quality_scores(pool(records=recs), "field", "score")
     assert score.tolist() == [3.0, 1.5, -2.0] and keep.all()
 
 
@@ -150,27 +160,27 @@ def test_field_missing_or_non_numeric_names_sample_and_field(value, phrase):
     recs = [{"sample_id": "s0", "dataset": "d", "record": {"score": 1}},
             {"sample_id": "s1", "dataset": "d", "record": {} if value is None else {"score": value}}]
     with pytest.raises(SelectFlowError, match=rf"'s1'.*{phrase}.*'score'"):
-        quality_scores(shard(n=2, records=recs), "field", "score")
+        quality_scores(pool(n=2, records=recs), "field", "score")
 
 
 def test_errors_for_unknown_method_and_absent_data():
     with pytest.raises(SelectFlowError, match="unknown quality method 'best'"):
-        quality_scores(shard(), "best")
+        quality_scores(pool(), "best")
     with pytest.raises(SelectFlowError, match="router_dump.ifd"):
-        quality_scores(shard(), "combined")
+        quality_scores(pool(), "combined")
     with pytest.raises(SelectFlowError, match="quality_logits"):
-        quality_scores(shard(), "gate")
+        quality_scores(pool(), "gate")
     with pytest.raises(SelectFlowError, match="needs the name"):
-        quality_scores(shard(), "field")
+        quality_scores(pool(), "field")
 
 
 def test_unfinished_is_relative_to_the_pools_median_end():
     # a model that ends every response with low p(eos) drops none of them ...
-    s = shard(n=4, nll=[1.0] * 4, alone=[2.0] * 4, eos=[3.0, 3.2, 2.9, 0.1], records=[norm("an answer")] * 4)
+    s = pool(n=4, nll=[1.0] * 4, alone=[2.0] * 4, eos=[3.0, 3.2, 2.9, 0.1], records=[norm("an answer")] * 4)
     a = assess(s, "combined")
     assert a.keep.all() and a.score[3] > a.score[0]  # the score still uses nll_eos
     # ... and drops one whose end is under half as likely as the median's (median 2.95 + log 2 = 3.64)
-    s = shard(n=5, nll=[1.0] * 5, alone=[2.0] * 5, eos=[3.0, 3.2, 2.9, 0.1, 3.7], records=[norm("an answer")] * 5)
+    s = pool(n=5, nll=[1.0] * 5, alone=[2.0] * 5, eos=[3.0, 3.2, 2.9, 0.1, 3.7], records=[norm("an answer")] * 5)
     assert assess(s, "combined").reason.tolist() == ["", "", "", "", "unfinished"]
 
 
@@ -214,7 +224,7 @@ def test_robust_z_falls_back_to_mean_deviation_when_mad_is_zero():
     assert robust_z(np.array([3.0] * 60)).tolist() == [0.0] * 60
 
 
-def pool_of(ifd_by_dataset, seed=0):
+def ifd_shard(ifd_by_dataset, seed=0):
     """Records of datasets with IFDs as given (alone 4.0), p(eos) alike; spread ±2 % around each value."""
     rng = np.random.default_rng(seed)
     ifd, names = [], []
@@ -231,10 +241,10 @@ def pool_of(ifd_by_dataset, seed=0):
 def test_pool_cut_drops_junk_between_clean_and_the_fixed_cut_per_dataset():
     # dataset a: clean records at IFD 0.70 and 3 junk at 0.87 (under ifd>=1: the fixed cut keeps them);
     # dataset b: every record at 0.87, its normal level: nothing there is far out
-    s, ifd = pool_of({"a": [0.70] * 97 + [0.87] * 3, "b": [0.87] * 80})
-    fixed = assess(s, "combined")
+    s, ifd = ifd_shard({"a": [0.70] * 97 + [0.87] * 3, "b": [0.87] * 80})
+    fixed = assess(as_pool(s), "combined")
     assert fixed.keep.all()
-    a = assess(s, "combined", cut="pool", cut_z=3.5)
+    a = assess(as_pool(s), "combined", cut="pool", cut_z=3.5)
     junk = np.zeros(len(ifd), dtype=bool)
     junk[97:100] = True
     assert a.reason[junk].tolist() == ["outlier:log_ifd"] * 3
@@ -245,38 +255,39 @@ def test_pool_cut_drops_junk_between_clean_and_the_fixed_cut_per_dataset():
                    np.ones(len(ifd), dtype=bool), MIN_GROUP) > 3.5
     np.testing.assert_array_equal(~a.keep, want)
     # every method but field gets the cut
-    assert assess(s, "perplexity", cut="pool", cut_z=3.5).reason[junk].tolist() == ["outlier:log_ifd"] * 3
+    assert assess(as_pool(s), "perplexity", cut="pool", cut_z=3.5).reason[junk].tolist() == ["outlier:log_ifd"] * 3
     # judged as one pool (no dataset names), b's normal level would be far out: all of b dropped
     s.record = np.array([json.dumps({k: v for k, v in json.loads(r).items() if k != "dataset"}) for r in s.record],
                         dtype=object)
-    assert (~assess(s, "combined", cut="pool", cut_z=3.5).keep[100:]).all()
+    assert (~assess(as_pool(s), "combined", cut="pool", cut_z=3.5).keep[100:]).all()
 
 
 def test_pool_cut_keeps_the_fixed_drops_and_leaves_field_alone():
-    s, _ = pool_of({"a": [0.70] * 60 + [1.2]})
-    assert assess(s, "combined", cut="pool", cut_z=3.5).reason[-1] == "ifd>=1"  # first failing check named
+    s, _ = ifd_shard({"a": [0.70] * 60 + [1.2]})
+    assert assess(as_pool(s), "combined", cut="pool", cut_z=3.5).reason[-1] == "ifd>=1"  # first failing check named
     recs = [{**json.loads(r), "record": {"score": float(i)}} for i, r in enumerate(s.record)]
-    f = shard(n=61, nll=s.nll_response, alone=s.nll_response_alone, records=recs)
+    f = pool(n=61, nll=s.nll_response, alone=s.nll_response_alone, records=recs)
     assert assess(f, "field", "score", cut="pool", cut_z=3.5).keep.all()
 
 
 def test_pool_cut_needs_a_known_cut_and_a_positive_z():
-    s, _ = pool_of({"a": [0.7] * 60})
+    s = as_pool(ifd_shard({"a": [0.7] * 60})[0])
     with pytest.raises(SelectFlowError, match="quality cut 'median'"):
         assess(s, "combined", cut="median", cut_z=3.0)
     with pytest.raises(SelectFlowError, match="quality_cut_z"):
         assess(s, "combined", cut="pool")
 
 
-@pytest.mark.parametrize("in_memory", [False, True])
-def test_selection_quality_cut_pool_reaches_the_quality_table(tmp_path, in_memory):
+@pytest.mark.parametrize("whole", [False, True])
+def test_selection_quality_cut_pool_reaches_the_quality_table(tmp_path, whole):
     import pandas as pd
 
     from selectflow.config import selection_section
     from selectflow.router.routerfile import write_router_shard
     from selectflow.stages.select import build_candidates
+    from tests.pool_reference import build_candidates_whole
 
-    s, _ = pool_of({"a": [0.70] * 97 + [0.87] * 3, "b": [0.87] * 80})
+    s, _ = ifd_shard({"a": [0.70] * 97 + [0.87] * 3, "b": [0.87] * 80})
     s.moe_probs = np.random.default_rng(1).dirichlet(np.ones(4), size=(len(s), 2)).astype(np.float32)
     paths = []
     for k, part in enumerate((slice(0, 90), slice(90, None))):  # the junk of a spans both shards
@@ -287,9 +298,10 @@ def test_selection_quality_cut_pool_reaches_the_quality_table(tmp_path, in_memor
         paths.append(tmp_path / f"shard_{k}.h5")
         write_router_shard(paths[-1], piece)
     reasons = {}
+    build = build_candidates_whole if whole else build_candidates
     for cut in ("fixed", "pool"):
         sel = selection_section(quality_method="combined", quality_cut=cut, selection_percentage=0.5, device="cpu")
-        build_candidates(paths, tmp_path / f"{cut}.h5", tmp_path / f"{cut}.tsv", sel, in_memory=in_memory)
+        build(paths, tmp_path / f"{cut}.h5", tmp_path / f"{cut}.tsv", sel)
         table = pd.read_csv(tmp_path / f"{cut}.tsv", sep="\t").set_index("sample_id")
         reasons[cut] = table["reason"]
     junk = [f"s{i}" for i in range(97, 100)]

@@ -23,6 +23,7 @@ from selectflow.stages.select import (
     run_fps,
     write_selection,
 )
+from tests.pool_reference import build_candidates_whole
 
 L, E = 2, 5
 DATASETS = {"alpaca": 14, "chat": 9, "NA": 7}  # "NA" must stay a string through the TSVs
@@ -324,9 +325,9 @@ def test_duplicates_by_sorting_drop_what_a_dict_pass_drops(seed):
     # few distinct keys, so chains occur (a text copy of one sample, a routing copy of another); b"": no text
     text = np.array([b"" if r < 0.15 else bytes([int(r * 40)]) * 16 for r in rng.random(n)], dtype="S16")
     routing = np.array([bytes([k]) * 16 for k in rng.integers(1, 90, size=n)], dtype="S16")
-    shard = SimpleNamespace(sample_id=ids, facts={"text_key": text, "routing_key": routing}, record=None)
+    pool = SimpleNamespace(sample_id=ids, text_key=text, routing_key=routing, near={})
     got_keep, got_reason = keep.copy(), np.full(n, "", dtype=object)
-    dropped = drop_duplicates(shard, score, got_keep, got_reason)
+    dropped = drop_duplicates(pool, score, got_keep, got_reason)
     want_keep, want_reason = _drop_duplicates_one_key_at_a_time(ids, score, keep, text, routing)
     assert dropped == int((keep & ~want_keep).sum()) > 50
     assert (got_keep == want_keep).all() and (got_reason == want_reason).all()
@@ -453,7 +454,7 @@ def file_digest(path):
 # (commit 3681dd9, before streaming); a change to these bytes is a change of the selection. The two
 # TSVs are not pinned: the same code wrote other TSV bytes on three fresh installs (2026-11-29, twice on
 # 2026-12-03; the HDF5 values matched; the cause was not found), so the test compares them with
-# the whole-pool path (build_candidates(in_memory=True)) run beside the streaming one
+# the whole-pool reference (tests/pool_reference.py) run beside the streaming one
 STREAMING_CASES = {
     "combined_strata": dict(quality_method="combined", selection_percentage=0.2, importance_selection_percentage=0.6,
                             routing_strata=3),
@@ -501,13 +502,13 @@ EXPECTED_DIGESTS = {
 }
 
 
-def selection_digests(tmp_path, name, in_memory=False):
+def selection_digests(tmp_path, name, whole=False):
     pool = rich_pool(21)
     paths = write_rich_shards(pool, tmp_path / "shards", seed=3)
-    out = tmp_path / (name + ("_in_memory" if in_memory else ""))
+    out = tmp_path / (name + ("_whole" if whole else ""))
     sel = section(distance_batch_size=4, **{**PINNED_SETTINGS, **STREAMING_CASES[name]})
-    build_candidates(paths, out / "candidates.h5", out / "candidates_quality.tsv", sel, exclude_ids={"chat:2"},
-                     in_memory=in_memory)
+    build = build_candidates_whole if whole else build_candidates
+    build(paths, out / "candidates.h5", out / "candidates_quality.tsv", sel, exclude_ids={"chat:2"})
     run_fps(out / "candidates.h5", out / "curve.tsv", sel)
     write_selection(out / "curve.tsv", out / "candidates_quality.tsv", paths, out / "selected.jsonl", out / "summary.tsv",
                     out / "quality.tsv")
@@ -521,8 +522,8 @@ def test_streaming_candidates_write_what_the_in_memory_code_wrote(tmp_path, name
     streamed = selection_digests(tmp_path, name)
     pinned = EXPECTED_DIGESTS.get(name, {})
     assert {f: d for f, d in streamed.items() if f in pinned} == pinned
-    # every file, the TSVs included, byte for byte as the whole-pool path writes them on this machine
-    assert streamed == selection_digests(tmp_path, name, in_memory=True)
+    # every file, the TSVs included, byte for byte as the whole-pool reference writes them on this machine
+    assert streamed == selection_digests(tmp_path, name, whole=True)
 
 
 def with_hidden(pool, seed=5, size=6):
@@ -557,9 +558,9 @@ def test_hidden_features_run_with_strata_streamed_as_in_memory(tmp_path, diversi
     sel = section(features="hidden", diversity=diversity, routing_strata=3, diversity_clusters=3,
                   diversity_neighbors=4, selection_percentage=0.2, importance_selection_percentage=0.6)
     picks = []
-    for in_memory in (False, True):
-        out = tmp_path / f"out{in_memory}"
-        build_candidates(paths, out / "c.h5", out / "q.tsv", sel, in_memory=in_memory)
+    for build in (build_candidates, build_candidates_whole):
+        out = tmp_path / build.__name__
+        build(paths, out / "c.h5", out / "q.tsv", sel)
         run_fps(out / "c.h5", out / "curve.tsv", sel)
         picks.append(pd.read_csv(out / "curve.tsv", sep="\t", dtype={"sample_id": str})["sample_id"].tolist())
         with h5py.File(out / "c.h5") as f:
@@ -567,16 +568,13 @@ def test_hidden_features_run_with_strata_streamed_as_in_memory(tmp_path, diversi
     assert picks[0] == picks[1] and len(picks[0]) == round(0.2 * len(pool)) == len(set(picks[0]))
 
 
-@pytest.mark.parametrize("in_memory", [False, True])
-def test_hidden_features_of_shards_dumped_without_them_say_which_key_to_set(tmp_path, in_memory):
+def test_hidden_features_of_shards_dumped_without_them_say_which_key_to_set(tmp_path):
     pool = make_pool()
     paths = write_shards(pool, tmp_path / "a", seed=1)
     sel = section(features="hidden", selection_percentage=0.2)
     with pytest.raises(SelectFlowError, match=r"router_dump\.hidden_states: true.*router dump runs again") as err:
-        build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", sel, in_memory=in_memory)
-    if not in_memory:  # streamed: the shard that lacks them is named
-        assert any(str(p) in str(err.value) for p in paths)
+        build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", sel)
+    assert any(str(p) in str(err.value) for p in paths)  # the shard that lacks them is named
     assert not (tmp_path / "c.h5").exists()
     # the same shards serve routing features as before
-    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", section(selection_percentage=0.2),
-                     in_memory=in_memory)
+    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", section(selection_percentage=0.2))

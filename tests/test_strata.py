@@ -16,6 +16,7 @@ from selectflow.select.fps import fps_matrix, fps_streaming
 from selectflow.select import baselines, strata
 from selectflow.select.strata import allocate, kmeans, strata_labels
 from selectflow.stages.select import build_candidates, run_fps
+from tests.pool_reference import build_candidates_whole
 from tests.test_fps import blocks, brute_fps, naive_matrix, with_ties
 
 
@@ -156,10 +157,10 @@ def test_strata_of_a_streamed_pool_hold_a_sample_of_the_kept_features(tmp_path, 
         build_candidates(paths, tmp_path / f"c{n_strata}.h5", tmp_path / f"q{n_strata}.tsv", sel)
         peak[n_strata] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        in_memory = tmp_path / f"c{n_strata}_in_memory.h5"
-        build_candidates(paths, in_memory, tmp_path / f"q{n_strata}_in_memory.tsv", sel, in_memory=True)
-        with h5py.File(tmp_path / f"c{n_strata}.h5") as a, h5py.File(in_memory) as b:
-            assert all(np.array_equal(a[name][()], b[name][()]) for name in a)  # the whole-pool path agrees
+        whole = tmp_path / f"c{n_strata}_whole.h5"
+        build_candidates_whole(paths, whole, tmp_path / f"q{n_strata}_whole.tsv", sel)
+        with h5py.File(tmp_path / f"c{n_strata}.h5") as a, h5py.File(whole) as b:
+            assert all(np.array_equal(a[name][()], b[name][()]) for name in a)  # the whole-pool reference agrees
             if n_strata > 1:
                 labels = a["stratum"][()]
     # k-means over every kept sample held their features (24.6 MB); now the sample's (0.8 MB) and one

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from selectflow.router.routerfile import read_router_shard
-from selectflow.stages.select import n_blocks
+from selectflow.select.candidates import n_blocks
 
 from .workflow import REPO, config_variant, ran_jobs, snakemake
 

@@ -43,6 +43,7 @@ rename), ``model_path``, ``config_digest``, ``dtype``, ``n_layers``, ``n_experts
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +60,11 @@ REBUILD_HINT = ("rule router_dump rebuilds it: delete the file and its hard link
 
 @dataclass
 class RouterShard:
-    """The arrays of one or more shards, rows aligned by ``sample_id``."""
+    """What one shard file holds (or several, stacked by :func:`concat_shards`), rows aligned by ``sample_id``.
+
+    The selection works on :class:`selectflow.select.pool.Pool`, which keeps of each shard only
+    what it needs later.
+    """
 
     sample_id: np.ndarray  # [n] object (str)
     moe_probs: np.ndarray  # [n, L, E] float32
@@ -72,10 +77,6 @@ class RouterShard:
     record: np.ndarray | None = None  # [n] object (JSON str of the normalised record)
     hidden: np.ndarray | None = None  # [n, H] float32 (mean-pooled last hidden state)
     attrs: dict = field(default_factory=dict)
-    # a streamed pool (scan_shards): per-sample values derived from the records and routing, and
-    # where each row lives; moe_probs and record are then None
-    facts: dict | None = None
-    source: ShardRows | None = None
 
     def __len__(self) -> int:
         return len(self.sample_id)
@@ -187,7 +188,8 @@ def _check_same_layers(p0, probs0: np.ndarray, p, probs: np.ndarray) -> None:
         )
 
 
-def _check_unique(sample_id: np.ndarray, shard_of: np.ndarray, paths: list) -> None:
+def check_unique_ids(sample_id: np.ndarray, shard_of: np.ndarray, paths: list) -> None:
+    """SelectFlowError naming the shards (``paths[shard_of[i]]``) of the first ``sample_id`` found twice."""
     uniq, counts = np.unique(sample_id, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1][0]
@@ -198,17 +200,31 @@ def _check_unique(sample_id: np.ndarray, shard_of: np.ndarray, paths: list) -> N
         )
 
 
-def concat_shards(paths: list[str | os.PathLike]) -> RouterShard:
-    """Read shards and stack them; L and E must agree, sample ids must be unique.
+def scan_shards(paths: list[str | os.PathLike]) -> Iterator[tuple[Path, RouterShard]]:
+    """``(path, shard)`` of each of ``paths`` in turn, read and validated whole (:func:`read_router_shard`).
 
-    Holds the whole pool; :func:`scan_shards` reads the same shards one at a time.
+    One shard is read at a time, when the caller asks for the next, so a caller that keeps only
+    part of each holds one shard. L and E must agree across the shards; the sample ids'
+    uniqueness (:func:`check_unique_ids`) needs all of them, so the caller checks it.
     """
     if not paths:
         raise SelectFlowError("no router-data shards given; run the router_dump rule first")
-    shards = [(Path(p), read_router_shard(p)) for p in paths]
-    p0, s0 = shards[0]
-    for p, s in shards[1:]:
-        _check_same_layers(p0, s0.moe_probs, p, s.moe_probs)
+    first = None
+    for p in map(Path, paths):
+        shard = read_router_shard(p)
+        if first is None:
+            first = (p, shard.moe_probs[:0].copy())
+        _check_same_layers(first[0], first[1], p, shard.moe_probs)
+        yield p, shard
+
+
+def concat_shards(paths: list[str | os.PathLike]) -> RouterShard:
+    """Read shards and stack them; L and E must agree, sample ids must be unique.
+
+    Holds every shard at once; :func:`scan_shards` gives the same shards one at a time.
+    """
+    shards = list(scan_shards(paths))
+    s0 = shards[0][1]
 
     def stack(name):
         values = [getattr(s, name) for _, s in shards]
@@ -229,33 +245,9 @@ def concat_shards(paths: list[str | os.PathLike]) -> RouterShard:
         hidden=stack("hidden"),
         attrs=dict(s0.attrs),
     )
-    _check_unique(out.sample_id, np.repeat(np.arange(len(shards)), [len(s) for _, s in shards]), [p for p, _ in shards])
+    shard_of = np.repeat(np.arange(len(shards)), [len(s) for _, s in shards])
+    check_unique_ids(out.sample_id, shard_of, [p for p, _ in shards])
     return out
-
-
-@dataclass
-class ShardRows:
-    """Where the rows of a streamed pool live: shard ``shard_of[i]``, row ``row_of[i]`` of ``paths``."""
-
-    paths: list
-    shard_of: np.ndarray  # [n] int64
-    row_of: np.ndarray  # [n] int64
-
-    def take(self, rows: np.ndarray, read, out: np.ndarray | None = None) -> np.ndarray:
-        """``read(path)[row]`` for each pool row of ``rows``, in that order, one shard at a time.
-
-        ``read`` maps a shard's path to an array of its rows (or a transform of them); the
-        result is ``out`` (or a new array) [len(rows), ...]. Shards holding none of ``rows``
-        are not opened.
-        """
-        rows = np.asarray(rows, dtype=np.int64)
-        for k in np.unique(self.shard_of[rows]):
-            at = np.flatnonzero(self.shard_of[rows] == k)
-            values = read(self.paths[k], self.row_of[rows[at]])
-            if out is None:
-                out = np.empty((len(rows), *values.shape[1:]), dtype=values.dtype)
-            out[at] = values
-        return out
 
 
 def _read_array(path: str | os.PathLike, name: str, rows: np.ndarray | None, absent: str | None = None) -> np.ndarray:
@@ -304,46 +296,4 @@ def read_records(path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
             raise CorruptFileError(f"{path}: cannot read its records ({exc}); {REBUILD_HINT}") from None
     out = np.empty(len(rows), dtype=object)
     out[order] = values[back]
-    return out
-
-
-_SMALL = ("nll_response", "n_tokens", "n_response_tokens", "quality_logits", "nll_response_alone", "nll_eos")
-
-
-def scan_shards(paths: list[str | os.PathLike], derive) -> RouterShard:
-    """The pool's small per-sample arrays, read one shard at a time, without ``moe_probs`` and records.
-
-    Each shard is read and validated whole (:func:`read_router_shard`), ``derive(shard)``
-    turns it into a dict of per-sample arrays (values of its records and routing the caller
-    needs later), then its ``moe_probs`` and records are dropped. The result has
-    ``moe_probs=None``, ``record=None``, ``facts`` (the stacked ``derive`` arrays) and
-    ``source`` (:class:`ShardRows`, to read chosen rows back). Peak memory: one shard plus
-    the small arrays of the pool. Same checks as :func:`concat_shards`.
-    """
-    if not paths:
-        raise SelectFlowError("no router-data shards given; run the router_dump rule first")
-    paths = [Path(p) for p in paths]
-    parts: dict[str, list] = {name: [] for name in ("sample_id", *_SMALL)}
-    facts: dict[str, list] = {}
-    sizes, first, attrs = [], None, {}
-    for p in paths:
-        s = read_router_shard(p)
-        if first is None:
-            first, attrs = (p, s.moe_probs[:0].copy()), dict(s.attrs)
-        _check_same_layers(first[0], first[1], p, s.moe_probs)
-        for name in parts:
-            parts[name].append(getattr(s, name))
-        for name, values in derive(s).items():
-            facts.setdefault(name, []).append(values)
-        sizes.append(len(s))
-
-    def stack(values):
-        return None if any(v is None for v in values) else np.concatenate(values)
-
-    shard_of = np.repeat(np.arange(len(paths)), sizes)
-    out = RouterShard(moe_probs=None, attrs=attrs, **{name: stack(values) for name, values in parts.items()},
-                      # a value some shards cannot give (no records there) is given for none
-                      facts={name: np.concatenate(values) for name, values in facts.items() if len(values) == len(paths)},
-                      source=ShardRows(paths, shard_of, np.concatenate([np.arange(n) for n in sizes])))
-    _check_unique(out.sample_id, shard_of, paths)
     return out

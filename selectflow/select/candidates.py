@@ -1,15 +1,15 @@
 """The candidates FPS chooses from, and their file ``candidates.h5``.
 
-:func:`choose` orders the samples that passed the quality filter (quality descending, ties
-by ``sample_id``), sets k and picks the candidates: every kept sample (``fps``), the quality
-top ``importance_selection_percentage`` (``two_stage``) or the top k (``quality``, no FPS);
-with ``routing_strata`` > 1 the candidates and picks are shared out by routing strata
-(:func:`selectflow.select.strata.stratify`).
+:func:`choose` orders the samples of the pool (:class:`~selectflow.select.pool.Pool`) that passed
+the quality filter (quality descending, ties by ``sample_id``), sets k and picks the candidates:
+every kept sample (``fps``), the quality top ``importance_selection_percentage`` (``two_stage``) or
+the top k (``quality``, no FPS); with ``routing_strata`` > 1 the candidates and picks are shared
+out by routing strata (:func:`selectflow.select.strata.stratify`).
 
 Every per-sample feature vector of the selection (candidates, routing strata, and target
-records) comes from :func:`sample_features`: ``selection.features`` routing (the routing
-distributions under ``selection.metric``) or hidden (the dump's mean-pooled last hidden
-states under cosine distance).
+records) is made by :func:`sample_features` (of pool rows) or :func:`shard_features` (of a shard
+read whole): ``selection.features`` routing (the routing distributions under
+``selection.metric``) or hidden (the dump's mean-pooled last hidden states under cosine distance).
 
 ``candidates.h5``: ``sample_id`` [m] str, ``quality`` [m] float64, ``features`` [m, D]
 float32 (grid features, :func:`selectflow.select.distance.features`), in candidate order;
@@ -29,12 +29,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from selectflow.router.routerfile import NO_HIDDEN, read_hidden, read_moe_probs, read_router_shard
+from selectflow.router.routerfile import NO_HIDDEN, RouterShard, read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
 from selectflow.select import distance
 from selectflow.select.dedup import duplicates_of
-from selectflow.select.quality import datasets as shard_datasets
+from selectflow.select.pool import Pool
 from selectflow.select.strata import strata_labels, stratify
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ CANDIDATES_LAYOUT_VERSION = 1
 CANDIDATES_REBUILD_HINT = "rule candidates rebuilds it: delete the file and rerun snakemake"
 STAGES = ("fps", "two_stage", "quality")
 FEATURES = ("routing", "hidden")
-CHUNK_ROWS = 65536  # rows of an in-memory pool turned into features at a time by sample_features(then=...)
 
 
 def check_fraction(name: str, value: float | None, *, optional: bool = False) -> float | None:
@@ -98,12 +97,12 @@ class Choice:
     k: int  # FPS picks
     stage: str  # one of STAGES
     order: np.ndarray  # kept samples, quality descending (ties by sample_id)
-    chosen: np.ndarray  # candidates (shard indices), in quality order
+    chosen: np.ndarray  # candidates (pool rows), in quality order
     stratum: np.ndarray | None = None  # [m] routing stratum of each candidate
     quota: np.ndarray | None = None  # [S] picks per stratum
 
 
-def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_pool: int, sel) -> Choice:
+def choose(pool: Pool, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_pool: int, sel) -> Choice:
     """k and the candidates among the ``keep`` samples; ``reason`` gets ``candidate`` / ``below_importance_cut``.
 
     k = round(selection_percentage · ``n_pool``), at least 1, at most the kept samples.
@@ -122,7 +121,7 @@ def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_poo
         k = n_kept
     kept = np.flatnonzero(keep)
     # quality descending, ties by sample_id: the order is a function of the data, not of shard order
-    order = kept[np.lexsort((shard.sample_id[kept].astype(str), -score[kept]))]
+    order = kept[np.lexsort((pool.sample_id[kept].astype(str), -score[kept]))]
     if sel.disable_diversity:
         stage, m = "quality", k
     elif importance is not None and importance > selection:
@@ -134,10 +133,10 @@ def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_poo
     choice = Choice(k=k, stage=stage, order=order, chosen=order[:m])
     if stage != "quality" and sel.routing_strata > 1:
         labels = strata_labels(len(order), sel.routing_strata,
-                               lambda at: sample_features(shard, order[at], sel)[0],
-                               lambda label: sample_features(shard, order, sel, then=label)[0])
+                               lambda at: sample_features(pool, order[at], sel)[0],
+                               lambda label: sample_features(pool, order, sel, then=label)[0])
         # a stratum's weight: its kept samples and, with strata_weight pool, the duplicates they stand for
-        weight = (duplicates_of(shard.sample_id[order], reason) if sel.strata_weight == "pool"
+        weight = (duplicates_of(pool.sample_id[order], reason) if sel.strata_weight == "pool"
                   else np.ones(len(order)))
         take, labels, choice.quota = stratify(labels, weight, k, m)
         choice.chosen, choice.stratum = order[take], labels[take].astype(np.int64)
@@ -146,12 +145,12 @@ def choose(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, n_poo
     return choice
 
 
-def write_candidates(path: str | os.PathLike, shard, score: np.ndarray, choice: Choice, attrs: dict, sel) -> None:
+def write_candidates(path: str | os.PathLike, pool: Pool, score: np.ndarray, choice: Choice, attrs: dict, sel) -> None:
     """``candidates.h5`` (atomic) for ``choice``; ``attrs`` are the counts and names it records."""
-    feats, metric = sample_features(shard, choice.chosen, sel)
+    feats, metric = sample_features(pool, choice.chosen, sel)
     with atomic_path(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("sample_id", data=shard.sample_id[choice.chosen].astype(object), dtype=h5py.string_dtype())
+            f.create_dataset("sample_id", data=pool.sample_id[choice.chosen].astype(object), dtype=h5py.string_dtype())
             f.create_dataset("quality", data=score[choice.chosen].astype(np.float64))
             f.create_dataset("features", data=feats)
             if choice.stratum is not None:
@@ -170,60 +169,65 @@ def feature_metric(sel) -> str:
     return "cosine" if sel.features == "hidden" else distance.check_metric(sel.metric)
 
 
-def sample_features(shard, rows: np.ndarray | None, sel, then=None) -> tuple[np.ndarray, str]:
-    """Float32 [len(rows), D] grid features of rows ``rows`` (in that order; None: all), or ``then`` of them; and their metric.
+def sample_features(pool: Pool, rows: np.ndarray | None, sel, then=None) -> tuple[np.ndarray, str]:
+    """Float32 [len(rows), D] grid features of pool rows ``rows`` (in order; None: all), or ``then`` of them; and their metric.
 
     The one place ``selection.features`` (``sel``: a :class:`selectflow.config.SelectionConfig`)
     turns router data into the vectors the selection compares (:func:`feature_metric` gives the
     distance): routing, the ``moe_probs`` [L, E] under ``selection.metric`` (D = L·E); hidden,
-    the ``hidden`` [H] states, L2-normalised for cosine distance (D = H). ``shard`` is a
-    :class:`~selectflow.router.routerfile.RouterShard` in memory, or a streamed pool
-    (:func:`selectflow.router.routerfile.scan_shards`), whose rows are read back one shard at a
-    time: memory [len(rows), D] plus one shard. With ``then`` (features [r, D] -> array [r, ...],
-    e.g. a stratum label) only its results are kept, so the features of one shard at a time are
-    held (of one chunk of rows for a pool in memory). A SelectFlowError names the key to set when
-    hidden features are asked of router data dumped without them.
+    the ``hidden`` [H] states, L2-normalised for cosine distance (D = H). The rows are read back
+    from their shards one shard at a time (``pool.rows``): memory [len(rows), D] plus one shard.
+    With ``then`` (features [r, D] -> array [r, ...], e.g. a stratum label) only its results are
+    kept, so the features of one shard at a time are held. A SelectFlowError names the shard
+    and the key to set when hidden features are asked of router data dumped without them.
     """
     metric = feature_metric(sel)
     hidden = sel.features == "hidden"
-    rows = np.arange(len(shard)) if rows is None else np.asarray(rows, dtype=np.int64)
+    rows = np.arange(len(pool)) if rows is None else np.asarray(rows, dtype=np.int64)
 
-    def read(values):
-        feats = distance.features(values[:, None, :] if hidden else values, metric)
+    def convert(values):
+        feats = _grid_features(values, hidden, metric)
         return feats if then is None else then(feats)
 
-    if shard.source is not None and shard.moe_probs is None:
-        return shard.source.take(rows, lambda path, at: read((read_hidden if hidden else read_moe_probs)(path, at))), metric
+    return pool.rows.vectors(rows, hidden, convert), metric
+
+
+def shard_features(shard: RouterShard, rows: np.ndarray | None, sel) -> tuple[np.ndarray, str]:
+    """:func:`sample_features` of rows ``rows`` (None: all) of a shard read whole."""
+    metric = feature_metric(sel)
+    hidden = sel.features == "hidden"
     values = shard.hidden if hidden else shard.moe_probs
     if values is None:
         raise SelectFlowError(f"the router data {NO_HIDDEN}")
-    if then is None:
-        return read(values[rows]), metric
-    return np.concatenate([read(values[rows[lo : lo + CHUNK_ROWS]])
-                           for lo in range(0, len(rows), CHUNK_ROWS)]), metric
+    return _grid_features(values if rows is None else values[np.asarray(rows, dtype=np.int64)], hidden, metric), metric
+
+
+def _grid_features(values: np.ndarray, hidden: bool, metric: str) -> np.ndarray:
+    """Grid features of ``moe_probs`` [r, L, E] or, ``hidden``, of hidden states [r, H] (one layer of H values)."""
+    return distance.features(values[:, None, :] if hidden else values, metric)
 
 
 def target_features(router_h5: str | os.PathLike, sel) -> np.ndarray:
     """Float32 [T, D] features of the target records in router file ``router_h5``: the candidates' kind,
-    through :func:`sample_features` (one function for both, so ``selection.features`` applies to the targets too)."""
-    return sample_features(read_router_shard(router_h5), None, sel)[0]
+    through :func:`shard_features` (so ``selection.features`` applies to the targets too)."""
+    return shard_features(read_router_shard(router_h5), None, sel)[0]
 
 
-def quality_table(shard, quality, pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice,
+def quality_table(pool: Pool, quality, in_pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice,
                   similarity: np.ndarray):
-    """``candidates_quality.tsv``'s rows: the kept samples in quality order, then the dropped ones by id;
-    ``similarity``: a duplicate's similarity to the copy kept (1 exact, else the MinHash estimate; NaN for others)."""
+    """``candidates_quality.tsv``'s rows: the kept samples in quality order, then the dropped ones of
+    ``in_pool`` (not excluded) by id; ``similarity``: a duplicate's similarity to the copy kept (1 exact,
+    else the MinHash estimate; NaN for others)."""
     import pandas as pd
 
-    candidate = np.zeros(len(shard), dtype=bool)
+    candidate = np.zeros(len(pool), dtype=bool)
     candidate[choice.chosen] = True
-    datasets = shard_datasets(shard)
-    dropped = np.flatnonzero(pool & ~keep)
-    rank = np.concatenate([choice.order, dropped[np.argsort(shard.sample_id[dropped].astype(str), kind="stable")]])
+    dropped = np.flatnonzero(in_pool & ~keep)
+    rank = np.concatenate([choice.order, dropped[np.argsort(pool.sample_id[dropped].astype(str), kind="stable")]])
     return pd.DataFrame(
         {
-            "sample_id": shard.sample_id[rank],
-            "dataset": datasets[rank],
+            "sample_id": pool.sample_id[rank],
+            "dataset": pool.dataset[rank],
             "quality": quality.score[rank],
             "kept": keep[rank],
             "candidate": candidate[rank],

@@ -15,11 +15,12 @@ system turn are one sample; ``selection.dedup_system_turns: true`` counts system
   ``selection.near_duplicate_threshold``, their answers' at least :data:`ANSWER_MIN` and their
   numbers are the same (:func:`near_keys`, :func:`drop_near_duplicates`).
 
-A streamed pool keeps only keys, per sample: two 16-byte digests, the LSH band keys (4 bytes a
-band: 96 bytes at the default threshold 0.6), the signature's first :data:`PREFILTER_PERM` values
-cut to 8 bits (32 bytes), a digest of the numbers (8 bytes) and a flag; the rest of the signature
-is dropped with each shard. The near-duplicate pass reads back the records of the samples in a
-candidate pair whose estimate is near the threshold (and only those) for the exact check.
+The pool (:class:`selectflow.select.pool.Pool`) keeps only keys, per sample: two 16-byte
+digests, the LSH band keys (4 bytes a band: 96 bytes at the default threshold 0.6), the
+signature's first :data:`PREFILTER_PERM` values cut to 8 bits (32 bytes), a digest of the numbers
+(8 bytes) and a flag; the rest of the signature is dropped with each shard. The near-duplicate
+pass reads back the records of the samples in a candidate pair whose estimate is near the
+threshold (and only those) for the exact check.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def text_keys(records, system_turns: bool = False) -> np.ndarray:
     """``S16`` [n]: a 16-byte digest of each record's :func:`normalised_text` (``b""`` where it has none).
     ``records``: JSON strings or parsed dicts.
 
-    A streamed pool keeps these instead of the texts, 16 bytes a sample and no Python object
+    The pool keeps these instead of the texts, 16 bytes a sample and no Python object
     each; two texts collide with probability about 2**-128 per pair, so equal digests mean
     equal texts for any pool that fits on disks. (NumPy drops an ``S`` value's trailing zero
     bytes, which keeps distinct digests distinct.)
@@ -276,7 +277,7 @@ READ_CHUNK = 4096
 
 class _MemberSets:
     """:func:`shingle_hashes` of the texts and answers of some pool rows, read back :data:`READ_CHUNK`
-    records at a time in pool order (a streamed pool's shard by shard) and kept as one flat uint32
+    records at a time in pool order (shard by shard) and kept as one flat uint32
     array and its offsets a chunk: 4 bytes a shingle, no Python object a sample."""
 
     def __init__(self, rows: np.ndarray, records_of, system_turns: bool):
@@ -370,46 +371,30 @@ def routing_keys(moe_probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def drop_duplicates(shard, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, similarity: np.ndarray | None = None,
+def drop_duplicates(pool, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, similarity: np.ndarray | None = None,
                     *, near_threshold: float | None = None, system_turns: bool = False) -> int:
     """Drop kept samples that repeat another one; keep the best-quality copy; return how many were dropped.
 
-    Two samples are duplicates when their normalised texts (:func:`normalised_text`) are equal
-    or their routing (``moe_probs``, to 6 decimals) is identical, compared by their digests
-    (:func:`text_keys`, :func:`routing_keys`) in both a streamed and a whole pool; then, with
-    ``near_threshold``, when their texts' Jaccard similarity reaches it
-    (:func:`drop_near_duplicates`). The copy with the highest score stays (ties: the smallest
-    ``sample_id``); the others get ``keep=False``, reason ``duplicate_of:<id of the copy kept>``
-    and ``similarity`` 1 (exact) or the Jaccard (near). ``keep``, ``reason`` and ``similarity``
-    are changed in place.
+    ``pool``: a :class:`selectflow.select.pool.Pool`. Two samples are duplicates when their
+    normalised texts (:func:`normalised_text`) are equal or their routing (``moe_probs``, to 6
+    decimals) is identical, compared by their digests (``pool.text_key``, :func:`text_keys`, none
+    without records; ``pool.routing_key``, :func:`routing_keys`); then, with ``near_threshold``
+    and the pool's near keys (:func:`near_keys`, made at that threshold), when their texts'
+    Jaccard similarity reaches it (:func:`drop_near_duplicates`, the records of the candidate
+    pairs read back through ``pool.rows``). The copy with the highest score stays (ties: the
+    smallest ``sample_id``); the others get ``keep=False``, reason ``duplicate_of:<id of the copy
+    kept>`` and ``similarity`` 1 (exact) or the Jaccard (near). ``keep``, ``reason`` and
+    ``similarity`` are changed in place; ``pool.near`` is emptied once used.
     """
     kept = np.flatnonzero(keep)
-    kept = kept[np.lexsort((shard.sample_id[kept].astype(str), -score[kept]))]  # best copy first
+    kept = kept[np.lexsort((pool.sample_id[kept].astype(str), -score[kept]))]  # best copy first
     similarity = np.full(len(keep), np.nan) if similarity is None else similarity
-    facts = shard.facts or {}  # a streamed pool carries the keys (pool_facts); else they are made here
-    keys = []
-    if "text_key" in facts:
-        keys.append(facts["text_key"][kept])
-    elif shard.record is not None:
-        keys.append(text_keys(shard.record[kept], system_turns))
-    keys.append(facts["routing_key"][kept] if "routing_key" in facts else routing_keys(shard.moe_probs[kept]))
-    dropped = sum(_drop_repeats(kept, key, shard.sample_id, keep, reason, similarity) for key in keys)
-    if near_threshold is not None and ("near_band" in facts or shard.record is not None):
-        if "near_band" in facts:
-            near = facts
-        else:  # a whole pool: the keys of every record, so that positions are the pool's
-            near = near_keys(shard.record, near_threshold, system_turns)
-        if shard.record is not None:
-            records_of = shard.record.__getitem__
-        else:  # a streamed pool: the records of the samples that share a bucket, read back from their shards
-            from selectflow.router.routerfile import read_records
-
-            def records_of(rows):
-                return shard.source.take(rows, read_records)
-        dropped += drop_near_duplicates(kept, near, near_threshold, shard.sample_id, keep, reason, similarity,
-                                        records_of, system_turns)
-        for name in [k for k in facts if k.startswith("near_")]:  # spent: gone before the features are read
-            del facts[name]
+    keys = [key[kept] for key in (pool.text_key, pool.routing_key) if key is not None]
+    dropped = sum(_drop_repeats(kept, key, pool.sample_id, keep, reason, similarity) for key in keys)
+    if near_threshold is not None and pool.near:
+        dropped += drop_near_duplicates(kept, pool.near, near_threshold, pool.sample_id, keep, reason, similarity,
+                                        pool.rows.records, system_turns)
+        pool.near.clear()  # spent: gone before the features are read
     return dropped
 
 

@@ -1,10 +1,10 @@
 """Per-sample quality scores from router data; higher is better for every method.
 
-``assess(shard, method, field, cut, cut_z)`` takes a :class:`~selectflow.router.routerfile.RouterShard` of
-``n`` samples and returns an :class:`Assessment`: ``score`` float64 [n], ``keep`` bool [n]
-(samples with ``keep=False`` never become candidates), ``reason`` [n] (why a sample was
-dropped, ``""`` when kept) and ``inputs`` (the raw per-sample numbers the score is made of,
-written to ``quality.tsv``). ``quality_scores`` returns only ``(score, keep)``.
+``assess(pool, method, field, cut, cut_z)`` takes a :class:`~selectflow.select.pool.Pool` of ``n``
+samples (its arrays and record facts, :func:`record_facts`) and returns an :class:`Assessment`:
+``score`` float64 [n], ``keep`` bool [n] (samples with ``keep=False`` never become candidates),
+``reason`` [n] (why a sample was dropped, ``""`` when kept) and ``inputs`` (the raw per-sample
+numbers the score is made of, written to ``quality.tsv``). ``quality_scores`` returns only ``(score, keep)``.
 
 ==============  ======================================================================
 method          score (higher ranks higher) and what it drops
@@ -37,7 +37,7 @@ method          score (higher ranks higher) and what it drops
                 (no response token, or no word)
                 and ``nonfinite``
 ``field``       numeric field ``field`` of the original input record; drops nothing
-``auto``        ``combined`` when the shard has ``nll_response_alone`` (``router_dump.ifd:
+``auto``        ``combined`` when the pool has ``nll_response_alone`` (``router_dump.ifd:
                 true``, the default), else ``gate`` when it has ``quality_logits``, else
                 ``perplexity``: the order measured on the demo (README, Selection), where
                 the warmed-up gate selected 79 % good records and ``combined`` 99 %
@@ -55,7 +55,6 @@ from dataclasses import field as dc_field
 
 import numpy as np
 
-from selectflow.router.routerfile import RouterShard
 from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
@@ -83,75 +82,65 @@ class Assessment:
     inputs: dict[str, np.ndarray] = dc_field(default_factory=dict)  # raw per-sample inputs of the score
 
 
-def resolve_method(shard: RouterShard, method: str) -> str:
-    """The method ``method`` stands for on ``shard`` (``auto`` resolved)."""
+def resolve_method(pool, method: str) -> str:
+    """The method ``method`` stands for on ``pool`` (``auto`` resolved)."""
     if method not in METHODS:
         raise SelectFlowError(f"unknown quality method {method!r}; use one of {', '.join(METHODS)}")
     if method == "auto":  # the best available, as measured in bench/bench_selection_quality.py
-        if shard.nll_response_alone is not None:
+        if pool.nll_response_alone is not None:
             return "combined"
-        return "gate" if shard.quality_logits is not None else "perplexity"
+        return "gate" if pool.quality_logits is not None else "perplexity"
     return method
 
 
-def quality_scores(shard: RouterShard, method: str = "auto", field: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(score float64 [n], keep bool [n])`` for ``shard`` under ``method``."""
-    a = assess(shard, method, field)
+def quality_scores(pool, method: str = "auto", field: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(score float64 [n], keep bool [n])`` for ``pool`` under ``method``."""
+    a = assess(pool, method, field)
     return a.score, a.keep
 
 
-def assess(shard: RouterShard, method: str = "auto", field: str | None = None, cut: str = "fixed",
+def assess(pool, method: str = "auto", field: str | None = None, cut: str = "fixed",
            cut_z: float | None = None) -> Assessment:
-    """Score, keep flag, drop reason and raw inputs of every sample of ``shard`` under ``method``;
-    ``cut`` ``pool`` drops robust-z outliers beyond ``cut_z`` (module docstring)."""
-    method = resolve_method(shard, method)
+    """Score, keep flag, drop reason and raw inputs of every sample of ``pool`` under ``method``;
+    ``cut`` ``pool`` drops robust-z outliers beyond ``cut_z`` (module docstring). ``field``: the
+    record field of method ``field``, whose values the pool holds (``Pool.field_value``)."""
+    method = resolve_method(pool, method)
     if cut not in CUTS:
         raise SelectFlowError(f"unknown quality cut {cut!r} (selection.quality_cut); use one of {', '.join(CUTS)}")
     if cut == "pool" and (cut_z is None or not cut_z > 0):
         raise SelectFlowError(f"quality cut 'pool' needs a positive selection.quality_cut_z, got {cut_z!r}")
-    facts = _facts(shard, field if method == "field" else None)
     if method == "gate":
-        score, keep = _gate(shard)
+        score, keep = _gate(pool)
         reason = np.where(keep, "", "nonfinite").astype(object)
     elif method == "field":
-        score, keep = _field(shard, field, facts)
-        reason = np.full(len(shard), "", dtype=object)
+        score, keep = _field(pool, field)
+        reason = np.full(len(pool), "", dtype=object)
     else:
-        score, keep, reason = _nll_based(shard, method, facts)
+        score, keep, reason = _nll_based(pool, method)
     if cut == "pool" and method != "field":
-        for name, z in pool_z(shard, reason == "").items():
+        for name, z in pool_z(pool, reason == "").items():
             reason[(reason == "") & (z > cut_z)] = f"outlier:{name}"
-    return Assessment(score, reason == "", reason, _inputs(shard, facts))
+    return Assessment(score, reason == "", reason, _inputs(pool))
 
 
-def datasets(shard: RouterShard) -> np.ndarray:
-    """Each sample's ``dataset`` (object [n]): from the streamed pool's facts or the records; "" without records."""
-    if shard.facts is not None and "dataset" in shard.facts:
-        return shard.facts["dataset"]
-    if shard.record is None:
-        return np.full(len(shard), "", dtype=object)
-    return np.array([json.loads(r).get("dataset", "") for r in shard.record], dtype=object)
-
-
-def pool_signals(shard: RouterShard) -> dict[str, np.ndarray]:
+def pool_signals(pool) -> dict[str, np.ndarray]:
     """The model's per-sample signals the ``pool`` cut judges, float64 [n], higher is worse:
     ``log_ifd`` (log nll_response / nll_response_alone; with ``nll_response_alone``), ``nll_eos``
     (with it; NaN, a cut response, is not judged) and ``nll_response``."""
-    nll = np.asarray(shard.nll_response, dtype=np.float64)
+    nll = np.asarray(pool.nll_response, dtype=np.float64)
     out = {}
-    if shard.nll_response_alone is not None:
+    if pool.nll_response_alone is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
-            out["log_ifd"] = np.log(nll / np.asarray(shard.nll_response_alone, dtype=np.float64))
-    if shard.nll_eos is not None:
-        out["nll_eos"] = np.asarray(shard.nll_eos, dtype=np.float64)
+            out["log_ifd"] = np.log(nll / np.asarray(pool.nll_response_alone, dtype=np.float64))
+    if pool.nll_eos is not None:
+        out["nll_eos"] = np.asarray(pool.nll_eos, dtype=np.float64)
     out["nll_response"] = nll
     return out
 
 
-def pool_z(shard: RouterShard, judged: np.ndarray) -> dict[str, np.ndarray]:
+def pool_z(pool, judged: np.ndarray) -> dict[str, np.ndarray]:
     """:func:`robust_z` of each of :func:`pool_signals` per dataset, statistics over the ``judged`` samples."""
-    groups = datasets(shard)
-    return {name: robust_z(x, groups, judged) for name, x in pool_signals(shard).items()}
+    return {name: robust_z(x, pool.dataset, judged) for name, x in pool_signals(pool).items()}
 
 
 def robust_z(x: np.ndarray, groups: np.ndarray | None = None, judged: np.ndarray | None = None) -> np.ndarray:
@@ -191,8 +180,7 @@ def record_facts(records, field: str | None = None) -> dict[str, np.ndarray]:
     ``field_value`` (object: the record's value or None). ``records``: JSON strings (each
     parsed once) or the parsed dicts.
 
-    A streamed pool (:func:`selectflow.router.routerfile.scan_shards`) carries these in
-    ``shard.facts`` instead of the records.
+    The pool (:func:`selectflow.select.pool.scan_pool`) keeps these instead of the records.
     """
     parsed = [json.loads(r) if isinstance(r, str) else r for r in records]
     out = {
@@ -204,24 +192,17 @@ def record_facts(records, field: str | None = None) -> dict[str, np.ndarray]:
     return out
 
 
-def _facts(shard: RouterShard, field: str | None = None) -> dict[str, np.ndarray] | None:
-    """:func:`record_facts` of ``shard``: precomputed (streamed pool) or from its records; None without records."""
-    if shard.facts is not None and "empty_response" in shard.facts:
-        return shard.facts
-    return None if shard.record is None else record_facts(shard.record, field)
-
-
-def _inputs(shard: RouterShard, facts: dict | None) -> dict[str, np.ndarray]:
-    out = {"nll_response": np.asarray(shard.nll_response, dtype=np.float64)}
-    if shard.nll_response_alone is not None:
-        out["nll_response_alone"] = np.asarray(shard.nll_response_alone, dtype=np.float64)
-    if shard.nll_eos is not None:
-        out["nll_eos"] = np.asarray(shard.nll_eos, dtype=np.float64)
-    out["n_response_tokens"] = np.asarray(shard.n_response_tokens)
-    if shard.quality_logits is not None:
-        out["gate_mean"] = _gate(shard)[0]
-    if facts is not None:
-        out["distinct_3grams"] = facts["distinct_3grams"]
+def _inputs(pool) -> dict[str, np.ndarray]:
+    out = {"nll_response": np.asarray(pool.nll_response, dtype=np.float64)}
+    if pool.nll_response_alone is not None:
+        out["nll_response_alone"] = np.asarray(pool.nll_response_alone, dtype=np.float64)
+    if pool.nll_eos is not None:
+        out["nll_eos"] = np.asarray(pool.nll_eos, dtype=np.float64)
+    out["n_response_tokens"] = np.asarray(pool.n_response_tokens)
+    if pool.quality_logits is not None:
+        out["gate_mean"] = _gate(pool)[0]
+    if pool.distinct_3grams is not None:
+        out["distinct_3grams"] = pool.distinct_3grams
     return out
 
 
@@ -256,63 +237,63 @@ def _unfinished(nll_eos: np.ndarray) -> np.ndarray:
         return nll_eos > np.median(finite) + math.log(EOS_FACTOR)
 
 
-def _nll_based(shard: RouterShard, method: str, facts: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _nll_based(pool, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ifd, perplexity, combined: score, keep and reason, first failing check named."""
-    n = len(shard)
-    nll = np.asarray(shard.nll_response, dtype=np.float64)
-    n_resp = np.asarray(shard.n_response_tokens)
+    n = len(pool)
+    nll = np.asarray(pool.nll_response, dtype=np.float64)
+    n_resp = np.asarray(pool.n_response_tokens)
     empty = n_resp <= 0
-    if facts is not None:  # eos alone is not a response (records without the key: not judged)
-        empty |= facts["empty_response"]
+    if pool.empty_response is not None:  # eos alone is not a response (records without the key: not judged)
+        empty |= pool.empty_response
     if method == "perplexity":
         score = -nll
         checks = [("no_response_tokens", empty), ("nonfinite", ~np.isfinite(score))]
     else:
-        if shard.nll_response_alone is None:
+        if pool.nll_response_alone is None:
             raise SelectFlowError(
                 f"quality method {method!r} needs nll_response_alone, which the router data lacks; enable "
                 "router_dump.ifd in the config and rerun router_dump (or use quality method 'perplexity' or 'field')"
             )
         with np.errstate(divide="ignore", invalid="ignore"):
-            ifd = nll / np.asarray(shard.nll_response_alone, dtype=np.float64)
+            ifd = nll / np.asarray(pool.nll_response_alone, dtype=np.float64)
             if method == "ifd":
                 score = ifd
             else:
-                eos = np.zeros(n) if shard.nll_eos is None else np.nan_to_num(
-                    np.asarray(shard.nll_eos, dtype=np.float64), nan=0.0)
+                eos = np.zeros(n) if pool.nll_eos is None else np.nan_to_num(
+                    np.asarray(pool.nll_eos, dtype=np.float64), nan=0.0)
                 score = -np.log(ifd) - eos
         checks = [("no_response_tokens", empty), ("nonfinite", ~np.isfinite(score) | ~np.isfinite(ifd)),
                   ("ifd>=1", ifd >= 1.0)]
-        if method == "combined" and facts is not None:
-            checks.append(("repetitive", facts["distinct_3grams"] < MIN_DISTINCT_TRIGRAMS))
-        if method == "combined" and shard.nll_eos is not None:
-            checks.append(("unfinished", _unfinished(np.asarray(shard.nll_eos, dtype=np.float64))))
+        if method == "combined" and pool.distinct_3grams is not None:
+            checks.append(("repetitive", pool.distinct_3grams < MIN_DISTINCT_TRIGRAMS))
+        if method == "combined" and pool.nll_eos is not None:
+            checks.append(("unfinished", _unfinished(np.asarray(pool.nll_eos, dtype=np.float64))))
     reason = np.full(n, "", dtype=object)
     for name, bad in checks:
         reason[(reason == "") & bad] = name
     return score, reason == "", reason
 
 
-def _gate(shard: RouterShard) -> tuple[np.ndarray, np.ndarray]:
-    if shard.quality_logits is None:
+def _gate(pool) -> tuple[np.ndarray, np.ndarray]:
+    if pool.quality_logits is None:
         raise SelectFlowError(
             "quality method 'gate' needs quality_logits, but the router data has none (the model has no "
             "quality gates); use quality method 'ifd', 'perplexity' or 'field'"
         )
-    logits = np.asarray(shard.quality_logits, dtype=np.float64)
+    logits = np.asarray(pool.quality_logits, dtype=np.float64)
     # softmax over the two gate outputs, written as a logistic of the difference (stable for large logits)
     p_good = 1.0 / (1.0 + np.exp(logits[..., 1] - logits[..., 0]))
     score = p_good.mean(axis=1)
     return score, np.isfinite(score)
 
 
-def _field(shard: RouterShard, field: str | None, facts: dict | None) -> tuple[np.ndarray, np.ndarray]:
+def _field(pool, field: str | None) -> tuple[np.ndarray, np.ndarray]:
     if not field:
         raise SelectFlowError("quality method 'field' needs the name of a numeric record field (quality.field)")
-    if facts is None:
+    if pool.field_value is None:
         raise SelectFlowError("quality method 'field' needs the records, but the router data has no 'record' dataset")
-    score = np.empty(len(shard), dtype=np.float64)
-    for i, (sid, value) in enumerate(zip(shard.sample_id, facts["field_value"])):
+    score = np.empty(len(pool), dtype=np.float64)
+    for i, (sid, value) in enumerate(zip(pool.sample_id, pool.field_value)):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok:
             what = "has no field" if value is None else f"has a non-numeric value {value!r} in field"
@@ -321,4 +302,4 @@ def _field(shard: RouterShard, field: str | None, facts: dict | None) -> tuple[n
                 "number there in every record"
             )
         score[i] = value
-    return score, np.ones(len(shard), dtype=bool)
+    return score, np.ones(len(pool), dtype=bool)

@@ -2,8 +2,8 @@
 
 In: the target records' features ``targets`` [T, D] float32 and the candidates' features
 ``cands`` [m, D] float32, both grid features of the same kind
-(:func:`selectflow.select.candidates.sample_features`, so whatever feature the candidates use,
-the targets use too), candidates in quality order (index 0 = best). Out: ``k`` candidate
+(:func:`selectflow.select.candidates.sample_features` and ``shard_features``, one conversion, so
+whatever feature the candidates use, the targets use too), candidates in quality order (index 0 = best). Out: ``k`` candidate
 indices int64 in pick order.
 
 Round-robin (:func:`toward_target`): round after round, each target in the given order

@@ -98,10 +98,10 @@ def build_pool(router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: Comp
     """``pool.h5``: the kept samples the baselines choose from, their clusters and thresholds.
 
     Their features are the candidates' (``selection.features``, through
-    :func:`selectflow.select.candidates.sample_features`), so the baselines compare what the main
+    :func:`selectflow.select.candidates.shard_features`), so the baselines compare what the main
     method compares.
     """
-    from selectflow.select.candidates import read_candidates, sample_features
+    from selectflow.select.candidates import read_candidates, shard_features
 
     cands = read_candidates(candidates_h5)
     metric, k = cands.attrs["metric"], int(cands.attrs["k"])
@@ -113,7 +113,7 @@ def build_pool(router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: Comp
         mask = np.array([sid in kept for sid in shard.sample_id], dtype=bool)
         if mask.any():
             ids.append(shard.sample_id[mask].astype(str))
-            x, x_metric = sample_features(shard, np.flatnonzero(mask), sel)
+            x, x_metric = shard_features(shard, np.flatnonzero(mask), sel)
             if x_metric != metric:
                 raise SelectFlowError(f"{candidates_h5} was built with metric {metric}, the selection settings "
                                       f"give {x_metric}: rerun rule compare_candidates")

@@ -2,7 +2,8 @@
 
 1. :func:`build_candidates` (rule ``candidates``): router shards -> ``candidates.h5`` +
    ``candidates_quality.tsv`` (every sample's score and ``reason``; the candidates' reason is
-   ``candidate``). Quality scores (:mod:`selectflow.select.quality`), drops ``keep=False``
+   ``candidate``). Reads the shards into a pool (:mod:`selectflow.select.pool`), scores its
+   quality (:mod:`selectflow.select.quality`), drops ``keep=False``
    samples and duplicates (:mod:`selectflow.select.dedup`), orders the rest by quality and
    keeps the candidates FPS will choose from (:mod:`selectflow.select.candidates`, which also
    describes the file).
@@ -37,12 +38,10 @@ import pandas as pd
 from selectflow.config import SelectionConfig
 from selectflow.data.preflight import tiny_selection_text
 from selectflow.data.records import write_jsonl
-from selectflow.router.routerfile import RouterShard, concat_shards, read_records, scan_shards, shard_header
+from selectflow.router.routerfile import read_records, shard_header
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.tables import read_tsv, write_tsv
 from selectflow.select import distance, diversity
-
-# read_candidates and n_blocks are also the stage's file readers for the rules and the report
 from selectflow.select.candidates import (
     check_selection,
     choose,
@@ -53,9 +52,10 @@ from selectflow.select.candidates import (
     target_features,
     write_candidates,
 )
-from selectflow.select.dedup import drop_duplicates, near_keys, routing_keys, text_keys
+from selectflow.select.dedup import drop_duplicates
 from selectflow.select.fps import fps_matrix, fps_streaming
-from selectflow.select.quality import assess, record_facts, resolve_method
+from selectflow.select.pool import Pool, scan_pool
+from selectflow.select.quality import assess, resolve_method
 from selectflow.select.target import toward_target
 
 log = logging.getLogger(__name__)
@@ -68,71 +68,52 @@ TARGET_ORDER_SEED = 0  # the shuffle in which the rounds of pick_toward_target v
 
 
 def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.PathLike, quality_tsv: str | os.PathLike,
-                     sel: SelectionConfig, exclude_ids: set[str] | None = None, *, in_memory: bool = False) -> int:
+                     sel: SelectionConfig, exclude_ids: set[str] | None = None) -> int:
     """Score the pool, pick the candidates, write ``out_h5`` and ``quality_tsv``; return k.
 
-    The pool is every sample of ``router_paths`` not in ``exclude_ids``; k =
-    round(selection_percentage · pool), at least 1, at most the kept samples. Duplicates
+    The pool is every sample of ``router_paths`` not in ``exclude_ids``, read one shard at a
+    time (:func:`~selectflow.select.pool.scan_pool`); then :func:`candidates_of_pool`. Peak host
+    memory: O(candidates × D) for their features (D = L·E, or H), plus one shard, plus O(pool)
+    small values (a few hundred bytes a sample: ids, NLLs, gate logits, record facts, two 16-byte
+    digests); with ``routing_strata`` > 1 the k-means trains on a seeded sample of at most
+    ``routing_strata`` × :data:`~selectflow.select.strata.POINTS_PER_CENTROID` kept samples and
+    assigns every kept sample a shard at a time (:func:`~selectflow.select.strata.strata_labels`),
+    so that sample's features more.
+    """
+    check_selection(sel)
+    return candidates_of_pool(scan_pool(router_paths, sel), out_h5, quality_tsv, sel, exclude_ids)
+
+
+def candidates_of_pool(pool: Pool, out_h5: str | os.PathLike, quality_tsv: str | os.PathLike, sel: SelectionConfig,
+                       exclude_ids: set[str] | None = None) -> int:
+    """:func:`build_candidates` of a :class:`~selectflow.select.pool.Pool`; return k.
+
+    k = round(selection_percentage · pool), at least 1, at most the kept samples. Duplicates
     are dropped first (:func:`~selectflow.select.dedup.drop_duplicates`). With
     ``routing_strata`` > 1 (and diversity on) the kept samples are split into that many
     routing strata (:mod:`selectflow.select.strata`): each stratum gets candidates (its
-    quality top) and FPS picks in proportion to the pool samples it stands for.
-
-    Streamed: the shards are read one at a time (:func:`~selectflow.router.routerfile.scan_shards`);
-    of each only the small per-sample arrays and :func:`pool_facts` stay, then the
-    ``moe_probs`` (``selection.features: hidden``: ``hidden``) of the candidates are read back
-    shard by shard (:func:`~selectflow.select.candidates.sample_features`). Peak host memory:
-    O(candidates × D) for their features (D = L·E, or H), plus one shard, plus O(pool) small values
-    (a few hundred bytes a sample: ids, NLLs, gate logits, record facts, two 16-byte digests); with
-    ``routing_strata`` > 1 the k-means trains on a seeded sample of at most ``routing_strata`` ×
-    :data:`~selectflow.select.strata.POINTS_PER_CENTROID` kept samples and assigns every kept
-    sample a shard at a time (:func:`~selectflow.select.strata.strata_labels`), so that sample's
-    features more.
-
-    ``in_memory=True`` reads the whole pool instead (:func:`~selectflow.router.routerfile.concat_shards`:
-    every record and ``moe_probs``, as before streaming) and writes the same bytes; the
-    reference the streaming path is tested and benchmarked against.
+    quality top) and FPS picks in proportion to the pool samples it stands for. The features
+    of the candidates (``selection.features``: ``moe_probs`` or ``hidden``) are read back
+    shard by shard (:func:`~selectflow.select.candidates.sample_features`).
     """
-    check_selection(sel)
-    if in_memory:
-        shard = concat_shards(list(router_paths))
-    else:
-        shard = scan_shards(list(router_paths), lambda s: pool_facts(s, sel))
-    pool = np.ones(len(shard), dtype=bool)
+    in_pool = np.ones(len(pool), dtype=bool)
     if exclude_ids:
-        pool = ~np.isin(shard.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
-    quality = assess(shard, sel.quality_method, sel.quality_field, sel.quality_cut, sel.quality_cut_z)
-    score, keep, reason = quality.score, quality.keep & pool, quality.reason.copy()
-    reason[~pool] = "excluded"
-    similarity = np.full(len(shard), np.nan)
-    n_dup = drop_duplicates(shard, score, keep, reason, similarity, near_threshold=sel.near_duplicate_threshold,
+        in_pool = ~np.isin(pool.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
+    quality = assess(pool, sel.quality_method, sel.quality_field, sel.quality_cut, sel.quality_cut_z)
+    score, keep, reason = quality.score, quality.keep & in_pool, quality.reason.copy()
+    reason[~in_pool] = "excluded"
+    similarity = np.full(len(pool), np.nan)
+    n_dup = drop_duplicates(pool, score, keep, reason, similarity, near_threshold=sel.near_duplicate_threshold,
                             system_turns=sel.dedup_system_turns)
-    n_pool, n_kept = int(pool.sum()), int(keep.sum())
-    choice = choose(shard, score, keep, reason, n_pool, sel)
-    write_candidates(out_h5, shard, score, choice, {
+    n_pool, n_kept = int(in_pool.sum()), int(keep.sum())
+    choice = choose(pool, score, keep, reason, n_pool, sel)
+    write_candidates(out_h5, pool, score, choice, {
         "n_pool": n_pool, "n_kept": n_kept, "k": choice.k, "stage": choice.stage,
-        "quality_method": resolve_method(shard, sel.quality_method), "n_duplicates": n_dup}, sel)
-    write_tsv(quality_table(shard, quality, pool, keep, reason, choice, similarity), quality_tsv, na_rep="nan")
+        "quality_method": resolve_method(pool, sel.quality_method), "n_duplicates": n_dup}, sel)
+    write_tsv(quality_table(pool, quality, in_pool, keep, reason, choice, similarity), quality_tsv, na_rep="nan")
     log.info("pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d",
              n_pool, n_kept, n_dup, len(choice.chosen), choice.stage, choice.k)
     return choice.k
-
-
-def pool_facts(shard: RouterShard, sel: SelectionConfig) -> dict[str, np.ndarray]:
-    """What the selection needs later from one shard's records and routing: quality's record facts,
-    each record's ``dataset``, and the duplicate keys (:mod:`selectflow.select.dedup`: digests, and
-    the near-duplicate LSH band keys and signatures when ``near_duplicate_threshold`` is set)."""
-    out = {"routing_key": routing_keys(shard.moe_probs)}
-    if shard.record is not None:
-        field = sel.quality_field if sel.quality_method == "field" else None
-        parsed = [json.loads(r) for r in shard.record]  # once, for all of them
-        names: dict[str, str] = {}  # one string object per dataset name, not one a sample
-        if sel.near_duplicate_threshold is not None:
-            out.update(near_keys(parsed, sel.near_duplicate_threshold, sel.dedup_system_turns))
-        out.update(record_facts(parsed, field), text_key=text_keys(parsed, sel.dedup_system_turns),
-                   dataset=np.array([names.setdefault(n, n) for n in (rec.get("dataset", "") for rec in parsed)],
-                                    dtype=object))
-    return out
 
 
 def compute_block(candidates_h5: str | os.PathLike, i: int, j: int, out_path: str | os.PathLike, sel: SelectionConfig,

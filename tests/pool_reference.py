@@ -1,0 +1,58 @@
+"""The tests' naive reference for the selection's pool: the whole pool in memory, every value at once.
+
+:func:`whole_pool` reads every shard and stacks them (``concat_shards``), then computes each
+per-sample value over the whole pool in one go (record facts, datasets, text, routing and
+near-duplicate keys of every record) and serves the rows the selection reads back (features,
+records) from the stacked arrays in memory (:class:`WholeRows`). That is what the selection did
+before it streamed; :func:`selectflow.select.pool.scan_pool` keeps only per-shard results and reads
+rows back from the shard files, and must give the same pool and the same outputs.
+"""
+
+import json
+
+import numpy as np
+
+from selectflow.router.routerfile import NO_HIDDEN, RouterShard, concat_shards
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.select.dedup import near_keys, routing_keys, text_keys
+from selectflow.select.pool import Pool
+from selectflow.select.quality import record_facts
+from selectflow.stages.select import candidates_of_pool
+
+
+class WholeRows:
+    """Rows of a stacked shard held in memory: the reference for :class:`selectflow.select.pool.ShardRows`."""
+
+    def __init__(self, shard: RouterShard):
+        self.shard = shard
+
+    def records(self, rows):
+        return self.shard.record[np.asarray(rows, dtype=np.int64)]
+
+    def vectors(self, rows, hidden, convert):
+        values = self.shard.hidden if hidden else self.shard.moe_probs
+        if values is None:
+            raise SelectFlowError(f"the router data {NO_HIDDEN}")
+        return convert(values[np.asarray(rows, dtype=np.int64)])
+
+
+def whole_pool(paths, sel) -> Pool:
+    """The pool of ``paths`` under selection section ``sel``, computed on the whole stacked pool."""
+    whole = concat_shards(paths)
+    records = whole.record
+    facts, near = {}, {}
+    if records is not None:
+        field = sel.quality_field if sel.quality_method == "field" else None
+        facts = {**record_facts(records, field), "text_key": text_keys(records, sel.dedup_system_turns),
+                 "dataset": np.array([json.loads(r).get("dataset", "") for r in records], dtype=object)}
+        if sel.near_duplicate_threshold is not None:
+            near = near_keys(records, sel.near_duplicate_threshold, sel.dedup_system_turns)
+    return Pool(sample_id=whole.sample_id, dataset=facts.pop("dataset", np.full(len(whole), "", dtype=object)),
+                nll_response=whole.nll_response, n_response_tokens=whole.n_response_tokens,
+                routing_key=routing_keys(whole.moe_probs), rows=WholeRows(whole), quality_logits=whole.quality_logits,
+                nll_response_alone=whole.nll_response_alone, nll_eos=whole.nll_eos, near=near, **facts)
+
+
+def build_candidates_whole(paths, out_h5, quality_tsv, sel, exclude_ids=None) -> int:
+    """``build_candidates`` on :func:`whole_pool` instead of the streamed pool; return k."""
+    return candidates_of_pool(whole_pool(paths, sel), out_h5, quality_tsv, sel, exclude_ids)
