@@ -2,11 +2,12 @@
 
 :class:`Layout` is the one place these paths are spelled. The rules (``rules/*.smk``), the
 workflow's final targets, the report's inputs and the end-of-run summary all build them
-here. Each method gives a concrete path when given its values and the rule's wildcard
-pattern when not: ``Layout("demo").router_shard("a", "shard_00000")`` is
-``results/demo/router_data/a/shard_00000.h5``, ``Layout("demo").router_shard()`` is
-``results/demo/router_data/{dataset}/{shard}.h5``. Paths are strings with ``/``, as Snakemake
-matches them.
+here. A file with a fixed name is an attribute (``Layout("demo").fps_curve`` is
+``results/demo/selection/fps_curve.tsv``); a file of many is a method that gives a concrete
+path when given its values and the rule's wildcard pattern when not:
+``Layout("demo").router_shard("a", "shard_00000")`` is ``results/demo/router_data/a/shard_00000.h5``,
+``Layout("demo").router_shard()`` is ``results/demo/router_data/{dataset}/{shard}.h5``. Paths
+are strings with ``/``, as Snakemake matches them.
 
 A job's log and its benchmark share one name (:meth:`Layout.log`, :meth:`Layout.benchmark`):
 the report finds a job's benchmark at its log's relative path.
@@ -35,6 +36,16 @@ def _id(value: int | str) -> str:
     return f"{value:05d}" if isinstance(value, int) else value
 
 
+class _Result:
+    """A fixed file or folder of a run's results: ``Layout.fps_curve = _Result("selection", "fps_curve.tsv")``."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    def __get__(self, layout: Layout | None, owner: type) -> str | _Result:
+        return self if layout is None else layout.result(*self.parts)
+
+
 @dataclass(frozen=True)
 class Layout:
     """The files of run ``run``, relative to ``root`` (the workflow's working folder; ``""``: as rules write them)."""
@@ -46,9 +57,9 @@ class Layout:
         root = os.fspath(self.root)
         return "/".join([root, top, self.run, *parts] if root else [top, self.run, *parts])
 
-    @property
-    def results(self) -> str:
-        return self._under(RESULTS_ROOT)
+    def result(self, *parts: str) -> str:
+        """``results/{run}/`` followed by ``parts``."""
+        return self._under(RESULTS_ROOT, *parts)
 
     @property
     def logs(self) -> str:
@@ -66,230 +77,121 @@ class Layout:
         """The benchmark TSV of job ``job``, at its log's relative path."""
         return self._under(BENCHMARKS_ROOT, f"{job}.tsv")
 
-    def _file(self, *parts: str) -> str:
-        return self._under(RESULTS_ROOT, *parts)
+    results = _Result()
 
-    # data
+    # data: split_dataset's shards, the pool's manifest, rule proxy_model's model (model.path: proxy)
     def shard_dir(self, dataset: str = "{dataset}") -> str:
-        """Checkpoint split_dataset's folder of one dataset's JSONL shards."""
-        return self._file("shards", dataset)
+        return self.result("shards", dataset)
 
     def shard(self, dataset: str = "{dataset}", shard: str = "{shard}") -> str:
-        return self._file("shards", dataset, f"{shard}.jsonl")
+        return self.result("shards", dataset, f"{shard}.jsonl")
 
-    @property
-    def pool_manifest(self) -> str:
-        return self._file("pool_manifest.tsv")
+    pool_manifest = _Result("pool_manifest.tsv")
+    proxy_model = _Result("proxy_model")
 
-    @property
-    def proxy_model(self) -> str:
-        """Rule proxy_model's model folder (``model.path: proxy``)."""
-        return self._file("proxy_model")
-
-    # router
-    @property
-    def router_store(self) -> str:
-        """Where router_dump writes each shard as it finishes (router_data links them from here)."""
-        return self._file("router_store")
+    # router: router_dump writes each shard to router_store as it finishes (one group table per
+    # job, named by its first shard); router_data links them; target_router routes selection.target
+    router_store = _Result("router_store")
 
     def store_shard(self, dataset: str = "{dataset}", shard: str = "{shard}") -> str:
-        return self._file("router_store", dataset, f"{shard}.h5")
+        return self.result("router_store", dataset, f"{shard}.h5")
 
     def store_group(self, dataset: str = "{dataset}", shard: str = "{shard}") -> str:
-        """The group table of the router_dump job named by its first shard ``shard``."""
-        return self._file("router_store", dataset, f"{shard}.group.tsv")
+        return self.result("router_store", dataset, f"{shard}.group.tsv")
 
-    @property
-    def router_data(self) -> str:
-        return self._file("router_data")
-
-    @property
-    def router_data_table(self) -> str:
-        return self._file("router_data", "shards.tsv")
+    router_data = _Result("router_data")
+    router_data_table = _Result("router_data", "shards.tsv")
 
     def router_shard(self, dataset: str = "{dataset}", shard: str = "{shard}") -> str:
-        return self._file("router_data", dataset, f"{shard}.h5")
+        return self.result("router_data", dataset, f"{shard}.h5")
 
-    @property
-    def target_router(self) -> str:
-        return self._file("target", "router.h5")
+    target_router = _Result("target", "router.h5")
 
     # warm-up
-    @property
-    def warmup_converted(self) -> str:
-        return self._file("warmup", "converted")
-
-    @property
-    def warmup_checkpoint(self) -> str:
-        return self._file("warmup", "checkpoint")
-
-    @property
-    def warmup_metrics(self) -> str:
-        return self._file("warmup", "metrics.tsv")
-
-    @property
-    def warmup_memory(self) -> str:
-        return self._file("warmup", "memory.tsv")
+    warmup_converted = _Result("warmup", "converted")
+    warmup_checkpoint = _Result("warmup", "checkpoint")
+    warmup_metrics = _Result("warmup", "metrics.tsv")
+    warmup_memory = _Result("warmup", "memory.tsv")
 
     # selection
-    @property
-    def selection(self) -> str:
-        return self._file("selection")
+    selection = _Result("selection")
+    candidates_h5 = _Result("selection", "candidates.h5")
+    candidates_quality = _Result("selection", "candidates_quality.tsv")
+    distances = _Result("selection", "distances")
 
-    @property
-    def candidates_h5(self) -> str:
-        return self._file("selection", "candidates.h5")
+    def distance_block(self, i: int | str = "{i}", j: int | str = "{j}") -> str:
+        return self.result("selection", "distances", f"block_{i}_{j}.h5")
 
-    @property
-    def candidates_quality(self) -> str:
-        return self._file("selection", "candidates_quality.tsv")
+    fps_curve = _Result("selection", "fps_curve.tsv")
+    selected_data = _Result("selection", "selected_data.jsonl")
+    selection_summary = _Result("selection", "selection_summary.tsv")
+    quality = _Result("selection", "quality.tsv")
 
     @property
     def candidates_log(self) -> str:
         """Rule candidates' log (the summary reads the quality method from it)."""
         return self.log("selection/candidates")
 
-    @property
-    def distances(self) -> str:
-        return self._file("selection", "distances")
-
-    def distance_block(self, i: int | str = "{i}", j: int | str = "{j}") -> str:
-        return self._file("selection", "distances", f"block_{i}_{j}.h5")
-
-    @property
-    def fps_curve(self) -> str:
-        return self._file("selection", "fps_curve.tsv")
-
-    @property
-    def selected_data(self) -> str:
-        return self._file("selection", "selected_data.jsonl")
-
-    @property
-    def selection_summary(self) -> str:
-        return self._file("selection", "selection_summary.tsv")
-
-    @property
-    def quality(self) -> str:
-        return self._file("selection", "quality.tsv")
-
     # fine-tune
-    @property
-    def train_checkpoint(self) -> str:
-        return self._file("train", "checkpoint")
+    train_checkpoint = _Result("train", "checkpoint")
+    train_metrics = _Result("train", "metrics.tsv")
+    train_memory = _Result("train", "memory.tsv")
 
-    @property
-    def train_metrics(self) -> str:
-        return self._file("train", "metrics.tsv")
-
-    @property
-    def train_memory(self) -> str:
-        return self._file("train", "memory.tsv")
-
-    # indexes
-    @property
-    def indexes(self) -> str:
-        return self._file("indexes")
+    # indexes: index_embed embeds a group of item windows, index_window builds one window
+    # (``faiss``, ``ids.tsv``, ``json``)
+    indexes = _Result("indexes")
 
     def index_dir(self, name: str = "{name}") -> str:
-        return self._file("indexes", name)
+        return self.result("indexes", name)
 
     def index_embeddings(self, name: str = "{name}", group: int | str = "{g}") -> str:
-        """The vectors of one index_embed job's group of item windows."""
-        return self._file("indexes", name, "embeddings", f"group_{_id(group)}.h5")
+        return self.result("indexes", name, "embeddings", f"group_{_id(group)}.h5")
 
     def index_window(self, name: str = "{name}", w: int | str = "{w}", ext: str = "faiss") -> str:
-        """One window of index ``name``: ``ext`` ``faiss`` (the index), ``ids.tsv`` or ``json`` (its metadata)."""
-        return self._file("indexes", name, f"window_{_id(w)}.{ext}")
+        return self.result("indexes", name, f"window_{_id(w)}.{ext}")
 
     def index_summary(self, name: str = "{name}") -> str:
-        return self._file("indexes", name, "summary.tsv")
+        return self.result("indexes", name, "summary.tsv")
 
-    @property
-    def neighbors(self) -> str:
-        return self._file("retrieve", "neighbors.tsv")
-
-    @property
-    def contaminated(self) -> str:
-        return self._file("decontaminate", "contaminated.tsv")
+    neighbors = _Result("retrieve", "neighbors.tsv")
+    contaminated = _Result("decontaminate", "contaminated.tsv")
 
     # report
-    @property
-    def report(self) -> str:
-        return self._file("report")
+    report = _Result("report")
 
     def report_figure(self, name: str) -> str:
-        return self._file("report", f"{name}.png")
+        return self.result("report", f"{name}.png")
 
-    # target compare
-    def _compare(self, *parts: str) -> str:
-        return self._file("compare", *parts)
-
-    @property
-    def compare_test(self) -> str:
-        """The generated test set (compare.eval: demo)."""
-        return self._compare("test.jsonl")
-
-    @property
-    def compare_heldout(self) -> str:
-        """The test set held out of the pool (compare.eval: heldout)."""
-        return self._compare("heldout.jsonl")
-
-    @property
-    def compare_student(self) -> str:
-        return self._compare("student")
-
-    @property
-    def compare_candidates_h5(self) -> str:
-        return self._compare("candidates.h5")
-
-    @property
-    def compare_candidates_quality(self) -> str:
-        return self._compare("candidates_quality.tsv")
-
-    @property
-    def compare_pool(self) -> str:
-        return self._compare("pool.h5")
-
-    @property
-    def compare_target_set(self) -> str:
-        return self._compare("target_set", "dev.jsonl")
-
-    @property
-    def compare_target_router(self) -> str:
-        return self._compare("target_set", "router.h5")
+    # target compare: the test set (generated: test.jsonl, or held out of the pool), the student,
+    # each method's picks, selection and eval (full_kept / full_raw: the full pools)
+    compare_test = _Result("compare", "test.jsonl")
+    compare_heldout = _Result("compare", "heldout.jsonl")
+    compare_student = _Result("compare", "student")
+    compare_candidates_h5 = _Result("compare", "candidates.h5")
+    compare_candidates_quality = _Result("compare", "candidates_quality.tsv")
+    compare_pool = _Result("compare", "pool.h5")
+    compare_target_set = _Result("compare", "target_set", "dev.jsonl")
+    compare_target_router = _Result("compare", "target_set", "router.h5")
+    compare_intrinsic = _Result("compare", "intrinsic.tsv")
+    compare_downstream = _Result("compare", "downstream.tsv")
+    compare_figure = _Result("compare", "compare.png")
+    compare_caption = _Result("compare", "caption.txt")
 
     def compare_picks(self, method: str = "{method}") -> str:
-        return self._compare(method, "picks.tsv")
+        return self.result("compare", method, "picks.tsv")
 
     def compare_selected(self, method: str = "{method}") -> str:
-        """Method ``method``'s selection (``full_kept`` / ``full_raw``: the full pools)."""
-        return self._compare(method, "selected_data.jsonl")
+        return self.result("compare", method, "selected_data.jsonl")
 
     def compare_selection_summary(self, method: str = "{method}") -> str:
-        return self._compare(method, "selection_summary.tsv")
+        return self.result("compare", method, "selection_summary.tsv")
 
     def compare_random_draw(self, i: int) -> str:
-        """The random baseline's draw for seed ``i`` > 0 (seed 0 is ``compare_selected("random")``)."""
-        return self._compare("random", f"draw_{i}.jsonl")
+        """The random baseline's draw for seed ``i`` > 0 (seed 0's is ``compare_selected("random")``)."""
+        return self.result("compare", "random", f"draw_{i}.jsonl")
 
     def compare_eval(self, method: str = "{method}") -> str:
-        return self._compare(method, "eval.tsv")
-
-    @property
-    def compare_intrinsic(self) -> str:
-        return self._compare("intrinsic.tsv")
-
-    @property
-    def compare_downstream(self) -> str:
-        return self._compare("downstream.tsv")
-
-    @property
-    def compare_figure(self) -> str:
-        return self._compare("compare.png")
-
-    @property
-    def compare_caption(self) -> str:
-        return self._compare("caption.txt")
+        return self.result("compare", method, "eval.tsv")
 
     # what a run makes
     def stage_outputs(self, *, train: bool, warmup: bool, indexes: Sequence[str]) -> dict[str, list[str]]:
