@@ -27,5 +27,5 @@ include: "rules/console.smk"
 rule all:
     default_target: True
     input:
-        final_targets,
+        FINAL_TARGETS,
         rules.report_figures.output,

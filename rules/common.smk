@@ -8,10 +8,10 @@ from selectflow.config import (
     as_param,
     build_config,
     check_against_schema,
-    proxy_model_dir,
     trainer_keys,
 )
 from selectflow.data.check import data_check_text, is_dry_run
+from selectflow.layout import Layout, demo_log
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.locks import clear_stale_locks
 from selectflow.runtime.oom import scaled_resource
@@ -47,9 +47,8 @@ CFG = checked(build_config, config)
 if workflow.is_main_process:
     clear_stale_locks()
 
-RESULTS = f"results/{CFG.run}"
-LOGS = f"logs/{CFG.run}"
-BENCH = f"benchmarks/{CFG.run}"
+# every file of this run under results/, logs/ and benchmarks/
+PATHS = Layout(CFG.run)
 
 if workflow.is_main_process and is_dry_run(sys.argv):
     # a dry run also checks the data: format, records, id source, first bad line per
@@ -59,7 +58,7 @@ if workflow.is_main_process and is_dry_run(sys.argv):
         logger.warning(f"[selectflow] WARNING: {_problems}")
 
 # datasets, model folders, the results disk, a selection of one record: before any job
-for _warning in checked(preflight, config, RESULTS, sys.argv):
+for _warning in checked(preflight, config, PATHS.results, sys.argv):
     if workflow.is_main_process:
         logger.warning(f"[selectflow] WARNING: {_warning}")
 
@@ -118,24 +117,18 @@ def group_members(wildcards):
 
 
 def group_shard_files(wildcards):
-    return [
-        f"{RESULTS}/shards/{wildcards.dataset}/{s}.jsonl"
-        for s in group_members(wildcards)
-    ]
+    return [PATHS.shard(wildcards.dataset, s) for s in group_members(wildcards)]
 
 
 def group_store_files(wildcards):
-    return [
-        f"{RESULTS}/router_store/{wildcards.dataset}/{s}.h5"
-        for s in group_members(wildcards)
-    ]
+    return [PATHS.store_shard(wildcards.dataset, s) for s in group_members(wildcards)]
 
 
 def group_manifests(wildcards):
     """The group table of every router_dump job (one per router_dump.shards_per_job shards)."""
     k = CFG.router_dump.shards_per_job
     return [
-        f"{RESULTS}/router_store/{ds}/{name}.group.tsv"
+        PATHS.store_group(ds, name)
         for ds in sorted(CFG.datasets)
         for name in shard_names(ds)[::k]
     ]
@@ -145,7 +138,7 @@ def router_shards(wildcards):
     """Every router-data shard, known once checkpoint router_data has linked them."""
     checkpoints.router_data.get()
     paths = [
-        (ds, shard, f"{RESULTS}/router_data/{ds}/{shard}.h5")
+        (ds, shard, PATHS.router_shard(ds, shard))
         for ds in sorted(CFG.datasets)
         for shard in shard_names(ds)
     ]
@@ -155,8 +148,8 @@ def router_shards(wildcards):
         start, names = _group_start(ds, shard)
         raise WorkflowError(
             f"{path} is missing ({len(missing)} router-data shards are): `snakemake router_data -R router_data` "
-            f"links them again from {RESULTS}/router_store/ without a dump; to dump one again, delete it there too "
-            f"and its group table {RESULTS}/router_store/{ds}/{names[start]}.group.tsv, then run the same command"
+            f"links them again from {PATHS.router_store}/ without a dump; to dump one again, delete it there too "
+            f"and its group table {PATHS.store_group(ds, names[start])}, then run the same command"
         )
     return [p for _, _, p in paths]
 
@@ -169,43 +162,31 @@ def distance_blocks(wildcards):
         or CFG.selection.target
     ):
         return []
+    cand = checkpoints.candidates.get().output.h5
     from selectflow.select.candidates import n_blocks
 
-    cand = checkpoints.candidates.get().output.h5
     n = n_blocks(cand, CFG.selection.distance_batch_size)
-    return [
-        f"{RESULTS}/selection/distances/block_{i}_{j}.h5"
-        for i in range(n)
-        for j in range(i, n)
-    ]
+    return [PATHS.distance_block(i, j) for i in range(n) for j in range(i, n)]
 
 
-def final_targets(wildcards):
-    targets = [
-        f"{RESULTS}/selection/selected_data.jsonl",
-        f"{RESULTS}/selection/selection_summary.tsv",
-    ]
-    if CFG.train.enabled:
-        targets += [f"{RESULTS}/train/metrics.tsv"]
-    if CFG.index.enabled:
-        targets += [f"{RESULTS}/indexes/pool/summary.tsv"]
-        targets += [
-            f"{RESULTS}/indexes/{name}/summary.tsv" for name in CFG.index.sequences
-        ]
-        targets += [f"{RESULTS}/retrieve/neighbors.tsv"]
-    return targets
+# the index names the run builds (none when index.enabled is false)
+INDEXES = ["pool", *CFG.index.sequences] if CFG.index.enabled else []
+FINAL_TARGETS = PATHS.final_targets(train=CFG.train.enabled, indexes=INDEXES)
+STAGE_OUTPUTS = PATHS.stage_outputs(
+    train=CFG.train.enabled, warmup=CFG.warmup.enabled, indexes=INDEXES
+)
 
 
 def router_model():
     """The model the router dump runs: the warm-up checkpoint when warm-up is on."""
     if CFG.warmup.enabled:
-        return f"{RESULTS}/warmup/checkpoint"
+        return PATHS.warmup_checkpoint
     return CFG.model_path
 
 
 def pool_shard_files(wildcards):
     return [
-        f"{RESULTS}/shards/{ds}/{shard}.jsonl"
+        PATHS.shard(ds, shard)
         for ds in sorted(CFG.datasets)
         for shard in shard_names(ds)
     ]
@@ -217,7 +198,7 @@ def index_spec(name):
     """
     idx = CFG.index
     if name in ("pool", "decontam"):
-        encoder = idx.encoder or f"{RESULTS}/train/checkpoint"
+        encoder = idx.encoder or PATHS.train_checkpoint
         if name == "decontam":
             encoder = CFG.decontaminate.encoder or CFG.model_path
         return {"kind": "items", "encoder": encoder, "window_size": idx.window_size}
@@ -237,9 +218,10 @@ def index_type_of(name):
 def n_windows(name):
     spec = index_spec(name)
     if spec["kind"] == "items":
+        # the stage module (pandas, h5py) only once the manifest exists
+        manifest = checkpoints.pool_manifest.get().output[0]
         from selectflow.stages.index import n_item_windows
 
-        manifest = checkpoints.pool_manifest.get().output[0]
         return n_item_windows(manifest, spec["window_size"])
     from selectflow.stages.index import sequence_windows_of
 
@@ -252,9 +234,7 @@ def n_windows(name):
 
 def window_files(wildcards, name=None):
     name = name or wildcards.name
-    return [
-        f"{RESULTS}/indexes/{name}/window_{w:05d}.faiss" for w in range(n_windows(name))
-    ]
+    return [PATHS.index_window(name, w) for w in range(n_windows(name))]
 
 
 def index_window_inputs(wildcards):
@@ -262,27 +242,25 @@ def index_window_inputs(wildcards):
     if spec["kind"] == "items":
         # the window's vectors, embedded by its group's index_embed job
         group = int(wildcards.w) // CFG.index.windows_per_job
-        return {
-            "embeddings": f"{RESULTS}/indexes/{wildcards.name}/embeddings/group_{group:05d}.h5"
-        }
+        return {"embeddings": PATHS.index_embeddings(wildcards.name, group)}
     return {"array": spec["path"]}
 
 
 def target_router_file():
     """The routed target records of selection.target (rule target_router), or none."""
-    return [f"{RESULTS}/target/router.h5"] if CFG.selection.target else []
+    return [PATHS.target_router] if CFG.selection.target else []
 
 
 def excluded_ids_file():
     if CFG.decontaminate.eval_set:
-        return [f"{RESULTS}/decontaminate/contaminated.tsv"]
+        return [PATHS.contaminated]
     return []
 
 
-# target compare (rules/compare.smk defines COMPARE, COMPARE_RANDOM_DRAWS)
+# target compare (rules/compare.smk defines COMPARE_TEST, COMPARE_RANDOM_DRAWS)
 def compare_training_data(wildcards):
     """One selection for every seed; the random baseline draws anew for each seed."""
-    own = f"{COMPARE}/{wildcards.method}/selected_data.jsonl"
+    own = PATHS.compare_selected(wildcards.method)
     return [own, *COMPARE_RANDOM_DRAWS] if wildcards.method == "random" else [own]
 
 
@@ -293,7 +271,7 @@ def compare_target_set_inputs(wildcards):
     if CFG.compare.eval == "demo":
         return {"datasets": list(CFG.datasets.values()), "test": COMPARE_TEST}
     return {
-        "quality": f"{RESULTS}/selection/candidates_quality.tsv",
+        "quality": PATHS.candidates_quality,
         "router": router_shards(wildcards),
         "test": COMPARE_TEST,
     }
@@ -306,7 +284,7 @@ def compare_target_slice():
         and CFG.compare.eval == "heldout"
         and not CFG.compare.target
     ):
-        return [f"{COMPARE}/target_set/dev.jsonl"]
+        return [PATHS.compare_target_set]
     return []
 
 

@@ -3,22 +3,21 @@
 # (one that has seen no text) and scored on a test set no method can select from.
 # Not in the default target.
 
-COMPARE = f"{RESULTS}/compare"
 COMPARE_BASELINES = (
     "|".join(m for m in CFG.compare.methods if m not in ("fps", "target")) or "none"
 )
 # the test set: generated (demo), held out of the pool (heldout), or the user's file
 COMPARE_TEST = {
-    "demo": f"{COMPARE}/test.jsonl",
-    "heldout": f"{COMPARE}/heldout.jsonl",
+    "demo": PATHS.compare_test,
+    "heldout": PATHS.compare_heldout,
 }.get(CFG.compare.eval, CFG.compare.eval)
 COMPARE_STUDENT = (
-    f"{COMPARE}/student" if CFG.compare.student == "scratch" else CFG.compare.student
+    PATHS.compare_student if CFG.compare.student == "scratch" else CFG.compare.student
 )
 # what is fine-tuned: the k-sized selections, then the full pools
 COMPARE_FINETUNED = [*CFG.compare.methods, *CFG.compare.full_pools]
 COMPARE_RANDOM_DRAWS = [
-    f"{COMPARE}/random/draw_{i}.jsonl" for i in range(1, CFG.compare.seeds)
+    PATHS.compare_random_draw(i) for i in range(1, CFG.compare.seeds)
 ]
 
 
@@ -26,9 +25,9 @@ rule compare_testset:
     input:
         list(CFG.datasets.values()),
     output:
-        f"{COMPARE}/test.jsonl",
+        PATHS.compare_test,
     log:
-        f"{LOGS}/compare/testset.log",
+        PATHS.log("compare/testset"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -42,9 +41,9 @@ rule compare_testset:
 
 rule compare_student:
     output:
-        directory(f"{COMPARE}/student"),
+        directory(PATHS.compare_student),
     log:
-        f"{LOGS}/compare/student.log",
+        PATHS.log("compare/student"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -58,12 +57,12 @@ rule compare_student:
 
 rule compare_heldout:
     input:
-        quality=f"{RESULTS}/selection/candidates_quality.tsv",
+        quality=PATHS.candidates_quality,
         router=router_shards,
     output:
-        f"{COMPARE}/heldout.jsonl",
+        PATHS.compare_heldout,
     log:
-        f"{LOGS}/compare/heldout.log",
+        PATHS.log("compare/heldout"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -77,15 +76,15 @@ rule compare_heldout:
 rule compare_candidates:
     input:
         router=router_shards,
-        heldout=f"{COMPARE}/heldout.jsonl",
+        heldout=PATHS.compare_heldout,
         exclude=excluded_ids_file(),
         # method target with eval heldout: its target slice, kept from every method too
         target=compare_target_slice(),
     output:
-        h5=f"{COMPARE}/candidates.h5",
-        quality=f"{COMPARE}/candidates_quality.tsv",
+        h5=PATHS.compare_candidates_h5,
+        quality=PATHS.compare_candidates_quality,
     log:
-        f"{LOGS}/compare/candidates.log",
+        PATHS.log("compare/candidates"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -99,12 +98,12 @@ rule compare_candidates:
 rule compare_pool:
     input:
         router=router_shards,
-        candidates=f"{COMPARE}/candidates.h5",
-        quality=f"{COMPARE}/candidates_quality.tsv",
+        candidates=PATHS.compare_candidates_h5,
+        quality=PATHS.compare_candidates_quality,
     output:
-        f"{COMPARE}/pool.h5",
+        PATHS.compare_pool,
     log:
-        f"{LOGS}/compare/pool.log",
+        PATHS.log("compare/pool"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -118,11 +117,11 @@ rule compare_pool:
 
 rule compare_fps:
     input:
-        f"{COMPARE}/candidates.h5",
+        PATHS.compare_candidates_h5,
     output:
-        f"{COMPARE}/fps/picks.tsv",
+        PATHS.compare_picks("fps"),
     log:
-        f"{LOGS}/compare/fps.log",
+        PATHS.log("compare/fps"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -140,9 +139,9 @@ rule compare_target_set:
     input:
         unpack(compare_target_set_inputs),
     output:
-        f"{COMPARE}/target_set/dev.jsonl",
+        PATHS.compare_target_set,
     log:
-        f"{LOGS}/compare/target_set.log",
+        PATHS.log("compare/target_set"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -157,17 +156,17 @@ rule compare_target_set:
 rule compare_target_router:
     # the target set routed by the model that routed the pool (rule target_router's function)
     input:
-        target=f"{COMPARE}/target_set/dev.jsonl",
+        target=PATHS.compare_target_set,
         model=router_model(),
     output:
-        f"{COMPARE}/target_set/router.h5",
+        PATHS.compare_target_router,
     log:
-        f"{LOGS}/compare/target_router.log",
+        PATHS.log("compare/target_router"),
     conda:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        batch_size=scaled(config["router_dump"]["batch_size"]),
+        batch_size=scaled(CFG.router_dump.batch_size),
         attempt=current_attempt,
     params:
         router_dump=config["router_dump"],
@@ -177,12 +176,12 @@ rule compare_target_router:
 
 rule compare_target:
     input:
-        candidates=f"{COMPARE}/candidates.h5",
-        target=f"{COMPARE}/target_set/router.h5",
+        candidates=PATHS.compare_candidates_h5,
+        target=PATHS.compare_target_router,
     output:
-        f"{COMPARE}/target/picks.tsv",
+        PATHS.compare_picks("target"),
     log:
-        f"{LOGS}/compare/target.log",
+        PATHS.log("compare/target"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -197,11 +196,11 @@ rule compare_target:
 
 rule compare_baseline:
     input:
-        f"{COMPARE}/pool.h5",
+        PATHS.compare_pool,
     output:
-        f"{COMPARE}/{{method}}/picks.tsv",
+        PATHS.compare_picks(),
     log:
-        f"{LOGS}/compare/{{method}}.log",
+        PATHS.log("compare/{method}"),
     wildcard_constraints:
         method=COMPARE_BASELINES,
     conda:
@@ -218,14 +217,14 @@ rule compare_baseline:
 
 rule compare_selected:
     input:
-        picks=f"{COMPARE}/{{method}}/picks.tsv",
-        quality=f"{COMPARE}/candidates_quality.tsv",
+        picks=PATHS.compare_picks(),
+        quality=PATHS.compare_candidates_quality,
         router=router_shards,
     output:
-        selected=f"{COMPARE}/{{method}}/selected_data.jsonl",
-        summary=f"{COMPARE}/{{method}}/selection_summary.tsv",
+        selected=PATHS.compare_selected(),
+        summary=PATHS.compare_selection_summary(),
     log:
-        f"{LOGS}/compare/{{method}}_selected.log",
+        PATHS.log("compare/{method}_selected"),
     wildcard_constraints:
         method="|".join(CFG.compare.methods),
     conda:
@@ -238,13 +237,13 @@ rule compare_selected:
 
 rule compare_full_pools:
     input:
-        quality=f"{COMPARE}/candidates_quality.tsv",
+        quality=PATHS.compare_candidates_quality,
         router=router_shards,
     output:
-        full_kept=f"{COMPARE}/full_kept/selected_data.jsonl",
-        full_raw=f"{COMPARE}/full_raw/selected_data.jsonl",
+        full_kept=PATHS.compare_selected("full_kept"),
+        full_raw=PATHS.compare_selected("full_raw"),
     log:
-        f"{LOGS}/compare/full_pools.log",
+        PATHS.log("compare/full_pools"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -255,13 +254,13 @@ rule compare_full_pools:
 
 rule compare_random_draws:
     input:
-        pool=f"{COMPARE}/pool.h5",
-        quality=f"{COMPARE}/candidates_quality.tsv",
+        pool=PATHS.compare_pool,
+        quality=PATHS.compare_candidates_quality,
         router=router_shards,
     output:
         COMPARE_RANDOM_DRAWS,
     log:
-        f"{LOGS}/compare/random_draws.log",
+        PATHS.log("compare/random_draws"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -274,14 +273,12 @@ rule compare_random_draws:
 
 rule compare_intrinsic:
     input:
-        selected=expand(
-            f"{COMPARE}/{{method}}/selected_data.jsonl", method=CFG.compare.methods
-        ),
-        pool=f"{COMPARE}/pool.h5",
+        selected=expand(PATHS.compare_selected(), method=CFG.compare.methods),
+        pool=PATHS.compare_pool,
     output:
-        f"{COMPARE}/intrinsic.tsv",
+        PATHS.compare_intrinsic,
     log:
-        f"{LOGS}/compare/intrinsic.log",
+        PATHS.log("compare/intrinsic"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -298,11 +295,11 @@ rule compare_finetune:
         test=COMPARE_TEST,
         model=COMPARE_STUDENT,
     output:
-        f"{COMPARE}/{{method}}/eval.tsv",
+        PATHS.compare_eval(),
     log:
-        f"{LOGS}/compare/{{method}}_finetune.log",
+        PATHS.log("compare/{method}_finetune"),
     benchmark:
-        f"{BENCH}/compare/{{method}}_finetune.tsv"
+        PATHS.benchmark("compare/{method}_finetune")
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -319,11 +316,11 @@ rule compare_finetune:
 
 rule compare_downstream:
     input:
-        expand(f"{COMPARE}/{{method}}/eval.tsv", method=COMPARE_FINETUNED),
+        expand(PATHS.compare_eval(), method=COMPARE_FINETUNED),
     output:
-        f"{COMPARE}/downstream.tsv",
+        PATHS.compare_downstream,
     log:
-        f"{LOGS}/compare/downstream.log",
+        PATHS.log("compare/downstream"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -336,13 +333,13 @@ rule compare_downstream:
 
 rule compare_figure:
     input:
-        downstream=f"{COMPARE}/downstream.tsv",
-        intrinsic=f"{COMPARE}/intrinsic.tsv",
+        downstream=PATHS.compare_downstream,
+        intrinsic=PATHS.compare_intrinsic,
     output:
-        png=report(f"{COMPARE}/compare.png", category="Compare"),
-        caption=f"{COMPARE}/caption.txt",
+        png=report(PATHS.compare_figure, category="Compare"),
+        caption=PATHS.compare_caption,
     log:
-        f"{LOGS}/compare/figure.log",
+        PATHS.log("compare/figure"),
     conda:
         "../envs/selectflow.yaml"
     resources:

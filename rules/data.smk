@@ -2,7 +2,7 @@ rule demo_pool:
     output:
         "resources/demo/demo_pool.jsonl",
     log:
-        "logs/demo/demo_pool.log",
+        demo_log("demo_pool"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -20,7 +20,7 @@ rule demo_model:
     output:
         directory("resources/demo/model"),
     log:
-        "logs/demo/demo_model.log",
+        demo_log("demo_model"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -37,11 +37,11 @@ rule proxy_model:
     input:
         pools=[CFG.datasets[name] for name in sorted(CFG.datasets)],
     output:
-        directory(proxy_model_dir(CFG.run)),
+        directory(PATHS.proxy_model),
     log:
-        f"{LOGS}/proxy_model.log",
+        PATHS.log("proxy_model"),
     benchmark:
-        f"{BENCH}/proxy_model.tsv"
+        PATHS.benchmark("proxy_model")
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -54,11 +54,11 @@ rule proxy_model:
 
 checkpoint split_dataset:
     input:
-        lambda wc: config["datasets"][wc.dataset],
+        lambda wc: CFG.datasets[wc.dataset],
     output:
-        directory(f"{RESULTS}/shards/{{dataset}}"),
+        directory(PATHS.shard_dir()),
     log:
-        f"{LOGS}/split_dataset/{{dataset}}.log",
+        PATHS.log("split_dataset/{dataset}"),
     conda:
         "../envs/selectflow.yaml"
     resources:

@@ -2,11 +2,11 @@ checkpoint pool_manifest:
     input:
         shards=pool_shard_files,
         # the split_dataset folders the shards are in: links the two in the rule graph
-        folders=[f"{RESULTS}/shards/{ds}" for ds in sorted(CFG.datasets)],
+        folders=[PATHS.shard_dir(ds) for ds in sorted(CFG.datasets)],
     output:
-        f"{RESULTS}/pool_manifest.tsv",
+        PATHS.pool_manifest,
     log:
-        f"{LOGS}/pool_manifest.log",
+        PATHS.log("pool_manifest"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -18,14 +18,14 @@ checkpoint pool_manifest:
 rule index_embed:
     # one job embeds index.windows_per_job item windows (the encoder is loaded once)
     input:
-        manifest=f"{RESULTS}/pool_manifest.tsv",
+        manifest=PATHS.pool_manifest,
         encoder=lambda wc: index_spec(wc.name)["encoder"],
     output:
-        f"{RESULTS}/indexes/{{name}}/embeddings/group_{{g}}.h5",
+        PATHS.index_embeddings(),
     log:
-        f"{LOGS}/indexes/{{name}}/embed_group_{{g}}.log",
+        PATHS.log("indexes/{name}/embed_group_{g}"),
     benchmark:
-        f"{BENCH}/indexes/{{name}}/embed_group_{{g}}.tsv"
+        PATHS.benchmark("indexes/{name}/embed_group_{g}")
     wildcard_constraints:
         g=r"\d{5}",
     conda:
@@ -45,13 +45,13 @@ rule index_window:
     input:
         unpack(index_window_inputs),
     output:
-        faiss=f"{RESULTS}/indexes/{{name}}/window_{{w}}.faiss",
-        ids=f"{RESULTS}/indexes/{{name}}/window_{{w}}.ids.tsv",
-        meta=f"{RESULTS}/indexes/{{name}}/window_{{w}}.json",
+        faiss=PATHS.index_window(),
+        ids=PATHS.index_window(ext="ids.tsv"),
+        meta=PATHS.index_window(ext="json"),
     log:
-        f"{LOGS}/indexes/{{name}}/window_{{w}}.log",
+        PATHS.log("indexes/{name}/window_{w}"),
     benchmark:
-        f"{BENCH}/indexes/{{name}}/window_{{w}}.tsv"
+        PATHS.benchmark("indexes/{name}/window_{w}")
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -69,15 +69,15 @@ rule index_summary:
     input:
         window_files,
     output:
-        f"{RESULTS}/indexes/{{name}}/summary.tsv",
+        PATHS.index_summary(),
     log:
-        f"{LOGS}/indexes/{{name}}/summary.log",
+        PATHS.log("indexes/{name}/summary"),
     conda:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
     params:
-        index_dir=f"{RESULTS}/indexes/{{name}}",
+        index_dir=PATHS.index_dir(),
     script:
         "../scripts/index_summary.py"
 
@@ -85,12 +85,12 @@ rule index_summary:
 rule retrieve:
     input:
         windows=lambda wc: window_files(wc, name="pool"),
-        queries=CFG.retrieve.queries or f"{RESULTS}/selection/selected_data.jsonl",
+        queries=CFG.retrieve.queries or PATHS.selected_data,
         encoder=index_spec("pool")["encoder"],
     output:
-        f"{RESULTS}/retrieve/neighbors.tsv",
+        PATHS.neighbors,
     log:
-        f"{LOGS}/retrieve.log",
+        PATHS.log("retrieve"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -98,7 +98,7 @@ rule retrieve:
         batch_size=scaled(CFG.index.batch_size),
         attempt=current_attempt,
     params:
-        index_dir=f"{RESULTS}/indexes/pool",
+        index_dir=PATHS.index_dir("pool"),
         index=as_param(CFG.index),
         k=CFG.retrieve.k,
     script:
@@ -111,9 +111,9 @@ rule decontaminate:
         queries=CFG.decontaminate.eval_set or [],
         encoder=index_spec("decontam")["encoder"],
     output:
-        f"{RESULTS}/decontaminate/contaminated.tsv",
+        PATHS.contaminated,
     log:
-        f"{LOGS}/decontaminate.log",
+        PATHS.log("decontaminate"),
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -121,7 +121,7 @@ rule decontaminate:
         batch_size=scaled(CFG.index.batch_size),
         attempt=current_attempt,
     params:
-        index_dir=f"{RESULTS}/indexes/decontam",
+        index_dir=PATHS.index_dir("decontam"),
         index=as_param(CFG.index),
         threshold=CFG.decontaminate.threshold,
     script:

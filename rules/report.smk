@@ -1,75 +1,72 @@
-from selectflow.stages.report import stage_inputs
-
-
 rule report_figures:
     # Figures for `snakemake --report report.html`; resources come from the records and
     # benchmarks of the jobs that finished before this one.
     input:
-        # training metrics and index summaries only when this run's `rule all` asks for them
-        unpack(lambda wc: stage_inputs(final_targets(wc), RESULTS, CFG.warmup.enabled)),
-        quality=f"{RESULTS}/selection/quality.tsv",
-        curve=f"{RESULTS}/selection/fps_curve.tsv",
-        candidates=f"{RESULTS}/selection/candidates.h5",
+        # training metrics and index summaries: only of the stages this run's config turns on
+        **STAGE_OUTPUTS,
+        quality=PATHS.quality,
+        curve=PATHS.fps_curve,
+        candidates=PATHS.candidates_h5,
         # not read: the figures wait for the whole selection, whose jobs they report on
-        selected=f"{RESULTS}/selection/selected_data.jsonl",
+        selected=PATHS.selected_data,
         router=router_shards,
     output:
         quality=report(
-            f"{RESULTS}/report/quality_histogram.png",
+            PATHS.report_figure("quality_histogram"),
             caption="../report/quality_histogram.rst",
             category="1. Selection",
             labels={"figure": "quality scores"},
         ),
         fps=report(
-            f"{RESULTS}/report/fps_curve.png",
+            PATHS.report_figure("fps_curve"),
             caption="../report/fps_curve.rst",
             category="1. Selection",
             labels={"figure": "FPS curve"},
         ),
         examples=report(
-            f"{RESULTS}/report/examples.png",
+            PATHS.report_figure("examples"),
             caption="../report/examples.rst",
             category="1. Selection",
             labels={"figure": "example records"},
         ),
         pca=report(
-            f"{RESULTS}/report/routing_pca.png",
+            PATHS.report_figure("routing_pca"),
             caption="../report/routing_pca.rst",
             category="2. Routing",
             labels={"figure": "routing PCA"},
         ),
         heatmap=report(
-            f"{RESULTS}/report/routing_heatmap.png",
+            PATHS.report_figure("routing_heatmap"),
             caption="../report/routing_heatmap.rst",
             category="2. Routing",
             labels={"figure": "routing heat-map"},
         ),
         training=report(
-            f"{RESULTS}/report/training_loss.png",
+            PATHS.report_figure("training_loss"),
             caption="../report/training_loss.rst",
             category="3. Training",
             labels={"figure": "training loss"},
         ),
         indexes=report(
-            f"{RESULTS}/report/index_build.png",
+            PATHS.report_figure("index_build"),
             caption="../report/index_build.rst",
             category="4. Index",
             labels={"figure": "index build"},
         ),
         resources=report(
-            f"{RESULTS}/report/resources.png",
+            PATHS.report_figure("resources"),
             caption="../report/resources.rst",
             category="5. Resources",
             labels={"figure": "runtime and memory"},
         ),
     log:
-        f"{LOGS}/report/report_figures.log",
+        PATHS.log("report/report_figures"),
     conda:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
     params:
-        log_dir=LOGS,
-        bench_dir=BENCH,
+        log_dir=PATHS.logs,
+        bench_dir=PATHS.benchmarks,
     script:
         "../scripts/report_figures.py"

@@ -4,20 +4,20 @@ rule router_dump:
     input:
         shards=group_shard_files,
         # checks sample ids are unique across datasets before any inference
-        manifest=f"{RESULTS}/pool_manifest.tsv",
+        manifest=PATHS.pool_manifest,
         model=router_model(),
     output:
         # kept (not temp): snakemake -R router_data links the shards again without a dump
-        f"{RESULTS}/router_store/{{dataset}}/{{shard}}.group.tsv",
+        PATHS.store_group(),
     log:
-        f"{LOGS}/router_dump/{{dataset}}/{{shard}}.log",
+        PATHS.log("router_dump/{dataset}/{shard}"),
     benchmark:
-        f"{BENCH}/router_dump/{{dataset}}/{{shard}}.tsv"
+        PATHS.benchmark("router_dump/{dataset}/{shard}")
     conda:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        batch_size=scaled(config["router_dump"]["batch_size"]),
+        batch_size=scaled(CFG.router_dump.batch_size),
         attempt=current_attempt,
     params:
         router_dump=config["router_dump"],
@@ -32,9 +32,9 @@ checkpoint router_data:
     input:
         ancient(group_manifests),
     output:
-        f"{RESULTS}/router_data/shards.tsv",
+        PATHS.router_data_table,
     log:
-        f"{LOGS}/router_data.log",
+        PATHS.log("router_data"),
     localrule: True
     conda:
         "../envs/selectflow.yaml"
@@ -49,16 +49,16 @@ rule target_router:
         target=lambda wc: CFG.selection.target,
         model=router_model(),
     output:
-        f"{RESULTS}/target/router.h5",
+        PATHS.target_router,
     log:
-        f"{LOGS}/target_router.log",
+        PATHS.log("target_router"),
     benchmark:
-        f"{BENCH}/target_router.tsv"
+        PATHS.benchmark("target_router")
     conda:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        batch_size=scaled(config["router_dump"]["batch_size"]),
+        batch_size=scaled(CFG.router_dump.batch_size),
         attempt=current_attempt,
     params:
         router_dump=config["router_dump"],

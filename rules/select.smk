@@ -3,12 +3,12 @@ checkpoint candidates:
         router=router_shards,
         exclude=excluded_ids_file(),
     output:
-        h5=f"{RESULTS}/selection/candidates.h5",
-        quality=f"{RESULTS}/selection/candidates_quality.tsv",
+        h5=PATHS.candidates_h5,
+        quality=PATHS.candidates_quality,
     log:
-        f"{LOGS}/selection/candidates.log",
+        PATHS.candidates_log,
     benchmark:
-        f"{BENCH}/selection/candidates.tsv"
+        PATHS.benchmark("selection/candidates")
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -21,13 +21,13 @@ checkpoint candidates:
 
 rule distance_block:
     input:
-        f"{RESULTS}/selection/candidates.h5",
+        PATHS.candidates_h5,
     output:
-        f"{RESULTS}/selection/distances/block_{{i}}_{{j}}.h5",
+        PATHS.distance_block(),
     log:
-        f"{LOGS}/selection/distances/block_{{i}}_{{j}}.log",
+        PATHS.log("selection/distances/block_{i}_{j}"),
     benchmark:
-        f"{BENCH}/selection/distances/block_{{i}}_{{j}}.tsv"
+        PATHS.benchmark("selection/distances/block_{i}_{j}")
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -42,16 +42,16 @@ rule distance_block:
 
 rule fps:
     input:
-        candidates=f"{RESULTS}/selection/candidates.h5",
+        candidates=PATHS.candidates_h5,
         blocks=distance_blocks,
         # with selection.target: the picks go toward it instead of FPS
         target=target_router_file(),
     output:
-        f"{RESULTS}/selection/fps_curve.tsv",
+        PATHS.fps_curve,
     log:
-        f"{LOGS}/selection/fps.log",
+        PATHS.log("selection/fps"),
     benchmark:
-        f"{BENCH}/selection/fps.tsv"
+        PATHS.benchmark("selection/fps")
     conda:
         "../envs/selectflow.yaml"
     # one CPU per rank to drive its GPU (under SLURM: --cpus-per-task)
@@ -62,22 +62,22 @@ rule fps:
         attempt=current_attempt,
     params:
         selection=as_param(CFG.selection),
-        block_dir=f"{RESULTS}/selection/distances",
+        block_dir=PATHS.distances,
     script:
         "../scripts/fps.py"
 
 
 rule selected_data:
     input:
-        curve=f"{RESULTS}/selection/fps_curve.tsv",
-        quality=f"{RESULTS}/selection/candidates_quality.tsv",
+        curve=PATHS.fps_curve,
+        quality=PATHS.candidates_quality,
         router=router_shards,
     output:
-        selected=f"{RESULTS}/selection/selected_data.jsonl",
-        summary=f"{RESULTS}/selection/selection_summary.tsv",
-        quality=f"{RESULTS}/selection/quality.tsv",
+        selected=PATHS.selected_data,
+        summary=PATHS.selection_summary,
+        quality=PATHS.quality,
     log:
-        f"{LOGS}/selection/selected_data.log",
+        PATHS.log("selection/selected_data"),
     conda:
         "../envs/selectflow.yaml"
     resources:

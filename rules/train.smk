@@ -7,14 +7,14 @@ rule warmup:
         pools=list(CFG.datasets.values()),
         model=CFG.model_path,
     output:
-        converted=directory(f"{RESULTS}/warmup/converted"),
-        checkpoint=directory(f"{RESULTS}/warmup/checkpoint"),
-        metrics=f"{RESULTS}/warmup/metrics.tsv",
-        memory=f"{RESULTS}/warmup/memory.tsv",
+        converted=directory(PATHS.warmup_converted),
+        checkpoint=directory(PATHS.warmup_checkpoint),
+        metrics=PATHS.warmup_metrics,
+        memory=PATHS.warmup_memory,
     log:
-        f"{LOGS}/warmup.log",
+        PATHS.log("warmup"),
     benchmark:
-        f"{BENCH}/warmup.tsv"
+        PATHS.benchmark("warmup")
     conda:
         "../envs/selectflow.yaml"
     resources:
@@ -40,16 +40,16 @@ rule warmup:
 
 rule train:
     input:
-        data=f"{RESULTS}/selection/selected_data.jsonl",
+        data=PATHS.selected_data,
         model=CFG.train.model_path or CFG.model_path,
     output:
-        checkpoint=directory(f"{RESULTS}/train/checkpoint"),
-        metrics=f"{RESULTS}/train/metrics.tsv",
-        memory=f"{RESULTS}/train/memory.tsv",
+        checkpoint=directory(PATHS.train_checkpoint),
+        metrics=PATHS.train_metrics,
+        memory=PATHS.train_memory,
     log:
-        f"{LOGS}/train.log",
+        PATHS.log("train"),
     benchmark:
-        f"{BENCH}/train.tsv"
+        PATHS.benchmark("train")
     conda:
         "../envs/selectflow.yaml"
     resources:

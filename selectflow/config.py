@@ -22,6 +22,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from selectflow.configdoc import SCHEMAS
+from selectflow.layout import Layout
 
 DEMO_POOL = "resources/demo/demo_pool.jsonl"  # rule demo_pool's output (rules/data.smk)
 
@@ -336,7 +337,7 @@ PROXY = "proxy"  # model.path that asks for the proxy scorer (rule proxy_model)
 
 def proxy_model_dir(run: str) -> str:
     """Where rule proxy_model writes the proxy of run ``run``'s datasets."""
-    return f"results/{run}/proxy_model"
+    return Layout(run).proxy_model
 
 
 def model_path_of(config: dict) -> str:

@@ -15,6 +15,7 @@ import yaml
 
 from selectflow import __version__, cli
 from selectflow.data.check import check_config, load_config, render
+from selectflow.layout import Layout
 from selectflow.report.summary import logged_messages, run_summary, selection_counts
 
 from .test_select import make_pool, write_shards
@@ -213,10 +214,10 @@ def test_summary_counts_method_outputs_warnings_next_steps(tmp_path):
 
 def test_summary_reads_columns_by_name_and_survives_missing_files(tmp_path):
     sel = _fake_run(tmp_path, quality_columns=("reason", "candidate", "sample_id", "quality", "dataset", "kept"))
-    counts = {r["dataset"]: r for r in selection_counts(sel)}
+    counts = {r["dataset"]: r for r in selection_counts(Layout("r", tmp_path))}
     assert counts["a"] == {"dataset": "a", "pool": 3, "kept": 2, "candidates": 1, "selected": 1, "duplicates": 1}
     (sel / "selection_summary.tsv").write_text("dataset\tpool\tselected\tnew_column\na\t30\t10\tz\nb\t20\t5\tz\n")
-    counts = {r["dataset"]: r for r in selection_counts(sel)}
+    counts = {r["dataset"]: r for r in selection_counts(Layout("r", tmp_path))}
     assert counts["a"]["pool"] == 30 and counts["a"]["selected"] == 10 and counts["a"]["kept"] == 2
     empty = run_summary({"run": "nothing"}, ok=False, workdir=tmp_path / "elsewhere")
     assert "FAILED" in empty and "no selection results yet" in empty
@@ -230,7 +231,8 @@ def test_failed_run_summary_names_the_failed_jobs_without_repeating_their_messag
     text = run_summary({"run": "r"}, ok=False, workdir=tmp_path)
     assert "FAILED" in text and "split_dataset/x.log (SelectFlowError)" in text
     assert "malformed JSON" not in text
-    assert "split_dataset" not in run_summary({"run": "r"}, ok=True, workdir=tmp_path)
+    ok = run_summary({"run": "r", "selection": {"selection_percentage": 0.05}}, ok=True, workdir=tmp_path)
+    assert "split_dataset" not in ok
 
 
 def test_logged_messages_on_failure_include_errors(tmp_path):

@@ -51,3 +51,32 @@ def test_bad_config_is_rejected_with_the_key(tmp_path, patch, words):
     assert proc.returncode != 0
     assert words in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+# Runs Snakemake's command line in this process, then prints which top-level modules (and
+# selectflow subpackages) the process had imported by then.
+_IMPORTS_AFTER = """
+import sys
+from snakemake.cli import main
+sys.argv = ["snakemake", *sys.argv[1:]]
+try:
+    main()
+finally:
+    names = {".".join(m.split(".")[:2]) if m.startswith("selectflow.") else m.split(".")[0] for m in sys.modules}
+    print("IMPORTED", " ".join(sorted(names)))
+"""
+HEAVY = ("matplotlib", "torch", "faiss", "transformers")
+
+
+@pytest.mark.parametrize("command", [("--list-rules",), ("-n",)])
+def test_reading_the_workflow_imports_no_stage_and_no_plotting_or_torch(tmp_path, command):
+    """Every snakemake start reads the Snakefile: matplotlib, torch or a stage module there costs
+    seconds each time. ``--list-rules`` only reads it; ``-n`` also builds the DAG of a fresh run."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER, *command, "-s", str(REPO / "Snakefile"),
+                           "-d", str(tmp_path), "--configfile", str(REPO / "tests" / "configs" / "small" / "config.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "report_figures" in proc.stdout + proc.stderr  # the whole workflow was read
+    imported = set(next(ln for ln in proc.stdout.splitlines() if ln.startswith("IMPORTED ")).split()[1:])
+    assert {"snakemake", "selectflow.config"} <= imported
+    assert imported.isdisjoint({*HEAVY, "selectflow.stages"}), sorted(imported & {*HEAVY, "selectflow.stages"})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from selectflow.config import PROXY
 from selectflow.data.records import open_lines
+from selectflow.layout import RESULTS_ROOT
 from selectflow.runtime.errors import SelectFlowError
 
 DEMO_PREFIX = "resources/demo/"
@@ -61,7 +62,7 @@ def model_keys(config: Mapping) -> list[tuple[str, str]]:
         keys.append(("index.encoder", config["index"]["encoder"]))
     if config["decontaminate"].get("eval_set") and config["decontaminate"].get("encoder"):
         keys.append(("decontaminate.encoder", config["decontaminate"]["encoder"]))
-    return [(k, p) for k, p in keys if not p.startswith(DEMO_PREFIX) and not p.startswith("results/")]
+    return [(k, p) for k, p in keys if not p.startswith(DEMO_PREFIX) and not p.startswith(f"{RESULTS_ROOT}/")]
 
 
 def check_model_folder(key: str, path: str) -> None:

@@ -10,12 +10,12 @@ not run, or a table with other columns, leaves its part out) and returns the tex
   log) and the selection stage;
 * where the outputs are;
 * the warnings (and, on failure, errors) the jobs logged during this run, each message
-  once with its count, from the job logs under ``logs/{run}/``;
+  once with its count, from the run's job logs;
 * the next commands: the report, and a selection with other settings on the saved
   router data.
 
-Imports only the standard library, pandas and h5py, so it costs nothing at the end of
-a run.
+Every path comes from :class:`selectflow.layout.Layout`. Imports only the standard library,
+pandas and h5py, so it costs nothing at the end of a run.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import sys
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+
+from selectflow.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +53,21 @@ def _flag(column) -> "object":
     return column.astype(str).str.lower().isin(("true", "1"))
 
 
-def selection_counts(selection_dir: str | os.PathLike) -> list[dict]:
+def selection_counts(paths: Layout) -> list[dict]:
     """Per dataset ``{"dataset", "pool", "kept", "candidates", "selected", "duplicates"}`` (None when unknown).
 
-    Read from ``selection_summary.tsv`` by column name; counts it lacks come from
+    Read from the run's ``selection_summary.tsv`` by column name; counts it lacks come from
     ``quality.tsv`` (``kept`` / ``candidate`` flags) and ``fps_curve.tsv`` (the picks).
     """
-    selection_dir = Path(selection_dir)
     rows: dict[str, dict] = {}
-    summary = _read_tsv(selection_dir / "selection_summary.tsv")
+    summary = _read_tsv(Path(paths.selection_summary))
     if summary is not None and "dataset" in summary:
         for rec in summary.to_dict("records"):
             rows[str(rec["dataset"])] = {c: _int(rec.get(c)) for c in COUNT_COLUMNS}
-    quality = _read_tsv(selection_dir / "quality.tsv")
+    quality = _read_tsv(Path(paths.quality))
     if quality is not None and "dataset" in quality:
         picked = None
-        curve = _read_tsv(selection_dir / "fps_curve.tsv")
+        curve = _read_tsv(Path(paths.fps_curve))
         if curve is not None and "sample_id" in curve and "sample_id" in quality:
             picked = quality["sample_id"].isin(set(curve["sample_id"]))
         for name, part in quality.groupby("dataset", sort=True):
@@ -92,13 +93,13 @@ def _int(value):
         return None
 
 
-def quality_method(selection_dir: str | os.PathLike, log_dir: str | os.PathLike | None = None) -> dict:
+def quality_method(paths: Layout) -> dict:
     """``{"quality_method", "stage", "metric", "n_pool", "n_kept", "k"}`` known for this run (may be empty).
 
     From ``candidates.h5``'s attributes; without that file, from the ``candidates`` log
     line ``pool N, kept N, candidates N (stage), k N``.
     """
-    path = Path(selection_dir) / "candidates.h5"
+    path = Path(paths.candidates_h5)
     if path.is_file():
         try:
             import h5py
@@ -109,17 +110,16 @@ def quality_method(selection_dir: str | os.PathLike, log_dir: str | os.PathLike 
         except OSError as exc:
             log.debug("cannot read %s: %s", path, exc)
     found: dict = {}
-    if log_dir is not None:
-        cand_log = Path(log_dir) / "selection" / "candidates.log"
-        if cand_log.is_file():
-            text = cand_log.read_text(encoding="utf-8", errors="replace")
-            m = re.findall(r"pool (\d+), kept (\d+), candidates (\d+) \((\w+)\), k (\d+)", text)
-            if m:
-                n_pool, n_kept, _, stage, k = m[-1]
-                found.update(n_pool=int(n_pool), n_kept=int(n_kept), stage=stage, k=int(k))
-            m = re.findall(r"quality method:? (\w+)", text)
-            if m:
-                found["quality_method"] = m[-1]
+    cand_log = Path(paths.candidates_log)
+    if cand_log.is_file():
+        text = cand_log.read_text(encoding="utf-8", errors="replace")
+        m = re.findall(r"pool (\d+), kept (\d+), candidates (\d+) \((\w+)\), k (\d+)", text)
+        if m:
+            n_pool, n_kept, _, stage, k = m[-1]
+            found.update(n_pool=int(n_pool), n_kept=int(n_kept), stage=stage, k=int(k))
+        m = re.findall(r"quality method:? (\w+)", text)
+        if m:
+            found["quality_method"] = m[-1]
     return found
 
 
@@ -183,34 +183,33 @@ def _table(rows: list[dict]) -> list[str]:
     return [fmt(head), *(fmt(c) for c in cells)]
 
 
-def _outputs(results: Path, log_dir: Path, config: dict) -> list[str]:
+def _outputs(paths: Layout) -> list[str]:
     entries = [
-        (results / "selection" / "selected_data.jsonl", "the selected records, in pick order"),
-        (results / "selection" / "quality.tsv", "every pool sample: quality score, reason (selected, not_picked, dropped why)"),
-        (results / "selection" / "selection_summary.tsv", "the table above"),
-        (results / "train" / "checkpoint", "the model fine-tuned on the selection"),
-        (results / "indexes", "one FAISS index file per window"),
-        (results / "retrieve" / "neighbors.tsv", "nearest pool neighbours of each selected record"),
-        (results / "report", "the report's figures"),
-        (log_dir, "one log per job"),
+        (paths.selected_data, "the selected records, in pick order"),
+        (paths.quality, "every pool sample: quality score, reason (selected, not_picked, dropped why)"),
+        (paths.selection_summary, "the table above"),
+        (paths.train_checkpoint, "the model fine-tuned on the selection"),
+        (paths.indexes, "one FAISS index file per window"),
+        (paths.neighbors, "nearest pool neighbours of each selected record"),
+        (paths.report, "the report's figures"),
+        (paths.logs, "one log per job"),
     ]
-    shown = [(p, text) for p, text in entries if p.exists()]
+    shown = [(Path(p), text) for p, text in entries if Path(p).exists()]
     width = max((len(str(p)) + (1 if p.is_dir() else 0) for p, _ in shown), default=0)
     return [f"  {(str(p) + ('/' if p.is_dir() else '')).ljust(width)}  {text}" for p, text in shown]
 
 
 def run_summary(config: dict, *, ok: bool = True, since: float | None = None, workdir: str | os.PathLike = ".") -> str:
     """The end-of-run summary of the run ``config`` describes, as text (see the module doc)."""
-    workdir = Path(workdir)
-    run = config.get("run", "demo")
-    results = workdir / "results" / run
-    log_dir = workdir / "logs" / run
-    sel_dir = results / "selection"
+    run = config["run"]
+    paths = Layout(run, workdir)
+    log_dir = Path(paths.logs)
+    sel_dir = Path(paths.selection)
     lines = [f"SelectFlow run '{run}': " + ("finished" if ok else "FAILED (the job errors are shown above)")]
-    counts = selection_counts(sel_dir)
+    counts = selection_counts(paths)
     if counts:
         lines += ["", f"selection ({sel_dir}):", *_table(counts)]
-    method = quality_method(sel_dir, log_dir)
+    method = quality_method(paths)
     if method:
         asked = config.get("selection", {}).get("quality_method")
         text = f"  quality method: {method.get('quality_method', '?')}"
@@ -228,7 +227,7 @@ def run_summary(config: dict, *, ok: bool = True, since: float | None = None, wo
         lines.append(text)
     if not counts and not method:
         lines += ["", "  no selection results yet (the run stopped before rule candidates, or its target excludes them)"]
-    outputs = _outputs(results, log_dir, config)
+    outputs = _outputs(paths)
     if outputs:
         lines += ["", "outputs:", *outputs]
     if not ok:
@@ -249,9 +248,10 @@ def run_summary(config: dict, *, ok: bool = True, since: float | None = None, wo
     lines += ["", "next:"]
     if ok:
         lines.append("  snakemake --report report.html   # figures and captions; open report.html in a browser")
-        if (results / "router_data").is_dir():
-            pct = config.get("selection", {}).get("selection_percentage", 0.05)
-            lines.append(f"  selectflow continue-selection --router-data-dir {results / 'router_data'} \\\n"
+        router_data = Path(paths.router_data)
+        if router_data.is_dir():
+            pct = config["selection"]["selection_percentage"]
+            lines.append(f"  selectflow continue-selection --router-data-dir {router_data} \\\n"
                          f"      --output-path /tmp/{run}_compare/selected_data.jsonl --selection-percentage "
                          f"{min(1.0, 2 * float(pct)):g}   # another selection on the saved routing, to compare")
     else:

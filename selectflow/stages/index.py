@@ -104,10 +104,6 @@ def window_groups(n_windows: int, per_job: int) -> list[range]:
     return [range(g, min(g + per_job, n_windows)) for g in range(0, n_windows, per_job)]
 
 
-def n_window_groups(manifest_tsv: str | os.PathLike, window_size: int, per_job: int) -> int:
-    return len(window_groups(n_item_windows(manifest_tsv, window_size), per_job))
-
-
 def embed_item_windows(manifest_tsv, group: int, per_job: int, window_size: int, encoder_path, out_h5, *,
                        batch_size: int, max_length: int, device: str) -> int:
     """Embed the item windows of group ``group`` (``per_job`` windows each) into ``out_h5``; return the rows.

@@ -2,14 +2,13 @@
 
 :func:`report_figures` maps the rule's named inputs and outputs onto
 :func:`make_report_figures`, which writes every figure of :data:`FIGURES` (and the table of
-example records) for ``snakemake --report``; :func:`stage_inputs` picks the later-stage
-files (training metrics, index summaries) among a run's final targets.
+example records) for ``snakemake --report``. Which later-stage files (training metrics,
+index summaries) the rule gets is :meth:`selectflow.layout.Layout.stage_outputs`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping
 
 from selectflow.report.examples import examples_figure
@@ -20,21 +19,6 @@ from selectflow.runtime.errors import SelectFlowError
 
 FIGURES = ("quality", "fps", "pca", "heatmap", "resources", "training", "indexes")
 TRAIN_RUNS = (("fine-tune", "train"), ("warm-up", "warmup"))  # figure label, rule input name
-
-
-def stage_inputs(targets: Iterable[str], results: str, warmup: bool) -> dict[str, list[str]]:
-    """Later-stage files among a run's final ``targets`` (paths under ``results``).
-
-    Returns ``{"train": [metrics.tsv] or [], "warmup": [...], "indexes": [summary.tsv...]}``:
-    a stage the config leaves off is absent, so the report shows "stage not run" for it
-    instead of forcing it to run.
-    """
-    targets = list(targets)
-    return {
-        "train": [t for t in targets if t == f"{results}/train/metrics.tsv"],
-        "warmup": [f"{results}/warmup/metrics.tsv"] if warmup else [],
-        "indexes": [t for t in targets if re.fullmatch(rf"{re.escape(results)}/indexes/[^/]+/summary\.tsv", t)],
-    }
 
 
 def make_report_figures(
