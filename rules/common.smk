@@ -33,7 +33,7 @@ _CONFIG_SOURCE = (
 checked(check_datasets_given, config, workflow.overwrite_configfiles)
 # every mistake in a few lines (key, what is wrong, what to write); validate then fills the defaults
 checked(check_against_schema, config, _CONFIG_SOURCE)
-validate(config, "../schemas/config.schema.yaml")
+validate(config, "../selectflow/schemas/config.schema.yaml")
 checked(
     check_against_schema,
     trainer_keys(config["train"]),

@@ -1,4 +1,4 @@
-"""Render the config keys table (config/README.md) from schemas/config.schema.yaml.
+"""Render the config keys table (config/README.md) from selectflow/schemas/config.schema.yaml.
 
 The schema is the single source of truth for keys, types, defaults and meanings; the
 table is regenerated with ``python -m selectflow config-doc > config/README.md`` and a
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import yaml
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"  # package data: a wheel install has them too
 SCHEMA = SCHEMAS / "config.schema.yaml"
 
 HEADER = """# Configuration keys
 
-`config/config.yaml` is validated against `schemas/config.schema.yaml` when the workflow
+`config/config.yaml` is validated against `selectflow/schemas/config.schema.yaml` when the workflow
 starts; an unknown key or a wrong type stops the run with a message naming the key.
 Missing keys take the defaults below. Generated from the schema by
 `python -m selectflow config-doc > config/README.md` (a test keeps it current).

@@ -29,7 +29,7 @@ from selectflow.runtime.errors import SelectFlowError
 from .workflow import REPO
 
 CORPUS = REPO / "tests" / "bad_inputs"
-LAYOUT = ("Snakefile", "rules", "scripts", "schemas", "config", "profiles", "report", "envs")
+LAYOUT = ("Snakefile", "rules", "scripts", "selectflow", "config", "profiles", "report", "envs")
 RUN = ("--cores", "2", "--resources", "gpu=1")
 
 

@@ -72,7 +72,7 @@ def test_continue_selection_takes_dashed_flags_and_the_schema_defaults(tmp_path)
     # no --selection-percentage: the schema's default (0.05) applies
     assert cli.main(["continue-selection", "--router-data-dir", str(tmp_path / "router_data"),
                      "--output-path", str(dashed), "--device", "cpu"]) == 0
-    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "selectflow" / "schemas" / "config.schema.yaml").read_text())
     default = schema["properties"]["selection"]["properties"]["selection_percentage"]["default"]
     assert cli.main(["continue-selection", "--router_data_dir", str(tmp_path / "router_data"),
                      "--output_path", str(seed_style), "--device", "cpu", "--selection_percentage", str(default)]) == 0
@@ -101,7 +101,7 @@ def test_continue_selection_configfile_uses_the_workflow_settings(tmp_path):
 
 
 def test_continue_selection_defaults_come_from_the_schema(capsys):
-    sel = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())["properties"]["selection"]["properties"]
+    sel = yaml.safe_load((REPO / "selectflow" / "schemas" / "config.schema.yaml").read_text())["properties"]["selection"]["properties"]
     args = cli.continue_selection_parser(cli.selection_defaults()).parse_args(["--router_data_dir", "r",
                                                                               "--output_path", "o"])
     for flag, key in cli.SELECTION_FLAGS.items():

@@ -64,16 +64,21 @@ def test_gpu_rules_are_read_from_the_rules_resources(tmp_path):
     assert gpu_rules(tmp_path) == ["maybe", "on_gpu"]
 
 
-def test_slurm_profile_asks_a_gpu_for_every_rule_that_declares_one():
+def test_slurm_profile_asks_a_gpu_for_every_rule_that_declares_one(monkeypatch):
     import re
 
     import yte
 
-    from selectflow.runtime.gpus import RULES_DIR, gpu_rules
+    from selectflow.runtime.gpus import gpu_rules
+
+    from .workflow import REPO
+
+    RULES_DIR = REPO / "rules"
+    monkeypatch.chdir(REPO)  # the profile reads rules/ where Snakemake runs: the workflow's root
 
     block = re.compile(r"^(?:rule|checkpoint) (\w+):\n(?:    .*\n|\n)*?        gpu=(?!0,)", re.M)
     declared = {m.group(1) for path in RULES_DIR.glob("*.smk") for m in block.finditer(path.read_text())}
     assert {"router_dump", "train", "warmup", "fps", "index_window"} <= declared
     profile = yte.process_yaml(open(RULES_DIR.parent / "profiles" / "slurm" / "config.yaml"))
     big = {rule for rule, res in profile["set-resources"].items() if res["mem_mb"].startswith("min(16000")}
-    assert big == declared == set(gpu_rules())
+    assert big == declared == set(gpu_rules(RULES_DIR))

@@ -18,7 +18,7 @@ def test_config_readme_is_current():
 def test_every_schema_key_has_a_description():
     from selectflow.configdoc import _rows
 
-    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "selectflow" / "schemas" / "config.schema.yaml").read_text())
     missing = [key for key, _, _, meaning in _rows(schema) if not meaning]
     assert missing == []
 

@@ -99,13 +99,12 @@ def claim_gpu(lock_dir: str | os.PathLike, gpu_id: int | None = None, free: dict
     )
 
 
-RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 _RULE = re.compile(r"^(?:rule|checkpoint)\s+(\w+)\s*:")
 _DIRECTIVE = re.compile(r"^    (\w+):")
 _GPU = re.compile(r"^\s+gpu\s*=\s*(.+?),?\s*$")
 
 
-def gpu_rules(rules_dir: str | os.PathLike = RULES_DIR) -> list[str]:
+def gpu_rules(rules_dir: str | os.PathLike) -> list[str]:
     """Rules of ``rules_dir/*.smk`` whose ``resources:`` declare ``gpu=`` (a literal 0 aside), sorted.
 
     A rule's ``resources: gpu=1`` is its one GPU declaration: the job wrapper claims a device
@@ -114,7 +113,7 @@ def gpu_rules(rules_dir: str | os.PathLike = RULES_DIR) -> list[str]:
     """
     paths = sorted(Path(rules_dir).glob("*.smk"))
     if not paths:
-        raise SelectFlowError(f"no rules/*.smk in {rules_dir}: run from a checkout of the workflow (pip install -e .)")
+        raise SelectFlowError(f"no *.smk in {rules_dir}: run Snakemake from the root of a checkout of the workflow")
     found = set()
     for path in paths:
         rule = directive = None
