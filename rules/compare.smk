@@ -34,6 +34,7 @@ rule compare_testset:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         datasets=CFG.datasets,
         compare=as_param(CFG.compare),
     script:
@@ -50,8 +51,8 @@ rule compare_student:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         compare=as_param(CFG.compare),
-        max_length=CFG.compare.train.max_length,
     script:
         "../scripts/compare_student.py"
 
@@ -69,6 +70,7 @@ rule compare_heldout:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         compare=as_param(CFG.compare),
     script:
         "../scripts/compare_heldout.py"
@@ -91,6 +93,7 @@ rule compare_candidates:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         selection=as_param(CFG.selection),
     script:
         "../scripts/compare_candidates.py"
@@ -110,6 +113,7 @@ rule compare_pool:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         compare=as_param(CFG.compare),
         selection=as_param(CFG.selection),
     script:
@@ -130,6 +134,7 @@ rule compare_fps:
         chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         selection=as_param(CFG.selection),
     script:
         "../scripts/compare_fps.py"
@@ -148,6 +153,7 @@ rule compare_target_set:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         datasets=CFG.datasets,
         compare=as_param(CFG.compare),
     script:
@@ -167,10 +173,11 @@ rule compare_target_router:
         "../envs/selectflow.yaml"
     resources:
         gpu=1,
-        batch_size=scaled(config["router_dump"]["batch_size"]),
+        batch_size=scaled(CFG.router_dump.batch_size),
         attempt=current_attempt,
     params:
-        router_dump=config["router_dump"],
+        job=CFG.job,
+        router_dump=as_param(CFG.router_dump),
     script:
         "../scripts/target_router.py"
 
@@ -190,6 +197,7 @@ rule compare_target:
         chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         selection=as_param(CFG.selection),
     script:
         "../scripts/compare_target.py"
@@ -210,6 +218,7 @@ rule compare_baseline:
         gpu=1,
         attempt=current_attempt,
     params:
+        job=CFG.job,
         compare=as_param(CFG.compare),
         device=CFG.selection.device,
     script:
@@ -232,6 +241,8 @@ rule compare_selected:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
+    params:
+        job=CFG.job,
     script:
         "../scripts/compare_selected.py"
 
@@ -249,6 +260,8 @@ rule compare_full_pools:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
+    params:
+        job=CFG.job,
     script:
         "../scripts/compare_full_pools.py"
 
@@ -267,6 +280,7 @@ rule compare_random_draws:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         compare=as_param(CFG.compare),
     script:
         "../scripts/compare_random_draws.py"
@@ -287,6 +301,7 @@ rule compare_intrinsic:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         methods=CFG.compare.methods,
     script:
         "../scripts/compare_intrinsic.py"
@@ -310,6 +325,7 @@ rule compare_finetune:
         micro_batch_size=scaled(CFG.compare.train.micro_batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         train=as_param(CFG.compare.train),
         seeds=compare_seeds,
         out_dir=lambda wc, output: os.path.dirname(output[0]),
@@ -329,6 +345,7 @@ rule compare_downstream:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         methods=COMPARE_FINETUNED,
     script:
         "../scripts/compare_downstream.py"
@@ -347,6 +364,8 @@ rule compare_figure:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
+    params:
+        job=CFG.job,
     script:
         "../scripts/compare_figure.py"
 

@@ -69,6 +69,7 @@ rule report_figures:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         log_dir=LOGS,
         bench_dir=BENCH,
     script:

@@ -202,7 +202,7 @@ def _outputs(results: Path, log_dir: Path, config: dict) -> list[str]:
 def run_summary(config: dict, *, ok: bool = True, since: float | None = None, workdir: str | os.PathLike = ".") -> str:
     """The end-of-run summary of the run ``config`` describes, as text (see the module doc)."""
     workdir = Path(workdir)
-    run = config.get("run", "demo")
+    run = config["run"]  # config: checked against the schema, its defaults filled in
     results = workdir / "results" / run
     log_dir = workdir / "logs" / run
     sel_dir = results / "selection"
@@ -250,7 +250,7 @@ def run_summary(config: dict, *, ok: bool = True, since: float | None = None, wo
     if ok:
         lines.append("  snakemake --report report.html   # figures and captions; open report.html in a browser")
         if (results / "router_data").is_dir():
-            pct = config.get("selection", {}).get("selection_percentage", 0.05)
+            pct = config["selection"]["selection_percentage"]
             lines.append(f"  selectflow continue-selection --router-data-dir {results / 'router_data'} \\\n"
                          f"      --output-path /tmp/{run}_compare/selected_data.jsonl --selection-percentage "
                          f"{min(1.0, 2 * float(pct)):g}   # another selection on the saved routing, to compare")

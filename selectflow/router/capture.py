@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from selectflow.config import schema_enum
 from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
@@ -348,8 +349,9 @@ def resolve_capture(model, settings) -> Capture:
     from selectflow.router.dump import named_modules_matching, supports_router_output
 
     source = settings.router_source
-    if source not in ("auto", "output", "hooks"):
-        raise SelectFlowError(f"router_dump.router_source must be auto, output or hooks, not {source!r}")
+    sources = schema_enum("router_dump", "router_source")
+    if source not in sources:
+        raise SelectFlowError(f"router_dump.router_source must be one of {', '.join(sources)}, not {source!r}")
     model_type, entry = family_of(model)
     family = entry or Family()
     from_table = entry is not None and source == "auto"

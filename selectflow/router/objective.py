@@ -33,13 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selectflow.config import schema_default, schema_enum
 from selectflow.router.gate import default_router_pattern, find_moe_blocks, quality_gates
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.train.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("select_moe", "response_tokens", "all_tokens", "prompt_gain")
+OBJECTIVES = schema_enum("warmup", "gate_objective")
 
 
 @contextmanager
@@ -166,8 +167,6 @@ class GateObjective:
     """
 
     def __init__(self, quality_loss_weight: float, router_pattern: str | None = None, objective: str | None = None):
-        from selectflow.config import schema_default
-
         objective = objective or schema_default("warmup", "gate_objective")
         if objective not in OBJECTIVES:
             raise SelectFlowError(f"unknown gate objective {objective!r} (warmup.gate_objective); use one of "
