@@ -263,18 +263,20 @@ def _continue_selection(argv: list[str]) -> int:
     args = continue_selection_parser(selection_defaults(known.configfile)).parse_args(argv)
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
-    from selectflow.config import SelectionConfig, section
+    from selectflow.config import SelectionConfig, check_against_schema, section
     from selectflow.stages.select import continue_selection
 
     # no target: its records are routed by the workflow (rule target_router), not from saved shards
-    continue_selection(args.router_data_dir, args.output_path, section(SelectionConfig, {**vars(args), "target": None}))
+    values = {**{key: getattr(args, key) for key in SELECTION_FLAGS.values()}, "target": None}
+    check_against_schema(values, "continue-selection flags", section_name="selection")
+    continue_selection(args.router_data_dir, args.output_path, section(SelectionConfig, values))
     return 0
 
 
 def _estimate_memory(argv: list[str]) -> int:
     """``selectflow estimate-memory``: the predicted training memory of a model folder; ``--lora-r`` and
     ``--lora-targets`` default to the train schema's ``lora`` keys, ``--precision`` takes its compute precisions."""
-    from selectflow.config import schema_default, schema_enum
+    from selectflow.config import check_against_schema, schema_default, schema_enum
 
     ap = argparse.ArgumentParser(prog="selectflow estimate-memory",
                                  description="Training-memory estimate before launch, and the micro-batch that fits a budget.")
@@ -296,6 +298,12 @@ def _estimate_memory(argv: list[str]) -> int:
     from selectflow.train.estimate import estimate_training_memory, model_shape, pick_micro_batch
 
     targets = args.lora_targets if args.lora_targets == "all-linear" else args.lora_targets.split(",")
+    # the flags that are train keys, checked as the workflow checks them
+    check_against_schema({"micro_batch_size": args.micro_batch, "max_length": args.max_length,
+                          "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing,
+                          "load_in_8bit": args.load_in_8bit,
+                          "lora": {"enabled": args.lora, "r": args.lora_r, "target_modules": targets}},
+                         "estimate-memory flags", "train.schema.yaml", "train")
     shape = model_shape(args.model, {"enabled": args.lora, "r": args.lora_r, "target_modules": targets})
     opts = dict(precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, lora=args.lora,
                 load_in_8bit=args.load_in_8bit)

@@ -491,14 +491,18 @@ MODEL_HINT = ("add a model section:\n    model:\n      path: /path/to/a/local/hf
               "  or a small MoE built on your own datasets (rule proxy_model, no download): model: {path: proxy}")
 
 
-def check_against_schema(config: Any, source: str, name: str = "config.schema.yaml", prefix: str = "") -> None:
+def check_against_schema(config: Any, source: str, name: str = "config.schema.yaml", prefix: str = "",
+                         section_name: str | None = None) -> None:
     """Raise one :class:`~selectflow.runtime.errors.SelectFlowError` naming every mistake of ``config``
     against schema ``name`` (at most :data:`MAX_PROBLEMS`, each with its key, what is wrong and what to
-    write instead); nothing when it is valid. ``source`` names the config file(s); ``prefix`` the section
-    ``config`` is (``train``), for the key names. No schema dump, no traceback."""
+    write instead); nothing when it is valid. ``source`` names the config file(s) or flags; ``prefix`` the
+    section ``config`` is (``train``), for the key names; ``section_name``: ``config`` is that section of the
+    schema (its name is the prefix). No schema dump, no traceback."""
     from jsonschema import Draft202012Validator
 
-    errors = sorted(Draft202012Validator(schema(name)).iter_errors(config), key=lambda e: [str(p) for p in e.path])
+    node = schema(name) if section_name is None else schema(name)["properties"][section_name]
+    prefix = prefix or section_name or ""
+    errors = sorted(Draft202012Validator(node).iter_errors(config), key=lambda e: [str(p) for p in e.path])
     if not errors:
         return
     lines = [f"{source}: {len(errors)} config mistake{'s' if len(errors) > 1 else ''} "

@@ -17,6 +17,7 @@ from selectflow import __version__, cli
 from selectflow.config import load_config, schema, with_defaults
 from selectflow.data.check import check_config, render
 from selectflow.report.summary import logged_messages, run_summary, selection_counts
+from selectflow.runtime.errors import EXIT_USER_ERROR
 
 from .test_select import make_pool, write_shards
 from .workflow import REPO
@@ -98,6 +99,21 @@ def test_continue_selection_configfile_uses_the_workflow_settings(tmp_path):
     assert cli.main(base + ["--configfile", str(tmp_path / "c.yaml"), "--output-path", str(explicit),
                             "--selection-percentage", "0.1"]) == 0
     assert len(_selection(explicit)[0]) == round(0.1 * len(pool))
+
+
+@pytest.mark.parametrize("command, flags, key", [
+    ("continue-selection", ["--router-data-dir", "r", "--output-path", "o", "--selection-percentage", "5"],
+     "'selection.selection_percentage' is 5.0, it must be at most 1"),
+    ("continue-selection", ["--router-data-dir", "r", "--output-path", "o", "--routing-strata", "0"],
+     "'selection.routing_strata' is 0, it must be at least"),
+    ("estimate-memory", ["--model", "m", "--lora-r", "0"], "'train.lora.r' is 0, it must be at least 1"),
+    ("estimate-memory", ["--model", "m", "--micro-batch", "0"], "'train.micro_batch_size' is 0, it must be at least 1"),
+])
+def test_cli_flags_that_are_config_keys_are_checked_against_the_schema(command, flags, key, capsys, tmp_path):
+    # checked before anything runs: no folder r, no model m is looked at
+    assert cli.main([command, *flags]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert f"{command} flags: 1 config mistake" in err and key in err, err
 
 
 def test_continue_selection_defaults_come_from_the_schema(capsys):
