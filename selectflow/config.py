@@ -279,10 +279,11 @@ def resolve_train_config(cfg: dict | TrainConfig | None) -> TrainConfig:
     for name in NESTED:
         given = cfg.pop(name, None) or {}
         if isinstance(given, dict):
-            out[name].update({k: v for k, v in given.items() if v is not None})
+            out[name].update({k: v for k, v in given.items() if v is not None or k not in out[name]})
         else:
             out[name] = given  # not a mapping: the schema check names it
-    out.update({k: v for k, v in cfg.items() if v is not None})
+    # null means "not set", except for a key the schema does not know: the check names it
+    out.update({k: v for k, v in cfg.items() if v is not None or k not in out})
     check_against_schema(out, "the train settings", "train.schema.yaml", "train")
     source = PRESETS[out["preset"]] if out["preset"] else BASE
     for key in PRESET_KEYS:

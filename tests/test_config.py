@@ -61,6 +61,16 @@ def test_a_bad_train_key_is_named():
         build_config(with_defaults(raw, SCHEMA_DOC))
 
 
+@pytest.mark.parametrize("values, key", [({"batch_size": None}, "train.batch_size"),
+                                         ({"lora": {"rank": None}}, "train.lora.rank"),
+                                         ({"lora": 4}, "train.lora"), ({"warmup_ratio": 1.0}, "train.warmup_ratio")])
+def test_resolving_the_train_settings_names_a_bad_key_even_a_null_one(values, key):
+    from selectflow.config import resolve_train_config
+
+    with pytest.raises(SelectFlowError, match=f"'{key}' is"):
+        resolve_train_config(values)
+
+
 def test_sections_travel_as_plain_params_and_come_back_equal():
     # Snakemake's params rerun trigger compares only builtin values: a section must travel as a mapping
     from selectflow.config import as_param, from_param
