@@ -213,6 +213,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_gate_auc")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from selectflow.config import schema_default
     from selectflow.router.gate import convert_model
 
     seed, n = (int(x) for x in args.pool.split(":"))
@@ -225,7 +226,8 @@ def main() -> None:
     planted = np.array([r["record"]["planted"] for r in held])
     converted = args.work / f"{pool.parent.name}_converted_seed{args.seed}"
     if not converted.is_dir():
-        convert_model(model, converted, seed=args.seed)
+        convert_model(model, converted, trash=schema_default("warmup", "trash_expert"),
+                      init_std=schema_default("warmup", "gate_init_std"), seed=args.seed)
     counts = pd.Series(planted).value_counts()
     print(f"pool {pool} ({n} records, junk suite at {args.junk_rate:g}), demo model and convert: "
           f"{time.perf_counter() - t0:.0f} s; held out {len(held)} records: {counts.get('clean', 0)} clean, "

@@ -121,7 +121,7 @@ def worker_loader(spec: dict) -> dict:
         steps_per_epoch,
     )
     from selectflow.train.loader import BatchStream
-    from selectflow.train.presets import resolve_train_config
+    from selectflow.config import resolve_train_config
 
     device = resolve_device(spec["device"])
     c = resolve_train_config({**spec["cfg"], "micro_batch_size": spec["micro"], "gradient_accumulation_steps": 1,

@@ -33,6 +33,7 @@ rule compare_testset:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         datasets=CFG.datasets,
         compare=as_param(CFG.compare),
     script:
@@ -49,8 +50,8 @@ rule compare_student:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         compare=as_param(CFG.compare),
-        max_length=CFG.compare.train.max_length,
     script:
         "../scripts/compare_student.py"
 
@@ -68,6 +69,7 @@ rule compare_heldout:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         compare=as_param(CFG.compare),
     script:
         "../scripts/compare_heldout.py"
@@ -90,6 +92,7 @@ rule compare_candidates:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         selection=as_param(CFG.selection),
     script:
         "../scripts/compare_candidates.py"
@@ -109,6 +112,7 @@ rule compare_pool:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         compare=as_param(CFG.compare),
         selection=as_param(CFG.selection),
     script:
@@ -129,6 +133,7 @@ rule compare_fps:
         chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         selection=as_param(CFG.selection),
     script:
         "../scripts/compare_fps.py"
@@ -147,6 +152,7 @@ rule compare_target_set:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         datasets=CFG.datasets,
         compare=as_param(CFG.compare),
     script:
@@ -169,7 +175,8 @@ rule compare_target_router:
         batch_size=scaled(CFG.router_dump.batch_size),
         attempt=current_attempt,
     params:
-        router_dump=config["router_dump"],
+        job=CFG.job,
+        router_dump=as_param(CFG.router_dump),
     script:
         "../scripts/target_router.py"
 
@@ -189,6 +196,7 @@ rule compare_target:
         chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         selection=as_param(CFG.selection),
     script:
         "../scripts/compare_target.py"
@@ -209,6 +217,7 @@ rule compare_baseline:
         gpu=1,
         attempt=current_attempt,
     params:
+        job=CFG.job,
         compare=as_param(CFG.compare),
         device=CFG.selection.device,
     script:
@@ -231,6 +240,8 @@ rule compare_selected:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
+    params:
+        job=CFG.job,
     script:
         "../scripts/compare_selected.py"
 
@@ -248,6 +259,8 @@ rule compare_full_pools:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
+    params:
+        job=CFG.job,
     script:
         "../scripts/compare_full_pools.py"
 
@@ -266,6 +279,7 @@ rule compare_random_draws:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         compare=as_param(CFG.compare),
     script:
         "../scripts/compare_random_draws.py"
@@ -284,6 +298,7 @@ rule compare_intrinsic:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         methods=CFG.compare.methods,
     script:
         "../scripts/compare_intrinsic.py"
@@ -307,6 +322,7 @@ rule compare_finetune:
         micro_batch_size=scaled(CFG.compare.train.micro_batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         train=as_param(CFG.compare.train),
         seeds=compare_seeds,
         out_dir=lambda wc, output: os.path.dirname(output[0]),
@@ -326,6 +342,7 @@ rule compare_downstream:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         methods=COMPARE_FINETUNED,
     script:
         "../scripts/compare_downstream.py"
@@ -344,6 +361,8 @@ rule compare_figure:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
+    params:
+        job=CFG.job,
     script:
         "../scripts/compare_figure.py"
 

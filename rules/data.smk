@@ -8,8 +8,8 @@ rule demo_pool:
     resources:
         attempt=current_attempt,
     params:
-        n_records=config["demo"]["n_records"],
-        seed=config["demo"]["seed"],
+        job=CFG.job,
+        demo=as_param(CFG.demo),
     script:
         "../scripts/demo_pool.py"
 
@@ -26,8 +26,9 @@ rule demo_model:
     resources:
         attempt=current_attempt,
     params:
-        demo=config["demo"],
-        proxy=config["proxy"],
+        job=CFG.job,
+        demo=as_param(CFG.demo),
+        proxy=as_param(CFG.proxy),
     script:
         "../scripts/demo_model.py"
 
@@ -47,7 +48,8 @@ rule proxy_model:
     resources:
         attempt=current_attempt,
     params:
-        proxy=config["proxy"],
+        job=CFG.job,
+        proxy=as_param(CFG.proxy),
     script:
         "../scripts/proxy_model.py"
 
@@ -64,6 +66,7 @@ checkpoint split_dataset:
     resources:
         attempt=current_attempt,
     params:
-        shard_size=config["shard_size"],
+        job=CFG.job,
+        shard_size=CFG.shard_size,
     script:
         "../scripts/split_dataset.py"

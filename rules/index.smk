@@ -11,6 +11,8 @@ checkpoint pool_manifest:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
+    params:
+        job=CFG.job,
     script:
         "../scripts/pool_manifest.py"
 
@@ -35,7 +37,7 @@ rule index_embed:
         batch_size=scaled(CFG.index.batch_size),
         attempt=current_attempt,
     params:
-        spec=lambda wc: index_spec(wc.name),
+        job=CFG.job,
         index=as_param(CFG.index),
     script:
         "../scripts/index_embed.py"
@@ -59,6 +61,7 @@ rule index_window:
         gpu=lambda wc: int(index_type_of(wc.name) == "ivfpq"),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         spec=lambda wc: index_spec(wc.name),
         index=as_param(CFG.index),
     script:
@@ -77,6 +80,7 @@ rule index_summary:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         index_dir=PATHS.index_dir(),
     script:
         "../scripts/index_summary.py"
@@ -98,9 +102,10 @@ rule retrieve:
         batch_size=scaled(CFG.index.batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         index_dir=PATHS.index_dir("pool"),
         index=as_param(CFG.index),
-        k=CFG.retrieve.k,
+        retrieve=as_param(CFG.retrieve),
     script:
         "../scripts/retrieve.py"
 
@@ -121,8 +126,9 @@ rule decontaminate:
         batch_size=scaled(CFG.index.batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         index_dir=PATHS.index_dir("decontam"),
         index=as_param(CFG.index),
-        threshold=CFG.decontaminate.threshold,
+        decontaminate=as_param(CFG.decontaminate),
     script:
         "../scripts/decontaminate.py"

@@ -66,6 +66,7 @@ rule report_figures:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         log_dir=PATHS.logs,
         bench_dir=PATHS.benchmarks,
     script:

@@ -20,7 +20,8 @@ rule router_dump:
         batch_size=scaled(CFG.router_dump.batch_size),
         attempt=current_attempt,
     params:
-        router_dump=config["router_dump"],
+        job=CFG.job,
+        router_dump=as_param(CFG.router_dump),
         store=group_store_files,
     script:
         "../scripts/router_dump.py"
@@ -38,6 +39,8 @@ checkpoint router_data:
     localrule: True
     conda:
         "../envs/selectflow.yaml"
+    params:
+        job=CFG.job,
     script:
         "../scripts/router_data.py"
 
@@ -61,6 +64,7 @@ rule target_router:
         batch_size=scaled(CFG.router_dump.batch_size),
         attempt=current_attempt,
     params:
-        router_dump=config["router_dump"],
+        job=CFG.job,
+        router_dump=as_param(CFG.router_dump),
     script:
         "../scripts/target_router.py"

@@ -14,6 +14,7 @@ checkpoint candidates:
     resources:
         attempt=current_attempt,
     params:
+        job=CFG.job,
         selection=as_param(CFG.selection),
     script:
         "../scripts/candidates.py"
@@ -35,6 +36,7 @@ rule distance_block:
         sub_chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         selection=as_param(CFG.selection),
     script:
         "../scripts/distance_block.py"
@@ -61,6 +63,7 @@ rule fps:
         chunk=scaled(CFG.selection.distance_batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         selection=as_param(CFG.selection),
         block_dir=PATHS.distances,
     script:
@@ -82,5 +85,7 @@ rule selected_data:
         "../envs/selectflow.yaml"
     resources:
         attempt=current_attempt,
+    params:
+        job=CFG.job,
     script:
         "../scripts/selected_data.py"

@@ -22,16 +22,8 @@ rule warmup:
         micro_batch_size=scaled(CFG.warmup.train.micro_batch_size),
         attempt=current_attempt,
     params:
-        convert=dict(
-            trash=CFG.warmup.trash_expert,
-            init_std=CFG.warmup.gate_init_std,
-            seed=CFG.warmup.train.seed,
-            router_pattern=CFG.router_dump.router_pattern,
-        ),
-        train=as_param(CFG.warmup.train),
-        subset_ratio=CFG.warmup.subset_ratio,
-        quality_loss_weight=CFG.warmup.quality_loss_weight,
-        gate_objective=CFG.warmup.gate_objective,
+        job=CFG.job,
+        warmup=as_param(CFG.warmup),
         router_pattern=CFG.router_dump.router_pattern,
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
     script:
@@ -57,6 +49,7 @@ rule train:
         micro_batch_size=scaled(CFG.train.settings.micro_batch_size),
         attempt=current_attempt,
     params:
+        job=CFG.job,
         train=as_param(CFG.train.settings),
         out_dir=lambda wc, output: os.path.dirname(output.metrics),
     script:

@@ -6,9 +6,12 @@ of a finished run, resuming a selection from saved router data (the seed's
 model for Select-MoE (stage 0), and printing the config keys table.
 
 Flags have one style: words joined by dashes (``--router-data-dir``); the seed's
-underscore spelling (``--router_data_dir``) is accepted everywhere as an alias. This
-module imports nothing heavy, so ``selectflow --help`` answers at once; each command
-imports what it needs when it runs.
+underscore spelling (``--router_data_dir``) is accepted everywhere as an alias. Every parser
+and every command's main live here; a command that reads a config file reads it with
+:func:`selectflow.config.load_config` (checked against the schema, defaults filled in), and
+flag defaults and choices that are config keys come from the schema. This module imports
+nothing heavy, so ``selectflow --help`` answers at once; each command imports what it needs
+when it runs.
 """
 
 from __future__ import annotations
@@ -17,9 +20,7 @@ import argparse
 import logging
 import sys
 
-from selectflow.runtime.errors import SelectFlowError
-
-EXIT_USER_ERROR = 2
+from selectflow.runtime.errors import EXIT_USER_ERROR, SelectFlowError
 
 
 def normalise_flags(argv: list[str], sep: str) -> list[str]:
@@ -102,19 +103,25 @@ def _real_text_pool(argv: list[str]) -> int:
 
 
 def _convert(argv: list[str]) -> int:
-    from selectflow.router.gate import TRASH_KINDS, convert_model
+    from selectflow.config import schema_default, schema_enum
 
     ap = argparse.ArgumentParser(prog="selectflow convert",
                                  description="Select-MoE stage 0: a copy of an MoE model with a quality gate at every MoE block")
     ap.add_argument("--model", required=True, help="local Hugging Face MoE causal LM folder")
     ap.add_argument("--out", required=True, help="folder for the converted model (base files linked + gate files)")
-    ap.add_argument("--trash", choices=TRASH_KINDS, help="trash expert (default: zero)")
-    ap.add_argument("--init-std", type=float, help="std of the gates' normal init (default: 0.02)")
-    ap.add_argument("--seed", type=int, help="seed of the gates' init (default: 0)")
+    ap.add_argument("--trash", choices=schema_enum("warmup", "trash_expert"),
+                    default=schema_default("warmup", "trash_expert"), help="trash expert (warmup.trash_expert; "
+                    "default: %(default)s)")
+    ap.add_argument("--init-std", type=float, default=schema_default("warmup", "gate_init_std"),
+                    help="std of the gates' normal init (warmup.gate_init_std; default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=schema_default(None, "seed", "train.schema.yaml"),
+                    help="seed of the gates' init (train.seed; default: %(default)s)")
     ap.add_argument("--router-pattern", help="regex on router module names (default: router_dump's)")
-    args = vars(ap.parse_args(argv))
+    args = vars(ap.parse_args(normalise_flags(argv, "-")))
+    from selectflow.router.gate import convert_model
+
     model, out = args.pop("model"), args.pop("out")
-    out = convert_model(model, out, **{k: v for k, v in args.items() if v is not None})
+    out = convert_model(model, out, **args)
     print(f"wrote {out}")
     return 0
 
@@ -133,41 +140,27 @@ def _families_doc(argv: list[str]) -> int:
     return families_doc(argv)
 
 
-def check_parser() -> argparse.ArgumentParser:
-    """``selectflow check``'s flags (used by :func:`selectflow.data.check.check_main`)."""
+def _check(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="selectflow check",
         description="check the config and every dataset (format, records, id source, first bad line); runs no model",
     )
     ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
-    return ap
+    args = ap.parse_args(normalise_flags(argv, "-"))
+    from selectflow.config import load_config
+    from selectflow.data.check import check_config, model_type_problems, render
 
-
-def estimate_memory_parser() -> argparse.ArgumentParser:
-    """``selectflow estimate-memory``'s flags (used by :func:`selectflow.train.estimate.estimate_memory_main`);
-    ``--lora-r`` defaults to the train schema's ``lora.r``."""
-    lora = _schema("train.schema.yaml")["properties"]["lora"]["properties"]
-    lora_r = lora["r"]["default"]
-    ap = argparse.ArgumentParser(prog="selectflow estimate-memory",
-                                 description="Training-memory estimate before launch, and the micro-batch that fits a budget.")
-    ap.add_argument("--model", required=True, help="folder with config.json of a causal LM")
-    ap.add_argument("--micro-batch", type=int, default=1)
-    ap.add_argument("--max-length", type=int, default=1024)
-    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
-    ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--lora", action="store_true", help="train LoRA adapters only")
-    ap.add_argument("--lora-r", type=int, default=lora_r, help="adapter rank (train lora.r; default: %(default)s)")
-    ap.add_argument("--lora-targets", default=lora["target_modules"]["default"],
-                    help="'all-linear' or comma-separated module names (train lora.target_modules; default: %(default)s)")
-    ap.add_argument("--load-in-8bit", action="store_true")
-    ap.add_argument("--budget", help="e.g. 12GB: also print the largest micro-batch (<= 1024) that fits")
-    return ap
-
-
-def _check(argv: list[str]) -> int:
-    from selectflow.data.check import check_main
-
-    return check_main(normalise_flags(argv, "-"))
+    logging.getLogger("selectflow.data.records").setLevel(logging.WARNING)  # the table says it, once
+    config = load_config(args.configfile)
+    results = check_config(config)
+    sys.stdout.write(f"config {args.configfile}: valid; run '{config.get('run')}'\n")
+    sys.stdout.write(render(results))
+    bad = [r for r in results if not r.ok]
+    sys.stdout.write(f"{len(results) - len(bad)} of {len(results)} datasets ready\n")
+    models = model_type_problems(config)
+    for problem in models:
+        sys.stdout.write(f"PROBLEM: {problem}\n")
+    return 0 if not bad and not models else EXIT_USER_ERROR
 
 
 def _summary(argv: list[str]) -> int:
@@ -175,7 +168,7 @@ def _summary(argv: list[str]) -> int:
                                  description="print the summary of a run (as shown when snakemake finishes)")
     ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
     args = ap.parse_args(normalise_flags(argv, "-"))
-    from selectflow.data.check import load_config
+    from selectflow.config import load_config
     from selectflow.report.summary import run_summary
 
     sys.stdout.write(run_summary(load_config(args.configfile)))
@@ -230,8 +223,7 @@ def _selection_schema() -> dict:
 
 def selection_defaults(configfile: str | None = None) -> dict:
     """``selection.*`` values for continue-selection: the schema's defaults, or a config file's section."""
-    from selectflow.config import section_values
-    from selectflow.data.check import load_config
+    from selectflow.config import load_config, section_values
 
     if configfile:
         return load_config(configfile)["selection"]
@@ -271,18 +263,61 @@ def _continue_selection(argv: list[str]) -> int:
     args = continue_selection_parser(selection_defaults(known.configfile)).parse_args(argv)
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
-    from selectflow.config import SelectionConfig, section
+    from selectflow.config import SelectionConfig, check_against_schema, section
     from selectflow.stages.select import continue_selection
 
     # no target: its records are routed by the workflow (rule target_router), not from saved shards
-    continue_selection(args.router_data_dir, args.output_path, section(SelectionConfig, {**vars(args), "target": None}))
+    values = {**{key: getattr(args, key) for key in SELECTION_FLAGS.values()}, "target": None}
+    check_against_schema(values, "continue-selection flags", section_name="selection")
+    continue_selection(args.router_data_dir, args.output_path, section(SelectionConfig, values))
     return 0
 
 
 def _estimate_memory(argv: list[str]) -> int:
-    from selectflow.train.estimate import estimate_memory_main
+    """``selectflow estimate-memory``: the predicted training memory of a model folder; ``--lora-r`` and
+    ``--lora-targets`` default to the train schema's ``lora`` keys, ``--precision`` takes its compute precisions."""
+    from selectflow.config import check_against_schema, schema_default, schema_enum
 
-    return estimate_memory_main(normalise_flags(argv, "-"))
+    ap = argparse.ArgumentParser(prog="selectflow estimate-memory",
+                                 description="Training-memory estimate before launch, and the micro-batch that fits a budget.")
+    ap.add_argument("--model", required=True, help="folder with config.json of a causal LM")
+    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--max-length", type=int, default=1024)
+    precisions = [p for p in schema_enum(None, "precision", "train.schema.yaml") if p != "auto"]  # auto: the device's
+    ap.add_argument("--precision", choices=precisions, default="fp32")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--lora", action="store_true", help="train LoRA adapters only")
+    ap.add_argument("--lora-r", type=int, default=schema_default("lora", "r", "train.schema.yaml"),
+                    help="adapter rank (train lora.r; default: %(default)s)")
+    ap.add_argument("--lora-targets", default=schema_default("lora", "target_modules", "train.schema.yaml"),
+                    help="'all-linear' or comma-separated module names (train lora.target_modules; default: %(default)s)")
+    ap.add_argument("--load-in-8bit", action="store_true")
+    ap.add_argument("--budget", help="e.g. 12GB: also print the largest micro-batch (<= 1024) that fits")
+    args = ap.parse_args(normalise_flags(argv, "-"))
+    from selectflow.runtime.units import parse_bytes
+    from selectflow.train.estimate import estimate_training_memory, model_shape, pick_micro_batch
+
+    targets = args.lora_targets if args.lora_targets == "all-linear" else args.lora_targets.split(",")
+    # the flags that are train keys, checked as the workflow checks them
+    check_against_schema({"micro_batch_size": args.micro_batch, "max_length": args.max_length,
+                          "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing,
+                          "load_in_8bit": args.load_in_8bit,
+                          "lora": {"enabled": args.lora, "r": args.lora_r, "target_modules": targets}},
+                         "estimate-memory flags", "train.schema.yaml", "train")
+    shape = model_shape(args.model, {"enabled": args.lora, "r": args.lora_r, "target_modules": targets})
+    opts = dict(precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, lora=args.lora,
+                load_in_8bit=args.load_in_8bit)
+    est = estimate_training_memory(shape, micro_batch=args.micro_batch, max_length=args.max_length, **opts)
+    trainable = shape.lora_params if args.lora else shape.n_params
+    print(f"model {args.model}: {shape.n_params:,} parameters, {trainable:,} trainable; "
+          f"micro-batch {args.micro_batch} x max_length {args.max_length}, {args.precision}"
+          f"{', gradient checkpointing' if args.gradient_checkpointing else ''}")
+    print(est.table().to_string(index=False))
+    if args.budget:
+        budget = parse_bytes(args.budget, "--budget")
+        mb = pick_micro_batch(shape, budget, max_length=args.max_length, upper=1024, **opts)
+        print(f"largest micro-batch that fits {args.budget}: {mb}")
+    return 0
 
 
 COMMANDS = {

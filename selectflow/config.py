@@ -1,19 +1,37 @@
 """The validated config as frozen dataclasses, one per section, built once per run.
 
 The schema (``schemas/config.schema.yaml``, ``schemas/train.schema.yaml``) is the only place a
-default is written: :func:`build_config` takes a config that Snakemake's ``validate`` (or
-:func:`selectflow.data.check.load_config`) has already filled with the schema's defaults and
-gives every section a typed, read-only view. A field here and a key in the schema are kept
-equal by ``tests/test_config.py``.
+default or an allowed value is written: :func:`load_config` (the CLI) and Snakemake's ``validate``
+(``rules/common.smk``) check a config against it and fill in its defaults; :func:`build_config`
+gives every section of that mapping a typed, read-only view. A field here and a key in the schema
+are kept equal by ``tests/test_config.py``; code that needs a key's allowed values reads them
+with :func:`schema_enum`.
 
-The ``train:`` section is resolved once as well (:class:`TrainConfig`, with its loader preset
-applied by :func:`selectflow.train.presets.resolve_train_config`); the warm-up's train
-settings are the train section with ``warmup.train`` laid over it.
+The typed sections reach a Snakemake job one way: the rule passes ``as_param(CFG.x)`` as a param
+and the script turns it back with :func:`from_param`.
+
+The ``train:`` section is resolved once as well (:class:`TrainConfig`, by
+:func:`resolve_train_config`: schema defaults, then the loader preset, then the user's keys); the
+warm-up's train settings are the train section with ``warmup.train`` laid over it.
+
+Loader presets follow the GPU-cache loader notes (seed 001): ``basic`` is the device cache alone,
+``prefetch`` the prefetching loader alone, ``combined`` both, ``aggressive`` the largest cache
+and deepest prefetch (≥24 GB cards), ``minimal`` the least memory (≤12 GB cards: small cache,
+prefetch of 1, micro-batch 1). Every preset keeps the effective batch at 8 samples. Where
+the notes use ``num_workers=1`` together with the device cache (``combined``) this uses 0:
+the cache lives in the process that owns the device, so a worker process could neither see
+nor fill it; the prefetch thread does the overlapping instead. ``prefetch`` also uses no
+worker process: its thread already overlaps tokenisation with compute, and a worker only
+adds the inter-process copy of every batch (``bench/bench_loader.py`` measures it).
+``pin_memory`` is off wherever the cache is on (cached tensors are already on the device).
+The preset-controlled keys default to ``null`` in the schema ("take it from the preset, else
+from :data:`BASE`"), so a config filled with the schema's defaults does not mask the preset.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from functools import cache
 from pathlib import Path
@@ -23,6 +41,8 @@ import yaml
 
 from selectflow.configdoc import SCHEMAS
 from selectflow.layout import Layout
+from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.jobs import JobSettings, RetryConfig
 
 DEMO_POOL = "resources/demo/demo_pool.jsonl"  # rule demo_pool's output (rules/data.smk)
 
@@ -44,13 +64,6 @@ class ProxyConfig:
     batch_size: int
     learning_rate: float
     max_length: int
-
-
-@dataclass(frozen=True)
-class RetryConfig:
-    factor: float
-    adaptive_chunks: bool
-    job_memory_budget_mb: float | None
 
 
 @dataclass(frozen=True)
@@ -170,15 +183,24 @@ def section_values(name: str, values: dict | None = None) -> dict:
     return with_defaults(values or {}, schema()["properties"][name])
 
 
-def retry_section(config: dict) -> RetryConfig:
-    """The retry section of a job's config; keys it lacks take the schema's defaults."""
-    return section(RetryConfig, section_values("retry", config.get("retry")))
+def _schema_node(section_name: str | None, key: str, name: str) -> dict:
+    """Key ``key`` of section ``section_name`` (None: the top level) of schema ``name``."""
+    node = schema(name)
+    if section_name is not None:
+        node = node["properties"][section_name]
+    return node["properties"][key]
 
 
-def schema_default(section_name: str, key: str) -> Any:
+def schema_default(section_name: str | None, key: str, name: str = "config.schema.yaml") -> Any:
     """The schema's default of ``section_name.key``: for a library's own defaults (e.g. a
-    dataclass ``field(default_factory=...)``), so that no default is written twice."""
-    return copy.deepcopy(schema()["properties"][section_name]["properties"][key]["default"])
+    dataclass ``field(default_factory=...)``, a command-line flag), so that no default is written twice."""
+    return copy.deepcopy(_schema_node(section_name, key, name)["default"])
+
+
+def schema_enum(section_name: str | None, key: str, name: str = "config.schema.yaml") -> tuple:
+    """The values the schema allows for ``section_name.key`` (a list's items for a list key), in its order."""
+    node = _schema_node(section_name, key, name)
+    return tuple(node.get("items", node)["enum"])
 
 
 def train_schema() -> dict:
@@ -212,6 +234,63 @@ def lora_settings(lora: LoraConfig | dict) -> LoraConfig:
     if isinstance(lora, LoraConfig):
         return lora
     return section(LoraConfig, {**train_defaults()["lora"], **lora})
+
+
+PRESET_KEYS = ("use_gpu_cache", "gpu_cache_size", "use_prefetch", "prefetch_factor", "num_workers", "pin_memory",
+               "micro_batch_size", "gradient_accumulation_steps")
+
+# the preset-controlled keys when no preset is set
+BASE = {
+    "use_gpu_cache": False,
+    "gpu_cache_size": 5000,
+    "use_prefetch": False,
+    "prefetch_factor": 2,
+    "num_workers": 0,
+    "pin_memory": False,
+    "micro_batch_size": 4,
+    "gradient_accumulation_steps": 2,
+}
+
+# train.preset -> its preset-controlled keys (the names: train.schema.yaml's preset enum, a test keeps them equal)
+PRESETS = {
+    "basic": {"use_gpu_cache": True, "gpu_cache_size": 5000, "use_prefetch": False, "prefetch_factor": 2,
+              "num_workers": 0, "pin_memory": False, "micro_batch_size": 4, "gradient_accumulation_steps": 2},
+    "prefetch": {"use_gpu_cache": False, "gpu_cache_size": 0, "use_prefetch": True, "prefetch_factor": 2,
+                 "num_workers": 0, "pin_memory": True, "micro_batch_size": 4, "gradient_accumulation_steps": 2},
+    "combined": {"use_gpu_cache": True, "gpu_cache_size": 3000, "use_prefetch": True, "prefetch_factor": 2,
+                 "num_workers": 0, "pin_memory": False, "micro_batch_size": 4, "gradient_accumulation_steps": 2},
+    "aggressive": {"use_gpu_cache": True, "gpu_cache_size": 10000, "use_prefetch": True, "prefetch_factor": 3,
+                   "num_workers": 0, "pin_memory": False, "micro_batch_size": 8, "gradient_accumulation_steps": 1},
+    "minimal": {"use_gpu_cache": True, "gpu_cache_size": 2000, "use_prefetch": True, "prefetch_factor": 1,
+                "num_workers": 0, "pin_memory": False, "micro_batch_size": 1, "gradient_accumulation_steps": 8},
+}
+
+
+def resolve_train_config(cfg: dict | TrainConfig | None) -> TrainConfig:
+    """The complete ``train:`` section: schema defaults, then preset, then the user's non-null keys.
+
+    A :class:`TrainConfig` (already resolved) is returned as it is. The user's keys are checked
+    against ``schemas/train.schema.yaml`` (:func:`check_against_schema`): a
+    :class:`~selectflow.runtime.errors.SelectFlowError` names every bad key.
+    """
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    cfg = dict(cfg or {})
+    out = train_defaults()
+    for name in NESTED:
+        given = cfg.pop(name, None) or {}
+        if isinstance(given, dict):
+            out[name].update({k: v for k, v in given.items() if v is not None or k not in out[name]})
+        else:
+            out[name] = given  # not a mapping: the schema check names it
+    # null means "not set", except for a key the schema does not know: the check names it
+    out.update({k: v for k, v in cfg.items() if v is not None or k not in out})
+    check_against_schema(out, "the train settings", "train.schema.yaml", "train")
+    source = PRESETS[out["preset"]] if out["preset"] else BASE
+    for key in PRESET_KEYS:
+        if out[key] is None:
+            out[key] = source[key]
+    return train_config_of(out)
 
 
 @dataclass(frozen=True)
@@ -309,6 +388,11 @@ class Config:
     decontaminate: DecontaminateConfig
     compare: CompareConfig
 
+    @property
+    def job(self) -> JobSettings:
+        """What every job's :func:`~selectflow.runtime.jobs.run_job` needs: the rule param ``job=CFG.job``."""
+        return JobSettings(retry=self.retry, gpu_id=self.gpu_id)
+
 
 def as_param(value):
     """A config section as a rule param: a plain mapping. Snakemake's params rerun trigger
@@ -359,8 +443,6 @@ def build_config(config: dict) -> Config:
 
     Raises :class:`~selectflow.runtime.errors.SelectFlowError` for a bad train key.
     """
-    from selectflow.train.presets import resolve_train_config
-
     train = config["train"]
     warmup = {**config["warmup"], "train": resolve_train_config(trainer_keys({**train, **config["warmup"]["train"]}))}
     sections = {name: section(cls, config[name]) for name, cls in SECTIONS.items() if name not in ("warmup", "compare")}
@@ -375,8 +457,6 @@ def build_config(config: dict) -> Config:
 
 def compare_section(config: dict, train: dict) -> CompareConfig:
     """The compare section: methods with ``fps`` first (always in), its train overrides resolved."""
-    from selectflow.train.presets import resolve_train_config
-
     cmp = config["compare"]
     methods = ("fps", *[m for m in cmp["methods"] if m != "fps"])
     test = cmp["eval"]
@@ -386,8 +466,6 @@ def compare_section(config: dict, train: dict) -> CompareConfig:
     # keeps max_steps: null and the learning rate), over the train section
     settings = resolve_train_config(trainer_keys({**train, **schema_default("compare", "train"), **cmp["train"]}))
     if "target" in methods and test not in ("demo", "heldout") and not cmp.get("target"):
-        from selectflow.runtime.errors import SelectFlowError
-
         raise SelectFlowError(
             f"compare.methods has target and compare.eval is your own test set ({test}): set compare.target to a "
             "JSONL of target records (e.g. the task's dev set) that shares no record with it"
@@ -396,21 +474,37 @@ def compare_section(config: dict, train: dict) -> CompareConfig:
                                    "train": settings})
 
 
+def load_config(configfile: str | os.PathLike) -> dict:
+    """The config file, checked against the schema (:func:`check_against_schema`) with its defaults filled in:
+    the one way a command of the CLI reads a config."""
+    path = Path(configfile)
+    if not path.is_file():
+        raise SelectFlowError(f"config file {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SelectFlowError(f"{path}: not valid YAML ({exc})") from None
+    check_against_schema(config, str(path))
+    return with_defaults(config, schema())
+
+
 MAX_PROBLEMS = 5  # config mistakes shown at once (each in at most 3 lines): the message stays under 20 lines
 MODEL_HINT = ("add a model section:\n    model:\n      path: /path/to/a/local/hf/moe-model\n"
               "  or a small MoE built on your own datasets (rule proxy_model, no download): model: {path: proxy}")
 
 
-def check_against_schema(config: Any, source: str, name: str = "config.schema.yaml", prefix: str = "") -> None:
+def check_against_schema(config: Any, source: str, name: str = "config.schema.yaml", prefix: str = "",
+                         section_name: str | None = None) -> None:
     """Raise one :class:`~selectflow.runtime.errors.SelectFlowError` naming every mistake of ``config``
     against schema ``name`` (at most :data:`MAX_PROBLEMS`, each with its key, what is wrong and what to
-    write instead); nothing when it is valid. ``source`` names the config file(s); ``prefix`` the section
-    ``config`` is (``train``), for the key names. No schema dump, no traceback."""
+    write instead); nothing when it is valid. ``source`` names the config file(s) or flags; ``prefix`` the
+    section ``config`` is (``train``), for the key names; ``section_name``: ``config`` is that section of the
+    schema (its name is the prefix). No schema dump, no traceback."""
     from jsonschema import Draft202012Validator
 
-    from selectflow.runtime.errors import SelectFlowError
-
-    errors = sorted(Draft202012Validator(schema(name)).iter_errors(config), key=lambda e: [str(p) for p in e.path])
+    node = schema(name) if section_name is None else schema(name)["properties"][section_name]
+    prefix = prefix or section_name or ""
+    errors = sorted(Draft202012Validator(node).iter_errors(config), key=lambda e: [str(p) for p in e.path])
     if not errors:
         return
     lines = [f"{source}: {len(errors)} config mistake{'s' if len(errors) > 1 else ''} "

@@ -315,13 +315,14 @@ def test_shards_with_mismatched_layers_or_experts(tmp_path, shape_a, shape_b):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-@pytest.mark.parametrize("value", ["5", "0", "-0.1"])
-def test_cli_percentage_outside_zero_one(tmp_path, value):
+@pytest.mark.parametrize("value, bound", [("5", "at most 1"), ("0", "more than 0"), ("-0.1", "more than 0")])
+def test_cli_percentage_outside_zero_one(tmp_path, value, bound):
     shards = tmp_path / "router_data"
     write_shard(shards / "a.h5", [f"a{i}" for i in range(10)])
-    message = cli_error(continue_selection(shards, tmp_path / "out", "--selection_percentage", value))
-    assert message == f"error: selection_percentage must be a fraction in (0, 1] (0.05 means 5%), got {float(value)}"
-    assert list((tmp_path / "out").iterdir()) == []
+    proc = continue_selection(shards, tmp_path / "out", "--selection_percentage", value)
+    assert cli_error(proc) == "error: continue-selection flags: 1 config mistake (every key: config/README.md)"
+    assert f"- 'selection.selection_percentage' is {float(value)}, it must be {bound} (share of the" in proc.stderr
+    assert not (tmp_path / "out").exists()  # checked before anything is written
 
 
 def test_cli_selection_percentage_one_selects_every_kept_sample(tmp_path):

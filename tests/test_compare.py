@@ -150,7 +150,7 @@ def _raw(**compare):
 def test_an_unknown_compare_method_is_a_config_error_naming_the_key(tmp_path):
     import yaml
 
-    from selectflow.data.check import load_config
+    from selectflow.config import load_config
     from selectflow.runtime.errors import SelectFlowError
 
     path = tmp_path / "config.yaml"

@@ -1,6 +1,6 @@
 """The typed config: one dataclass field per schema key, built from the schema's defaults."""
 
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 import pytest
 import yaml
@@ -8,6 +8,8 @@ import yaml
 from selectflow.config import SECTIONS, build_config, with_defaults
 from selectflow.configdoc import SCHEMA
 from selectflow.runtime.errors import SelectFlowError
+
+from .workflow import REPO
 
 SCHEMA_DOC = yaml.safe_load(SCHEMA.read_text())
 
@@ -59,6 +61,16 @@ def test_a_bad_train_key_is_named():
         build_config(with_defaults(raw, SCHEMA_DOC))
 
 
+@pytest.mark.parametrize("values, key", [({"batch_size": None}, "train.batch_size"),
+                                         ({"lora": {"rank": None}}, "train.lora.rank"),
+                                         ({"lora": 4}, "train.lora"), ({"warmup_ratio": 1.0}, "train.warmup_ratio")])
+def test_resolving_the_train_settings_names_a_bad_key_even_a_null_one(values, key):
+    from selectflow.config import resolve_train_config
+
+    with pytest.raises(SelectFlowError, match=f"'{key}' is"):
+        resolve_train_config(values)
+
+
 def test_sections_travel_as_plain_params_and_come_back_equal():
     # Snakemake's params rerun trigger compares only builtin values: a section must travel as a mapping
     from selectflow.config import as_param, from_param
@@ -105,3 +117,105 @@ def test_many_config_mistakes_stay_under_twenty_lines():
     text = str(err.value)
     assert len(text.splitlines()) <= 20 and "more; fix these and run again" in text, text
     check_against_schema({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}, "my.yaml")  # valid: no error
+
+
+def test_presets_are_the_schema_presets_and_resolve_to_valid_settings():
+    import jsonschema
+
+    from selectflow.config import BASE, PRESET_KEYS, PRESETS, resolve_train_config, schema_enum, train_schema
+
+    assert set(PRESETS) == set(schema_enum(None, "preset", "train.schema.yaml")) - {None}
+    for name, values in {**PRESETS, "(none)": BASE}.items():
+        assert set(values) == set(PRESET_KEYS), name
+    for name in [None, *PRESETS]:
+        resolved = resolve_train_config({"preset": name})
+        jsonschema.validate(asdict(resolved), train_schema())
+        assert all(getattr(resolved, key) is not None for key in PRESET_KEYS)
+
+
+def _schema_enums(node, where=""):
+    """(key, set of allowed strings) of every enum of two or more strings in a schema node."""
+    if isinstance(node, dict):
+        values = [v for v in node.get("enum", []) if isinstance(v, str)]
+        if len(values) >= 2:
+            yield where, set(values)
+        for key, sub in node.items():
+            yield from _schema_enums(sub, f"{where}.{key}" if key not in ("properties", "items") else where)
+
+
+def test_no_enum_of_a_config_key_is_written_outside_the_schemas():
+    # a tuple / list / set of strings in the package that equals a key's allowed values is a copy of the schema:
+    # it must be read with schema_enum instead, or it drifts when the schema grows a value
+    import ast
+
+    from selectflow.config import schema
+
+    enums = [*_schema_enums(schema()), *_schema_enums(schema("train.schema.yaml"), "train")]
+    assert len(enums) >= 10  # the scan sees the schema's enums
+    copies = []
+    for path in sorted((REPO / "selectflow").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2 and all(
+                    isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                found = {e.value for e in node.elts}
+                copies += [f"{path.relative_to(REPO)}:{node.lineno} copies {key}" for key, vals in enums if found == vals]
+    assert not copies, copies
+
+
+def _rule_blocks() -> dict[str, str]:
+    """{rule name: its text} of every rule and checkpoint of rules/*.smk."""
+    import re
+
+    blocks = {}
+    for path in sorted((REPO / "rules").glob("*.smk")):
+        parts = re.split(r"^(?:rule|checkpoint) (\w+):\n", path.read_text(), flags=re.M)
+        blocks.update(zip(parts[1::2], parts[2::2]))
+    return blocks
+
+
+def _params_of(block: str) -> set[str]:
+    import re
+
+    match = re.search(r"^    params:\n((?:        .*\n|\s*\n)+)", block, flags=re.M)
+    return set(re.findall(r"^        (\w+)=", match.group(1), flags=re.M)) if match else set()
+
+
+def test_every_script_gets_its_config_one_way_and_reads_every_param():
+    # a rule passes each section its script needs as a param (job: run_job's settings); the script turns it
+    # back with from_param and reads no raw config; a param no script reads is dropped
+    import re
+
+    scripts = 0
+    for rule, block in _rule_blocks().items():
+        script = re.search(r'^    script:\n        "\.\./(scripts/\w+\.py)"', block, flags=re.M)
+        if not script:
+            continue
+        scripts += 1
+        text = (REPO / script.group(1)).read_text()
+        params = _params_of(block)
+        assert "job" in params and "job=CFG.job," in block, rule
+        read = set(re.findall(r"\bsm\.params\.(\w+)", text))
+        assert params - {"job"} == read, f"rule {rule}: params {sorted(params - {'job'})}, {script.group(1)} reads {sorted(read)}"
+        assert not re.search(r"\bsm\.config\b|build_config|\bsection\(", text), script.group(1)
+    assert scripts >= 30
+
+
+def test_rules_read_the_typed_config():
+    # the raw config mapping is read only where common.smk checks it against the schema, and by the end summary
+    for path in sorted((REPO / "rules").glob("*.smk")):
+        if path.name not in ("common.smk", "console.smk"):
+            assert "config[" not in path.read_text() and "config.get(" not in path.read_text(), path.name
+
+
+def test_changing_how_jobs_run_reruns_nothing_but_a_section_change_does(tmp_path):
+    # job=CFG.job travels as a dataclass, which Snakemake's params trigger skips; sections travel as mappings
+    from .workflow import config_variant, ran_jobs, snakemake
+
+    target = "resources/demo/demo_pool.jsonl"
+    assert ran_jobs(snakemake(tmp_path, target, "--cores", "1", config=config_variant("small", tmp_path))) == [
+        "demo_pool"]
+    for changes in ({"gpu_id": 0}, {"retry": {"factor": 3, "adaptive_chunks": False, "job_memory_budget_mb": 512}}):
+        proc = snakemake(tmp_path, target, "-n", config=config_variant("small", tmp_path, **changes))
+        assert ran_jobs(proc) == [] and "Nothing to be done" in proc.stdout + proc.stderr, changes
+    proc = snakemake(tmp_path, target, "-n", config=config_variant("small", tmp_path, demo={"n_records": 99}))
+    assert ran_jobs(proc) == ["demo_pool"] and "Params have changed" in proc.stdout + proc.stderr

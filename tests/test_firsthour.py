@@ -14,9 +14,11 @@ import pytest
 import yaml
 
 from selectflow import __version__, cli
-from selectflow.data.check import check_config, load_config, render
+from selectflow.config import load_config, schema, with_defaults
+from selectflow.data.check import check_config, render
 from selectflow.layout import Layout
 from selectflow.report.summary import logged_messages, run_summary, selection_counts
+from selectflow.runtime.errors import EXIT_USER_ERROR
 
 from .test_select import make_pool, write_shards
 from .workflow import REPO
@@ -98,6 +100,21 @@ def test_continue_selection_configfile_uses_the_workflow_settings(tmp_path):
     assert cli.main(base + ["--configfile", str(tmp_path / "c.yaml"), "--output-path", str(explicit),
                             "--selection-percentage", "0.1"]) == 0
     assert len(_selection(explicit)[0]) == round(0.1 * len(pool))
+
+
+@pytest.mark.parametrize("command, flags, key", [
+    ("continue-selection", ["--router-data-dir", "r", "--output-path", "o", "--selection-percentage", "5"],
+     "'selection.selection_percentage' is 5.0, it must be at most 1"),
+    ("continue-selection", ["--router-data-dir", "r", "--output-path", "o", "--routing-strata", "0"],
+     "'selection.routing_strata' is 0, it must be at least"),
+    ("estimate-memory", ["--model", "m", "--lora-r", "0"], "'train.lora.r' is 0, it must be at least 1"),
+    ("estimate-memory", ["--model", "m", "--micro-batch", "0"], "'train.micro_batch_size' is 0, it must be at least 1"),
+])
+def test_cli_flags_that_are_config_keys_are_checked_against_the_schema(command, flags, key, capsys, tmp_path):
+    # checked before anything runs: no folder r, no model m is looked at
+    assert cli.main([command, *flags]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert f"{command} flags: 1 config mistake" in err and key in err, err
 
 
 def test_continue_selection_defaults_come_from_the_schema(capsys):
@@ -195,11 +212,17 @@ def _fake_run(root, quality_columns=("sample_id", "dataset", "quality", "kept", 
     return sel
 
 
+def filled(config: dict) -> dict:
+    """``config`` as the summary gets it: checked, the schema's defaults filled in."""
+    return with_defaults(config, schema())
+
+
 def test_summary_counts_method_outputs_warnings_next_steps(tmp_path):
     _fake_run(tmp_path)
     since = 1577872800.0 + 3600 * 24 * 365  # after the 2020 line, before the 2099 ones
-    text = run_summary({"run": "r", "selection": {"quality_method": "auto", "importance_selection_percentage": 0.2,
-                                                  "selection_percentage": 0.05}}, since=since, workdir=tmp_path)
+    config = filled({"run": "r", "selection": {"quality_method": "auto", "importance_selection_percentage": 0.2,
+                                               "selection_percentage": 0.05}})
+    text = run_summary(config, since=since, workdir=tmp_path)
     lines = text.splitlines()
     row_a = next(line for line in lines if line.split()[:1] == ["a"])
     row_b = next(line for line in lines if line.split()[:1] == ["b"])
@@ -219,7 +242,7 @@ def test_summary_reads_columns_by_name_and_survives_missing_files(tmp_path):
     (sel / "selection_summary.tsv").write_text("dataset\tpool\tselected\tnew_column\na\t30\t10\tz\nb\t20\t5\tz\n")
     counts = {r["dataset"]: r for r in selection_counts(Layout("r", tmp_path))}
     assert counts["a"]["pool"] == 30 and counts["a"]["selected"] == 10 and counts["a"]["kept"] == 2
-    empty = run_summary({"run": "nothing"}, ok=False, workdir=tmp_path / "elsewhere")
+    empty = run_summary(filled({"run": "nothing"}), ok=False, workdir=tmp_path / "elsewhere")
     assert "FAILED" in empty and "no selection results yet" in empty
 
 
@@ -228,11 +251,10 @@ def test_failed_run_summary_names_the_failed_jobs_without_repeating_their_messag
     (tmp_path / "logs" / "r" / "split_dataset").mkdir()
     (tmp_path / "logs" / "r" / "split_dataset" / "x.log.failure.json").write_text(
         json.dumps({"kind": "input", "attempt": 1, "error": "SelectFlowError: x.jsonl:2: malformed JSON"}))
-    text = run_summary({"run": "r"}, ok=False, workdir=tmp_path)
+    text = run_summary(filled({"run": "r"}), ok=False, workdir=tmp_path)
     assert "FAILED" in text and "split_dataset/x.log (SelectFlowError)" in text
     assert "malformed JSON" not in text
-    ok = run_summary({"run": "r", "selection": {"selection_percentage": 0.05}}, ok=True, workdir=tmp_path)
-    assert "split_dataset" not in ok
+    assert "split_dataset" not in run_summary(filled({"run": "r"}), ok=True, workdir=tmp_path)
 
 
 def test_logged_messages_on_failure_include_errors(tmp_path):

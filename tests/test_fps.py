@@ -85,7 +85,7 @@ def test_both_modes_equal_brute_force(tmp_path, metric, n, k, seed, start):
         np.testing.assert_array_equal(got.picks, ref_picks)
         np.testing.assert_array_equal(got.min_distance, ref_at)
     for block_size in (8, n):
-        got = fps_matrix(blocks(tmp_path / f"b{block_size}", f, block_size, metric), k, start=start)
+        got = fps_matrix(blocks(tmp_path / f"b{block_size}", f, block_size, metric), k, start=start, log_interval=10)
         np.testing.assert_array_equal(got.picks, ref_picks)
         np.testing.assert_array_equal(got.min_distance, ref_at)
 
@@ -101,7 +101,7 @@ def test_lattice_ties_go_to_lowest_index(tmp_path):
     want = [0, 1, 2, 3, 4, 5, 6]
     want_at = [np.inf, 4, 4, 2, 2, 0, 0]
     streaming = fps_streaming(f, 10, start=0, device="cpu", chunk=2)
-    matrix = fps_matrix(blocks(tmp_path, f, 3, "wasserstein"), 10, start=0)
+    matrix = fps_matrix(blocks(tmp_path, f, 3, "wasserstein"), 10, start=0, log_interval=10)
     for got in (streaming, matrix):
         assert got.picks.tolist() == want
         assert got.min_distance.tolist() == want_at

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from selectflow.config import schema_default
 from selectflow.data.records import read_dataset
 from selectflow.router.dump import DumpSettings, RouterDumper
 from selectflow.router.gate import (
@@ -33,6 +34,13 @@ from selectflow.train.objective import (
     record_gate_logits,
 )
 from selectflow.train.trainer import fit
+
+
+def gate_settings(**overrides) -> dict:
+    """attach_gates / convert_model settings: the config's defaults (warmup, train.seed), ``overrides`` over them."""
+    return {"trash": schema_default("warmup", "trash_expert"), "init_std": schema_default("warmup", "gate_init_std"),
+            "seed": schema_default(None, "seed", "train.schema.yaml"), **overrides}
+
 
 FAMILIES = {
     "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
@@ -73,7 +81,7 @@ def test_forced_good_gives_the_base_logits_exactly(family):
     ids, mask = ids_and_mask()
     with torch.no_grad():
         base = model(input_ids=ids, attention_mask=mask).logits
-        attach_gates(model, seed=3)
+        attach_gates(model, **gate_settings(seed=3))
         with forced_gates(model, 1.0):
             gated = model(input_ids=ids, attention_mask=mask).logits
         free = model(input_ids=ids, attention_mask=mask).logits
@@ -95,7 +103,7 @@ def test_forced_bad_with_zero_trash_removes_the_moe(family):
         without_moe = model(input_ids=ids, attention_mask=mask).logits
         for b, f in zip(blocks, originals):
             b.forward = f
-        attach_gates(model, trash="zero")
+        attach_gates(model, **gate_settings(trash="zero"))
         outputs = []
         hooks = [b.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for b in blocks]
         with forced_gates(model, 0.0):
@@ -109,7 +117,7 @@ def test_forced_bad_with_zero_trash_removes_the_moe(family):
 def test_noise_trash_adds_noise_in_training_only():
     model = tiny("qwen3_moe")
     ids, mask = ids_and_mask()
-    attach_gates(model, trash="noise")
+    attach_gates(model, **gate_settings(trash="noise"))
     block = find_moe_blocks(model)[0][1]
     out = []
     block.register_forward_hook(lambda _m, _i, o: out.append(o))
@@ -201,7 +209,7 @@ def _row_nll(model, seq):
 
 def test_prompt_gain_targets_match_separate_unpadded_forwards():
     model = tiny("qwen3_moe")
-    attach_gates(model, init_std=0.5, seed=2)  # gates that would change the output unless forced to good
+    attach_gates(model, **gate_settings(init_std=0.5, seed=2))  # gates that change the output unless forced to good
     batch = _labelled_batch()
     with torch.no_grad():
         targets = prompt_gain_targets(model, batch)
@@ -243,7 +251,7 @@ def test_unknown_gate_objective_is_refused_and_the_objective_is_in_the_fingerpri
 
 def test_gate_loss_of_a_padded_batch_equals_the_unpadded_one():
     model = tiny("qwen3_moe")
-    attach_gates(model, init_std=0.5, seed=2)
+    attach_gates(model, **gate_settings(init_std=0.5, seed=2))
     ids, _ = ids_and_mask()
     short = ids[:1, :5]
     padded = torch.cat([short, torch.zeros(1, 7, dtype=torch.long)], dim=1)
@@ -260,7 +268,7 @@ def test_gate_loss_of_a_padded_batch_equals_the_unpadded_one():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_save_then_load_reproduces_the_converted_model(tmp_path, family):
     model = tiny(family)
-    attach_gates(model, init_std=0.3, seed=5)
+    attach_gates(model, **gate_settings(init_std=0.3, seed=5))
     ids, mask = ids_and_mask()
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).logits
@@ -282,24 +290,24 @@ def test_save_then_load_reproduces_the_converted_model(tmp_path, family):
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, demo_model):
     out = tmp_path_factory.mktemp("converted") / "model"
-    return convert_model(demo_model, out, seed=0)
+    return convert_model(demo_model, out, **gate_settings(seed=0))
 
 
 def test_convert_links_base_files_and_is_seeded(tmp_path, demo_model, converted):
     assert sorted(p.name for p in converted.iterdir()) == sorted(
         [p.name for p in demo_model.iterdir()] + ["quality_gates.json", "quality_gates.safetensors"])
-    again = convert_model(demo_model, tmp_path / "again", seed=0)
-    other = convert_model(demo_model, tmp_path / "other", seed=1)
+    again = convert_model(demo_model, tmp_path / "again", **gate_settings(seed=0))
+    other = convert_model(demo_model, tmp_path / "other", **gate_settings(seed=1))
     a, b, c = (dict(quality_gates(load_causal_lm(p))) for p in (converted, again, other))
     assert all(torch.equal(a[k].weight, b[k].weight) for k in a)
     assert not torch.equal(a["model.layers.0.mlp.quality_gate"].weight, c["model.layers.0.mlp.quality_gate"].weight)
     std = torch.cat([g.weight.flatten() for g in a.values()]).std().item()
     assert 0.012 < std < 0.03  # N(0, 0.02)
     # converting a converted model keeps its gates (e.g. a warm-up checkpoint given as model.path)
-    twice = dict(quality_gates(load_causal_lm(convert_model(converted, tmp_path / "twice", seed=1))))
+    twice = dict(quality_gates(load_causal_lm(convert_model(converted, tmp_path / "twice", **gate_settings(seed=1)))))
     assert all(torch.equal(a[k].weight, twice[k].weight) for k in a)
     with pytest.raises(SelectFlowError, match="already has a quality gate"):
-        attach_gates(load_causal_lm(converted))
+        attach_gates(load_causal_lm(converted), **gate_settings())
 
 
 def test_gates_of_another_model_are_refused(tmp_path, converted):
@@ -317,7 +325,7 @@ def test_dense_model_cannot_be_converted():
     cfg = AutoConfig.for_model("qwen3", vocab_size=64, hidden_size=24, intermediate_size=32, num_hidden_layers=1,
                                num_attention_heads=2, num_key_value_heads=1)
     with pytest.raises(SelectFlowError, match="no MoE routers found"):
-        attach_gates(AutoModelForCausalLM.from_config(cfg))
+        attach_gates(AutoModelForCausalLM.from_config(cfg), **gate_settings())
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -326,7 +334,7 @@ def test_convert_and_dump_write_quality_logits(tmp_path, demo_model, records, fa
     base = tiny(family, vocab=len(tokenizer))
     base.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
-    convert_model(tmp_path / "base", tmp_path / "converted", init_std=0.5)
+    convert_model(tmp_path / "base", tmp_path / "converted", **gate_settings(init_std=0.5))
     dumper = RouterDumper.from_path(str(tmp_path / "converted"), DumpSettings(device="cpu", max_length=64))
     assert len(dumper.quality_gates) == 2
     shard = dumper.dump(records, batch_size=4, progress=False)
@@ -405,7 +413,7 @@ def test_warmup_needs_a_converted_model_and_no_lora(tmp_path, demo_model, conver
 
 
 def test_gate_is_a_bias_free_linear_to_two():
-    gate = QualityGate(16)
+    gate = QualityGate(16, "zero")
     assert isinstance(gate, torch.nn.Linear) and gate.bias is None and tuple(gate.weight.shape) == (2, 16)
     with pytest.raises(SelectFlowError, match="trash expert 'bin'"):
         QualityGate(16, "bin")

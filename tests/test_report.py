@@ -134,14 +134,16 @@ def test_job_resources_from_records_and_benchmarks(tmp_path):
 JOB_SCRIPT = """
 import sys, time
 from types import SimpleNamespace
+from selectflow.config import section_values
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.runtime.jobs import run_job
+from selectflow.runtime.jobs import JobSettings, RetryConfig, run_job
 
 class Resources(dict):
     pass
 
 log, body = sys.argv[1], sys.argv[2]
-sm = SimpleNamespace(log=[log], rule="demo_rule", config={}, wildcards={"shard": "00003"},
+job = JobSettings(retry=RetryConfig(**section_values("retry")), gpu_id=None)
+sm = SimpleNamespace(log=[log], rule="demo_rule", params=SimpleNamespace(job=job), wildcards={"shard": "00003"},
                      resources=Resources(attempt=2, batch_size=8))
 
 def fn():

@@ -218,7 +218,7 @@ def test_continue_selection_cli(tmp_path, capsys):
     assert [json.loads(line) for line in open(out)] == lines
 
     assert continue_selection(base + ["--selection_percentage", "5"]) == 2
-    assert "selection_percentage must be a fraction in (0, 1]" in capsys.readouterr().err
+    assert "'selection.selection_percentage' is 5.0, it must be at most 1" in capsys.readouterr().err
     assert continue_selection(["--router_data_dir", str(tmp_path / "run"), "--output_path", str(out),
                                "--selection_percentage", "0.1"]) == 2
     assert "no *.h5 router-data shards" in capsys.readouterr().err

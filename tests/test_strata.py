@@ -30,7 +30,8 @@ def test_quota_fps_equals_a_naive_reference_in_both_modes(tmp_path, seed, start)
     np.testing.assert_array_equal(got.picks, ref_picks)
     np.testing.assert_array_equal(got.min_distance, ref_at)
     assert np.bincount(strata[got.picks], minlength=3).tolist() == quota.tolist()
-    got = fps_matrix(blocks(tmp_path, f, 8, "wasserstein"), 11, start=start, strata=strata, quota=quota)
+    got = fps_matrix(blocks(tmp_path, f, 8, "wasserstein"), 11, start=start, log_interval=10, strata=strata,
+                     quota=quota)
     np.testing.assert_array_equal(got.picks, ref_picks)
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.errors import EXIT_USER_ERROR, SelectFlowError
 from selectflow.train.estimate import (
     ModelShape,
-    estimate_memory_main,
     estimate_training_memory,
     model_shape,
     parse_bytes,
@@ -116,11 +115,13 @@ def test_model_shape_counts_match_the_instantiated_model(moe_folder):
 
 
 def test_estimate_memory_cli_prints_the_estimate(moe_folder, capsys):
-    assert estimate_memory_main(["--model", str(moe_folder), "--micro-batch", "4", "--max-length", "64",
-                                 "--precision", "bf16", "--budget", "1GB"]) == 0
+    from selectflow.cli import main
+
+    assert main(["estimate-memory", "--model", str(moe_folder), "--micro-batch", "4", "--max-length", "64",
+                 "--precision", "bf16", "--budget", "1GB"]) == 0
     out = capsys.readouterr().out
     est = estimate_training_memory(model_shape(moe_folder), micro_batch=4, max_length=64, precision="bf16")
     assert f"total (predicted peak) {est.total}" in " ".join(out.split())
     assert "largest micro-batch that fits 1GB: " in out
-    assert estimate_memory_main(["--model", str(moe_folder.parent / "nope")]) == 2
+    assert main(["estimate-memory", "--model", str(moe_folder.parent / "nope")]) == EXIT_USER_ERROR
     assert "cannot read a model config" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from selectflow.train.data import (
 from selectflow.train.prefetch import PrefetchLoader
 from selectflow.config import train_defaults
 from selectflow.runtime.oom import attempt_size
-from selectflow.train.presets import PRESETS, resolve_train_config
+from selectflow.config import PRESETS, resolve_train_config
 from selectflow.train.trainer import batch_split
 
 SCHEMA = Path(__file__).resolve().parents[1] / "selectflow" / "schemas" / "train.schema.yaml"
@@ -252,7 +252,7 @@ def test_user_keys_override_preset_and_nulls_do_not():
 
 
 @pytest.mark.parametrize(("cfg", "match"), [
-    ({"preset": "turbo"}, "train.preset 'turbo'"), ({"batch_size": 4}, "train.batch_size"),
+    ({"preset": "turbo"}, "'train.preset' is 'turbo'"), ({"batch_size": 4}, "train.batch_size"),
     ({"lora": {"rank": 4}}, "train.lora.rank"), ({"micro_batch_size": 0}, "train.micro_batch_size"),
     ({"precision": "fp8"}, "train.precision"),
 ])

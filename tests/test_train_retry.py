@@ -19,14 +19,14 @@ OOM_JOB = textwrap.dedent("""
     import json, sys
     from types import SimpleNamespace
     import torch
-    from selectflow.runtime.jobs import run_job
+    from selectflow.runtime.jobs import JobSettings, RetryConfig, run_job
     from selectflow.train import train
 
     model, data, out, log, cfg, factor, micro, attempt = sys.argv[1:]
     sm = SimpleNamespace(
         log=[log], rule="train",
         resources={"attempt": int(attempt), "micro_batch_size": int(micro), "gpu": 0},
-        config={"retry": {"factor": float(factor), "adaptive_chunks": True, "job_memory_budget_mb": None}},
+        params=SimpleNamespace(job=JobSettings(RetryConfig(float(factor), True, None), gpu_id=None)),
     )
 
     def oom(step):

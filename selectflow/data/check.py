@@ -1,4 +1,4 @@
-"""``selectflow check --configfile …``: look at every dataset of a config without running a model.
+"""What ``selectflow check --configfile …`` reports: every dataset of a config, looked at without running a model.
 
 Per dataset: the file, its detected format, how many records it holds, where the
 ``sample_id`` s come from (the records' ``id`` field, or ``dataset:line``) and the first
@@ -13,7 +13,6 @@ before anything else is built.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -123,40 +122,6 @@ def render(results: list[DatasetCheck]) -> str:
         if r.note:
             lines.append(f"note    {r.name} ({r.path}): {r.note}")
     return "\n".join(lines) + "\n"
-
-
-def load_config(configfile: str | os.PathLike) -> dict:
-    """The config file, validated against the schema with its defaults filled in."""
-    import yaml
-
-    from selectflow.config import check_against_schema, schema, with_defaults
-
-    path = Path(configfile)
-    if not path.is_file():
-        raise SelectFlowError(f"config file {path} does not exist")
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SelectFlowError(f"{path}: not valid YAML ({exc})") from None
-    check_against_schema(config, str(path))
-    return with_defaults(config, schema())
-
-
-def check_main(argv: list[str]) -> int:
-    from selectflow.cli import check_parser
-
-    args = check_parser().parse_args(argv)
-    logging.getLogger("selectflow.data.records").setLevel(logging.WARNING)  # the table says it, once
-    config = load_config(args.configfile)
-    results = check_config(config)
-    sys.stdout.write(f"config {args.configfile}: valid; run '{config.get('run')}'\n")
-    sys.stdout.write(render(results))
-    bad = [r for r in results if not r.ok]
-    sys.stdout.write(f"{len(results) - len(bad)} of {len(results)} datasets ready\n")
-    models = model_type_problems(config)
-    for problem in models:
-        sys.stdout.write(f"PROBLEM: {problem}\n")
-    return 0 if not bad and not models else 2
 
 
 def model_type_problems(config: dict) -> list[str]:

@@ -126,7 +126,7 @@ def _near_duplicate(rng: random.Random, rec: dict) -> dict:
     return out
 
 
-def make_demo_pool(n_records: int = 3000, seed: int = 0, near_dup_rate: float = 0.08, junk_rate: float = 0.1) -> list[dict]:
+def make_demo_pool(n_records: int, seed: int, near_dup_rate: float = 0.08, junk_rate: float = 0.1) -> list[dict]:
     """Return ``n_records`` deterministic Alpaca records; ``planted`` says what each one is.
 
     ``planted`` is ``clean``, ``near_duplicate`` (of the record named in ``duplicate_of``)
@@ -153,7 +153,7 @@ def make_demo_pool(n_records: int = 3000, seed: int = 0, near_dup_rate: float = 
     return records
 
 
-def write_demo_pool(path: str | os.PathLike, n_records: int, seed: int = 0) -> int:
+def write_demo_pool(path: str | os.PathLike, n_records: int, seed: int) -> int:
     """Write :func:`make_demo_pool` as JSONL (atomically); return the record count."""
     records = make_demo_pool(n_records, seed)
     with atomic_open(path, "w", encoding="utf-8") as fh:

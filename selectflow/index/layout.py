@@ -21,11 +21,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from selectflow.config import schema_enum
 from selectflow.runtime.errors import CorruptFileError
 
 LAYOUT_VERSION = 1
 REBUILD_HINT = "rule index_window rebuilds it (delete the window's files and rerun snakemake)"
-INDEX_TYPES = ("flat_l2", "flat_ip", "flat_l1", "ivfpq")
+INDEX_TYPES = schema_enum("index", "index_type")
 METRICS = {"flat_l2": "l2", "flat_ip": "ip", "flat_l1": "l1", "ivfpq": "l2"}
 WINDOW_NAME = re.compile(r"^window_(\d+)$")
 

@@ -201,7 +201,7 @@ def _outputs(paths: Layout) -> list[str]:
 
 def run_summary(config: dict, *, ok: bool = True, since: float | None = None, workdir: str | os.PathLike = ".") -> str:
     """The end-of-run summary of the run ``config`` describes, as text (see the module doc)."""
-    run = config["run"]
+    run = config["run"]  # config: checked against the schema, its defaults filled in
     paths = Layout(run, workdir)
     log_dir = Path(paths.logs)
     sel_dir = Path(paths.selection)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from selectflow.config import schema_enum
 from selectflow.router.gate import QualityGate
 from selectflow.router.modules import (DEFAULT_ROUTER_PATTERN, named_modules_matching, supports_router_output,
                                        text_config)
@@ -345,8 +346,9 @@ def routing_distribution(logits: torch.Tensor, score: str) -> torch.Tensor:
 def resolve_capture(model, settings) -> Capture:
     """Choose the capture for ``model`` from ``settings.router_source`` and the family table."""
     source = settings.router_source
-    if source not in ("auto", "output", "hooks"):
-        raise SelectFlowError(f"router_dump.router_source must be auto, output or hooks, not {source!r}")
+    sources = schema_enum("router_dump", "router_source")
+    if source not in sources:
+        raise SelectFlowError(f"router_dump.router_source must be one of {', '.join(sources)}, not {source!r}")
     model_type, entry = family_of(model)
     family = entry or Family()
     from_table = entry is not None and source == "auto"

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from selectflow.config import schema_enum
 from selectflow.router.modules import DEFAULT_ROUTER_PATTERN, text_config
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_dir, atomic_open, atomic_path
@@ -55,7 +56,7 @@ GATES_WEIGHTS = "quality_gates.safetensors"
 GATES_JSON = "quality_gates.json"
 FORMAT = "selectflow-quality-gates"
 VERSION = 1
-TRASH_KINDS = ("zero", "noise")
+TRASH_KINDS = schema_enum("warmup", "trash_expert")
 GATE_ATTR = "quality_gate"
 
 
@@ -66,7 +67,7 @@ class QualityGate(nn.Linear):
     ``(force_good, 1 - force_good)``: a switch for tests and ablations.
     """
 
-    def __init__(self, hidden_size: int, trash: str = "zero", *, device=None, dtype=None):
+    def __init__(self, hidden_size: int, trash: str, *, device=None, dtype=None):
         if trash not in TRASH_KINDS:
             raise SelectFlowError(f"trash expert {trash!r} is unknown; use one of {', '.join(TRASH_KINDS)}")
         super().__init__(hidden_size, 2, bias=False, device=device, dtype=dtype)
@@ -142,7 +143,7 @@ def _install(block: nn.Module, gate: QualityGate) -> None:
     block._selectflow_gate_hook = block.register_forward_hook(_mix, with_kwargs=True)
 
 
-def attach_gates(model: nn.Module, *, trash: str = "zero", init_std: float = 0.02, seed: int = 0,
+def attach_gates(model: nn.Module, *, trash: str, init_std: float, seed: int,
                  router_pattern: str | None = None) -> list[str]:
     """Stage 0 in memory: add a fresh quality gate to every MoE block; return the gate weight keys.
 
@@ -272,8 +273,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def convert_model(base_path: str | os.PathLike, out_dir: str | os.PathLike, *, trash: str = "zero",
-                  init_std: float = 0.02, seed: int = 0, router_pattern: str | None = None) -> Path:
+def convert_model(base_path: str | os.PathLike, out_dir: str | os.PathLike, *, trash: str, init_std: float,
+                  seed: int, router_pattern: str | None = None) -> Path:
     """Stage 0: write ``out_dir`` = the base model's files + fresh quality gates; return ``out_dir``.
 
     The base weights are not loaded into a new file: every file of ``base_path`` is hard

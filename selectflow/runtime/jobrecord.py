@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from selectflow.runtime.errors import EXIT_OOM, EXIT_USER_ERROR
 from selectflow.runtime.fsutil import atomic_open
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ def peak_memory() -> dict[str, float | None]:
 
 def status_of(exc: BaseException | None) -> tuple[str, str | None]:
     """``(status, error type)`` of a job body that ended with ``exc`` (None: it returned)."""
-    from selectflow.runtime.jobs import EXIT_OOM, EXIT_USER_ERROR
-
     if exc is None:
         return "done", None
     if isinstance(exc, SystemExit):

@@ -11,6 +11,12 @@
   non-OOM cause there fails at once with the original error instead of running again
   with a smaller batch, because memory was not the problem;
 * on success logs host and GPU peak memory and removes the failure record.
+
+What it needs of the run's config (the ``retry`` section and ``gpu_id``) arrives one way:
+every rule passes ``job=CFG.job``, a :class:`JobSettings`, as a param, and :func:`run_job`
+reads ``snakemake.params.job``. It travels as the dataclass itself, not as a mapping, on
+purpose: Snakemake's params rerun trigger skips values it cannot represent, so changing
+how jobs are retried or which GPU they use reruns no job (neither changes an output).
 """
 
 from __future__ import annotations
@@ -22,18 +28,33 @@ import resource
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from selectflow.config import retry_section
-from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.errors import EXIT_NOT_RETRIED, EXIT_OOM, EXIT_USER_ERROR, SelectFlowError
+from selectflow.runtime.jobrecord import JobRecord
 from selectflow.runtime.oom import attempt_size, is_oom, limit_address_space_growth, set_adaptive
 
 log = logging.getLogger("selectflow.job")
 
-EXIT_USER_ERROR = 2
-EXIT_OOM = 3
-EXIT_NOT_RETRIED = 4
 RERUN_COMMAND = "snakemake --cores 1 --resources gpu=1"
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """The config's ``retry`` section (keys and defaults: ``schemas/config.schema.yaml``)."""
+
+    factor: float
+    adaptive_chunks: bool
+    job_memory_budget_mb: float | None
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What :func:`run_job` needs of the run's config (``Config.job``): the retry section and ``gpu_id``."""
+
+    retry: RetryConfig
+    gpu_id: int | None
 
 
 def _setup_logging(log_path: str) -> None:
@@ -89,7 +110,7 @@ def run_job(
 
     ``size_name`` names the attempt-scaled resource (e.g. ``batch_size``) the job uses,
     for the log lines. A rule that declares ``resources: gpu=1`` (its one GPU declaration)
-    makes the job claim a device first.
+    makes the job claim a device first (``gpu_id`` of ``snakemake.params.job`` forces one).
     """
     log_path = snakemake.log[0]
     _setup_logging(log_path)
@@ -97,7 +118,8 @@ def run_job(
     attempt = int(snakemake.resources.get("attempt", 1))
     failure = Path(f"{log_path}.failure.json")
     size = snakemake.resources.get(size_name) if size_name else None
-    retry = retry_section(snakemake.config)
+    settings: JobSettings = snakemake.params.job
+    retry = settings.retry
     log.info("rule %s, attempt %d%s", rule, attempt, f", {size_name}={size}" if size_name else "")
 
     if attempt > 1 and failure.exists():
@@ -111,16 +133,13 @@ def run_job(
             sys.exit(EXIT_NOT_RETRIED)
         log.info("attempt %s failed with: %s", previous.get("attempt"), previous.get("error", "").splitlines()[0])
 
-    from selectflow.runtime.jobrecord import JobRecord
-
     record = JobRecord.start(snakemake, size_name)  # {log}.job.json: the facts the report reads
     claim = None
     try:
         if int(snakemake.resources.get("gpu", 0) or 0) > 0:
             from selectflow.runtime.gpus import claim_gpu
 
-            gpu_id = snakemake.config.get("gpu_id")
-            claim = claim_gpu(Path(".snakemake") / "selectflow_gpu_locks", gpu_id)
+            claim = claim_gpu(Path(".snakemake") / "selectflow_gpu_locks", settings.gpu_id)
         set_adaptive(retry.adaptive_chunks)
         if retry.job_memory_budget_mb:
             limit = limit_address_space_growth(retry.job_memory_budget_mb)

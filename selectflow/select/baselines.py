@@ -27,13 +27,14 @@ import logging
 
 import numpy as np
 
+from selectflow.config import schema_enum
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select import distance
 from selectflow.select.strata import POINTS_PER_CENTROID
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("random", "quality", "kmeans", "score_first", "semdedup")
+BASELINES = tuple(m for m in schema_enum("compare", "methods") if m not in ("fps", "target"))  # fps, target: not baselines
 BISECTION_STEPS = 30
 # score_first's bisection: a walk computes up to k·n distances; above this many for all walks
 # together the bisection takes fewer steps, never fewer than MIN_BISECTION_STEPS

@@ -29,6 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from selectflow.config import schema_enum
 from selectflow.router.routerfile import NO_HIDDEN, RouterShard, read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 CANDIDATES_LAYOUT_VERSION = 1
 CANDIDATES_REBUILD_HINT = "rule candidates rebuilds it: delete the file and rerun snakemake"
 STAGES = ("fps", "two_stage", "quality")
-FEATURES = ("routing", "hidden")
+FEATURES = schema_enum("selection", "features")
 
 
 def check_fraction(name: str, value: float | None, *, optional: bool = False) -> float | None:

@@ -34,6 +34,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from selectflow.config import schema_enum
 from selectflow.runtime.device import resolve_device
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.runtime.fsutil import atomic_path
@@ -41,7 +42,7 @@ from selectflow.runtime.oom import run_adaptive
 
 log = logging.getLogger(__name__)
 
-METRICS = ("wasserstein", "cosine", "l2")
+METRICS = schema_enum("selection", "metric")
 BLOCK_LAYOUT_VERSION = 1
 BLOCK_REBUILD_HINT = "rule distance_block rebuilds it: delete the file and rerun snakemake"
 _FEATURE_ROWS = 16384  # rows converted at a time, so features() needs no float64 copy of everything

@@ -31,12 +31,13 @@ import logging
 
 import numpy as np
 
+from selectflow.config import schema_enum
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select import baselines, distance
 
 log = logging.getLogger(__name__)
 
-DIVERSITY = ("fps", "facility_location", "kmeans")
+DIVERSITY = schema_enum("selection", "diversity")
 KNN_BLOCK = 1 << 24  # distances [rows, m] computed at a time for the k-NN graph: 64 MiB of float32
 
 

@@ -111,7 +111,7 @@ def fps_streaming(
     return _greedy(_Race(min_dist), k, start, update, log_interval, "streaming", strata, quota)
 
 
-def fps_matrix(matrix: BlockMatrix, k: int, *, start: int = 0, log_interval: int = 100,
+def fps_matrix(matrix: BlockMatrix, k: int, *, log_interval: int, start: int = 0,
                strata: np.ndarray | None = None, quota: np.ndarray | None = None) -> FPSResult:
     """FPS reading one row of the precomputed distance matrix per step."""
     import torch

@@ -55,12 +55,13 @@ from dataclasses import field as dc_field
 
 import numpy as np
 
+from selectflow.config import schema_enum
 from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "combined", "gate", "ifd", "perplexity", "field")
-CUTS = ("fixed", "pool")
+METHODS = schema_enum("selection", "quality_method")
+CUTS = schema_enum("selection", "quality_cut")
 # a dataset with fewer samples is judged by the whole pool's median and MAD (too few for its own)
 MIN_GROUP = 50
 # MAD x this = the standard deviation of a normal distribution; mean absolute deviation x

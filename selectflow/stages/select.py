@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from selectflow.config import SelectionConfig
+from selectflow.config import SelectionConfig, schema_enum
 from selectflow.data.preflight import tiny_selection_text
 from selectflow.data.records import write_jsonl
 from selectflow.router.routerfile import read_records, shard_header
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 # raw inputs of the score that quality.tsv may carry (selectflow.select.quality.assess)
 NUMERIC_INPUTS = ("nll_response", "nll_response_alone", "nll_eos", "n_response_tokens", "gate_mean", "distinct_3grams")
 NAN_COLUMNS = ("quality", "min_distance", "similarity", *NUMERIC_INPUTS)
-MODES = ("streaming", "matrix")
+MODES = schema_enum("selection", "distance_mode")
 TARGET_ORDER_SEED = 0  # the shuffle in which the rounds of pick_toward_target visit the target records
 
 

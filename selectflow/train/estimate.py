@@ -40,7 +40,6 @@ fragmentation, and temporary buffers of single kernels.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import asdict, dataclass, fields
 
 import pandas as pd
@@ -215,29 +214,3 @@ def pick_micro_batch(shape: ModelShape, budget_bytes: int, *, max_length: int, u
         else:
             hi = mid - 1
     return lo
-
-
-def estimate_memory_main(argv: list[str] | None = None) -> int:
-    """``selectflow estimate-memory``: print the predicted training memory of a model folder."""
-    from selectflow.cli import estimate_memory_parser
-
-    args = estimate_memory_parser().parse_args(argv)
-    try:
-        targets = args.lora_targets if args.lora_targets == "all-linear" else args.lora_targets.split(",")
-        shape = model_shape(args.model, {"enabled": args.lora, "r": args.lora_r, "target_modules": targets})
-        opts = dict(precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, lora=args.lora,
-                    load_in_8bit=args.load_in_8bit)
-        est = estimate_training_memory(shape, micro_batch=args.micro_batch, max_length=args.max_length, **opts)
-        trainable = shape.lora_params if args.lora else shape.n_params
-        print(f"model {args.model}: {shape.n_params:,} parameters, {trainable:,} trainable; "
-              f"micro-batch {args.micro_batch} x max_length {args.max_length}, {args.precision}"
-              f"{', gradient checkpointing' if args.gradient_checkpointing else ''}")
-        print(est.table().to_string(index=False))
-        if args.budget:
-            budget = parse_bytes(args.budget, "--budget")
-            mb = pick_micro_batch(shape, budget, max_length=args.max_length, upper=1024, **opts)
-            print(f"largest micro-batch that fits {args.budget}: {mb}")
-    except SelectFlowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selectflow.config import schema_default
+from selectflow.config import schema_default, schema_enum
 from selectflow.router.gate import find_moe_blocks, quality_gates
 from selectflow.router.modules import DEFAULT_ROUTER_PATTERN
 from selectflow.runtime.errors import SelectFlowError
@@ -41,7 +41,7 @@ from selectflow.train.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("select_moe", "response_tokens", "all_tokens", "prompt_gain")
+OBJECTIVES = schema_enum("warmup", "gate_objective")
 
 
 @contextmanager

@@ -69,7 +69,7 @@ from selectflow.train.model import (
     resolve_precision,
 )
 from selectflow.train.monitor import MIB, MemoryMonitor, memory_snapshot, write_rows
-from selectflow.train.presets import resolve_train_config
+from selectflow.config import resolve_train_config
 from selectflow.train.step import lr_lambda, optimizer_step
 
 log = logging.getLogger(__name__)
