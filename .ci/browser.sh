@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI step, before the tests: Debian's chromium for the real-browser report test
-# (tests/test_report.py opens the Snakemake report headless and screenshots it to
+# (tests/report/test_report.py opens the Snakemake report headless and screenshots it to
 # results/report_screenshot.png, the CI artefact). Without chromium that test skips.
 # Needs root; about a minute.
 set -euo pipefail

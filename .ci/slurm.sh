@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI step: the workflow on a real single-node SLURM cluster (tests/test_slurm.py).
+# CI step: the workflow on a real single-node SLURM cluster (tests/e2e/test_slurm.py).
 # Installs SLURM (Debian packages) and the Snakemake SLURM executor plugin into the
 # active Python environment, then runs the SLURM tests; the test module starts and stops
 # the daemons itself (tests/slurm/cluster.sh). .ci/run calls it after the main tests
@@ -20,4 +20,4 @@ fi
 python -m pip install -q "snakemake-executor-plugin-slurm>=2.8,<3"
 
 # SIGINT, not SIGTERM: pytest then still runs the fixture that stops the daemons
-SELECTFLOW_SLURM=1 timeout -s INT -k 60 900 python -m pytest tests/test_slurm.py -m slurm -v -p no:cacheprovider
+SELECTFLOW_SLURM=1 timeout -s INT -k 60 900 python -m pytest tests/e2e/test_slurm.py -m slurm -v -p no:cacheprovider

@@ -9,7 +9,7 @@ from selectflow.config import SECTIONS, build_config, with_defaults
 from selectflow.configdoc import SCHEMA
 from selectflow.runtime.errors import SelectFlowError
 
-from .workflow import REPO
+from tests.workflow import REPO
 
 SCHEMA_DOC = yaml.safe_load(SCHEMA.read_text())
 
@@ -209,7 +209,7 @@ def test_rules_read_the_typed_config():
 
 def test_changing_how_jobs_run_reruns_nothing_but_a_section_change_does(tmp_path):
     # job=CFG.job travels as a dataclass, which Snakemake's params trigger skips; sections travel as mappings
-    from .workflow import config_variant, ran_jobs, snakemake
+    from tests.workflow import config_variant, ran_jobs, snakemake
 
     target = "resources/demo/demo_pool.jsonl"
     assert ran_jobs(snakemake(tmp_path, target, "--cores", "1", config=config_variant("small", tmp_path))) == [

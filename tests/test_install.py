@@ -18,8 +18,8 @@ import yaml
 
 from selectflow import cli
 
-from .test_select import make_pool, write_shards
-from .workflow import REPO
+from tests.stages.test_select import make_pool, write_shards
+from tests.workflow import REPO
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .workflow import REPO
+from tests.workflow import REPO
 
 PACKAGE = REPO / "selectflow"
 # top-level modules and subpackages of selectflow/, by floor; a new one must be placed here

@@ -7,7 +7,7 @@ import pytest
 
 from selectflow.layout import Layout, demo_log
 
-from .workflow import REPO
+from tests.workflow import REPO
 
 
 def test_paths_are_the_documented_layout():

@@ -8,7 +8,7 @@ import yaml
 
 from selectflow.configdoc import render
 
-from .workflow import REPO
+from tests.workflow import REPO
 
 
 def test_config_readme_is_current():

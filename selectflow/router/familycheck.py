@@ -11,7 +11,7 @@
   that reference;
 * :func:`render_table` writes the supported-families table (``selectflow families-doc``).
 
-Used by ``tests/test_families.py`` and ``python -m selectflow families-doc``. Builds run
+Used by ``tests/router/test_families.py`` and ``python -m selectflow families-doc``. Builds run
 offline from configs; nothing is downloaded.
 """
 

@@ -132,7 +132,7 @@ def text_keys(records, system_turns: bool = False) -> np.ndarray:
 
 # (false positive, false negative) weights of the LSH shape: a candidate pair is checked with
 # the exact Jaccard anyway, so a false positive costs one comparison and a false negative a
-# missed duplicate; equal weights found under half of the pairs at the threshold (tests/test_dedup.py)
+# missed duplicate; equal weights found under half of the pairs at the threshold (tests/select/test_dedup.py)
 LSH_WEIGHTS = (0.05, 0.95)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throw-away single-node SLURM cluster with two fake GPUs, for tests/test_slurm.py.
+# A throw-away single-node SLURM cluster with two fake GPUs, for tests/e2e/test_slurm.py.
 #
 #   tests/slurm/cluster.sh start DIR   # write DIR/slurm.conf, start munged, slurmctld, slurmd
 #   tests/slurm/cluster.sh stop DIR    # stop the daemons started above, by their PID files

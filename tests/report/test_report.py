@@ -20,7 +20,7 @@ from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.jobrecord import read_job_records, record_path
 from selectflow.stages.report import FIGURES, make_report_figures
 
-from .workflow import REPO, snakemake
+from tests.workflow import REPO, snakemake
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HAS_CHROMIUM = Path(CHROMIUM).is_file()

@@ -15,7 +15,7 @@ import pytest
 from selectflow.router.routerfile import read_router_shard
 from selectflow.select.candidates import n_blocks
 
-from .workflow import REPO, config_variant, ran_jobs, snakemake
+from tests.workflow import REPO, config_variant, ran_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 SEL = "results/small/selection"

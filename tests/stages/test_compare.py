@@ -199,7 +199,7 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     from selectflow.runtime.tables import read_tsv
     from selectflow.stages import compare
     from selectflow.stages.select import build_candidates, run_fps
-    from tests.test_select import make_pool, write_shards
+    from tests.stages.test_select import make_pool, write_shards
 
     shards = write_shards(make_pool(), tmp_path / "router", seed=1)
     sel = selection_section(selection_percentage=0.2, device="cpu", quality_method="ifd")

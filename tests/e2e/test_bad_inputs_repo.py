@@ -26,7 +26,7 @@ from selectflow.data.records import read_dataset, read_jsonl
 from selectflow.router.routerfile import read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 
-from .workflow import REPO
+from tests.workflow import REPO
 
 CORPUS = REPO / "tests" / "bad_inputs"
 LAYOUT = ("Snakefile", "rules", "scripts", "selectflow", "config", "profiles", "report", "envs")
@@ -344,7 +344,7 @@ def test_routing_sample_of_a_shard_with_no_or_only_selected_samples(tmp_path, pi
     """The report's routing sample when one shard has no selected sample, or only selected ones."""
     from selectflow.report.routing import routing_sample
 
-    from .test_bad_inputs import write_shard
+    from tests.e2e.test_bad_inputs import write_shard
 
     write_shard(tmp_path / "a.h5", [f"a{i}" for i in range(10)])
     write_shard(tmp_path / "b.h5", ["b0"])

@@ -135,7 +135,7 @@ def test_expert_types_that_are_not_causal_lms_have_a_reason():
 
 def test_families_doc_lists_every_expert_type():
     """docs/families.md is regenerated with this transformers: every expert type appears, with its status."""
-    doc = (Path(__file__).parents[1] / "docs" / "families.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "families.md").read_text()
     rows = dict(re.findall(r"^\| `([^`]+)` \| ([^|]+?) \|", doc, re.M))
     assert set(rows) == set(expert_types())
     assert {t for t, status in rows.items() if status == "checked"} <= set(INSTALLED)
@@ -166,7 +166,7 @@ def test_a_type_that_is_not_a_causal_lm_stops_before_any_job(tmp_path, model_typ
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"datasets": {"d": str(data)}, "model": {"path": str(folder)}}))
     proc = subprocess.run([sys.executable, "-m", "selectflow", "check", "--configfile", str(cfg)],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
     assert proc.returncode == 2 and f"PROBLEM: 'model.path' {folder}" in proc.stdout, proc.stdout + proc.stderr
     json.dump({"model_type": "mixtral"}, open(folder / "config.json", "w"))
     assert model_type_problems(config) == []

@@ -9,7 +9,7 @@ import pytest
 from selectflow.router.routerfile import read_router_shard
 from selectflow.runtime.errors import CorruptFileError
 
-from .workflow import config_variant, snakemake
+from tests.workflow import config_variant, snakemake
 
 pytestmark = pytest.mark.slow
 SHARD = "results/oom/router_data/demo/shard_00000.h5"

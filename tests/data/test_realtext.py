@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from .workflow import config_variant, snakemake
+from tests.workflow import config_variant, snakemake
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HERE = REPO / "tests" / "slurm"
 CONFIG = HERE / "config" / "config.yaml"
 

@@ -30,7 +30,7 @@ from selectflow.runtime.oom import attempt_size
 from selectflow.config import PRESETS, resolve_train_config
 from selectflow.train.trainer import batch_split
 
-SCHEMA = Path(__file__).resolve().parents[1] / "selectflow" / "schemas" / "train.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "selectflow" / "schemas" / "train.schema.yaml"
 
 
 class CharTokenizer:

@@ -17,7 +17,7 @@ from selectflow.select import baselines, strata
 from selectflow.select.strata import allocate, kmeans, strata_labels
 from selectflow.stages.select import build_candidates, run_fps
 from tests.pool_reference import build_candidates_whole
-from tests.test_fps import blocks, brute_fps, naive_matrix, with_ties
+from tests.select.test_fps import blocks, brute_fps, naive_matrix, with_ties
 
 
 @pytest.mark.parametrize("seed, start", [(0, 0), (1, 7)])

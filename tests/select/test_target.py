@@ -114,7 +114,7 @@ def test_heldout_target_slice_is_disjoint_from_the_test_slice(tmp_path):
     from selectflow.data.records import iter_jsonl
     from selectflow.stages.compare import _kept_ids, _text_key, draw_heldout, heldout_ids, write_target_set
     from selectflow.stages.select import build_candidates
-    from tests.test_select import make_pool, section, write_shards
+    from tests.stages.test_select import make_pool, section, write_shards
 
     shards = write_shards(make_pool(), tmp_path / "router", seed=1)
     quality = tmp_path / "quality.tsv"
@@ -137,7 +137,7 @@ def test_the_stage_picks_only_candidates_toward_the_targets_in_a_seeded_order(tm
     from selectflow.router.routerfile import RouterShard, write_router_shard
     from selectflow.select.candidates import read_candidates
     from selectflow.stages.select import TARGET_ORDER_SEED, build_candidates, run_fps
-    from tests.test_select import make_pool, section, write_shards
+    from tests.stages.test_select import make_pool, section, write_shards
 
     pool = make_pool()
     shards = write_shards(pool, tmp_path / "router", seed=1)

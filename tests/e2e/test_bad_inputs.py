@@ -23,7 +23,7 @@ from selectflow.router.routerfile import (
     write_router_shard,
 )
 
-from .workflow import REPO, snakemake
+from tests.workflow import REPO, snakemake
 
 CORPUS = REPO / "tests" / "bad_inputs"
 

@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 from selectflow.select.distance import features
 from selectflow.select.fps import fps_streaming
 from selectflow.select.fps_dist import row_range
-from tests.test_fps import probs, with_ties
+from tests.select.test_fps import probs, with_ties
 
 
 def lattice():

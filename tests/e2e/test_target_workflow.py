@@ -11,7 +11,7 @@ from selectflow.data.records import iter_jsonl, write_jsonl
 from selectflow.select.candidates import read_candidates, target_features
 from selectflow.stages.compare import _text_key
 from selectflow.stages.select import TARGET_ORDER_SEED
-from tests.test_target import _reference
+from tests.select.test_target import _reference
 from tests.workflow import config_variant, snakemake
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,8 @@ from selectflow.layout import Layout
 from selectflow.report.summary import logged_messages, run_summary, selection_counts
 from selectflow.runtime.errors import EXIT_USER_ERROR
 
-from .test_select import make_pool, write_shards
-from .workflow import REPO
+from tests.stages.test_select import make_pool, write_shards
+from tests.workflow import REPO
 
 # ----------------------------------------------------------------------------- CLI
 
@@ -365,7 +365,7 @@ def _bad_config(tmp_path):
 
 
 def test_dry_run_checks_the_data(tmp_path):
-    from .workflow import snakemake
+    from tests.workflow import snakemake
 
     proc = snakemake(tmp_path, "-n", config=_bad_config(tmp_path), check=False)
     out = proc.stdout + proc.stderr
@@ -377,7 +377,7 @@ def test_dry_run_checks_the_data(tmp_path):
 
 
 def test_a_job_error_appears_once_and_the_summary_follows(tmp_path):
-    from .workflow import snakemake
+    from tests.workflow import snakemake
 
     cfg = _bad_config(tmp_path)
     proc = snakemake(tmp_path, "results/t/shards/bad", "--cores", "1", config=cfg, check=False)
@@ -457,7 +457,7 @@ def test_example_records_selected_then_each_reason(tmp_path, with_reason):
 
 @pytest.mark.slow
 def test_small_run_ends_with_the_summary_and_quiet_logs(tmp_path):
-    from .workflow import config_variant, snakemake
+    from tests.workflow import config_variant, snakemake
 
     config = config_variant("small", tmp_path, index={"window_size": 50, "windows_per_job": 2})
     proc = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", config=config)

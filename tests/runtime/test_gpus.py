@@ -71,7 +71,7 @@ def test_slurm_profile_asks_a_gpu_for_every_rule_that_declares_one(monkeypatch):
 
     from selectflow.runtime.gpus import gpu_rules
 
-    from .workflow import REPO
+    from tests.workflow import REPO
 
     RULES_DIR = REPO / "rules"
     monkeypatch.chdir(REPO)  # the profile reads rules/ where Snakemake runs: the workflow's root

@@ -1,0 +1,1 @@
+"""selectflow.data: records, junk kinds, the real-text pool."""

@@ -1,0 +1,1 @@
+"""selectflow.index: windows, store, retrieval."""

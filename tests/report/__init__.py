@@ -1,0 +1,1 @@
+"""selectflow.report and stages.report: figures, per-job records, the Snakemake report."""

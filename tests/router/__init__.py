@@ -1,0 +1,1 @@
+"""selectflow.router: dump, quality gate, MoE families."""

@@ -1,0 +1,1 @@
+"""selectflow.runtime: GPUs, units, OOM under a real memory limit."""

@@ -1,0 +1,1 @@
+"""selectflow.select: pool, quality, dedup, distances, diversity, FPS, strata, target."""

@@ -1,0 +1,1 @@
+"""selectflow.stages: select (candidates, FPS, continue-selection) and compare."""

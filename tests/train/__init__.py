@@ -1,0 +1,1 @@
+"""selectflow.train: memory estimate, loader, OOM retry, trainer."""
