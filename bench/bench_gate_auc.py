@@ -139,9 +139,9 @@ def gate_scores(model: Path, held: list[dict]) -> dict[str, np.ndarray]:
 
     from selectflow.data.tokens import pad_token_id
     from selectflow.select.pool import pool_of
-    from selectflow.train.objective import record_gate_logits
     from selectflow.select.quality import quality_scores
     from selectflow.train.data import IGNORE_INDEX, encode_pair, pad_collate
+    from selectflow.train.objective import record_gate_logits
 
     d = dumper(model)
     library = quality_scores(pool_of([(None, d.dump(held, progress=False))]), "gate")[0]

@@ -112,6 +112,7 @@ def worker_loader(spec: dict) -> dict:
     import torch
     from transformers import AutoTokenizer
 
+    from selectflow.config import resolve_train_config
     from selectflow.runtime.device import resolve_device
     from selectflow.train.data import (
         TokenizedDataset,
@@ -121,7 +122,6 @@ def worker_loader(spec: dict) -> dict:
         steps_per_epoch,
     )
     from selectflow.train.loader import BatchStream
-    from selectflow.config import resolve_train_config
 
     device = resolve_device(spec["device"])
     c = resolve_train_config({**spec["cfg"], "micro_batch_size": spec["micro"], "gradient_accumulation_steps": 1,

@@ -158,7 +158,7 @@ def quality_of_dedup(args) -> list[dict]:
             for engine in args.engines:
                 keep, reason, sim, secs = run_dedup(records, threshold, engine)
                 of = {r["sample_id"]: reason[i][13:] for i, r in enumerate(records) if reason[i].startswith("duplicate_of:")}
-                def root(sid):  # the kept sample a dropped one stands for (duplicate_of chains end at one)
+                def root(sid, of=of):  # the kept sample a dropped one stands for (duplicate_of chains end at one)
                     while sid in of:
                         sid = of[sid]
                     return sid
@@ -173,7 +173,7 @@ def quality_of_dedup(args) -> list[dict]:
                         if reason_d[i].startswith("duplicate_of:") and sim_d[i] < 1]
                 key_of = dict(zip((r["sample_id"] for r in demo_records), dedup.text_keys(demo_records)))
 
-                def true_pair(a, b):
+                def true_pair(a, b, key_of=key_of):
                     root = lambda s: exact[key_of[s]]  # noqa: E731 - the first record with the same text
                     src = lambda s: root(demo_truth.get(s) or s)  # noqa: E731 - a planted copy's source
                     return src(a) == src(b)

@@ -112,7 +112,7 @@ def bandwidth(x, device: str, repeats: int = 5) -> float:
     t = torch.from_numpy(x).to(device)
     best = float("inf")
     for _ in range(repeats):
-        for fn in (lambda: t.sum().item(), None if device == "cuda" else lambda: float(np.sum(x))):
+        for fn in (lambda t=t: t.sum().item(), None if device == "cuda" else lambda: float(np.sum(x))):
             if fn is None:
                 continue
             t0 = time.perf_counter()

@@ -221,7 +221,7 @@ def main() -> None:
                 if w != max(W_LIST) or mode != "ours":
                     shutil.rmtree(out, ignore_errors=True)
         build = pd.DataFrame(rows)
-        for name, grp in build.groupby("build", sort=False):
+        for _, grp in build.groupby("build", sort=False):
             base = grp[grp["W"] == 1]["peak_rss_MiB"].iloc[0]
             build.loc[grp.index, "rss_vs_W1"] = grp["peak_rss_MiB"] / base
         print("BUILD: peak RSS per W, each in its own process")

@@ -8,7 +8,6 @@ import yaml
 from selectflow.config import SECTIONS, build_config, with_defaults
 from selectflow.configdoc import SCHEMA
 from selectflow.runtime.errors import SelectFlowError
-
 from tests.workflow import REPO
 
 SCHEMA_DOC = yaml.safe_load(SCHEMA.read_text())

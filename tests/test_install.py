@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from selectflow import cli
-
 from tests.stages.test_select import make_pool, write_shards
 from tests.workflow import REPO
 

@@ -6,7 +6,6 @@ import tokenize
 import pytest
 
 from selectflow.layout import Layout, demo_log
-
 from tests.workflow import REPO
 
 

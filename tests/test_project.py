@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from selectflow.configdoc import render
-
 from tests.workflow import REPO
 
 

@@ -49,7 +49,7 @@ def _read_tsv(path: Path):
         return None
 
 
-def _flag(column) -> "object":
+def _flag(column) -> object:
     return column.astype(str).str.lower().isin(("true", "1"))
 
 

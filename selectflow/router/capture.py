@@ -45,8 +45,12 @@ import torch
 
 from selectflow.config import schema_enum
 from selectflow.router.gate import QualityGate
-from selectflow.router.modules import (DEFAULT_ROUTER_PATTERN, named_modules_matching, supports_router_output,
-                                       text_config)
+from selectflow.router.modules import (
+    DEFAULT_ROUTER_PATTERN,
+    named_modules_matching,
+    supports_router_output,
+    text_config,
+)
 from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)
@@ -302,7 +306,7 @@ class Capture:
         pending, self._pending = self._pending, []
         flags = torch.cat([f.flatten() for f, _, _ in pending]).tolist()
         at = 0
-        for call, (f, names, shapes) in enumerate(pending):
+        for call, (_, names, shapes) in enumerate(pending):
             for name, shape in zip(names, shapes):
                 nonfinite, probs, sparse = flags[at:at + 3]
                 at += 3

@@ -45,8 +45,15 @@ from tqdm import tqdm
 from selectflow.config import schema_default
 from selectflow.data.records import format_turns
 from selectflow.data.tokens import encode_pair, pad_batch, pad_token_id
-from selectflow.router.capture import (EXPERT_KEYS, Capture, CaptureError, candidate_settings, expected_moe_layers,
-                                       n_routed_experts, resolve_capture)
+from selectflow.router.capture import (
+    EXPERT_KEYS,
+    Capture,
+    CaptureError,
+    candidate_settings,
+    expected_moe_layers,
+    n_routed_experts,
+    resolve_capture,
+)
 from selectflow.router.gate import load_causal_lm, quality_gates
 from selectflow.router.modules import named_modules_matching
 from selectflow.router.routerfile import RouterShard

@@ -27,8 +27,17 @@ import torch
 from selectflow.data.tokens import encode_pair
 from selectflow.router.capture import FAMILIES
 from selectflow.router.dump import DumpSettings, RouterDumper
-from selectflow.router.tinymoe import (N_EXPERTS, build_tiny, columns, demo_inputs, moe_families, not_causal_lm, quiet,
-                                       router_weights, sink_rows)
+from selectflow.router.tinymoe import (
+    N_EXPERTS,
+    build_tiny,
+    columns,
+    demo_inputs,
+    moe_families,
+    not_causal_lm,
+    quiet,
+    router_weights,
+    sink_rows,
+)
 from selectflow.runtime.errors import SelectFlowError
 
 log = logging.getLogger(__name__)

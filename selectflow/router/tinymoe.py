@@ -196,7 +196,7 @@ def build_tiny(model_type: str, tokenizer, seed: int = 0, router_scale: float = 
         model = AutoModelForCausalLM.from_config(cfg).eval()
     modules = dict(model.named_modules())
     with torch.no_grad():  # redrawn: some families initialise routers to zero (uniform routing tells nothing)
-        for name, module in router_weights(model, columns(model) + sink_rows(model)):
+        for name, _ in router_weights(model, columns(model) + sink_rows(model)):
             # the whole router when the weight sits in a small router network (Zaya's router MLP)
             parts = name.split(".")
             top = next((".".join(parts[:i + 1]) for i, p in enumerate(parts) if p in ("gate", "router")), name)

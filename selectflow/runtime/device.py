@@ -16,8 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from selectflow.runtime.errors import SelectFlowError
+
+if TYPE_CHECKING:  # torch loads only when a function needs it
+    import torch
 
 log = logging.getLogger(__name__)
 ALLOC_CONF = "expandable_segments:True"

@@ -30,6 +30,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -39,6 +40,9 @@ from selectflow.runtime.device import resolve_device
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.runtime.fsutil import atomic_path
 from selectflow.runtime.oom import run_adaptive
+
+if TYPE_CHECKING:  # torch loads only when a function needs it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +150,7 @@ def pairwise(a: torch.Tensor, b: torch.Tensor, metric: str = "wasserstein", *, b
 _FAISS_SERIAL_ROWS = 10  # FAISS's pairwise_distances runs on one thread for at most this many query rows
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="selectflow-l1")
 

@@ -27,6 +27,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,9 @@ from selectflow.select.distance import (
     pairwise,
     squared_norms,
 )
+
+if TYPE_CHECKING:  # torch loads only when a function needs it
+    import torch
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 from selectflow.config import TrainConfig
 from selectflow.router.gate import convert_model
-from selectflow.train import train_on_pool
 from selectflow.train import train as train_model
+from selectflow.train import train_on_pool
 from selectflow.train.objective import GateObjective
 
 

@@ -26,9 +26,9 @@ from functools import partial
 import torch
 
 from selectflow.config import TrainConfig
+from selectflow.runtime.units import parse_bytes
 from selectflow.train.cache import DeviceCacheDataset
 from selectflow.train.data import pad_collate
-from selectflow.runtime.units import parse_bytes
 from selectflow.train.prefetch import PrefetchLoader, move_batch
 
 log = logging.getLogger(__name__)

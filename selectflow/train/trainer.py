@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from selectflow.config import TrainConfig, resolve_train_config
 from selectflow.data.records import read_dataset
 from selectflow.data.tokens import pad_token_id
-from selectflow.config import TrainConfig
 from selectflow.runtime.device import pick_device, use_expandable_segments
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_open
@@ -69,7 +69,6 @@ from selectflow.train.model import (
     resolve_precision,
 )
 from selectflow.train.monitor import MIB, MemoryMonitor, memory_snapshot, write_rows
-from selectflow.config import resolve_train_config
 from selectflow.train.step import lr_lambda, optimizer_step
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,6 @@ from selectflow.router.routerfile import (
     read_router_shard,
     write_router_shard,
 )
-
 from tests.workflow import REPO, snakemake
 
 CORPUS = REPO / "tests" / "bad_inputs"

@@ -25,7 +25,6 @@ from selectflow.data.preflight import tiny_selection_warning
 from selectflow.data.records import read_dataset, read_jsonl
 from selectflow.router.routerfile import read_router_shard
 from selectflow.runtime.errors import SelectFlowError
-
 from tests.workflow import REPO
 
 CORPUS = REPO / "tests" / "bad_inputs"
@@ -343,7 +342,6 @@ def test_no_pad_token_and_a_shard_without_selected_samples(tmp_path, demo_pool, 
 def test_routing_sample_of_a_shard_with_no_or_only_selected_samples(tmp_path, picked):
     """The report's routing sample when one shard has no selected sample, or only selected ones."""
     from selectflow.report.routing import routing_sample
-
     from tests.e2e.test_bad_inputs import write_shard
 
     write_shard(tmp_path / "a.h5", [f"a{i}" for i in range(10)])

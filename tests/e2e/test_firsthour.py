@@ -19,7 +19,6 @@ from selectflow.data.check import check_config, render
 from selectflow.layout import Layout
 from selectflow.report.summary import logged_messages, run_summary, selection_counts
 from selectflow.runtime.errors import EXIT_USER_ERROR
-
 from tests.stages.test_select import make_pool, write_shards
 from tests.workflow import REPO
 

@@ -16,7 +16,6 @@ from selectflow.data.preflight import preflight
 from selectflow.data.realtext import write_realtext_pool
 from selectflow.data.records import read_dataset, read_jsonl
 from selectflow.runtime.errors import SelectFlowError
-
 from tests.e2e.test_bad_inputs_repo import output, repo_copy
 
 SMALL = ["--vocab-size", "400", "--n_layers", "1", "--n-experts", "4", "--hidden", "16", "--pretrain_epochs", "0.5",

@@ -14,7 +14,6 @@ import pytest
 
 from selectflow.router.routerfile import read_router_shard
 from selectflow.select.candidates import n_blocks
-
 from tests.workflow import REPO, config_variant, ran_jobs, snakemake
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,6 @@ from selectflow.report.routing import pca_2d, routing_sample
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.jobrecord import read_job_records, record_path
 from selectflow.stages.report import FIGURES, make_report_figures
-
 from tests.workflow import REPO, snakemake
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -286,7 +285,7 @@ def test_report_embeds_every_figure_with_caption(report_html):
     assert sorted(results) == sorted(f"{name}.png" for name in FIGURE_FILES)
     assert all(entry["data_uri"].startswith("data:image/png;") and len(entry["data_uri"]) > 5000
                for entry in results.values())
-    assert sorted(entry["labels"]["figure"] for entry in results.values()) == sorted(l for _, l in REPORT_FIGURES)
+    assert sorted(entry["labels"]["figure"] for entry in results.values()) == sorted(label for _, label in REPORT_FIGURES)
     assert "Farthest-point sampling over the candidates" in results["fps_curve.png"]["caption"]
     assert "SelectFlow run <tt" in html or "SelectFlow run <code" in html  # report/workflow.rst, config filled in
 

@@ -292,8 +292,8 @@ def test_no_shard_is_written_from_a_failed_check(tmp_path, demo_model, demo_pool
 
 def test_shard_records_capture_and_batch_size(tmp_path, demo_model, demo_pool):
     from selectflow.data.records import read_dataset, write_jsonl
-    from selectflow.stages.router import dump_shard_file
     from selectflow.router.routerfile import read_router_shard
+    from selectflow.stages.router import dump_shard_file
 
     write_jsonl(tmp_path / "shard.jsonl", read_dataset(demo_pool, "demo")[:4])
     dump_shard_file(str(demo_model), str(tmp_path / "shard.jsonl"), str(tmp_path / "s.h5"),

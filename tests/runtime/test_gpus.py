@@ -70,7 +70,6 @@ def test_slurm_profile_asks_a_gpu_for_every_rule_that_declares_one(monkeypatch):
     import yte
 
     from selectflow.runtime.gpus import gpu_rules
-
     from tests.workflow import REPO
 
     RULES_DIR = REPO / "rules"

@@ -8,7 +8,6 @@ import pytest
 
 from selectflow.router.routerfile import read_router_shard
 from selectflow.runtime.errors import CorruptFileError
-
 from tests.workflow import config_variant, snakemake
 
 pytestmark = pytest.mark.slow

@@ -7,15 +7,15 @@ import pytest
 
 from selectflow.data.records import prompt_and_response
 from selectflow.select.dedup import (
-    NUM_PERM,
     ANSWER_MIN,
+    NUM_PERM,
     drop_near_duplicates,
-    near_parts,
-    signatures,
     lsh_shape,
     near_keys,
+    near_parts,
     normalised_text,
     shingles,
+    signatures,
     text_keys,
 )
 

@@ -12,8 +12,8 @@ import pytest
 from selectflow.config import selection_section
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.select.fps import fps_matrix, fps_streaming
 from selectflow.select import baselines, strata
+from selectflow.select.fps import fps_matrix, fps_streaming
 from selectflow.select.strata import allocate, kmeans, strata_labels
 from selectflow.stages.select import build_candidates, run_fps
 from tests.pool_reference import build_candidates_whole
@@ -82,13 +82,13 @@ def test_strata_keep_the_pool_shares_that_plain_fps_loses(tmp_path):
                         n_response_tokens=np.full(n, 5, np.int32), record=np.array(records, dtype=object))
     write_router_shard(tmp_path / "r.h5", shard)
     picked = {}
-    for strata in (1, 2):
-        sel = selection_section(quality_method="perplexity", selection_percentage=0.2, routing_strata=strata,
+    for n_strata in (1, 2):
+        sel = selection_section(quality_method="perplexity", selection_percentage=0.2, routing_strata=n_strata,
                                 device="cpu")
         build_candidates([tmp_path / "r.h5"], tmp_path / "c.h5", tmp_path / "q.tsv", sel)
         run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", sel)
         curve = pd.read_csv(tmp_path / "curve.tsv", sep="\t")
-        picked[strata] = sum(int(s[1:]) < 90 for s in curve["sample_id"])  # picks from the dense region
+        picked[n_strata] = sum(int(s[1:]) < 90 for s in curve["sample_id"])  # picks from the dense region
     assert picked[1] <= 6  # plain FPS: the spread 25 % of the pool takes most of the 24 picks
     assert picked[2] == 18  # strata: 90 / 120 of 24 picks
 

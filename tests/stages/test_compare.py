@@ -134,10 +134,10 @@ def test_unknown_baseline_is_named():
 
 
 def _section(**values):
+    import yaml
+
     from selectflow.config import CompareConfig, section, with_defaults
     from selectflow.configdoc import SCHEMA
-
-    import yaml
 
     defaults = with_defaults(_raw(), yaml.safe_load(SCHEMA.read_text()))["compare"]
     return section(CompareConfig, {**defaults, "train": None, **values})
@@ -195,7 +195,7 @@ def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout
 
 
 def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
-    from selectflow.config import CompareConfig, selection_section
+    from selectflow.config import selection_section
     from selectflow.runtime.tables import read_tsv
     from selectflow.stages import compare
     from selectflow.stages.select import build_candidates, run_fps

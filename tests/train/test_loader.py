@@ -12,8 +12,10 @@ import pytest
 import torch
 import yaml
 
+from selectflow.config import PRESETS, resolve_train_config, train_defaults
 from selectflow.data.records import format_turns
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.oom import attempt_size
 from selectflow.train.cache import DeviceCacheDataset
 from selectflow.train.data import (
     IGNORE_INDEX,
@@ -25,9 +27,6 @@ from selectflow.train.data import (
     split_micro,
 )
 from selectflow.train.prefetch import PrefetchLoader
-from selectflow.config import train_defaults
-from selectflow.runtime.oom import attempt_size
-from selectflow.config import PRESETS, resolve_train_config
 from selectflow.train.trainer import batch_split
 
 SCHEMA = Path(__file__).resolve().parents[2] / "selectflow" / "schemas" / "train.schema.yaml"
