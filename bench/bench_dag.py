@@ -31,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_demo_chain import export  # noqa: E402
 
 # a child that runs one command and prints its peak RSS (the command's process alone)
-MEASURE = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
-           "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr); "
-           "sys.exit(p.returncode)")
+MEASURE = (
+    "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+    "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, file=sys.stderr); "
+    "sys.exit(p.returncode)"
+)
 
 
 def write_pool(path: Path, n: int) -> None:
@@ -45,8 +47,13 @@ def write_pool(path: Path, n: int) -> None:
 def snakemake(folder: Path, args: list[str]) -> tuple[float, int, str]:
     """Seconds, peak RSS bytes and output of ``snakemake ARGS`` in ``folder``."""
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "snakemake", *args], cwd=folder,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(folder)})
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE, sys.executable, "-m", "snakemake", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+    )
     seconds = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"snakemake {' '.join(args)} failed in {folder}:\n{(proc.stdout + proc.stderr)[-3000:]}")
@@ -61,14 +68,22 @@ def dry_run(tree: Path, shards: int, shard_size: int) -> dict:
     write_pool(work / "pool.jsonl", shards * shard_size)
     config = work / "config.yaml"
     # the demo model is only planned (rule demo_model), never built
-    config.write_text(f"run: dag{shards}\ndatasets:\n  bench: {work / 'pool.jsonl'}\nshard_size: {shard_size}\n"
-                      "model:\n  path: resources/demo/model\n")
+    config.write_text(
+        f"run: dag{shards}\ndatasets:\n  bench: {work / 'pool.jsonl'}\nshard_size: {shard_size}\n"
+        "model:\n  path: resources/demo/model\n"
+    )
     split_s, _, _ = snakemake(tree, [f"results/dag{shards}/shards/bench", "--cores", "1", "--configfile", str(config)])
     seconds, peak, out = snakemake(tree, ["-n", "--cores", "1", "--resources", "gpu=1", "--configfile", str(config)])
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
-    return {"seconds": seconds, "peak": peak, "split_s": split_s, "jobs": int(counts.get("total", 0)),
-            "router_dump": int(counts.get("router_dump", 0)), "router_shard": int(counts.get("router_shard", 0)),
-            "router_data": int(counts.get("router_data", 0))}
+    return {
+        "seconds": seconds,
+        "peak": peak,
+        "split_s": split_s,
+        "jobs": int(counts.get("total", 0)),
+        "router_dump": int(counts.get("router_dump", 0)),
+        "router_shard": int(counts.get("router_shard", 0)),
+        "router_data": int(counts.get("router_data", 0)),
+    }
 
 
 def main() -> None:
@@ -81,25 +96,35 @@ def main() -> None:
     args = ap.parse_args()
     counts = args.shards or [4000, 20000]
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"this tree": export(None, Path(tmp) / "ours"), args.baseline: export(args.baseline, Path(tmp) / "base")}
+        trees = {
+            "this tree": export(None, Path(tmp) / "ours"),
+            args.baseline: export(args.baseline, Path(tmp) / "base"),
+        }
         rows = {}
         for shards in counts:
             for name, tree in trees.items():
                 if name != "this tree" and shards > args.baseline_max:
                     continue
                 rows[name, shards] = r = dry_run(tree, shards, args.shard_size)
-                print(f"{name:>12s}, {shards:,} shards: snakemake -n {r['seconds']:.1f} s, peak RSS "
-                      f"{r['peak'] / 2**20:.0f} MiB; {r['jobs']:,} jobs ({r['router_dump']:,} router_dump, "
-                      f"{r['router_shard']:,} router_shard, {r['router_data']} router_data); split "
-                      f"{r['split_s']:.1f} s", flush=True)
+                print(
+                    f"{name:>12s}, {shards:,} shards: snakemake -n {r['seconds']:.1f} s, peak RSS "
+                    f"{r['peak'] / 2**20:.0f} MiB; {r['jobs']:,} jobs ({r['router_dump']:,} router_dump, "
+                    f"{r['router_shard']:,} router_shard, {r['router_data']} router_data); split "
+                    f"{r['split_s']:.1f} s",
+                    flush=True,
+                )
         for shards in counts:
             secs = rows["this tree", shards]["seconds"]
-            print(f"{shards:,} shards: this tree's dry run {secs:.1f} s, target <= {args.target:.0f} s: "
-                  f"{'met' if secs <= args.target else 'MISSED'}")
+            print(
+                f"{shards:,} shards: this tree's dry run {secs:.1f} s, target <= {args.target:.0f} s: "
+                f"{'met' if secs <= args.target else 'MISSED'}"
+            )
             if (args.baseline, shards) in rows:
                 ours, base = rows["this tree", shards], rows[args.baseline, shards]
-                print(f"{shards:,} shards: this tree / {args.baseline}: time {ours['seconds'] / base['seconds']:.2f}x, "
-                      f"peak RSS {ours['peak'] / base['peak']:.2f}x")
+                print(
+                    f"{shards:,} shards: this tree / {args.baseline}: time {ours['seconds'] / base['seconds']:.2f}x, "
+                    f"peak RSS {ours['peak'] / base['peak']:.2f}x"
+                )
 
 
 if __name__ == "__main__":

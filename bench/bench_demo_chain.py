@@ -35,8 +35,9 @@ def export(ref: str | None, dest: Path) -> Path:
         archive = subprocess.run(["git", "archive", ref], cwd=REPO, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
         return dest
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -47,8 +48,13 @@ def export(ref: str | None, dest: Path) -> Path:
 def run_chain(folder: Path, cores: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--resources", "gpu=1"],
-                          cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(folder)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", str(cores), "--resources", "gpu=1"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = proc.stdout + proc.stderr
@@ -56,8 +62,13 @@ def run_chain(folder: Path, cores: int) -> dict:
         raise SystemExit(f"the chain failed in {folder}:\n{out[-3000:]}")
     jobs = len(re.findall(r"^Finished jobid: \d+ \(Rule: (?!all\))", out, re.M))
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu, "jobs": jobs, "console_lines": len(out.splitlines()),
-            "rules": rule_times(folder)}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "jobs": jobs,
+        "console_lines": len(out.splitlines()),
+        "rules": rule_times(folder),
+    }
 
 
 def rule_times(folder: Path) -> dict[str, tuple[int, float, float]]:
@@ -65,8 +76,10 @@ def rule_times(folder: Path) -> dict[str, tuple[int, float, float]]:
     out: dict[str, tuple[int, float, float]] = {}
     for tsv in sorted((folder / "benchmarks").glob("*/**/*.tsv")):
         rel = tsv.relative_to(folder / "benchmarks").parts
-        rule = {"indexes": "index_embed" if tsv.name.startswith("embed_") else "index_window",
-                "selection": "distance_block" if "distances" in rel else tsv.stem}.get(rel[1], rel[1])
+        rule = {
+            "indexes": "index_embed" if tsv.name.startswith("embed_") else "index_window",
+            "selection": "distance_block" if "distances" in rel else tsv.stem,
+        }.get(rel[1], rel[1])
         rule = rule.removesuffix(".tsv")
         head, row = tsv.read_text().splitlines()[:2]
         values = dict(zip(head.split("\t"), row.split("\t")))
@@ -77,8 +90,12 @@ def rule_times(folder: Path) -> dict[str, tuple[int, float, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", required=True, action="append",
-                    help="commit to compare with, e.g. the merge base (repeat for several)")
+    ap.add_argument(
+        "--baseline",
+        required=True,
+        action="append",
+        help="commit to compare with, e.g. the merge base (repeat for several)",
+    )
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
@@ -91,8 +108,11 @@ def main() -> None:
                 folder = export(None if name == "ours" else name, Path(tmp) / f"{name}_{r}")
                 got = run_chain(folder, args.cores)
                 results[name].append(got)
-                print(f"round {r} {name:8s} wall {got['wall_s']:7.1f} s  cpu {got['cpu_s']:7.1f} s  "
-                      f"jobs {got['jobs']:3d}  console lines {got['console_lines']:4d}", flush=True)
+                print(
+                    f"round {r} {name:8s} wall {got['wall_s']:7.1f} s  cpu {got['cpu_s']:7.1f} s  "
+                    f"jobs {got['jobs']:3d}  console lines {got['console_lines']:4d}",
+                    flush=True,
+                )
                 for rule, (n, w, c) in sorted(got["rules"].items()):
                     print(f"    {rule:16s} jobs {n:3d}  wall {w:7.1f} s  cpu {c:7.1f} s", flush=True)
                 shutil.rmtree(folder)
@@ -102,8 +122,11 @@ def main() -> None:
         print(f"ours vs {base}:")
         for key in keys:
             b, o = mean[base][key], mean["ours"][key]
-            print(f"  {key:14s} baseline {b:8.1f}  ours {o:8.1f}  ours/baseline {o / b:5.2f}  "
-                  f"({(o / b - 1) * 100:+.0f} %)")
+            print(
+                f"  {key:14s} baseline {b:8.1f}  ours {o:8.1f}  ours/baseline {o / b:5.2f}  "
+                f"({(o / b - 1) * 100:+.0f} %)"
+            )
+
 
 if __name__ == "__main__":
     main()

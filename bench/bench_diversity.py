@@ -65,8 +65,18 @@ def one(args) -> dict:
         t0 = time.perf_counter()
         picks = toward_target(targets, x, args.k, "wasserstein", chunk=args.chunk, device=args.device)
     else:
-        picks = diversity.select(args.one, x, quality, ids, args.k, metric="wasserstein", n_neighbors=args.neighbors,
-                                 n_clusters=args.clusters, chunk=args.chunk, device=args.device)
+        picks = diversity.select(
+            args.one,
+            x,
+            quality,
+            ids,
+            args.k,
+            metric="wasserstein",
+            n_neighbors=args.neighbors,
+            n_clusters=args.clusters,
+            chunk=args.chunk,
+            device=args.device,
+        )
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert len(set(picks.tolist())) == args.k
@@ -91,21 +101,28 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args)))
         return
-    print(f"N {args.n}, k {args.k}, L {args.layers}, E {args.experts} (D {args.layers * args.experts}), "
-          f"{args.neighbors} neighbours, {args.clusters} clusters; each method in a fresh process", flush=True)
+    print(
+        f"N {args.n}, k {args.k}, L {args.layers}, E {args.experts} (D {args.layers * args.experts}), "
+        f"{args.neighbors} neighbours, {args.clusters} clusters; each method in a fresh process",
+        flush=True,
+    )
     rows = {}
     for method in dict.fromkeys(["fps", *args.methods]):
         cmd = [sys.executable, __file__, "--one", method, *sys.argv[1:]]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout
         rows[method] = json.loads(out.strip().splitlines()[-1])
         r = rows[method]
-        print(f"{method:18s} {r['s']:9.1f} s  peak RSS {r['peak_MiB']:8.0f} MiB  (+{r['extra_MiB']:.0f} MiB in the call)",
-              flush=True)
+        print(
+            f"{method:18s} {r['s']:9.1f} s  peak RSS {r['peak_MiB']:8.0f} MiB  (+{r['extra_MiB']:.0f} MiB in the call)",
+            flush=True,
+        )
     base = rows["fps"]
     for method, r in rows.items():
         if method != "fps":
-            print(f"{method} / fps: time x{r['s'] / base['s']:.2f}, peak RSS x{r['peak_MiB'] / base['peak_MiB']:.2f}, "
-                  f"added in the call {r['extra_MiB']:.0f} vs {base['extra_MiB']:.0f} MiB")
+            print(
+                f"{method} / fps: time x{r['s'] / base['s']:.2f}, peak RSS x{r['peak_MiB'] / base['peak_MiB']:.2f}, "
+                f"added in the call {r['extra_MiB']:.0f} vs {base['extra_MiB']:.0f} MiB"
+            )
 
 
 if __name__ == "__main__":

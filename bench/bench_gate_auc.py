@@ -113,12 +113,22 @@ def split(records: list[dict], heldout: float, seed: int) -> tuple[list[dict], l
 def dumper(model: Path):
     from selectflow.router.dump import DumpSettings, RouterDumper
 
-    return RouterDumper.from_path(str(model), DumpSettings(batch_size=64, max_length=MAX_LENGTH, ifd=False,
-                                                           device="cpu"))
+    return RouterDumper.from_path(
+        str(model), DumpSettings(batch_size=64, max_length=MAX_LENGTH, ifd=False, device="cpu")
+    )
 
 
-def warm_up(converted: Path, train_side: list[dict], n_pool: int, out: Path, steps: int, share: float,
-            weight: float, seed: int, objective: str) -> Path:
+def warm_up(
+    converted: Path,
+    train_side: list[dict],
+    n_pool: int,
+    out: Path,
+    steps: int,
+    share: float,
+    weight: float,
+    seed: int,
+    objective: str,
+) -> Path:
     """Stage 1 on ``share`` × ``n_pool`` records of ``train_side``; the checkpoint folder."""
     from selectflow.train.objective import GateObjective
     from selectflow.train.trainer import fit
@@ -126,8 +136,14 @@ def warm_up(converted: Path, train_side: list[dict], n_pool: int, out: Path, ste
     k = min(len(train_side), max(1, round(share * n_pool)))
     chosen = sorted(random.Random(seed).sample(range(len(train_side)), k))
     pairs = [(train_side[i]["sample_id"], train_side[i]["prompt"], train_side[i]["response"]) for i in chosen]
-    cfg = {"preset": "combined", "max_length": MAX_LENGTH, "max_steps": steps, "learning_rate": LR, "save_every": 0,
-           "seed": seed}
+    cfg = {
+        "preset": "combined",
+        "max_length": MAX_LENGTH,
+        "max_steps": steps,
+        "learning_rate": LR,
+        "save_every": 0,
+        "seed": seed,
+    }
     fit(converted, pairs, out, cfg, objective=GateObjective(weight, objective=objective))
     return out / "checkpoint"
 
@@ -186,8 +202,7 @@ def one_setting(job: tuple) -> tuple[np.ndarray, float]:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        ckpt = warm_up(converted, train_side, len(records), Path(tmp) / "warmup", steps, share, weight, seed,
-                       objective)
+        ckpt = warm_up(converted, train_side, len(records), Path(tmp) / "warmup", steps, share, weight, seed, objective)
         scores = gate_scores(ckpt, held)
     return scores, time.perf_counter() - t0
 
@@ -198,15 +213,29 @@ def main() -> None:
     p.add_argument("--junk-rate", type=float, default=0.3, help="junk-suite share of the pool (default 0.3)")
     p.add_argument("--heldout", type=float, default=0.5, help="share of the pool held out for the AUC (default 0.5)")
     p.add_argument("--steps", type=int, nargs="+", default=[20, 60, 200, 600])
-    p.add_argument("--share", type=float, nargs="+", default=[0.1, 0.3, 0.5],
-                   help="warm-up data as a share of the pool (at most 1 − --heldout)")
-    p.add_argument("--weight", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0, 10.0],
-                   help="warmup.quality_loss_weight values")
-    p.add_argument("--objective", nargs="+", default=["select_moe"], choices=OBJECTIVES,
-                   help="warmup.gate_objective values, each run over the whole grid (default: select_moe)")
-    p.add_argument("--grid", choices=["axes", "full"], default="axes",
-                   help="axes: vary one of steps/share/weight at a time around the demo's (60, 0.3, 1.0); "
-                        "full: every combination")
+    p.add_argument(
+        "--share",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.3, 0.5],
+        help="warm-up data as a share of the pool (at most 1 − --heldout)",
+    )
+    p.add_argument(
+        "--weight", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0, 10.0], help="warmup.quality_loss_weight values"
+    )
+    p.add_argument(
+        "--objective",
+        nargs="+",
+        default=["select_moe"],
+        choices=OBJECTIVES,
+        help="warmup.gate_objective values, each run over the whole grid (default: select_moe)",
+    )
+    p.add_argument(
+        "--grid",
+        choices=["axes", "full"],
+        default="axes",
+        help="axes: vary one of steps/share/weight at a time around the demo's (60, 0.3, 1.0); full: every combination",
+    )
     p.add_argument("--seed", type=int, default=0, help="train seed (gate init, warm-up subset, order)")
     p.add_argument("--jobs", type=int, default=1, help="warm-ups run at once, one thread each (default 1)")
     p.add_argument("--no-gain", action="store_true", help="skip table 2 (the MoE gain per kind)")
@@ -226,13 +255,21 @@ def main() -> None:
     planted = np.array([r["record"]["planted"] for r in held])
     converted = args.work / f"{pool.parent.name}_converted_seed{args.seed}"
     if not converted.is_dir():
-        convert_model(model, converted, trash=schema_default("warmup", "trash_expert"),
-                      init_std=schema_default("warmup", "gate_init_std"), seed=args.seed)
+        convert_model(
+            model,
+            converted,
+            trash=schema_default("warmup", "trash_expert"),
+            init_std=schema_default("warmup", "gate_init_std"),
+            seed=args.seed,
+        )
     counts = pd.Series(planted).value_counts()
-    print(f"pool {pool} ({n} records, junk suite at {args.junk_rate:g}), demo model and convert: "
-          f"{time.perf_counter() - t0:.0f} s; held out {len(held)} records: {counts.get('clean', 0)} clean, "
-          f"{min(counts.get(f'junk_{k}', 0) for k in JUNK_KINDS)}–{max(counts.get(f'junk_{k}', 0) for k in JUNK_KINDS)}"
-          " per junk kind", flush=True)
+    print(
+        f"pool {pool} ({n} records, junk suite at {args.junk_rate:g}), demo model and convert: "
+        f"{time.perf_counter() - t0:.0f} s; held out {len(held)} records: {counts.get('clean', 0)} clean, "
+        f"{min(counts.get(f'junk_{k}', 0) for k in JUNK_KINDS)}–{max(counts.get(f'junk_{k}', 0) for k in JUNK_KINDS)}"
+        " per junk kind",
+        flush=True,
+    )
     if args.grid == "full":
         settings = list(itertools.product(args.steps, args.share, args.weight))
     else:
@@ -248,12 +285,24 @@ def main() -> None:
         for (steps, share, weight, objective), (scores, seconds) in zip(settings, pool_ex.map(one_setting, jobs)):
             if (steps, share, weight, objective) == (*DEMO.values(), "select_moe"):
                 demo_score = scores
-            rows += [{"objective": objective, "steps": steps, "share": share, "weight": weight, "score": name,
-                      **kind_aucs(score, planted), "s": seconds} for name, score in scores.items()]
+            rows += [
+                {
+                    "objective": objective,
+                    "steps": steps,
+                    "share": share,
+                    "weight": weight,
+                    "score": name,
+                    **kind_aucs(score, planted),
+                    "s": seconds,
+                }
+                for name, score in scores.items()
+            ]
             print(pd.DataFrame(rows[-2:]).to_markdown(index=False, floatfmt=".2f"), flush=True)
     pd.set_option("display.width", 250)
-    print(f"\n## AUC of p(good), clean over each junk kind, {len(held)} held-out records "
-          f"(tuning: {', '.join(TUNING_KINDS)}; held back: {', '.join(HELD_BACK_KINDS)})\n")
+    print(
+        f"\n## AUC of p(good), clean over each junk kind, {len(held)} held-out records "
+        f"(tuning: {', '.join(TUNING_KINDS)}; held back: {', '.join(HELD_BACK_KINDS)})\n"
+    )
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".2f"))
     if args.no_gain:
         return
@@ -267,17 +316,25 @@ def main() -> None:
     print(table.to_markdown(floatfmt=".3f"))
     if demo_score is not None:
         ok = np.isfinite(gain["gain_token"]) & np.isfinite(gain["p_good"])
-        against = {"the MoE's per-token gain": "gain_token", "the response NLL (good = 1)": "nll_good1",
-                   "the response's share of the sequence's tokens": "response_share",
-                   "the response's length in tokens": "n_tokens"}
+        against = {
+            "the MoE's per-token gain": "gain_token",
+            "the response NLL (good = 1)": "nll_good1",
+            "the response's share of the sequence's tokens": "response_share",
+            "the response's length in tokens": "n_tokens",
+        }
         clean = ok & (gain["planted"] == "clean")
         for score, name in (("p_good", "p(good) (sequence)"), ("p_good_response", "p(good) over the response")):
-            rhos = {label: gain.loc[rows, [col, score]].rank().corr().iloc[0, 1]
-                    for label, col in against.items() for rows in (ok,)}
+            rhos = {
+                label: gain.loc[rows, [col, score]].rank().corr().iloc[0, 1]
+                for label, col in against.items()
+                for rows in (ok,)
+            }
             rho_clean = gain.loc[clean, ["n_tokens", score]].rank().corr().iloc[0, 1]
-            print(f"\nSpearman over {int(ok.sum())} held-out records, {name} after the demo's warm-up with: "
-                  + ", ".join(f"{label} {rho:+.2f}" for label, rho in rhos.items())
-                  + f"; with the response length among the {int(clean.sum())} clean records {rho_clean:+.2f}")
+            print(
+                f"\nSpearman over {int(ok.sum())} held-out records, {name} after the demo's warm-up with: "
+                + ", ".join(f"{label} {rho:+.2f}" for label, rho in rhos.items())
+                + f"; with the response length among the {int(clean.sum())} clean records {rho_clean:+.2f}"
+            )
 
 
 if __name__ == "__main__":

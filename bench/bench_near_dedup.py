@@ -71,9 +71,13 @@ def alpaca(text: str) -> dict:
 
 
 def as_messages(rec: dict) -> dict:
-    return {"messages": [{"role": "system", "content": "You are a helpful assistant."},
-                         {"role": "user", "content": rec["instruction"]},
-                         {"role": "assistant", "content": rec["output"]}]}
+    return {
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": rec["instruction"]},
+            {"role": "assistant", "content": rec["output"]},
+        ]
+    }
 
 
 def normalised(rec: dict, sid: str) -> dict:
@@ -113,8 +117,10 @@ def signatures(parts: list[tuple[str, str]], engine: str):
 
 def near_keys(parts: list[tuple[str, str]], threshold: float, engine: str) -> dict:
     """dedup.near_keys of (text, answer) pairs with the engine's MinHash."""
-    return {**dedup.keys_of_signatures(*signatures(parts, engine), threshold),
-            "near_numbers": dedup.number_keys([t for t, _ in parts])}
+    return {
+        **dedup.keys_of_signatures(*signatures(parts, engine), threshold),
+        "near_numbers": dedup.number_keys([t for t, _ in parts]),
+    }
 
 
 def run_dedup(records: list[dict], threshold: float, engine: str, seed: int = 0):
@@ -157,7 +163,12 @@ def quality_of_dedup(args) -> list[dict]:
         for threshold in args.thresholds:
             for engine in args.engines:
                 keep, reason, sim, secs = run_dedup(records, threshold, engine)
-                of = {r["sample_id"]: reason[i][13:] for i, r in enumerate(records) if reason[i].startswith("duplicate_of:")}
+                of = {
+                    r["sample_id"]: reason[i][13:]
+                    for i, r in enumerate(records)
+                    if reason[i].startswith("duplicate_of:")
+                }
+
                 def root(sid, of=of):  # the kept sample a dropped one stands for (duplicate_of chains end at one)
                     while sid in of:
                         sid = of[sid]
@@ -169,8 +180,11 @@ def quality_of_dedup(args) -> list[dict]:
                 wrong = [(sid, src) for sid, src in of.items() if planted.get(sid, sid) != planted.get(src, src)]
                 wrong_docs = len(wrong)
                 keep_d, reason_d, sim_d, _ = run_dedup(demo_records, threshold, engine)
-                near = [(r["sample_id"], reason_d[i][13:]) for i, r in enumerate(demo_records)
-                        if reason_d[i].startswith("duplicate_of:") and sim_d[i] < 1]
+                near = [
+                    (r["sample_id"], reason_d[i][13:])
+                    for i, r in enumerate(demo_records)
+                    if reason_d[i].startswith("duplicate_of:") and sim_d[i] < 1
+                ]
                 key_of = dict(zip((r["sample_id"] for r in demo_records), dedup.text_keys(demo_records)))
 
                 def true_pair(a, b, key_of=key_of):
@@ -179,15 +193,26 @@ def quality_of_dedup(args) -> list[dict]:
                     return src(a) == src(b)
 
                 false_demo = sum(not true_pair(a, b) for a, b in near)
-                rows.append({"shingle": shingle, "threshold": threshold, "engine": engine,
-                             "recall": found / len(planted), "false_docs": wrong_docs / len(base),
-                             "demo_near_drops": len(near), "false_demo": false_demo / len(demo_records),
-                             "seconds_per_1k": 1000 * secs / len(records)})
-                print(f"shingle {shingle} threshold {threshold:.2f} {engine:10s}: recall {found}/{len(planted)} "
-                      f"= {found / len(planted):.1%}; false merges: docstrings {wrong_docs}/{len(base)} "
-                      f"= {wrong_docs / len(base):.2%}, demo pool {false_demo}/{len(demo_records)} "
-                      f"= {false_demo / len(demo_records):.2%} (near drops there {len(near)}); "
-                      f"{1000 * secs / len(records):.2f} s per 1000 records", flush=True)
+                rows.append(
+                    {
+                        "shingle": shingle,
+                        "threshold": threshold,
+                        "engine": engine,
+                        "recall": found / len(planted),
+                        "false_docs": wrong_docs / len(base),
+                        "demo_near_drops": len(near),
+                        "false_demo": false_demo / len(demo_records),
+                        "seconds_per_1k": 1000 * secs / len(records),
+                    }
+                )
+                print(
+                    f"shingle {shingle} threshold {threshold:.2f} {engine:10s}: recall {found}/{len(planted)} "
+                    f"= {found / len(planted):.1%}; false merges: docstrings {wrong_docs}/{len(base)} "
+                    f"= {wrong_docs / len(base):.2%}, demo pool {false_demo}/{len(demo_records)} "
+                    f"= {false_demo / len(demo_records):.2%} (near drops there {len(near)}); "
+                    f"{1000 * secs / len(records):.2f} s per 1000 records",
+                    flush=True,
+                )
                 if engine == args.engines[0] and threshold == args.thresholds[0]:
                     text = {r["sample_id"]: dedup.near_text(r) for r in records}
                     for a, b in wrong[:3]:
@@ -196,7 +221,9 @@ def quality_of_dedup(args) -> list[dict]:
                     by_kind = {}
                     for c, k in kinds.items():
                         by_kind.setdefault(k, []).append(hit[c])
-                    print("    recall by edit: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sorted(by_kind.items())))
+                    print(
+                        "    recall by edit: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sorted(by_kind.items()))
+                    )
     return rows
 
 
@@ -255,20 +282,29 @@ print(json.dumps({"engine": engine, "n": n, "keys_s": t_keys, "pass_s": t_pass, 
 def scale(args) -> None:
     rows = []
     for engine in ["none", *args.engines]:
-        out = subprocess.run([sys.executable, "-c", SCALE_CHILD, str(REPO), str(args.scale), engine, str(args.thresholds[0])],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", SCALE_CHILD, str(REPO), str(args.scale), engine, str(args.thresholds[0])],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{args.scale} records, {engine:10s}: keys {row['keys_s']:.1f} s (streamed, 1000 a shard), "
-              f"dedup pass {row['pass_s']:.2f} s, {row['near']} near and {row['exact']} exact duplicates; "
-              f"peak RSS {row['peak_rss_mb']:.0f} MB ({row['start_rss_mb']:.0f} MB after imports)", flush=True)
+        print(
+            f"{args.scale} records, {engine:10s}: keys {row['keys_s']:.1f} s (streamed, 1000 a shard), "
+            f"dedup pass {row['pass_s']:.2f} s, {row['near']} near and {row['exact']} exact duplicates; "
+            f"peak RSS {row['peak_rss_mb']:.0f} MB ({row['start_rss_mb']:.0f} MB after imports)",
+            flush=True,
+        )
     base = rows[0]
     for row in rows[1:]:
-        print(f"{row['engine']}: {(row['keys_s'] + row['pass_s']) / max(base['keys_s'], 1e-9):.1f}x the time of "
-              f"reading the records and their exact keys alone ({base['keys_s']:.1f} s), "
-              f"+{row['peak_rss_mb'] - base['peak_rss_mb']:.0f} MB peak RSS, "
-              f"+{(row['peak_rss_mb'] - row['start_rss_mb']) - (base['peak_rss_mb'] - base['start_rss_mb']):.0f} MB "
-              "of it past the imports")
+        print(
+            f"{row['engine']}: {(row['keys_s'] + row['pass_s']) / max(base['keys_s'], 1e-9):.1f}x the time of "
+            f"reading the records and their exact keys alone ({base['keys_s']:.1f} s), "
+            f"+{row['peak_rss_mb'] - base['peak_rss_mb']:.0f} MB peak RSS, "
+            f"+{(row['peak_rss_mb'] - row['start_rss_mb']) - (base['peak_rss_mb'] - base['start_rss_mb']):.0f} MB "
+            "of it past the imports"
+        )
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Router-dump overhead: full dump (+ HDF5 write) vs a bare forward loop on the same batches.
 
 Also length-sorted vs unsorted batching, and the dump with and without the hidden-state
-means (``router_dump.hidden_states``; the dump rows have them, one row does not). Everything is measured in this one run on the
+means (``router_dump.hidden_states``; the dump rows have them, one row does not). Everything is measured in this one
+run on the
 same records and model; the table prints ratios against the bare loop.
 
     python bench/bench_router_dump.py [--quick] [--device cpu|cuda] [--model PATH]
@@ -33,11 +34,17 @@ def bare_loop(dumper: RouterDumper, records: list[dict], batch_size: int, sort: 
     t = time.perf_counter()
     with torch.inference_mode():
         for lo in range(0, len(order), batch_size):
-            seqs = [encode_pair(tok, records[i]["prompt"], records[i]["response"], s.max_length)[0]
-                    for i in order[lo:lo + batch_size]]
+            seqs = [
+                encode_pair(tok, records[i]["prompt"], records[i]["response"], s.max_length)[0]
+                for i in order[lo : lo + batch_size]
+            ]
             ids, mask = pad_batch(seqs, tok.pad_token_id)
-            dumper.model(input_ids=ids.to(dumper.device), attention_mask=mask.to(dumper.device),
-                         output_router_logits=True, use_cache=False)
+            dumper.model(
+                input_ids=ids.to(dumper.device),
+                attention_mask=mask.to(dumper.device),
+                output_router_logits=True,
+                use_cache=False,
+            )
     sync()
     return time.perf_counter() - t
 
@@ -70,8 +77,9 @@ def main() -> None:
         write_demo_pool(tmp / "pool.jsonl", n_records=n)
         model = args.model or str(build_proxy_model(tmp / "model", tmp / "pool.jsonl", pretrain_epochs=0))
         records = read_dataset(tmp / "pool.jsonl", "bench")
-        settings = DumpSettings(batch_size=args.batch_size, max_length=256, ifd=False, device=args.device,
-                                hidden_states=True)
+        settings = DumpSettings(
+            batch_size=args.batch_size, max_length=256, ifd=False, device=args.device, hidden_states=True
+        )
         dumper = RouterDumper.from_path(model, settings)
         bare_loop(dumper, records[:64], args.batch_size, True)  # warm-up
         best = lambda f: min(f() for _ in range(args.repeats))  # noqa: E731
@@ -85,8 +93,9 @@ def main() -> None:
         dump_unsorted = best(lambda: full_dump(dumper, records, args.batch_size, tmp / "out.h5"))
         dumper.settings.sort_by_length, dumper.settings.ifd = True, True
         dump_ifd = best(lambda: full_dump(dumper, records, args.batch_size, tmp / "out.h5"))
-    print(f"router dump benchmark: {n} samples, batch {args.batch_size}, device {dumper.device}, "
-          f"best of {args.repeats}")
+    print(
+        f"router dump benchmark: {n} samples, batch {args.batch_size}, device {dumper.device}, best of {args.repeats}"
+    )
     rows = [
         ("bare forward loop, length-sorted", bare_sorted),
         ("bare forward loop, unsorted", bare_unsorted),

@@ -36,8 +36,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 L, E = 16, 64
-WORDS = ("model route expert token layer data sample quality answer question explain because result value "
-         "method train select pool window index memory shard").split()
+WORDS = (
+    "model route expert token layer data sample quality answer question explain because result value "
+    "method train select pool window index memory shard"
+).split()
 
 
 # records are built from pre-built blocks of words: realistic size and text, distinct, and
@@ -71,31 +73,50 @@ def make_shard(path: Path, lo: int, m: int, seed: int) -> None:
     records = []
     for i, sid, row in zip(range(lo, lo + m), ids, blocks):
         prompt, response = " ".join(row[:BLOCKS_PROMPT]), " ".join(row[BLOCKS_PROMPT:])
-        records.append(json.dumps({"sample_id": sid, "dataset": "bench", "line": i, "prompt": prompt,
-                                   "response": response, "record": {"instruction": prompt, "output": response}}))
+        records.append(
+            json.dumps(
+                {
+                    "sample_id": sid,
+                    "dataset": "bench",
+                    "line": i,
+                    "prompt": prompt,
+                    "response": response,
+                    "record": {"instruction": prompt, "output": response},
+                }
+            )
+        )
     alone = rng.uniform(1.0, 3.0, size=m).astype(np.float32)
-    write_router_shard(path, RouterShard(
-        sample_id=np.array(ids, dtype=object), moe_probs=probs,
-        nll_response=(alone * rng.uniform(0.3, 1.1, size=m)).astype(np.float32),
-        n_tokens=np.full(m, 300, dtype=np.int32), n_response_tokens=np.full(m, 200, dtype=np.int32),
-        nll_response_alone=alone, nll_eos=rng.uniform(0.1, 1.0, size=m).astype(np.float32),
-        record=np.array(records, dtype=object)))
+    write_router_shard(
+        path,
+        RouterShard(
+            sample_id=np.array(ids, dtype=object),
+            moe_probs=probs,
+            nll_response=(alone * rng.uniform(0.3, 1.1, size=m)).astype(np.float32),
+            n_tokens=np.full(m, 300, dtype=np.int32),
+            n_response_tokens=np.full(m, 200, dtype=np.int32),
+            nll_response_alone=alone,
+            nll_eos=rng.uniform(0.1, 1.0, size=m).astype(np.float32),
+            record=np.array(records, dtype=object),
+        ),
+    )
 
 
 def make_shards(root: Path, n: int, shard_size: int, seed: int = 0, workers: int = 2) -> list[Path]:
-    """``n`` samples in shards of ``shard_size`` under ``root``, written by ``workers`` processes (complete ones kept)."""
+    """``n`` samples in shards of ``shard_size`` under ``root``, written by ``workers`` processes (complete ones
+    kept)."""
     from concurrent.futures import ProcessPoolExecutor
 
     root.mkdir(parents=True, exist_ok=True)
-    jobs = [(root / f"shard_{k:05d}.h5", lo, min(shard_size, n - lo), seed)
-            for k, lo in enumerate(range(0, n, shard_size))]
+    jobs = [
+        (root / f"shard_{k:05d}.h5", lo, min(shard_size, n - lo), seed) for k, lo in enumerate(range(0, n, shard_size))
+    ]
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(make_shard, *zip(*jobs)))
     return [path for path, *_ in jobs]
 
 
 # each step: a Python snippet run in a fresh process; argv: json of its arguments
-STEP = r'''
+STEP = r"""
 import json, resource, sys, time
 args = json.loads(sys.argv[1])
 from selectflow.config import selection_section
@@ -146,20 +167,27 @@ seconds = time.perf_counter() - t
 # the FPS ranks are children (torchrun's): the larger of this process and its largest child
 peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) * 1024
 print("RESULT " + json.dumps({"seconds": seconds, "peak_rss": peak}))
-'''
+"""
 
 
 def run_step(step: str, args: dict) -> dict:
     """Run ``step`` in a fresh process; print its time and peak RSS as soon as it ends (a 2M run takes ~15 min)."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", STEP, json.dumps({**args, "step": step})], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STEP, json.dumps({**args, "step": step})],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     result = None
     for line in proc.stdout:
         if line.startswith("STEP "):
             inner = json.loads(line[5:])
-            print(f"    {inner['step']}: {inner['seconds']:.1f} s, peak RSS so far {inner['peak_rss'] / 2**30:.2f} GiB",
-                  flush=True)
+            print(
+                f"    {inner['step']}: {inner['seconds']:.1f} s, peak RSS so far {inner['peak_rss'] / 2**30:.2f} GiB",
+                flush=True,
+            )
         elif line.startswith("RESULT "):
             result = json.loads(line[7:])
     err = proc.stderr.read()
@@ -178,10 +206,13 @@ def main() -> None:
     ap.add_argument("--candidates", type=float, default=0.2, help="importance_selection_percentage")
     ap.add_argument("--old-max", type=int, default=300000, help="skip the in-memory baselines above this N")
     ap.add_argument("--strata", type=int, default=40, help="routing_strata (default %(default)s, the schema's)")
-    ap.add_argument("--steps", default="candidates,fps,ranks,selected_data",
-                    help="comma-separated, of candidates, fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
-                         "(continue-selection in one process), chain_exact_only (the same without near-duplicate "
-                         "dedup); default %(default)s")
+    ap.add_argument(
+        "--steps",
+        default="candidates,fps,ranks,selected_data",
+        help="comma-separated, of candidates, fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
+        "(continue-selection in one process), chain_exact_only (the same without near-duplicate "
+        "dedup); default %(default)s",
+    )
     ap.add_argument("--workdir", default=None, help="where the shards go (default: a temporary folder)")
     args = ap.parse_args()
 
@@ -190,10 +221,18 @@ def main() -> None:
         t = time.perf_counter()
         paths = make_shards(work / "shards", args.n, args.shard_size)
         size = sum(p.stat().st_size for p in paths)
-        print(f"N={args.n:,}: {len(paths)} shards, {size / 2**30:.2f} GiB on disk, written in "
-              f"{time.perf_counter() - t:.0f} s", flush=True)
-        sel = {"selection_percentage": args.k / args.n, "importance_selection_percentage": args.candidates,
-               "routing_strata": args.strata, "device": "cpu", "distance_batch_size": 65536}
+        print(
+            f"N={args.n:,}: {len(paths)} shards, {size / 2**30:.2f} GiB on disk, written in "
+            f"{time.perf_counter() - t:.0f} s",
+            flush=True,
+        )
+        sel = {
+            "selection_percentage": args.k / args.n,
+            "importance_selection_percentage": args.candidates,
+            "routing_strata": args.strata,
+            "device": "cpu",
+            "distance_batch_size": 65536,
+        }
         common = {"paths": [str(p) for p in paths], "out": str(work), "sel": sel}
         m = round(args.candidates * args.n)
         feature_bytes = m * L * E * 4
@@ -203,7 +242,8 @@ def main() -> None:
             rows["continue-selection (one process)"] = run_step("chain", common)
         if "chain_exact_only" in steps:  # the same with near-duplicate dedup off: what it costs
             rows["continue-selection, exact dedup only"] = run_step(
-                "chain", {**common, "sel": {**sel, "near_duplicate_threshold": None}})
+                "chain", {**common, "sel": {**sel, "near_duplicate_threshold": None}}
+            )
         if "candidates" in steps:
             rows["candidates"] = run_step("candidates", common)
         if "candidates" in steps and args.n <= args.old_max:
@@ -227,18 +267,30 @@ def main() -> None:
     budget = 1.5 * feature_bytes + 2**30
     for name, r in rows.items():
         print(f"{name:40s} {r['seconds']:9.1f} {r['peak_rss'] / 2**30:13.2f} {r['peak_rss'] / budget:8.2f}")
-    print(f"bound: 1.5 x candidate feature bytes + 1 GiB = {budget / 2**30:.2f} GiB; every step of this tree "
-          f"{'within it' if all(r['peak_rss'] <= budget for n, r in rows.items() if 'before' not in n) else 'NOT within it'}")
-    for new, old in (("candidates", "candidates (in-memory, before)"),
-                     ("selected_data", "selected_data (whole shards, before)")):
+    print(
+        f"bound: 1.5 x candidate feature bytes + 1 GiB = {budget / 2**30:.2f} GiB; every step of this tree "
+        + (
+            "within it"
+            if all(r["peak_rss"] <= budget for n, r in rows.items() if "before" not in n)
+            else "NOT within it"
+        )
+    )
+    for new, old in (
+        ("candidates", "candidates (in-memory, before)"),
+        ("selected_data", "selected_data (whole shards, before)"),
+    ):
         if old in rows:
-            print(f"{new}: peak RSS {rows[new]['peak_rss'] / rows[old]['peak_rss']:.2f}x, time "
-                  f"{rows[new]['seconds'] / rows[old]['seconds']:.2f}x of before")
+            print(
+                f"{new}: peak RSS {rows[new]['peak_rss'] / rows[old]['peak_rss']:.2f}x, time "
+                f"{rows[new]['seconds'] / rows[old]['seconds']:.2f}x of before"
+            )
     if "fps, 1 process" not in rows or "fps, 2 ranks (gloo)" not in rows:
         return
     one, two = rows["fps, 1 process"]["seconds"], rows["fps, 2 ranks (gloo)"]["seconds"]
-    print(f"fps: 2 ranks take {two / one:.2f}x the time of 1 process (same picks); per step "
-          f"{one / args.k * 1e3:.1f} ms vs {two / args.k * 1e3:.1f} ms (each includes reading the features)")
+    print(
+        f"fps: 2 ranks take {two / one:.2f}x the time of 1 process (same picks); per step "
+        f"{one / args.k * 1e3:.1f} ms vs {two / args.k * 1e3:.1f} ms (each includes reading the features)"
+    )
 
 
 if __name__ == "__main__":

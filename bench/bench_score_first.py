@@ -42,13 +42,17 @@ def main() -> None:
         runs[name] = (time.perf_counter() - t, baselines.bisection_steps(args.k, args.n, budget) + 1, tau, picks)
         print(f"{name:20s} {runs[name][0]:7.1f} s, {runs[name][1]} walks, tau {tau:.6g}", flush=True)
     (t_full, _, tau_full, p_full), (t_cap, _, tau_cap, p_cap) = runs.values()
-    print(f"n={args.n:,} k={args.k}: capped/full time {t_cap / t_full:.2f}x; tau {tau_cap / tau_full:.6f} of the full "
-          f"one; {len(set(p_cap) & set(p_full)) / args.k:.1%} of the full run's picks also picked")
+    print(
+        f"n={args.n:,} k={args.k}: capped/full time {t_cap / t_full:.2f}x; tau {tau_cap / tau_full:.6f} of the full "
+        f"one; {len(set(p_cap) & set(p_full)) / args.k:.1%} of the full run's picks also picked"
+    )
     for n in (200_000, 1_000_000, 2_000_000, 10_000_000):
         k = n // 100
-        print(f"default budget ({baselines.WALK_DISTANCES:.0e} distances), n={n:,}, k={k:,}: "
-              f"{baselines.bisection_steps(k, n)} halvings, {baselines.bisection_steps(k, n) + 1} walks "
-              f"of up to {k * n:.1e} distances each")
+        print(
+            f"default budget ({baselines.WALK_DISTANCES:.0e} distances), n={n:,}, k={k:,}: "
+            f"{baselines.bisection_steps(k, n)} halvings, {baselines.bisection_steps(k, n) + 1} walks "
+            f"of up to {k * n:.1e} distances each"
+        )
 
 
 if __name__ == "__main__":

@@ -179,9 +179,16 @@ def worker(name: str, p: dict, device: str) -> dict:
                     for j in range(i, nb):
                         compute_block(feats, i, j, p["fps_block"], block_path(tmp, i, j), device=device, sub_chunk=1024)
             with Peak(device) as m:
-                result = fps_matrix(BlockMatrix(tmp, len(feats), p["fps_block"], "wasserstein"), p["fps_k"], log_interval=10**9)
-        return {"seconds": m.seconds, "peak_mib": m.mib, "blocks_seconds": blocks.seconds, "blocks_peak_mib": blocks.mib,
-                "picks": picks_digest(result.picks)}
+                result = fps_matrix(
+                    BlockMatrix(tmp, len(feats), p["fps_block"], "wasserstein"), p["fps_k"], log_interval=10**9
+                )
+        return {
+            "seconds": m.seconds,
+            "peak_mib": m.mib,
+            "blocks_seconds": blocks.seconds,
+            "blocks_peak_mib": blocks.mib,
+            "picks": picks_digest(result.picks),
+        }
     if name in ("fps_streaming", "fps_scale"):
         n, k = (p["fps_n"], p["fps_k"]) if name == "fps_streaming" else (p["scale_n"], p["scale_k"])
         feats = pool_features(n, seed=2)
@@ -190,9 +197,17 @@ def worker(name: str, p: dict, device: str) -> dict:
             result = fps_streaming(feats, k, device=device, log_interval=max(1, k // 10))
         # measured again afterwards: on a shared machine the bandwidth drifts during a long run
         bw_after = bandwidth(feats, device)
-        return {"seconds": m.seconds, "peak_mib": m.mib, "bandwidth": bw, "bandwidth_after": bw_after,
-                "bound_seconds": k * feats.nbytes / max(bw, bw_after),
-                "picks": picks_digest(result.picks), "n": n, "k": k, "feature_mib": feats.nbytes / 2**20}
+        return {
+            "seconds": m.seconds,
+            "peak_mib": m.mib,
+            "bandwidth": bw,
+            "bandwidth_after": bw_after,
+            "bound_seconds": k * feats.nbytes / max(bw, bw_after),
+            "picks": picks_digest(result.picks),
+            "n": n,
+            "k": k,
+            "feature_mib": feats.nbytes / 2**20,
+        }
     raise ValueError(name)
 
 
@@ -223,28 +238,60 @@ def main() -> None:
 
     preset = "cuda" if args.device == "cuda" else "full" if args.full else "quick"
     p = PRESETS[preset]
-    print(f"preset {preset}: device {args.device}, torch threads {torch.get_num_threads()}, L={LAYERS}, E={EXPERTS}, D={LAYERS * EXPERTS}")
-    r = {name: run_worker(name, preset, args.device) for name in ("block_seed", "block_ours", "fps_streaming", "fps_matrix", "fps_scale")}
+    print(
+        f"preset {preset}: device {args.device}, torch threads {torch.get_num_threads()}, "
+        f"L={LAYERS}, E={EXPERTS}, D={LAYERS * EXPERTS}"
+    )
+    r = {
+        name: run_worker(name, preset, args.device)
+        for name in ("block_seed", "block_ours", "fps_streaming", "fps_matrix", "fps_scale")
+    }
     b = p["block"]
     fs, fm, sc = r["fps_streaming"], r["fps_matrix"], r["fps_scale"]
     rows = [
         (f"block {b}x{b}: seed-style [B,B,L,E] broadcast", r["block_seed"]["seconds"], r["block_seed"]["peak_mib"], ""),
-        (f"block {b}x{b}: grid CDF + L1 kernel (ours)", r["block_ours"]["seconds"], r["block_ours"]["peak_mib"],
-         f"{r['block_seed']['seconds'] / r['block_ours']['seconds']:.1f}x faster, "
-         f"{r['block_seed']['peak_mib'] / max(r['block_ours']['peak_mib'], 1e-3):.0f}x less memory; "
-         f"max |diff| {r['block_ours']['max_abs_diff']:.2g} (median distance {r['block_ours']['median_distance']:.3g})"),
-        (f"FPS N={p['fps_n']} k={p['fps_k']}: matrix, computing blocks", fm["blocks_seconds"], fm["blocks_peak_mib"],
-         f"{p['fps_n'] ** 2 * 4 / 2**20:.0f} MiB of blocks on disk"),
-        (f"FPS N={p['fps_n']} k={p['fps_k']}: matrix, FPS over blocks", fm["seconds"], fm["peak_mib"], f"picks {fm['picks']}"),
-        (f"FPS N={p['fps_n']} k={p['fps_k']}: streaming", fs["seconds"], fs["peak_mib"],
-         f"picks {fs['picks']} ({'identical' if fs['picks'] == fm['picks'] else 'DIFFERENT'}); "
-         f"{(fm['seconds'] + fm['blocks_seconds']) / fs['seconds']:.1f}x faster than matrix incl. blocks"),
-        (f"FPS N={sc['n']} k={sc['k']}: streaming", sc["seconds"], sc["peak_mib"],
-         f"features {sc['feature_mib']:.0f} MiB, {sc['seconds'] / sc['k'] * 1e3:.2f} ms/step"),
-        (f"  bandwidth bound k*N*D*4 B / {max(sc['bandwidth'], sc['bandwidth_after']) / 1e9:.1f} GB/s",
-         sc["bound_seconds"], float("nan"),
-         f"streaming / bound = {sc['seconds'] / sc['bound_seconds']:.2f} (bandwidth {sc['bandwidth'] / 1e9:.1f} GB/s "
-         f"before the run, {sc['bandwidth_after'] / 1e9:.1f} after; the faster one gives the bound)"),
+        (
+            f"block {b}x{b}: grid CDF + L1 kernel (ours)",
+            r["block_ours"]["seconds"],
+            r["block_ours"]["peak_mib"],
+            f"{r['block_seed']['seconds'] / r['block_ours']['seconds']:.1f}x faster, "
+            f"{r['block_seed']['peak_mib'] / max(r['block_ours']['peak_mib'], 1e-3):.0f}x less memory; "
+            f"max |diff| {r['block_ours']['max_abs_diff']:.2g} "
+            f"(median distance {r['block_ours']['median_distance']:.3g})",
+        ),
+        (
+            f"FPS N={p['fps_n']} k={p['fps_k']}: matrix, computing blocks",
+            fm["blocks_seconds"],
+            fm["blocks_peak_mib"],
+            f"{p['fps_n'] ** 2 * 4 / 2**20:.0f} MiB of blocks on disk",
+        ),
+        (
+            f"FPS N={p['fps_n']} k={p['fps_k']}: matrix, FPS over blocks",
+            fm["seconds"],
+            fm["peak_mib"],
+            f"picks {fm['picks']}",
+        ),
+        (
+            f"FPS N={p['fps_n']} k={p['fps_k']}: streaming",
+            fs["seconds"],
+            fs["peak_mib"],
+            f"picks {fs['picks']} ({'identical' if fs['picks'] == fm['picks'] else 'DIFFERENT'}); "
+            f"{(fm['seconds'] + fm['blocks_seconds']) / fs['seconds']:.1f}x faster than matrix incl. blocks",
+        ),
+        (
+            f"FPS N={sc['n']} k={sc['k']}: streaming",
+            sc["seconds"],
+            sc["peak_mib"],
+            f"features {sc['feature_mib']:.0f} MiB, {sc['seconds'] / sc['k'] * 1e3:.2f} ms/step",
+        ),
+        (
+            f"  bandwidth bound k*N*D*4 B / {max(sc['bandwidth'], sc['bandwidth_after']) / 1e9:.1f} GB/s",
+            sc["bound_seconds"],
+            float("nan"),
+            f"streaming / bound = {sc['seconds'] / sc['bound_seconds']:.2f} "
+            f"(bandwidth {sc['bandwidth'] / 1e9:.1f} GB/s "
+            f"before the run, {sc['bandwidth_after'] / 1e9:.1f} after; the faster one gives the bound)",
+        ),
     ]
     table = pd.DataFrame(rows, columns=["measurement", "seconds", "peak extra MiB", "note"])
     with pd.option_context("display.max_colwidth", 200, "display.width", 250):

@@ -74,7 +74,10 @@ from selectflow.select.fps import fps_streaming  # noqa: E402
 from selectflow.stages.select import build_candidates, run_fps  # noqa: E402
 
 DEMO_JUNK = {k.removeprefix("junk_"): {k} for k in ("junk_empty", "junk_truncated", "junk_repeated", "junk_off_topic")}
-SUITE_JUNK = {"junk tuning": {f"junk_{k}" for k in TUNING_KINDS}, "junk held-back": {f"junk_{k}" for k in HELD_BACK_KINDS}}
+SUITE_JUNK = {
+    "junk tuning": {f"junk_{k}" for k in TUNING_KINDS},
+    "junk held-back": {f"junk_{k}" for k in HELD_BACK_KINDS},
+}
 
 
 def labels(*pools: Path) -> dict[str, dict]:
@@ -83,8 +86,12 @@ def labels(*pools: Path) -> dict[str, dict]:
     for k, path in enumerate(pools):
         for r in read_dataset(path, f"pool{k}"):
             rec = r["record"]
-            out[r["sample_id"]] = {"planted": rec["planted"], "topic": rec.get("topic", rec.get("kind")),
-                                   "duplicate_of": rec.get("duplicate_of"), "text": (r["prompt"], r["response"])}
+            out[r["sample_id"]] = {
+                "planted": rec["planted"],
+                "topic": rec.get("topic", rec.get("kind")),
+                "duplicate_of": rec.get("duplicate_of"),
+                "text": (r["prompt"], r["response"]),
+            }
     return out
 
 
@@ -111,10 +118,18 @@ def measure(selected: list[str], lab: dict[str, dict]) -> dict:
     texts = {lab[s]["text"] for s in selected}
     row = {"n": n, "good": good / n, "clean": float((kinds == "clean").mean())}
     row.update({col: float(kinds.isin(members).mean()) for col, members in junk_columns(lab).items()})
-    row.update({"junk": junk / n, "near_dup": len(dup) / n, "pairs_both": both, "same_text": n - len(texts),
-                "topic_worst": worst})
-    row["target"] = bool(row["good"] >= 0.95 and row["junk"] <= 0.02 and both == 0
-                         and all(0.6 <= r <= 1.4 for r in ratio.values()))
+    row.update(
+        {
+            "junk": junk / n,
+            "near_dup": len(dup) / n,
+            "pairs_both": both,
+            "same_text": n - len(texts),
+            "topic_worst": worst,
+        }
+    )
+    row["target"] = bool(
+        row["good"] >= 0.95 and row["junk"] <= 0.02 and both == 0 and all(0.6 <= r <= 1.4 for r in ratio.values())
+    )
     row["by_kind"] = kinds[kinds.str.startswith("junk_")].value_counts().to_dict()
     return row
 
@@ -124,18 +139,30 @@ def kind_table(table: pd.DataFrame, lab: dict[str, dict]) -> pd.DataFrame:
     pool = pd.Series([v["planted"] for v in lab.values()]).value_counts(normalize=True)
     rows = []
     for kind in TUNING_KINDS + HELD_BACK_KINDS:
-        row = {"kind": kind, "half": "tuning" if kind in TUNING_KINDS else "held-back",
-               "pool": pool.get(f"junk_{kind}", 0.0)}
+        row = {
+            "kind": kind,
+            "half": "tuning" if kind in TUNING_KINDS else "held-back",
+            "pool": pool.get(f"junk_{kind}", 0.0),
+        }
         for _, r in table.iterrows():
-            row[f"{r['method']} {r['diversity'] or 'off'} {r['features']}".rstrip()] = \
+            row[f"{r['method']} {r['diversity'] or 'off'} {r['features']}".rstrip()] = (
                 r["by_kind"].get(f"junk_{kind}", 0) / r["n"]
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, importance: float,
-             strata: int, methods: list[str] | None = None, settings: dict | None = None,
-             diversities: tuple[str, ...] = ("fps",), feature_kinds: tuple[str, ...] = ("routing",)) -> pd.DataFrame:
+def run_pool(
+    router_paths: list[Path],
+    lab: dict[str, dict],
+    selection: float,
+    importance: float,
+    strata: int,
+    methods: list[str] | None = None,
+    settings: dict | None = None,
+    diversities: tuple[str, ...] = ("fps",),
+    feature_kinds: tuple[str, ...] = ("routing",),
+) -> pd.DataFrame:
     """Every method x diversity (each of ``diversities``, then off) x features (each of ``feature_kinds``;
     diversity off once), ``settings`` (more ``selection.*`` keys) applied to each."""
     shard = concat_shards(router_paths)
@@ -150,26 +177,44 @@ def run_pool(router_paths: list[Path], lab: dict[str, dict], selection: float, i
         for method in methods:
             for diversity, kind in runs:
                 t0 = time.perf_counter()
-                sel = selection_section({"quality_method": method, "selection_percentage": selection,
-                                         "routing_strata": strata, "importance_selection_percentage": importance,
-                                         "disable_diversity": not diversity, "diversity": diversity or "fps",
-                                         "features": kind, "device": "cpu", "fps_log_interval": 10**9,
-                                         **(settings or {})})
+                sel = selection_section(
+                    {
+                        "quality_method": method,
+                        "selection_percentage": selection,
+                        "routing_strata": strata,
+                        "importance_selection_percentage": importance,
+                        "disable_diversity": not diversity,
+                        "diversity": diversity or "fps",
+                        "features": kind,
+                        "device": "cpu",
+                        "fps_log_interval": 10**9,
+                        **(settings or {}),
+                    }
+                )
                 build_candidates(router_paths, out / "c.h5", out / "q.tsv", sel)
                 run_fps(out / "c.h5", out / "curve.tsv", sel)
                 picks = pd.read_csv(out / "curve.tsv", sep="\t", dtype={"sample_id": str})["sample_id"].tolist()
                 cands = read_candidates(out / "c.h5")
-                rows.append({"method": method + suffix, "diversity": diversity, "features": kind if diversity else "",
-                             **measure(picks, lab),
-                             "dups_dropped": int(cands.attrs["n_duplicates"]), "s": time.perf_counter() - t0})
+                rows.append(
+                    {
+                        "method": method + suffix,
+                        "diversity": diversity,
+                        "features": kind if diversity else "",
+                        **measure(picks, lab),
+                        "dups_dropped": int(cands.attrs["n_duplicates"]),
+                        "s": time.perf_counter() - t0,
+                    }
+                )
     ids = shard.sample_id.astype(str)
     fps = fps_streaming(features(shard.moe_probs, "wasserstein"), k, start=0, device="cpu", log_interval=10**9)
     rows.append({"method": "none", "diversity": "fps", "features": "routing", **measure(list(ids[fps.picks]), lab)})
     randoms = [measure(list(np.random.default_rng(seed).choice(ids, k, replace=False)), lab) for seed in range(5)]
     mean = pd.DataFrame(randoms).drop(columns=["target", "by_kind"]).mean().to_dict()
     mean["target"] = all(r["target"] for r in randoms)
-    mean["by_kind"] = {kind: sum(r["by_kind"].get(kind, 0) for r in randoms) / 5 for kind in
-                       {kind for r in randoms for kind in r["by_kind"]}}
+    mean["by_kind"] = {
+        kind: sum(r["by_kind"].get(kind, 0) for r in randoms) / 5
+        for kind in {kind for r in randoms for kind in r["by_kind"]}
+    }
     rows.append({"method": "random (mean of 5)", "diversity": False, "features": "", **mean})
     return pd.DataFrame(rows)
 
@@ -191,9 +236,12 @@ def dump_pool(root: Path, pools: list[Path], max_length: int, seed: int, hidden:
     if not h5.is_file() or (hidden and not has_hidden(h5)):
         if not (root / "model" / "config.json").is_file():
             build_proxy_model(root / "model", pools, seed=seed)
-        dumper = RouterDumper.from_path(str(root / "model"), DumpSettings(batch_size=64, max_length=max_length,
-                                                                          ifd=True, device="auto", dtype="float32",
-                                                                          hidden_states=hidden))
+        dumper = RouterDumper.from_path(
+            str(root / "model"),
+            DumpSettings(
+                batch_size=64, max_length=max_length, ifd=True, device="auto", dtype="float32", hidden_states=hidden
+            ),
+        )
         records = [r for k, path in enumerate(pools) for r in read_dataset(path, f"pool{k}")]
         write_router_shard(h5, dumper.dump(records, progress=False))
     return h5
@@ -246,7 +294,10 @@ def hidden_bytes(paths: list[Path]) -> str:
             write_router_shard(Path(tmp) / f"{k}.h5", shard)
             without += (Path(tmp) / f"{k}.h5").stat().st_size
     with_ = sum(p.stat().st_size for p in paths)
-    return f"router data {with_ / 2**20:.2f} MiB with hidden, {without / 2**20:.2f} MiB without (+{with_ / without - 1:.0%})"
+    return (
+        f"router data {with_ / 2**20:.2f} MiB with hidden, {without / 2**20:.2f} MiB without "
+        f"(+{with_ / without - 1:.0%})"
+    )
 
 
 def main() -> None:
@@ -255,46 +306,91 @@ def main() -> None:
     p.add_argument("--pool", type=Path, help="the demo pool JSONL of that run (for its labels)")
     p.add_argument("--selected", type=Path, help="a workflow's selected_data.jsonl to measure (with --pool)")
     p.add_argument("--build", nargs="*", default=[], metavar="SEED:N", help="build and measure demo pools SEED:N")
-    p.add_argument("--junk-suite", nargs="*", default=[], metavar="SEED:N",
-                   help="build and measure demo pools SEED:N with the junk suite planted (not the demo's junk)")
-    p.add_argument("--real-text", nargs="*", default=[], metavar="SEED:N",
-                   help="build and measure real-text pools SEED:N, scored by their proxy model")
+    p.add_argument(
+        "--junk-suite",
+        nargs="*",
+        default=[],
+        metavar="SEED:N",
+        help="build and measure demo pools SEED:N with the junk suite planted (not the demo's junk)",
+    )
+    p.add_argument(
+        "--real-text",
+        nargs="*",
+        default=[],
+        metavar="SEED:N",
+        help="build and measure real-text pools SEED:N, scored by their proxy model",
+    )
     p.add_argument("--junk-rate", type=float, default=0.15, help="junk-suite share of --junk-suite/--real-text pools")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_selection_quality")
     p.add_argument("--selection", type=float, default=0.05)
     p.add_argument("--importance", type=float, default=0.2)
     p.add_argument("--strata", type=int, default=None, help="selection.routing_strata (default: the schema's)")
-    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="quality methods to measure (default: gate, combined, ifd, perplexity; gate only on "
-                        "router data with quality logits)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="settings",
-                   help="more selection.* keys for every method (YAML values: quality_cut=pool), named in its row")
-    p.add_argument("--diversity", nargs="+", default=["fps"], choices=["fps", "facility_location", "kmeans"],
-                   help="selection.diversity methods to run beside diversity off (default: fps)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="quality methods to measure (default: gate, combined, ifd, perplexity; gate only on "
+        "router data with quality logits)",
+    )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="settings",
+        help="more selection.* keys for every method (YAML values: quality_cut=pool), named in its row",
+    )
+    p.add_argument(
+        "--diversity",
+        nargs="+",
+        default=["fps"],
+        choices=["fps", "facility_location", "kmeans"],
+        help="selection.diversity methods to run beside diversity off (default: fps)",
+    )
     p.add_argument("--neighbors", type=int, default=None, help="selection.diversity_neighbors (default: the schema's)")
     p.add_argument("--clusters", type=int, default=None, help="selection.diversity_clusters (default: the schema's)")
-    p.add_argument("--features", nargs="+", default=["routing"], choices=["routing", "hidden"],
-                   help="selection.features to run each diversity method with (default: routing); hidden re-dumps "
-                        "a cached router.h5 that has no hidden states")
+    p.add_argument(
+        "--features",
+        nargs="+",
+        default=["routing"],
+        choices=["routing", "hidden"],
+        help="selection.features to run each diversity method with (default: routing); hidden re-dumps "
+        "a cached router.h5 that has no hidden states",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     pools = []
     if args.selected:
         picks = [json.loads(line)["sample_id"] for line in open(args.selected, encoding="utf-8")]
-        row = pd.DataFrame([{"selection": str(args.selected), **measure(picks, labels(args.pool))}]).drop(columns="by_kind")
+        row = pd.DataFrame([{"selection": str(args.selected), **measure(picks, labels(args.pool))}]).drop(
+            columns="by_kind"
+        )
         print(row.to_markdown(index=False, floatfmt=".3f"))
     if args.router:
         pools.append((f"{args.pool} (workflow run)", sorted(args.router.rglob("*.h5")), [args.pool]))
     max_length = schema_default("router_dump", "max_length")
     hidden = "hidden" in args.features
-    builds = [("demo seed {}, {} records", spec, lambda s, n: build_pool(s, n, args.work, max_length, hidden))
-              for spec in args.build]
-    builds += [(f"demo seed {{}}, {{}} records, junk suite planted at {args.junk_rate:g}", spec,
-                lambda s, n: build_junk_suite_pool(s, n, args.work, max_length, args.junk_rate, hidden))
-               for spec in args.junk_suite]
-    builds += [(f"real-text pool seed {{}}, {{}} records (3 formats), junk suite at {args.junk_rate:g}, proxy scorer",
-                spec, lambda s, n: build_real_text_pool(s, n, args.work, max_length, args.junk_rate, hidden))
-               for spec in args.real_text]
+    builds = [
+        ("demo seed {}, {} records", spec, lambda s, n: build_pool(s, n, args.work, max_length, hidden))
+        for spec in args.build
+    ]
+    builds += [
+        (
+            f"demo seed {{}}, {{}} records, junk suite planted at {args.junk_rate:g}",
+            spec,
+            lambda s, n: build_junk_suite_pool(s, n, args.work, max_length, args.junk_rate, hidden),
+        )
+        for spec in args.junk_suite
+    ]
+    builds += [
+        (
+            f"real-text pool seed {{}}, {{}} records (3 formats), junk suite at {args.junk_rate:g}, proxy scorer",
+            spec,
+            lambda s, n: build_real_text_pool(s, n, args.work, max_length, args.junk_rate, hidden),
+        )
+        for spec in args.real_text
+    ]
     for name, spec, build in builds:
         seed, n = (int(x) for x in spec.split(":"))
         t0 = time.perf_counter()
@@ -312,12 +408,26 @@ def main() -> None:
         strata = args.strata if args.strata is not None else schema_default("selection", "routing_strata")
         lab = labels(*pool)
         t0 = time.perf_counter()
-        extra = {key: value for key, value in (("diversity_neighbors", args.neighbors),
-                                               ("diversity_clusters", args.clusters)) if value is not None}
-        table = run_pool(paths, lab, args.selection, args.importance, strata, args.methods, {**settings, **extra},
-                         tuple(args.diversity), tuple(args.features))
-        print(f"\n## {name}: select {args.selection:g} (two-stage, importance {args.importance:g}, "
-              f"routing_strata {strata}; {time.perf_counter() - t0:.0f} s)\n")
+        extra = {
+            key: value
+            for key, value in (("diversity_neighbors", args.neighbors), ("diversity_clusters", args.clusters))
+            if value is not None
+        }
+        table = run_pool(
+            paths,
+            lab,
+            args.selection,
+            args.importance,
+            strata,
+            args.methods,
+            {**settings, **extra},
+            tuple(args.diversity),
+            tuple(args.features),
+        )
+        print(
+            f"\n## {name}: select {args.selection:g} (two-stage, importance {args.importance:g}, "
+            f"routing_strata {strata}; {time.perf_counter() - t0:.0f} s)\n"
+        )
         print(table.drop(columns="by_kind").to_markdown(index=False, floatfmt=".3f"))
         if junk_columns(lab) is SUITE_JUNK:
             print("\nshare of each junk kind: in the pool, and in each selection\n")

@@ -230,7 +230,8 @@ def main() -> None:
         ratio = ours.loc[max(W_LIST), "peak_rss_MiB"] / ours.loc[1, "peak_rss_MiB"]
         inram = build[build["build"] == "all in RAM"].set_index("W")
         print(
-            f"\nours peak RSS W={max(W_LIST)} / W=1 = {ratio:.3f}  (target <= 1.2: {'met' if ratio <= 1.2 else 'MISSED'})"
+            f"\nours peak RSS W={max(W_LIST)} / W=1 = {ratio:.3f}  "
+            f"(target <= 1.2: {'met' if ratio <= 1.2 else 'MISSED'})"
         )
         print(
             f"all-in-RAM peak RSS W={max(W_LIST)} / W=1 = "

@@ -1,4 +1,5 @@
 """Checkpoint candidates: quality scores, stage-1 filter and FPS features -> candidates.h5."""
+
 from selectflow.config import SelectionConfig, from_param
 from selectflow.runtime.jobs import run_job
 from selectflow.runtime.tables import read_tsv

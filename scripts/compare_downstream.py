@@ -1,4 +1,5 @@
 """Rule compare_downstream: mean and spread of the eval loss over seeds, per method -> downstream.tsv."""
+
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.compare import downstream
 

@@ -1,4 +1,5 @@
 """Rule compare_figure: downstream loss with error bars and the intrinsic metrics, with its caption."""
+
 from selectflow.report.compare import compare_figure
 from selectflow.runtime.jobs import run_job
 

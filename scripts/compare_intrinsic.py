@@ -1,4 +1,5 @@
 """Rule compare_intrinsic: intrinsic metrics of every method's selection -> intrinsic.tsv."""
+
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.compare import intrinsic
 

@@ -1,8 +1,17 @@
 """Rule compare_random_draws: the random baseline's further draws, one per fine-tuning seed after the first."""
+
 from selectflow.config import CompareConfig, from_param
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.compare import random_draws
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
-run_job(sm, lambda: random_draws(sm.input.pool, sm.input.quality, list(sm.input.router), list(sm.output),
-                                 from_param(CompareConfig, sm.params.compare)))
+run_job(
+    sm,
+    lambda: random_draws(
+        sm.input.pool,
+        sm.input.quality,
+        list(sm.input.router),
+        list(sm.output),
+        from_param(CompareConfig, sm.params.compare),
+    ),
+)

@@ -1,8 +1,8 @@
 """Rule compare_selected: one method's picks joined with the original records -> selected_data.jsonl."""
+
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.select import write_selection
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 out = sm.output
-run_job(sm, lambda: write_selection(sm.input.picks, sm.input.quality, list(sm.input.router), out.selected,
-                                    out.summary))
+run_job(sm, lambda: write_selection(sm.input.picks, sm.input.quality, list(sm.input.router), out.selected, out.summary))

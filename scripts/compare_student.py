@@ -1,4 +1,5 @@
 """Rule compare_student: the seeded scratch student every selection is fine-tuned from."""
+
 from selectflow.config import CompareConfig, from_param
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.compare import build_student

@@ -1,4 +1,5 @@
 """Rule compare_testset: the demo's fresh test set, none of its records in the pool."""
+
 from selectflow.config import CompareConfig, from_param
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.compare import write_testset

@@ -1,4 +1,5 @@
 """Rule demo_pool: write the deterministic demo instruction pool."""
+
 from selectflow.config import DemoConfig, from_param
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.data import demo_pool

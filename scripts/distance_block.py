@@ -1,4 +1,5 @@
 """Rule distance_block: one upper-triangle block of the candidate distance matrix."""
+
 from selectflow.config import SelectionConfig, from_param
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.select import compute_block

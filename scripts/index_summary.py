@@ -1,4 +1,5 @@
 """Rule index_summary: per-window build time, disk and RAM of one index -> TSV."""
+
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.index import index_summary
 

@@ -1,4 +1,5 @@
 """Rule index_window: one window's vectors -> FAISS index + ids + metadata (atomic); no model, no torch."""
+
 from selectflow.config import IndexConfig, from_param
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.index import index_window

@@ -1,4 +1,5 @@
 """Checkpoint pool_manifest: every pool sample ordered by sample_id (item windows cut it)."""
+
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.index import write_pool_manifest
 

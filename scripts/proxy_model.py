@@ -1,4 +1,5 @@
 """Rule proxy_model: the proxy scorer of the run's datasets (model.path: proxy)."""
+
 from selectflow.config import ProxyConfig, from_param
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.data import proxy_model

@@ -1,4 +1,5 @@
 """Rule report_figures: selection results, router data, job records and benchmarks -> report PNGs."""
+
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.report import report_figures
 

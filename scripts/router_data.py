@@ -1,4 +1,5 @@
 """Checkpoint router_data: every stored shard linked to router_data/{dataset}/{shard}.h5, and their listing."""
+
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.router import link_router_data
 

@@ -1,4 +1,5 @@
 """Checkpoint split_dataset: one dataset -> shards of shard_size normalised records."""
+
 from selectflow.runtime.jobs import run_job
 from selectflow.stages.data import split_dataset
 

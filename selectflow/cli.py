@@ -43,8 +43,12 @@ def _parse_with_proxy(ap: argparse.ArgumentParser, argv: list[str], skip: tuple[
     keys = schema()["properties"]["proxy"]["properties"]
     for key, node in keys.items():
         if key not in skip:
-            ap.add_argument(f"--{key.replace('_', '-')}", type=int if node["type"] == "integer" else float,
-                            default=node["default"], help=f"proxy.{key}: {node['description']} (default: %(default)s)")
+            ap.add_argument(
+                f"--{key.replace('_', '-')}",
+                type=int if node["type"] == "integer" else float,
+                default=node["default"],
+                help=f"proxy.{key}: {node['description']} (default: %(default)s)",
+            )
     args = vars(ap.parse_args(normalise_flags(argv, "-")))
     return args, section(ProxyConfig, {k: args[k] if k in skip else args.pop(k) for k in keys})
 
@@ -69,12 +73,19 @@ def _make_demo(argv: list[str]) -> int:
 
 
 def _proxy_model(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="selectflow proxy-model",
-                                 description="build the proxy scorer of your own data: a tiny MoE causal LM with a "
-                                             "tokenizer trained on the files, pre-trained on their prompt + response "
-                                             "(what model.path: proxy builds); use the folder as model.path")
-    ap.add_argument("--data", action="append", required=True, metavar="JSONL",
-                    help="a dataset file (Alpaca, ShareGPT or messages); repeat for several")
+    ap = argparse.ArgumentParser(
+        prog="selectflow proxy-model",
+        description="build the proxy scorer of your own data: a tiny MoE causal LM with a "
+        "tokenizer trained on the files, pre-trained on their prompt + response "
+        "(what model.path: proxy builds); use the folder as model.path",
+    )
+    ap.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="JSONL",
+        help="a dataset file (Alpaca, ShareGPT or messages); repeat for several",
+    )
     ap.add_argument("--out", required=True, help="folder for the model and tokenizer")
     args, proxy = _parse_with_proxy(ap, argv)
     from selectflow.stages.data import proxy_model
@@ -85,10 +96,12 @@ def _proxy_model(argv: list[str]) -> int:
 
 
 def _real_text_pool(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="selectflow real-text-pool",
-                                 description="write a pool of instruction records built from the standard library's "
-                                             "docstrings as alpaca.jsonl, sharegpt.jsonl and messages.jsonl, with "
-                                             "planted near-duplicates and junk (labels: kind, planted)")
+    ap = argparse.ArgumentParser(
+        prog="selectflow real-text-pool",
+        description="write a pool of instruction records built from the standard library's "
+        "docstrings as alpaca.jsonl, sharegpt.jsonl and messages.jsonl, with "
+        "planted near-duplicates and junk (labels: kind, planted)",
+    )
     ap.add_argument("--out", required=True, help="folder for the three JSONL files")
     ap.add_argument("--n-records", type=int, default=2000, help="records over the three files (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sample and the planting (default: %(default)s)")
@@ -105,17 +118,30 @@ def _real_text_pool(argv: list[str]) -> int:
 def _convert(argv: list[str]) -> int:
     from selectflow.config import schema_default, schema_enum
 
-    ap = argparse.ArgumentParser(prog="selectflow convert",
-                                 description="Select-MoE stage 0: a copy of an MoE model with a quality gate at every MoE block")
+    ap = argparse.ArgumentParser(
+        prog="selectflow convert",
+        description="Select-MoE stage 0: a copy of an MoE model with a quality gate at every MoE block",
+    )
     ap.add_argument("--model", required=True, help="local Hugging Face MoE causal LM folder")
     ap.add_argument("--out", required=True, help="folder for the converted model (base files linked + gate files)")
-    ap.add_argument("--trash", choices=schema_enum("warmup", "trash_expert"),
-                    default=schema_default("warmup", "trash_expert"), help="trash expert (warmup.trash_expert; "
-                    "default: %(default)s)")
-    ap.add_argument("--init-std", type=float, default=schema_default("warmup", "gate_init_std"),
-                    help="std of the gates' normal init (warmup.gate_init_std; default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=schema_default(None, "seed", "train.schema.yaml"),
-                    help="seed of the gates' init (train.seed; default: %(default)s)")
+    ap.add_argument(
+        "--trash",
+        choices=schema_enum("warmup", "trash_expert"),
+        default=schema_default("warmup", "trash_expert"),
+        help="trash expert (warmup.trash_expert; default: %(default)s)",
+    )
+    ap.add_argument(
+        "--init-std",
+        type=float,
+        default=schema_default("warmup", "gate_init_std"),
+        help="std of the gates' normal init (warmup.gate_init_std; default: %(default)s)",
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=schema_default(None, "seed", "train.schema.yaml"),
+        help="seed of the gates' init (train.seed; default: %(default)s)",
+    )
     ap.add_argument("--router-pattern", help="regex on router module names (default: router_dump's)")
     args = vars(ap.parse_args(normalise_flags(argv, "-")))
     from selectflow.router.gate import convert_model
@@ -164,8 +190,9 @@ def _check(argv: list[str]) -> int:
 
 
 def _summary(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="selectflow summary",
-                                 description="print the summary of a run (as shown when snakemake finishes)")
+    ap = argparse.ArgumentParser(
+        prog="selectflow summary", description="print the summary of a run (as shown when snakemake finishes)"
+    )
     ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
     args = ap.parse_args(normalise_flags(argv, "-"))
     from selectflow.config import load_config
@@ -234,7 +261,9 @@ def continue_selection_parser(defaults: dict) -> argparse.ArgumentParser:
     """The continue-selection flags; each selection flag takes type, choices and help from the schema, its
     default from ``defaults`` (:func:`selection_defaults`)."""
     p = argparse.ArgumentParser(
-        prog="continue-selection", epilog=CONTINUE_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="continue-selection",
+        epilog=CONTINUE_NOTE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run data selection (quality, FPS, selected_data.jsonl) from saved router data.",
     )
     p.add_argument("--router_data_dir", required=True, help="folder of router-data *.h5 shards (searched recursively)")
@@ -278,8 +307,10 @@ def _estimate_memory(argv: list[str]) -> int:
     ``--lora-targets`` default to the train schema's ``lora`` keys, ``--precision`` takes its compute precisions."""
     from selectflow.config import check_against_schema, schema_default, schema_enum
 
-    ap = argparse.ArgumentParser(prog="selectflow estimate-memory",
-                                 description="Training-memory estimate before launch, and the micro-batch that fits a budget.")
+    ap = argparse.ArgumentParser(
+        prog="selectflow estimate-memory",
+        description="Training-memory estimate before launch, and the micro-batch that fits a budget.",
+    )
     ap.add_argument("--model", required=True, help="folder with config.json of a causal LM")
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=1024)
@@ -287,10 +318,17 @@ def _estimate_memory(argv: list[str]) -> int:
     ap.add_argument("--precision", choices=precisions, default="fp32")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--lora", action="store_true", help="train LoRA adapters only")
-    ap.add_argument("--lora-r", type=int, default=schema_default("lora", "r", "train.schema.yaml"),
-                    help="adapter rank (train lora.r; default: %(default)s)")
-    ap.add_argument("--lora-targets", default=schema_default("lora", "target_modules", "train.schema.yaml"),
-                    help="'all-linear' or comma-separated module names (train lora.target_modules; default: %(default)s)")
+    ap.add_argument(
+        "--lora-r",
+        type=int,
+        default=schema_default("lora", "r", "train.schema.yaml"),
+        help="adapter rank (train lora.r; default: %(default)s)",
+    )
+    ap.add_argument(
+        "--lora-targets",
+        default=schema_default("lora", "target_modules", "train.schema.yaml"),
+        help="'all-linear' or comma-separated module names (train lora.target_modules; default: %(default)s)",
+    )
     ap.add_argument("--load-in-8bit", action="store_true")
     ap.add_argument("--budget", help="e.g. 12GB: also print the largest micro-batch (<= 1024) that fits")
     args = ap.parse_args(normalise_flags(argv, "-"))
@@ -299,19 +337,33 @@ def _estimate_memory(argv: list[str]) -> int:
 
     targets = args.lora_targets if args.lora_targets == "all-linear" else args.lora_targets.split(",")
     # the flags that are train keys, checked as the workflow checks them
-    check_against_schema({"micro_batch_size": args.micro_batch, "max_length": args.max_length,
-                          "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing,
-                          "load_in_8bit": args.load_in_8bit,
-                          "lora": {"enabled": args.lora, "r": args.lora_r, "target_modules": targets}},
-                         "estimate-memory flags", "train.schema.yaml", "train")
+    check_against_schema(
+        {
+            "micro_batch_size": args.micro_batch,
+            "max_length": args.max_length,
+            "precision": args.precision,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "load_in_8bit": args.load_in_8bit,
+            "lora": {"enabled": args.lora, "r": args.lora_r, "target_modules": targets},
+        },
+        "estimate-memory flags",
+        "train.schema.yaml",
+        "train",
+    )
     shape = model_shape(args.model, {"enabled": args.lora, "r": args.lora_r, "target_modules": targets})
-    opts = dict(precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, lora=args.lora,
-                load_in_8bit=args.load_in_8bit)
+    opts = dict(
+        precision=args.precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        lora=args.lora,
+        load_in_8bit=args.load_in_8bit,
+    )
     est = estimate_training_memory(shape, micro_batch=args.micro_batch, max_length=args.max_length, **opts)
     trainable = shape.lora_params if args.lora else shape.n_params
-    print(f"model {args.model}: {shape.n_params:,} parameters, {trainable:,} trainable; "
-          f"micro-batch {args.micro_batch} x max_length {args.max_length}, {args.precision}"
-          f"{', gradient checkpointing' if args.gradient_checkpointing else ''}")
+    print(
+        f"model {args.model}: {shape.n_params:,} parameters, {trainable:,} trainable; "
+        f"micro-batch {args.micro_batch} x max_length {args.max_length}, {args.precision}"
+        f"{', gradient checkpointing' if args.gradient_checkpointing else ''}"
+    )
     print(est.table().to_string(index=False))
     if args.budget:
         budget = parse_bytes(args.budget, "--budget")

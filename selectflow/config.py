@@ -236,8 +236,16 @@ def lora_settings(lora: LoraConfig | dict) -> LoraConfig:
     return section(LoraConfig, {**train_defaults()["lora"], **lora})
 
 
-PRESET_KEYS = ("use_gpu_cache", "gpu_cache_size", "use_prefetch", "prefetch_factor", "num_workers", "pin_memory",
-               "micro_batch_size", "gradient_accumulation_steps")
+PRESET_KEYS = (
+    "use_gpu_cache",
+    "gpu_cache_size",
+    "use_prefetch",
+    "prefetch_factor",
+    "num_workers",
+    "pin_memory",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+)
 
 # the preset-controlled keys when no preset is set
 BASE = {
@@ -253,16 +261,56 @@ BASE = {
 
 # train.preset -> its preset-controlled keys (the names: train.schema.yaml's preset enum, a test keeps them equal)
 PRESETS = {
-    "basic": {"use_gpu_cache": True, "gpu_cache_size": 5000, "use_prefetch": False, "prefetch_factor": 2,
-              "num_workers": 0, "pin_memory": False, "micro_batch_size": 4, "gradient_accumulation_steps": 2},
-    "prefetch": {"use_gpu_cache": False, "gpu_cache_size": 0, "use_prefetch": True, "prefetch_factor": 2,
-                 "num_workers": 0, "pin_memory": True, "micro_batch_size": 4, "gradient_accumulation_steps": 2},
-    "combined": {"use_gpu_cache": True, "gpu_cache_size": 3000, "use_prefetch": True, "prefetch_factor": 2,
-                 "num_workers": 0, "pin_memory": False, "micro_batch_size": 4, "gradient_accumulation_steps": 2},
-    "aggressive": {"use_gpu_cache": True, "gpu_cache_size": 10000, "use_prefetch": True, "prefetch_factor": 3,
-                   "num_workers": 0, "pin_memory": False, "micro_batch_size": 8, "gradient_accumulation_steps": 1},
-    "minimal": {"use_gpu_cache": True, "gpu_cache_size": 2000, "use_prefetch": True, "prefetch_factor": 1,
-                "num_workers": 0, "pin_memory": False, "micro_batch_size": 1, "gradient_accumulation_steps": 8},
+    "basic": {
+        "use_gpu_cache": True,
+        "gpu_cache_size": 5000,
+        "use_prefetch": False,
+        "prefetch_factor": 2,
+        "num_workers": 0,
+        "pin_memory": False,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+    },
+    "prefetch": {
+        "use_gpu_cache": False,
+        "gpu_cache_size": 0,
+        "use_prefetch": True,
+        "prefetch_factor": 2,
+        "num_workers": 0,
+        "pin_memory": True,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+    },
+    "combined": {
+        "use_gpu_cache": True,
+        "gpu_cache_size": 3000,
+        "use_prefetch": True,
+        "prefetch_factor": 2,
+        "num_workers": 0,
+        "pin_memory": False,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+    },
+    "aggressive": {
+        "use_gpu_cache": True,
+        "gpu_cache_size": 10000,
+        "use_prefetch": True,
+        "prefetch_factor": 3,
+        "num_workers": 0,
+        "pin_memory": False,
+        "micro_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+    },
+    "minimal": {
+        "use_gpu_cache": True,
+        "gpu_cache_size": 2000,
+        "use_prefetch": True,
+        "prefetch_factor": 1,
+        "num_workers": 0,
+        "pin_memory": False,
+        "micro_batch_size": 1,
+        "gradient_accumulation_steps": 8,
+    },
 }
 
 
@@ -363,8 +411,15 @@ class CompareConfig:
 
 
 SECTIONS = {
-    "demo": DemoConfig, "proxy": ProxyConfig, "retry": RetryConfig, "router_dump": RouterDumpConfig, "selection": SelectionConfig,
-    "warmup": WarmupConfig, "index": IndexConfig, "retrieve": RetrieveConfig, "decontaminate": DecontaminateConfig,
+    "demo": DemoConfig,
+    "proxy": ProxyConfig,
+    "retry": RetryConfig,
+    "router_dump": RouterDumpConfig,
+    "selection": SelectionConfig,
+    "warmup": WarmupConfig,
+    "index": IndexConfig,
+    "retrieve": RetrieveConfig,
+    "decontaminate": DecontaminateConfig,
     "compare": CompareConfig,
 }
 
@@ -447,11 +502,17 @@ def build_config(config: dict) -> Config:
     warmup = {**config["warmup"], "train": resolve_train_config(trainer_keys({**train, **config["warmup"]["train"]}))}
     sections = {name: section(cls, config[name]) for name, cls in SECTIONS.items() if name not in ("warmup", "compare")}
     return Config(
-        run=config["run"], datasets=dict(config["datasets"]), model_path=model_path_of(config),
-        shard_size=config["shard_size"], gpu_id=config.get("gpu_id"),
-        train=TrainSection(enabled=train["enabled"], model_path=train["model_path"],
-                           settings=resolve_train_config(trainer_keys(train))),
-        warmup=section(WarmupConfig, warmup), compare=compare_section(config, train), **sections,
+        run=config["run"],
+        datasets=dict(config["datasets"]),
+        model_path=model_path_of(config),
+        shard_size=config["shard_size"],
+        gpu_id=config.get("gpu_id"),
+        train=TrainSection(
+            enabled=train["enabled"], model_path=train["model_path"], settings=resolve_train_config(trainer_keys(train))
+        ),
+        warmup=section(WarmupConfig, warmup),
+        compare=compare_section(config, train),
+        **sections,
     )
 
 
@@ -470,8 +531,10 @@ def compare_section(config: dict, train: dict) -> CompareConfig:
             f"compare.methods has target and compare.eval is your own test set ({test}): set compare.target to a "
             "JSONL of target records (e.g. the task's dev set) that shares no record with it"
         )
-    return section(CompareConfig, {**cmp, "methods": methods, "eval": test, "full_pools": tuple(cmp["full_pools"]),
-                                   "train": settings})
+    return section(
+        CompareConfig,
+        {**cmp, "methods": methods, "eval": test, "full_pools": tuple(cmp["full_pools"]), "train": settings},
+    )
 
 
 def load_config(configfile: str | os.PathLike) -> dict:
@@ -489,12 +552,15 @@ def load_config(configfile: str | os.PathLike) -> dict:
 
 
 MAX_PROBLEMS = 5  # config mistakes shown at once (each in at most 3 lines): the message stays under 20 lines
-MODEL_HINT = ("add a model section:\n    model:\n      path: /path/to/a/local/hf/moe-model\n"
-              "  or a small MoE built on your own datasets (rule proxy_model, no download): model: {path: proxy}")
+MODEL_HINT = (
+    "add a model section:\n    model:\n      path: /path/to/a/local/hf/moe-model\n"
+    "  or a small MoE built on your own datasets (rule proxy_model, no download): model: {path: proxy}"
+)
 
 
-def check_against_schema(config: Any, source: str, name: str = "config.schema.yaml", prefix: str = "",
-                         section_name: str | None = None) -> None:
+def check_against_schema(
+    config: Any, source: str, name: str = "config.schema.yaml", prefix: str = "", section_name: str | None = None
+) -> None:
     """Raise one :class:`~selectflow.runtime.errors.SelectFlowError` naming every mistake of ``config``
     against schema ``name`` (at most :data:`MAX_PROBLEMS`, each with its key, what is wrong and what to
     write instead); nothing when it is valid. ``source`` names the config file(s) or flags; ``prefix`` the
@@ -507,8 +573,7 @@ def check_against_schema(config: Any, source: str, name: str = "config.schema.ya
     errors = sorted(Draft202012Validator(node).iter_errors(config), key=lambda e: [str(p) for p in e.path])
     if not errors:
         return
-    lines = [f"{source}: {len(errors)} config mistake{'s' if len(errors) > 1 else ''} "
-             f"(every key: config/README.md)"]
+    lines = [f"{source}: {len(errors)} config mistake{'s' if len(errors) > 1 else ''} (every key: config/README.md)"]
     for error in errors[:MAX_PROBLEMS]:
         lines.append("- " + _explain(error, prefix))
     if len(errors) > MAX_PROBLEMS:
@@ -525,8 +590,15 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-_TYPE_NAMES = {"object": "a mapping (key: value lines)", "array": "a list", "string": "a string", "number": "a number",
-               "integer": "a whole number", "boolean": "true or false", "null": "null"}
+_TYPE_NAMES = {
+    "object": "a mapping (key: value lines)",
+    "array": "a list",
+    "string": "a string",
+    "number": "a number",
+    "integer": "a whole number",
+    "boolean": "true or false",
+    "null": "null",
+}
 
 
 def _about(spec: Any) -> str:
@@ -555,25 +627,34 @@ def _explain(error, prefix: str) -> str:
         parts = []
         for k in extra:
             near = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
-            parts.append(f"'{_key([*error.absolute_path, k], prefix)}' is not a config key; "
-                         + (f"did you mean '{near[0]}'?" if near else f"valid keys here: {', '.join(allowed)[:200]}"))
+            parts.append(
+                f"'{_key([*error.absolute_path, k], prefix)}' is not a config key; "
+                + (f"did you mean '{near[0]}'?" if near else f"valid keys here: {', '.join(allowed)[:200]}")
+            )
         return "\n  ".join(parts)
     if rule == "type":
         kinds = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         want = " or ".join(_TYPE_NAMES.get(k, k) for k in kinds)
         return f"'{key}' is {_shown(error.instance)}, it must be {want}{what}"
     if rule in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        bound = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "more than",
-                 "exclusiveMaximum": "less than"}[rule]
+        bound = {
+            "minimum": "at least",
+            "maximum": "at most",
+            "exclusiveMinimum": "more than",
+            "exclusiveMaximum": "less than",
+        }[rule]
         return f"'{key}' is {_shown(error.instance)}, it must be {bound} {error.validator_value}{what}"
     if rule == "enum":
         near = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1, cutoff=0.5)
-        return (f"'{key}' is {_shown(error.instance)}, it must be one of {', '.join(map(str, error.validator_value))}"
-                + (f"; did you mean '{near[0]}'?" if near else ""))
+        return (
+            f"'{key}' is {_shown(error.instance)}, it must be one of {', '.join(map(str, error.validator_value))}"
+            + (f"; did you mean '{near[0]}'?" if near else "")
+        )
     if rule == "pattern":
         return f"'{key}' is {_shown(error.instance)}, which does not match {error.validator_value}{what}"
     if rule in ("minProperties", "minItems"):
-        return f"'{key}' is empty, it needs at least {error.validator_value} entr{'y' if error.validator_value == 1 else 'ies'}{what}"
+        entries = "entry" if error.validator_value == 1 else "entries"
+        return f"'{key}' is empty, it needs at least {error.validator_value} {entries}{what}"
     if rule == "uniqueItems":
         return f"'{key}' lists an item twice ({_shown(error.instance)}); name each once"
     return f"'{key}': {error.message[:200]}"

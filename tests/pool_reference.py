@@ -43,14 +43,26 @@ def whole_pool(paths, sel) -> Pool:
     facts, near = {}, {}
     if records is not None:
         field = sel.quality_field if sel.quality_method == "field" else None
-        facts = {**record_facts(records, field), "text_key": text_keys(records, sel.dedup_system_turns),
-                 "dataset": np.array([json.loads(r).get("dataset", "") for r in records], dtype=object)}
+        facts = {
+            **record_facts(records, field),
+            "text_key": text_keys(records, sel.dedup_system_turns),
+            "dataset": np.array([json.loads(r).get("dataset", "") for r in records], dtype=object),
+        }
         if sel.near_duplicate_threshold is not None:
             near = near_keys(records, sel.near_duplicate_threshold, sel.dedup_system_turns)
-    return Pool(sample_id=whole.sample_id, dataset=facts.pop("dataset", np.full(len(whole), "", dtype=object)),
-                nll_response=whole.nll_response, n_response_tokens=whole.n_response_tokens,
-                routing_key=routing_keys(whole.moe_probs), rows=WholeRows(whole), quality_logits=whole.quality_logits,
-                nll_response_alone=whole.nll_response_alone, nll_eos=whole.nll_eos, near=near, **facts)
+    return Pool(
+        sample_id=whole.sample_id,
+        dataset=facts.pop("dataset", np.full(len(whole), "", dtype=object)),
+        nll_response=whole.nll_response,
+        n_response_tokens=whole.n_response_tokens,
+        routing_key=routing_keys(whole.moe_probs),
+        rows=WholeRows(whole),
+        quality_logits=whole.quality_logits,
+        nll_response_alone=whole.nll_response_alone,
+        nll_eos=whole.nll_eos,
+        near=near,
+        **facts,
+    )
 
 
 def build_candidates_whole(paths, out_h5, quality_tsv, sel, exclude_ids=None) -> int:

@@ -28,7 +28,6 @@ def test_defaults_come_from_the_schema_and_sections_are_frozen():
         cfg.selection.metric = "l2"  # frozen
 
 
-
 def test_train_config_has_exactly_the_train_schema_keys():
     from selectflow.config import NESTED, TrainConfig, train_schema
 
@@ -41,8 +40,12 @@ def test_train_config_has_exactly_the_train_schema_keys():
 def test_train_sections_are_resolved_once_with_the_warmup_overrides():
     from selectflow.config import TrainConfig
 
-    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"},
-           "train": {"preset": "minimal", "max_steps": 7, "lora": {"r": 4}}, "warmup": {"train": {"max_steps": 2}}}
+    raw = {
+        "datasets": {"a": "a.jsonl"},
+        "model": {"path": "m"},
+        "train": {"preset": "minimal", "max_steps": 7, "lora": {"r": 4}},
+        "warmup": {"train": {"max_steps": 2}},
+    }
     cfg = build_config(with_defaults(raw, SCHEMA_DOC))
     train, warmup = cfg.train.settings, cfg.warmup.train
     assert isinstance(train, TrainConfig) and cfg.train.enabled and cfg.train.model_path is None
@@ -60,9 +63,15 @@ def test_a_bad_train_key_is_named():
         build_config(with_defaults(raw, SCHEMA_DOC))
 
 
-@pytest.mark.parametrize("values, key", [({"batch_size": None}, "train.batch_size"),
-                                         ({"lora": {"rank": None}}, "train.lora.rank"),
-                                         ({"lora": 4}, "train.lora"), ({"warmup_ratio": 1.0}, "train.warmup_ratio")])
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"batch_size": None}, "train.batch_size"),
+        ({"lora": {"rank": None}}, "train.lora.rank"),
+        ({"lora": 4}, "train.lora"),
+        ({"warmup_ratio": 1.0}, "train.warmup_ratio"),
+    ],
+)
 def test_resolving_the_train_settings_names_a_bad_key_even_a_null_one(values, key):
     from selectflow.config import resolve_train_config
 
@@ -81,20 +90,36 @@ def test_sections_travel_as_plain_params_and_come_back_equal():
         assert from_param(type(value), param) == value
 
 
-@pytest.mark.parametrize("config, words", [
-    ({"datasets": {"a": "a.jsonl"}}, ["'model' is missing", "model:", "path:", "{path: proxy}"]),
-    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"selection_percentag": 0.1}},
-     ["'selection.selection_percentag' is not a config key; did you mean 'selection_percentage'?"]),
-    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"routing_strata": "4"}},
-     ["'selection.routing_strata' is '4', it must be a whole number"]),
-    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"near_duplicate_threshold": 1.5}},
-     ["'selection.near_duplicate_threshold' is 1.5, it must be at most 1"]),
-    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"metric": "cosin"}},
-     ["'selection.metric' is 'cosin', it must be one of wasserstein, cosine, l2; did you mean 'cosine'?"]),
-    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "wramup": {}}, ["'wramup' is not a config key; did you mean 'warmup'?"]),
-    ({"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": 0.05},
-     ["'selection' is 0.05, it must be a mapping"]),
-])
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ({"datasets": {"a": "a.jsonl"}}, ["'model' is missing", "model:", "path:", "{path: proxy}"]),
+        (
+            {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"selection_percentag": 0.1}},
+            ["'selection.selection_percentag' is not a config key; did you mean 'selection_percentage'?"],
+        ),
+        (
+            {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"routing_strata": "4"}},
+            ["'selection.routing_strata' is '4', it must be a whole number"],
+        ),
+        (
+            {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"near_duplicate_threshold": 1.5}},
+            ["'selection.near_duplicate_threshold' is 1.5, it must be at most 1"],
+        ),
+        (
+            {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": {"metric": "cosin"}},
+            ["'selection.metric' is 'cosin', it must be one of wasserstein, cosine, l2; did you mean 'cosine'?"],
+        ),
+        (
+            {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "wramup": {}},
+            ["'wramup' is not a config key; did you mean 'warmup'?"],
+        ),
+        (
+            {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}, "selection": 0.05},
+            ["'selection' is 0.05, it must be a mapping"],
+        ),
+    ],
+)
 def test_config_mistakes_are_named_in_a_few_lines(config, words):
     from selectflow.config import check_against_schema
 
@@ -109,8 +134,12 @@ def test_config_mistakes_are_named_in_a_few_lines(config, words):
 def test_many_config_mistakes_stay_under_twenty_lines():
     from selectflow.config import check_against_schema
 
-    bad = {"selection": {f"key{i}": i for i in range(30)}, "router_dump": {"batch_size": "x", "max_length": -1},
-           "index": {"window_size": 0}, "shard_size": "big"}
+    bad = {
+        "selection": {f"key{i}": i for i in range(30)},
+        "router_dump": {"batch_size": "x", "max_length": -1},
+        "index": {"window_size": 0},
+        "shard_size": "big",
+    }
     with pytest.raises(SelectFlowError) as err:
         check_against_schema(bad, "my.yaml")
     text = str(err.value)
@@ -154,10 +183,15 @@ def test_no_enum_of_a_config_key_is_written_outside_the_schemas():
     copies = []
     for path in sorted((REPO / "selectflow").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2 and all(
-                    isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+            if (
+                isinstance(node, (ast.Tuple, ast.List, ast.Set))
+                and len(node.elts) >= 2
+                and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts)
+            ):
                 found = {e.value for e in node.elts}
-                copies += [f"{path.relative_to(REPO)}:{node.lineno} copies {key}" for key, vals in enums if found == vals]
+                copies += [
+                    f"{path.relative_to(REPO)}:{node.lineno} copies {key}" for key, vals in enums if found == vals
+                ]
     assert not copies, copies
 
 
@@ -194,7 +228,9 @@ def test_every_script_gets_its_config_one_way_and_reads_every_param():
         params = _params_of(block)
         assert "job" in params and "job=CFG.job," in block, rule
         read = set(re.findall(r"\bsm\.params\.(\w+)", text))
-        assert params - {"job"} == read, f"rule {rule}: params {sorted(params - {'job'})}, {script.group(1)} reads {sorted(read)}"
+        assert params - {"job"} == read, (
+            f"rule {rule}: params {sorted(params - {'job'})}, {script.group(1)} reads {sorted(read)}"
+        )
         assert not re.search(r"\bsm\.config\b|build_config|\bsection\(", text), script.group(1)
     assert scripts >= 30
 
@@ -212,7 +248,8 @@ def test_changing_how_jobs_run_reruns_nothing_but_a_section_change_does(tmp_path
 
     target = "resources/demo/demo_pool.jsonl"
     assert ran_jobs(snakemake(tmp_path, target, "--cores", "1", config=config_variant("small", tmp_path))) == [
-        "demo_pool"]
+        "demo_pool"
+    ]
     for changes in ({"gpu_id": 0}, {"retry": {"factor": 3, "adaptive_chunks": False, "job_memory_budget_mb": 512}}):
         proc = snakemake(tmp_path, target, "-n", config=config_variant("small", tmp_path, **changes))
         assert ran_jobs(proc) == [] and "Nothing to be done" in proc.stdout + proc.stderr, changes

@@ -19,14 +19,20 @@ from tests.workflow import REPO
 PACKAGE = REPO / "selectflow"
 # top-level modules and subpackages of selectflow/, by floor; a new one must be placed here
 FLOORS = {
-    "__init__": 0, "runtime": 0,
-    "configdoc": 1, "config": 1, "layout": 1,
+    "__init__": 0,
+    "runtime": 0,
+    "configdoc": 1,
+    "config": 1,
+    "layout": 1,
     "data": 2,
     "router": 3,
-    "select": 4, "train": 4, "index": 4,
+    "select": 4,
+    "train": 4,
+    "index": 4,
     "report": 5,
     "stages": 6,
-    "cli": 7, "__main__": 7,
+    "cli": 7,
+    "__main__": 7,
 }
 PEERS = {"select", "train", "index"}  # one floor, three stages of the chain that share nothing
 

@@ -11,7 +11,9 @@ from tests.workflow import REPO
 
 
 def test_config_readme_is_current():
-    assert (REPO / "config" / "README.md").read_text() == render(), "run: python -m selectflow config-doc > config/README.md"
+    assert (REPO / "config" / "README.md").read_text() == render(), (
+        "run: python -m selectflow config-doc > config/README.md"
+    )
 
 
 def test_every_schema_key_has_a_description():
@@ -23,9 +25,17 @@ def test_every_schema_key_has_a_description():
 
 
 def test_snakefmt_clean():
-    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_ruff_clean(command):
+    """``ruff check`` and ``ruff format --check`` with the settings of pyproject.toml."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", *command, "."], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
 
 
 def test_snakemake_lint_clean():
@@ -34,19 +44,36 @@ def test_snakemake_lint_clean():
     assert "Congratulations" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("patch, words", [
-    ({"shard_size": "many"}, "shard_size"),
-    ({"no_such_key": 1}, "no_such_key"),
-    ({"selection": {"selection_percentage": 1.5}}, "selection_percentage"),
-    ({"selection": {"selection_percentage": 0}}, "selection_percentage"),
-])
+@pytest.mark.parametrize(
+    "patch, words",
+    [
+        ({"shard_size": "many"}, "shard_size"),
+        ({"no_such_key": 1}, "no_such_key"),
+        ({"selection": {"selection_percentage": 1.5}}, "selection_percentage"),
+        ({"selection": {"selection_percentage": 0}}, "selection_percentage"),
+    ],
+)
 def test_bad_config_is_rejected_with_the_key(tmp_path, patch, words):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for key, value in patch.items():
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                           "--configfile", str(tmp_path / "config.yaml")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert words in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
@@ -71,9 +98,22 @@ HEAVY = ("matplotlib", "torch", "faiss", "transformers")
 def test_reading_the_workflow_imports_no_stage_and_no_plotting_or_torch(tmp_path, command):
     """Every snakemake start reads the Snakefile: matplotlib, torch or a stage module there costs
     seconds each time. ``--list-rules`` only reads it; ``-n`` also builds the DAG of a fresh run."""
-    proc = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER, *command, "-s", str(REPO / "Snakefile"),
-                           "-d", str(tmp_path), "--configfile", str(REPO / "tests" / "configs" / "small" / "config.yaml")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _IMPORTS_AFTER,
+            *command,
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "--configfile",
+            str(REPO / "tests" / "configs" / "small" / "config.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "report_figures" in proc.stdout + proc.stderr  # the whole workflow was read
     imported = set(next(ln for ln in proc.stdout.splitlines() if ln.startswith("IMPORTED ")).split()[1:])

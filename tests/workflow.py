@@ -12,16 +12,30 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir: Path, *args: str, config: str | Path = "small", timeout: int = 900, check: bool = True,
-              env: dict | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path,
+    *args: str,
+    config: str | Path = "small",
+    timeout: int = 900,
+    check: bool = True,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``snakemake`` on the repo's Snakefile inside ``workdir`` with a test config.
 
     ``args`` come first: targets must precede options such as ``--resources`` that take
     several values.
     """
     cmd = [
-        sys.executable, "-m", "snakemake", *args, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-        "--configfile", str(config if isinstance(config, Path) else REPO / "tests" / "configs" / config / "config.yaml"),
+        sys.executable,
+        "-m",
+        "snakemake",
+        *args,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(config if isinstance(config, Path) else REPO / "tests" / "configs" / config / "config.yaml"),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:

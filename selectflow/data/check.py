@@ -71,8 +71,10 @@ def check_dataset(name: str, path: str | os.PathLike) -> tuple[DatasetCheck, lis
         if str(path).startswith(DEMO_PREFIX):
             result.note = "built by rule demo_pool (make demo / snakemake), not checked"
             return result, []
-        result.problem = (f"dataset '{name}': file {path} does not exist (relative to {os.getcwd()}); "
-                          f"fix 'datasets.{name}' in the config")
+        result.problem = (
+            f"dataset '{name}': file {path} does not exist (relative to {os.getcwd()}); "
+            f"fix 'datasets.{name}' in the config"
+        )
         return result, []
     result.format = _first_format(p)
     try:
@@ -101,8 +103,10 @@ def check_config(config: dict) -> list[DatasetCheck]:
         for sid in ids:
             other = owner.setdefault(sid, name)
             if other != name:
-                result.problem = (f"sample_id {sid!r} is used by dataset '{other}' and dataset '{name}'; make ids "
-                                  "unique across datasets, or drop the 'id' field (ids become dataset:line)")
+                result.problem = (
+                    f"sample_id {sid!r} is used by dataset '{other}' and dataset '{name}'; make ids "
+                    "unique across datasets, or drop the 'id' field (ids become dataset:line)"
+                )
                 break
         results.append(result)
     return results
@@ -111,9 +115,19 @@ def check_config(config: dict) -> list[DatasetCheck]:
 def render(results: list[DatasetCheck]) -> str:
     """The per-dataset table and the problems, as text."""
     head = ("dataset", "format", "records", "sample ids", "status")
-    rows = [(r.name, r.format or "?", "?" if r.records is None else f"{r.records:,}",
-             r.id_source or "?", "ok" if r.ok and not r.note else ("note" if r.ok else "PROBLEM")) for r in results]
-    width = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)] if rows else [len(h) for h in head]
+    rows = [
+        (
+            r.name,
+            r.format or "?",
+            "?" if r.records is None else f"{r.records:,}",
+            r.id_source or "?",
+            "ok" if r.ok and not r.note else ("note" if r.ok else "PROBLEM"),
+        )
+        for r in results
+    ]
+    width = (
+        [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)] if rows else [len(h) for h in head]
+    )
     fmt = lambda row: "  ".join(v.ljust(w) for v, w in zip(row, width)).rstrip()  # noqa: E731
     lines = [fmt(head), *(fmt(row) for row in rows)]
     for r in results:
@@ -148,8 +162,10 @@ def data_check_text(config: dict) -> str:
     bad = [r for r in results if not r.ok]
     if not bad:
         return ""
-    return (f"data check: {len(bad)} of {len(results)} datasets cannot be read (PROBLEM above: "
-            f"{', '.join(r.name for r in bad)}); fix them and run again")
+    return (
+        f"data check: {len(bad)} of {len(results)} datasets cannot be read (PROBLEM above: "
+        f"{', '.join(r.name for r in bad)}); fix them and run again"
+    )
 
 
 def is_dry_run(argv: list[str]) -> bool:
@@ -160,7 +176,13 @@ def is_dry_run(argv: list[str]) -> bool:
     for arg in argv[1:]:
         if arg in ("--dry-run", "--dryrun", "--just-print"):
             return True
-        if len(arg) > 1 and arg[0] == "-" and arg[1] != "-" and arg[1:].isalpha() and "n" in arg[1:] \
-                and set(arg[1:]) <= set("nprqkFfRUTtSDh"):
+        if (
+            len(arg) > 1
+            and arg[0] == "-"
+            and arg[1] != "-"
+            and arg[1:].isalpha()
+            and "n" in arg[1:]
+            and set(arg[1:]) <= set("nprqkFfRUTtSDh")
+        ):
             return True
     return False

@@ -37,11 +37,23 @@ _TOPICS = {
     "geography": [
         ("What is the capital of {country}?", "", "The capital of {country} is {capital}."),
         ("Name the continent where {country} lies.", "", "{country} lies in {continent}."),
-        ("Write one sentence about {country}.", "", "{country} is a country in {continent} whose capital is {capital}."),
-        ("Plan a {a}-day trip to {country}.", "", "Spend {a} days in {country}: start in {capital}, then see more of {continent}."),
+        (
+            "Write one sentence about {country}.",
+            "",
+            "{country} is a country in {continent} whose capital is {capital}.",
+        ),
+        (
+            "Plan a {a}-day trip to {country}.",
+            "",
+            "Spend {a} days in {country}: start in {capital}, then see more of {continent}.",
+        ),
     ],
     "cooking": [
-        ("Give a short recipe using {food}.", "", "Wash the {food}, cut it, cook it for {a} minutes with {spice}, then serve warm."),
+        (
+            "Give a short recipe using {food}.",
+            "",
+            "Wash the {food}, cut it, cook it for {a} minutes with {spice}, then serve warm.",
+        ),
         ("How long should I boil {food}?", "", "Boil {food} for about {a} minutes until tender."),
         ("Suggest a spice for {food}.", "", "Try {spice}; it goes well with {food}."),
     ],
@@ -55,28 +67,64 @@ _TOPICS = {
         ("Describe the {animal}.", "", "The {animal} is an animal that lives in the {habitat} and eats {diet}."),
         ("Where does the {animal} live?", "", "The {animal} lives in the {habitat}."),
         ("Classify the {animal}.", "It is found in the {habitat}.", "The {animal} is a {cls}."),
-        ("Write a short story about a {adj} {animal}.", "", "Once a {adj} {animal} lived in the {habitat} and ate {diet} every day."),
-        ("A zoo keeps {a} {animal}s. What do they need?", "", "The {a} {animal}s need a home like the {habitat} and food such as {diet}."),
+        (
+            "Write a short story about a {adj} {animal}.",
+            "",
+            "Once a {adj} {animal} lived in the {habitat} and ate {diet} every day.",
+        ),
+        (
+            "A zoo keeps {a} {animal}s. What do they need?",
+            "",
+            "The {a} {animal}s need a home like the {habitat} and food such as {diet}.",
+        ),
     ],
 }
-_COUNTRIES = [("France", "Paris", "Europe"), ("Japan", "Tokyo", "Asia"), ("Kenya", "Nairobi", "Africa"),
-              ("Brazil", "Brasilia", "South America"), ("Canada", "Ottawa", "North America"),
-              ("Egypt", "Cairo", "Africa"), ("India", "New Delhi", "Asia"), ("Italy", "Rome", "Europe"),
-              ("Peru", "Lima", "South America"), ("Norway", "Oslo", "Europe"), ("Chile", "Santiago", "South America"),
-              ("Ghana", "Accra", "Africa"), ("Mexico", "Mexico City", "North America"), ("Spain", "Madrid", "Europe"),
-              ("Thailand", "Bangkok", "Asia"), ("Morocco", "Rabat", "Africa"), ("Cuba", "Havana", "North America"),
-              ("Greece", "Athens", "Europe"), ("Vietnam", "Hanoi", "Asia"), ("Argentina", "Buenos Aires", "South America")]
+_COUNTRIES = [
+    ("France", "Paris", "Europe"),
+    ("Japan", "Tokyo", "Asia"),
+    ("Kenya", "Nairobi", "Africa"),
+    ("Brazil", "Brasilia", "South America"),
+    ("Canada", "Ottawa", "North America"),
+    ("Egypt", "Cairo", "Africa"),
+    ("India", "New Delhi", "Asia"),
+    ("Italy", "Rome", "Europe"),
+    ("Peru", "Lima", "South America"),
+    ("Norway", "Oslo", "Europe"),
+    ("Chile", "Santiago", "South America"),
+    ("Ghana", "Accra", "Africa"),
+    ("Mexico", "Mexico City", "North America"),
+    ("Spain", "Madrid", "Europe"),
+    ("Thailand", "Bangkok", "Asia"),
+    ("Morocco", "Rabat", "Africa"),
+    ("Cuba", "Havana", "North America"),
+    ("Greece", "Athens", "Europe"),
+    ("Vietnam", "Hanoi", "Asia"),
+    ("Argentina", "Buenos Aires", "South America"),
+]
 _FOODS = ["rice", "potatoes", "carrots", "lentils", "pasta", "eggs", "spinach", "beans"]
 _SPICES = ["cumin", "paprika", "black pepper", "turmeric", "basil", "garlic"]
 _OPS = [("sum", "add", "+"), ("difference", "sub", "-"), ("product", "mul", "*"), ("quotient", "div", "/")]
-_DS = [("list", "keeps items in order"), ("dictionary", "maps keys to values"), ("set", "holds unique items"),
-       ("queue", "serves items first in, first out"), ("stack", "serves items last in, first out")]
-_ANIMALS = [("fox", "forest", "small animals", "mammal"), ("eagle", "mountains", "fish and rodents", "bird"),
-            ("shark", "ocean", "fish", "fish"), ("frog", "wetlands", "insects", "amphibian"),
-            ("camel", "desert", "plants", "mammal"), ("penguin", "antarctic", "krill", "bird"),
-            ("owl", "forest", "mice", "bird"), ("dolphin", "ocean", "fish", "mammal"), ("lizard", "desert", "insects", "reptile"),
-            ("bear", "mountains", "berries and fish", "mammal"), ("turtle", "wetlands", "plants", "reptile"),
-            ("zebra", "savanna", "grass", "mammal")]
+_DS = [
+    ("list", "keeps items in order"),
+    ("dictionary", "maps keys to values"),
+    ("set", "holds unique items"),
+    ("queue", "serves items first in, first out"),
+    ("stack", "serves items last in, first out"),
+]
+_ANIMALS = [
+    ("fox", "forest", "small animals", "mammal"),
+    ("eagle", "mountains", "fish and rodents", "bird"),
+    ("shark", "ocean", "fish", "fish"),
+    ("frog", "wetlands", "insects", "amphibian"),
+    ("camel", "desert", "plants", "mammal"),
+    ("penguin", "antarctic", "krill", "bird"),
+    ("owl", "forest", "mice", "bird"),
+    ("dolphin", "ocean", "fish", "mammal"),
+    ("lizard", "desert", "insects", "reptile"),
+    ("bear", "mountains", "berries and fish", "mammal"),
+    ("turtle", "wetlands", "plants", "reptile"),
+    ("zebra", "savanna", "grass", "mammal"),
+]
 _ADJECTIVES = ["brave", "sleepy", "hungry", "curious", "tiny", "old", "clever", "shy"]
 _JUNK_WORDS = ["zorp", "qlax", "vemt", "krill", "blorb", "snarf", "wux", "pim"]
 
@@ -94,10 +142,30 @@ def fill_template(rng: random.Random, template: tuple[str, str, str], number_max
     op, fn, sym = rng.choice(_OPS)
     ds, dsdesc = rng.choice(_DS)
     animal, habitat, diet, cls = rng.choice(_ANIMALS)
-    values = dict(a=a, a1=a + 1, adj=rng.choice(_ADJECTIVES), b=b, s=a + b, p=a * b, d=a - b, even="Yes, it is even." if a % 2 == 0 else "No, it is odd.",
-                  country=country, capital=capital, continent=continent, food=rng.choice(_FOODS),
-                  spice=rng.choice(_SPICES), op=op, fn=fn, sym=sym, ds=ds, dsdesc=dsdesc, animal=animal,
-                  habitat=habitat, diet=diet, cls=cls)
+    values = dict(
+        a=a,
+        a1=a + 1,
+        adj=rng.choice(_ADJECTIVES),
+        b=b,
+        s=a + b,
+        p=a * b,
+        d=a - b,
+        even="Yes, it is even." if a % 2 == 0 else "No, it is odd.",
+        country=country,
+        capital=capital,
+        continent=continent,
+        food=rng.choice(_FOODS),
+        spice=rng.choice(_SPICES),
+        op=op,
+        fn=fn,
+        sym=sym,
+        ds=ds,
+        dsdesc=dsdesc,
+        animal=animal,
+        habitat=habitat,
+        diet=diet,
+        cls=cls,
+    )
     return {"instruction": inst.format(**values), "input": inp.format(**values), "output": out.format(**values)}
 
 
@@ -109,7 +177,11 @@ def _junk(rng: random.Random, kind: str, base: dict) -> dict:
         return {"instruction": base["instruction"], "input": base["input"], "output": out[: max(1, len(out) // 3)]}
     if kind == "repeated":
         word = rng.choice(base["output"].split() or ["the"])
-        return {"instruction": base["instruction"], "input": base["input"], "output": " ".join([word] * rng.randint(20, 60))}
+        return {
+            "instruction": base["instruction"],
+            "input": base["input"],
+            "output": " ".join([word] * rng.randint(20, 60)),
+        }
     words = [rng.choice(_JUNK_WORDS) for _ in range(rng.randint(5, 15))]
     return {"instruction": " ".join(words[:4]).capitalize() + "?", "input": "", "output": " ".join(words)}
 
@@ -170,7 +242,9 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<unk>"], show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<eos>", "<unk>"],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer=trainer)
@@ -182,16 +256,38 @@ def demo_model_config(vocab_size: int, *, n_layers: int, n_experts: int, hidden:
     from transformers import AutoConfig
 
     return AutoConfig.for_model(
-        "qwen3_moe", vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-        moe_intermediate_size=hidden, num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=hidden // 4, num_experts=n_experts, num_experts_per_tok=2, max_position_embeddings=1024,
-        decoder_sparse_step=1, norm_topk_prob=True, tie_word_embeddings=False,
-        pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        "qwen3_moe",
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        moe_intermediate_size=hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        num_experts=n_experts,
+        num_experts_per_tok=2,
+        max_position_embeddings=1024,
+        decoder_sparse_step=1,
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
     )
 
 
-def pretrain_demo_model(model, tokenizer, texts: list[tuple[str, str]], *, epochs: float, batch_size: int,
-                        learning_rate: float, max_length: int, seed: int) -> list[float]:
+def pretrain_demo_model(
+    model,
+    tokenizer,
+    texts: list[tuple[str, str]],
+    *,
+    epochs: float,
+    batch_size: int,
+    learning_rate: float,
+    max_length: int,
+    seed: int,
+) -> list[float]:
     """Fit ``model`` to (prompt, response) pairs as a plain causal LM (every token, seeded order).
 
     AdamW with a linear decay to zero over ``epochs`` passes of shuffled batches; returns the
@@ -251,12 +347,25 @@ def build_proxy_model(out_dir: str | os.PathLike, pools: str | os.PathLike | lis
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(config)
     if cfg.pretrain_epochs > 0:
-        pretrain_demo_model(model, tokenizer, [(r["prompt"], r["response"]) for r in records],
-                            epochs=cfg.pretrain_epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                            max_length=cfg.max_length, seed=cfg.seed)
+        pretrain_demo_model(
+            model,
+            tokenizer,
+            [(r["prompt"], r["response"]) for r in records],
+            epochs=cfg.pretrain_epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            max_length=cfg.max_length,
+            seed=cfg.seed,
+        )
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    log.info("proxy model of %d records: %s, %d parameters, vocab %d -> %s", len(records), type(model).__name__,
-             sum(p.numel() for p in model.parameters()), len(tokenizer), out_dir)
+    log.info(
+        "proxy model of %d records: %s, %d parameters, vocab %d -> %s",
+        len(records),
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()),
+        len(tokenizer),
+        out_dir,
+    )
     return Path(out_dir)

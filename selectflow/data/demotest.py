@@ -98,8 +98,9 @@ def check_answer(kind: str, prompt: str, answer: str) -> bool:
     return bool(CHECKERS[kind](prompt, answer))
 
 
-def make_demo_testset(n_per_kind: int, seed: int, exclude: Callable[[dict], bool],
-                      kinds: Iterable[str] = TEST_KINDS) -> list[dict]:
+def make_demo_testset(
+    n_per_kind: int, seed: int, exclude: Callable[[dict], bool], kinds: Iterable[str] = TEST_KINDS
+) -> list[dict]:
     """``n_per_kind`` clean records per kind, none for which ``exclude(record)`` holds, no two alike.
 
     ``exclude`` says whether a record is in the pool (the caller compares normalised text).
@@ -114,8 +115,10 @@ def make_demo_testset(n_per_kind: int, seed: int, exclude: Callable[[dict], bool
         while len(seen) < n_per_kind:
             tries += 1
             if tries > 200 * n_per_kind:
-                raise ValueError(f"test kind {kind} gave only {len(seen)} records that are not in the pool "
-                                 f"(of {n_per_kind} asked); ask for fewer per kind")
+                raise ValueError(
+                    f"test kind {kind} gave only {len(seen)} records that are not in the pool "
+                    f"(of {n_per_kind} asked); ask for fewer per kind"
+                )
             rec = demo.fill_template(rng, demo._TOPICS[topic][index], number_max)
             key = (rec["instruction"], rec["input"], rec["output"])
             if key in seen or exclude(rec):

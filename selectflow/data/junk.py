@@ -35,8 +35,18 @@ import random
 import re
 import zlib
 
-JUNK_KINDS = ("other_answer", "echo", "truncated", "refusal", "wrong_language", "char_noise", "loop", "empty",
-              "keywords", "filler")
+JUNK_KINDS = (
+    "other_answer",
+    "echo",
+    "truncated",
+    "refusal",
+    "wrong_language",
+    "char_noise",
+    "loop",
+    "empty",
+    "keywords",
+    "filler",
+)
 TUNING_KINDS = ("refusal", "truncated", "loop", "other_answer", "filler")
 HELD_BACK_KINDS = ("empty", "wrong_language", "char_noise", "echo", "keywords")
 
@@ -48,11 +58,16 @@ _REFUSALS = (
     "Sorry, as a language model I don't have access to that information.",
 )
 _FILLER = (
-    "That is a great question.", "There are many factors to consider here.",
-    "The answer depends on your specific situation and needs.", "In general, it is important to keep things simple.",
-    "Many people find this topic interesting.", "It is always a good idea to do some research first.",
-    "I hope this helps!", "Let me know if you have any other questions.",
-    "Overall, there is no single right answer.", "This can vary from case to case.",
+    "That is a great question.",
+    "There are many factors to consider here.",
+    "The answer depends on your specific situation and needs.",
+    "In general, it is important to keep things simple.",
+    "Many people find this topic interesting.",
+    "It is always a good idea to do some research first.",
+    "I hope this helps!",
+    "Let me know if you have any other questions.",
+    "Overall, there is no single right answer.",
+    "This can vary from case to case.",
 )
 _PLACEHOLDERS = ("...", "N/A", "-", "TODO")
 _SYLLABLES = ("ka", "lo", "mi", "su", "te", "va", "ri", "no", "ju", "pe", "ha", "ty", "ol", "ek", "ur", "is")
@@ -63,8 +78,11 @@ _WORD = re.compile(r"[A-Za-z]+")
 def _pair(record: dict) -> tuple[str, str]:
     """(instruction text, response text) of the record's last user turn and last response."""
     if "conversations" in record or "messages" in record:
-        turns, role, text = (record["conversations"], "from", "value") if "conversations" in record \
+        turns, role, text = (
+            (record["conversations"], "from", "value")
+            if "conversations" in record
             else (record["messages"], "role", "content")
+        )
         user = next(t[text] for t in reversed(turns) if str(t[role]).lower() in ("human", "user"))
         answer = next(t[text] for t in reversed(turns) if str(t[role]).lower() in ("gpt", "assistant"))
         return _text(user), _text(answer)
@@ -83,8 +101,9 @@ def _with_response(record: dict, response: str) -> dict:
     placeholder in the chat formats, where the reader would refuse it)."""
     out = copy.deepcopy(record)
     if "conversations" in out or "messages" in out:
-        turns, role, text = (out["conversations"], "from", "value") if "conversations" in out \
-            else (out["messages"], "role", "content")
+        turns, role, text = (
+            (out["conversations"], "from", "value") if "conversations" in out else (out["messages"], "role", "content")
+        )
         last = max(i for i, t in enumerate(turns) if str(t[role]).lower() in ("gpt", "assistant"))
         turns[last][text] = response
     else:
@@ -95,8 +114,11 @@ def _with_response(record: dict, response: str) -> dict:
 def _truncated(rng: random.Random, text: str) -> str:
     if len(text) < 2:
         return text + " and"
-    inside = [i for i in range(len(text) // 3, max(len(text) // 3 + 1, 2 * len(text) // 3))
-              if 0 < i < len(text) and text[i - 1].isalnum() and text[i].isalnum()]
+    inside = [
+        i
+        for i in range(len(text) // 3, max(len(text) // 3 + 1, 2 * len(text) // 3))
+        if 0 < i < len(text) and text[i - 1].isalnum() and text[i].isalnum()
+    ]
     return text[: rng.choice(inside)] if inside else text[: max(1, len(text) // 2)]
 
 
@@ -153,8 +175,11 @@ def junk_response(kind: str, user: str, response: str, rng: random.Random, donor
     if kind == "refusal":
         return rng.choice(_REFUSALS)
     if kind == "wrong_language":
-        return _WORD.sub(lambda m: _foreign_word(m.group(0)), response) if _WORD.search(response) \
+        return (
+            _WORD.sub(lambda m: _foreign_word(m.group(0)), response)
+            if _WORD.search(response)
             else " ".join(_foreign_word(w) for w in user.split()[:12] or ["text"])
+        )
     if kind == "char_noise":
         return _char_noise(rng, response)
     if kind == "loop":

@@ -22,8 +22,16 @@ from selectflow.runtime.errors import SelectFlowError
 DEMO_PREFIX = "resources/demo/"
 MIN_FREE_MB = 100
 # commands that free space or repair state: a full or read-only disk must not block them
-HOUSEKEEPING = ("--unlock", "--delete-all-output", "--delete-temp-output", "--cleanup-metadata", "--cm",
-                "--cleanup-shadow", "--touch", "-t")
+HOUSEKEEPING = (
+    "--unlock",
+    "--delete-all-output",
+    "--delete-temp-output",
+    "--cleanup-metadata",
+    "--cm",
+    "--cleanup-shadow",
+    "--touch",
+    "-t",
+)
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
@@ -31,16 +39,19 @@ def check_datasets_given(config: Mapping, configfiles: list[str]) -> None:
     """``datasets`` must name at least one file (the schema would say only ``{} should be non-empty``)."""
     if isinstance(config.get("datasets"), dict) and not config["datasets"]:
         where = ", ".join(str(f) for f in configfiles) or "the config"
-        raise SelectFlowError(f"'datasets' in {where} is empty; name at least one JSONL file "
-                              "(datasets: {name: path/to/file.jsonl})")
+        raise SelectFlowError(
+            f"'datasets' in {where} is empty; name at least one JSONL file (datasets: {{name: path/to/file.jsonl}})"
+        )
 
 
 def check_datasets_exist(datasets: Mapping[str, str]) -> None:
     for name, path in datasets.items():
         # the demo pool is built by rule demo_pool; any other dataset must exist up front
         if not os.path.exists(path) and not path.startswith(DEMO_PREFIX):
-            raise SelectFlowError(f"dataset '{name}': file {path} does not exist (relative to {os.getcwd()}); "
-                                  f"fix 'datasets.{name}' in the config")
+            raise SelectFlowError(
+                f"dataset '{name}': file {path} does not exist (relative to {os.getcwd()}); "
+                f"fix 'datasets.{name}' in the config"
+            )
 
 
 def check_targets_exist(config: Mapping) -> None:
@@ -48,8 +59,10 @@ def check_targets_exist(config: Mapping) -> None:
     for key in ("selection", "compare"):
         path = config.get(key, {}).get("target")
         if path and not os.path.isfile(path):
-            raise SelectFlowError(f"{key}.target: file {path} does not exist (relative to {os.getcwd()}); "
-                                  f"point {key}.target at a JSONL of target records, or set it to null")
+            raise SelectFlowError(
+                f"{key}.target: file {path} does not exist (relative to {os.getcwd()}); "
+                f"point {key}.target at a JSONL of target records, or set it to null"
+            )
 
 
 def model_keys(config: Mapping) -> list[tuple[str, str]]:
@@ -70,16 +83,21 @@ def check_model_folder(key: str, path: str) -> None:
     folder = Path(path)
     what = f"'{key}' {path}"
     if not folder.exists():
-        raise SelectFlowError(f"{what} does not exist (relative to {os.getcwd()}); set '{key}' to a local "
-                              "Hugging Face model folder (nothing is downloaded)")
+        raise SelectFlowError(
+            f"{what} does not exist (relative to {os.getcwd()}); set '{key}' to a local "
+            "Hugging Face model folder (nothing is downloaded)"
+        )
     if not folder.is_dir():
-        raise SelectFlowError(f"{what} is a file, not a folder; set '{key}' to the folder that holds config.json "
-                              "and the weights")
+        raise SelectFlowError(
+            f"{what} is a file, not a folder; set '{key}' to the folder that holds config.json and the weights"
+        )
     if not (folder / "config.json").is_file():
         raise SelectFlowError(f"{what} has no config.json; set '{key}' to a folder saved with save_pretrained")
     if not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
-        raise SelectFlowError(f"{what} holds no model weights (*.safetensors or pytorch_model*.bin); copy the "
-                              f"weights into it, or set '{key}' to a complete model folder")
+        raise SelectFlowError(
+            f"{what} holds no model weights (*.safetensors or pytorch_model*.bin); copy the "
+            f"weights into it, or set '{key}' to a complete model folder"
+        )
 
 
 #: keys whose model is loaded with AutoModelForCausalLM (the encoders are not)
@@ -96,8 +114,10 @@ def causal_lm_problem(model_type: str) -> str | None:
         return None
     where = f"transformers {transformers.__version__}"
     if model_type not in CONFIG_MAPPING_NAMES:
-        return (f"{where} does not know model_type {model_type!r} (a newer transformers may; SelectFlow does not "
-                "run remote code)")
+        return (
+            f"{where} does not know model_type {model_type!r} (a newer transformers may; SelectFlow does not "
+            "run remote code)"
+        )
     tasks = []
     for name in sorted(dir(modeling_auto)):
         mapping = getattr(modeling_auto, name)
@@ -120,14 +140,16 @@ def check_causal_lm(key: str, path: str) -> None:
     try:
         model_type = json.loads(config.read_text()).get("model_type")
     except (OSError, ValueError) as exc:
-        raise SelectFlowError(f"'{key}' {path}: cannot read config.json ({exc}); save the model with "
-                              "save_pretrained") from None
+        raise SelectFlowError(
+            f"'{key}' {path}: cannot read config.json ({exc}); save the model with save_pretrained"
+        ) from None
     problem = causal_lm_problem(model_type) if model_type else None  # untyped: the loader says what is wrong
     if problem:
         raise SelectFlowError(
             f"'{key}' {path}: {problem}. SelectFlow dumps the routers of Hugging Face MoE causal LMs (the types "
             "AutoModelForCausalLM loads; the MoE ones checked are listed in docs/families.md); set "
-            f"'{key}' to such a model, e.g. its text-only causal-LM checkpoint")
+            f"'{key}' to such a model, e.g. its text-only causal-LM checkpoint"
+        )
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -145,13 +167,17 @@ def check_results_writable(results: str, min_free_mb: int = MIN_FREE_MB) -> None
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise SelectFlowError(f"cannot write results to {folder} ({exc.strerror}); outputs go to {results}/ "
-                              "under the folder you run snakemake in: run from a writable folder, or make "
-                              f"{folder} writable") from None
+        raise SelectFlowError(
+            f"cannot write results to {folder} ({exc.strerror}); outputs go to {results}/ "
+            "under the folder you run snakemake in: run from a writable folder, or make "
+            f"{folder} writable"
+        ) from None
     free_mb = shutil.disk_usage(folder).free / 2**20
     if free_mb < min_free_mb:
-        raise SelectFlowError(f"the disk of {folder} is full ({free_mb:.1f} MiB free, at least {min_free_mb} MiB "
-                              f"needed); free space there, or run from a folder on another disk")
+        raise SelectFlowError(
+            f"the disk of {folder} is full ({free_mb:.1f} MiB free, at least {min_free_mb} MiB "
+            f"needed); free space there, or run from a folder on another disk"
+        )
 
 
 def count_records_up_to(paths: list[str], limit: int) -> int:
@@ -191,8 +217,10 @@ def tiny_selection_text(selection_percentage: float, n: int, what: str) -> str |
     k = max(1, round(selection_percentage * n))
     if k > 1:
         return None
-    return (f"selection.selection_percentage {selection_percentage} of the {n} {what} selects "
-            f"{k} record; raise selection_percentage or add records")
+    return (
+        f"selection.selection_percentage {selection_percentage} of the {n} {what} selects "
+        f"{k} record; raise selection_percentage or add records"
+    )
 
 
 def preflight(config: Mapping, results: str, argv: list[str] = ()) -> list[str]:

@@ -31,21 +31,121 @@ from selectflow.data.junk import plant_junk
 from selectflow.data.records import write_jsonl
 
 MODULES = (
-    "abc", "argparse", "ast", "base64", "binascii", "bisect", "calendar", "cmath", "codecs", "collections",
-    "colorsys", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib",
-    "email.utils", "enum", "fnmatch", "fractions", "functools", "getopt", "gettext", "glob", "gzip", "hashlib",
-    "heapq", "hmac", "html", "http.client", "inspect", "ipaddress", "itertools", "json", "keyword", "locale",
-    "logging", "math", "mimetypes", "numbers", "operator", "pathlib", "pprint", "queue", "random", "re", "sched",
-    "secrets", "shlex", "shutil", "sqlite3", "statistics", "string", "struct", "tarfile", "tempfile", "textwrap",
-    "threading", "timeit", "tokenize", "typing", "unicodedata", "urllib.parse", "uuid", "wave", "weakref",
-    "zipfile", "zlib", "array", "builtins", "filecmp", "fileinput", "graphlib", "io", "os", "platform",
-    "posixpath", "quopri", "reprlib", "stat", "sys", "time", "traceback", "warnings", "xml.etree.ElementTree",
-    "asyncio", "urllib.request", "smtplib", "socket", "selectors", "signal", "plistlib",
-    "concurrent.futures", "multiprocessing", "subprocess", "optparse", "netrc", "ftplib",
+    "abc",
+    "argparse",
+    "ast",
+    "base64",
+    "binascii",
+    "bisect",
+    "calendar",
+    "cmath",
+    "codecs",
+    "collections",
+    "colorsys",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email.utils",
+    "enum",
+    "fnmatch",
+    "fractions",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "http.client",
+    "inspect",
+    "ipaddress",
+    "itertools",
+    "json",
+    "keyword",
+    "locale",
+    "logging",
+    "math",
+    "mimetypes",
+    "numbers",
+    "operator",
+    "pathlib",
+    "pprint",
+    "queue",
+    "random",
+    "re",
+    "sched",
+    "secrets",
+    "shlex",
+    "shutil",
+    "sqlite3",
+    "statistics",
+    "string",
+    "struct",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "typing",
+    "unicodedata",
+    "urllib.parse",
+    "uuid",
+    "wave",
+    "weakref",
+    "zipfile",
+    "zlib",
+    "array",
+    "builtins",
+    "filecmp",
+    "fileinput",
+    "graphlib",
+    "io",
+    "os",
+    "platform",
+    "posixpath",
+    "quopri",
+    "reprlib",
+    "stat",
+    "sys",
+    "time",
+    "traceback",
+    "warnings",
+    "xml.etree.ElementTree",
+    "asyncio",
+    "urllib.request",
+    "smtplib",
+    "socket",
+    "selectors",
+    "signal",
+    "plistlib",
+    "concurrent.futures",
+    "multiprocessing",
+    "subprocess",
+    "optparse",
+    "netrc",
+    "ftplib",
 )
 FORMATS = ("alpaca", "sharegpt", "messages")
-_SWAPS = {"the": "a", "a": "the", "return": "give back", "returns": "gives back", "object": "value",
-          "function": "routine", "string": "text", "list": "sequence", "new": "fresh", "if": "when"}
+_SWAPS = {
+    "the": "a",
+    "a": "the",
+    "return": "give back",
+    "returns": "gives back",
+    "object": "value",
+    "function": "routine",
+    "string": "text",
+    "list": "sequence",
+    "new": "fresh",
+    "if": "when",
+}
 _ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 
 
@@ -89,8 +189,13 @@ def candidate_records() -> list[dict]:
             out.append((f"Summarise the `{mod_name}` module.", summary, "summarise_module"))
         funcs = [n for n, o in members if inspect.isroutine(o)]
         if len(funcs) >= 2:
-            out.append((f"List the public functions of the `{mod_name}` module.",
-                        f"The `{mod_name}` module provides: {', '.join(funcs)}.", "list_functions"))
+            out.append(
+                (
+                    f"List the public functions of the `{mod_name}` module.",
+                    f"The `{mod_name}` module provides: {', '.join(funcs)}.",
+                    "list_functions",
+                )
+            )
         for name, obj in members:
             qual = f"{mod_name}.{name}"
             para = _first_paragraph(obj.__doc__)
@@ -99,8 +204,13 @@ def candidate_records() -> list[dict]:
                     out.append((f"What is the class `{qual}` for?", para, "explain_class"))
                 methods = sorted(n for n, m in vars(obj).items() if not n.startswith("_") and inspect.isroutine(m))
                 if len(methods) >= 2:
-                    out.append((f"Which public methods does `{qual}` define?",
-                                f"`{qual}` defines {', '.join(methods)}.", "methods"))
+                    out.append(
+                        (
+                            f"Which public methods does `{qual}` define?",
+                            f"`{qual}` defines {', '.join(methods)}.",
+                            "methods",
+                        )
+                    )
                 continue
             if para:
                 out.append((f"What does `{qual}` do?", para, "explain"))
@@ -122,8 +232,9 @@ def _near_duplicate(rng: random.Random, rec: dict) -> dict:
     return {**rec, "output": out if out != rec["output"] else out + " (see the docs)"}
 
 
-def make_realtext_pool(n_records: int = 2000, seed: int = 0, near_dup_rate: float = 0.05,
-                       junk_rate: float = 0.1) -> list[dict]:
+def make_realtext_pool(
+    n_records: int = 2000, seed: int = 0, near_dup_rate: float = 0.05, junk_rate: float = 0.1
+) -> list[dict]:
     """``n_records`` Alpaca records (``id``, ``instruction``, ``input``, ``output``, ``kind``,
     ``planted``): a seeded sample of :func:`candidate_records`, near-duplicates and junk planted."""
     rng = random.Random(seed)
@@ -133,8 +244,14 @@ def make_realtext_pool(n_records: int = 2000, seed: int = 0, near_dup_rate: floa
     records = [{"id": f"rt-{i:05d}", **rec, "planted": "clean"} for i, rec in enumerate(base)]
     for k in range(n_dup):
         src = rng.choice(records[: len(base)])
-        records.append({**_near_duplicate(rng, src), "id": f"rt-{len(base) + k:05d}", "planted": "near_duplicate",
-                        "duplicate_of": src["id"]})
+        records.append(
+            {
+                **_near_duplicate(rng, src),
+                "id": f"rt-{len(base) + k:05d}",
+                "planted": "near_duplicate",
+                "duplicate_of": src["id"],
+            }
+        )
     rng.shuffle(records)
     return plant_junk(records, junk_rate, seed)
 
@@ -150,8 +267,13 @@ def in_format(rec: dict, fmt: str) -> dict:
     return {**labels, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}]}
 
 
-def write_realtext_pool(out_dir: str | os.PathLike, n_records: int = 2000, seed: int = 0,
-                        near_dup_rate: float = 0.05, junk_rate: float = 0.1) -> dict[str, Path]:
+def write_realtext_pool(
+    out_dir: str | os.PathLike,
+    n_records: int = 2000,
+    seed: int = 0,
+    near_dup_rate: float = 0.05,
+    junk_rate: float = 0.1,
+) -> dict[str, Path]:
     """Write the pool as ``out_dir/{alpaca,sharegpt,messages}.jsonl`` (records dealt in turn,
     junk planted in each format); return {format: path}."""
     clean = make_realtext_pool(n_records, seed, near_dup_rate, 0.0)

@@ -91,8 +91,10 @@ def turn_text(content: object, where: str) -> str:
             if kind == "text" and not isinstance(part.get("text"), str):
                 raise ValueError(f"{where} part {k} has no string 'text'")
             if kind != "text":
-                raise ValueError(f"{where} part {k} is {kind!r}, not a text part ({{\"type\": \"text\", \"text\": …}}); "
-                                 "only text can be trained on")
+                raise ValueError(
+                    f'{where} part {k} is {kind!r}, not a text part ({{"type": "text", "text": …}}); '
+                    "only text can be trained on"
+                )
             texts.append(part["text"])
         content = "\n".join(texts)
     elif content is not None and not isinstance(content, str):
@@ -140,8 +142,10 @@ _LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 def to_jsonl_command(path: Path) -> str:
     """Shell commands that turn the JSON array file ``path`` into JSON Lines."""
     out = f"{path.stem}.jsonl" if path.suffix != ".jsonl" else f"{path.stem}.lines.jsonl"
-    return (f"jq -c '.[]' {path.name} > {out}, or python -c \"import json,sys; "
-            f"[print(json.dumps(r, ensure_ascii=False)) for r in json.load(sys.stdin)]\" < {path.name} > {out}")
+    return (
+        f"jq -c '.[]' {path.name} > {out}, or python -c \"import json,sys; "
+        f'[print(json.dumps(r, ensure_ascii=False)) for r in json.load(sys.stdin)]" < {path.name} > {out}'
+    )
 
 
 def open_lines(path: Path):
@@ -152,11 +156,14 @@ def open_lines(path: Path):
         return gzip.open(path, "rb")
     for magic, kind in _COMPRESSED.items():
         if head.startswith(magic):
-            raise SelectFlowError(f"{path}:1: this is a {kind} file, not JSON Lines; decompress it first "
-                                  "(gzip files are read directly)")
+            raise SelectFlowError(
+                f"{path}:1: this is a {kind} file, not JSON Lines; decompress it first (gzip files are read directly)"
+            )
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise SelectFlowError(f"{path}:1: this file is UTF-16, not UTF-8; convert it with "
-                              f"iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}")
+        raise SelectFlowError(
+            f"{path}:1: this file is UTF-16, not UTF-8; convert it with "
+            f"iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}"
+        )
     return open(path, "rb")
 
 
@@ -187,8 +194,10 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             if not line.strip():
                 continue
             if first and line.lstrip().startswith("["):
-                raise SelectFlowError(f"{path}:{lineno}: this is a JSON array, not JSON Lines (one object per line); "
-                                      f"convert it with {to_jsonl_command(path)}")
+                raise SelectFlowError(
+                    f"{path}:{lineno}: this is a JSON array, not JSON Lines (one object per line); "
+                    f"convert it with {to_jsonl_command(path)}"
+                )
             first = False
             try:
                 record = json.loads(line)
@@ -198,17 +207,19 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                     "fix or remove this line"
                 ) from None
             except RecursionError:
-                raise SelectFlowError(f"{path}:{lineno}: JSON nested too deeply to read; "
-                                      "flatten or remove this record") from None
+                raise SelectFlowError(
+                    f"{path}:{lineno}: JSON nested too deeply to read; flatten or remove this record"
+                ) from None
             if not isinstance(record, dict):
-                raise SelectFlowError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}; "
-                                      "fix or remove this line")
+                raise SelectFlowError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}; fix or remove this line"
+                )
             if _LONE_SURROGATE_ESCAPE.search(raw):
                 try:
                     json.dumps(record, ensure_ascii=False).encode("utf-8")
                 except UnicodeEncodeError as exc:
                     raise SelectFlowError(
-                        f"{path}:{lineno}: invalid \\u escape {exc.object[exc.start:exc.end]!r} "
+                        f"{path}:{lineno}: invalid \\u escape {exc.object[exc.start : exc.end]!r} "
                         "(half of a UTF-16 surrogate pair, not a character); fix or remove this record"
                     ) from None
             yield lineno, record

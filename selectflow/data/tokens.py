@@ -24,9 +24,11 @@ def pad_token_id(tokenizer) -> int:
         if value is not None:
             return int(value)
     if not getattr(tokenizer, "_selectflow_pad_warned", False):
-        log.warning("tokenizer %s has neither a pad nor an eos token; padding with id 0 (padded positions are "
-                    "masked out); set pad_token in its tokenizer_config.json to choose another",
-                    getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+        log.warning(
+            "tokenizer %s has neither a pad nor an eos token; padding with id 0 (padded positions are "
+            "masked out); set pad_token in its tokenizer_config.json to choose another",
+            getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+        )
         try:
             tokenizer._selectflow_pad_warned = True
         except AttributeError:

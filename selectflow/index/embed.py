@@ -42,9 +42,14 @@ def load_encoder(path: str | os.PathLike, device: str | torch.device = "auto", d
             model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
         unexpected = [k for k in info.get("unexpected_keys", ()) if not k.split(".")[0] == "lm_head"]
         if info.get("missing_keys") or unexpected:
-            log.warning("encoder %s: %d weights missing from the checkpoint (newly initialised: %s), %d unused (%s)",
-                        path, len(info.get("missing_keys", ())), ", ".join(sorted(info.get("missing_keys", ()))[:5]),
-                        len(unexpected), ", ".join(sorted(unexpected)[:5]))
+            log.warning(
+                "encoder %s: %d weights missing from the checkpoint (newly initialised: %s), %d unused (%s)",
+                path,
+                len(info.get("missing_keys", ())),
+                ", ".join(sorted(info.get("missing_keys", ()))[:5]),
+                len(unexpected),
+                ", ".join(sorted(unexpected)[:5]),
+            )
     except ValueError:
         # Architectures registered only as causal LMs; encode_texts reaches their backbone.
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

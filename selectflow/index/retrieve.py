@@ -40,8 +40,9 @@ def _check_ids(vectors: np.ndarray, ids: Sequence[str], what: str) -> None:
         raise SelectFlowError(f"{what} ids repeat; every {what} sample needs its own id")
 
 
-def retrieve(store: WindowStore, query_vectors: np.ndarray, query_ids: Sequence[str], k: int, *,
-             progress: bool = True) -> pd.DataFrame:
+def retrieve(
+    store: WindowStore, query_vectors: np.ndarray, query_ids: Sequence[str], k: int, *, progress: bool = True
+) -> pd.DataFrame:
     """The ``k`` nearest pool items of every query (rank 1 = nearest), a row per (query, neighbour).
 
     Fewer than ``k`` rows per query only when the pool has fewer items (or, for ``ivfpq``,
@@ -62,8 +63,9 @@ def retrieve(store: WindowStore, query_vectors: np.ndarray, query_ids: Sequence[
     return table[table["sample_id"] != ""].reset_index(drop=True)
 
 
-def decontaminate(store: WindowStore, eval_vectors: np.ndarray, eval_ids: Sequence[str], threshold: float, *,
-                  progress: bool = True) -> pd.DataFrame:
+def decontaminate(
+    store: WindowStore, eval_vectors: np.ndarray, eval_ids: Sequence[str], threshold: float, *, progress: bool = True
+) -> pd.DataFrame:
     """Pool samples within ``threshold`` of an eval sample (threshold included), a row per (sample, eval) pair.
 
     "Within" is squared-L2 / L1 distance <= ``threshold``, or inner product >= ``threshold``

@@ -94,7 +94,6 @@ def exact_top_k(search: Callable, n: int, queries: np.ndarray, k: int, larger_be
     return out_d, out_i
 
 
-
 @dataclass
 class _OpenWindow:
     index: faiss.Index
@@ -283,7 +282,8 @@ class WindowStore:
         dim = self.meta[w]["dim"]
         if x.ndim != 2 or x.shape[1] != dim:
             raise SelectFlowError(
-                f"queries have shape {tuple(np.shape(queries))} but window {w} ({WindowFiles.of(self.index_dir, w).faiss}) "
+                f"queries have shape {tuple(np.shape(queries))} but window {w} "
+                f"({WindowFiles.of(self.index_dir, w).faiss}) "
                 f"holds {dim}-dimensional vectors"
             )
         if not np.isfinite(x).all():

@@ -19,7 +19,8 @@ def summarize_windows(index: str | os.PathLike | WindowStore, out_tsv: str | os.
     """Per window: size, type, build time, bytes on disk and (for an open store) RAM held; log the totals.
 
     Columns: window, n, dim, index_type, metric, built_on, build_seconds, embed_seconds
-    (NaN when the vectors came from elsewhere), disk_bytes, open, ram_bytes. Written to ``out_tsv`` (atomically) when given.
+    (NaN when the vectors came from elsewhere), disk_bytes, open, ram_bytes. Written to ``out_tsv`` (atomically) when
+    given.
     """
     store = index if isinstance(index, WindowStore) else WindowStore(index)
     rows = []

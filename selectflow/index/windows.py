@@ -69,7 +69,8 @@ def read_sequence_window(h5_path: str | os.PathLike, dataset_name: str, start: i
         ds = f[dataset_name]
         if ds.ndim not in (2, 3):
             raise SelectFlowError(
-                f"{path}:{dataset_name} has shape {ds.shape}; expected [items, positions] or [items, positions, features]"
+                f"{path}:{dataset_name} has shape {ds.shape}; expected [items, positions] or "
+                "[items, positions, features]"
             )
         if not 0 <= start < stop <= ds.shape[1]:
             raise SelectFlowError(

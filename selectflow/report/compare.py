@@ -13,8 +13,12 @@ from selectflow.report.canvas import POOL, SELECTED, save_png
 from selectflow.runtime.fsutil import atomic_open
 from selectflow.runtime.tables import read_tsv
 
-INTRINSIC_PANELS = (("mean_quality", "mean quality"), ("near_duplicate_pairs", "near-duplicate pairs"),
-                    ("clusters_touched", "share of clusters touched"), ("cluster_entropy", "cluster entropy (nats)"))
+INTRINSIC_PANELS = (
+    ("mean_quality", "mean quality"),
+    ("near_duplicate_pairs", "near-duplicate pairs"),
+    ("clusters_touched", "share of clusters touched"),
+    ("cluster_entropy", "cluster entropy (nats)"),
+)
 
 
 MEASURES = (("accuracy", "macro accuracy", False), ("loss", "macro loss", True))  # (column, title, lower is better)
@@ -47,18 +51,27 @@ def caption(down: pd.DataFrame, main: str = "fps", reference: str = "random") ->
             diff, half = difference(_per_seed(down.loc[main], measure), _per_seed(down.loc[reference], measure))
             better = diff < 0 if lower else diff > 0
             verdict = "beyond" if abs(diff) > half else "within"
-            text += (f"; {main} {'better' if better else 'worse'} than {reference} by {abs(diff):.4f} "
-                     f"({verdict} the 95 % interval ± {half:.4f})")
+            text += (
+                f"; {main} {'better' if better else 'worse'} than {reference} by {abs(diff):.4f} "
+                f"({verdict} the 95 % interval ± {half:.4f})"
+            )
         parts.append(text)
     text = "; ".join(parts)
     return text[:1].upper() + text[1:] + "." if parts else "No downstream measure."
 
 
-def compare_figure(downstream_tsv: str | os.PathLike, intrinsic_tsv: str | os.PathLike,
-                   out_png: str | os.PathLike, out_caption: str | os.PathLike) -> str:
+def compare_figure(
+    downstream_tsv: str | os.PathLike,
+    intrinsic_tsv: str | os.PathLike,
+    out_png: str | os.PathLike,
+    out_caption: str | os.PathLike,
+) -> str:
     """Draw the figure and write its caption (also the figure's title); return the caption."""
-    down = read_tsv(downstream_tsv, "downstream table", nan_columns=tuple(
-        f"macro_{m}{tail}" for m, _, _ in MEASURES for tail in ("", "_ci95")))
+    down = read_tsv(
+        downstream_tsv,
+        "downstream table",
+        nan_columns=tuple(f"macro_{m}{tail}" for m, _, _ in MEASURES for tail in ("", "_ci95")),
+    )
     intr = read_tsv(intrinsic_tsv, "intrinsic table").set_index("method")
     text = caption(down)
     measures = [m for m in MEASURES if down[f"macro_{m[0]}"].notna().any()]
@@ -76,9 +89,12 @@ def compare_figure(downstream_tsv: str | os.PathLike, intrinsic_tsv: str | os.Pa
         ax.set_title(f"{title} (mean, 95 % interval)")
         ax.set_xticks(x, methods, rotation=45, ha="right")
     selectors = [m for m in methods if m in intr.index]
-    for ax, (column, title) in zip(axes[len(measures):], INTRINSIC_PANELS):
-        ax.bar(np.arange(len(selectors)), intr.loc[selectors, column],
-               color=[SELECTED if m == "fps" else POOL for m in selectors])
+    for ax, (column, title) in zip(axes[len(measures) :], INTRINSIC_PANELS):
+        ax.bar(
+            np.arange(len(selectors)),
+            intr.loc[selectors, column],
+            color=[SELECTED if m == "fps" else POOL for m in selectors],
+        )
         ax.set_title(title)
         ax.set_xticks(np.arange(len(selectors)), selectors, rotation=45, ha="right")
     fig.suptitle(text, fontsize=9, wrap=True)

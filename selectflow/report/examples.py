@@ -68,8 +68,12 @@ def example_rows(quality_tsv, curve_tsv, router_paths, *, per_group: int = 5, ma
     curve = read_tsv(curve_tsv, "FPS curve")
     rank = {sid: i for i, sid in enumerate(curve["sample_id"])}
     quality = quality.assign(reason=drop_reasons(quality, set(rank)))
-    chosen = [quality[quality["reason"] == "selected"].assign(rank=lambda t: t["sample_id"].map(rank))
-              .sort_values("rank").head(per_group)]
+    chosen = [
+        quality[quality["reason"] == "selected"]
+        .assign(rank=lambda t: t["sample_id"].map(rank))
+        .sort_values("rank")
+        .head(per_group)
+    ]
     dropped = quality[quality["reason"] != "selected"]
     # one group per kind of reason: "duplicate_of:<id>" names a different id on every row
     for _, part in dropped.groupby(dropped["reason"].str.partition(":")[0], sort=True):
@@ -91,8 +95,9 @@ def example_rows(quality_tsv, curve_tsv, router_paths, *, per_group: int = 5, ma
     return out
 
 
-def examples_figure(quality_tsv, curve_tsv, router_paths, out_png: str | os.PathLike, *, per_group: int = 5,
-                    max_chars: int = 60) -> pd.DataFrame:
+def examples_figure(
+    quality_tsv, curve_tsv, router_paths, out_png: str | os.PathLike, *, per_group: int = 5, max_chars: int = 60
+) -> pd.DataFrame:
     """Draw :func:`example_rows` as a table figure (PNG, like the report's other entries); return the table."""
     from matplotlib.figure import Figure
 
@@ -104,22 +109,34 @@ def examples_figure(quality_tsv, curve_tsv, router_paths, out_png: str | os.Path
         values = dict(zip(table.columns, row))
         rank = values.get("rank")
         q = str(values.get("quality", ""))
-        cells.append([
-            excerpt(values["reason"], 40) + ("" if rank is None or pd.isna(rank) else f" #{int(rank) + 1}"),
-            excerpt(values["sample_id"], 40), excerpt(values.get("dataset", ""), 24),
-            f"{float(q):.4g}" if q not in ("", "nan", "None") else "n/a",
-            values["prompt"], values["response"],
-        ])
+        cells.append(
+            [
+                excerpt(values["reason"], 40) + ("" if rank is None or pd.isna(rank) else f" #{int(rank) + 1}"),
+                excerpt(values["sample_id"], 40),
+                excerpt(values.get("dataset", ""), 24),
+                f"{float(q):.4g}" if q not in ("", "nan", "None") else "n/a",
+                values["prompt"],
+                values["response"],
+            ]
+        )
     fig = Figure(figsize=(16, 0.6 + 0.24 * (1 + max(1, len(cells)))))
     ax = fig.subplots()
     ax.set_axis_off()
     n_sel = int((table["reason"] == "selected").sum())
-    ax.set_title(f"Example records: {n_sel} selected (pick order #), then up to {per_group} per reason for not "
-                 "being selected", fontsize=10, loc="left")
+    ax.set_title(
+        f"Example records: {n_sel} selected (pick order #), then up to {per_group} per reason for not being selected",
+        fontsize=10,
+        loc="left",
+    )
     if cells:
-        shown = ax.table(cellText=cells, colLabels=["why", "sample_id", "dataset", "quality", "prompt", "response"],
-                         bbox=[0, 0, 1, 1], cellLoc="left", colLoc="left",
-                         colWidths=[0.14, 0.09, 0.06, 0.05, 0.35, 0.31])
+        shown = ax.table(
+            cellText=cells,
+            colLabels=["why", "sample_id", "dataset", "quality", "prompt", "response"],
+            bbox=[0, 0, 1, 1],
+            cellLoc="left",
+            colLoc="left",
+            colWidths=[0.14, 0.09, 0.06, 0.05, 0.35, 0.31],
+        )
         shown.auto_set_font_size(False)
         shown.set_fontsize(7.5)
         for (r, _), cell in shown.get_celld().items():

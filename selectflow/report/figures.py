@@ -103,21 +103,39 @@ def quality_figure(
             continue
         bins = np.histogram_bin_edges(score[among], bins=40)
         shown = [(m & among, c, f"{t} ({int((m & among).sum())})") for m, c, t in groups if (m & among).any()]
-        ax.hist([score[m] for m, _, _ in shown], bins=bins, stacked=True, color=[c for _, c, _ in shown],
-                label=[t for _, _, t in shown])
+        ax.hist(
+            [score[m] for m, _, _ in shown],
+            bins=bins,
+            stacked=True,
+            color=[c for _, c, _ in shown],
+            label=[t for _, _, t in shown],
+        )
         if attrs["stage"] == "two_stage" and cand.any() and not attrs.get("strata"):
-            ax.axvline(score[cand].min(), color="k", ls="--", lw=1,
-                       label=f"stage-1 cut: the top {int(cand.sum())} go to FPS")
+            ax.axvline(
+                score[cand].min(), color="k", ls="--", lw=1, label=f"stage-1 cut: the top {int(cand.sum())} go to FPS"
+            )
         elif attrs["stage"] == "two_stage" and cand.any():  # per stratum: no one score separates them
-            ax.plot([], [], " ", label=f"stage 1: {int(cand.sum())} candidates, the quality top of each of "
-                                       f"{attrs['strata']} routing strata (no single cut)")
+            ax.plot(
+                [],
+                [],
+                " ",
+                label=f"stage 1: {int(cand.sum())} candidates, the quality top of each of "
+                f"{attrs['strata']} routing strata (no single cut)",
+            )
         ax.set_yscale("log")
         ax.set_xlabel("quality score (higher is better)")
         ax.legend(fontsize=8, loc="best", framealpha=0.9)
     ax_all.set_ylabel("samples (log scale)")
     if (~finite).any():
-        ax_all.text(0.99, 0.98, f"{int((~finite).sum())} samples without a score", transform=ax_all.transAxes,
-                    ha="right", va="top", fontsize=8)
+        ax_all.text(
+            0.99,
+            0.98,
+            f"{int((~finite).sum())} samples without a score",
+            transform=ax_all.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+        )
     save_png(fig, out_png)
 
 
@@ -126,8 +144,10 @@ def fps_title(n_picks: int, n_candidates: int, attrs: Mapping) -> str:
     stage = attrs["stage"]
     if stage == "two_stage":
         stage = f"two stages: the top {n_candidates} of {attrs['n_kept']} kept samples by quality"
-    return (f"Farthest-point sampling: {n_picks} picks from {n_candidates} candidates\n"
-            f"({stage}; {attrs['metric']} distance)")
+    return (
+        f"Farthest-point sampling: {n_picks} picks from {n_candidates} candidates\n"
+        f"({stage}; {attrs['metric']} distance)"
+    )
 
 
 def fps_figure(curve_tsv: str | os.PathLike, candidates_h5: str | os.PathLike, out_png) -> None:
@@ -159,8 +179,12 @@ def training_figure(metrics: Mapping[str, str | os.PathLike], out_png) -> None:
     """Loss and learning rate vs optimizer step, one line per run in ``metrics`` (label -> metrics.tsv)."""
     present = {label: Path(p) for label, p in metrics.items() if p and Path(p).is_file()}
     if not present:
-        placeholder_figure(out_png, "Training loss", "training stage not run in this workflow "
-                           "(no train/metrics.tsv): set train.enabled to fine-tune on the selection")
+        placeholder_figure(
+            out_png,
+            "Training loss",
+            "training stage not run in this workflow "
+            "(no train/metrics.tsv): set train.enabled to fine-tune on the selection",
+        )
         return
     fig = Figure(figsize=(8, 5.5))
     ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
@@ -169,8 +193,14 @@ def training_figure(metrics: Mapping[str, str | os.PathLike], out_png) -> None:
         if table.empty:
             ax_loss.plot([], [], color=f"C{i}", label=f"{label}: no step finished")
             continue
-        ax_loss.plot(table["step"], table["loss"], color=f"C{i}", marker="o", ms=3,
-                     label=f"{label}: {len(table)} steps, last loss {table['loss'].iloc[-1]:.3f}")
+        ax_loss.plot(
+            table["step"],
+            table["loss"],
+            color=f"C{i}",
+            marker="o",
+            ms=3,
+            label=f"{label}: {len(table)} steps, last loss {table['loss'].iloc[-1]:.3f}",
+        )
         ax_lr.plot(table["step"], table["lr"], color=f"C{i}")
     ax_loss.set_title("Training loss (response tokens)")
     ax_loss.set_ylabel("loss")
@@ -187,8 +217,11 @@ def index_job_seconds(bench_dir: str | os.PathLike | None, name: str) -> tuple[d
     folder = Path(bench_dir) / "indexes" / name if bench_dir is not None else None
     if folder is None or not folder.is_dir():
         return {}, float("nan"), 0
-    windows = {int(m.group(1)): bench_seconds(p) for p in folder.glob("window_*.tsv")
-               if (m := re.fullmatch(r"window_(\d+)\.tsv", p.name))}
+    windows = {
+        int(m.group(1)): bench_seconds(p)
+        for p in folder.glob("window_*.tsv")
+        if (m := re.fullmatch(r"window_(\d+)\.tsv", p.name))
+    }
     embeds = [bench_seconds(p) for p in folder.glob("embed_group_*.tsv")]
     return windows, float(np.nansum(embeds)) if embeds else float("nan"), len(embeds)
 
@@ -202,8 +235,12 @@ def index_figure(summaries: Iterable[str | os.PathLike], out_png, bench_dir: str
     """
     present = [Path(p) for p in summaries if Path(p).is_file()]
     if not present:
-        placeholder_figure(out_png, "FAISS index build", "index stage not run in this workflow "
-                           "(no indexes/*/summary.tsv): set index.enabled to build the per-window indexes")
+        placeholder_figure(
+            out_png,
+            "FAISS index build",
+            "index stage not run in this workflow "
+            "(no indexes/*/summary.tsv): set index.enabled to build the per-window indexes",
+        )
         return
     fig = Figure(figsize=(10, 4))
     ax_time, ax_disk = fig.subplots(1, 2)
@@ -214,21 +251,29 @@ def index_figure(summaries: Iterable[str | os.PathLike], out_png, bench_dir: str
         jobs, embed_jobs_s, n_embed_jobs = index_job_seconds(bench_dir, name)
         job_s = table["window"].map(jobs).astype(float)
         embed_s = pd.to_numeric(table.get("embed_seconds", pd.Series(np.nan, index=table.index)), errors="coerce")
-        for values, marker, ls, what in ((job_s, "o", "-", "index_window job"), (embed_s, "s", "--", "embedding"),
-                                         (table["build_seconds"], "^", ":", "FAISS build")):
+        for values, marker, ls, what in (
+            (job_s, "o", "-", "index_window job"),
+            (embed_s, "s", "--", "embedding"),
+            (table["build_seconds"], "^", ":", "FAISS build"),
+        ):
             if values.notna().any():
-                ax_time.plot(table["window"], values, color=f"C{i}", marker=marker, ms=4, ls=ls,
-                             label=f"{name}: {what}")
+                ax_time.plot(
+                    table["window"], values, color=f"C{i}", marker=marker, ms=4, ls=ls, label=f"{name}: {what}"
+                )
         ax_disk.plot(table["window"], table["disk_bytes"] / 2**20, color=f"C{i}", marker="o", ms=4, label=name)
-        parts = [f"{name}: {len(table)} windows, {int(table['n'].sum())} rows, {table['disk_bytes'].sum() / 2**20:.1f} MB"]
+        parts = [
+            f"{name}: {len(table)} windows, {int(table['n'].sum())} rows, {table['disk_bytes'].sum() / 2**20:.1f} MB"
+        ]
         if job_s.notna().any():
             parts.append(f"window jobs {job_s.sum():.1f} s")
         if n_embed_jobs:
             parts.append(f"{n_embed_jobs} embedding job{'s' if n_embed_jobs > 1 else ''} {embed_jobs_s:.1f} s")
         if embed_s.notna().any():
             parts.append(f"embedding {embed_s.sum():.2f} s")
-        parts.append(f"FAISS builds {table['build_seconds'].sum():.4f} s "
-                     f"({', '.join(sorted(set(table['index_type'])))} on {', '.join(sorted(set(table['built_on'])))})")
+        parts.append(
+            f"FAISS builds {table['build_seconds'].sum():.4f} s "
+            f"({', '.join(sorted(set(table['index_type'])))} on {', '.join(sorted(set(table['built_on'])))})"
+        )
         totals.append(", ".join(parts))
     ax_time.set_title("time per window", fontsize=10)
     ax_time.set_ylabel("seconds")

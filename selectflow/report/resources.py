@@ -85,8 +85,11 @@ def resources_figure(table: pd.DataFrame, out_png) -> None:
         save_png(fig, out_png)
         return
     per_rule = table.groupby("rule", sort=True).agg(
-        jobs=("job", "size"), seconds=("seconds", lambda s: s.sum(min_count=1)), rss=("max_rss_mb", "max"),
-        gpu=("gpu_peak_mb", "max"), retried=("attempts", lambda a: int((a > 1).sum())),
+        jobs=("job", "size"),
+        seconds=("seconds", lambda s: s.sum(min_count=1)),
+        rss=("max_rss_mb", "max"),
+        gpu=("gpu_peak_mb", "max"),
+        retried=("attempts", lambda a: int((a > 1).sum())),
     )
     y = np.arange(len(per_rule))
     labels = [f"{rule} ({jobs} job{'s' if jobs > 1 else ''})" for rule, jobs in zip(per_rule.index, per_rule["jobs"])]
@@ -99,8 +102,15 @@ def resources_figure(table: pd.DataFrame, out_png) -> None:
         ax.set_title(title, fontsize=10)
         if values.isna().all():
             ax.set_xticks([])
-            ax.text(0.5, 0.5, "no GPU job in this run\n(all jobs ran on CPU)" if ax is axes[2] else "not recorded",
-                    transform=ax.transAxes, ha="center", va="center", fontsize=10)
+            ax.text(
+                0.5,
+                0.5,
+                "no GPU job in this run\n(all jobs ran on CPU)" if ax is axes[2] else "not recorded",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                fontsize=10,
+            )
             continue
         ax.barh(y, values.fillna(0).to_numpy(), color=colour)
         for yi, v in zip(y, values):

@@ -74,7 +74,9 @@ class _Smallest:
         self.dataset = np.concatenate([self.dataset, datasets])[best]
 
 
-def routing_sample(router_paths: list[str | os.PathLike], selected: set[str], *, max_points: int = 3000) -> RoutingSample:
+def routing_sample(
+    router_paths: list[str | os.PathLike], selected: set[str], *, max_points: int = 3000
+) -> RoutingSample:
     """Read the shards one at a time; return the :class:`RoutingSample` of the pool.
 
     The scatter sample holds at most ``max_points`` rows: up to half of them selected
@@ -154,16 +156,32 @@ def pca_figure(sample: RoutingSample, out_png) -> None:
     fig = Figure(figsize=(7.5, 6))
     ax = fig.subplots()
     shown = len(sample.features)
-    ax.set_title(f"Routing features (per-layer expert CDFs), PCA: {sample.n_selected} selected of "
-                 f"{sample.n_pool}" + (f", {shown} shown" if shown < sample.n_pool else ""))
+    ax.set_title(
+        f"Routing features (per-layer expert CDFs), PCA: {sample.n_selected} selected of "
+        f"{sample.n_pool}" + (f", {shown} shown" if shown < sample.n_pool else "")
+    )
     for i, name in enumerate(sorted(set(sample.dataset))):
         colour = f"C{i % 10}"
         mine = sample.dataset == name
         rest, sel = mine & ~sample.selected, mine & sample.selected
-        ax.scatter(coords[rest, 0], coords[rest, 1], s=8, alpha=0.35, color=colour, linewidths=0,
-                   label=f"{name or 'pool'}: not selected")
-        ax.scatter(coords[sel, 0], coords[sel, 1], s=36, color=colour, edgecolors="k", linewidths=0.8,
-                   label=f"{name or 'pool'}: selected")
+        ax.scatter(
+            coords[rest, 0],
+            coords[rest, 1],
+            s=8,
+            alpha=0.35,
+            color=colour,
+            linewidths=0,
+            label=f"{name or 'pool'}: not selected",
+        )
+        ax.scatter(
+            coords[sel, 0],
+            coords[sel, 1],
+            s=36,
+            color=colour,
+            edgecolors="k",
+            linewidths=0.8,
+            label=f"{name or 'pool'}: selected",
+        )
     ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({explained[1]:.0%} of variance)")
     ax.legend(fontsize=8, markerscale=1.2)
@@ -179,7 +197,10 @@ def heatmap_figure(sample: RoutingSample, out_png) -> None:
     axes = fig.subplots(1, 3, sharey=True)
     fig.suptitle("Mean expert probability per MoE layer")
     vmax = float(max(pool.max(), sel.max()))
-    for ax, data, title in ((axes[0], pool, f"pool ({sample.n_pool})"), (axes[1], sel, f"selected ({sample.n_selected})")):
+    for ax, data, title in (
+        (axes[0], pool, f"pool ({sample.n_pool})"),
+        (axes[1], sel, f"selected ({sample.n_selected})"),
+    ):
         im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=axes[:2], shrink=0.9, label="probability")

@@ -77,8 +77,9 @@ def selection_counts(paths: Layout) -> list[dict]:
                 "kept": int(_flag(part["kept"]).sum()) if "kept" in part else None,
                 "candidates": int(_flag(part["candidate"]).sum()) if "candidate" in part else None,
                 "selected": int(picked[part.index].sum()) if picked is not None else None,
-                "duplicates": (int(part["reason"].astype(str).str.startswith("duplicate_of:").sum())
-                               if "reason" in part else None),
+                "duplicates": (
+                    int(part["reason"].astype(str).str.startswith("duplicate_of:").sum()) if "reason" in part else None
+                ),
             }
             for key, value in derived.items():
                 if row.get(key) is None:
@@ -105,8 +106,11 @@ def quality_method(paths: Layout) -> dict:
             import h5py
 
             with h5py.File(path, "r") as f:
-                return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()
-                        if k in ("quality_method", "stage", "metric", "n_pool", "n_kept", "k")}
+                return {
+                    k: (v.item() if hasattr(v, "item") else v)
+                    for k, v in f.attrs.items()
+                    if k in ("quality_method", "stage", "metric", "n_pool", "n_kept", "k")
+                }
         except OSError as exc:
             log.debug("cannot read %s: %s", path, exc)
     found: dict = {}
@@ -123,8 +127,9 @@ def quality_method(paths: Layout) -> dict:
     return found
 
 
-def logged_messages(log_dir: str | os.PathLike, since: float | None = None,
-                    levels: tuple[str, ...] = ("WARNING",)) -> list[tuple[str, str, int]]:
+def logged_messages(
+    log_dir: str | os.PathLike, since: float | None = None, levels: tuple[str, ...] = ("WARNING",)
+) -> list[tuple[str, str, int]]:
     """``(level, "logfile: logger: message", count)`` for log lines of ``levels`` under ``log_dir``.
 
     Only lines stamped at or after ``since`` (a POSIX time; logs are appended to across
@@ -174,12 +179,15 @@ def _table(rows: list[dict]) -> list[str]:
     head = ("dataset", *COUNT_COLUMNS)
     cells = [[str(r["dataset"])] + ["?" if r[c] is None else f"{r[c]:,}" for c in COUNT_COLUMNS] for r in rows]
     if len(rows) > 1:
-        total = ["all"] + [("?" if any(r[c] is None for r in rows) else f"{sum(r[c] for r in rows):,}")
-                           for c in COUNT_COLUMNS]
+        total = ["all"] + [
+            ("?" if any(r[c] is None for r in rows) else f"{sum(r[c] for r in rows):,}") for c in COUNT_COLUMNS
+        ]
         cells.append(total)
     width = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
-    fmt = lambda row: "  " + "  ".join(  # noqa: E731
-        (v.ljust(w) if i == 0 else v.rjust(w)) for i, (v, w) in enumerate(zip(row, width)))
+
+    def fmt(row):
+        return "  " + "  ".join((v.ljust(w) if i == 0 else v.rjust(w)) for i, (v, w) in enumerate(zip(row, width)))
+
     return [fmt(head), *(fmt(c) for c in cells)]
 
 
@@ -220,13 +228,18 @@ def run_summary(config: dict, *, ok: bool = True, since: float | None = None, wo
             text += f"; stage: {stage}"
             sel = config.get("selection", {})
             if stage == "two_stage":
-                text += (f" (top {sel.get('importance_selection_percentage')} of the pool by quality, "
-                         f"then FPS picks {sel.get('selection_percentage')})")
+                text += (
+                    f" (top {sel.get('importance_selection_percentage')} of the pool by quality, "
+                    f"then FPS picks {sel.get('selection_percentage')})"
+                )
         if method.get("metric"):
             text += f"; distance: {method['metric']}"
         lines.append(text)
     if not counts and not method:
-        lines += ["", "  no selection results yet (the run stopped before rule candidates, or its target excludes them)"]
+        lines += [
+            "",
+            "  no selection results yet (the run stopped before rule candidates, or its target excludes them)",
+        ]
     outputs = _outputs(paths)
     if outputs:
         lines += ["", "outputs:", *outputs]
@@ -251,9 +264,11 @@ def run_summary(config: dict, *, ok: bool = True, since: float | None = None, wo
         router_data = Path(paths.router_data)
         if router_data.is_dir():
             pct = config["selection"]["selection_percentage"]
-            lines.append(f"  selectflow continue-selection --router-data-dir {router_data} \\\n"
-                         f"      --output-path /tmp/{run}_compare/selected_data.jsonl --selection-percentage "
-                         f"{min(1.0, 2 * float(pct)):g}   # another selection on the saved routing, to compare")
+            lines.append(
+                f"  selectflow continue-selection --router-data-dir {router_data} \\\n"
+                f"      --output-path /tmp/{run}_compare/selected_data.jsonl --selection-percentage "
+                f"{min(1.0, 2 * float(pct)):g}   # another selection on the saved routing, to compare"
+            )
     else:
         lines.append("  fix the cause named in the job log, then run the same snakemake command again:")
         lines.append("  finished outputs are kept, only the rest is redone.")

@@ -89,32 +89,84 @@ _SIGMOID = Family(score="sigmoid")
 _SIGMOID_INDEXED = Family(score="sigmoid", batch_dependent=True, note="indexed (sparse) attention: dumped at batch 1")
 
 FAMILIES: dict[str, Family] = {
-    **{name: _SIGMOID for name in (
-        "afmoe", "axk1", "axk2", "bailing_hybrid", "beam", "deepseek_v3", "dots1", "exaone_moe", "flint",
-        "glm4_moe", "glm4_moe_lite", "hy_v3", "hy_v4", "inkling_text", "kimi_linear", "kolibri1",
-        "laguna", "lfm2_moe", "mimo_v2_flash", "minimax_m2", "minimax_m3_vl_text", "nemotron_h", "sarvam_mla",
-        "sarvam_moe", "solar_open", "inkling2_text",
-    )},
-    "inkling_text": Family(score="sigmoid", sink_rows="n_shared_experts",
-                           note="the router also scores the shared experts (sinks); they get no column"),
+    **{
+        name: _SIGMOID
+        for name in (
+            "afmoe",
+            "axk1",
+            "axk2",
+            "bailing_hybrid",
+            "beam",
+            "deepseek_v3",
+            "dots1",
+            "exaone_moe",
+            "flint",
+            "glm4_moe",
+            "glm4_moe_lite",
+            "hy_v3",
+            "hy_v4",
+            "inkling_text",
+            "kimi_linear",
+            "kolibri1",
+            "laguna",
+            "lfm2_moe",
+            "mimo_v2_flash",
+            "minimax_m2",
+            "minimax_m3_vl_text",
+            "nemotron_h",
+            "sarvam_mla",
+            "sarvam_moe",
+            "solar_open",
+            "inkling2_text",
+        )
+    },
+    "inkling_text": Family(
+        score="sigmoid",
+        sink_rows="n_shared_experts",
+        note="the router also scores the shared experts (sinks); they get no column",
+    ),
     "phimoe": Family(sparse_mixer=True, note="sparsemixer top-k weights have no dense form: softmax of the logits"),
-    "inkling2_loop_text": Family(score="sigmoid", source="hooks", pattern=r"(^|\.)mlp\.gate$", loops=True,
-                                 note="looped layers: one row per pass"),
+    "inkling2_loop_text": Family(
+        score="sigmoid", source="hooks", pattern=r"(^|\.)mlp\.gate$", loops=True, note="looped layers: one row per pass"
+    ),
     **{name: _SIGMOID_INDEXED for name in ("deepseek_v32", "glm_moe_dsa", "dots3_note_text")},
     "qwen4_exp_text": Family(batch_dependent=True, note="indexed attention: dumped at batch 1"),
-    "deepseek_v4": Family(score="sqrtsoftplus", source="hooks", pattern=r"(^|\.)mlp\.gate$", batch_dependent=True,
-                          note="hash-routed first layers are missing from output_router_logits; compressed "
-                               "sparse attention: dumped at batch 1"),
-    "llama4_text": Family(score="sigmoid", source="hooks", pattern=r"(^|\.)feed_forward\.router$", output_index=1,
-                          note="the router returns (top-k sigmoid scores, logits)"),
-    "gemma4_text": Family(source="hooks", pattern=r"(^|\.)router\.proj$",
-                          note="the router module returns probabilities; its proj holds the logits"),
-    "jetmoe": Family(source="hooks", pattern=r"(^|\.)mlp\.router$", output_index=4,
-                     note="output_router_logits interleaves the attention-expert routers"),
+    "deepseek_v4": Family(
+        score="sqrtsoftplus",
+        source="hooks",
+        pattern=r"(^|\.)mlp\.gate$",
+        batch_dependent=True,
+        note="hash-routed first layers are missing from output_router_logits; compressed "
+        "sparse attention: dumped at batch 1",
+    ),
+    "llama4_text": Family(
+        score="sigmoid",
+        source="hooks",
+        pattern=r"(^|\.)feed_forward\.router$",
+        output_index=1,
+        note="the router returns (top-k sigmoid scores, logits)",
+    ),
+    "gemma4_text": Family(
+        source="hooks",
+        pattern=r"(^|\.)router\.proj$",
+        note="the router module returns probabilities; its proj holds the logits",
+    ),
+    "jetmoe": Family(
+        source="hooks",
+        pattern=r"(^|\.)mlp\.router$",
+        output_index=4,
+        note="output_router_logits interleaves the attention-expert routers",
+    ),
     "longcat_flash": Family(extra_experts="zero_expert_num", note="zero (identity) experts are the last columns"),
     "zaya": Family(extra_experts=1, note="the skip expert is the last column"),
-    "doge": Family(score="product_keys", source="hooks", pattern=r"(^|\.)mlp$", output_index=1, batch_dependent=True,
-                   note="product-key experts (keys²); the router mixes rows of a batch: dumped at batch 1"),
+    "doge": Family(
+        score="product_keys",
+        source="hooks",
+        pattern=r"(^|\.)mlp$",
+        output_index=1,
+        batch_dependent=True,
+        note="product-key experts (keys²); the router mixes rows of a batch: dumped at batch 1",
+    ),
 }
 
 
@@ -181,8 +233,13 @@ def suggest_pattern(model, n_columns: int) -> str | None:
     """
     names = set()
     for name, param in model.named_parameters():
-        if param.ndim == 2 and param.shape[0] == n_columns and name.endswith("weight") and "expert" not in name \
-                and not _NOT_ROUTED.search(name):
+        if (
+            param.ndim == 2
+            and param.shape[0] == n_columns
+            and name.endswith("weight")
+            and "expert" not in name
+            and not _NOT_ROUTED.search(name)
+        ):
             names.add(re.sub(r"^.*?\.\d+\.", "", name.rsplit(".", 1)[0]))
     if not names:
         return None
@@ -212,10 +269,16 @@ class Capture:
 
     def summary(self) -> str:
         where = "output_router_logits" if self.use_output else f"hooks on {len(self.modules)} modules"
-        origin = f"family table entry {self.model_type!r}" if self.from_table else f"generic path ({self.model_type or 'unknown'})"
-        return (f"routers via {where} ({origin}); {self.n_columns} experts"
-                f"{f' incl. {self.n_extra} zero/skip' if self.n_extra else ''}, score {self.score}"
-                f"{', batch-dependent: batch 1' if self.batch_dependent else ''}")
+        origin = (
+            f"family table entry {self.model_type!r}"
+            if self.from_table
+            else f"generic path ({self.model_type or 'unknown'})"
+        )
+        return (
+            f"routers via {where} ({origin}); {self.n_columns} experts"
+            f"{f' incl. {self.n_extra} zero/skip' if self.n_extra else ''}, score {self.score}"
+            f"{', batch-dependent: batch 1' if self.batch_dependent else ''}"
+        )
 
     def _fail(self, what: str, name: str, value) -> CaptureError:
         return CaptureError(
@@ -235,13 +298,18 @@ class Capture:
                 raise self._fail(f"which has no element {self.family.output_index}", name, out)
             return candidates[self.family.output_index]
         for value in candidates:
-            if torch.is_tensor(value) and value.is_floating_point() and value.shape[-1:] == (self.n_columns,) \
-                    and value.numel() == n_tokens * self.n_columns:
+            if (
+                torch.is_tensor(value)
+                and value.is_floating_point()
+                and value.shape[-1:] == (self.n_columns,)
+                and value.numel() == n_tokens * self.n_columns
+            ):
                 return value
         return candidates[0]
 
-    def check(self, per_layer: list, names: list[str], n_tokens: int,
-              valid: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def check(
+        self, per_layer: list, names: list[str], n_tokens: int, valid: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Validate the captured outputs of one forward; return [n_tokens, E] logits per MoE layer.
 
         ``valid``: [n_tokens] bool, the non-padding tokens (the attention mask, flattened); the
@@ -250,12 +318,14 @@ class Capture:
         if self.n_layers is not None and len(per_layer) != self.n_layers:
             raise CaptureError(
                 f"router capture of {self.model_type or 'this model'}: got {len(per_layer)} router outputs "
-                f"({', '.join(names[:4])}{', …' if len(names) > 4 else ''}) for {self.n_layers} MoE layers")
+                f"({', '.join(names[:4])}{', …' if len(names) > 4 else ''}) for {self.n_layers} MoE layers"
+            )
         if self.n_layers is None and not self.family.loops and len(per_layer) > self.n_hidden_layers:
             raise CaptureError(
                 f"router capture of {self.model_type or 'this model'}: {len(per_layer)} router outputs for "
                 f"{self.n_hidden_layers} layers; the model returns more than one router per layer (attention "
-                "experts?)")
+                "experts?)"
+            )
         out = []
         for name, value in zip(names, per_layer):
             if self.score == "product_keys":
@@ -263,7 +333,9 @@ class Capture:
                 continue
             if not torch.is_tensor(value) or not value.is_floating_point():
                 raise self._fail("not a floating-point tensor", name, value)
-            if self.n_columns is not None and (value.shape[-1] != self.n_columns or value.numel() != n_tokens * self.n_columns):
+            if self.n_columns is not None and (
+                value.shape[-1] != self.n_columns or value.numel() != n_tokens * self.n_columns
+            ):
                 raise self._fail(f"expected [{n_tokens} tokens, {self.n_columns}]", name, value)
             out.append(value.reshape(n_tokens, -1))
         self._check_values(out, names, valid)
@@ -280,20 +352,28 @@ class Capture:
         if not per_layer or self.score in ("probs", "product_keys"):
             return
         n = per_layer[0].shape[0]
-        rows = torch.ones(n, dtype=torch.bool, device=per_layer[0].device) if valid is None \
+        rows = (
+            torch.ones(n, dtype=torch.bool, device=per_layer[0].device)
+            if valid is None
             else valid.reshape(n).to(per_layer[0].device, torch.bool)
+        )
         cells = rows.sum() * per_layer[0].shape[-1]
         flags = []
         for x in per_layer:
             x = x.float()
             kept = rows.unsqueeze(-1)
             row_sum_error = torch.where(rows, (x.sum(-1) - 1).abs(), torch.zeros((), device=x.device))
-            flags.append(torch.stack([
-                (~torch.isfinite(x) & kept).any(),
-                (cells > 0) & (torch.where(kept, x, torch.full((), float("inf"), device=x.device)).min() >= 0)
-                & (row_sum_error.max() < 1e-3),
-                ((x == 0) & kept).sum() * 2 > cells,
-            ]))
+            flags.append(
+                torch.stack(
+                    [
+                        (~torch.isfinite(x) & kept).any(),
+                        (cells > 0)
+                        & (torch.where(kept, x, torch.full((), float("inf"), device=x.device)).min() >= 0)
+                        & (row_sum_error.max() < 1e-3),
+                        ((x == 0) & kept).sum() * 2 > cells,
+                    ]
+                )
+            )
         self._pending.append((torch.stack(flags), list(names), [describe(x) for x in per_layer]))
 
     def verify(self) -> None:
@@ -308,16 +388,21 @@ class Capture:
         at = 0
         for call, (_, names, shapes) in enumerate(pending):
             for name, shape in zip(names, shapes):
-                nonfinite, probs, sparse = flags[at:at + 3]
+                nonfinite, probs, sparse = flags[at : at + 3]
                 at += 3
                 err = None
                 if nonfinite:
-                    err = self._fail("non-finite values at valid tokens (overflow, or masked top-k scores)", name, shape)
+                    err = self._fail(
+                        "non-finite values at valid tokens (overflow, or masked top-k scores)", name, shape
+                    )
                 elif probs:
-                    err = self._fail("rows that already sum to 1 (probabilities, which a softmax would flatten)",
-                                     name, shape)
+                    err = self._fail(
+                        "rows that already sum to 1 (probabilities, which a softmax would flatten)", name, shape
+                    )
                 elif sparse:
-                    err = self._fail("mostly exact zeros at valid tokens (top-k scores rather than logits)", name, shape)
+                    err = self._fail(
+                        "mostly exact zeros at valid tokens (top-k scores rather than logits)", name, shape
+                    )
                 if err is not None:
                     err.call = call
                     raise err
@@ -330,7 +415,9 @@ class Capture:
 
     def distribution(self, logits: torch.Tensor, softmax_logits: bool = False) -> torch.Tensor:
         """[tokens, E] logits → the per-token routing distribution (rows sum to 1), float32."""
-        return routing_distribution(logits, "softmax" if softmax_logits and self.score != "product_keys" else self.score)
+        return routing_distribution(
+            logits, "softmax" if softmax_logits and self.score != "product_keys" else self.score
+        )
 
 
 def routing_distribution(logits: torch.Tensor, score: str) -> torch.Tensor:
@@ -365,15 +452,20 @@ def resolve_capture(model, settings) -> Capture:
         use_output = source == "output"
         pattern = settings.router_pattern
         # the model's properties (score, extra experts, batch dependence) stay; the capture is the user's
-        family = replace(family, source=source, pattern=None,
-                         output_index=family.output_index if family.pattern == pattern else None)
+        family = replace(
+            family, source=source, pattern=None, output_index=family.output_index if family.pattern == pattern else None
+        )
     # a broad pattern can match a converted model's quality gates: they are not routers
-    modules = [] if use_output else [
-        (n, m) for n, m in named_modules_matching(model, pattern) if not isinstance(m, QualityGate)]
+    modules = (
+        []
+        if use_output
+        else [(n, m) for n, m in named_modules_matching(model, pattern) if not isinstance(m, QualityGate)]
+    )
     if not use_output and not modules:
         raise CaptureError(
             f"no MoE routers found in {type(model).__name__}: the model returns no router logits and no module "
-            f"name matches router_pattern {pattern!r}")
+            f"name matches router_pattern {pattern!r}"
+        )
     n_experts = n_routed_experts(model.config)
     n_extra, n_sinks = (config_count(model.config, v) for v in (family.extra_experts, family.sink_rows))
     structural = expected_moe_layers(model)
@@ -381,17 +473,28 @@ def resolve_capture(model, settings) -> Capture:
     if not use_output and structural and len(modules) != len(structural) and family.score != "product_keys":
         raise CaptureError(
             f"router_pattern {pattern!r} matches {len(modules)} modules ({', '.join(n for n, _ in modules[:4])}"
-            f"{', …' if len(modules) > 4 else ''}) but {type(model).__name__} has {len(structural)} MoE layers")
-    batch_dependent = family.batch_dependent or any(
-        re.search(r"(^|\.)indexer$", n) for n, _ in model.named_modules())
+            f"{', …' if len(modules) > 4 else ''}) but {type(model).__name__} has {len(structural)} MoE layers"
+        )
+    batch_dependent = family.batch_dependent or any(re.search(r"(^|\.)indexer$", n) for n, _ in model.named_modules())
     capture = Capture(
-        model_type=model_type, family=family, use_output=use_output, modules=modules, n_experts=n_experts,
-        n_extra=n_extra, score=scoring(model.config, family), n_layers=n_layers, batch_dependent=batch_dependent,
-        from_table=from_table, n_hidden_layers=_n_hidden_layers(model.config),
+        model_type=model_type,
+        family=family,
+        use_output=use_output,
+        modules=modules,
+        n_experts=n_experts,
+        n_extra=n_extra,
+        score=scoring(model.config, family),
+        n_layers=n_layers,
+        batch_dependent=batch_dependent,
+        from_table=from_table,
+        n_hidden_layers=_n_hidden_layers(model.config),
     )
     if n_experts is None:
-        log.warning("%s: the config declares no expert count (%s); router outputs are checked for shape only",
-                    model_type, "/".join(EXPERT_KEYS))
+        log.warning(
+            "%s: the config declares no expert count (%s); router outputs are checked for shape only",
+            model_type,
+            "/".join(EXPERT_KEYS),
+        )
     return capture
 
 
@@ -406,16 +509,23 @@ def candidate_settings(model, settings) -> list[tuple[object, str]]:
     _, entry = family_of(model)
     family = entry or Family()
     n_experts = n_routed_experts(model.config)
-    n_rows = (n_experts or 0) + config_count(model.config, family.extra_experts) + config_count(model.config,
-                                                                                             family.sink_rows)
+    n_rows = (
+        (n_experts or 0)
+        + config_count(model.config, family.extra_experts)
+        + config_count(model.config, family.sink_rows)
+    )
     out = []
     if settings.router_source != "auto":
         out.append((replace(settings, router_source="auto"), "set router_dump.router_source: auto"))
     suggested = suggest_pattern(model, n_rows) if n_experts else None
     for pattern in dict.fromkeys(p for p in (suggested, DEFAULT_ROUTER_PATTERN) if p):
         if (settings.router_source, settings.router_pattern) != ("hooks", pattern):
-            out.append((replace(settings, router_source="hooks", router_pattern=pattern),
-                        f"set router_dump.router_source: hooks and router_dump.router_pattern: '{pattern}'"))
+            out.append(
+                (
+                    replace(settings, router_source="hooks", router_pattern=pattern),
+                    f"set router_dump.router_source: hooks and router_dump.router_pattern: '{pattern}'",
+                )
+            )
     if settings.router_source != "output" and supports_router_output(model):
         out.append((replace(settings, router_source="output"), "set router_dump.router_source: output"))
     return out

@@ -99,7 +99,9 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype):
     from transformers import AutoTokenizer
 
     if not Path(path).is_dir():
-        raise SelectFlowError(f"model path {path} is not a folder; set 'model.path' to a local Hugging Face model folder")
+        raise SelectFlowError(
+            f"model path {path} is not a folder; set 'model.path' to a local Hugging Face model folder"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = load_causal_lm(path, dtype=dtype)
     model.to(device).eval()
@@ -114,8 +116,10 @@ def capture_outputs(modules: list[tuple[str, torch.nn.Module]], whole: bool = Fa
     captured: list[list[torch.Tensor]] = [[] for _ in modules]
     handles = []
     for slot, (_, module) in zip(captured, modules):
+
         def hook(_mod, _inp, out, slot=slot):
             slot.append(out[0] if isinstance(out, (tuple, list)) and not whole else out)
+
         handles.append(module.register_forward_hook(hook))
     try:
         yield captured
@@ -145,7 +149,9 @@ def _last_hidden(output) -> torch.Tensor | None:
     return value if torch.is_tensor(value) else None
 
 
-def _response_nll(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _response_nll(
+    logits: torch.Tensor, ids: torch.Tensor, starts: list[int], lengths: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean NLL of tokens [start, length) of each row (token i predicted from position i-1).
 
     Only the scored positions go through the softmax. Rows with no scored token get NaN.
@@ -156,9 +162,7 @@ def _response_nll(logits: torch.Tensor, ids: torch.Tensor, starts: list[int], le
     hi = torch.tensor(lengths, device=ids.device).unsqueeze(1)
     scored = (pos >= lo) & (pos < hi)  # [B, T-1]: target position pos, predicted at pos-1
     rows, cols = scored.nonzero(as_tuple=True)
-    tok_nll = torch.nn.functional.cross_entropy(
-        logits[rows, cols].float(), ids[rows, cols + 1], reduction="none"
-    )
+    tok_nll = torch.nn.functional.cross_entropy(logits[rows, cols].float(), ids[rows, cols + 1], reduction="none")
     count = scored.sum(1)
     total = torch.zeros(b, device=ids.device).index_add_(0, rows, tok_nll)
     nll = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
@@ -208,8 +212,10 @@ class RouterDumper:
             out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
         want = (getattr(out, "hidden_states", None) or [None])[-1]
         if not torch.is_tensor(want):
-            raise SelectFlowError(f"{type(self.model).__name__} returns no hidden states (output_hidden_states); "
-                                  "set router_dump.hidden_states: false (selection.features: routing needs none)")
+            raise SelectFlowError(
+                f"{type(self.model).__name__} returns no hidden states (output_hidden_states); "
+                "set router_dump.hidden_states: false (selection.features: routing needs none)"
+            )
         if decoder is None:
             log.info("last hidden state via output_hidden_states (no decoder module to hook)")
             return
@@ -219,8 +225,11 @@ class RouterDumper:
             self.hidden_hook = [("decoder", decoder)]
             log.info("last hidden state via a hook on %s", type(decoder).__name__)
         else:
-            log.info("last hidden state via output_hidden_states (the %s hook gives %s)", type(decoder).__name__,
-                     "no tensor" if hooked is None else "other values")
+            log.info(
+                "last hidden state via output_hidden_states (the %s hook gives %s)",
+                type(decoder).__name__,
+                "no tensor" if hooked is None else "other values",
+            )
 
     def _probe(self) -> list[list[int]]:
         """Two short sequences of ordinary text, one padded: the forward that checks a capture up front."""
@@ -237,8 +246,9 @@ class RouterDumper:
         probe = self._probe()
         try:
             # as the dump will run: a batch of two, one padded; one at a time at batch 1
-            for seqs in ([probe] if self.settings.batch_size > 1 and not self.capture.batch_dependent
-                         else [[x] for x in probe]):
+            for seqs in (
+                [probe] if self.settings.batch_size > 1 and not self.capture.batch_dependent else [[x] for x in probe]
+            ):
                 self._forward(seqs)
             self.capture.verify()
         except CaptureError as err:
@@ -256,14 +266,16 @@ class RouterDumper:
         return True
 
     def _with_remedy(self, err: CaptureError, seqs: list[list[int]]) -> SelectFlowError:
-        """``err`` with a remedy that was tried here on the forward that failed (``seqs``), or the news that none was."""
+        """``err`` with a remedy that was tried here on the forward that failed (``seqs``), or the news that none
+        was."""
         widths = sorted({len(x) for x in seqs})
         capture = self.capture
         if capture is not None and len(widths) > 1 and self._passes(capture, [[x] for x in seqs]):
             padded = 1 - sum(len(x) for x in seqs) / (len(seqs) * widths[-1])
             return SelectFlowError(
                 f"{err}; the failing batch of {len(seqs)} records ({padded:.0%} padding) passes the same checks "
-                "when each record is forwarded alone: lower router_dump.batch_size (1 was tested and works)")
+                "when each record is forwarded alone: lower router_dump.batch_size (1 was tested and works)"
+            )
         tried = []
         for settings, change in candidate_settings(self.model, self.settings):
             tried.append(change.removeprefix("set "))
@@ -272,17 +284,25 @@ class RouterDumper:
             except CaptureError:
                 continue
             if self._passes(candidate, [seqs]):
-                return SelectFlowError(f"{err}; {change} (tested on the same batch: it captures "
-                                       f"{candidate.summary().removeprefix('routers via ')})")
+                return SelectFlowError(
+                    f"{err}; {change} (tested on the same batch: it captures "
+                    f"{candidate.summary().removeprefix('routers via ')})"
+                )
         if n_routed_experts(self.model.config) is None and not expected_moe_layers(self.model):
-            return SelectFlowError(f"{err}; its config declares no experts ({'/'.join(EXPERT_KEYS)}) and it has no "
-                                   "'experts' modules: use an MoE model or set 'router_dump.router_pattern'")
-        dtype = "" if self.settings.dtype == "float32" else (
-            "; if the values overflow in half precision, set router_dump.dtype: float32 (not tested here)")
+            return SelectFlowError(
+                f"{err}; its config declares no experts ({'/'.join(EXPERT_KEYS)}) and it has no "
+                "'experts' modules: use an MoE model or set 'router_dump.router_pattern'"
+            )
+        dtype = (
+            ""
+            if self.settings.dtype == "float32"
+            else ("; if the values overflow in half precision, set router_dump.dtype: float32 (not tested here)")
+        )
         return SelectFlowError(
             f"{err}; no capture tried here passes the checks ({'; '.join(tried) or 'no other capture applies'})"
             f"{dtype}; set router_dump.router_pattern to the name of the router's linear layer, or add the "
-            "family to FAMILIES in selectflow/router/capture.py (README, MoE families)")
+            "family to FAMILIES in selectflow/router/capture.py (README, MoE families)"
+        )
 
     @classmethod
     def from_path(cls, path: str, settings: DumpSettings) -> RouterDumper:
@@ -301,8 +321,11 @@ class RouterDumper:
         ids, mask = pad_batch(seqs, pad_token_id(self.tokenizer))
         ids, mask = ids.to(self.device), mask.to(self.device)
         hook = self.hidden_hook if hidden else []
-        with capture_outputs(capture.modules, whole=True) as routed, capture_outputs(self.quality_gates) as gates, \
-                capture_outputs(hook, whole=True) as last:
+        with (
+            capture_outputs(capture.modules, whole=True) as routed,
+            capture_outputs(self.quality_gates) as gates,
+            capture_outputs(hook, whole=True) as last,
+        ):
             kwargs = {"output_router_logits": True} if capture.use_output else {}
             if hidden and not hook:
                 kwargs["output_hidden_states"] = True
@@ -319,9 +342,11 @@ class RouterDumper:
                 names, router_logits = [], []
                 for (name, _), calls in zip(capture.modules, routed):
                     if len(calls) != 1 and not (calls and capture.family.loops):
-                        raise CaptureError(f"router module {name} ran {len(calls)} times in one forward pass, "
-                                           "expected once (router_dump.router_pattern should match one router per "
-                                           "MoE layer)")
+                        raise CaptureError(
+                            f"router module {name} ran {len(calls)} times in one forward pass, "
+                            "expected once (router_dump.router_pattern should match one router per "
+                            "MoE layer)"
+                        )
                     names += [name] * len(calls)
                     router_logits += [capture.pick(name, c, n_tokens) for c in calls]
             if not router_logits or any(r is None for r in router_logits):
@@ -350,7 +375,8 @@ class RouterDumper:
         nll, n_resp = _response_nll(logits, ids, [n for _, n, _ in items], lengths)
         out = {
             "moe_probs": _masked_token_mean(
-                [self.capture.distribution(x, self.settings.softmax_logits) for x in router_logits], mask, softmax=False),
+                [self.capture.distribution(x, self.settings.softmax_logits) for x in router_logits], mask, softmax=False
+            ),
             "nll_response": nll,
             "n_response_tokens": n_resp,
             "nll_eos": _eos_nll(logits, ids, lengths, self.tokenizer.eos_token_id),
@@ -362,8 +388,9 @@ class RouterDumper:
         if self.settings.ifd:
             alone = [a for _, _, a in items]
             ids2, _, logits2, _, _, _ = self._forward(alone)
-            out["nll_response_alone"], _ = _response_nll(logits2, ids2, [self._header_len] * len(alone),
-                                                         [len(a) for a in alone])
+            out["nll_response_alone"], _ = _response_nll(
+                logits2, ids2, [self._header_len] * len(alone), [len(a) for a in alone]
+            )
         return out
 
     @torch.inference_mode()
@@ -372,8 +399,11 @@ class RouterDumper:
         s = self.settings
         batch_size = batch_size or s.batch_size
         if self.capture.batch_dependent and batch_size > 1:
-            log.warning("%s: values depend on the other rows of a batch; dumping one sample at a time (batch %d "
-                        "ignored)", self.capture.model_type, batch_size)
+            log.warning(
+                "%s: values depend on the other rows of a batch; dumping one sample at a time (batch %d ignored)",
+                self.capture.model_type,
+                batch_size,
+            )
             batch_size = 1
         self.effective_batch_size = 0  # the largest batch that produced rows (an OOM halves the next ones)
         self._header_len = len(self.tokenizer(format_turns([]), add_special_tokens=False).input_ids)

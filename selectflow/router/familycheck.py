@@ -52,7 +52,10 @@ def _dist64(logits: torch.Tensor, score: str) -> torch.Tensor:
     if score == "product_keys":
         k = x.shape[-1] // 2
         halves = x.reshape(2, -1, k)  # the model's own view of the [T, 2K] logits
-        a, b = halves[0].exp() / halves[0].exp().sum(-1, keepdim=True), halves[1].exp() / halves[1].exp().sum(-1, keepdim=True)
+        a, b = (
+            halves[0].exp() / halves[0].exp().sum(-1, keepdim=True),
+            halves[1].exp() / halves[1].exp().sum(-1, keepdim=True),
+        )
         return torch.einsum("ti,tj->tij", a, b).reshape(a.shape[0], -1)
     if score in ("softmax", "probs"):
         e = (x - x.max(-1, keepdim=True).values).exp()
@@ -74,7 +77,8 @@ class Reference:
 
 
 def reference(model, ids: list[int], score: str) -> Reference:
-    """One sample alone: router logits from the router weight's input, float64, mean over tokens; the last hidden state's mean."""
+    """One sample alone: router logits from the router weight's input, float64, mean over tokens; the last hidden
+    state's mean."""
     n_cols = columns(model)
     owners = router_weights(model, n_cols + sink_rows(model))
     inputs: dict[str, list[torch.Tensor]] = {}
@@ -86,18 +90,23 @@ def reference(model, ids: list[int], score: str) -> Reference:
         def pre(_m, args, kwargs):
             x = args[0] if args else kwargs.get("hidden_states")
             inputs.setdefault(name, []).append(x)
+
         return pre
 
     def post(name):
         def hook(_m, _i, out):
             outputs.setdefault(name, []).append(out)
+
         return hook
 
     for name, module in owners:
         parent = modules[name.rsplit(".", 1)[0]] if "." in name else model
-        handles += [module.register_forward_pre_hook(grab(name), with_kwargs=True),
-                    parent.register_forward_pre_hook(grab(name + "<parent>"), with_kwargs=True),
-                    module.register_forward_hook(post(name)), parent.register_forward_hook(post(name + "<parent>"))]
+        handles += [
+            module.register_forward_pre_hook(grab(name), with_kwargs=True),
+            parent.register_forward_pre_hook(grab(name + "<parent>"), with_kwargs=True),
+            module.register_forward_hook(post(name)),
+            parent.register_forward_hook(post(name + "<parent>")),
+        ]
     try:
         with torch.no_grad():
             states = model(input_ids=torch.tensor([ids]), use_cache=False, output_hidden_states=True).hidden_states
@@ -111,7 +120,9 @@ def reference(model, ids: list[int], score: str) -> Reference:
         b = getattr(module, "bias", None)
         b = b[:n_cols] if isinstance(b, torch.Tensor) else None
         for call, x in enumerate(inputs.get(key, [])):  # looped layers route once per pass
-            logits = x.double().reshape(-1, w.shape[1]) @ w.T + (b.detach().double() if isinstance(b, torch.Tensor) else 0)
+            logits = x.double().reshape(-1, w.shape[1]) @ w.T + (
+                b.detach().double() if isinstance(b, torch.Tensor) else 0
+            )
             dist = _dist64(logits, score)
             layers.append(dist.mean(0))
             for out in (outputs.get(name, []), outputs.get(name + "<parent>", [])):
@@ -128,10 +139,30 @@ def _score_agreement(dist: torch.Tensor, out) -> float | None:
     """|renormalised top-k weights − our distribution at the chosen experts, renormalised|, if the router gives them."""
     if not isinstance(out, (tuple, list)):
         return None
-    weights = next((o for o in out if torch.is_tensor(o) and o.is_floating_point() and o.ndim == 2
-                    and o.shape[0] == dist.shape[0] and o.shape[1] < dist.shape[1]), None)
-    index = next((o for o in out if torch.is_tensor(o) and not o.is_floating_point() and o.ndim == 2
-                  and weights is not None and o.shape == weights.shape), None)
+    weights = next(
+        (
+            o
+            for o in out
+            if torch.is_tensor(o)
+            and o.is_floating_point()
+            and o.ndim == 2
+            and o.shape[0] == dist.shape[0]
+            and o.shape[1] < dist.shape[1]
+        ),
+        None,
+    )
+    index = next(
+        (
+            o
+            for o in out
+            if torch.is_tensor(o)
+            and not o.is_floating_point()
+            and o.ndim == 2
+            and weights is not None
+            and o.shape == weights.shape
+        ),
+        None,
+    )
     if weights is None or index is None or weights.shape[1] < 2 or index.max() >= dist.shape[1]:
         return None
     w = weights.double()
@@ -183,8 +214,9 @@ def _check_family(model_type: str, tokenizer, records: list[dict], settings) -> 
         with torch.no_grad(), quiet():
             model(input_ids=torch.tensor([[tokenizer.eos_token_id] * 3]), use_cache=False)
     except Exception as exc:  # noqa: BLE001 - the model itself fails before any selectflow code runs
-        return FamilyResult(model_type, "skipped", f"the tiny model's own forward fails: {type(exc).__name__}: "
-                            f"{str(exc)[:160]}")
+        return FamilyResult(
+            model_type, "skipped", f"the tiny model's own forward fails: {type(exc).__name__}: {str(exc)[:160]}"
+        )
     try:
         with quiet():
             dumper = RouterDumper(model, tokenizer, settings, torch.device("cpu"))
@@ -199,26 +231,54 @@ def _check_family(model_type: str, tokenizer, records: list[dict], settings) -> 
         with quiet():
             ref = reference(model, ids, capture.score)
         if ref.probs.shape != shard.moe_probs[row].shape:
-            return FamilyResult(model_type, "failed", f"reference has [L, E] {list(ref.probs.shape)}, the dump "
-                                f"{list(shard.moe_probs[row].shape)}", summary=capture.summary(),
-                                seconds=time.perf_counter() - start)
+            return FamilyResult(
+                model_type,
+                "failed",
+                f"reference has [L, E] {list(ref.probs.shape)}, the dump {list(shard.moe_probs[row].shape)}",
+                summary=capture.summary(),
+                seconds=time.perf_counter() - start,
+            )
         worst = max(worst, float(np.abs(shard.moe_probs[row] - ref.probs).max()))
         if shard.hidden is not None:
-            hidden_err = max(hidden_err, float(np.abs(shard.hidden[row] - ref.hidden).max())
-                             / max(float(np.abs(ref.hidden).max()), 1e-30)) if ref.hidden is not None else np.inf
+            hidden_err = (
+                max(
+                    hidden_err,
+                    float(np.abs(shard.hidden[row] - ref.hidden).max()) / max(float(np.abs(ref.hidden).max()), 1e-30),
+                )
+                if ref.hidden is not None
+                else np.inf
+            )
         checked += ref.score_checked
         score_err = max(score_err, ref.score_mismatch)
-    result = FamilyResult(model_type, "checked", "", worst, shard.moe_probs.shape[1], shard.moe_probs.shape[2],
-                          capture.summary(), checked, time.perf_counter() - start, capture, padding,
-                          hidden_err if shard.hidden is not None else float("nan"))
+    result = FamilyResult(
+        model_type,
+        "checked",
+        "",
+        worst,
+        shard.moe_probs.shape[1],
+        shard.moe_probs.shape[2],
+        capture.summary(),
+        checked,
+        time.perf_counter() - start,
+        capture,
+        padding,
+        hidden_err if shard.hidden is not None else float("nan"),
+    )
     if worst > TOLERANCE:
         result.status, result.reason = "failed", f"dump differs from the per-sample reference by {worst:.2e}"
     elif hidden_err > HIDDEN_TOLERANCE:
-        result.status, result.reason = "failed", (f"the dumped hidden-state means differ from the per-sample "
-                                                  f"output_hidden_states reference by {hidden_err:.2e} (relative)")
+        result.status, result.reason = (
+            "failed",
+            (
+                f"the dumped hidden-state means differ from the per-sample "
+                f"output_hidden_states reference by {hidden_err:.2e} (relative)"
+            ),
+        )
     elif score_err > 1e-4 and not capture.family.sparse_mixer:
-        result.status, result.reason = "failed", (f"the router's own top-k weights disagree with score "
-                                                  f"{capture.score!r} by {score_err:.2e}")
+        result.status, result.reason = (
+            "failed",
+            (f"the router's own top-k weights disagree with score {capture.score!r} by {score_err:.2e}"),
+        )
     elif shard.moe_probs.std(axis=0).max() < 1e-3:
         result.status, result.reason = "failed", "every sample routed alike: the check would not see an error"
     return result
@@ -267,12 +327,15 @@ def render_table(results: list[FamilyResult], not_causal: dict[str, str]) -> str
             source = "output" if c.use_output else f"`{c.family.pattern}`" if c.family.pattern else "`router_pattern`"
             if c.batch_dependent and not c.family.batch_dependent:
                 note = note or "has an `indexer` (sparse attention): dumped at batch 1"
-            lines.append(f"| `{r.model_type}` | checked | {source} | {'yes' if c.from_table else 'no'} | {c.score} | "
-                         f"{r.experts} | {r.layers} | {1 if c.batch_dependent else 'any'} | {r.padding:.0%} | "
-                         f"{r.max_error:.1e} | {r.score_checked or '–'} | {note} |")
+            lines.append(
+                f"| `{r.model_type}` | checked | {source} | {'yes' if c.from_table else 'no'} | {c.score} | "
+                f"{r.experts} | {r.layers} | {1 if c.batch_dependent else 'any'} | {r.padding:.0%} | "
+                f"{r.max_error:.1e} | {r.score_checked or '–'} | {note} |"
+            )
         else:
-            lines.append(f"| `{r.model_type}` | {r.status} | {r.reason.replace('|', '/')} |  |  |  |  |  |  |  |  "
-                         f"| {note} |")
+            lines.append(
+                f"| `{r.model_type}` | {r.status} | {r.reason.replace('|', '/')} |  |  |  |  |  |  |  |  | {note} |"
+            )
     lines += [
         "",
         "## Expert types that are not causal LMs",
@@ -292,8 +355,10 @@ def families_doc(argv: list[str]) -> int:
     import argparse
     import sys
 
-    ap = argparse.ArgumentParser(prog="selectflow families-doc",
-                                 description="check every installed MoE family and print the supported-families table")
+    ap = argparse.ArgumentParser(
+        prog="selectflow families-doc",
+        description="check every installed MoE family and print the supported-families table",
+    )
     ap.add_argument("families", nargs="*", help="model types to check (default: every MoE causal-LM type installed)")
     args = ap.parse_args(argv)
     tokenizer, records = demo_inputs()

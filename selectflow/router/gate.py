@@ -111,14 +111,16 @@ def find_moe_blocks(model: nn.Module, router_pattern: str | None = None) -> list
     if not found:
         raise SelectFlowError(
             f"no MoE routers found in {type(model).__name__}: no module name matches router_pattern "
-            f"{rx.pattern!r}; use an MoE model or set 'router_dump.router_pattern'")
+            f"{rx.pattern!r}; use an MoE model or set 'router_dump.router_pattern'"
+        )
     paths = sorted(found)
     for a in paths:
         for b in paths:
             if a != b and b.startswith(a + "."):
                 raise SelectFlowError(
                     f"router_pattern {rx.pattern!r} matches routers in {a} and inside it in {b}; one MoE block "
-                    "may not sit inside another: make 'router_dump.router_pattern' match only the routers")
+                    "may not sit inside another: make 'router_dump.router_pattern' match only the routers"
+                )
     return [(p, *found[p]) for p in modules if p in found]
 
 
@@ -143,8 +145,9 @@ def _install(block: nn.Module, gate: QualityGate) -> None:
     block._selectflow_gate_hook = block.register_forward_hook(_mix, with_kwargs=True)
 
 
-def attach_gates(model: nn.Module, *, trash: str, init_std: float, seed: int,
-                 router_pattern: str | None = None) -> list[str]:
+def attach_gates(
+    model: nn.Module, *, trash: str, init_std: float, seed: int, router_pattern: str | None = None
+) -> list[str]:
     """Stage 0 in memory: add a fresh quality gate to every MoE block; return the gate weight keys.
 
     The gates draw their N(0, ``init_std``) weights from a generator seeded with ``seed``,
@@ -182,9 +185,19 @@ def gate_manifest(model: nn.Module, **extra) -> dict:
     if not gates:
         raise SelectFlowError(f"{type(model).__name__} has no quality gates to save; convert it first")
     return {
-        "format": FORMAT, "version": VERSION, **extra,
-        "gates": [{"block": name.rsplit(".", 1)[0], "name": f"{name}.weight", "hidden_size": g.in_features,
-                   "trash": g.trash, "init_std": getattr(g, "_selectflow_init_std", None)} for name, g in gates],
+        "format": FORMAT,
+        "version": VERSION,
+        **extra,
+        "gates": [
+            {
+                "block": name.rsplit(".", 1)[0],
+                "name": f"{name}.weight",
+                "hidden_size": g.in_features,
+                "trash": g.trash,
+                "init_std": getattr(g, "_selectflow_init_std", None),
+            }
+            for name, g in gates
+        ],
     }
 
 
@@ -194,8 +207,9 @@ def save_gates(model: nn.Module, folder: str | os.PathLike, **extra) -> None:
 
     folder = Path(folder)
     manifest = gate_manifest(model, **extra)
-    tensors = {f"{name}.weight": g.weight.detach().to("cpu", torch.float32).contiguous()
-               for name, g in quality_gates(model)}
+    tensors = {
+        f"{name}.weight": g.weight.detach().to("cpu", torch.float32).contiguous() for name, g in quality_gates(model)
+    }
     with atomic_path(folder / GATES_WEIGHTS, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
     with atomic_open(folder / GATES_JSON, "w", encoding="utf-8") as fh:
@@ -222,17 +236,21 @@ def load_gates(model: nn.Module, folder: str | os.PathLike) -> list[str]:
     try:
         weights = load_file(str(folder / GATES_WEIGHTS))
     except Exception as exc:  # safetensors raises its own error types
-        raise SelectFlowError(f"{folder / GATES_WEIGHTS}: cannot read the gate weights ({exc}); rerun rule convert") from None
+        raise SelectFlowError(
+            f"{folder / GATES_WEIGHTS}: cannot read the gate weights ({exc}); rerun rule convert"
+        ) from None
     modules = dict(model.named_modules())
     for entry in manifest["gates"]:
         block, key = modules.get(entry["block"]), entry["name"]
         if block is None:
             raise SelectFlowError(
                 f"{folder / GATES_JSON}: gate block {entry['block']!r} is not a module of {type(model).__name__}; "
-                "the gates belong to another model: rerun rule convert on this one")
+                "the gates belong to another model: rerun rule convert on this one"
+            )
         if key not in weights or tuple(weights[key].shape) != (2, entry["hidden_size"]):
-            raise SelectFlowError(f"{folder / GATES_WEIGHTS}: no [2, {entry['hidden_size']}] tensor {key!r}; "
-                                  "rerun rule convert")
+            raise SelectFlowError(
+                f"{folder / GATES_WEIGHTS}: no [2, {entry['hidden_size']}] tensor {key!r}; rerun rule convert"
+            )
         gate = _new_gate(block, entry["hidden_size"], entry["trash"])
         with torch.no_grad():
             gate.weight.copy_(weights[key])
@@ -273,8 +291,15 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def convert_model(base_path: str | os.PathLike, out_dir: str | os.PathLike, *, trash: str, init_std: float,
-                  seed: int, router_pattern: str | None = None) -> Path:
+def convert_model(
+    base_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    trash: str,
+    init_std: float,
+    seed: int,
+    router_pattern: str | None = None,
+) -> Path:
     """Stage 0: write ``out_dir`` = the base model's files + fresh quality gates; return ``out_dir``.
 
     The base weights are not loaded into a new file: every file of ``base_path`` is hard
@@ -285,13 +310,19 @@ def convert_model(base_path: str | os.PathLike, out_dir: str | os.PathLike, *, t
     """
     base = Path(base_path)
     if not base.is_dir():
-        raise SelectFlowError(f"model path {base} is not a folder; set 'model.path' to a local Hugging Face model folder")
+        raise SelectFlowError(
+            f"model path {base} is not a folder; set 'model.path' to a local Hugging Face model folder"
+        )
     converted = is_converted(base)
     model = load_causal_lm(base, dtype=torch.float32)
     if converted:
         names = [f"{name}.weight" for name, _ in quality_gates(model)]
-        log.warning("%s already has %d quality gates (%s): keeping them; the trash, init std and seed settings "
-                    "do not apply", base, len(names), GATES_JSON)
+        log.warning(
+            "%s already has %d quality gates (%s): keeping them; the trash, init std and seed settings do not apply",
+            base,
+            len(names),
+            GATES_JSON,
+        )
     else:
         names = attach_gates(model, trash=trash, init_std=init_std, seed=seed, router_pattern=router_pattern)
     with atomic_dir(out_dir) as tmp:
@@ -300,6 +331,11 @@ def convert_model(base_path: str | os.PathLike, out_dir: str | os.PathLike, *, t
                 _link_or_copy(src, tmp / src.name)
         if not converted:
             save_gates(model, tmp, trash=trash, init_std=float(init_std), seed=int(seed), base_model=str(base))
-    log.info("converted %s -> %s: %d quality gates (%s)", base, out_dir, len(names), ", ".join(names[:3]) +
-             (", ..." if len(names) > 3 else ""))
+    log.info(
+        "converted %s -> %s: %d quality gates (%s)",
+        base,
+        out_dir,
+        len(names),
+        ", ".join(names[:3]) + (", ..." if len(names) > 3 else ""),
+    )
     return Path(out_dir)

@@ -54,8 +54,10 @@ from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
 
 LAYOUT_VERSION = 1
-REBUILD_HINT = ("rule router_dump rebuilds it: delete the file and its hard link of the same name under "
-                "results/{run}/router_store/, then rerun snakemake")
+REBUILD_HINT = (
+    "rule router_dump rebuilds it: delete the file and its hard link of the same name under "
+    "results/{run}/router_store/, then rerun snakemake"
+)
 
 
 @dataclass
@@ -140,13 +142,16 @@ def read_router_shard(path: str | os.PathLike) -> RouterShard:
         if name in data and data[name].shape != (n,):
             raise CorruptFileError(f"{path}: {name} has shape {data[name].shape}, expected ({n},); {REBUILD_HINT}")
     if "quality_logits" in data and data["quality_logits"].shape[:2] != probs.shape[:2]:
-        raise CorruptFileError(f"{path}: quality_logits shape {data['quality_logits'].shape} does not match moe_probs; {REBUILD_HINT}")
+        raise CorruptFileError(
+            f"{path}: quality_logits shape {data['quality_logits'].shape} does not match moe_probs; {REBUILD_HINT}"
+        )
     if "hidden" in data and (data["hidden"].ndim != 2 or data["hidden"].shape[0] != n):
         raise CorruptFileError(f"{path}: hidden has shape {data['hidden'].shape}, expected [{n}, H]; {REBUILD_HINT}")
     if not np.isfinite(probs).all():
         bad = int(np.argwhere(~np.isfinite(probs).reshape(n, -1).all(axis=1))[0, 0])
         raise SelectFlowError(
-            f"{path}: moe_probs has NaN/inf (first at sample {_strings(data['sample_id'][bad:bad + 1])[0]!r}); the model produced "
+            f"{path}: moe_probs has NaN/inf (first at sample {_strings(data['sample_id'][bad : bad + 1])[0]!r}); "
+            "the model produced "
             f"non-finite routing (try dtype float32); {REBUILD_HINT}"
         )
     sample_id = _strings(data["sample_id"])
@@ -270,9 +275,11 @@ def read_moe_probs(path: str | os.PathLike, rows: np.ndarray | None = None) -> n
     return _read_array(path, "moe_probs", rows)
 
 
-NO_HIDDEN = ("has no 'hidden' dataset (the samples' mean-pooled last hidden states), which selection.features: "
-             "hidden reads; set router_dump.hidden_states: true and rerun snakemake (the router dump runs again, "
-             "nothing before it), or set selection.features: routing")
+NO_HIDDEN = (
+    "has no 'hidden' dataset (the samples' mean-pooled last hidden states), which selection.features: "
+    "hidden reads; set router_dump.hidden_states: true and rerun snakemake (the router dump runs again, "
+    "nothing before it), or set selection.features: routing"
+)
 
 
 def read_hidden(path: str | os.PathLike, rows: np.ndarray | None = None) -> np.ndarray:

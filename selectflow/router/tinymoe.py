@@ -29,32 +29,59 @@ _WRAPPED = re.compile(r"(text|vision|audio|thinker|talker)_config$")
 #: per-family settings the generic shrinking cannot guess (layer-type lists, mamba and indexer sizes)
 TINY: dict[str, dict] = {
     "lfm2_moe": dict(layer_types=["conv", "full_attention", "conv", "full_attention"], num_dense_layers=1),
-    "nemotron_h": dict(layers_block_type=["linear_attention", "moe", "full_attention", "moe"], mamba_num_heads=8,
-                       mamba_head_dim=16, n_groups=1, ssm_state_size=16, use_mamba_kernels=False),
-    "qwen4_exp_text": dict(layer_types=["linear_attention"] * 3 + ["indexed_attention"], indexer_n_heads=2,
-                           indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=8, indexer_compress_ratio=2,
-                           ngram_vocab_size_base=1000, hc_lowrank=16, ple_embed_dim=32, split_ngram_parts=4,
-                           heads_per_ngram=2),
-    "gemma4_text": dict(enable_moe_block=True, moe_intermediate_size=32, vocab_size_per_layer_input=512,
-                        hidden_size_per_layer_input=16, layer_types=["sliding_attention", "full_attention"] * 2,
-                        sliding_window=16),
+    "nemotron_h": dict(
+        layers_block_type=["linear_attention", "moe", "full_attention", "moe"],
+        mamba_num_heads=8,
+        mamba_head_dim=16,
+        n_groups=1,
+        ssm_state_size=16,
+        use_mamba_kernels=False,
+    ),
+    "qwen4_exp_text": dict(
+        layer_types=["linear_attention"] * 3 + ["indexed_attention"],
+        indexer_n_heads=2,
+        indexer_kv_heads=1,
+        indexer_head_dim=16,
+        indexer_budget=8,
+        indexer_compress_ratio=2,
+        ngram_vocab_size_base=1000,
+        hc_lowrank=16,
+        ple_embed_dim=32,
+        split_ngram_parts=4,
+        heads_per_ngram=2,
+    ),
+    "gemma4_text": dict(
+        enable_moe_block=True,
+        moe_intermediate_size=32,
+        vocab_size_per_layer_input=512,
+        hidden_size_per_layer_input=16,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        sliding_window=16,
+    ),
     "zaya": dict(num_experts_per_tok=1),
     "mimo_v2_flash": dict(layer_types=["full_attention"] * 4, mlp_layer_types=["dense"] + ["sparse"] * 3),
     "longcat_flash": dict(num_layers=2, qk_head_dim=32, zero_expert_num=2),
-    "dbrx": dict(d_model=64, n_heads=4, n_layers=4, max_seq_len=256,
-                 attn_config=dict(kv_n_heads=4, rope_theta=10000.0, clip_qkv=8.0),
-                 ffn_config=dict(hidden_size=64, moe_num_experts=8, moe_top_k=2, ffn_hidden_size=32)),
+    "dbrx": dict(
+        d_model=64,
+        n_heads=4,
+        n_layers=4,
+        max_seq_len=256,
+        attn_config=dict(kv_n_heads=4, rope_theta=10000.0, clip_qkv=8.0),
+        ffn_config=dict(hidden_size=64, moe_num_experts=8, moe_top_k=2, ffn_hidden_size=32),
+    ),
     "dots3_note_text": dict(layer_types=["indexed_attention"] * 4, index_topk=8, index_n_heads=2),
     "doge": dict(is_moe=True, num_experts=16, num_experts_per_tok=2),
-    "inkling2_loop_text": dict(loop_layer_index_start=1, loop_layer_index_end=3, loop_num_passes=2,
-                               n_layers_per_attn_res_block=1),
+    "inkling2_loop_text": dict(
+        loop_layer_index_start=1, loop_layer_index_end=3, loop_num_passes=2, n_layers_per_attn_res_block=1
+    ),
 }
 
 
 def _declares_experts(d: dict) -> bool:
     """A config dict (one level of nested configs included, not wrapped sub-models) with an expert key."""
-    keys = [str(k) for k in d] + [f"{k}.{kk}" for k, v in d.items() if isinstance(v, dict)
-                                   and not _WRAPPED.search(str(k)) for kk in v]
+    keys = [str(k) for k in d] + [
+        f"{k}.{kk}" for k, v in d.items() if isinstance(v, dict) and not _WRAPPED.search(str(k)) for kk in v
+    ]
     return any("expert" in k for k in keys)
 
 
@@ -130,11 +157,17 @@ def tiny_config(model_type: str, vocab_size: int, *, pad_token_id: int = 0, eos_
     d = CONFIG_MAPPING[model_type]().to_dict()
     text = d.get("text_config")
     if isinstance(text, dict) and text.get("model_type") in CONFIG_MAPPING:
-        tiny = tiny_config(text["model_type"], vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-                           layers=layers)
-        parts = {k: {kk: tiny.hidden_size if vv == text.get("hidden_size") and kk != "hidden_size" else vv
-                     for kk, vv in v.items()}
-                 for k, v in d.items() if isinstance(v, dict) and _WRAPPED.search(k) and k != "text_config"}
+        tiny = tiny_config(
+            text["model_type"], vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id, layers=layers
+        )
+        parts = {
+            k: {
+                kk: tiny.hidden_size if vv == text.get("hidden_size") and kk != "hidden_size" else vv
+                for kk, vv in v.items()
+            }
+            for k, v in d.items()
+            if isinstance(v, dict) and _WRAPPED.search(k) and k != "text_config"
+        }
         with quiet():
             return CONFIG_MAPPING[model_type](text_config=tiny.to_dict(), **parts)
     n_default = d.get("num_hidden_layers")
@@ -167,8 +200,14 @@ def tiny_config(model_type: str, vocab_size: int, *, pad_token_id: int = 0, eos_
     for key, value in d.items():  # per-layer lists follow the layer count
         if isinstance(value, list) and n_default and len(value) == n_default:
             over[key] = value[:layers]
-    over.update(vocab_size=vocab_size, num_hidden_layers=layers, pad_token_id=pad_token_id,
-                eos_token_id=eos_token_id, bos_token_id=None, max_position_embeddings=256)
+    over.update(
+        vocab_size=vocab_size,
+        num_hidden_layers=layers,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+        max_position_embeddings=256,
+    )
     over.update(TINY.get(model_type, {}))
     with quiet():
         return CONFIG_MAPPING[model_type](**over)
@@ -179,8 +218,12 @@ def router_weights(model, n_columns: int) -> list[tuple[str, torch.nn.Module]]:
     out = []
     for name, module in model.named_modules():
         w = getattr(module, "weight", None)
-        if isinstance(w, torch.nn.Parameter) and w.ndim == 2 and w.shape[0] == n_columns \
-                and not re.search(r"(expert|attn|attention|embed|lm_head|shared)", name):
+        if (
+            isinstance(w, torch.nn.Parameter)
+            and w.ndim == 2
+            and w.shape[0] == n_columns
+            and not re.search(r"(expert|attn|attention|embed|lm_head|shared)", name)
+        ):
             out.append((name, module))
     return out
 
@@ -189,8 +232,9 @@ def build_tiny(model_type: str, tokenizer, seed: int = 0, router_scale: float = 
     """A seeded tiny model of ``model_type``; router weights scaled up so routing is peaked."""
     from transformers import AutoModelForCausalLM
 
-    cfg = tiny_config(model_type, len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id)
+    cfg = tiny_config(
+        model_type, len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
     torch.manual_seed(seed)
     with quiet():
         model = AutoModelForCausalLM.from_config(cfg).eval()
@@ -199,7 +243,7 @@ def build_tiny(model_type: str, tokenizer, seed: int = 0, router_scale: float = 
         for name, _ in router_weights(model, columns(model) + sink_rows(model)):
             # the whole router when the weight sits in a small router network (Zaya's router MLP)
             parts = name.split(".")
-            top = next((".".join(parts[:i + 1]) for i, p in enumerate(parts) if p in ("gate", "router")), name)
+            top = next((".".join(parts[: i + 1]) for i, p in enumerate(parts) if p in ("gate", "router")), name)
             for sub in modules[top].modules():
                 w = getattr(sub, "weight", None)
                 if isinstance(w, torch.nn.Parameter) and w.ndim == 2:
@@ -211,7 +255,7 @@ def columns(model) -> int:
     _, family = family_of(model)
     n = n_routed_experts(model.config) or 0
     if family is not None and family.score == "product_keys":
-        return 2 * int(round(n ** 0.5))
+        return 2 * int(round(n**0.5))
     return n + (config_count(model.config, family.extra_experts) if family else 0)
 
 
@@ -237,4 +281,4 @@ def demo_inputs():
     tokenizer = _train_tokenizer([r["prompt"] + r["response"] for r in records], 512)
     records = sorted(records, key=lambda r: len(r["prompt"] + r["response"]))
     middle = len(records) // 2
-    return tokenizer, records[-2:] + records[middle:middle + 4] + records[:14]
+    return tokenizer, records[-2:] + records[middle : middle + 4] + records[:14]

@@ -49,8 +49,14 @@ def inference_dtype(device: torch.device, spec: str = "auto") -> torch.dtype:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if spec not in table:
         raise SelectFlowError(f"unknown dtype '{spec}'; use auto, float32, bfloat16 or float16")
     return table[spec]
@@ -86,8 +92,10 @@ def use_expandable_segments() -> None:
         return
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        log.info("CUDA is already initialised: set PYTORCH_CUDA_ALLOC_CONF=%s in the environment to get expandable "
-                 "segments", ALLOC_CONF)
+        log.info(
+            "CUDA is already initialised: set PYTORCH_CUDA_ALLOC_CONF=%s in the environment to get expandable segments",
+            ALLOC_CONF,
+        )
         return
     os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF
     log.info("CUDA allocator: %s", ALLOC_CONF)

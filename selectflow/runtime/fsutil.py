@@ -81,7 +81,9 @@ def open_checked_h5(path: str | os.PathLike, what: str, layout_version: int, hin
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise CorruptFileError(f"{path} is not a readable HDF5 file ({exc}); it is truncated or corrupt; {hint}") from None
+        raise CorruptFileError(
+            f"{path} is not a readable HDF5 file ({exc}); it is truncated or corrupt; {hint}"
+        ) from None
     version = f.attrs.get("layout_version")
     if version != layout_version:
         f.close()

@@ -28,7 +28,10 @@ def query_free_memory() -> dict[int, int]:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=index,memory.free", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -83,7 +86,9 @@ def claim_gpu(lock_dir: str | os.PathLike, gpu_id: int | None = None, free: dict
         return GpuClaim(None)
     if gpu_id is not None:
         if gpu_id not in free:
-            raise SelectFlowError(f"gpu_id {gpu_id} does not exist (devices: {sorted(free)}); fix 'gpu_id' in the config")
+            raise SelectFlowError(
+                f"gpu_id {gpu_id} does not exist (devices: {sorted(free)}); fix 'gpu_id' in the config"
+            )
         candidates = [gpu_id]
     else:
         candidates = sorted(free, key=lambda i: (-free[i], i))

@@ -42,8 +42,11 @@ def record_path(log_path: str | os.PathLike) -> Path:
 
 def peak_memory() -> dict[str, float | None]:
     """Peak host RSS of this process and, when CUDA was used, peak GPU memory allocated / reserved (MB)."""
-    peaks = {"peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-             "gpu_peak_allocated_mb": None, "gpu_peak_reserved_mb": None}
+    peaks = {
+        "peak_host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "gpu_peak_allocated_mb": None,
+        "gpu_peak_reserved_mb": None,
+    }
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         peaks["gpu_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -75,23 +78,31 @@ class JobRecord:
     def start(cls, snakemake, size_name: str | None = None) -> JobRecord:
         """Begin the record of the job ``snakemake`` (the script's object) describes, now."""
         wildcards = getattr(snakemake, "wildcards", None)
-        return cls({
-            "version": VERSION,
-            "rule": snakemake.rule,
-            "log": str(snakemake.log[0]),
-            "wildcards": {k: str(v) for k, v in wildcards.items()} if wildcards is not None else {},
-            "attempt": int(snakemake.resources.get("attempt", 1)),
-            "size_name": size_name,
-            "size": snakemake.resources.get(size_name) if size_name else None,
-            "start": time.time(),
-        })
+        return cls(
+            {
+                "version": VERSION,
+                "rule": snakemake.rule,
+                "log": str(snakemake.log[0]),
+                "wildcards": {k: str(v) for k, v in wildcards.items()} if wildcards is not None else {},
+                "attempt": int(snakemake.resources.get("attempt", 1)),
+                "size_name": size_name,
+                "size": snakemake.resources.get(size_name) if size_name else None,
+                "start": time.time(),
+            }
+        )
 
     def finish(self, exc: BaseException | None) -> None:
         """Write the record atomically, the body having ended with ``exc``; never raises."""
         status, error = status_of(exc)
         end = time.time()
-        record = {**self.fields, "end": end, "seconds": round(end - self.fields["start"], 3), "status": status,
-                  "error": error, **peak_memory()}
+        record = {
+            **self.fields,
+            "end": end,
+            "seconds": round(end - self.fields["start"], 3),
+            "status": status,
+            "error": error,
+            **peak_memory(),
+        }
         try:
             with atomic_open(record_path(record["log"]), "w", encoding="utf-8") as fh:
                 json.dump(record, fh, indent=1, default=str)

@@ -65,7 +65,9 @@ def _setup_logging(log_path: str) -> None:
     os.dup2(fh.fileno(), 2)
     sys.stderr = fh
     logging.basicConfig(
-        level=logging.INFO, stream=fh, force=True,
+        level=logging.INFO,
+        stream=fh,
+        force=True,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.captureWarnings(True)
@@ -96,8 +98,16 @@ def _write_failure(path: Path, kind: str, exc: BaseException, attempt: int) -> N
     from selectflow.runtime.fsutil import atomic_open
 
     with atomic_open(path, "w", encoding="utf-8") as fh:
-        json.dump({"kind": kind, "attempt": attempt, "error": f"{type(exc).__name__}: {exc}",
-                   "traceback": traceback.format_exc()}, fh, indent=1)
+        json.dump(
+            {
+                "kind": kind,
+                "attempt": attempt,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            },
+            fh,
+            indent=1,
+        )
 
 
 def run_job(
@@ -127,9 +137,16 @@ def run_job(
         if previous.get("kind") != "oom":
             # the error itself was shown with attempt 1 (and stays in the .failure.json): not repeated
             kind = previous.get("error", "").split(":", 1)[0] or "an error"
-            log.info("attempt %d of rule %s skipped: attempt %s failed with %s, which is not an out-of-memory error, "
-                     "so a smaller %s would not help (its message is shown above, once; the full record is in %s)",
-                     attempt, rule, previous.get("attempt"), kind, size_name or "batch", failure)
+            log.info(
+                "attempt %d of rule %s skipped: attempt %s failed with %s, which is not an out-of-memory error, "
+                "so a smaller %s would not help (its message is shown above, once; the full record is in %s)",
+                attempt,
+                rule,
+                previous.get("attempt"),
+                kind,
+                size_name or "batch",
+                failure,
+            )
             sys.exit(EXIT_NOT_RETRIED)
         log.info("attempt %s failed with: %s", previous.get("attempt"), previous.get("error", "").splitlines()[0])
 
@@ -143,8 +160,11 @@ def run_job(
         set_adaptive(retry.adaptive_chunks)
         if retry.job_memory_budget_mb:
             limit = limit_address_space_growth(retry.job_memory_budget_mb)
-            log.info("address space capped at %.0f MiB (retry.job_memory_budget_mb=%s)", limit / 2**20,
-                     retry.job_memory_budget_mb)
+            log.info(
+                "address space capped at %.0f MiB (retry.job_memory_budget_mb=%s)",
+                limit / 2**20,
+                retry.job_memory_budget_mb,
+            )
         fn()
     except SelectFlowError as exc:
         log.error("%s", exc)

@@ -11,8 +11,18 @@ import re
 from selectflow.runtime.errors import SelectFlowError
 
 KIB, MIB, GIB, TIB = 2**10, 2**20, 2**30, 2**40
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": KIB, "mib": MIB, "gib": GIB, "tib": TIB}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": KIB,
+    "mib": MIB,
+    "gib": GIB,
+    "tib": TIB,
+}
 
 
 def format_bytes(n: float) -> str:

@@ -3,7 +3,8 @@
 Every selector takes the pool's routing features ``feats`` [n, D] (grid features,
 :func:`selectflow.select.distance.features`), its quality scores and sample ids, and returns
 ``k`` row indices in pick order. None holds an n×n matrix: distances are computed one row
-(or one chunk of rows) against the pool at a time. k-means runs through FAISS on CPU; distances run on the device given (CPU or CUDA, the same picks).
+(or one chunk of rows) against the pool at a time. k-means runs through FAISS on CPU; distances run on the device
+given (CPU or CUDA, the same picks).
 
 Ties in quality are broken by ``sample_id`` everywhere (:func:`quality_order`), so a result
 depends on the data and the seed only, not on the order of the rows.
@@ -34,7 +35,9 @@ from selectflow.select.strata import POINTS_PER_CENTROID
 
 log = logging.getLogger(__name__)
 
-BASELINES = tuple(m for m in schema_enum("compare", "methods") if m not in ("fps", "target"))  # fps, target: not baselines
+BASELINES = tuple(
+    m for m in schema_enum("compare", "methods") if m not in ("fps", "target")
+)  # fps, target: not baselines
 BISECTION_STEPS = 30
 # score_first's bisection: a walk computes up to k·n distances; above this many for all walks
 # together the bisection takes fewer steps, never fewer than MIN_BISECTION_STEPS
@@ -77,11 +80,19 @@ def kmeans_labels(feats: np.ndarray, n_clusters: int, seed: int, niter: int = 20
     n_clusters = max(1, min(int(n_clusters), len(x)))
     if n_clusters == 1:
         return np.zeros(len(x), dtype=np.int64)
-    km = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, seed=int(seed), verbose=False,
-                      max_points_per_centroid=POINTS_PER_CENTROID, min_points_per_centroid=1)
+    km = faiss.Kmeans(
+        x.shape[1],
+        n_clusters,
+        niter=niter,
+        seed=int(seed),
+        verbose=False,
+        max_points_per_centroid=POINTS_PER_CENTROID,
+        min_points_per_centroid=1,
+    )
     km.train(x)
-    return np.concatenate([km.index.search(x[lo : lo + chunk], 1)[1][:, 0] for lo in range(0, len(x), chunk)]
-                          ).astype(np.int64)
+    return np.concatenate([km.index.search(x[lo : lo + chunk], 1)[1][:, 0] for lo in range(0, len(x), chunk)]).astype(
+        np.int64
+    )
 
 
 def round_robin(labels: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -142,15 +153,23 @@ def bisection_steps(k: int, n: int, budget: int = WALK_DISTANCES) -> int:
     return int(max(MIN_BISECTION_STEPS, min(BISECTION_STEPS, budget // max(1, k * n) - 1)))
 
 
-def score_first(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, metric: str,
-                device="cpu", budget: int = WALK_DISTANCES) -> tuple[np.ndarray, float]:
+def score_first(
+    feats: np.ndarray,
+    quality: np.ndarray,
+    ids: np.ndarray,
+    k: int,
+    metric: str,
+    device="cpu",
+    budget: int = WALK_DISTANCES,
+) -> tuple[np.ndarray, float]:
     """DEITA-style score-first selection of exactly k rows; return the picks and the threshold τ.
 
     τ is found by bisection: τ = -1 always fills k (every distance exceeds it, so the walk
     is the quality top k); τ = 2·max distance from the best row (at least the pool's
     diameter) keeps one row only. :func:`bisection_steps` halvings (30; fewer for pools where
     the walks would compute more than ``budget`` distances) keep the feasible end; its walk
-    is the selection, exactly k rows whatever the number of halvings. The walk's count need not be monotone in τ, so τ is the
+    is the selection, exactly k rows whatever the number of halvings. The walk's count need not be monotone in τ, so
+    τ is the
     largest feasible value the bisection meets, not necessarily the largest overall.
     """
     n = len(quality)
@@ -171,8 +190,16 @@ def score_first(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int,
     return picks, lo
 
 
-def semdedup(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, labels: np.ndarray, k: int, eps: float,
-             metric: str, device="cpu") -> tuple[np.ndarray, int]:
+def semdedup(
+    feats: np.ndarray,
+    quality: np.ndarray,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    eps: float,
+    metric: str,
+    device="cpu",
+) -> tuple[np.ndarray, int]:
     """Drop near-duplicates within each cluster, then take the top k by quality; return picks and drops.
 
     In each cluster the members are walked in quality order; a member within ``eps``
@@ -199,8 +226,9 @@ def semdedup(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, labels: np
     return ranked[:k].astype(np.int64), int(dropped.sum())
 
 
-def pair_threshold(feats: np.ndarray, quantile: float, seed: int, metric: str, n_pairs: int = 10000,
-                   device="cpu") -> float:
+def pair_threshold(
+    feats: np.ndarray, quantile: float, seed: int, metric: str, n_pairs: int = 10000, device="cpu"
+) -> float:
     """The ``quantile`` of the distances of ``n_pairs`` random pairs of distinct rows (seeded).
 
     The scale-free near-duplicate threshold: ``quantile`` 0.01 calls two samples near
@@ -213,10 +241,12 @@ def pair_threshold(feats: np.ndarray, quantile: float, seed: int, metric: str, n
     a = rng.integers(0, n, n_pairs)
     b = (a + rng.integers(1, n, n_pairs)) % n  # never a itself
     x = _torch(feats, device)
-    d = np.concatenate([
-        distance.pairwise(x[a[s : s + 1000]], x[b[s : s + 1000]], metric).cpu().numpy().diagonal()
-        for s in range(0, n_pairs, 1000)
-    ])
+    d = np.concatenate(
+        [
+            distance.pairwise(x[a[s : s + 1000]], x[b[s : s + 1000]], metric).cpu().numpy().diagonal()
+            for s in range(0, n_pairs, 1000)
+        ]
+    )
     return float(np.quantile(d, quantile))
 
 
@@ -231,8 +261,19 @@ def near_duplicate_pairs(feats: np.ndarray, eps: float, metric: str, chunk: int 
     return total
 
 
-def select(method: str, feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, *, seed: int,
-           labels: np.ndarray | None, eps: float, metric: str, device="cpu") -> np.ndarray:
+def select(
+    method: str,
+    feats: np.ndarray,
+    quality: np.ndarray,
+    ids: np.ndarray,
+    k: int,
+    *,
+    seed: int,
+    labels: np.ndarray | None,
+    eps: float,
+    metric: str,
+    device="cpu",
+) -> np.ndarray:
     """Rows picked by baseline ``method`` (one of :data:`BASELINES`); ``labels`` are the pool's k-means clusters.
 
     ``device`` (a torch device) is where the distances of ``score_first`` and ``semdedup`` run;

@@ -129,16 +129,20 @@ def choose(pool: Pool, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, 
         stage, m = "two_stage", min(n_kept, max(k, round(importance * n_pool)))
     else:
         if importance is not None:
-            log.info("importance_selection_percentage %g <= selection_percentage %g: one FPS stage", importance, selection)
+            log.info(
+                "importance_selection_percentage %g <= selection_percentage %g: one FPS stage", importance, selection
+            )
         stage, m = "fps", n_kept
     choice = Choice(k=k, stage=stage, order=order, chosen=order[:m])
     if stage != "quality" and sel.routing_strata > 1:
-        labels = strata_labels(len(order), sel.routing_strata,
-                               lambda at: sample_features(pool, order[at], sel)[0],
-                               lambda label: sample_features(pool, order, sel, then=label)[0])
+        labels = strata_labels(
+            len(order),
+            sel.routing_strata,
+            lambda at: sample_features(pool, order[at], sel)[0],
+            lambda label: sample_features(pool, order, sel, then=label)[0],
+        )
         # a stratum's weight: its kept samples and, with strata_weight pool, the duplicates they stand for
-        weight = (duplicates_of(pool.sample_id[order], reason) if sel.strata_weight == "pool"
-                  else np.ones(len(order)))
+        weight = duplicates_of(pool.sample_id[order], reason) if sel.strata_weight == "pool" else np.ones(len(order))
         take, labels, choice.quota = stratify(labels, weight, k, m)
         choice.chosen, choice.stratum = order[take], labels[take].astype(np.int64)
     reason[order] = "below_importance_cut"
@@ -171,7 +175,8 @@ def feature_metric(sel) -> str:
 
 
 def sample_features(pool: Pool, rows: np.ndarray | None, sel, then=None) -> tuple[np.ndarray, str]:
-    """Float32 [len(rows), D] grid features of pool rows ``rows`` (in order; None: all), or ``then`` of them; and their metric.
+    """Float32 [len(rows), D] grid features of pool rows ``rows`` (in order; None: all), or ``then`` of them; and
+    their metric.
 
     The one place ``selection.features`` (``sel``: a :class:`selectflow.config.SelectionConfig`)
     turns router data into the vectors the selection compares (:func:`feature_metric` gives the
@@ -214,8 +219,15 @@ def target_features(router_h5: str | os.PathLike, sel) -> np.ndarray:
     return shard_features(read_router_shard(router_h5), None, sel)[0]
 
 
-def quality_table(pool: Pool, quality, in_pool: np.ndarray, keep: np.ndarray, reason: np.ndarray, choice: Choice,
-                  similarity: np.ndarray):
+def quality_table(
+    pool: Pool,
+    quality,
+    in_pool: np.ndarray,
+    keep: np.ndarray,
+    reason: np.ndarray,
+    choice: Choice,
+    similarity: np.ndarray,
+):
     """``candidates_quality.tsv``'s rows: the kept samples in quality order, then the dropped ones of
     ``in_pool`` (not excluded) by id; ``similarity``: a duplicate's similarity to the copy kept (1 exact,
     else the MinHash estimate; NaN for others)."""

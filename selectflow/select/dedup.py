@@ -66,8 +66,11 @@ def _turns(rec: dict) -> list[tuple[str, str]]:
             user = "\n\n".join(str(original.get(k) or "") for k in ("instruction", "input") if original.get(k))
             return [("user", user), ("answer", str(original.get("output") or ""))]
         if fmt is not None:
-            items, role_key, text_key = ((original["conversations"], "from", "value") if fmt == "sharegpt"
-                                         else (original["messages"], "role", "content"))
+            items, role_key, text_key = (
+                (original["conversations"], "from", "value")
+                if fmt == "sharegpt"
+                else (original["messages"], "role", "content")
+            )
             return _dialogue_turns(items, role_key, text_key)
     parts = _TEMPLATE.split(rec.get("prompt", ""))
     turns = [(role.lower(), text) for role, text in zip(parts[1::2], parts[2::2])]
@@ -79,7 +82,9 @@ def _dialogue_turns(items, role_key: str, text_key: str) -> list[tuple[str, str]
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, dict):
             continue
-        role = {"human": "user", "gpt": "assistant"}.get(str(item.get(role_key)).lower(), str(item.get(role_key)).lower())
+        role = {"human": "user", "gpt": "assistant"}.get(
+            str(item.get(role_key)).lower(), str(item.get(role_key)).lower()
+        )
         text = item.get(text_key)
         if isinstance(text, list):  # OpenAI content parts
             text = "\n".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
@@ -152,7 +157,7 @@ def shingles(text: str) -> set[bytes]:
 
     found = words(text)
     n = min(SHINGLE_WORDS, len(found))
-    return {" ".join(found[i:i + n]).encode() for i in range(len(found) - n + 1)} if found else set()
+    return {" ".join(found[i : i + n]).encode() for i in range(len(found) - n + 1)} if found else set()
 
 
 def datasketch_minhash(grams: list[bytes]) -> np.ndarray:
@@ -162,8 +167,12 @@ def datasketch_minhash(grams: list[bytes]) -> np.ndarray:
     global _TEMPLATE_MINHASH
     if _TEMPLATE_MINHASH is None:
         _TEMPLATE_MINHASH = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED)
-    m = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED, permutations=_TEMPLATE_MINHASH.permutations,
-                scheme=_TEMPLATE_MINHASH.scheme)
+    m = MinHash(
+        num_perm=NUM_PERM,
+        seed=MINHASH_SEED,
+        permutations=_TEMPLATE_MINHASH.permutations,
+        scheme=_TEMPLATE_MINHASH.scheme,
+    )
     m.update_batch(grams)
     return m.hashvalues.astype(np.uint32)
 
@@ -184,8 +193,9 @@ def signatures(parts: list[tuple[str, str]], minhash=datasketch_minhash) -> tupl
 
 
 # odd 64-bit multipliers: a band key is the high half of the dot product of its rows with them, mod 2**64
-_BAND_MULT = (np.random.default_rng(20261204).integers(0, 2**63, size=NUM_PERM, dtype=np.uint64) * np.uint64(2)
-              + np.uint64(1))
+_BAND_MULT = np.random.default_rng(20261204).integers(0, 2**63, size=NUM_PERM, dtype=np.uint64) * np.uint64(
+    2
+) + np.uint64(1)
 
 
 def near_keys(records, threshold: float, system_turns: bool = False) -> dict[str, np.ndarray]:
@@ -230,9 +240,12 @@ def keys_of_signatures(sig: np.ndarray, ok: np.ndarray, threshold: float) -> dic
     """:func:`near_keys` but the numbers, from :func:`signatures`."""
     b, r = lsh_shape(threshold)
     with np.errstate(over="ignore"):
-        band = (sig[:, :b * r].astype(np.uint64).reshape(len(sig), b, r) * _BAND_MULT[:r]).sum(axis=2)
-    return {"near_band": (band >> np.uint64(32)).astype(np.uint32),
-            "near_sig": (sig[:, :PREFILTER_PERM] & 0xFF).astype(np.uint8), "near_ok": ok}
+        band = (sig[:, : b * r].astype(np.uint64).reshape(len(sig), b, r) * _BAND_MULT[:r]).sum(axis=2)
+    return {
+        "near_band": (band >> np.uint64(32)).astype(np.uint32),
+        "near_sig": (sig[:, :PREFILTER_PERM] & 0xFF).astype(np.uint8),
+        "near_ok": ok,
+    }
 
 
 def estimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -287,22 +300,31 @@ class _MemberSets:
         self.chunks = []  # per chunk: (texts, their offsets, answers, their offsets)
         for lo in range(0, len(rows), READ_CHUNK):
             sets = [[], []]
-            for record in records_of(rows[self.by_row[lo:lo + READ_CHUNK]]):
+            for record in records_of(rows[self.by_row[lo : lo + READ_CHUNK]]):
                 for out, part in zip(sets, near_parts(record, system_turns)):
                     out.append(shingle_hashes(part))
-            self.chunks.append(tuple(x for values in sets for x in (
-                np.concatenate(values), np.cumsum([0] + [len(v) for v in values]))))
+            self.chunks.append(
+                tuple(x for values in sets for x in (np.concatenate(values), np.cumsum([0] + [len(v) for v in values])))
+            )
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(text, answer) hashes of the ``i``-th row."""
         c, at = divmod(int(self.place[i]), READ_CHUNK)
         texts, text_at, answers, answer_at = self.chunks[c]
-        return texts[text_at[at]:text_at[at + 1]], answers[answer_at[at]:answer_at[at + 1]]
+        return texts[text_at[at] : text_at[at + 1]], answers[answer_at[at] : answer_at[at + 1]]
 
 
-def drop_near_duplicates(order: np.ndarray, keys: dict[str, np.ndarray], threshold: float, sample_id: np.ndarray,
-                         keep: np.ndarray, reason: np.ndarray, similarity: np.ndarray, records_of,
-                         system_turns: bool = False) -> int:
+def drop_near_duplicates(
+    order: np.ndarray,
+    keys: dict[str, np.ndarray],
+    threshold: float,
+    sample_id: np.ndarray,
+    keep: np.ndarray,
+    reason: np.ndarray,
+    similarity: np.ndarray,
+    records_of,
+    system_turns: bool = False,
+) -> int:
     """Among the still-kept samples ``order`` (best first), drop each one that shares an LSH band
     with an earlier kept one whose numbers are the same, whose Jaccard similarity to it (of the
     texts' shingle sets, exact) is at least ``threshold`` and whose answers' at least
@@ -330,7 +352,7 @@ def drop_near_duplicates(order: np.ndarray, keys: dict[str, np.ndarray], thresho
     visits = np.split(bucket[by_pos], np.flatnonzero(np.diff(member[by_pos])) + 1)
     candidates = {}  # position: its earlier bucket-mates with the same numbers and an estimate near enough
     for pos, its in zip(np.unique(member), visits):
-        earlier = np.unique(np.concatenate([member[start[i]:start[i + 1]] for i in its]))
+        earlier = np.unique(np.concatenate([member[start[i] : start[i + 1]] for i in its]))
         earlier = earlier[earlier < pos]
         earlier = earlier[numbers[rows[earlier]] == numbers[rows[pos]]]
         earlier = earlier[estimate(sig[rows[earlier]], sig[rows[pos]]) >= threshold - PREFILTER_MARGIN]
@@ -371,8 +393,16 @@ def routing_keys(moe_probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def drop_duplicates(pool, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, similarity: np.ndarray | None = None,
-                    *, near_threshold: float | None = None, system_turns: bool = False) -> int:
+def drop_duplicates(
+    pool,
+    score: np.ndarray,
+    keep: np.ndarray,
+    reason: np.ndarray,
+    similarity: np.ndarray | None = None,
+    *,
+    near_threshold: float | None = None,
+    system_turns: bool = False,
+) -> int:
     """Drop kept samples that repeat another one; keep the best-quality copy; return how many were dropped.
 
     ``pool``: a :class:`selectflow.select.pool.Pool`. Two samples are duplicates when their
@@ -392,14 +422,21 @@ def drop_duplicates(pool, score: np.ndarray, keep: np.ndarray, reason: np.ndarra
     keys = [key[kept] for key in (pool.text_key, pool.routing_key) if key is not None]
     dropped = sum(_drop_repeats(kept, key, pool.sample_id, keep, reason, similarity) for key in keys)
     if near_threshold is not None and pool.near:
-        dropped += drop_near_duplicates(kept, pool.near, near_threshold, pool.sample_id, keep, reason, similarity,
-                                        pool.rows.records, system_turns)
+        dropped += drop_near_duplicates(
+            kept, pool.near, near_threshold, pool.sample_id, keep, reason, similarity, pool.rows.records, system_turns
+        )
         pool.near.clear()  # spent: gone before the features are read
     return dropped
 
 
-def _drop_repeats(order: np.ndarray, key: np.ndarray, sample_id: np.ndarray, keep: np.ndarray,
-                  reason: np.ndarray, similarity: np.ndarray) -> int:
+def _drop_repeats(
+    order: np.ndarray,
+    key: np.ndarray,
+    sample_id: np.ndarray,
+    keep: np.ndarray,
+    reason: np.ndarray,
+    similarity: np.ndarray,
+) -> int:
     """Among the still-kept samples ``order`` (best first) with a key (``S16``, ``b""``: none), drop
     every one whose ``key`` an earlier one has; return how many.
 

@@ -118,7 +118,9 @@ def squared_norms(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([(piece * piece).sum(1) for piece in (p.double() for p in x.split(4096))])
 
 
-def pairwise(a: torch.Tensor, b: torch.Tensor, metric: str = "wasserstein", *, b_sq: torch.Tensor | None = None) -> torch.Tensor:
+def pairwise(
+    a: torch.Tensor, b: torch.Tensor, metric: str = "wasserstein", *, b_sq: torch.Tensor | None = None
+) -> torch.Tensor:
     """Float32 [m, k] distances between grid features ``a`` [m, D] and ``b`` [k, D] (same device).
 
     wasserstein: L1 via FAISS on CPU (about 10x faster than ``torch.cdist(p=1)`` there) and
@@ -308,8 +310,15 @@ class BlockMatrix:
         for i in range(self.nb):
             for j in range(i, self.nb):
                 (r0, r1), (c0, c1) = _span(self.n, self.block_size, i), _span(self.n, self.block_size, j)
-                expect = {"i": i, "j": j, "n": self.n, "block_size": self.block_size, "metric": metric,
-                          "rows": r1 - r0, "cols": c1 - c0}
+                expect = {
+                    "i": i,
+                    "j": j,
+                    "n": self.n,
+                    "block_size": self.block_size,
+                    "metric": metric,
+                    "rows": r1 - r0,
+                    "cols": c1 - c0,
+                }
                 _open_block(block_path(self.block_dir, i, j), expect).close()
 
     def row(self, p: int) -> np.ndarray:

@@ -41,8 +41,9 @@ DIVERSITY = schema_enum("selection", "diversity")
 KNN_BLOCK = 1 << 24  # distances [rows, m] computed at a time for the k-NN graph: 64 MiB of float32
 
 
-def knn_graph(feats: np.ndarray, n_neighbors: int, metric: str, chunk: int = 1024,
-              device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def knn_graph(
+    feats: np.ndarray, n_neighbors: int, metric: str, chunk: int = 1024, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``n_neighbors`` + 1 nearest rows (itself included): indices int64 and distances float32 [m, kk].
 
     Exact (distances on the feature grid, :func:`selectflow.select.distance.pairwise`), sorted
@@ -100,10 +101,14 @@ class _Quota:
             self.strata, self.left = np.zeros(m, dtype=np.int64), np.array([k], dtype=np.int64)
         else:
             self.strata, self.left = np.asarray(strata), np.asarray(quota, dtype=np.int64).copy()
-            if self.strata.shape != (m,) or self.left.sum() != k or (
-                    self.left > np.bincount(self.strata, minlength=len(self.left))).any():
-                raise SelectFlowError("diversity strata and quota do not fit the candidates "
-                                      "(quota must sum to k, each <= its stratum)")
+            if (
+                self.strata.shape != (m,)
+                or self.left.sum() != k
+                or (self.left > np.bincount(self.strata, minlength=len(self.left))).any()
+            ):
+                raise SelectFlowError(
+                    "diversity strata and quota do not fit the candidates (quota must sum to k, each <= its stratum)"
+                )
 
     def open(self, j: int) -> bool:
         return self.left[self.strata[j]] > 0
@@ -120,8 +125,14 @@ def _check(m: int, k: int) -> int:
     return int(k)
 
 
-def facility_location(nbr: np.ndarray, sim: np.ndarray, weight: np.ndarray, k: int,
-                      strata: np.ndarray | None = None, quota: np.ndarray | None = None) -> np.ndarray:
+def facility_location(
+    nbr: np.ndarray,
+    sim: np.ndarray,
+    weight: np.ndarray,
+    k: int,
+    strata: np.ndarray | None = None,
+    quota: np.ndarray | None = None,
+) -> np.ndarray:
     """Lazy greedy picks int64 [k] of the weighted facility location over the k-NN graph ``nbr``/``sim`` [m, kk]."""
     m = len(nbr)
     k = _check(m, k)
@@ -155,9 +166,16 @@ def facility_location(nbr: np.ndarray, sim: np.ndarray, weight: np.ndarray, k: i
     return np.asarray(picks, dtype=np.int64)
 
 
-def kmeans_round_robin(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, n_clusters: int,
-                       seed: int = 0, strata: np.ndarray | None = None,
-                       quota: np.ndarray | None = None) -> np.ndarray:
+def kmeans_round_robin(
+    feats: np.ndarray,
+    quality: np.ndarray,
+    ids: np.ndarray,
+    k: int,
+    n_clusters: int,
+    seed: int = 0,
+    strata: np.ndarray | None = None,
+    quota: np.ndarray | None = None,
+) -> np.ndarray:
     """Round-robin by quality over FAISS k-means clusters; with strata, full strata are skipped."""
     m = len(quality)
     k = _check(m, k)
@@ -173,10 +191,23 @@ def kmeans_round_robin(feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, 
     return np.asarray(picks, dtype=np.int64)
 
 
-def select(method: str, feats: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int, *, metric: str,
-           n_neighbors: int, n_clusters: int, strata: np.ndarray | None = None, quota: np.ndarray | None = None,
-           chunk: int = 1024, device: str = "cpu") -> np.ndarray:
-    """Candidate indices picked by ``method``: ``facility_location`` or ``kmeans`` (FPS is :mod:`~selectflow.select.fps`)."""
+def select(
+    method: str,
+    feats: np.ndarray,
+    quality: np.ndarray,
+    ids: np.ndarray,
+    k: int,
+    *,
+    metric: str,
+    n_neighbors: int,
+    n_clusters: int,
+    strata: np.ndarray | None = None,
+    quota: np.ndarray | None = None,
+    chunk: int = 1024,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Candidate indices picked by ``method``: ``facility_location`` or ``kmeans`` (FPS is
+    :mod:`~selectflow.select.fps`)."""
     if method == "facility_location":
         nbr, dist = knn_graph(feats, n_neighbors, metric, chunk, device)
         log.info("facility location: %d-NN graph of %d candidates", nbr.shape[1] - 1, len(nbr))

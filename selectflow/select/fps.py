@@ -93,7 +93,9 @@ def fps_streaming(
                 raise
             del exc
             free_memory()
-            log.warning("features [%d, %d] do not fit on %s; streaming them from host memory every step", *feats.shape, dev)
+            log.warning(
+                "features [%d, %d] do not fit on %s; streaming them from host memory every step", *feats.shape, dev
+            )
     sq = squared_norms(feats) if metric == "l2" else None
     min_dist = torch.full((n,), math.inf, dtype=torch.float32, device=dev)
     rows = {"chunk": int(chunk)}
@@ -115,8 +117,15 @@ def fps_streaming(
     return _greedy(_Race(min_dist), k, start, update, log_interval, "streaming", strata, quota)
 
 
-def fps_matrix(matrix: BlockMatrix, k: int, *, log_interval: int, start: int = 0,
-               strata: np.ndarray | None = None, quota: np.ndarray | None = None) -> FPSResult:
+def fps_matrix(
+    matrix: BlockMatrix,
+    k: int,
+    *,
+    log_interval: int,
+    start: int = 0,
+    strata: np.ndarray | None = None,
+    quota: np.ndarray | None = None,
+) -> FPSResult:
     """FPS reading one row of the precomputed distance matrix per step."""
     import torch
 
@@ -171,8 +180,14 @@ class _Race:
 
 
 def _greedy(
-    race, k: int, start: int, update: Callable[[int], None], log_interval: int, mode: str,
-    strata: np.ndarray | None = None, quota: np.ndarray | None = None,
+    race,
+    k: int,
+    start: int,
+    update: Callable[[int], None],
+    log_interval: int,
+    mode: str,
+    strata: np.ndarray | None = None,
+    quota: np.ndarray | None = None,
 ) -> FPSResult:
     """The max-min loop shared by every mode; ``update(p)`` folds pick p into the race's min-distances."""
     n = race.n
@@ -188,7 +203,9 @@ def _greedy(
     if strata is not None:
         strata, left = np.asarray(strata), np.asarray(quota, dtype=np.int64).copy()
         if strata.shape != (n,) or left.sum() != k or (left > np.bincount(strata, minlength=len(left))).any():
-            raise SelectFlowError("FPS strata and quota do not fit the candidates (quota must sum to k, each <= its stratum)")
+            raise SelectFlowError(
+                "FPS strata and quota do not fit the candidates (quota must sum to k, each <= its stratum)"
+            )
         if left[strata[start]] < 1:
             raise SelectFlowError(f"FPS start index {start} lies in a stratum with quota 0")
     picks = np.empty(k, dtype=np.int64)

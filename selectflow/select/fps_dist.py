@@ -62,8 +62,14 @@ def rank_device(backend: str, local_rank: int):
 
 
 # the thread counts Snakemake sets to a job's threads; torch takes MKL_NUM_THREADS over OMP_NUM_THREADS
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "GOTO_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 def rank_thread_env(environ: Mapping[str, str], world: int) -> dict[str, str]:
@@ -133,7 +139,11 @@ def fps_distributed(
 
     world, rank = dist.get_world_size(), dist.get_rank()
     backend = dist.get_backend()
-    dev = device if device is not None else rank_device(backend, int(torch.cuda.current_device()) if backend == "nccl" else 0)
+    dev = (
+        device
+        if device is not None
+        else rank_device(backend, int(torch.cuda.current_device()) if backend == "nccl" else 0)
+    )
     comm = dev if backend == "nccl" else torch.device("cpu")
     n, dim = int(features.shape[0]), int(features.shape[1])
     lo, hi = row_range(n, world, rank)
@@ -143,8 +153,17 @@ def fps_distributed(
     min_dist = torch.full((hi - lo,), math.inf, dtype=torch.float32, device=dev)
     row = torch.empty(dim, dtype=feats.dtype, device=comm)
     rows = {"chunk": int(chunk)}
-    log.info("rank %d/%d (%s, %s): candidate rows [%d, %d) of %d, %d CPU threads", rank, world, backend, dev, lo, hi, n,
-             torch.get_num_threads())
+    log.info(
+        "rank %d/%d (%s, %s): candidate rows [%d, %d) of %d, %d CPU threads",
+        rank,
+        world,
+        backend,
+        dev,
+        lo,
+        hi,
+        n,
+        torch.get_num_threads(),
+    )
 
     def update(p: int) -> None:
         owner = int(np.searchsorted(bounds, p, side="right") - 1)

@@ -101,8 +101,9 @@ class Pool:
 _STACKED = ("sample_id", "nll_response", "n_response_tokens", "quality_logits", "nll_response_alone", "nll_eos")
 
 
-def shard_facts(shard: RouterShard, *, field: str | None = None, near_threshold: float | None = None,
-                system_turns: bool = False) -> dict[str, np.ndarray]:
+def shard_facts(
+    shard: RouterShard, *, field: str | None = None, near_threshold: float | None = None, system_turns: bool = False
+) -> dict[str, np.ndarray]:
     """What the selection needs later of one shard's records and routing: its routing keys and, with
     records, their facts (:func:`~selectflow.select.quality.record_facts`; ``field_value`` with
     ``field``), text keys, ``dataset`` and, with ``near_threshold``, the near-duplicate keys."""
@@ -112,14 +113,23 @@ def shard_facts(shard: RouterShard, *, field: str | None = None, near_threshold:
         names: dict[str, str] = {}  # one string object per dataset name, not one a sample
         if near_threshold is not None:
             out.update(near_keys(parsed, near_threshold, system_turns))
-        out.update(record_facts(parsed, field), text_key=text_keys(parsed, system_turns),
-                   dataset=np.array([names.setdefault(n, n) for n in (rec.get("dataset", "") for rec in parsed)],
-                                    dtype=object))
+        out.update(
+            record_facts(parsed, field),
+            text_key=text_keys(parsed, system_turns),
+            dataset=np.array(
+                [names.setdefault(n, n) for n in (rec.get("dataset", "") for rec in parsed)], dtype=object
+            ),
+        )
     return out
 
 
-def pool_of(shards: Iterable[tuple[Path | None, RouterShard]], *, field: str | None = None,
-            near_threshold: float | None = None, system_turns: bool = False) -> Pool:
+def pool_of(
+    shards: Iterable[tuple[Path | None, RouterShard]],
+    *,
+    field: str | None = None,
+    near_threshold: float | None = None,
+    system_turns: bool = False,
+) -> Pool:
     """The :class:`Pool` of ``(path, shard)`` pairs, taken one at a time: of each shard its small arrays
     and :func:`shard_facts` are kept, the rest is left to go. Sample ids must be unique."""
     parts: dict[str, list] = {name: [] for name in _STACKED}
@@ -128,28 +138,39 @@ def pool_of(shards: Iterable[tuple[Path | None, RouterShard]], *, field: str | N
     for path, shard in shards:
         for name in parts:
             parts[name].append(getattr(shard, name))
-        for name, values in shard_facts(shard, field=field, near_threshold=near_threshold,
-                                        system_turns=system_turns).items():
+        for name, values in shard_facts(
+            shard, field=field, near_threshold=near_threshold, system_turns=system_turns
+        ).items():
             facts.setdefault(name, []).append(values)
         paths.append(path)
         sizes.append(len(shard))
     if not paths:
         raise SelectFlowError("no router-data shards given; run the router_dump rule first")
     shard_of = np.repeat(np.arange(len(paths)), sizes)
-    arrays = {name: None if any(v is None for v in values) else np.concatenate(values)
-              for name, values in parts.items()}
+    arrays = {
+        name: None if any(v is None for v in values) else np.concatenate(values) for name, values in parts.items()
+    }
     check_unique_ids(arrays["sample_id"], shard_of, paths)
     # a value some shards cannot give (no records there) is given for none
     kept = {name: np.concatenate(values) for name, values in facts.items() if len(values) == len(paths)}
     near = {name: kept.pop(name) for name in list(kept) if name.startswith("near_")}
     dataset = kept.pop("dataset", np.full(len(shard_of), "", dtype=object))
-    return Pool(**arrays, dataset=dataset, **kept, near=near,
-                rows=ShardRows(paths, shard_of, np.concatenate([np.arange(n) for n in sizes])))
+    return Pool(
+        **arrays,
+        dataset=dataset,
+        **kept,
+        near=near,
+        rows=ShardRows(paths, shard_of, np.concatenate([np.arange(n) for n in sizes])),
+    )
 
 
 def scan_pool(paths: list[str | os.PathLike], sel) -> Pool:
     """The :class:`Pool` of router shards ``paths``, read one at a time; ``sel`` (a
     :class:`selectflow.config.SelectionConfig`) says which record field the quality method reads
     and how duplicates are keyed."""
-    return pool_of(scan_shards(list(paths)), field=sel.quality_field if sel.quality_method == "field" else None,
-                   near_threshold=sel.near_duplicate_threshold, system_turns=sel.dedup_system_turns)
+    return pool_of(
+        scan_shards(list(paths)),
+        field=sel.quality_field if sel.quality_method == "field" else None,
+        near_threshold=sel.near_duplicate_threshold,
+        system_turns=sel.dedup_system_turns,
+    )

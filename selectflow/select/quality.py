@@ -100,8 +100,9 @@ def quality_scores(pool, method: str = "auto", field: str | None = None) -> tupl
     return a.score, a.keep
 
 
-def assess(pool, method: str = "auto", field: str | None = None, cut: str = "fixed",
-           cut_z: float | None = None) -> Assessment:
+def assess(
+    pool, method: str = "auto", field: str | None = None, cut: str = "fixed", cut_z: float | None = None
+) -> Assessment:
     """Score, keep flag, drop reason and raw inputs of every sample of ``pool`` under ``method``;
     ``cut`` ``pool`` drops robust-z outliers beyond ``cut_z`` (module docstring). ``field``: the
     record field of method ``field``, whose values the pool holds (``Pool.field_value``)."""
@@ -177,7 +178,8 @@ def _center_scale(x: np.ndarray) -> tuple[float, float]:
 
 def record_facts(records, field: str | None = None) -> dict[str, np.ndarray]:
     """What the methods read from the records, per sample: ``empty_response`` (bool: the response
-    holds no word, :func:`words`; records without the key are not judged), ``distinct_3grams`` (float64) and, with ``field``,
+    holds no word, :func:`words`; records without the key are not judged), ``distinct_3grams`` (float64) and, with
+    ``field``,
     ``field_value`` (object: the record's value or None). ``records``: JSON strings (each
     parsed once) or the parsed dicts.
 
@@ -260,11 +262,17 @@ def _nll_based(pool, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if method == "ifd":
                 score = ifd
             else:
-                eos = np.zeros(n) if pool.nll_eos is None else np.nan_to_num(
-                    np.asarray(pool.nll_eos, dtype=np.float64), nan=0.0)
+                eos = (
+                    np.zeros(n)
+                    if pool.nll_eos is None
+                    else np.nan_to_num(np.asarray(pool.nll_eos, dtype=np.float64), nan=0.0)
+                )
                 score = -np.log(ifd) - eos
-        checks = [("no_response_tokens", empty), ("nonfinite", ~np.isfinite(score) | ~np.isfinite(ifd)),
-                  ("ifd>=1", ifd >= 1.0)]
+        checks = [
+            ("no_response_tokens", empty),
+            ("nonfinite", ~np.isfinite(score) | ~np.isfinite(ifd)),
+            ("ifd>=1", ifd >= 1.0),
+        ]
         if method == "combined" and pool.distinct_3grams is not None:
             checks.append(("repetitive", pool.distinct_3grams < MIN_DISTINCT_TRIGRAMS))
         if method == "combined" and pool.nll_eos is not None:

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 POINTS_PER_CENTROID = 256
 
 
-def fit(features: np.ndarray, n_clusters: int, *, seed: int = 0, iterations: int = 25,
-        chunk: int = 65536) -> np.ndarray:
+def fit(
+    features: np.ndarray, n_clusters: int, *, seed: int = 0, iterations: int = 25, chunk: int = 65536
+) -> np.ndarray:
     """Centres float32 [c, D] (c <= ``n_clusters``) of ``features`` [n, D]: squared L2, k-means++ start, ``seed``."""
     import torch  # here, not at the top: a job that never clusters starts without torch
 
@@ -85,8 +86,9 @@ def renumber(labels: np.ndarray) -> np.ndarray:
     return order[np.searchsorted(uniq, labels)].astype(np.int64)
 
 
-def kmeans(features: np.ndarray, n_clusters: int, *, seed: int = 0, iterations: int = 25,
-           chunk: int = 65536) -> np.ndarray:
+def kmeans(
+    features: np.ndarray, n_clusters: int, *, seed: int = 0, iterations: int = 25, chunk: int = 65536
+) -> np.ndarray:
     """Cluster labels int64 [n] of ``features`` [n, D] (squared L2, k-means++ start, ``seed``), all rows in memory."""
     if min(int(n_clusters), len(features)) <= 1:
         return np.zeros(len(features), dtype=np.int64)
@@ -140,7 +142,8 @@ def stratify(labels: np.ndarray, weight: np.ndarray, k: int, m: int):
     """What each routing stratum of the kept samples gets (``labels`` [n]: :func:`strata_labels`, quality order).
 
     ``weight`` [n] is what each kept sample weighs: the pool samples it stands for (itself and the
-    duplicates dropped in its favour; ``selection.strata_weight: pool``) or 1 (``kept``). Returns ``take`` (bool [n]: the candidates, the quality top of each
+    duplicates dropped in its favour; ``selection.strata_weight: pool``) or 1 (``kept``). Returns ``take`` (bool [n]:
+    the candidates, the quality top of each
     stratum), ``labels`` (int64 [n], stratum of each kept sample) and ``quota`` (int [S], FPS
     picks per stratum, summing to ``k``); each stratum has at least its quota of candidates and
     ``m`` candidates are shared in proportion too.
@@ -158,6 +161,11 @@ def stratify(labels: np.ndarray, weight: np.ndarray, k: int, m: int):
     for c in range(len(size)):
         idx = np.flatnonzero(labels == c)
         rank_in[idx] = np.arange(len(idx))
-    log.info("%d routing strata: sizes %s, pool shares %s, picks %s", len(size), size.tolist(),
-             np.round(mass / mass.sum(), 3).tolist(), quota.tolist())
+    log.info(
+        "%d routing strata: sizes %s, pool shares %s, picks %s",
+        len(size),
+        size.tolist(),
+        np.round(mass / mass.sum(), 3).tolist(),
+        quota.tolist(),
+    )
     return rank_in < per[labels], labels, quota

@@ -3,7 +3,8 @@
 In: the target records' features ``targets`` [T, D] float32 and the candidates' features
 ``cands`` [m, D] float32, both grid features of the same kind
 (:func:`selectflow.select.candidates.sample_features` and ``shard_features``, one conversion, so
-whatever feature the candidates use, the targets use too), candidates in quality order (index 0 = best). Out: ``k`` candidate
+whatever feature the candidates use, the targets use too), candidates in quality order (index 0 = best). Out: ``k``
+candidate
 indices int64 in pick order.
 
 Round-robin (:func:`toward_target`): round after round, each target in the given order
@@ -34,8 +35,9 @@ SLACK = 8  # nearest candidates kept per target beyond its share ceil(k / T)
 BLOCK = 1 << 24  # distances [rows, cols] computed at a time: 64 MiB of float32
 
 
-def nearest(targets, cands, m: int, metric: str, *, excluded: np.ndarray | None = None, chunk: int = 1024,
-            block: int = BLOCK) -> np.ndarray:
+def nearest(
+    targets, cands, m: int, metric: str, *, excluded: np.ndarray | None = None, chunk: int = 1024, block: int = BLOCK
+) -> np.ndarray:
     """Each target's ``m`` nearest candidates not ``excluded``, by (distance, index): int64 [T, m'].
 
     ``targets`` [T, D] and ``cands`` [n, D] are tensors on one device in
@@ -69,8 +71,17 @@ def nearest(targets, cands, m: int, metric: str, *, excluded: np.ndarray | None 
     return out
 
 
-def toward_target(targets: np.ndarray, cands: np.ndarray, k: int, metric: str, *, slack: int = SLACK,
-                  chunk: int = 1024, device: str = "cpu", block: int = BLOCK) -> np.ndarray:
+def toward_target(
+    targets: np.ndarray,
+    cands: np.ndarray,
+    k: int,
+    metric: str,
+    *,
+    slack: int = SLACK,
+    chunk: int = 1024,
+    device: str = "cpu",
+    block: int = BLOCK,
+) -> np.ndarray:
     """Round-robin picks int64 [k] of the candidates nearest to the targets (module docstring).
 
     ``device`` (``auto``, ``cpu``, ``cuda``) is where the distances run; the picks are the
@@ -104,14 +115,16 @@ def toward_target(targets: np.ndarray, cands: np.ndarray, k: int, metric: str, *
             while pos[i] < len(row) and picked[row[pos[i]]]:
                 pos[i] += 1
             if pos[i] == len(row):  # all of its nearest taken by other targets: its next ones
-                lists[i] = row = nearest(t[i : i + 1], x, 2 * max(len(row), 1), metric, excluded=picked,
-                                         chunk=chunk, block=block)[0]
+                lists[i] = row = nearest(
+                    t[i : i + 1], x, 2 * max(len(row), 1), metric, excluded=picked, chunk=chunk, block=block
+                )[0]
                 pos[i] = 0
                 refills += 1
             j = int(row[pos[i]])
             picked[j] = True
             picks.append(j)
             pos[i] += 1
-    log.info("toward target: %d picks for %d targets from %d candidates (%d lists recomputed)", k, n_targets, n,
-             refills)
+    log.info(
+        "toward target: %d picks for %d targets from %d candidates (%d lists recomputed)", k, n_targets, n, refills
+    )
     return np.asarray(picks, dtype=np.int64)

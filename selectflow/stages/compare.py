@@ -83,8 +83,10 @@ def draw_heldout(quality_tsv, router_paths: list, out_jsonl, cmp: CompareConfig)
     rows = dict(_pool_records(router_paths, wanted))
     missing = wanted - set(rows)
     if missing:
-        raise SelectFlowError(f"held-out sample {sorted(missing)[0]!r} of {quality_tsv} is in no router shard; "
-                              "the quality table is stale: delete it and rerun snakemake")
+        raise SelectFlowError(
+            f"held-out sample {sorted(missing)[0]!r} of {quality_tsv} is in no router shard; "
+            "the quality table is stale: delete it and rerun snakemake"
+        )
     log.info("held out %d of the pool for evaluation", len(ids))
     return write_jsonl(out_jsonl, (rows[sid] for sid in ids))
 
@@ -93,8 +95,9 @@ def heldout_ids(heldout_jsonl) -> set[str]:
     return {str(rec["sample_id"]) for _, rec in iter_jsonl(heldout_jsonl)}
 
 
-def build_pool(router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: CompareConfig,
-               sel: SelectionConfig) -> None:
+def build_pool(
+    router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: CompareConfig, sel: SelectionConfig
+) -> None:
     """``pool.h5``: the kept samples the baselines choose from, their clusters and thresholds.
 
     Their features are the candidates' (``selection.features``, through
@@ -115,8 +118,10 @@ def build_pool(router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: Comp
             ids.append(shard.sample_id[mask].astype(str))
             x, x_metric = shard_features(shard, np.flatnonzero(mask), sel)
             if x_metric != metric:
-                raise SelectFlowError(f"{candidates_h5} was built with metric {metric}, the selection settings "
-                                      f"give {x_metric}: rerun rule compare_candidates")
+                raise SelectFlowError(
+                    f"{candidates_h5} was built with metric {metric}, the selection settings "
+                    f"give {x_metric}: rerun rule compare_candidates"
+                )
             feats.append(x)
     ids_arr = np.concatenate(ids)
     order = np.argsort(ids_arr, kind="stable")  # pool rows by sample_id: shard order does not matter
@@ -130,15 +135,21 @@ def build_pool(router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: Comp
         f.create_dataset("features", data=x)
         f.create_dataset("cluster", data=labels)
         f.attrs.update({"k": k, "metric": metric, "near_duplicate_threshold": eps, "clusters": cmp.clusters})
-    log.info("compare pool: %d kept samples, k %d, %d clusters, near-duplicate threshold %.4g",
-             len(ids_arr), k, len(np.unique(labels)), eps)
+    log.info(
+        "compare pool: %d kept samples, k %d, %d clusters, near-duplicate threshold %.4g",
+        len(ids_arr),
+        k,
+        len(np.unique(labels)),
+        eps,
+    )
 
 
 def read_pool(pool_h5) -> dict:
     with h5py.File(pool_h5, "r") as f:
         out = {name: f[name][()] for name in ("quality", "features", "cluster")}
-        out["sample_id"] = np.array([v.decode() if isinstance(v, bytes) else v for v in f["sample_id"][()]],
-                                    dtype=object)
+        out["sample_id"] = np.array(
+            [v.decode() if isinstance(v, bytes) else v for v in f["sample_id"][()]], dtype=object
+        )
         out.update({k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()})
     return out
 
@@ -151,11 +162,24 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
     from selectflow.runtime.device import resolve_device
 
     pool = read_pool(pool_h5)
-    picks = baselines.select(method, pool["features"], pool["quality"], pool["sample_id"], int(pool["k"]),
-                             seed=cmp.seed, labels=pool["cluster"], eps=float(pool["near_duplicate_threshold"]),
-                             metric=pool["metric"], device=resolve_device(device))
-    table = {"step": np.arange(len(picks)), "sample_id": pool["sample_id"][picks], "candidate_index": picks,
-             "min_distance": np.full(len(picks), np.nan)}
+    picks = baselines.select(
+        method,
+        pool["features"],
+        pool["quality"],
+        pool["sample_id"],
+        int(pool["k"]),
+        seed=cmp.seed,
+        labels=pool["cluster"],
+        eps=float(pool["near_duplicate_threshold"]),
+        metric=pool["metric"],
+        device=resolve_device(device),
+    )
+    table = {
+        "step": np.arange(len(picks)),
+        "sample_id": pool["sample_id"][picks],
+        "candidate_index": picks,
+        "min_distance": np.full(len(picks), np.nan),
+    }
     write_tsv(pd.DataFrame(table), picks_tsv, na_rep="nan")
     log.info("%s picked %d", method, len(picks))
     return len(picks)
@@ -181,9 +205,9 @@ def intrinsic(selections: dict[str, str | os.PathLike], pool_h5, out_tsv) -> pd.
             "method": method,
             "size": len(recs),
             "mean_quality": float(np.mean(pool["quality"][idx])),
-            "near_duplicate_pairs": baselines.near_duplicate_pairs(pool["features"][idx],
-                                                                   float(pool["near_duplicate_threshold"]),
-                                                                   pool["metric"]),
+            "near_duplicate_pairs": baselines.near_duplicate_pairs(
+                pool["features"][idx], float(pool["near_duplicate_threshold"]), pool["metric"]
+            ),
             "text_duplicate_pairs": sum(c * (c - 1) // 2 for c in pd.Series(texts).value_counts()),
             "clusters_touched": float((hist > 0).sum() / n_clusters),
             "cluster_entropy": float(-(share * np.log(share)).sum()),
@@ -215,13 +239,24 @@ def write_testset(dataset_paths: dict, out_jsonl, cmp: CompareConfig) -> int:
         records = make_demo_testset(cmp.test_per_kind, cmp.test_seed, lambda rec: _text_key(rec) in pool)
     except ValueError as exc:
         raise SelectFlowError(f"{exc} (compare.test_per_kind)") from None
-    log.info("demo test set: %d records, %d kinds, none of them among the pool's %d distinct records",
-             len(records), len({r["kind"] for r in records}), len(pool))
+    log.info(
+        "demo test set: %d records, %d kinds, none of them among the pool's %d distinct records",
+        len(records),
+        len({r["kind"] for r in records}),
+        len(pool),
+    )
     return write_jsonl(out_jsonl, records)
 
 
-def write_target_set(out_jsonl, test_jsonl, cmp: CompareConfig, *, datasets: dict | None = None,
-                     quality_tsv=None, router_paths: list | None = None) -> int:
+def write_target_set(
+    out_jsonl,
+    test_jsonl,
+    cmp: CompareConfig,
+    *,
+    datasets: dict | None = None,
+    quality_tsv=None,
+    router_paths: list | None = None,
+) -> int:
     """The target set of method ``target``, sharing no record (normalised prompt + response) with the test set.
 
     ``compare.target`` when set (a SelectFlowError if one of its records is a test record);
@@ -248,8 +283,9 @@ def write_target_set(out_jsonl, test_jsonl, cmp: CompareConfig, *, datasets: dic
 
         pool = {_text_key(rec) for name, path in datasets.items() for rec in read_dataset(path, name)}
         try:
-            records = make_demo_testset(cmp.test_per_kind, cmp.test_seed + 1,
-                                        lambda rec: _text_key(rec) in pool or _text_key(rec) in test)
+            records = make_demo_testset(
+                cmp.test_per_kind, cmp.test_seed + 1, lambda rec: _text_key(rec) in pool or _text_key(rec) in test
+            )
         except ValueError as exc:
             raise SelectFlowError(f"{exc} (compare.test_per_kind, for the target set)") from None
     elif cmp.eval == "heldout":
@@ -257,8 +293,10 @@ def write_target_set(out_jsonl, test_jsonl, cmp: CompareConfig, *, datasets: dic
         kept = [sid for sid in _kept_ids(quality_tsv) if sid not in test_ids]
         n = max(1, round(cmp.heldout_fraction * (len(kept) + len(test_ids))))
         if n >= len(kept):
-            raise SelectFlowError(f"compare.heldout_fraction {cmp.heldout_fraction} leaves no kept sample to select "
-                                  "once the test and target slices are held out")
+            raise SelectFlowError(
+                f"compare.heldout_fraction {cmp.heldout_fraction} leaves no kept sample to select "
+                "once the test and target slices are held out"
+            )
         ids = sorted(np.random.default_rng(cmp.seed + 1).choice(np.array(kept, dtype=object), n, replace=False))
         rows = dict(_pool_records(router_paths, set(ids)))
         records = [rows[sid] for sid in ids if _text_key(rows[sid]) not in test]
@@ -272,15 +310,23 @@ def build_student(out_dir, cmp: CompareConfig, max_length: int) -> None:
     """The scratch student of ``compare.student: scratch`` (:mod:`selectflow.train.student`)."""
     from selectflow.train.student import build_scratch_student
 
-    build_scratch_student(out_dir, seed=cmp.seed, hidden=cmp.student_hidden, layers=cmp.student_layers,
-                          vocab_size=cmp.student_vocab, max_positions=max_length)
+    build_scratch_student(
+        out_dir,
+        seed=cmp.seed,
+        hidden=cmp.student_hidden,
+        layers=cmp.student_layers,
+        vocab_size=cmp.student_vocab,
+        max_positions=max_length,
+    )
 
 
 def write_full_pools(quality_tsv, router_paths: list, outputs: dict[str, str | os.PathLike]) -> None:
     """``full_kept`` (kept samples) and ``full_raw`` (every sample not excluded) of the comparison's pool."""
     table = read_tsv(quality_tsv, "quality table", nan_columns=("quality",))
-    wanted = {"full_kept": set(_kept_ids(quality_tsv)),
-              "full_raw": set(table.loc[table["reason"] != "excluded", "sample_id"].astype(str))}
+    wanted = {
+        "full_kept": set(_kept_ids(quality_tsv)),
+        "full_raw": set(table.loc[table["reason"] != "excluded", "sample_id"].astype(str)),
+    }
     rows: dict[str, list[dict]] = {name: [] for name in outputs}
     for sid, record in _pool_records(router_paths, set().union(*(wanted[name] for name in outputs))):
         for name in outputs:
@@ -300,8 +346,18 @@ def random_draws(pool_h5, quality_tsv, router_paths: list, out_paths: list, cmp:
         picks = baselines.random_pick(len(pool["sample_id"]), int(pool["k"]), seed=cmp.seed + j + 1)
         with tempfile.TemporaryDirectory(dir=Path(out).parent) as tmp:
             picks_tsv = Path(tmp) / "picks.tsv"
-            write_tsv(pd.DataFrame({"step": np.arange(len(picks)), "sample_id": pool["sample_id"][picks],
-                                    "candidate_index": picks, "min_distance": np.nan}), picks_tsv, na_rep="nan")
+            write_tsv(
+                pd.DataFrame(
+                    {
+                        "step": np.arange(len(picks)),
+                        "sample_id": pool["sample_id"][picks],
+                        "candidate_index": picks,
+                        "min_distance": np.nan,
+                    }
+                ),
+                picks_tsv,
+                na_rep="nan",
+            )
             write_selection(picks_tsv, quality_tsv, router_paths, out, Path(tmp) / "summary.tsv")
 
 
@@ -331,20 +387,36 @@ def evaluate(model_dir, test_jsonl, max_length: int) -> pd.DataFrame:
     losses = response_losses(model, tokenizer, pad_id, [(p, r) for _, p, r in rows], max_length)
     checked = [i for i, (kind, _, _) in enumerate(rows) if kind in CHECKERS]
     longest = max((len(tokenizer(rows[i][2], add_special_tokens=False)["input_ids"]) for i in checked), default=0)
-    answers = dict(zip(checked, greedy_answers(model, tokenizer, pad_id, [rows[i][1] for i in checked],
-                                               longest + 8)))
-    frame = pd.DataFrame({"kind": [r[0] for r in rows], "nll": [v for v, _ in losses],
-                          "tokens": [n for _, n in losses],
-                          "correct": [float(CHECKERS[r[0]](r[1], answers[i])) if i in answers else math.nan
-                                      for i, r in enumerate(rows)]})
-    table = frame.groupby("kind", sort=True).agg(n=("nll", "size"), nll=("nll", "sum"), tokens=("tokens", "sum"),
-                                                 accuracy=("correct", "mean"))
+    answers = dict(zip(checked, greedy_answers(model, tokenizer, pad_id, [rows[i][1] for i in checked], longest + 8)))
+    frame = pd.DataFrame(
+        {
+            "kind": [r[0] for r in rows],
+            "nll": [v for v, _ in losses],
+            "tokens": [n for _, n in losses],
+            "correct": [
+                float(CHECKERS[r[0]](r[1], answers[i])) if i in answers else math.nan for i, r in enumerate(rows)
+            ],
+        }
+    )
+    table = frame.groupby("kind", sort=True).agg(
+        n=("nll", "size"), nll=("nll", "sum"), tokens=("tokens", "sum"), accuracy=("correct", "mean")
+    )
     table["loss"] = table["nll"] / table["tokens"].clip(lower=1)
     return table.reset_index()[["kind", "n", "loss", "tokens", "accuracy"]]
 
 
-def finetune_and_eval(model, data: list, test_jsonl, out_dir, out_tsv, settings: TrainConfig, *, seeds: int,
-                      micro_batch_size: int, attempt: int) -> pd.DataFrame:
+def finetune_and_eval(
+    model,
+    data: list,
+    test_jsonl,
+    out_dir,
+    out_tsv,
+    settings: TrainConfig,
+    *,
+    seeds: int,
+    micro_batch_size: int,
+    attempt: int,
+) -> pd.DataFrame:
     """Fine-tune ``model`` once per seed, evaluate each on ``test_jsonl``; write ``out_tsv``.
 
     Seed i trains on ``data[i % len(data)]`` (one selection for every seed, or one per seed:
@@ -358,12 +430,20 @@ def finetune_and_eval(model, data: list, test_jsonl, out_dir, out_tsv, settings:
     tables = []
     for i in range(seeds):
         seed, run_dir, source = settings.seed + i, Path(out_dir) / f"seed_{i}", data[i % len(data)]
-        summary = train_model(model, source, run_dir, replace(settings, seed=seed),
-                              micro_batch_size=micro_batch_size, attempt=attempt)
+        summary = train_model(
+            model, source, run_dir, replace(settings, seed=seed), micro_batch_size=micro_batch_size, attempt=attempt
+        )
         table = evaluate(run_dir / "checkpoint", test_jsonl, settings.max_length)
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
-        log.info("seed %d: macro loss %.4f, macro accuracy %.3f over %d kinds (%d steps on %s)", seed,
-                 table["loss"].mean(), table["accuracy"].mean(), len(table), summary["steps"], source)
+        log.info(
+            "seed %d: macro loss %.4f, macro accuracy %.3f over %d kinds (%d steps on %s)",
+            seed,
+            table["loss"].mean(),
+            table["accuracy"].mean(),
+            len(table),
+            summary["steps"],
+            source,
+        )
         tables.append(table.assign(seed=seed, size=sum(1 for _ in iter_jsonl(source)), steps=summary["steps"]))
     out = pd.concat(tables, ignore_index=True)[["seed", "size", "steps", "kind", "n", "loss", "tokens", "accuracy"]]
     write_tsv(out, out_tsv, float_format="%.6g", na_rep="nan")
@@ -390,8 +470,12 @@ def downstream(evals: dict[str, str | os.PathLike], out_tsv) -> pd.DataFrame:
     for method, path in evals.items():
         table = read_tsv(path, "eval table", nan_columns=("accuracy",))
         per_seed = table.groupby("seed").agg(loss=("loss", "mean"), accuracy=("accuracy", "mean"))
-        row = {"method": method, "size": int(table["size"].iloc[0]), "steps": int(table["steps"].iloc[0]),
-               "n_seeds": len(per_seed)}
+        row = {
+            "method": method,
+            "size": int(table["size"].iloc[0]),
+            "steps": int(table["steps"].iloc[0]),
+            "n_seeds": len(per_seed),
+        }
         for measure in ("loss", "accuracy"):
             row[f"macro_{measure}"], row[f"macro_{measure}_ci95"] = interval(per_seed[measure].to_numpy())
             row[f"{measure}_per_seed"] = ",".join(f"{v:.4f}" for v in per_seed[measure])

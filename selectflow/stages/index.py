@@ -87,7 +87,7 @@ def window_records(manifest_tsv: str | os.PathLike, w: int, window_size: int) ->
     spans = item_windows(len(table), window_size)
     if not 0 <= w < len(spans):
         raise SelectFlowError(f"window {w} does not exist: {manifest_tsv} has {len(spans)} windows of {window_size}")
-    part = table.iloc[spans[w][0]:spans[w][1]]
+    part = table.iloc[spans[w][0] : spans[w][1]]
     records = {}
     for shard, rows in part.groupby("shard", sort=False):
         wanted = set(rows["row"])
@@ -104,8 +104,18 @@ def window_groups(n_windows: int, per_job: int) -> list[range]:
     return [range(g, min(g + per_job, n_windows)) for g in range(0, n_windows, per_job)]
 
 
-def embed_item_windows(manifest_tsv, group: int, per_job: int, window_size: int, encoder_path, out_h5, *,
-                       batch_size: int, max_length: int, device: str) -> int:
+def embed_item_windows(
+    manifest_tsv,
+    group: int,
+    per_job: int,
+    window_size: int,
+    encoder_path,
+    out_h5,
+    *,
+    batch_size: int,
+    max_length: int,
+    device: str,
+) -> int:
     """Embed the item windows of group ``group`` (``per_job`` windows each) into ``out_h5``; return the rows.
 
     ``out_h5`` holds, per window ``w``, ``window_XXXXX/vectors`` float32 [n, H] and
@@ -119,30 +129,37 @@ def embed_item_windows(manifest_tsv, group: int, per_job: int, window_size: int,
     n_total = n_item_windows(manifest_tsv, window_size)
     groups = window_groups(n_total, per_job)
     if not 0 <= group < len(groups):
-        raise SelectFlowError(f"window group {group} does not exist: {manifest_tsv} has {len(groups)} groups of "
-                              f"{per_job} windows of {window_size}")
+        raise SelectFlowError(
+            f"window group {group} does not exist: {manifest_tsv} has {len(groups)} groups of "
+            f"{per_job} windows of {window_size}"
+        )
     model, tokenizer = load_encoder(encoder_path, device)
     rows = 0
     with atomic_path(out_h5, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         for w in groups[group]:
             t0 = time.perf_counter()
             records = window_records(manifest_tsv, w, window_size)
-            vectors = encode_texts(model, tokenizer, [record_text(r) for r in records], batch_size=batch_size,
-                                   max_length=max_length)
+            vectors = encode_texts(
+                model, tokenizer, [record_text(r) for r in records], batch_size=batch_size, max_length=max_length
+            )
             part = f.create_group(f"window_{w:05d}")
             part.create_dataset("vectors", data=vectors)
             part.create_dataset("sample_id", data=[r["sample_id"] for r in records], dtype=h5py.string_dtype())
             part.attrs["span"] = (w * window_size, w * window_size + len(records))
             part.attrs["embed_seconds"] = time.perf_counter() - t0
             rows += len(records)
-            log.info("window %d of %d: %d records embedded in %.2f s", w + 1, n_total, len(records),
-                     part.attrs["embed_seconds"])
+            log.info(
+                "window %d of %d: %d records embedded in %.2f s",
+                w + 1,
+                n_total,
+                len(records),
+                part.attrs["embed_seconds"],
+            )
         f.attrs["n_windows"] = n_total
     return rows
 
 
-def index_embedded_window(embeddings_h5, w: int, out_faiss, *, index_type: str,
-                          min_free_bytes: int = 0) -> dict:
+def index_embedded_window(embeddings_h5, w: int, out_faiss, *, index_type: str, min_free_bytes: int = 0) -> dict:
     """Build window ``w``'s FAISS files from its vectors in ``embeddings_h5`` (:func:`embed_item_windows`)."""
     import h5py
 
@@ -158,13 +175,34 @@ def index_embedded_window(embeddings_h5, w: int, out_faiss, *, index_type: str,
         span = tuple(int(x) for x in part.attrs["span"])
         embed_seconds = float(part.attrs["embed_seconds"])
         n_windows = int(f.attrs["n_windows"])
-    return build_window_index(vectors, ids, out_faiss, window=w, n_windows=n_windows, span=span, kind="items",
-                              index_type=index_type, min_free_bytes=min_free_bytes, embed_seconds=embed_seconds)
+    return build_window_index(
+        vectors,
+        ids,
+        out_faiss,
+        window=w,
+        n_windows=n_windows,
+        span=span,
+        kind="items",
+        index_type=index_type,
+        min_free_bytes=min_free_bytes,
+        embed_seconds=embed_seconds,
+    )
 
 
-def index_item_window(manifest_tsv, w: int, window_size: int, encoder_path, out_faiss, *, index_type: str,
-                      batch_size: int, max_length: int, device: str, n_windows: int | None = None,
-                      min_free_bytes: int = 0) -> dict:
+def index_item_window(
+    manifest_tsv,
+    w: int,
+    window_size: int,
+    encoder_path,
+    out_faiss,
+    *,
+    index_type: str,
+    batch_size: int,
+    max_length: int,
+    device: str,
+    n_windows: int | None = None,
+    min_free_bytes: int = 0,
+) -> dict:
     """Embed item window ``w`` with the encoder and write its FAISS files."""
     from selectflow.index.build import build_window_index
     from selectflow.index.embed import encode_texts, load_encoder
@@ -172,26 +210,45 @@ def index_item_window(manifest_tsv, w: int, window_size: int, encoder_path, out_
     records = window_records(manifest_tsv, w, window_size)
     t0 = time.perf_counter()
     model, tokenizer = load_encoder(encoder_path, device)
-    vectors = encode_texts(model, tokenizer, [record_text(r) for r in records], batch_size=batch_size,
-                           max_length=max_length)
+    vectors = encode_texts(
+        model, tokenizer, [record_text(r) for r in records], batch_size=batch_size, max_length=max_length
+    )
     del model
     start = w * window_size
-    return build_window_index(vectors, [r["sample_id"] for r in records], out_faiss, window=w, n_windows=n_windows,
-                              span=(start, start + len(records)), kind="items", index_type=index_type,
-                              min_free_bytes=min_free_bytes, embed_seconds=time.perf_counter() - t0)
+    return build_window_index(
+        vectors,
+        [r["sample_id"] for r in records],
+        out_faiss,
+        window=w,
+        n_windows=n_windows,
+        span=(start, start + len(records)),
+        kind="items",
+        index_type=index_type,
+        min_free_bytes=min_free_bytes,
+        embed_seconds=time.perf_counter() - t0,
+    )
 
 
-def index_sequence_window(h5_path, dataset: str, w: int, window_size: int, stride: int, out_faiss, *,
-                          index_type: str, min_free_bytes: int = 0) -> dict:
+def index_sequence_window(
+    h5_path, dataset: str, w: int, window_size: int, stride: int, out_faiss, *, index_type: str, min_free_bytes: int = 0
+) -> dict:
     """Index window ``w`` of an HDF5 array [items, positions(, F)]; item ``i`` gets id ``str(i)``."""
     from selectflow.index.build import build_window_index
 
     spans = sequence_windows_of(h5_path, dataset, window_size, stride)
     start, stop = spans[w]
     vectors = read_sequence_window(h5_path, dataset, start, stop)
-    return build_window_index(vectors, [str(i) for i in range(len(vectors))], out_faiss, window=w,
-                              n_windows=len(spans), span=(start, stop), kind="positions", index_type=index_type,
-                              min_free_bytes=min_free_bytes)
+    return build_window_index(
+        vectors,
+        [str(i) for i in range(len(vectors))],
+        out_faiss,
+        window=w,
+        n_windows=len(spans),
+        span=(start, stop),
+        kind="positions",
+        index_type=index_type,
+        min_free_bytes=min_free_bytes,
+    )
 
 
 def sequence_windows_of(h5_path, dataset: str, window_size: int, stride: int) -> list[tuple[int, int]]:
@@ -234,8 +291,17 @@ def _opened_store(index_dir, n_windows: int, index: IndexConfig):
 
 def index_embed(manifest_tsv, group: int, encoder_path, out_h5, index: IndexConfig, batch_size: int) -> None:
     """Rule index_embed: item window group ``group`` → its embeddings HDF5 (``batch_size`` from the resources)."""
-    embed_item_windows(manifest_tsv, group, index.windows_per_job, index.window_size, encoder_path, out_h5,
-                       batch_size=batch_size, max_length=index.max_length, device=index.device)
+    embed_item_windows(
+        manifest_tsv,
+        group,
+        index.windows_per_job,
+        index.window_size,
+        encoder_path,
+        out_h5,
+        batch_size=batch_size,
+        max_length=index.max_length,
+        device=index.device,
+    )
 
 
 def index_window(spec: dict, w: int, source, out_faiss, index: IndexConfig) -> None:
@@ -247,8 +313,9 @@ def index_window(spec: dict, w: int, source, out_faiss, index: IndexConfig) -> N
     if spec["kind"] == "items":
         index_embedded_window(source, w, out_faiss, **common)
     else:
-        index_sequence_window(source, spec["dataset"], w, spec["window_size"], spec["window_stride"], out_faiss,
-                              **common)
+        index_sequence_window(
+            source, spec["dataset"], w, spec["window_size"], spec["window_stride"], out_faiss, **common
+        )
 
 
 def index_summary(index_dir, out_tsv) -> None:
@@ -258,8 +325,16 @@ def index_summary(index_dir, out_tsv) -> None:
     summarize_windows(index_dir, out_tsv)
 
 
-def retrieve(index_dir, n_windows: int, queries_jsonl, encoder_path, out_tsv, index: IndexConfig,
-             retrieve_cfg: RetrieveConfig, batch_size: int) -> None:
+def retrieve(
+    index_dir,
+    n_windows: int,
+    queries_jsonl,
+    encoder_path,
+    out_tsv,
+    index: IndexConfig,
+    retrieve_cfg: RetrieveConfig,
+    batch_size: int,
+) -> None:
     """Rule retrieve: top-``k`` pool neighbours of every query across all windows → ``out_tsv``."""
     from selectflow.index import retrieve as search
 
@@ -271,8 +346,16 @@ def retrieve(index_dir, n_windows: int, queries_jsonl, encoder_path, out_tsv, in
         log.info("store: %s", store.stats())
 
 
-def decontaminate(index_dir, n_windows: int, eval_jsonl, encoder_path, out_tsv, index: IndexConfig,
-                  decontaminate_cfg: DecontaminateConfig, batch_size: int) -> None:
+def decontaminate(
+    index_dir,
+    n_windows: int,
+    eval_jsonl,
+    encoder_path,
+    out_tsv,
+    index: IndexConfig,
+    decontaminate_cfg: DecontaminateConfig,
+    batch_size: int,
+) -> None:
     """Rule decontaminate: pool samples within the threshold of any evaluation sample → ``out_tsv``.
 
     Columns sample_id, eval_id, distance, window: one row per (pool sample, eval sample) pair.
@@ -285,6 +368,12 @@ def decontaminate(index_dir, n_windows: int, eval_jsonl, encoder_path, out_tsv, 
         table = search.decontaminate(store, vectors, ids, threshold)
         search.write_table(table, out_tsv)
         hits = table["sample_id"].nunique()
-        log.info("decontamination at %s %g: %d pool samples near %d eval samples -> %s", store.metric(), threshold,
-                 hits, table["eval_id"].nunique(), out_tsv)
+        log.info(
+            "decontamination at %s %g: %d pool samples near %d eval samples -> %s",
+            store.metric(),
+            threshold,
+            hits,
+            table["eval_id"].nunique(),
+            out_tsv,
+        )
     log.info("%d pool samples within %g of the evaluation set %s", hits, threshold, eval_jsonl)

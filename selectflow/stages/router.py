@@ -42,8 +42,14 @@ def dump_settings(cfg: RouterDumpConfig, batch_size: int) -> DumpSettings:
     return DumpSettings(**{**{k: v for k, v in asdict(cfg).items() if k in names}, "batch_size": batch_size})
 
 
-def router_dump(model_path: str, shard_jsonls: list[str], store_h5s: list[str], manifest_tsv: str,
-                cfg: RouterDumpConfig, batch_size: int) -> None:
+def router_dump(
+    model_path: str,
+    shard_jsonls: list[str],
+    store_h5s: list[str],
+    manifest_tsv: str,
+    cfg: RouterDumpConfig,
+    batch_size: int,
+) -> None:
     """Rule ``router_dump``: the group of shards → its store files and the group table ``manifest_tsv``."""
     dump_shard_group(model_path, shard_jsonls, store_h5s, manifest_tsv, dump_settings(cfg, batch_size))
 
@@ -66,8 +72,9 @@ def _read_shard_records(shard_jsonl: str) -> list[dict]:
     return records
 
 
-def _dump_one(dumper: RouterDumper, records: list[dict], model_path: str, shard_jsonl: str, out_h5: str,
-              settings: DumpSettings) -> None:
+def _dump_one(
+    dumper: RouterDumper, records: list[dict], model_path: str, shard_jsonl: str, out_h5: str, settings: DumpSettings
+) -> None:
     shard = dumper.dump(records)
     shard.attrs = _shard_attrs(dumper, model_path, shard_jsonl, settings)
     write_router_shard(out_h5, shard)
@@ -94,8 +101,13 @@ def dump_target(model_path: str, target_jsonl: str, out_h5: str, cfg: RouterDump
 def _dump_records(model_path: str, records: list[dict], source: str, out_h5: str, settings: DumpSettings) -> int:
     dumper = RouterDumper.from_path(model_path, settings)
     try:
-        log.info("dumping %d samples from %s with batch size %d on %s", len(records), source,
-                 settings.batch_size, dumper.device)
+        log.info(
+            "dumping %d samples from %s with batch size %d on %s",
+            len(records),
+            source,
+            settings.batch_size,
+            dumper.device,
+        )
         _dump_one(dumper, records, model_path, source, out_h5, settings)
     finally:
         dumper.close()
@@ -111,8 +123,9 @@ def _newest_mtime(path: str | Path) -> float:
     return max(times)
 
 
-def reusable_shard(store_h5: str, shard_jsonl: str, records: list[dict], model_path: str,
-                   settings: DumpSettings) -> str | None:
+def reusable_shard(
+    store_h5: str, shard_jsonl: str, records: list[dict], model_path: str, settings: DumpSettings
+) -> str | None:
     """Why the stored dump ``store_h5`` of ``shard_jsonl`` cannot be reused, or None when it can.
 
     Reusable: complete, from this model folder, these settings (digest) and this shard, the
@@ -126,8 +139,11 @@ def reusable_shard(store_h5: str, shard_jsonl: str, records: list[dict], model_p
         attrs, ids = shard_header(store_h5)
     except SelectFlowError as exc:
         return str(exc)
-    for key, want in (("model_path", str(model_path)), ("config_digest", settings.digest()),
-                      ("source", str(shard_jsonl))):
+    for key, want in (
+        ("model_path", str(model_path)),
+        ("config_digest", settings.digest()),
+        ("source", str(shard_jsonl)),
+    ):
         if attrs.get(key) != want:
             return f"{key} is {attrs.get(key)!r}, now {want!r}"
     if settings.hidden_states and not attrs.get("hidden_size"):
@@ -139,8 +155,9 @@ def reusable_shard(store_h5: str, shard_jsonl: str, records: list[dict], model_p
     return None
 
 
-def dump_shard_group(model_path: str, shard_jsonls: list[str], store_h5s: list[str], manifest_tsv: str,
-                     settings: DumpSettings) -> int:
+def dump_shard_group(
+    model_path: str, shard_jsonls: list[str], store_h5s: list[str], manifest_tsv: str, settings: DumpSettings
+) -> int:
     """Dump a group of shards with one model load; one file per shard; the number of samples.
 
     Each finished shard is written atomically to its ``store_h5s`` entry, a file Snakemake
@@ -161,14 +178,28 @@ def dump_shard_group(model_path: str, shard_jsonls: list[str], store_h5s: list[s
             records = _read_shard_records(jsonl)
             why = reusable_shard(store, jsonl, records, model_path, settings)
             if why is None:
-                log.info("shard %d/%d %s: reusing %s (%d samples, dumped by an earlier attempt)", i,
-                         len(shard_jsonls), jsonl, store, len(records))
+                log.info(
+                    "shard %d/%d %s: reusing %s (%d samples, dumped by an earlier attempt)",
+                    i,
+                    len(shard_jsonls),
+                    jsonl,
+                    store,
+                    len(records),
+                )
                 rows.append((Path(jsonl).stem, store, len(records), "yes"))
                 continue
             if dumper is None:
                 dumper = RouterDumper.from_path(model_path, settings)
-            log.info("shard %d/%d %s: dumping %d samples with batch size %d on %s (%s)", i, len(shard_jsonls),
-                     jsonl, len(records), settings.batch_size, dumper.device, why)
+            log.info(
+                "shard %d/%d %s: dumping %d samples with batch size %d on %s (%s)",
+                i,
+                len(shard_jsonls),
+                jsonl,
+                len(records),
+                settings.batch_size,
+                dumper.device,
+                why,
+            )
             _dump_one(dumper, records, model_path, jsonl, store, settings)
             log.info("shard %d/%d done: %s", i, len(shard_jsonls), store)
             rows.append((Path(jsonl).stem, store, len(records), "no"))
@@ -194,9 +225,11 @@ def link_router_data(manifests: list[str], listing_tsv: str) -> int:
         table = read_tsv(manifest, "router_dump group table")
         for shard, store, n in zip(table["shard"], table["store"], table["n_samples"]):
             if not Path(store).is_file():
-                raise SelectFlowError(f"stored shard {store}, listed in {manifest}, is missing; delete {manifest} "
-                                      "and run `snakemake router_data -R router_data`: that group's job dumps it "
-                                      "again (its other shards are reused)")
+                raise SelectFlowError(
+                    f"stored shard {store}, listed in {manifest}, is missing; delete {manifest} "
+                    "and run `snakemake router_data -R router_data`: that group's job dumps it "
+                    "again (its other shards are reused)"
+                )
             target = root / dataset / f"{shard}.h5"
             _link(Path(store), target)
             rows.append((dataset, shard, str(target), int(n)))

@@ -67,8 +67,13 @@ MODES = schema_enum("selection", "distance_mode")
 TARGET_ORDER_SEED = 0  # the shuffle in which the rounds of pick_toward_target visit the target records
 
 
-def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.PathLike, quality_tsv: str | os.PathLike,
-                     sel: SelectionConfig, exclude_ids: set[str] | None = None) -> int:
+def build_candidates(
+    router_paths: list[str | os.PathLike],
+    out_h5: str | os.PathLike,
+    quality_tsv: str | os.PathLike,
+    sel: SelectionConfig,
+    exclude_ids: set[str] | None = None,
+) -> int:
     """Score the pool, pick the candidates, write ``out_h5`` and ``quality_tsv``; return k.
 
     The pool is every sample of ``router_paths`` not in ``exclude_ids``, read one shard at a
@@ -84,8 +89,13 @@ def build_candidates(router_paths: list[str | os.PathLike], out_h5: str | os.Pat
     return candidates_of_pool(scan_pool(router_paths, sel), out_h5, quality_tsv, sel, exclude_ids)
 
 
-def candidates_of_pool(pool: Pool, out_h5: str | os.PathLike, quality_tsv: str | os.PathLike, sel: SelectionConfig,
-                       exclude_ids: set[str] | None = None) -> int:
+def candidates_of_pool(
+    pool: Pool,
+    out_h5: str | os.PathLike,
+    quality_tsv: str | os.PathLike,
+    sel: SelectionConfig,
+    exclude_ids: set[str] | None = None,
+) -> int:
     """:func:`build_candidates` of a :class:`~selectflow.select.pool.Pool`; return k.
 
     k = round(selection_percentage · pool), at least 1, at most the kept samples. Duplicates
@@ -103,35 +113,82 @@ def candidates_of_pool(pool: Pool, out_h5: str | os.PathLike, quality_tsv: str |
     score, keep, reason = quality.score, quality.keep & in_pool, quality.reason.copy()
     reason[~in_pool] = "excluded"
     similarity = np.full(len(pool), np.nan)
-    n_dup = drop_duplicates(pool, score, keep, reason, similarity, near_threshold=sel.near_duplicate_threshold,
-                            system_turns=sel.dedup_system_turns)
+    n_dup = drop_duplicates(
+        pool,
+        score,
+        keep,
+        reason,
+        similarity,
+        near_threshold=sel.near_duplicate_threshold,
+        system_turns=sel.dedup_system_turns,
+    )
     n_pool, n_kept = int(in_pool.sum()), int(keep.sum())
     choice = choose(pool, score, keep, reason, n_pool, sel)
-    write_candidates(out_h5, pool, score, choice, {
-        "n_pool": n_pool, "n_kept": n_kept, "k": choice.k, "stage": choice.stage,
-        "quality_method": resolve_method(pool, sel.quality_method), "n_duplicates": n_dup}, sel)
+    write_candidates(
+        out_h5,
+        pool,
+        score,
+        choice,
+        {
+            "n_pool": n_pool,
+            "n_kept": n_kept,
+            "k": choice.k,
+            "stage": choice.stage,
+            "quality_method": resolve_method(pool, sel.quality_method),
+            "n_duplicates": n_dup,
+        },
+        sel,
+    )
     write_tsv(quality_table(pool, quality, in_pool, keep, reason, choice, similarity), quality_tsv, na_rep="nan")
-    log.info("pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d",
-             n_pool, n_kept, n_dup, len(choice.chosen), choice.stage, choice.k)
+    log.info(
+        "pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d",
+        n_pool,
+        n_kept,
+        n_dup,
+        len(choice.chosen),
+        choice.stage,
+        choice.k,
+    )
     return choice.k
 
 
-def compute_block(candidates_h5: str | os.PathLike, i: int, j: int, out_path: str | os.PathLike, sel: SelectionConfig,
-                  sub_chunk: int | None = None) -> None:
+def compute_block(
+    candidates_h5: str | os.PathLike,
+    i: int,
+    j: int,
+    out_path: str | os.PathLike,
+    sel: SelectionConfig,
+    sub_chunk: int | None = None,
+) -> None:
     """Write distance block (i, j) of the candidates (see :func:`selectflow.select.distance.compute_block`).
 
     Blocks are ``distance_batch_size`` square; ``sub_chunk`` rows go through the device at a
     time (default ``distance_batch_size``; the rule passes its attempt-scaled resource).
     """
     with open_candidates(candidates_h5) as f:
-        distance.compute_block(f["features"], i, j, sel.distance_batch_size, out_path, metric=f.attrs["metric"],
-                               device=sel.device, sub_chunk=sub_chunk or sel.distance_batch_size)
+        distance.compute_block(
+            f["features"],
+            i,
+            j,
+            sel.distance_batch_size,
+            out_path,
+            metric=f.attrs["metric"],
+            device=sel.device,
+            sub_chunk=sub_chunk or sel.distance_batch_size,
+        )
 
 
-def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel: SelectionConfig, *,
-            block_dir: str | os.PathLike | None = None, chunk: int | None = None,
-            target_h5: str | os.PathLike | None = None) -> int:
-    """Pick k candidates (FPS from the highest-quality one, or another ``selection.diversity``), write the curve; return k.
+def run_fps(
+    candidates_h5: str | os.PathLike,
+    curve_tsv: str | os.PathLike,
+    sel: SelectionConfig,
+    *,
+    block_dir: str | os.PathLike | None = None,
+    chunk: int | None = None,
+    target_h5: str | os.PathLike | None = None,
+) -> int:
+    """Pick k candidates (FPS from the highest-quality one, or another ``selection.diversity``), write the curve;
+    return k.
 
     With ``target_h5`` (the router file of ``selection.target``) the picks are the candidates
     nearest to the targets instead (:func:`pick_toward_target`).
@@ -162,9 +219,20 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
         picks = np.arange(min(k, len(cands)))
         min_distance = np.full(len(picks), np.nan)
     elif not fps:
-        picks = diversity.select(sel.diversity, feats, cands.quality, cands.sample_id, k, metric=metric,
-                                 n_neighbors=sel.diversity_neighbors, n_clusters=sel.diversity_clusters,
-                                 strata=opts["strata"], quota=opts["quota"], chunk=chunk, device=sel.device)
+        picks = diversity.select(
+            sel.diversity,
+            feats,
+            cands.quality,
+            cands.sample_id,
+            k,
+            metric=metric,
+            n_neighbors=sel.diversity_neighbors,
+            n_clusters=sel.diversity_clusters,
+            strata=opts["strata"],
+            quota=opts["quota"],
+            chunk=chunk,
+            device=sel.device,
+        )
         min_distance = np.full(len(picks), np.nan)
     elif feats is not None:
         log.info("streaming FPS: %d distance rows per chunk", chunk)
@@ -179,8 +247,14 @@ def run_fps(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel:
     return _write_curve(cands, picks, min_distance, curve_tsv)
 
 
-def pick_toward_target(candidates_h5: str | os.PathLike, target_h5: str | os.PathLike, curve_tsv: str | os.PathLike,
-                       sel: SelectionConfig, *, chunk: int | None = None) -> int:
+def pick_toward_target(
+    candidates_h5: str | os.PathLike,
+    target_h5: str | os.PathLike,
+    curve_tsv: str | os.PathLike,
+    sel: SelectionConfig,
+    *,
+    chunk: int | None = None,
+) -> int:
     """Pick the k candidates nearest to the target records of router file ``target_h5``; write the curve; return k.
 
     The picks of :func:`selectflow.select.target.toward_target` (round-robin over the targets,
@@ -216,14 +290,19 @@ def _fps_options(f, sel: SelectionConfig) -> dict:
 
 def _write_curve(cands, picks: np.ndarray, min_distance: np.ndarray, curve_tsv: str | os.PathLike) -> int:
     _warn_repeats(min_distance)
-    curve = {"step": np.arange(len(picks)), "sample_id": cands.sample_id[picks], "candidate_index": picks,
-             "min_distance": min_distance}
+    curve = {
+        "step": np.arange(len(picks)),
+        "sample_id": cands.sample_id[picks],
+        "candidate_index": picks,
+        "min_distance": min_distance,
+    }
     write_tsv(pd.DataFrame(curve), curve_tsv, na_rep="nan")
     return len(picks)
 
 
-def launch_fps_ranks(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel: SelectionConfig,
-                     chunk: int) -> int:
+def launch_fps_ranks(
+    candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel: SelectionConfig, chunk: int
+) -> int:
     """Run streaming FPS on ``sel.fps_gpus`` ranks started by torchrun on this node; return k.
 
     ``python -m torch.distributed.run --standalone --nproc_per_node W -m selectflow.stages.select
@@ -241,9 +320,20 @@ def launch_fps_ranks(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathL
     from selectflow.select.fps_dist import rank_thread_env
 
     world = int(sel.fps_gpus)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-           "-m", "selectflow.stages.select", "fps-rank", str(candidates_h5), str(curve_tsv), str(int(chunk)),
-           json.dumps(asdict(sel))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={world}",
+        "-m",
+        "selectflow.stages.select",
+        "fps-rank",
+        str(candidates_h5),
+        str(curve_tsv),
+        str(int(chunk)),
+        json.dumps(asdict(sel)),
+    ]
     log.info("streaming FPS on %d ranks: %s", world, " ".join(cmd[:-1]))
     env = {**os.environ, **rank_thread_env(os.environ, world)}
     tail: list[str] = []
@@ -272,8 +362,14 @@ def fps_rank(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel
     try:
         cands = read_candidates(candidates_h5)
         with open_candidates(cands.path) as f:
-            result = fps_distributed(f["features"], int(cands.attrs["k"]), metric=cands.attrs["metric"], device=dev,
-                                     chunk=chunk, **_fps_options(f, sel))
+            result = fps_distributed(
+                f["features"],
+                int(cands.attrs["k"]),
+                metric=cands.attrs["metric"],
+                device=dev,
+                chunk=chunk,
+                **_fps_options(f, sel),
+            )
         if rank == 0:
             _write_curve(cands, result.picks, result.min_distance, curve_tsv)
     finally:
@@ -286,7 +382,9 @@ def _warn_repeats(min_distance: np.ndarray) -> None:
         log.warning(
             "FPS max-min distance reached 0 at pick %d of %d: the remaining candidates repeat picked ones "
             "(identical routing features); the selection holds repeats — lower selection_percentage, or check the "
-            "pool for duplicates", int(zero[0]) + 1, len(min_distance),
+            "pool for duplicates",
+            int(zero[0]) + 1,
+            len(min_distance),
         )
 
 
@@ -313,9 +411,14 @@ def _selected_records(wanted: dict, router_paths: list, curve_tsv, quality, qual
     return found
 
 
-def write_selection(curve_tsv: str | os.PathLike, quality_tsv: str | os.PathLike, router_paths: list[str | os.PathLike],
-                    out_jsonl: str | os.PathLike, summary_tsv: str | os.PathLike,
-                    final_quality_tsv: str | os.PathLike | None = None) -> int:
+def write_selection(
+    curve_tsv: str | os.PathLike,
+    quality_tsv: str | os.PathLike,
+    router_paths: list[str | os.PathLike],
+    out_jsonl: str | os.PathLike,
+    summary_tsv: str | os.PathLike,
+    final_quality_tsv: str | os.PathLike | None = None,
+) -> int:
     """Write the selected original records (in pick order) and the per-dataset summary.
 
     Each line is the original input record plus ``sample_id``, ``dataset``,
@@ -328,18 +431,30 @@ def write_selection(curve_tsv: str | os.PathLike, quality_tsv: str | os.PathLike
     quality = read_tsv(quality_tsv, "quality table", nan_columns=NAN_COLUMNS).set_index("sample_id")
     wanted = {sid: rank for rank, sid in zip(curve["step"], curve["sample_id"])}
     found = _selected_records(wanted, router_paths, curve_tsv, quality, quality_tsv)
-    lines = ({**found[sid]["record"], "sample_id": sid, "dataset": found[sid]["dataset"],
-              "quality_score": float(quality.at[sid, "quality"]), "selection_rank": int(wanted[sid])}
-             for sid in curve["sample_id"])
+    lines = (
+        {
+            **found[sid]["record"],
+            "sample_id": sid,
+            "dataset": found[sid]["dataset"],
+            "quality_score": float(quality.at[sid, "quality"]),
+            "selection_rank": int(wanted[sid]),
+        }
+        for sid in curve["sample_id"]
+    )
     n = write_jsonl(out_jsonl, lines)
     table = quality.reset_index()
     table["selected"] = table["sample_id"].isin(list(wanted))
     sel = table[table["selected"]]
     summary = (
         table.groupby("dataset")
-        .agg(pool=("sample_id", "size"), kept=("kept", "sum"), candidates=("candidate", "sum"),
-             selected=("selected", "sum"), duplicates=("reason", lambda r: int(r.astype(str).str.startswith("duplicate_of:").sum())),
-             near_duplicates=("similarity", lambda v: int((v < 1).sum())))
+        .agg(
+            pool=("sample_id", "size"),
+            kept=("kept", "sum"),
+            candidates=("candidate", "sum"),
+            selected=("selected", "sum"),
+            duplicates=("reason", lambda r: int(r.astype(str).str.startswith("duplicate_of:").sum())),
+            near_duplicates=("similarity", lambda v: int((v < 1).sum())),
+        )
         .join(sel.groupby("dataset")["quality"].agg(quality_min="min", quality_max="max"))
         .reset_index()
     )
@@ -385,8 +500,9 @@ def continue_selection(router_dir: str | os.PathLike, output_path: str | os.Path
     with tempfile.TemporaryDirectory(prefix=".selection.", dir=out.parent) as work:
         cands_h5, cands_tsv, block_dir = Path(work) / "candidates.h5", Path(work) / "candidates_quality.tsv", None
         build_candidates(shards, cands_h5, cands_tsv, sel)
-        tiny = tiny_selection_text(sel.selection_percentage, int(read_candidates(cands_h5).attrs["n_pool"]),
-                                   f"samples under {router_dir}")
+        tiny = tiny_selection_text(
+            sel.selection_percentage, int(read_candidates(cands_h5).attrs["n_pool"]), f"samples under {router_dir}"
+        )
         if tiny:
             log.warning(tiny)  # the workflow says it before its first job (selectflow.data.preflight)
         if sel.distance_mode == "matrix" and not sel.disable_diversity and sel.diversity == "fps":
@@ -395,8 +511,14 @@ def continue_selection(router_dir: str | os.PathLike, output_path: str | os.Path
             for i, j in [(a, b) for a in range(nb) for b in range(a, nb)]:
                 compute_block(cands_h5, i, j, distance.block_path(block_dir, i, j), sel)
         run_fps(cands_h5, out.with_name("fps_curve.tsv"), sel, block_dir=block_dir)
-        write_selection(out.with_name("fps_curve.tsv"), cands_tsv, shards, out, out.with_name("selection_summary.tsv"),
-                        out.with_name("quality.tsv"))
+        write_selection(
+            out.with_name("fps_curve.tsv"),
+            cands_tsv,
+            shards,
+            out,
+            out.with_name("selection_summary.tsv"),
+            out.with_name("quality.tsv"),
+        )
 
 
 def _main(argv: list[str]) -> None:
@@ -406,8 +528,10 @@ def _main(argv: list[str]) -> None:
     if len(argv) != 5 or argv[0] != "fps-rank":
         sys.exit("usage: python -m selectflow.stages.select fps-rank CANDIDATES_H5 CURVE_TSV CHUNK SELECTION_JSON")
     rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"rank {rank} %(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"rank {rank} %(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     fps_rank(argv[1], argv[2], SelectionConfig(**json.loads(argv[4])), int(argv[3]))
 
 

@@ -22,13 +22,19 @@ module             what it computes
 import importlib
 
 # torch-heavy names load on first use, so importing the package does not import torch
-_LAZY = {"estimate_training_memory": "estimate", "model_shape": "estimate",
-         "pick_micro_batch": "estimate", "train": "trainer", "train_on_pool": "trainer"}
+_LAZY = {
+    "estimate_training_memory": "estimate",
+    "model_shape": "estimate",
+    "pick_micro_batch": "estimate",
+    "train": "trainer",
+    "train_on_pool": "trainer",
+}
 
 
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["estimate_training_memory", "model_shape", "pick_micro_batch", "train", "train_on_pool"]

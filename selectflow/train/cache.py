@@ -64,7 +64,9 @@ class DeviceCacheDataset(torch.utils.data.Dataset):
         return self._admit(index, host)
 
     def _fits(self, size: int) -> bool:
-        return len(self._device) < self.max_items and (self.max_bytes is None or self.device_bytes + size <= self.max_bytes)
+        return len(self._device) < self.max_items and (
+            self.max_bytes is None or self.device_bytes + size <= self.max_bytes
+        )
 
     def _admit(self, index: int, host: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         size = _nbytes(host)
@@ -84,8 +86,11 @@ class DeviceCacheDataset(torch.utils.data.Dataset):
             del exc
             free_memory()
             self.max_items = len(self._device)
-            log.warning("device cache: out of memory at %d samples (%.1f MiB); the cache stays at that size",
-                        self.max_items, self.device_bytes / 2**20)
+            log.warning(
+                "device cache: out of memory at %d samples (%.1f MiB); the cache stays at that size",
+                self.max_items,
+                self.device_bytes / 2**20,
+            )
             self._host[index] = host
             return host
         self._device[index] = item
@@ -94,14 +99,30 @@ class DeviceCacheDataset(torch.utils.data.Dataset):
 
     def stats(self) -> dict[str, int]:
         """Hit / miss / eviction counts and the current fill of both tiers."""
-        return {"device_hits": self.device_hits, "host_hits": self.host_hits, "misses": self.misses,
-                "evictions": self.evictions, "device_items": len(self._device), "host_items": len(self._host),
-                "device_bytes": self.device_bytes}
+        return {
+            "device_hits": self.device_hits,
+            "host_hits": self.host_hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+            "device_items": len(self._device),
+            "host_items": len(self._host),
+            "device_bytes": self.device_bytes,
+        }
 
     def log_stats(self, when: str) -> None:
         s = self.stats()
         total = s["device_hits"] + s["host_hits"] + s["misses"]
-        log.info("device cache (%s): %d device hits, %d host hits, %d misses, %d evictions (hit rate %.1f%%); "
-                 "%d samples / %.2f MiB on %s, %d on host", when, s["device_hits"], s["host_hits"], s["misses"],
-                 s["evictions"], 100.0 * s["device_hits"] / max(total, 1), s["device_items"],
-                 s["device_bytes"] / 2**20, self.device, s["host_items"])
+        log.info(
+            "device cache (%s): %d device hits, %d host hits, %d misses, %d evictions (hit rate %.1f%%); "
+            "%d samples / %.2f MiB on %s, %d on host",
+            when,
+            s["device_hits"],
+            s["host_hits"],
+            s["misses"],
+            s["evictions"],
+            100.0 * s["device_hits"] / max(total, 1),
+            s["device_items"],
+            s["device_bytes"] / 2**20,
+            self.device,
+            s["host_items"],
+        )

@@ -58,32 +58,75 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_resume(resume_dir: str | Path, *, model, optimizer, scheduler, scaler, step: int, epoch: int, position: int,
-                order: list[int], fingerprint: dict, micro_batch_size: int, gradient_accumulation_steps: int,
-                metrics: list[dict], metric_columns: list[str], memory: list[dict]) -> None:
+def save_resume(
+    resume_dir: str | Path,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    step: int,
+    epoch: int,
+    position: int,
+    order: list[int],
+    fingerprint: dict,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    metrics: list[dict],
+    metric_columns: list[str],
+    memory: list[dict],
+) -> None:
     """Write the resume state after optimizer step ``step`` (replacing the previous one)."""
     with atomic_dir(resume_dir) as tmp:
         tmp = Path(tmp)
-        save_file({n: p.detach().to("cpu").contiguous() for n, p in _trainable(model).items()},
-                  str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict()}, tmp / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
+        save_file(
+            {n: p.detach().to("cpu").contiguous() for n, p in _trainable(model).items()},
+            str(tmp / "trainable.safetensors"),
+        )
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
+            tmp / "optimizer.pt",
+        )
+        torch.save(
+            {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            tmp / "rng.pt",
+        )
         py_version, py_state, py_gauss = random.getstate()
         np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-        (tmp / "rng.json").write_text(json.dumps({
-            "python": [py_version, list(py_state), py_gauss],
-            "numpy": [np_kind, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)]}))
-        (tmp / "state.json").write_text(json.dumps({
-            "step": step, "epoch": epoch, "position": position, "order": order, "fingerprint": fingerprint,
-            "micro_batch_size": micro_batch_size, "gradient_accumulation_steps": gradient_accumulation_steps}))
+        (tmp / "rng.json").write_text(
+            json.dumps(
+                {
+                    "python": [py_version, list(py_state), py_gauss],
+                    "numpy": [np_kind, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
+                }
+            )
+        )
+        (tmp / "state.json").write_text(
+            json.dumps(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "position": position,
+                    "order": order,
+                    "fingerprint": fingerprint,
+                    "micro_batch_size": micro_batch_size,
+                    "gradient_accumulation_steps": gradient_accumulation_steps,
+                }
+            )
+        )
         write_rows(tmp / "metrics.tsv", metrics, metric_columns)
         write_rows(tmp / "memory.tsv", memory, MEMORY_COLUMNS)
-    log.info("resume state saved at step %d (epoch %d, sample %d of the epoch) -> %s", step, epoch, position, resume_dir)
+    log.info(
+        "resume state saved at step %d (epoch %d, sample %d of the epoch) -> %s", step, epoch, position, resume_dir
+    )
 
 
-def load_resume(resume_dir: str | Path, fingerprint: dict, *, model, optimizer, scheduler, scaler) -> ResumeState | None:
+def load_resume(
+    resume_dir: str | Path, fingerprint: dict, *, model, optimizer, scheduler, scaler
+) -> ResumeState | None:
     """Restore a saved state into the given objects; ``None`` when there is none (or it is stale)."""
     resume_dir = Path(resume_dir)
     state_path = resume_dir / "state.json"
@@ -93,8 +136,11 @@ def load_resume(resume_dir: str | Path, fingerprint: dict, *, model, optimizer, 
     saved = state["fingerprint"]
     if saved != fingerprint:
         changed = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
-        log.warning("resume state in %s was written with other settings (%s changed); starting over",
-                    resume_dir, ", ".join(changed))
+        log.warning(
+            "resume state in %s was written with other settings (%s changed); starting over",
+            resume_dir,
+            ", ".join(changed),
+        )
         return None
     weights = load_file(str(resume_dir / "trainable.safetensors"))
     params = _trainable(model)
@@ -118,11 +164,23 @@ def load_resume(resume_dir: str | Path, fingerprint: dict, *, model, optimizer, 
     random.setstate((py_version, tuple(py_state), py_gauss))
     kind, keys, pos, has_gauss, gauss = host["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    log.info("resuming from %s at step %d (epoch %d, sample %d of the epoch; saved with micro-batch %d x %d)",
-             resume_dir, state["step"], state["epoch"], state["position"], state["micro_batch_size"],
-             state["gradient_accumulation_steps"])
-    return ResumeState(step=state["step"], epoch=state["epoch"], position=state["position"], order=state["order"],
-                       metrics=_rows(resume_dir / "metrics.tsv"), memory=_rows(resume_dir / "memory.tsv"))
+    log.info(
+        "resuming from %s at step %d (epoch %d, sample %d of the epoch; saved with micro-batch %d x %d)",
+        resume_dir,
+        state["step"],
+        state["epoch"],
+        state["position"],
+        state["micro_batch_size"],
+        state["gradient_accumulation_steps"],
+    )
+    return ResumeState(
+        step=state["step"],
+        epoch=state["epoch"],
+        position=state["position"],
+        order=state["order"],
+        metrics=_rows(resume_dir / "metrics.tsv"),
+        memory=_rows(resume_dir / "memory.tsv"),
+    )
 
 
 def _rows(path: Path) -> list[dict]:

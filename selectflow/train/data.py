@@ -63,7 +63,7 @@ def encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> dict[
     if len(p) + len(r) > max_length:
         keep_r = max(max_length - len(p), min(len(r), max_length // 2))
         r = r[:keep_r]
-        p = p[len(p) - (max_length - len(r)):]
+        p = p[len(p) - (max_length - len(r)) :]
     ids = torch.tensor(p + r, dtype=torch.int32)
     labels = ids.clone()
     labels[: len(p)] = IGNORE_INDEX
@@ -86,8 +86,9 @@ class TokenizedDataset(torch.utils.data.Dataset):
         return encode_pair(self.tokenizer, prompt, response, self.max_length)
 
 
-def pad_collate(items: list[dict[str, torch.Tensor]], pad_id: int,
-                device: torch.device | None = None) -> dict[str, torch.Tensor]:
+def pad_collate(
+    items: list[dict[str, torch.Tensor]], pad_id: int, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
     """Right-pad samples to one int64 batch; on ``device`` when given (else where the items are)."""
     from torch.nn.utils.rnn import pad_sequence
 
@@ -96,8 +97,11 @@ def pad_collate(items: list[dict[str, torch.Tensor]], pad_id: int,
     labels = [it["labels"].to(target, non_blocking=True).long() for it in items]
     input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id)
     mask = pad_sequence([torch.ones_like(t) for t in ids], batch_first=True, padding_value=0)
-    return {"input_ids": input_ids, "attention_mask": mask,
-            "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
+    }
 
 
 def epoch_order(n_samples: int, seed: int, epoch: int) -> list[int]:
@@ -109,8 +113,9 @@ def steps_per_epoch(n_samples: int, effective_batch: int) -> int:
     return -(-n_samples // effective_batch)
 
 
-def plan_steps(orders: dict[int, list[int]], n_samples: int, effective_batch: int, seed: int,
-               first_step: int, last_step: int) -> list[list[int]]:
+def plan_steps(
+    orders: dict[int, list[int]], n_samples: int, effective_batch: int, seed: int, first_step: int, last_step: int
+) -> list[list[int]]:
     """Sample indices of optimizer steps ``[first_step, last_step)`` (0-based).
 
     Step ``s`` covers samples ``[k*B, (k+1)*B)`` of epoch ``s // spe``'s order (``k = s % spe``,

@@ -52,6 +52,7 @@ from selectflow.runtime.units import parse_bytes
 
 log = logging.getLogger(__name__)
 
+
 def free_memory_bytes(device: torch.device) -> int:
     """Free memory of ``device``: the CUDA driver's free bytes, or the host's available bytes."""
     if device.type == "cuda":
@@ -98,8 +99,10 @@ def model_shape(model_path, lora: LoraConfig | dict | None = None) -> ModelShape
     try:
         config = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError) as exc:
-        raise SelectFlowError(f"cannot read a model config from {model_path} ({exc}); point --model/model_path at a "
-                              "folder with config.json") from None
+        raise SelectFlowError(
+            f"cannot read a model config from {model_path} ({exc}); point --model/model_path at a "
+            "folder with config.json"
+        ) from None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     text = config.get_text_config()
@@ -119,12 +122,16 @@ def model_shape(model_path, lora: LoraConfig | dict | None = None) -> ModelShape
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     experts = getattr(text, "num_experts", None) or getattr(text, "num_local_experts", None) or 0
     return ModelShape(
-        n_params=n_params, n_linear_params=n_linear, hidden=hidden,
-        layers=text.num_hidden_layers, vocab=text.vocab_size,
+        n_params=n_params,
+        n_linear_params=n_linear,
+        hidden=hidden,
+        layers=text.num_hidden_layers,
+        vocab=text.vocab_size,
         kv_dim=(getattr(text, "num_key_value_heads", None) or heads) * head_dim,
         intermediate=getattr(text, "intermediate_size", 4 * hidden),
         moe_intermediate=(getattr(text, "moe_intermediate_size", None) or 0) if experts else 0,
-        experts=experts, top_k=(getattr(text, "num_experts_per_tok", None) or 0) if experts else 0,
+        experts=experts,
+        top_k=(getattr(text, "num_experts_per_tok", None) or 0) if experts else 0,
         lora_params=n_lora,
     )
 
@@ -158,9 +165,16 @@ def compute_bytes(precision: str) -> int:
     return 4 if precision == "fp32" else 2
 
 
-def estimate_training_memory(shape: ModelShape, *, micro_batch: int, max_length: int, precision: str = "fp32",
-                             gradient_checkpointing: bool = False, lora: bool = False,
-                             load_in_8bit: bool = False) -> MemoryEstimate:
+def estimate_training_memory(
+    shape: ModelShape,
+    *,
+    micro_batch: int,
+    max_length: int,
+    precision: str = "fp32",
+    gradient_checkpointing: bool = False,
+    lora: bool = False,
+    load_in_8bit: bool = False,
+) -> MemoryEstimate:
     """Predicted training peak of one micro-batch (bytes per component)."""
     b_c = compute_bytes(precision)
     h, tokens = shape.hidden, micro_batch * max_length
@@ -188,8 +202,14 @@ def estimate_training_memory(shape: ModelShape, *, micro_batch: int, max_length:
     else:
         activations = tokens * (shape.layers * per_layer + outside)
     logits = tokens * shape.vocab * (b_c + (4 if b_c < 4 else 0) + 8)
-    return MemoryEstimate(parameters=weights, autocast_copies=autocast, gradients=trainable * 4,
-                          optimizer=trainable * 8, activations=activations, logits=logits)
+    return MemoryEstimate(
+        parameters=weights,
+        autocast_copies=autocast,
+        gradients=trainable * 4,
+        optimizer=trainable * 8,
+        activations=activations,
+        logits=logits,
+    )
 
 
 def pick_micro_batch(shape: ModelShape, budget_bytes: int, *, max_length: int, upper: int, **kwargs) -> int:
@@ -197,6 +217,7 @@ def pick_micro_batch(shape: ModelShape, budget_bytes: int, *, max_length: int, u
 
     ``kwargs`` go to :func:`estimate_training_memory`. Raises when even 1 does not fit.
     """
+
     def fits(mb: int) -> bool:
         return estimate_training_memory(shape, micro_batch=mb, max_length=max_length, **kwargs).total <= budget_bytes
 
@@ -205,7 +226,8 @@ def pick_micro_batch(shape: ModelShape, budget_bytes: int, *, max_length: int, u
         raise SelectFlowError(
             f"even micro-batch 1 at max_length {max_length} needs ~{need / 2**30:.2f} GiB, over the budget of "
             f"{budget_bytes / 2**30:.2f} GiB (train.gpu_memory_budget); lower train.max_length, enable "
-            "train.gradient_checkpointing, train.lora.enabled, precision bf16/fp16, or raise the budget")
+            "train.gradient_checkpointing, train.lora.enabled, precision bf16/fp16, or raise the budget"
+        )
     lo, hi = 1, max(1, int(upper))
     while lo < hi:
         mid = (lo + hi + 1) // 2

@@ -14,24 +14,27 @@ from selectflow.train.data import IGNORE_INDEX, encode_pair, pad_collate
 
 
 @torch.no_grad()
-def response_losses(model, tokenizer, pad_id: int, pairs: list[tuple[str, str]], max_length: int,
-                    batch_size: int = 32) -> list[tuple[float, int]]:
+def response_losses(
+    model, tokenizer, pad_id: int, pairs: list[tuple[str, str]], max_length: int, batch_size: int = 32
+) -> list[tuple[float, int]]:
     """``(summed NLL, token count)`` of each ``(prompt, response)``'s response tokens under ``model``."""
     out: list[tuple[float, int]] = []
     for s in range(0, len(pairs), batch_size):
         batch = pad_collate([encode_pair(tokenizer, p, r, max_length) for p, r in pairs[s : s + batch_size]], pad_id)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         target = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE_INDEX,
-                                                reduction="none")
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none"
+        )
         counts = (target != IGNORE_INDEX).sum(dim=1)
         out.extend(zip(nll.sum(dim=1).tolist(), counts.tolist()))
     return out
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, pad_id: int, prompts: list[str], max_new_tokens: int,
-                   batch_size: int = 64) -> list[str]:
+def greedy_answers(
+    model, tokenizer, pad_id: int, prompts: list[str], max_new_tokens: int, batch_size: int = 64
+) -> list[str]:
     """The greedy continuation of each prompt (left-padded batches), decoded without specials."""
     answers: list[str] = []
     eos = tokenizer.eos_token_id
@@ -40,7 +43,13 @@ def greedy_answers(model, tokenizer, pad_id: int, prompts: list[str], max_new_to
         width = max(len(ids) for ids in encoded)
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
-        generated = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                   do_sample=False, pad_token_id=pad_id, eos_token_id=eos)
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=eos,
+        )
         answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in generated)
     return answers

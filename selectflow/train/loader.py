@@ -44,15 +44,22 @@ class BatchStream:
             limit = None if c.gpu_cache_bytes is None else parse_bytes(c.gpu_cache_bytes, "train.gpu_cache_bytes")
             dataset = self.cache = DeviceCacheDataset(dataset, device, c.gpu_cache_size, limit)
             if workers:
-                log.warning("train.num_workers=%d ignored with train.use_gpu_cache: the device cache lives in this "
-                            "process; loading runs in the %s thread", workers, "prefetch" if c.use_prefetch else "main")
+                log.warning(
+                    "train.num_workers=%d ignored with train.use_gpu_cache: the device cache lives in this "
+                    "process; loading runs in the %s thread",
+                    workers,
+                    "prefetch" if c.use_prefetch else "main",
+                )
                 workers = 0
         if workers:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=micro_batches, num_workers=workers,
+            dataset,
+            batch_sampler=micro_batches,
+            num_workers=workers,
             collate_fn=partial(pad_collate, pad_id=pad_id, device=device if self.cache is not None else None),
-            pin_memory=bool(c.pin_memory) and device.type == "cuda" and self.cache is None)
+            pin_memory=bool(c.pin_memory) and device.type == "cuda" and self.cache is None,
+        )
         self._prefetch = PrefetchLoader(loader, device, c.prefetch_factor) if c.use_prefetch else None
         self._batches = self._prefetch if self._prefetch is not None else (move_batch(b, device) for b in loader)
 

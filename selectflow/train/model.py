@@ -44,19 +44,24 @@ def check_levers(c: TrainConfig, device: torch.device, precision: str) -> None:
     cuda = device.type == "cuda"
     lora = c.lora.enabled
     if precision == "fp16" and not cuda:
-        raise SelectFlowError("train.precision fp16 needs a CUDA device (fp16 autocast with a GradScaler); "
-                              f"the device is {device}: use bf16 or fp32")
+        raise SelectFlowError(
+            "train.precision fp16 needs a CUDA device (fp16 autocast with a GradScaler); "
+            f"the device is {device}: use bf16 or fp32"
+        )
     for key, on in (("train.cpu_offload.enabled", c.cpu_offload.enabled), ("train.load_in_8bit", c.load_in_8bit)):
         if on and not cuda:
-            raise SelectFlowError(f"{key} needs a CUDA device (it places weights for a GPU); the device is {device}: "
-                                  "set it to false")
+            raise SelectFlowError(
+                f"{key} needs a CUDA device (it places weights for a GPU); the device is {device}: set it to false"
+            )
         if on and not lora:
             raise SelectFlowError(f"{key} keeps the base weights frozen, so it needs train.lora.enabled: true")
     if c.load_in_8bit:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise SelectFlowError("train.load_in_8bit needs the bitsandbytes package: pip install bitsandbytes") from None
+            raise SelectFlowError(
+                "train.load_in_8bit needs the bitsandbytes package: pip install bitsandbytes"
+            ) from None
 
 
 def lora_config(lora: LoraConfig):
@@ -64,8 +69,13 @@ def lora_config(lora: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
 
     targets = lora.target_modules
-    return PeftLoraConfig(task_type="CAUSAL_LM", r=int(lora.r), lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=targets if isinstance(targets, str) else list(targets))
+    return PeftLoraConfig(
+        task_type="CAUSAL_LM",
+        r=int(lora.r),
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+    )
 
 
 def _max_memory(spec: dict) -> dict | None:
@@ -87,8 +97,9 @@ def load_for_training(model_path, c: TrainConfig, device: torch.device, precisio
         from transformers import BitsAndBytesConfig
 
         kwargs["dtype"] = compute_dtype(precision) if precision != "fp32" else torch.float16
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0,
-                                                           llm_int8_enable_fp32_cpu_offload=offload)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=True, llm_int8_threshold=6.0, llm_int8_enable_fp32_cpu_offload=offload
+        )
         kwargs["device_map"] = {"": device.index or 0}
     if offload:
         kwargs["device_map"] = "auto"
@@ -96,8 +107,10 @@ def load_for_training(model_path, c: TrainConfig, device: torch.device, precisio
     try:
         model = load_causal_lm(model_path, **kwargs)  # a converted model comes with its quality gates
     except OSError as exc:
-        raise SelectFlowError(f"cannot load a causal LM from {model_path} ({exc}); point model_path at a folder "
-                              "saved with save_pretrained") from None
+        raise SelectFlowError(
+            f"cannot load a causal LM from {model_path} ({exc}); point model_path at a folder "
+            "saved with save_pretrained"
+        ) from None
     if "device_map" not in kwargs:
         model.to(device)
     model.config.use_cache = False
@@ -105,8 +118,9 @@ def load_for_training(model_path, c: TrainConfig, device: torch.device, precisio
     if c.load_in_8bit:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=c.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=gc_kwargs)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=c.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs
+        )
     elif c.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
@@ -119,9 +133,24 @@ def load_for_training(model_path, c: TrainConfig, device: torch.device, precisio
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    levers = [name for name, on in (("LoRA", lora), ("gradient checkpointing", c.gradient_checkpointing),
-                                    ("8-bit", c.load_in_8bit), ("CPU offload", offload)) if on]
-    log.info("model %s: %d parameters, %d trainable (%.2f%%); weights %s, compute %s; levers: %s", model_path, total,
-             trainable, 100.0 * trainable / max(total, 1), str(kwargs["dtype"]).replace("torch.", ""), precision,
-             ", ".join(levers) or "none")
+    levers = [
+        name
+        for name, on in (
+            ("LoRA", lora),
+            ("gradient checkpointing", c.gradient_checkpointing),
+            ("8-bit", c.load_in_8bit),
+            ("CPU offload", offload),
+        )
+        if on
+    ]
+    log.info(
+        "model %s: %d parameters, %d trainable (%.2f%%); weights %s, compute %s; levers: %s",
+        model_path,
+        total,
+        trainable,
+        100.0 * trainable / max(total, 1),
+        str(kwargs["dtype"]).replace("torch.", ""),
+        precision,
+        ", ".join(levers) or "none",
+    )
     return model

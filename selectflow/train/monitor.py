@@ -23,19 +23,33 @@ from selectflow.runtime.tables import write_tsv
 log = logging.getLogger(__name__)
 
 MIB = 2**20
-MEMORY_COLUMNS = ["step", "time_s", "host_rss_mb", "host_available_mb", "gpu_allocated_mb", "gpu_reserved_mb",
-                  "gpu_peak_mb"]
+MEMORY_COLUMNS = [
+    "step",
+    "time_s",
+    "host_rss_mb",
+    "host_available_mb",
+    "gpu_allocated_mb",
+    "gpu_reserved_mb",
+    "gpu_peak_mb",
+]
 
 
 def memory_snapshot(device: torch.device) -> dict[str, float]:
     """Current host RSS / available and device allocated / reserved / peak, in MiB."""
     vm = psutil.virtual_memory()
-    snap = {"host_rss_mb": psutil.Process(os.getpid()).memory_info().rss / MIB, "host_available_mb": vm.available / MIB,
-            "gpu_allocated_mb": 0.0, "gpu_reserved_mb": 0.0, "gpu_peak_mb": 0.0}
+    snap = {
+        "host_rss_mb": psutil.Process(os.getpid()).memory_info().rss / MIB,
+        "host_available_mb": vm.available / MIB,
+        "gpu_allocated_mb": 0.0,
+        "gpu_reserved_mb": 0.0,
+        "gpu_peak_mb": 0.0,
+    }
     if device.type == "cuda":
-        snap.update(gpu_allocated_mb=torch.cuda.memory_allocated(device) / MIB,
-                    gpu_reserved_mb=torch.cuda.memory_reserved(device) / MIB,
-                    gpu_peak_mb=torch.cuda.max_memory_allocated(device) / MIB)
+        snap.update(
+            gpu_allocated_mb=torch.cuda.memory_allocated(device) / MIB,
+            gpu_reserved_mb=torch.cuda.memory_reserved(device) / MIB,
+            gpu_peak_mb=torch.cuda.max_memory_allocated(device) / MIB,
+        )
     return snap
 
 
@@ -57,9 +71,16 @@ class MemoryMonitor:
     def sample(self, step: int) -> dict[str, float]:
         row = {"step": step, "time_s": time.perf_counter() - self._t0, **memory_snapshot(self.device)}
         self.rows.append(row)
-        log.info("memory at step %d: host RSS %.0f MiB (available %.0f MiB); device allocated %.0f MiB, "
-                 "reserved %.0f MiB, peak %.0f MiB", step, row["host_rss_mb"], row["host_available_mb"],
-                 row["gpu_allocated_mb"], row["gpu_reserved_mb"], row["gpu_peak_mb"])
+        log.info(
+            "memory at step %d: host RSS %.0f MiB (available %.0f MiB); device allocated %.0f MiB, "
+            "reserved %.0f MiB, peak %.0f MiB",
+            step,
+            row["host_rss_mb"],
+            row["host_available_mb"],
+            row["gpu_allocated_mb"],
+            row["gpu_reserved_mb"],
+            row["gpu_peak_mb"],
+        )
         return row
 
     def after_step(self, step: int) -> None:

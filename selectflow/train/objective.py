@@ -83,8 +83,9 @@ def _masked_layer_mean(gate_logits: list[torch.Tensor], attention_mask: torch.Te
     return torch.stack(terms).mean()
 
 
-def masked_gate_loss(gate_logits: list[torch.Tensor], attention_mask: torch.Tensor,
-                     n_tokens: int | torch.Tensor | None = None) -> torch.Tensor:
+def masked_gate_loss(
+    gate_logits: list[torch.Tensor], attention_mask: torch.Tensor, n_tokens: int | torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over layers of the attention-masked token mean of ``sigmoid(p_good)``.
 
     ``gate_logits``: one ``[B, T, 2]`` (or ``[B·T, 2]``) tensor per gated layer;
@@ -110,8 +111,9 @@ def prompt_loss_sum(logits: torch.Tensor, batch: dict) -> torch.Tensor:
 
 
 def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           reduction="none").reshape(targets.shape)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none").reshape(
+        targets.shape
+    )
 
 
 @torch.no_grad()
@@ -145,8 +147,9 @@ def prompt_gain_targets(model: nn.Module, batch: dict) -> torch.Tensor:
     return out
 
 
-def _gate_bce(gate_logits: list[torch.Tensor], attention_mask: torch.Tensor, targets: torch.Tensor,
-              n_tokens) -> torch.Tensor:
+def _gate_bce(
+    gate_logits: list[torch.Tensor], attention_mask: torch.Tensor, targets: torch.Tensor, n_tokens
+) -> torch.Tensor:
     """Mean over layers of the masked summed BCE of p_good against ``targets``, divided by ``n_tokens``."""
     mask = attention_mask.reshape(-1).to(torch.float32)
     y = targets.reshape(-1)
@@ -170,29 +173,40 @@ class GateObjective:
     def __init__(self, quality_loss_weight: float, router_pattern: str | None = None, objective: str | None = None):
         objective = objective or schema_default("warmup", "gate_objective")
         if objective not in OBJECTIVES:
-            raise SelectFlowError(f"unknown gate objective {objective!r} (warmup.gate_objective); use one of "
-                                  f"{', '.join(OBJECTIVES)}")
+            raise SelectFlowError(
+                f"unknown gate objective {objective!r} (warmup.gate_objective); use one of {', '.join(OBJECTIVES)}"
+            )
         self.weight = float(quality_loss_weight)
         self.router_pattern = router_pattern or DEFAULT_ROUTER_PATTERN
         self.objective = objective
 
     def fingerprint(self) -> dict:
-        return {"quality_loss_weight": self.weight, "router_pattern": self.router_pattern,
-                "gate_objective": self.objective}
+        return {
+            "quality_loss_weight": self.weight,
+            "router_pattern": self.router_pattern,
+            "gate_objective": self.objective,
+        }
 
     def select_trainable(self, model: nn.Module) -> list[str]:
         """Freeze everything but the gates and the router weights; return the trainable names."""
         gates = quality_gates(model)
         if not gates:
-            raise SelectFlowError(f"{type(model).__name__} has no quality gates: the gate warm-up needs a converted "
-                                  "model (rule convert writes one)")
+            raise SelectFlowError(
+                f"{type(model).__name__} has no quality gates: the gate warm-up needs a converted "
+                "model (rule convert writes one)"
+            )
         routers = [router for _, _, router in find_moe_blocks(model, self.router_pattern)]
         keep = {id(p) for m in [g for _, g in gates] + routers for p in m.parameters()}
         for p in model.parameters():
             p.requires_grad_(id(p) in keep)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        log.info("gate warm-up: training %d tensors (%d quality gates, %d routers), %d parameters; the rest frozen",
-                 len(names), len(gates), len(routers), sum(p.numel() for p in model.parameters() if p.requires_grad))
+        log.info(
+            "gate warm-up: training %d tensors (%d quality gates, %d routers), %d parameters; the rest frozen",
+            len(names),
+            len(gates),
+            len(routers),
+            sum(p.numel() for p in model.parameters() if p.requires_grad),
+        )
         return names
 
     def targets(self, model: nn.Module, batch: dict) -> torch.Tensor | None:
@@ -204,8 +218,15 @@ class GateObjective:
         with record_gate_logits(model) as sink:
             yield sink
 
-    def loss(self, gate_logits: list[torch.Tensor], batch: dict, n_valid, n_response,
-             targets: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        gate_logits: list[torch.Tensor],
+        batch: dict,
+        n_valid,
+        n_response,
+        targets: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``quality_loss_weight`` × the objective's gate term for one micro-batch.
 
         ``n_valid`` / ``n_response``: the whole optimizer step's valid (attention-mask) tokens and

@@ -28,7 +28,9 @@ import torch
 _END = object()
 
 
-def move_batch(batch: dict[str, torch.Tensor], device: torch.device, pin_memory: bool = False) -> dict[str, torch.Tensor]:
+def move_batch(
+    batch: dict[str, torch.Tensor], device: torch.device, pin_memory: bool = False
+) -> dict[str, torch.Tensor]:
     """Copy a batch to ``device`` (non-blocking; pinned first when asked and it is on the host)."""
     out = {}
     for key, t in batch.items():
@@ -41,8 +43,13 @@ def move_batch(batch: dict[str, torch.Tensor], device: torch.device, pin_memory:
 class PrefetchLoader:
     """Iterate ``source`` in a thread, ``prefetch_factor`` device batches ahead."""
 
-    def __init__(self, source: Iterable[dict[str, torch.Tensor]], device: torch.device, prefetch_factor: int = 2,
-                 pin_memory: bool = False):
+    def __init__(
+        self,
+        source: Iterable[dict[str, torch.Tensor]],
+        device: torch.device,
+        prefetch_factor: int = 2,
+        pin_memory: bool = False,
+    ):
         if prefetch_factor < 1:
             raise ValueError(f"prefetch_factor must be >= 1, got {prefetch_factor}")
         self.source = source

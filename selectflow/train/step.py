@@ -34,12 +34,24 @@ def response_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     rather than the logits, so no copy of the logits is made beyond the fp32 upcast.
     """
     shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
-def optimizer_step(model, micro_batches: list[dict], *, autocast, scaler, optimizer, scheduler, params,
-                   max_grad_norm: float, objective=None, extra: dict | None = None) -> float:
+def optimizer_step(
+    model,
+    micro_batches: list[dict],
+    *,
+    autocast,
+    scaler,
+    optimizer,
+    scheduler,
+    params,
+    max_grad_norm: float,
+    objective=None,
+    extra: dict | None = None,
+) -> float:
     """Forward/backward every micro-batch of one step, then step the optimizer; return the step's loss.
 
     Each micro-batch's summed token loss is divided by the response-token count of the
@@ -54,7 +66,7 @@ def optimizer_step(model, micro_batches: list[dict], *, autocast, scaler, optimi
     for mb in micro_batches:
         with autocast():
             targets = objective.targets(model, mb) if objective is not None else None
-        with autocast(), (objective.recording(model) if objective else nullcontext()) as gate_logits:
+        with autocast(), objective.recording(model) if objective else nullcontext() as gate_logits:
             logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
         loss = response_loss_sum(logits, mb["labels"]) / n_tokens
         if objective is not None:

@@ -32,8 +32,9 @@ def tokenizer_corpus() -> list[str]:
     return [topics[key] for key in sorted(topics)]
 
 
-def build_scratch_student(out_dir: str | os.PathLike, *, seed: int, hidden: int, layers: int, vocab_size: int,
-                          max_positions: int) -> Path:
+def build_scratch_student(
+    out_dir: str | os.PathLike, *, seed: int, hidden: int, layers: int, vocab_size: int, max_positions: int
+) -> Path:
     """Write the seeded from-scratch student (model + tokenizer + ``student.json``) to ``out_dir``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -42,20 +43,41 @@ def build_scratch_student(out_dir: str | os.PathLike, *, seed: int, hidden: int,
 
     tokenizer = _train_tokenizer(tokenizer_corpus(), vocab_size)
     heads = max(1, hidden // 16)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    info = {"kind": "scratch", "seed": seed, "hidden": hidden, "layers": layers, "weights_trained_on": [],
-            "tokenizer_trained_on": TOKENIZER_CORPUS, "vocab_size": len(tokenizer),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    info = {
+        "kind": "scratch",
+        "seed": seed,
+        "hidden": hidden,
+        "layers": layers,
+        "weights_trained_on": [],
+        "tokenizer_trained_on": TOKENIZER_CORPUS,
+        "vocab_size": len(tokenizer),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (Path(tmp) / STUDENT_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    log.info("student from scratch: %d parameters, vocabulary %d (%s), seed %d -> %s", info["parameters"],
-             len(tokenizer), TOKENIZER_CORPUS, seed, out_dir)
+    log.info(
+        "student from scratch: %d parameters, vocabulary %d (%s), seed %d -> %s",
+        info["parameters"],
+        len(tokenizer),
+        TOKENIZER_CORPUS,
+        seed,
+        out_dir,
+    )
     return Path(out_dir)

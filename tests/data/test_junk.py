@@ -10,11 +10,20 @@ from selectflow.data.junk import HELD_BACK_KINDS, JUNK_KINDS, TUNING_KINDS, make
 from selectflow.data.realtext import FORMATS, in_format, make_realtext_pool, write_realtext_pool
 from selectflow.data.records import read_dataset, write_jsonl
 
-CLEAN = {"id": "c1", "instruction": "Explain what a dictionary is in Python.", "input": "",
-         "output": "A dictionary maps keys to values. Looking a key up takes constant time on average.",
-         "planted": "clean"}
-DONOR = {"id": "c2", "instruction": "Name the capital of Peru.", "input": "",
-         "output": "The capital of Peru is Lima.", "planted": "clean"}
+CLEAN = {
+    "id": "c1",
+    "instruction": "Explain what a dictionary is in Python.",
+    "input": "",
+    "output": "A dictionary maps keys to values. Looking a key up takes constant time on average.",
+    "planted": "clean",
+}
+DONOR = {
+    "id": "c2",
+    "instruction": "Name the capital of Peru.",
+    "input": "",
+    "output": "The capital of Peru is Lima.",
+    "planted": "clean",
+}
 
 
 def test_the_split_is_fixed_and_covers_every_kind():
@@ -62,8 +71,9 @@ def test_seed_changes_the_seeded_kinds():
 
 
 def test_plant_junk_rate_kinds_and_donors():
-    pool = [{**CLEAN, "id": f"r{i}", "output": f"Answer number {i} says something true about item {i}."}
-            for i in range(400)]
+    pool = [
+        {**CLEAN, "id": f"r{i}", "output": f"Answer number {i} says something true about item {i}."} for i in range(400)
+    ]
     planted = plant_junk(pool, 0.2, seed=3)
     assert planted == plant_junk(pool, 0.2, seed=3) and planted != plant_junk(pool, 0.2, seed=4)
     kinds = collections.Counter(r["planted"] for r in planted)
@@ -81,8 +91,9 @@ def test_realtext_pool_is_seeded_labelled_and_readable(tmp_path):
     by_id = {r["id"]: r for r in a}
     dups = [r for r in a if r["planted"] == "near_duplicate"]
     # the junk is planted after the duplicates: an original may have become junk since
-    assert dups and all(by_id[r["duplicate_of"]]["planted"] in ("clean", *(f"junk_{k}" for k in JUNK_KINDS))
-                        for r in dups)
+    assert dups and all(
+        by_id[r["duplicate_of"]]["planted"] in ("clean", *(f"junk_{k}" for k in JUNK_KINDS)) for r in dups
+    )
     for r in dups:
         src = by_id[r["duplicate_of"]]
         assert r["instruction"] == src["instruction"]
@@ -91,8 +102,9 @@ def test_realtext_pool_is_seeded_labelled_and_readable(tmp_path):
         assert r["output"] != src["output"]
         assert len(set(r["output"].split()) ^ set(src["output"].split())) <= 6
     assert {r["kind"] for r in a} >= {"explain", "signature", "explain_class", "summarise_module", "list_functions"}
-    assert not any("`_" in r["instruction"] or "._" in r["instruction"].split("`")[1] for r in a
-                   if "`" in r["instruction"])
+    assert not any(
+        "`_" in r["instruction"] or "._" in r["instruction"].split("`")[1] for r in a if "`" in r["instruction"]
+    )
     paths = write_realtext_pool(tmp_path, 900, seed=1, junk_rate=0.2)
     ids = []
     for fmt, path in paths.items():
@@ -103,8 +115,9 @@ def test_realtext_pool_is_seeded_labelled_and_readable(tmp_path):
         first = json.loads(path.read_text().splitlines()[0])
         assert {"alpaca": "instruction", "sharegpt": "conversations", "messages": "messages"}[fmt] in first
     assert len(set(ids)) == 900
-    assert sum(r["record"]["planted"].startswith("junk_") for p in paths.values() for r in read_dataset(p, "x")) \
-        == pytest.approx(180, abs=3)
+    assert sum(
+        r["record"]["planted"].startswith("junk_") for p in paths.values() for r in read_dataset(p, "x")
+    ) == pytest.approx(180, abs=3)
 
 
 def test_real_text_pool_command(tmp_path):

@@ -14,8 +14,13 @@ from tests.workflow import config_variant, snakemake
 pytestmark = pytest.mark.slow
 
 SYSTEM = "You are a careful assistant; prices are in $ and variables look like ${name}."
-DOLLARS = [" It costs $5 (or $x^{$ in TeX).", " Set ${foo} and $HOME first.", " 100% of $\\alpha$ }{ $",
-           " Emoji 🎉 and עברית text, $1 each.", ""]
+DOLLARS = [
+    " It costs $5 (or $x^{$ in TeX).",
+    " Set ${foo} and $HOME first.",
+    " 100% of $\\alpha$ }{ $",
+    " Emoji 🎉 and עברית text, $1 each.",
+    "",
+]
 
 
 def docstrings(n: int) -> list[str]:
@@ -48,25 +53,46 @@ def write_pool(folder: Path) -> dict[str, tuple[str, str]]:
     docs = docstrings(300)
     pairs = [split(t, i) for i, t in enumerate(docs)]
     alpaca = [{"id": f"a{i}", "instruction": q, "input": "", "output": r} for i, (q, r) in enumerate(pairs[:120])]
-    sharegpt = [{"id": f"g{i}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": r}]}
-                for i, (q, r) in enumerate(pairs[120:210])]
-    messages = [{"id": f"m{i}", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
-                                             {"role": "assistant", "content": r}]}
-                for i, (q, r) in enumerate(pairs[210:])]
+    sharegpt = [
+        {"id": f"g{i}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": r}]}
+        for i, (q, r) in enumerate(pairs[120:210])
+    ]
+    messages = [
+        {
+            "id": f"m{i}",
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": r},
+            ],
+        }
+        for i, (q, r) in enumerate(pairs[210:])
+    ]
     copies = {}
     for j in range(10):  # the same instruction and answer as an Alpaca record, with a system turn
         q, r = pairs[j]
-        messages.append({"id": f"m_copy{j}", "messages": [{"role": "system", "content": SYSTEM},
-                                                          {"role": "user", "content": q},
-                                                          {"role": "assistant", "content": r}]})
+        messages.append(
+            {
+                "id": f"m_copy{j}",
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": r},
+                ],
+            }
+        )
         copies[f"m_copy{j}"] = f"a{j}"
     for j in range(10, 16):  # a ShareGPT record of an Alpaca one, two words of its answer changed
         q, r = pairs[j]
         words = r.split()
         words[len(words) // 2] = "changed"
         words[1] = "altered"
-        sharegpt.append({"id": f"g_near{j}", "conversations": [{"from": "human", "value": q},
-                                                                {"from": "gpt", "value": " ".join(words)}]})
+        sharegpt.append(
+            {
+                "id": f"g_near{j}",
+                "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": " ".join(words)}],
+            }
+        )
         copies[f"g_near{j}"] = f"a{j}"
     for name, records in (("alpaca", alpaca), ("sharegpt", sharegpt), ("messages", messages)):
         with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as fh:
@@ -80,13 +106,21 @@ def test_real_text_in_three_formats_runs_to_the_report_and_finds_the_copies(tmp_
     data.mkdir()
     copies = write_pool(data)
     config = config_variant(
-        "small", tmp_path, run="realtext",
+        "small",
+        tmp_path,
+        run="realtext",
         datasets={name: str(data / f"{name}.jsonl") for name in ("alpaca", "sharegpt", "messages")},
-        model={"path": str(demo_model)}, warmup={"enabled": False}, shard_size=100,
+        model={"path": str(demo_model)},
+        warmup={"enabled": False},
+        shard_size=100,
         # perplexity: the tiny demo model does not know this text, so combined drops most of it as ifd>=1 and
         # few copies would reach the duplicate step
-        selection={"selection_percentage": 0.1, "importance_selection_percentage": 0.5, "routing_strata": 4,
-                   "quality_method": "perplexity"},
+        selection={
+            "selection_percentage": 0.1,
+            "importance_selection_percentage": 0.5,
+            "routing_strata": 4,
+            "quality_method": "perplexity",
+        },
     )
     settings = yaml.safe_load(config.read_text())
     settings["datasets"] = {name: str(data / f"{name}.jsonl") for name in ("alpaca", "sharegpt", "messages")}

@@ -14,10 +14,13 @@ def write_lines(path, lines):
 
 
 def test_alpaca_with_ids(tmp_path):
-    f = write_lines(tmp_path / "a.jsonl", [
-        {"id": "x1", "instruction": "Add 2 and 3.", "input": "", "output": "5"},
-        {"id": "x2", "instruction": "Name a fruit.", "input": "red one", "output": "apple"},
-    ])
+    f = write_lines(
+        tmp_path / "a.jsonl",
+        [
+            {"id": "x1", "instruction": "Add 2 and 3.", "input": "", "output": "5"},
+            {"id": "x2", "instruction": "Name a fruit.", "input": "red one", "output": "apple"},
+        ],
+    )
     recs = read_dataset(f, "a")
     assert [r["sample_id"] for r in recs] == ["x1", "x2"]
     assert recs[0]["prompt"] == "### User:\nAdd 2 and 3.\n\n### Assistant:\n"
@@ -26,14 +29,31 @@ def test_alpaca_with_ids(tmp_path):
 
 
 def test_sharegpt_and_messages(tmp_path):
-    sg = write_lines(tmp_path / "sg.jsonl", [
-        {"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "hi"},
-                           {"from": "gpt", "value": "hello"}, {"from": "human", "value": "2+2?"},
-                           {"from": "gpt", "value": "4"}]},
-    ])
-    msg = write_lines(tmp_path / "m.jsonl", [
-        {"messages": [{"role": "user", "content": "capital of France?"}, {"role": "assistant", "content": "Paris"}]},
-    ])
+    sg = write_lines(
+        tmp_path / "sg.jsonl",
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "be brief"},
+                    {"from": "human", "value": "hi"},
+                    {"from": "gpt", "value": "hello"},
+                    {"from": "human", "value": "2+2?"},
+                    {"from": "gpt", "value": "4"},
+                ]
+            },
+        ],
+    )
+    msg = write_lines(
+        tmp_path / "m.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "capital of France?"},
+                    {"role": "assistant", "content": "Paris"},
+                ]
+            },
+        ],
+    )
     (r1,), (r2,) = read_dataset(sg, "sg"), read_dataset(msg, "m")
     assert r1["response"] == "4" and "### Assistant:\nhello" in r1["prompt"] and r1["prompt"].startswith("### System:")
     assert r2["response"] == "Paris" and r2["prompt"] == "### User:\ncapital of France?\n\n### Assistant:\n"
@@ -41,20 +61,28 @@ def test_sharegpt_and_messages(tmp_path):
 
 
 def test_ids_repeated_fall_back_to_line_numbers(tmp_path):
-    f = write_lines(tmp_path / "d.jsonl", [
-        {"id": 1, "instruction": "a", "output": "b"}, "", {"id": 1, "instruction": "c", "output": "d"},
-    ])
+    f = write_lines(
+        tmp_path / "d.jsonl",
+        [
+            {"id": 1, "instruction": "a", "output": "b"},
+            "",
+            {"id": 1, "instruction": "c", "output": "d"},
+        ],
+    )
     assert [r["sample_id"] for r in read_dataset(f, "d")] == ["d:1", "d:3"]
 
 
-@pytest.mark.parametrize("lines, where, words", [
-    ([{"instruction": "a", "output": "b"}, '{"instruction": "a", "output": '], ":2", "malformed JSON"),
-    ([{"instruction": "a", "output": "b"}, {"instruction": "no response"}], ":2", "no 'output'"),
-    ([{"messages": [{"role": "user", "content": "q"}]}], ":1", "no assistant turn"),
-    ([{"conversations": [{"from": "gpt", "value": "a"}]}], ":1", "no user turn"),
-    ([{"text": "plain"}], ":1", "no known format"),
-    ([{"instruction": "a", "output": "b"}, {"messages": []}], ":2", "not in the file's format"),
-])
+@pytest.mark.parametrize(
+    "lines, where, words",
+    [
+        ([{"instruction": "a", "output": "b"}, '{"instruction": "a", "output": '], ":2", "malformed JSON"),
+        ([{"instruction": "a", "output": "b"}, {"instruction": "no response"}], ":2", "no 'output'"),
+        ([{"messages": [{"role": "user", "content": "q"}]}], ":1", "no assistant turn"),
+        ([{"conversations": [{"from": "gpt", "value": "a"}]}], ":1", "no user turn"),
+        ([{"text": "plain"}], ":1", "no known format"),
+        ([{"instruction": "a", "output": "b"}, {"messages": []}], ":2", "not in the file's format"),
+    ],
+)
 def test_bad_records_name_file_and_line(tmp_path, lines, where, words):
     f = write_lines(tmp_path / "bad.jsonl", lines)
     with pytest.raises(SelectFlowError) as info:
@@ -81,16 +109,32 @@ def test_split_into_shards(tmp_path):
 
 
 def test_empty_system_prompt_is_dropped_but_empty_user_turn_is_an_error(tmp_path):
-    f = write_lines(tmp_path / "m.jsonl", [
-        {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "hi"},
-                      {"role": "assistant", "content": "hello"}]},
-        {"messages": [{"role": "system", "content": None}, {"role": "user", "content": "hi"},
-                      {"role": "assistant", "content": "hello"}]},
-    ])
+    f = write_lines(
+        tmp_path / "m.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": ""},
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                ]
+            },
+            {
+                "messages": [
+                    {"role": "system", "content": None},
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                ]
+            },
+        ],
+    )
     recs = read_dataset(f, "m")
     assert [r["prompt"] for r in recs] == ["### User:\nhi\n\n### Assistant:\n"] * 2
-    bad = write_lines(tmp_path / "b.jsonl", [
-        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "hello"}]},
-    ])
+    bad = write_lines(
+        tmp_path / "b.jsonl",
+        [
+            {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "hello"}]},
+        ],
+    )
     with pytest.raises(SelectFlowError, match=r"b\.jsonl:1: .*turn 1 \(user\).* is empty"):
         read_dataset(bad, "b")

@@ -104,8 +104,16 @@ def dense_model(demo_model, tmp_path_factory) -> Path:
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(demo_model)
-    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("dense") / "dense-qwen3"
     Qwen3ForCausalLM(config).save_pretrained(out)
@@ -117,11 +125,14 @@ def dense_model(demo_model, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("corpus, line, words", [
-    ("malformed_json.jsonl", 3, ["malformed JSON", "fix or remove this line"]),
-    ("no_response.jsonl", 3, ["no 'output' field"]),
-    ("no_instruction.jsonl", 2, ["no user turn", "(no instruction)"]),
-])
+@pytest.mark.parametrize(
+    "corpus, line, words",
+    [
+        ("malformed_json.jsonl", 3, ["malformed JSON", "fix or remove this line"]),
+        ("no_response.jsonl", 3, ["no 'output' field"]),
+        ("no_instruction.jsonl", 2, ["no user turn", "(no instruction)"]),
+    ],
+)
 def test_bad_record_stops_at_split_naming_file_and_line(workflow, demo_model, corpus, line, words):
     folder, proc = workflow(corpus, {"d": CORPUS / corpus}, demo_model)
     message = one_message(proc)
@@ -148,7 +159,9 @@ def test_bad_record_message_says_what_to_do(workflow, demo_model, corpus):
 def test_empty_dataset(tmp_path, demo_model):
     proc = run(tmp_path, write_config(tmp_path, {"empty": CORPUS / "empty.jsonl"}, demo_model))
     message = one_message(proc)
-    assert message == f"dataset 'empty': {CORPUS / 'empty.jsonl'} holds no records; remove it from 'datasets' or fill it"
+    assert (
+        message == f"dataset 'empty': {CORPUS / 'empty.jsonl'} holds no records; remove it from 'datasets' or fill it"
+    )
     assert_nothing_half_written(tmp_path, "shards/empty")
 
 
@@ -188,16 +201,26 @@ def config_message(proc: subprocess.CompletedProcess) -> str:
     return out
 
 
-@pytest.mark.parametrize("corpus, words", [
-    ("config_unknown_key.yaml", ["'selection.selection_pct' is not a config key; did you mean 'selection_percentage'?"]),
-    ("config_wrong_type.yaml", ["'shard_size' is '1e3', it must be a whole number"]),
-    ("config_percentage_as_percent.yaml", ["'selection.selection_percentage' is 5, it must be at most 1",
-                                           "in (0, 1]"]),
-    ("config_percentage_zero.yaml", ["'selection.importance_selection_percentage' is 0, it must be more than 0"]),
-    ("config_wrong_enum.yaml", ["'selection.quality_method' is 'combind', it must be one of auto, combined",
-                                "did you mean 'combined'?"]),
-    ("config_train_typo.yaml", ["'train.learning_rat' is not a config key; did you mean 'learning_rate'?"]),
-])
+@pytest.mark.parametrize(
+    "corpus, words",
+    [
+        (
+            "config_unknown_key.yaml",
+            ["'selection.selection_pct' is not a config key; did you mean 'selection_percentage'?"],
+        ),
+        ("config_wrong_type.yaml", ["'shard_size' is '1e3', it must be a whole number"]),
+        (
+            "config_percentage_as_percent.yaml",
+            ["'selection.selection_percentage' is 5, it must be at most 1", "in (0, 1]"],
+        ),
+        ("config_percentage_zero.yaml", ["'selection.importance_selection_percentage' is 0, it must be more than 0"]),
+        (
+            "config_wrong_enum.yaml",
+            ["'selection.quality_method' is 'combind', it must be one of auto, combined", "did you mean 'combined'?"],
+        ),
+        ("config_train_typo.yaml", ["'train.learning_rat' is not a config key; did you mean 'learning_rate'?"]),
+    ],
+)
 def test_bad_config_is_rejected_before_any_job(tmp_path, demo_model, good_pool, corpus, words):
     patch = yaml.safe_load((CORPUS / corpus).read_text())
     proc = run(tmp_path, write_config(tmp_path, {"good": good_pool}, demo_model, patch), "-n")
@@ -262,18 +285,47 @@ def write_shard(path: Path, ids: list[str], layers: int = 2, experts: int = 4, n
     probs = rng.dirichlet(np.ones(experts), size=(n, layers)).astype(np.float32)
     if nan_at is not None:
         probs[nan_at, 1, 2] = np.nan
-    records = [json.dumps({"sample_id": s, "dataset": "d", "line": k + 1, "prompt": f"p {s}", "response": f"r {s}",
-                           "record": {"instruction": "i", "output": "o"}}) for k, s in enumerate(ids)]
-    write_router_shard(path, RouterShard(
-        sample_id=np.array(ids, dtype=object), moe_probs=probs, nll_response=rng.uniform(1, 2, n).astype(np.float32),
-        n_tokens=np.full(n, 20, np.int32), n_response_tokens=np.full(n, 8, np.int32),
-        nll_response_alone=rng.uniform(1.2, 2.5, n).astype(np.float32), record=np.array(records, dtype=object),
-    ))
+    records = [
+        json.dumps(
+            {
+                "sample_id": s,
+                "dataset": "d",
+                "line": k + 1,
+                "prompt": f"p {s}",
+                "response": f"r {s}",
+                "record": {"instruction": "i", "output": "o"},
+            }
+        )
+        for k, s in enumerate(ids)
+    ]
+    write_router_shard(
+        path,
+        RouterShard(
+            sample_id=np.array(ids, dtype=object),
+            moe_probs=probs,
+            nll_response=rng.uniform(1, 2, n).astype(np.float32),
+            n_tokens=np.full(n, 20, np.int32),
+            n_response_tokens=np.full(n, 8, np.int32),
+            nll_response_alone=rng.uniform(1.2, 2.5, n).astype(np.float32),
+            record=np.array(records, dtype=object),
+        ),
+    )
 
 
 def continue_selection(router_dir: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "selectflow", "continue-selection", "--router_data_dir", str(router_dir),
-           "--output_path", str(out / "selected_data.jsonl"), "--device", "cpu", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "selectflow",
+        "continue-selection",
+        "--router_data_dir",
+        str(router_dir),
+        "--output_path",
+        str(out / "selected_data.jsonl"),
+        "--device",
+        "cpu",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -298,8 +350,9 @@ def test_nan_in_router_data(tmp_path):
 def test_nan_message_names_the_sample_id_as_text(tmp_path):
     shards = tmp_path / "router_data"
     write_shard(shards / "shard_00000.h5", [f"b{i}" for i in range(10)], nan_at=3)
-    assert "(first at sample 'b3')" in cli_error(continue_selection(shards, tmp_path / "out",
-                                                                    "--selection_percentage", "0.5"))
+    assert "(first at sample 'b3')" in cli_error(
+        continue_selection(shards, tmp_path / "out", "--selection_percentage", "0.5")
+    )
 
 
 @pytest.mark.parametrize("shape_a, shape_b", [((2, 4), (2, 8)), ((2, 4), (3, 4))])  # E differs, L differs
@@ -308,9 +361,11 @@ def test_shards_with_mismatched_layers_or_experts(tmp_path, shape_a, shape_b):
     write_shard(shards / "a.h5", [f"a{i}" for i in range(10)], *shape_a)
     write_shard(shards / "b.h5", [f"b{i}" for i in range(10)], *shape_b)
     message = cli_error(continue_selection(shards, tmp_path / "out", "--selection_percentage", "0.5"))
-    assert message == (f"error: router shards disagree on [L, E]: {shards / 'a.h5'} has {list(shape_a)}, "
-                       f"{shards / 'b.h5'} has {list(shape_b)}; they come from different models — rerun "
-                       "router_dump with one model")
+    assert message == (
+        f"error: router shards disagree on [L, E]: {shards / 'a.h5'} has {list(shape_a)}, "
+        f"{shards / 'b.h5'} has {list(shape_b)}; they come from different models — rerun "
+        "router_dump with one model"
+    )
     assert list((tmp_path / "out").iterdir()) == []
 
 

@@ -65,8 +65,9 @@ def my_yaml(root: Path, datasets: dict, model: Path | str, **sections) -> Path:
     return path
 
 
-def snakemake(root: Path, *args: str, config: str | None = "my.yaml", prefix: tuple = (),
-              timeout: int = 600) -> subprocess.CompletedProcess:
+def snakemake(
+    root: Path, *args: str, config: str | None = "my.yaml", prefix: tuple = (), timeout: int = 600
+) -> subprocess.CompletedProcess:
     """``snakemake ARGS --configfile my.yaml`` in ``root`` (``prefix``: a command that wraps it)."""
     cmd = [*prefix, sys.executable, "-m", "snakemake", *args, *(("--configfile", config) if config else ())]
     return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout)
@@ -93,8 +94,13 @@ def workflow_error(proc: subprocess.CompletedProcess) -> str:
 def scheduled(proc: subprocess.CompletedProcess, rule: str) -> set[str]:
     """``dataset`` wildcards of the ``rule`` jobs a dry run lists."""
     blocks = re.split(r"\n(?=(?:local)?(?:rule|checkpoint) )", output(proc))
-    return {m.group(1) for b in blocks if re.match(rf"(?:local)?(?:rule|checkpoint) {rule}:", b)
-            for m in [re.search(r"wildcards: dataset=(\S+)", b)] if m}
+    return {
+        m.group(1)
+        for b in blocks
+        if re.match(rf"(?:local)?(?:rule|checkpoint) {rule}:", b)
+        for m in [re.search(r"wildcards: dataset=(\S+)", b)]
+        if m
+    }
 
 
 @pytest.fixture
@@ -129,7 +135,8 @@ def test_configfile_replaces_the_demo_datasets(root, good_file, demo_model):
 def test_configfile_without_datasets_is_an_error(root, demo_model):
     path = my_yaml(root, {}, demo_model)
     assert workflow_error(snakemake(root, "-n")) == (
-        f"'datasets' in {path} is empty; name at least one JSONL file (datasets: {{name: path/to/file.jsonl}})")
+        f"'datasets' in {path} is empty; name at least one JSONL file (datasets: {{name: path/to/file.jsonl}})"
+    )
     assert not (root / "results").exists()
 
 
@@ -137,26 +144,25 @@ def test_configfile_without_datasets_is_an_error(root, demo_model):
 
 STOP = {  # file -> the one line the user sees, after the file's path
     "latin1.jsonl": ":2: not UTF-8 (byte 0xe9 at byte 32 of the line); re-encode the file as "
-                    "UTF-8, e.g. iconv -f latin1 -t utf-8 latin1.jsonl > latin1.utf8.jsonl if it is Latin-1",
+    "UTF-8, e.g. iconv -f latin1 -t utf-8 latin1.jsonl > latin1.utf8.jsonl if it is Latin-1",
     "utf16.jsonl": ":1: this file is UTF-16, not UTF-8; convert it with iconv -f UTF-16 -t UTF-8 "
-                   "utf16.jsonl > utf16.utf8.jsonl",
+    "utf16.jsonl > utf16.utf8.jsonl",
     "surrogate.jsonl": ":2: invalid \\u escape '\\ud83d' (half of a UTF-16 surrogate pair, not "
-                       "a character); fix or remove this record",
+    "a character); fix or remove this record",
     "deep_nesting.jsonl": ":2: JSON nested too deeply to read; flatten or remove this record",
     "json_array_one_line.json": ":1: this is a JSON array, not JSON Lines (one object "
-                                "per line); convert it with jq -c '.[]' json_array_one_line.json > "
-                                "json_array_one_line.jsonl, or python -c \"import json,sys; [print(json.dumps(r, "
-                                "ensure_ascii=False)) for r in json.load(sys.stdin)]\" < json_array_one_line.json > "
-                                "json_array_one_line.jsonl",
+    "per line); convert it with jq -c '.[]' json_array_one_line.json > "
+    'json_array_one_line.jsonl, or python -c "import json,sys; [print(json.dumps(r, '
+    'ensure_ascii=False)) for r in json.load(sys.stdin)]" < json_array_one_line.json > '
+    "json_array_one_line.jsonl",
     "json_array_pretty.json": ":1: this is a JSON array, not JSON Lines (one object per "
-                              "line); convert it with jq -c '.[]' json_array_pretty.json > json_array_pretty.jsonl, "
-                              "or python -c \"import json,sys; [print(json.dumps(r, ensure_ascii=False)) for r in "
-                              "json.load(sys.stdin)]\" < json_array_pretty.json > json_array_pretty.jsonl",
-    "messages_null_content.jsonl": ":2: messages turn 2 (assistant) 'content' is "
-                                   "null; fix or remove this record",
+    "line); convert it with jq -c '.[]' json_array_pretty.json > json_array_pretty.jsonl, "
+    'or python -c "import json,sys; [print(json.dumps(r, ensure_ascii=False)) for r in '
+    'json.load(sys.stdin)]" < json_array_pretty.json > json_array_pretty.jsonl',
+    "messages_null_content.jsonl": ":2: messages turn 2 (assistant) 'content' is null; fix or remove this record",
     "messages_image_part.jsonl": ":2: messages turn 1 (user) 'content' part 2 is "
-                                 "'image_url', not a text part ({\"type\": \"text\", \"text\": …}); only text can be "
-                                 "trained on; fix or remove this record",
+    '\'image_url\', not a text part ({"type": "text", "text": …}); only text can be '
+    "trained on; fix or remove this record",
 }
 ID_FIX = "fix it, or drop the 'id' field from every record of the file (ids become '{}:<line>')"
 BAD_IDS = {  # file -> (shown id, why)
@@ -168,12 +174,20 @@ BAD_IDS = {  # file -> (shown id, why)
     "id_object.jsonl": ("{'shard': 1, 'row': 2}", "a dict, not a string or integer"),
 }
 for _file, (_shown, _why) in BAD_IDS.items():
-    STOP[_file] = (f":2: 'id' {_shown} cannot be a sample id ({_why}); "
-                   + ID_FIX.format(_file.removesuffix(".jsonl")))
+    STOP[_file] = f":2: 'id' {_shown} cannot be a sample id ({_why}); " + ID_FIX.format(_file.removesuffix(".jsonl"))
 ACCEPTED = ("bom.jsonl", "gzipped.jsonl.gz", "messages_text_parts.jsonl")
 # run through Snakemake (one run, several failing jobs); the rest through read_dataset (the same code)
-SNAKEMAKE = ("latin1.jsonl", "utf16.jsonl", "surrogate.jsonl", "deep_nesting.jsonl", "json_array_pretty.json",
-             "messages_null_content.jsonl", "messages_image_part.jsonl", "id_tab.jsonl", "id_object.jsonl")
+SNAKEMAKE = (
+    "latin1.jsonl",
+    "utf16.jsonl",
+    "surrogate.jsonl",
+    "deep_nesting.jsonl",
+    "json_array_pretty.json",
+    "messages_null_content.jsonl",
+    "messages_image_part.jsonl",
+    "id_tab.jsonl",
+    "id_object.jsonl",
+)
 
 
 def dataset_name(file: str) -> str:
@@ -197,8 +211,11 @@ def test_unreadable_file_stops_at_split_with_one_line(split_run, file):
     root, proc, dry = split_run
     assert proc.returncode != 0
     path = f"data/{file}"
-    shown = [ln.split("ERROR selectflow.job: ", 1)[1] for ln in output(proc).splitlines()
-             if "ERROR selectflow.job: " in ln and path + ":" in ln]
+    shown = [
+        ln.split("ERROR selectflow.job: ", 1)[1]
+        for ln in output(proc).splitlines()
+        if "ERROR selectflow.job: " in ln and path + ":" in ln
+    ]
     assert shown, output(proc)[-3000:]
     assert shown == [path + STOP[file]]  # once: the retries that follow do not repeat it
     assert "Traceback" not in output(proc)
@@ -213,7 +230,9 @@ def test_bom_gzip_and_text_parts_are_read(split_run):
     assert scheduled(dry, "split_dataset") == {dataset_name(f) for f in SNAKEMAKE}
     for name in ("bom", "gzipped"):
         records = read_jsonl(shards / name / "shard_00000.jsonl")
-        assert [r["record"]["instruction"] for r in records] == [f"Explain item {i} in one sentence." for i in (1, 2, 3)]
+        assert [r["record"]["instruction"] for r in records] == [
+            f"Explain item {i} in one sentence." for i in (1, 2, 3)
+        ]
     parts = read_jsonl(shards / "messages_text_parts" / "shard_00000.jsonl")[1]
     assert parts["prompt"] == "### User:\nTranslate:\nbonjour\n\n### Assistant:\n" and parts["response"] == "hello"
 
@@ -246,7 +265,8 @@ def test_model_path_that_does_not_exist(root, good_file):
     my_yaml(root, {"mine": good_file}, "models/OLMoE")
     assert workflow_error(snakemake(root, "-n")) == (
         f"'model.path' models/OLMoE does not exist (relative to {root}); set 'model.path' to a local Hugging Face "
-        "model folder (nothing is downloaded)")
+        "model folder (nothing is downloaded)"
+    )
     assert not (root / "results").exists()
 
 
@@ -254,7 +274,8 @@ def test_model_folder_without_weights(root, good_file, weightless_model):
     my_yaml(root, {"mine": good_file}, weightless_model)
     assert workflow_error(snakemake(root, "-n")) == (
         f"'model.path' {weightless_model} holds no model weights (*.safetensors or pytorch_model*.bin); copy the "
-        "weights into it, or set 'model.path' to a complete model folder")
+        "weights into it, or set 'model.path' to a complete model folder"
+    )
 
 
 def test_selection_that_rounds_to_one_record_warns(root, good_file, demo_model, tmp_path):
@@ -264,8 +285,10 @@ def test_selection_that_rounds_to_one_record_warns(root, good_file, demo_model, 
     proc = snakemake(root, "-n")
     assert proc.returncode == 0, output(proc)[-3000:]
     warnings = [ln for ln in output(proc).splitlines() if ln.startswith("[selectflow] WARNING")]
-    assert warnings[0] == ("[selectflow] WARNING: selection.selection_percentage 0.05 of the 12 records in "
-                           "'datasets' selects 1 record; raise selection_percentage or add records")
+    assert warnings[0] == (
+        "[selectflow] WARNING: selection.selection_percentage 0.05 of the 12 records in "
+        "'datasets' selects 1 record; raise selection_percentage or add records"
+    )
     # the same check, on 40 records (2 selected), and on 12 at 10 % (1.2 -> 1)
     assert tiny_selection_warning({"mine": str(good_file)}, 0.05) is None
     assert "of the 12 records in 'datasets' selects 1 record" in tiny_selection_warning({"mine": str(small)}, 0.1)
@@ -281,12 +304,21 @@ def in_mount_namespace(root: Path, options: str) -> tuple:
     return ("unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o {options} tmpfs results && exec "$@"', "sh")
 
 
-@pytest.mark.parametrize("options, message", [
-    ("ro,size=64m", "cannot write results to {} (Read-only file system); outputs go to results/mine/ under the "
-                    "folder you run snakemake in: run from a writable folder, or make {} writable"),
-    ("size=1m", "the disk of {} is full (1.0 MiB free, at least 100 MiB needed); free space there, or run from a "
-                "folder on another disk"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            "ro,size=64m",
+            "cannot write results to {} (Read-only file system); outputs go to results/mine/ under the "
+            "folder you run snakemake in: run from a writable folder, or make {} writable",
+        ),
+        (
+            "size=1m",
+            "the disk of {} is full (1.0 MiB free, at least 100 MiB needed); free space there, or run from a "
+            "folder on another disk",
+        ),
+    ],
+)
 def test_read_only_or_full_results_disk(root, good_file, demo_model, options, message):
     """A real read-only / full file system (tmpfs in a private mount namespace) under results/."""
     my_yaml(root, {"mine": good_file}, demo_model)
@@ -318,22 +350,31 @@ def test_no_pad_token_and_a_shard_without_selected_samples(tmp_path, demo_pool, 
     root = repo_copy(tmp_path)
     pool = tmp_path / "pool21.jsonl"
     pool.write_text("".join(demo_pool.read_text().splitlines(keepends=True)[:21]))
-    my_yaml(root, {"mine": pool}, no_pad_model, shard_size=20, selection={"selection_percentage": 0.1},
-            train={"enabled": False}, index={"enabled": False})
+    my_yaml(
+        root,
+        {"mine": pool},
+        no_pad_model,
+        shard_size=20,
+        selection={"selection_percentage": 0.1},
+        train={"enabled": False},
+        index={"enabled": False},
+    )
     proc = snakemake(root, *RUN)
     assert proc.returncode == 0, output(proc)[-4000:]
     warnings = [ln for ln in output(proc).splitlines() if ln.startswith("[selectflow] WARNING selectflow.data.tokens")]
     assert warnings and warnings[0] == (
         f"[selectflow] WARNING selectflow.data.tokens: tokenizer {no_pad_model} has neither a pad nor an eos token; "
         "padding with id 0 (padded positions are masked out); set pad_token in its tokenizer_config.json to choose "
-        "another")
+        "another"
+    )
     results = root / "results" / "mine"
     selected = {r["sample_id"] for r in read_jsonl(results / "selection" / "selected_data.jsonl")}
     shards = sorted((results / "router_data" / "mine").glob("*.h5"))
     assert len(shards) == 2
     # the cases that crashed: a shard with no selected sample, or with only selected ones
-    assert any(not selected & set(ids) or set(ids) <= selected
-               for ids in (read_router_shard(p).sample_id for p in shards))
+    assert any(
+        not selected & set(ids) or set(ids) <= selected for ids in (read_router_shard(p).sample_id for p in shards)
+    )
     assert all((results / "report" / f).stat().st_size > 0 for f in ("routing_pca.png", "routing_heatmap.png"))
     assert "Nothing to be done" in output(snakemake(root, "-n"))
 
@@ -369,10 +410,18 @@ def test_one_padding_rule_for_router_trainer_and_encoder(no_pad_model, demo_mode
     assert "has neither a pad nor an eos token; padding with id 0" in caplog.text
     model = AutoModelForCausalLM.from_pretrained(demo_model)
     texts = ["a short text", "a somewhat longer text than the first one"]
-    np.testing.assert_allclose(encode_texts(model, no_pad, texts, device="cpu"),
-                               encode_texts(model, with_pad, texts, device="cpu"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        encode_texts(model, no_pad, texts, device="cpu"),
+        encode_texts(model, with_pad, texts, device="cpu"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(4)))
-    summary = train(no_pad_model, data, tmp_path / "run", {"max_steps": 1, "micro_batch_size": 4, "max_length": 32,
-                                                             "save_every": 0, "device": "cpu"})
+    summary = train(
+        no_pad_model,
+        data,
+        tmp_path / "run",
+        {"max_steps": 1, "micro_batch_size": 4, "max_length": 32, "save_every": 0, "device": "cpu"},
+    )
     assert summary["micro_batch_size"] == 4 and (tmp_path / "run" / "checkpoint").is_dir()

@@ -13,8 +13,15 @@ from tests.workflow import config_variant, snakemake
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = {"clusters": 4, "test_per_kind": 3, "seeds": 2, "full_pool_seeds": 2, "student_hidden": 32,
-            "student_vocab": 400, "train": {"epochs": 2}}
+SETTINGS = {
+    "clusters": 4,
+    "test_per_kind": 3,
+    "seeds": 2,
+    "full_pool_seeds": 2,
+    "student_hidden": 32,
+    "student_vocab": 400,
+    "train": {"epochs": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +39,16 @@ def _records(path):
 def test_the_table_has_every_method_both_measures_and_an_interval(compared):
     _, out = compared
     down = pd.read_csv(out / "downstream.tsv", sep="\t").set_index("method")
-    assert list(down.index) == ["fps", "random", "quality", "kmeans", "score_first", "semdedup", "full_kept",
-                                "full_raw"]
+    assert list(down.index) == [
+        "fps",
+        "random",
+        "quality",
+        "kmeans",
+        "score_first",
+        "semdedup",
+        "full_kept",
+        "full_raw",
+    ]
     for column in ("macro_loss", "macro_loss_ci95", "macro_accuracy", "macro_accuracy_ci95"):
         assert down[column].notna().all(), column
     assert (down["n_seeds"] == 2).all()
@@ -66,8 +81,10 @@ def test_the_test_set_is_disjoint_from_the_pool_and_no_student_saw_it(compared):
         assert {r["sample_id"] for r in recs} <= pool_ids, path
         assert not {_text_key(r) for r in recs} & test_keys, path
     # the random baseline draws anew for each seed
-    first, second = ({r["sample_id"] for r in _records(p)} for p in (out / "random" / "selected_data.jsonl",
-                                                                      out / "random" / "draw_1.jsonl"))
+    first, second = (
+        {r["sample_id"] for r in _records(p)}
+        for p in (out / "random" / "selected_data.jsonl", out / "random" / "draw_1.jsonl")
+    )
     assert len(first) == len(second) and first != second
     # the student's weights are its seed's fresh initialisation: it saw no text before its fine-tunes
     from selectflow.train.student import STUDENT_INFO, build_scratch_student

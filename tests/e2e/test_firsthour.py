@@ -47,17 +47,24 @@ def test_unknown_command_is_an_error_listing_the_commands():
 
 
 def test_help_imports_nothing_heavy():
-    code = "import sys; from selectflow.cli import main; main(['--help']); print(sorted(m for m in sys.modules if m in ('torch', 'transformers', 'pandas', 'numpy', 'faiss', 'h5py')))"
+    heavy = ("torch", "transformers", "pandas", "numpy", "faiss", "h5py")
+    code = (
+        "import sys; from selectflow.cli import main; main(['--help']); "
+        f"print(sorted(m for m in sys.modules if m in {heavy}))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
-@pytest.mark.parametrize("argv, sep, expected", [
-    (["--router_data_dir", "a_b", "--output-path=x_y"], "_", ["--router_data_dir", "a_b", "--output_path=x_y"]),
-    (["--router-data-dir", "a-b"], "_", ["--router_data_dir", "a-b"]),
-    (["--n_records", "5", "--max_length=3", "-h"], "-", ["--n-records", "5", "--max-length=3", "-h"]),
-])
+@pytest.mark.parametrize(
+    "argv, sep, expected",
+    [
+        (["--router_data_dir", "a_b", "--output-path=x_y"], "_", ["--router_data_dir", "a_b", "--output_path=x_y"]),
+        (["--router-data-dir", "a-b"], "_", ["--router_data_dir", "a-b"]),
+        (["--n_records", "5", "--max_length=3", "-h"], "-", ["--n-records", "5", "--max-length=3", "-h"]),
+    ],
+)
 def test_flag_aliases(argv, sep, expected):
     assert cli.normalise_flags(argv, sep) == expected
 
@@ -71,12 +78,38 @@ def test_continue_selection_takes_dashed_flags_and_the_schema_defaults(tmp_path)
     write_shards(pool, tmp_path / "router_data", seed=1)
     dashed, seed_style = tmp_path / "a" / "selected_data.jsonl", tmp_path / "b" / "selected_data.jsonl"
     # no --selection-percentage: the schema's default (0.05) applies
-    assert cli.main(["continue-selection", "--router-data-dir", str(tmp_path / "router_data"),
-                     "--output-path", str(dashed), "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "continue-selection",
+                "--router-data-dir",
+                str(tmp_path / "router_data"),
+                "--output-path",
+                str(dashed),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     schema = yaml.safe_load((REPO / "selectflow" / "schemas" / "config.schema.yaml").read_text())
     default = schema["properties"]["selection"]["properties"]["selection_percentage"]["default"]
-    assert cli.main(["continue-selection", "--router_data_dir", str(tmp_path / "router_data"),
-                     "--output_path", str(seed_style), "--device", "cpu", "--selection_percentage", str(default)]) == 0
+    assert (
+        cli.main(
+            [
+                "continue-selection",
+                "--router_data_dir",
+                str(tmp_path / "router_data"),
+                "--output_path",
+                str(seed_style),
+                "--device",
+                "cpu",
+                "--selection_percentage",
+                str(default),
+            ]
+        )
+        == 0
+    )
     assert _selection(dashed) == _selection(seed_style)
     assert len(_selection(dashed)[0]) >= 1
 
@@ -84,31 +117,76 @@ def test_continue_selection_takes_dashed_flags_and_the_schema_defaults(tmp_path)
 def test_continue_selection_configfile_uses_the_workflow_settings(tmp_path):
     pool = make_pool(seed=4)
     write_shards(pool, tmp_path / "router_data", seed=2)
-    config = {"datasets": {"x": "x.jsonl"}, "model": {"path": "m"},
-              "selection": {"selection_percentage": 0.2, "importance_selection_percentage": 0.5,
-                            "quality_method": "perplexity"}}
+    config = {
+        "datasets": {"x": "x.jsonl"},
+        "model": {"path": "m"},
+        "selection": {
+            "selection_percentage": 0.2,
+            "importance_selection_percentage": 0.5,
+            "quality_method": "perplexity",
+        },
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     from_config, explicit = tmp_path / "a" / "selected_data.jsonl", tmp_path / "b" / "selected_data.jsonl"
     base = ["continue-selection", "--router-data-dir", str(tmp_path / "router_data"), "--device", "cpu"]
     assert cli.main(base + ["--configfile", str(tmp_path / "c.yaml"), "--output-path", str(from_config)]) == 0
-    assert cli.main(base + ["--output-path", str(explicit), "--selection-percentage", "0.2",
-                            "--importance-selection-percentage", "0.5", "--quality-method", "perplexity"]) == 0
+    assert (
+        cli.main(
+            base
+            + [
+                "--output-path",
+                str(explicit),
+                "--selection-percentage",
+                "0.2",
+                "--importance-selection-percentage",
+                "0.5",
+                "--quality-method",
+                "perplexity",
+            ]
+        )
+        == 0
+    )
     assert _selection(from_config) == _selection(explicit)
     assert len(_selection(from_config)[0]) == round(0.2 * len(pool))
     # a flag after --configfile wins
-    assert cli.main(base + ["--configfile", str(tmp_path / "c.yaml"), "--output-path", str(explicit),
-                            "--selection-percentage", "0.1"]) == 0
+    assert (
+        cli.main(
+            base
+            + [
+                "--configfile",
+                str(tmp_path / "c.yaml"),
+                "--output-path",
+                str(explicit),
+                "--selection-percentage",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     assert len(_selection(explicit)[0]) == round(0.1 * len(pool))
 
 
-@pytest.mark.parametrize("command, flags, key", [
-    ("continue-selection", ["--router-data-dir", "r", "--output-path", "o", "--selection-percentage", "5"],
-     "'selection.selection_percentage' is 5.0, it must be at most 1"),
-    ("continue-selection", ["--router-data-dir", "r", "--output-path", "o", "--routing-strata", "0"],
-     "'selection.routing_strata' is 0, it must be at least"),
-    ("estimate-memory", ["--model", "m", "--lora-r", "0"], "'train.lora.r' is 0, it must be at least 1"),
-    ("estimate-memory", ["--model", "m", "--micro-batch", "0"], "'train.micro_batch_size' is 0, it must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "command, flags, key",
+    [
+        (
+            "continue-selection",
+            ["--router-data-dir", "r", "--output-path", "o", "--selection-percentage", "5"],
+            "'selection.selection_percentage' is 5.0, it must be at most 1",
+        ),
+        (
+            "continue-selection",
+            ["--router-data-dir", "r", "--output-path", "o", "--routing-strata", "0"],
+            "'selection.routing_strata' is 0, it must be at least",
+        ),
+        ("estimate-memory", ["--model", "m", "--lora-r", "0"], "'train.lora.r' is 0, it must be at least 1"),
+        (
+            "estimate-memory",
+            ["--model", "m", "--micro-batch", "0"],
+            "'train.micro_batch_size' is 0, it must be at least 1",
+        ),
+    ],
+)
 def test_cli_flags_that_are_config_keys_are_checked_against_the_schema(command, flags, key, capsys, tmp_path):
     # checked before anything runs: no folder r, no model m is looked at
     assert cli.main([command, *flags]) == EXIT_USER_ERROR
@@ -117,9 +195,12 @@ def test_cli_flags_that_are_config_keys_are_checked_against_the_schema(command, 
 
 
 def test_continue_selection_defaults_come_from_the_schema(capsys):
-    sel = yaml.safe_load((REPO / "selectflow" / "schemas" / "config.schema.yaml").read_text())["properties"]["selection"]["properties"]
-    args = cli.continue_selection_parser(cli.selection_defaults()).parse_args(["--router_data_dir", "r",
-                                                                              "--output_path", "o"])
+    sel = yaml.safe_load((REPO / "selectflow" / "schemas" / "config.schema.yaml").read_text())["properties"][
+        "selection"
+    ]["properties"]
+    args = cli.continue_selection_parser(cli.selection_defaults()).parse_args(
+        ["--router_data_dir", "r", "--output_path", "o"]
+    )
     for flag, key in cli.SELECTION_FLAGS.items():
         assert getattr(args, key) == sel[key]["default"], flag
     with pytest.raises(SystemExit):
@@ -138,17 +219,34 @@ def _write(path, lines):
 
 
 def test_check_reports_format_count_id_source_and_first_bad_line(tmp_path):
-    alpaca = _write(tmp_path / "a.jsonl", [json.dumps({"id": f"q{i}", "instruction": "i", "output": "o"})
-                                            for i in range(4)])
-    sharegpt = _write(tmp_path / "s.jsonl", [json.dumps({"conversations": [{"from": "human", "value": "h"},
-                                                                            {"from": "gpt", "value": "g"}]})] * 3)
-    broken = _write(tmp_path / "b.jsonl", [json.dumps({"messages": [{"role": "user", "content": "u"},
-                                                                     {"role": "assistant", "content": "a"}]}),
-                                           "{not json", json.dumps({"messages": []}), "{also bad"])
-    results = {r.name: r for r in check_config({"datasets": {"a": alpaca, "s": sharegpt, "b": broken,
-                                                             "gone": str(tmp_path / "none.jsonl")}})}
-    assert (results["a"].format, results["a"].records, results["a"].id_source, results["a"].ok) == \
-        ("alpaca", 4, "'id' field", True)
+    alpaca = _write(
+        tmp_path / "a.jsonl", [json.dumps({"id": f"q{i}", "instruction": "i", "output": "o"}) for i in range(4)]
+    )
+    sharegpt = _write(
+        tmp_path / "s.jsonl",
+        [json.dumps({"conversations": [{"from": "human", "value": "h"}, {"from": "gpt", "value": "g"}]})] * 3,
+    )
+    broken = _write(
+        tmp_path / "b.jsonl",
+        [
+            json.dumps({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}),
+            "{not json",
+            json.dumps({"messages": []}),
+            "{also bad",
+        ],
+    )
+    results = {
+        r.name: r
+        for r in check_config(
+            {"datasets": {"a": alpaca, "s": sharegpt, "b": broken, "gone": str(tmp_path / "none.jsonl")}}
+        )
+    }
+    assert (results["a"].format, results["a"].records, results["a"].id_source, results["a"].ok) == (
+        "alpaca",
+        4,
+        "'id' field",
+        True,
+    )
     assert (results["s"].format, results["s"].records, results["s"].id_source) == ("sharegpt", 3, "s:<line>")
     assert results["b"].format == "messages" and results["b"].records == 4 and not results["b"].ok
     assert "b.jsonl:2" in results["b"].problem and "b.jsonl:4" not in results["b"].problem  # the first one only
@@ -188,15 +286,21 @@ def test_check_command_exit_status_and_config_errors(tmp_path):
 def _fake_run(root, quality_columns=("sample_id", "dataset", "quality", "kept", "candidate", "reason")):
     sel = root / "results" / "r" / "selection"
     sel.mkdir(parents=True)
-    rows = [("a:1", "a", 0.9, True, True, "selected"), ("a:2", "a", 0.5, True, False, "below_importance_cut"),
-            ("a:3", "a", 0.1, False, False, "duplicate_of:b:1"), ("b:1", "b", 0.8, True, True, "not_picked"),
-            ("b:2", "b", 0.7, True, True, "selected")]
+    rows = [
+        ("a:1", "a", 0.9, True, True, "selected"),
+        ("a:2", "a", 0.5, True, False, "below_importance_cut"),
+        ("a:3", "a", 0.1, False, False, "duplicate_of:b:1"),
+        ("b:1", "b", 0.8, True, True, "not_picked"),
+        ("b:2", "b", 0.7, True, True, "selected"),
+    ]
     with open(sel / "quality.tsv", "w") as fh:
         fh.write("\t".join(quality_columns) + "\n")
         for row in rows:
             values = dict(zip(("sample_id", "dataset", "quality", "kept", "candidate", "reason"), row))
             fh.write("\t".join(str(values.get(c, "x")) for c in quality_columns) + "\n")
-    (sel / "fps_curve.tsv").write_text("step\tsample_id\tcandidate_index\tmin_distance\n0\ta:1\t0\tinf\n1\tb:2\t2\t0.5\n")
+    (sel / "fps_curve.tsv").write_text(
+        "step\tsample_id\tcandidate_index\tmin_distance\n0\ta:1\t0\tinf\n1\tb:2\t2\t0.5\n"
+    )
     with h5py.File(sel / "candidates.h5", "w") as f:
         f.attrs.update({"quality_method": "ifd", "stage": "two_stage", "metric": "wasserstein", "k": 2})
         f.create_dataset("quality", data=np.zeros(3))
@@ -206,7 +310,8 @@ def _fake_run(root, quality_columns=("sample_id", "dataset", "quality", "kept", 
         "2020-01-01 10:00:00,000 WARNING selectflow.stages.select: an old warning\n"
         "2099-01-01 10:00:00,000 INFO selectflow.stages.select: pool 5, kept 4, candidates 3 (two_stage), k 2\n"
         "2099-01-01 10:00:01,000 WARNING selectflow.select.quality: 3 samples have no response tokens\n"
-        "2099-01-01 10:00:02,000 WARNING selectflow.select.quality: 3 samples have no response tokens\n")
+        "2099-01-01 10:00:02,000 WARNING selectflow.select.quality: 3 samples have no response tokens\n"
+    )
     (root / "results" / "r" / "router_data").mkdir()
     return sel
 
@@ -219,8 +324,16 @@ def filled(config: dict) -> dict:
 def test_summary_counts_method_outputs_warnings_next_steps(tmp_path):
     _fake_run(tmp_path)
     since = 1577872800.0 + 3600 * 24 * 365  # after the 2020 line, before the 2099 ones
-    config = filled({"run": "r", "selection": {"quality_method": "auto", "importance_selection_percentage": 0.2,
-                                               "selection_percentage": 0.05}})
+    config = filled(
+        {
+            "run": "r",
+            "selection": {
+                "quality_method": "auto",
+                "importance_selection_percentage": 0.2,
+                "selection_percentage": 0.05,
+            },
+        }
+    )
     text = run_summary(config, since=since, workdir=tmp_path)
     lines = text.splitlines()
     row_a = next(line for line in lines if line.split()[:1] == ["a"])
@@ -249,7 +362,8 @@ def test_failed_run_summary_names_the_failed_jobs_without_repeating_their_messag
     _fake_run(tmp_path)
     (tmp_path / "logs" / "r" / "split_dataset").mkdir()
     (tmp_path / "logs" / "r" / "split_dataset" / "x.log.failure.json").write_text(
-        json.dumps({"kind": "input", "attempt": 1, "error": "SelectFlowError: x.jsonl:2: malformed JSON"}))
+        json.dumps({"kind": "input", "attempt": 1, "error": "SelectFlowError: x.jsonl:2: malformed JSON"})
+    )
     text = run_summary(filled({"run": "r"}), ok=False, workdir=tmp_path)
     assert "FAILED" in text and "split_dataset/x.log (SelectFlowError)" in text
     assert "malformed JSON" not in text
@@ -291,8 +405,9 @@ else:
 
 def test_encoder_load_logs_no_load_report(demo_model):
     def output(how):
-        proc = subprocess.run([sys.executable, "-c", LOAD, str(demo_model), how], capture_output=True, text=True,
-                              cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, "-c", LOAD, str(demo_model), how], capture_output=True, text=True, cwd=REPO
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout + proc.stderr
 
@@ -320,14 +435,25 @@ def test_grouped_embedding_matches_one_window_per_job(tmp_path, demo_model, demo
     with h5py.File(tmp_path / "g1.h5") as f:
         assert sorted(f) == ["window_00002", "window_00003"] and f.attrs["n_windows"] == -(-n // 25)
     for w in (2, 3):
-        meta = index_embedded_window(tmp_path / "g1.h5", w, tmp_path / "grouped" / f"window_{w:05d}.faiss",
-                                     index_type="flat_l2")
-        single = index_item_window(manifest, w, 25, demo_model, tmp_path / "single" / f"window_{w:05d}.faiss",
-                                   index_type="flat_l2", batch_size=32, max_length=256, device="cpu",
-                                   n_windows=meta["n_windows"])
+        meta = index_embedded_window(
+            tmp_path / "g1.h5", w, tmp_path / "grouped" / f"window_{w:05d}.faiss", index_type="flat_l2"
+        )
+        single = index_item_window(
+            manifest,
+            w,
+            25,
+            demo_model,
+            tmp_path / "single" / f"window_{w:05d}.faiss",
+            index_type="flat_l2",
+            batch_size=32,
+            max_length=256,
+            device="cpu",
+            n_windows=meta["n_windows"],
+        )
         assert meta["embed_seconds"] > 0 and single["embed_seconds"] > 0
-        assert (tmp_path / "grouped" / f"window_{w:05d}.ids.tsv").read_text() == \
-            (tmp_path / "single" / f"window_{w:05d}.ids.tsv").read_text()
+        assert (tmp_path / "grouped" / f"window_{w:05d}.ids.tsv").read_text() == (
+            tmp_path / "single" / f"window_{w:05d}.ids.tsv"
+        ).read_text()
         import faiss
 
         grouped = faiss.read_index(str(tmp_path / "grouped" / f"window_{w:05d}.faiss"))
@@ -399,7 +525,8 @@ def test_fps_title_counts_the_candidates_not_the_kept_samples():
     assert title.startswith("Farthest-point sampling: 150 picks from 600 candidates")
     assert "top 600 of 2887 kept" in title
     assert "from 2887" not in fps_title(10, 2887, {"stage": "fps", "n_kept": 2887, "metric": "l2"}).replace(
-        "from 2887 candidates", "")
+        "from 2887 candidates", ""
+    )
 
 
 def test_index_job_seconds_read_from_the_benchmarks(tmp_path):
@@ -427,22 +554,40 @@ def test_example_records_selected_then_each_reason(tmp_path, with_reason):
     rows = []
     for i, sid in enumerate(ids):
         kept, cand = i % 5 != 4, i % 5 in (0, 1, 2)
-        reason = "" if sid in picked else ("ifd>=1" if not kept else "below_importance_cut" if not cand
-                                           else "not_picked")
+        reason = (
+            "" if sid in picked else ("ifd>=1" if not kept else "below_importance_cut" if not cand else "not_picked")
+        )
         if with_reason and i % 5 == 2 and sid not in picked:
             kept, cand, reason = False, False, f"duplicate_of:{ids[0]}-copy-{i}"  # a different id on every row
-        rows.append({"sample_id": sid, "dataset": pool[sid]["norm"]["dataset"], "quality": 1.0 - i / 100,
-                     "kept": kept, "candidate": cand, **({"reason": reason} if with_reason else {})})
+        rows.append(
+            {
+                "sample_id": sid,
+                "dataset": pool[sid]["norm"]["dataset"],
+                "quality": 1.0 - i / 100,
+                "kept": kept,
+                "candidate": cand,
+                **({"reason": reason} if with_reason else {}),
+            }
+        )
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(tmp_path / "quality.tsv", sep="\t", index=False)
-    pd.DataFrame({"step": range(4), "sample_id": picked[::-1], "candidate_index": range(4),
-                  "min_distance": [float("inf"), 3, 2, 1]}).to_csv(tmp_path / "curve.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "step": range(4),
+            "sample_id": picked[::-1],
+            "candidate_index": range(4),
+            "min_distance": [float("inf"), 3, 2, 1],
+        }
+    ).to_csv(tmp_path / "curve.tsv", sep="\t", index=False)
     table = example_rows(tmp_path / "quality.tsv", tmp_path / "curve.tsv", paths, per_group=2)
     assert list(table["sample_id"][:2]) == picked[::-1][:2]  # pick order
     reasons = list(dict.fromkeys(table["reason"]))
-    expected = ["ifd>=1", "below_importance_cut", "not_picked", "duplicate_of"] if with_reason else \
-        ["dropped by the quality method", "below_importance_cut", "not_picked"]
+    expected = (
+        ["ifd>=1", "below_importance_cut", "not_picked", "duplicate_of"]
+        if with_reason
+        else ["dropped by the quality method", "below_importance_cut", "not_picked"]
+    )
     kinds = list(dict.fromkeys(r.partition(":")[0] for r in reasons))
     assert reasons[0] == "selected" and sorted(kinds[1:]) == sorted(expected)
     # every duplicate names another id, yet the duplicates are one group of per_group rows
@@ -460,7 +605,7 @@ def test_small_run_ends_with_the_summary_and_quiet_logs(tmp_path):
 
     config = config_variant("small", tmp_path, index={"window_size": 50, "windows_per_job": 2})
     proc = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", config=config)
-    summary = proc.stdout[proc.stdout.index("SelectFlow run 'small': finished"):]
+    summary = proc.stdout[proc.stdout.index("SelectFlow run 'small': finished") :]
     row = next(line for line in summary.splitlines() if line.split()[:1] == ["demo"])
     quality = pd.read_csv(tmp_path / "results/small/selection/quality.tsv", sep="\t", keep_default_na=False)
     duplicates = int(quality["reason"].str.startswith("duplicate_of:").sum())

@@ -18,8 +18,20 @@ from selectflow.data.records import read_dataset, read_jsonl
 from selectflow.runtime.errors import SelectFlowError
 from tests.e2e.test_bad_inputs_repo import output, repo_copy
 
-SMALL = ["--vocab-size", "400", "--n_layers", "1", "--n-experts", "4", "--hidden", "16", "--pretrain_epochs", "0.5",
-         "--max-length", "48"]
+SMALL = [
+    "--vocab-size",
+    "400",
+    "--n_layers",
+    "1",
+    "--n-experts",
+    "4",
+    "--hidden",
+    "16",
+    "--pretrain_epochs",
+    "0.5",
+    "--max-length",
+    "48",
+]
 
 
 def sha(path) -> str:
@@ -84,16 +96,32 @@ def test_own_jsonl_with_only_run_datasets_and_model_proxy_runs_end_to_end(tmp_pa
     root = repo_copy(tmp_path / "repo")
     write_realtext_pool(tmp_path / "rt", 900, seed=4)
     (root / "data" / "mine.jsonl").write_text((tmp_path / "rt" / "alpaca.jsonl").read_text())
-    (root / "my.yaml").write_text(yaml.safe_dump({"run": "mine", "datasets": {"mine": "data/mine.jsonl"},
-                                                  "model": {"path": "proxy"}}))
-    check = subprocess.run([sys.executable, "-m", "selectflow", "check", "--configfile", "my.yaml"], cwd=root,
-                           capture_output=True, text=True, timeout=120)
+    (root / "my.yaml").write_text(
+        yaml.safe_dump({"run": "mine", "datasets": {"mine": "data/mine.jsonl"}, "model": {"path": "proxy"}})
+    )
+    check = subprocess.run(
+        [sys.executable, "-m", "selectflow", "check", "--configfile", "my.yaml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert check.returncode == 0, output(check)[-3000:]
-    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "my.yaml"], cwd=root,
-                         capture_output=True, text=True, timeout=300)
+    dry = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", "my.yaml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert dry.returncode == 0 and "proxy_model" in output(dry), output(dry)[-3000:]
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--resources", "gpu=1",
-                          "--configfile", "my.yaml"], cwd=root, capture_output=True, text=True, timeout=1500)
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--resources", "gpu=1", "--configfile", "my.yaml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert run.returncode == 0, output(run)[-6000:]
     proxy = root / "results" / "mine" / "proxy_model"
     assert (proxy / "model.safetensors").is_file() and (proxy / "tokenizer.json").is_file()

@@ -27,14 +27,22 @@ CONFIG = HERE / "config" / "config.yaml"
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(os.environ.get("SELECTFLOW_SLURM") != "1",
-                       reason="needs a SLURM cluster of its own: run .ci/slurm.sh (sets SELECTFLOW_SLURM=1)"),
+    pytest.mark.skipif(
+        os.environ.get("SELECTFLOW_SLURM") != "1",
+        reason="needs a SLURM cluster of its own: run .ci/slurm.sh (sets SELECTFLOW_SLURM=1)",
+    ),
 ]
 
 # Cluster-friendly defaults of the profile, shortened for a test: without slurmdbd sacct
 # does not work, and the first status check would come only after 40 s.
-SLURM_ARGS = ["--profile", str(REPO / "profiles" / "slurm"),
-              "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1"]
+SLURM_ARGS = [
+    "--profile",
+    str(REPO / "profiles" / "slurm"),
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+]
 # the site settings of the demo runs: a partition named like a Python builtin, the fake GPUs
 SITE = {"SELECTFLOW_SLURM_PARTITION": "all", "SELECTFLOW_SLURM_GPU_MODEL": "fake"}
 SEL = "results/slurm/selection"
@@ -46,8 +54,14 @@ def snakemake(workdir: Path, *args: str, env: dict[str, str], snakefile: Path = 
     # a developer's own site settings must not leak into the run
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SELECTFLOW_SLURM_")}
     with open(workdir / "snakemake.out", "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "snakemake", *args, "-s", str(snakefile), "-d", str(workdir)],
-                                stdout=out, stderr=subprocess.STDOUT, text=True, env={**clean, **env}, cwd=REPO)
+        return subprocess.Popen(
+            [sys.executable, "-m", "snakemake", *args, "-s", str(snakefile), "-d", str(workdir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**clean, **env},
+            cwd=REPO,
+        )
 
 
 def finish(proc: subprocess.Popen, workdir: Path, timeout: int = 600) -> str:
@@ -66,8 +80,9 @@ def finish(proc: subprocess.Popen, workdir: Path, timeout: int = 600) -> str:
 def slurm_jobs(run_log: str, env: dict[str, str]) -> list[dict[str, str]]:
     """Every SLURM job of one Snakemake run (its job name is the run ID), oldest first."""
     run_id = re.search(r"SLURM run ID: (\S+)", run_log).group(1)
-    out = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env}).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True, check=True, env={**os.environ, **env}
+    ).stdout
     jobs = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
     return sorted((j for j in jobs if j["JobName"] == run_id), key=lambda j: int(j["JobId"]))
 
@@ -177,15 +192,29 @@ def test_fps_on_two_slurm_gpus_picks_what_one_rank_picks(cluster, demo_runs, tmp
     shutil.copytree(slurm, wd, symlinks=True)
     two_ranks = tmp_path / "two_ranks.yaml"
     two_ranks.write_text("selection:\n  fps_gpus: 2\n")
-    log = finish(snakemake(wd, f"{SEL}/selected_data.jsonl", "--configfile", str(CONFIG), str(two_ranks),
-                           *SLURM_ARGS, env={**cluster, **SITE}), wd)
+    log = finish(
+        snakemake(
+            wd,
+            f"{SEL}/selected_data.jsonl",
+            "--configfile",
+            str(CONFIG),
+            str(two_ranks),
+            *SLURM_ARGS,
+            env={**cluster, **SITE},
+        ),
+        wd,
+    )
 
     jobs = {job_rule(j): j for j in slurm_jobs(log, cluster)}
     assert "fps" in jobs and "router_dump" not in jobs
     fps = jobs["fps"]
     # both fake GPUs of the node and a CPU for each rank, on one node
     assert (fps["JobState"], fps.get("TresPerJob"), fps["NumCPUs"], fps["NumNodes"]) == (
-        "COMPLETED", "gres:gpu:fake:2", "2", "1"), fps
+        "COMPLETED",
+        "gres:gpu:fake:2",
+        "2",
+        "1",
+    ), fps
     fps_log = (wd / "logs/slurm/selection/fps.log").read_text()
     # SLURM's CUDA_VISIBLE_DEVICES stands, and with CPU torch the two ranks run gloo, sharing the job's two CPUs
     assert "using CUDA_VISIBLE_DEVICES=0,1 set outside the workflow" in fps_log
@@ -196,13 +225,25 @@ def test_fps_on_two_slurm_gpus_picks_what_one_rank_picks(cluster, demo_runs, tmp
 
 def test_memory_kill_is_retried_as_new_job_with_more_memory(cluster, tmp_path):
     snakefile = HERE / "retry" / "Snakefile"
-    dry = finish(snakemake(tmp_path, "-n", *SLURM_ARGS, "--config", "alloc_mb=1", env=cluster,
-                           snakefile=snakefile), tmp_path)
+    dry = finish(
+        snakemake(tmp_path, "-n", *SLURM_ARGS, "--config", "alloc_mb=1", env=cluster, snakefile=snakefile), tmp_path
+    )
     first_mb = int(re.search(r"mem_mb=(\d+)", dry).group(1))
     alloc_mb = first_mb + first_mb // 10
 
-    log = finish(snakemake(tmp_path, *SLURM_ARGS, "--retries", "1", "--config", f"alloc_mb={alloc_mb}",
-                           env=cluster, snakefile=snakefile), tmp_path)
+    log = finish(
+        snakemake(
+            tmp_path,
+            *SLURM_ARGS,
+            "--retries",
+            "1",
+            "--config",
+            f"alloc_mb={alloc_mb}",
+            env=cluster,
+            snakefile=snakefile,
+        ),
+        tmp_path,
+    )
 
     jobs = slurm_jobs(log, cluster)
     assert [j["JobState"] for j in jobs] == ["FAILED", "COMPLETED"], jobs

@@ -25,10 +25,23 @@ def ran(tmp_path_factory):
     work = tmp_path_factory.mktemp("target")
     dev = work / "dev.jsonl"
     write_jsonl(dev, make_demo_testset(2, 7, lambda rec: False))
-    config = config_variant("small", work, selection={"target": str(dev)},
-                            compare={"methods": ["fps", "target"], "test_per_kind": 3, "full_pools": []})
-    snakemake(work, f"{SEL}/selected_data.jsonl", f"{CMP}/target/selected_data.jsonl", "--cores", "2",
-              "--resources", "gpu=1", config=config, timeout=1500)
+    config = config_variant(
+        "small",
+        work,
+        selection={"target": str(dev)},
+        compare={"methods": ["fps", "target"], "test_per_kind": 3, "full_pools": []},
+    )
+    snakemake(
+        work,
+        f"{SEL}/selected_data.jsonl",
+        f"{CMP}/target/selected_data.jsonl",
+        "--cores",
+        "2",
+        "--resources",
+        "gpu=1",
+        config=config,
+        timeout=1500,
+    )
     return work, dev
 
 
@@ -39,8 +52,9 @@ def test_the_selection_is_the_reference_round_robin_toward_the_target(ran):
     cands = read_candidates(work / SEL / "candidates.h5")
     with h5py.File(work / SEL / "candidates.h5") as f:
         feats = f["features"][()]
-    targets = target_features(work / "results/small/target/router.h5",
-                              selection_section({"metric": cands.attrs["metric"]}))
+    targets = target_features(
+        work / "results/small/target/router.h5", selection_section({"metric": cands.attrs["metric"]})
+    )
     targets = targets[np.random.default_rng(TARGET_ORDER_SEED).permutation(len(targets))]
     curve = pd.read_csv(work / SEL / "fps_curve.tsv", sep="\t")
     want = _reference(targets, feats, int(cands.attrs["k"]), cands.attrs["metric"])

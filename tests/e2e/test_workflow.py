@@ -51,7 +51,9 @@ def test_chain_outputs(clean_run):
     assert "not_picked" in reason.values() and "candidate" not in reason.values()
     # the candidates rule's table, before FPS, names the same samples as candidates
     before = reasons(clean_run / SEL / "candidates_quality.tsv")
-    assert {s for s, r in before.items() if r == "candidate"} == {s for s, r in reason.items() if r in ("selected", "not_picked")}
+    assert {s for s, r in before.items() if r == "candidate"} == {
+        s for s, r in reason.items() if r in ("selected", "not_picked")
+    }
 
 
 def reasons(tsv: Path) -> dict[str, str]:
@@ -92,7 +94,9 @@ def test_deleted_shard_is_recomputed_alone(clean_run, tmp_path):
 def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(clean_run, wd, symlinks=True)
-    proc = snakemake(wd, *README_COMMAND, config=config_variant("small", tmp_path, selection={"distance_mode": "matrix"}))
+    proc = snakemake(
+        wd, *README_COMMAND, config=config_variant("small", tmp_path, selection={"distance_mode": "matrix"})
+    )
     assert "distance_block" in ran_jobs(proc) and "router_dump" not in ran_jobs(proc)
     n = n_blocks(wd / SEL / "candidates.h5", 50)
     assert n >= 2 and len(list((wd / SEL / "distances").glob("block_*.h5"))) == n * (n + 1) // 2
@@ -113,8 +117,18 @@ def test_fps_on_two_ranks_writes_the_same_curve(clean_run, tmp_path):
 
 def kill_when(workdir: Path, ready, config, timeout: float = 600, poll: float = 0.2) -> None:
     """Start the workflow in its own process group and SIGKILL the whole group once ``ready()``."""
-    cmd = [sys.executable, "-m", "snakemake", *README_COMMAND, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(config)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *README_COMMAND,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(config),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
     try:
@@ -128,12 +142,15 @@ def kill_when(workdir: Path, ready, config, timeout: float = 600, poll: float = 
         proc.wait()
 
 
-@pytest.mark.parametrize("point, mode", [
-    ("router_dump", "streaming"),
-    ("distance_block", "matrix"),
-    ("fps", "streaming"),
-    ("train", "streaming"),
-])
+@pytest.mark.parametrize(
+    "point, mode",
+    [
+        ("router_dump", "streaming"),
+        ("distance_block", "matrix"),
+        ("fps", "streaming"),
+        ("train", "streaming"),
+    ],
+)
 def test_sigkill_then_rerun_only_finishes_what_was_missing(clean_run, tmp_path, point, mode):
     wd = tmp_path / "wd"
     wd.mkdir()
@@ -155,8 +172,9 @@ def test_sigkill_then_rerun_only_finishes_what_was_missing(clean_run, tmp_path, 
     # Snakemake touches the router_data hard links when it (re)links them, which touches the
     # store file too: those are compared by inode (an atomic rewrite makes a new one)
     linked = (shards, store)
-    done_before = {p: p.stat().st_ino if p.parent in linked else p.stat().st_mtime_ns
-                   for p in wd.glob("results/**/[!.]*.h5")}
+    done_before = {
+        p: p.stat().st_ino if p.parent in linked else p.stat().st_mtime_ns for p in wd.glob("results/**/[!.]*.h5")
+    }
     stored = [p for p in done_before if p.parent == store]
     if point == "router_dump":
         assert 1 <= len(stored) < 4, "the kill did not land inside the group job"
@@ -180,4 +198,5 @@ def test_sigkill_then_rerun_only_finishes_what_was_missing(clean_run, tmp_path, 
         assert "train" in ran_jobs(proc) and "router_dump" not in ran_jobs(proc)
         name = "model.safetensors"
         assert (wd / "results/small/train/checkpoint" / name).read_bytes() == (
-            ref / "results/small/train/checkpoint" / name).read_bytes()
+            ref / "results/small/train/checkpoint" / name
+        ).read_bytes()

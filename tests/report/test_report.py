@@ -34,8 +34,16 @@ REPORT_FIGURES = [
     ("4. Index", "index build"),
     ("5. Resources", "runtime and memory"),
 ]
-FIGURE_FILES = ["quality_histogram", "fps_curve", "examples", "routing_pca", "routing_heatmap", "training_loss",
-                "index_build", "resources"]
+FIGURE_FILES = [
+    "quality_histogram",
+    "fps_curve",
+    "examples",
+    "routing_pca",
+    "routing_heatmap",
+    "training_loss",
+    "index_build",
+    "resources",
+]
 SELECTED_RED = np.array([214, 39, 40])  # the quality histogram's "selected" bars
 
 
@@ -61,11 +69,17 @@ def test_pca_matches_svd(shape):
 def write_shard(path, ids, probs, dataset):
     records = [json.dumps({"sample_id": s, "dataset": dataset, "record": {}}) for s in ids]
     n = len(ids)
-    write_router_shard(path, RouterShard(
-        sample_id=np.array(ids, dtype=object), moe_probs=probs.astype(np.float32),
-        nll_response=np.ones(n, np.float32), n_tokens=np.full(n, 8, np.int32),
-        n_response_tokens=np.full(n, 4, np.int32), record=np.array(records, dtype=object),
-    ))
+    write_router_shard(
+        path,
+        RouterShard(
+            sample_id=np.array(ids, dtype=object),
+            moe_probs=probs.astype(np.float32),
+            nll_response=np.ones(n, np.float32),
+            n_tokens=np.full(n, 8, np.int32),
+            n_response_tokens=np.full(n, 4, np.int32),
+            record=np.array(records, dtype=object),
+        ),
+    )
 
 
 @pytest.fixture
@@ -104,27 +118,41 @@ def test_routing_means_and_sample(shards):
 def write_record(path, **fields):
     """A job record as run_job leaves it beside the log ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    record_path(path).write_text(json.dumps({"version": 1, "log": str(path), "attempt": 1, "status": "done",
-                                             "gpu_peak_allocated_mb": None, **fields}))
+    record_path(path).write_text(
+        json.dumps(
+            {"version": 1, "log": str(path), "attempt": 1, "status": "done", "gpu_peak_allocated_mb": None, **fields}
+        )
+    )
 
 
 def test_job_resources_from_records_and_benchmarks(tmp_path):
     logs, bench = tmp_path / "logs", tmp_path / "bench"
-    write_record(logs / "router_dump/d/shard_00000.log", rule="router_dump", attempt=2, seconds=4.5,
-                 peak_host_rss_mb=410.0, gpu_peak_allocated_mb=1234.5, gpu_peak_reserved_mb=2000.0)
+    write_record(
+        logs / "router_dump/d/shard_00000.log",
+        rule="router_dump",
+        attempt=2,
+        seconds=4.5,
+        peak_host_rss_mb=410.0,
+        gpu_peak_allocated_mb=1234.5,
+        gpu_peak_reserved_mb=2000.0,
+    )
     write_record(logs / "split_dataset/d.log", rule="split_dataset", seconds=2.25, peak_host_rss_mb=120.5)
     write_record(logs / "selection/fps.log", rule="fps", status="error", seconds=1.0, peak_host_rss_mb=99.0)
     (logs / "selection/broken.log.job.json").write_text("{not json")  # skipped, with a warning
     (bench / "router_dump/d").mkdir(parents=True)
-    (bench / "router_dump/d/shard_00000.tsv").write_text(
-        "s\th:m:s\tmax_rss\tmax_vms\n12.5\t0:00:12\t512.25\t900\n")
+    (bench / "router_dump/d/shard_00000.tsv").write_text("s\th:m:s\tmax_rss\tmax_vms\n12.5\t0:00:12\t512.25\t900\n")
     (bench / "train.tsv").write_text("s\th:m:s\tmax_rss\tmax_vms\n30.0\t0:00:30\t700.0\t1200\n")
 
     table = job_resources(logs, bench).set_index("job")
     assert sorted(table.index) == ["router_dump/d/shard_00000", "split_dataset/d", "train"]  # fps failed
     dump, split, train = (table.loc[j] for j in ("router_dump/d/shard_00000", "split_dataset/d", "train"))
     assert (dump["rule"], dump["attempts"], dump["seconds"], dump["max_rss_mb"], dump["gpu_peak_mb"]) == (
-        "router_dump", 2, 12.5, 512.25, 1234.5)  # benchmark wins for time and RSS
+        "router_dump",
+        2,
+        12.5,
+        512.25,
+        1234.5,
+    )  # benchmark wins for time and RSS
     assert (split["rule"], split["seconds"], split["max_rss_mb"]) == ("split_dataset", 2.25, 120.5)
     assert np.isnan(split["gpu_peak_mb"])
     assert (train["rule"], train["seconds"], train["max_rss_mb"]) == ("train", 30.0, 700.0)
@@ -158,12 +186,21 @@ run_job(sm, fn, size_name="batch_size")
 """
 
 
-@pytest.mark.parametrize("body, code, status, error", [
-    ("ok", 0, "done", None), ("oom", 3, "oom", "MemoryError"), ("input", 2, "input_error", "SelectFlowError")])
+@pytest.mark.parametrize(
+    "body, code, status, error",
+    [("ok", 0, "done", None), ("oom", 3, "oom", "MemoryError"), ("input", 2, "input_error", "SelectFlowError")],
+)
 def test_run_job_writes_its_record_however_the_job_ends(tmp_path, body, code, status, error):
     log = tmp_path / "logs" / "demo_rule" / "00003.log"
-    proc = subprocess.run([sys.executable, "-c", JOB_SCRIPT, str(log), body], capture_output=True, text=True, check=False,
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", JOB_SCRIPT, str(log), body],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     assert proc.returncode == code, proc.stderr + log.read_text()
     records = read_job_records(tmp_path / "logs")
     assert list(records) == ["demo_rule/00003"]
@@ -196,9 +233,17 @@ def test_figures_without_later_stages(shards, tmp_path):
     build_candidates(paths, sel / "candidates.h5", sel / "quality.tsv", section)
     run_fps(sel / "candidates.h5", sel / "fps_curve.tsv", section)
     out = {name: tmp_path / "report" / f"{name}.png" for name in FIGURES}
-    make_report_figures(out, quality_tsv=sel / "quality.tsv", curve_tsv=sel / "fps_curve.tsv",
-                        candidates_h5=sel / "candidates.h5", router_paths=paths, log_dir=tmp_path / "no_logs",
-                        bench_dir=tmp_path / "no_bench", train_metrics={}, index_summaries=[])
+    make_report_figures(
+        out,
+        quality_tsv=sel / "quality.tsv",
+        curve_tsv=sel / "fps_curve.tsv",
+        candidates_h5=sel / "candidates.h5",
+        router_paths=paths,
+        log_dir=tmp_path / "no_logs",
+        bench_dir=tmp_path / "no_bench",
+        train_metrics={},
+        index_summaries=[],
+    )
     sizes = {name: png_size(path) for name, path in out.items()}
     assert all(w >= 300 and h >= 150 for w, h in sizes.values()), sizes
     # the placeholders are short banners, the real figures are taller
@@ -207,9 +252,12 @@ def test_figures_without_later_stages(shards, tmp_path):
 
 
 HOSTILE = [
-    "Set ${foo} to $HOME, then pay $5 and $10", r"\frac{a}{b} \\ 100% {braces} }{ $x^{$ _ ^",
-    "emoji 👩🏽‍💻 🇫🇷 🎉 and e\u0301\u0301 combining", "עברית מימין לשמאל ثم العربية",
-    "$" * 10_000, "long " * 2_000 + "$end$",
+    "Set ${foo} to $HOME, then pay $5 and $10",
+    r"\frac{a}{b} \\ 100% {braces} }{ $x^{$ _ ^",
+    "emoji 👩🏽‍💻 🇫🇷 🎉 and e\u0301\u0301 combining",
+    "עברית מימין לשמאל ثم العربية",
+    "$" * 10_000,
+    "long " * 2_000 + "$end$",
 ]
 
 
@@ -224,9 +272,16 @@ def test_excerpt_cuts_whole_characters():
             assert len(cut) <= limit and cut.endswith("…")
             kept = cut[:-1]
             assert text.startswith(kept)
-            rest = text[len(kept):]  # what was cut starts a new character, never a mark, joiner or half a flag
-            assert not (rest and (unicodedata.category(rest[0]).startswith("M") or rest[0] in "\u200d\ufe0f"
-                                  or "\U0001f3fb" <= rest[0] <= "\U0001f3ff" or kept.endswith("\u200d")))
+            rest = text[len(kept) :]  # what was cut starts a new character, never a mark, joiner or half a flag
+            assert not (
+                rest
+                and (
+                    unicodedata.category(rest[0]).startswith("M")
+                    or rest[0] in "\u200d\ufe0f"
+                    or "\U0001f3fb" <= rest[0] <= "\U0001f3ff"
+                    or kept.endswith("\u200d")
+                )
+            )
             flags = len(kept) - len(kept.rstrip("".join(chr(c) for c in range(0x1F1E6, 0x1F200))))
             assert flags % 2 == 0
 
@@ -237,14 +292,30 @@ def test_figures_draw_user_text_plainly(tmp_path):
     n = 40
     ids = [f"id${i}^{{$%" for i in range(n)]  # two dollars around broken mathtext: matplotlib fails on it
     bad = "costs $x^{$ and a $}$ b"
-    records = [json.dumps({"sample_id": s, "dataset": "d", "prompt": f"### User:\n{bad} {i} {HOSTILE[i % 6]}\n\n### "
-                           "Assistant:\n", "response": f"{bad} {HOSTILE[(i + 1) % 6]}", "record": {}})
-               for i, s in enumerate(ids)]
+    records = [
+        json.dumps(
+            {
+                "sample_id": s,
+                "dataset": "d",
+                "prompt": f"### User:\n{bad} {i} {HOSTILE[i % 6]}\n\n### Assistant:\n",
+                "response": f"{bad} {HOSTILE[(i + 1) % 6]}",
+                "record": {},
+            }
+        )
+        for i, s in enumerate(ids)
+    ]
     path = tmp_path / "d" / "shard_00000.h5"
-    write_router_shard(path, RouterShard(
-        sample_id=np.array(ids, dtype=object), moe_probs=rng.dirichlet(np.ones(4), size=(n, 2)).astype(np.float32),
-        nll_response=rng.uniform(1, 3, n).astype(np.float32), n_tokens=np.full(n, 8, np.int32),
-        n_response_tokens=np.full(n, 4, np.int32), record=np.array(records, dtype=object)))
+    write_router_shard(
+        path,
+        RouterShard(
+            sample_id=np.array(ids, dtype=object),
+            moe_probs=rng.dirichlet(np.ones(4), size=(n, 2)).astype(np.float32),
+            nll_response=rng.uniform(1, 3, n).astype(np.float32),
+            n_tokens=np.full(n, 8, np.int32),
+            n_response_tokens=np.full(n, 4, np.int32),
+            record=np.array(records, dtype=object),
+        ),
+    )
     from selectflow.config import selection_section
     from selectflow.stages.select import build_candidates, run_fps
 
@@ -253,10 +324,18 @@ def test_figures_draw_user_text_plainly(tmp_path):
     build_candidates([path], sel / "candidates.h5", sel / "quality.tsv", section)
     run_fps(sel / "candidates.h5", sel / "fps_curve.tsv", section)
     out = {name: tmp_path / "report" / f"{name}.png" for name in FIGURES}
-    make_report_figures(out, quality_tsv=sel / "quality.tsv", curve_tsv=sel / "fps_curve.tsv",
-                        candidates_h5=sel / "candidates.h5", router_paths=[path], log_dir=tmp_path / "no_logs",
-                        bench_dir=tmp_path / "no_bench", train_metrics={}, index_summaries=[],
-                        examples_png=tmp_path / "report" / "examples.png")
+    make_report_figures(
+        out,
+        quality_tsv=sel / "quality.tsv",
+        curve_tsv=sel / "fps_curve.tsv",
+        candidates_h5=sel / "candidates.h5",
+        router_paths=[path],
+        log_dir=tmp_path / "no_logs",
+        bench_dir=tmp_path / "no_bench",
+        train_metrics={},
+        index_summaries=[],
+        examples_png=tmp_path / "report" / "examples.png",
+    )
     assert all(png_size(p)[0] >= 300 for p in [*out.values(), tmp_path / "report" / "examples.png"])
 
 
@@ -283,9 +362,12 @@ def test_report_embeds_every_figure_with_caption(report_html):
     html = report_html.read_text()
     results = {Path(path).name: entry for path, entry in report_results(html).items()}
     assert sorted(results) == sorted(f"{name}.png" for name in FIGURE_FILES)
-    assert all(entry["data_uri"].startswith("data:image/png;") and len(entry["data_uri"]) > 5000
-               for entry in results.values())
-    assert sorted(entry["labels"]["figure"] for entry in results.values()) == sorted(label for _, label in REPORT_FIGURES)
+    assert all(
+        entry["data_uri"].startswith("data:image/png;") and len(entry["data_uri"]) > 5000 for entry in results.values()
+    )
+    assert sorted(entry["labels"]["figure"] for entry in results.values()) == sorted(
+        label for _, label in REPORT_FIGURES
+    )
     assert "Farthest-point sampling over the candidates" in results["fps_curve.png"]["caption"]
     assert "SelectFlow run <tt" in html or "SelectFlow run <code" in html  # report/workflow.rst, config filled in
 
@@ -330,21 +412,36 @@ DRIVER = """
 
 
 def chromium(*args, user_data: Path) -> subprocess.CompletedProcess:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={user_data}", "--virtual-time-budget=15000", "--window-size=1500,950", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={user_data}",
+        "--virtual-time-budget=15000",
+        "--window-size=1500,950",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_CHROMIUM, reason="chromium not installed: run .ci/browser.sh (Debian: apt-get install chromium)")
+@pytest.mark.skipif(
+    not HAS_CHROMIUM, reason="chromium not installed: run .ci/browser.sh (Debian: apt-get install chromium)"
+)
 def test_report_figures_show_in_headless_chromium(report_html):
     wd = report_html.parent
     html = report_html.read_text()
     head, sep, tail = html.rpartition("</body>")
     driven = wd / "report_driven.html"
-    driven.write_text(head + DRIVER % {"figures": json.dumps(REPORT_FIGURES), "last": json.dumps(REPORT_FIGURES[0])}
-                      + sep + tail)
+    driven.write_text(
+        head + DRIVER % {"figures": json.dumps(REPORT_FIGURES), "last": json.dumps(REPORT_FIGURES[0])} + sep + tail
+    )
     with tempfile.TemporaryDirectory() as profile:
         dom = chromium("--dump-dom", driven.as_uri(), user_data=Path(profile))
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -379,11 +476,27 @@ def test_quality_histogram_counts_duplicates_apart_from_quality_drops():
 
     from selectflow.report.figures import quality_groups
 
-    table = pd.DataFrame({
-        "sample_id": list("abcdefg"), "kept": [True, True, False, False, False, False, True],
-        "reason": ["selected", "not_picked", "repetitive", "duplicate_of:a", "duplicate_of:b", "excluded",
-                   "below_importance_cut"]})
+    table = pd.DataFrame(
+        {
+            "sample_id": list("abcdefg"),
+            "kept": [True, True, False, False, False, False, True],
+            "reason": [
+                "selected",
+                "not_picked",
+                "repetitive",
+                "duplicate_of:a",
+                "duplicate_of:b",
+                "excluded",
+                "below_importance_cut",
+            ],
+        }
+    )
     picked = np.array([True, False, False, False, False, False, False])
     counts = {label: int(mask.sum()) for mask, _, label in quality_groups(table, picked)}
-    assert counts == {"filtered out by the quality method": 1, "duplicates (the better copy stays)": 2,
-                      "excluded (decontamination)": 1, "kept, not selected": 2, "selected": 1}
+    assert counts == {
+        "filtered out by the quality method": 1,
+        "duplicates (the better copy stays)": 2,
+        "excluded (decontamination)": 1,
+        "kept, not selected": 2,
+        "selected": 1,
+    }

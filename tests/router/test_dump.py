@@ -21,7 +21,9 @@ ARCHS = {
     "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32),
     "olmoe": dict(num_experts=8, num_experts_per_tok=2),
     "mixtral": dict(num_local_experts=8, num_experts_per_tok=2),
-    "qwen2_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32),
+    "qwen2_moe": dict(
+        num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32
+    ),
 }
 
 
@@ -31,9 +33,18 @@ def records(demo_pool):
 
 
 def save_arch(tmp_path, arch, tokenizer, layers=2):
-    cfg = AutoConfig.for_model(arch, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **ARCHS[arch])
+    cfg = AutoConfig.for_model(
+        arch,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **ARCHS[arch],
+    )
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_config(cfg)
     out = tmp_path / arch
@@ -51,7 +62,7 @@ def reference(model, tokenizer, rec, max_length=256):
     probs = torch.stack([torch.softmax(r.float(), -1).mean(0) for r in out.router_logits]).numpy()
     logp = torch.log_softmax(out.logits[0, :-1].float(), -1)
     nll = -logp[torch.arange(len(ids) - 1), x[0, 1:]]
-    return probs, nll[n_prompt - 1:].mean().item(), len(ids) - n_prompt
+    return probs, nll[n_prompt - 1 :].mean().item(), len(ids) - n_prompt
 
 
 def test_dump_matches_direct_forward(demo_model, records):
@@ -80,7 +91,8 @@ def test_padding_does_not_change_a_sample(demo_model, records):
 def test_batch_size_and_sorting_do_not_change_results(demo_model, records):
     a = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu")).dump(records, batch_size=1, progress=False)
     b = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", sort_by_length=True)).dump(
-        records, batch_size=7, progress=False)
+        records, batch_size=7, progress=False
+    )
     np.testing.assert_allclose(a.moe_probs, b.moe_probs, atol=ATOL)
 
 
@@ -88,7 +100,9 @@ def test_batch_size_and_sorting_do_not_change_results(demo_model, records):
 def test_architectures_dump_via_output_and_hooks(tmp_path, demo_model, records, arch):
     tokenizer = AutoTokenizer.from_pretrained(demo_model)
     path = save_arch(tmp_path, arch, tokenizer)
-    out = RouterDumper.from_path(str(path), DumpSettings(device="cpu", router_source="output")).dump(records, progress=False)
+    out = RouterDumper.from_path(str(path), DumpSettings(device="cpu", router_source="output")).dump(
+        records, progress=False
+    )
     hooked = RouterDumper.from_path(str(path), DumpSettings(device="cpu", router_source="hooks"))
     assert len(hooked.routers) == 2
     via_hooks = hooked.dump(records, progress=False)
@@ -121,8 +135,15 @@ def test_quality_gates_are_captured_by_name(demo_model, records):
 
 def test_dense_model_is_rejected(tmp_path, demo_model):
     tokenizer = AutoTokenizer.from_pretrained(demo_model)
-    cfg = AutoConfig.for_model("qwen3", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    cfg = AutoConfig.for_model(
+        "qwen3",
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "dense")
     tokenizer.save_pretrained(tmp_path / "dense")
     with pytest.raises(SelectFlowError, match="no MoE routers found"):
@@ -158,8 +179,9 @@ def masked_mean_last_hidden(model, tokenizer, recs, max_length=256):
 @pytest.mark.parametrize("arch", ["demo", "mixtral", "qwen2_moe"])
 def test_hidden_states_are_the_masked_mean_of_the_last_layer(tmp_path, demo_model, records, arch):
     path = demo_model if arch == "demo" else save_arch(tmp_path, arch, AutoTokenizer.from_pretrained(demo_model))
-    dumper = RouterDumper.from_path(str(path), DumpSettings(batch_size=5, max_length=256, device="cpu",
-                                                            hidden_states=True))
+    dumper = RouterDumper.from_path(
+        str(path), DumpSettings(batch_size=5, max_length=256, device="cpu", hidden_states=True)
+    )
     assert dumper.hidden_hook  # the decoder hook passed its check against output_hidden_states
     shard = dumper.dump(records, progress=False)
     want = masked_mean_last_hidden(dumper.model, dumper.tokenizer, records)
@@ -203,8 +225,13 @@ def test_a_stored_shard_without_hidden_states_is_dumped_again_when_they_are_aske
     store = [str(tmp_path / "store" / "shard_00000.h5")]
 
     def reused(hidden_states):
-        dump_shard_group(str(demo_model), jsonls, store, str(tmp_path / "g.tsv"),
-                         DumpSettings(device="cpu", max_length=64, hidden_states=hidden_states))
+        dump_shard_group(
+            str(demo_model),
+            jsonls,
+            store,
+            str(tmp_path / "g.tsv"),
+            DumpSettings(device="cpu", max_length=64, hidden_states=hidden_states),
+        )
         return (tmp_path / "g.tsv").read_text().splitlines()[1].split("\t")[3]
 
     assert reused(False) == "no" and read_router_shard(store[0]).hidden is None
@@ -218,7 +245,7 @@ def _write_shards(folder, demo_pool, sizes):
     rows, paths = read_dataset(demo_pool, "demo"), []
     for k, n in enumerate(sizes):
         paths.append(str(folder / f"shard_{k:05d}.jsonl"))
-        write_jsonl(paths[-1], rows[sum(sizes[:k]):sum(sizes[:k]) + n])
+        write_jsonl(paths[-1], rows[sum(sizes[:k]) : sum(sizes[:k]) + n])
     return paths
 
 
@@ -270,8 +297,9 @@ def test_shard_group_reuses_only_valid_stored_shards(tmp_path, demo_model, demo_
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_dump_matches_cpu(demo_model, records):
-    cpu = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", hidden_states=True)).dump(records,
-                                                                                                    progress=False)
+    cpu = RouterDumper.from_path(str(demo_model), DumpSettings(device="cpu", hidden_states=True)).dump(
+        records, progress=False
+    )
     before = torch.cuda.memory_allocated()
     fp32 = RouterDumper.from_path(str(demo_model), DumpSettings(device="cuda", dtype="float32", hidden_states=True))
     assert next(fp32.model.parameters()).is_cuda
@@ -309,8 +337,9 @@ def test_nll_eos_is_the_end_token_nll_after_the_response(demo_model, records):
             logits = dumper.model(input_ids=torch.tensor([ids])).logits[0, -2].double()
         assert got == pytest.approx(float(-torch.log_softmax(logits, -1)[eos]), abs=1e-4)
     # cut by max_length: the end is not in the sequence, nothing to judge
-    cut = RouterDumper(dumper.model, dumper.tokenizer, DumpSettings(device="cpu", max_length=8, ifd=False),
-                       dumper.device).dump(recs[:2], progress=False)
+    cut = RouterDumper(
+        dumper.model, dumper.tokenizer, DumpSettings(device="cpu", max_length=8, ifd=False), dumper.device
+    ).dump(recs[:2], progress=False)
     assert np.isnan(cut.nll_eos).all()
 
 
@@ -319,13 +348,32 @@ def test_dump_settings_take_every_dump_key_of_the_config_section():
     from selectflow.config import RouterDumpConfig
     from selectflow.stages.router import dump_settings
 
-    cfg = RouterDumpConfig(batch_size=99, max_length=77, ifd=False, router_pattern="x$", router_source="hooks",
-                           softmax_logits=True, hidden_states=True, quality_gate_pattern="q$", device="cpu",
-                           dtype="float32", shards_per_job=3)
+    cfg = RouterDumpConfig(
+        batch_size=99,
+        max_length=77,
+        ifd=False,
+        router_pattern="x$",
+        router_source="hooks",
+        softmax_logits=True,
+        hidden_states=True,
+        quality_gate_pattern="q$",
+        device="cpu",
+        dtype="float32",
+        shards_per_job=3,
+    )
     s = dump_settings(cfg, batch_size=5)
     assert s.batch_size == 5 and s.sort_by_length
-    assert (s.max_length, s.ifd, s.router_pattern, s.router_source, s.softmax_logits, s.hidden_states,
-            s.quality_gate_pattern, s.device, s.dtype) == (77, False, "x$", "hooks", True, True, "q$", "cpu", "float32")
+    assert (
+        s.max_length,
+        s.ifd,
+        s.router_pattern,
+        s.router_source,
+        s.softmax_logits,
+        s.hidden_states,
+        s.quality_gate_pattern,
+        s.device,
+        s.dtype,
+    ) == (77, False, "x$", "hooks", True, True, "q$", "cpu", "float32")
 
 
 def test_router_data_links_every_stored_shard_in_one_job(tmp_path):
@@ -343,7 +391,9 @@ def test_router_data_links_every_stored_shard_in_one_job(tmp_path):
             (store / f"shard_{k:05d}.h5").write_bytes(bytes([k]) * (10 + k))
             rows.append((f"shard_{k:05d}", str(store / f"shard_{k:05d}.h5"), 10 + k, "no"))
         manifests.append(store / f"shard_{first:05d}.group.tsv")
-        pd.DataFrame(rows, columns=["shard", "store", "n_samples", "reused"]).to_csv(manifests[-1], sep="\t", index=False)
+        pd.DataFrame(rows, columns=["shard", "store", "n_samples", "reused"]).to_csv(
+            manifests[-1], sep="\t", index=False
+        )
     listing = tmp_path / "router_data" / "shards.tsv"
     assert link_router_data([str(m) for m in manifests], str(listing)) == 4
     linked = sorted((tmp_path / "router_data" / "ds").glob("*.h5"))

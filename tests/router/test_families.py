@@ -30,7 +30,15 @@ INSTALLED = moe_families()
 MIN_CHECKED = 63  # of the 66 MoE causal-LM types in transformers 5.24 (all 66 pass there)
 RESULTS: dict[str, str] = {}  # status per model type, of the per-family tests that ran in this session
 #: types that zero the hidden states at padded positions: their router logits there are exact zeros
-ZERO_PADDING = ["cohere2_moe", "granitemoehybrid", "jamba", "lara_mini", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next"]
+ZERO_PADDING = [
+    "cohere2_moe",
+    "granitemoehybrid",
+    "jamba",
+    "lara_mini",
+    "qwen3_5_moe",
+    "qwen3_5_moe_text",
+    "qwen3_next",
+]
 COMPOSITE = ["llama4", "qwen3_5_moe", "qwen4_exp", "dots3_note"]
 
 
@@ -49,8 +57,9 @@ def one_thread():
 
 
 def dumper_for(model, tokenizer, **settings):
-    return RouterDumper(model, tokenizer, DumpSettings(device="cpu", ifd=False, max_length=48, **settings),
-                        torch.device("cpu"))
+    return RouterDumper(
+        model, tokenizer, DumpSettings(device="cpu", ifd=False, max_length=48, **settings), torch.device("cpu")
+    )
 
 
 @pytest.mark.parametrize("model_type", INSTALLED)
@@ -73,9 +82,10 @@ def test_defaults_and_records_make_heavy_padding(inputs):
     tokenizer, records = inputs
     settings = DumpSettings()
     assert settings.batch_size >= 16 and settings.ifd and settings.router_source == "auto"
-    lengths = sorted((len(encode_pair(tokenizer, r["prompt"], r["response"], settings.max_length)[0])
-                      for r in records), reverse=True)
-    first = lengths[:settings.batch_size]
+    lengths = sorted(
+        (len(encode_pair(tokenizer, r["prompt"], r["response"], settings.max_length)[0]) for r in records), reverse=True
+    )
+    first = lengths[: settings.batch_size]
     assert len(records) > settings.batch_size and 1 - sum(first) / (len(first) * first[0]) >= 0.5
 
 
@@ -96,8 +106,11 @@ def test_padding_rows_are_exact_zeros_and_not_checked(inputs, model_type):
     dumper.capture.verify()  # no CaptureError: the valid rows are logits
     # hooks on the suggested pattern (the old refusal's remedy) now capture the same routers
     hooks = dumper_for(model, tokenizer, router_source="hooks", router_pattern=suggest_pattern(model, 8))
-    np.testing.assert_allclose(hooks.dump(records, batch_size=16, progress=False).moe_probs,
-                               dumper.dump(records, batch_size=16, progress=False).moe_probs, atol=1e-6)
+    np.testing.assert_allclose(
+        hooks.dump(records, batch_size=16, progress=False).moe_probs,
+        dumper.dump(records, batch_size=16, progress=False).moe_probs,
+        atol=1e-6,
+    )
 
 
 def test_enough_families_are_checked(inputs):
@@ -156,17 +169,31 @@ def test_a_type_that_is_not_a_causal_lm_stops_before_any_job(tmp_path, model_typ
     (folder / "model.safetensors").write_bytes(b"")
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n")
-    config = {"datasets": {"d": str(data)}, "model": {"path": str(folder)}, "train": {"enabled": False},
-              "index": {"enabled": False}, "decontaminate": {}, "selection": {"selection_percentage": 1.0}}
-    with pytest.raises(SelectFlowError, match=rf"'model\.path' {re.escape(str(folder))}: .*model_type '{model_type}'"
-                       r".*not as a causal LM.*docs/families\.md"):
+    config = {
+        "datasets": {"d": str(data)},
+        "model": {"path": str(folder)},
+        "train": {"enabled": False},
+        "index": {"enabled": False},
+        "decontaminate": {},
+        "selection": {"selection_percentage": 1.0},
+    }
+    with pytest.raises(
+        SelectFlowError,
+        match=rf"'model\.path' {re.escape(str(folder))}: .*model_type '{model_type}'"
+        r".*not as a causal LM.*docs/families\.md",
+    ):
         preflight(config, str(tmp_path / "results"))
     (problem,) = model_type_problems(config)
     assert model_type in problem and "causal LM" in problem
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"datasets": {"d": str(data)}, "model": {"path": str(folder)}}))
-    proc = subprocess.run([sys.executable, "-m", "selectflow", "check", "--configfile", str(cfg)],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-m", "selectflow", "check", "--configfile", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[2],
+    )
     assert proc.returncode == 2 and f"PROBLEM: 'model.path' {folder}" in proc.stdout, proc.stdout + proc.stderr
     json.dump({"model_type": "mixtral"}, open(folder / "config.json", "w"))
     assert model_type_problems(config) == []
@@ -177,7 +204,9 @@ def test_a_type_that_is_not_a_causal_lm_stops_before_any_job(tmp_path, model_typ
 def test_hooks_on_a_non_router_module_are_refused(inputs):
     tokenizer, _ = inputs
     model = build_tiny("qwen3_moe", tokenizer)
-    with pytest.raises(SelectFlowError, match=r"model\.layers\.0\.post_attention_layernorm gave float32\[2, \d+, 64\]") as err:
+    with pytest.raises(
+        SelectFlowError, match=r"model\.layers\.0\.post_attention_layernorm gave float32\[2, \d+, 64\]"
+    ) as err:
         dumper_for(model, tokenizer, router_source="hooks", router_pattern=r"post_attention_layernorm$")
     assert "set router_dump.router_source: auto (tested on the same batch" in str(err.value)
 
@@ -247,8 +276,9 @@ def test_wrong_captures_are_refused_with_a_remedy_that_works(inputs, model_type,
     shard = fixed.dump(records[:3], progress=False)
     for row, rec in enumerate(records[:3]):
         ids, _ = encode_pair(tokenizer, rec["prompt"], rec["response"], 48)
-        np.testing.assert_allclose(shard.moe_probs[row], reference(model, ids, fixed.capture.score).probs,
-                                   atol=TOLERANCE)
+        np.testing.assert_allclose(
+            shard.moe_probs[row], reference(model, ids, fixed.capture.score).probs, atol=TOLERANCE
+        )
 
 
 def test_a_capture_that_breaks_under_padding_is_told_to_lower_the_batch_size(inputs):
@@ -259,8 +289,9 @@ def test_a_capture_that_breaks_under_padding_is_told_to_lower_the_batch_size(inp
     padded = {}
 
     def note_padding(_m, _args, kwargs):
-        padded["now"] = bool((kwargs["attention_mask"] == 0).any()) if kwargs.get("attention_mask") is not None \
-            else False
+        padded["now"] = (
+            bool((kwargs["attention_mask"] == 0).any()) if kwargs.get("attention_mask") is not None else False
+        )
 
     def collapse(_m, _i, out):
         return (torch.zeros_like(out[0]), *out[1:]) if padded["now"] else out
@@ -296,8 +327,9 @@ def test_shard_records_capture_and_batch_size(tmp_path, demo_model, demo_pool):
     from selectflow.stages.router import dump_shard_file
 
     write_jsonl(tmp_path / "shard.jsonl", read_dataset(demo_pool, "demo")[:4])
-    dump_shard_file(str(demo_model), str(tmp_path / "shard.jsonl"), str(tmp_path / "s.h5"),
-                    DumpSettings(device="cpu", batch_size=3))
+    dump_shard_file(
+        str(demo_model), str(tmp_path / "shard.jsonl"), str(tmp_path / "s.h5"), DumpSettings(device="cpu", batch_size=3)
+    )
     attrs = read_router_shard(tmp_path / "s.h5").attrs
     assert attrs["batch_size"] == 3 and "output_router_logits" in attrs["router_capture"]  # 4 records: 3 + 1
     assert "score softmax" in attrs["router_capture"]

@@ -38,25 +38,48 @@ from selectflow.train.trainer import fit
 
 def gate_settings(**overrides) -> dict:
     """attach_gates / convert_model settings: the config's defaults (warmup, train.seed), ``overrides`` over them."""
-    return {"trash": schema_default("warmup", "trash_expert"), "init_std": schema_default("warmup", "gate_init_std"),
-            "seed": schema_default(None, "seed", "train.schema.yaml"), **overrides}
+    return {
+        "trash": schema_default("warmup", "trash_expert"),
+        "init_std": schema_default("warmup", "gate_init_std"),
+        "seed": schema_default(None, "seed", "train.schema.yaml"),
+        **overrides,
+    }
 
 
 FAMILIES = {
     "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
-    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
-                      shared_expert_intermediate_size=16),
+    "qwen2_moe": dict(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16
+    ),
     "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16),
     "olmoe": dict(num_experts=4, num_experts_per_tok=2),
 }
-WARMUP = {"learning_rate": 5e-2, "max_length": 64, "save_every": 0, "warmup_ratio": 0.0, "device": "cpu",
-          "micro_batch_size": 4, "gradient_accumulation_steps": 1, "monitor_interval": 0}
+WARMUP = {
+    "learning_rate": 5e-2,
+    "max_length": 64,
+    "save_every": 0,
+    "warmup_ratio": 0.0,
+    "device": "cpu",
+    "micro_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "monitor_interval": 0,
+}
 
 
 def tiny(family: str, vocab: int = 64, seed: int = 1):
-    cfg = AutoConfig.for_model(family, vocab_size=vocab, hidden_size=24, intermediate_size=32, num_hidden_layers=2,
-                               num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, eos_token_id=1,
-                               bos_token_id=None, **FAMILIES[family])
+    cfg = AutoConfig.for_model(
+        family,
+        vocab_size=vocab,
+        hidden_size=24,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        **FAMILIES[family],
+    )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg).eval()
 
@@ -295,7 +318,8 @@ def converted(tmp_path_factory, demo_model):
 
 def test_convert_links_base_files_and_is_seeded(tmp_path, demo_model, converted):
     assert sorted(p.name for p in converted.iterdir()) == sorted(
-        [p.name for p in demo_model.iterdir()] + ["quality_gates.json", "quality_gates.safetensors"])
+        [p.name for p in demo_model.iterdir()] + ["quality_gates.json", "quality_gates.safetensors"]
+    )
     again = convert_model(demo_model, tmp_path / "again", **gate_settings(seed=0))
     other = convert_model(demo_model, tmp_path / "other", **gate_settings(seed=1))
     a, b, c = (dict(quality_gates(load_causal_lm(p))) for p in (converted, again, other))
@@ -322,8 +346,15 @@ def test_gates_of_another_model_are_refused(tmp_path, converted):
 
 
 def test_dense_model_cannot_be_converted():
-    cfg = AutoConfig.for_model("qwen3", vocab_size=64, hidden_size=24, intermediate_size=32, num_hidden_layers=1,
-                               num_attention_heads=2, num_key_value_heads=1)
+    cfg = AutoConfig.for_model(
+        "qwen3",
+        vocab_size=64,
+        hidden_size=24,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     with pytest.raises(SelectFlowError, match="no MoE routers found"):
         attach_gates(AutoModelForCausalLM.from_config(cfg), **gate_settings())
 
@@ -353,9 +384,12 @@ def test_convert_and_dump_write_quality_logits(tmp_path, demo_model, records, fa
     direct = torch.stack([x.reshape(-1, 2).mean(0) for x in logits]).numpy()
     np.testing.assert_allclose(shard.quality_logits[0], direct, atol=1e-5)
     # hook-based capture: a broad router pattern does not take the quality gates for routers
-    hooked = RouterDumper.from_path(str(tmp_path / "converted"),
-                                    DumpSettings(device="cpu", max_length=64, router_source="hooks",
-                                                 router_pattern=r"\.(quality_gate|gate|router)$"))
+    hooked = RouterDumper.from_path(
+        str(tmp_path / "converted"),
+        DumpSettings(
+            device="cpu", max_length=64, router_source="hooks", router_pattern=r"\.(quality_gate|gate|router)$"
+        ),
+    )
     assert [n for n, _ in hooked.routers] == ["model.layers.0.mlp.gate", "model.layers.1.mlp.gate"]
     via_hooks = hooked.dump(records, batch_size=4, progress=False)
     np.testing.assert_allclose(via_hooks.moe_probs, shard.moe_probs, atol=1e-6)
@@ -408,8 +442,13 @@ def test_warmup_needs_a_converted_model_and_no_lora(tmp_path, demo_model, conver
     with pytest.raises(SelectFlowError, match="no quality gates"):
         fit(demo_model, pairs, tmp_path / "a", {**WARMUP, "max_steps": 1}, objective=GateObjective(1.0))
     with pytest.raises(SelectFlowError, match="lora.enabled: false"):
-        fit(converted, pairs, tmp_path / "b", {**WARMUP, "max_steps": 1, "lora": {"enabled": True}},
-            objective=GateObjective(1.0))
+        fit(
+            converted,
+            pairs,
+            tmp_path / "b",
+            {**WARMUP, "max_steps": 1, "lora": {"enabled": True}},
+            objective=GateObjective(1.0),
+        )
 
 
 def test_gate_is_a_bias_free_linear_to_two():
@@ -422,11 +461,13 @@ def test_gate_is_a_bias_free_linear_to_two():
 def test_bf16_warmup_and_dump_run(tmp_path, converted, demo_pool, records):
     """Half precision (the GPU default), here on the CPU: bf16 autocast in the warm-up, bf16 weights in the dump."""
     pairs = [(r["sample_id"], r["prompt"], r["response"]) for r in read_dataset(demo_pool, "demo")[:8]]
-    summary = fit(converted, pairs, tmp_path / "w", {**WARMUP, "max_steps": 2, "precision": "bf16"},
-                  objective=GateObjective(1.0))
+    summary = fit(
+        converted, pairs, tmp_path / "w", {**WARMUP, "max_steps": 2, "precision": "bf16"}, objective=GateObjective(1.0)
+    )
     assert np.isfinite(summary["final_loss"])
-    dumper = RouterDumper.from_path(str(tmp_path / "w" / "checkpoint"),
-                                    DumpSettings(device="cpu", dtype="bfloat16", max_length=64))
+    dumper = RouterDumper.from_path(
+        str(tmp_path / "w" / "checkpoint"), DumpSettings(device="cpu", dtype="bfloat16", max_length=64)
+    )
     assert {g.weight.dtype for _, g in dumper.quality_gates} == {torch.bfloat16}
     shard = dumper.dump(records[:4], progress=False)
     assert shard.quality_logits.shape == (4, 2, 2) and np.isfinite(shard.quality_logits).all()

@@ -60,7 +60,8 @@ def test_gpu_rules_are_read_from_the_rules_resources(tmp_path):
         "rule on_gpu:\n    input:\n        'gpu=1',\n    resources:\n        gpu=1,\n        attempt=f,\n\n\n"
         "def helper():\n    gpu = 1\n\n\n"
         "checkpoint maybe:\n    resources:\n        gpu=lambda wc: int(wc.x == 'y'),\n\n\n"
-        "rule zero:\n    resources:\n        gpu=0,\n")
+        "rule zero:\n    resources:\n        gpu=0,\n"
+    )
     assert gpu_rules(tmp_path) == ["maybe", "on_gpu"]
 
 

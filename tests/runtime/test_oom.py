@@ -50,12 +50,15 @@ def test_oom_fails_attempt_1_and_retry_succeeds_with_smaller_batch(tmp_path, unc
 
 def test_adaptive_chunks_survive_the_same_cap_without_a_retry(tmp_path, unconstrained):
     wd = prepared(tmp_path, unconstrained)
-    proc = snakemake(wd, "router_data", "--cores", "1", config=config_variant("oom", wd, retry={"adaptive_chunks": True}))
+    proc = snakemake(
+        wd, "router_data", "--cores", "1", config=config_variant("oom", wd, retry={"adaptive_chunks": True})
+    )
     log = (wd / LOG).read_text()
     assert "out of memory on router-dump batch" in log and "retrying with 512" in log
     assert "attempt 2" not in log and "Trying to restart job" not in proc.stdout + proc.stderr
-    np.testing.assert_allclose(read_router_shard(wd / SHARD).moe_probs, read_router_shard(unconstrained / SHARD).moe_probs,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        read_router_shard(wd / SHARD).moe_probs, read_router_shard(unconstrained / SHARD).moe_probs, atol=1e-6
+    )
 
 
 def test_non_oom_failure_is_not_retried_smaller(tmp_path, unconstrained):

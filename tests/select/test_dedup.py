@@ -31,12 +31,29 @@ def normalised(record: dict, fmt: str) -> dict:
 
 FORMS = {
     "alpaca": ({"instruction": QUESTION, "output": ANSWER}, "alpaca"),
-    "messages_with_system": ({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION},
-                                           {"role": "assistant", "content": ANSWER}]}, "messages"),
-    "sharegpt": ({"conversations": [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": ANSWER}]},
-                 "sharegpt"),
-    "messages_parts": ({"messages": [{"role": "user", "content": [{"type": "text", "text": QUESTION}]},
-                                     {"role": "assistant", "content": ANSWER}]}, "messages"),
+    "messages_with_system": (
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": QUESTION},
+                {"role": "assistant", "content": ANSWER},
+            ]
+        },
+        "messages",
+    ),
+    "sharegpt": (
+        {"conversations": [{"from": "human", "value": QUESTION}, {"from": "gpt", "value": ANSWER}]},
+        "sharegpt",
+    ),
+    "messages_parts": (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": QUESTION}]},
+                {"role": "assistant", "content": ANSWER},
+            ]
+        },
+        "messages",
+    ),
 }
 
 
@@ -76,13 +93,15 @@ def edit(text: str, rng, changes: int, swaps: int) -> str:
 
 def rec(text: str) -> dict:
     half = text.index(" ", len(text) // 2)
-    return normalised({"instruction": text[:half], "output": text[half + 1:]}, "alpaca")
+    return normalised({"instruction": text[:half], "output": text[half + 1 :]}, "alpaca")
 
 
 def test_minhash_estimate_agrees_with_exact_jaccard():
     rng = np.random.default_rng(0)
     base = corpus(40, 1)
-    pairs = [(t, edit(t, rng, int(c), int(s))) for t, c, s in zip(base, rng.integers(0, 12, 40), rng.integers(0, 4, 40))]
+    pairs = [
+        (t, edit(t, rng, int(c), int(s))) for t, c, s in zip(base, rng.integers(0, 12, 40), rng.integers(0, 4, 40))
+    ]
     texts = [x for p in pairs for x in p]
     sig, ok = signatures([near_parts({"prompt": "", "response": t}) for t in texts])
     assert ok.all()
@@ -92,7 +111,7 @@ def test_minhash_estimate_agrees_with_exact_jaccard():
 
 
 def answer_of(text: str) -> str:
-    return text[text.index(" ", len(text) // 2) + 1:]
+    return text[text.index(" ", len(text) // 2) + 1 :]
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.7, 0.85])
@@ -102,11 +121,12 @@ def test_near_duplicates_best_copy_kept_against_a_pairwise_reference(threshold):
     the threshold: a pair at it shares a band with probability over 0.9)."""
     rng = np.random.default_rng(int(threshold * 100))
     base = corpus(60, 2)
-    texts = base + [edit(t, rng, int(c), int(s)) for t, c, s in zip(base[:40], rng.integers(0, 8, 40),
-                                                                     rng.integers(0, 3, 40))]
+    texts = base + [
+        edit(t, rng, int(c), int(s)) for t, c, s in zip(base[:40], rng.integers(0, 8, 40), rng.integers(0, 3, 40))
+    ]
     # the same first half (question) with the answer cut short or replaced: not copies however alike the texts
-    texts += [t[:t.index(" ", len(t) // 2)] + " " + " ".join(answer_of(t).split()[:4]) for t in base[40:50]]
-    texts += [t[:t.index(" ", len(t) // 2)] + " " + edit(answer_of(t), rng, 20, 0) for t in base[50:60]]
+    texts += [t[: t.index(" ", len(t) // 2)] + " " + " ".join(answer_of(t).split()[:4]) for t in base[40:50]]
+    texts += [t[: t.index(" ", len(t) // 2)] + " " + edit(answer_of(t), rng, 20, 0) for t in base[50:60]]
     n = len(texts)
     ids = np.array([f"s{i:03d}" for i in rng.permutation(n)], dtype=object)
     order = np.argsort(-rng.random(n))  # quality order, best first
@@ -122,14 +142,18 @@ def test_near_duplicates_best_copy_kept_against_a_pairwise_reference(threshold):
     dropped = drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim, records_of)
 
     def copies(i, j):
-        return (exact_jaccard(texts[i], texts[j]) >= threshold
-                and exact_jaccard(answer_of(texts[i]), answer_of(texts[j])) >= ANSWER_MIN)
+        return (
+            exact_jaccard(texts[i], texts[j]) >= threshold
+            and exact_jaccard(answer_of(texts[i]), answer_of(texts[j])) >= ANSWER_MIN
+        )
 
     # the reference: best first, drop a sample that is a copy of an earlier kept one
     want = np.ones(n, bool)
     for pos, i in enumerate(order):
         want[i] = not any(copies(i, j) for j in order[:pos] if want[j])
-    close = {i for i in range(n) for j in range(n) if i != j and abs(exact_jaccard(texts[i], texts[j]) - threshold) < 0.1}
+    close = {
+        i for i in range(n) for j in range(n) if i != j and abs(exact_jaccard(texts[i], texts[j]) - threshold) < 0.1
+    }
     differ = set(np.flatnonzero(keep != want))
     assert differ <= close, sorted(differ - close)
     assert dropped == int((~keep).sum()) >= 2 and (~want).sum() >= 2
@@ -138,8 +162,11 @@ def test_near_duplicates_best_copy_kept_against_a_pairwise_reference(threshold):
         assert keep[of] and list(order).index(of) < list(order).index(i)  # the kept copy ranks higher
         assert copies(i, of) and sim[i] == pytest.approx(exact_jaccard(texts[i], texts[of]), abs=0.02)
         # the most similar earlier kept copy is named
-        assert sim[i] >= max(exact_jaccard(texts[i], texts[j]) for j in order[:list(order).index(i)]
-                             if keep[j] and copies(i, j)) - 0.02
+        assert (
+            sim[i]
+            >= max(exact_jaccard(texts[i], texts[j]) for j in order[: list(order).index(i)] if keep[j] and copies(i, j))
+            - 0.02
+        )
     # cut-short and rewritten answers share their question's half of the text and are kept
     assert keep[100:].all() and max(exact_jaccard(texts[i], texts[i - 60]) for i in range(100, 110)) >= 0.5
     assert len(asked) < n  # only samples sharing a bucket are read back
@@ -150,15 +177,26 @@ def test_lsh_shape_uses_every_band_it_can():
         b, r = lsh_shape(threshold)
         assert b * r <= NUM_PERM and b >= 1 and r >= 1
         # a pair at the threshold shares a band with probability 1 - (1 - t^r)^b: most do, few far under it
-        assert 1 - (1 - threshold ** r) ** b > 0.9 and 1 - (1 - (threshold - 0.3) ** r) ** b < 0.2
+        assert 1 - (1 - threshold**r) ** b > 0.9 and 1 - (1 - (threshold - 0.3) ** r) ** b < 0.2
 
 
 def test_text_without_words_is_never_a_near_duplicate():
     keys = near_keys([{"prompt": "", "response": t} for t in ("...", "?!", "...", "a b c d e")], 0.5)
     assert keys["near_ok"].tolist() == [False, False, False, True]
     keep, reason, sim = np.ones(4, bool), np.full(4, "", dtype=object), np.full(4, np.nan)
-    assert drop_near_duplicates(np.arange(4), keys, 0.5, np.array(list("abcd"), dtype=object), keep, reason, sim,
-                                lambda rows: pytest.fail("no sample shares a bucket")) == 0
+    assert (
+        drop_near_duplicates(
+            np.arange(4),
+            keys,
+            0.5,
+            np.array(list("abcd"), dtype=object),
+            keep,
+            reason,
+            sim,
+            lambda rows: pytest.fail("no sample shares a bucket"),
+        )
+        == 0
+    )
 
 
 def test_streamed_and_whole_pool_near_dedup_agree(tmp_path):
@@ -179,13 +217,24 @@ def test_streamed_and_whole_pool_near_dedup_agree(tmp_path):
         part = list(range(lo, min(n, lo + 8)))
         records = [json.dumps({"sample_id": ids[i], "dataset": "d", **rec(texts[i])}) for i in part]
         paths.append(tmp_path / f"shard_{k:05d}.h5")
-        write_router_shard(paths[-1], RouterShard(
-            sample_id=np.array([ids[i] for i in part], dtype=object),
-            moe_probs=rng.dirichlet(np.ones(4), size=(len(part), 2)).astype(np.float32),
-            nll_response=rng.uniform(1, 2, len(part)).astype(np.float32), n_tokens=np.full(len(part), 9, np.int32),
-            n_response_tokens=np.full(len(part), 4, np.int32), record=np.array(records, dtype=object)))
-    sel = selection_section(quality_method="perplexity", selection_percentage=0.2, routing_strata=1, device="cpu",
-                            near_duplicate_threshold=0.6)
+        write_router_shard(
+            paths[-1],
+            RouterShard(
+                sample_id=np.array([ids[i] for i in part], dtype=object),
+                moe_probs=rng.dirichlet(np.ones(4), size=(len(part), 2)).astype(np.float32),
+                nll_response=rng.uniform(1, 2, len(part)).astype(np.float32),
+                n_tokens=np.full(len(part), 9, np.int32),
+                n_response_tokens=np.full(len(part), 4, np.int32),
+                record=np.array(records, dtype=object),
+            ),
+        )
+    sel = selection_section(
+        quality_method="perplexity",
+        selection_percentage=0.2,
+        routing_strata=1,
+        device="cpu",
+        near_duplicate_threshold=0.6,
+    )
     build_candidates(paths, tmp_path / "s.h5", tmp_path / "s.tsv", sel)
     build_candidates_whole(paths, tmp_path / "m.h5", tmp_path / "m.tsv", sel)
     streamed = (tmp_path / "s.tsv").read_text()
@@ -195,12 +244,25 @@ def test_streamed_and_whole_pool_near_dedup_agree(tmp_path):
 
 def test_texts_whose_numbers_differ_are_never_near_duplicates():
     words = "boil the rice in salted water for about {} minutes then drain it and serve it warm with butter"
-    texts = [words.format(12), words.format(13), words.format(12).replace("then drain", "drain"),
-             words.format(12) + " on 3 plates", "on 3 plates " + words.format(12)]
+    texts = [
+        words.format(12),
+        words.format(13),
+        words.format(12).replace("then drain", "drain"),
+        words.format(12) + " on 3 plates",
+        "on 3 plates " + words.format(12),
+    ]
     keys = near_keys([rec(t) for t in texts], 0.6)
     keep, reason, sim = np.ones(5, bool), np.full(5, "", dtype=object), np.full(5, np.nan)
-    drop_near_duplicates(np.arange(5), keys, 0.6, np.array(list("abcde"), dtype=object), keep, reason, sim,
-                         lambda rows: [rec(texts[i]) for i in rows])
+    drop_near_duplicates(
+        np.arange(5),
+        keys,
+        0.6,
+        np.array(list("abcde"), dtype=object),
+        keep,
+        reason,
+        sim,
+        lambda rows: [rec(texts[i]) for i in rows],
+    )
     # 13 minutes is another recipe; a word dropped is a copy; the same numbers in another order too
     assert reason.tolist() == ["", "", "duplicate_of:a", "", "duplicate_of:d"]
 
@@ -211,14 +273,27 @@ def test_a_copy_must_answer_alike():
     in the answer is a copy."""
     question = corpus(1, 7, words=60)[0]
     answer = "boil the rice in salted water then drain it and serve it warm with butter"
-    texts = [f"{question} {answer}", f"{question} {answer.replace('warm', 'hot')}",
-             f"{question} {' '.join(answer.split()[:4])}", f"{question} {' '.join(['rice'] * 30)}", f"{question} ..."]
-    records = [normalised({"instruction": question, "output": t[len(question) + 1:]}, "alpaca") for t in texts]
+    texts = [
+        f"{question} {answer}",
+        f"{question} {answer.replace('warm', 'hot')}",
+        f"{question} {' '.join(answer.split()[:4])}",
+        f"{question} {' '.join(['rice'] * 30)}",
+        f"{question} ...",
+    ]
+    records = [normalised({"instruction": question, "output": t[len(question) + 1 :]}, "alpaca") for t in texts]
     keys = near_keys(records, 0.6)
     assert keys["near_ok"].tolist() == [True, True, True, True, False]  # an answer without a word: exact dedup only
     assert min(exact_jaccard(texts[0], t) for t in texts[1:4]) >= 0.6
     keep, reason, sim = np.ones(5, bool), np.full(5, "", dtype=object), np.full(5, np.nan)
-    drop_near_duplicates(np.arange(5), keys, 0.6, np.array(list("abcde"), dtype=object), keep, reason, sim,
-                         lambda rows: [records[i] for i in rows])
+    drop_near_duplicates(
+        np.arange(5),
+        keys,
+        0.6,
+        np.array(list("abcde"), dtype=object),
+        keep,
+        reason,
+        sim,
+        lambda rows: [records[i] for i in rows],
+    )
     assert reason.tolist() == ["", "duplicate_of:a", "", "", ""]
     assert sim[1] == pytest.approx(exact_jaccard(texts[0], texts[1]))

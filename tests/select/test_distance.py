@@ -94,7 +94,9 @@ def test_blocks_cover_the_matrix_and_rows_are_exact(tmp_path, n, block_size):
     for i in range(nb):
         for j in range(i, nb):
             block = read_block(block_path(tmp_path, i, j), n=n, metric="wasserstein")
-            np.testing.assert_array_equal(block, full[i * block_size : (i + 1) * block_size, j * block_size : (j + 1) * block_size])
+            np.testing.assert_array_equal(
+                block, full[i * block_size : (i + 1) * block_size, j * block_size : (j + 1) * block_size]
+            )
     seed = seed_style_wasserstein(p, p).numpy()
     matrix = BlockMatrix(tmp_path, n, block_size, "wasserstein")
     rows = np.stack([matrix.row(r) for r in range(n)])

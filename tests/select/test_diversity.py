@@ -157,8 +157,19 @@ def test_run_fps_writes_the_methods_picks(tmp_path, method):
         f.create_dataset("sample_id", data=ids.astype(object), dtype=h5py.string_dtype())
         f.create_dataset("quality", data=quality)
         f.create_dataset("features", data=x)
-        f.attrs.update({"metric": "wasserstein", "n_pool": 120, "n_kept": 120, "k": 10, "stage": "fps",
-                        "quality_method": "ifd", "n_duplicates": 0, "layout_version": 1, "complete": True})
+        f.attrs.update(
+            {
+                "metric": "wasserstein",
+                "n_pool": 120,
+                "n_kept": 120,
+                "k": 10,
+                "stage": "fps",
+                "quality_method": "ifd",
+                "n_duplicates": 0,
+                "layout_version": 1,
+                "complete": True,
+            }
+        )
     sel = selection_section(diversity=method, diversity_neighbors=6, diversity_clusters=4, device="cpu")
     assert run_fps(h5, tmp_path / "curve.tsv", sel) == 10
     curve = pd.read_csv(tmp_path / "curve.tsv", sep="\t")

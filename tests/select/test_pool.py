@@ -18,8 +18,10 @@ from selectflow.stages.select import build_candidates
 from tests.pool_reference import build_candidates_whole, whole_pool
 
 L, E, H = 2, 4, 6
-WORDS = ("rice water salt pan lid heat boil stir drain serve warm butter pepper onion garlic oil slow fast "
-         "minute hour cup spoon fork plate bowl green red small large fresh").split()
+WORDS = (
+    "rice water salt pan lid heat boil stir drain serve warm butter pepper onion garlic oil slow fast "
+    "minute hour cup spoon fork plate bowl green red small large fresh"
+).split()
 
 
 def sentence(rng, n=18):
@@ -35,16 +37,23 @@ def make_samples(seed=0, n=56):
     for i in range(n):
         sid = f"{'abc'[i % 3]}:{i}"
         question, answer = sentence(rng), sentence(rng, 12)
-        samples[sid] = {"question": question, "answer": answer, "dataset": "abc"[i % 3],
-                        "probs": rng.dirichlet(np.ones(E), size=L).astype(np.float32),
-                        "hidden": rng.normal(size=H).astype(np.float16).astype(np.float32),
-                        "nll": float(rng.uniform(0.5, 1.5)), "alone": float(rng.uniform(1.6, 3.0)),
-                        "eos": float(rng.uniform(0.1, 1.0)), "logits": rng.normal(size=(L, 2)).astype(np.float32),
-                        "score": float(rng.normal())}
+        samples[sid] = {
+            "question": question,
+            "answer": answer,
+            "dataset": "abc"[i % 3],
+            "probs": rng.dirichlet(np.ones(E), size=L).astype(np.float32),
+            "hidden": rng.normal(size=H).astype(np.float16).astype(np.float32),
+            "nll": float(rng.uniform(0.5, 1.5)),
+            "alone": float(rng.uniform(1.6, 3.0)),
+            "eos": float(rng.uniform(0.1, 1.0)),
+            "logits": rng.normal(size=(L, 2)).astype(np.float32),
+            "score": float(rng.normal()),
+        }
     ids = list(samples)
     for src, dst in ((0, 10), (1, 20), (2, 40)):  # exact copies: the same words, other case and punctuation
-        samples[ids[dst]].update(question=samples[ids[src]]["question"].upper() + "?",
-                                 answer=samples[ids[src]]["answer"] + "!")
+        samples[ids[dst]].update(
+            question=samples[ids[src]]["question"].upper() + "?", answer=samples[ids[src]]["answer"] + "!"
+        )
     for src, dst in ((3, 13), (4, 33), (5, 50)):  # near copies: one word of the question changed
         words = samples[ids[src]]["question"].split()
         words[9] = "zucchini"
@@ -54,21 +63,37 @@ def make_samples(seed=0, n=56):
     samples[ids[8]]["answer"] = "   "
     samples[ids[9]]["answer"] = "so so so so so so so so so so so so"
     for i, dst in enumerate((11, 12)):  # a chat copy of 1 under another system turn: a copy unless system turns count
-        samples[ids[dst]].update(question=samples[ids[1]]["question"], answer=samples[ids[1]]["answer"],
-                                 system=f"you are assistant number {i}")
+        samples[ids[dst]].update(
+            question=samples[ids[1]]["question"],
+            answer=samples[ids[1]]["answer"],
+            system=f"you are assistant number {i}",
+        )
     return samples
 
 
 def record(s):
     """The normalised record of sample ``s``: Alpaca, or messages with a system turn."""
     if "system" in s:
-        original = {"messages": [{"role": "system", "content": s["system"]}, {"role": "user", "content": s["question"]},
-                                 {"role": "assistant", "content": s["answer"]}], "score": s["score"]}
+        original = {
+            "messages": [
+                {"role": "system", "content": s["system"]},
+                {"role": "user", "content": s["question"]},
+                {"role": "assistant", "content": s["answer"]},
+            ],
+            "score": s["score"],
+        }
         prompt = f"### System:\n{s['system']}\n\n### User:\n{s['question']}\n\n### Assistant:\n"
     else:
         original, prompt = {"instruction": s["question"], "output": s["answer"], "score": s["score"]}, s["question"]
-    return json.dumps({"sample_id": s["sample_id"], "dataset": s["dataset"], "prompt": prompt, "response": s["answer"],
-                       "record": original})
+    return json.dumps(
+        {
+            "sample_id": s["sample_id"],
+            "dataset": s["dataset"],
+            "prompt": prompt,
+            "response": s["answer"],
+            "record": original,
+        }
+    )
 
 
 def write_samples(samples, root, seed, shard_size=7, without_records=()):
@@ -77,19 +102,24 @@ def write_samples(samples, root, seed, shard_size=7, without_records=()):
     np.random.default_rng(seed).shuffle(ids)
     paths = []
     for k, lo in enumerate(range(0, len(ids), shard_size)):
-        part = [samples[s] | {"sample_id": s} for s in ids[lo:lo + shard_size]]
+        part = [samples[s] | {"sample_id": s} for s in ids[lo : lo + shard_size]]
         records = [record(s) for s in part]
         paths.append(root / f"group{k % 2}" / f"shard_{k:05d}.h5")
-        write_router_shard(paths[-1], RouterShard(
-            sample_id=np.array([s["sample_id"] for s in part], dtype=object),
-            moe_probs=np.stack([s["probs"] for s in part]),
-            nll_response=np.array([s["nll"] for s in part], dtype=np.float32),
-            n_tokens=np.full(len(part), 30, dtype=np.int32), n_response_tokens=np.full(len(part), 12, dtype=np.int32),
-            quality_logits=np.stack([s["logits"] for s in part]),
-            nll_response_alone=np.array([s["alone"] for s in part], dtype=np.float32),
-            nll_eos=np.array([s["eos"] for s in part], dtype=np.float32),
-            record=None if k in without_records else np.array(records, dtype=object),
-            hidden=np.stack([s["hidden"] for s in part])))
+        write_router_shard(
+            paths[-1],
+            RouterShard(
+                sample_id=np.array([s["sample_id"] for s in part], dtype=object),
+                moe_probs=np.stack([s["probs"] for s in part]),
+                nll_response=np.array([s["nll"] for s in part], dtype=np.float32),
+                n_tokens=np.full(len(part), 30, dtype=np.int32),
+                n_response_tokens=np.full(len(part), 12, dtype=np.int32),
+                quality_logits=np.stack([s["logits"] for s in part]),
+                nll_response_alone=np.array([s["alone"] for s in part], dtype=np.float32),
+                nll_eos=np.array([s["eos"] for s in part], dtype=np.float32),
+                record=None if k in without_records else np.array(records, dtype=object),
+                hidden=np.stack([s["hidden"] for s in part]),
+            ),
+        )
     return paths
 
 
@@ -99,13 +129,28 @@ def section(**kw):
 
 CASES = {
     "combined_near_strata": dict(quality_method="combined", selection_percentage=0.2, routing_strata=3),
-    "hidden_strata": dict(quality_method="combined", features="hidden", selection_percentage=0.25,
-                          importance_selection_percentage=0.6, routing_strata=2),
+    "hidden_strata": dict(
+        quality_method="combined",
+        features="hidden",
+        selection_percentage=0.25,
+        importance_selection_percentage=0.6,
+        routing_strata=2,
+    ),
     "field": dict(quality_method="field", quality_field="score", selection_percentage=0.3, routing_strata=1),
-    "gate_two_stage_fixed_cut": dict(quality_method="gate", quality_cut="fixed", selection_percentage=0.2,
-                                     importance_selection_percentage=0.5, routing_strata=1),
-    "perplexity_no_near_system_turns": dict(quality_method="perplexity", near_duplicate_threshold=None,
-                                            dedup_system_turns=True, selection_percentage=0.2, disable_diversity=True),
+    "gate_two_stage_fixed_cut": dict(
+        quality_method="gate",
+        quality_cut="fixed",
+        selection_percentage=0.2,
+        importance_selection_percentage=0.5,
+        routing_strata=1,
+    ),
+    "perplexity_no_near_system_turns": dict(
+        quality_method="perplexity",
+        near_duplicate_threshold=None,
+        dedup_system_turns=True,
+        selection_percentage=0.2,
+        disable_diversity=True,
+    ),
 }
 
 
@@ -141,8 +186,9 @@ def test_the_streamed_pool_holds_what_the_whole_pool_computes(shards, case):
     rows = np.random.default_rng(0).permutation(len(got))[:30]
     assert (got.rows.records(rows) == want.rows.records(rows)).all()
     for hidden in (False, True):
-        np.testing.assert_array_equal(got.rows.vectors(rows, hidden, lambda v: v * 2),
-                                      want.rows.vectors(rows, hidden, lambda v: v * 2))
+        np.testing.assert_array_equal(
+            got.rows.vectors(rows, hidden, lambda v: v * 2), want.rows.vectors(rows, hidden, lambda v: v * 2)
+        )
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -152,8 +198,15 @@ def test_quality_and_duplicates_of_the_streamed_pool_are_the_whole_pools(shards,
     for pool in (scan_pool(shards, sel), whole_pool(shards, sel)):
         a = assess(pool, sel.quality_method, sel.quality_field, sel.quality_cut, sel.quality_cut_z)
         keep, reason, similarity = a.keep.copy(), a.reason.copy(), np.full(len(pool), np.nan)
-        n = drop_duplicates(pool, a.score, keep, reason, similarity, near_threshold=sel.near_duplicate_threshold,
-                            system_turns=sel.dedup_system_turns)
+        n = drop_duplicates(
+            pool,
+            a.score,
+            keep,
+            reason,
+            similarity,
+            near_threshold=sel.near_duplicate_threshold,
+            system_turns=sel.dedup_system_turns,
+        )
         assert pool.near == {}  # spent
         results.append((a, n, keep, reason, similarity))
     (a, n, keep, reason, similarity), (b, m, keep_b, reason_b, similarity_b) = results

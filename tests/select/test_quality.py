@@ -97,33 +97,39 @@ def test_distinct_ngram_share_against_a_naive_count():
         assert got == (len(set(grams)) / len(grams) if grams else 1.0)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is 42 ..........", ["the", "answer", "is", "42"]),  # an ellipsis is no word
-    ("def f(x):\n    return x[0] + 1  # first", ["def", "f", "x", "return", "x", "0", "1", "first"]),
-    ("| a | b |\n|---|---|\n| 1 | 2 |", ["a", "b", "1", "2"]),  # table rules are no words
-    ("东京是日本的首都。", list("东京是日本的首都")),  # Han: a word a character
-    ("ひらがな カタカナ", list("ひらがなカタカナ")),
-    ("한국어 문장", ["한국어", "문장"]),  # Hangul is written with spaces
-    ("Ünïcödé naïve_name", ["ünïcödé", "naïve_name"]),
-    ("... ?! — *** $$$", []),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is 42 ..........", ["the", "answer", "is", "42"]),  # an ellipsis is no word
+        ("def f(x):\n    return x[0] + 1  # first", ["def", "f", "x", "return", "x", "0", "1", "first"]),
+        ("| a | b |\n|---|---|\n| 1 | 2 |", ["a", "b", "1", "2"]),  # table rules are no words
+        ("东京是日本的首都。", list("东京是日本的首都")),  # Han: a word a character
+        ("ひらがな カタカナ", list("ひらがなカタカナ")),
+        ("한국어 문장", ["한국어", "문장"]),  # Hangul is written with spaces
+        ("Ünïcödé naïve_name", ["ünïcödé", "naïve_name"]),
+        ("... ?! — *** $$$", []),
+    ],
+)
 def test_words_are_word_characters_not_punctuation(text, expected):
     assert words(text) == expected
 
 
-@pytest.mark.parametrize("response, why", [
-    ("The answer is 42 ..........", ""),  # was 'repetitive' when the dots counted as words
-    ("Wait for it . . . . . . . . . . . . . . . . and done.", ""),
-    ("| col | val |\n|-----|-----|\n| a | 1 |\n| b | 2 |\n| c | 3 |", ""),
-    ("```python\nfor i in range(3):\n    print(i, i * 2)\n```", ""),
-    ("东京是日本的首都，人口很多。", ""),
-    ("好" * 40, "repetitive"),  # a loop in Han text is still a loop
-    ("the cat " * 20, "repetitive"),
-    ("...", "no_response_tokens"),
-    ("?!", "no_response_tokens"),
-    ("—", "no_response_tokens"),
-    ("   \n ", "no_response_tokens"),
-])
+@pytest.mark.parametrize(
+    "response, why",
+    [
+        ("The answer is 42 ..........", ""),  # was 'repetitive' when the dots counted as words
+        ("Wait for it . . . . . . . . . . . . . . . . and done.", ""),
+        ("| col | val |\n|-----|-----|\n| a | 1 |\n| b | 2 |\n| c | 3 |", ""),
+        ("```python\nfor i in range(3):\n    print(i, i * 2)\n```", ""),
+        ("东京是日本的首都，人口很多。", ""),
+        ("好" * 40, "repetitive"),  # a loop in Han text is still a loop
+        ("the cat " * 20, "repetitive"),
+        ("...", "no_response_tokens"),
+        ("?!", "no_response_tokens"),
+        ("—", "no_response_tokens"),
+        ("   \n ", "no_response_tokens"),
+    ],
+)
 def test_combined_word_checks_count_words(response, why):
     s = pool(n=1, nll=[1.0], alone=[2.0], eos=[0.1], records=[norm(response)])
     assert assess(s, "combined").reason.tolist() == [why]
@@ -157,8 +163,10 @@ def test_field_reads_original_record():
 
 @pytest.mark.parametrize("value, phrase", [(None, "has no field"), ("high", "non-numeric"), (True, "non-numeric")])
 def test_field_missing_or_non_numeric_names_sample_and_field(value, phrase):
-    recs = [{"sample_id": "s0", "dataset": "d", "record": {"score": 1}},
-            {"sample_id": "s1", "dataset": "d", "record": {} if value is None else {"score": value}}]
+    recs = [
+        {"sample_id": "s0", "dataset": "d", "record": {"score": 1}},
+        {"sample_id": "s1", "dataset": "d", "record": {} if value is None else {"score": value}},
+    ]
     with pytest.raises(SelectFlowError, match=rf"'s1'.*{phrase}.*'score'"):
         quality_scores(pool(n=2, records=recs), "field", "score")
 
@@ -251,14 +259,22 @@ def test_pool_cut_drops_junk_between_clean_and_the_fixed_cut_per_dataset():
     assert a.keep[~junk].all()
     np.testing.assert_array_equal(a.score, fixed.score)  # the cut drops; the score stays the method's
     # the same verdicts as a robust z by hand on log IFD (the other signals: nothing far out)
-    want = naive_z(np.log(ifd.astype(np.float32)), [json.loads(r)["dataset"] for r in s.record],
-                   np.ones(len(ifd), dtype=bool), MIN_GROUP) > 3.5
+    want = (
+        naive_z(
+            np.log(ifd.astype(np.float32)),
+            [json.loads(r)["dataset"] for r in s.record],
+            np.ones(len(ifd), dtype=bool),
+            MIN_GROUP,
+        )
+        > 3.5
+    )
     np.testing.assert_array_equal(~a.keep, want)
     # every method but field gets the cut
     assert assess(as_pool(s), "perplexity", cut="pool", cut_z=3.5).reason[junk].tolist() == ["outlier:log_ifd"] * 3
     # judged as one pool (no dataset names), b's normal level would be far out: all of b dropped
-    s.record = np.array([json.dumps({k: v for k, v in json.loads(r).items() if k != "dataset"}) for r in s.record],
-                        dtype=object)
+    s.record = np.array(
+        [json.dumps({k: v for k, v in json.loads(r).items() if k != "dataset"}) for r in s.record], dtype=object
+    )
     assert (~assess(as_pool(s), "combined", cut="pool", cut_z=3.5).keep[100:]).all()
 
 
@@ -291,10 +307,16 @@ def test_selection_quality_cut_pool_reaches_the_quality_table(tmp_path, whole):
     s.moe_probs = np.random.default_rng(1).dirichlet(np.ones(4), size=(len(s), 2)).astype(np.float32)
     paths = []
     for k, part in enumerate((slice(0, 90), slice(90, None))):  # the junk of a spans both shards
-        piece = RouterShard(sample_id=s.sample_id[part], moe_probs=s.moe_probs[part], nll_response=s.nll_response[part],
-                            n_tokens=s.n_tokens[part], n_response_tokens=s.n_response_tokens[part],
-                            nll_response_alone=s.nll_response_alone[part], nll_eos=s.nll_eos[part],
-                            record=s.record[part])
+        piece = RouterShard(
+            sample_id=s.sample_id[part],
+            moe_probs=s.moe_probs[part],
+            nll_response=s.nll_response[part],
+            n_tokens=s.n_tokens[part],
+            n_response_tokens=s.n_response_tokens[part],
+            nll_response_alone=s.nll_response_alone[part],
+            nll_eos=s.nll_eos[part],
+            record=s.record[part],
+        )
         paths.append(tmp_path / f"shard_{k}.h5")
         write_router_shard(paths[-1], piece)
     reasons = {}

@@ -30,8 +30,9 @@ def test_quota_fps_equals_a_naive_reference_in_both_modes(tmp_path, seed, start)
     np.testing.assert_array_equal(got.picks, ref_picks)
     np.testing.assert_array_equal(got.min_distance, ref_at)
     assert np.bincount(strata[got.picks], minlength=3).tolist() == quota.tolist()
-    got = fps_matrix(blocks(tmp_path, f, 8, "wasserstein"), 11, start=start, log_interval=10, strata=strata,
-                     quota=quota)
+    got = fps_matrix(
+        blocks(tmp_path, f, 8, "wasserstein"), 11, start=start, log_interval=10, strata=strata, quota=quota
+    )
     np.testing.assert_array_equal(got.picks, ref_picks)
 
 
@@ -75,16 +76,24 @@ def test_strata_keep_the_pool_shares_that_plain_fps_loses(tmp_path):
     probs = np.concatenate([dense / dense.sum(-1, keepdims=True), spread]).astype(np.float32)
     n = len(probs)
     ids = [f"s{i:03d}" for i in range(n)]
-    records = [json.dumps({"sample_id": s, "dataset": "d", "prompt": f"q {s}", "response": f"a {s}", "record": {}})
-               for s in ids]
-    shard = RouterShard(sample_id=np.array(ids, dtype=object), moe_probs=probs,
-                        nll_response=np.ones(n, np.float32), n_tokens=np.full(n, 9, np.int32),
-                        n_response_tokens=np.full(n, 5, np.int32), record=np.array(records, dtype=object))
+    records = [
+        json.dumps({"sample_id": s, "dataset": "d", "prompt": f"q {s}", "response": f"a {s}", "record": {}})
+        for s in ids
+    ]
+    shard = RouterShard(
+        sample_id=np.array(ids, dtype=object),
+        moe_probs=probs,
+        nll_response=np.ones(n, np.float32),
+        n_tokens=np.full(n, 9, np.int32),
+        n_response_tokens=np.full(n, 5, np.int32),
+        record=np.array(records, dtype=object),
+    )
     write_router_shard(tmp_path / "r.h5", shard)
     picked = {}
     for n_strata in (1, 2):
-        sel = selection_section(quality_method="perplexity", selection_percentage=0.2, routing_strata=n_strata,
-                                device="cpu")
+        sel = selection_section(
+            quality_method="perplexity", selection_percentage=0.2, routing_strata=n_strata, device="cpu"
+        )
         build_candidates([tmp_path / "r.h5"], tmp_path / "c.h5", tmp_path / "q.tsv", sel)
         run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", sel)
         curve = pd.read_csv(tmp_path / "curve.tsv", sep="\t")
@@ -142,18 +151,32 @@ def test_strata_of_a_streamed_pool_hold_a_sample_of_the_kept_features(tmp_path, 
     for k in range(n // size):
         ids = [f"s{i:05d}" for i in range(k * size, (k + 1) * size)]
         probs = rng.dirichlet(np.full(E, 0.3), size=(size, L)).astype(np.float32)
-        records = [json.dumps({"sample_id": s, "dataset": "d", "prompt": f"q {s}", "response": f"a {s}",
-                               "record": {}}) for s in ids]
-        write_router_shard(tmp_path / f"shard_{k:05d}.h5", RouterShard(
-            sample_id=np.array(ids, dtype=object), moe_probs=probs, nll_response=rng.uniform(1, 2, size).astype(np.float32),
-            n_tokens=np.full(size, 9, np.int32), n_response_tokens=np.full(size, 5, np.int32),
-            record=np.array(records, dtype=object)))
+        records = [
+            json.dumps({"sample_id": s, "dataset": "d", "prompt": f"q {s}", "response": f"a {s}", "record": {}})
+            for s in ids
+        ]
+        write_router_shard(
+            tmp_path / f"shard_{k:05d}.h5",
+            RouterShard(
+                sample_id=np.array(ids, dtype=object),
+                moe_probs=probs,
+                nll_response=rng.uniform(1, 2, size).astype(np.float32),
+                n_tokens=np.full(size, 9, np.int32),
+                n_response_tokens=np.full(size, 5, np.int32),
+                record=np.array(records, dtype=object),
+            ),
+        )
         paths.append(tmp_path / f"shard_{k:05d}.h5")
     monkeypatch.setattr(strata, "POINTS_PER_CENTROID", 50)  # 4 strata: k-means on 200 samples
     peak, labels = {}, {}
     for n_strata in (1, 4):
-        sel = selection_section(quality_method="perplexity", selection_percentage=0.01,
-                                importance_selection_percentage=0.02, routing_strata=n_strata, device="cpu")
+        sel = selection_section(
+            quality_method="perplexity",
+            selection_percentage=0.01,
+            importance_selection_percentage=0.02,
+            routing_strata=n_strata,
+            device="cpu",
+        )
         tracemalloc.start()
         build_candidates(paths, tmp_path / f"c{n_strata}.h5", tmp_path / f"q{n_strata}.tsv", sel)
         peak[n_strata] = tracemalloc.get_traced_memory()[1]
@@ -210,16 +233,29 @@ def test_strata_weight_kept_shares_picks_by_kept_samples_pool_by_the_duplicates_
     n = len(probs)
     ids = [f"s{i:03d}" for i in range(n)]
     text = [f"a{i % 30:03d}" if i < 90 else f"b{i:03d}" for i in range(n)]  # A's copies share a text
-    records = [json.dumps({"sample_id": s, "dataset": "d", "prompt": f"q {t}", "response": f"r {t}", "record": {}})
-               for s, t in zip(ids, text)]
-    shard = RouterShard(sample_id=np.array(ids, dtype=object), moe_probs=probs,
-                        nll_response=np.ones(n, np.float32), n_tokens=np.full(n, 9, np.int32),
-                        n_response_tokens=np.full(n, 5, np.int32), record=np.array(records, dtype=object))
+    records = [
+        json.dumps({"sample_id": s, "dataset": "d", "prompt": f"q {t}", "response": f"r {t}", "record": {}})
+        for s, t in zip(ids, text)
+    ]
+    shard = RouterShard(
+        sample_id=np.array(ids, dtype=object),
+        moe_probs=probs,
+        nll_response=np.ones(n, np.float32),
+        n_tokens=np.full(n, 9, np.int32),
+        n_response_tokens=np.full(n, 5, np.int32),
+        record=np.array(records, dtype=object),
+    )
     write_router_shard(tmp_path / "r.h5", shard)
     from_a = {}
     for weight in ("pool", "kept"):
-        sel = selection_section(quality_method="perplexity", selection_percentage=0.1, routing_strata=2,
-                                strata_weight=weight, near_duplicate_threshold=None, device="cpu")
+        sel = selection_section(
+            quality_method="perplexity",
+            selection_percentage=0.1,
+            routing_strata=2,
+            strata_weight=weight,
+            near_duplicate_threshold=None,
+            device="cpu",
+        )
         build_candidates([tmp_path / "r.h5"], tmp_path / "c.h5", tmp_path / "q.tsv", sel)
         run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", sel)
         curve = pd.read_csv(tmp_path / "curve.tsv", sep="\t")

@@ -85,12 +85,16 @@ def test_bad_inputs_are_errors():
 
 # --- the compare's target set: never a test record -------------------------------------------------
 
+
 def _cmp(compare=None):
     """The compare section of a config with ``compare`` over the schema's defaults, methods fps and target."""
     from selectflow.config import build_config, schema, with_defaults
 
-    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"},
-           "compare": {"methods": ["fps", "target"], "eval": "demo", **(compare or {})}}
+    raw = {
+        "datasets": {"a": "a.jsonl"},
+        "model": {"path": "m"},
+        "compare": {"methods": ["fps", "target"], "eval": "demo", **(compare or {})},
+    }
     return build_config(with_defaults(raw, schema())).compare
 
 
@@ -145,10 +149,16 @@ def test_the_stage_picks_only_candidates_toward_the_targets_in_a_seeded_order(tm
     build_candidates(shards, tmp_path / "c.h5", tmp_path / "q.tsv", sel)
     near = ["alpaca:1", "chat:2", "NA:3", "alpaca:5", "chat:7"]
     probs = np.stack([pool[s]["probs"] for s in near])
-    write_router_shard(tmp_path / "target.h5", RouterShard(
-        sample_id=np.array([f"target:{i}" for i in range(5)], dtype=object), moe_probs=probs,
-        nll_response=np.ones(5, np.float32), n_tokens=np.full(5, 9, np.int32),
-        n_response_tokens=np.full(5, 4, np.int32)))
+    write_router_shard(
+        tmp_path / "target.h5",
+        RouterShard(
+            sample_id=np.array([f"target:{i}" for i in range(5)], dtype=object),
+            moe_probs=probs,
+            nll_response=np.ones(5, np.float32),
+            n_tokens=np.full(5, 9, np.int32),
+            n_response_tokens=np.full(5, 4, np.int32),
+        ),
+    )
     assert run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", sel, target_h5=tmp_path / "target.h5") == 9
     curve = pd.read_csv(tmp_path / "curve.tsv", sep="\t")
     cands = read_candidates(tmp_path / "c.h5")

@@ -79,8 +79,11 @@ def test_score_first_reaches_k_and_its_threshold_separates_the_picks():
         assert all(d[i, j] > tau for i, j in itertools.combinations(picks, 2))
         if k > 1:
             assert tau > 0  # a real threshold, not the quality top k
-            assert len(baselines.score_first_walk(feats, np.asarray(_qorder(quality, ids)), k, tau * 1.5,
-                                                  "wasserstein")) < k or tau * 1.5 > d.max()
+            assert (
+                len(baselines.score_first_walk(feats, np.asarray(_qorder(quality, ids)), k, tau * 1.5, "wasserstein"))
+                < k
+                or tau * 1.5 > d.max()
+            )
 
 
 def test_semdedup_drops_near_duplicates_within_clusters_only():
@@ -122,7 +125,8 @@ def test_kmeans_is_seeded_and_near_duplicate_pairs_match_brute_force():
     d = _full(feats)
     eps = float(np.quantile(d[np.triu_indices(60, 1)], 0.1))
     assert baselines.near_duplicate_pairs(feats, eps, "wasserstein", chunk=7) == int(
-        (d[np.triu_indices(60, 1)] <= eps).sum())
+        (d[np.triu_indices(60, 1)] <= eps).sum()
+    )
 
 
 def test_unknown_baseline_is_named():
@@ -170,8 +174,9 @@ def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
     assert cfg.compare.methods == ("fps", "quality", "random")
     assert cfg.compare.train.max_steps == 3 and cfg.train.settings.max_steps != 3
     # one key set keeps the comparison's other training defaults, not the train section's
-    one = build_config(with_defaults({**_raw(train={"epochs": 2}), "train": {"max_steps": 6, "learning_rate": 0.1}},
-                                     schema)).compare.train
+    one = build_config(
+        with_defaults({**_raw(train={"epochs": 2}), "train": {"max_steps": 6, "learning_rate": 0.1}}, schema)
+    ).compare.train
     assert (one.epochs, one.max_steps, one.learning_rate) == (2, None, 0.01)
     default = build_config(with_defaults(_raw(), schema)).compare
     assert default.methods[0] == "fps" and set(default.methods) == {"fps", *baselines.BASELINES}
@@ -203,8 +208,13 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
 
     shards = write_shards(make_pool(), tmp_path / "router", seed=1)
     sel = selection_section(selection_percentage=0.2, device="cpu", quality_method="ifd")
-    cmp = _section(methods=("fps", *baselines.BASELINES), heldout_fraction=0.25, clusters=3,
-                   near_duplicate_quantile=0.05, eval="demo")
+    cmp = _section(
+        methods=("fps", *baselines.BASELINES),
+        heldout_fraction=0.25,
+        clusters=3,
+        near_duplicate_quantile=0.05,
+        eval="demo",
+    )
     build_candidates(shards, tmp_path / "main.h5", tmp_path / "main.tsv", sel)
     assert compare.draw_heldout(tmp_path / "main.tsv", shards, tmp_path / "none.jsonl", cmp) == 0  # eval: demo
     cmp = replace(cmp, eval="heldout")
@@ -241,9 +251,15 @@ def test_caption_names_the_winners_and_tests_the_difference_with_welch():
     assert (abs(diff) > half) == (stats.ttest_ind(fps, rnd, equal_var=False).pvalue < 0.05)
 
     def row(method, acc, loss):
-        return {"method": method, "macro_accuracy": acc.mean(), "macro_accuracy_ci95": 0.01,
-                "accuracy_per_seed": ",".join(map(str, acc)), "macro_loss": loss.mean(), "macro_loss_ci95": 0.01,
-                "loss_per_seed": ",".join(map(str, loss))}
+        return {
+            "method": method,
+            "macro_accuracy": acc.mean(),
+            "macro_accuracy_ci95": 0.01,
+            "accuracy_per_seed": ",".join(map(str, acc)),
+            "macro_loss": loss.mean(),
+            "macro_loss_ci95": 0.01,
+            "loss_per_seed": ",".join(map(str, loss)),
+        }
 
     down = pd.DataFrame([row("fps", fps, 2 - fps), row("random", rnd, 2 - rnd)])
     text = caption(down)

@@ -15,20 +15,44 @@ HAND = [
     ("arithmetic.subtract", "Subtract 5 from 40.", "40 - 5 = 35", "40 minus 5 leaves -35."),
     ("arithmetic.even", "Is 512 an even number?", "It is even.", "No, it is odd."),
     ("arithmetic.even", "Is 7 an even number?", "odd", "Yes it is even, not odd."),
-    ("geography.trip", "Plan a 5-day trip to India.", "Five... no: 5 days, New Delhi first, then Asia.",
-     "Spend 5 days in India: start in Delhi, then see more of Asia."),
-    ("geography.trip", "Plan a 12-day trip to Peru.", "Spend 12 days in Peru: start in Lima, then see more of South America.",
-     "Spend 12 days in Peru: start in Lima, then see more of Africa."),
-    ("cooking.recipe", "Give a short recipe using lentils.", "Rinse the lentils and simmer 20 minutes with cumin.",
-     "Wash the rice, cook it for 20 minutes with cumin."),
+    (
+        "geography.trip",
+        "Plan a 5-day trip to India.",
+        "Five... no: 5 days, New Delhi first, then Asia.",
+        "Spend 5 days in India: start in Delhi, then see more of Asia.",
+    ),
+    (
+        "geography.trip",
+        "Plan a 12-day trip to Peru.",
+        "Spend 12 days in Peru: start in Lima, then see more of South America.",
+        "Spend 12 days in Peru: start in Lima, then see more of Africa.",
+    ),
+    (
+        "cooking.recipe",
+        "Give a short recipe using lentils.",
+        "Rinse the lentils and simmer 20 minutes with cumin.",
+        "Wash the rice, cook it for 20 minutes with cumin.",
+    ),
     ("cooking.boil", "How long should I boil eggs?", "Boil eggs about 9 minutes.", "Boil eggs until done."),
     ("programming.print", "Translate this to Python: print 604.", "print( 604 )", "print(60)"),
-    ("programming.loop", "Write a loop that prints the numbers from 1 to 250.",
-     "for n in range(1, 251):\n    print(n)", "for i in range(1, 250):\n    print(i)"),
-    ("animals.story", "Write a short story about a shy owl.", "A shy owl hunted mice in the forest.",
-     "A shy owl lived in the desert and ate mice."),
-    ("animals.zoo", "A zoo keeps 4 penguins. What do they need?", "An antarctic home and krill.",
-     "They need a home like the ocean and food such as fish."),
+    (
+        "programming.loop",
+        "Write a loop that prints the numbers from 1 to 250.",
+        "for n in range(1, 251):\n    print(n)",
+        "for i in range(1, 250):\n    print(i)",
+    ),
+    (
+        "animals.story",
+        "Write a short story about a shy owl.",
+        "A shy owl hunted mice in the forest.",
+        "A shy owl lived in the desert and ate mice.",
+    ),
+    (
+        "animals.zoo",
+        "A zoo keeps 4 penguins. What do they need?",
+        "An antarctic home and krill.",
+        "They need a home like the ocean and food such as fish.",
+    ),
 ]
 
 
@@ -67,8 +91,9 @@ def test_the_test_set_is_new_clean_seeded_and_covers_every_kind():
 
 def test_a_kind_that_cannot_give_enough_new_records_says_so():
     with pytest.raises(ValueError, match="arithmetic.even gave only"):
-        make_demo_testset(5, seed=0, exclude=lambda r: r["instruction"] != "Is 8 an even number?",
-                          kinds=["arithmetic.even"])
+        make_demo_testset(
+            5, seed=0, exclude=lambda r: r["instruction"] != "Is 8 an even number?", kinds=["arithmetic.even"]
+        )
 
 
 def test_the_scratch_student_weights_come_from_the_seed_alone(tmp_path):
@@ -95,11 +120,19 @@ def test_evaluate_matches_a_record_by_record_reference(tmp_path):
     from selectflow.train.student import build_scratch_student
     from selectflow.train.trainer import _tokenizer
 
-    demo_model = build_scratch_student(tmp_path / "student", seed=0, hidden=32, layers=1, vocab_size=400,
-                                       max_positions=128)
+    demo_model = build_scratch_student(
+        tmp_path / "student", seed=0, hidden=32, layers=1, vocab_size=400, max_positions=128
+    )
 
-    rows = [{"instruction": f"Add {a} and {b}.", "input": "", "output": f"{a} plus {b} equals {a + b}.",
-             "kind": "arithmetic.add"} for a, b in ((2, 3), (40, 51), (7, 9))]
+    rows = [
+        {
+            "instruction": f"Add {a} and {b}.",
+            "input": "",
+            "output": f"{a} plus {b} equals {a + b}.",
+            "kind": "arithmetic.add",
+        }
+        for a, b in ((2, 3), (40, 51), (7, 9))
+    ]
     rows += [{"instruction": "Describe something long " * 3, "input": "", "output": "words " * 9, "kind": "free"}]
     write_jsonl(tmp_path / "test.jsonl", rows)
     table = evaluate(demo_model, tmp_path / "test.jsonl", 128).set_index("kind")
@@ -113,16 +146,22 @@ def test_evaluate_matches_a_record_by_record_reference(tmp_path):
         full = p + tokenizer(r["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([full])).logits[0, len(p) - 1 : -1]
-        loss = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(full[len(p):]), reduction="sum")
+        loss = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(full[len(p) :]), reduction="sum")
         nll[r["kind"]] = nll.get(r["kind"], 0.0) + float(loss)
         tokens[r["kind"]] = tokens.get(r["kind"], 0) + len(full) - len(p)
         if r["kind"] in CHECKERS:
             longest = max(len(tokenizer(x["output"], add_special_tokens=False)["input_ids"]) for x in rows[:3])
             with torch.no_grad():
-                out = model.generate(input_ids=torch.tensor([p]), max_new_tokens=longest + 8, do_sample=False,
-                                     pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-            correct.append(check_answer(r["kind"], r["instruction"],
-                                        tokenizer.decode(out[0, len(p):], skip_special_tokens=True)))
+                out = model.generate(
+                    input_ids=torch.tensor([p]),
+                    max_new_tokens=longest + 8,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            correct.append(
+                check_answer(r["kind"], r["instruction"], tokenizer.decode(out[0, len(p) :], skip_special_tokens=True))
+            )
     for kind in ("arithmetic.add", "free"):
         assert table.at[kind, "tokens"] == tokens[kind]
         assert table.at[kind, "loss"] == pytest.approx(nll[kind] / tokens[kind], rel=1e-4)

@@ -44,8 +44,14 @@ def make_pool(seed=0):
                 "logits": logits,
                 "nll": float(rng.uniform(0.5, 2.0)),
                 "alone": float(rng.uniform(0.5, 2.0)),
-                "norm": {"sample_id": sid, "dataset": name, "line": line, "prompt": f"p {sid}", "response": f"r {sid}",
-                         "record": {"instruction": f"do {sid}", "output": "ok", "score": float(rng.normal())}},
+                "norm": {
+                    "sample_id": sid,
+                    "dataset": name,
+                    "line": line,
+                    "prompt": f"p {sid}",
+                    "response": f"r {sid}",
+                    "record": {"instruction": f"do {sid}", "output": "ok", "score": float(rng.normal())},
+                },
             }
     return pool
 
@@ -95,15 +101,23 @@ def pipeline(paths, out, **kw):
             for j in range(i, nb):
                 compute_block(out / "candidates.h5", i, j, block_path(block_dir, i, j), sel, sub_chunk=3)
     run_fps(out / "candidates.h5", out / "curve.tsv", sel, block_dir=block_dir)
-    write_selection(out / "curve.tsv", out / "candidates_quality.tsv", paths, out / "selected.jsonl", out / "summary.tsv",
-                    out / "quality.tsv")
+    write_selection(
+        out / "curve.tsv",
+        out / "candidates_quality.tsv",
+        paths,
+        out / "selected.jsonl",
+        out / "summary.tsv",
+        out / "quality.tsv",
+    )
     return [json.loads(line) for line in open(out / "selected.jsonl")]
 
 
 def test_two_stage_joins_by_sample_id(tmp_path):
     pool = make_pool()
     paths = write_shards(pool, tmp_path / "a", seed=1)
-    selected = pipeline(paths, tmp_path / "out", selection_percentage=0.2, importance_selection_percentage=0.5, quality_method="gate")
+    selected = pipeline(
+        paths, tmp_path / "out", selection_percentage=0.2, importance_selection_percentage=0.5, quality_method="gate"
+    )
 
     # reference: rank the dict by (quality desc, sample_id), keep the top half, FPS from the best
     n = len(pool)
@@ -145,7 +159,9 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
     pool = make_pool(seed=5)
     kw = dict(selection_percentage=0.3, importance_selection_percentage=0.6, quality_method="gate")
     a = pipeline(write_shards(pool, tmp_path / "a", seed=2, shard_size=4), tmp_path / "oa", **kw)
-    b = pipeline(write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", distance_mode="matrix", **kw)
+    b = pipeline(
+        write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", distance_mode="matrix", **kw
+    )
     assert a == b
     curve_a = pd.read_csv(tmp_path / "oa" / "curve.tsv", sep="\t")
     curve_b = pd.read_csv(tmp_path / "ob" / "curve.tsv", sep="\t")
@@ -155,9 +171,13 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
 def test_single_stage_when_importance_not_above_selection_and_ifd_drops(tmp_path):
     pool = make_pool(seed=7)
     paths = write_shards(pool, tmp_path / "a", seed=4)
-    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv",
-                     section(quality_method="ifd", selection_percentage=0.25, importance_selection_percentage=0.25),
-                     exclude_ids={"chat:1", "alpaca:2"})
+    build_candidates(
+        paths,
+        tmp_path / "c.h5",
+        tmp_path / "q.tsv",
+        section(quality_method="ifd", selection_percentage=0.25, importance_selection_percentage=0.25),
+        exclude_ids={"chat:1", "alpaca:2"},
+    )
     ifd = {s: v["nll"] / v["alone"] for s, v in pool.items() if s not in {"chat:1", "alpaca:2"}}
     kept = sorted((s for s, v in ifd.items() if v < 1), key=lambda s: (-ifd[s], s))
     cands = read_candidates(tmp_path / "c.h5")
@@ -170,16 +190,29 @@ def test_single_stage_when_importance_not_above_selection_and_ifd_drops(tmp_path
 
 def test_disable_diversity_is_top_k_by_quality(tmp_path):
     pool = make_pool(seed=8)
-    selected = pipeline(write_shards(pool, tmp_path / "a", seed=5), tmp_path / "o", selection_percentage=0.1,
-                        importance_selection_percentage=0.5, disable_diversity=True, quality_method="gate")
+    selected = pipeline(
+        write_shards(pool, tmp_path / "a", seed=5),
+        tmp_path / "o",
+        selection_percentage=0.1,
+        importance_selection_percentage=0.5,
+        disable_diversity=True,
+        quality_method="gate",
+    )
     ranked = sorted(pool, key=lambda s: (-gate_score(pool[s]), s))
     assert [r["sample_id"] for r in selected] == ranked[: round(0.1 * len(pool))]
     curve = pd.read_csv(tmp_path / "o" / "curve.tsv", sep="\t")
     assert curve["min_distance"].isna().all()
 
 
-@pytest.mark.parametrize("key, value", [("selection_percentage", 0.0), ("selection_percentage", 1.5),
-                                        ("importance_selection_percentage", -0.1), ("importance_selection_percentage", 2)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("selection_percentage", 0.0),
+        ("selection_percentage", 1.5),
+        ("importance_selection_percentage", -0.1),
+        ("importance_selection_percentage", 2),
+    ],
+)
 def test_percentages_outside_unit_interval_rejected(tmp_path, key, value):
     paths = write_shards(make_pool(), tmp_path / "a", seed=0)
     kw = {"selection_percentage": 0.1, "importance_selection_percentage": None, key: value}
@@ -205,11 +238,32 @@ def test_continue_selection_cli(tmp_path, capsys):
     write_shards(pool, tmp_path / "router_data", seed=6)
     out = tmp_path / "run" / "selected_data.jsonl"
     base = ["--router_data_dir", str(tmp_path / "router_data"), "--output_path", str(out), "--device", "cpu"]
-    assert continue_selection(base + ["--selection_percentage", "0.2", "--importance_selection_percentage", "0.5",
-                                      "--mode", "matrix", "--distance_batch_size", "4", "--fps_log_interval", "3"]) == 0
+    assert (
+        continue_selection(
+            base
+            + [
+                "--selection_percentage",
+                "0.2",
+                "--importance_selection_percentage",
+                "0.5",
+                "--mode",
+                "matrix",
+                "--distance_batch_size",
+                "4",
+                "--fps_log_interval",
+                "3",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in open(out)]
     assert len(lines) == round(0.2 * len(pool))
-    assert {p.name for p in out.parent.iterdir()} == {"selected_data.jsonl", "quality.tsv", "fps_curve.tsv", "selection_summary.tsv"}
+    assert {p.name for p in out.parent.iterdir()} == {
+        "selected_data.jsonl",
+        "quality.tsv",
+        "fps_curve.tsv",
+        "selection_summary.tsv",
+    }
     table = pd.read_csv(out.with_name("quality.tsv"), sep="\t", keep_default_na=False, dtype={"sample_id": str})
     assert set(table.loc[table["reason"] == "selected", "sample_id"]) == {r["sample_id"] for r in lines}
     assert (table["reason"] == "not_picked").sum() == table["candidate"].sum() - len(lines) > 0
@@ -219,8 +273,12 @@ def test_continue_selection_cli(tmp_path, capsys):
 
     assert continue_selection(base + ["--selection_percentage", "5"]) == 2
     assert "'selection.selection_percentage' is 5.0, it must be at most 1" in capsys.readouterr().err
-    assert continue_selection(["--router_data_dir", str(tmp_path / "run"), "--output_path", str(out),
-                               "--selection_percentage", "0.1"]) == 2
+    assert (
+        continue_selection(
+            ["--router_data_dir", str(tmp_path / "run"), "--output_path", str(out), "--selection_percentage", "0.1"]
+        )
+        == 2
+    )
     assert "no *.h5 router-data shards" in capsys.readouterr().err
 
 
@@ -252,8 +310,16 @@ def test_continue_selection_distance_batch_size_sets_the_fps_chunk(tmp_path, mon
 
     monkeypatch.setattr(stage, "fps_streaming", spy)
     write_shards(make_pool(seed=10), tmp_path / "router_data", seed=7)
-    base = ["--router-data-dir", str(tmp_path / "router_data"), "--device", "cpu", "--selection-percentage", "0.2",
-            "--routing-strata", "1"]
+    base = [
+        "--router-data-dir",
+        str(tmp_path / "router_data"),
+        "--device",
+        "cpu",
+        "--selection-percentage",
+        "0.2",
+        "--routing-strata",
+        "1",
+    ]
     outs = {}
     for size in (7, 1000):
         outs[size] = tmp_path / str(size) / "selected_data.jsonl"
@@ -274,8 +340,10 @@ def test_duplicates_keep_the_best_copy_and_are_counted(tmp_path, caplog):
     ids = list(pool)
     best, worse = ids[0], ids[1]  # same text up to case, spacing and punctuation
     said = pool[best]["norm"]["record"]
-    pool[worse]["norm"] = {**pool[worse]["norm"], "record": {**said, "instruction": "DO  " + said["instruction"].upper()
-                                                                     + "!", "output": said["output"] + "."}}
+    pool[worse]["norm"] = {
+        **pool[worse]["norm"],
+        "record": {**said, "instruction": "DO  " + said["instruction"].upper() + "!", "output": said["output"] + "."},
+    }
     pool[best]["norm"] = {**pool[best]["norm"], "record": {**said, "instruction": "do " + said["instruction"]}}
     pool[worse]["logits"] = pool[best]["logits"] - np.array([1.0, -1.0], dtype=np.float32)  # lower gate score
     twin_a, twin_b = ids[2], ids[3]  # different text, identical routing
@@ -284,7 +352,9 @@ def test_duplicates_keep_the_best_copy_and_are_counted(tmp_path, caplog):
     paths = write_shards(pool, tmp_path / "a", seed=1)
     selected = pipeline(paths, tmp_path / "o", selection_percentage=1.0, quality_method="gate")
     picked = {r["sample_id"] for r in selected}
-    assert best in picked and worse not in picked and min(twin_a, twin_b) in picked and max(twin_a, twin_b) not in picked
+    assert (
+        best in picked and worse not in picked and min(twin_a, twin_b) in picked and max(twin_a, twin_b) not in picked
+    )
     table = pd.read_csv(tmp_path / "o" / "quality.tsv", sep="\t", keep_default_na=False, dtype={"sample_id": str})
     reason = dict(zip(table["sample_id"], table["reason"]))
     assert reason[worse] == f"duplicate_of:{best}"
@@ -341,8 +411,12 @@ def test_reason_column_and_raw_inputs(tmp_path):
     for s in ids[2:]:
         pool[s]["alone"] = pool[s]["nll"] * 2
     paths = write_shards(pool, tmp_path / "a", seed=2)
-    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv",
-                     section(quality_method="combined", selection_percentage=0.1, importance_selection_percentage=0.5))
+    build_candidates(
+        paths,
+        tmp_path / "c.h5",
+        tmp_path / "q.tsv",
+        section(quality_method="combined", selection_percentage=0.1, importance_selection_percentage=0.5),
+    )
     table = pd.read_csv(tmp_path / "q.tsv", sep="\t", keep_default_na=False, dtype={"sample_id": str})
     reason = dict(zip(table["sample_id"], table["reason"]))
     assert reason[ids[0]] == "ifd>=1" and reason[ids[1]] == "no_response_tokens"
@@ -364,7 +438,9 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
         pool[s]["probs"] = pool[ids[i % 4]]["probs"]
     paths = write_shards(pool, tmp_path / "a", seed=3)
     # routing-identical samples are dropped before FPS, so only 4 candidates stay
-    build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", section(quality_method="gate", selection_percentage=0.5))
+    build_candidates(
+        paths, tmp_path / "c.h5", tmp_path / "q.tsv", section(quality_method="gate", selection_percentage=0.5)
+    )
     assert len(read_candidates(tmp_path / "c.h5")) == 4
     # FPS over candidates that repeat each other (written by hand) warns on the console
     with h5py.File(tmp_path / "c.h5", "a") as f:
@@ -385,8 +461,9 @@ def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, caplog, monkey
     sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=strata, distance_batch_size=4)
     build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "candidates_quality.tsv", sel)
     assert run_fps(tmp_path / "candidates.h5", tmp_path / "one.tsv", sel) == 9
-    ranked = section(selection_percentage=0.3, quality_method="gate", routing_strata=strata, distance_batch_size=4,
-                     fps_gpus=2)
+    ranked = section(
+        selection_percentage=0.3, quality_method="gate", routing_strata=strata, distance_batch_size=4, fps_gpus=2
+    )
     with caplog.at_level(logging.INFO, logger="selectflow.stages.select"):
         assert run_fps(tmp_path / "candidates.h5", tmp_path / "two.tsv", ranked) == 9
     ranks = [m for m in caplog.messages if "rank 0/2 (gloo, cpu): candidate rows [0, " in m]
@@ -404,10 +481,16 @@ def rich_pool(seed):
     for s in ids:
         pool[s]["eos"] = float(rng.uniform(0.1, 1.0))
     said = pool[ids[0]]["norm"]["record"]  # ids[1] says what ids[0] says (its record and its prompt)
-    pool[ids[1]]["norm"] = {**pool[ids[1]]["norm"], "prompt": pool[ids[0]]["norm"]["prompt"].upper() + "!",
-                            "response": pool[ids[0]]["norm"]["response"],
-                            "record": {**pool[ids[1]]["norm"]["record"], "instruction": said["instruction"].upper() + "!",
-                                       "output": said["output"]}}
+    pool[ids[1]]["norm"] = {
+        **pool[ids[1]]["norm"],
+        "prompt": pool[ids[0]]["norm"]["prompt"].upper() + "!",
+        "response": pool[ids[0]]["norm"]["response"],
+        "record": {
+            **pool[ids[1]]["norm"]["record"],
+            "instruction": said["instruction"].upper() + "!",
+            "output": said["output"],
+        },
+    }
     pool[ids[2]]["probs"] = pool[ids[3]]["probs"].copy()
     pool[ids[4]]["norm"] = {**pool[ids[4]]["norm"], "response": "   "}
     pool[ids[5]]["norm"] = {**pool[ids[5]]["norm"], "response": "so so so so so so so so so so so"}
@@ -437,8 +520,11 @@ def h5_digest(path):
         for name in sorted(f):
             data = f[name][()]
             h.update(f"{name}|{data.dtype}|{data.shape}|".encode())
-            h.update(b"\x00".join(v if isinstance(v, bytes) else str(v).encode() for v in data.ravel())
-                     if data.dtype.kind == "O" else np.ascontiguousarray(data).tobytes())
+            h.update(
+                b"\x00".join(v if isinstance(v, bytes) else str(v).encode() for v in data.ravel())
+                if data.dtype.kind == "O"
+                else np.ascontiguousarray(data).tobytes()
+            )
         for key in sorted(f.attrs):
             h.update(f"{key}={f.attrs[key]!r};".encode())
     return h.hexdigest()[:16]
@@ -456,15 +542,17 @@ def file_digest(path):
 # 2026-12-03; the HDF5 values matched; the cause was not found), so the test compares them with
 # the whole-pool reference (tests/pool_reference.py) run beside the streaming one
 STREAMING_CASES = {
-    "combined_strata": dict(quality_method="combined", selection_percentage=0.2, importance_selection_percentage=0.6,
-                            routing_strata=3),
+    "combined_strata": dict(
+        quality_method="combined", selection_percentage=0.2, importance_selection_percentage=0.6, routing_strata=3
+    ),
     "combined_fps": dict(quality_method="combined", selection_percentage=0.25),
     "gate_two_stage": dict(quality_method="gate", selection_percentage=0.2, importance_selection_percentage=0.5),
     "field": dict(quality_method="field", quality_field="score", selection_percentage=0.3, routing_strata=2),
     "perplexity_quality": dict(quality_method="perplexity", selection_percentage=0.2, disable_diversity=True),
     # today's defaults (no pinned bytes: 3681dd9 had neither key): streaming against the whole-pool path
-    "combined_pool_cut_kept": dict(quality_method="combined", selection_percentage=0.25, routing_strata=3,
-                                   quality_cut="pool", strata_weight="kept"),
+    "combined_pool_cut_kept": dict(
+        quality_method="combined", selection_percentage=0.25, routing_strata=3, quality_cut="pool", strata_weight="kept"
+    ),
 }
 # the settings of 3681dd9 where a case does not name them (the defaults changed on 2026-12-04)
 PINNED_SETTINGS = dict(quality_cut="fixed", strata_weight="pool")
@@ -510,11 +598,21 @@ def selection_digests(tmp_path, name, whole=False):
     build = build_candidates_whole if whole else build_candidates
     build(paths, out / "candidates.h5", out / "candidates_quality.tsv", sel, exclude_ids={"chat:2"})
     run_fps(out / "candidates.h5", out / "curve.tsv", sel)
-    write_selection(out / "curve.tsv", out / "candidates_quality.tsv", paths, out / "selected.jsonl", out / "summary.tsv",
-                    out / "quality.tsv")
-    return {"candidates.h5": h5_digest(out / "candidates.h5"),
-            **{f: file_digest(out / f) for f in ("candidates_quality.tsv", "curve.tsv", "selected.jsonl", "summary.tsv",
-                                                 "quality.tsv")}}
+    write_selection(
+        out / "curve.tsv",
+        out / "candidates_quality.tsv",
+        paths,
+        out / "selected.jsonl",
+        out / "summary.tsv",
+        out / "quality.tsv",
+    )
+    return {
+        "candidates.h5": h5_digest(out / "candidates.h5"),
+        **{
+            f: file_digest(out / f)
+            for f in ("candidates_quality.tsv", "curve.tsv", "selected.jsonl", "summary.tsv", "quality.tsv")
+        },
+    }
 
 
 @pytest.mark.parametrize("name", list(STREAMING_CASES))
@@ -555,8 +653,15 @@ def test_hidden_features_pick_by_cosine_distance_of_the_hidden_states(tmp_path):
 def test_hidden_features_run_with_strata_streamed_as_in_memory(tmp_path, diversity):
     pool = with_hidden(make_pool())
     paths = write_shards(pool, tmp_path / "a", seed=2)
-    sel = section(features="hidden", diversity=diversity, routing_strata=3, diversity_clusters=3,
-                  diversity_neighbors=4, selection_percentage=0.2, importance_selection_percentage=0.6)
+    sel = section(
+        features="hidden",
+        diversity=diversity,
+        routing_strata=3,
+        diversity_clusters=3,
+        diversity_neighbors=4,
+        selection_percentage=0.2,
+        importance_selection_percentage=0.6,
+    )
     picks = []
     for build in (build_candidates, build_candidates_whole):
         out = tmp_path / build.__name__

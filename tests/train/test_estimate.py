@@ -73,10 +73,17 @@ def test_pick_micro_batch_is_largest_that_fits():
         pick_micro_batch(DENSE, 16000 + 7159, upper=64, **kw)
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("12GB", 12 * 10**9), ("12GiB", 12 * 2**30), ("800 MB", 800 * 10**6), ("1.5gib", 3 * 2**29), (4096, 4096),
-    ("512", 512),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("12GB", 12 * 10**9),
+        ("12GiB", 12 * 2**30),
+        ("800 MB", 800 * 10**6),
+        ("1.5gib", 3 * 2**29),
+        (4096, 4096),
+        ("512", 512),
+    ],
+)
 def test_parse_bytes(spec, expected):
     assert parse_bytes(spec) == expected
 
@@ -104,8 +111,9 @@ def test_model_shape_counts_match_the_instantiated_model(moe_folder):
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(moe_folder))
     assert shape.n_params == sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings()
-    assert shape.n_linear_params == sum(m.weight.numel() for m in model.modules()
-                                        if isinstance(m, torch.nn.Linear) and m is not head)
+    assert shape.n_linear_params == sum(
+        m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
+    )
     assert (shape.hidden, shape.layers, shape.vocab, shape.experts, shape.top_k) == (32, 2, 300, 4, 2)
     assert shape.kv_dim == 2 * 8 and shape.moe_intermediate == 32
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -117,8 +125,24 @@ def test_model_shape_counts_match_the_instantiated_model(moe_folder):
 def test_estimate_memory_cli_prints_the_estimate(moe_folder, capsys):
     from selectflow.cli import main
 
-    assert main(["estimate-memory", "--model", str(moe_folder), "--micro-batch", "4", "--max-length", "64",
-                 "--precision", "bf16", "--budget", "1GB"]) == 0
+    assert (
+        main(
+            [
+                "estimate-memory",
+                "--model",
+                str(moe_folder),
+                "--micro-batch",
+                "4",
+                "--max-length",
+                "64",
+                "--precision",
+                "bf16",
+                "--budget",
+                "1GB",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     est = estimate_training_memory(model_shape(moe_folder), micro_batch=4, max_length=64, precision="bf16")
     assert f"total (predicted peak) {est.total}" in " ".join(out.split())

@@ -48,6 +48,7 @@ def ids(text):
 
 # --- encoding -------------------------------------------------------------------------
 
+
 def test_encode_pair_masks_prompt_and_closes_response_with_eos():
     out = encode_pair(CharTokenizer(), "abc", "xy", max_length=64)
     assert out["input_ids"].dtype == torch.int32
@@ -80,8 +81,14 @@ def test_load_training_pairs_reads_all_formats_mixed_in_one_file(tmp_path):
     lines = [
         {"id": "a1", "instruction": "Add 2 and 3.", "input": "", "output": "5", "sample_id": "a1"},
         {"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}], "sample_id": "s1"},
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
-                      {"role": "assistant", "content": "Red."}], "sample_id": "m1"},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Red."},
+            ],
+            "sample_id": "m1",
+        },
         {"sample_id": "n1", "dataset": "d", "line": 4, "prompt": "P", "response": "R", "record": {}},
     ]
     path = tmp_path / "selected_data.jsonl"
@@ -102,6 +109,7 @@ def test_load_training_pairs_reads_all_formats_mixed_in_one_file(tmp_path):
 
 # --- step plan and attempt sizes -------------------------------------------------------
 
+
 def test_plan_covers_each_sample_once_per_epoch_and_resumes_consistently():
     n, eff, seed = 23, 6, 7
     full = plan_steps({}, n, eff, seed, 0, 12)  # 4 steps per epoch (6, 6, 6, 5), 3 epochs
@@ -119,9 +127,16 @@ def test_plan_covers_each_sample_once_per_epoch_and_resumes_consistently():
     assert [i for mb in split_micro(step, 1) for i in mb] == step
 
 
-@pytest.mark.parametrize(("micro", "accum", "attempt", "expected"), [
-    (4, 2, 1, (4, 2, 8)), (4, 2, 2, (2, 4, 8)), (4, 2, 3, (1, 8, 8)), (4, 2, 9, (1, 8, 8)), (3, 2, 2, (1, 6, 6)),
-])
+@pytest.mark.parametrize(
+    ("micro", "accum", "attempt", "expected"),
+    [
+        (4, 2, 1, (4, 2, 8)),
+        (4, 2, 2, (2, 4, 8)),
+        (4, 2, 3, (1, 8, 8)),
+        (4, 2, 9, (1, 8, 8)),
+        (3, 2, 2, (1, 6, 6)),
+    ],
+)
 def test_batch_split_keeps_effective_batch_per_attempt(micro, accum, attempt, expected):
     c = resolve_train_config({"micro_batch_size": micro, "gradient_accumulation_steps": accum})
     assert batch_split(c, attempt_size(micro, attempt, 2)) == expected
@@ -129,6 +144,7 @@ def test_batch_split_keeps_effective_batch_per_attempt(micro, accum, attempt, ex
 
 
 # --- device cache ------------------------------------------------------------------------
+
 
 class CountingDataset(torch.utils.data.Dataset):
     def __init__(self, n, length=10):
@@ -150,8 +166,15 @@ def test_device_cache_lru_hits_evictions_and_host_fallback():
         assert cache[i]["input_ids"].tolist() == [i] * 10
     # hand trace (device tier, LRU first): 0 1 2 | hit 0 -> 1 2 0 | 3 evicts 1 | 1 from host evicts 2
     # | 4 evicts 0 | 0 from host evicts 3 -> device 1 4 0, host 2 3
-    assert cache.stats() == {"device_hits": 1, "host_hits": 2, "misses": 5, "evictions": 4, "device_items": 3,
-                             "host_items": 2, "device_bytes": 3 * 80}
+    assert cache.stats() == {
+        "device_hits": 1,
+        "host_hits": 2,
+        "misses": 5,
+        "evictions": 4,
+        "device_items": 3,
+        "host_items": 2,
+        "device_bytes": 3 * 80,
+    }
     assert base.calls == [0, 1, 2, 3, 4]  # host hits are not recomputed
 
 
@@ -169,6 +192,7 @@ def test_device_cache_byte_budget_and_oversized_items():
 
 
 # --- prefetch loader ---------------------------------------------------------------------
+
 
 def batches(n):
     return [{"x": torch.full((2,), k)} for k in range(n)]
@@ -225,21 +249,32 @@ def test_prefetch_early_exit_stops_thread_blocked_on_full_queue():
 
 # --- presets and schema --------------------------------------------------------------------
 
-@pytest.mark.parametrize(("preset", "cache", "size", "prefetch", "factor", "workers"), [
-    ("basic", True, 5000, False, 2, 0), ("prefetch", False, 0, True, 2, 0), ("combined", True, 3000, True, 2, 0),
-    ("aggressive", True, 10000, True, 3, 0), ("minimal", True, 2000, True, 1, 0),
-])
+
+@pytest.mark.parametrize(
+    ("preset", "cache", "size", "prefetch", "factor", "workers"),
+    [
+        ("basic", True, 5000, False, 2, 0),
+        ("prefetch", False, 0, True, 2, 0),
+        ("combined", True, 3000, True, 2, 0),
+        ("aggressive", True, 10000, True, 3, 0),
+        ("minimal", True, 2000, True, 1, 0),
+    ],
+)
 def test_presets_resolve_to_seed_values(preset, cache, size, prefetch, factor, workers):
     c = resolve_train_config({"preset": preset})
     assert (c.use_gpu_cache, c.gpu_cache_size, c.use_prefetch, c.prefetch_factor, c.num_workers) == (
-        cache, size, prefetch, factor, workers)
+        cache,
+        size,
+        prefetch,
+        factor,
+        workers,
+    )
     assert c.pin_memory is (not cache)  # the seed: no pinned memory with the device cache
     assert c.micro_batch_size * c.gradient_accumulation_steps == 8
 
 
 def test_user_keys_override_preset_and_nulls_do_not():
-    c = resolve_train_config({"preset": "aggressive", "gpu_cache_size": 123, "prefetch_factor": None,
-                              "lora": {"r": 4}})
+    c = resolve_train_config({"preset": "aggressive", "gpu_cache_size": 123, "prefetch_factor": None, "lora": {"r": 4}})
     assert c.gpu_cache_size == 123 and c.prefetch_factor == 3
     assert asdict(c.lora) == {**train_defaults()["lora"], "r": 4}
     minimal = resolve_train_config({"preset": "minimal"})
@@ -250,11 +285,16 @@ def test_user_keys_override_preset_and_nulls_do_not():
         plain.seed = 1  # resolved once, read-only
 
 
-@pytest.mark.parametrize(("cfg", "match"), [
-    ({"preset": "turbo"}, "'train.preset' is 'turbo'"), ({"batch_size": 4}, "train.batch_size"),
-    ({"lora": {"rank": 4}}, "train.lora.rank"), ({"micro_batch_size": 0}, "train.micro_batch_size"),
-    ({"precision": "fp8"}, "train.precision"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"preset": "turbo"}, "'train.preset' is 'turbo'"),
+        ({"batch_size": 4}, "train.batch_size"),
+        ({"lora": {"rank": 4}}, "train.lora.rank"),
+        ({"micro_batch_size": 0}, "train.micro_batch_size"),
+        ({"precision": "fp8"}, "train.precision"),
+    ],
+)
 def test_bad_train_config_names_the_key(cfg, match):
     with pytest.raises(SelectFlowError, match=match):
         resolve_train_config(cfg)
@@ -279,7 +319,8 @@ def test_schema_defaults_are_the_trainer_defaults_and_validate():
     # the resolved config is the schema's defaults, preset-controlled keys filled from the base
     resolved = asdict(resolve_train_config({}))
     assert {k: v for k, v in resolved.items() if defaults[k] is not None} == {
-        k: v for k, v in defaults.items() if v is not None}
+        k: v for k, v in defaults.items() if v is not None
+    }
 
     def every_key_documented(node, where):
         for key, sub in node.get("properties", {}).items():

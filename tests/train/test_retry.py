@@ -54,12 +54,33 @@ def test_retry_factor_3_gives_one_micro_batch_to_resource_log_and_trainer(demo_p
     factor, configured = 3, 18
     resource = scaled_resource(configured, factor)
     assert [resource(None, a) for a in (1, 2, 3)] == [18, 6, 2]  # the default factor 2 would give 18, 9, 4
-    cfg = {"micro_batch_size": configured, "gradient_accumulation_steps": 1, "max_length": 32, "max_steps": 1,
-           "save_every": 0, "device": "cpu"}
+    cfg = {
+        "micro_batch_size": configured,
+        "gradient_accumulation_steps": 1,
+        "max_length": 32,
+        "max_steps": 1,
+        "save_every": 0,
+        "device": "cpu",
+    }
     log = tmp_path / "train.log"
-    proc = subprocess.run([sys.executable, "-c", OOM_JOB, str(demo_model), str(data), str(tmp_path / "out"), str(log),
-                           json.dumps(cfg), str(factor), str(resource(None, 2)), "2"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            OOM_JOB,
+            str(demo_model),
+            str(data),
+            str(tmp_path / "out"),
+            str(log),
+            json.dumps(cfg),
+            str(factor),
+            str(resource(None, 2)),
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     text = log.read_text()
     assert proc.returncode == 3, text[-3000:]  # EXIT_OOM: Snakemake retries
     # the trainer trained with the resource's micro-batch, the effective batch kept

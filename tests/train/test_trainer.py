@@ -23,8 +23,14 @@ from selectflow.train.trainer import METRIC_COLUMNS
 
 # The CPU semantics (bit-exact resume, LoRA touching only adapters, budgets) are checked on
 # the CPU even where a GPU exists: TF32 and bf16 change the last bits there by design.
-FAST = {"learning_rate": 3e-3, "max_length": 96, "monitor_interval": 4, "save_every": 0, "warmup_ratio": 0.0,
-        "device": "cpu"}
+FAST = {
+    "learning_rate": 3e-3,
+    "max_length": 96,
+    "monitor_interval": 4,
+    "save_every": 0,
+    "warmup_ratio": 0.0,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +39,9 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_demo")
     pool = root / "pool.jsonl"
     write_demo_pool(pool, 200, seed=0)
-    model = build_proxy_model(root / "model", pool, seed=0, vocab_size=512, n_layers=2, n_experts=4, hidden=32,
-                              pretrain_epochs=0)
+    model = build_proxy_model(
+        root / "model", pool, seed=0, vocab_size=512, n_layers=2, n_experts=4, hidden=32, pretrain_epochs=0
+    )
     records = read_dataset(pool, "demo")[:64]
     data = root / "selected_data.jsonl"
     write_jsonl(data, [{**r["record"], "sample_id": r["sample_id"]} for r in records])
@@ -52,8 +59,12 @@ def max_diff(a, b):
 
 def test_loss_falls_and_outputs_are_written(demo, tmp_path):
     out = tmp_path / "run"
-    summary = train(demo["model"], demo["data"], out, {**FAST, "max_steps": 16, "micro_batch_size": 4,
-                                                       "gradient_accumulation_steps": 2})
+    summary = train(
+        demo["model"],
+        demo["data"],
+        out,
+        {**FAST, "max_steps": 16, "micro_batch_size": 4, "gradient_accumulation_steps": 2},
+    )
     metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
     assert list(metrics.columns) == METRIC_COLUMNS
     assert metrics["step"].tolist() == list(range(1, 17))
@@ -85,14 +96,25 @@ KILLED_RUN = textwrap.dedent("""
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(demo, tmp_path):
-    cfg = {**FAST, "max_steps": 10, "save_every": 3, "micro_batch_size": 4, "gradient_accumulation_steps": 2,
-           "preset": "combined", "gpu_cache_size": 16}
+    cfg = {
+        **FAST,
+        "max_steps": 10,
+        "save_every": 3,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "preset": "combined",
+        "gpu_cache_size": 16,
+    }
     reference = tmp_path / "reference"
     train(demo["model"], demo["data"], reference, cfg)
 
     killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(demo["model"]), str(demo["data"]), str(killed),
-                           json.dumps(cfg), "5"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(demo["model"]), str(demo["data"]), str(killed), json.dumps(cfg), "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (killed / "checkpoint").exists()
     state = json.loads((killed / "resume" / "state.json").read_text())
@@ -120,8 +142,9 @@ def test_loader_pipelines_give_identical_training(demo, tmp_path):
     base = {**FAST, "max_steps": 12, "micro_batch_size": 4, "gradient_accumulation_steps": 2}
     plain = train(demo["model"], demo["data"], tmp_path / "plain", base)
     workers = train(demo["model"], demo["data"], tmp_path / "workers", {**base, "preset": "prefetch", "num_workers": 1})
-    cached = train(demo["model"], demo["data"], tmp_path / "cached",
-                   {**base, "preset": "combined", "gpu_cache_size": 40})
+    cached = train(
+        demo["model"], demo["data"], tmp_path / "cached", {**base, "preset": "combined", "gpu_cache_size": 40}
+    )
     ref = weights(tmp_path / "plain")
     for name in ("workers", "cached"):
         other = weights(tmp_path / name)
@@ -135,8 +158,11 @@ def test_loader_pipelines_give_identical_training(demo, tmp_path):
 
 
 def test_lora_trains_adapters_only_and_saves_merged_model(demo, tmp_path):
-    cfg = {**FAST, "max_steps": 4, "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0,
-                                            "target_modules": ["q_proj", "v_proj"]}}
+    cfg = {
+        **FAST,
+        "max_steps": 4,
+        "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+    }
     summary = train(demo["model"], demo["data"], tmp_path / "lora", cfg)
     assert summary["checkpoint_kind"] == "full (LoRA merged)"
     base, tuned = load_file(str(demo["model"] / "model.safetensors")), weights(tmp_path / "lora")
@@ -146,21 +172,36 @@ def test_lora_trains_adapters_only_and_saves_merged_model(demo, tmp_path):
 
 
 def test_gradient_checkpointing_and_bf16_run_on_cpu(demo, tmp_path):
-    summary = train(demo["model"], demo["data"], tmp_path / "gc",
-                    {**FAST, "max_steps": 2, "micro_batch_size": 2, "gradient_accumulation_steps": 1,
-                     "precision": "bf16", "gradient_checkpointing": True})
+    summary = train(
+        demo["model"],
+        demo["data"],
+        tmp_path / "gc",
+        {
+            **FAST,
+            "max_steps": 2,
+            "micro_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "precision": "bf16",
+            "gradient_checkpointing": True,
+        },
+    )
     assert summary["precision"] == "bf16" and summary["steps"] == 2
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "gc").values())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-@pytest.mark.parametrize(("cfg", "match"), [
-    ({"precision": "fp16"}, "train.precision fp16 needs a CUDA device"),
-    ({"load_in_8bit": True, "lora": {"enabled": True}}, "train.load_in_8bit needs a CUDA device"),
-    ({"cpu_offload": {"enabled": True, "max_memory": {"0": "8GB", "cpu": "30GB"}}, "lora": {"enabled": True}},
-     "train.cpu_offload.enabled needs a CUDA device"),
-    ({"device": "cuda"}, "CUDA is not available"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"precision": "fp16"}, "train.precision fp16 needs a CUDA device"),
+        ({"load_in_8bit": True, "lora": {"enabled": True}}, "train.load_in_8bit needs a CUDA device"),
+        (
+            {"cpu_offload": {"enabled": True, "max_memory": {"0": "8GB", "cpu": "30GB"}}, "lora": {"enabled": True}},
+            "train.cpu_offload.enabled needs a CUDA device",
+        ),
+        ({"device": "cuda"}, "CUDA is not available"),
+    ],
+)
 def test_cuda_only_levers_fail_clearly_on_cpu(demo, tmp_path, cfg, match):
     with pytest.raises(SelectFlowError, match=match):
         train(demo["model"], demo["data"], tmp_path / "never", cfg)
@@ -171,18 +212,27 @@ def test_gpu_memory_budget_caps_the_micro_batch(demo, tmp_path):
     cfg = {**FAST, "max_steps": 1, "micro_batch_size": 4, "gradient_accumulation_steps": 2}
     one = estimate_training_memory(model_shape(demo["model"]), micro_batch=1, max_length=96, precision="fp32")
     summary = train(demo["model"], demo["data"], tmp_path / "budget", {**cfg, "gpu_memory_budget": one.total + 1})
-    assert (summary["micro_batch_size"], summary["gradient_accumulation_steps"], summary["effective_batch"]) == (1, 8, 8)
+    assert (summary["micro_batch_size"], summary["gradient_accumulation_steps"], summary["effective_batch"]) == (
+        1,
+        8,
+        8,
+    )
 
 
 def to_sharegpt(rec):
     user = rec["instruction"] + (f"\n\n{rec['input']}" if rec["input"] else "")
-    return {"id": rec["id"], "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": rec["output"]}]}
+    return {
+        "id": rec["id"],
+        "conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": rec["output"]}],
+    }
 
 
 def to_messages(rec):
     user = rec["instruction"] + (f"\n\n{rec['input']}" if rec["input"] else "")
-    return {"id": rec["id"], "messages": [{"role": "user", "content": user},
-                                          {"role": "assistant", "content": rec["output"]}]}
+    return {
+        "id": rec["id"],
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}],
+    }
 
 
 def test_train_on_pool_uses_a_seeded_subset_of_several_formats(demo, tmp_path):
@@ -222,9 +272,19 @@ def test_cuda_cache_and_prefetch_deliver_device_batches_in_order():
 def test_cuda_training_with_combined_preset_reports_device_peak(demo, tmp_path, precision):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("no bf16 on this GPU")
-    summary = train(demo["model"], demo["data"], tmp_path / precision,
-                    {**FAST, "device": "cuda", "max_steps": 6, "precision": precision, "preset": "combined",
-                     "empty_cache_every": 2})
+    summary = train(
+        demo["model"],
+        demo["data"],
+        tmp_path / precision,
+        {
+            **FAST,
+            "device": "cuda",
+            "max_steps": 6,
+            "precision": precision,
+            "preset": "combined",
+            "empty_cache_every": 2,
+        },
+    )
     assert summary["device"].startswith("cuda") and summary["precision"] == precision
     assert summary["measured_peak_mb"] > 0 and summary["cache"]["device_items"] > 0
     metrics = pd.read_csv(tmp_path / precision / "metrics.tsv", sep="\t")

@@ -1,5 +1,6 @@
 """Rule grow: hold ``alloc_mb`` MiB of resident memory for a moment, then write
 {"attempt": N, "mem_mb": M, "held": bytes} so the test can tell which attempt succeeded."""
+
 import json
 import time
 
