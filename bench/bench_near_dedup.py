@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from selectflow.data.demo import make_demo_pool  # noqa: E402
 from selectflow.data.records import prompt_and_response  # noqa: E402
-from selectflow.select import dedup  # noqa: E402
+from selectflow.select import dedup, minhash  # noqa: E402
 
 
 def docstrings(min_words: int = 25) -> list[str]:
@@ -105,20 +105,20 @@ def perturb(text: str, rng: random.Random, vocab: list[str]) -> tuple[str, str]:
 def rensa_minhash(grams: list[bytes]) -> np.ndarray:
     from rensa import RMinHash
 
-    m = RMinHash(num_perm=dedup.NUM_PERM, seed=dedup.MINHASH_SEED)
+    m = RMinHash(num_perm=minhash.NUM_PERM, seed=minhash.MINHASH_SEED)
     m.update([g.decode() for g in grams])
     return np.asarray(m.digest(), dtype=np.uint32)
 
 
 def signatures(parts: list[tuple[str, str]], engine: str):
-    """dedup.signatures with the engine's MinHash (datasketch: the method's)."""
-    return dedup.signatures(parts, **({} if engine == "datasketch" else {"minhash": rensa_minhash}))
+    """minhash.signatures with the engine's MinHash (datasketch: the method's)."""
+    return minhash.signatures(parts, **({} if engine == "datasketch" else {"minhash": rensa_minhash}))
 
 
 def near_keys(parts: list[tuple[str, str]], threshold: float, engine: str) -> dict:
     """dedup.near_keys of (text, answer) pairs with the engine's MinHash."""
     return {
-        **dedup.keys_of_signatures(*signatures(parts, engine), threshold),
+        **minhash.keys_of_signatures(*signatures(parts, engine), threshold),
         "near_numbers": dedup.number_keys([t for t, _ in parts]),
     }
 
@@ -159,7 +159,7 @@ def quality_of_dedup(args) -> list[dict]:
         exact.setdefault(key, r["sample_id"])
     rows = []
     for shingle in args.shingles:
-        dedup.SHINGLE_WORDS = shingle
+        minhash.SHINGLE_WORDS = shingle
         for threshold in args.thresholds:
             for engine in args.engines:
                 keep, reason, sim, secs = run_dedup(records, threshold, engine)

@@ -33,10 +33,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,7 +52,15 @@ from selectflow.router.capture import (
     n_routed_experts,
     resolve_capture,
 )
-from selectflow.router.gate import load_causal_lm, quality_gates
+from selectflow.router.forward import (
+    capture_outputs,
+    eos_nll,
+    last_hidden,
+    load_model,
+    masked_token_mean,
+    response_nll,
+)
+from selectflow.router.gate import quality_gates
 from selectflow.router.modules import named_modules_matching
 from selectflow.router.routerfile import RouterShard
 from selectflow.runtime.device import inference_dtype, resolve_device
@@ -92,91 +98,6 @@ class DumpSettings:
         skip = ("batch_size", "device", "sort_by_length", "router_source", "hidden_states")
         keys = {k: v for k, v in asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load_model(path: str, device: torch.device, dtype: torch.dtype):
-    """Load a local Hugging Face causal LM and its tokenizer (``from_pretrained``, no download)."""
-    from transformers import AutoTokenizer
-
-    if not Path(path).is_dir():
-        raise SelectFlowError(
-            f"model path {path} is not a folder; set 'model.path' to a local Hugging Face model folder"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = load_causal_lm(path, dtype=dtype)
-    model.to(device).eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-@contextmanager
-def capture_outputs(modules: list[tuple[str, torch.nn.Module]], whole: bool = False):
-    """Record each module's first output tensor (``whole``: its whole output) per forward call."""
-    captured: list[list[torch.Tensor]] = [[] for _ in modules]
-    handles = []
-    for slot, (_, module) in zip(captured, modules):
-
-        def hook(_mod, _inp, out, slot=slot):
-            slot.append(out[0] if isinstance(out, (tuple, list)) and not whole else out)
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        yield captured
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _masked_token_mean(per_layer: list[torch.Tensor], mask: torch.Tensor, softmax: bool) -> torch.Tensor:
-    """[B·T, K] (or [B, T, K]) per layer → [B, L, K] mean over the mask's valid tokens."""
-    b, t = mask.shape
-    m = mask.to(torch.float32).unsqueeze(-1)
-    out = []
-    for x in per_layer:
-        x = x.reshape(b, t, -1).float()
-        if softmax:
-            x = torch.softmax(x, dim=-1)
-        out.append(torch.where(m > 0, x, 0.0).sum(1) / m.sum(1).clamp_min(1))  # padding may hold NaN
-    return torch.stack(out, dim=1)
-
-
-def _last_hidden(output) -> torch.Tensor | None:
-    """The ``last_hidden_state`` [B, T, H] of a decoder's output (a ModelOutput or a tuple), or None."""
-    value = getattr(output, "last_hidden_state", None)
-    if value is None and isinstance(output, (tuple, list)) and output:
-        value = output[0]
-    return value if torch.is_tensor(value) else None
-
-
-def _response_nll(
-    logits: torch.Tensor, ids: torch.Tensor, starts: list[int], lengths: list[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean NLL of tokens [start, length) of each row (token i predicted from position i-1).
-
-    Only the scored positions go through the softmax. Rows with no scored token get NaN.
-    """
-    b, t = ids.shape
-    pos = torch.arange(1, t, device=ids.device)
-    lo = torch.tensor(starts, device=ids.device).clamp_min(1).unsqueeze(1)  # the first token has no context
-    hi = torch.tensor(lengths, device=ids.device).unsqueeze(1)
-    scored = (pos >= lo) & (pos < hi)  # [B, T-1]: target position pos, predicted at pos-1
-    rows, cols = scored.nonzero(as_tuple=True)
-    tok_nll = torch.nn.functional.cross_entropy(logits[rows, cols].float(), ids[rows, cols + 1], reduction="none")
-    count = scored.sum(1)
-    total = torch.zeros(b, device=ids.device).index_add_(0, rows, tok_nll)
-    nll = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
-    return nll, count
-
-
-def _eos_nll(logits: torch.Tensor, ids: torch.Tensor, lengths: list[int], eos_id: int | None) -> torch.Tensor:
-    """NLL of each row's last token when it is ``eos_id`` (predicted from the token before); else NaN."""
-    rows = torch.arange(ids.shape[0], device=ids.device)
-    last = torch.tensor(lengths, device=ids.device) - 1
-    pred = logits[rows, (last - 1).clamp_min(0)].float()
-    nll = torch.nn.functional.cross_entropy(pred, ids[rows, last], reduction="none")
-    ok = (ids[rows, last] == (-1 if eos_id is None else eos_id)) & (last >= 1)
-    return torch.where(ok, nll, torch.full_like(nll, float("nan")))
 
 
 class RouterDumper:
@@ -219,7 +140,7 @@ class RouterDumper:
         if decoder is None:
             log.info("last hidden state via output_hidden_states (no decoder module to hook)")
             return
-        hooked = _last_hidden(calls[0][-1]) if calls[0] else None
+        hooked = last_hidden(calls[0][-1]) if calls[0] else None
         valid = mask.bool()
         if torch.is_tensor(hooked) and hooked.shape == want.shape and torch.equal(hooked[valid], want[valid]):
             self.hidden_hook = [("decoder", decoder)]
@@ -332,7 +253,7 @@ class RouterDumper:
             out = self.model(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
         states = None
         if hidden:
-            states = _last_hidden(last[0][-1]) if hook else out.hidden_states[-1]
+            states = last_hidden(last[0][-1]) if hook else out.hidden_states[-1]
         n_tokens = ids.numel()
         try:
             if capture.use_output:
@@ -372,23 +293,23 @@ class RouterDumper:
         seqs = [ids for ids, _, _ in items]
         ids, mask, logits, router_logits, gates, states = self._forward(seqs, hidden=self.settings.hidden_states)
         lengths = [len(x) for x in seqs]
-        nll, n_resp = _response_nll(logits, ids, [n for _, n, _ in items], lengths)
+        nll, n_resp = response_nll(logits, ids, [n for _, n, _ in items], lengths)
         out = {
-            "moe_probs": _masked_token_mean(
+            "moe_probs": masked_token_mean(
                 [self.capture.distribution(x, self.settings.softmax_logits) for x in router_logits], mask, softmax=False
             ),
             "nll_response": nll,
             "n_response_tokens": n_resp,
-            "nll_eos": _eos_nll(logits, ids, lengths, self.tokenizer.eos_token_id),
+            "nll_eos": eos_nll(logits, ids, lengths, self.tokenizer.eos_token_id),
         }
         if gates:
-            out["quality_logits"] = _masked_token_mean(gates, mask, softmax=False)
+            out["quality_logits"] = masked_token_mean(gates, mask, softmax=False)
         if states is not None:
-            out["hidden"] = _masked_token_mean([states], mask, softmax=False)[:, 0]
+            out["hidden"] = masked_token_mean([states], mask, softmax=False)[:, 0]
         if self.settings.ifd:
             alone = [a for _, _, a in items]
             ids2, _, logits2, _, _, _ = self._forward(alone)
-            out["nll_response_alone"], _ = _response_nll(
+            out["nll_response_alone"], _ = response_nll(
                 logits2, ids2, [self._header_len] * len(alone), [len(a) for a in alone]
             )
         return out

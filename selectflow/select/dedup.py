@@ -9,18 +9,19 @@ system turn are one sample; ``selection.dedup_system_turns: true`` counts system
 
 * exact: equal normalised texts (a 16-byte digest each, :func:`text_keys`), or routing equal
   to 6 decimals (:func:`routing_keys`);
-* near: MinHash (datasketch, :data:`NUM_PERM` permutations) of the text's word
-  :data:`SHINGLE_WORDS`-grams, candidate pairs from LSH bands (:func:`lsh_shape`), a pair
+* near: MinHash (datasketch, :data:`~selectflow.select.minhash.NUM_PERM` permutations) of the text's
+  word :data:`~selectflow.select.minhash.SHINGLE_WORDS`-grams, candidate pairs from LSH bands
+  (:func:`~selectflow.select.minhash.lsh_shape`; the signature maths: :mod:`selectflow.select.minhash`), a pair
   merged when the Jaccard similarity of their shingle sets, computed exactly, is at least
   ``selection.near_duplicate_threshold``, their answers' at least :data:`ANSWER_MIN` and their
   numbers are the same (:func:`near_keys`, :func:`drop_near_duplicates`).
 
 The pool (:class:`selectflow.select.pool.Pool`) keeps only keys, per sample: two 16-byte
 digests, the LSH band keys (4 bytes a band: 96 bytes at the default threshold 0.6), the
-signature's first :data:`PREFILTER_PERM` values cut to 8 bits (32 bytes), a digest of the numbers
-(8 bytes) and a flag; the rest of the signature is dropped with each shard. The near-duplicate
-pass reads back the records of the samples in a candidate pair whose estimate is near the
-threshold (and only those) for the exact check.
+signature's first :data:`~selectflow.select.minhash.PREFILTER_PERM` values cut to 8 bits
+(32 bytes), a digest of the numbers (8 bytes) and a flag; the rest of the signature is dropped
+with each shard. The near-duplicate pass reads back the records of the samples in a candidate
+pair whose estimate is near the threshold (and only those) for the exact check.
 """
 
 from __future__ import annotations
@@ -28,29 +29,27 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import zlib
 
 import numpy as np
 
 from selectflow.data.records import detect_format
+from selectflow.select.minhash import (
+    PREFILTER_MARGIN,
+    estimate,
+    jaccard,
+    keys_of_signatures,
+    shingle_hashes,
+    signatures,
+)
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
 _TEMPLATE = re.compile(r"### (System|User|Assistant):\n")
 _NUMBER = re.compile(r"\b\d+\b")  # a number standing alone (not the digits of a word like "utf8")
-NUM_PERM = 128  # MinHash permutations: the estimated Jaccard's standard error is at most 0.044
-SHINGLE_WORDS = 3  # words per shingle (bench/bench_near_dedup.py measures 2, 3 and 5)
-MINHASH_SEED = 1
 # Two samples are copies when they ask and answer alike: the same question with the answer cut
 # short, emptied or replaced by one repeated word is another (junk) sample, however much of the
 # whole text it shares. Such answers overlap by under 0.2; of the 374 planted docstring copies at
 # Jaccard 0.6 or more in bench/bench_near_dedup.py, 2 overlap by under 0.3 (0.27, 0.29)
 ANSWER_MIN = 0.3
-# the pass reads back only pairs whose MinHash estimate from the signature's first PREFILTER_PERM
-# values (8 bits each, 32 bytes a sample) is within PREFILTER_MARGIN of the threshold: LSH buckets
-# shared by chance (pairs of Jaccard ~0) are not read; a pair at the threshold falls that far
-# below it with probability under 0.001 (standard error 0.087 at 32 permutations)
-PREFILTER_PERM = 32
-PREFILTER_MARGIN = 0.3
 
 
 def _turns(rec: dict) -> list[tuple[str, str]]:
@@ -135,72 +134,9 @@ def text_keys(records, system_turns: bool = False) -> np.ndarray:
     return out
 
 
-# (false positive, false negative) weights of the LSH shape: a candidate pair is checked with
-# the exact Jaccard anyway, so a false positive costs one comparison and a false negative a
-# missed duplicate; equal weights found under half of the pairs at the threshold (tests/select/test_dedup.py)
-LSH_WEIGHTS = (0.05, 0.95)
-
-
-def lsh_shape(threshold: float) -> tuple[int, int]:
-    """(bands, rows per band) of the LSH for ``threshold`` over :data:`NUM_PERM` permutations: datasketch's
-    choice for :data:`LSH_WEIGHTS` (a pair at the threshold shares a band with probability over 0.9)."""
-    from datasketch import MinHashLSH
-
-    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM, weights=LSH_WEIGHTS)
-    return lsh.b, lsh.r
-
-
-def shingles(text: str) -> set[bytes]:
-    """The word :data:`SHINGLE_WORDS`-grams of ``text`` (words: :func:`selectflow.select.quality.words`,
-    across turns); a text with fewer words is one shingle; none without a word."""
-    from selectflow.select.quality import words
-
-    found = words(text)
-    n = min(SHINGLE_WORDS, len(found))
-    return {" ".join(found[i : i + n]).encode() for i in range(len(found) - n + 1)} if found else set()
-
-
-def datasketch_minhash(grams: list[bytes]) -> np.ndarray:
-    """uint32 [NUM_PERM]: the MinHash of a shingle set (datasketch, seeded; its permutations made once)."""
-    from datasketch import MinHash
-
-    global _TEMPLATE_MINHASH
-    if _TEMPLATE_MINHASH is None:
-        _TEMPLATE_MINHASH = MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED)
-    m = MinHash(
-        num_perm=NUM_PERM,
-        seed=MINHASH_SEED,
-        permutations=_TEMPLATE_MINHASH.permutations,
-        scheme=_TEMPLATE_MINHASH.scheme,
-    )
-    m.update_batch(grams)
-    return m.hashvalues.astype(np.uint32)
-
-
-_TEMPLATE_MINHASH = None
-
-
-def signatures(parts: list[tuple[str, str]], minhash=datasketch_minhash) -> tuple[np.ndarray, np.ndarray]:
-    """``(uint32 [n, NUM_PERM] MinHash signatures of the texts, bool [n] the text and its answer have a
-    word)`` of ``parts`` (:func:`near_parts`); ``minhash``: a shingle list's signature."""
-    sig = np.zeros((len(parts), NUM_PERM), dtype=np.uint32)
-    ok = np.zeros(len(parts), dtype=bool)
-    for i, (text, answer) in enumerate(parts):
-        grams = shingles(text)
-        if grams and shingles(answer):
-            sig[i], ok[i] = minhash(list(grams)), True
-    return sig, ok
-
-
-# odd 64-bit multipliers: a band key is the high half of the dot product of its rows with them, mod 2**64
-_BAND_MULT = np.random.default_rng(20261204).integers(0, 2**63, size=NUM_PERM, dtype=np.uint64) * np.uint64(
-    2
-) + np.uint64(1)
-
-
 def near_keys(records, threshold: float, system_turns: bool = False) -> dict[str, np.ndarray]:
-    """Per record: ``near_band`` uint32 [n, bands] (LSH band keys, :func:`lsh_shape`; two keys agree by
-    chance with probability 2**-32, a pair the exact check then turns away), ``near_sig`` uint8
+    """Per record: ``near_band`` uint32 [n, bands] (LSH band keys, :func:`~selectflow.select.minhash.lsh_shape`;
+    two keys agree by chance with probability 2**-32, a pair the exact check then turns away), ``near_sig`` uint8
     [n, PREFILTER_PERM] (the signature's first values, low 8 bits: :func:`estimate`), ``near_numbers``
     uint64 [n] (:func:`number_keys`) and ``near_ok`` bool [n] (the text and its answer have a word; a
     sample without is never a near-duplicate, only an exact one). The rest of the signature is not kept."""
@@ -234,37 +170,6 @@ def near_parts(record: str | dict, system_turns: bool = False) -> tuple[str, str
         return "", ""
     has_answer = any(role == "answer" for role, _ in _turns(rec))
     return text.replace("\x00", " "), text.rsplit("\x00", 1)[-1] if has_answer else ""
-
-
-def keys_of_signatures(sig: np.ndarray, ok: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    """:func:`near_keys` but the numbers, from :func:`signatures`."""
-    b, r = lsh_shape(threshold)
-    with np.errstate(over="ignore"):
-        band = (sig[:, : b * r].astype(np.uint64).reshape(len(sig), b, r) * _BAND_MULT[:r]).sum(axis=2)
-    return {
-        "near_band": (band >> np.uint64(32)).astype(np.uint32),
-        "near_sig": (sig[:, :PREFILTER_PERM] & 0xFF).astype(np.uint8),
-        "near_ok": ok,
-    }
-
-
-def estimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Estimated Jaccard similarity of MinHash signatures cut to 8 bits (uint8 [..., perm], broadcast):
-    the share of agreeing values, less the 1/256 that agree by chance."""
-    return np.clip(((a == b).mean(axis=-1) - 1 / 256) / (1 - 1 / 256), 0.0, 1.0)
-
-
-def shingle_hashes(text: str) -> np.ndarray:
-    """uint32 [m], sorted: a CRC-32 of each of :func:`shingles` of ``text`` (two of a text's shingles
-    collide with probability about m**2 / 2**33: a shingle more or less, now and then, in a Jaccard)."""
-    return np.unique(np.fromiter((zlib.crc32(g) for g in shingles(text)), dtype=np.uint32))
-
-
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Jaccard similarity of two sorted sets (:func:`shingle_hashes`); 0 when both are empty."""
-    shared = len(np.intersect1d(a, b, assume_unique=True))
-    union = len(a) + len(b) - shared
-    return shared / union if union else 0.0
 
 
 def _shared_buckets(band: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,16 +8,13 @@ import pytest
 from selectflow.data.records import prompt_and_response
 from selectflow.select.dedup import (
     ANSWER_MIN,
-    NUM_PERM,
     drop_near_duplicates,
-    lsh_shape,
     near_keys,
     near_parts,
     normalised_text,
-    shingles,
-    signatures,
     text_keys,
 )
+from selectflow.select.minhash import NUM_PERM, lsh_shape, shingles, signatures
 
 QUESTION, ANSWER = "How do I set ${foo} in a shell?", "Run export foo=1; then $foo expands to 1."
 SYSTEM = "You are a helpful assistant."
