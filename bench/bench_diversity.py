@@ -58,7 +58,9 @@ def one(args) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     if args.one == "fps":
-        picks = fps_streaming(x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9).picks
+        picks = fps_streaming(
+            x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein"
+        ).picks
     elif args.one == "target":  # selection.target: --targets target records, routed like the candidates
         targets = features(args.targets, args.layers, args.experts, args.seed + 2)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -160,7 +160,7 @@ def gate_scores(model: Path, held: list[dict]) -> dict[str, np.ndarray]:
     from selectflow.train.objective import record_gate_logits
 
     d = dumper(model)
-    library = quality_scores(pool_of([(None, d.dump(held, progress=False))]), "gate")[0]
+    library = quality_scores(pool_of([(None, d.dump(held, progress=False))], system_turns=False), "gate")[0]
     response = []
     for start in range(0, len(held), 64):
         items = [encode_pair(d.tokenizer, r["prompt"], r["response"], MAX_LENGTH) for r in held[start : start + 64]]

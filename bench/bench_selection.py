@@ -59,7 +59,7 @@ def pool_features(n: int, seed: int):
     out = np.empty((n, LAYERS * EXPERTS), dtype=np.float32)
     for lo in range(0, n, 16384):
         hi = min(lo + 16384, n)
-        out[lo:hi] = features(routing_probs(hi - lo, seed, lo))
+        out[lo:hi] = features(routing_probs(hi - lo, seed, lo), "wasserstein")
     return out
 
 
@@ -158,16 +158,16 @@ def worker(name: str, p: dict, device: str) -> dict:
                         torch.cuda.synchronize()
             else:
                 with Peak(device) as m:
-                    f = torch.from_numpy(features(probs)).to(device)
-                    out = pairwise(f, f)
+                    f = torch.from_numpy(features(probs, "wasserstein")).to(device)
+                    out = pairwise(f, f, "wasserstein")
                     if device == "cuda":
                         torch.cuda.synchronize()
             best, mib = min(best, m.seconds), max(mib, m.mib)
             del out
         result = {"seconds": best, "peak_mib": mib}
         if ref is not None:
-            f = torch.from_numpy(features(probs)).to(device)
-            result["max_abs_diff"] = float(np.abs(pairwise(f[:64], f).cpu().numpy() - ref).max())
+            f = torch.from_numpy(features(probs, "wasserstein")).to(device)
+            result["max_abs_diff"] = float(np.abs(pairwise(f[:64], f, "wasserstein").cpu().numpy() - ref).max())
             result["median_distance"] = float(np.median(ref))
         return result
     if name == "fps_matrix":
@@ -177,7 +177,16 @@ def worker(name: str, p: dict, device: str) -> dict:
             with Peak(device) as blocks:
                 for i in range(nb):
                     for j in range(i, nb):
-                        compute_block(feats, i, j, p["fps_block"], block_path(tmp, i, j), device=device, sub_chunk=1024)
+                        compute_block(
+                            feats,
+                            i,
+                            j,
+                            p["fps_block"],
+                            block_path(tmp, i, j),
+                            device=device,
+                            sub_chunk=1024,
+                            metric="wasserstein",
+                        )
             with Peak(device) as m:
                 result = fps_matrix(
                     BlockMatrix(tmp, len(feats), p["fps_block"], "wasserstein"), p["fps_k"], log_interval=10**9
@@ -194,7 +203,7 @@ def worker(name: str, p: dict, device: str) -> dict:
         feats = pool_features(n, seed=2)
         bw = bandwidth(feats, device)
         with Peak(device) as m:
-            result = fps_streaming(feats, k, device=device, log_interval=max(1, k // 10))
+            result = fps_streaming(feats, k, device=device, log_interval=max(1, k // 10), metric="wasserstein")
         # measured again afterwards: on a shared machine the bandwidth drifts during a long run
         bw_after = bandwidth(feats, device)
         return {

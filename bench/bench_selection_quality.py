@@ -206,7 +206,9 @@ def run_pool(
                     }
                 )
     ids = shard.sample_id.astype(str)
-    fps = fps_streaming(features(shard.moe_probs, "wasserstein"), k, start=0, device="cpu", log_interval=10**9)
+    fps = fps_streaming(
+        features(shard.moe_probs, "wasserstein"), k, start=0, device="cpu", log_interval=10**9, metric="wasserstein"
+    )
     rows.append({"method": "none", "diversity": "fps", "features": "routing", **measure(list(ids[fps.picks]), lab)})
     randoms = [measure(list(np.random.default_rng(seed).choice(ids, k, replace=False)), lab) for seed in range(5)]
     mean = pd.DataFrame(randoms).drop(columns=["target", "by_kind"]).mean().to_dict()

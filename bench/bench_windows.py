@@ -87,6 +87,7 @@ def child_build(args) -> dict:
             args.out,
             kind="positions",
             progress=False,
+            index_type="flat_l2",
         )
         disk = int(table["disk_bytes"].sum())
     else:

@@ -167,7 +167,7 @@ def build_window_index(
     n_windows: int | None = None,
     span: tuple[int, int] | None = None,
     kind: str = "items",
-    index_type: str = "flat_l2",
+    index_type: str,
     use_gpu="auto",
     ivf_nlist: int | None = None,
     pq_m: int | None = None,

@@ -25,7 +25,7 @@ from selectflow.runtime.oom import run_adaptive
 log = logging.getLogger(__name__)
 
 
-def load_encoder(path: str | os.PathLike, device: str | torch.device = "auto", dtype: str = "auto"):
+def load_encoder(path: str | os.PathLike, device: str | torch.device, dtype: str = "auto"):
     """Load the backbone of the model in ``path`` (lm head dropped) and its tokenizer, in eval mode."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -87,8 +87,8 @@ def encode_texts(
     tokenizer,
     texts: Sequence[str],
     *,
-    batch_size: int = 32,
-    max_length: int = 512,
+    batch_size: int,
+    max_length: int,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Embed ``texts`` as ``float32 [n, H]``: the last hidden state averaged over non-pad tokens.

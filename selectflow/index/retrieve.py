@@ -129,8 +129,8 @@ class OnDemandNeighbors:
         tokenizer,
         *,
         k: int,
-        batch_size: int = 32,
-        max_length: int = 512,
+        batch_size: int,
+        max_length: int,
     ):
         if k < 1:
             raise SelectFlowError(f"k must be >= 1, got {k}")

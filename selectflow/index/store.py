@@ -158,7 +158,7 @@ class WindowStore:
         self,
         index_dir: str | os.PathLike,
         *,
-        max_open: int = 4,
+        max_open: int,
         ram_budget_bytes: int | None = None,
         n_windows: int | None = None,
         nprobe: int | None = None,

@@ -22,7 +22,8 @@ def summarize_windows(index: str | os.PathLike | WindowStore, out_tsv: str | os.
     (NaN when the vectors came from elsewhere), disk_bytes, open, ram_bytes. Written to ``out_tsv`` (atomically) when
     given.
     """
-    store = index if isinstance(index, WindowStore) else WindowStore(index)
+    # reads the windows' metadata only: the store opens no window here
+    store = index if isinstance(index, WindowStore) else WindowStore(index, max_open=1)
     rows = []
     for meta in store.meta:
         ram = store.open_ram_bytes(meta["window"])

@@ -2,7 +2,7 @@
 
 Features: :func:`features` maps ``moe_probs`` [n, L, E] float32 to float32 [n, D]:
 
-* ``wasserstein`` (default): per-layer CDF over experts (cumsum), flattened to D = L·E.
+* ``wasserstein`` (``selection.metric``'s default): per-layer CDF over experts (cumsum), flattened to D = L·E.
   The L1 distance of two such rows is the sum over layers of the 1-D Wasserstein-1
   distance between the two routing distributions (Select-MoE's distance).
 * ``cosine``: flattened probabilities, L2-normalised; distance ``1 - a·b``.
@@ -79,7 +79,7 @@ def grid_bits(metric: str, dim: int) -> int:
     return min(24, bits)
 
 
-def features(moe_probs: np.ndarray, metric: str = "wasserstein") -> np.ndarray:
+def features(moe_probs: np.ndarray, metric: str) -> np.ndarray:
     """Float32 [n, L·E] grid-snapped features of ``moe_probs`` [n, L, E] for ``metric``."""
     check_metric(metric)
     probs = np.asarray(moe_probs)
@@ -118,9 +118,7 @@ def squared_norms(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([(piece * piece).sum(1) for piece in (p.double() for p in x.split(4096))])
 
 
-def pairwise(
-    a: torch.Tensor, b: torch.Tensor, metric: str = "wasserstein", *, b_sq: torch.Tensor | None = None
-) -> torch.Tensor:
+def pairwise(a: torch.Tensor, b: torch.Tensor, metric: str, *, b_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Float32 [m, k] distances between grid features ``a`` [m, D] and ``b`` [k, D] (same device).
 
     wasserstein: L1 via FAISS on CPU (about 10x faster than ``torch.cdist(p=1)`` there) and
@@ -215,8 +213,8 @@ def compute_block(
     block_size: int,
     out_path: str | os.PathLike,
     *,
-    metric: str = "wasserstein",
-    device: str = "auto",
+    metric: str,
+    device: str,
     sub_chunk: int = 256,
 ) -> None:
     """Write block (i, j), i <= j, of the distance matrix of ``features`` [n, D] to ``out_path``.

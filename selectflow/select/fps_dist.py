@@ -119,11 +119,11 @@ def fps_distributed(
     features,
     k: int,
     *,
-    metric: str = "wasserstein",
+    metric: str,
     start: int = 0,
     device=None,
     chunk: int = 1 << 20,
-    log_interval: int = 100,
+    log_interval: int,
     strata: np.ndarray | None = None,
     quota: np.ndarray | None = None,
 ) -> FPSResult:

@@ -102,7 +102,7 @@ _STACKED = ("sample_id", "nll_response", "n_response_tokens", "quality_logits", 
 
 
 def shard_facts(
-    shard: RouterShard, *, field: str | None = None, near_threshold: float | None = None, system_turns: bool = False
+    shard: RouterShard, *, field: str | None = None, near_threshold: float | None = None, system_turns: bool
 ) -> dict[str, np.ndarray]:
     """What the selection needs later of one shard's records and routing: its routing keys and, with
     records, their facts (:func:`~selectflow.select.quality.record_facts`; ``field_value`` with
@@ -128,7 +128,7 @@ def pool_of(
     *,
     field: str | None = None,
     near_threshold: float | None = None,
-    system_turns: bool = False,
+    system_turns: bool,
 ) -> Pool:
     """The :class:`Pool` of ``(path, shard)`` pairs, taken one at a time: of each shard its small arrays
     and :func:`shard_facts` are kept, the rest is left to go. Sample ids must be unique."""

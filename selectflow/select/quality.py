@@ -94,15 +94,13 @@ def resolve_method(pool, method: str) -> str:
     return method
 
 
-def quality_scores(pool, method: str = "auto", field: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def quality_scores(pool, method: str, field: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(score float64 [n], keep bool [n])`` for ``pool`` under ``method``."""
     a = assess(pool, method, field)
     return a.score, a.keep
 
 
-def assess(
-    pool, method: str = "auto", field: str | None = None, cut: str = "fixed", cut_z: float | None = None
-) -> Assessment:
+def assess(pool, method: str, field: str | None = None, cut: str = "fixed", cut_z: float | None = None) -> Assessment:
     """Score, keep flag, drop reason and raw inputs of every sample of ``pool`` under ``method``;
     ``cut`` ``pool`` drops robust-z outliers beyond ``cut_z`` (module docstring). ``field``: the
     record field of method ``field``, whose values the pool holds (``Pool.field_value``)."""

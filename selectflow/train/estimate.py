@@ -171,9 +171,9 @@ def estimate_training_memory(
     micro_batch: int,
     max_length: int,
     precision: str = "fp32",
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool,
     lora: bool = False,
-    load_in_8bit: bool = False,
+    load_in_8bit: bool,
 ) -> MemoryEstimate:
     """Predicted training peak of one micro-batch (bytes per component)."""
     b_c = compute_bytes(precision)

@@ -61,7 +61,7 @@ def write_rows(path: str | os.PathLike, rows: list[dict], columns: list[str]) ->
 class MemoryMonitor:
     """Samples :func:`memory_snapshot` every ``interval`` steps; empties the CUDA cache on a schedule."""
 
-    def __init__(self, device: torch.device, interval: int, empty_cache_every: int = 0, rows: list[dict] | None = None):
+    def __init__(self, device: torch.device, interval: int, empty_cache_every: int, rows: list[dict] | None = None):
         self.device = device
         self.interval = interval
         self.empty_cache_every = empty_cache_every

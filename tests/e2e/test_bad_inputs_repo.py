@@ -411,8 +411,8 @@ def test_one_padding_rule_for_router_trainer_and_encoder(no_pad_model, demo_mode
     model = AutoModelForCausalLM.from_pretrained(demo_model)
     texts = ["a short text", "a somewhat longer text than the first one"]
     np.testing.assert_allclose(
-        encode_texts(model, no_pad, texts, device="cpu"),
-        encode_texts(model, with_pad, texts, device="cpu"),
+        encode_texts(model, no_pad, texts, device="cpu", batch_size=32, max_length=512),
+        encode_texts(model, with_pad, texts, device="cpu", batch_size=32, max_length=512),
         rtol=1e-5,
         atol=1e-6,
     )

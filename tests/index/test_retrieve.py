@@ -107,8 +107,8 @@ def test_mean_pooling_ignores_padding(encoder, pool_texts):
     texts = sorted(pool_texts.values(), key=len)
     short, long_ = texts[0], texts[-1]
     assert len(tokenizer(short)["input_ids"]) < len(tokenizer(long_)["input_ids"]) / 2
-    alone = encode_texts(model, tokenizer, [short], batch_size=1)
-    padded = encode_texts(model, tokenizer, [long_, short, long_], batch_size=3)
+    alone = encode_texts(model, tokenizer, [short], batch_size=1, max_length=512)
+    padded = encode_texts(model, tokenizer, [long_, short, long_], batch_size=3, max_length=512)
     assert padded.dtype == np.float32 and padded.shape == (3, model.config.hidden_size)
     # Float32 on CPU: same text, same tokens, different batch width; 1e-5 covers kernel rounding.
     np.testing.assert_allclose(padded[1], alone[0], rtol=1e-5, atol=1e-5)
@@ -128,14 +128,14 @@ def test_causal_lm_and_encoder_give_the_same_vectors(demo_model, encoder, pool_t
     causal = AutoModelForCausalLM.from_pretrained(demo_model).train()  # training mode is switched off and restored
     texts = list(pool_texts.values())[:20]
     np.testing.assert_allclose(
-        encode_texts(causal, tokenizer, texts, batch_size=7),
-        encode_texts(model, tokenizer, texts, batch_size=20),
+        encode_texts(causal, tokenizer, texts, batch_size=7, max_length=512),
+        encode_texts(model, tokenizer, texts, batch_size=20, max_length=512),
         rtol=1e-5,
         atol=1e-5,
     )
     assert causal.training
     with pytest.raises(SelectFlowError, match="has no tokens"):
-        encode_texts(model, tokenizer, ["a b", ""])
+        encode_texts(model, tokenizer, ["a b", ""], batch_size=32, max_length=512)
 
 
 def test_on_demand_neighbours_use_the_current_model(tmp_path, demo_model, encoder, pool_texts):
@@ -149,9 +149,10 @@ def test_on_demand_neighbours_use_the_current_model(tmp_path, demo_model, encode
         item_windows(120, 40),
         tmp_path / "idx",
         progress=False,
+        index_type="flat_l2",
     )
     store = WindowStore(tmp_path / "idx", max_open=1)
-    neighbours = OnDemandNeighbors(store, pool_texts, tokenizer, k=3, batch_size=4)
+    neighbours = OnDemandNeighbors(store, pool_texts, tokenizer, k=3, batch_size=4, max_length=512)
     model = AutoModelForCausalLM.from_pretrained(demo_model)
     batch_rows = [41, 45, 60]  # a training batch from window 1
     batch_ids = [ids[r] for r in batch_rows]
@@ -167,7 +168,7 @@ def test_on_demand_neighbours_use_the_current_model(tmp_path, demo_model, encode
     flat = [s for row in first.sample_ids for s in row]
     np.testing.assert_allclose(
         first.embeddings.reshape(9, -1),
-        encode_texts(model, tokenizer, [pool_texts[s] for s in flat]),
+        encode_texts(model, tokenizer, [pool_texts[s] for s in flat], batch_size=32, max_length=512),
         rtol=1e-5,
         atol=1e-5,
     )
@@ -179,11 +180,11 @@ def test_on_demand_neighbours_use_the_current_model(tmp_path, demo_model, encode
     assert second.sample_ids == first.sample_ids
     np.testing.assert_allclose(
         second.embeddings.reshape(9, -1),
-        encode_texts(model, tokenizer, [pool_texts[s] for s in flat]),
+        encode_texts(model, tokenizer, [pool_texts[s] for s in flat], batch_size=32, max_length=512),
         rtol=1e-5,
         atol=1e-5,
     )
     assert np.abs(second.embeddings - first.embeddings).max() > 1e-2
 
     with pytest.raises(SelectFlowError, match="no text for sample id"):
-        OnDemandNeighbors(store, {}, tokenizer, k=2)(model, 0, x[:1])
+        OnDemandNeighbors(store, {}, tokenizer, k=2, batch_size=32, max_length=512)(model, 0, x[:1])

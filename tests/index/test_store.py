@@ -112,7 +112,7 @@ def test_search_all_equals_one_flat_index_bit_for_bit(tmp_path, index_type):
     exact = np.stack([brute_force(x[r], q[i : i + 1], index_type)[0] for i, r in enumerate(rows_of(ids))])
     np.testing.assert_allclose(dist, exact, rtol=1e-5, atol=1e-4)
     # exact=False (FAISS free to use BLAS): same neighbours up to last-bit near-ties
-    fast_d, fast_ids, _ = WindowStore(path, exact=False).search_all(q, k, progress=False)
+    fast_d, fast_ids, _ = WindowStore(path, exact=False, max_open=4).search_all(q, k, progress=False)
     assert (rows_of(fast_ids) == rows_of(ids)).mean() > 0.99
     np.testing.assert_allclose(fast_d, dist, rtol=1e-4, atol=1e-3)
 
@@ -121,7 +121,7 @@ def test_search_window_returns_only_that_windows_items(tmp_path):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((900, 16)).astype(np.float32)
     q = rng.standard_normal((20, 16)).astype(np.float32)
-    store = WindowStore(build(tmp_path, x, 250, "flat_l1"))
+    store = WindowStore(build(tmp_path, x, 250, "flat_l1"), max_open=4)
     for w, (start, stop) in enumerate(item_windows(900, 250)):
         dist, ids = store.search_window(w, q, 10)
         rows = rows_of(ids)
@@ -159,21 +159,21 @@ def test_lru_eviction_under_max_open_and_ram_budget(tmp_path):
 def test_missing_window_file_is_a_clear_error(tmp_path):
     x = np.random.default_rng(5).standard_normal((400, 8)).astype(np.float32)
     path = build(tmp_path, x, 100)
-    store = WindowStore(path)
+    store = WindowStore(path, max_open=4)
     os.unlink(WindowFiles.of(path, 2).faiss)
     # deleted after the store was opened: named when the window is needed
     with pytest.raises(SelectFlowError, match=r"window_00002\.faiss is missing.*rule index_window rebuilds it"):
         store.search_window(2, x[:1], 3)
     with pytest.raises(SelectFlowError, match=r"window_00002\.faiss.*rule index_window rebuilds it"):
-        WindowStore(path)
+        WindowStore(path, max_open=4)
     # a whole window gone: the recorded window count still names it
     for p in WindowFiles.of(path, 3).__dict__.values():
         os.unlink(p)
     with pytest.raises(SelectFlowError, match=r"2 window index file\(s\) missing.*window_00003\.faiss"):
-        WindowStore(path)
+        WindowStore(path, max_open=4)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SelectFlowError, match="no window indexes"):
-        WindowStore(tmp_path / "empty")
+        WindowStore(tmp_path / "empty", max_open=4)
 
 
 def test_corrupt_files_are_reported(tmp_path):
@@ -182,11 +182,11 @@ def test_corrupt_files_are_reported(tmp_path):
     faiss_path = WindowFiles.of(path, 0).faiss
     faiss_path.write_bytes(faiss_path.read_bytes()[:100])
     with pytest.raises(CorruptFileError, match=r"window_00000\.faiss is not a readable FAISS index"):
-        WindowStore(path).search_window(0, x[:1], 3)
+        WindowStore(path, max_open=4).search_window(0, x[:1], 3)
     ids_path = WindowFiles.of(path, 1).ids
     ids_path.write_text("row\tsample_id\n0\ts100\n")
     with pytest.raises(CorruptFileError, match="different builds"):
-        WindowStore(path).search_window(1, x[:1], 3)
+        WindowStore(path, max_open=4).search_window(1, x[:1], 3)
 
 
 def test_writes_are_atomic_and_leave_no_temp_files(tmp_path):
@@ -202,7 +202,12 @@ def test_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     assert ids["sample_id"].tolist() == [f"s{i}" for i in range(100, 200)]
     # a rejected build writes nothing
     with pytest.raises(SelectFlowError, match="NaN"):
-        build_window_index(np.full((4, 8), np.nan, np.float32), list("abcd"), tmp_path / "bad" / "window_00000.faiss")
+        build_window_index(
+            np.full((4, 8), np.nan, np.float32),
+            list("abcd"),
+            tmp_path / "bad" / "window_00000.faiss",
+            index_type="flat_l2",
+        )
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
@@ -215,7 +220,7 @@ def test_sigkill_during_builds_leaves_whole_windows_or_none(tmp_path):
         x = np.random.default_rng(0).standard_normal((60000, 64)).astype(np.float32)
         ids = [f"s{{i}}" for i in range(len(x))]
         for w in range(100):
-            build_window_index(x, ids, r"{tmp_path}/idx/window_%05d.faiss" % (w % 3), n_windows=3)
+            build_window_index(x, ids, r"{tmp_path}/idx/window_%05d.faiss" % (w % 3), n_windows=3, index_type="flat_l2")
             print(w, flush=True)
         """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -232,16 +237,18 @@ def test_sigkill_during_builds_leaves_whole_windows_or_none(tmp_path):
             complete.append(w)
     if len(complete) < 3:
         with pytest.raises(SelectFlowError, match="missing.*rule index_window rebuilds it"):
-            WindowStore(tmp_path / "idx")
+            WindowStore(tmp_path / "idx", max_open=4)
     else:
-        assert WindowStore(tmp_path / "idx").search_window(2, np.zeros((1, 64), np.float32), 2)[0].shape == (1, 2)
+        assert WindowStore(tmp_path / "idx", max_open=4).search_window(2, np.zeros((1, 64), np.float32), 2)[
+            0
+        ].shape == (1, 2)
 
 
 def test_disk_check_fails_early_with_the_numbers(tmp_path):
     x = np.zeros((1000, 16), np.float32)
     out = tmp_path / "w" / "window_00000.faiss"
     with pytest.raises(SelectFlowError, match=r"not enough disk for .*needs ~\d+\.\d KiB.*must stay free.*free"):
-        build_window_index(x, [str(i) for i in range(1000)], out, min_free_bytes=1 << 62)
+        build_window_index(x, [str(i) for i in range(1000)], out, min_free_bytes=1 << 62, index_type="flat_l2")
     assert not any(out.parent.iterdir())
 
 
@@ -256,7 +263,7 @@ def test_ivfpq_builds_for_large_windows_and_falls_back_when_small(tmp_path, capl
         and (meta["nlist"], meta["pq_m"]) == (64, 4)
         and meta["built_on"] in ("cpu", "gpu")
     )
-    store = WindowStore(tmp_path / "big", nprobe=16)
+    store = WindowStore(tmp_path / "big", nprobe=16, max_open=4)
     _, got = store.search_window(0, x[:200] + 0.01, 10)
     assert np.mean([f"s{i}" in row for i, row in enumerate(got)]) > 0.9  # approximate, but finds the item itself
     assert meta["faiss_bytes"] < x.nbytes / 4  # PQ codes, not raw vectors
@@ -274,9 +281,15 @@ def test_positions_windows_refuse_merged_search(tmp_path):
     ids = [f"h{i}" for i in range(50)]
     for w in range(2):
         build_window_index(
-            x + w, ids, tmp_path / f"window_{w:05d}.faiss", n_windows=2, kind="positions", span=(w, w + 4)
+            x + w,
+            ids,
+            tmp_path / f"window_{w:05d}.faiss",
+            n_windows=2,
+            kind="positions",
+            span=(w, w + 4),
+            index_type="flat_l2",
         )
-    store = WindowStore(tmp_path)
+    store = WindowStore(tmp_path, max_open=4)
     assert store.search_window(1, x[:1] + 1, 1)[1] == [["h0"]]
     with pytest.raises(SelectFlowError, match="position windows"):
         store.search_all(x[:1], 3)
@@ -287,7 +300,7 @@ def test_positions_windows_refuse_merged_search(tmp_path):
 def test_summary_reports_build_time_disk_and_ram(tmp_path):
     x = np.random.default_rng(10).standard_normal((300, 8)).astype(np.float32)
     path = build(tmp_path, x, 100)
-    store = WindowStore(path)
+    store = WindowStore(path, max_open=4)
     store.search_window(1, x[:1], 2)
     table = summarize_windows(store, tmp_path / "summary.tsv")
     back = pd.read_csv(tmp_path / "summary.tsv", sep="\t")
@@ -314,5 +327,5 @@ def test_gpu_build_writes_a_cpu_readable_index(tmp_path):
         pq_m=16,
     )
     assert meta["built_on"] == "gpu"
-    _, ids = WindowStore(tmp_path, nprobe=64).search_window(0, x[:50], 1)
+    _, ids = WindowStore(tmp_path, nprobe=64, max_open=4).search_window(0, x[:50], 1)
     assert np.mean([row[0] == str(i) for i, row in enumerate(ids)]) > 0.8

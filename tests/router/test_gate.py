@@ -372,9 +372,9 @@ def test_convert_and_dump_write_quality_logits(tmp_path, demo_model, records, fa
     assert shard.quality_logits.shape == (len(records), 2, 2)
     assert np.isfinite(shard.quality_logits).all() and shard.quality_logits.std(axis=0).max() > 1e-3
     # auto prefers combined where the dump has nll_response_alone (measured better), else the gate
-    assert resolve_method(pool_of([(None, shard)]), "auto") == "combined"
+    assert resolve_method(pool_of([(None, shard)], system_turns=False), "auto") == "combined"
     shard.nll_response_alone = None
-    assert resolve_method(pool_of([(None, shard)]), "auto") == "gate"
+    assert resolve_method(pool_of([(None, shard)], system_turns=False), "auto") == "gate"
     # the dumped value is the valid-token mean of the gate's logits on the block input
     rec = records[0]
     ids = dumper.tokenizer(rec["prompt"], add_special_tokens=False).input_ids

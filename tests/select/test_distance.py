@@ -46,7 +46,7 @@ def naive(fa, fb, metric):
 
 def test_wasserstein_features_are_grid_snapped_cdfs():
     p = probs(5)
-    f = features(p)
+    f = features(p, "wasserstein")
     q = grid_bits("wasserstein", 3 * 8)
     assert f.dtype == np.float32 and f.shape == (5, 24)
     np.testing.assert_array_equal(f * 2.0**q, np.rint(f * 2.0**q))
@@ -64,8 +64,8 @@ def test_pairwise_is_bit_identical_to_naive_float64(metric):
 
 def test_one_query_against_many_rows_is_exact():
     # large enough that the CPU path spreads the rows over threads
-    f = features(probs(9000, seed=6))
-    got = pairwise(torch.from_numpy(f[:1]), torch.from_numpy(f)).numpy()
+    f = features(probs(9000, seed=6), "wasserstein")
+    got = pairwise(torch.from_numpy(f[:1]), torch.from_numpy(f), "wasserstein").numpy()
     want = np.abs(f[:1].astype(np.float64) - f.astype(np.float64)).sum(1).astype(np.float32)
     np.testing.assert_array_equal(got[0], want)
 
@@ -73,7 +73,9 @@ def test_one_query_against_many_rows_is_exact():
 def test_wasserstein_equals_seed_style_within_grid_tolerance():
     p = probs(30, layers=4, experts=16, seed=2)
     dim = 4 * 16
-    ours = pairwise(torch.from_numpy(features(p)), torch.from_numpy(features(p))).numpy()
+    ours = pairwise(
+        torch.from_numpy(features(p, "wasserstein")), torch.from_numpy(features(p, "wasserstein")), "wasserstein"
+    ).numpy()
     seed = seed_style_wasserstein(p, p).numpy()
     # each snapped CDF entry moves by <= 2^-(q+1), so a distance moves by <= dim * 2^-q,
     # plus float32 rounding of the seed's own sum
@@ -85,11 +87,13 @@ def test_wasserstein_equals_seed_style_within_grid_tolerance():
 @pytest.mark.parametrize("n, block_size", [(23, 10), (20, 20), (7, 3)])
 def test_blocks_cover_the_matrix_and_rows_are_exact(tmp_path, n, block_size):
     p = probs(n, seed=3)
-    f = features(p)
+    f = features(p, "wasserstein")
     nb = block_count(n, block_size)
     for i in range(nb):
         for j in range(i, nb):
-            compute_block(f, i, j, block_size, block_path(tmp_path, i, j), device="cpu", sub_chunk=4)
+            compute_block(
+                f, i, j, block_size, block_path(tmp_path, i, j), device="cpu", sub_chunk=4, metric="wasserstein"
+            )
     full = naive(f, f, "wasserstein")
     for i in range(nb):
         for j in range(i, nb):
@@ -106,13 +110,15 @@ def test_blocks_cover_the_matrix_and_rows_are_exact(tmp_path, n, block_size):
 
 def test_block_outside_triangle_rejected(tmp_path):
     with pytest.raises(SelectFlowError, match=r"block \(1, 0\) does not exist"):
-        compute_block(features(probs(10)), 1, 0, 5, tmp_path / "b.h5", device="cpu")
+        compute_block(
+            features(probs(10), "wasserstein"), 1, 0, 5, tmp_path / "b.h5", device="cpu", metric="wasserstein"
+        )
 
 
 def _one_block(tmp_path):
-    f = features(probs(12, seed=4))
+    f = features(probs(12, seed=4), "wasserstein")
     path = block_path(tmp_path, 0, 0)
-    compute_block(f, 0, 0, 12, path, device="cpu")
+    compute_block(f, 0, 0, 12, path, device="cpu", metric="wasserstein")
     return path
 
 
@@ -148,10 +154,11 @@ def test_block_under_real_memory_limit_halves_sub_chunk(tmp_path):
         from selectflow.select.distance import compute_block, read_block, pairwise
         logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
         f = np.round(np.random.default_rng(0).random((3000, 64), dtype=np.float32) * 2**14) / 2**14
-        ref = pairwise(torch.from_numpy(f), torch.from_numpy(f)).numpy()  # 36 MB, computed before the limit
+        # 36 MB, computed before the limit
+        ref = pairwise(torch.from_numpy(f), torch.from_numpy(f), "wasserstein").numpy()
         limit = psutil.Process().memory_info().vms + 20 * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
-        compute_block(f, 0, 0, 3000, r"{tmp_path}/b.h5", device="cpu", sub_chunk=3000)
+        compute_block(f, 0, 0, 3000, r"{tmp_path}/b.h5", metric="wasserstein", device="cpu", sub_chunk=3000)
         resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         print("EXACT", np.array_equal(read_block(r"{tmp_path}/b.h5"), ref))
         """

@@ -81,7 +81,7 @@ def test_both_modes_equal_brute_force(tmp_path, metric, n, k, seed, start):
     f = with_ties(n, seed, metric)
     ref_picks, ref_at = brute_fps(naive_matrix(f, metric), k, start)
     for chunk in (1, 7, 10_000):
-        got = fps_streaming(f, k, metric=metric, start=start, device="cpu", chunk=chunk)
+        got = fps_streaming(f, k, metric=metric, start=start, device="cpu", chunk=chunk, log_interval=100)
         np.testing.assert_array_equal(got.picks, ref_picks)
         np.testing.assert_array_equal(got.min_distance, ref_at)
     for block_size in (8, n):
@@ -95,24 +95,24 @@ def test_lattice_ties_go_to_lowest_index(tmp_path):
     experts = [4, 8, 0, 6, 2, 8, 0]
     p = np.zeros((len(experts), 1, 9), dtype=np.float32)
     p[np.arange(len(experts)), 0, experts] = 1.0
-    f = features(p)
+    f = features(p, "wasserstein")
     # from expert 4: experts 8 (indices 1, 5) and 0 (2, 6) tie at 4 -> index 1; then 0 (still at
     # 4) -> index 2; then 6 and 2 tie at 2 -> index 3, then 4; then the duplicates at 0 -> 5, 6
     want = [0, 1, 2, 3, 4, 5, 6]
     want_at = [np.inf, 4, 4, 2, 2, 0, 0]
-    streaming = fps_streaming(f, 10, start=0, device="cpu", chunk=2)
+    streaming = fps_streaming(f, 10, start=0, device="cpu", chunk=2, metric="wasserstein", log_interval=100)
     matrix = fps_matrix(blocks(tmp_path, f, 3, "wasserstein"), 10, start=0, log_interval=10)
     for got in (streaming, matrix):
         assert got.picks.tolist() == want
         assert got.min_distance.tolist() == want_at
     # reversed, expert 0 holds the lowest tied index: the index decides, not the value
-    rev = fps_streaming(f[::-1].copy(), 3, start=len(experts) - 1, device="cpu")
+    rev = fps_streaming(f[::-1].copy(), 3, start=len(experts) - 1, device="cpu", metric="wasserstein", log_interval=100)
     assert rev.picks.tolist() == [6, 0, 1]
 
 
 def test_k_at_least_n_returns_each_candidate_once():
     f = with_ties(25, 4, "wasserstein")
-    got = fps_streaming(f, 1000, device="cpu", start=3)
+    got = fps_streaming(f, 1000, device="cpu", start=3, metric="wasserstein", log_interval=100)
     assert len(got.picks) == 25 and sorted(got.picks.tolist()) == list(range(25))
     assert got.picks[0] == 3
     curve = got.curve()
@@ -122,29 +122,29 @@ def test_k_at_least_n_returns_each_candidate_once():
 
 
 def test_logs_max_min_distance_every_interval(caplog):
-    f = features(probs(30, seed=5))
+    f = features(probs(30, seed=5), "wasserstein")
     with caplog.at_level(logging.INFO, logger="selectflow.select.fps"):
-        got = fps_streaming(f, 25, device="cpu", log_interval=10)
+        got = fps_streaming(f, 25, device="cpu", log_interval=10, metric="wasserstein")
     steps = [r for r in caplog.messages if r.startswith("pick ")]
     assert [m.split("pick ")[1].split("/")[0] for m in steps] == ["0", "10", "20"]
     assert steps[1].startswith(f"pick 10/25: candidate {got.picks[10]}, max-min distance {got.min_distance[10]:.6g}")
 
 
 def test_bad_arguments_rejected():
-    f = features(probs(5))
+    f = features(probs(5), "wasserstein")
     with pytest.raises(SelectFlowError, match="k >= 1"):
-        fps_streaming(f, 0, device="cpu")
+        fps_streaming(f, 0, device="cpu", metric="wasserstein", log_interval=100)
     with pytest.raises(SelectFlowError, match="start index 9"):
-        fps_streaming(f, 2, start=9, device="cpu")
+        fps_streaming(f, 2, start=9, device="cpu", metric="wasserstein", log_interval=100)
     with pytest.raises(SelectFlowError, match="unknown distance metric"):
-        fps_streaming(f, 2, metric="manhattan", device="cpu")
+        fps_streaming(f, 2, metric="manhattan", device="cpu", log_interval=100)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
 def test_cuda_picks_identical_to_cpu(metric):
     f = with_ties(3000, 6, metric)
-    cpu = fps_streaming(f, 300, metric=metric, device="cpu")
-    gpu = fps_streaming(f, 300, metric=metric, device="cuda", chunk=777)
+    cpu = fps_streaming(f, 300, metric=metric, device="cpu", log_interval=100)
+    gpu = fps_streaming(f, 300, metric=metric, device="cuda", chunk=777, log_interval=100)
     np.testing.assert_array_equal(cpu.picks, gpu.picks)
     np.testing.assert_array_equal(cpu.min_distance, gpu.min_distance)

@@ -15,7 +15,7 @@ def lattice():
     experts = [4, 8, 0, 6, 2, 8, 0, 4, 8, 1, 7, 3]
     p = np.zeros((len(experts), 1, 9), dtype=np.float32)
     p[np.arange(len(experts)), 0, experts] = 1.0
-    return features(p)
+    return features(p, "wasserstein")
 
 
 def strata_of(n, seed):
@@ -32,7 +32,7 @@ CASES = {
     "lattice": (lattice(), 12, "wasserstein", 0, None, None),
     "cosine_ties": (with_ties(45, 2, "cosine"), 20, "cosine", 3, None, None),
     "l2_ties": (with_ties(41, 3, "l2"), 41, "l2", 40, None, None),
-    "tiny": (features(probs(3, seed=4)), 3, "wasserstein", 1, None, None),
+    "tiny": (features(probs(3, seed=4), "wasserstein"), 3, "wasserstein", 1, None, None),
     "strata": (with_ties(50, 5, "wasserstein"), 9, "wasserstein", 0, *strata_of(50, 5)),
 }
 
@@ -46,7 +46,9 @@ def _rank(rank, world, store, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         for name, (f, k, metric, start, strata, quota) in CASES.items():
-            got = fps_distributed(f, k, metric=metric, start=start, chunk=4, strata=strata, quota=quota)
+            got = fps_distributed(
+                f, k, metric=metric, start=start, chunk=4, strata=strata, quota=quota, log_interval=100
+            )
             np.save(f"{out_dir}/{name}.{rank}.picks.npy", got.picks)
             np.save(f"{out_dir}/{name}.{rank}.at.npy", got.min_distance)
     finally:
@@ -57,7 +59,9 @@ def _rank(rank, world, store, out_dir):
 def test_ranks_pick_what_one_process_picks(tmp_path, world):
     mp.spawn(_rank, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
     for name, (f, k, metric, start, strata, quota) in CASES.items():
-        want = fps_streaming(f, k, metric=metric, start=start, device="cpu", strata=strata, quota=quota)
+        want = fps_streaming(
+            f, k, metric=metric, start=start, device="cpu", strata=strata, quota=quota, log_interval=100
+        )
         for rank in range(world):
             picks = np.load(tmp_path / f"{name}.{rank}.picks.npy")
             at = np.load(tmp_path / f"{name}.{rank}.at.npy")
@@ -67,7 +71,7 @@ def test_ranks_pick_what_one_process_picks(tmp_path, world):
 
 def test_lattice_reference_has_ties():
     # the lattice case is only a tie test if the single-process curve repeats values
-    want = fps_streaming(lattice(), 12, device="cpu")
+    want = fps_streaming(lattice(), 12, device="cpu", metric="wasserstein", log_interval=100)
     assert len(set(want.min_distance[1:].tolist())) < len(want.min_distance) - 1
 
 

@@ -15,7 +15,7 @@ from selectflow.select.quality import MIN_GROUP, assess, distinct_ngram_share, q
 
 def as_pool(s):
     """The pool of the one shard ``s`` held in memory (record field ``score`` read for method ``field``)."""
-    return pool_of([(None, s)], field="score")
+    return pool_of([(None, s)], field="score", system_turns=False)
 
 
 def pool(n=3, **kw):

@@ -26,7 +26,9 @@ def test_quota_fps_equals_a_naive_reference_in_both_modes(tmp_path, seed, start)
     strata = np.random.default_rng(seed).integers(0, 3, len(f))
     quota = np.array([4, 2, 5])
     ref_picks, ref_at = brute_fps(naive_matrix(f, "wasserstein"), sum(quota), start, strata, quota)
-    got = fps_streaming(f, 11, start=start, device="cpu", strata=strata, quota=quota)
+    got = fps_streaming(
+        f, 11, start=start, device="cpu", strata=strata, quota=quota, metric="wasserstein", log_interval=100
+    )
     np.testing.assert_array_equal(got.picks, ref_picks)
     np.testing.assert_array_equal(got.min_distance, ref_at)
     assert np.bincount(strata[got.picks], minlength=3).tolist() == quota.tolist()
@@ -40,7 +42,9 @@ def test_quota_that_does_not_fit_is_rejected():
     f = with_ties(10, 0, "wasserstein")
     strata = np.array([0] * 8 + [1] * 2)
     with pytest.raises(SelectFlowError, match="quota"):
-        fps_streaming(f, 5, device="cpu", strata=strata, quota=np.array([2, 3]))  # stratum 1 holds 2
+        fps_streaming(
+            f, 5, device="cpu", strata=strata, quota=np.array([2, 3]), metric="wasserstein", log_interval=100
+        )  # stratum 1 holds 2
 
 
 def test_allocate_is_proportional_capped_and_exact():

@@ -123,7 +123,13 @@ def test_two_stage_joins_by_sample_id(tmp_path):
     n = len(pool)
     ranked = sorted(pool, key=lambda s: (-gate_score(pool[s]), s))
     stage1 = ranked[: round(0.5 * n)]
-    ref = fps_streaming(features(np.stack([pool[s]["probs"] for s in stage1])), round(0.2 * n), device="cpu")
+    ref = fps_streaming(
+        features(np.stack([pool[s]["probs"] for s in stage1]), "wasserstein"),
+        round(0.2 * n),
+        device="cpu",
+        metric="wasserstein",
+        log_interval=100,
+    )
     want = [stage1[i] for i in ref.picks]
 
     assert [r["sample_id"] for r in selected] == want
@@ -642,7 +648,9 @@ def test_hidden_features_pick_by_cosine_distance_of_the_hidden_states(tmp_path):
     ranked = sorted(pool, key=lambda s: (-gate_score(pool[s]), s))
     stage1 = ranked[: round(0.5 * len(pool))]
     unit = np.stack([pool[s]["hidden"] / np.linalg.norm(pool[s]["hidden"]) for s in stage1])
-    ref = fps_streaming(features(unit[:, None, :], "cosine"), round(0.2 * len(pool)), metric="cosine", device="cpu")
+    ref = fps_streaming(
+        features(unit[:, None, :], "cosine"), round(0.2 * len(pool)), metric="cosine", device="cpu", log_interval=100
+    )
     assert selected == [stage1[i] for i in ref.picks]
     assert read_candidates(tmp_path / "hidden" / "candidates.h5").attrs["metric"] == "cosine"
     # the key changes what is compared: routing features pick otherwise on this pool

@@ -210,7 +210,14 @@ def test_cuda_only_levers_fail_clearly_on_cpu(demo, tmp_path, cfg, match):
 
 def test_gpu_memory_budget_caps_the_micro_batch(demo, tmp_path):
     cfg = {**FAST, "max_steps": 1, "micro_batch_size": 4, "gradient_accumulation_steps": 2}
-    one = estimate_training_memory(model_shape(demo["model"]), micro_batch=1, max_length=96, precision="fp32")
+    one = estimate_training_memory(
+        model_shape(demo["model"]),
+        micro_batch=1,
+        max_length=96,
+        precision="fp32",
+        gradient_checkpointing=False,
+        load_in_8bit=False,
+    )
     summary = train(demo["model"], demo["data"], tmp_path / "budget", {**cfg, "gpu_memory_budget": one.total + 1})
     assert (summary["micro_batch_size"], summary["gradient_accumulation_steps"], summary["effective_batch"]) == (
         1,
