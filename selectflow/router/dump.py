@@ -4,7 +4,7 @@ For each sample (a normalised record, see :mod:`selectflow.data.records`) the du
 in the same pass:
 
 * ``moe_probs`` [L, E]: each MoE layer's routing distribution (the score the model routes
-  with, see :mod:`selectflow.router.capture`; ``softmax_logits`` forces a softmax of the logits),
+  with, see :mod:`selectflow.router.families`; ``softmax_logits`` forces a softmax of the logits),
   averaged over the sample's valid (attention-mask) tokens;
 * ``quality_logits`` [L, 2]: Select-MoE quality-gate outputs (the gates of a model converted
   by :mod:`selectflow.router.gate`, or modules whose name matches ``quality_gate_pattern``),
@@ -18,8 +18,8 @@ in the same pass:
 
 Router logits come from ``output_router_logits=True`` where the model returns them, else
 from forward hooks on modules whose name matches ``router_pattern``; the per-family table
-and the checks of what is captured live in :mod:`selectflow.router.capture`. Batches are
-length-sorted; rows are written in shard order.
+lives in :mod:`selectflow.router.families`, the checks of what is captured in
+:mod:`selectflow.router.capture`. Batches are length-sorted; rows are written in shard order.
 
 The last hidden state comes from a forward hook on the decoder (``model.get_decoder()``),
 whose ``last_hidden_state`` is checked once, on the probe forward, against
@@ -43,15 +43,8 @@ from tqdm import tqdm
 from selectflow.config import schema_default
 from selectflow.data.records import format_turns
 from selectflow.data.tokens import encode_pair, pad_batch, pad_token_id
-from selectflow.router.capture import (
-    EXPERT_KEYS,
-    Capture,
-    CaptureError,
-    candidate_settings,
-    expected_moe_layers,
-    n_routed_experts,
-    resolve_capture,
-)
+from selectflow.router.capture import Capture, CaptureError, candidate_settings, resolve_capture
+from selectflow.router.families import EXPERT_KEYS, expected_moe_layers, n_routed_experts
 from selectflow.router.forward import (
     capture_outputs,
     eos_nll,
@@ -222,7 +215,7 @@ class RouterDumper:
         return SelectFlowError(
             f"{err}; no capture tried here passes the checks ({'; '.join(tried) or 'no other capture applies'})"
             f"{dtype}; set router_dump.router_pattern to the name of the router's linear layer, or add the "
-            "family to FAMILIES in selectflow/router/capture.py (README, MoE families)"
+            "family to FAMILIES in selectflow/router/families.py (README, MoE families)"
         )
 
     @classmethod

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from selectflow.data.tokens import encode_pair
-from selectflow.router.capture import FAMILIES
 from selectflow.router.dump import DumpSettings, RouterDumper
+from selectflow.router.families import FAMILIES
 from selectflow.router.tinymoe import (
     N_EXPERTS,
     build_tiny,
@@ -307,7 +307,7 @@ def render_table(results: list[FamilyResult], not_causal: dict[str, str]) -> str
         "(router logits read from the router weight's input, float64).",
         "",
         "Columns: where the router logits come from (`output` = `output_router_logits`, else the hooked "
-        "modules' pattern), whether the family table (`selectflow/router/capture.py`) has a row, the routing score "
+        "modules' pattern), whether the family table (`selectflow/router/families.py`) has a row, the routing score "
         "(README, *Routing distribution*), experts per layer (incl. zero/skip experts), MoE layers of the tiny "
         "model, batch (1 = dumped one sample at a time), the largest share of padding in one forward, the largest "
         "difference from the reference, and a score check (router calls whose own top-k weights agreed with the "

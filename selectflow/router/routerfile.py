@@ -7,7 +7,7 @@ name                   shape         dtype       meaning
 =====================  ============  ==========  =======================================
 ``sample_id``          [n]           utf-8 str   stable id, join key for everything later
 ``moe_probs``          [n, L, E]     float32     routing distribution (the model's score,
-                                                 see selectflow.router.capture), averaged over
+                                                 see selectflow.router.families), averaged over
                                                  the sample's valid tokens
 ``quality_logits``     [n, L, 2]     float32     Select-MoE quality-gate logits averaged
                                                  over valid tokens (only if the model has

@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from selectflow.router.capture import EXPERT_KEYS, config_count, family_of, n_routed_experts
+from selectflow.router.families import EXPERT_KEYS, config_count, family_of, n_routed_experts
 
 N_EXPERTS = 8
 TOP_K = 2

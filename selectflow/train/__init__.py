@@ -3,7 +3,8 @@
 =================  ===================================================================
 module             what it computes
 =================  ===================================================================
-``trainer``        :func:`train` / :func:`train_on_pool`: the SFT loop, its outputs, resume
+``trainer``        :func:`train` / :func:`train_on_pool`: the SFT run's setup, its outputs
+``loop``           one run's optimizer steps: optimizer, schedule, resume state, metrics rows
 ``data``           records → token tensors (loss on response tokens) → padded batches;
                    the per-step sample plan
 ``loader``         :class:`BatchStream`: dataset → (cache) → DataLoader → (prefetch) → device

@@ -30,15 +30,12 @@ import random
 import resource
 import shutil
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
-from functools import partial
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from selectflow.config import TrainConfig, resolve_train_config
 from selectflow.data.records import read_dataset
@@ -46,45 +43,19 @@ from selectflow.data.tokens import pad_token_id
 from selectflow.runtime.device import pick_device, use_expandable_segments
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_open
-from selectflow.runtime.oom import is_oom
-from selectflow.train.checkpoint import load_resume, save_resume, save_trained
-from selectflow.train.data import (
-    TokenizedDataset,
-    data_digest,
-    load_training_pairs,
-    plan_steps,
-    split_micro,
-    steps_per_epoch,
-)
+from selectflow.train.checkpoint import save_trained
+from selectflow.train.data import load_training_pairs, steps_per_epoch
 from selectflow.train.estimate import (
     estimate_training_memory,
     model_shape,
     pick_micro_batch,
     resolve_budget,
 )
-from selectflow.train.loader import BatchStream
-from selectflow.train.model import (
-    check_levers,
-    compute_dtype,
-    load_for_training,
-    resolve_precision,
-)
-from selectflow.train.monitor import MIB, MemoryMonitor, memory_snapshot, write_rows
-from selectflow.train.step import lr_lambda, optimizer_step
+from selectflow.train.loop import METRIC_COLUMNS, Run, loop, start
+from selectflow.train.model import check_levers, load_for_training, resolve_precision
+from selectflow.train.monitor import MIB, write_rows
 
 log = logging.getLogger(__name__)
-
-METRIC_COLUMNS = [
-    "step",
-    "epoch",
-    "loss",
-    "lr",
-    "samples_per_s",
-    "host_rss_mb",
-    "gpu_allocated_mb",
-    "gpu_reserved_mb",
-    "gpu_peak_mb",
-]
 
 
 def train(
@@ -269,221 +240,6 @@ def _tokenizer(model_path):
     return tokenizer, pad_token_id(tokenizer)
 
 
-@dataclass
-class _Run:
-    """One training run between its setup, its loop and its end."""
-
-    c: TrainConfig
-    out_dir: Path
-    device: torch.device
-    precision: str
-    attempt: int
-    micro: int
-    accum: int
-    effective: int
-    estimate: object
-    columns: list[str]
-    model: object
-    objective: object
-    n: int
-    spe: int
-    total_steps: int = 0
-    params: list = None
-    optimizer: object = None
-    scheduler: object = None
-    scaler: object = None
-    fingerprint: dict = None
-    start: int = 0
-    orders: dict = None
-    metrics: list = None
-    monitor: MemoryMonitor = None
-    steps: list = None
-
-
-def _fingerprint_value(value):
-    return asdict(value) if is_dataclass(value) else value
-
-
-def _start(run: _Run, model_path, pairs) -> None:
-    """Optimizer, schedule and scaler of ``run``; its resume state; the sample plan of its remaining steps."""
-    c = run.c
-    run.total_steps = c.max_steps or c.epochs * run.spe
-    run.params = [p for p in run.model.parameters() if p.requires_grad]
-    run.optimizer = torch.optim.AdamW(run.params, lr=float(c.learning_rate), weight_decay=float(c.weight_decay))
-    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lr_lambda(run.total_steps, float(c.warmup_ratio)))
-    run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
-    run.fingerprint = {
-        "model_path": str(Path(model_path).resolve()),
-        "data": data_digest(pairs),
-        "n_samples": run.n,
-        "effective_batch": run.effective,
-        "total_steps": run.total_steps,
-        "precision": run.precision,
-        **{
-            k: _fingerprint_value(getattr(c, k))
-            for k in (
-                "learning_rate",
-                "weight_decay",
-                "max_grad_norm",
-                "warmup_ratio",
-                "seed",
-                "max_length",
-                "lora",
-                "load_in_8bit",
-            )
-        },
-        **({"objective": run.objective.fingerprint()} if run.objective is not None else {}),
-    }
-    state = load_resume(
-        run.out_dir / "resume",
-        run.fingerprint,
-        model=run.model,
-        optimizer=run.optimizer,
-        scheduler=run.scheduler,
-        scaler=run.scaler,
-    )
-    run.start = state.step if state else 0
-    run.orders = {state.epoch: state.order} if state else {}
-    run.metrics = list(state.metrics) if state else []
-    run.monitor = MemoryMonitor(run.device, c.monitor_interval, c.empty_cache_every, state.memory if state else None)
-    run.steps = [
-        split_micro(idx, run.micro)
-        for idx in plan_steps(run.orders, run.n, run.effective, c.seed, run.start, run.total_steps)
-    ]
-
-
-def _record_step(
-    run: _Run, step: int, loss: float, lr: float, n_step_samples: int, seconds: float, extra: dict
-) -> None:
-    """Append step ``step``'s metrics row; after the first step of this run, compare memory to the estimate."""
-    snap = memory_snapshot(run.device)
-    run.metrics.append(
-        {
-            "step": step + 1,
-            "epoch": (step + 1) / run.spe,
-            "loss": loss,
-            "lr": lr,
-            "samples_per_s": n_step_samples / seconds,
-            **{k: snap[k] for k in METRIC_COLUMNS if k in snap},
-            **extra,
-        }
-    )
-    if step == run.start:
-        cuda = run.device.type == "cuda"
-        measured = snap["gpu_peak_mb"] if cuda else snap["host_rss_mb"]
-        log.info(
-            "after the first step: predicted peak %.1f MiB, measured %s %.1f MiB",
-            run.estimate.total / MIB,
-            "device peak" if cuda else "host RSS",
-            measured,
-        )
-
-
-def _after_step(run: _Run, done: int, lr: float, cache) -> None:
-    """Memory sample, progress log and tables, and the resume save that fall on step ``done``."""
-    c = run.c
-    run.monitor.after_step(done)
-    if c.monitor_interval and done % c.monitor_interval == 0:
-        log.info(
-            "step %d/%d: loss %.4f, lr %.3g, %.1f samples/s",
-            done,
-            run.total_steps,
-            run.metrics[-1]["loss"],
-            lr,
-            run.metrics[-1]["samples_per_s"],
-        )
-        write_rows(run.out_dir / "metrics.tsv", run.metrics, run.columns)
-        run.monitor.write(run.out_dir / "memory.tsv")
-        if cache is not None:
-            cache.log_stats(f"step {done}")
-    if c.save_every and done % c.save_every == 0 and done < run.total_steps:
-        epoch, k = divmod(done, run.spe)
-        save_resume(
-            run.out_dir / "resume",
-            model=run.model,
-            optimizer=run.optimizer,
-            scheduler=run.scheduler,
-            scaler=run.scaler,
-            step=done,
-            epoch=epoch,
-            position=k * run.effective,
-            order=run.orders[epoch],
-            fingerprint=run.fingerprint,
-            micro_batch_size=run.micro,
-            gradient_accumulation_steps=run.accum,
-            metrics=run.metrics,
-            metric_columns=run.columns,
-            memory=run.monitor.rows,
-        )
-
-
-def _loop(run: _Run, pairs, tokenizer, pad_id: int, on_step) -> tuple[float, float, int, object]:
-    """Run the remaining optimizer steps; return wall and CPU seconds, samples trained and the device cache."""
-    c = run.c
-    stream = BatchStream(
-        TokenizedDataset(pairs, tokenizer, c.max_length),
-        [mb for step in run.steps for mb in step],
-        c,
-        run.device,
-        pad_id,
-    )
-    cache = stream.cache
-    autocast = partial(
-        torch.autocast, run.device.type, dtype=compute_dtype(run.precision), enabled=run.precision != "fp32"
-    )
-    if run.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(run.device)
-    t_start, cpu_start = time.perf_counter(), os.times()
-    samples_done = 0
-    step = run.start
-    it = iter(stream)
-    try:
-        for step in tqdm(
-            range(run.start, run.total_steps),
-            initial=run.start,
-            total=run.total_steps,
-            desc="train",
-            mininterval=5,
-            disable=None,
-        ):
-            t0 = time.perf_counter()
-            lr = run.scheduler.get_last_lr()[0]
-            extra: dict = {}
-            micro_batches = run.steps[step - run.start]
-            loss = optimizer_step(
-                run.model,
-                [next(it) for _ in micro_batches],
-                autocast=autocast,
-                scaler=run.scaler,
-                optimizer=run.optimizer,
-                scheduler=run.scheduler,
-                params=run.params,
-                max_grad_norm=float(c.max_grad_norm),
-                objective=run.objective,
-                extra=extra,
-            )
-            n_step_samples = sum(len(mb) for mb in micro_batches)
-            samples_done += n_step_samples
-            _record_step(run, step, loss, lr, n_step_samples, time.perf_counter() - t0, extra)
-            _after_step(run, step + 1, lr, cache)
-            if on_step is not None:
-                on_step(step + 1)
-    except Exception as exc:
-        if is_oom(exc):
-            log.error(
-                "out of memory at step %d with micro-batch %d (attempt %d); a retry divides the micro-batch "
-                "by retry.factor and resumes from the last save in %s",
-                step + 1,
-                run.micro,
-                run.attempt,
-                run.out_dir / "resume",
-            )
-        raise
-    finally:
-        stream.close()
-    return time.perf_counter() - t_start, sum(os.times()[:4]) - sum(cpu_start[:4]), samples_done, cache
-
-
 def fit(
     model_path,
     pairs: list[tuple[str, str, str]],
@@ -516,7 +272,7 @@ def fit(
     model = load_for_training(model_path, c, device, precision)
     if objective is not None:
         objective.select_trainable(model)
-    run = _Run(
+    run = Run(
         c=c,
         out_dir=Path(out_dir),
         device=device,
@@ -532,12 +288,12 @@ def fit(
         n=len(pairs),
         spe=steps_per_epoch(len(pairs), effective),
     )
-    _start(run, model_path, pairs)
-    elapsed, cpu_seconds, samples_done, cache = _loop(run, pairs, tokenizer, pad_id, on_step)
+    start(run, model_path, pairs)
+    elapsed, cpu_seconds, samples_done, cache = loop(run, pairs, tokenizer, pad_id, on_step)
     return _finish(run, model_path, tokenizer, source, (elapsed, cpu_seconds, samples_done), cache)
 
 
-def _finish(run: _Run, model_path, tokenizer, source: str, timing: tuple[float, float, int], cache) -> dict:
+def _finish(run: Run, model_path, tokenizer, source: str, timing: tuple[float, float, int], cache) -> dict:
     """Save the checkpoint, the tables and ``summary.json``; drop the resume state; return the summary."""
     elapsed, cpu_seconds, samples_done = timing
     out_dir, device, total_steps = run.out_dir, run.device, run.total_steps

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from selectflow.data.tokens import encode_pair
-from selectflow.router.capture import FAMILIES, suggest_pattern
 from selectflow.router.dump import DumpSettings, RouterDumper
+from selectflow.router.families import FAMILIES, suggest_pattern
 from selectflow.router.familycheck import HIDDEN_TOLERANCE, TOLERANCE, check_family, reference
 from selectflow.router.tinymoe import build_tiny, demo_inputs, expert_types, moe_families, not_causal_lm
 from selectflow.runtime.errors import SelectFlowError

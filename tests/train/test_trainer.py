@@ -19,7 +19,7 @@ from selectflow.data.records import read_dataset, write_jsonl
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.train import train, train_on_pool
 from selectflow.train.estimate import estimate_training_memory, model_shape
-from selectflow.train.trainer import METRIC_COLUMNS
+from selectflow.train.loop import METRIC_COLUMNS
 
 # The CPU semantics (bit-exact resume, LoRA touching only adapters, budgets) are checked on
 # the CPU even where a GPU exists: TF32 and bf16 change the last bits there by design.
