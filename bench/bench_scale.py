@@ -160,7 +160,9 @@ elif args["step"] == "chain":
                   flush=True)
             return out
         return run
-    for name in ("drop_duplicates", "build_candidates", "run_fps", "write_selection"):
+    from selectflow.select import candidates
+    candidates.drop_duplicates = timed(candidates.drop_duplicates)
+    for name in ("build_candidates", "run_fps", "write_selection"):
         setattr(stage, name, timed(getattr(stage, name)))
     stage.continue_selection(args["out"] + "/shards", args["out"] + "/chain/selected_data.jsonl", sel)
 seconds = time.perf_counter() - t

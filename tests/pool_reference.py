@@ -14,10 +14,10 @@ import numpy as np
 
 from selectflow.router.routerfile import NO_HIDDEN, RouterShard, concat_shards
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.select.candidates import candidates_of_pool
 from selectflow.select.dedup import near_keys, routing_keys, text_keys
 from selectflow.select.pool import Pool
 from selectflow.select.quality import record_facts
-from selectflow.stages.select import candidates_of_pool
 
 
 class WholeRows:

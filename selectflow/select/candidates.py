@@ -11,6 +11,11 @@ records) is made by :func:`sample_features` (of pool rows) or :func:`shard_featu
 read whole): ``selection.features`` routing (the routing distributions under
 ``selection.metric``) or hidden (the dump's mean-pooled last hidden states under cosine distance).
 
+:func:`candidates_of_pool` is the whole step on a pool: quality (:mod:`selectflow.select.quality`),
+dedup (:mod:`selectflow.select.dedup`), :func:`choose`, then ``candidates.h5`` and
+``candidates_quality.tsv`` (:func:`quality_table`). :func:`fps_options` reads back what FPS needs
+of an open ``candidates.h5`` (start, strata, quotas).
+
 ``candidates.h5``: ``sample_id`` [m] str, ``quality`` [m] float64, ``features`` [m, D]
 float32 (grid features, :func:`selectflow.select.distance.features`), in candidate order;
 with strata also ``stratum`` [m] int64 and ``quota`` [S]; attributes ``layout_version``,
@@ -29,13 +34,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from selectflow.config import schema_enum
+from selectflow.config import SelectionConfig, schema_enum
 from selectflow.router.routerfile import NO_HIDDEN, RouterShard, read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
+from selectflow.runtime.tables import write_tsv
 from selectflow.select import distance
-from selectflow.select.dedup import duplicates_of
+from selectflow.select.dedup import drop_duplicates, duplicates_of
 from selectflow.select.pool import Pool
+from selectflow.select.quality import assess, resolve_method
 from selectflow.select.strata import strata_labels, stratify
 
 log = logging.getLogger(__name__)
@@ -249,3 +256,74 @@ def quality_table(
             **{name: values[rank] for name, values in quality.inputs.items()},
         }
     )
+
+
+def fps_options(f, sel: SelectionConfig) -> dict:
+    """Start, strata and quota of the open ``candidates.h5`` ``f``, and the log interval."""
+    strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
+    # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
+    start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
+    return {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota}
+
+
+def candidates_of_pool(
+    pool: Pool,
+    out_h5: str | os.PathLike,
+    quality_tsv: str | os.PathLike,
+    sel: SelectionConfig,
+    exclude_ids: set[str] | None = None,
+) -> int:
+    """:func:`selectflow.stages.select.build_candidates` of a :class:`~selectflow.select.pool.Pool`; return k.
+
+    k = round(selection_percentage · pool), at least 1, at most the kept samples. Duplicates
+    are dropped first (:func:`~selectflow.select.dedup.drop_duplicates`). With
+    ``routing_strata`` > 1 (and diversity on) the kept samples are split into that many
+    routing strata (:mod:`selectflow.select.strata`): each stratum gets candidates (its
+    quality top) and FPS picks in proportion to the pool samples it stands for. The features
+    of the candidates (``selection.features``: ``moe_probs`` or ``hidden``) are read back
+    shard by shard (:func:`~selectflow.select.candidates.sample_features`).
+    """
+    in_pool = np.ones(len(pool), dtype=bool)
+    if exclude_ids:
+        in_pool = ~np.isin(pool.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
+    quality = assess(pool, sel.quality_method, sel.quality_field, sel.quality_cut, sel.quality_cut_z)
+    score, keep, reason = quality.score, quality.keep & in_pool, quality.reason.copy()
+    reason[~in_pool] = "excluded"
+    similarity = np.full(len(pool), np.nan)
+    n_dup = drop_duplicates(
+        pool,
+        score,
+        keep,
+        reason,
+        similarity,
+        near_threshold=sel.near_duplicate_threshold,
+        system_turns=sel.dedup_system_turns,
+    )
+    n_pool, n_kept = int(in_pool.sum()), int(keep.sum())
+    choice = choose(pool, score, keep, reason, n_pool, sel)
+    write_candidates(
+        out_h5,
+        pool,
+        score,
+        choice,
+        {
+            "n_pool": n_pool,
+            "n_kept": n_kept,
+            "k": choice.k,
+            "stage": choice.stage,
+            "quality_method": resolve_method(pool, sel.quality_method),
+            "n_duplicates": n_dup,
+        },
+        sel,
+    )
+    write_tsv(quality_table(pool, quality, in_pool, keep, reason, choice, similarity), quality_tsv, na_rep="nan")
+    log.info(
+        "pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d",
+        n_pool,
+        n_kept,
+        n_dup,
+        len(choice.chosen),
+        choice.stage,
+        choice.k,
+    )
+    return choice.k

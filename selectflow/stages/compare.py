@@ -22,13 +22,13 @@ Design (README, "Does the selection pay off? (compare)"):
    candidates nearest to it (rule ``compare_target``).
 5. :func:`intrinsic` -> ``intrinsic.tsv``; :func:`finetune_and_eval` (one per method and
    seed) -> ``eval.tsv``; :func:`downstream` -> ``downstream.tsv``.
+
+Their shared pieces: :mod:`selectflow.select.compare`; the evaluation: :func:`selectflow.train.evaluate.evaluate`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -46,25 +46,9 @@ from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path
 from selectflow.runtime.tables import read_tsv, write_tsv
 from selectflow.select import baselines
-from selectflow.select.dedup import normalised_text
+from selectflow.select.compare import LABEL_FIELDS, _kept_ids, _pool_records, _selection, _text_key, interval, read_pool
 
 log = logging.getLogger(__name__)
-
-LABEL_FIELDS = ("planted", "topic")  # the demo's label fields: they measure, never select
-
-
-def _kept_ids(quality_tsv) -> list[str]:
-    table = read_tsv(quality_tsv, "quality table", nan_columns=("quality",))
-    return sorted(table.loc[table["kept"].astype(str).str.lower() == "true", "sample_id"].astype(str))
-
-
-def _pool_records(router_paths: list, wanted: set[str]):
-    """``(sample_id, normalised record + sample_id)`` of the ``wanted`` samples, one shard at a time."""
-    for path in router_paths:
-        shard = read_router_shard(path)
-        for sid, text in zip(shard.sample_id, shard.record if shard.record is not None else []):
-            if sid in wanted:
-                yield sid, {**json.loads(text)["record"], "sample_id": sid}
 
 
 def draw_heldout(quality_tsv, router_paths: list, out_jsonl, cmp: CompareConfig) -> int:
@@ -144,16 +128,6 @@ def build_pool(
     )
 
 
-def read_pool(pool_h5) -> dict:
-    with h5py.File(pool_h5, "r") as f:
-        out = {name: f[name][()] for name in ("quality", "features", "cluster")}
-        out["sample_id"] = np.array(
-            [v.decode() if isinstance(v, bytes) else v for v in f["sample_id"][()]], dtype=object
-        )
-        out.update({k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()})
-    return out
-
-
 def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: str = "cpu") -> int:
     """Run baseline ``method`` on ``pool.h5``; write its picks (the FPS curve's columns); return k.
 
@@ -183,10 +157,6 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
     write_tsv(pd.DataFrame(table), picks_tsv, na_rep="nan")
     log.info("%s picked %d", method, len(picks))
     return len(picks)
-
-
-def _selection(path) -> list[dict]:
-    return [rec for _, rec in iter_jsonl(path)]
 
 
 def intrinsic(selections: dict[str, str | os.PathLike], pool_h5, out_tsv) -> pd.DataFrame:
@@ -221,11 +191,6 @@ def intrinsic(selections: dict[str, str | os.PathLike], pool_h5, out_tsv) -> pd.
     table = pd.DataFrame(rows).fillna(0.0)
     write_tsv(table, out_tsv, float_format="%.6g")
     return table
-
-
-def _text_key(record: dict) -> str:
-    prompt, response = record_prompt_response(record)
-    return normalised_text(json.dumps({"prompt": prompt, "response": response}))
 
 
 def write_testset(dataset_paths: dict, out_jsonl, cmp: CompareConfig) -> int:
@@ -361,50 +326,6 @@ def random_draws(pool_h5, quality_tsv, router_paths: list, out_paths: list, cmp:
             write_selection(picks_tsv, quality_tsv, router_paths, out, Path(tmp) / "summary.tsv")
 
 
-def _test_rows(test_jsonl) -> list[tuple[str, str, str]]:
-    """``(kind, prompt, response)`` of each test record; kind ``all`` for records without one."""
-    rows = []
-    for _, rec in iter_jsonl(test_jsonl):
-        prompt, response = record_prompt_response(rec)
-        rows.append((str(rec.get("kind", "all")), prompt, response))
-    if not rows:
-        raise SelectFlowError(f"test set {test_jsonl} holds no records; set compare.eval to a non-empty JSONL")
-    return rows
-
-
-def evaluate(model_dir, test_jsonl, max_length: int) -> pd.DataFrame:
-    """Per kind: ``n``, response-token ``loss`` (summed NLL / tokens), ``tokens`` and ``accuracy`` of the
-    greedy answers (NaN for kinds without a checker: :data:`selectflow.data.demotest.CHECKERS`)."""
-    from transformers import AutoModelForCausalLM
-
-    from selectflow.data.demotest import CHECKERS
-    from selectflow.train.evaluate import greedy_answers, response_losses
-    from selectflow.train.trainer import _tokenizer
-
-    rows = _test_rows(test_jsonl)
-    tokenizer, pad_id = _tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
-    losses = response_losses(model, tokenizer, pad_id, [(p, r) for _, p, r in rows], max_length)
-    checked = [i for i, (kind, _, _) in enumerate(rows) if kind in CHECKERS]
-    longest = max((len(tokenizer(rows[i][2], add_special_tokens=False)["input_ids"]) for i in checked), default=0)
-    answers = dict(zip(checked, greedy_answers(model, tokenizer, pad_id, [rows[i][1] for i in checked], longest + 8)))
-    frame = pd.DataFrame(
-        {
-            "kind": [r[0] for r in rows],
-            "nll": [v for v, _ in losses],
-            "tokens": [n for _, n in losses],
-            "correct": [
-                float(CHECKERS[r[0]](r[1], answers[i])) if i in answers else math.nan for i, r in enumerate(rows)
-            ],
-        }
-    )
-    table = frame.groupby("kind", sort=True).agg(
-        n=("nll", "size"), nll=("nll", "sum"), tokens=("tokens", "sum"), accuracy=("correct", "mean")
-    )
-    table["loss"] = table["nll"] / table["tokens"].clip(lower=1)
-    return table.reset_index()[["kind", "n", "loss", "tokens", "accuracy"]]
-
-
 def finetune_and_eval(
     model,
     data: list,
@@ -426,6 +347,7 @@ def finetune_and_eval(
     selection's ``size`` and the optimizer ``steps``.
     """
     from selectflow.train import train as train_model
+    from selectflow.train.evaluate import evaluate
 
     tables = []
     for i in range(seeds):
@@ -448,18 +370,6 @@ def finetune_and_eval(
     out = pd.concat(tables, ignore_index=True)[["seed", "size", "steps", "kind", "n", "loss", "tokens", "accuracy"]]
     write_tsv(out, out_tsv, float_format="%.6g", na_rep="nan")
     return out
-
-
-def interval(values: np.ndarray) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % confidence interval (Student's t over the seeds)."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return (float(values.mean()) if len(values) else math.nan), math.nan
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-    return float(values.mean()), float(half)
 
 
 def downstream(evals: dict[str, str | os.PathLike], out_tsv) -> pd.DataFrame:

@@ -15,7 +15,8 @@
    (+ the target's router file from rule ``target_router``) instead.
 4. :func:`write_selection` (rule ``selected_data``): curve + shards -> ``selected_data.jsonl``
    + ``selection_summary.tsv`` + ``quality.tsv`` (``candidates_quality.tsv`` with the final
-   ``reason``: ``selected``, ``not_picked`` or why the sample was dropped before FPS).
+   ``reason``: ``selected``, ``not_picked`` or why the sample was dropped before FPS), through
+   :mod:`selectflow.select.write`.
 
 :func:`continue_selection` runs the same four in-process on a folder of shards (the
 original's ``continue_selection.py``; its parser is in :mod:`selectflow.cli`).
@@ -33,30 +34,26 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from selectflow.config import SelectionConfig, schema_enum
 from selectflow.data.preflight import tiny_selection_text
 from selectflow.data.records import write_jsonl
-from selectflow.router.routerfile import read_records, shard_header
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.tables import read_tsv, write_tsv
 from selectflow.select import distance, diversity
 from selectflow.select.candidates import (
+    candidates_of_pool,
     check_selection,
-    choose,
+    fps_options,
     n_blocks,
     open_candidates,
-    quality_table,
     read_candidates,
     target_features,
-    write_candidates,
 )
-from selectflow.select.dedup import drop_duplicates
 from selectflow.select.fps import fps_matrix, fps_streaming
-from selectflow.select.pool import Pool, scan_pool
-from selectflow.select.quality import assess, resolve_method
+from selectflow.select.pool import scan_pool
 from selectflow.select.target import toward_target
+from selectflow.select.write import final_reasons, selected_records, summary_table, write_curve
 
 log = logging.getLogger(__name__)
 
@@ -87,69 +84,6 @@ def build_candidates(
     """
     check_selection(sel)
     return candidates_of_pool(scan_pool(router_paths, sel), out_h5, quality_tsv, sel, exclude_ids)
-
-
-def candidates_of_pool(
-    pool: Pool,
-    out_h5: str | os.PathLike,
-    quality_tsv: str | os.PathLike,
-    sel: SelectionConfig,
-    exclude_ids: set[str] | None = None,
-) -> int:
-    """:func:`build_candidates` of a :class:`~selectflow.select.pool.Pool`; return k.
-
-    k = round(selection_percentage · pool), at least 1, at most the kept samples. Duplicates
-    are dropped first (:func:`~selectflow.select.dedup.drop_duplicates`). With
-    ``routing_strata`` > 1 (and diversity on) the kept samples are split into that many
-    routing strata (:mod:`selectflow.select.strata`): each stratum gets candidates (its
-    quality top) and FPS picks in proportion to the pool samples it stands for. The features
-    of the candidates (``selection.features``: ``moe_probs`` or ``hidden``) are read back
-    shard by shard (:func:`~selectflow.select.candidates.sample_features`).
-    """
-    in_pool = np.ones(len(pool), dtype=bool)
-    if exclude_ids:
-        in_pool = ~np.isin(pool.sample_id.astype(str), np.array(sorted(exclude_ids), dtype=str))
-    quality = assess(pool, sel.quality_method, sel.quality_field, sel.quality_cut, sel.quality_cut_z)
-    score, keep, reason = quality.score, quality.keep & in_pool, quality.reason.copy()
-    reason[~in_pool] = "excluded"
-    similarity = np.full(len(pool), np.nan)
-    n_dup = drop_duplicates(
-        pool,
-        score,
-        keep,
-        reason,
-        similarity,
-        near_threshold=sel.near_duplicate_threshold,
-        system_turns=sel.dedup_system_turns,
-    )
-    n_pool, n_kept = int(in_pool.sum()), int(keep.sum())
-    choice = choose(pool, score, keep, reason, n_pool, sel)
-    write_candidates(
-        out_h5,
-        pool,
-        score,
-        choice,
-        {
-            "n_pool": n_pool,
-            "n_kept": n_kept,
-            "k": choice.k,
-            "stage": choice.stage,
-            "quality_method": resolve_method(pool, sel.quality_method),
-            "n_duplicates": n_dup,
-        },
-        sel,
-    )
-    write_tsv(quality_table(pool, quality, in_pool, keep, reason, choice, similarity), quality_tsv, na_rep="nan")
-    log.info(
-        "pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d",
-        n_pool,
-        n_kept,
-        n_dup,
-        len(choice.chosen),
-        choice.stage,
-        choice.k,
-    )
-    return choice.k
 
 
 def compute_block(
@@ -213,7 +147,7 @@ def run_fps(
     if fps and sel.distance_mode == "streaming" and sel.fps_gpus > 1:
         return launch_fps_ranks(candidates_h5, curve_tsv, sel, chunk)
     with open_candidates(cands.path) as f:
-        opts = _fps_options(f, sel)
+        opts = fps_options(f, sel)
         feats = f["features"][()] if stage != "quality" and (sel.distance_mode == "streaming" or not fps) else None
     if stage == "quality":
         picks = np.arange(min(k, len(cands)))
@@ -244,7 +178,7 @@ def run_fps(
         matrix = distance.BlockMatrix(block_dir, len(cands), sel.distance_batch_size, metric)
         result = fps_matrix(matrix, k, **opts)
         picks, min_distance = result.picks, result.min_distance
-    return _write_curve(cands, picks, min_distance, curve_tsv)
+    return write_curve(cands, picks, min_distance, curve_tsv)
 
 
 def pick_toward_target(
@@ -277,27 +211,7 @@ def pick_toward_target(
     targets = target_features(target_h5, sel)
     targets = targets[np.random.default_rng(TARGET_ORDER_SEED).permutation(len(targets))]
     picks = toward_target(targets, feats, k, metric, chunk=chunk or sel.distance_batch_size, device=sel.device)
-    return _write_curve(cands, picks, np.full(len(picks), np.nan), curve_tsv)
-
-
-def _fps_options(f, sel: SelectionConfig) -> dict:
-    """Start, strata and quota of the open ``candidates.h5`` ``f``, and the log interval."""
-    strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
-    # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
-    start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
-    return {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota}
-
-
-def _write_curve(cands, picks: np.ndarray, min_distance: np.ndarray, curve_tsv: str | os.PathLike) -> int:
-    _warn_repeats(min_distance)
-    curve = {
-        "step": np.arange(len(picks)),
-        "sample_id": cands.sample_id[picks],
-        "candidate_index": picks,
-        "min_distance": min_distance,
-    }
-    write_tsv(pd.DataFrame(curve), curve_tsv, na_rep="nan")
-    return len(picks)
+    return write_curve(cands, picks, np.full(len(picks), np.nan), curve_tsv)
 
 
 def launch_fps_ranks(
@@ -368,47 +282,12 @@ def fps_rank(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel
                 metric=cands.attrs["metric"],
                 device=dev,
                 chunk=chunk,
-                **_fps_options(f, sel),
+                **fps_options(f, sel),
             )
         if rank == 0:
-            _write_curve(cands, result.picks, result.min_distance, curve_tsv)
+            write_curve(cands, result.picks, result.min_distance, curve_tsv)
     finally:
         dist.destroy_process_group()
-
-
-def _warn_repeats(min_distance: np.ndarray) -> None:
-    zero = np.flatnonzero(np.asarray(min_distance) <= 0)
-    if len(zero):
-        log.warning(
-            "FPS max-min distance reached 0 at pick %d of %d: the remaining candidates repeat picked ones "
-            "(identical routing features); the selection holds repeats — lower selection_percentage, or check the "
-            "pool for duplicates",
-            int(zero[0]) + 1,
-            len(min_distance),
-        )
-
-
-def _selected_records(wanted: dict, router_paths: list, curve_tsv, quality, quality_tsv) -> dict[str, dict]:
-    """The normalised records of the picks, one shard at a time, only their rows read; stale inputs are errors."""
-    found: dict[str, dict] = {}
-    for path in router_paths:
-        _, ids = shard_header(path)
-        rows = np.array([i for i, sid in enumerate(ids) if sid in wanted], dtype=np.int64)
-        if len(rows):
-            for sid, text in zip(ids[rows], read_records(path, rows)):
-                found[sid] = json.loads(text)
-    missing = [sid for sid in wanted if sid not in found]
-    if missing:
-        raise SelectFlowError(
-            f"{len(missing)} selected samples (first {missing[0]!r}) are in {curve_tsv} but in none of the router "
-            "shards; the curve is stale: delete it and rerun snakemake"
-        )
-    unknown = [sid for sid in wanted if sid not in quality.index]
-    if unknown:
-        raise SelectFlowError(
-            f"selected sample {unknown[0]!r} is not in {quality_tsv}; it is stale: delete it and rerun snakemake"
-        )
-    return found
 
 
 def write_selection(
@@ -430,7 +309,7 @@ def write_selection(
     curve = read_tsv(curve_tsv, "FPS curve", nan_columns=NAN_COLUMNS)
     quality = read_tsv(quality_tsv, "quality table", nan_columns=NAN_COLUMNS).set_index("sample_id")
     wanted = {sid: rank for rank, sid in zip(curve["step"], curve["sample_id"])}
-    found = _selected_records(wanted, router_paths, curve_tsv, quality, quality_tsv)
+    found = selected_records(wanted, router_paths, curve_tsv, quality, quality_tsv)
     lines = (
         {
             **found[sid]["record"],
@@ -444,37 +323,11 @@ def write_selection(
     n = write_jsonl(out_jsonl, lines)
     table = quality.reset_index()
     table["selected"] = table["sample_id"].isin(list(wanted))
-    sel = table[table["selected"]]
-    summary = (
-        table.groupby("dataset")
-        .agg(
-            pool=("sample_id", "size"),
-            kept=("kept", "sum"),
-            candidates=("candidate", "sum"),
-            selected=("selected", "sum"),
-            duplicates=("reason", lambda r: int(r.astype(str).str.startswith("duplicate_of:").sum())),
-            near_duplicates=("similarity", lambda v: int((v < 1).sum())),
-        )
-        .join(sel.groupby("dataset")["quality"].agg(quality_min="min", quality_max="max"))
-        .reset_index()
-    )
-    write_tsv(summary, summary_tsv, na_rep="nan")
+    write_tsv(summary_table(table), summary_tsv, na_rep="nan")
     if final_quality_tsv is not None:
         write_tsv(final_reasons(table), final_quality_tsv, na_rep="nan")
     log.info("wrote %d selected records to %s", n, out_jsonl)
     return n
-
-
-def final_reasons(table: pd.DataFrame) -> pd.DataFrame:
-    """The quality table after FPS: ``reason`` ``selected`` for the picks, ``not_picked`` for the other candidates.
-
-    ``table`` has :func:`build_candidates`'s columns plus a bool ``selected``; the drop
-    reasons of the samples that never became candidates stay as they are.
-    """
-    reason = table["reason"].astype(object).copy()
-    reason[table["reason"].astype(str) == "candidate"] = "not_picked"
-    reason[table["selected"].astype(bool)] = "selected"
-    return table.assign(reason=reason)
 
 
 def continue_selection(router_dir: str | os.PathLike, output_path: str | os.PathLike, sel: SelectionConfig) -> None:

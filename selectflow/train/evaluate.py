@@ -4,12 +4,19 @@
   same loss the trainer minimises (prompt tokens unlabelled, eos closes the response).
 * :func:`greedy_answers` → per record the model's greedy continuation of the prompt, up to
   eos or ``max_new_tokens``, decoded to text.
+* :func:`evaluate` → per kind of a test JSONL: ``n``, response-token ``loss``, ``tokens`` and greedy-answer
+  ``accuracy`` of a saved model.
 """
 
 from __future__ import annotations
 
+import math
+
+import pandas as pd
 import torch
 
+from selectflow.data.records import iter_jsonl, record_prompt_response
+from selectflow.runtime.errors import SelectFlowError
 from selectflow.train.data import IGNORE_INDEX, encode_pair, pad_collate
 
 
@@ -53,3 +60,46 @@ def greedy_answers(
         )
         answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in generated)
     return answers
+
+
+def _test_rows(test_jsonl) -> list[tuple[str, str, str]]:
+    """``(kind, prompt, response)`` of each test record; kind ``all`` for records without one."""
+    rows = []
+    for _, rec in iter_jsonl(test_jsonl):
+        prompt, response = record_prompt_response(rec)
+        rows.append((str(rec.get("kind", "all")), prompt, response))
+    if not rows:
+        raise SelectFlowError(f"test set {test_jsonl} holds no records; set compare.eval to a non-empty JSONL")
+    return rows
+
+
+def evaluate(model_dir, test_jsonl, max_length: int) -> pd.DataFrame:
+    """Per kind: ``n``, response-token ``loss`` (summed NLL / tokens), ``tokens`` and ``accuracy`` of the
+    greedy answers (NaN for kinds without a checker: :data:`selectflow.data.demotest.CHECKERS`)."""
+    from transformers import AutoModelForCausalLM
+
+    from selectflow.data.demotest import CHECKERS
+    from selectflow.train.trainer import _tokenizer
+
+    rows = _test_rows(test_jsonl)
+    tokenizer, pad_id = _tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+    losses = response_losses(model, tokenizer, pad_id, [(p, r) for _, p, r in rows], max_length)
+    checked = [i for i, (kind, _, _) in enumerate(rows) if kind in CHECKERS]
+    longest = max((len(tokenizer(rows[i][2], add_special_tokens=False)["input_ids"]) for i in checked), default=0)
+    answers = dict(zip(checked, greedy_answers(model, tokenizer, pad_id, [rows[i][1] for i in checked], longest + 8)))
+    frame = pd.DataFrame(
+        {
+            "kind": [r[0] for r in rows],
+            "nll": [v for v, _ in losses],
+            "tokens": [n for _, n in losses],
+            "correct": [
+                float(CHECKERS[r[0]](r[1], answers[i])) if i in answers else math.nan for i, r in enumerate(rows)
+            ],
+        }
+    )
+    table = frame.groupby("kind", sort=True).agg(
+        n=("nll", "size"), nll=("nll", "sum"), tokens=("tokens", "sum"), accuracy=("correct", "mean")
+    )
+    table["loss"] = table["nll"] / table["tokens"].clip(lower=1)
+    return table.reset_index()[["kind", "n", "loss", "tokens", "accuracy"]]

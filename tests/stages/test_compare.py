@@ -202,6 +202,7 @@ def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout
 def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     from selectflow.config import selection_section
     from selectflow.runtime.tables import read_tsv
+    from selectflow.select.compare import read_pool
     from selectflow.stages import compare
     from selectflow.stages.select import build_candidates, run_fps
     from tests.stages.test_select import make_pool, write_shards
@@ -223,7 +224,7 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     assert n == len(held) > 0
     k = build_candidates(shards, tmp_path / "c.h5", tmp_path / "c.tsv", sel, held)
     compare.build_pool(shards, tmp_path / "c.h5", tmp_path / "c.tsv", tmp_path / "pool.h5", cmp, sel)
-    assert not held & set(compare.read_pool(tmp_path / "pool.h5")["sample_id"])
+    assert not held & set(read_pool(tmp_path / "pool.h5")["sample_id"])
     run_fps(tmp_path / "c.h5", tmp_path / "fps.tsv", sel)
     picks = {"fps": tmp_path / "fps.tsv"}
     for method in baselines.BASELINES:
@@ -272,7 +273,7 @@ def test_caption_names_the_winners_and_tests_the_difference_with_welch():
 def test_interval_is_students_t_over_the_seeds():
     from scipy import stats
 
-    from selectflow.stages.compare import interval
+    from selectflow.select.compare import interval
 
     values = np.array([1.0, 1.2, 0.9, 1.1, 1.05])
     mean, half = interval(values)

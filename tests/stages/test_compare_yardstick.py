@@ -67,7 +67,7 @@ def test_every_test_kind_has_a_checker_and_hand_written_examples():
 
 
 def _keys(records):
-    from selectflow.stages.compare import _text_key
+    from selectflow.select.compare import _text_key
 
     return {_text_key(r) for r in records}
 
@@ -75,7 +75,7 @@ def _keys(records):
 def test_the_test_set_is_new_clean_seeded_and_covers_every_kind():
     pool = make_demo_pool(3000, seed=0)
     keys = _keys(pool)
-    from selectflow.stages.compare import _text_key
+    from selectflow.select.compare import _text_key
 
     test = make_demo_testset(20, seed=1, exclude=lambda r: _text_key(r) in keys)
     assert len(test) == 20 * len(TEST_KINDS)
@@ -116,7 +116,7 @@ def test_evaluate_matches_a_record_by_record_reference(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from selectflow.data.records import record_prompt_response, write_jsonl
-    from selectflow.stages.compare import evaluate
+    from selectflow.train.evaluate import evaluate
     from selectflow.train.student import build_scratch_student
     from selectflow.train.trainer import _tokenizer
 
