@@ -23,7 +23,7 @@ Design (README, "Does the selection pay off? (compare)"):
 5. :func:`intrinsic` -> ``intrinsic.tsv``; :func:`finetune_and_eval` (one per method and
    seed) -> ``eval.tsv``; :func:`downstream` -> ``downstream.tsv``.
 
-Their shared pieces: :mod:`selectflow.select.compare`; the evaluation: :func:`selectflow.train.evaluate.evaluate`.
+Their shared pieces: :mod:`selectflow.report.yardstick`; the evaluation: :func:`selectflow.train.evaluate.evaluate`.
 """
 
 from __future__ import annotations
@@ -41,12 +41,20 @@ import pandas as pd
 
 from selectflow.config import CompareConfig, SelectionConfig, TrainConfig
 from selectflow.data.records import iter_jsonl, record_prompt_response, write_jsonl
+from selectflow.report.yardstick import (
+    LABEL_FIELDS,
+    _kept_ids,
+    _pool_records,
+    _selection,
+    _text_key,
+    interval,
+    read_pool,
+)
 from selectflow.router.routerfile import read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path
 from selectflow.runtime.tables import read_tsv, write_tsv
 from selectflow.select import baselines
-from selectflow.select.compare import LABEL_FIELDS, _kept_ids, _pool_records, _selection, _text_key, interval, read_pool
 
 log = logging.getLogger(__name__)
 

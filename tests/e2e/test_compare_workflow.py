@@ -8,7 +8,7 @@ import pytest
 
 from selectflow.data.demotest import TEST_KINDS
 from selectflow.data.records import iter_jsonl, read_dataset
-from selectflow.select.compare import _text_key
+from selectflow.report.yardstick import _text_key
 from tests.workflow import config_variant, snakemake
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import pytest
 from selectflow.config import selection_section
 from selectflow.data.demotest import make_demo_testset
 from selectflow.data.records import iter_jsonl, write_jsonl
+from selectflow.report.yardstick import _text_key
 from selectflow.select.candidates import read_candidates, target_features
-from selectflow.select.compare import _text_key
 from selectflow.stages.select import TARGET_ORDER_SEED
 from tests.select.test_target import _reference
 from tests.workflow import config_variant, snakemake

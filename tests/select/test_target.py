@@ -100,7 +100,7 @@ def _cmp(compare=None):
 
 def test_demo_target_set_shares_no_record_with_the_test_set_or_the_pool(tmp_path, demo_pool):
     from selectflow.data.records import iter_jsonl, read_dataset
-    from selectflow.select.compare import _text_key
+    from selectflow.report.yardstick import _text_key
     from selectflow.stages.compare import write_target_set, write_testset
 
     cmp = _cmp({"test_per_kind": 4})
@@ -117,7 +117,7 @@ def test_demo_target_set_shares_no_record_with_the_test_set_or_the_pool(tmp_path
 
 def test_heldout_target_slice_is_disjoint_from_the_test_slice(tmp_path):
     from selectflow.data.records import iter_jsonl
-    from selectflow.select.compare import _kept_ids, _text_key
+    from selectflow.report.yardstick import _kept_ids, _text_key
     from selectflow.stages.compare import draw_heldout, heldout_ids, write_target_set
     from selectflow.stages.select import build_candidates
     from tests.stages.test_select import make_pool, section, write_shards

@@ -201,8 +201,8 @@ def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout
 
 def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     from selectflow.config import selection_section
+    from selectflow.report.yardstick import read_pool
     from selectflow.runtime.tables import read_tsv
-    from selectflow.select.compare import read_pool
     from selectflow.stages import compare
     from selectflow.stages.select import build_candidates, run_fps
     from tests.stages.test_select import make_pool, write_shards
@@ -273,7 +273,7 @@ def test_caption_names_the_winners_and_tests_the_difference_with_welch():
 def test_interval_is_students_t_over_the_seeds():
     from scipy import stats
 
-    from selectflow.select.compare import interval
+    from selectflow.report.yardstick import interval
 
     values = np.array([1.0, 1.2, 0.9, 1.1, 1.05])
     mean, half = interval(values)

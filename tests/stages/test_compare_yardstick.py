@@ -67,7 +67,7 @@ def test_every_test_kind_has_a_checker_and_hand_written_examples():
 
 
 def _keys(records):
-    from selectflow.select.compare import _text_key
+    from selectflow.report.yardstick import _text_key
 
     return {_text_key(r) for r in records}
 
@@ -75,7 +75,7 @@ def _keys(records):
 def test_the_test_set_is_new_clean_seeded_and_covers_every_kind():
     pool = make_demo_pool(3000, seed=0)
     keys = _keys(pool)
-    from selectflow.select.compare import _text_key
+    from selectflow.report.yardstick import _text_key
 
     test = make_demo_testset(20, seed=1, exclude=lambda r: _text_key(r) in keys)
     assert len(test) == 20 * len(TEST_KINDS)

@@ -1,4 +1,5 @@
-"""The comparison's pure pieces (:mod:`selectflow.stages.compare` puts them together).
+"""The comparison's measuring pieces (:mod:`selectflow.stages.compare` puts them together); no selection code
+imports them (the label fields live here).
 
 * :func:`_kept_ids`: the ``sample_id`` s a quality table marks ``kept``, sorted.
 * :func:`_pool_records`: the normalised records (plus ``sample_id``) of wanted samples, one router shard at a time.
