@@ -238,9 +238,6 @@ DEFAULT_COPIES_ALLOWED = {
     ("selectflow.select.strata", "seed"): "the selection section has no seed key",
     ("selectflow.train.evaluate:response_losses", "batch_size"): "scoring batch of the comparison's test losses, "
     "no config key",
-    # files being split on other branches: their defaults go with that work
-    ("selectflow.router.capture:Capture.distribution", "softmax_logits"): "router/capture.py is being split",
-    ("selectflow.select.dedup", "system_turns"): "select/dedup.py is being split",
 }
 
 

@@ -94,7 +94,7 @@ def _dialogue_turns(items, role_key: str, text_key: str) -> list[tuple[str, str]
     return turns[:last] + [("answer", turns[last][1])]
 
 
-def said(record: str | dict, system_turns: bool = False) -> list[str] | None:
+def said(record: str | dict, system_turns: bool) -> list[str] | None:
     """What a normalised record (JSON or parsed) says: its user turns (and system turns with
     ``system_turns``), then its answer; None for a record with neither prompt nor response."""
     rec = json.loads(record) if isinstance(record, str) else record
@@ -104,7 +104,7 @@ def said(record: str | dict, system_turns: bool = False) -> list[str] | None:
     return [text for role, text in _turns(rec) if role in wanted]
 
 
-def normalised_text(record: str | dict, system_turns: bool = False) -> str | None:
+def normalised_text(record: str | dict, system_turns: bool) -> str | None:
     """:func:`said`, lower-cased, punctuation replaced by a space, runs of space collapsed; turns
     joined by NUL. ``None`` for a record with nothing to compare."""
     parts = said(record, system_turns)
@@ -117,7 +117,7 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def text_keys(records, system_turns: bool = False) -> np.ndarray:
+def text_keys(records, system_turns: bool) -> np.ndarray:
     """``S16`` [n]: a 16-byte digest of each record's :func:`normalised_text` (``b""`` where it has none).
     ``records``: JSON strings or parsed dicts.
 
@@ -134,7 +134,7 @@ def text_keys(records, system_turns: bool = False) -> np.ndarray:
     return out
 
 
-def near_keys(records, threshold: float, system_turns: bool = False) -> dict[str, np.ndarray]:
+def near_keys(records, threshold: float, system_turns: bool) -> dict[str, np.ndarray]:
     """Per record: ``near_band`` uint32 [n, bands] (LSH band keys, :func:`~selectflow.select.minhash.lsh_shape`;
     two keys agree by chance with probability 2**-32, a pair the exact check then turns away), ``near_sig`` uint8
     [n, PREFILTER_PERM] (the signature's first values, low 8 bits: :func:`estimate`), ``near_numbers``
@@ -157,12 +157,12 @@ def number_keys(texts: list[str]) -> np.ndarray:
     return out
 
 
-def near_text(record: str | dict, system_turns: bool = False) -> str:
+def near_text(record: str | dict, system_turns: bool) -> str:
     """The text a record's shingles come from: :func:`normalised_text`, turns joined by a space."""
     return near_parts(record, system_turns)[0]
 
 
-def near_parts(record: str | dict, system_turns: bool = False) -> tuple[str, str]:
+def near_parts(record: str | dict, system_turns: bool) -> tuple[str, str]:
     """(:func:`near_text`, its answer normalised alike; ``""`` for a record without an answer)."""
     rec = json.loads(record) if isinstance(record, str) else record
     text = normalised_text(rec, system_turns)
@@ -228,7 +228,7 @@ def drop_near_duplicates(
     reason: np.ndarray,
     similarity: np.ndarray,
     records_of,
-    system_turns: bool = False,
+    system_turns: bool,
 ) -> int:
     """Among the still-kept samples ``order`` (best first), drop each one that shares an LSH band
     with an earlier kept one whose numbers are the same, whose Jaccard similarity to it (of the
@@ -306,7 +306,7 @@ def drop_duplicates(
     similarity: np.ndarray | None = None,
     *,
     near_threshold: float | None = None,
-    system_turns: bool = False,
+    system_turns: bool,
 ) -> int:
     """Drop kept samples that repeat another one; keep the best-quality copy; return how many were dropped.
 

@@ -56,15 +56,18 @@ FORMS = {
 
 def test_one_sample_in_every_format_has_one_text_key():
     records = [normalised(rec, fmt) for rec, fmt in FORMS.values()]
-    keys = text_keys(records)
+    keys = text_keys(records, system_turns=False)
     assert len(set(keys.tolist())) == 1 and keys[0] != b""
-    assert normalised_text(records[0]) == "how do i set foo in a shell\x00run export foo 1 then foo expands to 1"
+    assert (
+        normalised_text(records[0], system_turns=False)
+        == "how do i set foo in a shell\x00run export foo 1 then foo expands to 1"
+    )
     # system turns count when asked: the messages copy with a system turn is then another text
     with_system = text_keys(records, system_turns=True)
     assert with_system[1] != with_system[0] and with_system[0] == with_system[2] == with_system[3]
     # a different answer is a different sample
     other = normalised({"instruction": QUESTION, "output": "Use set foo=1."}, "alpaca")
-    assert text_keys([other])[0] != keys[0]
+    assert text_keys([other], system_turns=False)[0] != keys[0]
 
 
 def exact_jaccard(a: str, b: str) -> float:
@@ -100,7 +103,7 @@ def test_minhash_estimate_agrees_with_exact_jaccard():
         (t, edit(t, rng, int(c), int(s))) for t, c, s in zip(base, rng.integers(0, 12, 40), rng.integers(0, 4, 40))
     ]
     texts = [x for p in pairs for x in p]
-    sig, ok = signatures([near_parts({"prompt": "", "response": t}) for t in texts])
+    sig, ok = signatures([near_parts({"prompt": "", "response": t}, system_turns=False) for t in texts])
     assert ok.all()
     err = [(sig[2 * i] == sig[2 * i + 1]).mean() - exact_jaccard(a, b) for i, (a, b) in enumerate(pairs)]
     # 128 permutations: standard error <= 0.044; no estimate 4 of them off
@@ -129,14 +132,14 @@ def test_near_duplicates_best_copy_kept_against_a_pairwise_reference(threshold):
     order = np.argsort(-rng.random(n))  # quality order, best first
     keep, reason, sim = np.ones(n, bool), np.full(n, "", dtype=object), np.full(n, np.nan)
     records = [rec(t) for t in texts]
-    keys = near_keys(records, threshold)
+    keys = near_keys(records, threshold, system_turns=False)
     asked = []
 
     def records_of(rows):
         asked.extend(rows)
         return [records[i] for i in rows]
 
-    dropped = drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim, records_of)
+    dropped = drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim, records_of, system_turns=False)
 
     def copies(i, j):
         return (
@@ -178,7 +181,9 @@ def test_lsh_shape_uses_every_band_it_can():
 
 
 def test_text_without_words_is_never_a_near_duplicate():
-    keys = near_keys([{"prompt": "", "response": t} for t in ("...", "?!", "...", "a b c d e")], 0.5)
+    keys = near_keys(
+        [{"prompt": "", "response": t} for t in ("...", "?!", "...", "a b c d e")], 0.5, system_turns=False
+    )
     assert keys["near_ok"].tolist() == [False, False, False, True]
     keep, reason, sim = np.ones(4, bool), np.full(4, "", dtype=object), np.full(4, np.nan)
     assert (
@@ -191,6 +196,7 @@ def test_text_without_words_is_never_a_near_duplicate():
             reason,
             sim,
             lambda rows: pytest.fail("no sample shares a bucket"),
+            system_turns=False,
         )
         == 0
     )
@@ -248,7 +254,7 @@ def test_texts_whose_numbers_differ_are_never_near_duplicates():
         words.format(12) + " on 3 plates",
         "on 3 plates " + words.format(12),
     ]
-    keys = near_keys([rec(t) for t in texts], 0.6)
+    keys = near_keys([rec(t) for t in texts], 0.6, system_turns=False)
     keep, reason, sim = np.ones(5, bool), np.full(5, "", dtype=object), np.full(5, np.nan)
     drop_near_duplicates(
         np.arange(5),
@@ -259,6 +265,7 @@ def test_texts_whose_numbers_differ_are_never_near_duplicates():
         reason,
         sim,
         lambda rows: [rec(texts[i]) for i in rows],
+        system_turns=False,
     )
     # 13 minutes is another recipe; a word dropped is a copy; the same numbers in another order too
     assert reason.tolist() == ["", "", "duplicate_of:a", "", "duplicate_of:d"]
@@ -278,7 +285,7 @@ def test_a_copy_must_answer_alike():
         f"{question} ...",
     ]
     records = [normalised({"instruction": question, "output": t[len(question) + 1 :]}, "alpaca") for t in texts]
-    keys = near_keys(records, 0.6)
+    keys = near_keys(records, 0.6, system_turns=False)
     assert keys["near_ok"].tolist() == [True, True, True, True, False]  # an answer without a word: exact dedup only
     assert min(exact_jaccard(texts[0], t) for t in texts[1:4]) >= 0.6
     keep, reason, sim = np.ones(5, bool), np.full(5, "", dtype=object), np.full(5, np.nan)
@@ -291,6 +298,7 @@ def test_a_copy_must_answer_alike():
         reason,
         sim,
         lambda rows: [records[i] for i in rows],
+        system_turns=False,
     )
     assert reason.tolist() == ["", "duplicate_of:a", "", "", ""]
     assert sim[1] == pytest.approx(exact_jaccard(texts[0], texts[1]))

@@ -403,7 +403,7 @@ def test_duplicates_by_sorting_drop_what_a_dict_pass_drops(seed):
     routing = np.array([bytes([k]) * 16 for k in rng.integers(1, 90, size=n)], dtype="S16")
     pool = SimpleNamespace(sample_id=ids, text_key=text, routing_key=routing, near={})
     got_keep, got_reason = keep.copy(), np.full(n, "", dtype=object)
-    dropped = drop_duplicates(pool, score, got_keep, got_reason)
+    dropped = drop_duplicates(pool, score, got_keep, got_reason, system_turns=False)
     want_keep, want_reason = _drop_duplicates_one_key_at_a_time(ids, score, keep, text, routing)
     assert dropped == int((keep & ~want_keep).sum()) > 50
     assert (got_keep == want_keep).all() and (got_reason == want_reason).all()
