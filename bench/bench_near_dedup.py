@@ -130,10 +130,12 @@ def run_dedup(records: list[dict], threshold: float, engine: str, seed: int = 0)
     order = np.random.default_rng(seed).permutation(n)
     keep, reason, sim = np.ones(n, bool), np.full(n, "", dtype=object), np.full(n, np.nan)
     t0 = time.perf_counter()
-    text = dedup.text_keys(records)
+    text = dedup.text_keys(records, system_turns=False)
     dedup._drop_repeats(order, text[order], ids, keep, reason, sim)
-    keys = near_keys([dedup.near_parts(r) for r in records], threshold, engine)
-    dedup.drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim, lambda rows: [records[i] for i in rows])
+    keys = near_keys([dedup.near_parts(r, system_turns=False) for r in records], threshold, engine)
+    dedup.drop_near_duplicates(
+        order, keys, threshold, ids, keep, reason, sim, lambda rows: [records[i] for i in rows], system_turns=False
+    )
     return keep, reason, sim, time.perf_counter() - t0
 
 
@@ -155,7 +157,7 @@ def quality_of_dedup(args) -> list[dict]:
     demo_records = [normalised({k: r[k] for k in ("instruction", "input", "output")}, r["id"]) for r in demo]
     demo_truth = {r["id"]: r.get("duplicate_of") for r in demo}
     exact = {}
-    for r, key in zip(demo_records, dedup.text_keys(demo_records)):
+    for r, key in zip(demo_records, dedup.text_keys(demo_records, system_turns=False)):
         exact.setdefault(key, r["sample_id"])
     rows = []
     for shingle in args.shingles:
@@ -185,7 +187,9 @@ def quality_of_dedup(args) -> list[dict]:
                     for i, r in enumerate(demo_records)
                     if reason_d[i].startswith("duplicate_of:") and sim_d[i] < 1
                 ]
-                key_of = dict(zip((r["sample_id"] for r in demo_records), dedup.text_keys(demo_records)))
+                key_of = dict(
+                    zip((r["sample_id"] for r in demo_records), dedup.text_keys(demo_records, system_turns=False))
+                )
 
                 def true_pair(a, b, key_of=key_of):
                     root = lambda s: exact[key_of[s]]  # noqa: E731 - the first record with the same text
@@ -214,7 +218,7 @@ def quality_of_dedup(args) -> list[dict]:
                     flush=True,
                 )
                 if engine == args.engines[0] and threshold == args.thresholds[0]:
-                    text = {r["sample_id"]: dedup.near_text(r) for r in records}
+                    text = {r["sample_id"]: dedup.near_text(r, system_turns=False) for r in records}
                     for a, b in wrong[:3]:
                         print(f"    a docstring merge not planted: {text[a][:90]!r} ~ {text[b][:90]!r}")
                 if engine == args.engines[0]:
@@ -255,9 +259,9 @@ for lo in range(0, n, shard):  # one shard of records at a time; only the keys s
     picks = [rng.choice(len(sentences), size=rng.integers(2, 9), replace=False) for _ in range(min(shard, n - lo))]
     recs = [record(p, lo + i) for i, p in enumerate(picks)]
     kept_picks.extend(picks)  # what the records are made of: the dedup pass reads some back, as from shards
-    parts["text"].append(dedup.text_keys(recs))
+    parts["text"].append(dedup.text_keys(recs, system_turns=False))
     if engine != "none":
-        keys = near_keys([dedup.near_parts(r) for r in recs], threshold, engine)
+        keys = near_keys([dedup.near_parts(r, system_turns=False) for r in recs], threshold, engine)
         for k, v in keys.items():
             parts.setdefault(k, []).append(v)
 t_keys = time.perf_counter() - t0
@@ -270,7 +274,7 @@ t1 = time.perf_counter()
 if engine != "none":
     keys = {k: np.concatenate(v) for k, v in parts.items() if k != "text"}
     near = dedup.drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim,
-                                      lambda rows: [record(kept_picks[i], i) for i in rows])
+                                      lambda rows: [record(kept_picks[i], i) for i in rows], system_turns=False)
 t_pass = time.perf_counter() - t1
 print(json.dumps({"engine": engine, "n": n, "keys_s": t_keys, "pass_s": t_pass, "near": near,
                   "exact": int((sim == 1).sum()),

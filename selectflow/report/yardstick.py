@@ -55,7 +55,7 @@ def _selection(path) -> list[dict]:
 
 def _text_key(record: dict) -> str:
     prompt, response = record_prompt_response(record)
-    return normalised_text(json.dumps({"prompt": prompt, "response": response}))
+    return normalised_text(json.dumps({"prompt": prompt, "response": response}), system_turns=False)
 
 
 def interval(values: np.ndarray) -> tuple[float, float]:
