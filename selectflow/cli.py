@@ -8,7 +8,7 @@ model for Select-MoE (stage 0), and printing the config keys table.
 Flags have one style: words joined by dashes (``--router-data-dir``); the seed's
 underscore spelling (``--router_data_dir``) is accepted everywhere as an alias. Every parser
 and every command's main live here; a command that reads a config file reads it with
-:func:`selectflow.config.load_config` (checked against the schema, defaults filled in), and
+:func:`selectflow.schema.load_config` (checked against the schema, defaults filled in), and
 flag defaults and choices that are config keys come from the schema. This module imports
 nothing heavy, so ``selectflow --help`` answers at once; each command imports what it needs
 when it runs.
@@ -38,7 +38,8 @@ def normalise_flags(argv: list[str], sep: str) -> list[str]:
 def _parse_with_proxy(ap: argparse.ArgumentParser, argv: list[str], skip: tuple[str, ...] = ()):
     """Parse ``argv`` with a flag per key of the config's proxy section (less ``skip``, which
     the command defines itself), defaults from the schema; return (other args, ProxyConfig)."""
-    from selectflow.config import ProxyConfig, schema, section
+    from selectflow.config import ProxyConfig, section
+    from selectflow.schema import schema
 
     keys = schema()["properties"]["proxy"]["properties"]
     for key, node in keys.items():
@@ -54,7 +55,8 @@ def _parse_with_proxy(ap: argparse.ArgumentParser, argv: list[str], skip: tuple[
 
 
 def _make_demo(argv: list[str]) -> int:
-    from selectflow.config import DemoConfig, section, section_values
+    from selectflow.config import DemoConfig, section
+    from selectflow.schema import section_values
 
     demo = section_values("demo")  # the workflow's demo: section, defaults
     ap = argparse.ArgumentParser(prog="selectflow make-demo", description="write the demo pool and the tiny MoE model")
@@ -116,7 +118,7 @@ def _real_text_pool(argv: list[str]) -> int:
 
 
 def _convert(argv: list[str]) -> int:
-    from selectflow.config import schema_default, schema_enum
+    from selectflow.schema import schema_default, schema_enum
 
     ap = argparse.ArgumentParser(
         prog="selectflow convert",
@@ -173,8 +175,8 @@ def _check(argv: list[str]) -> int:
     )
     ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
     args = ap.parse_args(normalise_flags(argv, "-"))
-    from selectflow.config import load_config
     from selectflow.data.check import check_config, model_type_problems, render
+    from selectflow.schema import load_config
 
     logging.getLogger("selectflow.data.records").setLevel(logging.WARNING)  # the table says it, once
     config = load_config(args.configfile)
@@ -195,8 +197,8 @@ def _summary(argv: list[str]) -> int:
     )
     ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
     args = ap.parse_args(normalise_flags(argv, "-"))
-    from selectflow.config import load_config
     from selectflow.report.summary import run_summary
+    from selectflow.schema import load_config
 
     sys.stdout.write(run_summary(load_config(args.configfile)))
     return 0
@@ -239,7 +241,7 @@ records need the workflow's rule target_router): run snakemake for it.
 
 def _schema(name: str) -> dict:
     """A schema of ``schemas/`` (read when a command needs it, so ``--help`` stays light)."""
-    from selectflow.config import schema
+    from selectflow.schema import schema
 
     return schema(name)
 
@@ -250,7 +252,7 @@ def _selection_schema() -> dict:
 
 def selection_defaults(configfile: str | None = None) -> dict:
     """``selection.*`` values for continue-selection: the schema's defaults, or a config file's section."""
-    from selectflow.config import load_config, section_values
+    from selectflow.schema import load_config, section_values
 
     if configfile:
         return load_config(configfile)["selection"]
@@ -292,7 +294,8 @@ def _continue_selection(argv: list[str]) -> int:
     args = continue_selection_parser(selection_defaults(known.configfile)).parse_args(argv)
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
-    from selectflow.config import SelectionConfig, check_against_schema, section
+    from selectflow.config import SelectionConfig, section
+    from selectflow.schema import check_against_schema
     from selectflow.stages.select import continue_selection
 
     # no target: its records are routed by the workflow (rule target_router), not from saved shards
@@ -305,7 +308,7 @@ def _continue_selection(argv: list[str]) -> int:
 def _estimate_memory(argv: list[str]) -> int:
     """``selectflow estimate-memory``: the predicted training memory of a model folder; ``--lora-r`` and
     ``--lora-targets`` default to the train schema's ``lora`` keys, ``--precision`` takes its compute precisions."""
-    from selectflow.config import check_against_schema, schema_default, schema_enum
+    from selectflow.schema import check_against_schema, schema_default, schema_enum
 
     ap = argparse.ArgumentParser(
         prog="selectflow estimate-memory",

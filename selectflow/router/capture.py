@@ -43,7 +43,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from selectflow.config import schema_enum
 from selectflow.router.gate import QualityGate
 from selectflow.router.modules import (
     DEFAULT_ROUTER_PATTERN,
@@ -52,6 +51,7 @@ from selectflow.router.modules import (
     text_config,
 )
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.schema import schema_enum
 
 log = logging.getLogger(__name__)
 

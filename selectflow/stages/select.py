@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from selectflow.config import SelectionConfig, schema_enum
+from selectflow.config import SelectionConfig
 from selectflow.data.preflight import tiny_selection_text
 from selectflow.data.records import write_jsonl
 from selectflow.router.routerfile import read_records, shard_header
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.tables import read_tsv, write_tsv
+from selectflow.schema import schema_enum
 from selectflow.select import distance, diversity
 from selectflow.select.candidates import (
     check_selection,

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from selectflow import __version__, cli
-from selectflow.config import load_config, schema, with_defaults
 from selectflow.data.check import check_config, render
 from selectflow.layout import Layout
 from selectflow.report.summary import logged_messages, run_summary, selection_counts
 from selectflow.runtime.errors import EXIT_USER_ERROR
+from selectflow.schema import load_config, schema, with_defaults
 from tests.stages.test_select import make_pool, write_shards
 from tests.workflow import REPO
 
