@@ -242,8 +242,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_gate_auc")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from selectflow.config import schema_default
     from selectflow.router.gate import convert_model
+    from selectflow.schema import schema_default
 
     seed, n = (int(x) for x in args.pool.split(":"))
     if max(args.share) > 1 - args.heldout + 1e-9:

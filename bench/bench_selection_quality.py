@@ -64,10 +64,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selectflow.config import SelectionConfig, schema_default, selection_section  # noqa: E402
+from selectflow.config import SelectionConfig, selection_section  # noqa: E402
 from selectflow.data.junk import HELD_BACK_KINDS, TUNING_KINDS  # noqa: E402
 from selectflow.data.records import read_dataset  # noqa: E402
 from selectflow.router.routerfile import concat_shards, read_router_shard, shard_header, write_router_shard  # noqa: E402
+from selectflow.schema import schema_default  # noqa: E402
 from selectflow.select.candidates import read_candidates  # noqa: E402
 from selectflow.select.distance import features  # noqa: E402
 from selectflow.select.fps import fps_streaming  # noqa: E402

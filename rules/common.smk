@@ -4,12 +4,8 @@ import sys
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from selectflow.config import (
-    as_param,
-    build_config,
-    check_against_schema,
-    trainer_keys,
-)
+from selectflow.config import as_param, build_config, trainer_keys
+from selectflow.schema import check_against_schema
 from selectflow.data.check import data_check_text, is_dry_run
 from selectflow.layout import Layout, demo_log
 from selectflow.runtime.errors import SelectFlowError

@@ -6,12 +6,13 @@ of a finished run, resuming a selection from saved router data (the seed's
 model for Select-MoE (stage 0), and printing the config keys table.
 
 Flags have one style: words joined by dashes (``--router-data-dir``); the seed's
-underscore spelling (``--router_data_dir``) is accepted everywhere as an alias. Every parser
-and every command's main live here; a command that reads a config file reads it with
-:func:`selectflow.config.load_config` (checked against the schema, defaults filled in), and
-flag defaults and choices that are config keys come from the schema. This module imports
-nothing heavy, so ``selectflow --help`` answers at once; each command imports what it needs
-when it runs.
+underscore spelling (``--router_data_dir``) is accepted everywhere as an alias. Every command's
+main and its own parser live here; the flag spelling, the proxy section's flags and
+continue-selection's parser are built by :mod:`selectflow.cliargs`. A command that reads a config
+file reads it with :func:`selectflow.schema.load_config` (checked against the schema, defaults
+filled in), and flag defaults and choices that are config keys come from the schema. This module
+imports nothing heavy, so ``selectflow --help`` answers at once; each command imports what it
+needs when it runs.
 """
 
 from __future__ import annotations
@@ -20,48 +21,26 @@ import argparse
 import logging
 import sys
 
+from selectflow.cliargs import (
+    SELECTION_FLAGS,
+    continue_selection_parser,
+    normalise_flags,
+    parse_with_proxy,
+    selection_defaults,
+)
 from selectflow.runtime.errors import EXIT_USER_ERROR, SelectFlowError
 
 
-def normalise_flags(argv: list[str], sep: str) -> list[str]:
-    """``--a_b`` / ``--a-b`` → the spelling with ``sep`` between words (values are left alone)."""
-    other = "_" if sep == "-" else "-"
-    out = []
-    for arg in argv:
-        if arg.startswith("--") and len(arg) > 2:
-            name, eq, value = arg[2:].partition("=")
-            arg = "--" + name.replace(other, sep) + eq + value
-        out.append(arg)
-    return out
-
-
-def _parse_with_proxy(ap: argparse.ArgumentParser, argv: list[str], skip: tuple[str, ...] = ()):
-    """Parse ``argv`` with a flag per key of the config's proxy section (less ``skip``, which
-    the command defines itself), defaults from the schema; return (other args, ProxyConfig)."""
-    from selectflow.config import ProxyConfig, schema, section
-
-    keys = schema()["properties"]["proxy"]["properties"]
-    for key, node in keys.items():
-        if key not in skip:
-            ap.add_argument(
-                f"--{key.replace('_', '-')}",
-                type=int if node["type"] == "integer" else float,
-                default=node["default"],
-                help=f"proxy.{key}: {node['description']} (default: %(default)s)",
-            )
-    args = vars(ap.parse_args(normalise_flags(argv, "-")))
-    return args, section(ProxyConfig, {k: args[k] if k in skip else args.pop(k) for k in keys})
-
-
 def _make_demo(argv: list[str]) -> int:
-    from selectflow.config import DemoConfig, section, section_values
+    from selectflow.config import DemoConfig, section
+    from selectflow.schema import section_values
 
     demo = section_values("demo")  # the workflow's demo: section, defaults
     ap = argparse.ArgumentParser(prog="selectflow make-demo", description="write the demo pool and the tiny MoE model")
     ap.add_argument("--out", default="resources/demo", help="folder for demo_pool.jsonl and model/")
     ap.add_argument("--n-records", type=int, default=demo["n_records"], help="demo.n_records (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=demo["seed"], help="demo.seed (default: %(default)s)")
-    args, proxy = _parse_with_proxy(ap, argv, skip=("seed",))
+    args, proxy = parse_with_proxy(ap, argv, skip=("seed",))
     from selectflow.stages.data import demo_model, demo_pool
 
     demo_cfg = section(DemoConfig, {"n_records": args["n_records"], "seed": args["seed"]})
@@ -87,7 +66,7 @@ def _proxy_model(argv: list[str]) -> int:
         help="a dataset file (Alpaca, ShareGPT or messages); repeat for several",
     )
     ap.add_argument("--out", required=True, help="folder for the model and tokenizer")
-    args, proxy = _parse_with_proxy(ap, argv)
+    args, proxy = parse_with_proxy(ap, argv)
     from selectflow.stages.data import proxy_model
 
     proxy_model(args["data"], args["out"], proxy)
@@ -116,7 +95,7 @@ def _real_text_pool(argv: list[str]) -> int:
 
 
 def _convert(argv: list[str]) -> int:
-    from selectflow.config import schema_default, schema_enum
+    from selectflow.schema import schema_default, schema_enum
 
     ap = argparse.ArgumentParser(
         prog="selectflow convert",
@@ -173,8 +152,8 @@ def _check(argv: list[str]) -> int:
     )
     ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
     args = ap.parse_args(normalise_flags(argv, "-"))
-    from selectflow.config import load_config
     from selectflow.data.check import check_config, model_type_problems, render
+    from selectflow.schema import load_config
 
     logging.getLogger("selectflow.data.records").setLevel(logging.WARNING)  # the table says it, once
     config = load_config(args.configfile)
@@ -195,93 +174,11 @@ def _summary(argv: list[str]) -> int:
     )
     ap.add_argument("--configfile", default="config/config.yaml", help="the workflow config (default: %(default)s)")
     args = ap.parse_args(normalise_flags(argv, "-"))
-    from selectflow.config import load_config
     from selectflow.report.summary import run_summary
+    from selectflow.schema import load_config
 
     sys.stdout.write(run_summary(load_config(args.configfile)))
     return 0
-
-
-# continue-selection flag -> selection.* key of the schema: its type, choices, help and default
-SELECTION_FLAGS = {
-    "selection_percentage": "selection_percentage",
-    "importance_selection_percentage": "importance_selection_percentage",
-    "disable_diversity": "disable_diversity",
-    "diversity": "diversity",
-    "diversity_neighbors": "diversity_neighbors",
-    "diversity_clusters": "diversity_clusters",
-    "features": "features",
-    "distance_batch_size": "distance_batch_size",
-    "fps_log_interval": "fps_log_interval",
-    "fps_gpus": "fps_gpus",
-    "device": "device",
-    "metric": "metric",
-    "mode": "distance_mode",
-    "quality_method": "quality_method",
-    "quality_field": "quality_field",
-    "quality_cut": "quality_cut",
-    "quality_cut_z": "quality_cut_z",
-    "routing_strata": "routing_strata",
-    "strata_weight": "strata_weight",
-    "near_duplicate_threshold": "near_duplicate_threshold",
-    "dedup_system_turns": "dedup_system_turns",
-}
-SCHEMA_TYPES = {"integer": int, "number": float, "string": str}
-
-CONTINUE_NOTE = """
-Every flag is also accepted with dashes (--router-data-dir). Defaults are those of the
-workflow, from schemas/config.schema.yaml (selection.*). --configfile FILE takes the selection
-section of a workflow config instead (config/config.yaml: FPS picks 0.05 of the pool from
-every kept sample); flags given after it win. selection.target is not resumed here (its target
-records need the workflow's rule target_router): run snakemake for it.
-"""
-
-
-def _schema(name: str) -> dict:
-    """A schema of ``schemas/`` (read when a command needs it, so ``--help`` stays light)."""
-    from selectflow.config import schema
-
-    return schema(name)
-
-
-def _selection_schema() -> dict:
-    return _schema("config.schema.yaml")["properties"]["selection"]
-
-
-def selection_defaults(configfile: str | None = None) -> dict:
-    """``selection.*`` values for continue-selection: the schema's defaults, or a config file's section."""
-    from selectflow.config import load_config, section_values
-
-    if configfile:
-        return load_config(configfile)["selection"]
-    return section_values("selection")
-
-
-def continue_selection_parser(defaults: dict) -> argparse.ArgumentParser:
-    """The continue-selection flags; each selection flag takes type, choices and help from the schema, its
-    default from ``defaults`` (:func:`selection_defaults`)."""
-    p = argparse.ArgumentParser(
-        prog="continue-selection",
-        epilog=CONTINUE_NOTE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run data selection (quality, FPS, selected_data.jsonl) from saved router data.",
-    )
-    p.add_argument("--router_data_dir", required=True, help="folder of router-data *.h5 shards (searched recursively)")
-    p.add_argument("--output_path", required=True, help="selected_data.jsonl to write; curve and summary go beside it")
-    p.add_argument("--configfile", help="workflow config whose selection section gives the defaults")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
-    props = _selection_schema()["properties"]
-    for flag, key in SELECTION_FLAGS.items():
-        spec = props[key]
-        kinds = spec["type"] if isinstance(spec["type"], list) else [spec["type"]]
-        text = spec["description"].replace("%", "%%") + f" (selection.{key}; default: %(default)s)"
-        if "boolean" in kinds:
-            p.add_argument(f"--{flag}", dest=key, action="store_true", help=text)
-        else:
-            kind = next(SCHEMA_TYPES[k] for k in kinds if k in SCHEMA_TYPES)
-            p.add_argument(f"--{flag}", dest=key, type=kind, choices=spec.get("enum"), help=text)
-    p.set_defaults(**{key: defaults[key] for key in SELECTION_FLAGS.values()})
-    return p
 
 
 def _continue_selection(argv: list[str]) -> int:
@@ -292,7 +189,8 @@ def _continue_selection(argv: list[str]) -> int:
     args = continue_selection_parser(selection_defaults(known.configfile)).parse_args(argv)
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
-    from selectflow.config import SelectionConfig, check_against_schema, section
+    from selectflow.config import SelectionConfig, section
+    from selectflow.schema import check_against_schema
     from selectflow.stages.select import continue_selection
 
     # no target: its records are routed by the workflow (rule target_router), not from saved shards
@@ -305,7 +203,7 @@ def _continue_selection(argv: list[str]) -> int:
 def _estimate_memory(argv: list[str]) -> int:
     """``selectflow estimate-memory``: the predicted training memory of a model folder; ``--lora-r`` and
     ``--lora-targets`` default to the train schema's ``lora`` keys, ``--precision`` takes its compute precisions."""
-    from selectflow.config import check_against_schema, schema_default, schema_enum
+    from selectflow.schema import check_against_schema, schema_default, schema_enum
 
     ap = argparse.ArgumentParser(
         prog="selectflow estimate-memory",

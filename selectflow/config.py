@@ -1,48 +1,31 @@
 """The validated config as frozen dataclasses, one per section, built once per run.
 
-The schema (``schemas/config.schema.yaml``, ``schemas/train.schema.yaml``) is the only place a
-default or an allowed value is written: :func:`load_config` (the CLI) and Snakemake's ``validate``
-(``rules/common.smk``) check a config against it and fill in its defaults; :func:`build_config`
-gives every section of that mapping a typed, read-only view. A field here and a key in the schema
-are kept equal by ``tests/test_config.py``; code that needs a key's allowed values reads them
-with :func:`schema_enum`.
+The schema (``schemas/config.schema.yaml``, ``schemas/train.schema.yaml``, read by
+:mod:`selectflow.schema`) is the only place a default or an allowed value is written; the config
+mapping reaching :func:`build_config` is checked against it with its defaults filled in, and
+:func:`build_config` gives every section of that mapping a typed, read-only view. A field here and
+a key in the schema are kept equal by ``tests/test_config.py``.
 
 The typed sections reach a Snakemake job one way: the rule passes ``as_param(CFG.x)`` as a param
 and the script turns it back with :func:`from_param`.
 
 The ``train:`` section is resolved once as well (:class:`TrainConfig`, by
-:func:`resolve_train_config`: schema defaults, then the loader preset, then the user's keys); the
-warm-up's train settings are the train section with ``warmup.train`` laid over it.
-
-Loader presets follow the GPU-cache loader notes (seed 001): ``basic`` is the device cache alone,
-``prefetch`` the prefetching loader alone, ``combined`` both, ``aggressive`` the largest cache
-and deepest prefetch (≥24 GB cards), ``minimal`` the least memory (≤12 GB cards: small cache,
-prefetch of 1, micro-batch 1). Every preset keeps the effective batch at 8 samples. Where
-the notes use ``num_workers=1`` together with the device cache (``combined``) this uses 0:
-the cache lives in the process that owns the device, so a worker process could neither see
-nor fill it; the prefetch thread does the overlapping instead. ``prefetch`` also uses no
-worker process: its thread already overlaps tokenisation with compute, and a worker only
-adds the inter-process copy of every batch (``bench/bench_loader.py`` measures it).
-``pin_memory`` is off wherever the cache is on (cached tensors are already on the device).
-The preset-controlled keys default to ``null`` in the schema ("take it from the preset, else
-from :data:`BASE`"), so a config filled with the schema's defaults does not mask the preset.
+:func:`resolve_train_config`: schema defaults, then the loader preset of
+:mod:`selectflow.presets`, then the user's keys); the warm-up's train settings are the train
+section with ``warmup.train`` laid over it.
 """
 
 from __future__ import annotations
 
-import copy
-import os
 from dataclasses import asdict, dataclass, fields, is_dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import yaml
-
-from selectflow.configdoc import SCHEMAS
 from selectflow.layout import Layout
+from selectflow.presets import BASE, PRESET_KEYS, PRESETS
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.jobs import JobSettings, RetryConfig
+from selectflow.schema import check_against_schema, schema_default, section_values, train_defaults
 
 DEMO_POOL = "resources/demo/demo_pool.jsonl"  # rule demo_pool's output (rules/data.smk)
 
@@ -161,66 +144,9 @@ class TrainConfig:
 NESTED = {"lora": LoraConfig, "cpu_offload": CpuOffloadConfig}
 
 
-@cache
-def schema(name: str = "config.schema.yaml") -> dict:
-    """A schema of ``schemas/``, read once per process."""
-    return yaml.safe_load((SCHEMAS / name).read_text())
-
-
-def with_defaults(config: dict, schema_node: dict) -> dict:
-    """``config`` with every missing key of ``schema_node`` (nested sections included) set to its default."""
-    out = dict(config)
-    for key, sub in schema_node.get("properties", {}).items():
-        if key not in out and "default" in sub:
-            out[key] = copy.deepcopy(sub["default"])  # the schema is cached: never hand out its objects
-        if sub.get("type") == "object" and "properties" in sub:
-            out[key] = with_defaults(out.get(key) or {}, sub)
-    return out
-
-
-def section_values(name: str, values: dict | None = None) -> dict:
-    """Section ``name`` of the config schema as a mapping: ``values`` over the schema's defaults."""
-    return with_defaults(values or {}, schema()["properties"][name])
-
-
-def _schema_node(section_name: str | None, key: str, name: str) -> dict:
-    """Key ``key`` of section ``section_name`` (None: the top level) of schema ``name``."""
-    node = schema(name)
-    if section_name is not None:
-        node = node["properties"][section_name]
-    return node["properties"][key]
-
-
-def schema_default(section_name: str | None, key: str, name: str = "config.schema.yaml") -> Any:
-    """The schema's default of ``section_name.key``: for a library's own defaults (e.g. a
-    dataclass ``field(default_factory=...)``, a command-line flag), so that no default is written twice."""
-    return copy.deepcopy(_schema_node(section_name, key, name)["default"])
-
-
-def schema_enum(section_name: str | None, key: str, name: str = "config.schema.yaml") -> tuple:
-    """The values the schema allows for ``section_name.key`` (a list's items for a list key), in its order."""
-    node = _schema_node(section_name, key, name)
-    return tuple(node.get("items", node)["enum"])
-
-
-def train_schema() -> dict:
-    return schema("train.schema.yaml")
-
-
 def selection_section(values: dict | None = None, **overrides) -> SelectionConfig:
     """The selection section: ``values`` and ``overrides`` over the schema's defaults (not validated)."""
     return section(SelectionConfig, section_values("selection", {**(values or {}), **overrides}))
-
-
-def train_defaults() -> dict:
-    """The trainer's defaults, read from ``schemas/train.schema.yaml`` (nested sections as mappings)."""
-
-    def defaults(node: dict):
-        if node.get("type") == "object" and "properties" in node:
-            return {k: defaults(v) for k, v in node["properties"].items()}
-        return copy.deepcopy(node["default"])
-
-    return defaults(train_schema())
 
 
 def train_config_of(values: dict[str, Any]) -> TrainConfig:
@@ -236,89 +162,11 @@ def lora_settings(lora: LoraConfig | dict) -> LoraConfig:
     return section(LoraConfig, {**train_defaults()["lora"], **lora})
 
 
-PRESET_KEYS = (
-    "use_gpu_cache",
-    "gpu_cache_size",
-    "use_prefetch",
-    "prefetch_factor",
-    "num_workers",
-    "pin_memory",
-    "micro_batch_size",
-    "gradient_accumulation_steps",
-)
-
-# the preset-controlled keys when no preset is set
-BASE = {
-    "use_gpu_cache": False,
-    "gpu_cache_size": 5000,
-    "use_prefetch": False,
-    "prefetch_factor": 2,
-    "num_workers": 0,
-    "pin_memory": False,
-    "micro_batch_size": 4,
-    "gradient_accumulation_steps": 2,
-}
-
-# train.preset -> its preset-controlled keys (the names: train.schema.yaml's preset enum, a test keeps them equal)
-PRESETS = {
-    "basic": {
-        "use_gpu_cache": True,
-        "gpu_cache_size": 5000,
-        "use_prefetch": False,
-        "prefetch_factor": 2,
-        "num_workers": 0,
-        "pin_memory": False,
-        "micro_batch_size": 4,
-        "gradient_accumulation_steps": 2,
-    },
-    "prefetch": {
-        "use_gpu_cache": False,
-        "gpu_cache_size": 0,
-        "use_prefetch": True,
-        "prefetch_factor": 2,
-        "num_workers": 0,
-        "pin_memory": True,
-        "micro_batch_size": 4,
-        "gradient_accumulation_steps": 2,
-    },
-    "combined": {
-        "use_gpu_cache": True,
-        "gpu_cache_size": 3000,
-        "use_prefetch": True,
-        "prefetch_factor": 2,
-        "num_workers": 0,
-        "pin_memory": False,
-        "micro_batch_size": 4,
-        "gradient_accumulation_steps": 2,
-    },
-    "aggressive": {
-        "use_gpu_cache": True,
-        "gpu_cache_size": 10000,
-        "use_prefetch": True,
-        "prefetch_factor": 3,
-        "num_workers": 0,
-        "pin_memory": False,
-        "micro_batch_size": 8,
-        "gradient_accumulation_steps": 1,
-    },
-    "minimal": {
-        "use_gpu_cache": True,
-        "gpu_cache_size": 2000,
-        "use_prefetch": True,
-        "prefetch_factor": 1,
-        "num_workers": 0,
-        "pin_memory": False,
-        "micro_batch_size": 1,
-        "gradient_accumulation_steps": 8,
-    },
-}
-
-
 def resolve_train_config(cfg: dict | TrainConfig | None) -> TrainConfig:
     """The complete ``train:`` section: schema defaults, then preset, then the user's non-null keys.
 
     A :class:`TrainConfig` (already resolved) is returned as it is. The user's keys are checked
-    against ``schemas/train.schema.yaml`` (:func:`check_against_schema`): a
+    against ``schemas/train.schema.yaml`` (:func:`~selectflow.schema.check_against_schema`): a
     :class:`~selectflow.runtime.errors.SelectFlowError` names every bad key.
     """
     if isinstance(cfg, TrainConfig):
@@ -535,126 +383,3 @@ def compare_section(config: dict, train: dict) -> CompareConfig:
         CompareConfig,
         {**cmp, "methods": methods, "eval": test, "full_pools": tuple(cmp["full_pools"]), "train": settings},
     )
-
-
-def load_config(configfile: str | os.PathLike) -> dict:
-    """The config file, checked against the schema (:func:`check_against_schema`) with its defaults filled in:
-    the one way a command of the CLI reads a config."""
-    path = Path(configfile)
-    if not path.is_file():
-        raise SelectFlowError(f"config file {path} does not exist")
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SelectFlowError(f"{path}: not valid YAML ({exc})") from None
-    check_against_schema(config, str(path))
-    return with_defaults(config, schema())
-
-
-MAX_PROBLEMS = 5  # config mistakes shown at once (each in at most 3 lines): the message stays under 20 lines
-MODEL_HINT = (
-    "add a model section:\n    model:\n      path: /path/to/a/local/hf/moe-model\n"
-    "  or a small MoE built on your own datasets (rule proxy_model, no download): model: {path: proxy}"
-)
-
-
-def check_against_schema(
-    config: Any, source: str, name: str = "config.schema.yaml", prefix: str = "", section_name: str | None = None
-) -> None:
-    """Raise one :class:`~selectflow.runtime.errors.SelectFlowError` naming every mistake of ``config``
-    against schema ``name`` (at most :data:`MAX_PROBLEMS`, each with its key, what is wrong and what to
-    write instead); nothing when it is valid. ``source`` names the config file(s) or flags; ``prefix`` the
-    section ``config`` is (``train``), for the key names; ``section_name``: ``config`` is that section of the
-    schema (its name is the prefix). No schema dump, no traceback."""
-    from jsonschema import Draft202012Validator
-
-    node = schema(name) if section_name is None else schema(name)["properties"][section_name]
-    prefix = prefix or section_name or ""
-    errors = sorted(Draft202012Validator(node).iter_errors(config), key=lambda e: [str(p) for p in e.path])
-    if not errors:
-        return
-    lines = [f"{source}: {len(errors)} config mistake{'s' if len(errors) > 1 else ''} (every key: config/README.md)"]
-    for error in errors[:MAX_PROBLEMS]:
-        lines.append("- " + _explain(error, prefix))
-    if len(errors) > MAX_PROBLEMS:
-        lines.append(f"- and {len(errors) - MAX_PROBLEMS} more; fix these and run again to see them")
-    raise SelectFlowError("\n".join(lines))
-
-
-def _key(path, prefix: str = "") -> str:
-    return ".".join([prefix] * bool(prefix) + [str(p) for p in path]) or "(top level)"
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-_TYPE_NAMES = {
-    "object": "a mapping (key: value lines)",
-    "array": "a list",
-    "string": "a string",
-    "number": "a number",
-    "integer": "a whole number",
-    "boolean": "true or false",
-    "null": "null",
-}
-
-
-def _about(spec: Any) -> str:
-    """`` (what the key is)``: its schema description, cut at a word near 100 characters."""
-    text = spec.get("description", "") if isinstance(spec, dict) else ""
-    if len(text) > 100:
-        text = text[:100].rsplit(" ", 1)[0] + " …"
-    return f" ({text})" if text else ""
-
-
-def _explain(error, prefix: str) -> str:
-    """One config mistake in words: the key, what is wrong, what to write instead."""
-    import difflib
-
-    key, rule, spec = _key(error.absolute_path, prefix), error.validator, error.schema
-    what = _about(spec)
-    if rule == "required":
-        missing = next((k for k in error.validator_value if k not in error.instance), error.validator_value[0])
-        full = _key([*error.absolute_path, missing], prefix)
-        if full == "model":
-            return f"'model' is missing: the run needs the MoE model whose routing it reads; {MODEL_HINT}"
-        return f"'{full}' is missing{_about(spec.get('properties', {}).get(missing, {}))}; add it"
-    if rule == "additionalProperties":
-        allowed = sorted(spec.get("properties", {}))
-        extra = [k for k in error.instance if k not in allowed]
-        parts = []
-        for k in extra:
-            near = difflib.get_close_matches(str(k), allowed, n=1, cutoff=0.6)
-            parts.append(
-                f"'{_key([*error.absolute_path, k], prefix)}' is not a config key; "
-                + (f"did you mean '{near[0]}'?" if near else f"valid keys here: {', '.join(allowed)[:200]}")
-            )
-        return "\n  ".join(parts)
-    if rule == "type":
-        kinds = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        want = " or ".join(_TYPE_NAMES.get(k, k) for k in kinds)
-        return f"'{key}' is {_shown(error.instance)}, it must be {want}{what}"
-    if rule in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        bound = {
-            "minimum": "at least",
-            "maximum": "at most",
-            "exclusiveMinimum": "more than",
-            "exclusiveMaximum": "less than",
-        }[rule]
-        return f"'{key}' is {_shown(error.instance)}, it must be {bound} {error.validator_value}{what}"
-    if rule == "enum":
-        near = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1, cutoff=0.5)
-        return (
-            f"'{key}' is {_shown(error.instance)}, it must be one of {', '.join(map(str, error.validator_value))}"
-            + (f"; did you mean '{near[0]}'?" if near else "")
-        )
-    if rule == "pattern":
-        return f"'{key}' is {_shown(error.instance)}, which does not match {error.validator_value}{what}"
-    if rule in ("minProperties", "minItems"):
-        entries = "entry" if error.validator_value == 1 else "entries"
-        return f"'{key}' is empty, it needs at least {error.validator_value} {entries}{what}"
-    if rule == "uniqueItems":
-        return f"'{key}' lists an item twice ({_shown(error.instance)}); name each once"
-    return f"'{key}': {error.message[:200]}"

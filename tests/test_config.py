@@ -5,9 +5,10 @@ from dataclasses import asdict, fields
 import pytest
 import yaml
 
-from selectflow.config import SECTIONS, build_config, with_defaults
+from selectflow.config import SECTIONS, build_config
 from selectflow.configdoc import SCHEMA
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.schema import with_defaults
 from tests.workflow import REPO
 
 SCHEMA_DOC = yaml.safe_load(SCHEMA.read_text())
@@ -29,7 +30,8 @@ def test_defaults_come_from_the_schema_and_sections_are_frozen():
 
 
 def test_train_config_has_exactly_the_train_schema_keys():
-    from selectflow.config import NESTED, TrainConfig, train_schema
+    from selectflow.config import NESTED, TrainConfig
+    from selectflow.schema import train_schema
 
     keys = train_schema()["properties"]
     assert [f.name for f in fields(TrainConfig)] == list(keys)
@@ -121,7 +123,7 @@ def test_sections_travel_as_plain_params_and_come_back_equal():
     ],
 )
 def test_config_mistakes_are_named_in_a_few_lines(config, words):
-    from selectflow.config import check_against_schema
+    from selectflow.schema import check_against_schema
 
     with pytest.raises(SelectFlowError) as err:
         check_against_schema(config, "my.yaml")
@@ -132,7 +134,7 @@ def test_config_mistakes_are_named_in_a_few_lines(config, words):
 
 
 def test_many_config_mistakes_stay_under_twenty_lines():
-    from selectflow.config import check_against_schema
+    from selectflow.schema import check_against_schema
 
     bad = {
         "selection": {f"key{i}": i for i in range(30)},
@@ -150,7 +152,9 @@ def test_many_config_mistakes_stay_under_twenty_lines():
 def test_presets_are_the_schema_presets_and_resolve_to_valid_settings():
     import jsonschema
 
-    from selectflow.config import BASE, PRESET_KEYS, PRESETS, resolve_train_config, schema_enum, train_schema
+    from selectflow.config import resolve_train_config
+    from selectflow.presets import BASE, PRESET_KEYS, PRESETS
+    from selectflow.schema import schema_enum, train_schema
 
     assert set(PRESETS) == set(schema_enum(None, "preset", "train.schema.yaml")) - {None}
     for name, values in {**PRESETS, "(none)": BASE}.items():
@@ -176,7 +180,7 @@ def test_no_enum_of_a_config_key_is_written_outside_the_schemas():
     # it must be read with schema_enum instead, or it drifts when the schema grows a value
     import ast
 
-    from selectflow.config import schema
+    from selectflow.schema import schema
 
     enums = [*_schema_enums(schema()), *_schema_enums(schema("train.schema.yaml"), "train")]
     assert len(enums) >= 10  # the scan sees the schema's enums
@@ -248,7 +252,7 @@ def test_no_config_key_default_is_written_as_a_keyword_default():
     # None is no copy: it stands for "not given".
     import inspect
 
-    from selectflow.config import schema
+    from selectflow.schema import schema
 
     keys = [*_schema_defaults(schema()), *_schema_defaults(schema("train.schema.yaml"), "train.")]
     assert len(keys) >= 100  # the scan sees the schemas' keys

@@ -336,8 +336,9 @@ def build_proxy_model(out_dir: str | os.PathLike, pools: str | os.PathLike | lis
     import torch
     from transformers import AutoModelForCausalLM
 
-    from selectflow.config import ProxyConfig, section, section_values
+    from selectflow.config import ProxyConfig, section
     from selectflow.data.records import read_dataset
+    from selectflow.schema import section_values
 
     cfg = section(ProxyConfig, section_values("proxy", settings))
     paths = [pools] if isinstance(pools, (str, os.PathLike)) else list(pools)

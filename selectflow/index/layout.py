@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from selectflow.config import schema_enum
 from selectflow.runtime.errors import CorruptFileError
+from selectflow.schema import schema_enum
 
 LAYOUT_VERSION = 1
 REBUILD_HINT = "rule index_window rebuilds it (delete the window's files and rerun snakemake)"

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from selectflow.config import schema_enum
 from selectflow.router.families import (
     EXPERT_KEYS,
     Family,
@@ -38,6 +37,7 @@ from selectflow.router.modules import (
     text_config,
 )
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.schema import schema_enum
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from selectflow.config import schema_default
 from selectflow.data.records import format_turns
 from selectflow.data.tokens import encode_pair, pad_batch, pad_token_id
 from selectflow.router.capture import Capture, CaptureError, candidate_settings, resolve_capture
@@ -59,6 +58,7 @@ from selectflow.router.routerfile import RouterShard
 from selectflow.runtime.device import inference_dtype, resolve_device
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.oom import free_memory, run_adaptive
+from selectflow.schema import schema_default
 
 log = logging.getLogger(__name__)
 

@@ -45,10 +45,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from selectflow.config import schema_enum
 from selectflow.router.modules import DEFAULT_ROUTER_PATTERN, text_config
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_dir, atomic_open, atomic_path
+from selectflow.schema import schema_enum
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from selectflow.config import schema_default
+from selectflow.schema import schema_default
 
 DEFAULT_ROUTER_PATTERN = schema_default("router_dump", "router_pattern")
 

@@ -28,8 +28,8 @@ import logging
 
 import numpy as np
 
-from selectflow.config import schema_enum
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.strata import POINTS_PER_CENTROID
 

@@ -34,11 +34,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from selectflow.config import SelectionConfig, schema_enum
+from selectflow.config import SelectionConfig
 from selectflow.router.routerfile import NO_HIDDEN, RouterShard, read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
 from selectflow.runtime.tables import write_tsv
+from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
 from selectflow.select.pool import Pool

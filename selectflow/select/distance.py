@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from selectflow.config import schema_enum
 from selectflow.runtime.device import resolve_device
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.runtime.fsutil import atomic_path
 from selectflow.runtime.oom import run_adaptive
+from selectflow.schema import schema_enum
 
 if TYPE_CHECKING:  # torch loads only when a function needs it
     import torch

@@ -31,8 +31,8 @@ import logging
 
 import numpy as np
 
-from selectflow.config import schema_enum
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.schema import schema_enum
 from selectflow.select import baselines, distance
 
 log = logging.getLogger(__name__)

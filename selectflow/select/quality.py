@@ -55,8 +55,8 @@ from dataclasses import field as dc_field
 
 import numpy as np
 
-from selectflow.config import schema_enum
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.schema import schema_enum
 
 log = logging.getLogger(__name__)
 

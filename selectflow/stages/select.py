@@ -35,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from selectflow.config import SelectionConfig, schema_enum
+from selectflow.config import SelectionConfig
 from selectflow.data.preflight import tiny_selection_text
 from selectflow.data.records import write_jsonl
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.tables import read_tsv, write_tsv
+from selectflow.schema import schema_enum
 from selectflow.select import distance, diversity
 from selectflow.select.candidates import (
     candidates_of_pool,

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selectflow.config import schema_default, schema_enum
 from selectflow.router.gate import find_moe_blocks, quality_gates
 from selectflow.router.modules import DEFAULT_ROUTER_PATTERN
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.schema import schema_default, schema_enum
 from selectflow.train.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from selectflow import __version__, cli
-from selectflow.config import load_config, schema, with_defaults
+from selectflow import __version__, cli, cliargs
 from selectflow.data.check import check_config, render
 from selectflow.layout import Layout
 from selectflow.report.summary import logged_messages, run_summary, selection_counts
 from selectflow.runtime.errors import EXIT_USER_ERROR
+from selectflow.schema import load_config, schema, with_defaults
 from tests.stages.test_select import make_pool, write_shards
 from tests.workflow import REPO
 
@@ -66,7 +66,7 @@ def test_help_imports_nothing_heavy():
     ],
 )
 def test_flag_aliases(argv, sep, expected):
-    assert cli.normalise_flags(argv, sep) == expected
+    assert cliargs.normalise_flags(argv, sep) == expected
 
 
 def _selection(out):
@@ -198,10 +198,10 @@ def test_continue_selection_defaults_come_from_the_schema(capsys):
     sel = yaml.safe_load((REPO / "selectflow" / "schemas" / "config.schema.yaml").read_text())["properties"][
         "selection"
     ]["properties"]
-    args = cli.continue_selection_parser(cli.selection_defaults()).parse_args(
+    args = cliargs.continue_selection_parser(cliargs.selection_defaults()).parse_args(
         ["--router_data_dir", "r", "--output_path", "o"]
     )
-    for flag, key in cli.SELECTION_FLAGS.items():
+    for flag, key in cliargs.SELECTION_FLAGS.items():
         assert getattr(args, key) == sel[key]["default"], flag
     with pytest.raises(SystemExit):
         cli.main(["continue-selection", "--help"])

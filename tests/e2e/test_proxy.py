@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from selectflow.cli import main
-from selectflow.config import build_config, section_values
+from selectflow.config import build_config
 from selectflow.data.preflight import preflight
 from selectflow.data.realtext import write_realtext_pool
 from selectflow.data.records import read_dataset, read_jsonl
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.schema import section_values
 from tests.e2e.test_bad_inputs_repo import output, repo_copy
 
 SMALL = [
@@ -84,7 +85,7 @@ def test_model_path_proxy_resolves_to_the_rule_output_and_passes_preflight(pool,
 
 def section_values_all(config: dict) -> dict:
     """``config`` validated with the schema's defaults filled in, as the workflow sees it."""
-    from selectflow.config import schema, with_defaults
+    from selectflow.schema import schema, with_defaults
 
     return with_defaults(config, schema())
 

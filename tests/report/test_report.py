@@ -161,7 +161,7 @@ def test_job_resources_from_records_and_benchmarks(tmp_path):
 JOB_SCRIPT = """
 import sys, time
 from types import SimpleNamespace
-from selectflow.config import section_values
+from selectflow.schema import section_values
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.jobs import JobSettings, RetryConfig, run_job
 

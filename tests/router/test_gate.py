@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from selectflow.config import schema_default
 from selectflow.data.records import read_dataset
 from selectflow.router.dump import DumpSettings, RouterDumper
 from selectflow.router.gate import (
@@ -23,6 +22,7 @@ from selectflow.router.gate import (
     save_converted,
 )
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.schema import schema_default
 from selectflow.select.pool import pool_of
 from selectflow.select.quality import resolve_method
 from selectflow.train.objective import (

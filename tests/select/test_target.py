@@ -88,7 +88,8 @@ def test_bad_inputs_are_errors():
 
 def _cmp(compare=None):
     """The compare section of a config with ``compare`` over the schema's defaults, methods fps and target."""
-    from selectflow.config import build_config, schema, with_defaults
+    from selectflow.config import build_config
+    from selectflow.schema import schema, with_defaults
 
     raw = {
         "datasets": {"a": "a.jsonl"},

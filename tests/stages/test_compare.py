@@ -140,8 +140,9 @@ def test_unknown_baseline_is_named():
 def _section(**values):
     import yaml
 
-    from selectflow.config import CompareConfig, section, with_defaults
+    from selectflow.config import CompareConfig, section
     from selectflow.configdoc import SCHEMA
+    from selectflow.schema import with_defaults
 
     defaults = with_defaults(_raw(), yaml.safe_load(SCHEMA.read_text()))["compare"]
     return section(CompareConfig, {**defaults, "train": None, **values})
@@ -154,8 +155,8 @@ def _raw(**compare):
 def test_an_unknown_compare_method_is_a_config_error_naming_the_key(tmp_path):
     import yaml
 
-    from selectflow.config import load_config
     from selectflow.runtime.errors import SelectFlowError
+    from selectflow.schema import load_config
 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(_raw(methods=["random", "lesss"])))
@@ -166,8 +167,9 @@ def test_an_unknown_compare_method_is_a_config_error_naming_the_key(tmp_path):
 def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
     import yaml
 
-    from selectflow.config import build_config, with_defaults
+    from selectflow.config import build_config
     from selectflow.configdoc import SCHEMA
+    from selectflow.schema import with_defaults
 
     schema = yaml.safe_load(SCHEMA.read_text())
     cfg = build_config(with_defaults(_raw(methods=["quality", "random"], train={"max_steps": 3}), schema))
@@ -185,8 +187,9 @@ def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
 def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout_slice():
     import yaml
 
-    from selectflow.config import build_config, with_defaults
+    from selectflow.config import build_config
     from selectflow.configdoc import SCHEMA
+    from selectflow.schema import with_defaults
 
     schema = yaml.safe_load(SCHEMA.read_text())
 

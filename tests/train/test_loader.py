@@ -12,10 +12,12 @@ import pytest
 import torch
 import yaml
 
-from selectflow.config import PRESETS, resolve_train_config, train_defaults
+from selectflow.config import resolve_train_config
 from selectflow.data.records import format_turns
+from selectflow.presets import PRESETS
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.oom import attempt_size
+from selectflow.schema import train_defaults
 from selectflow.train.cache import DeviceCacheDataset
 from selectflow.train.data import (
     IGNORE_INDEX,
