@@ -2,28 +2,22 @@
 
 Design (README, "Does the selection pay off? (compare)"):
 
-1. :func:`draw_heldout` (rule ``compare_heldout``): a seeded ``compare.heldout_fraction`` of
-   the pool's kept samples (past the quality filter and dedup of the main selection's
-   ``candidates_quality.tsv``) is held out *before* any selection, as ``heldout.jsonl``.
-   With ``compare.eval`` set, nothing is held out (the user's set is the evaluation).
-2. :func:`build_candidates` of the selection stage re-runs on the pool less the held-out
-   slice (rule ``compare_candidates``): the comparison's own ``candidates.h5`` and
-   ``candidates_quality.tsv``; k = round(selection_percentage · that pool). The main
-   selection outside ``compare`` is unchanged.
-3. :func:`build_pool` (rule ``compare_pool``): ``pool.h5``: the kept samples of that pool
-   (``sample_id``, ``quality``, routing ``features``, k-means ``cluster``), attributes ``k``,
-   ``metric`` and ``near_duplicate_threshold`` (:func:`selectflow.select.baselines.pair_threshold`).
-4. Picks (``picks.tsv``, the FPS curve's columns): ``fps`` by :func:`selectflow.stages.select.run_fps`
-   on the comparison's candidates; each baseline by :func:`pick_baseline` on ``pool.h5``.
-   :func:`selectflow.stages.select.write_selection` turns picks into ``selected_data.jsonl``.
-   Method ``target``: :func:`write_target_set` (rule ``compare_target_set``) makes a target set
-   that shares no record with the test set, rule ``compare_target_router`` routes it like the
-   pool, and :func:`selectflow.stages.select.pick_toward_target` picks the comparison's
-   candidates nearest to it (rule ``compare_target``).
-5. :func:`intrinsic` -> ``intrinsic.tsv``; :func:`finetune_and_eval` (one per method and
-   seed) -> ``eval.tsv``; :func:`downstream` -> ``downstream.tsv``.
-
-Their shared pieces: :mod:`selectflow.report.yardstick`; the evaluation: :func:`selectflow.train.evaluate.evaluate`.
+1. :func:`draw_heldout` (rule ``compare_heldout``): a seeded ``compare.heldout_fraction`` of the pool's
+   kept samples (past the main selection's quality filter and dedup) is held out *before* any selection,
+   as ``heldout.jsonl``; with ``compare.eval`` set, nothing is (the user's set is the evaluation).
+2. :func:`build_candidates` of the selection stage re-runs on the pool less that slice (rule
+   ``compare_candidates``); k = round(selection_percentage · that pool). The main selection is unchanged.
+3. :func:`build_pool` (rule ``compare_pool``): ``pool.h5``, the kept samples of that pool (``sample_id``,
+   ``quality``, routing ``features``, k-means ``cluster``; attributes ``k``, ``metric``,
+   ``near_duplicate_threshold``: :func:`selectflow.select.baselines.pair_threshold`).
+4. Picks (``picks.tsv``): ``fps`` by :func:`selectflow.stages.select.run_fps` on the comparison's
+   candidates, each baseline by :func:`pick_baseline` on ``pool.h5``;
+   :func:`selectflow.stages.select.write_selection` writes ``selected_data.jsonl``. Method ``target``:
+   :func:`write_target_set` makes a target set sharing no record with the test set, rule
+   ``compare_target_router`` routes it, :func:`selectflow.stages.select.pick_toward_target` picks.
+5. :func:`intrinsic` -> ``intrinsic.tsv``; :func:`finetune_and_eval` (per method and seed) -> ``eval.tsv``;
+   :func:`downstream` -> ``downstream.tsv``. Shared pieces: :mod:`selectflow.report.yardstick`; the
+   evaluation: :func:`selectflow.train.evaluate.evaluate`.
 """
 
 from __future__ import annotations
