@@ -110,6 +110,27 @@ def _write_failure(path: Path, kind: str, exc: BaseException, attempt: int) -> N
         )
 
 
+def _after_failed_attempt(failure: Path, rule: str, attempt: int, size_name: str | None) -> None:
+    """Log how the previous attempt failed (its ``.failure.json``); exit with :data:`EXIT_NOT_RETRIED` unless
+    it ran out of memory, since a smaller size would not help."""
+    previous = json.loads(failure.read_text())
+    if previous.get("kind") != "oom":
+        # the error itself was shown with attempt 1 (and stays in the .failure.json): not repeated
+        kind = previous.get("error", "").split(":", 1)[0] or "an error"
+        log.info(
+            "attempt %d of rule %s skipped: attempt %s failed with %s, which is not an out-of-memory error, "
+            "so a smaller %s would not help (its message is shown above, once; the full record is in %s)",
+            attempt,
+            rule,
+            previous.get("attempt"),
+            kind,
+            size_name or "batch",
+            failure,
+        )
+        sys.exit(EXIT_NOT_RETRIED)
+    log.info("attempt %s failed with: %s", previous.get("attempt"), previous.get("error", "").splitlines()[0])
+
+
 def run_job(
     snakemake,
     fn: Callable[[], object],
@@ -133,22 +154,7 @@ def run_job(
     log.info("rule %s, attempt %d%s", rule, attempt, f", {size_name}={size}" if size_name else "")
 
     if attempt > 1 and failure.exists():
-        previous = json.loads(failure.read_text())
-        if previous.get("kind") != "oom":
-            # the error itself was shown with attempt 1 (and stays in the .failure.json): not repeated
-            kind = previous.get("error", "").split(":", 1)[0] or "an error"
-            log.info(
-                "attempt %d of rule %s skipped: attempt %s failed with %s, which is not an out-of-memory error, "
-                "so a smaller %s would not help (its message is shown above, once; the full record is in %s)",
-                attempt,
-                rule,
-                previous.get("attempt"),
-                kind,
-                size_name or "batch",
-                failure,
-            )
-            sys.exit(EXIT_NOT_RETRIED)
-        log.info("attempt %s failed with: %s", previous.get("attempt"), previous.get("error", "").splitlines()[0])
+        _after_failed_attempt(failure, rule, attempt, size_name)
 
     record = JobRecord.start(snakemake, size_name)  # {log}.job.json: the facts the report reads
     claim = None

@@ -1,4 +1,4 @@
-"""Memory-frugal supervised fine-tuning (issue 5, library side).
+"""Memory-frugal supervised fine-tuning: the library the train and warm-up rules call.
 
 =================  ===================================================================
 module             what it computes
