@@ -12,7 +12,7 @@
     # model, router dump (measured 12-14 min per pool on the busy 2-core box; cached under --work)
     python bench/bench_selection_quality.py --build 0:3000 1:2000 2:5000 --work /tmp/bsq
 
-    # the issue-23 pools: (b) a demo seed with the junk suite planted instead of the demo's own
+    # the three pools: (b) a demo seed with the junk suite planted instead of the demo's own
     # junk, (c) the real-text pool (three formats) scored by the proxy model built on it
     python bench/bench_selection_quality.py --junk-suite 3:2000 --real-text 0:2000 --work /tmp/bsq
     # one method under other selection settings (a variant): --methods and --set KEY=VALUE
@@ -43,7 +43,7 @@ share of the selection next to its share of the pool. The real-text pool's "topi
 task kind (explain, signature, ...).
 
 The labels (``planted``, ``topic``, ``duplicate_of``) are read here, to measure; the
-selection never sees them. ``target`` says whether a row meets the issue's bar: good
+selection never sees them. ``target`` says whether a row meets the bar set for the selection: good
 >= 95 %, junk <= 2 %, no near-duplicate pair both selected, every topic within +-40 %.
 """
 
