@@ -12,6 +12,24 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def snakemake_command(workdir: Path, *args: str, config: str | Path = "small") -> list[str]:
+    """The ``python -m snakemake`` command line on the repo's Snakefile in ``workdir`` with a test config
+    (a name under tests/configs, or a path); ``args`` first."""
+    config_path = config if isinstance(config, Path) else REPO / "tests" / "configs" / config / "config.yaml"
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *args,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(config_path),
+    ]
+
+
 def snakemake(
     workdir: Path,
     *args: str,
@@ -25,18 +43,7 @@ def snakemake(
     ``args`` come first: targets must precede options such as ``--resources`` that take
     several values.
     """
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        *args,
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(config if isinstance(config, Path) else REPO / "tests" / "configs" / config / "config.yaml"),
-    ]
+    cmd = snakemake_command(workdir, *args, config=config)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")

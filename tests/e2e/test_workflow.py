@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from selectflow.router.routerfile import read_router_shard
 from selectflow.select.candidates import n_blocks
-from tests.workflow import REPO, config_variant, ran_jobs, snakemake
+from tests.workflow import config_variant, ran_jobs, snakemake, snakemake_command
 
 pytestmark = pytest.mark.slow
 SEL = "results/small/selection"
@@ -117,18 +116,7 @@ def test_fps_on_two_ranks_writes_the_same_curve(clean_run, tmp_path):
 
 def kill_when(workdir: Path, ready, config, timeout: float = 600, poll: float = 0.2) -> None:
     """Start the workflow in its own process group and SIGKILL the whole group once ``ready()``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        *README_COMMAND,
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(config),
-    ]
+    cmd = snakemake_command(workdir, *README_COMMAND, config=Path(config))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
     try:
