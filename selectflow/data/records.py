@@ -240,8 +240,12 @@ def check_id(rid: object) -> str | None:
     return None
 
 
-def read_dataset(path: str | os.PathLike, dataset: str) -> list[dict]:
-    """Read one JSONL file into normalised records (see module docstring)."""
+def read_dataset(path: str | os.PathLike, dataset: str, *, one_format: bool = True) -> list[dict]:
+    """Read one JSONL file into normalised records (see module docstring).
+
+    A dataset file holds one format, detected from its first record; ``one_format=False``
+    detects each record's own (a target set, which may gather records of several datasets).
+    """
     path = Path(path)
     if not path.is_file():
         raise SelectFlowError(
@@ -269,9 +273,10 @@ def read_dataset(path: str | os.PathLike, dataset: str) -> list[dict]:
     out = []
     for (lineno, record), rid in zip(parsed, ids):
         try:
-            if detect_format(record) != fmt:
+            own = detect_format(record)
+            if one_format and own != fmt:
                 raise ValueError(f"record is not in the file's format ({fmt}, detected from line {parsed[0][0]})")
-            prompt, response = prompt_and_response(record, fmt)
+            prompt, response = prompt_and_response(record, own)
         except ValueError as exc:
             raise SelectFlowError(f"{path}:{lineno}: {exc}; fix or remove this record") from None
         out.append(
@@ -284,7 +289,7 @@ def read_dataset(path: str | os.PathLike, dataset: str) -> list[dict]:
                 "record": record,
             }
         )
-    log.info("%s: %d %s records", path, len(out), fmt)
+    log.info("%s: %d %s records", path, len(out), fmt if one_format else "mixed-format")
     return out
 
 

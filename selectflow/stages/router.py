@@ -88,13 +88,14 @@ def dump_shard_file(model_path: str, shard_jsonl: str, out_h5: str, settings: Du
 def dump_target(model_path: str, target_jsonl: str, out_h5: str, cfg: RouterDumpConfig, batch_size: int) -> int:
     """Rules ``target_router`` and ``compare_target_router``: the target records → one router file.
 
-    ``target_jsonl`` is read as a dataset named ``target`` (any format a dataset may have:
-    :func:`selectflow.data.records.read_dataset`) and dumped by the pool's model with the pool's
+    ``target_jsonl`` is read as a dataset named ``target`` (any format a dataset may have, each
+    record's own: :func:`selectflow.data.records.read_dataset`, so a held-out slice of a pool of
+    several formats is read as it was written) and dumped by the pool's model with the pool's
     settings, so its features are the pool's kind. The number of records.
     """
     from selectflow.data.records import read_dataset
 
-    records = read_dataset(target_jsonl, TARGET_DATASET)
+    records = read_dataset(target_jsonl, TARGET_DATASET, one_format=False)
     return _dump_records(model_path, records, target_jsonl, out_h5, dump_settings(cfg, batch_size))
 
 

@@ -90,6 +90,24 @@ def test_bad_records_name_file_and_line(tmp_path, lines, where, words):
     assert f"{f}{where}" in str(info.value) and words in str(info.value)
 
 
+def test_a_file_of_several_formats_is_read_record_by_record_when_asked(tmp_path):
+    alpaca = {"id": "a", "instruction": "Say hi.", "output": "Hi."}
+    sharegpt = {"id": "s", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}
+    messages = {"id": "m", "messages": [{"role": "user", "content": "Q2?"}, {"role": "assistant", "content": "A2."}]}
+    mixed = write_lines(tmp_path / "mixed.jsonl", [alpaca, sharegpt, messages])
+    with pytest.raises(SelectFlowError, match="mixed.jsonl:2: record is not in the file's format"):
+        read_dataset(mixed, "d")
+    got = read_dataset(mixed, "d", one_format=False)
+    each = (alpaca, sharegpt, messages)
+    alone = [read_dataset(write_lines(tmp_path / f"{r['id']}.jsonl", [r]), "d")[0] for r in each]
+    assert [(r["sample_id"], r["prompt"], r["response"]) for r in got] == [
+        (r["sample_id"], r["prompt"], r["response"]) for r in alone
+    ]
+    broken = write_lines(tmp_path / "broken.jsonl", [alpaca, {"conversations": [{"from": "gpt", "value": "a"}]}])
+    with pytest.raises(SelectFlowError, match="broken.jsonl:2: .*no user turn"):
+        read_dataset(broken, "d", one_format=False)
+
+
 def test_missing_and_empty_dataset(tmp_path):
     with pytest.raises(SelectFlowError, match="does not exist.*datasets.nope"):
         read_dataset(tmp_path / "missing.jsonl", "nope")

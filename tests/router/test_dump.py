@@ -163,6 +163,31 @@ def test_shard_file_roundtrip(tmp_path, demo_model, demo_pool):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "shard.jsonl"]
 
 
+def test_a_target_set_of_several_formats_is_routed_as_each_record_alone(tmp_path, demo_model, demo_pool):
+    """A held-out target slice of a pool of several formats (compare, eval heldout) is one file of mixed formats."""
+    from selectflow.config import RouterDumpConfig, section
+    from selectflow.data.records import write_jsonl
+    from selectflow.schema import section_values
+    from selectflow.stages.router import dump_target
+
+    recs = read_dataset(demo_pool, "demo")[:3]
+    (p0, r0), (p1, r1) = (recs[1]["prompt"], recs[1]["response"]), (recs[2]["prompt"], recs[2]["response"])
+    written = [
+        recs[0]["record"],
+        {"id": "s1", "conversations": [{"from": "human", "value": p1}, {"from": "gpt", "value": r1}]},
+        {"id": "m2", "messages": [{"role": "user", "content": p0}, {"role": "assistant", "content": r0}]},
+    ]
+    write_jsonl(tmp_path / "dev.jsonl", written)
+    cfg = section(RouterDumpConfig, section_values("router_dump", {"device": "cpu"}))
+    assert dump_target(str(demo_model), str(tmp_path / "dev.jsonl"), str(tmp_path / "t.h5"), cfg, 4) == 3
+    alone = []
+    for k, rec in enumerate(written):
+        write_jsonl(tmp_path / f"one{k}.jsonl", [rec])
+        dump_target(str(demo_model), str(tmp_path / f"one{k}.jsonl"), str(tmp_path / f"one{k}.h5"), cfg, 4)
+        alone.append(read_router_shard(tmp_path / f"one{k}.h5").moe_probs)
+    np.testing.assert_allclose(read_router_shard(tmp_path / "t.h5").moe_probs, np.concatenate(alone), atol=1e-5)
+
+
 def masked_mean_last_hidden(model, tokenizer, recs, max_length=256):
     """[n, H]: one padded batch, ``output_hidden_states=True``, the last layer averaged over the attention mask."""
     seqs = [encode_pair(tokenizer, r["prompt"], r["response"], max_length)[0] for r in recs]
