@@ -208,6 +208,7 @@ def _greedy(
             )
         if left[strata[start]] < 1:
             raise SelectFlowError(f"FPS start index {start} lies in a stratum with quota 0")
+        race.drop(np.flatnonzero(left[strata] == 0))  # a stratum with quota 0 never enters the race
     picks = np.empty(k, dtype=np.int64)
     at = np.empty(k, dtype=np.float64)
     p, d = int(start), math.inf

@@ -20,11 +20,16 @@ from tests.pool_reference import build_candidates_whole
 from tests.select.test_fps import blocks, brute_fps, naive_matrix, with_ties
 
 
-@pytest.mark.parametrize("seed, start", [(0, 0), (1, 7)])
-def test_quota_fps_equals_a_naive_reference_in_both_modes(tmp_path, seed, start):
+@pytest.mark.parametrize(
+    "seed, start, quota", [(0, 0, [4, 2, 5]), (1, 7, [4, 2, 5]), (2, 0, [6, 0, 5]), (3, 1, [0, 6, 5])]
+)
+def test_quota_fps_equals_a_naive_reference_in_both_modes(tmp_path, seed, start, quota):
+    # a stratum with quota 0 (allocate gives one to a stratum too small for a pick) gets no pick
     f = with_ties(45, seed, "wasserstein")
     strata = np.random.default_rng(seed).integers(0, 3, len(f))
-    quota = np.array([4, 2, 5])
+    quota = np.array(quota)
+    if quota[strata[start]] == 0:
+        start = int(np.flatnonzero(quota[strata] > 0)[0])
     ref_picks, ref_at = brute_fps(naive_matrix(f, "wasserstein"), sum(quota), start, strata, quota)
     got = fps_streaming(
         f, 11, start=start, device="cpu", strata=strata, quota=quota, metric="wasserstein", log_interval=100

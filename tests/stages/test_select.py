@@ -563,11 +563,11 @@ STREAMING_CASES = {
 # the settings of 3681dd9 where a case does not name them (the defaults changed on 2026-12-04)
 PINNED_SETTINGS = dict(quality_cut="fixed", strata_weight="pool")
 EXPECTED_DIGESTS = {
-    "combined_strata": {
+    "combined_strata": {  # quota [5, 1, 0]: re-pinned when FPS stopped picking in the stratum with quota 0
         "candidates.h5": "3ed3ed198719a916",
-        "curve.tsv": "ffd373d5873733c3",
-        "selected.jsonl": "ca74f39fb4e212a2",
-        "summary.tsv": "73a6b904cfb9116a",
+        "curve.tsv": "73daf4c985f81e0c",
+        "selected.jsonl": "121bae84d825d9f0",
+        "summary.tsv": "8ed2d20912fc4080",
     },
     "combined_fps": {
         "candidates.h5": "d23dc58c2a687a09",
