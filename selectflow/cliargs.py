@@ -54,6 +54,7 @@ SELECTION_FLAGS = {
     "features": "features",
     "distance_batch_size": "distance_batch_size",
     "fps_log_interval": "fps_log_interval",
+    "fps_weight": "fps_weight",
     "fps_gpus": "fps_gpus",
     "device": "device",
     "metric": "metric",

@@ -86,6 +86,7 @@ class SelectionConfig:
     distance_mode: str
     distance_batch_size: int
     fps_log_interval: int
+    fps_weight: str
     fps_gpus: int
     device: str
 

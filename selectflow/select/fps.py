@@ -19,6 +19,10 @@ With ``strata`` (int [N], the routing stratum of each candidate) and ``quota`` (
 picks per stratum, summing to k) FPS is the same greedy max-min over all candidates, except
 that a stratum whose quota is filled leaves the race: the picks keep the strata's shares,
 and within and across strata each pick is still the farthest one left.
+
+With ``weight`` (float [N], positive; ``selection.fps_weight: quality``) each step picks the
+candidate with the largest ``weight × distance to its nearest earlier pick`` (quality-weighted
+FPS); the result's ``min_distance`` is still the plain distance of each pick.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ def fps_streaming(
     log_interval: int,
     strata: np.ndarray | None = None,
     quota: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> FPSResult:
     """FPS over ``features`` [N, D] float32 (grid features), distances computed per step.
 
@@ -114,7 +119,7 @@ def fps_streaming(
         run_adaptive(part, 0, n, rows["chunk"], what="FPS distance rows")
         rows["chunk"] = min(sizes[:-1] or sizes)
 
-    return _greedy(_Race(min_dist), k, start, update, log_interval, "streaming", strata, quota)
+    return _greedy(_Race(min_dist, weight), k, start, update, log_interval, "streaming", strata, quota)
 
 
 def fps_matrix(
@@ -125,6 +130,7 @@ def fps_matrix(
     start: int = 0,
     strata: np.ndarray | None = None,
     quota: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> FPSResult:
     """FPS reading one row of the precomputed distance matrix per step."""
     import torch
@@ -134,7 +140,7 @@ def fps_matrix(
     def update(p: int) -> None:
         _fold(min_dist, torch.from_numpy(matrix.row(p)))
 
-    return _greedy(_Race(min_dist), k, start, update, log_interval, "matrix", strata, quota)
+    return _greedy(_Race(min_dist, weight), k, start, update, log_interval, "matrix", strata, quota)
 
 
 # On CPU the per-step vector ops go through numpy: torch would wake its OpenMP pool for
@@ -149,21 +155,35 @@ def _fold(min_dist: torch.Tensor, d: torch.Tensor) -> None:
         torch.minimum(min_dist, d, out=min_dist)
 
 
-def _argmax(min_dist: torch.Tensor) -> int:
-    """Index of the largest entry; the lowest such index on ties (numpy and torch both say so)."""
+def _argmax(min_dist: torch.Tensor, weight: torch.Tensor | None = None) -> int:
+    """Index of the largest entry of ``min_dist`` (times ``weight``, when given); the lowest such index on ties."""
     import torch
 
     if min_dist.device.type == "cpu":
-        return int(np.argmax(min_dist.numpy()))
-    return int(torch.argmax(min_dist))
+        values = min_dist.numpy() if weight is None else min_dist.numpy() * weight.numpy()
+        return int(np.argmax(values))
+    return int(torch.argmax(min_dist if weight is None else min_dist * weight))
+
+
+def weight_tensor(weight: np.ndarray | None, n: int, device) -> torch.Tensor | None:
+    """``weight`` [n] as float32 on ``device``, checked (positive and finite); None stays None."""
+    import torch
+
+    if weight is None:
+        return None
+    weight = np.asarray(weight, dtype=np.float32)
+    if weight.shape != (n,) or not (np.isfinite(weight) & (weight > 0)).all():
+        raise SelectFlowError(f"FPS weights must be {n} positive finite numbers, one per candidate")
+    return torch.from_numpy(weight).to(device)
 
 
 class _Race:
     """The running min-distances of all N candidates in one process (the distributed one is in fps_dist)."""
 
-    def __init__(self, min_dist: torch.Tensor):
+    def __init__(self, min_dist: torch.Tensor, weight: np.ndarray | None = None):
         self.min_dist = min_dist
         self.n = int(min_dist.numel())
+        self.weight = weight_tensor(weight, self.n, min_dist.device)
 
     def drop(self, index: int | np.ndarray) -> None:
         """Candidates ``index`` (global) leave the race."""
@@ -174,8 +194,8 @@ class _Race:
         self.min_dist[index] = -math.inf
 
     def best(self) -> tuple[int, float]:
-        """The candidate farthest from the picks (lowest index on ties) and its distance."""
-        p = _argmax(self.min_dist)
+        """The candidate farthest from the picks (weighted; lowest index on ties) and its distance."""
+        p = _argmax(self.min_dist, self.weight)
         return p, float(self.min_dist[p])
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from selectflow.runtime.device import resolve_device
 from selectflow.runtime.oom import run_adaptive
 from selectflow.select.distance import compute_dtype, pairwise, squared_norms
-from selectflow.select.fps import FPSResult, _argmax, _fold, _greedy
+from selectflow.select.fps import FPSResult, _argmax, _fold, _greedy, weight_tensor
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,9 @@ def rank_thread_env(environ: Mapping[str, str], world: int) -> dict[str, str]:
 class _ShardedRace:
     """The min-distances of this rank's rows; the global farthest candidate by an all-gather."""
 
-    def __init__(self, min_dist, lo: int, n: int, comm):
+    def __init__(self, min_dist, lo: int, n: int, comm, weight=None):
         self.min_dist, self.lo, self.n, self.comm = min_dist, lo, n, comm
+        self.weight = weight_tensor(weight, int(min_dist.numel()), min_dist.device)  # this rank's rows
 
     def drop(self, index) -> None:
         import torch
@@ -101,18 +102,21 @@ class _ShardedRace:
         import torch.distributed as dist
 
         if self.min_dist.numel():
-            p = _argmax(self.min_dist)
-            mine = [float(self.min_dist[p]), float(self.lo + p)]
+            p = _argmax(self.min_dist, self.weight)
+            d = float(self.min_dist[p])
+            # the score as _argmax compares it (float32 product), so every rank ranks as one process would
+            score = d if self.weight is None else float(np.float32(d) * np.float32(self.weight[p]))
+            mine = [score, float(self.lo + p), d]
         else:  # an empty slice never wins: it loses every tie by its index
-            mine = [-math.inf, float(self.n)]
+            mine = [-math.inf, float(self.n), -math.inf]
         # float64 holds the float32 distance and any index below 2**53 exactly
         local = torch.tensor(mine, dtype=torch.float64, device=self.comm)
         everyone = [torch.empty_like(local) for _ in range(dist.get_world_size())]
         dist.all_gather(everyone, local)
-        pairs = torch.stack(everyone).cpu().numpy()
-        top = pairs[:, 0].max()
-        p = int(pairs[pairs[:, 0] == top, 1].min())
-        return p, float(top)
+        rows = torch.stack(everyone).cpu().numpy()
+        top = rows[:, 0].max()
+        winner = rows[rows[:, 0] == top][np.argmin(rows[rows[:, 0] == top, 1])]
+        return int(winner[1]), float(winner[2])
 
 
 def fps_distributed(
@@ -126,6 +130,7 @@ def fps_distributed(
     log_interval: int,
     strata: np.ndarray | None = None,
     quota: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> FPSResult:
     """FPS over ``features`` [N, D] (any row-sliceable array: numpy, h5py dataset) on every rank of the group.
 
@@ -182,4 +187,5 @@ def fps_distributed(
             run_adaptive(part, 0, hi - lo, rows["chunk"], what="FPS distance rows")
             rows["chunk"] = min(sizes[:-1] or sizes)
 
-    return _greedy(_ShardedRace(min_dist, lo, n, comm), k, start, update, log_interval, f"{world} ranks", strata, quota)
+    race = _ShardedRace(min_dist, lo, n, comm, None if weight is None else np.asarray(weight)[lo:hi])
+    return _greedy(race, k, start, update, log_interval, f"{world} ranks", strata, quota)

@@ -32,10 +32,11 @@ def naive_matrix(f, metric):
     return np.maximum(0.0, 1.0 - a @ a.T).astype(np.float32)
 
 
-def brute_fps(dist, k, start, strata=None, quota=None):
+def brute_fps(dist, k, start, strata=None, quota=None, weight=None):
     """Textbook max-min: scan every unpicked candidate; strict '>' keeps the lowest index on ties.
 
     With ``strata`` and ``quota``: only candidates whose stratum still has picks left compete.
+    With ``weight``: the score is float32(weight) × float32(min distance), the distance recorded.
     """
     n = len(dist)
     left = None if strata is None else np.array(quota).copy()
@@ -43,15 +44,16 @@ def brute_fps(dist, k, start, strata=None, quota=None):
     if left is not None:
         left[strata[start]] -= 1
     while len(picks) < min(k, n):
-        best, best_c = -1.0, None
+        best, best_c, best_m = -1.0, None, None
         for c in range(n):
             if c in picks or (left is not None and left[strata[c]] == 0):
                 continue
             m = min(float(dist[c, s]) for s in picks)
-            if m > best:
-                best, best_c = m, c
+            score = m if weight is None else float(np.float32(weight[c]) * np.float32(m))
+            if score > best:
+                best, best_c, best_m = score, c, m
         picks.append(best_c)
-        at.append(best)
+        at.append(best_m)
         if left is not None:
             left[strata[best_c]] -= 1
     return np.array(picks), np.array(at)
@@ -88,6 +90,73 @@ def test_both_modes_equal_brute_force(tmp_path, metric, n, k, seed, start):
         got = fps_matrix(blocks(tmp_path / f"b{block_size}", f, block_size, metric), k, start=start, log_interval=10)
         np.testing.assert_array_equal(got.picks, ref_picks)
         np.testing.assert_array_equal(got.min_distance, ref_at)
+
+
+def rank_weights(n, seed):
+    """Quality weights 1 - rank/n of a random quality order, a few of them tied on purpose."""
+    rank = np.random.default_rng(seed).permutation(n)
+    rank[: n // 5] = rank[n // 5 : 2 * (n // 5)]
+    return 1.0 - rank / n
+
+
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+@pytest.mark.parametrize("n, k, seed, start", [(40, 12, 0, 0), (31, 100, 2, 30), (50, 20, 3, 17)])
+def test_weighted_fps_equals_brute_force(tmp_path, metric, n, k, seed, start):
+    f, w = with_ties(n, seed, metric), rank_weights(n, seed)
+    ref_picks, ref_at = brute_fps(naive_matrix(f, metric), k, start, weight=w)
+    for chunk in (1, 7, 10_000):
+        got = fps_streaming(f, k, metric=metric, start=start, device="cpu", chunk=chunk, log_interval=100, weight=w)
+        np.testing.assert_array_equal(got.picks, ref_picks)
+        np.testing.assert_array_equal(got.min_distance, ref_at)
+    got = fps_matrix(blocks(tmp_path, f, 8, metric), k, start=start, log_interval=10, weight=w)
+    np.testing.assert_array_equal(got.picks, ref_picks)
+    np.testing.assert_array_equal(got.min_distance, ref_at)
+    # the weights change the picks here (else this test would not test them)
+    assert not np.array_equal(ref_picks, brute_fps(naive_matrix(f, metric), k, start)[0])
+
+
+def test_weighted_fps_with_strata_equals_brute_force():
+    f, w = with_ties(50, 5, "wasserstein"), rank_weights(50, 5)
+    strata = np.random.default_rng(5).integers(0, 3, size=50)
+    quota = np.minimum(np.bincount(strata, minlength=3), [4, 0, 5])
+    start = int(np.flatnonzero(quota[strata] > 0)[0])
+    ref_picks, ref_at = brute_fps(naive_matrix(f, "wasserstein"), 9, start, strata, quota, weight=w)
+    got = fps_streaming(
+        f,
+        9,
+        metric="wasserstein",
+        start=start,
+        device="cpu",
+        chunk=4,
+        log_interval=100,
+        strata=strata,
+        quota=quota,
+        weight=w,
+    )
+    np.testing.assert_array_equal(got.picks, ref_picks)
+    np.testing.assert_array_equal(got.min_distance, ref_at)
+
+
+def test_equal_weights_are_plain_fps_and_a_far_low_quality_point_waits():
+    f = with_ties(40, 6, "wasserstein")
+    plain = fps_streaming(f, 15, metric="wasserstein", device="cpu", log_interval=100)
+    same = fps_streaming(f, 15, metric="wasserstein", device="cpu", log_interval=100, weight=np.full(40, 0.3))
+    np.testing.assert_array_equal(same.picks, plain.picks)
+    # a point far from all others, with the worst quality, is plain FPS's second pick; weighted, it
+    # needs 1/weight times the distance of the good points, so the good points around go first
+    far = np.vstack([f, f[:1] + 0.5 * (f.max(0) - f.min(0) + 1)]).astype(np.float32)
+    w = np.append(np.ones(40), 1 / 41)
+    assert fps_streaming(far, 2, metric="l2", device="cpu", log_interval=100).picks.tolist() == [0, 40]
+    weighted = fps_streaming(far, 15, metric="l2", device="cpu", log_interval=100, weight=w)
+    assert 40 not in weighted.picks.tolist()
+
+
+@pytest.mark.parametrize("weight", [np.zeros(5), -np.ones(5), np.ones(4), np.array([1, 1, np.nan, 1, 1])])
+def test_bad_weights_rejected(weight):
+    with pytest.raises(SelectFlowError, match="FPS weights must be 5 positive finite numbers"):
+        fps_streaming(
+            features(probs(5), "wasserstein"), 2, metric="wasserstein", device="cpu", log_interval=100, weight=weight
+        )
 
 
 def test_lattice_ties_go_to_lowest_index(tmp_path):

@@ -7,7 +7,7 @@ import torch.multiprocessing as mp
 from selectflow.select.distance import features
 from selectflow.select.fps import fps_streaming
 from selectflow.select.fps_dist import row_range
-from tests.select.test_fps import probs, with_ties
+from tests.select.test_fps import probs, rank_weights, with_ties
 
 
 def lattice():
@@ -25,15 +25,17 @@ def strata_of(n, seed):
     return strata, quota
 
 
-# name -> (features, k, metric, start, strata, quota); n from 3 (fewer rows than ranks) to 60
+# name -> (features, k, metric, start, strata, quota, weight); n from 3 (fewer rows than ranks) to 60
 CASES = {
-    "wasserstein_ties": (with_ties(60, 0, "wasserstein"), 25, "wasserstein", 0, None, None),
-    "wasserstein_all": (with_ties(23, 1, "wasserstein"), 100, "wasserstein", 7, None, None),
-    "lattice": (lattice(), 12, "wasserstein", 0, None, None),
-    "cosine_ties": (with_ties(45, 2, "cosine"), 20, "cosine", 3, None, None),
-    "l2_ties": (with_ties(41, 3, "l2"), 41, "l2", 40, None, None),
-    "tiny": (features(probs(3, seed=4), "wasserstein"), 3, "wasserstein", 1, None, None),
-    "strata": (with_ties(50, 5, "wasserstein"), 9, "wasserstein", 0, *strata_of(50, 5)),
+    "wasserstein_ties": (with_ties(60, 0, "wasserstein"), 25, "wasserstein", 0, None, None, None),
+    "wasserstein_all": (with_ties(23, 1, "wasserstein"), 100, "wasserstein", 7, None, None, None),
+    "lattice": (lattice(), 12, "wasserstein", 0, None, None, None),
+    "cosine_ties": (with_ties(45, 2, "cosine"), 20, "cosine", 3, None, None, None),
+    "l2_ties": (with_ties(41, 3, "l2"), 41, "l2", 40, None, None, None),
+    "tiny": (features(probs(3, seed=4), "wasserstein"), 3, "wasserstein", 1, None, None, None),
+    "strata": (with_ties(50, 5, "wasserstein"), 9, "wasserstein", 0, *strata_of(50, 5), None),
+    "weighted": (with_ties(60, 6, "wasserstein"), 25, "wasserstein", 0, None, None, rank_weights(60, 6)),
+    "weighted_strata": (with_ties(50, 7, "l2"), 9, "l2", 0, *strata_of(50, 7), rank_weights(50, 7)),
 }
 
 
@@ -45,9 +47,9 @@ def _rank(rank, world, store, out_dir):
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        for name, (f, k, metric, start, strata, quota) in CASES.items():
+        for name, (f, k, metric, start, strata, quota, weight) in CASES.items():
             got = fps_distributed(
-                f, k, metric=metric, start=start, chunk=4, strata=strata, quota=quota, log_interval=100
+                f, k, metric=metric, start=start, chunk=4, strata=strata, quota=quota, log_interval=100, weight=weight
             )
             np.save(f"{out_dir}/{name}.{rank}.picks.npy", got.picks)
             np.save(f"{out_dir}/{name}.{rank}.at.npy", got.min_distance)
@@ -58,9 +60,9 @@ def _rank(rank, world, store, out_dir):
 @pytest.mark.parametrize("world", [2, 4])
 def test_ranks_pick_what_one_process_picks(tmp_path, world):
     mp.spawn(_rank, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
-    for name, (f, k, metric, start, strata, quota) in CASES.items():
+    for name, (f, k, metric, start, strata, quota, weight) in CASES.items():
         want = fps_streaming(
-            f, k, metric=metric, start=start, device="cpu", strata=strata, quota=quota, log_interval=100
+            f, k, metric=metric, start=start, device="cpu", strata=strata, quota=quota, log_interval=100, weight=weight
         )
         for rank in range(world):
             picks = np.load(tmp_path / f"{name}.{rank}.picks.npy")

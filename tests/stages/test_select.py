@@ -174,6 +174,40 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
     pd.testing.assert_frame_equal(curve_a, curve_b)
 
 
+@pytest.mark.parametrize("strata", [1, 3])
+def test_quality_weighted_fps_weighs_the_candidates_by_quality_rank(tmp_path, strata):
+    # selection.fps_weight quality: FPS over the candidates with weights 1 - rank/m, in either
+    # distance mode; the candidates are in quality order, so candidate i has rank i
+    pool = make_pool(seed=5)
+    kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight="quality")
+    a = pipeline(write_shards(pool, tmp_path / "a", seed=2, shard_size=4), tmp_path / "oa", **kw)
+    b = pipeline(
+        write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", distance_mode="matrix", **kw
+    )
+    assert a == b
+    with h5py.File(tmp_path / "oa" / "candidates.h5") as f:
+        feats, m = f["features"][()], len(f["quality"])
+        assert (np.diff(f["quality"][()]) <= 0).all()
+        opts = {"strata": f["stratum"][()], "quota": f["quota"][()]} if "stratum" in f else {}
+    start = 0 if not opts else int(np.flatnonzero(opts["quota"][opts["strata"]] > 0)[0])
+    want = fps_streaming(
+        feats,
+        round(0.3 * len(pool)),
+        metric="wasserstein",
+        device="cpu",
+        start=start,
+        log_interval=100,
+        weight=1.0 - np.arange(m) / m,
+        **opts,
+    )
+    curve = pd.read_csv(tmp_path / "oa" / "curve.tsv", sep="\t")
+    assert curve["candidate_index"].tolist() == want.picks.tolist()
+    plain = pipeline(
+        write_shards(pool, tmp_path / "c", seed=2, shard_size=4), tmp_path / "oc", **{**kw, "fps_weight": "none"}
+    )
+    assert plain != a  # the weights change the picks here
+
+
 def test_single_stage_when_importance_not_above_selection_and_ifd_drops(tmp_path):
     pool = make_pool(seed=7)
     paths = write_shards(pool, tmp_path / "a", seed=4)
