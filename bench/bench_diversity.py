@@ -10,8 +10,10 @@ streaming FPS (``selectflow.select.fps.fps_streaming``) for the same k.
     python bench/bench_diversity.py --n 100000 --k 1000            # the README's figures
     python bench/bench_diversity.py --n 20000 --k 1000 --layers 4 --experts 16   # quick
 
-``target`` (selection.target) selects toward ``--targets`` synthetic target records made like
-the candidates (their features are built before the timer starts).
+``fps_quality`` is quality-weighted FPS (``selection.fps_weight: quality``; its weights, from
+the random quality, are computed inside the timer). ``target`` (selection.target) selects
+toward ``--targets`` synthetic target records made like the candidates (their features are
+built before the timer starts).
 
 Prints one line per method and the ratios against FPS.
 """
@@ -30,7 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-METHODS = ("fps", "facility_location", "kmeans", "target")
+METHODS = ("fps", "fps_quality", "facility_location", "kmeans", "target")
 
 
 def features(n: int, layers: int, experts: int, seed: int) -> np.ndarray:
@@ -60,6 +62,16 @@ def one(args) -> dict:
     if args.one == "fps":
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein"
+        ).picks
+    elif args.one == "fps_quality":  # selection.fps_weight: quality
+        picks = fps_streaming(
+            x,
+            args.k,
+            device=args.device,
+            chunk=args.chunk,
+            log_interval=10**9,
+            metric="wasserstein",
+            weight=diversity.quality_weight(quality, ids),
         ).picks
     elif args.one == "target":  # selection.target: --targets target records, routed like the candidates
         targets = features(args.targets, args.layers, args.experts, args.seed + 2)
