@@ -90,6 +90,14 @@ class SelectionConfig:
     fps_gpus: int
     device: str
 
+    def __post_init__(self):
+        if self.fps_weight != "none" and self.diversity != "fps":  # a key that would be ignored is a mistake
+            raise SelectFlowError(
+                f"selection.fps_weight: {self.fps_weight} weighs farthest-point sampling, and selection.diversity is "
+                f"{self.diversity}, which runs no FPS (facility_location weighs its picks by quality rank already): "
+                "set fps_weight: none, or diversity: fps"
+            )
+
 
 @dataclass(frozen=True)
 class LoraConfig:
