@@ -87,15 +87,11 @@ def open_candidates(path: str | os.PathLike) -> h5py.File:
     return open_checked_h5(Path(path), "candidates file", CANDIDATES_LAYOUT_VERSION, CANDIDATES_REBUILD_HINT)
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def read_candidates(path: str | os.PathLike) -> Candidates:
     """Read ids, quality and attributes of ``candidates.h5`` (not the features)."""
     path = Path(path)
     with open_candidates(path) as f:
-        ids = np.array([_text(v) for v in f["sample_id"][()]], dtype=object)
+        ids = np.array([v.decode() if isinstance(v, bytes) else v for v in f["sample_id"][()]], dtype=object)
         quality = f["quality"][()]
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
     return Candidates(path=path, sample_id=ids, quality=quality, attrs=attrs)
@@ -264,15 +260,14 @@ def quality_table(
     )
 
 
-def fps_options(f, sel: SelectionConfig) -> dict:
+def fps_options(f, sel: SelectionConfig, cands: Candidates) -> dict:
     """Start, strata and quota of the open ``candidates.h5`` ``f``, the log interval, and the
-    weights of ``selection.fps_weight`` (None, or facility location's quality weights, ``1 - rank/m``)."""
+    weights of ``selection.fps_weight`` (None, or facility location's quality weights, ``1 - rank/m``,
+    of ``cands``, the file's :func:`read_candidates`)."""
     strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
-    weight = None
-    if sel.fps_weight == "quality":
-        weight = quality_weight(f["quality"][()], np.array([_text(v) for v in f["sample_id"][()]], dtype=object))
+    weight = quality_weight(cands.quality, cands.sample_id) if sel.fps_weight == "quality" else None
     return {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota, "weight": weight}
 
 

@@ -104,8 +104,9 @@ class _ShardedRace:
         if self.min_dist.numel():
             p = _argmax(self.min_dist, self.weight)
             d = float(self.min_dist[p])
-            # the score as _argmax compares it (float32 product), so every rank ranks as one process would
-            score = d if self.weight is None else float(np.float32(d) * np.float32(self.weight[p]))
+            # the score as _argmax compares it (a float32 product, on the rank's device), so the ranks rank as one
+            # process would
+            score = d if self.weight is None else float(self.min_dist[p] * self.weight[p])
             mine = [score, float(self.lo + p), d]
         else:  # an empty slice never wins: it loses every tie by its index
             mine = [-math.inf, float(self.n), -math.inf]
@@ -113,9 +114,9 @@ class _ShardedRace:
         local = torch.tensor(mine, dtype=torch.float64, device=self.comm)
         everyone = [torch.empty_like(local) for _ in range(dist.get_world_size())]
         dist.all_gather(everyone, local)
-        rows = torch.stack(everyone).cpu().numpy()
-        top = rows[:, 0].max()
-        winner = rows[rows[:, 0] == top][np.argmin(rows[rows[:, 0] == top, 1])]
+        rows = torch.stack(everyone).cpu().numpy()  # [score, index, distance] of each rank's best
+        tied = rows[rows[:, 0] == rows[:, 0].max()]
+        winner = tied[np.argmin(tied[:, 1])]  # the lowest index of the best score
         return int(winner[1]), float(winner[2])
 
 

@@ -148,7 +148,7 @@ def run_fps(
     if fps and sel.distance_mode == "streaming" and sel.fps_gpus > 1:
         return launch_fps_ranks(candidates_h5, curve_tsv, sel, chunk)
     with open_candidates(cands.path) as f:
-        opts = fps_options(f, sel)
+        opts = fps_options(f, sel, cands)
         feats = f["features"][()] if stage != "quality" and (sel.distance_mode == "streaming" or not fps) else None
     if stage == "quality":
         picks = np.arange(min(k, len(cands)))
@@ -283,7 +283,7 @@ def fps_rank(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel
                 metric=cands.attrs["metric"],
                 device=dev,
                 chunk=chunk,
-                **fps_options(f, sel),
+                **fps_options(f, sel, cands),
             )
         if rank == 0:
             write_curve(cands, result.picks, result.min_distance, curve_tsv)
