@@ -48,13 +48,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_demo_chain import export  # noqa: E402
 
 from selectflow.layout import Layout  # noqa: E402
-from selectflow.report.compare import difference  # noqa: E402
-from selectflow.report.yardstick import interval  # noqa: E402
+from selectflow.report.compare import MEASURES, difference, per_seed  # noqa: E402
+from selectflow.stages.compare import downstream  # noqa: E402
 
 METHODS = ("fps", "random", "target")
-SOURCES = (
-    Path("bench_target_task") / "demo"
-)  # the whole demo test and target sets (a task's target replaces the latter)
+DEMO = Layout("demo")
+# the whole demo test and target sets, kept aside: a task's compare.target replaces the latter
+SOURCES = Path("bench_target_task") / "demo"
+
+
+def compare_yaml(**keys: str) -> str:
+    """A config file's compare section: the three methods, no full pool, and ``keys``."""
+    lines = [f"  methods: [{', '.join(METHODS)}]", "  full_pools: []", *(f"  {k}: {v}" for k, v in keys.items())]
+    return "\n".join(["compare:", *lines]) + "\n"
 
 
 def snakemake(folder: Path, cores: int, targets: list[str], configfiles: list[str]) -> None:
@@ -79,34 +85,29 @@ def keep_kinds(src: Path, dst: Path, prefixes: list[str]) -> int:
     return len(rows)
 
 
-def per_seed(eval_tsv: Path) -> pd.DataFrame:
-    return pd.read_csv(eval_tsv, sep="\t").groupby("seed")[["accuracy", "loss"]].mean()
-
-
 def run_task(work: Path, cores: int, task: str) -> list[dict]:
-    demo = Layout("demo")
     prefixes = [p.strip() for p in task.split(",") if p.strip()]
     folder = Path("bench_target_task") / task.replace(",", "+")
     n_test = keep_kinds(work / SOURCES / "test.jsonl", work / folder / "test.jsonl", prefixes)
     n_dev = keep_kinds(work / SOURCES / "dev.jsonl", work / folder / "dev.jsonl", prefixes)
     config = work / folder / "config.yaml"
-    config.write_text(
-        f"compare:\n  methods: [{', '.join(METHODS)}]\n  full_pools: []\n"
-        f"  eval: {folder / 'test.jsonl'}\n  target: {folder / 'dev.jsonl'}\n"
-    )
+    config.write_text(compare_yaml(eval=str(folder / "test.jsonl"), target=str(folder / "dev.jsonl")))
     print(f"task {task}: {n_test} test records, {n_dev} target records", flush=True)
-    outputs = [demo.compare_eval(m) for m in METHODS]
-    snakemake(work, cores, outputs, ["config/config.yaml", str(config.relative_to(work))])
-    seeds = {m: per_seed(work / demo.compare_eval(m)) for m in METHODS}
+    evals = {m: work / DEMO.compare_eval(m) for m in METHODS}
+    snakemake(
+        work, cores, [DEMO.compare_eval(m) for m in METHODS], ["config/config.yaml", str(config.relative_to(work))]
+    )
+    # compare's own table: macro measures per seed, mean and 95 % interval (rule compare_downstream's function)
+    down = downstream(evals, work / folder / "downstream.tsv").set_index("method")
     rows = []
     for m in METHODS:
-        row = {"task": task, "method": m, "test": n_test, "targets": n_dev, "seeds": len(seeds[m])}
-        for measure in ("accuracy", "loss"):
-            row[measure], row[f"{measure}_ci95"] = interval(seeds[m][measure].to_numpy())
-            diff, half = difference(seeds[m][measure].to_numpy(), seeds["random"][measure].to_numpy())
-            row[f"{measure}_minus_random"], row[f"{measure}_minus_random_ci95"] = (
-                (diff, half) if m != "random" else (np.nan, np.nan)
-            )
+        row = {"task": task, "method": m, "test": n_test, "targets": n_dev, "seeds": int(down.at[m, "n_seeds"])}
+        for measure, _, _ in MEASURES:
+            row[measure], row[f"{measure}_ci95"] = down.at[m, f"macro_{measure}"], down.at[m, f"macro_{measure}_ci95"]
+            diff, half = (np.nan, np.nan)
+            if m != "random":
+                diff, half = difference(per_seed(down.loc[m], measure), per_seed(down.loc["random"], measure))
+            row[f"{measure}_minus_random"], row[f"{measure}_minus_random_ci95"] = diff, half
         rows.append(row)
     return rows
 
@@ -124,17 +125,16 @@ def main(argv=None) -> None:
         snakemake(work, args.cores, [], [])
         base = work / "bench_target_task" / "base.yaml"
         base.parent.mkdir(parents=True, exist_ok=True)
-        base.write_text(f"compare:\n  methods: [{', '.join(METHODS)}]\n  full_pools: []\n")
-        demo = Layout("demo")
+        base.write_text(compare_yaml())
         snakemake(
             work,
             args.cores,
-            [demo.compare_test, demo.compare_target_set],
+            [DEMO.compare_test, DEMO.compare_target_set],
             ["config/config.yaml", str(base.relative_to(work))],
         )
         (work / SOURCES).mkdir(exist_ok=True)
-        shutil.copy2(work / demo.compare_test, work / SOURCES / "test.jsonl")
-        shutil.copy2(work / demo.compare_target_set, work / SOURCES / "dev.jsonl")
+        shutil.copy2(work / DEMO.compare_test, work / SOURCES / "test.jsonl")
+        shutil.copy2(work / DEMO.compare_target_set, work / SOURCES / "dev.jsonl")
         rows = [row for task in args.task for row in run_task(work, args.cores, task)]
     table = pd.DataFrame(rows)
     out = REPO / "benchmarks" / "target_task.tsv"
@@ -142,7 +142,7 @@ def main(argv=None) -> None:
     table.to_csv(out, sep="\t", index=False, float_format="%.4f")
     for row in rows:
         text = f"{row['task']:<18} {row['method']:<7}"
-        for measure in ("accuracy", "loss"):
+        for measure, _, _ in MEASURES:
             text += f"  {measure} {row[measure]:.3f} ± {row[f'{measure}_ci95']:.3f}"
             if row["method"] != "random":
                 diff, half = row[f"{measure}_minus_random"], row[f"{measure}_minus_random_ci95"]

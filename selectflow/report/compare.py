@@ -24,7 +24,8 @@ INTRINSIC_PANELS = (
 MEASURES = (("accuracy", "macro accuracy", False), ("loss", "macro loss", True))  # (column, title, lower is better)
 
 
-def _per_seed(row, measure: str) -> np.ndarray:
+def per_seed(row, measure: str) -> np.ndarray:
+    """The per-seed values of ``measure`` in a row of ``downstream.tsv`` (column ``<measure>_per_seed``)."""
     return np.array([float(v) for v in str(row[f"{measure}_per_seed"]).split(",")], dtype=np.float64)
 
 
@@ -48,7 +49,7 @@ def caption(down: pd.DataFrame, main: str = "fps", reference: str = "random") ->
         best = values.idxmin() if lower else values.idxmax()
         text = f"best {title}: {best} ({values[best]:.4f} ± {down.at[best, f'macro_{measure}_ci95']:.4f})"
         if main in down.index and reference in down.index and main != reference:
-            diff, half = difference(_per_seed(down.loc[main], measure), _per_seed(down.loc[reference], measure))
+            diff, half = difference(per_seed(down.loc[main], measure), per_seed(down.loc[reference], measure))
             better = diff < 0 if lower else diff > 0
             verdict = "beyond" if abs(diff) > half else "within"
             text += (
