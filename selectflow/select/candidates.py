@@ -42,7 +42,7 @@ from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
-from selectflow.select.diversity import quality_weight
+from selectflow.select.diversity import density_weight, quality_weight
 from selectflow.select.pool import Pool
 from selectflow.select.quality import assess, resolve_method
 from selectflow.select.strata import strata_labels, stratify
@@ -260,14 +260,23 @@ def quality_table(
     )
 
 
-def fps_options(f, sel: SelectionConfig, cands: Candidates) -> dict:
+def fps_options(f, sel: SelectionConfig, cands: Candidates, device: str | None = None) -> dict:
     """Start, strata and quota of the open ``candidates.h5`` ``f``, the log interval, and the
-    weights of ``selection.fps_weight`` (None, or facility location's quality weights, ``1 - rank/m``,
-    of ``cands``, the file's :func:`read_candidates`)."""
+    weights of ``selection.fps_weight``: None, facility location's quality weights ``1 - rank/m``
+    of ``cands`` (the file's :func:`read_candidates`), or the density weights of its features
+    (:func:`~selectflow.select.diversity.density_weight`, ``selection.diversity_neighbors``, on
+    ``device``, default ``selection.device``; a rank of the distributed FPS passes its own)."""
     strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
-    weight = quality_weight(cands.quality, cands.sample_id) if sel.fps_weight == "quality" else None
+    weight = None
+    if sel.fps_weight == "quality":
+        weight = quality_weight(cands.quality, cands.sample_id)
+    elif sel.fps_weight == "density":
+        feats = f["features"][()]
+        weight = density_weight(
+            feats, cands.sample_id, sel.diversity_neighbors, cands.attrs["metric"], device or sel.device
+        )
     return {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota, "weight": weight}
 
 

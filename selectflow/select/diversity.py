@@ -18,6 +18,8 @@ Neither holds an m×m matrix.
   the pick, not a prior, because a scaled monotone submodular gain keeps the lazy greedy exact
   (a stale gain stays an upper bound), and ranks, unlike raw scores, mean the same for every
   quality method (log IFD, p(good), loss). Ties go to the lowest candidate index.
+* :func:`density_weight`: the weights of density-weighted FPS (``selection.fps_weight: density``),
+  ``1 - rank/m`` by the mean distance to the nearest candidates in the same k-NN graph.
 * :func:`kmeans_round_robin` (Select-MoE's later method): FAISS k-means of the candidates
   (:func:`selectflow.select.baselines.kmeans_labels`), then
   :func:`selectflow.select.baselines.round_robin` by quality, the code compare's ``kmeans``
@@ -91,6 +93,21 @@ def quality_weight(quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
     rank = np.empty(m, dtype=np.float64)
     rank[baselines.quality_order(quality, ids)] = np.arange(m)
     return 1.0 - rank / m
+
+
+def density_weight(
+    feats: np.ndarray, ids: np.ndarray, n_neighbors: int, metric: str, device: str = "cpu"
+) -> np.ndarray:
+    """``1 - rank/m`` float64 [m], rank in order of the mean distance to the ``n_neighbors`` nearest
+    other candidates (:func:`knn_graph`), densest first, ties by ``sample_id`` (densest = 1).
+
+    The weight of density-weighted FPS (``selection.fps_weight: density``): a candidate with few
+    near neighbours, an outlier of the candidates, must lie that much farther from the picks to
+    be picked. Memory: the k-NN graph, O(m · n_neighbors) plus :data:`KNN_BLOCK` distances.
+    """
+    _, dist = knn_graph(feats, n_neighbors, metric, device=device)
+    spread = dist[:, 1:].astype(np.float64).mean(1) if dist.shape[1] > 1 else np.zeros(len(dist))
+    return quality_weight(-spread, ids)
 
 
 class _Quota:

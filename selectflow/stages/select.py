@@ -283,7 +283,7 @@ def fps_rank(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel
                 metric=cands.attrs["metric"],
                 device=dev,
                 chunk=chunk,
-                **fps_options(f, sel, cands),
+                **fps_options(f, sel, cands, device=str(dev)),
             )
         if rank == 0:
             write_curve(cands, result.picks, result.min_distance, curve_tsv)

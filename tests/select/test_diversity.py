@@ -100,6 +100,39 @@ def test_quality_weight_is_rank_based():
     np.testing.assert_array_equal(w, [0.5, 1.0, 0.75, 0.25])
 
 
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+@pytest.mark.parametrize("n_neighbors", [1, 4, 30])
+def test_density_weight_equals_brute_force(metric, n_neighbors):
+    """1 - rank/m by the mean distance to the n nearest other rows (from the full matrix, self
+    left out), densest first, ties by sample id; duplicate rows make ties on purpose."""
+    x = _feats(30, 4, metric)
+    x[10:16] = x[3]  # six copies of row 3: tied densities, and neighbours at distance 0
+    ids = np.array([f"s{(7 * i) % 30:03d}" for i in range(len(x))])  # ties broken by id, not by row
+    d = _full_distances(x, metric).astype(np.float64)
+    spread = np.array([np.sort(np.delete(row, i))[:n_neighbors].mean() for i, row in enumerate(d)])
+    order = np.lexsort((ids, spread))
+    want = np.empty(len(x))
+    want[order] = 1.0 - np.arange(len(x)) / len(x)
+    got = diversity.density_weight(x, ids, n_neighbors, metric)
+    np.testing.assert_allclose(got, want, rtol=0, atol=0)
+    assert (got > 0).all() and len(np.unique(got)) == len(x)
+
+
+def test_density_weight_ranks_an_outlier_last_and_weighted_fps_passes_it_by():
+    from selectflow.select.fps import fps_streaming
+
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(0, 1, (40, 3)), [[9.0, 9.0, 9.0]]]).astype(np.float32)
+    ids = np.array([f"s{i:02d}" for i in range(len(x))])
+    w = diversity.density_weight(x, ids, 5, "l2")
+    assert w.argmin() == 40 and w[40] == pytest.approx(1.0 / len(x))
+    assert 40 in fps_streaming(x, 3, metric="l2", device="cpu", log_interval=100).picks.tolist()
+    # weighted, it needs 1/weight (41 x) the distance of the dense points: it waits until their
+    # weighted distances have shrunk below its own
+    weighted = fps_streaming(x, 8, metric="l2", device="cpu", log_interval=100, weight=w)
+    assert 40 not in weighted.picks.tolist()
+
+
 def test_kmeans_round_robin_is_compares_kmeans_baseline():
     x = _feats(300, 3)
     rng = np.random.default_rng(3)

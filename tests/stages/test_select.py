@@ -15,6 +15,7 @@ from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.select.candidates import n_blocks, read_candidates
 from selectflow.select.distance import block_path, features
+from selectflow.select.diversity import density_weight
 from selectflow.select.fps import fps_streaming
 from selectflow.select.fps_dist import THREAD_VARS
 from selectflow.stages.select import (
@@ -174,12 +175,15 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
     pd.testing.assert_frame_equal(curve_a, curve_b)
 
 
+@pytest.mark.parametrize("fps_weight", ["quality", "density"])
 @pytest.mark.parametrize("strata", [1, 3])
-def test_quality_weighted_fps_weighs_the_candidates_by_quality_rank(tmp_path, strata):
-    # selection.fps_weight quality: FPS over the candidates with weights 1 - rank/m, in either
-    # distance mode; the candidates are in quality order, so candidate i has rank i
+def test_weighted_fps_weighs_the_candidates(tmp_path, strata, fps_weight):
+    # selection.fps_weight: FPS over the candidates with weights 1 - rank/m, in either distance
+    # mode; quality: the candidates are in quality order, so candidate i has rank i; density: the
+    # rank of diversity.density_weight over the candidates' features and diversity_neighbors
     pool = make_pool(seed=5)
-    kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight="quality")
+    kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
+    kw["diversity_neighbors"] = 4
     a = pipeline(write_shards(pool, tmp_path / "a", seed=2, shard_size=4), tmp_path / "oa", **kw)
     b = pipeline(
         write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", distance_mode="matrix", **kw
@@ -187,6 +191,7 @@ def test_quality_weighted_fps_weighs_the_candidates_by_quality_rank(tmp_path, st
     assert a == b
     with h5py.File(tmp_path / "oa" / "candidates.h5") as f:
         feats, m = f["features"][()], len(f["quality"])
+        ids = np.array([v.decode() for v in f["sample_id"][()]], dtype=object)
         assert (np.diff(f["quality"][()]) <= 0).all()
         opts = {"strata": f["stratum"][()], "quota": f["quota"][()]} if "stratum" in f else {}
     start = 0 if not opts else int(np.flatnonzero(opts["quota"][opts["strata"]] > 0)[0])
@@ -197,7 +202,7 @@ def test_quality_weighted_fps_weighs_the_candidates_by_quality_rank(tmp_path, st
         device="cpu",
         start=start,
         log_interval=100,
-        weight=1.0 - np.arange(m) / m,
+        weight=1.0 - np.arange(m) / m if fps_weight == "quality" else density_weight(feats, ids, 4, "wasserstein"),
         **opts,
     )
     curve = pd.read_csv(tmp_path / "oa" / "curve.tsv", sep="\t")
@@ -490,20 +495,19 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
     assert any("max-min distance reached 0" in r.message for r in caplog.records)
 
 
-@pytest.mark.parametrize("strata", [1, 3])
-def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, caplog, monkeypatch):
+@pytest.mark.parametrize(("strata", "fps_weight"), [(1, "none"), (3, "none"), (3, "density")])
+def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, caplog, monkeypatch):
     # rule fps with selection.fps_gpus: 2 on a CPU box: torchrun starts two gloo ranks, which share
     # the job's threads (Snakemake sets OMP_NUM_THREADS, MKL_NUM_THREADS… to the rule's threads: 2)
     for name in THREAD_VARS:
         monkeypatch.setenv(name, "2")
     pool = make_pool(seed=7)
     paths = write_shards(pool, tmp_path / "a", seed=2)
-    sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=strata, distance_batch_size=4)
+    kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
+    sel = section(distance_batch_size=4, **kw)
     build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "candidates_quality.tsv", sel)
     assert run_fps(tmp_path / "candidates.h5", tmp_path / "one.tsv", sel) == 9
-    ranked = section(
-        selection_percentage=0.3, quality_method="gate", routing_strata=strata, distance_batch_size=4, fps_gpus=2
-    )
+    ranked = section(distance_batch_size=4, fps_gpus=2, **kw)
     with caplog.at_level(logging.INFO, logger="selectflow.stages.select"):
         assert run_fps(tmp_path / "candidates.h5", tmp_path / "two.tsv", ranked) == 9
     ranks = [m for m in caplog.messages if "rank 0/2 (gloo, cpu): candidate rows [0, " in m]
