@@ -11,7 +11,9 @@ streaming FPS (``selectflow.select.fps.fps_streaming``) for the same k.
     python bench/bench_diversity.py --n 20000 --k 1000 --layers 4 --experts 16   # quick
 
 ``fps_quality`` is quality-weighted FPS (``selection.fps_weight: quality``; its weights, from
-the random quality, are computed inside the timer). ``target`` (selection.target) selects
+the random quality, are computed inside the timer). ``fps_density`` is density-weighted FPS
+(``selection.fps_weight: density``; its weights, from the k-NN graph of ``--neighbors``, are
+computed inside the timer). ``target`` (selection.target) selects
 toward ``--targets`` synthetic target records made like the candidates (their features are
 built before the timer starts).
 
@@ -32,7 +34,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-METHODS = ("fps", "fps_quality", "facility_location", "kmeans", "target")
+METHODS = ("fps", "fps_quality", "fps_density", "facility_location", "kmeans", "target")
 
 
 def features(n: int, layers: int, experts: int, seed: int) -> np.ndarray:
@@ -63,15 +65,13 @@ def one(args) -> dict:
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein"
         ).picks
-    elif args.one == "fps_quality":  # selection.fps_weight: quality
+    elif args.one in ("fps_quality", "fps_density"):  # selection.fps_weight: quality, density
+        if args.one == "fps_quality":
+            weight = diversity.quality_weight(quality, ids)
+        else:
+            weight = diversity.density_weight(x, ids, args.neighbors, "wasserstein", device=args.device)
         picks = fps_streaming(
-            x,
-            args.k,
-            device=args.device,
-            chunk=args.chunk,
-            log_interval=10**9,
-            metric="wasserstein",
-            weight=diversity.quality_weight(quality, ids),
+            x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
         ).picks
     elif args.one == "target":  # selection.target: --targets target records, routed like the candidates
         targets = features(args.targets, args.layers, args.experts, args.seed + 2)
