@@ -15,16 +15,24 @@ words swapped or reordered: ``planted: near_duplicate``, ``duplicate_of``), then
 suite (:mod:`selectflow.data.junk`). :func:`write_realtext_pool` writes the records in turn
 as Alpaca, ShareGPT and OpenAI-messages JSONL (three files, unique ``id`` across them).
 Labels: ``kind`` (the task kind), ``planted`` — to measure by, never read by the selection.
-Deterministic for a seed on one Python version (docstrings change between versions).
+Deterministic for a seed on one Python version (docstrings change between versions), whatever
+the calling process has imported: the modules are read in a fresh interpreter
+(:func:`candidate_records`), because libraries patch standard modules when they are imported
+(transformers adds methods to ``logging.Logger``, another library replaces ``inspect.getfile``),
+and in the calling process those patches would change the records.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import json
 import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from selectflow.data.junk import plant_junk
@@ -178,8 +186,25 @@ def _signature(qual: str, obj) -> str | None:
     return None if _ADDRESS.search(sig) or len(sig) > 300 else f"{qual}{sig}"
 
 
+@functools.cache
 def candidate_records() -> list[dict]:
-    """Every (instruction, output, kind) the module list yields, in a fixed order."""
+    """Every (instruction, output, kind) the module list yields, in a fixed order: :func:`records_here`
+    run in a fresh ``python -I`` that imports this module alone (the standard library and this
+    package), so the records do not depend on what the caller has imported. The same list for
+    every caller: treat it as read-only."""
+    root = str(Path(__file__).resolve().parents[2])
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); "
+        "from selectflow.data.realtext import records_here; json.dump(records_here(), sys.stdout)"
+    )
+    proc = subprocess.run([sys.executable, "-I", "-c", code, root], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"reading the standard library's docstrings failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def records_here() -> list[dict]:
+    """:func:`candidate_records` read in this process: the result depends on what it has imported."""
     out = []
     for mod_name in MODULES:
         module = importlib.import_module(mod_name)

@@ -120,6 +120,28 @@ def test_realtext_pool_is_seeded_labelled_and_readable(tmp_path):
     ) == pytest.approx(180, abs=3)
 
 
+def test_realtext_records_do_not_depend_on_what_the_caller_imported(monkeypatch):
+    # libraries patch standard modules on import (transformers adds logging.Logger.warning_once;
+    # a replaced inspect.getfile has another __module__): read in this process, the records change
+    import inspect
+    import logging
+
+    from selectflow.data import realtext
+
+    realtext.candidate_records.cache_clear()
+    # (pytest itself replaces sys hooks: even here the records would differ from a plain interpreter's)
+    before, here = realtext.candidate_records(), realtext.records_here()
+
+    def getfile(obj):  # a wrapper defined here: its __module__ is this test's
+        return inspect.getsourcefile(obj)
+
+    monkeypatch.setattr(logging.Logger, "warning_twice", lambda self, msg: None, raising=False)
+    monkeypatch.setattr(inspect, "getfile", getfile)
+    assert realtext.records_here() != here
+    realtext.candidate_records.cache_clear()
+    assert realtext.candidate_records() == before
+
+
 def test_real_text_pool_command(tmp_path):
     from selectflow.cli import main
 
