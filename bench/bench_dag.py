@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_demo_chain import export  # noqa: E402
+from common import export  # noqa: E402
 
 # a child that runs one command and prints its peak RSS (the command's process alone)
 MEASURE = (

@@ -26,23 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def export(ref: str | None, dest: Path) -> Path:
-    """``ref`` (a commit) or, for None, the working tree's tracked and new files, into ``dest``."""
-    dest.mkdir(parents=True)
-    if ref is not None:
-        archive = subprocess.run(["git", "archive", ref], cwd=REPO, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-        return dest
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import export  # noqa: E402
 
 
 def run_chain(folder: Path, cores: int) -> dict:

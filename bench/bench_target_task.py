@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_demo_chain import export  # noqa: E402
+from common import export, snakemake  # noqa: E402
 
 from selectflow.layout import Layout  # noqa: E402
 from selectflow.report.compare import MEASURES, difference, per_seed  # noqa: E402
@@ -61,19 +58,6 @@ def compare_yaml(**keys: str) -> str:
     """A config file's compare section: the three methods, no full pool, and ``keys``."""
     lines = [f"  methods: [{', '.join(METHODS)}]", "  full_pools: []", *(f"  {k}: {v}" for k, v in keys.items())]
     return "\n".join(["compare:", *lines]) + "\n"
-
-
-def snakemake(folder: Path, cores: int, targets: list[str], configfiles: list[str]) -> None:
-    """Targets before ``--resources`` and ``--configfile`` last: both take several values."""
-    t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores), "--resources", "gpu=1"]
-    cmd += ["--configfile", *configfiles] if configfiles else []
-    proc = subprocess.run(
-        cmd, cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(folder)}
-    )
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd)} failed in {folder}:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    print(f"  {' '.join(targets) or 'demo chain'} ... {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def keep_kinds(src: Path, dst: Path, prefixes: list[str]) -> int:

@@ -1,0 +1,215 @@
+"""The downstream yardstick over selection variants and pools: compare's ``fps`` against ``random``.
+
+    # from the repository root; a scratch copy of this checkout builds the pools and runs each variant
+    python bench/bench_variants.py --variant default --variant density:fps_weight=density \\
+        --variant fl:diversity=facility_location,fps_weight=none [--pools demo junksuite realtext] \\
+        [--cores 2] [--work DIR]
+
+A variant is ``NAME`` (the default config) or ``NAME:KEY=VALUE,KEY=VALUE`` with keys of the
+``selection`` section (values read as YAML: ``null``, numbers, words). For each pool and variant
+it runs ``snakemake results/<pool>/compare/{fps,random}/eval.tsv`` with the pool's config, a
+compare section of the two methods without full pools, and the variant's selection keys: the
+fine-tunes of compare's student (``compare.seeds``) on the ``fps`` selection (the selection of
+the variant) and on ``random`` draws of the same size from the same kept pool. Snakemake reruns
+what the variant's keys change.
+
+The pools (README, Which default and why):
+
+* ``demo``: the default config (3,000 records, its demo model; compare's demo test set);
+* ``junksuite``: demo seed 3, 2,000 records without the demo's own junk, the junk suite
+  (``selectflow.data.junk``) planted at 15 %, scored by a proxy model built on it; the demo test set;
+* ``realtext``: the real-text pool, seed 0, 2,000 records in three formats, 15 % junk suite,
+  proxy model; compare's held-out slice of the pool (no checker: loss only).
+
+Prints per pool and variant the macro accuracy and loss of both methods (mean ± 95 % interval
+over the seeds, compare's ``downstream()``), ``fps`` minus ``random`` with Welch's 95 % interval,
+and the planted junk among ``fps``'s picks, tuning and held-back kinds apart (labels read here
+to measure; no selection reads them); writes the rows to ``benchmarks/variants.tsv`` of this
+checkout and keeps each run's ``eval.tsv`` and ``selected_data.jsonl`` under
+``--work``/runs/<pool>/<variant>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import export, snakemake  # noqa: E402
+
+from selectflow.data.junk import HELD_BACK_KINDS, TUNING_KINDS  # noqa: E402
+from selectflow.layout import Layout  # noqa: E402
+from selectflow.report.compare import MEASURES, difference, per_seed  # noqa: E402
+from selectflow.schema import schema  # noqa: E402
+from selectflow.stages.compare import downstream  # noqa: E402
+
+METHODS = ("fps", "random")
+POOLS = ("demo", "junksuite", "realtext")
+JUNK_RATE = 0.15
+# pool -> (seed, records) of the generated pools
+SIZES = {"junksuite": (3, 2000), "realtext": (0, 2000)}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME`` or ``NAME:KEY=VALUE,...`` -> (name, selection keys), each key checked against the schema."""
+    name, _, rest = text.partition(":")
+    keys = {}
+    known = schema()["properties"]["selection"]["properties"]
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or key not in known:
+            sys.exit(
+                f"--variant {text}: {item!r} is not KEY=VALUE with a key of selection ({', '.join(sorted(known))})"
+            )
+        keys[key] = yaml.safe_load(value)
+    if not name or "/" in name:
+        sys.exit(f"--variant {text}: give the variant a name (letters, digits, _ and -)")
+    return name, keys
+
+
+def write_pools(work: Path, pools: list[str]) -> dict[str, Path]:
+    """Each pool's config file in ``work`` (the checkout copy), its pool files written beside it."""
+    from selectflow.data.demo import make_demo_pool
+    from selectflow.data.junk import plant_junk
+    from selectflow.data.realtext import write_realtext_pool
+    from selectflow.data.records import write_jsonl
+
+    base = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    configs = {}
+    for pool in pools:
+        folder = work / "bench_variants" / pool
+        folder.mkdir(parents=True, exist_ok=True)
+        config = dict(base)
+        if pool == "junksuite":
+            seed, n = SIZES[pool]
+            if not (folder / "pool.jsonl").is_file():
+                write_jsonl(folder / "pool.jsonl", plant_junk(make_demo_pool(n, seed, junk_rate=0.0), JUNK_RATE, seed))
+            config["datasets"] = {"pool": str((folder / "pool.jsonl").relative_to(work))}
+            config["compare"] = {**base.get("compare", {}), "eval": "demo"}
+        elif pool == "realtext":
+            seed, n = SIZES[pool]
+            names = ("alpaca", "sharegpt", "messages")
+            if not all((folder / f"{f}.jsonl").is_file() for f in names):
+                write_realtext_pool(folder, n, seed, junk_rate=JUNK_RATE)
+            config["datasets"] = {f: str((folder / f"{f}.jsonl").relative_to(work)) for f in names}
+        if pool != "demo":
+            config["run"] = pool
+            config["model"] = {**base["model"], "path": "proxy"}
+            config.pop("demo", None)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        configs[pool] = folder / "config.yaml"
+    return configs
+
+
+def pool_files(config: Path, work: Path) -> list[Path]:
+    datasets = yaml.safe_load(config.read_text())["datasets"]
+    return [work / p for p in datasets.values()]
+
+
+def junk_in(selected: Path, files: list[Path]) -> dict[str, int]:
+    """Planted junk among the picks, tuning and held-back kinds apart (labels: ``planted``)."""
+    planted = {}
+    for path in files:
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            planted[str(rec.get("id"))] = rec.get("planted", "")
+    counts = {"picks": 0, "junk_tuning": 0, "junk_held_back": 0}
+    for line in selected.read_text().splitlines():
+        rec = json.loads(line)
+        sid = str(rec.get("sample_id", rec.get("id")))
+        kind = planted.get(sid, planted.get(sid.rpartition(":")[2], "")).removeprefix("junk_")
+        counts["picks"] += 1
+        counts["junk_tuning"] += kind in TUNING_KINDS
+        counts["junk_held_back"] += kind in HELD_BACK_KINDS
+    return counts
+
+
+def run_variant(work: Path, cores: int, pool: str, config: Path, name: str, keys: dict) -> dict:
+    folder = config.parent
+    compare = folder / "compare.yaml"
+    compare.write_text(yaml.safe_dump({"compare": {"methods": list(METHODS), "full_pools": []}}))
+    variant = folder / f"variant_{name}.yaml"
+    variant.write_text(yaml.safe_dump({"selection": keys}) if keys else "{}\n")
+    layout = Layout("demo" if pool == "demo" else pool)
+    print(f"{pool} / {name}: {keys or 'default config'}", flush=True)
+    snakemake(
+        work,
+        cores,
+        [layout.compare_eval(m) for m in METHODS],
+        [str(p.relative_to(work)) for p in (config, compare, variant)],
+    )
+    keep = work.parent / "runs" / pool / name
+    for m in METHODS:
+        (keep / m).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(work / layout.compare_eval(m), keep / m / "eval.tsv")
+    shutil.copy2(work / layout.compare_selected("fps"), keep / "fps" / "selected_data.jsonl")
+    down = downstream({m: keep / m / "eval.tsv" for m in METHODS}, keep / "downstream.tsv").set_index("method")
+    row = {"pool": pool, "variant": name, "keys": json.dumps(keys), "seeds": int(down.at["fps", "n_seeds"])}
+    for measure, _, _ in MEASURES:
+        for m in METHODS:
+            row[f"{m}_{measure}"] = down.at[m, f"macro_{measure}"]
+            row[f"{m}_{measure}_ci95"] = down.at[m, f"macro_{measure}_ci95"]
+        diff, half = difference(per_seed(down.loc["fps"], measure), per_seed(down.loc["random"], measure))
+        row[f"{measure}_minus_random"], row[f"{measure}_minus_random_ci95"] = diff, half
+    row.update(junk_in(keep / "fps" / "selected_data.jsonl", pool_files(config, work)))
+    return row
+
+
+def line(row: dict) -> str:
+    text = f"{row['pool']:<10} {row['variant']:<14}"
+    for measure, _, _ in MEASURES:
+        fps, rnd = row[f"fps_{measure}"], row[f"random_{measure}"]
+        if isinstance(fps, float) and math.isnan(fps):
+            continue
+        diff, half = row[f"{measure}_minus_random"], row[f"{measure}_minus_random_ci95"]
+        verdict = "beyond" if abs(diff) > half else "within"
+        text += (
+            f"  {measure} {fps:.3f} ± {row[f'fps_{measure}_ci95']:.3f} vs random {rnd:.3f} ± "
+            f"{row[f'random_{measure}_ci95']:.3f} ({diff:+.3f} ± {half:.3f}, {verdict})"
+        )
+    share = (row["junk_tuning"] + row["junk_held_back"]) / max(row["picks"], 1)
+    return text + f"  junk {row['junk_tuning']} + {row['junk_held_back']} of {row['picks']} ({share:.1%})"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variant", action="append", required=True, help="NAME or NAME:KEY=VALUE,... (selection keys)")
+    ap.add_argument("--pools", nargs="+", default=list(POOLS), choices=POOLS)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    args = ap.parse_args(argv)
+    variants = [parse_variant(v) for v in args.variant]
+    if len({n for n, _ in variants}) < len(variants):
+        sys.exit("--variant: two variants have the same name")
+    with tempfile.TemporaryDirectory(prefix="bench_variants_") as tmp:
+        work = (args.work or Path(tmp)) / "checkout"
+        if not work.is_dir():  # a --work of an earlier run is used again: only what is missing runs
+            export(None, work)
+        configs = write_pools(work, args.pools)
+        rows = [
+            run_variant(work, args.cores, pool, configs[pool], name, keys)
+            for pool in args.pools
+            for name, keys in variants
+        ]
+    table = pd.DataFrame(rows)
+    out = REPO / "benchmarks" / "variants.tsv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, sep="\t", index=False, float_format="%.4f")
+    for row in rows:
+        print(line(row))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
