@@ -27,8 +27,10 @@ For each pool and each quality method (``gate`` when the router data has quality
 ``combined``, ``ifd``, ``perplexity``, ``none``) x diversity (each ``--diversity`` method,
 FPS by default, and off) x features (each ``--features``, routing by default; diversity off
 once, as it compares no features) it runs the
-library's selection (``build_candidates`` + ``run_fps``, the default config's
-``selection_percentage`` 0.05 and ``importance_selection_percentage`` 0.2) and prints the
+library's selection (``build_candidates`` + ``run_fps``, every ``selection`` key at the
+schema's default unless ``--selection``, ``--importance``, ``--strata`` or ``--set`` say
+otherwise; until 2026-12-05 ``--importance`` was 0.2, the default before the yardstick moved
+it to null, and the README's tables measured before say "two stages 0.05 / 0.2") and prints the
 selected set's share of clean records, of each planted junk kind and of near-duplicates,
 the near-duplicate pairs with both copies selected, the share of *good* records (clean, or
 a near-duplicate whose original is not selected), and the worst topic share relative to
@@ -157,7 +159,7 @@ def run_pool(
     router_paths: list[Path],
     lab: dict[str, dict],
     selection: float,
-    importance: float,
+    importance: float | None,
     strata: int,
     methods: list[str] | None = None,
     settings: dict | None = None,
@@ -325,8 +327,18 @@ def main() -> None:
     )
     p.add_argument("--junk-rate", type=float, default=0.15, help="junk-suite share of --junk-suite/--real-text pools")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_selection_quality")
-    p.add_argument("--selection", type=float, default=0.05)
-    p.add_argument("--importance", type=float, default=0.2)
+    p.add_argument(
+        "--selection",
+        type=float,
+        default=schema_default("selection", "selection_percentage"),
+        help="selection.selection_percentage (default: the schema's)",
+    )
+    p.add_argument(
+        "--importance",
+        type=lambda v: None if v.lower() in ("null", "none") else float(v),
+        default=schema_default("selection", "importance_selection_percentage"),
+        help="selection.importance_selection_percentage; null: every kept sample a candidate (default: the schema's)",
+    )
     p.add_argument("--strata", type=int, default=None, help="selection.routing_strata (default: the schema's)")
     p.add_argument(
         "--methods",
@@ -428,8 +440,13 @@ def main() -> None:
             tuple(args.features),
         )
         print(
-            f"\n## {name}: select {args.selection:g} (two-stage, importance {args.importance:g}, "
-            f"routing_strata {strata}; {time.perf_counter() - t0:.0f} s)\n"
+            f"\n## {name}: select {args.selection:g} ("
+            + (
+                "every kept sample a candidate"
+                if args.importance is None
+                else f"two-stage, importance {args.importance:g}"
+            )
+            + f", routing_strata {strata}; {time.perf_counter() - t0:.0f} s)\n"
         )
         print(table.drop(columns="by_kind").to_markdown(index=False, floatfmt=".3f"))
         if junk_columns(lab) is SUITE_JUNK:
