@@ -32,6 +32,7 @@ import heapq
 import logging
 
 import numpy as np
+from tqdm import tqdm
 
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.schema import schema_enum
@@ -64,7 +65,10 @@ def knn_graph(
     x = x.to(resolve_device(device))
     nbr = np.empty((m, kk), dtype=np.int64)
     dist = np.empty((m, kk), dtype=np.float32)
-    for lo in range(0, m, chunk):
+    log.info(
+        "%d-NN graph of %d candidates: %d blocks of %d rows (%d distances)", kk - 1, m, -(-m // chunk), chunk, m * m
+    )
+    for lo in tqdm(range(0, m, chunk), desc=f"{kk - 1}-NN graph", unit="block", disable=None):
         d = distance.pairwise(x[lo : lo + chunk], x, metric)
         top_val, top_idx = torch.topk(d, kk, dim=1, largest=False)
         tied = ((d <= top_val[:, -1:]).sum(1) > kk).cpu().numpy()
