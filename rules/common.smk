@@ -131,7 +131,11 @@ def group_manifests(wildcards):
 
 
 def router_shards(wildcards):
-    """Every router-data shard, known once checkpoint router_data has linked them."""
+    """Every router-data shard, known once checkpoint router_data has linked them. The shards are
+    no rule's declared output: a rule reading them also takes ``PATHS.router_data_table`` (the
+    checkpoint's output) as input, so that a changed model, warm-up or dump setting reruns the
+    dump, the linking and that rule (without it the DAG ends at the shards and nothing reruns).
+    """
     checkpoints.router_data.get()
     paths = [
         (ds, shard, PATHS.router_shard(ds, shard))
@@ -269,6 +273,7 @@ def compare_target_set_inputs(wildcards):
     return {
         "quality": PATHS.candidates_quality,
         "router": router_shards(wildcards),
+        "router_table": PATHS.router_data_table,
         "test": COMPARE_TEST,
     }
 

@@ -60,6 +60,7 @@ rule compare_heldout:
     input:
         quality=PATHS.candidates_quality,
         router=router_shards,
+        router_table=PATHS.router_data_table,
     output:
         PATHS.compare_heldout,
     log:
@@ -78,6 +79,7 @@ rule compare_heldout:
 rule compare_candidates:
     input:
         router=router_shards,
+        router_table=PATHS.router_data_table,
         heldout=PATHS.compare_heldout,
         exclude=excluded_ids_file(),
         # method target with eval heldout: its target slice, kept from every method too
@@ -101,6 +103,7 @@ rule compare_candidates:
 rule compare_pool:
     input:
         router=router_shards,
+        router_table=PATHS.router_data_table,
         candidates=PATHS.compare_candidates_h5,
         quality=PATHS.compare_candidates_quality,
     output:
@@ -229,6 +232,7 @@ rule compare_selected:
         picks=PATHS.compare_picks(),
         quality=PATHS.compare_candidates_quality,
         router=router_shards,
+        router_table=PATHS.router_data_table,
     output:
         selected=PATHS.compare_selected(),
         summary=PATHS.compare_selection_summary(),
@@ -250,6 +254,7 @@ rule compare_full_pools:
     input:
         quality=PATHS.compare_candidates_quality,
         router=router_shards,
+        router_table=PATHS.router_data_table,
     output:
         full_kept=PATHS.compare_selected("full_kept"),
         full_raw=PATHS.compare_selected("full_raw"),
@@ -270,6 +275,7 @@ rule compare_random_draws:
         pool=PATHS.compare_pool,
         quality=PATHS.compare_candidates_quality,
         router=router_shards,
+        router_table=PATHS.router_data_table,
     output:
         COMPARE_RANDOM_DRAWS,
     log:

@@ -10,6 +10,7 @@ rule report_figures:
         # not read: the figures wait for the whole selection, whose jobs they report on
         selected=PATHS.selected_data,
         router=router_shards,
+        router_table=PATHS.router_data_table,
     output:
         quality=report(
             PATHS.report_figure("quality_histogram"),

@@ -31,7 +31,7 @@ checkpoint router_data:
     # every stored shard hard-linked into router_data/ by one job (not a job a shard: a dry run
     # over 20,000 shards took 96 s with one); also the target to stop after inference
     input:
-        ancient(group_manifests),
+        group_manifests,
     output:
         PATHS.router_data_table,
     log:

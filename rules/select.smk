@@ -1,6 +1,7 @@
 checkpoint candidates:
     input:
         router=router_shards,
+        router_table=PATHS.router_data_table,
         exclude=excluded_ids_file(),
     output:
         h5=PATHS.candidates_h5,
@@ -75,6 +76,7 @@ rule selected_data:
         curve=PATHS.fps_curve,
         quality=PATHS.candidates_quality,
         router=router_shards,
+        router_table=PATHS.router_data_table,
     output:
         selected=PATHS.selected_data,
         summary=PATHS.selection_summary,

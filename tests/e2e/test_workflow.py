@@ -90,6 +90,24 @@ def test_deleted_shard_is_recomputed_alone(clean_run, tmp_path):
     assert shards[2].read_bytes() == original and shards[2].stat().st_ino == after[shards[2].name]
 
 
+@pytest.mark.parametrize(
+    ("change", "first"),
+    [({"warmup": {"train": {"max_steps": 4}}}, "warmup"), ({"router_dump": {"max_length": 96}}, "router_dump")],
+)
+def test_a_changed_model_or_dump_setting_reruns_the_dump_and_the_selection(clean_run, tmp_path, change, first):
+    # the router-data shards are no rule's output: without the checkpoint's table as an input of
+    # the rules that read them, a changed warm-up or dump setting reran the warm-up (or nothing)
+    # and left the selection on the old routing
+    wd = tmp_path / "wd"
+    shutil.copytree(clean_run, wd, symlinks=True)
+    assert "Nothing to be done" in snakemake(wd, "-n", *README_COMMAND).stdout
+    section, value = next(iter(change.items()))
+    variant = config_variant("small", tmp_path, **{section: value})
+    planned = ran_jobs(snakemake(wd, "-n", *README_COMMAND, config=variant))
+    assert planned[0] == first
+    assert {"router_dump", "router_data", "candidates"} <= set(planned)
+
+
 def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(clean_run, wd, symlinks=True)
