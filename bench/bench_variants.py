@@ -5,10 +5,12 @@
         --variant fl:diversity=facility_location,fps_weight=none [--pools demo junksuite realtext] \\
         [--cores 2] [--work DIR]
 
-A variant is ``NAME`` (the default config) or ``NAME:KEY=VALUE,KEY=VALUE`` with keys of the
-``selection`` section (values read as YAML: ``null``, numbers, words). For each pool and variant
-it runs ``snakemake results/<pool>/compare/{fps,random}/eval.tsv`` with the pool's config, a
-compare section of the two methods without full pools, and the variant's selection keys: the
+A variant is ``NAME`` (the default config) or ``NAME:KEY=VALUE,KEY=VALUE``: keys of the
+``selection`` section, or of another section with its name (``proxy.pretrain_epochs=3``,
+``warmup.train.max_steps=120``; values read as YAML: ``null``, numbers, words). A model-side key
+reruns what it changes (proxy or warm-up model, router dump) before the selection. For each
+pool and variant it runs ``snakemake results/<pool>/compare/{fps,random}/eval.tsv`` with the
+pool's config, a compare section of the two methods without full pools, and the variant's keys: the
 fine-tunes of compare's student (``compare.seeds``) on the ``fps`` selection (the selection of
 the variant) and on ``random`` draws of the same size from the same kept pool. Snakemake reruns
 what the variant's keys change.
@@ -62,17 +64,27 @@ SIZES = {"junksuite": (3, 2000), "realtext": (0, 2000)}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``NAME`` or ``NAME:KEY=VALUE,...`` -> (name, selection keys), each key checked against the schema."""
+    """``NAME`` or ``NAME:KEY=VALUE,...`` -> (name, config keys as nested sections). A KEY without a
+    section is a ``selection`` key; ``proxy.pretrain_epochs`` or ``warmup.train.max_steps`` name
+    others. Each key is checked against the schema."""
     name, _, rest = text.partition(":")
-    keys = {}
-    known = schema()["properties"]["selection"]["properties"]
+    keys: dict = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
-        if not eq or key not in known:
-            sys.exit(
-                f"--variant {text}: {item!r} is not KEY=VALUE with a key of selection ({', '.join(sorted(known))})"
-            )
-        keys[key] = yaml.safe_load(value)
+        path = key.split(".") if "." in key else ["selection", key]
+        node, known = keys, schema()
+        for i, part in enumerate(path):
+            # a section without listed keys (warmup.train: train keys) is checked when the config is read
+            props = known.get("properties") if known is not None else None
+            if not eq or (props is not None and part not in props):
+                where = ".".join(path[:i]) or "the config"
+                sys.exit(
+                    f"--variant {text}: {item!r} is not KEY=VALUE with a key of {where} ({', '.join(sorted(props))})"
+                )
+            known = None if props is None else props[part]
+            if i < len(path) - 1:
+                node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(value)
     if not name or "/" in name:
         sys.exit(f"--variant {text}: give the variant a name (letters, digits, _ and -)")
     return name, keys
@@ -140,7 +152,7 @@ def run_variant(work: Path, cores: int, pool: str, config: Path, name: str, keys
     compare = folder / "compare.yaml"
     compare.write_text(yaml.safe_dump({"compare": {"methods": list(METHODS), "full_pools": []}}))
     variant = folder / f"variant_{name}.yaml"
-    variant.write_text(yaml.safe_dump({"selection": keys}) if keys else "{}\n")
+    variant.write_text(yaml.safe_dump(keys) if keys else "{}\n")
     layout = Layout("demo" if pool == "demo" else pool)
     print(f"{pool} / {name}: {keys or 'default config'}", flush=True)
     snakemake(
