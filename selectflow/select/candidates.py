@@ -260,12 +260,15 @@ def quality_table(
     )
 
 
-def fps_options(f, sel: SelectionConfig, cands: Candidates, device: str | None = None) -> dict:
+def fps_options(
+    f, sel: SelectionConfig, cands: Candidates, device: str | None = None, feats: np.ndarray | None = None
+) -> dict:
     """Start, strata and quota of the open ``candidates.h5`` ``f``, the log interval, and the
     weights of ``selection.fps_weight``: None, facility location's quality weights ``1 - rank/m``
     of ``cands`` (the file's :func:`read_candidates`), or the density weights of its features
     (:func:`~selectflow.select.diversity.density_weight`, ``selection.diversity_neighbors``, on
-    ``device``, default ``selection.device``; a rank of the distributed FPS passes its own)."""
+    ``device``, default ``selection.device``; a rank of the distributed FPS passes its own).
+    ``feats``: the file's features when the caller has read them already (else read here when needed)."""
     strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
@@ -273,7 +276,7 @@ def fps_options(f, sel: SelectionConfig, cands: Candidates, device: str | None =
     if sel.fps_weight == "quality":
         weight = quality_weight(cands.quality, cands.sample_id)
     elif sel.fps_weight == "density":
-        feats = f["features"][()]
+        feats = f["features"][()] if feats is None else feats
         weight = density_weight(
             feats, cands.sample_id, sel.diversity_neighbors, cands.attrs["metric"], device or sel.device
         )

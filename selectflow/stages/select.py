@@ -148,8 +148,8 @@ def run_fps(
     if fps and sel.distance_mode == "streaming" and sel.fps_gpus > 1:
         return launch_fps_ranks(candidates_h5, curve_tsv, sel, chunk)
     with open_candidates(cands.path) as f:
-        opts = fps_options(f, sel, cands)
         feats = f["features"][()] if stage != "quality" and (sel.distance_mode == "streaming" or not fps) else None
+        opts = fps_options(f, sel, cands, feats=feats)
     if stage == "quality":
         picks = np.arange(min(k, len(cands)))
         min_distance = np.full(len(picks), np.nan)
