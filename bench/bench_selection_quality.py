@@ -65,6 +65,9 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_junk_suite_pool  # noqa: E402
 
 from selectflow.config import SelectionConfig, selection_section  # noqa: E402
 from selectflow.data.junk import HELD_BACK_KINDS, TUNING_KINDS  # noqa: E402
@@ -265,23 +268,17 @@ def build_pool(seed: int, n: int, work: Path, max_length: int, hidden: bool = Fa
 
 def build_junk_suite_pool(seed: int, n: int, work: Path, max_length: int, junk_rate: float, hidden: bool = False):
     """A demo pool without the demo's own junk, the junk suite planted at ``junk_rate`` (every kind)."""
-    from selectflow.data.demo import make_demo_pool
-    from selectflow.data.junk import plant_junk
-    from selectflow.data.records import write_jsonl
-
     root = work / f"junksuite_seed{seed}_n{n}_rate{junk_rate:g}"
-    pool = root / "pool.jsonl"
-    if not pool.is_file():
-        write_jsonl(pool, plant_junk(make_demo_pool(n, seed, junk_rate=0.0), junk_rate, seed))
+    pool = write_junk_suite_pool(root / "pool.jsonl", n, seed, junk_rate)
     return [dump_pool(root, [pool], max_length, seed, hidden)], [pool]
 
 
 def build_real_text_pool(seed: int, n: int, work: Path, max_length: int, junk_rate: float, hidden: bool = False):
     """The real-text pool (Alpaca, ShareGPT and messages files) and its proxy model's router data."""
-    from selectflow.data.realtext import write_realtext_pool
+    from selectflow.data.realtext import FORMATS, write_realtext_pool
 
     root = work / f"realtext_seed{seed}_n{n}_rate{junk_rate:g}"
-    pools = [root / f"{fmt}.jsonl" for fmt in ("alpaca", "sharegpt", "messages")]
+    pools = [root / f"{fmt}.jsonl" for fmt in FORMATS]
     if not all(p.is_file() for p in pools):
         write_realtext_pool(root, n, seed, junk_rate=junk_rate)
     return [dump_pool(root, pools, max_length, schema_default("proxy", "seed"), hidden)], pools

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import export, snakemake  # noqa: E402
+from common import export, snakemake, write_junk_suite_pool  # noqa: E402
 
 from selectflow.data.junk import HELD_BACK_KINDS, TUNING_KINDS  # noqa: E402
 from selectflow.layout import Layout  # noqa: E402
@@ -92,10 +92,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def write_pools(work: Path, pools: list[str]) -> dict[str, Path]:
     """Each pool's config file in ``work`` (the checkout copy), its pool files written beside it."""
-    from selectflow.data.demo import make_demo_pool
-    from selectflow.data.junk import plant_junk
-    from selectflow.data.realtext import write_realtext_pool
-    from selectflow.data.records import write_jsonl
+    from selectflow.data.realtext import FORMATS, write_realtext_pool
 
     base = yaml.safe_load((work / "config" / "config.yaml").read_text())
     configs = {}
@@ -105,16 +102,14 @@ def write_pools(work: Path, pools: list[str]) -> dict[str, Path]:
         config = dict(base)
         if pool == "junksuite":
             seed, n = SIZES[pool]
-            if not (folder / "pool.jsonl").is_file():
-                write_jsonl(folder / "pool.jsonl", plant_junk(make_demo_pool(n, seed, junk_rate=0.0), JUNK_RATE, seed))
+            write_junk_suite_pool(folder / "pool.jsonl", n, seed, JUNK_RATE)
             config["datasets"] = {"pool": str((folder / "pool.jsonl").relative_to(work))}
             config["compare"] = {**base.get("compare", {}), "eval": "demo"}
         elif pool == "realtext":
             seed, n = SIZES[pool]
-            names = ("alpaca", "sharegpt", "messages")
-            if not all((folder / f"{f}.jsonl").is_file() for f in names):
+            if not all((folder / f"{f}.jsonl").is_file() for f in FORMATS):
                 write_realtext_pool(folder, n, seed, junk_rate=JUNK_RATE)
-            config["datasets"] = {f: str((folder / f"{f}.jsonl").relative_to(work)) for f in names}
+            config["datasets"] = {f: str((folder / f"{f}.jsonl").relative_to(work)) for f in FORMATS}
         if pool != "demo":
             config["run"] = pool
             config["model"] = {**base["model"], "path": "proxy"}

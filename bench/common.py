@@ -46,3 +46,15 @@ def snakemake(folder: Path, cores: int, targets: list[str], configfiles: list[st
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed in {folder}:\n{(proc.stdout + proc.stderr)[-3000:]}")
     print(f"  {' '.join(targets) or 'demo chain'} ... {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def write_junk_suite_pool(path: Path, n: int, seed: int, junk_rate: float) -> Path:
+    """The junk-suite pool: demo seed ``seed``, ``n`` records without the demo's own junk, the junk
+    suite (every kind) planted at ``junk_rate``; written to ``path`` unless it is there already."""
+    from selectflow.data.demo import make_demo_pool
+    from selectflow.data.junk import plant_junk
+    from selectflow.data.records import write_jsonl
+
+    if not path.is_file():
+        write_jsonl(path, plant_junk(make_demo_pool(n, seed, junk_rate=0.0), junk_rate, seed))
+    return path
