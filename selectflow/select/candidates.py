@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
-from selectflow.select.diversity import density_weight, quality_weight
+from selectflow.select.diversity import density_weight, neighbour_spread, quality_weight
 from selectflow.select.pool import Pool
 from selectflow.select.quality import assess, resolve_method
 from selectflow.select.strata import strata_labels, stratify
@@ -261,14 +262,21 @@ def quality_table(
 
 
 def fps_options(
-    f, sel: SelectionConfig, cands: Candidates, device: str | None = None, feats: np.ndarray | None = None
+    f,
+    sel: SelectionConfig,
+    cands: Candidates,
+    device: str | None = None,
+    feats: np.ndarray | None = None,
+    spread: Callable[..., np.ndarray] = neighbour_spread,
 ) -> dict:
     """Start, strata and quota of the open ``candidates.h5`` ``f``, the log interval, and the
     weights of ``selection.fps_weight``: None, facility location's quality weights ``1 - rank/m``
     of ``cands`` (the file's :func:`read_candidates`), or the density weights of its features
     (:func:`~selectflow.select.diversity.density_weight`, ``selection.diversity_neighbors``, on
     ``device``, default ``selection.device``; a rank of the distributed FPS passes its own).
-    ``feats``: the file's features when the caller has read them already (else read here when needed)."""
+    ``feats``: the file's features when the caller has read them already (else read here when needed);
+    ``spread``: what computes the mean distances of the density weights
+    (:func:`~selectflow.select.diversity.density_weight`)."""
     strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
@@ -278,7 +286,7 @@ def fps_options(
     elif sel.fps_weight == "density":
         feats = f["features"][()] if feats is None else feats
         weight = density_weight(
-            feats, cands.sample_id, sel.diversity_neighbors, cands.attrs["metric"], device or sel.device
+            feats, cands.sample_id, sel.diversity_neighbors, cands.attrs["metric"], device or sel.device, spread
         )
     return {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota, "weight": weight}
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -45,7 +46,12 @@ KNN_BLOCK = 1 << 24  # distances [rows, m] computed at a time for the k-NN graph
 
 
 def knn_graph(
-    feats: np.ndarray, n_neighbors: int, metric: str, chunk: int = 1024, device: str = "cpu"
+    feats: np.ndarray,
+    n_neighbors: int,
+    metric: str,
+    chunk: int = 1024,
+    device: str = "cpu",
+    rows: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``n_neighbors`` + 1 nearest rows (itself included): indices int64 and distances float32 [m, kk].
 
@@ -53,23 +59,33 @@ def knn_graph(
     by distance, ties by row index; ``chunk`` rows of distances [chunk, m] at a time, at most
     :data:`KNN_BLOCK` distances (so the peak memory stays O(m·n_neighbors + KNN_BLOCK)), on
     ``device`` (``auto``, ``cpu``, ``cuda``: the same graph, the distances being exact).
+    ``rows`` ``(lo, hi)``: only the neighbours of rows ``lo..hi-1`` (among all rows), [hi - lo, kk]:
+    the same values as those rows of the whole graph.
     """
     import torch
 
     from selectflow.runtime.device import resolve_device
 
     m = len(feats)
+    first, last = (0, m) if rows is None else (int(rows[0]), int(rows[1]))
     kk = min(int(n_neighbors) + 1, m)
     chunk = max(1, min(int(chunk), KNN_BLOCK // max(m, 1)))
     x = torch.as_tensor(np.ascontiguousarray(feats, dtype=np.float32)).to(distance.compute_dtype(metric))
     x = x.to(resolve_device(device))
-    nbr = np.empty((m, kk), dtype=np.int64)
-    dist = np.empty((m, kk), dtype=np.float32)
+    nbr = np.empty((last - first, kk), dtype=np.int64)
+    dist = np.empty((last - first, kk), dtype=np.float32)
     log.info(
-        "%d-NN graph of %d candidates: %d blocks of %d rows (%d distances)", kk - 1, m, -(-m // chunk), chunk, m * m
+        "%d-NN graph of %d candidates, rows [%d, %d): %d blocks of %d rows (%d distances)",
+        kk - 1,
+        m,
+        first,
+        last,
+        -(-(last - first) // chunk),
+        chunk,
+        (last - first) * m,
     )
-    for lo in tqdm(range(0, m, chunk), desc=f"{kk - 1}-NN graph", unit="block", disable=None):
-        d = distance.pairwise(x[lo : lo + chunk], x, metric)
+    for lo in tqdm(range(first, last, chunk), desc=f"{kk - 1}-NN graph", unit="block", disable=None):
+        d = distance.pairwise(x[lo : min(lo + chunk, last)], x, metric)
         top_val, top_idx = torch.topk(d, kk, dim=1, largest=False)
         tied = ((d <= top_val[:, -1:]).sum(1) > kk).cpu().numpy()
         top_val, top_idx = top_val.cpu().numpy(), top_idx.cpu().numpy()
@@ -81,7 +97,7 @@ def knn_graph(
             cand = np.flatnonzero(row <= val[r, -1])
             cand = cand[np.lexsort((cand, row[cand]))[:kk]]
             idx[r], val[r] = cand, row[cand]
-        nbr[lo : lo + len(idx)], dist[lo : lo + len(idx)] = idx, val
+        nbr[lo - first : lo - first + len(idx)], dist[lo - first : lo - first + len(idx)] = idx, val
     return nbr, dist
 
 
@@ -99,19 +115,34 @@ def quality_weight(quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return 1.0 - rank / m
 
 
+def neighbour_spread(
+    feats: np.ndarray, n_neighbors: int, metric: str, device: str = "cpu", rows: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Mean distance float64 [m] (``rows`` ``(lo, hi)``: [hi - lo], those rows') to the ``n_neighbors``
+    nearest other rows of ``feats`` (:func:`knn_graph`; 0 when there is no other row)."""
+    _, dist = knn_graph(feats, n_neighbors, metric, device=device, rows=rows)
+    return dist[:, 1:].astype(np.float64).mean(1) if dist.shape[1] > 1 else np.zeros(len(dist))
+
+
 def density_weight(
-    feats: np.ndarray, ids: np.ndarray, n_neighbors: int, metric: str, device: str = "cpu"
+    feats: np.ndarray,
+    ids: np.ndarray,
+    n_neighbors: int,
+    metric: str,
+    device: str = "cpu",
+    spread: Callable[..., np.ndarray] = neighbour_spread,
 ) -> np.ndarray:
     """``1 - rank/m`` float64 [m], rank in order of the mean distance to the ``n_neighbors`` nearest
-    other candidates (:func:`knn_graph`), densest first, ties by ``sample_id`` (densest = 1).
+    other candidates (:func:`neighbour_spread`), densest first, ties by ``sample_id`` (densest = 1).
 
     The weight of density-weighted FPS (``selection.fps_weight: density``): a candidate with few
     near neighbours, an outlier of the candidates, must lie that much farther from the picks to
     be picked. Memory: the k-NN graph, O(m · n_neighbors) plus :data:`KNN_BLOCK` distances.
+    ``spread``: what computes the mean distances, called as :func:`neighbour_spread` (the ranks of the
+    distributed FPS pass :func:`selectflow.select.fps_dist.neighbour_spread_distributed`, each computing
+    its own rows).
     """
-    _, dist = knn_graph(feats, n_neighbors, metric, device=device)
-    spread = dist[:, 1:].astype(np.float64).mean(1) if dist.shape[1] > 1 else np.zeros(len(dist))
-    return quality_weight(-spread, ids)
+    return quality_weight(-spread(feats, n_neighbors, metric, device), ids)
 
 
 class _Quota:

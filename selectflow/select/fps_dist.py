@@ -33,6 +33,7 @@ import numpy as np
 from selectflow.runtime.device import resolve_device
 from selectflow.runtime.oom import run_adaptive
 from selectflow.select.distance import compute_dtype, pairwise, squared_norms
+from selectflow.select.diversity import neighbour_spread
 from selectflow.select.fps import FPSResult, _argmax, _fold, _greedy, weight_tensor
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,27 @@ def rank_thread_env(environ: Mapping[str, str], world: int) -> dict[str, str]:
     """
     job = int(environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
     return dict.fromkeys(THREAD_VARS, str(max(1, job // world)))
+
+
+def neighbour_spread_distributed(feats: np.ndarray, n_neighbors: int, metric: str, device: str = "cpu") -> np.ndarray:
+    """:func:`~selectflow.select.diversity.neighbour_spread` of all rows of ``feats``, each rank of the group
+    computing its own rows (:func:`row_range`) against all of them and an all-gather joining them: the same
+    values as one process, at 1/W of its distances per rank."""
+    import torch
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n = len(feats)
+    lo, hi = row_range(n, world, rank)
+    comm = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
+    size = max(b - a for a, b in (row_range(n, world, r) for r in range(world)))
+    local = torch.zeros(size, dtype=torch.float64, device=comm)
+    local[: hi - lo] = torch.from_numpy(neighbour_spread(feats, n_neighbors, metric, device, rows=(lo, hi)))
+    everyone = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(everyone, local)
+    return np.concatenate(
+        [part[: b - a].cpu().numpy() for part, (a, b) in zip(everyone, (row_range(n, world, r) for r in range(world)))]
+    )
 
 
 class _ShardedRace:

@@ -118,6 +118,20 @@ def test_density_weight_equals_brute_force(metric, n_neighbors):
     assert (got > 0).all() and len(np.unique(got)) == len(x)
 
 
+@pytest.mark.parametrize("rows", [(0, 30), (0, 1), (7, 19), (29, 30), (12, 12)])
+def test_knn_graph_of_some_rows_is_those_rows_of_the_whole_graph(rows):
+    """What each rank of the distributed FPS computes for the density weights: its own rows, against
+    all rows, in blocks that start at its first row (chunk 4: blocks not aligned to the whole graph's)."""
+    x = _feats(30, 6)
+    x[20:23] = x[9]  # ties at the k-th neighbour
+    nbr, dist = diversity.knn_graph(x, 5, "wasserstein", chunk=4)
+    part_nbr, part_dist = diversity.knn_graph(x, 5, "wasserstein", chunk=4, rows=rows)
+    np.testing.assert_array_equal(part_nbr, nbr[rows[0] : rows[1]])
+    np.testing.assert_array_equal(part_dist, dist[rows[0] : rows[1]])
+    spread = diversity.neighbour_spread(x, 5, "wasserstein", rows=rows)
+    np.testing.assert_array_equal(spread, diversity.neighbour_spread(x, 5, "wasserstein")[rows[0] : rows[1]])
+
+
 def test_density_weight_ranks_an_outlier_last_and_weighted_fps_passes_it_by():
     from selectflow.select.fps import fps_streaming
 

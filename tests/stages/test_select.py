@@ -513,6 +513,8 @@ def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, ca
     ranks = [m for m in caplog.messages if "rank 0/2 (gloo, cpu): candidate rows [0, " in m]
     assert ranks, "the FPS did not run on two ranks"
     assert ranks[0].endswith(" of 30, 1 CPU threads"), ranks
+    if fps_weight == "density":  # rank 0 (the one that logs) builds the k-NN graph of its half of the rows only
+        assert any("NN graph of 30 candidates, rows [0, 15): " in m for m in caplog.messages), caplog.messages
     assert (tmp_path / "two.tsv").read_bytes() == (tmp_path / "one.tsv").read_bytes()
 
 
