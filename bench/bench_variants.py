@@ -3,7 +3,7 @@
     # from the repository root; a scratch copy of this checkout builds the pools and runs each variant
     python bench/bench_variants.py --variant default --variant density:fps_weight=density \\
         --variant fl:diversity=facility_location,fps_weight=none [--pools demo junksuite realtext] \\
-        [--cores 2] [--work DIR]
+        [--cores 2] [--work DIR] [--seed realtext=1 --seed junksuite=4]
 
 A variant is ``NAME`` (the default config) or ``NAME:KEY=VALUE,KEY=VALUE``: keys of the
 ``selection`` section, or of another section with its name (``proxy.pretrain_epochs=3``,
@@ -22,6 +22,10 @@ The pools (README, Which default and why):
   (``selectflow.data.junk``) planted at 15 %, scored by a proxy model built on it; the demo test set;
 * ``realtext``: the real-text pool, seed 0, 2,000 records in three formats, 15 % junk suite,
   proxy model; compare's held-out slice of the pool (no checker: loss only).
+
+``--seed POOL=SEED`` draws another pool of the same recipe (``junksuite``, ``realtext``: their
+seed; its run is ``<pool>_s<SEED>``), the check that a result holds on more than the pools the
+defaults were chosen on.
 
 Prints per pool and variant the macro accuracy and loss of both methods (mean ± 95 % interval
 over the seeds, compare's ``downstream()``), ``fps`` minus ``random`` with Welch's 95 % interval,
@@ -90,28 +94,35 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, keys
 
 
-def write_pools(work: Path, pools: list[str]) -> dict[str, Path]:
-    """Each pool's config file in ``work`` (the checkout copy), its pool files written beside it."""
+def run_name(pool: str, seeds: dict[str, int]) -> str:
+    """The run (and folder) of ``pool``: its name, with ``_s<seed>`` when ``seeds`` draws another one."""
+    return f"{pool}_s{seeds[pool]}" if pool in seeds and seeds[pool] != SIZES[pool][0] else pool
+
+
+def write_pools(work: Path, pools: list[str], seeds: dict[str, int] | None = None) -> dict[str, Path]:
+    """Each pool's config file in ``work`` (the checkout copy), its pool files written beside it;
+    ``seeds``: pool -> the seed of its generator, where it is not the default of :data:`SIZES`."""
     from selectflow.data.realtext import FORMATS, write_realtext_pool
 
+    seeds = seeds or {}
     base = yaml.safe_load((work / "config" / "config.yaml").read_text())
     configs = {}
     for pool in pools:
-        folder = work / "bench_variants" / pool
+        folder = work / "bench_variants" / run_name(pool, seeds)
         folder.mkdir(parents=True, exist_ok=True)
         config = dict(base)
         if pool == "junksuite":
-            seed, n = SIZES[pool]
+            seed, n = seeds.get(pool, SIZES[pool][0]), SIZES[pool][1]
             write_junk_suite_pool(folder / "pool.jsonl", n, seed, JUNK_RATE)
             config["datasets"] = {"pool": str((folder / "pool.jsonl").relative_to(work))}
             config["compare"] = {**base.get("compare", {}), "eval": "demo"}
         elif pool == "realtext":
-            seed, n = SIZES[pool]
+            seed, n = seeds.get(pool, SIZES[pool][0]), SIZES[pool][1]
             if not all((folder / f"{f}.jsonl").is_file() for f in FORMATS):
                 write_realtext_pool(folder, n, seed, junk_rate=JUNK_RATE)
             config["datasets"] = {f: str((folder / f"{f}.jsonl").relative_to(work)) for f in FORMATS}
         if pool != "demo":
-            config["run"] = pool
+            config["run"] = run_name(pool, seeds)
             config["model"] = {**base["model"], "path": "proxy"}
             config.pop("demo", None)
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -148,7 +159,7 @@ def run_variant(work: Path, cores: int, pool: str, config: Path, name: str, keys
     compare.write_text(yaml.safe_dump({"compare": {"methods": list(METHODS), "full_pools": []}}))
     variant = folder / f"variant_{name}.yaml"
     variant.write_text(yaml.safe_dump(keys) if keys else "{}\n")
-    layout = Layout("demo" if pool == "demo" else pool)
+    layout = Layout(yaml.safe_load(config.read_text())["run"])
     print(f"{pool} / {name}: {keys or 'default config'}", flush=True)
     snakemake(
         work,
@@ -156,13 +167,13 @@ def run_variant(work: Path, cores: int, pool: str, config: Path, name: str, keys
         [layout.compare_eval(m) for m in METHODS],
         [str(p.relative_to(work)) for p in (config, compare, variant)],
     )
-    keep = work.parent / "runs" / pool / name
+    keep = work.parent / "runs" / layout.run / name
     for m in METHODS:
         (keep / m).mkdir(parents=True, exist_ok=True)
         shutil.copy2(work / layout.compare_eval(m), keep / m / "eval.tsv")
     shutil.copy2(work / layout.compare_selected("fps"), keep / "fps" / "selected_data.jsonl")
     down = downstream({m: keep / m / "eval.tsv" for m in METHODS}, keep / "downstream.tsv").set_index("method")
-    row = {"pool": pool, "variant": name, "keys": json.dumps(keys), "seeds": int(down.at["fps", "n_seeds"])}
+    row = {"pool": layout.run, "variant": name, "keys": json.dumps(keys), "seeds": int(down.at["fps", "n_seeds"])}
     for measure, _, _ in MEASURES:
         for m in METHODS:
             row[f"{m}_{measure}"] = down.at[m, f"macro_{measure}"]
@@ -195,7 +206,22 @@ def main(argv=None) -> None:
     ap.add_argument("--pools", nargs="+", default=list(POOLS), choices=POOLS)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument(
+        "--seed",
+        action="append",
+        default=[],
+        metavar="POOL=SEED",
+        help=f"draw another pool of that recipe ({', '.join(SIZES)}; defaults: "
+        + ", ".join(f"{p}={s}" for p, (s, _) in SIZES.items())
+        + ")",
+    )
     args = ap.parse_args(argv)
+    seeds = {}
+    for item in args.seed:
+        pool, eq, value = item.partition("=")
+        if pool not in SIZES or not eq or not value.isdigit():
+            sys.exit(f"--seed {item}: give POOL=SEED with POOL one of {', '.join(SIZES)} and SEED a whole number")
+        seeds[pool] = int(value)
     variants = [parse_variant(v) for v in args.variant]
     if len({n for n, _ in variants}) < len(variants):
         sys.exit("--variant: two variants have the same name")
@@ -203,7 +229,7 @@ def main(argv=None) -> None:
         work = (args.work or Path(tmp)) / "checkout"
         if not work.is_dir():  # a --work of an earlier run is used again: only what is missing runs
             export(None, work)
-        configs = write_pools(work, args.pools)
+        configs = write_pools(work, args.pools, seeds)
         rows = [
             run_variant(work, args.cores, pool, configs[pool], name, keys)
             for pool in args.pools
