@@ -30,8 +30,8 @@ defaults were chosen on.
 Prints per pool and variant the macro accuracy and loss of both methods (mean ± 95 % interval
 over the seeds, compare's ``downstream()``), ``fps`` minus ``random`` with Welch's 95 % interval,
 and the planted junk among ``fps``'s picks, tuning and held-back kinds apart (labels read here
-to measure; no selection reads them); writes the rows to ``benchmarks/variants.tsv`` of this
-checkout and keeps each run's ``eval.tsv`` and ``selected_data.jsonl`` under
+to measure; no selection reads them); writes the rows to ``--out`` (``benchmarks/variants.tsv`` of
+this checkout) and keeps each run's ``eval.tsv`` and ``selected_data.jsonl`` under
 ``--work``/runs/<pool>/<variant>/.
 """
 
@@ -206,6 +206,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pools", nargs="+", default=list(POOLS), choices=POOLS)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "variants.tsv", help="the rows' TSV")
     ap.add_argument(
         "--seed",
         action="append",
@@ -236,7 +237,7 @@ def main(argv=None) -> None:
             for name, keys in variants
         ]
     table = pd.DataFrame(rows)
-    out = REPO / "benchmarks" / "variants.tsv"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, sep="\t", index=False, float_format="%.4f")
     for row in rows:
