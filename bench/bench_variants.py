@@ -3,7 +3,7 @@
     # from the repository root; a scratch copy of this checkout builds the pools and runs each variant
     python bench/bench_variants.py --variant default --variant density:fps_weight=density \\
         --variant fl:diversity=facility_location,fps_weight=none [--pools demo junksuite realtext] \\
-        [--cores 2] [--work DIR] [--seed realtext=1 --seed junksuite=4]
+        [--cores 2] [--work DIR] [--seed realtext=1,2,3 --seed junksuite=4,5,6] [--out TSV]
 
 A variant is ``NAME`` (the default config) or ``NAME:KEY=VALUE,KEY=VALUE``: keys of the
 ``selection`` section, or of another section with its name (``proxy.pretrain_epochs=3``,
@@ -23,9 +23,11 @@ The pools (README, Which default and why):
 * ``realtext``: the real-text pool, seed 0, 2,000 records in three formats, 15 % junk suite,
   proxy model; compare's held-out slice of the pool (no checker: loss only).
 
-``--seed POOL=SEED`` draws another pool of the same recipe (``junksuite``, ``realtext``: their
-seed; its run is ``<pool>_s<SEED>``), the check that a result holds on more than the pools the
-defaults were chosen on.
+``--seed POOL=SEED[,SEED...]`` draws those pools of the recipe instead of its default one
+(``junksuite``, ``realtext``: their seed; a run ``<pool>_s<SEED>`` each), the check that a result
+holds on more than the pools the defaults were chosen on; with more than one pool of a recipe it
+also prints, per recipe, variant and measure, on how many pools ``fps`` came out below / above
+``random`` (beyond the interval in brackets) and the mean difference.
 
 Prints per pool and variant the macro accuracy and loss of both methods (mean ± 95 % interval
 over the seeds, compare's ``downstream()``), ``fps`` minus ``random`` with Welch's 95 % interval,
@@ -94,39 +96,42 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, keys
 
 
-def run_name(pool: str, seeds: dict[str, int]) -> str:
-    """The run (and folder) of ``pool``: its name, with ``_s<seed>`` when ``seeds`` draws another one."""
-    return f"{pool}_s{seeds[pool]}" if pool in seeds and seeds[pool] != SIZES[pool][0] else pool
+def run_name(pool: str, seed: int | None) -> str:
+    """The run (and folder) of ``pool`` drawn with ``seed``: its name, ``_s<seed>`` added unless that is its default."""
+    return pool if seed is None or seed == SIZES[pool][0] else f"{pool}_s{seed}"
 
 
-def write_pools(work: Path, pools: list[str], seeds: dict[str, int] | None = None) -> dict[str, Path]:
-    """Each pool's config file in ``work`` (the checkout copy), its pool files written beside it;
-    ``seeds``: pool -> the seed of its generator, where it is not the default of :data:`SIZES`."""
+def pool_runs(pools: list[str], seeds: dict[str, list[int]]) -> list[tuple[str, int | None]]:
+    """(pool, seed) of every pool to run: ``seeds[pool]`` where given, else its default (None for the demo)."""
+    return [(pool, seed) for pool in pools for seed in seeds.get(pool, [SIZES.get(pool, (None,))[0]])]
+
+
+def write_pools(work: Path, runs: list[tuple[str, int | None]]) -> dict[str, Path]:
+    """Each pool run's config file in ``work`` (the checkout copy), its pool files written beside it;
+    ``runs``: (pool, seed of its generator) pairs (:func:`pool_runs`). Keys: the runs' names (:func:`run_name`)."""
     from selectflow.data.realtext import FORMATS, write_realtext_pool
 
-    seeds = seeds or {}
     base = yaml.safe_load((work / "config" / "config.yaml").read_text())
     configs = {}
-    for pool in pools:
-        folder = work / "bench_variants" / run_name(pool, seeds)
+    for pool, seed in runs:
+        run = run_name(pool, seed)
+        folder = work / "bench_variants" / run
         folder.mkdir(parents=True, exist_ok=True)
         config = dict(base)
         if pool == "junksuite":
-            seed, n = seeds.get(pool, SIZES[pool][0]), SIZES[pool][1]
-            write_junk_suite_pool(folder / "pool.jsonl", n, seed, JUNK_RATE)
+            write_junk_suite_pool(folder / "pool.jsonl", SIZES[pool][1], seed, JUNK_RATE)
             config["datasets"] = {"pool": str((folder / "pool.jsonl").relative_to(work))}
             config["compare"] = {**base.get("compare", {}), "eval": "demo"}
         elif pool == "realtext":
-            seed, n = seeds.get(pool, SIZES[pool][0]), SIZES[pool][1]
             if not all((folder / f"{f}.jsonl").is_file() for f in FORMATS):
-                write_realtext_pool(folder, n, seed, junk_rate=JUNK_RATE)
+                write_realtext_pool(folder, SIZES[pool][1], seed, junk_rate=JUNK_RATE)
             config["datasets"] = {f: str((folder / f"{f}.jsonl").relative_to(work)) for f in FORMATS}
         if pool != "demo":
-            config["run"] = run_name(pool, seeds)
+            config["run"] = run
             config["model"] = {**base["model"], "path": "proxy"}
             config.pop("demo", None)
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        configs[pool] = folder / "config.yaml"
+        configs[run] = folder / "config.yaml"
     return configs
 
 
@@ -200,6 +205,27 @@ def line(row: dict) -> str:
     return text + f"  junk {row['junk_tuning']} + {row['junk_held_back']} of {row['picks']} ({share:.1%})"
 
 
+def pooled(table: pd.DataFrame) -> list[str]:
+    """Per recipe (the pool name before ``_s``) with more than one pool, variant and measure: the pools where
+    ``fps`` − ``random`` is below / above 0 (beyond the interval in brackets) and its mean."""
+    out = []
+    table = table.assign(recipe=table["pool"].str.replace(r"_s\d+$", "", regex=True))
+    for (recipe, variant), group in table.groupby(["recipe", "variant"], sort=False):
+        if len(group) < 2:
+            continue
+        for measure, _, _ in MEASURES:
+            diff, half = group[f"{measure}_minus_random"], group[f"{measure}_minus_random_ci95"]
+            if diff.isna().all():
+                continue
+            below, above = int((diff < 0).sum()), int((diff > 0).sum())
+            out.append(
+                f"{recipe:<10} {variant:<14} {measure} over {len(group)} pools: fps below random on {below} "
+                f"({int(((diff < 0) & (diff.abs() > half)).sum())} beyond), above on {above} "
+                f"({int(((diff > 0) & (diff.abs() > half)).sum())} beyond), mean {diff.mean():+.3f}"
+            )
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", action="append", required=True, help="NAME or NAME:KEY=VALUE,... (selection keys)")
@@ -211,8 +237,8 @@ def main(argv=None) -> None:
         "--seed",
         action="append",
         default=[],
-        metavar="POOL=SEED",
-        help=f"draw another pool of that recipe ({', '.join(SIZES)}; defaults: "
+        metavar="POOL=SEED[,SEED...]",
+        help=f"the pools of that recipe to draw instead of its default one ({', '.join(SIZES)}; defaults: "
         + ", ".join(f"{p}={s}" for p, (s, _) in SIZES.items())
         + ")",
     )
@@ -220,9 +246,13 @@ def main(argv=None) -> None:
     seeds = {}
     for item in args.seed:
         pool, eq, value = item.partition("=")
-        if pool not in SIZES or not eq or not value.isdigit():
-            sys.exit(f"--seed {item}: give POOL=SEED with POOL one of {', '.join(SIZES)} and SEED a whole number")
-        seeds[pool] = int(value)
+        values = value.split(",")
+        if pool not in SIZES or not eq or not all(v.isdigit() for v in values) or len(set(values)) < len(values):
+            sys.exit(
+                f"--seed {item}: give POOL=SEED[,SEED...], POOL one of {', '.join(SIZES)}, "
+                "the seeds different whole numbers"
+            )
+        seeds[pool] = [int(v) for v in values]
     variants = [parse_variant(v) for v in args.variant]
     if len({n for n, _ in variants}) < len(variants):
         sys.exit("--variant: two variants have the same name")
@@ -230,10 +260,11 @@ def main(argv=None) -> None:
         work = (args.work or Path(tmp)) / "checkout"
         if not work.is_dir():  # a --work of an earlier run is used again: only what is missing runs
             export(None, work)
-        configs = write_pools(work, args.pools, seeds)
+        runs = pool_runs(args.pools, seeds)
+        configs = write_pools(work, runs)
         rows = [
-            run_variant(work, args.cores, pool, configs[pool], name, keys)
-            for pool in args.pools
+            run_variant(work, args.cores, run_name(pool, seed), configs[run_name(pool, seed)], name, keys)
+            for pool, seed in runs
             for name, keys in variants
         ]
     table = pd.DataFrame(rows)
@@ -242,6 +273,8 @@ def main(argv=None) -> None:
     table.to_csv(out, sep="\t", index=False, float_format="%.4f")
     for row in rows:
         print(line(row))
+    for text in pooled(table):
+        print(text)
     print(f"wrote {out}")
 
 
