@@ -1,0 +1,55 @@
+"""bench/bench_variants.py's bookkeeping: which pools a run draws, how variants parse, the pooled counts."""
+
+import math
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.workflow import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import bench_variants as bv  # noqa: E402
+
+
+def test_pool_runs_draw_the_given_seeds_and_name_only_other_seeds():
+    runs = bv.pool_runs(["demo", "junksuite", "realtext"], {"realtext": [0, 1, 2]})
+    assert runs == [("demo", None), ("junksuite", 3), ("realtext", 0), ("realtext", 1), ("realtext", 2)]
+    assert [bv.run_name(p, s) for p, s in runs] == ["demo", "junksuite", "realtext", "realtext_s1", "realtext_s2"]
+
+
+def test_a_variant_sets_selection_keys_or_any_sections_keys_checked_against_the_schema():
+    assert bv.parse_variant("d:fps_weight=density,proxy.pretrain_epochs=3") == (
+        "d",
+        {"selection": {"fps_weight": "density"}, "proxy": {"pretrain_epochs": 3}},
+    )
+    assert bv.parse_variant("plain") == ("plain", {})
+    with pytest.raises(SystemExit, match="not KEY=VALUE with a key of"):
+        bv.parse_variant("x:no_such_key=1")
+
+
+def _row(pool, variant, loss, loss_half, acc=math.nan, acc_half=math.nan):
+    return {
+        "pool": pool,
+        "variant": variant,
+        "loss_minus_random": loss,
+        "loss_minus_random_ci95": loss_half,
+        "accuracy_minus_random": acc,
+        "accuracy_minus_random_ci95": acc_half,
+    }
+
+
+def test_pooled_counts_pools_below_and_above_random_per_recipe_and_variant():
+    table = pd.DataFrame(
+        [
+            _row("realtext", "default", -0.4, 0.3),  # below, beyond
+            _row("realtext_s1", "default", -0.1, 0.3),  # below, within
+            _row("realtext_s2", "default", 0.2, 0.1),  # above, beyond
+            _row("junksuite", "default", -0.2, 0.1, 0.05, 0.01),  # one pool of its recipe: no line
+        ]
+    )
+    lines = bv.pooled(table)
+    assert lines == [
+        "realtext   default        loss over 3 pools: fps below random on 2 (1 beyond), above on 1 (1 beyond), "
+        "mean -0.100"
+    ]
