@@ -91,17 +91,14 @@ def neighbour_spread_distributed(feats: np.ndarray, n_neighbors: int, metric: st
     import torch.distributed as dist
 
     world, rank = dist.get_world_size(), dist.get_rank()
-    n = len(feats)
-    lo, hi = row_range(n, world, rank)
+    parts = [row_range(len(feats), world, r) for r in range(world)]
+    lo, hi = parts[rank]
     comm = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
-    size = max(b - a for a, b in (row_range(n, world, r) for r in range(world)))
-    local = torch.zeros(size, dtype=torch.float64, device=comm)
+    local = torch.zeros(max(b - a for a, b in parts), dtype=torch.float64, device=comm)
     local[: hi - lo] = torch.from_numpy(neighbour_spread(feats, n_neighbors, metric, device, rows=(lo, hi)))
     everyone = [torch.empty_like(local) for _ in range(world)]
     dist.all_gather(everyone, local)
-    return np.concatenate(
-        [part[: b - a].cpu().numpy() for part, (a, b) in zip(everyone, (row_range(n, world, r) for r in range(world)))]
-    )
+    return np.concatenate([part[: b - a].cpu().numpy() for part, (a, b) in zip(everyone, parts)])
 
 
 class _ShardedRace:
