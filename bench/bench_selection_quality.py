@@ -67,7 +67,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_junk_suite_pool  # noqa: E402
+from common import write_junk_suite_pool, write_real_text_pool  # noqa: E402
 
 from selectflow.config import SelectionConfig, selection_section  # noqa: E402
 from selectflow.data.junk import HELD_BACK_KINDS, TUNING_KINDS  # noqa: E402
@@ -275,12 +275,8 @@ def build_junk_suite_pool(seed: int, n: int, work: Path, max_length: int, junk_r
 
 def build_real_text_pool(seed: int, n: int, work: Path, max_length: int, junk_rate: float, hidden: bool = False):
     """The real-text pool (Alpaca, ShareGPT and messages files) and its proxy model's router data."""
-    from selectflow.data.realtext import FORMATS, write_realtext_pool
-
     root = work / f"realtext_seed{seed}_n{n}_rate{junk_rate:g}"
-    pools = [root / f"{fmt}.jsonl" for fmt in FORMATS]
-    if not all(p.is_file() for p in pools):
-        write_realtext_pool(root, n, seed, junk_rate=junk_rate)
+    pools = write_real_text_pool(root, n, seed, junk_rate)
     return [dump_pool(root, pools, max_length, schema_default("proxy", "seed"), hidden)], pools
 
 

@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import export, snakemake, write_junk_suite_pool  # noqa: E402
+from common import export, snakemake, write_junk_suite_pool, write_real_text_pool  # noqa: E402
 
 from selectflow.data.junk import HELD_BACK_KINDS, TUNING_KINDS  # noqa: E402
 from selectflow.layout import Layout  # noqa: E402
@@ -109,8 +109,6 @@ def pool_runs(pools: list[str], seeds: dict[str, list[int]]) -> list[tuple[str, 
 def write_pools(work: Path, runs: list[tuple[str, int | None]]) -> dict[str, Path]:
     """Each pool run's config file in ``work`` (the checkout copy), its pool files written beside it;
     ``runs``: (pool, seed of its generator) pairs (:func:`pool_runs`). Keys: the runs' names (:func:`run_name`)."""
-    from selectflow.data.realtext import FORMATS, write_realtext_pool
-
     base = yaml.safe_load((work / "config" / "config.yaml").read_text())
     configs = {}
     for pool, seed in runs:
@@ -123,9 +121,8 @@ def write_pools(work: Path, runs: list[tuple[str, int | None]]) -> dict[str, Pat
             config["datasets"] = {"pool": str((folder / "pool.jsonl").relative_to(work))}
             config["compare"] = {**base.get("compare", {}), "eval": "demo"}
         elif pool == "realtext":
-            if not all((folder / f"{f}.jsonl").is_file() for f in FORMATS):
-                write_realtext_pool(folder, SIZES[pool][1], seed, junk_rate=JUNK_RATE)
-            config["datasets"] = {f: str((folder / f"{f}.jsonl").relative_to(work)) for f in FORMATS}
+            files = write_real_text_pool(folder, SIZES[pool][1], seed, JUNK_RATE)
+            config["datasets"] = {p.stem: str(p.relative_to(work)) for p in files}
         if pool != "demo":
             config["run"] = run
             config["model"] = {**base["model"], "path": "proxy"}
@@ -158,27 +155,27 @@ def junk_in(selected: Path, files: list[Path]) -> dict[str, int]:
     return counts
 
 
-def run_variant(work: Path, cores: int, pool: str, config: Path, name: str, keys: dict) -> dict:
+def run_variant(work: Path, cores: int, run: str, config: Path, name: str, keys: dict) -> dict:
     folder = config.parent
     compare = folder / "compare.yaml"
     compare.write_text(yaml.safe_dump({"compare": {"methods": list(METHODS), "full_pools": []}}))
     variant = folder / f"variant_{name}.yaml"
     variant.write_text(yaml.safe_dump(keys) if keys else "{}\n")
-    layout = Layout(yaml.safe_load(config.read_text())["run"])
-    print(f"{pool} / {name}: {keys or 'default config'}", flush=True)
+    layout = Layout(run)
+    print(f"{run} / {name}: {keys or 'default config'}", flush=True)
     snakemake(
         work,
         cores,
         [layout.compare_eval(m) for m in METHODS],
         [str(p.relative_to(work)) for p in (config, compare, variant)],
     )
-    keep = work.parent / "runs" / layout.run / name
+    keep = work.parent / "runs" / run / name
     for m in METHODS:
         (keep / m).mkdir(parents=True, exist_ok=True)
         shutil.copy2(work / layout.compare_eval(m), keep / m / "eval.tsv")
     shutil.copy2(work / layout.compare_selected("fps"), keep / "fps" / "selected_data.jsonl")
     down = downstream({m: keep / m / "eval.tsv" for m in METHODS}, keep / "downstream.tsv").set_index("method")
-    row = {"pool": layout.run, "variant": name, "keys": json.dumps(keys), "seeds": int(down.at["fps", "n_seeds"])}
+    row = {"pool": run, "variant": name, "keys": json.dumps(keys), "seeds": int(down.at["fps", "n_seeds"])}
     for measure, _, _ in MEASURES:
         for m in METHODS:
             row[f"{m}_{measure}"] = down.at[m, f"macro_{measure}"]
@@ -260,11 +257,10 @@ def main(argv=None) -> None:
         work = (args.work or Path(tmp)) / "checkout"
         if not work.is_dir():  # a --work of an earlier run is used again: only what is missing runs
             export(None, work)
-        runs = pool_runs(args.pools, seeds)
-        configs = write_pools(work, runs)
+        configs = write_pools(work, pool_runs(args.pools, seeds))
         rows = [
-            run_variant(work, args.cores, run_name(pool, seed), configs[run_name(pool, seed)], name, keys)
-            for pool, seed in runs
+            run_variant(work, args.cores, run, config, name, keys)
+            for run, config in configs.items()
             for name, keys in variants
         ]
     table = pd.DataFrame(rows)

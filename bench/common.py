@@ -58,3 +58,15 @@ def write_junk_suite_pool(path: Path, n: int, seed: int, junk_rate: float) -> Pa
     if not path.is_file():
         write_jsonl(path, plant_junk(make_demo_pool(n, seed, junk_rate=0.0), junk_rate, seed))
     return path
+
+
+def write_real_text_pool(folder: Path, n: int, seed: int, junk_rate: float) -> list[Path]:
+    """The real-text pool (:func:`selectflow.data.realtext.write_realtext_pool`: ``n`` records, seed ``seed``,
+    the junk suite at ``junk_rate``) as one file a format in ``folder``, unless they are all there already;
+    the files, in :data:`~selectflow.data.realtext.FORMATS` order."""
+    from selectflow.data.realtext import FORMATS, write_realtext_pool
+
+    paths = [folder / f"{fmt}.jsonl" for fmt in FORMATS]
+    if not all(p.is_file() for p in paths):
+        write_realtext_pool(folder, n, seed, junk_rate=junk_rate)
+    return paths
