@@ -55,6 +55,7 @@ SELECTION_FLAGS = {
     "distance_batch_size": "distance_batch_size",
     "fps_log_interval": "fps_log_interval",
     "fps_weight": "fps_weight",
+    "fps_snap": "fps_snap",
     "fps_gpus": "fps_gpus",
     "device": "device",
     "metric": "metric",

@@ -87,6 +87,7 @@ class SelectionConfig:
     distance_batch_size: int
     fps_log_interval: int
     fps_weight: str
+    fps_snap: str
     fps_gpus: int
     device: str
 
@@ -96,6 +97,11 @@ class SelectionConfig:
                 f"selection.fps_weight: {self.fps_weight} weighs farthest-point sampling, and selection.diversity is "
                 f"{self.diversity}, which runs no FPS (facility_location weighs its picks by quality rank already): "
                 "set fps_weight: none, or diversity: fps"
+            )
+        if self.fps_snap != "none" and self.diversity != "fps":
+            raise SelectFlowError(
+                f"selection.fps_snap: {self.fps_snap} snaps the picks of farthest-point sampling, and "
+                f"selection.diversity is {self.diversity}, which runs no FPS: set fps_snap: none, or diversity: fps"
             )
 
 

@@ -43,7 +43,8 @@ from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
-from selectflow.select.diversity import density_weight, neighbour_spread, quality_weight
+from selectflow.select.diversity import density_weight, knn_graph, mean_spread, quality_weight
+from selectflow.select.fps import Snap
 from selectflow.select.pool import Pool
 from selectflow.select.quality import assess, resolve_method
 from selectflow.select.strata import strata_labels, stratify
@@ -267,28 +268,42 @@ def fps_options(
     cands: Candidates,
     device: str | None = None,
     feats: np.ndarray | None = None,
-    spread: Callable[..., np.ndarray] = neighbour_spread,
+    graph: Callable[..., tuple[np.ndarray, np.ndarray]] = knn_graph,
 ) -> dict:
-    """Start, strata and quota of the open ``candidates.h5`` ``f``, the log interval, and the
-    weights of ``selection.fps_weight``: None, facility location's quality weights ``1 - rank/m``
-    of ``cands`` (the file's :func:`read_candidates`), or the density weights of its features
-    (:func:`~selectflow.select.diversity.density_weight`, ``selection.diversity_neighbors``, on
-    ``device``, default ``selection.device``; a rank of the distributed FPS passes its own).
-    ``feats``: the file's features when the caller has read them already (else read here when needed);
-    ``spread``: what computes the mean distances of the density weights
-    (:func:`~selectflow.select.diversity.density_weight`)."""
+    """Start, strata and quota of the open ``candidates.h5`` ``f``, the log interval, the weights of
+    ``selection.fps_weight`` and the :class:`~selectflow.select.fps.Snap` of ``selection.fps_snap``.
+
+    Weights: None, facility location's quality weights ``1 - rank/m`` of ``cands`` (the file's
+    :func:`read_candidates`), or the density weights of its features
+    (:func:`~selectflow.select.diversity.density_weight`). Density weights and snapping share one
+    k-NN graph of the features (``selection.diversity_neighbors``, on ``device``, default
+    ``selection.device``), built by ``graph``, called as :func:`~selectflow.select.diversity.knn_graph`
+    (a rank of the distributed FPS passes :func:`selectflow.select.fps_dist.knn_graph_distributed`,
+    each rank building its own rows). ``feats``: the file's features when the caller has read them
+    already (else read here when needed)."""
     strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
-    weight = None
+    weight = snap = None
+    if "density" in (sel.fps_weight, sel.fps_snap):
+        feats = f["features"][()] if feats is None else feats
+        metric, n_neighbors = cands.attrs["metric"], sel.diversity_neighbors
+        nbr, dist = graph(feats, n_neighbors, metric, device=device or sel.device)
+        spread = mean_spread(dist)
+        if sel.fps_weight == "density":
+            weight = density_weight(feats, cands.sample_id, n_neighbors, metric, spread=spread)
+        if sel.fps_snap == "density":
+            snap = Snap(nbr, spread)
     if sel.fps_weight == "quality":
         weight = quality_weight(cands.quality, cands.sample_id)
-    elif sel.fps_weight == "density":
-        feats = f["features"][()] if feats is None else feats
-        weight = density_weight(
-            feats, cands.sample_id, sel.diversity_neighbors, cands.attrs["metric"], device or sel.device, spread
-        )
-    return {"start": start, "log_interval": sel.fps_log_interval, "strata": strata, "quota": quota, "weight": weight}
+    return {
+        "start": start,
+        "log_interval": sel.fps_log_interval,
+        "strata": strata,
+        "quota": quota,
+        "weight": weight,
+        "snap": snap,
+    }
 
 
 def candidates_of_pool(

@@ -19,7 +19,9 @@ Neither holds an m×m matrix.
   (a stale gain stays an upper bound), and ranks, unlike raw scores, mean the same for every
   quality method (log IFD, p(good), loss). Ties go to the lowest candidate index.
 * :func:`density_weight`: the weights of density-weighted FPS (``selection.fps_weight: density``),
-  ``1 - rank/m`` by the mean distance to the nearest candidates in the same k-NN graph.
+  ``1 - rank/m`` by the mean distance to the nearest candidates in the same k-NN graph
+  (:func:`neighbour_spread`); snapped FPS (``selection.fps_snap: density``) picks by the same
+  spreads among the graph's neighbours (:class:`selectflow.select.fps.Snap`).
 * :func:`kmeans_round_robin` (Select-MoE's later method): FAISS k-means of the candidates
   (:func:`selectflow.select.baselines.kmeans_labels`), then
   :func:`selectflow.select.baselines.round_robin` by quality, the code compare's ``kmeans``
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -115,13 +116,18 @@ def quality_weight(quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return 1.0 - rank / m
 
 
+def mean_spread(dist: np.ndarray) -> np.ndarray:
+    """Each row's mean distance float64 [m] to its neighbours in :func:`knn_graph`'s ``dist`` [m, kk] (the
+    first column, the row itself, left out; 0 when there is no other row)."""
+    return dist[:, 1:].astype(np.float64).mean(1) if dist.shape[1] > 1 else np.zeros(len(dist))
+
+
 def neighbour_spread(
     feats: np.ndarray, n_neighbors: int, metric: str, device: str = "cpu", rows: tuple[int, int] | None = None
 ) -> np.ndarray:
     """Mean distance float64 [m] (``rows`` ``(lo, hi)``: [hi - lo], those rows') to the ``n_neighbors``
-    nearest other rows of ``feats`` (:func:`knn_graph`; 0 when there is no other row)."""
-    _, dist = knn_graph(feats, n_neighbors, metric, device=device, rows=rows)
-    return dist[:, 1:].astype(np.float64).mean(1) if dist.shape[1] > 1 else np.zeros(len(dist))
+    nearest other rows of ``feats`` (:func:`knn_graph`, :func:`mean_spread`)."""
+    return mean_spread(knn_graph(feats, n_neighbors, metric, device=device, rows=rows)[1])
 
 
 def density_weight(
@@ -130,7 +136,7 @@ def density_weight(
     n_neighbors: int,
     metric: str,
     device: str = "cpu",
-    spread: Callable[..., np.ndarray] = neighbour_spread,
+    spread: np.ndarray | None = None,
 ) -> np.ndarray:
     """``1 - rank/m`` float64 [m], rank in order of the mean distance to the ``n_neighbors`` nearest
     other candidates (:func:`neighbour_spread`), densest first, ties by ``sample_id`` (densest = 1).
@@ -138,11 +144,11 @@ def density_weight(
     The weight of density-weighted FPS (``selection.fps_weight: density``): a candidate with few
     near neighbours, an outlier of the candidates, must lie that much farther from the picks to
     be picked. Memory: the k-NN graph, O(m · n_neighbors) plus :data:`KNN_BLOCK` distances.
-    ``spread``: what computes the mean distances, called as :func:`neighbour_spread` (the ranks of the
-    distributed FPS pass :func:`selectflow.select.fps_dist.neighbour_spread_distributed`, each computing
-    its own rows).
+    ``spread``: those mean distances when the caller has them already (the graph is not built again).
     """
-    return quality_weight(-spread(feats, n_neighbors, metric, device), ids)
+    if spread is None:
+        spread = neighbour_spread(feats, n_neighbors, metric, device)
+    return quality_weight(-np.asarray(spread, dtype=np.float64), ids)
 
 
 class _Quota:

@@ -24,6 +24,14 @@ With ``weight`` (float [N], positive; ``selection.fps_weight: quality`` or ``den
 step picks the candidate with the largest ``weight × distance to its nearest earlier pick``
 (quality- or density-weighted FPS); the result's ``min_distance`` is still the plain distance
 of each pick.
+
+With ``snap`` (:class:`Snap`, ``selection.fps_snap: density``) the farthest candidate of a step
+(weighted or not) is only the *nominee*: the step picks the densest candidate still in the race
+among the nominee's nearest neighbours (the nominee included; densest = the smallest mean
+distance to its own neighbours, ties to the lowest index), and a nominee that is not picked
+leaves the race, its neighbourhood now represented by the pick (unless its stratum needs every
+candidate it has left). FPS still goes where the picks are farthest apart, but it takes the
+typical record there instead of the outlier itself.
 """
 
 from __future__ import annotations
@@ -66,6 +74,22 @@ class FPSResult:
         )
 
 
+@dataclass
+class Snap:
+    """The k-NN graph snapped FPS picks from (:func:`~selectflow.select.diversity.knn_graph` of the candidates)."""
+
+    neighbors: np.ndarray  # int64 [N, kk]: each candidate's nearest candidates
+    spread: np.ndarray  # float [N]: each candidate's mean distance to its neighbours (smaller = denser)
+
+    def pick(self, nominee: int, open_: np.ndarray) -> int:
+        """The densest candidate still open (``open_`` bool [N]) among ``nominee`` and its neighbours; ties
+        to the lowest index."""
+        near = self.neighbors[nominee]
+        near = np.append(near[open_[near]], nominee)
+        best = np.lexsort((near, self.spread[near]))[0]
+        return int(near[best])
+
+
 def fps_streaming(
     features,
     k: int,
@@ -78,6 +102,7 @@ def fps_streaming(
     strata: np.ndarray | None = None,
     quota: np.ndarray | None = None,
     weight: np.ndarray | None = None,
+    snap: Snap | None = None,
 ) -> FPSResult:
     """FPS over ``features`` [N, D] float32 (grid features), distances computed per step.
 
@@ -120,7 +145,7 @@ def fps_streaming(
         run_adaptive(part, 0, n, rows["chunk"], what="FPS distance rows")
         rows["chunk"] = min(sizes[:-1] or sizes)
 
-    return _greedy(_Race(min_dist, weight), k, start, update, log_interval, "streaming", strata, quota)
+    return _greedy(_Race(min_dist, weight), k, start, update, log_interval, "streaming", strata, quota, snap)
 
 
 def fps_matrix(
@@ -132,6 +157,7 @@ def fps_matrix(
     strata: np.ndarray | None = None,
     quota: np.ndarray | None = None,
     weight: np.ndarray | None = None,
+    snap: Snap | None = None,
 ) -> FPSResult:
     """FPS reading one row of the precomputed distance matrix per step."""
     import torch
@@ -141,7 +167,7 @@ def fps_matrix(
     def update(p: int) -> None:
         _fold(min_dist, torch.from_numpy(matrix.row(p)))
 
-    return _greedy(_Race(min_dist, weight), k, start, update, log_interval, "matrix", strata, quota)
+    return _greedy(_Race(min_dist, weight), k, start, update, log_interval, "matrix", strata, quota, snap)
 
 
 # On CPU the per-step vector ops go through numpy: torch would wake its OpenMP pool for
@@ -199,6 +225,10 @@ class _Race:
         p = _argmax(self.min_dist, self.weight)
         return p, float(self.min_dist[p])
 
+    def value(self, index: int) -> float:
+        """Candidate ``index``'s distance to its nearest pick."""
+        return float(self.min_dist[index])
+
 
 def _greedy(
     race,
@@ -209,8 +239,10 @@ def _greedy(
     mode: str,
     strata: np.ndarray | None = None,
     quota: np.ndarray | None = None,
+    snap: Snap | None = None,
 ) -> FPSResult:
-    """The max-min loop shared by every mode; ``update(p)`` folds pick p into the race's min-distances."""
+    """The max-min loop shared by every mode; ``update(p)`` folds pick p into the race's min-distances;
+    ``snap``: snapped FPS (the module's docstring)."""
     n = race.n
     if n == 0:
         raise SelectFlowError("farthest point sampling got no candidates")
@@ -230,6 +262,11 @@ def _greedy(
         if left[strata[start]] < 1:
             raise SelectFlowError(f"FPS start index {start} lies in a stratum with quota 0")
         race.drop(np.flatnonzero(left[strata] == 0))  # a stratum with quota 0 never enters the race
+    if snap is not None:  # who is still in the race, and how many per stratum: a nominee may leave only if
+        group = np.zeros(n, dtype=np.int64) if strata is None else strata  # its stratum can still fill its quota
+        need = np.array([k], dtype=np.int64) if strata is None else left
+        open_ = need[group] > 0
+        in_race = np.bincount(group[open_], minlength=len(need))
     picks = np.empty(k, dtype=np.int64)
     at = np.empty(k, dtype=np.float64)
     p, d = int(start), math.inf
@@ -246,6 +283,19 @@ def _greedy(
             left[strata[p]] -= 1
             if left[strata[p]] == 0:  # stratum full: its candidates leave the race
                 race.drop(np.flatnonzero(strata == strata[p]))
-        p, d = race.best()
+        if snap is None:
+            p, d = race.best()
+            continue
+        if strata is None:
+            need[0] -= 1
+        open_[p], in_race[group[p]] = False, in_race[group[p]] - 1
+        if need[group[p]] == 0:
+            open_[group == group[p]], in_race[group[p]] = False, 0
+        nominee, _ = race.best()
+        p = snap.pick(nominee, open_)
+        if p != nominee and in_race[group[nominee]] > need[group[nominee]]:
+            race.drop(nominee)
+            open_[nominee], in_race[group[nominee]] = False, in_race[group[nominee]] - 1
+        d = race.value(p)
     log.info("FPS %s done: %d picks of %d candidates, last max-min distance %.6g", mode, k, n, at[-1])
     return FPSResult(picks=picks, min_distance=at)

@@ -18,7 +18,9 @@ W (value, index) pairs; each rank reads the features once and holds N/W rows.
 The caller starts the ranks and the process group (``torch.distributed``: ``nccl`` on GPUs,
 ``gloo`` on CPU); :func:`fps_distributed` runs inside it on every rank and returns the
 same :class:`~selectflow.select.fps.FPSResult` on each. Routing strata work as in one
-process: ``strata`` [N] and ``quota`` are small and every rank holds them whole.
+process: ``strata`` [N] and ``quota`` are small and every rank holds them whole. So does snapped FPS's
+k-NN graph (:class:`~selectflow.select.fps.Snap`, [N, n_neighbors + 1]: :func:`knn_graph_distributed`
+builds it, each rank its own rows); the snapped pick's distance comes from the rank that holds it.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ import numpy as np
 from selectflow.runtime.device import resolve_device
 from selectflow.runtime.oom import run_adaptive
 from selectflow.select.distance import compute_dtype, pairwise, squared_norms
-from selectflow.select.diversity import neighbour_spread
-from selectflow.select.fps import FPSResult, _argmax, _fold, _greedy, weight_tensor
+from selectflow.select.diversity import knn_graph
+from selectflow.select.fps import FPSResult, Snap, _argmax, _fold, _greedy, weight_tensor
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +85,12 @@ def rank_thread_env(environ: Mapping[str, str], world: int) -> dict[str, str]:
     return dict.fromkeys(THREAD_VARS, str(max(1, job // world)))
 
 
-def neighbour_spread_distributed(feats: np.ndarray, n_neighbors: int, metric: str, device: str = "cpu") -> np.ndarray:
-    """:func:`~selectflow.select.diversity.neighbour_spread` of all rows of ``feats``, each rank of the group
-    computing its own rows (:func:`row_range`) against all of them and an all-gather joining them: the same
-    values as one process, at 1/W of its distances per rank."""
+def knn_graph_distributed(
+    feats: np.ndarray, n_neighbors: int, metric: str, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~selectflow.select.diversity.knn_graph` of all rows of ``feats`` on every rank of the group,
+    each rank computing its own rows (:func:`row_range`) against all of them and an all-gather joining
+    them: the same graph as one process, at 1/W of its distances per rank."""
     import torch
     import torch.distributed as dist
 
@@ -94,11 +98,16 @@ def neighbour_spread_distributed(feats: np.ndarray, n_neighbors: int, metric: st
     parts = [row_range(len(feats), world, r) for r in range(world)]
     lo, hi = parts[rank]
     comm = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
-    local = torch.zeros(max(b - a for a, b in parts), dtype=torch.float64, device=comm)
-    local[: hi - lo] = torch.from_numpy(neighbour_spread(feats, n_neighbors, metric, device, rows=(lo, hi)))
-    everyone = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(everyone, local)
-    return np.concatenate([part[: b - a].cpu().numpy() for part, (a, b) in zip(everyone, parts)])
+    nbr, far = knn_graph(feats, n_neighbors, metric, device=device, rows=(lo, hi))
+    joined = []
+    for mine in (nbr, far):  # int64 indices, float32 distances: each gathered in its own dtype
+        local = torch.zeros((max(b - a for a, b in parts), mine.shape[1]), dtype=torch.from_numpy(mine).dtype)
+        local[: hi - lo] = torch.from_numpy(mine)
+        local = local.to(comm)
+        everyone = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(everyone, local)
+        joined.append(np.concatenate([part[: b - a].cpu().numpy() for part, (a, b) in zip(everyone, parts)]))
+    return joined[0], joined[1]
 
 
 class _ShardedRace:
@@ -138,6 +147,17 @@ class _ShardedRace:
         winner = tied[np.argmin(tied[:, 1])]  # the lowest index of the best score
         return int(winner[1]), float(winner[2])
 
+    def value(self, index: int) -> float:
+        """Candidate ``index``'s distance to its nearest pick, from the rank that holds it."""
+        import torch
+        import torch.distributed as dist
+
+        local = int(index) - self.lo
+        mine = float(self.min_dist[local]) if 0 <= local < self.min_dist.numel() else -math.inf
+        value = torch.tensor([mine], dtype=torch.float64, device=self.comm)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return float(value[0])
+
 
 def fps_distributed(
     features,
@@ -151,6 +171,7 @@ def fps_distributed(
     strata: np.ndarray | None = None,
     quota: np.ndarray | None = None,
     weight: np.ndarray | None = None,
+    snap: Snap | None = None,
 ) -> FPSResult:
     """FPS over ``features`` [N, D] (any row-sliceable array: numpy, h5py dataset) on every rank of the group.
 
@@ -208,4 +229,4 @@ def fps_distributed(
             rows["chunk"] = min(sizes[:-1] or sizes)
 
     race = _ShardedRace(min_dist, lo, n, comm, None if weight is None else np.asarray(weight)[lo:hi])
-    return _greedy(race, k, start, update, log_interval, f"{world} ranks", strata, quota)
+    return _greedy(race, k, start, update, log_interval, f"{world} ranks", strata, quota, snap)

@@ -268,7 +268,7 @@ def fps_rank(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel
     """One rank of :func:`launch_fps_ranks` (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*)."""
     import torch.distributed as dist
 
-    from selectflow.select.fps_dist import backend_for, fps_distributed, neighbour_spread_distributed, rank_device
+    from selectflow.select.fps_dist import backend_for, fps_distributed, knn_graph_distributed, rank_device
 
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     backend = backend_for(sel.device, world)
@@ -283,7 +283,7 @@ def fps_rank(candidates_h5: str | os.PathLike, curve_tsv: str | os.PathLike, sel
                 metric=cands.attrs["metric"],
                 device=dev,
                 chunk=chunk,
-                **fps_options(f, sel, cands, device=str(dev), spread=neighbour_spread_distributed),
+                **fps_options(f, sel, cands, device=str(dev), graph=knn_graph_distributed),
             )
         if rank == 0:
             write_curve(cands, result.picks, result.min_distance, curve_tsv)

@@ -14,7 +14,8 @@ from selectflow.select.distance import (
     compute_block,
     features,
 )
-from selectflow.select.fps import fps_matrix, fps_streaming
+from selectflow.select.diversity import knn_graph, mean_spread
+from selectflow.select.fps import Snap, fps_matrix, fps_streaming
 
 
 def probs(n, layers=2, experts=6, seed=0):
@@ -115,15 +116,13 @@ def test_weighted_fps_equals_brute_force(tmp_path, metric, n, k, seed, start):
     assert not np.array_equal(ref_picks, brute_fps(naive_matrix(f, metric), k, start)[0])
 
 
-def test_weighted_fps_with_strata_equals_brute_force():
-    f, w = with_ties(50, 5, "wasserstein"), rank_weights(50, 5)
-    strata = np.random.default_rng(5).integers(0, 3, size=50)
-    quota = np.minimum(np.bincount(strata, minlength=3), [4, 0, 5])
+def fps_in_strata(f, k, strata, quota, **kw):
+    """fps_streaming over Wasserstein features ``f`` with ``strata``/``quota``, from the first candidate
+    of a stratum with picks, in chunks of 4."""
     start = int(np.flatnonzero(quota[strata] > 0)[0])
-    ref_picks, ref_at = brute_fps(naive_matrix(f, "wasserstein"), 9, start, strata, quota, weight=w)
-    got = fps_streaming(
+    return start, fps_streaming(
         f,
-        9,
+        k,
         metric="wasserstein",
         start=start,
         device="cpu",
@@ -131,8 +130,16 @@ def test_weighted_fps_with_strata_equals_brute_force():
         log_interval=100,
         strata=strata,
         quota=quota,
-        weight=w,
+        **kw,
     )
+
+
+def test_weighted_fps_with_strata_equals_brute_force():
+    f, w = with_ties(50, 5, "wasserstein"), rank_weights(50, 5)
+    strata = np.random.default_rng(5).integers(0, 3, size=50)
+    quota = np.minimum(np.bincount(strata, minlength=3), [4, 0, 5])
+    start, got = fps_in_strata(f, 9, strata, quota, weight=w)
+    ref_picks, ref_at = brute_fps(naive_matrix(f, "wasserstein"), 9, start, strata, quota, weight=w)
     np.testing.assert_array_equal(got.picks, ref_picks)
     np.testing.assert_array_equal(got.min_distance, ref_at)
 
@@ -217,3 +224,109 @@ def test_cuda_picks_identical_to_cpu(metric):
     gpu = fps_streaming(f, 300, metric=metric, device="cuda", chunk=777, log_interval=100)
     np.testing.assert_array_equal(cpu.picks, gpu.picks)
     np.testing.assert_array_equal(cpu.min_distance, gpu.min_distance)
+
+
+def brute_snapped_fps(dist, k, start, n_neighbors, strata=None, quota=None, weight=None):
+    """Snapped FPS by the book (selection.fps_snap: density), from the whole distance matrix.
+
+    Each step scans every candidate still in the race for the nominee (largest weighted min distance,
+    lowest index on ties), then picks the candidate with the smallest spread (mean distance to its
+    ``n_neighbors`` nearest others: columns 1.. of its row sorted by (distance, index)) among the
+    nominee and those ``n_neighbors + 1`` nearest, still in the race, lowest index on ties. A nominee
+    that is not picked leaves the race if its stratum keeps enough candidates for its quota.
+    """
+    n = len(dist)
+    k = min(k, n)
+    kk = min(n_neighbors + 1, n)
+    order = [sorted(range(n), key=lambda c, r=r: (float(dist[r, c]), c))[:kk] for r in range(n)]
+    spread = [float(np.mean([np.float64(dist[r, c]) for c in order[r][1:]])) if kk > 1 else 0.0 for r in range(n)]
+    group = [0] * n if strata is None else [int(s) for s in strata]
+    left = [k] if strata is None else [int(q) for q in quota]
+    gone = set()  # picked or retired
+
+    def open_(c):
+        return c not in gone and left[group[c]] > 0
+
+    picks, at = [start], [np.inf]
+    gone.add(start)
+    left[group[start]] -= 1
+    while len(picks) < k:
+        best, nominee = -1.0, None
+        for c in range(n):
+            if open_(c):
+                m = min(float(dist[c, s]) for s in picks)
+                score = m if weight is None else float(np.float32(weight[c]) * np.float32(m))
+                if score > best:
+                    best, nominee = score, c
+        near = [c for c in order[nominee] if open_(c)] + [nominee]
+        p = min(near, key=lambda c: (spread[c], c))
+        if p != nominee and sum(open_(c) and group[c] == group[nominee] for c in range(n)) - 1 >= left[group[nominee]]:
+            gone.add(nominee)
+        picks.append(p)
+        at.append(min(float(dist[p, s]) for s in picks[:-1]))
+        gone.add(p)
+        left[group[p]] -= 1
+    return np.array(picks), np.array(at)
+
+
+def snap_of(f, metric, n_neighbors):
+    nbr, dist = knn_graph(f, n_neighbors, metric)
+    return Snap(nbr, mean_spread(dist))
+
+
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+@pytest.mark.parametrize("n, k, seed, start, n_neighbors", [(40, 12, 0, 0, 4), (31, 100, 2, 30, 3), (50, 20, 3, 17, 6)])
+def test_snapped_fps_equals_brute_force(tmp_path, metric, n, k, seed, start, n_neighbors):
+    f = with_ties(n, seed, metric)
+    dist = naive_matrix(f, metric)
+    snap = snap_of(f, metric, n_neighbors)
+    for w in (None, rank_weights(n, seed)):
+        ref_picks, ref_at = brute_snapped_fps(dist, k, start, n_neighbors, weight=w)
+        for chunk in (1, 7, 10_000):
+            got = fps_streaming(
+                f, k, metric=metric, start=start, device="cpu", chunk=chunk, log_interval=100, weight=w, snap=snap
+            )
+            np.testing.assert_array_equal(got.picks, ref_picks)
+            np.testing.assert_array_equal(got.min_distance, ref_at)
+        got = fps_matrix(blocks(tmp_path, f, 8, metric), k, start=start, log_interval=10, weight=w, snap=snap)
+        np.testing.assert_array_equal(got.picks, ref_picks)
+        np.testing.assert_array_equal(got.min_distance, ref_at)
+        assert len(set(got.picks.tolist())) == min(k, n)
+        # snapping changes the picks here (else this test would not test it)
+        assert not np.array_equal(ref_picks[: min(k, n) - 1], brute_fps(dist, k, start, weight=w)[0][: min(k, n) - 1])
+
+
+@pytest.mark.parametrize("seed", [5, 8])
+def test_snapped_fps_with_strata_equals_brute_force_and_fills_each_quota(seed):
+    f = with_ties(50, seed, "wasserstein")
+    strata = np.random.default_rng(seed).integers(0, 3, size=50)
+    # stratum 2 gets as many picks as it has candidates: none of its nominees may leave the race
+    quota = np.bincount(strata, minlength=3) * [1, 0, 0]
+    quota[0] = 6
+    quota[2] = np.bincount(strata, minlength=3)[2]
+    k = int(quota.sum())
+    start, got = fps_in_strata(f, k, strata, quota, snap=snap_of(f, "wasserstein", 5))
+    ref_picks, ref_at = brute_snapped_fps(naive_matrix(f, "wasserstein"), k, start, 5, strata, quota)
+    np.testing.assert_array_equal(got.picks, ref_picks)
+    np.testing.assert_array_equal(got.min_distance, ref_at)
+    np.testing.assert_array_equal(np.bincount(strata[got.picks], minlength=3), quota)
+
+
+def test_snapped_fps_takes_the_typical_record_where_plain_fps_takes_the_outlier():
+    # a tight cluster (the start), a loose one and one point far out beyond the loose one: plain FPS's
+    # second pick is the far point; snapped, the far point only nominates its neighbourhood (the loose
+    # cluster), the densest of its neighbours there is picked instead, and the far point leaves the race
+    rng = np.random.default_rng(0)
+    tight = rng.normal(0.0, 0.01, size=(20, 4))
+    loose = rng.normal(3.0, 0.5, size=(20, 4))
+    far = np.full((1, 4), 40.0)
+    f = np.vstack([tight, loose, far]).astype(np.float32)
+    plain = fps_streaming(f, 10, metric="l2", device="cpu", log_interval=100)
+    assert plain.picks[1] == 40
+    snap = snap_of(f, "l2", 5)
+    snapped = fps_streaming(f, 10, metric="l2", device="cpu", log_interval=100, snap=snap)
+    assert 40 not in snapped.picks.tolist()
+    near = snap.neighbors[40]
+    second = snapped.picks[1]
+    assert second in near and 20 <= second < 40
+    assert snap.spread[second] == snap.spread[near[near < 40]].min()

@@ -39,17 +39,55 @@ CASES = {
 }
 
 
+# snapped FPS (selection.fps_snap: density): name of a case above -> neighbours of its k-NN graph
+SNAPPED = {"wasserstein_ties": 4, "cosine_ties": 3, "strata": 5, "weighted_strata": 4, "tiny": 2}
+
+
+def snap_for(name):
+    """The Snap of a snapped case, or None: each rank builds the graph with knn_graph_distributed, the
+    reference with one process's knn_graph."""
+    from selectflow.select.diversity import knn_graph, mean_spread
+    from selectflow.select.fps import Snap
+
+    if not name.endswith("+snap"):
+        return None
+    base = name.removesuffix("+snap")
+    f, metric = CASES[base][0], CASES[base][2]
+    nbr, dist = knn_graph(f, SNAPPED[base], metric)
+    return Snap(nbr, mean_spread(dist))
+
+
+def all_cases():
+    """CASES and the snapped cases (``<name>+snap``)."""
+    return {**CASES, **{f"{name}+snap": CASES[name] for name in SNAPPED}}
+
+
 def _rank(rank, world, store, out_dir):
     """One rank: every case, chunk 4 (several chunks per rank); rank r writes its results as .npy."""
     import torch.distributed as dist
 
-    from selectflow.select.fps_dist import fps_distributed
+    from selectflow.select.diversity import mean_spread
+    from selectflow.select.fps import Snap
+    from selectflow.select.fps_dist import fps_distributed, knn_graph_distributed
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        for name, (f, k, metric, start, strata, quota, weight) in CASES.items():
+        for name, (f, k, metric, start, strata, quota, weight) in all_cases().items():
+            snap = None
+            if name.endswith("+snap"):
+                nbr, far = knn_graph_distributed(f, SNAPPED[name.removesuffix("+snap")], metric)
+                snap = Snap(nbr, mean_spread(far))
             got = fps_distributed(
-                f, k, metric=metric, start=start, chunk=4, strata=strata, quota=quota, log_interval=100, weight=weight
+                f,
+                k,
+                metric=metric,
+                start=start,
+                chunk=4,
+                strata=strata,
+                quota=quota,
+                log_interval=100,
+                weight=weight,
+                snap=snap,
             )
             np.save(f"{out_dir}/{name}.{rank}.picks.npy", got.picks)
             np.save(f"{out_dir}/{name}.{rank}.at.npy", got.min_distance)
@@ -60,15 +98,33 @@ def _rank(rank, world, store, out_dir):
 @pytest.mark.parametrize("world", [2, 4])
 def test_ranks_pick_what_one_process_picks(tmp_path, world):
     mp.spawn(_rank, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
-    for name, (f, k, metric, start, strata, quota, weight) in CASES.items():
+    for name, (f, k, metric, start, strata, quota, weight) in all_cases().items():
         want = fps_streaming(
-            f, k, metric=metric, start=start, device="cpu", strata=strata, quota=quota, log_interval=100, weight=weight
+            f,
+            k,
+            metric=metric,
+            start=start,
+            device="cpu",
+            strata=strata,
+            quota=quota,
+            log_interval=100,
+            weight=weight,
+            snap=snap_for(name),
         )
         for rank in range(world):
             picks = np.load(tmp_path / f"{name}.{rank}.picks.npy")
             at = np.load(tmp_path / f"{name}.{rank}.at.npy")
             np.testing.assert_array_equal(picks, want.picks, err_msg=f"{name}, rank {rank} of {world}")
             np.testing.assert_array_equal(at, want.min_distance, err_msg=f"{name}, rank {rank} of {world}")
+
+
+def test_snapped_cases_differ_from_plain_fps():
+    # the snapped cases are only a test of snapping if it changes their picks
+    for name in SNAPPED:
+        f, k, metric, start, strata, quota, weight = CASES[name]
+        kw = dict(metric=metric, start=start, device="cpu", strata=strata, quota=quota, log_interval=100, weight=weight)
+        plain, snapped = fps_streaming(f, k, **kw), fps_streaming(f, k, snap=snap_for(f"{name}+snap"), **kw)
+        assert name == "tiny" or not np.array_equal(plain.picks, snapped.picks), name
 
 
 def test_lattice_reference_has_ties():

@@ -15,8 +15,8 @@ from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.select.candidates import n_blocks, read_candidates
 from selectflow.select.distance import block_path, features
-from selectflow.select.diversity import density_weight
-from selectflow.select.fps import fps_streaming
+from selectflow.select.diversity import density_weight, knn_graph, mean_spread
+from selectflow.select.fps import Snap, fps_streaming
 from selectflow.select.fps_dist import THREAD_VARS
 from selectflow.stages.select import (
     build_candidates,
@@ -175,15 +175,19 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
     pd.testing.assert_frame_equal(curve_a, curve_b)
 
 
-@pytest.mark.parametrize("fps_weight", ["quality", "density"])
+@pytest.mark.parametrize(
+    ("fps_weight", "fps_snap"), [("quality", "none"), ("density", "none"), ("none", "density"), ("density", "density")]
+)
 @pytest.mark.parametrize("strata", [1, 3])
-def test_weighted_fps_weighs_the_candidates(tmp_path, strata, fps_weight):
+def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
     # selection.fps_weight: FPS over the candidates with weights 1 - rank/m, in either distance
     # mode; quality: the candidates are in quality order, so candidate i has rank i; density: the
-    # rank of diversity.density_weight over the candidates' features and diversity_neighbors
+    # rank of diversity.density_weight over the candidates' features and diversity_neighbors.
+    # selection.fps_snap: density: the picks snap to the densest of each nominee's diversity_neighbors
+    # nearest candidates (fps.Snap over the candidates' k-NN graph)
     pool = make_pool(seed=5)
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
-    kw["diversity_neighbors"] = 4
+    kw.update(diversity_neighbors=4, fps_snap=fps_snap)
     a = pipeline(write_shards(pool, tmp_path / "a", seed=2, shard_size=4), tmp_path / "oa", **kw)
     b = pipeline(
         write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", distance_mode="matrix", **kw
@@ -195,6 +199,8 @@ def test_weighted_fps_weighs_the_candidates(tmp_path, strata, fps_weight):
         assert (np.diff(f["quality"][()]) <= 0).all()
         opts = {"strata": f["stratum"][()], "quota": f["quota"][()]} if "stratum" in f else {}
     start = 0 if not opts else int(np.flatnonzero(opts["quota"][opts["strata"]] > 0)[0])
+    weight = {"none": None, "quality": 1.0 - np.arange(m) / m}.get(fps_weight)
+    nbr, dist = knn_graph(feats, 4, "wasserstein")
     want = fps_streaming(
         feats,
         round(0.3 * len(pool)),
@@ -202,15 +208,23 @@ def test_weighted_fps_weighs_the_candidates(tmp_path, strata, fps_weight):
         device="cpu",
         start=start,
         log_interval=100,
-        weight=1.0 - np.arange(m) / m if fps_weight == "quality" else density_weight(feats, ids, 4, "wasserstein"),
+        weight=density_weight(feats, ids, 4, "wasserstein") if fps_weight == "density" else weight,
+        snap=Snap(nbr, mean_spread(dist)) if fps_snap == "density" else None,
         **opts,
     )
     curve = pd.read_csv(tmp_path / "oa" / "curve.tsv", sep="\t")
     assert curve["candidate_index"].tolist() == want.picks.tolist()
     plain = pipeline(
-        write_shards(pool, tmp_path / "c", seed=2, shard_size=4), tmp_path / "oc", **{**kw, "fps_weight": "none"}
+        write_shards(pool, tmp_path / "c", seed=2, shard_size=4),
+        tmp_path / "oc",
+        **{**kw, "fps_weight": "none", "fps_snap": "none"},
     )
-    assert plain != a  # the weights change the picks here
+    assert plain != a  # the weights and the snapping change the picks here
+
+
+def test_fps_snap_needs_fps():
+    with pytest.raises(SelectFlowError, match="fps_snap: density snaps the picks of farthest-point sampling"):
+        section(diversity="facility_location", fps_snap="density")
 
 
 def test_single_stage_when_importance_not_above_selection_and_ifd_drops(tmp_path):
@@ -495,8 +509,11 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
     assert any("max-min distance reached 0" in r.message for r in caplog.records)
 
 
-@pytest.mark.parametrize(("strata", "fps_weight"), [(1, "none"), (3, "none"), (3, "density")])
-def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, caplog, monkeypatch):
+@pytest.mark.parametrize(
+    ("strata", "fps_weight", "fps_snap"),
+    [(1, "none", "none"), (3, "none", "none"), (3, "density", "none"), (3, "none", "density")],
+)
+def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fps_snap, caplog, monkeypatch):
     # rule fps with selection.fps_gpus: 2 on a CPU box: torchrun starts two gloo ranks, which share
     # the job's threads (Snakemake sets OMP_NUM_THREADS, MKL_NUM_THREADS… to the rule's threads: 2)
     for name in THREAD_VARS:
@@ -504,6 +521,7 @@ def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, ca
     pool = make_pool(seed=7)
     paths = write_shards(pool, tmp_path / "a", seed=2)
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
+    kw["fps_snap"] = fps_snap
     sel = section(distance_batch_size=4, **kw)
     build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "candidates_quality.tsv", sel)
     assert run_fps(tmp_path / "candidates.h5", tmp_path / "one.tsv", sel) == 9
@@ -513,7 +531,7 @@ def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, ca
     ranks = [m for m in caplog.messages if "rank 0/2 (gloo, cpu): candidate rows [0, " in m]
     assert ranks, "the FPS did not run on two ranks"
     assert ranks[0].endswith(" of 30, 1 CPU threads"), ranks
-    if fps_weight == "density":  # rank 0 (the one that logs) builds the k-NN graph of its half of the rows only
+    if "density" in (fps_weight, fps_snap):  # rank 0 (the one that logs) builds the k-NN graph of its half only
         assert any("NN graph of 30 candidates, rows [0, 15): " in m for m in caplog.messages), caplog.messages
     assert (tmp_path / "two.tsv").read_bytes() == (tmp_path / "one.tsv").read_bytes()
 
