@@ -13,7 +13,8 @@ streaming FPS (``selectflow.select.fps.fps_streaming``) for the same k.
 ``fps_quality`` is quality-weighted FPS (``selection.fps_weight: quality``; its weights, from
 the random quality, are computed inside the timer). ``fps_density`` is density-weighted FPS
 (``selection.fps_weight: density``; its weights, from the k-NN graph of ``--neighbors``, are
-computed inside the timer). ``target`` (selection.target) selects
+computed inside the timer). ``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
+k-NN graph of ``--neighbors`` it snaps over is built inside the timer). ``target`` (selection.target) selects
 toward ``--targets`` synthetic target records made like the candidates (their features are
 built before the timer starts).
 
@@ -34,7 +35,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-METHODS = ("fps", "fps_quality", "fps_density", "facility_location", "kmeans", "target")
+METHODS = ("fps", "fps_quality", "fps_density", "fps_snap", "facility_location", "kmeans", "target")
 
 
 def features(n: int, layers: int, experts: int, seed: int) -> np.ndarray:
@@ -53,7 +54,7 @@ def one(args) -> dict:
     import torch  # noqa: F401
 
     from selectflow.select import diversity
-    from selectflow.select.fps import fps_streaming
+    from selectflow.select.fps import Snap, fps_streaming
     from selectflow.select.target import toward_target
 
     x = features(args.n, args.layers, args.experts, args.seed)
@@ -72,6 +73,12 @@ def one(args) -> dict:
             weight = diversity.density_weight(x, ids, args.neighbors, "wasserstein", device=args.device)
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
+        ).picks
+    elif args.one == "fps_snap":  # selection.fps_snap: density
+        nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device)
+        snap = Snap(nbr, diversity.mean_spread(dist))
+        picks = fps_streaming(
+            x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", snap=snap
         ).picks
     elif args.one == "target":  # selection.target: --targets target records, routed like the candidates
         targets = features(args.targets, args.layers, args.experts, args.seed + 2)
