@@ -253,20 +253,20 @@ def _greedy(
     if int(log_interval) < 1:
         raise SelectFlowError(f"fps_log_interval must be >= 1, got {log_interval}")
     k = min(int(k), n)
+    # every candidate has a stratum (one for all without strata) and each stratum a quota left
+    group = np.zeros(n, dtype=np.int64) if strata is None else np.asarray(strata)
+    left = np.array([k], dtype=np.int64) if strata is None else np.asarray(quota, dtype=np.int64).copy()
     if strata is not None:
-        strata, left = np.asarray(strata), np.asarray(quota, dtype=np.int64).copy()
-        if strata.shape != (n,) or left.sum() != k or (left > np.bincount(strata, minlength=len(left))).any():
+        if group.shape != (n,) or left.sum() != k or (left > np.bincount(group, minlength=len(left))).any():
             raise SelectFlowError(
                 "FPS strata and quota do not fit the candidates (quota must sum to k, each <= its stratum)"
             )
-        if left[strata[start]] < 1:
+        if left[group[start]] < 1:
             raise SelectFlowError(f"FPS start index {start} lies in a stratum with quota 0")
-        race.drop(np.flatnonzero(left[strata] == 0))  # a stratum with quota 0 never enters the race
+        race.drop(np.flatnonzero(left[group] == 0))  # a stratum with quota 0 never enters the race
     if snap is not None:  # who is still in the race, and how many per stratum: a nominee may leave only if
-        group = np.zeros(n, dtype=np.int64) if strata is None else strata  # its stratum can still fill its quota
-        need = np.array([k], dtype=np.int64) if strata is None else left
-        open_ = need[group] > 0
-        in_race = np.bincount(group[open_], minlength=len(need))
+        open_ = left[group] > 0  # its stratum can still fill its quota
+        in_race = np.bincount(group[open_], minlength=len(left))
     picks = np.empty(k, dtype=np.int64)
     at = np.empty(k, dtype=np.float64)
     p, d = int(start), math.inf
@@ -279,21 +279,20 @@ def _greedy(
         update(p)
         # a picked candidate must never win again, even when all that remain are its duplicates
         race.drop(p)
-        if strata is not None:
-            left[strata[p]] -= 1
-            if left[strata[p]] == 0:  # stratum full: its candidates leave the race
-                race.drop(np.flatnonzero(strata == strata[p]))
+        g = group[p]
+        left[g] -= 1
+        full = left[g] == 0  # the stratum is full: its candidates leave the race
+        if full:
+            race.drop(np.flatnonzero(group == g))
         if snap is None:
             p, d = race.best()
             continue
-        if strata is None:
-            need[0] -= 1
-        open_[p], in_race[group[p]] = False, in_race[group[p]] - 1
-        if need[group[p]] == 0:
-            open_[group == group[p]], in_race[group[p]] = False, 0
+        open_[p], in_race[g] = False, in_race[g] - 1
+        if full:
+            open_[group == g], in_race[g] = False, 0
         nominee, _ = race.best()
         p = snap.pick(nominee, open_)
-        if p != nominee and in_race[group[nominee]] > need[group[nominee]]:
+        if p != nominee and in_race[group[nominee]] > left[group[nominee]]:
             race.drop(nominee)
             open_[nominee], in_race[group[nominee]] = False, in_race[group[nominee]] - 1
         d = race.value(p)
