@@ -56,6 +56,7 @@ SELECTION_FLAGS = {
     "fps_log_interval": "fps_log_interval",
     "fps_weight": "fps_weight",
     "fps_snap": "fps_snap",
+    "fps_snap_neighbors": "fps_snap_neighbors",
     "fps_gpus": "fps_gpus",
     "device": "device",
     "metric": "metric",

@@ -88,6 +88,7 @@ class SelectionConfig:
     fps_log_interval: int
     fps_weight: str
     fps_snap: str
+    fps_snap_neighbors: int
     fps_gpus: int
     device: str
 

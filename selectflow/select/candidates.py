@@ -276,24 +276,29 @@ def fps_options(
     Weights: None, facility location's quality weights ``1 - rank/m`` of ``cands`` (the file's
     :func:`read_candidates`), or the density weights of its features
     (:func:`~selectflow.select.diversity.density_weight`). Density weights and snapping share one
-    k-NN graph of the features (``selection.diversity_neighbors``, on ``device``, default
-    ``selection.device``), built by ``graph``, called as :func:`~selectflow.select.diversity.knn_graph`
-    (a rank of the distributed FPS passes :func:`selectflow.select.fps_dist.knn_graph_distributed`,
-    each rank building its own rows). ``feats``: the file's features when the caller has read them
+    k-NN graph of the features (the larger of ``selection.diversity_neighbors`` and
+    ``fps_snap_neighbors`` neighbours; on ``device``, default ``selection.device``), built by
+    ``graph``, called as :func:`~selectflow.select.diversity.knn_graph` (a rank of the distributed
+    FPS passes :func:`selectflow.select.fps_dist.knn_graph_distributed`, each rank building its
+    own rows). ``feats``: the file's features when the caller has read them
     already (else read here when needed)."""
     strata, quota = (f["stratum"][()], f["quota"][()]) if "stratum" in f else (None, None)
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
     weight = snap = None
-    if "density" in (sel.fps_weight, sel.fps_snap):
+    # density weights (diversity_neighbors) and snapping (fps_snap_neighbors) read one graph, of the larger
+    # size: a row's first n + 1 columns are its n nearest neighbours (sorted by distance, ties by index)
+    sizes = {"weight": sel.diversity_neighbors if sel.fps_weight == "density" else 0}
+    sizes["snap"] = sel.fps_snap_neighbors if sel.fps_snap == "density" else 0
+    if max(sizes.values()):
         feats = f["features"][()] if feats is None else feats
-        metric, n_neighbors = cands.attrs["metric"], sel.diversity_neighbors
-        nbr, dist = graph(feats, n_neighbors, metric, device=device or sel.device)
-        spread = mean_spread(dist)
-        if sel.fps_weight == "density":
-            weight = density_weight(feats, cands.sample_id, n_neighbors, metric, spread=spread)
-        if sel.fps_snap == "density":
-            snap = Snap(nbr, spread)
+        metric = cands.attrs["metric"]
+        nbr, dist = graph(feats, max(sizes.values()), metric, device=device or sel.device)
+        if sizes["weight"]:
+            spread = mean_spread(dist[:, : sizes["weight"] + 1])
+            weight = density_weight(feats, cands.sample_id, sizes["weight"], metric, spread=spread)
+        if sizes["snap"]:
+            snap = Snap(nbr[:, : sizes["snap"] + 1], mean_spread(dist[:, : sizes["snap"] + 1]))
     if sel.fps_weight == "quality":
         weight = quality_weight(cands.quality, cands.sample_id)
     return {

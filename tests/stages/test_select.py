@@ -183,11 +183,12 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
     # selection.fps_weight: FPS over the candidates with weights 1 - rank/m, in either distance
     # mode; quality: the candidates are in quality order, so candidate i has rank i; density: the
     # rank of diversity.density_weight over the candidates' features and diversity_neighbors.
-    # selection.fps_snap: density: the picks snap to the densest of each nominee's diversity_neighbors
-    # nearest candidates (fps.Snap over the candidates' k-NN graph)
+    # selection.fps_snap: density: the picks snap to the densest of each nominee's fps_snap_neighbors
+    # nearest candidates (fps.Snap over the candidates' k-NN graph; with both, the weights keep
+    # diversity_neighbors: one graph of the larger size serves both)
     pool = make_pool(seed=5)
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
-    kw.update(diversity_neighbors=4, fps_snap=fps_snap)
+    kw.update(diversity_neighbors=4, fps_snap=fps_snap, fps_snap_neighbors=2)
     a = pipeline(write_shards(pool, tmp_path / "a", seed=2, shard_size=4), tmp_path / "oa", **kw)
     b = pipeline(
         write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", distance_mode="matrix", **kw
@@ -200,7 +201,7 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
         opts = {"strata": f["stratum"][()], "quota": f["quota"][()]} if "stratum" in f else {}
     start = 0 if not opts else int(np.flatnonzero(opts["quota"][opts["strata"]] > 0)[0])
     weight = {"none": None, "quality": 1.0 - np.arange(m) / m}.get(fps_weight)
-    nbr, dist = knn_graph(feats, 4, "wasserstein")
+    nbr, dist = knn_graph(feats, 2, "wasserstein")
     want = fps_streaming(
         feats,
         round(0.3 * len(pool)),
