@@ -4,7 +4,7 @@ import sys
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from selectflow.config import as_param, build_config, trainer_keys
+from selectflow.config import as_param, build_config, param_before_fps, trainer_keys
 from selectflow.schema import check_against_schema
 from selectflow.data.check import data_check_text, is_dry_run
 from selectflow.layout import Layout, demo_log

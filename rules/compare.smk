@@ -95,7 +95,7 @@ rule compare_candidates:
         attempt=current_attempt,
     params:
         job=CFG.job,
-        selection=as_param(CFG.selection),
+        selection=param_before_fps(CFG.selection),
     script:
         "../scripts/compare_candidates.py"
 
@@ -117,7 +117,7 @@ rule compare_pool:
     params:
         job=CFG.job,
         compare=as_param(CFG.compare),
-        selection=as_param(CFG.selection),
+        selection=param_before_fps(CFG.selection),
     script:
         "../scripts/compare_pool.py"
 
@@ -200,7 +200,7 @@ rule compare_target:
         attempt=current_attempt,
     params:
         job=CFG.job,
-        selection=as_param(CFG.selection),
+        selection=param_before_fps(CFG.selection),
     script:
         "../scripts/compare_target.py"
 

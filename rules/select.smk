@@ -16,7 +16,7 @@ checkpoint candidates:
         attempt=current_attempt,
     params:
         job=CFG.job,
-        selection=as_param(CFG.selection),
+        selection=param_before_fps(CFG.selection),
     script:
         "../scripts/candidates.py"
 
@@ -38,7 +38,7 @@ rule distance_block:
         attempt=current_attempt,
     params:
         job=CFG.job,
-        selection=as_param(CFG.selection),
+        selection=param_before_fps(CFG.selection),
     script:
         "../scripts/distance_block.py"
 

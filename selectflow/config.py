@@ -17,7 +17,7 @@ section with ``warmup.train`` laid over it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -318,6 +318,18 @@ def as_param(value):
     compares only builtin values (a dataclass would be "unrepresentable" and never trigger a
     rerun); the script turns it back with :func:`from_param`."""
     return asdict(value)
+
+
+# the selection keys only FPS reads (selectflow.select.candidates.fps_options, stages.select.run_fps:
+# rules fps and compare_fps); the rules before it take the section with these at their defaults
+FPS_ONLY_KEYS = ("fps_log_interval", "fps_weight", "fps_snap", "fps_snap_neighbors", "fps_gpus")
+
+
+def param_before_fps(sel: SelectionConfig) -> dict:
+    """:func:`as_param` of the selection section for a rule before FPS (candidates, distance blocks,
+    compare's candidates, pool and target): :data:`FPS_ONLY_KEYS` at the schema's defaults, so that
+    changing one reruns FPS and what follows it, not the candidates nor compare's baselines."""
+    return as_param(replace(sel, **{key: schema_default("selection", key) for key in FPS_ONLY_KEYS}))
 
 
 def from_param(cls: type, values: dict[str, Any]):

@@ -5,7 +5,7 @@ from dataclasses import asdict, fields
 import pytest
 import yaml
 
-from selectflow.config import SECTIONS, build_config
+from selectflow.config import SECTIONS, SelectionConfig, build_config, from_param, param_before_fps, selection_section
 from selectflow.configdoc import SCHEMA
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.schema import with_defaults
@@ -358,3 +358,16 @@ def test_changing_how_jobs_run_reruns_nothing_but_a_section_change_does(tmp_path
         assert ran_jobs(proc) == [] and "Nothing to be done" in proc.stdout + proc.stderr, changes
     proc = snakemake(tmp_path, target, "-n", config=config_variant("small", tmp_path, demo={"n_records": 99}))
     assert ran_jobs(proc) == ["demo_pool"] and "Params have changed" in proc.stdout + proc.stderr
+
+
+def test_the_rules_before_fps_take_the_selection_without_its_fps_only_keys():
+    # config.param_before_fps: changing an FPS-only key leaves the candidates' and compare's pool's params as
+    # they were (no rerun of them nor of compare's baselines); any other key still changes them
+    plain = param_before_fps(selection_section())
+    fps = selection_section(
+        fps_log_interval=7, fps_weight="quality", fps_snap="density", fps_snap_neighbors=5, fps_gpus=2
+    )
+    assert param_before_fps(fps) == plain
+    assert param_before_fps(selection_section(quality_cut_z=2.0)) != plain
+    assert param_before_fps(selection_section(diversity_neighbors=4)) != plain
+    assert from_param(SelectionConfig, param_before_fps(fps)) == selection_section()

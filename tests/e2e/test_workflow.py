@@ -108,6 +108,15 @@ def test_a_changed_model_or_dump_setting_reruns_the_dump_and_the_selection(clean
     assert {"router_dump", "router_data", "candidates"} <= set(planned)
 
 
+def test_a_changed_fps_setting_reruns_fps_and_not_the_candidates(clean_run, tmp_path):
+    # the candidates rule takes the selection section without the FPS-only keys (config.param_before_fps)
+    wd = tmp_path / "wd"
+    shutil.copytree(clean_run, wd, symlinks=True)
+    variant = config_variant("small", tmp_path, selection={"fps_snap": "density", "fps_log_interval": 7})
+    planned = ran_jobs(snakemake(wd, "-n", *README_COMMAND, config=variant))
+    assert "fps" in planned and "candidates" not in planned and "router_dump" not in planned, planned
+
+
 def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(clean_run, wd, symlinks=True)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from selectflow import cli
-from selectflow.config import selection_section
+from selectflow.config import FPS_ONLY_KEYS, selection_section
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.select.candidates import n_blocks, read_candidates
@@ -221,6 +221,25 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
         **{**kw, "fps_weight": "none", "fps_snap": "none"},
     )
     assert plain != a  # the weights and the snapping change the picks here
+
+
+def test_the_candidates_read_no_fps_only_key(tmp_path):
+    # the rules before FPS get the section with config.FPS_ONLY_KEYS at their defaults (param_before_fps):
+    # the candidates must come out the same whatever those keys say
+    paths = write_shards(make_pool(seed=5), tmp_path / "shards", seed=2, shard_size=4)
+    changed = dict(fps_log_interval=3, fps_weight="density", fps_snap="density", fps_snap_neighbors=2, fps_gpus=2)
+    assert set(changed) == set(FPS_ONLY_KEYS)
+    for name, kw in (("plain", {}), ("changed", changed)):
+        sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=3, **kw)
+        (tmp_path / name).mkdir()
+        build_candidates(paths, tmp_path / name / "candidates.h5", tmp_path / name / "quality.tsv", sel)
+    assert (tmp_path / "plain/quality.tsv").read_bytes() == (tmp_path / "changed/quality.tsv").read_bytes()
+    with h5py.File(tmp_path / "plain/candidates.h5") as a, h5py.File(tmp_path / "changed/candidates.h5") as b:
+        assert sorted(a) == sorted(b) and sorted(a.attrs) == sorted(b.attrs)
+        for key in a.attrs:
+            np.testing.assert_array_equal(a.attrs[key], b.attrs[key])
+        for key in a:
+            np.testing.assert_array_equal(a[key][()], b[key][()])
 
 
 def test_fps_snap_needs_fps():
