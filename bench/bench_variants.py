@@ -13,7 +13,8 @@ pool and variant it runs ``snakemake results/<pool>/compare/{fps,random}/eval.ts
 pool's config, a compare section of the two methods without full pools, and the variant's keys: the
 fine-tunes of compare's student (``compare.seeds``) on the ``fps`` selection (the selection of
 the variant) and on ``random`` draws of the same size from the same kept pool. Snakemake reruns
-what the variant's keys change.
+what the variant's keys change: a variant of FPS-only keys (``selectflow.config.FPS_ONLY_KEYS``)
+reruns ``compare_fps`` and its fine-tunes alone, reusing ``random``'s (3 jobs instead of 11).
 
 The pools (README, Which default and why):
 
