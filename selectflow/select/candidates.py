@@ -43,7 +43,7 @@ from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
-from selectflow.select.diversity import density_weight, knn_graph, mean_spread, quality_weight
+from selectflow.select.diversity import density_weight, knn_graph, mean_spread, quality_rank, quality_weight
 from selectflow.select.fps import Snap
 from selectflow.select.pool import Pool
 from selectflow.select.quality import assess, resolve_method
@@ -289,7 +289,7 @@ def fps_options(
     # density weights (diversity_neighbors) and snapping (fps_snap_neighbors) read one graph, of the larger
     # size: a row's first n + 1 columns are its n nearest neighbours (sorted by distance, ties by index)
     sizes = {"weight": sel.diversity_neighbors if sel.fps_weight == "density" else 0}
-    sizes["snap"] = sel.fps_snap_neighbors if sel.fps_snap == "density" else 0
+    sizes["snap"] = sel.fps_snap_neighbors if sel.fps_snap != "none" else 0
     if max(sizes.values()):
         feats = f["features"][()] if feats is None else feats
         metric = cands.attrs["metric"]
@@ -297,8 +297,12 @@ def fps_options(
         if sizes["weight"]:
             spread = mean_spread(dist[:, : sizes["weight"] + 1])
             weight = density_weight(feats, cands.sample_id, sizes["weight"], metric, spread=spread)
-        if sizes["snap"]:
-            snap = Snap(nbr[:, : sizes["snap"] + 1], mean_spread(dist[:, : sizes["snap"] + 1]))
+        if sizes["snap"]:  # density: the densest of a neighbourhood first; quality: the best
+            score = {
+                "density": lambda: mean_spread(dist[:, : sizes["snap"] + 1]),
+                "quality": lambda: quality_rank(cands.quality, cands.sample_id),
+            }[sel.fps_snap]()
+            snap = Snap(nbr[:, : sizes["snap"] + 1], score)
     if sel.fps_weight == "quality":
         weight = quality_weight(cands.quality, cands.sample_id)
     return {

@@ -21,7 +21,8 @@ Neither holds an m×m matrix.
 * :func:`density_weight`: the weights of density-weighted FPS (``selection.fps_weight: density``),
   ``1 - rank/m`` by the mean distance to the nearest candidates in the same k-NN graph
   (:func:`neighbour_spread`); snapped FPS (``selection.fps_snap: density``) picks by the same
-  spreads among the graph's neighbours (:class:`selectflow.select.fps.Snap`).
+  spreads among the graph's neighbours (:class:`selectflow.select.fps.Snap`), ``fps_snap: quality``
+  by :func:`quality_rank`.
 * :func:`kmeans_round_robin` (Select-MoE's later method): FAISS k-means of the candidates
   (:func:`selectflow.select.baselines.kmeans_labels`), then
   :func:`selectflow.select.baselines.round_robin` by quality, the code compare's ``kmeans``
@@ -108,12 +109,16 @@ def similarities(dist: np.ndarray) -> np.ndarray:
     return np.exp(-np.square(dist.astype(np.float64) / sigma))
 
 
+def quality_rank(quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each row's rank float64 [m] in :func:`~selectflow.select.baselines.quality_order` (best = 0)."""
+    rank = np.empty(len(quality), dtype=np.float64)
+    rank[baselines.quality_order(quality, ids)] = np.arange(len(quality))
+    return rank
+
+
 def quality_weight(quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """``1 - rank/m`` float64 [m], rank in :func:`~selectflow.select.baselines.quality_order` (best = 1)."""
-    m = len(quality)
-    rank = np.empty(m, dtype=np.float64)
-    rank[baselines.quality_order(quality, ids)] = np.arange(m)
-    return 1.0 - rank / m
+    """``1 - rank/m`` float64 [m], rank by :func:`quality_rank` (best = 1)."""
+    return 1.0 - quality_rank(quality, ids) / len(quality)
 
 
 def mean_spread(dist: np.ndarray) -> np.ndarray:

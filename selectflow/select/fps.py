@@ -31,7 +31,8 @@ among the nominee's nearest neighbours (the nominee included; densest = the smal
 distance to its own neighbours, ties to the lowest index), and a nominee that is not picked
 leaves the race, its neighbourhood now represented by the pick (unless its stratum needs every
 candidate it has left). FPS still goes where the picks are farthest apart, but it takes the
-typical record there instead of the outlier itself.
+typical record there instead of the outlier itself. ``selection.fps_snap: quality`` picks the
+best-ranked candidate by quality instead of the densest, by the same rules.
 """
 
 from __future__ import annotations
@@ -79,14 +80,16 @@ class Snap:
     """The k-NN graph snapped FPS picks from (:func:`~selectflow.select.diversity.knn_graph` of the candidates)."""
 
     neighbors: np.ndarray  # int64 [N, kk]: each candidate's nearest candidates
-    spread: np.ndarray  # float [N]: each candidate's mean distance to its neighbours (smaller = denser)
+    # float [N], smaller first: each candidate's mean distance to its neighbours (fps_snap density: the
+    # densest), or its quality rank (quality: the best)
+    score: np.ndarray
 
     def pick(self, nominee: int, open_: np.ndarray) -> int:
-        """The densest candidate still open (``open_`` bool [N]) among ``nominee`` and its neighbours; ties
-        to the lowest index."""
+        """The candidate of smallest score still open (``open_`` bool [N]) among ``nominee`` and its
+        neighbours; ties to the lowest index."""
         near = self.neighbors[nominee]
         near = np.append(near[open_[near]], nominee)
-        best = np.lexsort((near, self.spread[near]))[0]
+        best = np.lexsort((near, self.score[near]))[0]
         return int(near[best])
 
 

@@ -226,8 +226,9 @@ def test_cuda_picks_identical_to_cpu(metric):
     np.testing.assert_array_equal(cpu.min_distance, gpu.min_distance)
 
 
-def brute_snapped_fps(dist, k, start, n_neighbors, strata=None, quota=None, weight=None):
-    """Snapped FPS by the book (selection.fps_snap: density), from the whole distance matrix.
+def brute_snapped_fps(dist, k, start, n_neighbors, strata=None, quota=None, weight=None, score=None):
+    """Snapped FPS by the book (selection.fps_snap: density), from the whole distance matrix; with ``score``
+    (fps_snap: quality, the quality ranks) the pick is the smallest score instead of the smallest spread.
 
     Each step scans every candidate still in the race for the nominee (largest weighted min distance,
     lowest index on ties), then picks the candidate with the smallest spread (mean distance to its
@@ -240,6 +241,7 @@ def brute_snapped_fps(dist, k, start, n_neighbors, strata=None, quota=None, weig
     kk = min(n_neighbors + 1, n)
     order = [sorted(range(n), key=lambda c, r=r: (float(dist[r, c]), c))[:kk] for r in range(n)]
     spread = [float(np.mean([np.float64(dist[r, c]) for c in order[r][1:]])) if kk > 1 else 0.0 for r in range(n)]
+    spread = spread if score is None else [float(v) for v in score]
     group = [0] * n if strata is None else [int(s) for s in strata]
     left = [k] if strata is None else [int(q) for q in quota]
     gone = set()  # picked or retired
@@ -296,6 +298,21 @@ def test_snapped_fps_equals_brute_force(tmp_path, metric, n, k, seed, start, n_n
         assert not np.array_equal(ref_picks[: min(k, n) - 1], brute_fps(dist, k, start, weight=w)[0][: min(k, n) - 1])
 
 
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+@pytest.mark.parametrize("n_neighbors", [1, 4])
+def test_quality_snapped_fps_equals_brute_force(metric, n_neighbors):
+    # selection.fps_snap: quality: the same race, the pick the best quality rank of the neighbourhood
+    f = with_ties(60, 11, metric)
+    rank = np.random.default_rng(11).permutation(60).astype(np.float64)
+    nbr, _ = knn_graph(f, n_neighbors, metric)
+    got = fps_streaming(f, 15, metric=metric, device="cpu", log_interval=100, snap=Snap(nbr, rank))
+    ref_picks, ref_at = brute_snapped_fps(naive_matrix(f, metric), 15, 0, n_neighbors, score=rank)
+    np.testing.assert_array_equal(got.picks, ref_picks)
+    np.testing.assert_array_equal(got.min_distance, ref_at)
+    density = fps_streaming(f, 15, metric=metric, device="cpu", log_interval=100, snap=snap_of(f, metric, n_neighbors))
+    assert got.picks.tolist() != density.picks.tolist()  # the ranks, not the spreads, decide here
+
+
 @pytest.mark.parametrize("seed", [5, 8])
 def test_snapped_fps_with_strata_equals_brute_force_and_fills_each_quota(seed):
     f = with_ties(50, seed, "wasserstein")
@@ -329,4 +346,4 @@ def test_snapped_fps_takes_the_typical_record_where_plain_fps_takes_the_outlier(
     near = snap.neighbors[40]
     second = snapped.picks[1]
     assert second in near and 20 <= second < 40
-    assert snap.spread[second] == snap.spread[near[near < 40]].min()
+    assert snap.score[second] == snap.score[near[near < 40]].min()

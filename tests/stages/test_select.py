@@ -176,7 +176,8 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("fps_weight", "fps_snap"), [("quality", "none"), ("density", "none"), ("none", "density"), ("density", "density")]
+    ("fps_weight", "fps_snap"),
+    [("quality", "none"), ("density", "none"), ("none", "density"), ("density", "density"), ("none", "quality")],
 )
 @pytest.mark.parametrize("strata", [1, 3])
 def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
@@ -185,7 +186,7 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
     # rank of diversity.density_weight over the candidates' features and diversity_neighbors.
     # selection.fps_snap: density: the picks snap to the densest of each nominee's fps_snap_neighbors
     # nearest candidates (fps.Snap over the candidates' k-NN graph; with both, the weights keep
-    # diversity_neighbors: one graph of the larger size serves both)
+    # diversity_neighbors: one graph of the larger size serves both); quality: to the best-ranked of them
     pool = make_pool(seed=5)
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
     kw.update(diversity_neighbors=4, fps_snap=fps_snap, fps_snap_neighbors=2)
@@ -210,7 +211,9 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
         start=start,
         log_interval=100,
         weight=density_weight(feats, ids, 4, "wasserstein") if fps_weight == "density" else weight,
-        snap=Snap(nbr, mean_spread(dist)) if fps_snap == "density" else None,
+        snap={"none": None, "density": Snap(nbr, mean_spread(dist)), "quality": Snap(nbr, np.arange(m, dtype=float))}[
+            fps_snap
+        ],
         **opts,
     )
     curve = pd.read_csv(tmp_path / "oa" / "curve.tsv", sep="\t")
@@ -531,7 +534,7 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
 
 @pytest.mark.parametrize(
     ("strata", "fps_weight", "fps_snap"),
-    [(1, "none", "none"), (3, "none", "none"), (3, "density", "none"), (3, "none", "density")],
+    [(1, "none", "none"), (3, "none", "none"), (3, "density", "none"), (3, "none", "density"), (1, "none", "quality")],
 )
 def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fps_snap, caplog, monkeypatch):
     # rule fps with selection.fps_gpus: 2 on a CPU box: torchrun starts two gloo ranks, which share
@@ -551,7 +554,7 @@ def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fp
     ranks = [m for m in caplog.messages if "rank 0/2 (gloo, cpu): candidate rows [0, " in m]
     assert ranks, "the FPS did not run on two ranks"
     assert ranks[0].endswith(" of 30, 1 CPU threads"), ranks
-    if "density" in (fps_weight, fps_snap):  # rank 0 (the one that logs) builds the k-NN graph of its half only
+    if (fps_weight, fps_snap) != ("none", "none"):  # rank 0 (the one that logs) builds the k-NN graph of its half only
         assert any("NN graph of 30 candidates, rows [0, 15): " in m for m in caplog.messages), caplog.messages
     assert (tmp_path / "two.tsv").read_bytes() == (tmp_path / "one.tsv").read_bytes()
 
