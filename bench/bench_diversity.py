@@ -14,7 +14,8 @@ streaming FPS (``selectflow.select.fps.fps_streaming``) for the same k.
 the random quality, are computed inside the timer). ``fps_density`` is density-weighted FPS
 (``selection.fps_weight: density``; its weights, from the k-NN graph of ``--neighbors``, are
 computed inside the timer). ``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
-k-NN graph of ``--neighbors`` it snaps over is built inside the timer). ``target`` (selection.target) selects
+k-NN graph of ``--neighbors`` it snaps over is built inside the timer); ``fps_qsnap`` the same with
+``selection.fps_snap: quality`` (quality ranks instead of spreads). ``target`` (selection.target) selects
 toward ``--targets`` synthetic target records made like the candidates (their features are
 built before the timer starts).
 
@@ -35,7 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-METHODS = ("fps", "fps_quality", "fps_density", "fps_snap", "facility_location", "kmeans", "target")
+METHODS = ("fps", "fps_quality", "fps_density", "fps_snap", "fps_qsnap", "facility_location", "kmeans", "target")
 
 
 def features(n: int, layers: int, experts: int, seed: int) -> np.ndarray:
@@ -74,9 +75,10 @@ def one(args) -> dict:
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
         ).picks
-    elif args.one == "fps_snap":  # selection.fps_snap: density
+    elif args.one in ("fps_snap", "fps_qsnap"):  # selection.fps_snap: density, quality
         nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device)
-        snap = Snap(nbr, diversity.mean_spread(dist))
+        score = diversity.mean_spread(dist) if args.one == "fps_snap" else diversity.quality_rank(quality, ids)
+        snap = Snap(nbr, score)
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", snap=snap
         ).picks
