@@ -297,12 +297,10 @@ def fps_options(
         if sizes["weight"]:
             spread = mean_spread(dist[:, : sizes["weight"] + 1])
             weight = density_weight(feats, cands.sample_id, sizes["weight"], metric, spread=spread)
-        if sizes["snap"]:  # density: the densest of a neighbourhood first; quality: the best
-            score = {
-                "density": lambda: mean_spread(dist[:, : sizes["snap"] + 1]),
-                "quality": lambda: quality_rank(cands.quality, cands.sample_id),
-            }[sel.fps_snap]()
-            snap = Snap(nbr[:, : sizes["snap"] + 1], score)
+        if sel.fps_snap == "density":  # the densest of a neighbourhood first
+            snap = Snap(nbr[:, : sizes["snap"] + 1], mean_spread(dist[:, : sizes["snap"] + 1]))
+        elif sel.fps_snap == "quality":  # the best-ranked first
+            snap = Snap(nbr[:, : sizes["snap"] + 1], quality_rank(cands.quality, cands.sample_id))
     if sel.fps_weight == "quality":
         weight = quality_weight(cands.quality, cands.sample_id)
     return {

@@ -284,15 +284,15 @@ def _greedy(
         race.drop(p)
         g = group[p]
         left[g] -= 1
-        full = left[g] == 0  # the stratum is full: its candidates leave the race
-        if full:
-            race.drop(np.flatnonzero(group == g))
+        full = np.flatnonzero(group == g) if left[g] == 0 else None  # the stratum is full: its candidates
+        if full is not None:  # leave the race
+            race.drop(full)
         if snap is None:
             p, d = race.best()
             continue
         open_[p], in_race[g] = False, in_race[g] - 1
-        if full:
-            open_[group == g], in_race[g] = False, 0
+        if full is not None:
+            open_[full], in_race[g] = False, 0
         nominee, _ = race.best()
         p = snap.pick(nominee, open_)
         if p != nominee and in_race[group[nominee]] > left[group[nominee]]:
