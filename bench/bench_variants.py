@@ -2,7 +2,7 @@
 
     # from the repository root; a scratch copy of this checkout builds the pools and runs each variant
     python bench/bench_variants.py --variant default --variant density:fps_weight=density \\
-        --variant fl:diversity=facility_location,fps_weight=none [--pools demo junksuite realtext] \\
+        --variant fl:diversity=facility_location,fps_weight=none [--pools demo junksuite realtext realclean] \\
         [--cores 2] [--work DIR] [--seed realtext=1,2,3 --seed junksuite=4,5,6] [--out TSV]
 
 A variant is ``NAME`` (the default config) or ``NAME:KEY=VALUE,KEY=VALUE``: keys of the
@@ -16,13 +16,17 @@ the variant) and on ``random`` draws of the same size from the same kept pool. S
 what the variant's keys change: a variant of FPS-only keys (``selectflow.config.FPS_ONLY_KEYS``)
 reruns ``compare_fps`` and its fine-tunes alone, reusing ``random``'s (3 jobs instead of 11).
 
-The pools (README, Which default and why):
+The pools (README, Which default and why; the first three unless ``--pools`` names others):
 
 * ``demo``: the default config (3,000 records, its demo model; compare's demo test set);
 * ``junksuite``: demo seed 3, 2,000 records without the demo's own junk, the junk suite
   (``selectflow.data.junk``) planted at 15 %, scored by a proxy model built on it; the demo test set;
 * ``realtext``: the real-text pool, seed 0, 2,000 records in three formats, 15 % junk suite,
-  proxy model; compare's held-out slice of the pool (no checker: loss only).
+  proxy model; compare's held-out slice of the pool (no checker: loss only). The slice is drawn
+  from the kept pool, so it holds the junk that passed the quality step;
+* ``realclean``: the same pool as ``realtext`` for its seed, tested on a clean set of fresh
+  records instead (``compare.eval``: :func:`selectflow.data.realtext.make_realtext_testset`, up to
+  20 records of each task kind whose question the pool does not ask; nothing is held out).
 
 ``--seed POOL=SEED[,SEED...]`` draws those pools of the recipe instead of its default one
 (``junksuite``, ``realtext``: their seed; a run ``<pool>_s<SEED>`` each), the check that a result
@@ -58,16 +62,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import export, snakemake, write_junk_suite_pool, write_real_text_pool  # noqa: E402
 
 from selectflow.data.junk import HELD_BACK_KINDS, TUNING_KINDS  # noqa: E402
+from selectflow.data.realtext import make_realtext_testset  # noqa: E402
+from selectflow.data.records import write_jsonl  # noqa: E402
 from selectflow.layout import Layout  # noqa: E402
 from selectflow.report.compare import MEASURES, difference, per_seed  # noqa: E402
 from selectflow.schema import schema  # noqa: E402
 from selectflow.stages.compare import downstream  # noqa: E402
 
 METHODS = ("fps", "random")
-POOLS = ("demo", "junksuite", "realtext")
+POOLS = ("demo", "junksuite", "realtext", "realclean")
+DEFAULT_POOLS = POOLS[:3]  # the pools of the README's table; realclean on request
 JUNK_RATE = 0.15
 # pool -> (seed, records) of the generated pools
-SIZES = {"junksuite": (3, 2000), "realtext": (0, 2000)}
+SIZES = {"junksuite": (3, 2000), "realtext": (0, 2000), "realclean": (0, 2000)}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -121,9 +128,12 @@ def write_pools(work: Path, runs: list[tuple[str, int | None]]) -> dict[str, Pat
             write_junk_suite_pool(folder / "pool.jsonl", SIZES[pool][1], seed, JUNK_RATE)
             config["datasets"] = {"pool": str((folder / "pool.jsonl").relative_to(work))}
             config["compare"] = {**base.get("compare", {}), "eval": "demo"}
-        elif pool == "realtext":
+        elif pool in ("realtext", "realclean"):
             files = write_real_text_pool(folder, SIZES[pool][1], seed, JUNK_RATE)
             config["datasets"] = {p.stem: str(p.relative_to(work)) for p in files}
+        if pool == "realclean":
+            write_jsonl(folder / "test.jsonl", make_realtext_testset(SIZES[pool][1], seed))
+            config["compare"] = {**base.get("compare", {}), "eval": str((folder / "test.jsonl").relative_to(work))}
         if pool != "demo":
             config["run"] = run
             config["model"] = {**base["model"], "path": "proxy"}
@@ -227,7 +237,7 @@ def pooled(table: pd.DataFrame) -> list[str]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", action="append", required=True, help="NAME or NAME:KEY=VALUE,... (selection keys)")
-    ap.add_argument("--pools", nargs="+", default=list(POOLS), choices=POOLS)
+    ap.add_argument("--pools", nargs="+", default=list(DEFAULT_POOLS), choices=POOLS)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "variants.tsv", help="the rows' TSV")

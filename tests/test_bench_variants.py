@@ -1,11 +1,15 @@
 """bench/bench_variants.py's bookkeeping: which pools a run draws, how variants parse, the pooled counts."""
 
+import json
 import math
+import shutil
 import sys
 
 import pandas as pd
 import pytest
+import yaml
 
+from selectflow.data.realtext import make_realtext_testset
 from tests.workflow import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -53,3 +57,16 @@ def test_pooled_counts_pools_below_and_above_random_per_recipe_and_variant():
         "realtext   default        loss over 3 pools: fps below random on 2 (1 beyond), above on 1 (1 beyond), "
         "mean -0.100"
     ]
+
+
+def test_realclean_is_realtexts_pool_tested_on_fresh_clean_records(tmp_path):
+    (tmp_path / "config").mkdir()
+    shutil.copy2(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    configs = bv.write_pools(tmp_path, [("realtext", 4), ("realclean", 4)])
+    text, clean = (yaml.safe_load(configs[r].read_text()) for r in ("realtext_s4", "realclean_s4"))
+    for fmt in text["datasets"]:
+        assert (tmp_path / text["datasets"][fmt]).read_bytes() == (tmp_path / clean["datasets"][fmt]).read_bytes()
+    assert text["compare"]["eval"] != clean["compare"]["eval"]
+    test = [json.loads(line) for line in (tmp_path / clean["compare"]["eval"]).read_text().splitlines()]
+    assert test == make_realtext_testset(2000, 4)
+    assert bv.POOLS[:3] == tuple(bv.DEFAULT_POOLS) and "realclean" not in bv.DEFAULT_POOLS

@@ -14,6 +14,7 @@ The candidates are sampled by seed; near-duplicates of clean records are planted
 words swapped or reordered: ``planted: near_duplicate``, ``duplicate_of``), then the junk
 suite (:mod:`selectflow.data.junk`). :func:`write_realtext_pool` writes the records in turn
 as Alpaca, ShareGPT and OpenAI-messages JSONL (three files, unique ``id`` across them).
+:func:`make_realtext_testset` draws a clean test set for a pool from the candidates it does not ask.
 Labels: ``kind`` (the task kind), ``planted`` — to measure by, never read by the selection.
 Deterministic for a seed on one Python version (docstrings change between versions), whatever
 the calling process has imported: the modules are read in a fresh interpreter
@@ -279,6 +280,24 @@ def make_realtext_pool(
         )
     rng.shuffle(records)
     return plant_junk(records, junk_rate, seed)
+
+
+def make_realtext_testset(
+    n_records: int = 2000, seed: int = 0, near_dup_rate: float = 0.05, per_kind: int = 20
+) -> list[dict]:
+    """A clean test set for the pool of :func:`make_realtext_pool` ``(n_records, seed, near_dup_rate)``:
+    up to ``per_kind`` Alpaca records of each task kind, a seeded draw from the candidates whose
+    instruction no pool record asks (junk and near-duplicates only rewrite the responses of pool
+    records), so no question of the pool is tested on and no junk is. Labels: ``kind``,
+    ``planted: clean``; ids ``rt-test-NNNNN``."""
+    asked = {rec["instruction"] for rec in make_realtext_pool(n_records, seed, near_dup_rate, 0.0)}
+    fresh: dict[str, list[dict]] = {}
+    for rec in candidate_records():
+        if rec["instruction"] not in asked:
+            fresh.setdefault(rec["kind"], []).append(rec)
+    rng = random.Random(seed)
+    picked = [rec for kind in sorted(fresh) for rec in rng.sample(fresh[kind], min(per_kind, len(fresh[kind])))]
+    return [{"id": f"rt-test-{i:05d}", **rec, "planted": "clean"} for i, rec in enumerate(picked)]
 
 
 def in_format(rec: dict, fmt: str) -> dict:

@@ -7,8 +7,15 @@ import random
 import pytest
 
 from selectflow.data.junk import HELD_BACK_KINDS, JUNK_KINDS, TUNING_KINDS, make_junk, plant_junk
-from selectflow.data.realtext import FORMATS, in_format, make_realtext_pool, write_realtext_pool
-from selectflow.data.records import read_dataset, write_jsonl
+from selectflow.data.realtext import (
+    FORMATS,
+    candidate_records,
+    in_format,
+    make_realtext_pool,
+    make_realtext_testset,
+    write_realtext_pool,
+)
+from selectflow.data.records import read_dataset, record_prompt_response, write_jsonl
 
 CLEAN = {
     "id": "c1",
@@ -118,6 +125,21 @@ def test_realtext_pool_is_seeded_labelled_and_readable(tmp_path):
     assert sum(
         r["record"]["planted"].startswith("junk_") for p in paths.values() for r in read_dataset(p, "x")
     ) == pytest.approx(180, abs=3)
+
+
+def test_realtext_testset_is_clean_seeded_and_asks_nothing_the_written_pool_asks(tmp_path):
+    paths = write_realtext_pool(tmp_path, 900, seed=2, junk_rate=0.2)
+    pool = [r["record"] for p in paths.values() for r in read_dataset(p, "x")]
+    asked = {record_prompt_response(r)[0] for r in pool}
+    test = make_realtext_testset(900, seed=2, per_kind=7)
+    assert test == make_realtext_testset(900, seed=2, per_kind=7) != make_realtext_testset(900, seed=3, per_kind=7)
+    assert not asked & {record_prompt_response(r)[0] for r in test}
+    assert {r["planted"] for r in test} == {"clean"} and len({r["id"] for r in test}) == len(test)
+    # a candidate record each, unchanged, and per_kind of every kind (900 records leave enough fresh ones)
+    cands = {(c["instruction"], c["output"], c["kind"]) for c in candidate_records()}
+    assert all((r["instruction"], r["output"], r["kind"]) in cands for r in test)
+    counts = collections.Counter(r["kind"] for r in test)
+    assert counts == {kind: 7 for kind in {c[2] for c in cands}}
 
 
 def test_realtext_records_do_not_depend_on_what_the_caller_imported(monkeypatch):
