@@ -26,7 +26,12 @@ The pools (README, Which default and why; the first three unless ``--pools`` nam
   from the kept pool, so it holds the junk that passed the quality step;
 * ``realclean``: the same pool as ``realtext`` for its seed, tested on a clean set of fresh
   records instead (``compare.eval``: :func:`selectflow.data.realtext.make_realtext_testset`, up to
-  20 records of each task kind whose question the pool does not ask; nothing is held out).
+  ``compare.test_per_kind`` (20, as the demo's test set) records of each task kind whose question
+  the pool does not ask; nothing is held out).
+
+``--baseline METHOD`` (repeatable) fine-tunes another compare method beside the two on every pool
+and variant (``longest``, ``quality``, …) and prints ``fps`` minus it; changing the methods reruns
+compare's pool and ``random``'s fine-tunes (the same figures: everything is seeded).
 
 ``--seed POOL=SEED[,SEED...]`` draws those pools of the recipe instead of its default one
 (``junksuite``, ``realtext``: their seed; a run ``<pool>_s<SEED>`` each), the check that a result
@@ -66,7 +71,7 @@ from selectflow.data.realtext import make_realtext_testset  # noqa: E402
 from selectflow.data.records import write_jsonl  # noqa: E402
 from selectflow.layout import Layout  # noqa: E402
 from selectflow.report.compare import MEASURES, difference, per_seed  # noqa: E402
-from selectflow.schema import schema  # noqa: E402
+from selectflow.schema import schema, schema_default, schema_enum  # noqa: E402
 from selectflow.stages.compare import downstream  # noqa: E402
 
 METHODS = ("fps", "random")
@@ -132,7 +137,8 @@ def write_pools(work: Path, runs: list[tuple[str, int | None]]) -> dict[str, Pat
             files = write_real_text_pool(folder, SIZES[pool][1], seed, JUNK_RATE)
             config["datasets"] = {p.stem: str(p.relative_to(work)) for p in files}
         if pool == "realclean":
-            write_jsonl(folder / "test.jsonl", make_realtext_testset(SIZES[pool][1], seed))
+            test = make_realtext_testset(schema_default("compare", "test_per_kind"), SIZES[pool][1], seed)
+            write_jsonl(folder / "test.jsonl", test)
             config["compare"] = {**base.get("compare", {}), "eval": str((folder / "test.jsonl").relative_to(work))}
         if pool != "demo":
             config["run"] = run
@@ -166,10 +172,12 @@ def junk_in(selected: Path, files: list[Path]) -> dict[str, int]:
     return counts
 
 
-def run_variant(work: Path, cores: int, run: str, config: Path, name: str, keys: dict) -> dict:
+def run_variant(work: Path, cores: int, run: str, config: Path, name: str, keys: dict, baselines=()) -> dict:
+    """One pool and variant: compare's ``fps``, ``random`` and ``baselines`` (more compare methods), one row."""
+    methods = (*METHODS, *baselines)
     folder = config.parent
     compare = folder / "compare.yaml"
-    compare.write_text(yaml.safe_dump({"compare": {"methods": list(METHODS), "full_pools": []}}))
+    compare.write_text(yaml.safe_dump({"compare": {"methods": list(methods), "full_pools": []}}))
     variant = folder / f"variant_{name}.yaml"
     variant.write_text(yaml.safe_dump(keys) if keys else "{}\n")
     layout = Layout(run)
@@ -177,22 +185,24 @@ def run_variant(work: Path, cores: int, run: str, config: Path, name: str, keys:
     snakemake(
         work,
         cores,
-        [layout.compare_eval(m) for m in METHODS],
+        [layout.compare_eval(m) for m in methods],
         [str(p.relative_to(work)) for p in (config, compare, variant)],
     )
     keep = work.parent / "runs" / run / name
-    for m in METHODS:
+    for m in methods:
         (keep / m).mkdir(parents=True, exist_ok=True)
         shutil.copy2(work / layout.compare_eval(m), keep / m / "eval.tsv")
     shutil.copy2(work / layout.compare_selected("fps"), keep / "fps" / "selected_data.jsonl")
-    down = downstream({m: keep / m / "eval.tsv" for m in METHODS}, keep / "downstream.tsv").set_index("method")
+    down = downstream({m: keep / m / "eval.tsv" for m in methods}, keep / "downstream.tsv").set_index("method")
     row = {"pool": run, "variant": name, "keys": json.dumps(keys), "seeds": int(down.at["fps", "n_seeds"])}
+    row["baselines"] = ",".join(baselines)
     for measure, _, _ in MEASURES:
-        for m in METHODS:
+        for m in methods:
             row[f"{m}_{measure}"] = down.at[m, f"macro_{measure}"]
             row[f"{m}_{measure}_ci95"] = down.at[m, f"macro_{measure}_ci95"]
-        diff, half = difference(per_seed(down.loc["fps"], measure), per_seed(down.loc["random"], measure))
-        row[f"{measure}_minus_random"], row[f"{measure}_minus_random_ci95"] = diff, half
+        for m in methods[1:]:  # fps − m
+            diff, half = difference(per_seed(down.loc["fps"], measure), per_seed(down.loc[m], measure))
+            row[f"{measure}_minus_{m}"], row[f"{measure}_minus_{m}_ci95"] = diff, half
     row.update(junk_in(keep / "fps" / "selected_data.jsonl", pool_files(config, work)))
     return row
 
@@ -209,6 +219,11 @@ def line(row: dict) -> str:
             f"  {measure} {fps:.3f} ± {row[f'fps_{measure}_ci95']:.3f} vs random {rnd:.3f} ± "
             f"{row[f'random_{measure}_ci95']:.3f} ({diff:+.3f} ± {half:.3f}, {verdict})"
         )
+    for m in filter(None, row.get("baselines", "").split(",")):
+        for measure, _, _ in MEASURES:
+            diff, half = row[f"{measure}_minus_{m}"], row[f"{measure}_minus_{m}_ci95"]
+            if not math.isnan(diff):
+                text += f"  {measure} fps − {m} {diff:+.3f} ± {half:.3f} ({'beyond' if abs(diff) > half else 'within'})"
     share = (row["junk_tuning"] + row["junk_held_back"]) / max(row["picks"], 1)
     return text + f"  junk {row['junk_tuning']} + {row['junk_held_back']} of {row['picks']} ({share:.1%})"
 
@@ -238,6 +253,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", action="append", required=True, help="NAME or NAME:KEY=VALUE,... (selection keys)")
     ap.add_argument("--pools", nargs="+", default=list(DEFAULT_POOLS), choices=POOLS)
+    ap.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        choices=[m for m in schema_enum("compare", "methods") if m not in (*METHODS, "target")],
+        help="another compare method to fine-tune beside fps and random on every pool and variant (fps − it printed)",
+    )
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "variants.tsv", help="the rows' TSV")
@@ -270,7 +292,7 @@ def main(argv=None) -> None:
             export(None, work)
         configs = write_pools(work, pool_runs(args.pools, seeds))
         rows = [
-            run_variant(work, args.cores, run, config, name, keys)
+            run_variant(work, args.cores, run, config, name, keys, tuple(args.baseline))
             for run, config in configs.items()
             for name, keys in variants
         ]

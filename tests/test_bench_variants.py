@@ -68,5 +68,31 @@ def test_realclean_is_realtexts_pool_tested_on_fresh_clean_records(tmp_path):
         assert (tmp_path / text["datasets"][fmt]).read_bytes() == (tmp_path / clean["datasets"][fmt]).read_bytes()
     assert text["compare"]["eval"] != clean["compare"]["eval"]
     test = [json.loads(line) for line in (tmp_path / clean["compare"]["eval"]).read_text().splitlines()]
-    assert test == make_realtext_testset(2000, 4)
+    assert test == make_realtext_testset(20, 2000, 4)
     assert bv.POOLS[:3] == tuple(bv.DEFAULT_POOLS) and "realclean" not in bv.DEFAULT_POOLS
+
+
+def test_a_baselines_difference_is_printed_with_its_verdict_and_nan_measures_skipped():
+    row = {
+        "pool": "realclean_s1",
+        "variant": "default",
+        "baselines": "longest",
+        "picks": 100,
+        "junk_tuning": 3,
+        "junk_held_back": 1,
+        **{f"{m}_accuracy": math.nan for m in ("fps", "random", "longest")},
+        "fps_loss": 6.5,
+        "fps_loss_ci95": 0.1,
+        "random_loss": 6.8,
+        "random_loss_ci95": 0.1,
+        **_row("realclean_s1", "default", -0.3, 0.12),
+        "loss_minus_longest": 0.2,
+        "loss_minus_longest_ci95": 0.25,
+        "accuracy_minus_longest": math.nan,
+        "accuracy_minus_longest_ci95": math.nan,
+    }
+    text = bv.line(row)
+    assert "(-0.300 ± 0.120, beyond)" in text
+    assert "loss fps − longest +0.200 ± 0.250 (within)" in text and "accuracy fps − longest" not in text
+    assert text.endswith("junk 3 + 1 of 100 (4.0%)")
+    assert "fps − longest" not in bv.line({**row, "baselines": ""})

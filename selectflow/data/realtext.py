@@ -283,7 +283,7 @@ def make_realtext_pool(
 
 
 def make_realtext_testset(
-    n_records: int = 2000, seed: int = 0, near_dup_rate: float = 0.05, per_kind: int = 20
+    per_kind: int, n_records: int = 2000, seed: int = 0, near_dup_rate: float = 0.05
 ) -> list[dict]:
     """A clean test set for the pool of :func:`make_realtext_pool` ``(n_records, seed, near_dup_rate)``:
     up to ``per_kind`` Alpaca records of each task kind, a seeded draw from the candidates whose

@@ -42,6 +42,8 @@ def _pool_records(router_paths: list, wanted: set[str]):
 def read_pool(pool_h5) -> dict:
     with h5py.File(pool_h5, "r") as f:
         out = {name: f[name][()] for name in ("quality", "features", "cluster")}
+        if "response_tokens" in f:  # absent from a pool.h5 written before the longest baseline
+            out["response_tokens"] = f["response_tokens"][()]
         out["sample_id"] = np.array(
             [v.decode() if isinstance(v, bytes) else v for v in f["sample_id"][()]], dtype=object
         )

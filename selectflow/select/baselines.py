@@ -20,6 +20,9 @@ depends on the data and the seed only, not on the order of the rows.
 * ``semdedup``: k-means, drop near-duplicates within each cluster (a member within ``eps``
   of a better member kept in the same cluster), then the top k by quality
   (:func:`semdedup`).
+* ``longest``: the k samples with the most response tokens, no quality and no diversity: the
+  trivial selector a method has to beat when the comparison matches records, not tokens
+  ("Long Is More for Alignment", Zhao et al. 2024). Ties by ``sample_id``.
 """
 
 from __future__ import annotations
@@ -273,8 +276,10 @@ def select(
     eps: float,
     metric: str,
     device="cpu",
+    response_tokens: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Rows picked by baseline ``method`` (one of :data:`BASELINES`); ``labels`` are the pool's k-means clusters.
+    """Rows picked by baseline ``method`` (one of :data:`BASELINES`); ``labels`` are the pool's k-means clusters,
+    ``response_tokens`` [n] each row's response tokens (``longest`` only).
 
     ``device`` (a torch device) is where the distances of ``score_first`` and ``semdedup`` run;
     distances on the feature grid are exact, so CPU and GPU pick the same rows.
@@ -289,4 +294,8 @@ def select(
         return score_first(feats, quality, ids, k, metric, device)[0]
     if method == "semdedup":
         return semdedup(feats, quality, ids, labels, k, eps, metric, device)[0]
+    if method == "longest":
+        if response_tokens is None:
+            raise SelectFlowError("compare method longest needs the pool's response tokens: rerun rule compare_pool")
+        return quality_pick(response_tokens, ids, k)
     raise SelectFlowError(f"unknown compare method {method!r}; compare.methods takes {', '.join(BASELINES)} and fps")

@@ -84,7 +84,7 @@ def heldout_ids(heldout_jsonl) -> set[str]:
 def build_pool(
     router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: CompareConfig, sel: SelectionConfig
 ) -> None:
-    """``pool.h5``: the kept samples the baselines choose from, their clusters and thresholds.
+    """``pool.h5``: the kept samples the baselines choose from, their clusters, thresholds and response tokens.
 
     Their features are the candidates' (``selection.features``, through
     :func:`selectflow.select.candidates.shard_features`), so the baselines compare what the main
@@ -96,12 +96,13 @@ def build_pool(
     metric, k = cands.attrs["metric"], int(cands.attrs["k"])
     table = read_tsv(quality_tsv, "quality table", nan_columns=("quality",)).set_index("sample_id")
     kept = set(_kept_ids(quality_tsv))
-    ids, feats = [], []
+    ids, feats, lengths = [], [], []
     for path in router_paths:
         shard = read_router_shard(path)
         mask = np.array([sid in kept for sid in shard.sample_id], dtype=bool)
         if mask.any():
             ids.append(shard.sample_id[mask].astype(str))
+            lengths.append(np.asarray(shard.n_response_tokens)[mask])
             x, x_metric = shard_features(shard, np.flatnonzero(mask), sel)
             if x_metric != metric:
                 raise SelectFlowError(
@@ -111,7 +112,7 @@ def build_pool(
             feats.append(x)
     ids_arr = np.concatenate(ids)
     order = np.argsort(ids_arr, kind="stable")  # pool rows by sample_id: shard order does not matter
-    ids_arr, x = ids_arr[order], np.concatenate(feats)[order]
+    ids_arr, x, response_tokens = ids_arr[order], np.concatenate(feats)[order], np.concatenate(lengths)[order]
     quality = table.loc[ids_arr, "quality"].to_numpy(dtype=np.float64)
     labels = baselines.kmeans_labels(x, cmp.clusters, cmp.seed)
     eps = baselines.pair_threshold(x, cmp.near_duplicate_quantile, cmp.seed, metric)
@@ -120,6 +121,7 @@ def build_pool(
         f.create_dataset("quality", data=quality)
         f.create_dataset("features", data=x)
         f.create_dataset("cluster", data=labels)
+        f.create_dataset("response_tokens", data=response_tokens.astype(np.int32))
         f.attrs.update({"k": k, "metric": metric, "near_duplicate_threshold": eps, "clusters": cmp.clusters})
     log.info(
         "compare pool: %d kept samples, k %d, %d clusters, near-duplicate threshold %.4g",
@@ -149,6 +151,7 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
         eps=float(pool["near_duplicate_threshold"]),
         metric=pool["metric"],
         device=resolve_device(device),
+        response_tokens=pool.get("response_tokens"),
     )
     table = {
         "step": np.arange(len(picks)),

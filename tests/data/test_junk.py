@@ -131,8 +131,8 @@ def test_realtext_testset_is_clean_seeded_and_asks_nothing_the_written_pool_asks
     paths = write_realtext_pool(tmp_path, 900, seed=2, junk_rate=0.2)
     pool = [r["record"] for p in paths.values() for r in read_dataset(p, "x")]
     asked = {record_prompt_response(r)[0] for r in pool}
-    test = make_realtext_testset(900, seed=2, per_kind=7)
-    assert test == make_realtext_testset(900, seed=2, per_kind=7) != make_realtext_testset(900, seed=3, per_kind=7)
+    test = make_realtext_testset(7, 900, seed=2)
+    assert test == make_realtext_testset(7, 900, seed=2) != make_realtext_testset(7, 900, seed=3)
     assert not asked & {record_prompt_response(r)[0] for r in test}
     assert {r["planted"] for r in test} == {"clean"} and len({r["id"] for r in test}) == len(test)
     # a candidate record each, unchanged, and per_kind of every kind (900 records leave enough fresh ones)

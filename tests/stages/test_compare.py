@@ -129,6 +129,20 @@ def test_kmeans_is_seeded_and_near_duplicate_pairs_match_brute_force():
     )
 
 
+def test_longest_takes_the_most_response_tokens_ties_by_sample_id_and_needs_them():
+    from selectflow.runtime.errors import SelectFlowError
+
+    feats, quality, ids = _pool()
+    tokens = np.random.default_rng(5).integers(1, 12, 60)  # ties on purpose
+    picks = baselines.select(
+        "longest", feats, quality, ids, 9, seed=0, labels=None, eps=0.0, metric="wasserstein", response_tokens=tokens
+    )
+    assert list(picks) == sorted(range(60), key=lambda i: (-tokens[i], ids[i]))[:9]
+    assert min(tokens[picks]) >= max(np.delete(tokens, picks))
+    with pytest.raises(SelectFlowError, match="rerun rule compare_pool"):
+        baselines.select("longest", feats, quality, ids, 9, seed=0, labels=None, eps=0.0, metric="wasserstein")
+
+
 def test_unknown_baseline_is_named():
     from selectflow.runtime.errors import SelectFlowError
 
@@ -181,7 +195,8 @@ def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
     ).compare.train
     assert (one.epochs, one.max_steps, one.learning_rate) == (2, None, 0.01)
     default = build_config(with_defaults(_raw(), schema)).compare
-    assert default.methods[0] == "fps" and set(default.methods) == {"fps", *baselines.BASELINES}
+    # every baseline but longest (opt-in: five more fine-tunes for a trivial reference) runs by default
+    assert default.methods[0] == "fps" and set(default.methods) == {"fps", *baselines.BASELINES} - {"longest"}
 
 
 def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout_slice():
@@ -210,7 +225,8 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     from selectflow.stages.select import build_candidates, run_fps
     from tests.stages.test_select import make_pool, write_shards
 
-    shards = write_shards(make_pool(), tmp_path / "router", seed=1)
+    pool = make_pool()
+    shards = write_shards(pool, tmp_path / "router", seed=1, response_tokens={s: 3 + i % 7 for i, s in enumerate(pool)})
     sel = selection_section(selection_percentage=0.2, device="cpu", quality_method="ifd")
     cmp = _section(
         methods=("fps", *baselines.BASELINES),
@@ -227,7 +243,10 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     assert n == len(held) > 0
     k = build_candidates(shards, tmp_path / "c.h5", tmp_path / "c.tsv", sel, held)
     compare.build_pool(shards, tmp_path / "c.h5", tmp_path / "c.tsv", tmp_path / "pool.h5", cmp, sel)
-    assert not held & set(read_pool(tmp_path / "pool.h5")["sample_id"])
+    kept = read_pool(tmp_path / "pool.h5")
+    assert not held & set(kept["sample_id"])
+    # each kept sample's response tokens, as its router shard recorded them
+    assert list(kept["response_tokens"]) == [3 + list(pool).index(sid) % 7 for sid in kept["sample_id"]]
     run_fps(tmp_path / "c.h5", tmp_path / "fps.tsv", sel)
     picks = {"fps": tmp_path / "fps.tsv"}
     for method in baselines.BASELINES:

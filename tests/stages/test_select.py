@@ -62,8 +62,9 @@ def gate_score(s):
     return float(np.mean(1 / (1 + np.exp(logits[:, 1] - logits[:, 0]))))
 
 
-def write_shards(pool, root, seed, shard_size=5):
-    """Shuffle samples across datasets, cut into shards under per-dataset-looking folders."""
+def write_shards(pool, root, seed, shard_size=5, response_tokens=None):
+    """Shuffle samples across datasets, cut into shards under per-dataset-looking folders;
+    ``response_tokens``: {sample id: count} (default 8 each)."""
     ids = list(pool)
     np.random.default_rng(seed).shuffle(ids)
     paths = []
@@ -74,7 +75,7 @@ def write_shards(pool, root, seed, shard_size=5):
             moe_probs=np.stack([pool[s]["probs"] for s in part]),
             nll_response=np.array([pool[s]["nll"] for s in part], dtype=np.float32),
             n_tokens=np.full(len(part), 20, dtype=np.int32),
-            n_response_tokens=np.full(len(part), 8, dtype=np.int32),
+            n_response_tokens=np.array([(response_tokens or {}).get(s, 8) for s in part], dtype=np.int32),
             quality_logits=np.stack([pool[s]["logits"] for s in part]),
             nll_response_alone=np.array([pool[s]["alone"] for s in part], dtype=np.float32),
             record=np.array([json.dumps(pool[s]["norm"]) for s in part], dtype=object),
