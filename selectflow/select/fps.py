@@ -284,8 +284,9 @@ def _greedy(
         race.drop(p)
         g = group[p]
         left[g] -= 1
-        full = np.flatnonzero(group == g) if left[g] == 0 else None  # the stratum is full: its candidates
-        if full is not None:  # leave the race
+        # a stratum that is full: its candidates leave the race
+        full = np.flatnonzero(group == g) if left[g] == 0 else None
+        if full is not None:
             race.drop(full)
         if snap is None:
             p, d = race.best()
