@@ -207,6 +207,11 @@ def run_variant(work: Path, cores: int, run: str, config: Path, name: str, keys:
     return row
 
 
+def _verdict(diff: float, half: float) -> str:
+    """Whether a difference lies beyond its 95 % interval's half-width."""
+    return "beyond" if abs(diff) > half else "within"
+
+
 def line(row: dict) -> str:
     text = f"{row['pool']:<10} {row['variant']:<14}"
     for measure, _, _ in MEASURES:
@@ -214,16 +219,15 @@ def line(row: dict) -> str:
         if isinstance(fps, float) and math.isnan(fps):
             continue
         diff, half = row[f"{measure}_minus_random"], row[f"{measure}_minus_random_ci95"]
-        verdict = "beyond" if abs(diff) > half else "within"
         text += (
             f"  {measure} {fps:.3f} ± {row[f'fps_{measure}_ci95']:.3f} vs random {rnd:.3f} ± "
-            f"{row[f'random_{measure}_ci95']:.3f} ({diff:+.3f} ± {half:.3f}, {verdict})"
+            f"{row[f'random_{measure}_ci95']:.3f} ({diff:+.3f} ± {half:.3f}, {_verdict(diff, half)})"
         )
     for m in filter(None, row.get("baselines", "").split(",")):
         for measure, _, _ in MEASURES:
             diff, half = row[f"{measure}_minus_{m}"], row[f"{measure}_minus_{m}_ci95"]
             if not math.isnan(diff):
-                text += f"  {measure} fps − {m} {diff:+.3f} ± {half:.3f} ({'beyond' if abs(diff) > half else 'within'})"
+                text += f"  {measure} fps − {m} {diff:+.3f} ± {half:.3f} ({_verdict(diff, half)})"
     share = (row["junk_tuning"] + row["junk_held_back"]) / max(row["picks"], 1)
     return text + f"  junk {row['junk_tuning']} + {row['junk_held_back']} of {row['picks']} ({share:.1%})"
 
