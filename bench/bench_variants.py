@@ -30,7 +30,7 @@ The pools (README, Which default and why; the first three unless ``--pools`` nam
   the pool does not ask; nothing is held out).
 
 ``--baseline METHOD`` (repeatable) fine-tunes another compare method beside the two on every pool
-and variant (``longest``, ``quality``, …) and prints ``fps`` minus it; changing the methods reruns
+and variant (``longest``, ``random_length``, ``quality``, …) and prints ``fps`` minus it; changing the methods reruns
 compare's pool and ``random``'s fine-tunes (the same figures: everything is seeded).
 
 ``--seed POOL=SEED[,SEED...]`` draws those pools of the recipe instead of its default one

@@ -257,11 +257,24 @@ def excluded_ids_file():
     return []
 
 
-# target compare (rules/compare.smk defines COMPARE_TEST, COMPARE_RANDOM_DRAWS)
+# target compare (rules/compare.smk defines COMPARE_TEST, COMPARE_DRAWN)
+def compare_draws(method):
+    """A drawn baseline's selections for seeds 1, 2, ... (seed 0's is its selected_data.jsonl)."""
+    return [PATHS.compare_random_draw(i, method) for i in range(1, CFG.compare.seeds)]
+
+
 def compare_training_data(wildcards):
-    """One selection for every seed; the random baseline draws anew for each seed."""
+    """One selection for every seed; the random baselines draw anew for each seed."""
     own = PATHS.compare_selected(wildcards.method)
-    return [own, *COMPARE_RANDOM_DRAWS] if wildcards.method == "random" else [own]
+    drawn = wildcards.method in COMPARE_DRAWN
+    return [own, *compare_draws(wildcards.method)] if drawn else [own]
+
+
+def compare_length_reference(wildcards):
+    """random_length matches the lengths of fps's picks."""
+    if wildcards.method == "random_length":
+        return {"reference": PATHS.compare_picks("fps")}
+    return {}
 
 
 def compare_target_set_inputs(wildcards):

@@ -16,9 +16,8 @@ COMPARE_STUDENT = (
 )
 # what is fine-tuned: the k-sized selections, then the full pools
 COMPARE_FINETUNED = [*CFG.compare.methods, *CFG.compare.full_pools]
-COMPARE_RANDOM_DRAWS = [
-    PATHS.compare_random_draw(i) for i in range(1, CFG.compare.seeds)
-]
+# methods that draw anew for every seed (random_length: matched to fps's lengths)
+COMPARE_DRAWN = ("random", "random_length")
 
 
 rule compare_testset:
@@ -207,7 +206,8 @@ rule compare_target:
 
 rule compare_baseline:
     input:
-        PATHS.compare_pool,
+        unpack(compare_length_reference),
+        pool=PATHS.compare_pool,
     output:
         PATHS.compare_picks(),
     log:
@@ -272,14 +272,17 @@ rule compare_full_pools:
 
 rule compare_random_draws:
     input:
+        unpack(compare_length_reference),
         pool=PATHS.compare_pool,
         quality=PATHS.compare_candidates_quality,
         router=router_shards,
         router_table=PATHS.router_data_table,
     output:
-        COMPARE_RANDOM_DRAWS,
+        compare_draws("{method}"),
     log:
-        PATHS.log("compare/random_draws"),
+        PATHS.log("compare/{method}_draws"),
+    wildcard_constraints:
+        method="|".join(COMPARE_DRAWN),
     conda:
         "../envs/selectflow.yaml"
     resources:

@@ -8,6 +8,11 @@ sm = snakemake  # noqa: F821 - injected by Snakemake
 run_job(
     sm,
     lambda: pick_baseline(
-        sm.wildcards.method, sm.input[0], sm.output[0], from_param(CompareConfig, sm.params.compare), sm.params.device
+        sm.wildcards.method,
+        sm.input.pool,
+        sm.output[0],
+        from_param(CompareConfig, sm.params.compare),
+        sm.params.device,
+        reference_tsv=sm.input.get("reference"),
     ),
 )

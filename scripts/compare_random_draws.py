@@ -1,4 +1,4 @@
-"""Rule compare_random_draws: the random baseline's further draws, one per fine-tuning seed after the first."""
+"""Rule compare_random_draws: a random baseline's further draws, one per fine-tuning seed after the first."""
 
 from selectflow.config import CompareConfig, from_param
 from selectflow.runtime.jobs import run_job
@@ -13,5 +13,6 @@ run_job(
         list(sm.input.router),
         list(sm.output),
         from_param(CompareConfig, sm.params.compare),
+        reference_tsv=sm.input.get("reference"),
     ),
 )

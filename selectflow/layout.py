@@ -186,9 +186,9 @@ class Layout:
     def compare_selection_summary(self, method: str = "{method}") -> str:
         return self.result("compare", method, "selection_summary.tsv")
 
-    def compare_random_draw(self, i: int) -> str:
-        """The random baseline's draw for seed ``i`` > 0 (seed 0's is ``compare_selected("random")``)."""
-        return self.result("compare", "random", f"draw_{i}.jsonl")
+    def compare_random_draw(self, i: int, method: str = "random") -> str:
+        """A random baseline's draw for seed ``i`` > 0 (seed 0's is ``compare_selected(method)``)."""
+        return self.result("compare", method, f"draw_{i}.jsonl")
 
     def compare_eval(self, method: str = "{method}") -> str:
         return self.result("compare", method, "eval.tsv")

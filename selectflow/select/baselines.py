@@ -23,6 +23,11 @@ depends on the data and the seed only, not on the order of the rows.
 * ``longest``: the k samples with the most response tokens, no quality and no diversity: the
   trivial selector a method has to beat when the comparison matches records, not tokens
   ("Long Is More for Alignment", Zhao et al. 2024). Ties by ``sample_id``.
+* ``random_length``: ``random`` matched to a reference selection's lengths (compare's ``fps``):
+  the pool's response-token counts are cut into :data:`LENGTH_BINS` quantile bins, and each bin
+  gets as many rows drawn at random as the reference has there (:func:`length_matched_pick`).
+  Same k, about the same tokens, so the difference to the reference is what it adds beyond
+  the length of what it picks.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ BISECTION_STEPS = 30
 # (τ then within 2^-10 of its first bracket, 2 × the largest distance from the best row)
 WALK_DISTANCES = 10**10
 MIN_BISECTION_STEPS = 10
+# random_length: quantile bins of the pool's response tokens (ties share a bin, so fewer where lengths repeat)
+LENGTH_BINS = 10
 
 
 def quality_order(quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -63,6 +70,41 @@ def _check_k(k: int, n: int) -> int:
 def random_pick(n: int, k: int, seed: int) -> np.ndarray:
     """k distinct rows of n, drawn by ``default_rng(seed)`` (draw order)."""
     return np.random.default_rng(seed).choice(n, _check_k(k, n), replace=False).astype(np.int64)
+
+
+def length_bins(response_tokens: np.ndarray, bins: int = LENGTH_BINS) -> np.ndarray:
+    """Bin [n] of each row: its response tokens among the pool's ``bins`` quantiles (equal counts share a bin)."""
+    lengths = np.asarray(response_tokens, dtype=np.float64)
+    edges = np.unique(np.quantile(lengths, np.linspace(0, 1, bins + 1)[1:-1]))
+    return np.searchsorted(edges, lengths, side="right")
+
+
+def _needs_tokens(method: str, response_tokens: np.ndarray | None) -> np.ndarray:
+    if response_tokens is None:
+        raise SelectFlowError(f"compare method {method} needs the pool's response tokens: rerun rule compare_pool")
+    return np.asarray(response_tokens)
+
+
+def length_matched_pick(response_tokens: np.ndarray | None, reference: np.ndarray | None, seed: int) -> np.ndarray:
+    """As many rows drawn at random in each length bin (:func:`length_bins`) as ``reference`` holds there.
+
+    ``reference``: distinct row indices of a selection (the draw has its size and length profile).
+    Drawn by ``default_rng(seed)`` bin by bin, then shuffled; never more than a bin holds, since
+    the reference's rows are in it.
+    """
+    response_tokens = _needs_tokens("random_length", response_tokens)
+    if reference is None:
+        raise SelectFlowError("compare method random_length needs the picks of the selection it matches (fps)")
+    reference = np.asarray(reference, dtype=np.int64)
+    n = len(response_tokens)
+    if len(np.unique(reference)) != len(reference) or not ((reference >= 0) & (reference < n)).all():
+        raise SelectFlowError(f"random_length needs distinct rows of the pool of {n} to match")
+    _check_k(len(reference), n)
+    bin_of = length_bins(response_tokens)
+    need = np.bincount(bin_of[reference], minlength=int(bin_of.max()) + 1)
+    rng = np.random.default_rng(seed)
+    drawn = [rng.choice(np.flatnonzero(bin_of == b), c, replace=False) for b, c in enumerate(need) if c]
+    return rng.permutation(np.concatenate(drawn)).astype(np.int64)
 
 
 def quality_pick(quality: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -277,9 +319,11 @@ def select(
     metric: str,
     device="cpu",
     response_tokens: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rows picked by baseline ``method`` (one of :data:`BASELINES`); ``labels`` are the pool's k-means clusters,
-    ``response_tokens`` [n] each row's response tokens (``longest`` only).
+    ``response_tokens`` [n] each row's response tokens (``longest``, ``random_length``), ``reference``
+    the rows of the selection ``random_length`` matches (its k is theirs).
 
     ``device`` (a torch device) is where the distances of ``score_first`` and ``semdedup`` run;
     distances on the feature grid are exact, so CPU and GPU pick the same rows.
@@ -295,7 +339,7 @@ def select(
     if method == "semdedup":
         return semdedup(feats, quality, ids, labels, k, eps, metric, device)[0]
     if method == "longest":
-        if response_tokens is None:
-            raise SelectFlowError("compare method longest needs the pool's response tokens: rerun rule compare_pool")
-        return quality_pick(response_tokens, ids, k)
+        return quality_pick(_needs_tokens(method, response_tokens), ids, k)
+    if method == "random_length":
+        return length_matched_pick(response_tokens, reference, seed)
     raise SelectFlowError(f"unknown compare method {method!r}; compare.methods takes {', '.join(BASELINES)} and fps")

@@ -132,10 +132,26 @@ def build_pool(
     )
 
 
-def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: str = "cpu") -> int:
+def reference_rows(pool: dict, picks_tsv) -> np.ndarray:
+    """Rows of ``pool.h5`` (sorted by ``sample_id``) of the samples a picks table lists, in its order."""
+    pool_ids = np.asarray(pool["sample_id"], dtype=str)
+    ids = read_tsv(picks_tsv, "picks table")["sample_id"].astype(str).to_numpy(dtype=str)
+    rows = np.searchsorted(pool_ids, ids)
+    found = rows < len(pool_ids)
+    found[found] = pool_ids[rows[found]] == ids[found]
+    if not found.all():
+        missing = int((~found).sum())
+        raise SelectFlowError(
+            f"{picks_tsv} picks {missing} samples not in the comparison's pool: rerun rule compare_pool"
+        )
+    return rows
+
+
+def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: str = "cpu", reference_tsv=None) -> int:
     """Run baseline ``method`` on ``pool.h5``; write its picks (the FPS curve's columns); return k.
 
-    ``device`` (``auto``, ``cpu``, ``cuda``: ``selection.device``) is where its distances run.
+    ``device`` (``auto``, ``cpu``, ``cuda``: ``selection.device``) is where its distances run;
+    ``reference_tsv`` the picks ``random_length`` matches (``fps``'s).
     """
     from selectflow.runtime.device import resolve_device
 
@@ -152,7 +168,14 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
         metric=pool["metric"],
         device=resolve_device(device),
         response_tokens=pool.get("response_tokens"),
+        reference=None if reference_tsv is None else reference_rows(pool, reference_tsv),
     )
+    _write_picks(pool, picks, picks_tsv)
+    log.info("%s picked %d", method, len(picks))
+    return len(picks)
+
+
+def _write_picks(pool: dict, picks: np.ndarray, picks_tsv) -> None:
     table = {
         "step": np.arange(len(picks)),
         "sample_id": pool["sample_id"][picks],
@@ -160,8 +183,6 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
         "min_distance": np.full(len(picks), np.nan),
     }
     write_tsv(pd.DataFrame(table), picks_tsv, na_rep="nan")
-    log.info("%s picked %d", method, len(picks))
-    return len(picks)
 
 
 def intrinsic(selections: dict[str, str | os.PathLike], pool_h5, out_tsv) -> pd.DataFrame:
@@ -306,28 +327,25 @@ def write_full_pools(quality_tsv, router_paths: list, outputs: dict[str, str | o
         log.info("%s: %d samples", name, write_jsonl(path, rows[name]))
 
 
-def random_draws(pool_h5, quality_tsv, router_paths: list, out_paths: list, cmp: CompareConfig) -> None:
-    """The random baseline's further draws: ``out_paths[j]`` holds k samples drawn with ``compare.seed + j + 1``
-    (draw 0, seed ``compare.seed``, is the ``random`` method's own selection)."""
+def random_draws(
+    pool_h5, quality_tsv, router_paths: list, out_paths: list, cmp: CompareConfig, reference_tsv=None
+) -> None:
+    """A random baseline's further draws: ``out_paths[j]`` holds k samples drawn with ``compare.seed + j + 1``
+    (draw 0, seed ``compare.seed``, is the method's own selection): ``random``'s, or with
+    ``reference_tsv`` (``fps``'s picks) ``random_length``'s, matched to their lengths."""
     from selectflow.stages.select import write_selection
 
     pool = read_pool(pool_h5)
+    reference = None if reference_tsv is None else reference_rows(pool, reference_tsv)
     for j, out in enumerate(out_paths):
-        picks = baselines.random_pick(len(pool["sample_id"]), int(pool["k"]), seed=cmp.seed + j + 1)
+        seed = cmp.seed + j + 1
+        if reference is None:
+            picks = baselines.random_pick(len(pool["sample_id"]), int(pool["k"]), seed=seed)
+        else:
+            picks = baselines.length_matched_pick(pool.get("response_tokens"), reference, seed)
         with tempfile.TemporaryDirectory(dir=Path(out).parent) as tmp:
             picks_tsv = Path(tmp) / "picks.tsv"
-            write_tsv(
-                pd.DataFrame(
-                    {
-                        "step": np.arange(len(picks)),
-                        "sample_id": pool["sample_id"][picks],
-                        "candidate_index": picks,
-                        "min_distance": np.nan,
-                    }
-                ),
-                picks_tsv,
-                na_rep="nan",
-            )
+            _write_picks(pool, picks, picks_tsv)
             write_selection(picks_tsv, quality_tsv, router_paths, out, Path(tmp) / "summary.tsv")
 
 

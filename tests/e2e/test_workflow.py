@@ -117,6 +117,38 @@ def test_a_changed_fps_setting_reruns_fps_and_not_the_candidates(clean_run, tmp_
     assert "fps" in planned and "candidates" not in planned and "router_dump" not in planned, planned
 
 
+def test_random_length_draws_fps_lengths_anew_and_follows_its_picks(clean_run, tmp_path):
+    from selectflow.data.records import iter_jsonl
+    from selectflow.report.yardstick import read_pool
+    from selectflow.select.baselines import length_bins
+
+    wd = tmp_path / "wd"
+    shutil.copytree(clean_run, wd, symlinks=True)
+    out = wd / "results/small/compare"
+    compare = {"methods": ["random_length"], "seeds": 3, "full_pools": []}
+    targets = [
+        f"results/small/compare/random_length/{name}"
+        for name in ("selected_data.jsonl", "draw_1.jsonl", "draw_2.jsonl")
+    ]
+    jobs = ran_jobs(snakemake(wd, *targets, *README_COMMAND, config=config_variant("small", tmp_path, compare=compare)))
+    assert {"compare_fps", "compare_baseline", "compare_random_draws"} <= set(jobs), jobs
+    pool = read_pool(out / "pool.h5")
+    bins = dict(zip(pool["sample_id"], length_bins(pool["response_tokens"])))
+
+    def profile(ids):
+        return sorted(bins[s] for s in ids)
+
+    fps = [ln.split("\t")[1] for ln in (out / "fps/picks.tsv").read_text().splitlines()[1:]]
+    drawn = [{rec["sample_id"] for _, rec in iter_jsonl(wd / target)} for target in targets]
+    assert all(profile(d) == profile(fps) for d in drawn)
+    assert len({frozenset(d) for d in drawn}) == 3  # anew for every seed
+    # a changed FPS setting reruns fps and redraws random_length, not the comparison's pool
+    variant = config_variant("small", tmp_path, compare=compare, selection={"fps_snap": "density"})
+    planned = ran_jobs(snakemake(wd, "-n", *targets, *README_COMMAND, config=variant))
+    assert {"compare_fps", "compare_baseline", "compare_random_draws"} <= set(planned), planned
+    assert "compare_pool" not in planned and "compare_candidates" not in planned, planned
+
+
 def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(clean_run, wd, symlinks=True)

@@ -143,6 +143,56 @@ def test_longest_takes_the_most_response_tokens_ties_by_sample_id_and_needs_them
         baselines.select("longest", feats, quality, ids, 9, seed=0, labels=None, eps=0.0, metric="wasserstein")
 
 
+def test_length_bins_are_the_pools_quantiles_and_ties_share_a_bin():
+    bins = baselines.length_bins(np.arange(1, 101), bins=10)
+    assert list(np.bincount(bins)) == [10] * 10 and list(bins[::10]) == list(range(10))
+    assert len(set(baselines.length_bins(np.full(30, 7)))) == 1  # one length: one bin
+    tokens = np.array([1] * 50 + list(range(2, 52)))  # half the pool ties at 1
+    bins = baselines.length_bins(tokens, bins=10)
+    # brute force: a row's bin is how many distinct deciles of the pool are at or below its length
+    deciles = {float(np.quantile(tokens, q / 10)) for q in range(1, 10)}
+    assert list(bins) == [sum(e <= t for e in deciles) for t in tokens]
+
+
+def test_random_length_draws_the_references_length_profile_seeded_and_anew():
+    from selectflow.runtime.errors import SelectFlowError
+
+    feats, quality, ids = _pool(200)
+    tokens = np.random.default_rng(1).geometric(0.1, 200)  # long tail, ties
+    bins = baselines.length_bins(tokens)
+    longest = np.argsort(-tokens, kind="stable")[:20]  # a selection of long records
+
+    def pick(seed, reference=longest, **kw):
+        return baselines.select(
+            "random_length",
+            feats,
+            quality,
+            ids,
+            20,
+            seed=seed,
+            labels=None,
+            eps=0.0,
+            metric="wasserstein",
+            **{"response_tokens": tokens, "reference": reference, **kw},
+        )
+
+    a = pick(3)
+    assert len(set(a)) == 20 and np.array_equal(a, pick(3))
+    assert np.array_equal(np.bincount(bins[a], minlength=10), np.bincount(bins[longest], minlength=10))
+    assert tokens[a].mean() > 2 * tokens.mean()  # as long as the reference, not as the pool
+    assert set(pick(4)) != set(a)
+    # a reference spread over every bin: the draw is too, bin by bin
+    spread = np.random.default_rng(2).choice(200, 30, replace=False)
+    b = pick(0, spread)
+    assert np.array_equal(np.bincount(bins[b], minlength=10), np.bincount(bins[spread], minlength=10))
+    with pytest.raises(SelectFlowError, match="rerun rule compare_pool"):
+        pick(0, response_tokens=None)
+    with pytest.raises(SelectFlowError, match="picks of the selection it matches"):
+        pick(0, reference=None)
+    with pytest.raises(SelectFlowError, match="distinct rows"):
+        pick(0, np.array([1, 1, 2]))
+
+
 def test_unknown_baseline_is_named():
     from selectflow.runtime.errors import SelectFlowError
 
@@ -195,8 +245,9 @@ def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
     ).compare.train
     assert (one.epochs, one.max_steps, one.learning_rate) == (2, None, 0.01)
     default = build_config(with_defaults(_raw(), schema)).compare
-    # every baseline but longest (opt-in: five more fine-tunes for a trivial reference) runs by default
-    assert default.methods[0] == "fps" and set(default.methods) == {"fps", *baselines.BASELINES} - {"longest"}
+    # every baseline but longest and random_length (opt-in: five more fine-tunes each) runs by default
+    opt_in = {"longest", "random_length"}
+    assert default.methods[0] == "fps" and set(default.methods) == {"fps", *baselines.BASELINES} - opt_in
 
 
 def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout_slice():
@@ -219,6 +270,7 @@ def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout
 
 def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     from selectflow.config import selection_section
+    from selectflow.data.records import iter_jsonl
     from selectflow.report.yardstick import read_pool
     from selectflow.runtime.tables import read_tsv
     from selectflow.stages import compare
@@ -250,12 +302,31 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     run_fps(tmp_path / "c.h5", tmp_path / "fps.tsv", sel)
     picks = {"fps": tmp_path / "fps.tsv"}
     for method in baselines.BASELINES:
-        compare.pick_baseline(method, tmp_path / "pool.h5", tmp_path / f"{method}.tsv", cmp)
+        reference = tmp_path / "fps.tsv" if method == "random_length" else None
+        compare.pick_baseline(method, tmp_path / "pool.h5", tmp_path / f"{method}.tsv", cmp, reference_tsv=reference)
         picks[method] = tmp_path / f"{method}.tsv"
     for method, path in picks.items():
         ids = list(read_tsv(path, method)["sample_id"])
         assert len(ids) == len(set(ids)) == k, method
         assert not held & set(ids), method
+    # random_length's further draws: fps's length profile again, drawn anew
+    draws = [tmp_path / f"draw_{i}.jsonl" for i in (1, 2)]
+    compare.random_draws(tmp_path / "pool.h5", tmp_path / "c.tsv", shards, draws, cmp, reference_tsv=picks["fps"])
+    bins = baselines.length_bins(kept["response_tokens"])
+    row = {sid: i for i, sid in enumerate(kept["sample_id"])}
+
+    def profile(ids):
+        return list(np.bincount(bins[[row[s] for s in ids]], minlength=bins.max() + 1))
+
+    fps_ids = list(read_tsv(picks["fps"], "fps")["sample_id"])
+    drawn = [[rec["sample_id"] for _, rec in iter_jsonl(path)] for path in draws]
+    assert (
+        profile(drawn[0])
+        == profile(drawn[1])
+        == profile(fps_ids)
+        == profile(read_tsv(picks["random_length"], "r")["sample_id"])
+    )
+    assert len(set(drawn[0])) == k and set(drawn[0]) != set(drawn[1])
     # the same draw again: identical
     compare.draw_heldout(tmp_path / "main.tsv", shards, tmp_path / "again.jsonl", cmp)
     assert (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "heldout.jsonl").read_bytes()
