@@ -13,6 +13,7 @@ run_job(
         list(sm.input.router),
         list(sm.output),
         from_param(CompareConfig, sm.params.compare),
+        method=sm.wildcards.method,
         reference_tsv=sm.input.get("reference"),
     ),
 )

@@ -156,23 +156,32 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
     from selectflow.runtime.device import resolve_device
 
     pool = read_pool(pool_h5)
-    picks = baselines.select(
+    reference = None if reference_tsv is None else reference_rows(pool, reference_tsv)
+    picks = _baseline_rows(method, pool, cmp.seed, reference, resolve_device(device))
+    _write_picks(pool, picks, picks_tsv)
+    log.info("%s picked %d", method, len(picks))
+    return len(picks)
+
+
+def _baseline_rows(method: str, pool: dict, seed: int, reference: np.ndarray | None, device="cpu") -> np.ndarray:
+    """Rows of ``pool.h5`` that baseline ``method`` picks with ``seed``.
+
+    ``reference``: the rows ``random_length`` matches.
+    """
+    return baselines.select(
         method,
         pool["features"],
         pool["quality"],
         pool["sample_id"],
         int(pool["k"]),
-        seed=cmp.seed,
+        seed=seed,
         labels=pool["cluster"],
         eps=float(pool["near_duplicate_threshold"]),
         metric=pool["metric"],
-        device=resolve_device(device),
+        device=device,
         response_tokens=pool.get("response_tokens"),
-        reference=None if reference_tsv is None else reference_rows(pool, reference_tsv),
+        reference=reference,
     )
-    _write_picks(pool, picks, picks_tsv)
-    log.info("%s picked %d", method, len(picks))
-    return len(picks)
 
 
 def _write_picks(pool: dict, picks: np.ndarray, picks_tsv) -> None:
@@ -328,21 +337,17 @@ def write_full_pools(quality_tsv, router_paths: list, outputs: dict[str, str | o
 
 
 def random_draws(
-    pool_h5, quality_tsv, router_paths: list, out_paths: list, cmp: CompareConfig, reference_tsv=None
+    pool_h5, quality_tsv, router_paths: list, out_paths: list, cmp: CompareConfig, method="random", reference_tsv=None
 ) -> None:
-    """A random baseline's further draws: ``out_paths[j]`` holds k samples drawn with ``compare.seed + j + 1``
-    (draw 0, seed ``compare.seed``, is the method's own selection): ``random``'s, or with
-    ``reference_tsv`` (``fps``'s picks) ``random_length``'s, matched to their lengths."""
+    """A random baseline's further draws: ``out_paths[j]`` holds the picks of ``method`` (``random``, or
+    ``random_length`` matched to ``reference_tsv``, ``fps``'s picks) drawn with ``compare.seed + j + 1``
+    (draw 0, seed ``compare.seed``, is the method's own selection, :func:`pick_baseline`)."""
     from selectflow.stages.select import write_selection
 
     pool = read_pool(pool_h5)
     reference = None if reference_tsv is None else reference_rows(pool, reference_tsv)
     for j, out in enumerate(out_paths):
-        seed = cmp.seed + j + 1
-        if reference is None:
-            picks = baselines.random_pick(len(pool["sample_id"]), int(pool["k"]), seed=seed)
-        else:
-            picks = baselines.length_matched_pick(pool.get("response_tokens"), reference, seed)
+        picks = _baseline_rows(method, pool, cmp.seed + j + 1, reference)
         with tempfile.TemporaryDirectory(dir=Path(out).parent) as tmp:
             picks_tsv = Path(tmp) / "picks.tsv"
             _write_picks(pool, picks, picks_tsv)

@@ -311,7 +311,9 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
         assert not held & set(ids), method
     # random_length's further draws: fps's length profile again, drawn anew
     draws = [tmp_path / f"draw_{i}.jsonl" for i in (1, 2)]
-    compare.random_draws(tmp_path / "pool.h5", tmp_path / "c.tsv", shards, draws, cmp, reference_tsv=picks["fps"])
+    compare.random_draws(
+        tmp_path / "pool.h5", tmp_path / "c.tsv", shards, draws, cmp, method="random_length", reference_tsv=picks["fps"]
+    )
     bins = baselines.length_bins(kept["response_tokens"])
     row = {sid: i for i, sid in enumerate(kept["sample_id"])}
 
