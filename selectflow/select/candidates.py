@@ -169,6 +169,8 @@ def write_candidates(path: str | os.PathLike, pool: Pool, score: np.ndarray, cho
             f.create_dataset("sample_id", data=pool.sample_id[choice.chosen].astype(object), dtype=h5py.string_dtype())
             f.create_dataset("quality", data=score[choice.chosen].astype(np.float64))
             f.create_dataset("features", data=feats)
+            # each candidate's response tokens (fps_snap: length)
+            f.create_dataset("response_tokens", data=np.asarray(pool.n_response_tokens)[choice.chosen].astype(np.int32))
             if choice.stratum is not None:
                 f.create_dataset("stratum", data=choice.stratum)
                 f.create_dataset("quota", data=choice.quota)
@@ -262,6 +264,16 @@ def quality_table(
     )
 
 
+def response_tokens(f) -> np.ndarray:
+    """Each candidate's response tokens int [m] of the open ``candidates.h5`` ``f`` (``fps_snap: length``)."""
+    if "response_tokens" not in f:
+        raise SelectFlowError(
+            f"{f.filename} has no response_tokens (written before selection.fps_snap: length); "
+            + CANDIDATES_REBUILD_HINT
+        )
+    return f["response_tokens"][()]
+
+
 def fps_options(
     f,
     sel: SelectionConfig,
@@ -271,7 +283,8 @@ def fps_options(
     graph: Callable[..., tuple[np.ndarray, np.ndarray]] = knn_graph,
 ) -> dict:
     """Start, strata and quota of the open ``candidates.h5`` ``f``, the log interval, the weights of
-    ``selection.fps_weight`` and the :class:`~selectflow.select.fps.Snap` of ``selection.fps_snap``.
+    ``selection.fps_weight`` and the :class:`~selectflow.select.fps.Snap` of ``selection.fps_snap``
+    (its score: the density, the quality rank or minus the response tokens, :func:`response_tokens`).
 
     Weights: None, facility location's quality weights ``1 - rank/m`` of ``cands`` (the file's
     :func:`read_candidates`), or the density weights of its features
@@ -301,6 +314,8 @@ def fps_options(
             snap = Snap(nbr[:, : sizes["snap"] + 1], mean_spread(dist[:, : sizes["snap"] + 1]))
         elif sel.fps_snap == "quality":  # the best-ranked first
             snap = Snap(nbr[:, : sizes["snap"] + 1], quality_rank(cands.quality, cands.sample_id))
+        elif sel.fps_snap == "length":  # the longest first; ties to the lower index, the better quality
+            snap = Snap(nbr[:, : sizes["snap"] + 1], -response_tokens(f).astype(np.float64))
     if sel.fps_weight == "quality":
         weight = quality_weight(cands.quality, cands.sample_id)
     return {

@@ -22,7 +22,7 @@ Neither holds an m×m matrix.
   ``1 - rank/m`` by the mean distance to the nearest candidates in the same k-NN graph
   (:func:`neighbour_spread`); snapped FPS (``selection.fps_snap: density``) picks by the same
   spreads among the graph's neighbours (:class:`selectflow.select.fps.Snap`), ``fps_snap: quality``
-  by :func:`quality_rank`.
+  by :func:`quality_rank`, ``fps_snap: length`` by the response tokens.
 * :func:`kmeans_round_robin` (Select-MoE's later method): FAISS k-means of the candidates
   (:func:`selectflow.select.baselines.kmeans_labels`), then
   :func:`selectflow.select.baselines.round_robin` by quality, the code compare's ``kmeans``

@@ -32,7 +32,8 @@ distance to its own neighbours, ties to the lowest index), and a nominee that is
 leaves the race, its neighbourhood now represented by the pick (unless its stratum needs every
 candidate it has left). FPS still goes where the picks are farthest apart, but it takes the
 typical record there instead of the outlier itself. ``selection.fps_snap: quality`` picks the
-best-ranked candidate by quality instead of the densest, by the same rules.
+best-ranked candidate by quality instead of the densest, ``fps_snap: length`` the one with the
+longest response (ties to the lower index: the better quality), by the same rules.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Snap:
 
     neighbors: np.ndarray  # int64 [N, kk]: each candidate's nearest candidates
     # float [N], smaller first: each candidate's mean distance to its neighbours (fps_snap density: the
-    # densest), or its quality rank (quality: the best)
+    # densest), its quality rank (quality: the best) or minus its response tokens (length: the longest)
     score: np.ndarray
 
     def pick(self, nominee: int, open_: np.ndarray) -> int:

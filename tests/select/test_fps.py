@@ -300,10 +300,13 @@ def test_snapped_fps_equals_brute_force(tmp_path, metric, n, k, seed, start, n_n
 
 @pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
 @pytest.mark.parametrize("n_neighbors", [1, 4])
-def test_quality_snapped_fps_equals_brute_force(metric, n_neighbors):
-    # selection.fps_snap: quality: the same race, the pick the best quality rank of the neighbourhood
+@pytest.mark.parametrize("by", ["quality", "length"])
+def test_quality_and_length_snapped_fps_equal_brute_force(metric, n_neighbors, by):
+    # selection.fps_snap: quality: the same race, the pick the best quality rank of the neighbourhood;
+    # length: the longest response of it (score minus the response tokens, many ties: to the lowest index)
     f = with_ties(60, 11, metric)
-    rank = np.random.default_rng(11).permutation(60).astype(np.float64)
+    rng = np.random.default_rng(11)
+    rank = rng.permutation(60).astype(np.float64) if by == "quality" else -rng.integers(1, 8, 60).astype(np.float64)
     nbr, _ = knn_graph(f, n_neighbors, metric)
     got = fps_streaming(f, 15, metric=metric, device="cpu", log_interval=100, snap=Snap(nbr, rank))
     ref_picks, ref_at = brute_snapped_fps(naive_matrix(f, metric), 15, 0, n_neighbors, score=rank)

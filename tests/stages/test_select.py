@@ -178,7 +178,14 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
 
 @pytest.mark.parametrize(
     ("fps_weight", "fps_snap"),
-    [("quality", "none"), ("density", "none"), ("none", "density"), ("density", "density"), ("none", "quality")],
+    [
+        ("quality", "none"),
+        ("density", "none"),
+        ("none", "density"),
+        ("density", "density"),
+        ("none", "quality"),
+        ("none", "length"),
+    ],
 )
 @pytest.mark.parametrize("strata", [1, 3])
 def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
@@ -187,18 +194,26 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
     # rank of diversity.density_weight over the candidates' features and diversity_neighbors.
     # selection.fps_snap: density: the picks snap to the densest of each nominee's fps_snap_neighbors
     # nearest candidates (fps.Snap over the candidates' k-NN graph; with both, the weights keep
-    # diversity_neighbors: one graph of the larger size serves both); quality: to the best-ranked of them
+    # diversity_neighbors: one graph of the larger size serves both); quality: to the best-ranked of them;
+    # length: to the longest response of them (ties, which the tokens below have, to the better quality)
     pool = make_pool(seed=5)
+    tokens = {s: int(t) for s, t in zip(pool, np.random.default_rng(5).integers(1, 6, size=len(pool)))}
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
     kw.update(diversity_neighbors=4, fps_snap=fps_snap, fps_snap_neighbors=2)
-    a = pipeline(write_shards(pool, tmp_path / "a", seed=2, shard_size=4), tmp_path / "oa", **kw)
+    a = pipeline(
+        write_shards(pool, tmp_path / "a", seed=2, shard_size=4, response_tokens=tokens), tmp_path / "oa", **kw
+    )
     b = pipeline(
-        write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", distance_mode="matrix", **kw
+        write_shards(pool, tmp_path / "b", seed=3, shard_size=7, response_tokens=tokens),
+        tmp_path / "ob",
+        distance_mode="matrix",
+        **kw,
     )
     assert a == b
     with h5py.File(tmp_path / "oa" / "candidates.h5") as f:
         feats, m = f["features"][()], len(f["quality"])
         ids = np.array([v.decode() for v in f["sample_id"][()]], dtype=object)
+        assert f["response_tokens"][()].tolist() == [tokens[s] for s in ids]  # each candidate's own count
         assert (np.diff(f["quality"][()]) <= 0).all()
         opts = {"strata": f["stratum"][()], "quota": f["quota"][()]} if "stratum" in f else {}
     start = 0 if not opts else int(np.flatnonzero(opts["quota"][opts["strata"]] > 0)[0])
@@ -212,15 +227,18 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
         start=start,
         log_interval=100,
         weight=density_weight(feats, ids, 4, "wasserstein") if fps_weight == "density" else weight,
-        snap={"none": None, "density": Snap(nbr, mean_spread(dist)), "quality": Snap(nbr, np.arange(m, dtype=float))}[
-            fps_snap
-        ],
+        snap={
+            "none": None,
+            "density": Snap(nbr, mean_spread(dist)),
+            "quality": Snap(nbr, np.arange(m, dtype=float)),
+            "length": Snap(nbr, -np.array([tokens[s] for s in ids], dtype=float)),
+        }[fps_snap],
         **opts,
     )
     curve = pd.read_csv(tmp_path / "oa" / "curve.tsv", sep="\t")
     assert curve["candidate_index"].tolist() == want.picks.tolist()
     plain = pipeline(
-        write_shards(pool, tmp_path / "c", seed=2, shard_size=4),
+        write_shards(pool, tmp_path / "c", seed=2, shard_size=4, response_tokens=tokens),
         tmp_path / "oc",
         **{**kw, "fps_weight": "none", "fps_snap": "none"},
     )
@@ -244,6 +262,18 @@ def test_the_candidates_read_no_fps_only_key(tmp_path):
             np.testing.assert_array_equal(a.attrs[key], b.attrs[key])
         for key in a:
             np.testing.assert_array_equal(a[key][()], b[key][()])
+
+
+def test_length_snap_needs_response_tokens_in_the_candidates(tmp_path):
+    # a candidates.h5 written before fps_snap: length has no response_tokens: a clear error naming the rebuild
+    paths = write_shards(make_pool(seed=5), tmp_path / "shards", seed=2)
+    sel = section(selection_percentage=0.3, quality_method="gate", fps_snap="length")
+    build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "quality.tsv", sel)
+    with h5py.File(tmp_path / "candidates.h5", "a") as f:
+        del f["response_tokens"]
+    with pytest.raises(SelectFlowError, match="has no response_tokens .*rule candidates rebuilds it"):
+        run_fps(tmp_path / "candidates.h5", tmp_path / "curve.tsv", sel)
+    assert not (tmp_path / "curve.tsv").exists()
 
 
 def test_fps_snap_needs_fps():
@@ -535,7 +565,14 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
 
 @pytest.mark.parametrize(
     ("strata", "fps_weight", "fps_snap"),
-    [(1, "none", "none"), (3, "none", "none"), (3, "density", "none"), (3, "none", "density"), (1, "none", "quality")],
+    [
+        (1, "none", "none"),
+        (3, "none", "none"),
+        (3, "density", "none"),
+        (3, "none", "density"),
+        (1, "none", "quality"),
+        (3, "none", "length"),
+    ],
 )
 def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fps_snap, caplog, monkeypatch):
     # rule fps with selection.fps_gpus: 2 on a CPU box: torchrun starts two gloo ranks, which share
