@@ -681,33 +681,35 @@ STREAMING_CASES = {
 }
 # the settings of 3681dd9 where a case does not name them (the defaults changed on 2026-12-04)
 PINNED_SETTINGS = dict(quality_cut="fixed", strata_weight="pool")
+# candidates.h5 re-pinned when it gained response_tokens (fps_snap: length); its other datasets and
+# attributes hash as before, and the other files are unchanged
 EXPECTED_DIGESTS = {
     "combined_strata": {  # quota [5, 1, 0]: re-pinned when FPS stopped picking in the stratum with quota 0
-        "candidates.h5": "3ed3ed198719a916",
+        "candidates.h5": "ba8d1321b744d56e",
         "curve.tsv": "73daf4c985f81e0c",
         "selected.jsonl": "121bae84d825d9f0",
         "summary.tsv": "8ed2d20912fc4080",
     },
     "combined_fps": {
-        "candidates.h5": "d23dc58c2a687a09",
+        "candidates.h5": "d83c0482d0e45be8",
         "curve.tsv": "49874493ea19cc2d",
         "selected.jsonl": "e99e5677b349ee7e",
         "summary.tsv": "18b6fdc625b485e5",
     },
     "gate_two_stage": {
-        "candidates.h5": "94f2dd9cc6458025",
+        "candidates.h5": "83b66e4507d0f742",
         "curve.tsv": "6714cc481e9c125f",
         "selected.jsonl": "78346fcfca77fa35",
         "summary.tsv": "a11dc61bda849d2f",
     },
     "field": {
-        "candidates.h5": "89a316b8c783c3ec",
+        "candidates.h5": "a1e2e5bca2231c62",
         "curve.tsv": "599c245bdd6140df",
         "selected.jsonl": "61b4e78264edb6d2",
         "summary.tsv": "83b382a760f6d1fe",
     },
     "perplexity_quality": {
-        "candidates.h5": "9d3113b750b60023",
+        "candidates.h5": "207aa5f256c6d5bd",
         "curve.tsv": "e26ffb74833d75ac",
         "selected.jsonl": "d84c64ebdd3f1fe5",
         "summary.tsv": "b0531afd42857119",
