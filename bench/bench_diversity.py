@@ -15,9 +15,10 @@ the random quality, are computed inside the timer). ``fps_density`` is density-w
 (``selection.fps_weight: density``; its weights, from the k-NN graph of ``--neighbors``, are
 computed inside the timer). ``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
 k-NN graph of ``--neighbors`` it snaps over is built inside the timer); ``fps_qsnap`` the same with
-``selection.fps_snap: quality`` (quality ranks instead of spreads). ``target`` (selection.target) selects
-toward ``--targets`` synthetic target records made like the candidates (their features are
-built before the timer starts).
+``selection.fps_snap: quality`` (quality ranks instead of spreads), ``fps_lsnap`` with
+``selection.fps_snap: length`` (random response tokens, 1 to 200, instead of spreads).
+``target`` (selection.target) selects toward ``--targets`` synthetic target records made like
+the candidates (their features are built before the timer starts).
 
 Prints one line per method and the ratios against FPS.
 """
@@ -36,7 +37,17 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-METHODS = ("fps", "fps_quality", "fps_density", "fps_snap", "fps_qsnap", "facility_location", "kmeans", "target")
+METHODS = (
+    "fps",
+    "fps_quality",
+    "fps_density",
+    "fps_snap",
+    "fps_qsnap",
+    "fps_lsnap",
+    "facility_location",
+    "kmeans",
+    "target",
+)
 
 
 def features(n: int, layers: int, experts: int, seed: int) -> np.ndarray:
@@ -60,6 +71,7 @@ def one(args) -> dict:
 
     x = features(args.n, args.layers, args.experts, args.seed)
     quality = np.random.default_rng(args.seed + 1).normal(size=args.n)
+    tokens = np.random.default_rng(args.seed + 3).integers(1, 201, size=args.n)  # fps_lsnap's response tokens
     ids = np.array([f"s{i:07d}" for i in range(args.n)], dtype=object)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
@@ -75,9 +87,13 @@ def one(args) -> dict:
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
         ).picks
-    elif args.one in ("fps_snap", "fps_qsnap"):  # selection.fps_snap: density, quality
+    elif args.one in ("fps_snap", "fps_qsnap", "fps_lsnap"):  # selection.fps_snap: density, quality, length
         nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device)
-        score = diversity.mean_spread(dist) if args.one == "fps_snap" else diversity.quality_rank(quality, ids)
+        score = {
+            "fps_snap": lambda: diversity.mean_spread(dist),
+            "fps_qsnap": lambda: diversity.quality_rank(quality, ids),
+            "fps_lsnap": lambda: -tokens.astype(np.float64),
+        }[args.one]()
         snap = Snap(nbr, score)
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", snap=snap
