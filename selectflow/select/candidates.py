@@ -43,7 +43,7 @@ from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
-from selectflow.select.diversity import density_weight, knn_graph, mean_spread, quality_rank, quality_weight
+from selectflow.select.diversity import density_weight, knn_graph, mean_spread, quality_weight, snap_score
 from selectflow.select.fps import Snap
 from selectflow.select.pool import Pool
 from selectflow.select.quality import assess, resolve_method
@@ -310,12 +310,10 @@ def fps_options(
         if sizes["weight"]:
             spread = mean_spread(dist[:, : sizes["weight"] + 1])
             weight = density_weight(feats, cands.sample_id, sizes["weight"], metric, spread=spread)
-        if sel.fps_snap == "density":  # the densest of a neighbourhood first
-            snap = Snap(nbr[:, : sizes["snap"] + 1], mean_spread(dist[:, : sizes["snap"] + 1]))
-        elif sel.fps_snap == "quality":  # the best-ranked first
-            snap = Snap(nbr[:, : sizes["snap"] + 1], quality_rank(cands.quality, cands.sample_id))
-        elif sel.fps_snap == "length":  # the longest first; ties to the lower index, the better quality
-            snap = Snap(nbr[:, : sizes["snap"] + 1], -response_tokens(f).astype(np.float64))
+        if sizes["snap"]:
+            kk = sizes["snap"] + 1
+            tokens = response_tokens(f) if sel.fps_snap == "length" else None
+            snap = Snap(nbr[:, :kk], snap_score(sel.fps_snap, dist[:, :kk], cands.quality, cands.sample_id, tokens))
     if sel.fps_weight == "quality":
         weight = quality_weight(cands.quality, cands.sample_id)
     return {

@@ -127,6 +127,22 @@ def mean_spread(dist: np.ndarray) -> np.ndarray:
     return dist[:, 1:].astype(np.float64).mean(1) if dist.shape[1] > 1 else np.zeros(len(dist))
 
 
+def snap_score(
+    mode: str, dist: np.ndarray, quality: np.ndarray, ids: np.ndarray, tokens: np.ndarray | None = None
+) -> np.ndarray:
+    """The :class:`selectflow.select.fps.Snap` score float64 [m] (smaller first) of ``selection.fps_snap``
+    ``mode``: ``density`` the :func:`mean_spread` of the k-NN graph's ``dist`` [m, kk] (the densest),
+    ``quality`` the :func:`quality_rank` (the best), ``length`` minus the response ``tokens`` (the
+    longest; ties to the lower index, the better quality)."""
+    if mode == "density":
+        return mean_spread(dist)
+    if mode == "quality":
+        return quality_rank(quality, ids)
+    if mode == "length":
+        return -np.asarray(tokens, dtype=np.float64)
+    raise ValueError(f"unknown fps_snap {mode!r}")
+
+
 def neighbour_spread(
     feats: np.ndarray, n_neighbors: int, metric: str, device: str = "cpu", rows: tuple[int, int] | None = None
 ) -> np.ndarray:
