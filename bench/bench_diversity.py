@@ -89,12 +89,8 @@ def one(args) -> dict:
         ).picks
     elif args.one in ("fps_snap", "fps_qsnap", "fps_lsnap"):  # selection.fps_snap: density, quality, length
         nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device)
-        score = {
-            "fps_snap": lambda: diversity.mean_spread(dist),
-            "fps_qsnap": lambda: diversity.quality_rank(quality, ids),
-            "fps_lsnap": lambda: -tokens.astype(np.float64),
-        }[args.one]()
-        snap = Snap(nbr, score)
+        mode = {"fps_snap": "density", "fps_qsnap": "quality", "fps_lsnap": "length"}[args.one]
+        snap = Snap(nbr, diversity.snap_score(mode, dist, quality, ids, tokens))
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", snap=snap
         ).picks
