@@ -257,7 +257,7 @@ def excluded_ids_file():
     return []
 
 
-# target compare (rules/compare.smk defines COMPARE_TEST, COMPARE_DRAWN)
+# target compare (rules/compare.smk defines COMPARE_TEST, COMPARE_DRAWN, LENGTH_MATCHED)
 def compare_draws(method):
     """A drawn baseline's selections for seeds 1, 2, ... (seed 0's is its selected_data.jsonl)."""
     return [PATHS.compare_random_draw(i, method) for i in range(1, CFG.compare.seeds)]
@@ -271,8 +271,8 @@ def compare_training_data(wildcards):
 
 
 def compare_length_reference(wildcards):
-    """random_length matches the lengths of fps's picks."""
-    if wildcards.method == "random_length":
+    """random_length and random_matched match the lengths of fps's picks."""
+    if wildcards.method in LENGTH_MATCHED:
         return {"reference": PATHS.compare_picks("fps")}
     return {}
 

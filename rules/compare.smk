@@ -16,8 +16,9 @@ COMPARE_STUDENT = (
 )
 # what is fine-tuned: the k-sized selections, then the full pools
 COMPARE_FINETUNED = [*CFG.compare.methods, *CFG.compare.full_pools]
-# methods that draw anew for every seed (random_length: matched to fps's lengths)
-COMPARE_DRAWN = ("random", "random_length")
+# methods matched to the lengths of fps's picks, and the methods that draw anew for every seed
+LENGTH_MATCHED = ("random_length", "random_matched")
+COMPARE_DRAWN = ("random", *LENGTH_MATCHED)
 
 
 rule compare_testset:

@@ -28,6 +28,11 @@ depends on the data and the seed only, not on the order of the rows.
   gets as many rows drawn at random as the reference has there (:func:`length_matched_pick`).
   Same k, about the same tokens, so the difference to the reference is what it adds beyond
   the length of what it picks.
+* ``random_matched``: ``random`` matched to a reference selection pick by pick: for each
+  reference row, one row drawn at random among the :data:`LENGTH_NEIGHBOURS` undrawn rows
+  nearest to it in response tokens (:func:`nearest_length_pick`). A finer match than
+  ``random_length``'s bins where lengths are sparse (the long tail, where a bin spans hundreds
+  of tokens).
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ WALK_DISTANCES = 10**10
 MIN_BISECTION_STEPS = 10
 # random_length: quantile bins of the pool's response tokens (ties share a bin, so fewer where lengths repeat)
 LENGTH_BINS = 10
+# random_matched: each reference row's draw is among this many undrawn rows nearest to it in
+# response tokens (and every row as near as the farthest of them)
+LENGTH_NEIGHBOURS = 10
 
 
 def quality_order(quality: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -85,6 +93,17 @@ def _needs_tokens(method: str, response_tokens: np.ndarray | None) -> np.ndarray
     return np.asarray(response_tokens)
 
 
+def _reference_rows(method: str, reference: np.ndarray | None, n: int) -> np.ndarray:
+    """``reference`` checked: distinct rows of a pool of ``n``, at most ``n`` of them."""
+    if reference is None:
+        raise SelectFlowError(f"compare method {method} needs the picks of the selection it matches (fps)")
+    reference = np.asarray(reference, dtype=np.int64)
+    if len(np.unique(reference)) != len(reference) or not ((reference >= 0) & (reference < n)).all():
+        raise SelectFlowError(f"{method} needs distinct rows of the pool of {n} to match")
+    _check_k(len(reference), n)
+    return reference
+
+
 def length_matched_pick(response_tokens: np.ndarray | None, reference: np.ndarray | None, seed: int) -> np.ndarray:
     """As many rows drawn at random in each length bin (:func:`length_bins`) as ``reference`` holds there.
 
@@ -93,18 +112,60 @@ def length_matched_pick(response_tokens: np.ndarray | None, reference: np.ndarra
     the reference's rows are in it.
     """
     response_tokens = _needs_tokens("random_length", response_tokens)
-    if reference is None:
-        raise SelectFlowError("compare method random_length needs the picks of the selection it matches (fps)")
-    reference = np.asarray(reference, dtype=np.int64)
-    n = len(response_tokens)
-    if len(np.unique(reference)) != len(reference) or not ((reference >= 0) & (reference < n)).all():
-        raise SelectFlowError(f"random_length needs distinct rows of the pool of {n} to match")
-    _check_k(len(reference), n)
+    reference = _reference_rows("random_length", reference, len(response_tokens))
     bin_of = length_bins(response_tokens)
     need = np.bincount(bin_of[reference], minlength=int(bin_of.max()) + 1)
     rng = np.random.default_rng(seed)
     drawn = [rng.choice(np.flatnonzero(bin_of == b), c, replace=False) for b, c in enumerate(need) if c]
     return rng.permutation(np.concatenate(drawn)).astype(np.int64)
+
+
+def nearest_length_pick(
+    response_tokens: np.ndarray | None, reference: np.ndarray | None, seed: int, neighbours: int = LENGTH_NEIGHBOURS
+) -> np.ndarray:
+    """One row drawn for each ``reference`` row among the undrawn rows nearest to it in response tokens.
+
+    ``rng = default_rng(seed)``; the reference rows are taken in the order ``rng.permutation(reference)``.
+    For reference row r, with d the ``neighbours``-th smallest ``|tokens - tokens[r]|`` over the rows
+    not drawn yet (all of them when fewer), the eligible rows are the undrawn rows within d of r
+    (so rows tied at d all count), in ascending row order, and the draw is
+    ``eligible[rng.integers(len(eligible))]``. r itself is eligible while undrawn. Returns the
+    rows in draw order. Works over the distinct token counts, not the rows: a draw touches the
+    rows of the counts within d only.
+    """
+    tokens = np.asarray(_needs_tokens("random_matched", response_tokens), dtype=np.int64)
+    n = len(tokens)
+    reference = _reference_rows("random_matched", reference, n)
+    if neighbours < 1:
+        raise SelectFlowError(f"random_matched needs at least 1 neighbour, got {neighbours}")
+    values, value_of = np.unique(tokens, return_inverse=True)
+    by_value = np.argsort(value_of, kind="stable")  # rows grouped by token count, ascending rows in a group
+    starts = np.concatenate([[0], np.cumsum(np.bincount(value_of, minlength=len(values)))])
+    left = np.diff(starts)  # undrawn rows per token count
+    drawn = np.zeros(n, dtype=bool)
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(reference), dtype=np.int64)
+    for j, r in enumerate(rng.permutation(reference)):
+        at = int(value_of[r])
+        lo = hi = at
+        total = int(left[at])
+        while total < neighbours and (lo > 0 or hi < len(values) - 1):
+            d_lo = values[at] - values[lo - 1] if lo > 0 else np.inf
+            d_hi = values[hi + 1] - values[at] if hi < len(values) - 1 else np.inf
+            d = min(d_lo, d_hi)
+            if d_lo == d:
+                lo -= 1
+                total += int(left[lo])
+            if d_hi == d:
+                hi += 1
+                total += int(left[hi])
+        rows = by_value[starts[lo] : starts[hi + 1]]
+        eligible = np.sort(rows[~drawn[rows]])
+        pick = int(eligible[rng.integers(len(eligible))])
+        drawn[pick] = True
+        left[value_of[pick]] -= 1
+        out[j] = pick
+    return out
 
 
 def quality_pick(quality: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -322,8 +383,8 @@ def select(
     reference: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rows picked by baseline ``method`` (one of :data:`BASELINES`); ``labels`` are the pool's k-means clusters,
-    ``response_tokens`` [n] each row's response tokens (``longest``, ``random_length``), ``reference``
-    the rows of the selection ``random_length`` matches (its k is theirs).
+    ``response_tokens`` [n] each row's response tokens (``longest``, ``random_length``, ``random_matched``),
+    ``reference`` the rows of the selection ``random_length`` and ``random_matched`` match (its k is theirs).
 
     ``device`` (a torch device) is where the distances of ``score_first`` and ``semdedup`` run;
     distances on the feature grid are exact, so CPU and GPU pick the same rows.
@@ -342,4 +403,6 @@ def select(
         return quality_pick(_needs_tokens(method, response_tokens), ids, k)
     if method == "random_length":
         return length_matched_pick(response_tokens, reference, seed)
+    if method == "random_matched":
+        return nearest_length_pick(response_tokens, reference, seed)
     raise SelectFlowError(f"unknown compare method {method!r}; compare.methods takes {', '.join(BASELINES)} and fps")

@@ -151,7 +151,7 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
     """Run baseline ``method`` on ``pool.h5``; write its picks (the FPS curve's columns); return k.
 
     ``device`` (``auto``, ``cpu``, ``cuda``: ``selection.device``) is where its distances run;
-    ``reference_tsv`` the picks ``random_length`` matches (``fps``'s).
+    ``reference_tsv`` the picks ``random_length`` and ``random_matched`` match (``fps``'s).
     """
     from selectflow.runtime.device import resolve_device
 
@@ -166,7 +166,7 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
 def _baseline_rows(method: str, pool: dict, seed: int, reference: np.ndarray | None, device="cpu") -> np.ndarray:
     """Rows of ``pool.h5`` that baseline ``method`` picks with ``seed``.
 
-    ``reference``: the rows ``random_length`` matches.
+    ``reference``: the rows ``random_length`` and ``random_matched`` match.
     """
     return baselines.select(
         method,
@@ -340,8 +340,8 @@ def random_draws(
     pool_h5, quality_tsv, router_paths: list, out_paths: list, cmp: CompareConfig, method="random", reference_tsv=None
 ) -> None:
     """A random baseline's further draws: ``out_paths[j]`` holds the picks of ``method`` (``random``, or
-    ``random_length`` matched to ``reference_tsv``, ``fps``'s picks) drawn with ``compare.seed + j + 1``
-    (draw 0, seed ``compare.seed``, is the method's own selection, :func:`pick_baseline`)."""
+    ``random_length`` or ``random_matched``, matched to ``reference_tsv``, ``fps``'s picks) drawn with
+    ``compare.seed + j + 1`` (draw 0, seed ``compare.seed``, is the method's own selection, :func:`pick_baseline`)."""
     from selectflow.stages.select import write_selection
 
     pool = read_pool(pool_h5)

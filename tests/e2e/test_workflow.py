@@ -117,20 +117,21 @@ def test_a_changed_fps_setting_reruns_fps_and_not_the_candidates(clean_run, tmp_
     assert "fps" in planned and "candidates" not in planned and "router_dump" not in planned, planned
 
 
-def test_random_length_draws_fps_lengths_anew_and_follows_its_picks(clean_run, tmp_path):
+def test_length_matched_baselines_draw_fps_lengths_anew_and_follow_its_picks(clean_run, tmp_path):
+    import numpy as np
+
     from selectflow.data.records import iter_jsonl
     from selectflow.report.yardstick import read_pool
-    from selectflow.select.baselines import length_bins
+    from selectflow.select.baselines import length_bins, nearest_length_pick
 
     wd = tmp_path / "wd"
     shutil.copytree(clean_run, wd, symlinks=True)
     out = wd / "results/small/compare"
-    compare = {"methods": ["random_length"], "seeds": 3, "full_pools": []}
-    targets = [
-        f"results/small/compare/random_length/{name}"
-        for name in ("selected_data.jsonl", "draw_1.jsonl", "draw_2.jsonl")
-    ]
-    jobs = ran_jobs(snakemake(wd, *targets, *README_COMMAND, config=config_variant("small", tmp_path, compare=compare)))
+    compare = {"methods": ["random_length", "random_matched"], "seeds": 3, "full_pools": []}
+    names = ("selected_data.jsonl", "draw_1.jsonl", "draw_2.jsonl")
+    targets = {m: [f"results/small/compare/{m}/{name}" for name in names] for m in compare["methods"]}
+    every = [t for ts in targets.values() for t in ts]
+    jobs = ran_jobs(snakemake(wd, *every, *README_COMMAND, config=config_variant("small", tmp_path, compare=compare)))
     assert {"compare_fps", "compare_baseline", "compare_random_draws"} <= set(jobs), jobs
     pool = read_pool(out / "pool.h5")
     bins = dict(zip(pool["sample_id"], length_bins(pool["response_tokens"])))
@@ -139,14 +140,19 @@ def test_random_length_draws_fps_lengths_anew_and_follows_its_picks(clean_run, t
         return sorted(bins[s] for s in ids)
 
     fps = [ln.split("\t")[1] for ln in (out / "fps/picks.tsv").read_text().splitlines()[1:]]
-    drawn = [{rec["sample_id"] for _, rec in iter_jsonl(wd / target)} for target in targets]
-    assert all(profile(d) == profile(fps) for d in drawn)
-    assert len({frozenset(d) for d in drawn}) == 3  # anew for every seed
-    # a changed FPS setting reruns fps and redraws random_length, not the comparison's pool
+    drawn = {m: [{rec["sample_id"] for _, rec in iter_jsonl(wd / t)} for t in ts] for m, ts in targets.items()}
+    assert all(profile(d) == profile(fps) for d in drawn["random_length"])
+    # random_matched: seed j's draw is nearest_length_pick of fps's rows with compare.seed + j
+    row = {s: i for i, s in enumerate(pool["sample_id"])}
+    reference = np.array([row[s] for s in fps])
+    for j, d in enumerate(drawn["random_matched"]):
+        assert d == set(pool["sample_id"][nearest_length_pick(pool["response_tokens"], reference, j)])
+    assert all(len({frozenset(d) for d in ds}) == 3 for ds in drawn.values())  # anew for every seed
+    # a changed FPS setting reruns fps and redraws both, not the comparison's pool
     variant = config_variant("small", tmp_path, compare=compare, selection={"fps_snap": "density"})
-    planned = ran_jobs(snakemake(wd, "-n", *targets, *README_COMMAND, config=variant))
-    assert {"compare_fps", "compare_baseline", "compare_random_draws"} <= set(planned), planned
-    assert "compare_pool" not in planned and "compare_candidates" not in planned, planned
+    planned = ran_jobs(snakemake(wd, "-n", *every, *README_COMMAND, config=variant))
+    assert planned.count("compare_baseline") == planned.count("compare_random_draws") == 2, planned
+    assert "compare_fps" in planned and "compare_pool" not in planned and "compare_candidates" not in planned, planned
 
 
 def test_matrix_mode_picks_like_streaming(clean_run, tmp_path):

@@ -154,27 +154,33 @@ def test_length_bins_are_the_pools_quantiles_and_ties_share_a_bin():
     assert list(bins) == [sum(e <= t for e in deciles) for t in tokens]
 
 
+def _length_matched(method, seed, response_tokens, reference):
+    """Baseline ``method`` (random_length, random_matched) on a pool of the tokens' size, k 20."""
+    feats, quality, ids = _pool(400 if response_tokens is None else len(response_tokens))
+    return baselines.select(
+        method,
+        feats,
+        quality,
+        ids,
+        20,
+        seed=seed,
+        labels=None,
+        eps=0.0,
+        metric="wasserstein",
+        response_tokens=response_tokens,
+        reference=reference,
+    )
+
+
 def test_random_length_draws_the_references_length_profile_seeded_and_anew():
     from selectflow.runtime.errors import SelectFlowError
 
-    feats, quality, ids = _pool(200)
     tokens = np.random.default_rng(1).geometric(0.1, 200)  # long tail, ties
     bins = baselines.length_bins(tokens)
     longest = np.argsort(-tokens, kind="stable")[:20]  # a selection of long records
 
     def pick(seed, reference=longest, **kw):
-        return baselines.select(
-            "random_length",
-            feats,
-            quality,
-            ids,
-            20,
-            seed=seed,
-            labels=None,
-            eps=0.0,
-            metric="wasserstein",
-            **{"response_tokens": tokens, "reference": reference, **kw},
-        )
+        return _length_matched("random_length", seed, **{"response_tokens": tokens, "reference": reference, **kw})
 
     a = pick(3)
     assert len(set(a)) == 20 and np.array_equal(a, pick(3))
@@ -191,6 +197,60 @@ def test_random_length_draws_the_references_length_profile_seeded_and_anew():
         pick(0, reference=None)
     with pytest.raises(SelectFlowError, match="distinct rows"):
         pick(0, np.array([1, 1, 2]))
+
+
+def _nearest_length_brute(tokens, reference, seed, neighbours):
+    """nearest_length_pick's specification, one full scan of the pool per draw."""
+    rng = np.random.default_rng(seed)
+    left = np.ones(len(tokens), dtype=bool)
+    out = []
+    for r in rng.permutation(reference):
+        dist = np.abs(tokens - tokens[r]).astype(float)
+        d = np.sort(dist[left])[min(neighbours, left.sum()) - 1]
+        eligible = np.flatnonzero(left & (dist <= d))
+        out.append(int(eligible[rng.integers(len(eligible))]))
+        left[out[-1]] = False
+    return np.array(out)
+
+
+@pytest.mark.parametrize("neighbours", [1, 3, 10])
+@pytest.mark.parametrize("tail", ["geometric", "ties"])
+def test_random_matched_equals_its_brute_force_specification(neighbours, tail):
+    rng = np.random.default_rng(5)
+    # a long tail with gaps, or few distinct counts (ties at the boundary distance)
+    tokens = rng.geometric(0.05, 300) if tail == "geometric" else rng.integers(1, 6, 300) * 7
+    for seed, reference in [
+        (0, np.argsort(-tokens, kind="stable")[:60]),  # the long end: matches run out of near rows
+        (1, rng.choice(300, 150, replace=False)),
+        (2, np.arange(300)),  # every row: the draw is a permutation of the pool
+    ]:
+        got = baselines.nearest_length_pick(tokens, reference, seed, neighbours)
+        assert np.array_equal(got, _nearest_length_brute(tokens, reference, seed, neighbours))
+    assert sorted(got) == list(range(300))
+
+
+def test_random_matched_draws_each_pick_near_its_reference_seeded_and_anew():
+    from selectflow.runtime.errors import SelectFlowError
+
+    tokens = np.random.default_rng(1).geometric(0.05, 400)  # long tail, ties
+    longest = np.argsort(-tokens, kind="stable")[:20]
+
+    def pick(seed, method="random_matched", reference=longest, **kw):
+        return _length_matched(method, seed, **{"response_tokens": tokens, "reference": reference, **kw})
+
+    a = pick(3)
+    assert len(set(a)) == 20 and np.array_equal(a, pick(3)) and set(pick(4)) != set(a)
+    # matched pick by pick: the sorted lengths stay within the 10-nearest window of the reference's,
+    # closer at the long tail than random_length's bins
+    gap = np.abs(np.sort(tokens[a]) - np.sort(tokens[longest])).mean()
+    binned = np.abs(np.sort(tokens[pick(3, "random_length")]) - np.sort(tokens[longest])).mean()
+    assert gap < binned
+    with pytest.raises(SelectFlowError, match="rerun rule compare_pool"):
+        pick(0, response_tokens=None)
+    with pytest.raises(SelectFlowError, match="picks of the selection it matches"):
+        pick(0, reference=None)
+    with pytest.raises(SelectFlowError, match="distinct rows"):
+        pick(0, reference=np.array([1, 1, 2]))
 
 
 def test_unknown_baseline_is_named():
@@ -245,8 +305,8 @@ def test_fps_is_always_compared_first_and_the_compare_train_overrides_apply():
     ).compare.train
     assert (one.epochs, one.max_steps, one.learning_rate) == (2, None, 0.01)
     default = build_config(with_defaults(_raw(), schema)).compare
-    # every baseline but longest and random_length (opt-in: five more fine-tunes each) runs by default
-    opt_in = {"longest", "random_length"}
+    # every baseline but longest, random_length and random_matched (opt-in: five more fine-tunes each) runs by default
+    opt_in = {"longest", "random_length", "random_matched"}
     assert default.methods[0] == "fps" and set(default.methods) == {"fps", *baselines.BASELINES} - opt_in
 
 
@@ -302,7 +362,7 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     run_fps(tmp_path / "c.h5", tmp_path / "fps.tsv", sel)
     picks = {"fps": tmp_path / "fps.tsv"}
     for method in baselines.BASELINES:
-        reference = tmp_path / "fps.tsv" if method == "random_length" else None
+        reference = tmp_path / "fps.tsv" if method in ("random_length", "random_matched") else None
         compare.pick_baseline(method, tmp_path / "pool.h5", tmp_path / f"{method}.tsv", cmp, reference_tsv=reference)
         picks[method] = tmp_path / f"{method}.tsv"
     for method, path in picks.items():
