@@ -4,7 +4,13 @@ import sys
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-from selectflow.config import as_param, build_config, param_before_fps, trainer_keys
+from selectflow.config import (
+    LENGTH_MATCHED,
+    as_param,
+    build_config,
+    param_before_fps,
+    trainer_keys,
+)
 from selectflow.schema import check_against_schema
 from selectflow.data.check import data_check_text, is_dry_run
 from selectflow.layout import Layout, demo_log
@@ -257,7 +263,7 @@ def excluded_ids_file():
     return []
 
 
-# target compare (rules/compare.smk defines COMPARE_TEST, COMPARE_DRAWN, LENGTH_MATCHED)
+# target compare (rules/compare.smk defines COMPARE_TEST, COMPARE_DRAWN)
 def compare_draws(method):
     """A drawn baseline's selections for seeds 1, 2, ... (seed 0's is its selected_data.jsonl)."""
     return [PATHS.compare_random_draw(i, method) for i in range(1, CFG.compare.seeds)]

@@ -16,8 +16,7 @@ COMPARE_STUDENT = (
 )
 # what is fine-tuned: the k-sized selections, then the full pools
 COMPARE_FINETUNED = [*CFG.compare.methods, *CFG.compare.full_pools]
-# methods matched to the lengths of fps's picks, and the methods that draw anew for every seed
-LENGTH_MATCHED = ("random_length", "random_matched")
+# methods that draw anew for every seed: random, and those matched to the lengths of fps's picks
 COMPARE_DRAWN = ("random", *LENGTH_MATCHED)
 
 

@@ -323,6 +323,8 @@ def as_param(value):
 # the selection keys only FPS reads (selectflow.select.candidates.fps_options, stages.select.run_fps:
 # rules fps and compare_fps); the rules before it take the section with these at their defaults
 FPS_ONLY_KEYS = ("fps_log_interval", "fps_weight", "fps_snap", "fps_snap_neighbors", "fps_gpus")
+# compare baselines matched to the lengths of fps's picks (they take its picks.tsv: rules/compare.smk)
+LENGTH_MATCHED = ("random_length", "random_matched")
 
 
 def param_before_fps(sel: SelectionConfig) -> dict:

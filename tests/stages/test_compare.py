@@ -329,7 +329,7 @@ def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout
 
 
 def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
-    from selectflow.config import selection_section
+    from selectflow.config import LENGTH_MATCHED, selection_section
     from selectflow.data.records import iter_jsonl
     from selectflow.report.yardstick import read_pool
     from selectflow.runtime.tables import read_tsv
@@ -362,7 +362,7 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     run_fps(tmp_path / "c.h5", tmp_path / "fps.tsv", sel)
     picks = {"fps": tmp_path / "fps.tsv"}
     for method in baselines.BASELINES:
-        reference = tmp_path / "fps.tsv" if method in ("random_length", "random_matched") else None
+        reference = tmp_path / "fps.tsv" if method in LENGTH_MATCHED else None
         compare.pick_baseline(method, tmp_path / "pool.h5", tmp_path / f"{method}.tsv", cmp, reference_tsv=reference)
         picks[method] = tmp_path / f"{method}.tsv"
     for method, path in picks.items():
