@@ -4,6 +4,9 @@
     python bench/bench_target_task.py --task arithmetic --task cooking,animals [--cores 2] [--work DIR]
     # the same on real-text pools (proxy scorer), one per --seed
     python bench/bench_target_task.py --pool realtext --seed 0 --seed 1 --task signature [--work DIR]
+    # the same with other config keys (bench_variants.py's syntax), e.g. the hidden-state features
+    python bench/bench_target_task.py --pool realtext --task signature \
+        --variant hidden:features=hidden,router_dump.hidden_states=true
 
 compare's demo test set covers the demo's 11 test kinds evenly, and the kept pool covers them
 about as evenly, so toward that whole test set a target has little to gain over a random draw
@@ -31,6 +34,11 @@ records of those kinds that no pool record asks (:func:`real_text_task_sets`), s
 pool's seed and halved, at most ``REAL_TEXT_TASK_SIZE`` each; no junk, no question of the pool.
 Real text has no checker, so only macro loss is measured there.
 
+``--variant NAME:KEY=VALUE,...`` (``bench_variants.py``'s syntax: a KEY without a section is a
+``selection`` key) adds those keys to every task's config; its tables go to
+``bench_target_task/[<pool run>/]<NAME>/<task>/`` and its rows name it. Without it the config is
+the pool's, variant ``default``.
+
 Prints per pool, task and method macro accuracy and macro loss (mean ± 95 % t-interval over the
 seeds) and each method minus ``random`` with Welch's 95 % interval, and writes the rows to
 ``benchmarks/target_task.tsv`` of this checkout. Kinds are test-set labels: they choose the
@@ -49,12 +57,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_variants import SIZES, run_name, write_pools  # noqa: E402
+from bench_variants import SIZES, parse_variant, run_name, write_pools  # noqa: E402
 from common import export, snakemake  # noqa: E402
 
 from selectflow.data.realtext import make_realtext_testset  # noqa: E402
@@ -72,10 +81,11 @@ POOLS = ("demo", "realtext")
 REAL_TEXT_TASK_SIZE = 60
 
 
-def compare_yaml(**keys: str) -> str:
-    """A config file's compare section: the three methods, no full pool, and ``keys``."""
+def compare_yaml(variant: dict | None = None, **keys: str) -> str:
+    """A config file: ``variant``'s sections (:func:`parse_variant`), then a compare section of the three
+    methods, no full pool, and ``keys``."""
     lines = [f"  methods: [{', '.join(METHODS)}]", "  full_pools: []", *(f"  {k}: {v}" for k, v in keys.items())]
-    return "\n".join(["compare:", *lines]) + "\n"
+    return (yaml.safe_dump(variant) if variant else "") + "\n".join(["compare:", *lines]) + "\n"
 
 
 def keep_kinds(src: Path, dst: Path, prefixes: list[str]) -> int:
@@ -102,12 +112,22 @@ def real_text_task_sets(prefixes: list[str], seed: int, n_records: int) -> tuple
     return rows[:half], target
 
 
-def run_task(work: Path, cores: int, task: str, seed: int | None = None, config: Path | None = None) -> list[dict]:
+def run_task(
+    work: Path,
+    cores: int,
+    task: str,
+    seed: int | None = None,
+    config: Path | None = None,
+    variant: tuple[str, dict] = ("default", {}),
+) -> list[dict]:
     """One task: compare's three methods toward its target set, judged on its test set, on the demo pool
-    (``seed`` None) or on the real-text pool of ``seed`` (``config``: its config file, :func:`write_pools`)."""
+    (``seed`` None) or on the real-text pool of ``seed`` (``config``: its config file, :func:`write_pools`),
+    with ``variant``'s (name, config keys) on top."""
     prefixes = [p.strip() for p in task.split(",") if p.strip()]
     run = "demo" if seed is None else run_name("realtext", seed)
-    folder = Path("bench_target_task") / ("" if seed is None else run) / task.replace(",", "+")
+    name, keys = variant
+    folder = Path("bench_target_task") / ("" if seed is None else run) / ("" if name == "default" else name)
+    folder /= task.replace(",", "+")
     if seed is None:
         n_test = keep_kinds(work / SOURCES / "test.jsonl", work / folder / "test.jsonl", prefixes)
         n_dev = keep_kinds(work / SOURCES / "dev.jsonl", work / folder / "dev.jsonl", prefixes)
@@ -118,8 +138,8 @@ def run_task(work: Path, cores: int, task: str, seed: int | None = None, config:
         write_jsonl(work / folder / "dev.jsonl", dev)
         n_test, n_dev = len(test), len(dev)
     task_config = work / folder / "config.yaml"
-    task_config.write_text(compare_yaml(eval=str(folder / "test.jsonl"), target=str(folder / "dev.jsonl")))
-    print(f"{run} task {task}: {n_test} test records, {n_dev} target records", flush=True)
+    task_config.write_text(compare_yaml(keys, eval=str(folder / "test.jsonl"), target=str(folder / "dev.jsonl")))
+    print(f"{run} / {name} task {task}: {n_test} test records, {n_dev} target records", flush=True)
     layout = Layout(run)
     evals = {m: work / layout.compare_eval(m) for m in METHODS}
     pool_config = "config/config.yaml" if config is None else str(config.relative_to(work))
@@ -130,6 +150,7 @@ def run_task(work: Path, cores: int, task: str, seed: int | None = None, config:
     for m in METHODS:
         row = {
             "pool": run,
+            "variant": name,
             "task": task,
             "method": m,
             "test": n_test,
@@ -151,18 +172,24 @@ def main(argv=None) -> None:
     ap.add_argument("--task", action="append", required=True, help="comma-separated test kind prefixes")
     ap.add_argument("--pool", choices=POOLS, default="demo", help="the demo pool, or real-text pools (one a --seed)")
     ap.add_argument("--seed", type=int, action="append", default=[], help="a real-text pool's seed (--pool realtext)")
+    ap.add_argument(
+        "--variant", default="default", help="NAME:KEY=VALUE,... config keys on every task (bench_variants.py)"
+    )
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = ap.parse_args(argv)
     if args.seed and args.pool != "realtext":
         sys.exit("--seed draws real-text pools: give --pool realtext with it")
+    variant = parse_variant(args.variant)
+    if "compare" in variant[1]:
+        sys.exit(f"--variant {args.variant}: the compare section is the bench's own (methods, eval, target)")
     with tempfile.TemporaryDirectory(prefix="bench_target_task_") as tmp:
         work = (args.work or Path(tmp)) / "checkout"
         if not work.is_dir():  # a --work of an earlier run is used again: only what is missing runs
             export(None, work)
         if args.pool == "demo":
             demo_sources(work, args.cores)
-            rows = [row for task in args.task for row in run_task(work, args.cores, task)]
+            rows = [row for task in args.task for row in run_task(work, args.cores, task, variant=variant)]
         else:
             seeds = list(dict.fromkeys(args.seed or [SIZES["realtext"][0]]))
             configs = write_pools(work, [("realtext", seed) for seed in seeds])
@@ -170,7 +197,7 @@ def main(argv=None) -> None:
                 row
                 for seed in seeds
                 for task in args.task
-                for row in run_task(work, args.cores, task, seed, configs[run_name("realtext", seed)])
+                for row in run_task(work, args.cores, task, seed, configs[run_name("realtext", seed)], variant)
             ]
     report(rows)
 
@@ -196,7 +223,7 @@ def report(rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, sep="\t", index=False, float_format="%.4f")
     for row in rows:
-        text = f"{row['pool']:<12} {row['task']:<18} {row['method']:<7}"
+        text = f"{row['pool']:<12} {row['variant']:<10} {row['task']:<18} {row['method']:<7}"
         for measure, _, _ in MEASURES:
             if np.isnan(row[measure]):  # real text: no checker, no accuracy
                 continue

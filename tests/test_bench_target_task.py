@@ -3,6 +3,7 @@
 import sys
 
 import pytest
+import yaml
 
 from selectflow.data.realtext import make_realtext_pool
 from tests.workflow import REPO
@@ -38,3 +39,16 @@ def test_a_small_task_is_halved_and_an_unknown_one_refused():
 def test_seed_without_the_real_text_pool_is_refused():
     with pytest.raises(SystemExit, match="give --pool realtext"):
         btt.main(["--task", "signature", "--seed", "1"])
+
+
+def test_a_variant_adds_its_sections_beside_the_bench_s_compare_section():
+    keys = btt.parse_variant("hidden:features=hidden,router_dump.hidden_states=true")[1]
+    config = yaml.safe_load(btt.compare_yaml(keys, eval="t.jsonl", target="d.jsonl"))
+    assert config == {
+        "selection": {"features": "hidden"},
+        "router_dump": {"hidden_states": True},
+        "compare": {"methods": list(btt.METHODS), "full_pools": [], "eval": "t.jsonl", "target": "d.jsonl"},
+    }
+    assert yaml.safe_load(btt.compare_yaml()) == {"compare": {"methods": list(btt.METHODS), "full_pools": []}}
+    with pytest.raises(SystemExit, match="the compare section is the bench's own"):
+        btt.main(["--task", "signature", "--variant", "x:compare.seeds=3"])
