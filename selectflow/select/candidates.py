@@ -43,7 +43,14 @@ from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
-from selectflow.select.diversity import density_weight, knn_graph, mean_spread, quality_weight, snap_score
+from selectflow.select.diversity import (
+    density_weight,
+    knn_graph,
+    lof_weight,
+    mean_spread,
+    quality_weight,
+    snap_score,
+)
 from selectflow.select.fps import Snap
 from selectflow.select.pool import Pool
 from selectflow.select.quality import assess, resolve_method
@@ -288,7 +295,8 @@ def fps_options(
 
     Weights: None, facility location's quality weights ``1 - rank/m`` of ``cands`` (the file's
     :func:`read_candidates`), or the density weights of its features
-    (:func:`~selectflow.select.diversity.density_weight`). Density weights and snapping share one
+    (:func:`~selectflow.select.diversity.density_weight`) or their local outlier factors
+    (:func:`~selectflow.select.diversity.lof_weight`). These weights and snapping share one
     k-NN graph of the features (the larger of ``selection.diversity_neighbors`` and
     ``fps_snap_neighbors`` neighbours; on ``device``, default ``selection.device``), built by
     ``graph``, called as :func:`~selectflow.select.diversity.knn_graph` (a rank of the distributed
@@ -301,7 +309,7 @@ def fps_options(
     weight = snap = None
     # density weights (diversity_neighbors) and snapping (fps_snap_neighbors) read one graph, of the larger
     # size: a row's first n + 1 columns are its n nearest neighbours (sorted by distance, ties by index)
-    sizes = {"weight": sel.diversity_neighbors if sel.fps_weight == "density" else 0}
+    sizes = {"weight": sel.diversity_neighbors if sel.fps_weight in ("density", "lof") else 0}
     sizes["snap"] = sel.fps_snap_neighbors if sel.fps_snap != "none" else 0
     if max(sizes.values()):
         feats = f["features"][()] if feats is None else feats
@@ -309,7 +317,10 @@ def fps_options(
         nbr, dist = graph(feats, max(sizes.values()), metric, device=device or sel.device)
         if sizes["weight"]:
             spread = mean_spread(dist[:, : sizes["weight"] + 1])
-            weight = density_weight(feats, cands.sample_id, sizes["weight"], metric, spread=spread)
+            if sel.fps_weight == "lof":
+                weight = lof_weight(spread, nbr[:, : sizes["weight"] + 1], cands.sample_id)
+            else:
+                weight = density_weight(feats, cands.sample_id, sizes["weight"], metric, spread=spread)
         if sizes["snap"]:
             kk = sizes["snap"] + 1
             tokens = response_tokens(f) if sel.fps_snap == "length" else None

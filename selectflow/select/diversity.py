@@ -22,7 +22,8 @@ Neither holds an m×m matrix.
   ``1 - rank/m`` by the mean distance to the nearest candidates in the same k-NN graph
   (:func:`neighbour_spread`); snapped FPS (``selection.fps_snap: density``) picks by the same
   spreads among the graph's neighbours (:class:`selectflow.select.fps.Snap`), ``fps_snap: quality``
-  by :func:`quality_rank`, ``fps_snap: length`` by the response tokens.
+  by :func:`quality_rank`, ``fps_snap: length`` by the response tokens; :func:`lof_weight`
+  (``fps_weight: lof``) by each candidate's spread relative to its neighbours' spreads.
 * :func:`kmeans_round_robin` (Select-MoE's later method): FAISS k-means of the candidates
   (:func:`selectflow.select.baselines.kmeans_labels`), then
   :func:`selectflow.select.baselines.round_robin` by quality, the code compare's ``kmeans``
@@ -170,6 +171,35 @@ def density_weight(
     if spread is None:
         spread = neighbour_spread(feats, n_neighbors, metric, device)
     return quality_weight(-np.asarray(spread, dtype=np.float64), ids)
+
+
+def outlier_ratio(spread: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+    """Each row's :func:`mean_spread` over the mean spread of its neighbours, float64 [m] (a local
+    outlier factor, Breunig et al. 2000, with the mean distance for the reachability distance).
+
+    ``spread`` [m]: the rows' mean distances to their neighbours; ``nbr`` [m, kk]: :func:`knn_graph`'s
+    indices, whose first column (the row itself, or a copy of it at distance 0) is left out. About 1
+    where a row is as sparse as its neighbours, in a dense region or a sparse one alike; above 1 where
+    a row lies farther out than the rows around it. 1 for a row whose neighbours and itself have
+    spread 0 (copies), infinite for a row with spread above 0 whose neighbours all have 0.
+    """
+    spread = np.asarray(spread, dtype=np.float64)
+    if nbr.shape[1] < 2:
+        return np.ones(len(spread))
+    around = spread[nbr[:, 1:]].mean(1)
+    ratio = np.full(len(spread), np.inf)
+    np.divide(spread, around, out=ratio, where=around > 0)
+    ratio[(around == 0) & (spread == 0)] = 1.0
+    return ratio
+
+
+def lof_weight(spread: np.ndarray, nbr: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``1 - rank/m`` float64 [m], rank in order of :func:`outlier_ratio`, the lowest first, ties by
+    ``sample_id``: the weight of ``selection.fps_weight: lof``. A candidate farther out than its
+    own neighbours must lie that much farther from the picks to be picked; unlike
+    :func:`density_weight` it does not hold back a candidate of a sparse region whose neighbours are
+    as sparse (on the real-text pools the sparse regions are the long answers)."""
+    return quality_weight(-outlier_ratio(spread, nbr), ids)
 
 
 class _Quota:

@@ -118,6 +118,45 @@ def test_density_weight_equals_brute_force(metric, n_neighbors):
     assert (got > 0).all() and len(np.unique(got)) == len(x)
 
 
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+@pytest.mark.parametrize("n_neighbors", [1, 4, 30])
+def test_lof_weight_equals_brute_force(metric, n_neighbors):
+    """1 - rank/m by the local outlier factor from the full matrix: a row's mean distance to its n
+    nearest rows over the mean of theirs (neighbours sorted by distance, ties by row, the first of
+    the n + 1 nearest, the row or a copy of it, left out), lowest first, ties by sample id."""
+    x = _feats(30, 4, metric)
+    x[10:16] = x[3]  # six copies of row 3: spreads of 0 and neighbours at distance 0
+    ids = np.array([f"s{(7 * i) % 30:03d}" for i in range(len(x))])
+    d = _full_distances(x, metric).astype(np.float64)
+    n = min(n_neighbors, len(x) - 1)
+    near = [np.lexsort((np.arange(len(x)), row))[1 : n + 1] for row in d]
+    spread = np.array([d[i, near[i]].mean() for i in range(len(x))])
+    around = np.array([spread[near[i]].mean() for i in range(len(x))])
+    ratio = np.array([1.0 if s == a == 0 else (np.inf if a == 0 else s / a) for s, a in zip(spread, around)])
+    order = np.lexsort((ids, ratio))
+    want = np.empty(len(x))
+    want[order] = 1.0 - np.arange(len(x)) / len(x)
+    nbr, dist = diversity.knn_graph(x, n_neighbors, metric)
+    got = diversity.lof_weight(diversity.mean_spread(dist), nbr, ids)
+    np.testing.assert_allclose(got, want, rtol=0, atol=0)
+    assert (got > 0).all() and len(np.unique(got)) == len(x)
+
+
+def test_lof_spares_a_sparse_region_that_density_holds_back():
+    """Two clusters, one 50 times as wide, and one point off the dense one: density weights put the
+    whole wide cluster below the dense one; the outlier factor ranks only the stray point last."""
+    rng = np.random.default_rng(2)
+    dense, wide = rng.normal(0, 0.01, (40, 2)), rng.normal(0, 0.5, (40, 2)) + 20
+    x = np.vstack([dense, wide, [[0.3, 0.3]]]).astype(np.float32)
+    ids = np.array([f"s{i:02d}" for i in range(len(x))])
+    nbr, dist = diversity.knn_graph(x, 5, "l2")
+    lof = diversity.lof_weight(diversity.mean_spread(dist), nbr, ids)
+    density = diversity.density_weight(x, ids, 5, "l2")
+    assert lof.argmin() == 80
+    assert density[40:80].max() < density[:40].min()  # density: every wide point below every dense one
+    assert np.median(lof[40:80]) > np.quantile(lof[:40], 0.25)  # the outlier factor: no such split
+
+
 @pytest.mark.parametrize("rows", [(0, 30), (0, 1), (7, 19), (29, 30), (12, 12)])
 def test_knn_graph_of_some_rows_is_those_rows_of_the_whole_graph(rows):
     """What each rank of the distributed FPS computes for the density weights: its own rows, against

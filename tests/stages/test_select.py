@@ -15,7 +15,7 @@ from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.select.candidates import n_blocks, read_candidates
 from selectflow.select.distance import block_path, features
-from selectflow.select.diversity import density_weight, knn_graph, mean_spread
+from selectflow.select.diversity import density_weight, knn_graph, lof_weight, mean_spread
 from selectflow.select.fps import Snap, fps_streaming
 from selectflow.select.fps_dist import THREAD_VARS
 from selectflow.stages.select import (
@@ -181,6 +181,7 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
     [
         ("quality", "none"),
         ("density", "none"),
+        ("lof", "none"),
         ("none", "density"),
         ("density", "density"),
         ("none", "quality"),
@@ -191,7 +192,8 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
 def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
     # selection.fps_weight: FPS over the candidates with weights 1 - rank/m, in either distance
     # mode; quality: the candidates are in quality order, so candidate i has rank i; density: the
-    # rank of diversity.density_weight over the candidates' features and diversity_neighbors.
+    # rank of diversity.density_weight over the candidates' features and diversity_neighbors; lof: of
+    # diversity.lof_weight over the same k-NN graph.
     # selection.fps_snap: density: the picks snap to the densest of each nominee's fps_snap_neighbors
     # nearest candidates (fps.Snap over the candidates' k-NN graph; with both, the weights keep
     # diversity_neighbors: one graph of the larger size serves both); quality: to the best-ranked of them;
@@ -219,6 +221,7 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
     start = 0 if not opts else int(np.flatnonzero(opts["quota"][opts["strata"]] > 0)[0])
     weight = {"none": None, "quality": 1.0 - np.arange(m) / m}.get(fps_weight)
     nbr, dist = knn_graph(feats, 2, "wasserstein")
+    nbr4, dist4 = knn_graph(feats, 4, "wasserstein")
     want = fps_streaming(
         feats,
         round(0.3 * len(pool)),
@@ -226,7 +229,10 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
         device="cpu",
         start=start,
         log_interval=100,
-        weight=density_weight(feats, ids, 4, "wasserstein") if fps_weight == "density" else weight,
+        weight={
+            "density": lambda: density_weight(feats, ids, 4, "wasserstein"),
+            "lof": lambda: lof_weight(mean_spread(dist4), nbr4, ids),
+        }.get(fps_weight, lambda: weight)(),
         snap={
             "none": None,
             "density": Snap(nbr, mean_spread(dist)),
@@ -569,6 +575,7 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
         (1, "none", "none"),
         (3, "none", "none"),
         (3, "density", "none"),
+        (3, "lof", "none"),
         (3, "none", "density"),
         (1, "none", "quality"),
         (3, "none", "length"),
