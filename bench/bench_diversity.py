@@ -13,7 +13,8 @@ streaming FPS (``selectflow.select.fps.fps_streaming``) for the same k.
 ``fps_quality`` is quality-weighted FPS (``selection.fps_weight: quality``; its weights, from
 the random quality, are computed inside the timer). ``fps_density`` is density-weighted FPS
 (``selection.fps_weight: density``; its weights, from the k-NN graph of ``--neighbors``, are
-computed inside the timer). ``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
+computed inside the timer); ``fps_lof`` the same with ``selection.fps_weight: lof`` (local
+outlier factors over the same graph). ``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
 k-NN graph of ``--neighbors`` it snaps over is built inside the timer); ``fps_qsnap`` the same with
 ``selection.fps_snap: quality`` (quality ranks instead of spreads), ``fps_lsnap`` with
 ``selection.fps_snap: length`` (random response tokens, 1 to 200, instead of spreads).
@@ -41,6 +42,7 @@ METHODS = (
     "fps",
     "fps_quality",
     "fps_density",
+    "fps_lof",
     "fps_snap",
     "fps_qsnap",
     "fps_lsnap",
@@ -79,9 +81,12 @@ def one(args) -> dict:
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein"
         ).picks
-    elif args.one in ("fps_quality", "fps_density"):  # selection.fps_weight: quality, density
+    elif args.one in ("fps_quality", "fps_density", "fps_lof"):  # selection.fps_weight: quality, density, lof
         if args.one == "fps_quality":
             weight = diversity.quality_weight(quality, ids)
+        elif args.one == "fps_lof":
+            nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device)
+            weight = diversity.lof_weight(diversity.mean_spread(dist), nbr, ids)
         else:
             weight = diversity.density_weight(x, ids, args.neighbors, "wasserstein", device=args.device)
         picks = fps_streaming(
