@@ -13,6 +13,7 @@ from selectflow import cli
 from selectflow.config import FPS_ONLY_KEYS, selection_section
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
+from selectflow.schema import schema_default
 from selectflow.select.candidates import n_blocks, read_candidates
 from selectflow.select.distance import block_path, features
 from selectflow.select.diversity import density_weight, knn_graph, lof_weight, mean_spread
@@ -88,8 +89,9 @@ def write_shards(pool, root, seed, shard_size=5, response_tokens=None):
 
 
 def section(**kw):
-    """The selection section for these tests: plain FPS (one stratum) on the CPU unless ``kw`` says otherwise."""
-    return selection_section({"routing_strata": 1, "device": "cpu", **kw})
+    """The selection section for these tests: plain FPS (one stratum, no weights) on the CPU unless ``kw`` says
+    otherwise."""
+    return selection_section({"routing_strata": 1, "fps_weight": "none", "device": "cpu", **kw})
 
 
 def pipeline(paths, out, **kw):
@@ -445,8 +447,8 @@ def test_continue_selection_distance_batch_size_sets_the_fps_chunk(tmp_path, mon
         assert continue_selection(base + ["--output-path", str(outs[size]), "--distance-batch-size", str(size)]) == 0
     assert chunks == [7, 1000]
     assert outs[7].read_bytes() == outs[1000].read_bytes()  # the chunk changes the memory, not the picks
-    # the rule passes its attempt-scaled resource instead
-    sel = section(selection_percentage=0.2)
+    # the rule passes its attempt-scaled resource instead (with the command's FPS weight: the schema's default)
+    sel = section(selection_percentage=0.2, fps_weight=schema_default("selection", "fps_weight"))
     paths = sorted((tmp_path / "router_data").rglob("*.h5"))
     build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", sel)
     run_fps(tmp_path / "c.h5", tmp_path / "curve.tsv", sel, chunk=3)
