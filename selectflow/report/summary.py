@@ -7,7 +7,8 @@ not run, or a table with other columns, leaves its part out) and returns the tex
   (``selection_summary.tsv``, else
   counted from ``quality.tsv``);
 * the quality method actually used (``candidates.h5`` attributes, else the ``candidates``
-  log) and the selection stage;
+  log), the selection stage and, from the config, the diversity method (FPS's weight and
+  snapping with it);
 * where the outputs are;
 * the warnings (and, on failure, errors) the jobs logged during this run, each message
   once with its count, from the run's job logs;
@@ -207,6 +208,16 @@ def _outputs(paths: Layout) -> list[str]:
     return [f"  {(str(p) + ('/' if p.is_dir() else '')).ljust(width)}  {text}" for p, text in shown]
 
 
+def _diversity(sel: dict) -> str:
+    """How the picks were spread, from the selection section: the method, with FPS's weight and snapping
+    (``fps (fps_weight: lof)``, the default)."""
+    diversity = sel.get("diversity", "fps")
+    if diversity != "fps":
+        return diversity
+    settings = [f"{key}: {sel[key]}" for key in ("fps_weight", "fps_snap") if sel.get(key, "none") != "none"]
+    return "fps" + (f" ({', '.join(settings)})" if settings else "")
+
+
 def run_summary(config: dict, *, ok: bool = True, since: float | None = None, workdir: str | os.PathLike = ".") -> str:
     """The end-of-run summary of the run ``config`` describes, as text (see the module doc)."""
     run = config["run"]  # config: checked against the schema, its defaults filled in
@@ -232,6 +243,8 @@ def run_summary(config: dict, *, ok: bool = True, since: float | None = None, wo
                     f" (top {sel.get('importance_selection_percentage')} of the pool by quality, "
                     f"then FPS picks {sel.get('selection_percentage')})"
                 )
+        if stage and stage != "quality":
+            text += f"; diversity: {_diversity(config.get('selection', {}))}"
         if method.get("metric"):
             text += f"; distance: {method['metric']}"
         lines.append(text)
