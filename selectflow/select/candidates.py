@@ -307,7 +307,7 @@ def fps_options(
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
     weight = snap = None
-    # density weights (diversity_neighbors) and snapping (fps_snap_neighbors) read one graph, of the larger
+    # density or lof weights (diversity_neighbors) and snapping (fps_snap_neighbors) read one graph, of the larger
     # size: a row's first n + 1 columns are its n nearest neighbours (sorted by distance, ties by index)
     sizes = {"weight": sel.diversity_neighbors if sel.fps_weight in ("density", "lof") else 0}
     sizes["snap"] = sel.fps_snap_neighbors if sel.fps_snap != "none" else 0
