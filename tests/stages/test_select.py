@@ -221,9 +221,14 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
         assert (np.diff(f["quality"][()]) <= 0).all()
         opts = {"strata": f["stratum"][()], "quota": f["quota"][()]} if "stratum" in f else {}
     start = 0 if not opts else int(np.flatnonzero(opts["quota"][opts["strata"]] > 0)[0])
-    weight = {"none": None, "quality": 1.0 - np.arange(m) / m}.get(fps_weight)
     nbr, dist = knn_graph(feats, 2, "wasserstein")
     nbr4, dist4 = knn_graph(feats, 4, "wasserstein")
+    weight = {
+        "none": None,
+        "quality": 1.0 - np.arange(m) / m,
+        "density": density_weight(feats, ids, 4, "wasserstein"),
+        "lof": lof_weight(mean_spread(dist4), nbr4, ids),
+    }[fps_weight]
     want = fps_streaming(
         feats,
         round(0.3 * len(pool)),
@@ -231,10 +236,7 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
         device="cpu",
         start=start,
         log_interval=100,
-        weight={
-            "density": lambda: density_weight(feats, ids, 4, "wasserstein"),
-            "lof": lambda: lof_weight(mean_spread(dist4), nbr4, ids),
-        }.get(fps_weight, lambda: weight)(),
+        weight=weight,
         snap={
             "none": None,
             "density": Snap(nbr, mean_spread(dist)),
