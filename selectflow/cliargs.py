@@ -51,6 +51,8 @@ SELECTION_FLAGS = {
     "diversity": "diversity",
     "diversity_neighbors": "diversity_neighbors",
     "diversity_clusters": "diversity_clusters",
+    "knn_exact_max": "knn_exact_max",
+    "knn_probes": "knn_probes",
     "features": "features",
     "distance_batch_size": "distance_batch_size",
     "fps_log_interval": "fps_log_interval",

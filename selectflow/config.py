@@ -72,6 +72,8 @@ class SelectionConfig:
     diversity: str
     target: str | None
     diversity_neighbors: int
+    knn_exact_max: int
+    knn_probes: int
     diversity_clusters: int
     features: str
     quality_method: str
@@ -105,6 +107,11 @@ class SelectionConfig:
                 f"selection.fps_snap: {self.fps_snap} snaps the picks of farthest-point sampling, and "
                 f"selection.diversity is {self.diversity}, which runs no FPS: set fps_snap: none, or diversity: fps"
             )
+
+    def knn_probes_for(self, m: int) -> int | None:
+        """The ``probes`` of :func:`selectflow.select.diversity.knn_graph` for ``m`` candidates:
+        ``knn_probes`` above ``knn_exact_max`` (approximate), else None (exact)."""
+        return self.knn_probes if m > self.knn_exact_max else None
 
 
 @dataclass(frozen=True)
@@ -323,7 +330,15 @@ def as_param(value):
 
 # the selection keys only FPS reads (selectflow.select.candidates.fps_options, stages.select.run_fps:
 # rules fps and compare_fps); the rules before it take the section with these at their defaults
-FPS_ONLY_KEYS = ("fps_log_interval", "fps_weight", "fps_snap", "fps_snap_neighbors", "fps_gpus")
+FPS_ONLY_KEYS = (
+    "fps_log_interval",
+    "fps_weight",
+    "fps_snap",
+    "fps_snap_neighbors",
+    "fps_gpus",
+    "knn_exact_max",
+    "knn_probes",
+)
 # compare baselines matched to the lengths of fps's picks (they take its picks.tsv: rules/compare.smk)
 LENGTH_MATCHED = ("random_length", "random_matched")
 

@@ -298,7 +298,8 @@ def fps_options(
     (:func:`~selectflow.select.diversity.density_weight`) or their local outlier factors
     (:func:`~selectflow.select.diversity.lof_weight`). These weights and snapping share one
     k-NN graph of the features (the larger of ``selection.diversity_neighbors`` and
-    ``fps_snap_neighbors`` neighbours; on ``device``, default ``selection.device``), built by
+    ``fps_snap_neighbors`` neighbours; on ``device``, default ``selection.device``; approximate above
+    ``selection.knn_exact_max`` candidates, :meth:`~selectflow.config.SelectionConfig.knn_probes_for`), built by
     ``graph``, called as :func:`~selectflow.select.diversity.knn_graph` (a rank of the distributed
     FPS passes :func:`selectflow.select.fps_dist.knn_graph_distributed`, each rank building its
     own rows). ``feats``: the file's features when the caller has read them
@@ -314,7 +315,9 @@ def fps_options(
     if max(sizes.values()):
         feats = f["features"][()] if feats is None else feats
         metric = cands.attrs["metric"]
-        nbr, dist = graph(feats, max(sizes.values()), metric, device=device or sel.device)
+        nbr, dist = graph(
+            feats, max(sizes.values()), metric, device=device or sel.device, probes=sel.knn_probes_for(len(feats))
+        )
         if sizes["weight"]:
             spread = mean_spread(dist[:, : sizes["weight"] + 1])
             if sel.fps_weight == "lof":

@@ -10,7 +10,8 @@ Neither holds an m×m matrix.
 
 * :func:`facility_location`: lazy greedy maximisation of the quality-weighted facility
   location function over the k-NN graph of the candidates (:func:`knn_graph`, exact, computed
-  ``chunk`` rows at a time: O(m·n_neighbors) memory). Candidate j covers candidate i with
+  ``chunk`` rows at a time: O(m·n_neighbors) memory; or approximate, :func:`ivf_graph`, above
+  ``selection.knn_exact_max`` candidates). Candidate j covers candidate i with
   similarity ``s_ij = exp(-(d_ij/σ)²)`` when j is one of i's ``n_neighbors`` nearest (i itself
   included), else 0; σ is the median distance of a candidate to its farthest kept neighbour.
   The gain of j is ``w_j · Σ_i max(0, s_ij - cover_i)`` with ``cover_i`` the largest similarity
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 
 import numpy as np
 from tqdm import tqdm
@@ -55,6 +57,7 @@ def knn_graph(
     chunk: int = 1024,
     device: str = "cpu",
     rows: tuple[int, int] | None = None,
+    probes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``n_neighbors`` + 1 nearest rows (itself included): indices int64 and distances float32 [m, kk].
 
@@ -64,11 +67,15 @@ def knn_graph(
     ``device`` (``auto``, ``cpu``, ``cuda``: the same graph, the distances being exact).
     ``rows`` ``(lo, hi)``: only the neighbours of rows ``lo..hi-1`` (among all rows), [hi - lo, kk]:
     the same values as those rows of the whole graph.
+    ``probes``: approximate instead, searching that many inverted lists per row (:func:`ivf_graph`,
+    on the CPU; ``chunk`` and ``device`` unused); None = exact.
     """
     import torch
 
     from selectflow.runtime.device import resolve_device
 
+    if probes is not None:
+        return ivf_graph(feats, n_neighbors, metric, probes, rows)
     m = len(feats)
     first, last = (0, m) if rows is None else (int(rows[0]), int(rows[1]))
     kk = min(int(n_neighbors) + 1, m)
@@ -96,12 +103,108 @@ def knn_graph(
         idx, val = np.take_along_axis(top_idx, order, 1), np.take_along_axis(top_val, order, 1)
         # topk picks any of the rows tied at the boundary: redo those rows by (distance, index)
         for r in np.flatnonzero(tied):
-            row = d[r].cpu().numpy()
-            cand = np.flatnonzero(row <= val[r, -1])
-            cand = cand[np.lexsort((cand, row[cand]))[:kk]]
-            idx[r], val[r] = cand, row[cand]
+            idx[r], val[r] = _nearest(d[r].cpu().numpy(), kk)
         nbr[lo - first : lo - first + len(idx)], dist[lo - first : lo - first + len(idx)] = idx, val
     return nbr, dist
+
+
+def _nearest(row: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``kk`` smallest of one row's distances [m]: indices and distances, by (distance, index)."""
+    cand = np.argpartition(row, kk - 1)[:kk] if kk < len(row) else np.arange(len(row))
+    cand = np.flatnonzero(row <= row[cand].max())
+    cand = cand[np.lexsort((cand, row[cand]))[:kk]]
+    return cand, row[cand]
+
+
+# the FAISS metric whose nearest rows are ``metric``'s nearest: cosine distance is 1 - a·b on the grid
+_IVF_METRIC = {"wasserstein": "METRIC_L1", "l2": "METRIC_L2", "cosine": "METRIC_INNER_PRODUCT"}
+IVF_SEARCH_ROWS = 8192  # rows searched at a time: the progress bar's step
+IVF_MIN_PER_LIST = 39  # FAISS's k-means wants at least this many training rows per list
+
+
+def ivf_graph(
+    feats: np.ndarray,
+    n_neighbors: int,
+    metric: str,
+    probes: int,
+    rows: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`knn_graph`'s arrays, approximate: the nearest rows found in ``probes`` inverted lists.
+
+    A FAISS ``IndexIVFFlat`` over all rows of ``feats`` [m, D]: about √m lists by k-means (fixed
+    seed: the same lists on every run, thread count and rank), each row searched in the ``probes``
+    lists nearest to it under ``metric``'s FAISS metric (wasserstein: L1, l2: L2, cosine: inner
+    product). The distances of the neighbours found are exact, computed as
+    :func:`selectflow.select.distance.pairwise` does; sorted by (distance, index). A row always finds
+    itself (or a copy), since its own list is searched; a neighbour outside the searched lists is
+    missed and a farther one takes its place. A row whose lists hold fewer than ``n_neighbors`` + 1
+    rows is computed exactly. Memory: a float32 copy of ``feats`` in the index, O(m·D), plus the
+    graph; time about ``probes``/√m of the exact graph's distances. ``rows`` as in :func:`knn_graph`.
+    """
+    import faiss
+
+    distance.check_metric(metric)
+    m = len(feats)
+    first, last = (0, m) if rows is None else (int(rows[0]), int(rows[1]))
+    kk = min(int(n_neighbors) + 1, m)
+    x = np.ascontiguousarray(feats, dtype=np.float32)
+    lists = max(1, min(round(math.sqrt(m)), m // IVF_MIN_PER_LIST))
+    faiss_metric = getattr(faiss, _IVF_METRIC[metric])
+    quantizer = faiss.IndexFlatIP(x.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(x.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, x.shape[1], lists, faiss_metric)
+    index.cp.seed = 0
+    log.info(
+        "approximate %d-NN graph of %d candidates, rows [%d, %d): %d inverted lists, %d searched per row",
+        kk - 1,
+        m,
+        first,
+        last,
+        lists,
+        min(probes, lists),
+    )
+    index.train(x)
+    index.add(x)
+    index.nprobe = min(int(probes), lists)
+    nbr = np.empty((last - first, kk), dtype=np.int64)
+    for lo in tqdm(
+        range(first, last, IVF_SEARCH_ROWS), desc=f"approximate {kk - 1}-NN graph", unit="block", disable=None
+    ):
+        hi = min(lo + IVF_SEARCH_ROWS, last)
+        nbr[lo - first : hi - first] = index.search(x[lo:hi], kk)[1]
+    del index
+    dist = np.empty(nbr.shape, dtype=np.float32)
+    step = max(1, KNN_BLOCK // (kk * x.shape[1]))  # the neighbours' features gathered at a time
+    for lo in range(0, len(nbr), step):
+        hi = min(lo + step, len(nbr))
+        dist[lo:hi] = _row_distances(x, np.arange(first + lo, first + hi), nbr[lo:hi], metric)
+    order = np.lexsort((nbr, dist), axis=1)
+    nbr, dist = np.take_along_axis(nbr, order, 1), np.take_along_axis(dist, order, 1)
+    short = np.flatnonzero((nbr < 0).any(1))  # FAISS pads with -1 (sorted first) when the lists ran short
+    if len(short):
+        log.info("%d rows found fewer than %d neighbours in their lists: computed exactly", len(short), kk - 1)
+        import torch
+
+        xt = torch.as_tensor(x).to(distance.compute_dtype(metric))
+        for r in short:
+            row = distance.pairwise(xt[first + r : first + r + 1], xt, metric)[0].numpy()
+            nbr[r], dist[r] = _nearest(row, kk)
+    return nbr, dist
+
+
+def _row_distances(x: np.ndarray, rows: np.ndarray, nbr: np.ndarray, metric: str) -> np.ndarray:
+    """Float32 [len(rows), kk] exact distances of ``x[rows]`` to ``x[nbr]`` (``nbr`` -1: +inf), the
+    values :func:`selectflow.select.distance.pairwise` gives: exact sums on the feature grid."""
+    found = nbr >= 0
+    other = x[np.where(found, nbr, 0)]  # [r, kk, D]
+    if metric == "wasserstein":
+        d = np.abs(other - x[rows][:, None, :]).sum(-1, dtype=np.float32)
+    else:
+        a, b = x[rows].astype(np.float64)[:, None, :], other.astype(np.float64)
+        if metric == "cosine":
+            d = np.clip(1.0 - (a * b).sum(-1), 0.0, None)
+        else:
+            d = np.sqrt(np.square(a - b).sum(-1))
+    return np.where(found, d, np.inf).astype(np.float32)
 
 
 def similarities(dist: np.ndarray) -> np.ndarray:
@@ -314,11 +417,12 @@ def select(
     quota: np.ndarray | None = None,
     chunk: int = 1024,
     device: str = "cpu",
+    probes: int | None = None,
 ) -> np.ndarray:
     """Candidate indices picked by ``method``: ``facility_location`` or ``kmeans`` (FPS is
-    :mod:`~selectflow.select.fps`)."""
+    :mod:`~selectflow.select.fps`); ``probes``: facility location's k-NN graph approximate (:func:`knn_graph`)."""
     if method == "facility_location":
-        nbr, dist = knn_graph(feats, n_neighbors, metric, chunk, device)
+        nbr, dist = knn_graph(feats, n_neighbors, metric, chunk, device, probes=probes)
         log.info("facility location: %d-NN graph of %d candidates", nbr.shape[1] - 1, len(nbr))
         return facility_location(nbr, similarities(dist), quality_weight(quality, ids), k, strata, quota)
     if method == "kmeans":

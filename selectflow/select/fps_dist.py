@@ -86,11 +86,12 @@ def rank_thread_env(environ: Mapping[str, str], world: int) -> dict[str, str]:
 
 
 def knn_graph_distributed(
-    feats: np.ndarray, n_neighbors: int, metric: str, device: str = "cpu"
+    feats: np.ndarray, n_neighbors: int, metric: str, device: str = "cpu", probes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`~selectflow.select.diversity.knn_graph` of all rows of ``feats`` on every rank of the group,
     each rank computing its own rows (:func:`row_range`) against all of them and an all-gather joining
-    them: the same graph as one process, at 1/W of its distances per rank."""
+    them: the same graph as one process, at 1/W of its distances per rank (``probes``: approximate, each
+    rank building the same seeded index and searching its own rows)."""
     import torch
     import torch.distributed as dist
 
@@ -98,7 +99,7 @@ def knn_graph_distributed(
     parts = [row_range(len(feats), world, r) for r in range(world)]
     lo, hi = parts[rank]
     comm = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
-    nbr, far = knn_graph(feats, n_neighbors, metric, device=device, rows=(lo, hi))
+    nbr, far = knn_graph(feats, n_neighbors, metric, device=device, rows=(lo, hi), probes=probes)
     joined = []
     for mine in (nbr, far):  # int64 indices, float32 distances: each gathered in its own dtype
         local = torch.zeros((max(b - a for a, b in parts), mine.shape[1]), dtype=torch.from_numpy(mine).dtype)

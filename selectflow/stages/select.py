@@ -167,6 +167,7 @@ def run_fps(
             quota=opts["quota"],
             chunk=chunk,
             device=sel.device,
+            probes=sel.knn_probes_for(len(feats)),
         )
         min_distance = np.full(len(picks), np.nan)
     elif feats is not None:

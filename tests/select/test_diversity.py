@@ -171,6 +171,72 @@ def test_knn_graph_of_some_rows_is_those_rows_of_the_whole_graph(rows):
     np.testing.assert_array_equal(spread, diversity.neighbour_spread(x, 5, "wasserstein")[rows[0] : rows[1]])
 
 
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+@pytest.mark.parametrize("rows", [None, (0, 1), (130, 415)])
+def test_approximate_graph_searching_every_list_is_the_exact_graph(metric, rows):
+    """selection.knn_exact_max below m: with knn_probes at least the number of lists the inverted-list
+    search is exhaustive, so the graph must be the exact one, indices and distances."""
+    x = _feats(600, 11, metric)
+    exact = diversity.knn_graph(x, 9, metric, chunk=64, rows=rows)
+    approx = diversity.knn_graph(x, 9, metric, rows=rows, probes=10**6)
+    np.testing.assert_array_equal(approx[0], exact[0])
+    np.testing.assert_array_equal(approx[1], exact[1])
+
+
+def _clusters(n, seed):
+    """Routing of n samples drawn around 40 centres: the structure an inverted-list index relies on."""
+    rng = np.random.default_rng(seed)
+    centres = rng.dirichlet(np.ones(8) * 0.5, size=(40, 4))
+    probs = 0.5 * centres[rng.integers(0, 40, n)] + 0.5 * rng.dirichlet(np.ones(8) * 0.5, size=(n, 4))
+    return distance.features(probs.astype(np.float32), "wasserstein")
+
+
+def test_approximate_graph_finds_most_neighbours_at_their_exact_distances():
+    import faiss
+
+    x = _clusters(3000, 12)
+    d = _full_distances(x, "wasserstein")
+    ref = np.array([np.lexsort((np.arange(len(x)), row))[:11] for row in d])
+    nbr, dist = diversity.knn_graph(x, 10, "wasserstein", probes=4)  # 4 of 55 lists
+    recall = np.mean([len(set(a) & set(b)) / 11 for a, b in zip(nbr, ref)])
+    assert 0.8 < recall < 1.0, recall  # approximate, and near (0.85 here)
+    np.testing.assert_array_equal(dist, np.take_along_axis(d, nbr, 1))  # each found neighbour's exact distance
+    assert (nbr[:, 0] == np.arange(len(x))).all() and (dist[:, 0] == 0).all()
+    assert (np.diff(dist, axis=1) >= 0).all() and all(len(set(row)) == 11 for row in nbr)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # the same graph on any thread count, and each rank's rows the same
+    try:
+        part = diversity.knn_graph(x, 10, "wasserstein", probes=4, rows=(1000, 1700))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    np.testing.assert_array_equal(part[0], nbr[1000:1700])
+    np.testing.assert_array_equal(part[1], dist[1000:1700])
+
+
+def test_approximate_graph_computes_a_row_exactly_when_its_lists_hold_too_few_rows(caplog):
+    import logging
+
+    x = _clusters(400, 13)  # 10 lists of about 40 rows: some hold 41 rows, some do not
+    d = _full_distances(x, "wasserstein")
+    with caplog.at_level(logging.INFO, logger="selectflow.select.diversity"):
+        nbr, dist = diversity.knn_graph(x, 40, "wasserstein", probes=1)
+    assert any("computed exactly" in m for m in caplog.messages), caplog.messages
+    assert (nbr >= 0).all() and all(len(set(row)) == 41 for row in nbr)
+    np.testing.assert_array_equal(dist, np.take_along_axis(d, nbr, 1))
+    ref = np.array([np.lexsort((np.arange(len(x)), row))[:41] for row in d])
+    assert 0 < (nbr == ref).all(1).sum() < len(x)  # the short rows exact, others approximate
+
+
+def test_facility_location_on_the_approximate_graph():
+    x = _feats(500, 14)
+    quality, ids = np.linspace(1, 0, len(x)), np.array([f"s{i:04d}" for i in range(len(x))])
+    kw = dict(metric="wasserstein", n_neighbors=6, n_clusters=5)
+    exact = diversity.select("facility_location", x, quality, ids, 30, **kw)
+    np.testing.assert_array_equal(diversity.select("facility_location", x, quality, ids, 30, probes=100, **kw), exact)
+    approx = diversity.select("facility_location", x, quality, ids, 30, probes=1, **kw)
+    assert len(set(approx.tolist())) == 30 and not np.array_equal(approx, exact)
+
+
 def test_density_weight_ranks_an_outlier_last_and_weighted_fps_passes_it_by():
     from selectflow.select.fps import fps_streaming
 

@@ -260,6 +260,7 @@ def test_the_candidates_read_no_fps_only_key(tmp_path):
     # the candidates must come out the same whatever those keys say
     paths = write_shards(make_pool(seed=5), tmp_path / "shards", seed=2, shard_size=4)
     changed = dict(fps_log_interval=3, fps_weight="density", fps_snap="density", fps_snap_neighbors=2, fps_gpus=2)
+    changed.update(knn_exact_max=0, knn_probes=1)
     assert set(changed) == set(FPS_ONLY_KEYS)
     for name, kw in (("plain", {}), ("changed", changed)):
         sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=3, **kw)
@@ -606,6 +607,28 @@ def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fp
     if (fps_weight, fps_snap) != ("none", "none"):  # rank 0 (the one that logs) builds the k-NN graph of its half only
         assert any("NN graph of 30 candidates, rows [0, 15): " in m for m in caplog.messages), caplog.messages
     assert (tmp_path / "two.tsv").read_bytes() == (tmp_path / "one.tsv").read_bytes()
+
+
+def test_fps_above_knn_exact_max_runs_on_the_approximate_graph(tmp_path, caplog, monkeypatch):
+    # selection.knn_exact_max: 0 builds the lof weights' k-NN graph from inverted lists, on one
+    # rank and on two; 30 candidates make one list, whose search is exhaustive: the exact graph's picks
+    for name in THREAD_VARS:
+        monkeypatch.setenv(name, "2")
+    paths = write_shards(make_pool(seed=7), tmp_path / "a", seed=2)
+    kw = dict(
+        distance_batch_size=4, selection_percentage=0.3, quality_method="gate", routing_strata=3, fps_weight="lof"
+    )
+    build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "candidates_quality.tsv", section(**kw))
+    assert run_fps(tmp_path / "candidates.h5", tmp_path / "exact.tsv", section(**kw)) == 9
+    for ranks in (1, 2):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            sel = section(knn_exact_max=0, fps_gpus=ranks, **kw)
+            assert run_fps(tmp_path / "candidates.h5", tmp_path / f"approx{ranks}.tsv", sel) == 9
+        rows = "[0, 30)" if ranks == 1 else "[0, 15)"
+        want = f"approximate 10-NN graph of 30 candidates, rows {rows}: 1 inverted lists"
+        assert any(want in m for m in caplog.messages), caplog.messages
+        assert (tmp_path / f"approx{ranks}.tsv").read_bytes() == (tmp_path / "exact.tsv").read_bytes()
 
 
 def rich_pool(seed):
