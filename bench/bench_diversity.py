@@ -10,6 +10,11 @@ streaming FPS (``selectflow.select.fps.fps_streaming``) for the same k.
     python bench/bench_diversity.py --n 100000 --k 1000            # the README's figures
     python bench/bench_diversity.py --n 20000 --k 1000 --layers 4 --experts 16   # quick
 
+The k-NN graph of ``fps_density``, ``fps_lof``, the snapped methods and ``facility_location`` is
+what the workflow builds: exact up to ``--knn-exact-max`` candidates, approximate above
+(``selection.knn_exact_max`` and ``knn_probes``, the schema's defaults unless given;
+``--knn-exact-max 1000000`` times the exact graph; ``bench/bench_knn.py`` compares the two).
+
 ``fps_quality`` is quality-weighted FPS (``selection.fps_weight: quality``; its weights, from
 the random quality, are computed inside the timer). ``fps_density`` is density-weighted FPS
 (``selection.fps_weight: density``; its weights, from the k-NN graph of ``--neighbors``, are
@@ -67,11 +72,13 @@ def one(args) -> dict:
     import faiss  # noqa: F401 - imported before ``before``: the libraries' own memory is no method's
     import torch  # noqa: F401
 
+    from selectflow.config import selection_section
     from selectflow.select import diversity
     from selectflow.select.fps import Snap, fps_streaming
     from selectflow.select.target import toward_target
 
     x = features(args.n, args.layers, args.experts, args.seed)
+    probes = selection_section(knn_exact_max=args.knn_exact_max, knn_probes=args.knn_probes).knn_probes_for(args.n)
     quality = np.random.default_rng(args.seed + 1).normal(size=args.n)
     tokens = np.random.default_rng(args.seed + 3).integers(1, 201, size=args.n)  # fps_lsnap's response tokens
     ids = np.array([f"s{i:07d}" for i in range(args.n)], dtype=object)
@@ -84,16 +91,18 @@ def one(args) -> dict:
     elif args.one in ("fps_quality", "fps_density", "fps_lof"):  # selection.fps_weight: quality, density, lof
         if args.one == "fps_quality":
             weight = diversity.quality_weight(quality, ids)
-        elif args.one == "fps_lof":
-            nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device)
-            weight = diversity.lof_weight(diversity.mean_spread(dist), nbr, ids)
         else:
-            weight = diversity.density_weight(x, ids, args.neighbors, "wasserstein", device=args.device)
+            nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device, probes=probes)
+            spread = diversity.mean_spread(dist)
+            if args.one == "fps_lof":
+                weight = diversity.lof_weight(spread, nbr, ids)
+            else:
+                weight = diversity.density_weight(x, ids, args.neighbors, "wasserstein", spread=spread)
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
         ).picks
     elif args.one in ("fps_snap", "fps_qsnap", "fps_lsnap"):  # selection.fps_snap: density, quality, length
-        nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device)
+        nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device, probes=probes)
         mode = {"fps_snap": "density", "fps_qsnap": "quality", "fps_lsnap": "length"}[args.one]
         snap = Snap(nbr, diversity.snap_score(mode, dist, quality, ids, tokens))
         picks = fps_streaming(
@@ -116,6 +125,7 @@ def one(args) -> dict:
             n_clusters=args.clusters,
             chunk=args.chunk,
             device=args.device,
+            probes=probes,
         )
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -124,6 +134,8 @@ def one(args) -> dict:
 
 
 def main() -> None:
+    from selectflow.schema import schema_default
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100000, help="candidates")
     p.add_argument("--k", type=int, default=1000, help="picks")
@@ -131,6 +143,9 @@ def main() -> None:
     p.add_argument("--experts", type=int, default=64)
     p.add_argument("--neighbors", type=int, default=10, help="selection.diversity_neighbors")
     p.add_argument("--clusters", type=int, default=20, help="selection.diversity_clusters")
+    for key in ("knn_exact_max", "knn_probes"):  # above knn_exact_max candidates the k-NN graph is approximate
+        flag, default = f"--{key.replace('_', '-')}", schema_default("selection", key)
+        p.add_argument(flag, type=int, default=default, help=f"selection.{key} (default: the schema's, %(default)s)")
     p.add_argument("--targets", type=int, default=220, help="target records of method target (selection.target)")
     p.add_argument("--chunk", type=int, default=1000, help="distance rows per chunk (selection.distance_batch_size)")
     p.add_argument("--seed", type=int, default=0)
@@ -143,7 +158,9 @@ def main() -> None:
         return
     print(
         f"N {args.n}, k {args.k}, L {args.layers}, E {args.experts} (D {args.layers * args.experts}), "
-        f"{args.neighbors} neighbours, {args.clusters} clusters; each method in a fresh process",
+        f"{args.neighbors} neighbours, {args.clusters} clusters, k-NN graph "
+        + (f"approximate ({args.knn_probes} probes)" if args.n > args.knn_exact_max else "exact")
+        + "; each method in a fresh process",
         flush=True,
     )
     rows = {}
