@@ -12,7 +12,10 @@ time and peak-RSS ratios and what the approximation changes:
 * spread and lof: Spearman correlation of the mean neighbour distance and of the lof weights
   (:func:`~selectflow.select.diversity.lof_weight`) with the exact graph's;
 * picks: the share of lof-weighted FPS's ``--k`` picks (``fps_streaming``, the default method)
-  that the exact graph's weights also pick.
+  that the exact graph's weights also pick (FPS is chaotic: one different pick early changes the
+  rest), and the mean exact lof weight of each graph's picks (1 = the least outlying candidate,
+  0 the most; ``random`` the mean of ``--k`` random candidates), which says whether the
+  approximate picks hold back the outliers as the exact ones do.
 
 Features: Dirichlet(0.3) routing over E experts in each of L layers, as ``bench/bench_diversity.py``
 makes them (no structure: the hard case for inverted lists); ``--centres C`` draws each sample half
@@ -134,6 +137,12 @@ def main() -> None:
         graphs = {g: (np.load(f"{save}/{g}.nbr.npy"), np.load(f"{save}/{g}.dist.npy")) for g in rows}
     k = min(args.k, len(x))
     exact_w, exact_picks = lof_picks(x, *graphs["exact"], k)
+    drawn = np.random.default_rng(args.seed + 1).choice(len(x), k, replace=False)
+    print(
+        f"mean exact lof weight of the picks: exact graph {exact_w[exact_picks].mean():.4f}, "
+        f"random {exact_w[drawn].mean():.4f}",
+        flush=True,
+    )
     base = rows["exact"]
     for graph in map(str, args.probes):
         nbr, dist = graphs[graph]
@@ -146,7 +155,8 @@ def main() -> None:
             f"peak RSS x{r['peak_MiB'] / base['peak_MiB']:.2f}; recall {recall:.3f}, "
             f"spread Spearman {spearmanr(mean_spread(dist), mean_spread(graphs['exact'][1])).statistic:.4f}, "
             f"lof Spearman {spearmanr(weight, exact_w).statistic:.4f}, "
-            f"lof-FPS picks shared {len(np.intersect1d(picks, exact_picks)) / k:.3f} of {k}",
+            f"lof-FPS picks shared {len(np.intersect1d(picks, exact_picks)) / k:.3f} of {k}, "
+            f"their mean exact lof weight {exact_w[picks].mean():.4f}",
             flush=True,
         )
 
