@@ -179,7 +179,7 @@ def ivf_graph(
         dist[lo:hi] = _row_distances(x, np.arange(first + lo, first + hi), nbr[lo:hi], metric)
     order = np.lexsort((nbr, dist), axis=1)
     nbr, dist = np.take_along_axis(nbr, order, 1), np.take_along_axis(dist, order, 1)
-    short = np.flatnonzero((nbr < 0).any(1))  # FAISS pads with -1 (sorted first) when the lists ran short
+    short = np.flatnonzero((nbr < 0).any(1))  # FAISS pads with -1 (at +inf: sorted last) when the lists ran short
     if len(short):
         log.info("%d rows found fewer than %d neighbours in their lists: computed exactly", len(short), kk - 1)
         import torch
