@@ -138,8 +138,10 @@ def ivf_graph(
     :func:`selectflow.select.distance.pairwise` does; sorted by (distance, index). A row always finds
     itself (or a copy), since its own list is searched; a neighbour outside the searched lists is
     missed and a farther one takes its place. A row whose lists hold fewer than ``n_neighbors`` + 1
-    rows is computed exactly. Memory: a float32 copy of ``feats`` in the index, O(m·D), plus the
-    graph; time about ``probes``/√m of the exact graph's distances. ``rows`` as in :func:`knn_graph`.
+    rows is computed exactly (:func:`exact_rows`). The log gives the recall on :func:`check_rows`, a
+    seeded sample of 256 rows whose exact neighbours are computed (256·m distances). Memory: a
+    float32 copy of ``feats`` in the index, O(m·D), plus the graph; time about ``probes``/√m of the
+    exact graph's distances. ``rows`` as in :func:`knn_graph`.
     """
     import faiss
 
@@ -182,12 +184,55 @@ def ivf_graph(
     short = np.flatnonzero((nbr < 0).any(1))  # FAISS pads with -1 (at +inf: sorted last) when the lists ran short
     if len(short):
         log.info("%d rows found fewer than %d neighbours in their lists: computed exactly", len(short), kk - 1)
-        import torch
+        nbr[short], dist[short] = exact_rows(x, first + short, kk, metric)
+    check = check_rows(first, last)
+    if len(check):
+        exact = exact_rows(x, check, kk, metric)[0]
+        found = np.mean([len(np.intersect1d(a, b)) for a, b in zip(nbr[check - first], exact)]) / kk
+        log.info(
+            "approximate %d-NN graph: recall %.3f against the exact neighbours of %d sampled rows "
+            "(selection.knn_probes raises it)",
+            kk - 1,
+            found,
+            len(check),
+        )
+    return nbr, dist
 
-        xt = torch.as_tensor(x).to(distance.compute_dtype(metric))
-        for r in short:
-            row = distance.pairwise(xt[first + r : first + r + 1], xt, metric)[0].numpy()
-            nbr[r], dist[r] = _nearest(row, kk)
+
+IVF_CHECK_ROWS = 256  # rows of the approximate graph checked against their exact neighbours
+
+
+def check_rows(first: int, last: int) -> np.ndarray:
+    """The rows int64 of ``first..last-1`` whose approximate neighbours :func:`ivf_graph` checks against
+    the exact ones (a seeded sample of :data:`IVF_CHECK_ROWS`, sorted; all when there are fewer)."""
+    if last - first <= IVF_CHECK_ROWS:
+        return np.arange(first, last)
+    return np.sort(np.random.default_rng(0).choice(np.arange(first, last), IVF_CHECK_ROWS, replace=False))
+
+
+def exact_rows(x: np.ndarray, rows: np.ndarray, kk: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The exact ``kk`` nearest rows of ``x`` [m, D] float32 to each of ``rows`` (any order): indices
+    int64 and distances float32 [len(rows), kk], by (distance, index), as :func:`knn_graph` has them.
+    At most :data:`KNN_BLOCK` distances at a time, and ``x`` converted to the metric's dtype
+    :data:`KNN_BLOCK` values at a time (no whole copy)."""
+    import torch
+
+    dtype, m = distance.compute_dtype(metric), len(x)
+    cols = max(1, KNN_BLOCK // x.shape[1])  # rows of x converted at a time: at most KNN_BLOCK values
+    nbr = np.empty((len(rows), kk), dtype=np.int64)
+    dist = np.empty((len(rows), kk), dtype=np.float32)
+    for lo in range(0, len(rows), max(1, KNN_BLOCK // m)):
+        part = rows[lo : lo + max(1, KNN_BLOCK // m)]
+        a = torch.as_tensor(x[part]).to(dtype)
+        d = np.concatenate(
+            [
+                distance.pairwise(a, torch.as_tensor(x[c : c + cols]).to(dtype), metric).numpy()
+                for c in range(0, m, cols)
+            ],
+            axis=1,
+        )
+        for i, row in enumerate(d):
+            nbr[lo + i], dist[lo + i] = _nearest(row, kk)
     return nbr, dist
 
 

@@ -191,15 +191,24 @@ def _clusters(n, seed):
     return distance.features(probs.astype(np.float32), "wasserstein")
 
 
-def test_approximate_graph_finds_most_neighbours_at_their_exact_distances():
+def test_approximate_graph_finds_most_neighbours_at_their_exact_distances(caplog):
+    import logging
+
     import faiss
 
     x = _clusters(3000, 12)
     d = _full_distances(x, "wasserstein")
     ref = np.array([np.lexsort((np.arange(len(x)), row))[:11] for row in d])
-    nbr, dist = diversity.knn_graph(x, 10, "wasserstein", probes=4)  # 4 of 55 lists
+    with caplog.at_level(logging.INFO, logger="selectflow.select.diversity"):
+        nbr, dist = diversity.knn_graph(x, 10, "wasserstein", probes=4)  # 4 of 55 lists
     recall = np.mean([len(set(a) & set(b)) / 11 for a, b in zip(nbr, ref)])
     assert 0.8 < recall < 1.0, recall  # approximate, and near (0.85 here)
+    # the log tells the user the recall on a sample of rows, measured against their exact neighbours
+    check = diversity.check_rows(0, len(x))
+    assert len(check) == diversity.IVF_CHECK_ROWS and len(set(check.tolist())) == len(check)
+    sampled = np.mean([len(set(nbr[r]) & set(ref[r])) / 11 for r in check])
+    want = f"approximate 10-NN graph: recall {sampled:.3f} against the exact neighbours of 256 sampled rows"
+    assert any(m.startswith(want) for m in caplog.messages), (want, caplog.messages)
     np.testing.assert_array_equal(dist, np.take_along_axis(d, nbr, 1))  # each found neighbour's exact distance
     assert (nbr[:, 0] == np.arange(len(x))).all() and (dist[:, 0] == 0).all()
     assert (np.diff(dist, axis=1) >= 0).all() and all(len(set(row)) == 11 for row in nbr)
@@ -211,6 +220,20 @@ def test_approximate_graph_finds_most_neighbours_at_their_exact_distances():
         faiss.omp_set_num_threads(threads)
     np.testing.assert_array_equal(part[0], nbr[1000:1700])
     np.testing.assert_array_equal(part[1], dist[1000:1700])
+
+
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+def test_exact_rows_of_any_rows_are_their_exact_neighbours(metric, monkeypatch):
+    # what the approximate graph's short rows and its recall check use: any rows, ties by index, and
+    # (a small KNN_BLOCK) the distances and the converted features taken a few at a time
+    x = np.repeat(_feats(100, 15, metric), 2, axis=0)  # every row has a copy: ties at distance 0
+    monkeypatch.setattr(diversity, "KNN_BLOCK", 700)
+    rows = np.array([199, 0, 57, 58, 120])
+    nbr, dist = diversity.exact_rows(x, rows, 6, metric)
+    d = _full_distances(x, metric)
+    ref = np.array([np.lexsort((np.arange(len(x)), d[r]))[:6] for r in rows])
+    np.testing.assert_array_equal(nbr, ref)
+    np.testing.assert_array_equal(dist, np.take_along_axis(d[rows], ref, 1))
 
 
 def test_approximate_graph_computes_a_row_exactly_when_its_lists_hold_too_few_rows(caplog):
