@@ -151,6 +151,7 @@ def ivf_graph(
     kk = min(int(n_neighbors) + 1, m)
     x = np.ascontiguousarray(feats, dtype=np.float32)
     lists = max(1, min(round(math.sqrt(m)), m // IVF_MIN_PER_LIST))
+    probes = min(int(probes), lists)
     faiss_metric = getattr(faiss, _IVF_METRIC[metric])
     quantizer = faiss.IndexFlatIP(x.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(x.shape[1])
     index = faiss.IndexIVFFlat(quantizer, x.shape[1], lists, faiss_metric)
@@ -162,11 +163,11 @@ def ivf_graph(
         first,
         last,
         lists,
-        min(probes, lists),
+        probes,
     )
     index.train(x)
     index.add(x)
-    index.nprobe = min(int(probes), lists)
+    index.nprobe = probes
     nbr = np.empty((last - first, kk), dtype=np.int64)
     for lo in tqdm(
         range(first, last, IVF_SEARCH_ROWS), desc=f"approximate {kk - 1}-NN graph", unit="block", disable=None
@@ -187,8 +188,7 @@ def ivf_graph(
         nbr[short], dist[short] = exact_rows(x, first + short, kk, metric)
     check = check_rows(first, last)
     if len(check):
-        exact = exact_rows(x, check, kk, metric)[0]
-        found = np.mean([len(np.intersect1d(a, b)) for a, b in zip(nbr[check - first], exact)]) / kk
+        found = graph_recall(nbr[check - first], exact_rows(x, check, kk, metric)[0])
         log.info(
             "approximate %d-NN graph: recall %.3f against the exact neighbours of %d sampled rows "
             "(selection.knn_probes raises it)",
@@ -221,8 +221,9 @@ def exact_rows(x: np.ndarray, rows: np.ndarray, kk: int, metric: str) -> tuple[n
     cols = max(1, KNN_BLOCK // x.shape[1])  # rows of x converted at a time: at most KNN_BLOCK values
     nbr = np.empty((len(rows), kk), dtype=np.int64)
     dist = np.empty((len(rows), kk), dtype=np.float32)
-    for lo in range(0, len(rows), max(1, KNN_BLOCK // m)):
-        part = rows[lo : lo + max(1, KNN_BLOCK // m)]
+    step = max(1, KNN_BLOCK // m)  # rows whose m distances are held at a time
+    for lo in range(0, len(rows), step):
+        part = rows[lo : lo + step]
         a = torch.as_tensor(x[part]).to(dtype)
         d = np.concatenate(
             [
@@ -237,19 +238,16 @@ def exact_rows(x: np.ndarray, rows: np.ndarray, kk: int, metric: str) -> tuple[n
 
 
 def _row_distances(x: np.ndarray, rows: np.ndarray, nbr: np.ndarray, metric: str) -> np.ndarray:
-    """Float32 [len(rows), kk] exact distances of ``x[rows]`` to ``x[nbr]`` (``nbr`` -1: +inf), the
-    values :func:`selectflow.select.distance.pairwise` gives: exact sums on the feature grid."""
+    """Float32 [len(rows), kk] exact distances of ``x[rows]`` to ``x[nbr]`` (``nbr`` -1: +inf),
+    :func:`selectflow.select.distance.paired`."""
     found = nbr >= 0
-    other = x[np.where(found, nbr, 0)]  # [r, kk, D]
-    if metric == "wasserstein":
-        d = np.abs(other - x[rows][:, None, :]).sum(-1, dtype=np.float32)
-    else:
-        a, b = x[rows].astype(np.float64)[:, None, :], other.astype(np.float64)
-        if metric == "cosine":
-            d = np.clip(1.0 - (a * b).sum(-1), 0.0, None)
-        else:
-            d = np.sqrt(np.square(a - b).sum(-1))
+    d = distance.paired(x[rows], x[np.where(found, nbr, 0)], metric)
     return np.where(found, d, np.inf).astype(np.float32)
+
+
+def graph_recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """The share of the exact neighbours ``exact`` [r, kk] that ``found`` [r, kk] holds, over all rows."""
+    return float(np.mean([len(np.intersect1d(a, b)) for a, b in zip(found, exact)]) / exact.shape[1])
 
 
 def similarities(dist: np.ndarray) -> np.ndarray:
