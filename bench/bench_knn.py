@@ -116,7 +116,7 @@ def main() -> None:
         return
     from scipy.stats import spearmanr
 
-    from selectflow.select.diversity import mean_spread
+    from selectflow.select.diversity import graph_recall, mean_spread
 
     source = args.candidates or (
         f"N {args.n}, L {args.layers}, E {args.experts}, " + (f"{args.centres} centres" if args.centres else "iid")
@@ -146,8 +146,7 @@ def main() -> None:
     base = rows["exact"]
     for graph in map(str, args.probes):
         nbr, dist = graphs[graph]
-        ref = graphs["exact"][0]
-        recall = np.mean([len(np.intersect1d(a, b)) for a, b in zip(nbr, ref)]) / ref.shape[1]
+        recall = graph_recall(nbr, graphs["exact"][0])
         weight, picks = lof_picks(x, nbr, dist, k)
         r = rows[graph]
         print(
