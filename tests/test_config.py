@@ -57,25 +57,28 @@ def test_train_sections_are_resolved_once_with_the_warmup_overrides():
         train.lora.r = 8  # frozen
 
 
+@pytest.mark.parametrize("weight", ["quality", "lof"])
 @pytest.mark.parametrize("diversity", ["facility_location", "kmeans"])
-def test_an_fps_weight_without_fps_is_an_error(diversity):
+def test_an_fps_weight_without_fps_is_an_error(diversity, weight):
     from selectflow.runtime.errors import SelectFlowError
 
     raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
-    sel = {"diversity": diversity, "fps_weight": "quality"}
-    with pytest.raises(SelectFlowError, match=f"fps_weight: quality .*diversity is {diversity},.*set fps_weight: none"):
+    sel = {"diversity": diversity, "fps_weight": weight}
+    with pytest.raises(
+        SelectFlowError, match=f"fps_weight: {weight} .*diversity is {diversity},.*set fps_weight: none"
+    ):
         build_config(with_defaults({**raw, "selection": sel}, SCHEMA_DOC))
     assert (
         build_config(with_defaults({**raw, "selection": {**sel, "diversity": "fps"}}, SCHEMA_DOC)).selection.fps_weight
-        == "quality"
+        == weight
     )
     assert (
         build_config(with_defaults({**raw, "selection": {**sel, "fps_weight": "none"}}, SCHEMA_DOC)).selection.diversity
         == diversity
     )
-    # the default weight (lof) weighs FPS only: another diversity leaves it unused, with no error
+    # the default (plain FPS: no weight) goes with any diversity
     default = build_config(with_defaults({**raw, "selection": {"diversity": diversity}}, SCHEMA_DOC)).selection
-    assert (default.diversity, default.fps_weight) == (diversity, "lof")
+    assert (default.diversity, default.fps_weight) == (diversity, "none")
 
 
 def test_a_bad_train_key_is_named():

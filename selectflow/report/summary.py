@@ -210,7 +210,7 @@ def _outputs(paths: Layout) -> list[str]:
 
 def _diversity(sel: dict) -> str:
     """How the picks were spread, from the selection section: the method, with FPS's weight and snapping
-    (``fps (fps_weight: lof)``, the default)."""
+    (``fps`` for the default, plain FPS; ``fps (fps_weight: lof)``)."""
     diversity = sel.get("diversity", "fps")
     if diversity != "fps":
         return diversity
