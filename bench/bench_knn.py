@@ -1,6 +1,6 @@
 """Approximate k-NN graph (``selection.knn_exact_max`` / ``knn_probes``) against the exact one, same run.
 
-The k-NN graph of the candidates feeds the default ``fps_weight: lof`` (and ``density``,
+The k-NN graph of the candidates feeds ``fps_weight: lof`` (and ``density``,
 ``fps_snap``, ``diversity: facility_location``). Exact, it costs O(m²·D) time; above
 ``knn_exact_max`` candidates it comes from FAISS inverted lists instead
 (:func:`selectflow.select.diversity.ivf_graph`). Each graph is built in a fresh Python process
