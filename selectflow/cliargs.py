@@ -57,6 +57,7 @@ SELECTION_FLAGS = {
     "distance_batch_size": "distance_batch_size",
     "fps_log_interval": "fps_log_interval",
     "fps_weight": "fps_weight",
+    "lof_cut_z": "lof_cut_z",
     "fps_snap": "fps_snap",
     "fps_snap_neighbors": "fps_snap_neighbors",
     "fps_gpus": "fps_gpus",

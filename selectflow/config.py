@@ -89,6 +89,7 @@ class SelectionConfig:
     distance_batch_size: int
     fps_log_interval: int
     fps_weight: str
+    lof_cut_z: float
     fps_snap: str
     fps_snap_neighbors: int
     fps_gpus: int
@@ -333,6 +334,7 @@ def as_param(value):
 FPS_ONLY_KEYS = (
     "fps_log_interval",
     "fps_weight",
+    "lof_cut_z",
     "fps_snap",
     "fps_snap_neighbors",
     "fps_gpus",

@@ -46,6 +46,7 @@ from selectflow.select.dedup import drop_duplicates, duplicates_of
 from selectflow.select.diversity import (
     density_weight,
     knn_graph,
+    lof_cut_weight,
     lof_weight,
     mean_spread,
     quality_weight,
@@ -296,7 +297,8 @@ def fps_options(
     Weights: None, facility location's quality weights ``1 - rank/m`` of ``cands`` (the file's
     :func:`read_candidates`), or the density weights of its features
     (:func:`~selectflow.select.diversity.density_weight`) or their local outlier factors
-    (:func:`~selectflow.select.diversity.lof_weight`). These weights and snapping share one
+    (:func:`~selectflow.select.diversity.lof_weight`), or 1 with their extreme outlier factors held back
+    (:func:`~selectflow.select.diversity.lof_cut_weight`). These weights and snapping share one
     k-NN graph of the features (the larger of ``selection.diversity_neighbors`` and
     ``fps_snap_neighbors`` neighbours; on ``device``, default ``selection.device``; approximate above
     ``selection.knn_exact_max`` candidates, :meth:`~selectflow.config.SelectionConfig.knn_probes_for`), built by
@@ -310,7 +312,7 @@ def fps_options(
     weight = snap = None
     # density or lof weights (diversity_neighbors) and snapping (fps_snap_neighbors) read one graph, of the larger
     # size: a row's first n + 1 columns are its n nearest neighbours (sorted by distance, ties by index)
-    sizes = {"weight": sel.diversity_neighbors if sel.fps_weight in ("density", "lof") else 0}
+    sizes = {"weight": sel.diversity_neighbors if sel.fps_weight in ("density", "lof", "lof_cut") else 0}
     sizes["snap"] = sel.fps_snap_neighbors if sel.fps_snap != "none" else 0
     if max(sizes.values()):
         feats = f["features"][()] if feats is None else feats
@@ -322,6 +324,8 @@ def fps_options(
             spread = mean_spread(dist[:, : sizes["weight"] + 1])
             if sel.fps_weight == "lof":
                 weight = lof_weight(spread, nbr[:, : sizes["weight"] + 1], cands.sample_id)
+            elif sel.fps_weight == "lof_cut":
+                weight = lof_cut_weight(spread, nbr[:, : sizes["weight"] + 1], sel.lof_cut_z)
             else:
                 weight = density_weight(feats, cands.sample_id, sizes["weight"], metric, spread=spread)
         if sizes["snap"]:

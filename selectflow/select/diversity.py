@@ -24,7 +24,8 @@ Neither holds an m×m matrix.
   (:func:`neighbour_spread`); snapped FPS (``selection.fps_snap: density``) picks by the same
   spreads among the graph's neighbours (:class:`selectflow.select.fps.Snap`), ``fps_snap: quality``
   by :func:`quality_rank`, ``fps_snap: length`` by the response tokens; :func:`lof_weight`
-  (``fps_weight: lof``) by each candidate's spread relative to its neighbours' spreads.
+  (``fps_weight: lof``) by each candidate's spread relative to its neighbours' spreads;
+  :func:`lof_cut_weight` holds back only the candidates whose ratio is extreme (``fps_weight: lof_cut``).
 * :func:`kmeans_round_robin` (Select-MoE's later method): FAISS k-means of the candidates
   (:func:`selectflow.select.baselines.kmeans_labels`), then
   :func:`selectflow.select.baselines.round_robin` by quality, the code compare's ``kmeans``
@@ -43,6 +44,7 @@ from tqdm import tqdm
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.schema import schema_enum
 from selectflow.select import baselines, distance
+from selectflow.select.quality import robust_z
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +348,32 @@ def lof_weight(spread: np.ndarray, nbr: np.ndarray, ids: np.ndarray) -> np.ndarr
     :func:`density_weight` it does not hold back a candidate of a sparse region whose neighbours are
     as sparse (on the real-text pools the sparse regions are the long answers)."""
     return quality_weight(-outlier_ratio(spread, nbr), ids)
+
+
+# the weight of a candidate fps_weight: lof_cut holds back: picked only where nothing else is left
+LOF_CUT_WEIGHT = 1e-6
+
+
+def lof_cut_weight(spread: np.ndarray, nbr: np.ndarray, z_cut: float) -> np.ndarray:
+    """Float64 [m]: 1, or :data:`LOF_CUT_WEIGHT` for a candidate whose local outlier factor
+    (:func:`outlier_ratio`) is extreme for these candidates: the robust z-score of its log
+    (:func:`~selectflow.select.quality.robust_z`, median and MAD over the candidates) above ``z_cut``,
+    or infinite. The weight of ``selection.fps_weight: lof_cut``: FPS stays plain FPS among the rest
+    (its reach and the long answers of sparse regions kept, unlike :func:`lof_weight`'s ranks), and
+    a held-back candidate is picked only where its stratum has nothing else left. A candidate with
+    spread 0 (log -inf: a copy among copies) is never held back."""
+    ratio = outlier_ratio(spread, nbr)
+    with np.errstate(divide="ignore"):
+        z = robust_z(np.log(ratio))
+    out = (z > z_cut) | np.isposinf(ratio)
+    log.info(
+        "fps_weight lof_cut: %d of %d candidates (%.1f %%) held back, local outlier factor beyond robust z %g",
+        out.sum(),
+        len(ratio),
+        100 * out.mean() if len(ratio) else 0.0,
+        z_cut,
+    )
+    return np.where(out, LOF_CUT_WEIGHT, 1.0)
 
 
 class _Quota:

@@ -142,6 +142,46 @@ def test_lof_weight_equals_brute_force(metric, n_neighbors):
     assert (got > 0).all() and len(np.unique(got)) == len(x)
 
 
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+@pytest.mark.parametrize("z_cut", [0.5, 2.0, 3.5])
+def test_lof_cut_weight_equals_brute_force(metric, z_cut):
+    """1, or LOF_CUT_WEIGHT where the log outlier factor (from the full matrix, as in the lof test) lies
+    more than z_cut robust standard deviations (1.4826 MAD) above its median over all rows; a copy
+    among copies (spread 0) is never held back, a row whose neighbours all have spread 0 always is."""
+    x = _feats(40, 4, metric)
+    x[10:16] = x[3]  # six copies of row 3: spreads of 0
+    x[30] = x[30] * 0.1 + 3.0  # a stray row
+    n = 4
+    d = _full_distances(x, metric).astype(np.float64)
+    near = [np.lexsort((np.arange(len(x)), row))[1 : n + 1] for row in d]
+    spread = np.array([d[i, near[i]].mean() for i in range(len(x))])
+    around = np.array([spread[near[i]].mean() for i in range(len(x))])
+    ratio = np.array([1.0 if s == a == 0 else (np.inf if a == 0 else s / a) for s, a in zip(spread, around)])
+    finite = np.isfinite(np.log(ratio, where=ratio > 0, out=np.full(len(x), -np.inf)))
+    logr = np.log(ratio[finite])
+    med = np.median(logr)
+    z = np.full(len(x), np.nan)
+    z[finite] = (logr - med) / (1.4826 * np.median(np.abs(logr - med)))
+    held = (z > z_cut) | np.isposinf(ratio)
+    nbr, dist = diversity.knn_graph(x, n, metric)
+    got = diversity.lof_cut_weight(diversity.mean_spread(dist), nbr, z_cut)
+    np.testing.assert_array_equal(got, np.where(held, diversity.LOF_CUT_WEIGHT, 1.0))
+    assert not held[[3, *range(10, 16)]].any()  # copies are never held back
+    if z_cut < 3.5:
+        assert held.any() and not held.all()
+
+
+def test_lof_cut_holds_back_the_stray_point_only():
+    """The two clusters of the next test (one 50 times as wide) and one point off the dense one: the cut
+    holds back the stray point and nothing of either cluster."""
+    rng = np.random.default_rng(2)
+    dense, wide = rng.normal(0, 0.01, (40, 2)), rng.normal(0, 0.5, (40, 2)) + 20
+    x = np.vstack([dense, wide, [[0.3, 0.3]]]).astype(np.float32)
+    nbr, dist = diversity.knn_graph(x, 5, "l2")
+    weight = diversity.lof_cut_weight(diversity.mean_spread(dist), nbr, 3.5)
+    assert np.flatnonzero(weight < 1).tolist() == [80]
+
+
 def test_lof_spares_a_sparse_region_that_density_holds_back():
     """Two clusters, one 50 times as wide, and one point off the dense one: density weights put the
     whole wide cluster below the dense one; the outlier factor ranks only the stray point last."""

@@ -16,7 +16,7 @@ from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.schema import schema_default
 from selectflow.select.candidates import n_blocks, read_candidates
 from selectflow.select.distance import block_path, features
-from selectflow.select.diversity import density_weight, knn_graph, lof_weight, mean_spread
+from selectflow.select.diversity import density_weight, knn_graph, lof_cut_weight, lof_weight, mean_spread
 from selectflow.select.fps import Snap, fps_streaming
 from selectflow.select.fps_dist import THREAD_VARS
 from selectflow.stages.select import (
@@ -184,6 +184,7 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
         ("quality", "none"),
         ("density", "none"),
         ("lof", "none"),
+        ("lof_cut", "none"),
         ("none", "density"),
         ("density", "density"),
         ("none", "quality"),
@@ -195,7 +196,7 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
     # selection.fps_weight: FPS over the candidates with weights 1 - rank/m, in either distance
     # mode; quality: the candidates are in quality order, so candidate i has rank i; density: the
     # rank of diversity.density_weight over the candidates' features and diversity_neighbors; lof: of
-    # diversity.lof_weight over the same k-NN graph.
+    # diversity.lof_weight over the same k-NN graph; lof_cut: diversity.lof_cut_weight of it (lof_cut_z 1).
     # selection.fps_snap: density: the picks snap to the densest of each nominee's fps_snap_neighbors
     # nearest candidates (fps.Snap over the candidates' k-NN graph; with both, the weights keep
     # diversity_neighbors: one graph of the larger size serves both); quality: to the best-ranked of them;
@@ -203,7 +204,7 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
     pool = make_pool(seed=5)
     tokens = {s: int(t) for s, t in zip(pool, np.random.default_rng(5).integers(1, 6, size=len(pool)))}
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
-    kw.update(diversity_neighbors=4, fps_snap=fps_snap, fps_snap_neighbors=2)
+    kw.update(diversity_neighbors=4, fps_snap=fps_snap, fps_snap_neighbors=2, lof_cut_z=1.0)
     a = pipeline(
         write_shards(pool, tmp_path / "a", seed=2, shard_size=4, response_tokens=tokens), tmp_path / "oa", **kw
     )
@@ -228,6 +229,7 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
         "quality": 1.0 - np.arange(m) / m,
         "density": density_weight(feats, ids, 4, "wasserstein"),
         "lof": lof_weight(mean_spread(dist4), nbr4, ids),
+        "lof_cut": lof_cut_weight(mean_spread(dist4), nbr4, 1.0),
     }[fps_weight]
     want = fps_streaming(
         feats,
@@ -259,7 +261,9 @@ def test_the_candidates_read_no_fps_only_key(tmp_path):
     # the rules before FPS get the section with config.FPS_ONLY_KEYS at their defaults (param_before_fps):
     # the candidates must come out the same whatever those keys say
     paths = write_shards(make_pool(seed=5), tmp_path / "shards", seed=2, shard_size=4)
-    changed = dict(fps_log_interval=3, fps_weight="density", fps_snap="density", fps_snap_neighbors=2, fps_gpus=2)
+    changed = dict(
+        fps_log_interval=3, fps_weight="density", lof_cut_z=1.0, fps_snap="density", fps_snap_neighbors=2, fps_gpus=2
+    )
     changed.update(knn_exact_max=0, knn_probes=1)
     assert set(changed) == set(FPS_ONLY_KEYS)
     for name, kw in (("plain", {}), ("changed", changed)):
@@ -581,6 +585,7 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
         (3, "none", "none"),
         (3, "density", "none"),
         (3, "lof", "none"),
+        (1, "lof_cut", "none"),
         (3, "none", "density"),
         (1, "none", "quality"),
         (3, "none", "length"),
@@ -594,7 +599,7 @@ def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fp
     pool = make_pool(seed=7)
     paths = write_shards(pool, tmp_path / "a", seed=2)
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
-    kw["fps_snap"] = fps_snap
+    kw.update(fps_snap=fps_snap, lof_cut_z=1.0)
     sel = section(distance_batch_size=4, **kw)
     build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "candidates_quality.tsv", sel)
     assert run_fps(tmp_path / "candidates.h5", tmp_path / "one.tsv", sel) == 9
