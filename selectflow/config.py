@@ -96,8 +96,8 @@ class SelectionConfig:
     device: str
 
     def __post_init__(self):
-        # a key that would be ignored is a mistake
-        if self.fps_weight != "none" and self.diversity != "fps":
+        # a key that would be ignored is a mistake; the default weight (lof_cut) is simply not used without FPS
+        if self.fps_weight not in ("none", schema_default("selection", "fps_weight")) and self.diversity != "fps":
             raise SelectFlowError(
                 f"selection.fps_weight: {self.fps_weight} weighs farthest-point sampling, and selection.diversity is "
                 f"{self.diversity}, which runs no FPS (facility_location weighs its picks by quality rank already): "

@@ -76,9 +76,9 @@ def test_an_fps_weight_without_fps_is_an_error(diversity, weight):
         build_config(with_defaults({**raw, "selection": {**sel, "fps_weight": "none"}}, SCHEMA_DOC)).selection.diversity
         == diversity
     )
-    # the default (plain FPS: no weight) goes with any diversity
+    # the default weight (lof_cut) weighs FPS only: another diversity leaves it unused, with no error
     default = build_config(with_defaults({**raw, "selection": {"diversity": diversity}}, SCHEMA_DOC)).selection
-    assert (default.diversity, default.fps_weight) == (diversity, "none")
+    assert (default.diversity, default.fps_weight) == (diversity, "lof_cut")
 
 
 def test_a_bad_train_key_is_named():

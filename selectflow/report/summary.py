@@ -210,7 +210,7 @@ def _outputs(paths: Layout) -> list[str]:
 
 def _diversity(sel: dict) -> str:
     """How the picks were spread, from the selection section: the method, with FPS's weight and snapping
-    (``fps`` for the default, plain FPS; ``fps (fps_weight: lof)``)."""
+    (``fps (fps_weight: lof_cut)``, the default; ``fps`` for plain FPS)."""
     diversity = sel.get("diversity", "fps")
     if diversity != "fps":
         return diversity
