@@ -19,7 +19,8 @@ what the workflow builds: exact up to ``--knn-exact-max`` candidates, approximat
 the random quality, are computed inside the timer). ``fps_density`` is density-weighted FPS
 (``selection.fps_weight: density``; its weights, from the k-NN graph of ``--neighbors``, are
 computed inside the timer); ``fps_lof`` the same with ``selection.fps_weight: lof`` (local
-outlier factors over the same graph). ``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
+outlier factors over the same graph), ``fps_lofcut`` with ``lof_cut`` (the schema's ``lof_cut_z``).
+``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
 k-NN graph of ``--neighbors`` it snaps over is built inside the timer); ``fps_qsnap`` the same with
 ``selection.fps_snap: quality`` (quality ranks instead of spreads), ``fps_lsnap`` with
 ``selection.fps_snap: length`` (random response tokens, 1 to 200, instead of spreads).
@@ -48,6 +49,7 @@ METHODS = (
     "fps_quality",
     "fps_density",
     "fps_lof",
+    "fps_lofcut",
     "fps_snap",
     "fps_qsnap",
     "fps_lsnap",
@@ -73,6 +75,7 @@ def one(args) -> dict:
     import torch  # noqa: F401
 
     from selectflow.config import selection_section
+    from selectflow.schema import schema_default
     from selectflow.select import diversity
     from selectflow.select.fps import Snap, fps_streaming
     from selectflow.select.target import toward_target
@@ -88,7 +91,7 @@ def one(args) -> dict:
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein"
         ).picks
-    elif args.one in ("fps_quality", "fps_density", "fps_lof"):  # selection.fps_weight: quality, density, lof
+    elif args.one in ("fps_quality", "fps_density", "fps_lof", "fps_lofcut"):  # selection.fps_weight: quality, …
         if args.one == "fps_quality":
             weight = diversity.quality_weight(quality, ids)
         else:
@@ -96,6 +99,8 @@ def one(args) -> dict:
             spread = diversity.mean_spread(dist)
             if args.one == "fps_lof":
                 weight = diversity.lof_weight(spread, nbr, ids)
+            elif args.one == "fps_lofcut":
+                weight = diversity.lof_cut_weight(spread, nbr, schema_default("selection", "lof_cut_z"))
             else:
                 weight = diversity.density_weight(x, ids, args.neighbors, "wasserstein", spread=spread)
         picks = fps_streaming(
