@@ -350,7 +350,7 @@ def lof_weight(spread: np.ndarray, nbr: np.ndarray, ids: np.ndarray) -> np.ndarr
     return quality_weight(-outlier_ratio(spread, nbr), ids)
 
 
-# the weight of a candidate fps_weight: lof_cut holds back: picked only where nothing else is left
+# the weight of a candidate fps_weight: lof_cut holds back: an FPS step picks it only where nothing else is left
 LOF_CUT_WEIGHT = 1e-6
 
 
@@ -360,7 +360,9 @@ def lof_cut_weight(spread: np.ndarray, nbr: np.ndarray, z_cut: float) -> np.ndar
     (:func:`~selectflow.select.quality.robust_z`, median and MAD over the candidates) above ``z_cut``,
     or infinite. The weight of ``selection.fps_weight: lof_cut``: FPS stays plain FPS among the rest
     (its reach and the long answers of sparse regions kept, unlike :func:`lof_weight`'s ranks), and
-    a held-back candidate is picked only where its stratum has nothing else left. A candidate with
+    an FPS step picks a held-back candidate only when every other candidate still in the race lies a
+    million times closer to the picks (in effect: where its stratum has nothing else left; the start,
+    the best candidate by quality, is picked whatever its weight, as with every weight). A candidate with
     spread 0 (log -inf: a copy among copies) is never held back."""
     ratio = outlier_ratio(spread, nbr)
     with np.errstate(divide="ignore"):
