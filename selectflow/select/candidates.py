@@ -310,8 +310,8 @@ def fps_options(
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
     weight = snap = None
-    # density or lof weights (diversity_neighbors) and snapping (fps_snap_neighbors) read one graph, of the larger
-    # size: a row's first n + 1 columns are its n nearest neighbours (sorted by distance, ties by index)
+    # density, lof or lof_cut weights (diversity_neighbors) and snapping (fps_snap_neighbors) read one graph, of
+    # the larger size: a row's first n + 1 columns are its n nearest neighbours (sorted by distance, ties by index)
     sizes = {"weight": sel.diversity_neighbors if sel.fps_weight in ("density", "lof", "lof_cut") else 0}
     sizes["snap"] = sel.fps_snap_neighbors if sel.fps_snap != "none" else 0
     if max(sizes.values()):

@@ -20,7 +20,7 @@ picks per stratum, summing to k) FPS is the same greedy max-min over all candida
 that a stratum whose quota is filled leaves the race: the picks keep the strata's shares,
 and within and across strata each pick is still the farthest one left.
 
-With ``weight`` (float [N], positive; ``selection.fps_weight: quality``, ``density`` or ``lof``) each
+With ``weight`` (float [N], positive; ``selection.fps_weight: quality``, ``density``, ``lof`` or ``lof_cut``) each
 step picks the candidate with the largest ``weight × distance to its nearest earlier pick``
 (quality-, density- or outlier-factor-weighted FPS); the result's ``min_distance`` is still the plain distance
 of each pick.
