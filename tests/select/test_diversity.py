@@ -118,6 +118,17 @@ def test_density_weight_equals_brute_force(metric, n_neighbors):
     assert (got > 0).all() and len(np.unique(got)) == len(x)
 
 
+def _brute_outlier_ratio(x, metric, n):
+    """Each row's local outlier factor from the full matrix: its mean distance to its n nearest rows over
+    the mean of theirs (neighbours sorted by distance, ties by row, the first of the n + 1 nearest, the
+    row or a copy of it, left out); 1 where both are 0, infinite where only theirs is."""
+    d = _full_distances(x, metric).astype(np.float64)
+    near = [np.lexsort((np.arange(len(x)), row))[1 : n + 1] for row in d]
+    spread = np.array([d[i, near[i]].mean() for i in range(len(x))])
+    around = np.array([spread[near[i]].mean() for i in range(len(x))])
+    return np.array([1.0 if s == a == 0 else (np.inf if a == 0 else s / a) for s, a in zip(spread, around)])
+
+
 @pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
 @pytest.mark.parametrize("n_neighbors", [1, 4, 30])
 def test_lof_weight_equals_brute_force(metric, n_neighbors):
@@ -127,12 +138,7 @@ def test_lof_weight_equals_brute_force(metric, n_neighbors):
     x = _feats(30, 4, metric)
     x[10:16] = x[3]  # six copies of row 3: spreads of 0 and neighbours at distance 0
     ids = np.array([f"s{(7 * i) % 30:03d}" for i in range(len(x))])
-    d = _full_distances(x, metric).astype(np.float64)
-    n = min(n_neighbors, len(x) - 1)
-    near = [np.lexsort((np.arange(len(x)), row))[1 : n + 1] for row in d]
-    spread = np.array([d[i, near[i]].mean() for i in range(len(x))])
-    around = np.array([spread[near[i]].mean() for i in range(len(x))])
-    ratio = np.array([1.0 if s == a == 0 else (np.inf if a == 0 else s / a) for s, a in zip(spread, around)])
+    ratio = _brute_outlier_ratio(x, metric, min(n_neighbors, len(x) - 1))
     order = np.lexsort((ids, ratio))
     want = np.empty(len(x))
     want[order] = 1.0 - np.arange(len(x)) / len(x)
@@ -152,12 +158,8 @@ def test_lof_cut_weight_equals_brute_force(metric, z_cut):
     x[10:16] = x[3]  # six copies of row 3: spreads of 0
     x[30] = x[30] * 0.1 + 3.0  # a stray row
     n = 4
-    d = _full_distances(x, metric).astype(np.float64)
-    near = [np.lexsort((np.arange(len(x)), row))[1 : n + 1] for row in d]
-    spread = np.array([d[i, near[i]].mean() for i in range(len(x))])
-    around = np.array([spread[near[i]].mean() for i in range(len(x))])
-    ratio = np.array([1.0 if s == a == 0 else (np.inf if a == 0 else s / a) for s, a in zip(spread, around)])
-    finite = np.isfinite(np.log(ratio, where=ratio > 0, out=np.full(len(x), -np.inf)))
+    ratio = _brute_outlier_ratio(x, metric, n)
+    finite = (ratio > 0) & np.isfinite(ratio)  # where the log is finite
     logr = np.log(ratio[finite])
     med = np.median(logr)
     z = np.full(len(x), np.nan)
