@@ -72,6 +72,7 @@ SELECTION_FLAGS = {
     "strata_weight": "strata_weight",
     "near_duplicate_threshold": "near_duplicate_threshold",
     "dedup_system_turns": "dedup_system_turns",
+    "shared_answer_min_words": "shared_answer_min_words",
 }
 SCHEMA_TYPES = {"integer": int, "number": float, "string": str}
 

@@ -84,6 +84,7 @@ class SelectionConfig:
     quality_cut_z: float
     near_duplicate_threshold: float | None
     dedup_system_turns: bool
+    shared_answer_min_words: int | None
     metric: str
     distance_mode: str
     distance_batch_size: int

@@ -15,7 +15,7 @@ import numpy as np
 from selectflow.router.routerfile import NO_HIDDEN, RouterShard, concat_shards
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select.candidates import candidates_of_pool
-from selectflow.select.dedup import near_keys, routing_keys, text_keys
+from selectflow.select.dedup import answer_keys, near_keys, routing_keys, text_keys
 from selectflow.select.pool import Pool
 from selectflow.select.quality import record_facts
 
@@ -50,6 +50,8 @@ def whole_pool(paths, sel) -> Pool:
         }
         if sel.near_duplicate_threshold is not None:
             near = near_keys(records, sel.near_duplicate_threshold, sel.dedup_system_turns)
+        if sel.shared_answer_min_words is not None:
+            facts["answer_key"] = answer_keys(records, sel.shared_answer_min_words)
     return Pool(
         sample_id=whole.sample_id,
         dataset=facts.pop("dataset", np.full(len(whole), "", dtype=object)),

@@ -395,11 +395,13 @@ def candidates_of_pool(
         sel,
     )
     write_tsv(quality_table(pool, quality, in_pool, keep, reason, choice, similarity), quality_tsv, na_rep="nan")
+    n_shared = sum(isinstance(r, str) and r.startswith("same_answer_as:") for r in reason)
     log.info(
-        "pool %d, kept %d (%d duplicates dropped), candidates %d (%s), k %d",
+        "pool %d, kept %d (%d duplicates dropped%s), candidates %d (%s), k %d",
         n_pool,
         n_kept,
         n_dup,
+        f", {n_shared} of them for an answer a better sample has" if sel.shared_answer_min_words else "",
         len(choice.chosen),
         choice.stage,
         choice.k,

@@ -9,6 +9,10 @@ system turn are one sample; ``selection.dedup_system_turns: true`` counts system
 
 * exact: equal normalised texts (a 16-byte digest each, :func:`text_keys`), or routing equal
   to 6 decimals (:func:`routing_keys`);
+* shared answer (``selection.shared_answer_min_words``, off by default): the same answer of at least
+  that many words under other user turns (:func:`answer_keys`): one answer rarely answers two
+  questions (an answer swapped from another record, a boilerplate refusal), so only the best-quality
+  sample keeps it. Punctuation stays in this key (``Same as a ** b`` and ``a * b`` differ);
 * near: MinHash (datasketch, :data:`~selectflow.select.minhash.NUM_PERM` permutations) of the text's
   word :data:`~selectflow.select.minhash.SHINGLE_WORDS`-grams, candidate pairs from LSH bands
   (:func:`~selectflow.select.minhash.lsh_shape`; the signature maths: :mod:`selectflow.select.minhash`), a pair
@@ -41,6 +45,7 @@ from selectflow.select.minhash import (
     shingle_hashes,
     signatures,
 )
+from selectflow.select.quality import words
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
 _TEMPLATE = re.compile(r"### (System|User|Assistant):\n")
@@ -131,6 +136,20 @@ def text_keys(records, system_turns: bool) -> np.ndarray:
         text = normalised_text(r, system_turns)
         if text is not None:
             out[i] = _digest(text.encode())
+    return out
+
+
+def answer_keys(records, min_words: int) -> np.ndarray:
+    """``S16`` [n]: a 16-byte digest of each record's answer (its last assistant turn), lower-cased with
+    runs of space collapsed, when it has at least ``min_words`` words (:func:`~selectflow.select.quality.words`);
+    ``b""`` otherwise (a short answer, a label or a number, may rightly answer many questions).
+    ``records``: JSON strings or parsed dicts."""
+    out = np.zeros(len(records), dtype="S16")
+    for i, r in enumerate(records):
+        rec = json.loads(r) if isinstance(r, str) else r
+        answer = [text for role, text in _turns(rec) if role == "answer"]
+        if answer and len(words(answer[-1])) >= min_words:
+            out[i] = _digest(" ".join(answer[-1].lower().split()).encode())
     return out
 
 
@@ -319,7 +338,9 @@ def drop_duplicates(
     pairs read back through ``pool.rows``). The copy with the highest score stays (ties: the
     smallest ``sample_id``); the others get ``keep=False``, reason ``duplicate_of:<id of the copy
     kept>`` and ``similarity`` 1 (exact) or the Jaccard (near). ``keep``, ``reason`` and
-    ``similarity`` are changed in place; ``pool.near`` is emptied once used.
+    ``similarity`` are changed in place; ``pool.near`` is emptied once used. Last, with the pool's
+    answer keys (:func:`answer_keys`), a still-kept sample whose answer a better one has gets reason
+    ``same_answer_as:<id>`` (similarity NaN: the samples differ, so it stands for no other in the strata).
     """
     kept = np.flatnonzero(keep)
     kept = kept[np.lexsort((pool.sample_id[kept].astype(str), -score[kept]))]  # best copy first
@@ -331,6 +352,10 @@ def drop_duplicates(
             kept, pool.near, near_threshold, pool.sample_id, keep, reason, similarity, pool.rows.records, system_turns
         )
         pool.near.clear()  # spent: gone before the features are read
+    if pool.answer_key is not None:
+        dropped += _drop_repeats(
+            kept, pool.answer_key[kept], pool.sample_id, keep, reason, similarity, "same_answer_as", np.nan
+        )
     return dropped
 
 
@@ -341,9 +366,12 @@ def _drop_repeats(
     keep: np.ndarray,
     reason: np.ndarray,
     similarity: np.ndarray,
+    why: str = "duplicate_of",
+    similar: float = 1.0,
 ) -> int:
     """Among the still-kept samples ``order`` (best first) with a key (``S16``, ``b""``: none), drop
-    every one whose ``key`` an earlier one has; return how many.
+    every one whose ``key`` an earlier one has (reason ``<why>:<id of that one>``, ``similarity`` ``similar``);
+    return how many.
 
     Sorted, not hashed: no dict of the pool's keys (a few hundred bytes a sample at 2M samples).
     """
@@ -355,9 +383,9 @@ def _drop_repeats(
     best = first[np.ravel(inverse)]
     repeat = np.flatnonzero(best != np.arange(len(rows)))
     keep[rows[repeat]] = False
-    similarity[rows[repeat]] = 1.0
+    similarity[rows[repeat]] = similar
     for at, of in zip(rows[repeat], rows[best[repeat]]):
-        reason[at] = f"duplicate_of:{sample_id[of]}"
+        reason[at] = f"{why}:{sample_id[of]}"
     return len(repeat)
 
 

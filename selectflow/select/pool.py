@@ -31,7 +31,7 @@ from selectflow.router.routerfile import (
     scan_shards,
 )
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.select.dedup import near_keys, routing_keys, text_keys
+from selectflow.select.dedup import answer_keys, near_keys, routing_keys, text_keys
 from selectflow.select.quality import record_facts
 
 
@@ -90,6 +90,7 @@ class Pool:
     distinct_3grams: np.ndarray | None = None  # [n] float64 (quality.record_facts)
     field_value: np.ndarray | None = None  # [n] object: the record's value of the quality field, when one was asked
     text_key: np.ndarray | None = None  # [n] S16: dedup.text_keys
+    answer_key: np.ndarray | None = None  # [n] S16: dedup.answer_keys, when selection.shared_answer_min_words is set
     # dedup.near_keys (near_band, near_sig, near_numbers, near_ok), when a near-duplicate threshold was
     # given; dedup.drop_duplicates empties it once they are used
     near: dict[str, np.ndarray] = dc_field(default_factory=dict)
@@ -102,17 +103,25 @@ _STACKED = ("sample_id", "nll_response", "n_response_tokens", "quality_logits", 
 
 
 def shard_facts(
-    shard: RouterShard, *, field: str | None = None, near_threshold: float | None = None, system_turns: bool
+    shard: RouterShard,
+    *,
+    field: str | None = None,
+    near_threshold: float | None = None,
+    system_turns: bool,
+    answer_min_words: int | None = None,
 ) -> dict[str, np.ndarray]:
     """What the selection needs later of one shard's records and routing: its routing keys and, with
     records, their facts (:func:`~selectflow.select.quality.record_facts`; ``field_value`` with
-    ``field``), text keys, ``dataset`` and, with ``near_threshold``, the near-duplicate keys."""
+    ``field``), text keys, ``dataset``, with ``near_threshold`` the near-duplicate keys and with
+    ``answer_min_words`` the answer keys (:func:`~selectflow.select.dedup.answer_keys`)."""
     out = {"routing_key": routing_keys(shard.moe_probs)}
     if shard.record is not None:
         parsed = [json.loads(r) for r in shard.record]  # once, for all of them
         names: dict[str, str] = {}  # one string object per dataset name, not one a sample
         if near_threshold is not None:
             out.update(near_keys(parsed, near_threshold, system_turns))
+        if answer_min_words is not None:
+            out["answer_key"] = answer_keys(parsed, answer_min_words)
         out.update(
             record_facts(parsed, field),
             text_key=text_keys(parsed, system_turns),
@@ -129,6 +138,7 @@ def pool_of(
     field: str | None = None,
     near_threshold: float | None = None,
     system_turns: bool,
+    answer_min_words: int | None = None,
 ) -> Pool:
     """The :class:`Pool` of ``(path, shard)`` pairs, taken one at a time: of each shard its small arrays
     and :func:`shard_facts` are kept, the rest is left to go. Sample ids must be unique."""
@@ -139,7 +149,11 @@ def pool_of(
         for name in parts:
             parts[name].append(getattr(shard, name))
         for name, values in shard_facts(
-            shard, field=field, near_threshold=near_threshold, system_turns=system_turns
+            shard,
+            field=field,
+            near_threshold=near_threshold,
+            system_turns=system_turns,
+            answer_min_words=answer_min_words,
         ).items():
             facts.setdefault(name, []).append(values)
         paths.append(path)
@@ -173,4 +187,5 @@ def scan_pool(paths: list[str | os.PathLike], sel) -> Pool:
         field=sel.quality_field if sel.quality_method == "field" else None,
         near_threshold=sel.near_duplicate_threshold,
         system_turns=sel.dedup_system_turns,
+        answer_min_words=sel.shared_answer_min_words,
     )

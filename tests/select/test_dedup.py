@@ -8,6 +8,7 @@ import pytest
 from selectflow.data.records import prompt_and_response
 from selectflow.select.dedup import (
     ANSWER_MIN,
+    answer_keys,
     drop_near_duplicates,
     near_keys,
     near_parts,
@@ -202,11 +203,36 @@ def test_text_without_words_is_never_a_near_duplicate():
     )
 
 
+def write_record_shards(tmp_path, ids, records, rng, per_shard, nll=None):
+    """Router shards of ``per_shard`` samples holding normalised ``records`` (random routing; ``nll``: each
+    sample's response loss, else drawn per shard); their paths."""
+    from selectflow.router.routerfile import RouterShard, write_router_shard
+
+    paths = []
+    for k, lo in enumerate(range(0, len(ids), per_shard)):
+        part = list(range(lo, min(len(ids), lo + per_shard)))
+        moe_probs = rng.dirichlet(np.ones(4), size=(len(part), 2)).astype(np.float32)
+        paths.append(tmp_path / f"shard_{k:05d}.h5")
+        write_router_shard(
+            paths[-1],
+            RouterShard(
+                sample_id=np.array([ids[i] for i in part], dtype=object),
+                moe_probs=moe_probs,
+                nll_response=rng.uniform(1, 2, len(part)).astype(np.float32) if nll is None else nll[part],
+                n_tokens=np.full(len(part), 9, np.int32),
+                n_response_tokens=np.full(len(part), 4, np.int32),
+                record=np.array(
+                    [json.dumps({"sample_id": ids[i], "dataset": "d", **records[i]}) for i in part], dtype=object
+                ),
+            ),
+        )
+    return paths
+
+
 def test_streamed_and_whole_pool_near_dedup_agree(tmp_path):
     """build_candidates streamed (keys made per shard) and on the whole pool (keys of every record at once): the
     same quality.tsv."""
     from selectflow.config import selection_section
-    from selectflow.router.routerfile import RouterShard, write_router_shard
     from selectflow.stages.select import build_candidates
     from tests.pool_reference import build_candidates_whole
 
@@ -215,22 +241,8 @@ def test_streamed_and_whole_pool_near_dedup_agree(tmp_path):
     texts = base + [edit(t, rng, 2, 1) for t in base[:15]]
     n = len(texts)
     ids = [f"d:{i}" for i in range(n)]
-    paths = []
-    for k, lo in enumerate(range(0, n, 8)):  # copies and originals in different shards
-        part = list(range(lo, min(n, lo + 8)))
-        records = [json.dumps({"sample_id": ids[i], "dataset": "d", **rec(texts[i])}) for i in part]
-        paths.append(tmp_path / f"shard_{k:05d}.h5")
-        write_router_shard(
-            paths[-1],
-            RouterShard(
-                sample_id=np.array([ids[i] for i in part], dtype=object),
-                moe_probs=rng.dirichlet(np.ones(4), size=(len(part), 2)).astype(np.float32),
-                nll_response=rng.uniform(1, 2, len(part)).astype(np.float32),
-                n_tokens=np.full(len(part), 9, np.int32),
-                n_response_tokens=np.full(len(part), 4, np.int32),
-                record=np.array(records, dtype=object),
-            ),
-        )
+    records = [rec(t) for t in texts]
+    paths = write_record_shards(tmp_path, ids, records, rng, per_shard=8)  # copies and originals in different shards
     sel = selection_section(
         quality_method="perplexity",
         selection_percentage=0.2,
@@ -302,3 +314,84 @@ def test_a_copy_must_answer_alike():
     )
     assert reason.tolist() == ["", "duplicate_of:a", "", "", ""]
     assert sim[1] == pytest.approx(exact_jaccard(texts[0], texts[1]))
+
+
+def test_answer_keys_compare_the_answer_alone_with_its_punctuation():
+    """The answer's key ignores the question, case and runs of space, keeps punctuation, and is empty for
+    an answer under ``min_words`` words."""
+    long_answer = "Same as a ** b, for numbers a and b."
+    records = [
+        normalised({"instruction": "What does operator.pow do?", "output": long_answer}, "alpaca"),
+        normalised(
+            {
+                "messages": [
+                    {"role": "user", "content": "Explain pow."},
+                    {"role": "assistant", "content": "same as A **  b, for numbers a and B."},
+                ]
+            },
+            "messages",
+        ),
+        normalised(
+            {"instruction": "What does operator.mul do?", "output": "Same as a * b, for numbers a and b."}, "alpaca"
+        ),
+        normalised({"instruction": "Is it true?", "output": "Yes, it is."}, "alpaca"),
+        normalised({"instruction": "Is it false?", "output": "Yes, it is."}, "alpaca"),
+    ]
+    keys = answer_keys(records, min_words=4)
+    assert keys[0] == keys[1] != b""  # the same answer under two questions, two formats
+    assert keys[2] not in (keys[0], b"")  # "a * b" is not "a ** b"
+    assert keys[3] == keys[4] == b""  # three words: a short answer may answer many questions
+    assert answer_keys(records[3:], min_words=3)[0] == answer_keys(records[3:], min_words=3)[1] != b""
+
+
+@pytest.mark.parametrize("min_words", [1, 4])
+def test_shared_answers_dropped_against_a_reference(tmp_path, min_words):
+    """build_candidates with ``shared_answer_min_words``: in quality order, a sample whose text an earlier
+    kept one has is ``duplicate_of`` it; else one whose answer (of ``min_words``+ words) an earlier kept one
+    has is ``same_answer_as`` it; streamed and whole-pool agree."""
+    import pandas as pd
+
+    from selectflow.config import selection_section
+    from selectflow.stages.select import build_candidates
+    from tests.pool_reference import build_candidates_whole
+
+    rng = np.random.default_rng(min_words)
+    answers = [" ".join(f"w{a}x{j}" for j in range(1 + a % 6)) + "." for a in range(12)]  # 1 to 6 words
+    pairs = [(f"Question {i} about item {rng.integers(1000)}?", answers[rng.integers(len(answers))]) for i in range(60)]
+    pairs += [pairs[i] for i in rng.integers(0, 60, 10)]  # exact copies: duplicate_of first
+    n = len(pairs)
+    ids = [f"d:{i:03d}" for i in range(n)]
+    nll = rng.uniform(1, 2, n).astype(np.float32)
+    records = [normalised({"instruction": q, "output": a}, "alpaca") for q, a in pairs]
+    paths = write_record_shards(tmp_path, ids, records, rng, per_shard=16, nll=nll)
+    sel = selection_section(
+        quality_method="perplexity",
+        quality_cut="fixed",
+        selection_percentage=0.2,
+        routing_strata=1,
+        device="cpu",
+        near_duplicate_threshold=None,
+        shared_answer_min_words=min_words,
+    )
+    build_candidates(paths, tmp_path / "s.h5", tmp_path / "s.tsv", sel)
+    build_candidates_whole(paths, tmp_path / "m.h5", tmp_path / "m.tsv", sel)
+    assert (tmp_path / "s.tsv").read_text() == (tmp_path / "m.tsv").read_text()
+    got = pd.read_csv(tmp_path / "s.tsv", sep="\t", keep_default_na=False).set_index("sample_id")["reason"]
+
+    # the reference, in quality order (perplexity: lower loss first): exact copies over the whole pool,
+    # then shared answers among the samples still kept
+    order = sorted(range(n), key=lambda i: (float(nll[i]), ids[i]))
+    want, texts, owner = {}, {}, {}
+    for i in order:
+        want[ids[i]] = f"duplicate_of:{texts[pairs[i]]}" if pairs[i] in texts else ""
+        texts.setdefault(pairs[i], ids[i])
+    for i in order:
+        answer = pairs[i][1]
+        if not want[ids[i]] and len(answer.split()) >= min_words:
+            if answer in owner:
+                want[ids[i]] = f"same_answer_as:{owner[answer]}"
+            owner.setdefault(answer, ids[i])
+    assert got.replace("candidate", "").to_dict() == want
+    assert sum(r.startswith("same_answer_as:") for r in want.values()) >= 10
+    # the summary counts the exact copies as duplicates, not the shared answers
+    assert sum(r.startswith("duplicate_of:") for r in want.values()) >= 5

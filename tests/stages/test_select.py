@@ -523,7 +523,7 @@ def test_duplicates_by_sorting_drop_what_a_dict_pass_drops(seed):
     # few distinct keys, so chains occur (a text copy of one sample, a routing copy of another); b"": no text
     text = np.array([b"" if r < 0.15 else bytes([int(r * 40)]) * 16 for r in rng.random(n)], dtype="S16")
     routing = np.array([bytes([k]) * 16 for k in rng.integers(1, 90, size=n)], dtype="S16")
-    pool = SimpleNamespace(sample_id=ids, text_key=text, routing_key=routing, near={})
+    pool = SimpleNamespace(sample_id=ids, text_key=text, routing_key=routing, near={}, answer_key=None)
     got_keep, got_reason = keep.copy(), np.full(n, "", dtype=object)
     dropped = drop_duplicates(pool, score, got_keep, got_reason, system_turns=False)
     want_keep, want_reason = _drop_duplicates_one_key_at_a_time(ids, score, keep, text, routing)
