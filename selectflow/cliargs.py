@@ -73,6 +73,7 @@ SELECTION_FLAGS = {
     "near_duplicate_threshold": "near_duplicate_threshold",
     "dedup_system_turns": "dedup_system_turns",
     "shared_answer_min_words": "shared_answer_min_words",
+    "shared_answer_max_samples": "shared_answer_max_samples",
 }
 SCHEMA_TYPES = {"integer": int, "number": float, "string": str}
 

@@ -85,6 +85,7 @@ class SelectionConfig:
     near_duplicate_threshold: float | None
     dedup_system_turns: bool
     shared_answer_min_words: int | None
+    shared_answer_max_samples: int | None
     metric: str
     distance_mode: str
     distance_batch_size: int
@@ -103,6 +104,12 @@ class SelectionConfig:
                 f"selection.fps_weight: {self.fps_weight} weighs farthest-point sampling, and selection.diversity is "
                 f"{self.diversity}, which runs no FPS (facility_location weighs its picks by quality rank already): "
                 "set fps_weight: none, or diversity: fps"
+            )
+        if self.shared_answer_max_samples is not None and self.shared_answer_min_words is None:
+            raise SelectFlowError(
+                f"selection.shared_answer_max_samples: {self.shared_answer_max_samples} bounds the shared-answer "
+                "pass, which selection.shared_answer_min_words: null turns off: set shared_answer_min_words (e.g. 4), "
+                "or shared_answer_max_samples: null"
             )
         if self.fps_snap != "none" and self.diversity != "fps":
             raise SelectFlowError(

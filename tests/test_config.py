@@ -57,6 +57,17 @@ def test_train_sections_are_resolved_once_with_the_warmup_overrides():
         train.lora.r = 8  # frozen
 
 
+def test_a_shared_answer_cap_without_the_pass_is_an_error():
+    from selectflow.runtime.errors import SelectFlowError
+
+    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
+    with pytest.raises(SelectFlowError, match="shared_answer_max_samples: 2 .*set shared_answer_min_words"):
+        build_config(with_defaults({**raw, "selection": {"shared_answer_max_samples": 2}}, SCHEMA_DOC))
+    on = {"shared_answer_max_samples": 2, "shared_answer_min_words": 4}
+    sel = build_config(with_defaults({**raw, "selection": on}, SCHEMA_DOC)).selection
+    assert (sel.shared_answer_min_words, sel.shared_answer_max_samples) == (4, 2)
+
+
 @pytest.mark.parametrize("weight", ["quality", "lof"])
 @pytest.mark.parametrize("diversity", ["facility_location", "kmeans"])
 def test_an_fps_weight_without_fps_is_an_error(diversity, weight):

@@ -376,6 +376,7 @@ def candidates_of_pool(
         similarity,
         near_threshold=sel.near_duplicate_threshold,
         system_turns=sel.dedup_system_turns,
+        answer_max_samples=sel.shared_answer_max_samples,
     )
     n_pool, n_kept = int(in_pool.sum()), int(keep.sum())
     choice = choose(pool, score, keep, reason, n_pool, sel)

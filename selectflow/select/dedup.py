@@ -326,6 +326,7 @@ def drop_duplicates(
     *,
     near_threshold: float | None = None,
     system_turns: bool,
+    answer_max_samples: int | None = None,
 ) -> int:
     """Drop kept samples that repeat another one; keep the best-quality copy; return how many were dropped.
 
@@ -340,7 +341,8 @@ def drop_duplicates(
     kept>`` and ``similarity`` 1 (exact) or the Jaccard (near). ``keep``, ``reason`` and
     ``similarity`` are changed in place; ``pool.near`` is emptied once used. Last, with the pool's
     answer keys (:func:`answer_keys`), a still-kept sample whose answer a better one has gets reason
-    ``same_answer_as:<id>`` (similarity NaN: the samples differ, so it stands for no other in the strata).
+    ``same_answer_as:<id>`` (similarity NaN: the samples differ, so it stands for no other in the strata),
+    only where the answer stands under at most ``answer_max_samples`` still-kept samples (None: any number).
     """
     kept = np.flatnonzero(keep)
     kept = kept[np.lexsort((pool.sample_id[kept].astype(str), -score[kept]))]  # best copy first
@@ -353,9 +355,11 @@ def drop_duplicates(
         )
         pool.near.clear()  # spent: gone before the features are read
     if pool.answer_key is not None:
-        dropped += _drop_repeats(
-            kept, pool.answer_key[kept], pool.sample_id, keep, reason, similarity, "same_answer_as", np.nan
-        )
+        key = pool.answer_key[kept]
+        if answer_max_samples is not None:  # an answer under many samples is a template or a label: not compared
+            values, counts = np.unique(key[keep[kept] & (key != b"")], return_counts=True)
+            key = np.where(np.isin(key, values[counts > answer_max_samples]), b"", key)
+        dropped += _drop_repeats(kept, key, pool.sample_id, keep, reason, similarity, "same_answer_as", np.nan)
     return dropped
 
 
