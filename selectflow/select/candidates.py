@@ -43,15 +43,7 @@ from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
-from selectflow.select.diversity import (
-    density_weight,
-    knn_graph,
-    lof_cut_weight,
-    lof_weight,
-    mean_spread,
-    quality_weight,
-    snap_score,
-)
+from selectflow.select.diversity import graph_weight, knn_graph, quality_weight, snap_score
 from selectflow.select.fps import Snap
 from selectflow.select.pool import Pool
 from selectflow.select.quality import assess, resolve_method
@@ -321,13 +313,10 @@ def fps_options(
             feats, max(sizes.values()), metric, device=device or sel.device, probes=sel.knn_probes_for(len(feats))
         )
         if sizes["weight"]:
-            spread = mean_spread(dist[:, : sizes["weight"] + 1])
-            if sel.fps_weight == "lof":
-                weight = lof_weight(spread, nbr[:, : sizes["weight"] + 1], cands.sample_id)
-            elif sel.fps_weight == "lof_cut":
-                weight = lof_cut_weight(spread, nbr[:, : sizes["weight"] + 1], sel.lof_cut_z)
-            else:
-                weight = density_weight(feats, cands.sample_id, sizes["weight"], metric, spread=spread)
+            kk = sizes["weight"] + 1
+            weight = graph_weight(
+                sel.fps_weight, feats, cands.sample_id, nbr[:, :kk], dist[:, :kk], metric, sel.lof_cut_z
+            )
         if sizes["snap"]:
             kk = sizes["snap"] + 1
             tokens = response_tokens(f) if sel.fps_snap == "length" else None
