@@ -96,13 +96,9 @@ def one(args) -> dict:
             weight = diversity.quality_weight(quality, ids)
         else:
             nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device, probes=probes)
-            spread = diversity.mean_spread(dist)
-            if args.one == "fps_lof":
-                weight = diversity.lof_weight(spread, nbr, ids)
-            elif args.one == "fps_lofcut":
-                weight = diversity.lof_cut_weight(spread, nbr, schema_default("selection", "lof_cut_z"))
-            else:
-                weight = diversity.density_weight(x, ids, args.neighbors, "wasserstein", spread=spread)
+            kind = {"fps_lof": "lof", "fps_lofcut": "lof_cut", "fps_density": "density"}[args.one]
+            lof_cut_z = schema_default("selection", "lof_cut_z")
+            weight = diversity.graph_weight(kind, x, ids, nbr, dist, "wasserstein", lof_cut_z)
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
         ).picks
