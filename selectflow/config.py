@@ -105,7 +105,9 @@ class SelectionConfig:
                 f"{self.diversity}, which runs no FPS (facility_location weighs its picks by quality rank already): "
                 "set fps_weight: none, or diversity: fps"
             )
-        if self.shared_answer_max_samples is not None and self.shared_answer_min_words is None:
+        # the default bound is simply not used when the pass is off
+        unused = (None, schema_default("selection", "shared_answer_max_samples"))
+        if self.shared_answer_min_words is None and self.shared_answer_max_samples not in unused:
             raise SelectFlowError(
                 f"selection.shared_answer_max_samples: {self.shared_answer_max_samples} bounds the shared-answer "
                 "pass, which selection.shared_answer_min_words: null turns off: set shared_answer_min_words (e.g. 4), "

@@ -8,7 +8,7 @@ import yaml
 from selectflow.config import SECTIONS, SelectionConfig, build_config, from_param, param_before_fps, selection_section
 from selectflow.configdoc import SCHEMA
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.schema import with_defaults
+from selectflow.schema import schema_default, with_defaults
 from tests.workflow import REPO
 
 SCHEMA_DOC = yaml.safe_load(SCHEMA.read_text())
@@ -61,11 +61,15 @@ def test_a_shared_answer_cap_without_the_pass_is_an_error():
     from selectflow.runtime.errors import SelectFlowError
 
     raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
-    with pytest.raises(SelectFlowError, match="shared_answer_max_samples: 2 .*set shared_answer_min_words"):
-        build_config(with_defaults({**raw, "selection": {"shared_answer_max_samples": 2}}, SCHEMA_DOC))
-    on = {"shared_answer_max_samples": 2, "shared_answer_min_words": 4}
+    bound = schema_default("selection", "shared_answer_max_samples") + 1
+    off = {"shared_answer_min_words": None}
+    with pytest.raises(SelectFlowError, match=f"shared_answer_max_samples: {bound} .*set shared_answer_min_words"):
+        build_config(with_defaults({**raw, "selection": {**off, "shared_answer_max_samples": bound}}, SCHEMA_DOC))
+    # the default bound is not used when the pass is off: no error
+    assert build_config(with_defaults({**raw, "selection": off}, SCHEMA_DOC)).selection.shared_answer_min_words is None
+    on = {"shared_answer_max_samples": bound, "shared_answer_min_words": 4}
     sel = build_config(with_defaults({**raw, "selection": on}, SCHEMA_DOC)).selection
-    assert (sel.shared_answer_min_words, sel.shared_answer_max_samples) == (4, 2)
+    assert (sel.shared_answer_min_words, sel.shared_answer_max_samples) == (4, bound)
 
 
 @pytest.mark.parametrize("weight", ["quality", "lof"])
