@@ -233,17 +233,22 @@ def quality_of_dedup(args) -> list[dict]:
 
 SCALE_CHILD = r"""
 import json, resource, sys, time
+from types import SimpleNamespace
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(0, sys.argv[1] + "/bench")
 from bench_near_dedup import docstrings, normalised, alpaca, near_keys
+from selectflow.schema import schema_default
 from selectflow.select import dedup
 
 n, shard, engine, threshold = int(sys.argv[2]), 1000, sys.argv[3], float(sys.argv[4])
 sentences = [s.strip() + "." for d in docstrings() for s in d.split(". ") if len(s.split()) >= 4]
 rng = np.random.default_rng(0)
-if engine != "none":  # imports and the LSH shape (datasketch pulls in scipy) before the start line
+if engine not in ("none", "answers"):  # imports and the LSH shape (datasketch pulls in scipy) before the start line
     near_keys([("warm up now", "warm up now")], threshold, engine)
+# engine answers: the shared-answer pass at the schema's defaults instead of near-duplicates
+MIN_WORDS = schema_default("selection", "shared_answer_min_words")
+MAX_SAMPLES = schema_default("selection", "shared_answer_max_samples")
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
@@ -260,7 +265,9 @@ for lo in range(0, n, shard):  # one shard of records at a time; only the keys s
     recs = [record(p, lo + i) for i, p in enumerate(picks)]
     kept_picks.extend(picks)  # what the records are made of: the dedup pass reads some back, as from shards
     parts["text"].append(dedup.text_keys(recs, system_turns=False))
-    if engine != "none":
+    if engine == "answers":
+        parts.setdefault("answer", []).append(dedup.answer_keys(recs, MIN_WORDS))
+    elif engine != "none":
         keys = near_keys([dedup.near_parts(r, system_turns=False) for r in recs], threshold, engine)
         for k, v in keys.items():
             parts.setdefault(k, []).append(v)
@@ -271,7 +278,13 @@ keep, reason, sim = np.ones(n, bool), np.full(n, "", dtype=object), np.full(n, n
 dedup._drop_repeats(order, np.concatenate(parts["text"])[order], ids, keep, reason, sim)
 near = 0
 t1 = time.perf_counter()
-if engine != "none":
+if engine == "answers":  # the workflow's pass: drop_duplicates on the kept samples, best first = order
+    score = np.empty(n)
+    score[order] = -np.arange(n, dtype=float)
+    answer_key = np.concatenate(parts["answer"])
+    pool = SimpleNamespace(sample_id=ids, text_key=None, routing_key=None, near={}, answer_key=answer_key)
+    near = dedup.drop_duplicates(pool, score, keep, reason, sim, system_turns=False, answer_max_samples=MAX_SAMPLES)
+elif engine != "none":
     keys = {k: np.concatenate(v) for k, v in parts.items() if k != "text"}
     near = dedup.drop_near_duplicates(order, keys, threshold, ids, keep, reason, sim,
                                       lambda rows: [record(kept_picks[i], i) for i in rows], system_turns=False)
@@ -296,7 +309,8 @@ def scale(args) -> None:
         rows.append(row)
         print(
             f"{args.scale} records, {engine:10s}: keys {row['keys_s']:.1f} s (streamed, 1000 a shard), "
-            f"dedup pass {row['pass_s']:.2f} s, {row['near']} near and {row['exact']} exact duplicates; "
+            f"dedup pass {row['pass_s']:.2f} s, {row['near']} {'shared answers' if engine == 'answers' else 'near'} "
+            f"and {row['exact']} exact duplicates; "
             f"peak RSS {row['peak_rss_mb']:.0f} MB ({row['start_rss_mb']:.0f} MB after imports)",
             flush=True,
         )
@@ -317,7 +331,11 @@ def main() -> None:
     ap.add_argument("--planted", type=int, default=400, help="near-duplicates planted among them")
     ap.add_argument("--thresholds", default="0.5,0.6,0.7,0.8")
     ap.add_argument("--shingles", default="3", help="words per shingle, comma-separated (the method uses 3)")
-    ap.add_argument("--engines", default="datasketch,rensa")
+    ap.add_argument(
+        "--engines",
+        default="datasketch,rensa",
+        help="MinHash engines; with --only-scale also 'answers': the shared-answer pass (selection.shared_answer_*)",
+    )
     ap.add_argument("--scale", type=int, default=100_000, help="records of the time and memory run (0: skip)")
     ap.add_argument("--only-scale", action="store_true", help="only the time and memory run")
     args = ap.parse_args()
