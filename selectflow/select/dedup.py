@@ -9,20 +9,22 @@ system turn are one sample; ``selection.dedup_system_turns: true`` counts system
 
 * exact: equal normalised texts (a 16-byte digest each, :func:`text_keys`), or routing equal
   to 6 decimals (:func:`routing_keys`);
-* shared answer (``selection.shared_answer_min_words``, off by default): the same answer of at least
-  that many words under other user turns (:func:`answer_keys`): one answer rarely answers two
-  questions (an answer swapped from another record, a boilerplate refusal), so only the best-quality
-  sample keeps it. Punctuation stays in this key (``Same as a ** b`` and ``a * b`` differ);
 * near: MinHash (datasketch, :data:`~selectflow.select.minhash.NUM_PERM` permutations) of the text's
   word :data:`~selectflow.select.minhash.SHINGLE_WORDS`-grams, candidate pairs from LSH bands
   (:func:`~selectflow.select.minhash.lsh_shape`; the signature maths: :mod:`selectflow.select.minhash`), a pair
   merged when the Jaccard similarity of their shingle sets, computed exactly, is at least
   ``selection.near_duplicate_threshold``, their answers' at least :data:`ANSWER_MIN` and their
-  numbers are the same (:func:`near_keys`, :func:`drop_near_duplicates`).
+  numbers are the same (:func:`near_keys`, :func:`drop_near_duplicates`);
+* shared answer, last (``selection.shared_answer_min_words``, default 4, and
+  ``shared_answer_max_samples``, default 2): the same answer of at least that many words under other
+  user turns, where it stands under at most that many kept samples (:func:`answer_keys`): two
+  questions rarely share one long answer (an answer swapped in from another record), while an answer
+  under many questions is more likely a label; only the best-quality sample keeps it. Punctuation
+  stays in this key (``Same as a ** b`` and ``a * b`` differ).
 
 The pool (:class:`selectflow.select.pool.Pool`) keeps only keys, per sample: two 16-byte
-digests, the LSH band keys (4 bytes a band: 96 bytes at the default threshold 0.6), the
-signature's first :data:`~selectflow.select.minhash.PREFILTER_PERM` values cut to 8 bits
+digests (three with the shared-answer pass), the LSH band keys (4 bytes a band: 96 bytes at the
+default threshold 0.6), the signature's first :data:`~selectflow.select.minhash.PREFILTER_PERM` values cut to 8 bits
 (32 bytes), a digest of the numbers (8 bytes) and a flag; the rest of the signature is dropped
 with each shard. The near-duplicate pass reads back the records of the samples in a candidate
 pair whose estimate is near the threshold (and only those) for the exact check.

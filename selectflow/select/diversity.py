@@ -378,6 +378,28 @@ def lof_cut_weight(spread: np.ndarray, nbr: np.ndarray, z_cut: float) -> np.ndar
     return np.where(out, LOF_CUT_WEIGHT, 1.0)
 
 
+def graph_weight(
+    kind: str,
+    feats: np.ndarray,
+    ids: np.ndarray,
+    nbr: np.ndarray,
+    dist: np.ndarray,
+    metric: str,
+    lof_cut_z: float,
+) -> np.ndarray:
+    """The FPS weight float64 [m] of ``selection.fps_weight`` ``kind`` that reads the k-NN graph: ``density``
+    (:func:`density_weight`), ``lof`` (:func:`lof_weight`) or ``lof_cut`` (:func:`lof_cut_weight`, cut-off
+    ``lof_cut_z``), from :func:`knn_graph`'s ``nbr`` and ``dist`` [m, n + 1] of the n nearest neighbours."""
+    spread = mean_spread(dist)
+    if kind == "lof":
+        return lof_weight(spread, nbr, ids)
+    if kind == "lof_cut":
+        return lof_cut_weight(spread, nbr, lof_cut_z)
+    if kind == "density":
+        return density_weight(feats, ids, nbr.shape[1] - 1, metric, spread=spread)
+    raise ValueError(f"fps weight {kind!r} does not read the k-NN graph; one of density, lof, lof_cut")
+
+
 class _Quota:
     """Picks left per stratum; every candidate in one stratum when there are no strata."""
 
@@ -501,25 +523,3 @@ def select(
     if method == "kmeans":
         return kmeans_round_robin(feats, quality, ids, k, n_clusters, 0, strata, quota)
     raise SelectFlowError(f"unknown selection.diversity {method!r}; use one of {', '.join(DIVERSITY)}")
-
-
-def graph_weight(
-    kind: str,
-    feats: np.ndarray,
-    ids: np.ndarray,
-    nbr: np.ndarray,
-    dist: np.ndarray,
-    metric: str,
-    lof_cut_z: float,
-) -> np.ndarray:
-    """The FPS weight float64 [m] of ``selection.fps_weight`` ``kind`` that reads the k-NN graph: ``density``
-    (:func:`density_weight`), ``lof`` (:func:`lof_weight`) or ``lof_cut`` (:func:`lof_cut_weight`, cut-off
-    ``lof_cut_z``), from :func:`knn_graph`'s ``nbr`` and ``dist`` [m, n + 1] of the n nearest neighbours."""
-    spread = mean_spread(dist)
-    if kind == "lof":
-        return lof_weight(spread, nbr, ids)
-    if kind == "lof_cut":
-        return lof_cut_weight(spread, nbr, lof_cut_z)
-    if kind == "density":
-        return density_weight(feats, ids, nbr.shape[1] - 1, metric, spread=spread)
-    raise ValueError(f"fps weight {kind!r} does not read the k-NN graph; one of density, lof, lof_cut")
