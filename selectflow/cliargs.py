@@ -58,6 +58,7 @@ SELECTION_FLAGS = {
     "fps_log_interval": "fps_log_interval",
     "fps_weight": "fps_weight",
     "lof_cut_z": "lof_cut_z",
+    "fps_quality_hold_back": "fps_quality_hold_back",
     "fps_snap": "fps_snap",
     "fps_snap_neighbors": "fps_snap_neighbors",
     "fps_gpus": "fps_gpus",

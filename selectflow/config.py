@@ -92,6 +92,7 @@ class SelectionConfig:
     fps_log_interval: int
     fps_weight: str
     lof_cut_z: float
+    fps_quality_hold_back: float
     fps_snap: str
     fps_snap_neighbors: int
     fps_gpus: int
@@ -112,6 +113,12 @@ class SelectionConfig:
                 f"selection.shared_answer_max_samples: {self.shared_answer_max_samples} bounds the shared-answer "
                 "pass, which selection.shared_answer_min_words: null turns off: set shared_answer_min_words (e.g. 4), "
                 "or shared_answer_max_samples: null"
+            )
+        if self.fps_quality_hold_back > 0 and self.diversity != "fps":
+            raise SelectFlowError(
+                f"selection.fps_quality_hold_back: {self.fps_quality_hold_back} holds back candidates from "
+                f"farthest-point sampling, and selection.diversity is {self.diversity}, which runs no FPS: set "
+                "fps_quality_hold_back: 0, or diversity: fps"
             )
         if self.fps_snap != "none" and self.diversity != "fps":
             raise SelectFlowError(
@@ -345,6 +352,7 @@ FPS_ONLY_KEYS = (
     "fps_log_interval",
     "fps_weight",
     "lof_cut_z",
+    "fps_quality_hold_back",
     "fps_snap",
     "fps_snap_neighbors",
     "fps_gpus",

@@ -96,6 +96,22 @@ def test_an_fps_weight_without_fps_is_an_error(diversity, weight):
     assert (default.diversity, default.fps_weight) == (diversity, "lof_cut")
 
 
+@pytest.mark.parametrize("diversity", ["facility_location", "kmeans"])
+def test_fps_quality_hold_back_needs_fps(diversity):
+    from selectflow.runtime.errors import SelectFlowError
+
+    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
+    sel = {"diversity": diversity, "fps_quality_hold_back": 0.05}
+    with pytest.raises(
+        SelectFlowError, match="fps_quality_hold_back: 0.05 .*diversity is .*set fps_quality_hold_back: 0"
+    ):
+        build_config(with_defaults({**raw, "selection": sel}, SCHEMA_DOC))
+    fps = build_config(with_defaults({**raw, "selection": {**sel, "diversity": "fps"}}, SCHEMA_DOC)).selection
+    assert fps.fps_quality_hold_back == 0.05
+    off = build_config(with_defaults({**raw, "selection": {"diversity": diversity}}, SCHEMA_DOC)).selection
+    assert off.fps_quality_hold_back == 0  # the default holds nothing back: no error with another diversity
+
+
 def test_a_bad_train_key_is_named():
     from selectflow.runtime.errors import SelectFlowError
 

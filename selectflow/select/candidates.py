@@ -43,7 +43,7 @@ from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
-from selectflow.select.diversity import graph_weight, knn_graph, quality_weight, snap_score
+from selectflow.select.diversity import graph_weight, knn_graph, quality_hold_back, quality_weight, snap_score
 from selectflow.select.fps import Snap
 from selectflow.select.pool import Pool
 from selectflow.select.quality import assess, resolve_method
@@ -290,7 +290,9 @@ def fps_options(
     :func:`read_candidates`), or the density weights of its features
     (:func:`~selectflow.select.diversity.density_weight`) or their local outlier factors
     (:func:`~selectflow.select.diversity.lof_weight`), or 1 with their extreme outlier factors held back
-    (:func:`~selectflow.select.diversity.lof_cut_weight`). These weights and snapping share one
+    (:func:`~selectflow.select.diversity.lof_cut_weight`); with ``selection.fps_quality_hold_back`` the
+    lowest share by quality held back on top (:func:`~selectflow.select.diversity.quality_hold_back`).
+    These weights and snapping share one
     k-NN graph of the features (the larger of ``selection.diversity_neighbors`` and
     ``fps_snap_neighbors`` neighbours; on ``device``, default ``selection.device``; approximate above
     ``selection.knn_exact_max`` candidates, :meth:`~selectflow.config.SelectionConfig.knn_probes_for`), built by
@@ -323,6 +325,8 @@ def fps_options(
             snap = Snap(nbr[:, :kk], snap_score(sel.fps_snap, dist[:, :kk], cands.quality, cands.sample_id, tokens))
     if sel.fps_weight == "quality":
         weight = quality_weight(cands.quality, cands.sample_id)
+    if sel.fps_quality_hold_back > 0:
+        weight = quality_hold_back(weight, cands.quality, cands.sample_id, sel.fps_quality_hold_back)
     return {
         "start": start,
         "log_interval": sel.fps_log_interval,

@@ -25,7 +25,8 @@ Neither holds an m×m matrix.
   spreads among the graph's neighbours (:class:`selectflow.select.fps.Snap`), ``fps_snap: quality``
   by :func:`quality_rank`, ``fps_snap: length`` by the response tokens; :func:`lof_weight`
   (``fps_weight: lof``) by each candidate's spread relative to its neighbours' spreads;
-  :func:`lof_cut_weight` holds back only the candidates whose ratio is extreme (``fps_weight: lof_cut``).
+  :func:`lof_cut_weight` holds back only the candidates whose ratio is extreme (``fps_weight: lof_cut``);
+  :func:`quality_hold_back` holds back the lowest share by quality (``fps_quality_hold_back``).
 * :func:`kmeans_round_robin` (Select-MoE's later method): FAISS k-means of the candidates
   (:func:`selectflow.select.baselines.kmeans_labels`), then
   :func:`selectflow.select.baselines.round_robin` by quality, the code compare's ``kmeans``
@@ -376,6 +377,25 @@ def lof_cut_weight(spread: np.ndarray, nbr: np.ndarray, z_cut: float) -> np.ndar
         z_cut,
     )
     return np.where(out, LOF_CUT_WEIGHT, 1.0)
+
+
+def quality_hold_back(weight: np.ndarray | None, quality: np.ndarray, ids: np.ndarray, share: float) -> np.ndarray:
+    """``weight`` (None: 1 for every candidate) float64 [m] with the ``floor(share · m)`` lowest candidates by
+    :func:`quality_rank` set to :data:`LOF_CUT_WEIGHT`: the weight of ``selection.fps_quality_hold_back``.
+    An FPS step picks a held-back candidate only where its stratum has nothing else left, as with
+    :func:`lof_cut_weight`; the other candidates keep their weights, so FPS among them is unchanged."""
+    m = len(quality)
+    out = np.ones(m) if weight is None else np.array(weight, dtype=np.float64)
+    n_held = math.floor(share * m)
+    held = quality_rank(quality, ids) >= m - n_held
+    out[held] = LOF_CUT_WEIGHT
+    log.info(
+        "fps_quality_hold_back: the %d lowest of %d candidates by quality (%.1f %%) held back",
+        n_held,
+        m,
+        100 * n_held / m if m else 0.0,
+    )
+    return out
 
 
 def graph_weight(

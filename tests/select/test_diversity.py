@@ -184,6 +184,46 @@ def test_lof_cut_holds_back_the_stray_point_only():
     assert np.flatnonzero(weight < 1).tolist() == [80]
 
 
+@pytest.mark.parametrize("share", [0.0, 0.05, 0.3, 0.99])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_quality_hold_back_equals_brute_force(share, with_weight):
+    """The floor(share * m) lowest candidates by quality, ties to the later sample_id, weigh LOF_CUT_WEIGHT;
+    every other candidate keeps its weight (1 without one); the weight given is not changed."""
+    rng = np.random.default_rng(4)
+    m = 41
+    quality = rng.integers(0, 6, m).astype(float)  # many ties
+    ids = np.array([f"s{i:02d}" for i in rng.permutation(m)], dtype=object)
+    weight = rng.uniform(0.5, 1.0, m) if with_weight else None
+    given = None if weight is None else weight.copy()
+    order = sorted(range(m), key=lambda i: (-quality[i], ids[i]))  # best first, ties by sample_id
+    held = set(order[m - int(share * m + 1e-9) :]) if int(share * m + 1e-9) else set()
+    want = np.array(
+        [diversity.LOF_CUT_WEIGHT if i in held else (1.0 if weight is None else weight[i]) for i in range(m)]
+    )
+    got = diversity.quality_hold_back(weight, quality, ids, share)
+    np.testing.assert_array_equal(got, want)
+    assert len(held) == {0.0: 0, 0.05: 2, 0.3: 12, 0.99: 40}[share]
+    if given is not None:
+        np.testing.assert_array_equal(weight, given)
+
+
+def test_quality_hold_back_keeps_fps_off_the_held_back_while_others_are_left():
+    """Plain FPS goes to the far point first; held back (the lowest quality), it is picked only after every
+    other candidate, and the picks before it are plain FPS's over the rest."""
+    from selectflow.select.fps import fps_streaming
+
+    rng = np.random.default_rng(3)
+    x = np.vstack([rng.normal(0, 0.1, (12, 2)), [[9.0, 9.0]]]).astype(np.float32)
+    quality = np.linspace(1.0, 0.0, len(x))  # the far point is the lowest
+    ids = np.array([f"s{i:02d}" for i in range(len(x))], dtype=object)
+    run = dict(metric="l2", device="cpu", log_interval=100)
+    assert fps_streaming(x, 3, **run).picks[1] == 12  # plain FPS: the far point comes second
+    weight = diversity.quality_hold_back(None, quality, ids, 1 / len(x))
+    held = fps_streaming(x, len(x), weight=weight, **run).picks
+    assert held[-1] == 12
+    np.testing.assert_array_equal(held[:-1], fps_streaming(x[:-1], len(x) - 1, **run).picks)
+
+
 def test_lof_spares_a_sparse_region_that_density_holds_back():
     """Two clusters, one 50 times as wide, and one point off the dense one: density weights put the
     whole wide cluster below the dense one; the outlier factor ranks only the stray point last."""

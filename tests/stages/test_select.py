@@ -16,7 +16,14 @@ from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.schema import schema_default
 from selectflow.select.candidates import n_blocks, read_candidates
 from selectflow.select.distance import block_path, features
-from selectflow.select.diversity import density_weight, knn_graph, lof_cut_weight, lof_weight, mean_spread
+from selectflow.select.diversity import (
+    LOF_CUT_WEIGHT,
+    density_weight,
+    knn_graph,
+    lof_cut_weight,
+    lof_weight,
+    mean_spread,
+)
 from selectflow.select.fps import Snap, fps_streaming
 from selectflow.select.fps_dist import THREAD_VARS
 from selectflow.stages.select import (
@@ -179,20 +186,22 @@ def test_shard_layout_and_mode_do_not_change_the_selection(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("fps_weight", "fps_snap"),
+    ("fps_weight", "fps_snap", "hold"),
     [
-        ("quality", "none"),
-        ("density", "none"),
-        ("lof", "none"),
-        ("lof_cut", "none"),
-        ("none", "density"),
-        ("density", "density"),
-        ("none", "quality"),
-        ("none", "length"),
+        ("quality", "none", 0),
+        ("density", "none", 0),
+        ("lof", "none", 0),
+        ("lof_cut", "none", 0),
+        ("none", "density", 0),
+        ("density", "density", 0),
+        ("none", "quality", 0),
+        ("none", "length", 0),
+        ("none", "none", 0.3),
+        ("lof_cut", "none", 0.3),
     ],
 )
 @pytest.mark.parametrize("strata", [1, 3])
-def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
+def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap, hold):
     # selection.fps_weight: FPS over the candidates with weights 1 - rank/m, in either distance
     # mode; quality: the candidates are in quality order, so candidate i has rank i; density: the
     # rank of diversity.density_weight over the candidates' features and diversity_neighbors; lof: of
@@ -200,11 +209,14 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
     # selection.fps_snap: density: the picks snap to the densest of each nominee's fps_snap_neighbors
     # nearest candidates (fps.Snap over the candidates' k-NN graph; with both, the weights keep
     # diversity_neighbors: one graph of the larger size serves both); quality: to the best-ranked of them;
-    # length: to the longest response of them (ties, which the tokens below have, to the better quality)
+    # length: to the longest response of them (ties, which the tokens below have, to the better quality).
+    # selection.fps_quality_hold_back: the last floor(hold * m) candidates (the lowest by quality) weigh
+    # diversity.LOF_CUT_WEIGHT, on top of fps_weight's weights
     pool = make_pool(seed=5)
     tokens = {s: int(t) for s, t in zip(pool, np.random.default_rng(5).integers(1, 6, size=len(pool)))}
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
     kw.update(diversity_neighbors=4, fps_snap=fps_snap, fps_snap_neighbors=2, lof_cut_z=1.0)
+    kw.update(fps_quality_hold_back=hold)
     a = pipeline(
         write_shards(pool, tmp_path / "a", seed=2, shard_size=4, response_tokens=tokens), tmp_path / "oa", **kw
     )
@@ -231,6 +243,9 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
         "lof": lof_weight(mean_spread(dist4), nbr4, ids),
         "lof_cut": lof_cut_weight(mean_spread(dist4), nbr4, 1.0),
     }[fps_weight]
+    if hold:
+        weight = np.ones(m) if weight is None else weight.copy()
+        weight[m - math.floor(hold * m) :] = LOF_CUT_WEIGHT
     want = fps_streaming(
         feats,
         round(0.3 * len(pool)),
@@ -252,7 +267,7 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap):
     plain = pipeline(
         write_shards(pool, tmp_path / "c", seed=2, shard_size=4, response_tokens=tokens),
         tmp_path / "oc",
-        **{**kw, "fps_weight": "none", "fps_snap": "none"},
+        **{**kw, "fps_weight": "none", "fps_snap": "none", "fps_quality_hold_back": 0},
     )
     assert plain != a  # the weights and the snapping change the picks here
 
@@ -264,7 +279,7 @@ def test_the_candidates_read_no_fps_only_key(tmp_path):
     changed = dict(
         fps_log_interval=3, fps_weight="density", lof_cut_z=1.0, fps_snap="density", fps_snap_neighbors=2, fps_gpus=2
     )
-    changed.update(knn_exact_max=0, knn_probes=1)
+    changed.update(knn_exact_max=0, knn_probes=1, fps_quality_hold_back=0.5)
     assert set(changed) == set(FPS_ONLY_KEYS)
     for name, kw in (("plain", {}), ("changed", changed)):
         sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=3, **kw)
@@ -579,19 +594,20 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
 
 
 @pytest.mark.parametrize(
-    ("strata", "fps_weight", "fps_snap"),
+    ("strata", "fps_weight", "fps_snap", "hold"),
     [
-        (1, "none", "none"),
-        (3, "none", "none"),
-        (3, "density", "none"),
-        (3, "lof", "none"),
-        (1, "lof_cut", "none"),
-        (3, "none", "density"),
-        (1, "none", "quality"),
-        (3, "none", "length"),
+        (1, "none", "none", 0),
+        (3, "none", "none", 0),
+        (3, "density", "none", 0),
+        (3, "lof", "none", 0),
+        (1, "lof_cut", "none", 0),
+        (3, "lof_cut", "none", 0.3),
+        (3, "none", "density", 0),
+        (1, "none", "quality", 0),
+        (3, "none", "length", 0),
     ],
 )
-def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fps_snap, caplog, monkeypatch):
+def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fps_snap, hold, caplog, monkeypatch):
     # rule fps with selection.fps_gpus: 2 on a CPU box: torchrun starts two gloo ranks, which share
     # the job's threads (Snakemake sets OMP_NUM_THREADS, MKL_NUM_THREADS… to the rule's threads: 2)
     for name in THREAD_VARS:
@@ -599,7 +615,7 @@ def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fp
     pool = make_pool(seed=7)
     paths = write_shards(pool, tmp_path / "a", seed=2)
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
-    kw.update(fps_snap=fps_snap, lof_cut_z=1.0)
+    kw.update(fps_snap=fps_snap, lof_cut_z=1.0, fps_quality_hold_back=hold)
     sel = section(distance_batch_size=4, **kw)
     build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "candidates_quality.tsv", sel)
     assert run_fps(tmp_path / "candidates.h5", tmp_path / "one.tsv", sel) == 9
