@@ -78,8 +78,9 @@ def selected_records(wanted: dict, router_paths: list, curve_tsv, quality, quali
 
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     """``selection_summary.tsv``'s rows: per ``dataset`` of ``table`` (the quality table plus a bool
-    ``selected``) the ``pool``, ``kept``, ``candidates``, ``selected``, ``duplicates`` and
-    ``near_duplicates`` counts and the selected samples' ``quality_min`` and ``quality_max``.
+    ``selected``) the ``pool``, ``kept``, ``candidates``, ``selected``, ``duplicates`` (of which
+    ``near_duplicates``) and ``shared_answers`` (``same_answer_as``, not among the duplicates) counts and the
+    selected samples' ``quality_min`` and ``quality_max``.
     """
     sel = table[table["selected"]]
     return (
@@ -91,6 +92,7 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
             selected=("selected", "sum"),
             duplicates=("reason", lambda r: int(r.astype(str).str.startswith("duplicate_of:").sum())),
             near_duplicates=("similarity", lambda v: int((v < 1).sum())),
+            shared_answers=("reason", lambda r: int(r.astype(str).str.startswith("same_answer_as:").sum())),
         )
         .join(sel.groupby("dataset")["quality"].agg(quality_min="min", quality_max="max"))
         .reset_index()

@@ -743,31 +743,31 @@ EXPECTED_DIGESTS = {
         "candidates.h5": "ba8d1321b744d56e",
         "curve.tsv": "73daf4c985f81e0c",
         "selected.jsonl": "121bae84d825d9f0",
-        "summary.tsv": "8ed2d20912fc4080",
+        "summary.tsv": "20ea501ee6a9f6be",
     },
     "combined_fps": {
         "candidates.h5": "d83c0482d0e45be8",
         "curve.tsv": "49874493ea19cc2d",
         "selected.jsonl": "e99e5677b349ee7e",
-        "summary.tsv": "18b6fdc625b485e5",
+        "summary.tsv": "16e5a60675f0408b",
     },
     "gate_two_stage": {
         "candidates.h5": "83b66e4507d0f742",
         "curve.tsv": "6714cc481e9c125f",
         "selected.jsonl": "78346fcfca77fa35",
-        "summary.tsv": "a11dc61bda849d2f",
+        "summary.tsv": "8b3c3f24790ad5e1",
     },
     "field": {
         "candidates.h5": "a1e2e5bca2231c62",
         "curve.tsv": "599c245bdd6140df",
         "selected.jsonl": "61b4e78264edb6d2",
-        "summary.tsv": "83b382a760f6d1fe",
+        "summary.tsv": "361d20b0d57f7f5e",
     },
     "perplexity_quality": {
         "candidates.h5": "207aa5f256c6d5bd",
         "curve.tsv": "e26ffb74833d75ac",
         "selected.jsonl": "d84c64ebdd3f1fe5",
-        "summary.tsv": "b0531afd42857119",
+        "summary.tsv": "e1d2cbd707e24c06",
     },
 }
 
