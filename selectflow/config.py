@@ -99,7 +99,8 @@ class SelectionConfig:
     device: str
 
     def __post_init__(self):
-        # a key that would be ignored is a mistake; the default weight (lof_cut) is simply not used without FPS
+        # a key that would be ignored is a mistake; the default weight (lof_cut) and hold-back are simply not
+        # used without FPS
         if self.fps_weight not in ("none", schema_default("selection", "fps_weight")) and self.diversity != "fps":
             raise SelectFlowError(
                 f"selection.fps_weight: {self.fps_weight} weighs farthest-point sampling, and selection.diversity is "
@@ -114,7 +115,8 @@ class SelectionConfig:
                 "pass, which selection.shared_answer_min_words: null turns off: set shared_answer_min_words (e.g. 4), "
                 "or shared_answer_max_samples: null"
             )
-        if self.fps_quality_hold_back > 0 and self.diversity != "fps":
+        hold_unused = (0, schema_default("selection", "fps_quality_hold_back"))
+        if self.fps_quality_hold_back not in hold_unused and self.diversity != "fps":
             raise SelectFlowError(
                 f"selection.fps_quality_hold_back: {self.fps_quality_hold_back} holds back candidates from "
                 f"farthest-point sampling, and selection.diversity is {self.diversity}, which runs no FPS: set "

@@ -101,15 +101,18 @@ def test_fps_quality_hold_back_needs_fps(diversity):
     from selectflow.runtime.errors import SelectFlowError
 
     raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
-    sel = {"diversity": diversity, "fps_quality_hold_back": 0.05}
+    sel = {"diversity": diversity, "fps_quality_hold_back": 0.1}
     with pytest.raises(
-        SelectFlowError, match="fps_quality_hold_back: 0.05 .*diversity is .*set fps_quality_hold_back: 0"
+        SelectFlowError, match="fps_quality_hold_back: 0.1 .*diversity is .*set fps_quality_hold_back: 0"
     ):
         build_config(with_defaults({**raw, "selection": sel}, SCHEMA_DOC))
     fps = build_config(with_defaults({**raw, "selection": {**sel, "diversity": "fps"}}, SCHEMA_DOC)).selection
-    assert fps.fps_quality_hold_back == 0.05
-    off = build_config(with_defaults({**raw, "selection": {"diversity": diversity}}, SCHEMA_DOC)).selection
-    assert off.fps_quality_hold_back == 0  # the default holds nothing back: no error with another diversity
+    assert fps.fps_quality_hold_back == 0.1
+    # the default (0.05) and 0 hold back from FPS only: another diversity leaves them unused, with no error
+    default = build_config(with_defaults({**raw, "selection": {"diversity": diversity}}, SCHEMA_DOC)).selection
+    assert default.fps_quality_hold_back == 0.05
+    off = {**sel, "fps_quality_hold_back": 0}
+    assert build_config(with_defaults({**raw, "selection": off}, SCHEMA_DOC)).selection.fps_quality_hold_back == 0
 
 
 def test_a_bad_train_key_is_named():

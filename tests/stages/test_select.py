@@ -734,8 +734,8 @@ STREAMING_CASES = {
         quality_method="combined", selection_percentage=0.25, routing_strata=3, quality_cut="pool", strata_weight="kept"
     ),
 }
-# the settings of 3681dd9 where a case does not name them (the defaults changed on 2026-12-04)
-PINNED_SETTINGS = dict(quality_cut="fixed", strata_weight="pool")
+# the settings of 3681dd9 where a case does not name them (the defaults changed on 2026-12-04 and 2026-12-06)
+PINNED_SETTINGS = dict(quality_cut="fixed", strata_weight="pool", fps_quality_hold_back=0)
 # candidates.h5 re-pinned when it gained response_tokens (fps_snap: length); its other datasets and
 # attributes hash as before, and the other files are unchanged
 EXPECTED_DIGESTS = {
