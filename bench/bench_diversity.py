@@ -19,7 +19,9 @@ what the workflow builds: exact up to ``--knn-exact-max`` candidates, approximat
 the random quality, are computed inside the timer). ``fps_density`` is density-weighted FPS
 (``selection.fps_weight: density``; its weights, from the k-NN graph of ``--neighbors``, are
 computed inside the timer); ``fps_lof`` the same with ``selection.fps_weight: lof`` (local
-outlier factors over the same graph), ``fps_lofcut`` with ``lof_cut`` (the schema's ``lof_cut_z``).
+outlier factors over the same graph), ``fps_lofcut`` with ``lof_cut`` (the schema's ``lof_cut_z``),
+``fps_lofcut_hold`` the same with the lowest share by the random quality held back on top
+(``selection.fps_quality_hold_back``, the schema's default): the workflow's default FPS.
 ``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
 k-NN graph of ``--neighbors`` it snaps over is built inside the timer); ``fps_qsnap`` the same with
 ``selection.fps_snap: quality`` (quality ranks instead of spreads), ``fps_lsnap`` with
@@ -50,6 +52,7 @@ METHODS = (
     "fps_density",
     "fps_lof",
     "fps_lofcut",
+    "fps_lofcut_hold",
     "fps_snap",
     "fps_qsnap",
     "fps_lsnap",
@@ -91,14 +94,17 @@ def one(args) -> dict:
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein"
         ).picks
-    elif args.one in ("fps_quality", "fps_density", "fps_lof", "fps_lofcut"):  # selection.fps_weight: quality, …
+    elif args.one in ("fps_quality", "fps_density", "fps_lof", "fps_lofcut", "fps_lofcut_hold"):  # fps_weight: …
         if args.one == "fps_quality":
             weight = diversity.quality_weight(quality, ids)
         else:
             nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device, probes=probes)
-            kind = {"fps_lof": "lof", "fps_lofcut": "lof_cut", "fps_density": "density"}[args.one]
+            kind = {"fps_lof": "lof", "fps_density": "density"}.get(args.one, "lof_cut")
             lof_cut_z = schema_default("selection", "lof_cut_z")
             weight = diversity.graph_weight(kind, x, ids, nbr, dist, "wasserstein", lof_cut_z)
+        if args.one == "fps_lofcut_hold":  # selection.fps_quality_hold_back on top
+            share = schema_default("selection", "fps_quality_hold_back")
+            weight = diversity.quality_hold_back(weight, quality, ids, share)
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
         ).picks
