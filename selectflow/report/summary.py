@@ -209,12 +209,13 @@ def _outputs(paths: Layout) -> list[str]:
 
 
 def _diversity(sel: dict) -> str:
-    """How the picks were spread, from the selection section: the method, with FPS's weight and snapping
-    (``fps (fps_weight: lof_cut)``, the default; ``fps`` for plain FPS)."""
+    """How the picks were spread, from the selection section: the method, with FPS's weight, hold-back and
+    snapping (``fps (fps_weight: lof_cut, fps_quality_hold_back: 0.05)``, the default; ``fps`` for plain FPS)."""
     diversity = sel.get("diversity", "fps")
     if diversity != "fps":
         return diversity
-    settings = [f"{key}: {sel[key]}" for key in ("fps_weight", "fps_snap") if sel.get(key, "none") != "none"]
+    keys = ("fps_weight", "fps_quality_hold_back", "fps_snap")
+    settings = [f"{key}: {sel[key]}" for key in keys if sel.get(key, "none") not in ("none", 0)]
     return "fps" + (f" ({', '.join(settings)})" if settings else "")
 
 
