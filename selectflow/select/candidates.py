@@ -283,7 +283,8 @@ def fps_options(
     graph: Callable[..., tuple[np.ndarray, np.ndarray]] = knn_graph,
 ) -> dict:
     """Start, strata and quota of the open ``candidates.h5`` ``f``, the log interval, the weights of
-    ``selection.fps_weight`` and the :class:`~selectflow.select.fps.Snap` of ``selection.fps_snap``
+    ``selection.fps_weight`` and the :class:`~selectflow.select.fps.Snap` of ``selection.fps_snap`` (both None
+    where no FPS picks: another ``selection.diversity``, or the quality stage)
     (its score: the density, the quality rank or minus the response tokens, :func:`response_tokens`).
 
     Weights: None, facility location's quality weights ``1 - rank/m`` of ``cands`` (the file's
@@ -304,10 +305,12 @@ def fps_options(
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
     weight = snap = None
+    # weights and snapping act on FPS's steps: another diversity, or the quality stage's top k, reads neither
+    fps = sel.diversity == "fps" and cands.attrs.get("stage") != "quality"
     # density, lof or lof_cut weights (diversity_neighbors) and snapping (fps_snap_neighbors) read one graph, of
     # the larger size: a row's first n + 1 columns are its n nearest neighbours (sorted by distance, ties by index)
-    sizes = {"weight": sel.diversity_neighbors if sel.fps_weight in ("density", "lof", "lof_cut") else 0}
-    sizes["snap"] = sel.fps_snap_neighbors if sel.fps_snap != "none" else 0
+    sizes = {"weight": sel.diversity_neighbors if fps and sel.fps_weight in ("density", "lof", "lof_cut") else 0}
+    sizes["snap"] = sel.fps_snap_neighbors if fps and sel.fps_snap != "none" else 0
     if max(sizes.values()):
         feats = f["features"][()] if feats is None else feats
         metric = cands.attrs["metric"]
@@ -323,9 +326,9 @@ def fps_options(
             kk = sizes["snap"] + 1
             tokens = response_tokens(f) if sel.fps_snap == "length" else None
             snap = Snap(nbr[:, :kk], snap_score(sel.fps_snap, dist[:, :kk], cands.quality, cands.sample_id, tokens))
-    if sel.fps_weight == "quality":
+    if fps and sel.fps_weight == "quality":
         weight = quality_weight(cands.quality, cands.sample_id)
-    if sel.fps_quality_hold_back > 0:
+    if fps and sel.fps_quality_hold_back > 0:
         weight = quality_hold_back(weight, cands.quality, cands.sample_id, sel.fps_quality_hold_back)
     return {
         "start": start,

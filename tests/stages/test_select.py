@@ -14,7 +14,7 @@ from selectflow.config import FPS_ONLY_KEYS, selection_section
 from selectflow.router.routerfile import RouterShard, write_router_shard
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
 from selectflow.schema import schema_default
-from selectflow.select.candidates import n_blocks, read_candidates
+from selectflow.select.candidates import fps_options, n_blocks, open_candidates, read_candidates
 from selectflow.select.distance import block_path, features
 from selectflow.select.diversity import (
     LOF_CUT_WEIGHT,
@@ -270,6 +270,22 @@ def test_weighted_and_snapped_fps(tmp_path, strata, fps_weight, fps_snap, hold):
         **{**kw, "fps_weight": "none", "fps_snap": "none", "fps_quality_hold_back": 0},
     )
     assert plain != a  # the weights and the snapping change the picks here
+
+
+@pytest.mark.parametrize("kw", [dict(diversity="facility_location"), dict(disable_diversity=True)])
+def test_no_fps_weight_or_hold_back_where_no_fps_picks(tmp_path, kw, caplog):
+    # the default fps_weight (lof_cut) and fps_quality_hold_back act on FPS's steps only: with another
+    # diversity, or the quality stage, fps_options builds no k-NN graph, no weight, and logs no hold-back
+    paths = write_shards(make_pool(seed=5), tmp_path / "shards", seed=2, shard_size=4)
+    sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=3, **kw)  # the defaults
+    build_candidates(paths, tmp_path / "c.h5", tmp_path / "c.tsv", sel)
+    fps = section(selection_percentage=0.3, quality_method="gate", routing_strata=3, fps_quality_hold_back=0.3)
+    with caplog.at_level(logging.INFO), open_candidates(tmp_path / "c.h5") as f:
+        assert fps_options(f, sel, read_candidates(tmp_path / "c.h5"))["weight"] is None
+        assert not any("held back" in m for m in caplog.messages)
+        if "diversity" in kw:  # the same candidates with FPS: both act
+            assert (fps_options(f, fps, read_candidates(tmp_path / "c.h5"))["weight"] < 1).any()
+            assert any("fps_quality_hold_back: the " in m for m in caplog.messages)
 
 
 def test_the_candidates_read_no_fps_only_key(tmp_path):
