@@ -98,31 +98,33 @@ class SelectionConfig:
     fps_gpus: int
     device: str
 
+    def _asked(self, key: str, off) -> bool:
+        """Whether ``selection.key`` holds a value other than ``off`` and the schema's default: a setting
+        asked for (a default that does not apply is simply not used)."""
+        return getattr(self, key) not in (off, schema_default("selection", key))
+
     def __post_init__(self):
-        # a key that would be ignored is a mistake; the default weight (lof_cut) and hold-back are simply not
-        # used without FPS
-        if self.fps_weight not in ("none", schema_default("selection", "fps_weight")) and self.diversity != "fps":
+        # a key that would be ignored is a mistake; a default that does not apply (lof_cut, the hold-back and
+        # snapping without FPS, the bound without the shared-answer pass) is simply not used
+        if self._asked("fps_weight", "none") and self.diversity != "fps":
             raise SelectFlowError(
                 f"selection.fps_weight: {self.fps_weight} weighs farthest-point sampling, and selection.diversity is "
                 f"{self.diversity}, which runs no FPS (facility_location weighs its picks by quality rank already): "
                 "set fps_weight: none, or diversity: fps"
             )
-        # the default bound is simply not used when the pass is off
-        unused = (None, schema_default("selection", "shared_answer_max_samples"))
-        if self.shared_answer_min_words is None and self.shared_answer_max_samples not in unused:
+        if self.shared_answer_min_words is None and self._asked("shared_answer_max_samples", None):
             raise SelectFlowError(
                 f"selection.shared_answer_max_samples: {self.shared_answer_max_samples} bounds the shared-answer "
                 "pass, which selection.shared_answer_min_words: null turns off: set shared_answer_min_words (e.g. 4), "
                 "or shared_answer_max_samples: null"
             )
-        hold_unused = (0, schema_default("selection", "fps_quality_hold_back"))
-        if self.fps_quality_hold_back not in hold_unused and self.diversity != "fps":
+        if self._asked("fps_quality_hold_back", 0) and self.diversity != "fps":
             raise SelectFlowError(
                 f"selection.fps_quality_hold_back: {self.fps_quality_hold_back} holds back candidates from "
                 f"farthest-point sampling, and selection.diversity is {self.diversity}, which runs no FPS: set "
                 "fps_quality_hold_back: 0, or diversity: fps"
             )
-        if self.fps_snap != "none" and self.diversity != "fps":
+        if self._asked("fps_snap", "none") and self.diversity != "fps":
             raise SelectFlowError(
                 f"selection.fps_snap: {self.fps_snap} snaps the picks of farthest-point sampling, and "
                 f"selection.diversity is {self.diversity}, which runs no FPS: set fps_snap: none, or diversity: fps"

@@ -283,9 +283,9 @@ def fps_options(
     graph: Callable[..., tuple[np.ndarray, np.ndarray]] = knn_graph,
 ) -> dict:
     """Start, strata and quota of the open ``candidates.h5`` ``f``, the log interval, the weights of
-    ``selection.fps_weight`` and the :class:`~selectflow.select.fps.Snap` of ``selection.fps_snap`` (both None
-    where no FPS picks: another ``selection.diversity``, or the quality stage)
-    (its score: the density, the quality rank or minus the response tokens, :func:`response_tokens`).
+    ``selection.fps_weight`` and the :class:`~selectflow.select.fps.Snap` of ``selection.fps_snap``
+    (its score: the density, the quality rank or minus the response tokens, :func:`response_tokens`); both
+    None where no FPS picks (another ``selection.diversity``, or the quality stage).
 
     Weights: None, facility location's quality weights ``1 - rank/m`` of ``cands`` (the file's
     :func:`read_candidates`), or the density weights of its features
