@@ -60,6 +60,8 @@ METHODS = (
     "kmeans",
     "target",
 )
+# the methods whose FPS weight (selection.fps_weight) reads the k-NN graph
+GRAPH_WEIGHTS = {"fps_density": "density", "fps_lof": "lof", "fps_lofcut": "lof_cut", "fps_lofcut_hold": "lof_cut"}
 
 
 def features(n: int, layers: int, experts: int, seed: int) -> np.ndarray:
@@ -94,14 +96,13 @@ def one(args) -> dict:
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein"
         ).picks
-    elif args.one in ("fps_quality", "fps_density", "fps_lof", "fps_lofcut", "fps_lofcut_hold"):  # fps_weight: …
+    elif args.one == "fps_quality" or args.one in GRAPH_WEIGHTS:  # selection.fps_weight: quality, …
         if args.one == "fps_quality":
             weight = diversity.quality_weight(quality, ids)
         else:
             nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device, probes=probes)
-            kind = {"fps_lof": "lof", "fps_density": "density"}.get(args.one, "lof_cut")
             lof_cut_z = schema_default("selection", "lof_cut_z")
-            weight = diversity.graph_weight(kind, x, ids, nbr, dist, "wasserstein", lof_cut_z)
+            weight = diversity.graph_weight(GRAPH_WEIGHTS[args.one], x, ids, nbr, dist, "wasserstein", lof_cut_z)
         if args.one == "fps_lofcut_hold":  # selection.fps_quality_hold_back on top
             share = schema_default("selection", "fps_quality_hold_back")
             weight = diversity.quality_hold_back(weight, quality, ids, share)
