@@ -3,9 +3,9 @@
 :func:`run_summary` reads only files the run wrote, each defensively (a stage that did
 not run, or a table with other columns, leaves its part out) and returns the text:
 
-* per dataset: pool / kept / candidates / selected / duplicates dropped, exact or near
-  (``selection_summary.tsv``, else
-  counted from ``quality.tsv``);
+* per dataset: pool / kept / candidates / selected / duplicates dropped, exact or near, and
+  shared answers dropped (``same_answer_as``) (``selection_summary.tsv``, else counted from
+  ``quality.tsv``);
 * the quality method actually used (``candidates.h5`` attributes, else the ``candidates``
   log), the selection stage and, from the config, the diversity method (FPS's weight and
   snapping with it);
@@ -16,7 +16,8 @@ not run, or a table with other columns, leaves its part out) and returns the tex
   router data.
 
 Every path comes from :class:`selectflow.layout.Layout`. Imports only the standard library,
-pandas and h5py, so it costs nothing at the end of a run.
+pandas, h5py and :mod:`selectflow.select.write` (which counts the drop reasons), so it costs
+nothing at the end of a run.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from datetime import datetime
 from pathlib import Path
 
 from selectflow.layout import Layout
+from selectflow.select.write import REASON_PREFIXES, count_reason
 
 log = logging.getLogger(__name__)
 
-COUNT_COLUMNS = ("pool", "kept", "candidates", "selected", "duplicates")
+COUNT_COLUMNS = ("pool", "kept", "candidates", "selected", "duplicates", "shared_answers")
+
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ (WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
 MAX_MESSAGES = 8
 
@@ -55,7 +58,8 @@ def _flag(column) -> object:
 
 
 def selection_counts(paths: Layout) -> list[dict]:
-    """Per dataset ``{"dataset", "pool", "kept", "candidates", "selected", "duplicates"}`` (None when unknown).
+    """Per dataset ``{"dataset", "pool", "kept", "candidates", "selected", "duplicates", "shared_answers"}`` (None
+    when unknown).
 
     Read from the run's ``selection_summary.tsv`` by column name; counts it lacks come from
     ``quality.tsv`` (``kept`` / ``candidate`` flags) and ``fps_curve.tsv`` (the picks).
@@ -78,9 +82,9 @@ def selection_counts(paths: Layout) -> list[dict]:
                 "kept": int(_flag(part["kept"]).sum()) if "kept" in part else None,
                 "candidates": int(_flag(part["candidate"]).sum()) if "candidate" in part else None,
                 "selected": int(picked[part.index].sum()) if picked is not None else None,
-                "duplicates": (
-                    int(part["reason"].astype(str).str.startswith("duplicate_of:").sum()) if "reason" in part else None
-                ),
+            } | {
+                column: count_reason(part["reason"], prefix) if "reason" in part else None
+                for column, prefix in REASON_PREFIXES.items()
             }
             for key, value in derived.items():
                 if row.get(key) is None:

@@ -76,6 +76,15 @@ def selected_records(wanted: dict, router_paths: list, curve_tsv, quality, quali
     return found
 
 
+# drop reasons (by prefix) that selection_summary.tsv counts, each in the column of that name
+REASON_PREFIXES = {"duplicates": "duplicate_of:", "shared_answers": "same_answer_as:"}
+
+
+def count_reason(reason: pd.Series, prefix: str) -> int:
+    """How many values of the ``reason`` column start with ``prefix`` (one of :data:`REASON_PREFIXES`)."""
+    return int(reason.astype(str).str.startswith(prefix).sum())
+
+
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     """``selection_summary.tsv``'s rows: per ``dataset`` of ``table`` (the quality table plus a bool
     ``selected``) the ``pool``, ``kept``, ``candidates``, ``selected``, ``duplicates`` (of which
@@ -90,9 +99,9 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
             kept=("kept", "sum"),
             candidates=("candidate", "sum"),
             selected=("selected", "sum"),
-            duplicates=("reason", lambda r: int(r.astype(str).str.startswith("duplicate_of:").sum())),
+            duplicates=("reason", lambda r: count_reason(r, REASON_PREFIXES["duplicates"])),
             near_duplicates=("similarity", lambda v: int((v < 1).sum())),
-            shared_answers=("reason", lambda r: int(r.astype(str).str.startswith("same_answer_as:").sum())),
+            shared_answers=("reason", lambda r: count_reason(r, REASON_PREFIXES["shared_answers"])),
         )
         .join(sel.groupby("dataset")["quality"].agg(quality_min="min", quality_max="max"))
         .reset_index()

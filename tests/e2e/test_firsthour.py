@@ -292,6 +292,7 @@ def _fake_run(root, quality_columns=("sample_id", "dataset", "quality", "kept", 
         ("a:3", "a", 0.1, False, False, "duplicate_of:b:1"),
         ("b:1", "b", 0.8, True, True, "not_picked"),
         ("b:2", "b", 0.7, True, True, "selected"),
+        ("b:3", "b", 0.6, False, False, "same_answer_as:b:2"),
     ]
     with open(sel / "quality.tsv", "w") as fh:
         fh.write("\t".join(quality_columns) + "\n")
@@ -338,8 +339,11 @@ def test_summary_counts_method_outputs_warnings_next_steps(tmp_path):
     lines = text.splitlines()
     row_a = next(line for line in lines if line.split()[:1] == ["a"])
     row_b = next(line for line in lines if line.split()[:1] == ["b"])
-    assert row_a.split()[1:] == ["3", "2", "1", "1", "1"]  # a:3 is a duplicate of b:1
-    assert row_b.split()[1:] == ["2", "2", "2", "1", "0"]
+    assert lines[lines.index(row_a) - 1].split() == [
+        "dataset", "pool", "kept", "candidates", "selected", "duplicates", "shared_answers"
+    ]  # fmt: skip
+    assert row_a.split()[1:] == ["3", "2", "1", "1", "1", "0"]  # a:3 is a duplicate of b:1
+    assert row_b.split()[1:] == ["3", "2", "2", "1", "0", "1"]  # b:3 has b:2's answer
     assert "quality method: ifd (selection.quality_method: auto)" in text and "two_stage" in text
     assert "; diversity: fps (fps_weight: lof_cut, fps_quality_hold_back: 0.05); distance: " in text  # the default
     config["selection"] |= {"fps_weight": "none", "fps_quality_hold_back": 0}
@@ -357,7 +361,10 @@ def test_summary_counts_method_outputs_warnings_next_steps(tmp_path):
 def test_summary_reads_columns_by_name_and_survives_missing_files(tmp_path):
     sel = _fake_run(tmp_path, quality_columns=("reason", "candidate", "sample_id", "quality", "dataset", "kept"))
     counts = {r["dataset"]: r for r in selection_counts(Layout("r", tmp_path))}
-    assert counts["a"] == {"dataset": "a", "pool": 3, "kept": 2, "candidates": 1, "selected": 1, "duplicates": 1}
+    assert counts["a"] == {
+        "dataset": "a", "pool": 3, "kept": 2, "candidates": 1, "selected": 1, "duplicates": 1, "shared_answers": 0
+    }  # fmt: skip
+    assert counts["b"]["shared_answers"] == 1
     (sel / "selection_summary.tsv").write_text("dataset\tpool\tselected\tnew_column\na\t30\t10\tz\nb\t20\t5\tz\n")
     counts = {r["dataset"]: r for r in selection_counts(Layout("r", tmp_path))}
     assert counts["a"]["pool"] == 30 and counts["a"]["selected"] == 10 and counts["a"]["kept"] == 2
@@ -616,7 +623,8 @@ def test_small_run_ends_with_the_summary_and_quiet_logs(tmp_path):
     row = next(line for line in summary.splitlines() if line.split()[:1] == ["demo"])
     quality = pd.read_csv(tmp_path / "results/small/selection/quality.tsv", sep="\t", keep_default_na=False)
     duplicates = int(quality["reason"].str.startswith("duplicate_of:").sum())
-    assert row.split()[1:] == ["240", *row.split()[2:4], "24", str(duplicates)]
+    shared = int(quality["reason"].str.startswith("same_answer_as:").sum())
+    assert row.split()[1:] == ["240", *row.split()[2:4], "24", str(duplicates), str(shared)]
     assert re.search(r"quality method: (combined|gate|ifd|perplexity|field)\b", summary)
     assert "snakemake --report report.html" in summary
     # 240 samples in windows of 50: 5 windows, embedded by 3 jobs, each window its own files
