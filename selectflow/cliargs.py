@@ -59,6 +59,7 @@ SELECTION_FLAGS = {
     "fps_weight": "fps_weight",
     "lof_cut_z": "lof_cut_z",
     "fps_quality_hold_back": "fps_quality_hold_back",
+    "fps_relevance_hold_back": "fps_relevance_hold_back",
     "fps_snap": "fps_snap",
     "fps_snap_neighbors": "fps_snap_neighbors",
     "fps_gpus": "fps_gpus",

@@ -93,6 +93,7 @@ class SelectionConfig:
     fps_weight: str
     lof_cut_z: float
     fps_quality_hold_back: float
+    fps_relevance_hold_back: float
     fps_snap: str
     fps_snap_neighbors: int
     fps_gpus: int
@@ -123,6 +124,12 @@ class SelectionConfig:
                 f"selection.fps_quality_hold_back: {self.fps_quality_hold_back} holds back candidates from "
                 f"farthest-point sampling, and selection.diversity is {self.diversity}, which runs no FPS: set "
                 "fps_quality_hold_back: 0, or diversity: fps"
+            )
+        if self._asked("fps_relevance_hold_back", 0) and self.diversity != "fps":
+            raise SelectFlowError(
+                f"selection.fps_relevance_hold_back: {self.fps_relevance_hold_back} holds back candidates from "
+                f"farthest-point sampling, and selection.diversity is {self.diversity}, which runs no FPS: set "
+                "fps_relevance_hold_back: 0, or diversity: fps"
             )
         if self._asked("fps_snap", "none") and self.diversity != "fps":
             raise SelectFlowError(
@@ -357,6 +364,7 @@ FPS_ONLY_KEYS = (
     "fps_weight",
     "lof_cut_z",
     "fps_quality_hold_back",
+    "fps_relevance_hold_back",
     "fps_snap",
     "fps_snap_neighbors",
     "fps_gpus",

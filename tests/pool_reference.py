@@ -29,6 +29,9 @@ class WholeRows:
     def records(self, rows):
         return self.shard.record[np.asarray(rows, dtype=np.int64)]
 
+    def record_batches(self, rows):
+        yield np.arange(len(rows)), self.records(rows)
+
     def vectors(self, rows, hidden, convert):
         values = self.shard.hidden if hidden else self.shard.moe_probs
         if values is None:

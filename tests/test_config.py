@@ -97,22 +97,21 @@ def test_an_fps_weight_without_fps_is_an_error(diversity, weight):
 
 
 @pytest.mark.parametrize("diversity", ["facility_location", "kmeans"])
-def test_fps_quality_hold_back_needs_fps(diversity):
+@pytest.mark.parametrize(("key", "default"), [("fps_quality_hold_back", 0.05), ("fps_relevance_hold_back", 0)])
+def test_fps_hold_backs_need_fps(diversity, key, default):
     from selectflow.runtime.errors import SelectFlowError
 
     raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
-    sel = {"diversity": diversity, "fps_quality_hold_back": 0.1}
-    with pytest.raises(
-        SelectFlowError, match="fps_quality_hold_back: 0.1 .*diversity is .*set fps_quality_hold_back: 0"
-    ):
+    sel = {"diversity": diversity, key: 0.1}
+    with pytest.raises(SelectFlowError, match=f"{key}: 0.1 .*diversity is .*set {key}: 0"):
         build_config(with_defaults({**raw, "selection": sel}, SCHEMA_DOC))
     fps = build_config(with_defaults({**raw, "selection": {**sel, "diversity": "fps"}}, SCHEMA_DOC)).selection
-    assert fps.fps_quality_hold_back == 0.1
-    # the default (0.05) and 0 hold back from FPS only: another diversity leaves them unused, with no error
-    default = build_config(with_defaults({**raw, "selection": {"diversity": diversity}}, SCHEMA_DOC)).selection
-    assert default.fps_quality_hold_back == 0.05
-    off = {**sel, "fps_quality_hold_back": 0}
-    assert build_config(with_defaults({**raw, "selection": off}, SCHEMA_DOC)).selection.fps_quality_hold_back == 0
+    assert getattr(fps, key) == 0.1
+    # the default and 0 hold back from FPS only: another diversity leaves them unused, with no error
+    found = build_config(with_defaults({**raw, "selection": {"diversity": diversity}}, SCHEMA_DOC)).selection
+    assert getattr(found, key) == default
+    off = {**sel, key: 0}
+    assert getattr(build_config(with_defaults({**raw, "selection": off}, SCHEMA_DOC)).selection, key) == 0
 
 
 def test_a_bad_train_key_is_named():

@@ -43,10 +43,17 @@ from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
-from selectflow.select.diversity import graph_weight, knn_graph, quality_hold_back, quality_weight, snap_score
+from selectflow.select.diversity import (
+    graph_weight,
+    knn_graph,
+    quality_hold_back,
+    quality_weight,
+    relevance_hold_back,
+    snap_score,
+)
 from selectflow.select.fps import Snap
 from selectflow.select.pool import Pool
-from selectflow.select.quality import assess, resolve_method
+from selectflow.select.quality import assess, prompt_coverage, resolve_method
 from selectflow.select.strata import strata_labels, stratify
 
 log = logging.getLogger(__name__)
@@ -171,6 +178,13 @@ def write_candidates(path: str | os.PathLike, pool: Pool, score: np.ndarray, cho
             f.create_dataset("features", data=feats)
             # each candidate's response tokens (fps_snap: length)
             f.create_dataset("response_tokens", data=np.asarray(pool.n_response_tokens)[choice.chosen].astype(np.int32))
+            # each candidate's dataset and prompt coverage (fps_relevance_hold_back), where the shards have records
+            if pool.text_key is not None:
+                f.create_dataset("dataset", data=pool.dataset[choice.chosen].astype(object), dtype=h5py.string_dtype())
+                f.create_dataset(
+                    "coverage",
+                    data=prompt_coverage(lambda: pool.rows.record_batches(choice.chosen), len(choice.chosen)),
+                )
             if choice.stratum is not None:
                 f.create_dataset("stratum", data=choice.stratum)
                 f.create_dataset("quota", data=choice.quota)
@@ -274,6 +288,18 @@ def response_tokens(f) -> np.ndarray:
     return f["response_tokens"][()]
 
 
+def prompt_coverages(f) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate's dataset object [m] and prompt coverage float64 [m]
+    (:func:`~selectflow.select.quality.prompt_coverage`) of the open ``candidates.h5`` ``f``
+    (``fps_relevance_hold_back``)."""
+    if "coverage" not in f:
+        raise SelectFlowError(
+            f"{f.filename} has no prompt coverage (written before selection.fps_relevance_hold_back, or from router "
+            "data without records, whose prompts cannot be read): " + CANDIDATES_REBUILD_HINT
+        )
+    return f["dataset"].asstr()[()].astype(object), f["coverage"][()]
+
+
 def fps_options(
     f,
     sel: SelectionConfig,
@@ -330,6 +356,11 @@ def fps_options(
         weight = quality_weight(cands.quality, cands.sample_id)
     if fps and sel.fps_quality_hold_back > 0:
         weight = quality_hold_back(weight, cands.quality, cands.sample_id, sel.fps_quality_hold_back)
+    if fps and sel.fps_relevance_hold_back > 0:
+        dataset, coverage = prompt_coverages(f)
+        weight = relevance_hold_back(
+            weight, cands.quality, coverage, dataset, cands.sample_id, sel.fps_relevance_hold_back
+        )
     return {
         "start": start,
         "log_interval": sel.fps_log_interval,

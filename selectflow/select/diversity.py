@@ -398,6 +398,49 @@ def quality_hold_back(weight: np.ndarray | None, quality: np.ndarray, ids: np.nd
     return out
 
 
+def relevance_hold_back(
+    weight: np.ndarray | None,
+    quality: np.ndarray,
+    coverage: np.ndarray,
+    dataset: np.ndarray,
+    ids: np.ndarray,
+    share: float,
+) -> np.ndarray:
+    """``weight`` (None: 1 for every candidate) float64 [m] with the ``floor(share · m)`` least relevant
+    candidates set to :data:`LOF_CUT_WEIGHT`: the weight of ``selection.fps_relevance_hold_back``.
+
+    Relevance: the mean of a candidate's two places within its ``dataset``'s candidates, each its rank
+    over the dataset's size (0 = the best) in :func:`~selectflow.select.baselines.quality_order` of
+    ``quality`` and of ``coverage`` (the prompt coverage,
+    :func:`~selectflow.select.quality.prompt_coverage`); the least relevant are those with the largest
+    mean, ties by ``ids``. Held back as :func:`quality_hold_back` holds back."""
+    m = len(quality)
+    out = np.ones(m) if weight is None else np.array(weight, dtype=np.float64)
+    place = (_place_within(quality, dataset, ids) + _place_within(coverage, dataset, ids)) / 2
+    n_held = math.floor(share * m)
+    out[np.lexsort((np.asarray(ids).astype(str), -place))[:n_held]] = LOF_CUT_WEIGHT
+    log.info(
+        "fps_relevance_hold_back: the %d least relevant of %d candidates (%.1f %%; quality and prompt coverage) "
+        "held back",
+        n_held,
+        m,
+        100 * n_held / m if m else 0.0,
+    )
+    return out
+
+
+def _place_within(values: np.ndarray, groups: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each row's rank in :func:`~selectflow.select.baselines.quality_order` of ``values`` among the rows of its
+    group, over the group's size: float64 [m] in [0, 1), 0 = the group's best."""
+    groups = np.asarray(groups).astype(str)
+    ids = np.asarray(ids)
+    out = np.empty(len(values), dtype=np.float64)
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        out[rows[baselines.quality_order(np.asarray(values)[rows], ids[rows])]] = np.arange(len(rows)) / len(rows)
+    return out
+
+
 def graph_weight(
     kind: str,
     feats: np.ndarray,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -54,18 +54,28 @@ class ShardRows:
         read = read_hidden if hidden else read_moe_probs
         return self._take(rows, lambda path, at: convert(read(path, at)))
 
+    def record_batches(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(positions in rows, their record strings)`` a shard at a time, for the pool rows ``rows``: one
+        shard's records in memory at a time (:func:`~selectflow.select.quality.prompt_coverage`)."""
+        return self._by_shard(rows, read_records)
+
     def _take(self, rows: np.ndarray, read) -> np.ndarray:
         """``read(path, shard rows)`` for the pool rows ``rows`` of each shard holding some, into one array
         [len(rows), ...] in the order of ``rows``; shards holding none of them are not opened."""
-        rows = np.asarray(rows, dtype=np.int64)
         out = None
-        for k in np.unique(self.shard_of[rows]):
-            at = np.flatnonzero(self.shard_of[rows] == k)
-            values = read(self.paths[k], self.row_of[rows[at]])
+        for at, values in self._by_shard(rows, read):
             if out is None:
                 out = np.empty((len(rows), *values.shape[1:]), dtype=values.dtype)
             out[at] = values
         return out
+
+    def _by_shard(self, rows: np.ndarray, read) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(positions in rows, read(path, their shard rows))`` for each shard holding some of the pool rows
+        ``rows``, in shard order; shards holding none of them are not opened."""
+        rows = np.asarray(rows, dtype=np.int64)
+        for k in np.unique(self.shard_of[rows]):
+            at = np.flatnonzero(self.shard_of[rows] == k)
+            yield at, read(self.paths[k], self.row_of[rows[at]])
 
 
 @dataclass(frozen=True, eq=False)

@@ -50,6 +50,8 @@ import json
 import logging
 import math
 import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 
@@ -226,6 +228,39 @@ def distinct_ngram_share(texts: list[str], n: int = 3) -> np.ndarray:
         n_grams = len(found) - n + 1
         if n_grams > 0:
             out[i] = len(set(zip(*(found[j:] for j in range(n))))) / n_grams
+    return out
+
+
+def prompt_coverage(batches: Callable[[], Iterable[tuple[np.ndarray, Sequence]]], n: int) -> np.ndarray:
+    """Per sample, float64 [n]: the share of its prompt's words that its response uses too, each word
+    weighed by its inverse document frequency over the ``n`` samples (``log(n / df)``, df = the samples
+    whose prompt or response has the word; :func:`words`), so words every prompt has (role tags, "what")
+    weigh nothing and a question's own terms weigh most. 1.0 where the prompt has no word of positive
+    weight (nothing to judge). An answer that ignores its question (another question's answer, filler,
+    another language) covers little of it.
+
+    ``batches()`` yields ``(positions [b], records [b])`` covering the samples ``0 .. n-1`` once, each
+    record a router shard's (its ``prompt`` and ``response``; a record without them is not judged), as a
+    JSON string or a dict; it is called twice (the document frequencies, then the shares), so one batch of
+    records is held at a time.
+    """
+
+    def word_sets(records):
+        for rec in records:
+            rec = json.loads(rec) if isinstance(rec, str) else rec
+            yield set(words(rec.get("prompt", ""))), set(words(rec.get("response", "")))
+
+    df: Counter = Counter()
+    for _, records in batches():
+        for prompt, response in word_sets(records):
+            df.update(prompt | response)
+    out = np.ones(n, dtype=np.float64)
+    for positions, records in batches():
+        for i, (prompt, response) in zip(positions, word_sets(records)):
+            weight = {w: math.log(n / df[w]) for w in prompt}
+            total = math.fsum(weight.values())  # exactly rounded: the same whatever order a set iterates in
+            if total > 0:
+                out[i] = math.fsum(weight[w] for w in prompt & response) / total
     return out
 
 

@@ -207,6 +207,33 @@ def test_quality_hold_back_equals_brute_force(share, with_weight):
         np.testing.assert_array_equal(weight, given)
 
 
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_relevance_hold_back_equals_brute_force(share, with_weight):
+    """The floor(share * m) candidates with the largest mean place (quality and coverage, each ranked within
+    the candidate's dataset, best first, ties by sample_id, over the dataset's size), ties to the earlier
+    sample_id, weigh LOF_CUT_WEIGHT; the rest keep their weight."""
+    rng = np.random.default_rng(6)
+    m = 30
+    quality = rng.integers(0, 4, m).astype(float)  # ties
+    coverage = rng.integers(0, 3, m) / 2
+    dataset = np.array(["a"] * 20 + ["b"] * 10, dtype=object)[rng.permutation(m)]
+    ids = np.array([f"s{i:02d}" for i in rng.permutation(m)], dtype=object)
+    weight = rng.uniform(0.5, 1.0, m) if with_weight else None
+
+    def place(values, i):
+        group = [j for j in range(m) if dataset[j] == dataset[i]]
+        order = sorted(group, key=lambda j: (-values[j], ids[j]))
+        return order.index(i) / len(group)
+
+    mean = [(place(quality, i) + place(coverage, i)) / 2 for i in range(m)]
+    held = set(sorted(range(m), key=lambda i: (-mean[i], ids[i]))[: int(share * m + 1e-9)])
+    want = [diversity.LOF_CUT_WEIGHT if i in held else (1.0 if weight is None else weight[i]) for i in range(m)]
+    got = diversity.relevance_hold_back(weight, quality, coverage, dataset, ids, share)
+    np.testing.assert_array_equal(got, np.array(want))
+    assert len(held) == {0.0: 0, 0.1: 3, 0.5: 15}[share]
+
+
 def test_quality_hold_back_keeps_fps_off_the_held_back_while_others_are_left():
     """Plain FPS goes to the far point first; held back (the lowest quality), it is picked only after every
     other candidate, and the picks before it are plain FPS's over the rest."""

@@ -10,7 +10,15 @@ import pytest
 from selectflow.router.routerfile import RouterShard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select.pool import pool_of
-from selectflow.select.quality import MIN_GROUP, assess, distinct_ngram_share, quality_scores, robust_z, words
+from selectflow.select.quality import (
+    MIN_GROUP,
+    assess,
+    distinct_ngram_share,
+    prompt_coverage,
+    quality_scores,
+    robust_z,
+    words,
+)
 
 
 def as_pool(s):
@@ -95,6 +103,43 @@ def test_distinct_ngram_share_against_a_naive_count():
         found = [w for w in re.split(r"[^a-z]+", text.lower()) if w]  # ASCII text: words are runs of letters
         grams = [" ".join(found[i : i + 3]) for i in range(len(found) - 2)]
         assert got == (len(set(grams)) / len(grams) if grams else 1.0)
+
+
+def test_prompt_coverage_against_a_hand_count():
+    """IDF over the five samples (df: words in the prompt or the response); role tags weigh little."""
+    recs = [
+        {"prompt": "What is the capital of France?", "response": "The capital of France is Paris."},
+        {"prompt": "What is the capital of Peru?", "response": "Boil the rice for ten minutes."},  # another's answer
+        {
+            "prompt": "### User:\nName the largest ocean.\n\n### Assistant:\n",
+            "response": "The Pacific is the largest ocean.",
+        },
+        {"prompt": "... ?!", "response": "anything"},  # a prompt without words: nothing to judge
+        {"sample_id": "x"},  # no prompt, no response: not judged
+    ]
+    docs = [set(re.findall(r"[a-z]+", (r.get("prompt", "") + " " + r.get("response", "")).lower())) for r in recs]
+    idf = {w: math.log(5 / sum(w in d for d in docs)) for w in set().union(*docs)}
+
+    def share(prompt, response):
+        return sum(idf[w] for w in prompt & response) / sum(idf[w] for w in prompt)
+
+    want = [
+        share({"what", "is", "the", "capital", "of", "france"}, {"the", "capital", "of", "france", "is", "paris"}),
+        share({"what", "is", "the", "capital", "of", "peru"}, {"boil", "the", "rice", "for", "ten", "minutes"}),
+        share({"user", "assistant", "name", "the", "largest", "ocean"}, {"the", "pacific", "is", "largest", "ocean"}),
+        1.0,
+        1.0,
+    ]
+    calls = []
+
+    def batches():  # two batches, out of order, one as JSON strings; read twice
+        calls.append(1)
+        yield np.array([2, 0]), [recs[2], json.dumps(recs[0])]
+        yield np.array([3, 1, 4]), [recs[3], recs[1], recs[4]]
+
+    got = prompt_coverage(batches, 5)
+    np.testing.assert_allclose(got, want)
+    assert len(calls) == 2 and got[0] > 0.5 > got[1] > 0  # the swapped answer covers only "the" of its prompt
 
 
 @pytest.mark.parametrize(

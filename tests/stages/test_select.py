@@ -23,9 +23,11 @@ from selectflow.select.diversity import (
     lof_cut_weight,
     lof_weight,
     mean_spread,
+    relevance_hold_back,
 )
 from selectflow.select.fps import Snap, fps_streaming
 from selectflow.select.fps_dist import THREAD_VARS
+from selectflow.select.quality import prompt_coverage
 from selectflow.stages.select import (
     build_candidates,
     compute_block,
@@ -295,7 +297,7 @@ def test_the_candidates_read_no_fps_only_key(tmp_path):
     changed = dict(
         fps_log_interval=3, fps_weight="density", lof_cut_z=1.0, fps_snap="density", fps_snap_neighbors=2, fps_gpus=2
     )
-    changed.update(knn_exact_max=0, knn_probes=1, fps_quality_hold_back=0.5)
+    changed.update(knn_exact_max=0, knn_probes=1, fps_quality_hold_back=0.5, fps_relevance_hold_back=0.5)
     assert set(changed) == set(FPS_ONLY_KEYS)
     for name, kw in (("plain", {}), ("changed", changed)):
         sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=3, **kw)
@@ -310,14 +312,69 @@ def test_the_candidates_read_no_fps_only_key(tmp_path):
             np.testing.assert_array_equal(a[key][()], b[key][()])
 
 
-def test_length_snap_needs_response_tokens_in_the_candidates(tmp_path):
-    # a candidates.h5 written before fps_snap: length has no response_tokens: a clear error naming the rebuild
+@pytest.mark.parametrize("strata", [1, 3])
+def test_relevance_hold_back_in_the_pipeline(tmp_path, strata, caplog):
+    # selection.fps_relevance_hold_back: candidates.h5 holds each candidate's dataset and prompt coverage
+    # (quality.prompt_coverage over the candidates' records), and FPS runs with diversity.relevance_hold_back's
+    # weights on top of the quality hold-back, in either distance mode
+    pool = make_pool(seed=5)
+    for i, s in enumerate(pool.values()):  # every third response answers its prompt; the others do not
+        s["norm"]["prompt"] = f"question {s['norm']['sample_id']} topic{i % 4}"
+        s["norm"]["response"] = f"answer topic{i % 4}" if i % 3 else f"answer {s['norm']['sample_id']}"
+    kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_relevance_hold_back=0.4)
+    kw.update(fps_quality_hold_back=0.1)
+    with caplog.at_level(logging.INFO):
+        a = pipeline(write_shards(pool, tmp_path / "a", seed=2, shard_size=4), tmp_path / "oa", **kw)
+    assert any("fps_relevance_hold_back: the " in m for m in caplog.messages)
+    b = pipeline(
+        write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", distance_mode="matrix", **kw
+    )
+    assert a == b
+    with h5py.File(tmp_path / "oa" / "candidates.h5") as f:
+        feats, quality = f["features"][()], f["quality"][()]
+        ids = f["sample_id"].asstr()[()].astype(object)
+        dataset, coverage = f["dataset"].asstr()[()], f["coverage"][()]
+        opts = {"strata": f["stratum"][()], "quota": f["quota"][()]} if "stratum" in f else {}
+    norm = [pool[s]["norm"] for s in ids]
+    assert dataset.tolist() == [r["dataset"] for r in norm]
+    np.testing.assert_array_equal(coverage, prompt_coverage(lambda: [(np.arange(len(norm)), norm)], len(norm)))
+    assert len(set(coverage.round(6))) > 1  # the answers that ignore their prompt cover less of it
+    m = len(ids)
+    weight = np.ones(m)
+    weight[m - math.floor(0.1 * m) :] = LOF_CUT_WEIGHT  # the quality hold-back (candidates in quality order)
+    weight = relevance_hold_back(weight, quality, coverage, dataset, ids, 0.4)
+    assert (weight < 1).sum() > math.floor(0.1 * m)
+    start = 0 if not opts else int(np.flatnonzero(opts["quota"][opts["strata"]] > 0)[0])
+    want = fps_streaming(
+        feats, round(0.3 * len(pool)), metric="wasserstein", device="cpu", start=start, log_interval=100,
+        weight=weight, **opts,
+    )  # fmt: skip
+    curve = pd.read_csv(tmp_path / "oa" / "curve.tsv", sep="\t")
+    assert curve["candidate_index"].tolist() == want.picks.tolist()
+    plain = pipeline(
+        write_shards(pool, tmp_path / "c", seed=2, shard_size=4),
+        tmp_path / "oc",
+        **{**kw, "fps_relevance_hold_back": 0},
+    )
+    assert plain != a  # the hold-back changes the picks here
+
+
+@pytest.mark.parametrize(
+    ("setting", "dataset", "message"),
+    [
+        ({"fps_snap": "length"}, "response_tokens", "has no response_tokens "),
+        ({"fps_relevance_hold_back": 0.2}, "coverage", "has no prompt coverage "),
+    ],
+)
+def test_fps_needs_what_its_setting_reads_in_the_candidates(tmp_path, setting, dataset, message):
+    # a candidates.h5 written before fps_snap: length (response_tokens) or fps_relevance_hold_back (coverage)
+    # lacks what the setting reads: a clear error naming the rebuild, and no curve
     paths = write_shards(make_pool(seed=5), tmp_path / "shards", seed=2)
-    sel = section(selection_percentage=0.3, quality_method="gate", fps_snap="length")
+    sel = section(selection_percentage=0.3, quality_method="gate", **setting)
     build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "quality.tsv", sel)
     with h5py.File(tmp_path / "candidates.h5", "a") as f:
-        del f["response_tokens"]
-    with pytest.raises(SelectFlowError, match="has no response_tokens .*rule candidates rebuilds it"):
+        del f[dataset]
+    with pytest.raises(SelectFlowError, match=message + ".*rule candidates rebuilds it"):
         run_fps(tmp_path / "candidates.h5", tmp_path / "curve.tsv", sel)
     assert not (tmp_path / "curve.tsv").exists()
 
@@ -752,35 +809,36 @@ STREAMING_CASES = {
 }
 # the settings of 3681dd9 where a case does not name them (the defaults changed on 2026-12-04 and 2026-12-06)
 PINNED_SETTINGS = dict(quality_cut="fixed", strata_weight="pool", fps_quality_hold_back=0)
-# candidates.h5 re-pinned when it gained response_tokens (fps_snap: length); its other datasets and
-# attributes hash as before, and the other files are unchanged
+# candidates.h5 re-pinned when it gained response_tokens (fps_snap: length), and again when it gained each
+# candidate's dataset and prompt coverage (fps_relevance_hold_back); its other datasets and attributes hash
+# as before, and the other files are unchanged
 EXPECTED_DIGESTS = {
     "combined_strata": {  # quota [5, 1, 0]: re-pinned when FPS stopped picking in the stratum with quota 0
-        "candidates.h5": "ba8d1321b744d56e",
+        "candidates.h5": "e6dc67a743407a56",
         "curve.tsv": "73daf4c985f81e0c",
         "selected.jsonl": "121bae84d825d9f0",
         "summary.tsv": "20ea501ee6a9f6be",
     },
     "combined_fps": {
-        "candidates.h5": "d83c0482d0e45be8",
+        "candidates.h5": "f3b13a876c15183f",
         "curve.tsv": "49874493ea19cc2d",
         "selected.jsonl": "e99e5677b349ee7e",
         "summary.tsv": "16e5a60675f0408b",
     },
     "gate_two_stage": {
-        "candidates.h5": "83b66e4507d0f742",
+        "candidates.h5": "144b07eb5dc1a5bc",
         "curve.tsv": "6714cc481e9c125f",
         "selected.jsonl": "78346fcfca77fa35",
         "summary.tsv": "8b3c3f24790ad5e1",
     },
     "field": {
-        "candidates.h5": "a1e2e5bca2231c62",
+        "candidates.h5": "27f6fe421bca2cbe",
         "curve.tsv": "599c245bdd6140df",
         "selected.jsonl": "61b4e78264edb6d2",
         "summary.tsv": "361d20b0d57f7f5e",
     },
     "perplexity_quality": {
-        "candidates.h5": "207aa5f256c6d5bd",
+        "candidates.h5": "e592c04195f1fcbe",
         "curve.tsv": "e26ffb74833d75ac",
         "selected.jsonl": "d84c64ebdd3f1fe5",
         "summary.tsv": "e1d2cbd707e24c06",
