@@ -22,6 +22,10 @@ computed inside the timer); ``fps_lof`` the same with ``selection.fps_weight: lo
 outlier factors over the same graph), ``fps_lofcut`` with ``lof_cut`` (the schema's ``lof_cut_z``),
 ``fps_lofcut_hold`` the same with the lowest share by the random quality held back on top
 (``selection.fps_quality_hold_back``, the schema's default): the workflow's default FPS.
+``fps_lofcut_relevance`` the same with the least relevant 10 % held back on top too
+(``selection.fps_relevance_hold_back: 0.1``), the prompt coverage of N synthetic records (prompts of
+20 and responses of 60 words drawn from a Zipf(1.3) vocabulary, made before the timer starts, as the
+candidates stage reads them, in batches of 10,000) computed inside the timer (``coverage s``: that part).
 ``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
 k-NN graph of ``--neighbors`` it snaps over is built inside the timer); ``fps_qsnap`` the same with
 ``selection.fps_snap: quality`` (quality ranks instead of spreads), ``fps_lsnap`` with
@@ -53,6 +57,7 @@ METHODS = (
     "fps_lof",
     "fps_lofcut",
     "fps_lofcut_hold",
+    "fps_lofcut_relevance",
     "fps_snap",
     "fps_qsnap",
     "fps_lsnap",
@@ -61,7 +66,25 @@ METHODS = (
     "target",
 )
 # the methods whose FPS weight (selection.fps_weight) reads the k-NN graph
-GRAPH_WEIGHTS = {"fps_density": "density", "fps_lof": "lof", "fps_lofcut": "lof_cut", "fps_lofcut_hold": "lof_cut"}
+GRAPH_WEIGHTS = {
+    "fps_density": "density",
+    "fps_lof": "lof",
+    "fps_lofcut": "lof_cut",
+    "fps_lofcut_hold": "lof_cut",
+    "fps_lofcut_relevance": "lof_cut",
+}
+RELEVANCE_SHARE = 0.1  # fps_lofcut_relevance's selection.fps_relevance_hold_back
+RECORD_BATCH = 10_000
+
+
+def records(n: int, seed: int) -> list[dict]:
+    """``n`` synthetic records: a prompt of 20 words and a response of 60, from a Zipf(1.3) vocabulary."""
+    rng = np.random.default_rng(seed)
+    prompt, response = rng.zipf(1.3, size=(n, 20)) % 50_000, rng.zipf(1.3, size=(n, 60)) % 50_000
+    return [
+        {"prompt": " ".join(f"w{w}" for w in p), "response": " ".join(f"w{w}" for w in r)}
+        for p, r in zip(prompt, response)
+    ]
 
 
 def features(n: int, layers: int, experts: int, seed: int) -> np.ndarray:
@@ -83,9 +106,12 @@ def one(args) -> dict:
     from selectflow.schema import schema_default
     from selectflow.select import diversity
     from selectflow.select.fps import Snap, fps_streaming
+    from selectflow.select.quality import prompt_coverage
     from selectflow.select.target import toward_target
 
     x = features(args.n, args.layers, args.experts, args.seed)
+    texts = records(args.n, args.seed + 4) if args.one == "fps_lofcut_relevance" else None
+    extra = {}
     probes = selection_section(knn_exact_max=args.knn_exact_max, knn_probes=args.knn_probes).knn_probes_for(args.n)
     quality = np.random.default_rng(args.seed + 1).normal(size=args.n)
     tokens = np.random.default_rng(args.seed + 3).integers(1, 201, size=args.n)  # fps_lsnap's response tokens
@@ -103,9 +129,19 @@ def one(args) -> dict:
             nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device, probes=probes)
             lof_cut_z = schema_default("selection", "lof_cut_z")
             weight = diversity.graph_weight(GRAPH_WEIGHTS[args.one], x, ids, nbr, dist, "wasserstein", lof_cut_z)
-        if args.one == "fps_lofcut_hold":  # selection.fps_quality_hold_back on top
+        if args.one in ("fps_lofcut_hold", "fps_lofcut_relevance"):  # selection.fps_quality_hold_back on top
             share = schema_default("selection", "fps_quality_hold_back")
             weight = diversity.quality_hold_back(weight, quality, ids, share)
+        if args.one == "fps_lofcut_relevance":  # the candidates' prompt coverage, then the relevance hold-back
+            t1 = time.perf_counter()
+            batches = [
+                (np.arange(lo, min(lo + RECORD_BATCH, args.n)), texts[lo : lo + RECORD_BATCH])
+                for lo in range(0, args.n, RECORD_BATCH)
+            ]
+            coverage = prompt_coverage(lambda: iter(batches), args.n)
+            extra["coverage_s"] = time.perf_counter() - t1
+            dataset = np.full(args.n, "pool", dtype=object)
+            weight = diversity.relevance_hold_back(weight, quality, coverage, dataset, ids, RELEVANCE_SHARE)
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
         ).picks
@@ -138,7 +174,7 @@ def one(args) -> dict:
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert len(set(picks.tolist())) == args.k
-    return {"method": args.one, "s": seconds, "peak_MiB": peak, "extra_MiB": peak - before}
+    return {"method": args.one, "s": seconds, "peak_MiB": peak, "extra_MiB": peak - before, **extra}
 
 
 def main() -> None:
@@ -178,7 +214,8 @@ def main() -> None:
         rows[method] = json.loads(out.strip().splitlines()[-1])
         r = rows[method]
         print(
-            f"{method:18s} {r['s']:9.1f} s  peak RSS {r['peak_MiB']:8.0f} MiB  (+{r['extra_MiB']:.0f} MiB in the call)",
+            f"{method:20s} {r['s']:9.1f} s  peak RSS {r['peak_MiB']:8.0f} MiB  (+{r['extra_MiB']:.0f} MiB in the call)"
+            + (f"  (coverage s {r['coverage_s']:.1f})" if "coverage_s" in r else ""),
             flush=True,
         )
     base = rows["fps"]
