@@ -669,15 +669,16 @@ def test_fps_warns_when_the_max_min_distance_reaches_zero(tmp_path, caplog):
 @pytest.mark.parametrize(
     ("strata", "fps_weight", "fps_snap", "hold"),
     [
-        (1, "none", "none", 0),
-        (3, "none", "none", 0),
-        (3, "density", "none", 0),
-        (3, "lof", "none", 0),
-        (1, "lof_cut", "none", 0),
-        (3, "lof_cut", "none", 0.3),
-        (3, "none", "density", 0),
-        (1, "none", "quality", 0),
-        (3, "none", "length", 0),
+        (1, "none", "none", {}),
+        (3, "none", "none", {}),
+        (3, "density", "none", {}),
+        (3, "lof", "none", {}),
+        (1, "lof_cut", "none", {}),
+        (3, "lof_cut", "none", {"fps_quality_hold_back": 0.3}),
+        (3, "lof_cut", "none", {"fps_quality_hold_back": 0.1, "fps_relevance_hold_back": 0.3}),
+        (3, "none", "density", {}),
+        (1, "none", "quality", {}),
+        (3, "none", "length", {}),
     ],
 )
 def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fps_snap, hold, caplog, monkeypatch):
@@ -688,7 +689,7 @@ def test_fps_on_two_ranks_writes_the_same_curve(tmp_path, strata, fps_weight, fp
     pool = make_pool(seed=7)
     paths = write_shards(pool, tmp_path / "a", seed=2)
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_weight=fps_weight)
-    kw.update(fps_snap=fps_snap, lof_cut_z=1.0, fps_quality_hold_back=hold)
+    kw.update({"fps_snap": fps_snap, "lof_cut_z": 1.0, "fps_quality_hold_back": 0, **hold})
     sel = section(distance_batch_size=4, **kw)
     build_candidates(paths, tmp_path / "candidates.h5", tmp_path / "candidates_quality.tsv", sel)
     assert run_fps(tmp_path / "candidates.h5", tmp_path / "one.tsv", sel) == 9
