@@ -64,6 +64,14 @@ class RouterDumpConfig:
     shards_per_job: int
 
 
+# FPS keys besides fps_weight that another diversity would ignore: their off value, and what they do to FPS
+_UNUSED_WITHOUT_FPS = {
+    "fps_quality_hold_back": (0, "holds back candidates from"),
+    "fps_relevance_hold_back": (0, "holds back candidates from"),
+    "fps_snap": ("none", "snaps the picks of"),
+}
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     selection_percentage: float
@@ -119,23 +127,12 @@ class SelectionConfig:
                 "pass, which selection.shared_answer_min_words: null turns off: set shared_answer_min_words (e.g. 4), "
                 "or shared_answer_max_samples: null"
             )
-        if self._asked("fps_quality_hold_back", 0) and self.diversity != "fps":
-            raise SelectFlowError(
-                f"selection.fps_quality_hold_back: {self.fps_quality_hold_back} holds back candidates from "
-                f"farthest-point sampling, and selection.diversity is {self.diversity}, which runs no FPS: set "
-                "fps_quality_hold_back: 0, or diversity: fps"
-            )
-        if self._asked("fps_relevance_hold_back", 0) and self.diversity != "fps":
-            raise SelectFlowError(
-                f"selection.fps_relevance_hold_back: {self.fps_relevance_hold_back} holds back candidates from "
-                f"farthest-point sampling, and selection.diversity is {self.diversity}, which runs no FPS: set "
-                "fps_relevance_hold_back: 0, or diversity: fps"
-            )
-        if self._asked("fps_snap", "none") and self.diversity != "fps":
-            raise SelectFlowError(
-                f"selection.fps_snap: {self.fps_snap} snaps the picks of farthest-point sampling, and "
-                f"selection.diversity is {self.diversity}, which runs no FPS: set fps_snap: none, or diversity: fps"
-            )
+        for key, (off, does) in _UNUSED_WITHOUT_FPS.items():
+            if self._asked(key, off) and self.diversity != "fps":
+                raise SelectFlowError(
+                    f"selection.{key}: {getattr(self, key)} {does} farthest-point sampling, and selection.diversity "
+                    f"is {self.diversity}, which runs no FPS: set {key}: {off}, or diversity: fps"
+                )
 
     def knn_probes_for(self, m: int) -> int | None:
         """The ``probes`` of :func:`selectflow.select.diversity.knn_graph` for ``m`` candidates:

@@ -36,7 +36,6 @@ from selectflow.select.write import REASON_PREFIXES, count_reason
 log = logging.getLogger(__name__)
 
 COUNT_COLUMNS = ("pool", "kept", "candidates", "selected", "duplicates", "shared_answers")
-
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ (WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
 MAX_MESSAGES = 8
 

@@ -385,10 +385,7 @@ def quality_hold_back(weight: np.ndarray | None, quality: np.ndarray, ids: np.nd
     An FPS step picks a held-back candidate only where its stratum has nothing else left, as with
     :func:`lof_cut_weight`; the other candidates keep their weights, so FPS among them is unchanged."""
     m = len(quality)
-    out = np.ones(m) if weight is None else np.array(weight, dtype=np.float64)
-    n_held = math.floor(share * m)
-    held = quality_rank(quality, ids) >= m - n_held
-    out[held] = LOF_CUT_WEIGHT
+    out, n_held = _hold_back(weight, baselines.quality_order(quality, ids)[::-1], share)
     log.info(
         "fps_quality_hold_back: the %d lowest of %d candidates by quality (%.1f %%) held back",
         n_held,
@@ -396,6 +393,15 @@ def quality_hold_back(weight: np.ndarray | None, quality: np.ndarray, ids: np.nd
         100 * n_held / m if m else 0.0,
     )
     return out
+
+
+def _hold_back(weight: np.ndarray | None, worst_first: np.ndarray, share: float) -> tuple[np.ndarray, int]:
+    """``weight`` (None: 1 for every row) float64 [m] with the first ``floor(share · m)`` rows of ``worst_first``
+    (a permutation of the rows) set to :data:`LOF_CUT_WEIGHT`, and that count; ``weight`` is not changed."""
+    out = np.ones(len(worst_first)) if weight is None else np.array(weight, dtype=np.float64)
+    n_held = math.floor(share * len(worst_first))
+    out[worst_first[:n_held]] = LOF_CUT_WEIGHT
+    return out, n_held
 
 
 def relevance_hold_back(
@@ -415,10 +421,8 @@ def relevance_hold_back(
     :func:`~selectflow.select.quality.prompt_coverage`); the least relevant are those with the largest
     mean, ties by ``ids``. Held back as :func:`quality_hold_back` holds back."""
     m = len(quality)
-    out = np.ones(m) if weight is None else np.array(weight, dtype=np.float64)
     place = (_place_within(quality, dataset, ids) + _place_within(coverage, dataset, ids)) / 2
-    n_held = math.floor(share * m)
-    out[np.lexsort((np.asarray(ids).astype(str), -place))[:n_held]] = LOF_CUT_WEIGHT
+    out, n_held = _hold_back(weight, np.lexsort((np.asarray(ids).astype(str), -place)), share)
     log.info(
         "fps_relevance_hold_back: the %d least relevant of %d candidates (%.1f %%; quality and prompt coverage) "
         "held back",
@@ -430,14 +434,14 @@ def relevance_hold_back(
 
 
 def _place_within(values: np.ndarray, groups: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Each row's rank in :func:`~selectflow.select.baselines.quality_order` of ``values`` among the rows of its
-    group, over the group's size: float64 [m] in [0, 1), 0 = the group's best."""
+    """Each row's :func:`quality_rank` of ``values`` among the rows of its group, over the group's size:
+    float64 [m] in [0, 1), 0 = the group's best."""
     groups = np.asarray(groups).astype(str)
-    ids = np.asarray(ids)
+    values, ids = np.asarray(values), np.asarray(ids)
     out = np.empty(len(values), dtype=np.float64)
     for g in np.unique(groups):
         rows = np.flatnonzero(groups == g)
-        out[rows[baselines.quality_order(np.asarray(values)[rows], ids[rows])]] = np.arange(len(rows)) / len(rows)
+        out[rows] = quality_rank(values[rows], ids[rows]) / len(rows)
     return out
 
 
