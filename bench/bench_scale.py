@@ -215,8 +215,14 @@ def main() -> None:
         "(continue-selection in one process), chain_exact_only (the same without near-duplicate "
         "dedup); default %(default)s",
     )
-    ap.add_argument("--workdir", default=None, help="where the shards go (default: a temporary folder)")
+    ap.add_argument(
+        "--workdir",
+        default=None,
+        help="folder to hold the run's temporary folder of shards (created if missing; default: the system's)",
+    )
     args = ap.parse_args()
+    if args.workdir is not None:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         work = Path(work)
