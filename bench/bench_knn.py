@@ -25,6 +25,13 @@ from one of C shared routing patterns instead (clustered, as routing of real tex
     python bench/bench_knn.py --n 100000 --layers 4 --experts 16            # D = 64
     python bench/bench_knn.py --n 50000 --layers 16 --experts 64 --probes 16 32
     python bench/bench_knn.py --candidates results/demo/candidates.h5
+    python bench/bench_knn.py --n 50000 --ivfflat      # also FAISS's IndexIVFFlat, as a baseline
+
+``--ivfflat`` also builds, for each ``--probes``, the same graph with FAISS's ``IndexIVFFlat``
+(its own inverted lists, holding a float32 copy of the features; the neighbours it finds given
+their exact distances): what the workflow's approximate graph was built with up to ``d1b7f4e``.
+The script then prints the workflow's graph's time and memory in the call against it, and how
+many neighbours the two graphs share.
 """
 
 from __future__ import annotations
@@ -67,18 +74,45 @@ def features(args) -> np.ndarray:
     return np.concatenate(out)
 
 
+def ivfflat_graph(x: np.ndarray, neighbors: int, probes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline: FAISS ``IndexIVFFlat`` (L1, lists by L2 k-means with seed 0, as many lists as
+    the workflow's graph) over a float32 copy of ``x``; the neighbours found by (exact L1 distance, index)."""
+    import math
+
+    import faiss
+
+    from selectflow.select.diversity import IVF_MIN_PER_LIST
+
+    m, dim = x.shape
+    kk = min(neighbors + 1, m)
+    lists = max(1, min(round(math.sqrt(m)), m // IVF_MIN_PER_LIST))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists, faiss.METRIC_L1)
+    index.cp.seed = 0
+    index.train(x)
+    index.add(x)
+    index.nprobe = min(probes, lists)
+    nbr = np.concatenate([index.search(x[lo : lo + 8192], kk)[1] for lo in range(0, m, 8192)])
+    del index
+    dist = np.stack([np.abs(x[nbr[i]] - x[i]).sum(1, dtype=np.float32) for i in range(m)])
+    order = np.lexsort((nbr, dist), axis=1)
+    return np.take_along_axis(nbr, order, 1), np.take_along_axis(dist, order, 1)
+
+
 def one(args) -> dict:
-    """Build one graph (``--one exact`` or ``--one P`` probes) and save it under ``--save``."""
+    """Build one graph (``--one exact``, ``--one P`` probes or ``--one ivfflatP``) and save it under ``--save``."""
     import faiss  # noqa: F401 - imported before ``before``: the libraries' own memory is no method's
     import torch  # noqa: F401
 
     from selectflow.select.diversity import knn_graph
 
     x = features(args)
-    probes = None if args.one == "exact" else int(args.one)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    nbr, dist = knn_graph(x, args.neighbors, "wasserstein", probes=probes)
+    if args.one.startswith("ivfflat"):
+        nbr, dist = ivfflat_graph(x, args.neighbors, int(args.one.removeprefix("ivfflat")))
+    else:
+        probes = None if args.one == "exact" else int(args.one)
+        nbr, dist = knn_graph(x, args.neighbors, "wasserstein", probes=probes)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     np.save(f"{args.save}/{args.one}.nbr.npy", nbr)
@@ -108,6 +142,7 @@ def main() -> None:
     p.add_argument("--probes", type=int, nargs="+", default=[32], help="selection.knn_probes values to try")
     p.add_argument("--k", type=int, default=1000, help="lof-weighted FPS picks compared")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ivfflat", action="store_true", help="also FAISS's IndexIVFFlat for each --probes (baseline)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -124,12 +159,13 @@ def main() -> None:
     print(f"k-NN graph of {source}; {args.neighbors} neighbours; each graph in a fresh process", flush=True)
     with tempfile.TemporaryDirectory() as save:
         rows = {}
-        for graph in ["exact", *map(str, args.probes)]:
+        baselines = [f"ivfflat{p}" for p in args.probes] if args.ivfflat else []
+        for graph in ["exact", *map(str, args.probes), *baselines]:
             cmd = [sys.executable, __file__, "--one", graph, "--save", save, *sys.argv[1:]]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout
             rows[graph] = r = json.loads(out.strip().splitlines()[-1])
             print(
-                f"{graph:>6s} {r['s']:9.1f} s  peak RSS {r['peak_MiB']:7.0f} MiB (+{r['extra_MiB']:.0f} in the call)"
+                f"{graph:>10s} {r['s']:9.1f} s  peak RSS {r['peak_MiB']:7.0f} MiB (+{r['extra_MiB']:.0f} in the call)"
                 f"  [m {r['m']}, D {r['D']}]",
                 flush=True,
             )
@@ -158,6 +194,16 @@ def main() -> None:
             f"their mean exact lof weight {exact_w[picks].mean():.4f}",
             flush=True,
         )
+        if args.ivfflat:
+            flat = rows[f"ivfflat{graph}"]
+            print(
+                f"probes {graph} / FAISS IndexIVFFlat: time x{r['s'] / flat['s']:.3f}, memory in the call "
+                f"{r['extra_MiB']:.0f} against {flat['extra_MiB']:.0f} MiB, "
+                f"peak RSS x{r['peak_MiB'] / flat['peak_MiB']:.2f}; "
+                f"neighbours shared {graph_recall(nbr, graphs[f'ivfflat{graph}'][0]):.3f}, IndexIVFFlat's recall "
+                f"{graph_recall(graphs[f'ivfflat{graph}'][0], graphs['exact'][0]):.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
