@@ -119,10 +119,10 @@ def _nearest(row: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
     return cand, row[cand]
 
 
-# the FAISS metric whose nearest rows are ``metric``'s nearest: cosine distance is 1 - a·b on the grid
-_IVF_METRIC = {"wasserstein": "METRIC_L1", "l2": "METRIC_L2", "cosine": "METRIC_INNER_PRODUCT"}
-IVF_SEARCH_ROWS = 8192  # rows searched at a time: the progress bar's step
 IVF_MIN_PER_LIST = 39  # FAISS's k-means wants at least this many training rows per list
+IVF_TRAIN_PER_LIST = 64  # k-means trains on at most this many sampled rows per list (FAISS copies them)
+IVF_BLOCK = 1 << 22  # distances, and query feature values, of one list computed at a time
+_EMPTY = np.iinfo(np.int64).max  # no neighbour found yet: after every (distance, index) key
 
 
 def ivf_graph(
@@ -134,19 +134,22 @@ def ivf_graph(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`knn_graph`'s arrays, approximate: the nearest rows found in ``probes`` inverted lists.
 
-    A FAISS ``IndexIVFFlat`` over all rows of ``feats`` [m, D]: about √m lists by k-means (fixed
-    seed: the same lists on every run, thread count and rank), each row searched in the ``probes``
-    lists nearest to it under ``metric``'s FAISS metric (wasserstein: L1, l2: L2, cosine: inner
-    product). The distances of the neighbours found are exact, computed as
-    :func:`selectflow.select.distance.pairwise` does; sorted by (distance, index). A row always finds
-    itself (or a copy), since its own list is searched; a neighbour outside the searched lists is
-    missed and a farther one takes its place. A row whose lists hold fewer than ``n_neighbors`` + 1
+    About √m lists over all rows of ``feats`` [m, D]: FAISS k-means (L2; spherical inner product
+    for cosine) on at most :data:`IVF_TRAIN_PER_LIST` seeded rows per list, fixed seed, so the same
+    lists on every run, thread count and rank; each row is filed in its nearest list and searched in
+    the ``probes`` lists nearest to it. The lists hold row indices only: each list's rows are
+    compared with the rows that search it straight from ``feats``, by
+    :func:`selectflow.select.distance.pairwise` (exact on the grid), and each row keeps its nearest
+    by (distance, index). So searching every list gives the exact graph, and a row always finds
+    itself (or a copy), its own list being its nearest. A neighbour outside the searched lists is
+    missed and a farther one takes its place; a row whose lists hold fewer than ``n_neighbors`` + 1
     rows is computed exactly (:func:`exact_rows`). The log gives the recall on :func:`check_rows`, a
-    seeded sample of 256 rows whose exact neighbours are computed (256·m distances). Memory: a
-    float32 copy of ``feats`` in the index, O(m·D), plus the graph; time about ``probes``/√m of the
-    exact graph's distances. ``rows`` as in :func:`knn_graph`.
+    seeded sample of 256 rows whose exact neighbours are computed (256·m distances). Memory: no copy
+    of ``feats`` (float32 ``feats`` is read in place), the graph, ``probes`` list numbers per row,
+    the k-means sample and :data:`IVF_BLOCK` distances; time about ``probes``/√m of the exact
+    graph's distances. ``rows`` as in :func:`knn_graph`.
     """
-    import faiss
+    import torch
 
     distance.check_metric(metric)
     m = len(feats)
@@ -155,10 +158,6 @@ def ivf_graph(
     x = np.ascontiguousarray(feats, dtype=np.float32)
     lists = max(1, min(round(math.sqrt(m)), m // IVF_MIN_PER_LIST))
     probes = min(int(probes), lists)
-    faiss_metric = getattr(faiss, _IVF_METRIC[metric])
-    quantizer = faiss.IndexFlatIP(x.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(x.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, x.shape[1], lists, faiss_metric)
-    index.cp.seed = 0
     log.info(
         "approximate %d-NN graph of %d candidates, rows [%d, %d): %d inverted lists, %d searched per row",
         kk - 1,
@@ -168,24 +167,31 @@ def ivf_graph(
         lists,
         probes,
     )
-    index.train(x)
-    index.add(x)
-    index.nprobe = probes
-    nbr = np.empty((last - first, kk), dtype=np.int64)
-    for lo in tqdm(
-        range(first, last, IVF_SEARCH_ROWS), desc=f"approximate {kk - 1}-NN graph", unit="block", disable=None
-    ):
-        hi = min(lo + IVF_SEARCH_ROWS, last)
-        nbr[lo - first : hi - first] = index.search(x[lo:hi], kk)[1]
-    del index
-    dist = np.empty(nbr.shape, dtype=np.float32)
-    step = max(1, KNN_BLOCK // (kk * x.shape[1]))  # the neighbours' features gathered at a time
-    for lo in range(0, len(nbr), step):
-        hi = min(lo + step, len(nbr))
-        dist[lo:hi] = _row_distances(x, np.arange(first + lo, first + hi), nbr[lo:hi], metric)
-    order = np.lexsort((nbr, dist), axis=1)
-    nbr, dist = np.take_along_axis(nbr, order, 1), np.take_along_axis(dist, order, 1)
-    short = np.flatnonzero((nbr < 0).any(1))  # FAISS pads with -1 (at +inf: sorted last) when the lists ran short
+    own, searched = _inverted_lists(x, lists, metric, probes, first, last)
+    members = np.argsort(own, kind="stable")  # the rows of each list, ascending
+    member_at = np.searchsorted(own[members], np.arange(lists + 1))
+    queries = np.argsort(searched.ravel(), kind="stable")  # the rows searching each list, ascending
+    query_at = np.searchsorted(searched.ravel()[queries], np.arange(lists + 1))
+    queries //= probes
+    del own, searched
+    best = torch.full((last - first, kk), _EMPTY, dtype=torch.int64)
+    for li in tqdm(range(lists), desc=f"approximate {kk - 1}-NN graph", unit="list", disable=None):
+        cols = members[member_at[li] : member_at[li + 1]]
+        asking = queries[query_at[li] : query_at[li + 1]]
+        if not len(cols) or not len(asking):
+            continue
+        b, col_ids = torch.as_tensor(x[cols]), torch.as_tensor(cols)
+        step = max(1, IVF_BLOCK // max(len(cols), x.shape[1]))
+        for lo in range(0, len(asking), step):
+            q = torch.as_tensor(asking[lo : lo + step])
+            d = distance.pairwise(torch.as_tensor(x[q.numpy() + first]), b, metric) + 0.0  # -0.0 → +0.0
+            # (distance, index) in one int64: the bits of a float32 >= 0 sort as the float does
+            keys = (d.view(torch.int32).to(torch.int64) << 32) | col_ids
+            found = torch.topk(keys, min(kk, len(cols)), dim=1, largest=False).values
+            best[q] = torch.topk(torch.cat([best[q], found], 1), kk, dim=1, largest=False).values
+    short = np.flatnonzero((best == _EMPTY).any(1).numpy())
+    nbr = (best & 0xFFFFFFFF).numpy()
+    dist = (best >> 32).to(torch.int32).view(torch.float32).numpy()
     if len(short):
         log.info("%d rows found fewer than %d neighbours in their lists: computed exactly", len(short), kk - 1)
         nbr[short], dist[short] = exact_rows(x, first + short, kk, metric)
@@ -200,6 +206,31 @@ def ivf_graph(
             len(check),
         )
     return nbr, dist
+
+
+def _inverted_lists(
+    x: np.ndarray, lists: int, metric: str, probes: int, first: int, last: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The list int64 [m] each row of ``x`` is filed in (its nearest k-means centroid) and the ``probes``
+    lists int64 [last - first, probes] that rows ``first..last-1`` search, nearest first."""
+    import faiss
+
+    dim = x.shape[1]
+    cp = faiss.ClusteringParameters()
+    cp.niter, cp.seed, cp.max_points_per_centroid = 10, 0, IVF_TRAIN_PER_LIST
+    cp.spherical = metric == "cosine"
+    centroids = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
+    faiss.Clustering(dim, lists, cp).train(x, centroids)
+    own = np.empty(len(x), dtype=np.int64)
+    searched = np.empty((last - first, probes), dtype=np.int64)
+    for lo in range(0, len(x), IVF_BLOCK // dim):
+        hi = min(lo + IVF_BLOCK // dim, len(x))
+        near = centroids.search(x[lo:hi], probes)[1]
+        own[lo:hi] = near[:, 0]
+        a, b = max(lo, first), min(hi, last)
+        if a < b:
+            searched[a - first : b - first] = near[a - lo : b - lo]
+    return own, searched
 
 
 IVF_CHECK_ROWS = 256  # rows of the approximate graph checked against their exact neighbours
@@ -238,14 +269,6 @@ def exact_rows(x: np.ndarray, rows: np.ndarray, kk: int, metric: str) -> tuple[n
         for i, row in enumerate(d):
             nbr[lo + i], dist[lo + i] = _nearest(row, kk)
     return nbr, dist
-
-
-def _row_distances(x: np.ndarray, rows: np.ndarray, nbr: np.ndarray, metric: str) -> np.ndarray:
-    """Float32 [len(rows), kk] exact distances of ``x[rows]`` to ``x[nbr]`` (``nbr`` -1: +inf),
-    :func:`selectflow.select.distance.paired`."""
-    found = nbr >= 0
-    d = distance.paired(x[rows], x[np.where(found, nbr, 0)], metric)
-    return np.where(found, d, np.inf).astype(np.float32)
 
 
 def graph_recall(found: np.ndarray, exact: np.ndarray) -> float:
