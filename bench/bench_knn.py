@@ -4,8 +4,9 @@ The k-NN graph of the candidates feeds ``fps_weight: lof`` (and ``density``,
 ``fps_snap``, ``diversity: facility_location``). Exact, it costs O(m²·D) time; above
 ``knn_exact_max`` candidates it comes from FAISS inverted lists instead
 (:func:`selectflow.select.diversity.ivf_graph`). Each graph is built in a fresh Python process
-(``--one``) on the same seeded features; ``ru_maxrss`` is read before the call (features built)
-and after. The exact graph is the baseline; for each ``--probes`` value the script prints the
+(``--one``) on the same seeded features; the memory in the call is the peak RSS during the call
+(Linux: the high-water mark reset once the features are built, so building them does not hide
+it) less the RSS before it. The exact graph is the baseline; for each ``--probes`` value the script prints the
 time and peak-RSS ratios and what the approximation changes:
 
 * recall: the share of each candidate's exact ``--neighbors`` + 1 nearest found, over all candidates;
@@ -26,12 +27,14 @@ from one of C shared routing patterns instead (clustered, as routing of real tex
     python bench/bench_knn.py --n 50000 --layers 16 --experts 64 --probes 16 32
     python bench/bench_knn.py --candidates results/demo/candidates.h5
     python bench/bench_knn.py --n 50000 --ivfflat      # also FAISS's IndexIVFFlat, as a baseline
+    python bench/bench_knn.py --n 200000 --ivfflat --no-exact   # no exact graph: too slow at this m
 
 ``--ivfflat`` also builds, for each ``--probes``, the same graph with FAISS's ``IndexIVFFlat``
 (its own inverted lists, holding a float32 copy of the features; the neighbours it finds given
 their exact distances): what the workflow's approximate graph was built with up to ``d1b7f4e``.
 The script then prints the workflow's graph's time and memory in the call against it, and how
-many neighbours the two graphs share.
+many neighbours the two graphs share. ``--no-exact`` leaves the exact graph out (and with it the
+recall and the lof comparisons), for an m where it would take hours.
 """
 
 from __future__ import annotations
@@ -98,6 +101,24 @@ def ivfflat_graph(x: np.ndarray, neighbors: int, probes: int) -> tuple[np.ndarra
     return np.take_along_axis(nbr, order, 1), np.take_along_axis(dist, order, 1)
 
 
+def rss_mib() -> tuple[float, float]:
+    """This process's (RSS, peak RSS) in MiB: ``/proc/self/status`` where there is one, else ``ru_maxrss`` for both."""
+    try:
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return float(status["VmRSS"].split()[0]) / 1024, float(status["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak, peak
+
+
+def reset_peak() -> None:
+    """Reset the peak RSS to the current RSS (Linux ``clear_refs`` 5); elsewhere a no-op."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def one(args) -> dict:
     """Build one graph (``--one exact``, ``--one P`` probes or ``--one ivfflatP``) and save it under ``--save``."""
     import faiss  # noqa: F401 - imported before ``before``: the libraries' own memory is no method's
@@ -106,7 +127,8 @@ def one(args) -> dict:
     from selectflow.select.diversity import knn_graph
 
     x = features(args)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reset_peak()
+    before = rss_mib()[0]
     t0 = time.perf_counter()
     if args.one.startswith("ivfflat"):
         nbr, dist = ivfflat_graph(x, args.neighbors, int(args.one.removeprefix("ivfflat")))
@@ -114,7 +136,7 @@ def one(args) -> dict:
         probes = None if args.one == "exact" else int(args.one)
         nbr, dist = knn_graph(x, args.neighbors, "wasserstein", probes=probes)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = rss_mib()[1]
     np.save(f"{args.save}/{args.one}.nbr.npy", nbr)
     np.save(f"{args.save}/{args.one}.dist.npy", dist)
     return {"graph": args.one, "s": seconds, "peak_MiB": peak, "extra_MiB": peak - before, "m": len(x), "D": x.shape[1]}
@@ -143,9 +165,12 @@ def main() -> None:
     p.add_argument("--k", type=int, default=1000, help="lof-weighted FPS picks compared")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ivfflat", action="store_true", help="also FAISS's IndexIVFFlat for each --probes (baseline)")
+    p.add_argument("--no-exact", action="store_true", help="no exact graph (needs --ivfflat): no recall, no lof")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.no_exact and not args.ivfflat:
+        p.error("--no-exact leaves nothing to compare against without --ivfflat")
     if args.one:
         print(json.dumps(one(args)))
         return
@@ -160,7 +185,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as save:
         rows = {}
         baselines = [f"ivfflat{p}" for p in args.probes] if args.ivfflat else []
-        for graph in ["exact", *map(str, args.probes), *baselines]:
+        exact = [] if args.no_exact else ["exact"]
+        for graph in [*exact, *map(str, args.probes), *baselines]:
             cmd = [sys.executable, __file__, "--one", graph, "--save", save, *sys.argv[1:]]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout
             rows[graph] = r = json.loads(out.strip().splitlines()[-1])
@@ -172,36 +198,41 @@ def main() -> None:
         x = features(args)
         graphs = {g: (np.load(f"{save}/{g}.nbr.npy"), np.load(f"{save}/{g}.dist.npy")) for g in rows}
     k = min(args.k, len(x))
-    exact_w, exact_picks = lof_picks(x, *graphs["exact"], k)
-    drawn = np.random.default_rng(args.seed + 1).choice(len(x), k, replace=False)
-    print(
-        f"mean exact lof weight of the picks: exact graph {exact_w[exact_picks].mean():.4f}, "
-        f"random {exact_w[drawn].mean():.4f}",
-        flush=True,
-    )
-    base = rows["exact"]
-    for graph in map(str, args.probes):
-        nbr, dist = graphs[graph]
-        recall = graph_recall(nbr, graphs["exact"][0])
-        weight, picks = lof_picks(x, nbr, dist, k)
-        r = rows[graph]
+    if not args.no_exact:
+        exact_w, exact_picks = lof_picks(x, *graphs["exact"], k)
+        drawn = np.random.default_rng(args.seed + 1).choice(len(x), k, replace=False)
         print(
-            f"probes {graph} / exact: time x{r['s'] / base['s']:.3f} (speed-up {base['s'] / r['s']:.1f}), "
-            f"peak RSS x{r['peak_MiB'] / base['peak_MiB']:.2f}; recall {recall:.3f}, "
-            f"spread Spearman {spearmanr(mean_spread(dist), mean_spread(graphs['exact'][1])).statistic:.4f}, "
-            f"lof Spearman {spearmanr(weight, exact_w).statistic:.4f}, "
-            f"lof-FPS picks shared {len(np.intersect1d(picks, exact_picks)) / k:.3f} of {k}, "
-            f"their mean exact lof weight {exact_w[picks].mean():.4f}",
+            f"mean exact lof weight of the picks: exact graph {exact_w[exact_picks].mean():.4f}, "
+            f"random {exact_w[drawn].mean():.4f}",
             flush=True,
         )
+    for graph in map(str, args.probes):
+        nbr, dist = graphs[graph]
+        r = rows[graph]
+        if not args.no_exact:
+            base = rows["exact"]
+            weight, picks = lof_picks(x, nbr, dist, k)
+            print(
+                f"probes {graph} / exact: time x{r['s'] / base['s']:.3f} (speed-up {base['s'] / r['s']:.1f}), "
+                f"peak RSS x{r['peak_MiB'] / base['peak_MiB']:.2f}; "
+                f"recall {graph_recall(nbr, graphs['exact'][0]):.3f}, "
+                f"spread Spearman {spearmanr(mean_spread(dist), mean_spread(graphs['exact'][1])).statistic:.4f}, "
+                f"lof Spearman {spearmanr(weight, exact_w).statistic:.4f}, "
+                f"lof-FPS picks shared {len(np.intersect1d(picks, exact_picks)) / k:.3f} of {k}, "
+                f"their mean exact lof weight {exact_w[picks].mean():.4f}",
+                flush=True,
+            )
         if args.ivfflat:
+            flat_nbr = graphs[f"ivfflat{graph}"][0]
             flat = rows[f"ivfflat{graph}"]
+            recall = (
+                "" if args.no_exact else f", IndexIVFFlat's recall {graph_recall(flat_nbr, graphs['exact'][0]):.3f}"
+            )
             print(
                 f"probes {graph} / FAISS IndexIVFFlat: time x{r['s'] / flat['s']:.3f}, memory in the call "
                 f"{r['extra_MiB']:.0f} against {flat['extra_MiB']:.0f} MiB, "
                 f"peak RSS x{r['peak_MiB'] / flat['peak_MiB']:.2f}; "
-                f"neighbours shared {graph_recall(nbr, graphs[f'ivfflat{graph}'][0]):.3f}, IndexIVFFlat's recall "
-                f"{graph_recall(graphs[f'ivfflat{graph}'][0], graphs['exact'][0]):.3f}",
+                f"neighbours shared {graph_recall(nbr, flat_nbr):.3f}{recall}",
                 flush=True,
             )
 
