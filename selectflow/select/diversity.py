@@ -121,7 +121,7 @@ def _nearest(row: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
 
 IVF_MIN_PER_LIST = 39  # FAISS's k-means wants at least this many training rows per list
 IVF_TRAIN_PER_LIST = 64  # k-means trains on at most this many sampled rows per list (FAISS copies them)
-IVF_BLOCK = 1 << 22  # distances, and query feature values, of one list computed at a time
+IVF_BLOCK = 1 << 20  # distances, and query feature values, of one list computed at a time
 _EMPTY = np.iinfo(np.int64).max  # no neighbour found yet: after every (distance, index) key
 
 
@@ -168,10 +168,8 @@ def ivf_graph(
         probes,
     )
     own, searched = _inverted_lists(x, lists, metric, probes, first, last)
-    members = np.argsort(own, kind="stable")  # the rows of each list, ascending
-    member_at = np.searchsorted(own[members], np.arange(lists + 1))
-    queries = np.argsort(searched.ravel(), kind="stable")  # the rows searching each list, ascending
-    query_at = np.searchsorted(searched.ravel()[queries], np.arange(lists + 1))
+    members, member_at = _by_list(own, lists)  # the rows of each list
+    queries, query_at = _by_list(searched.ravel(), lists)  # the rows (× probes) searching each list
     queries //= probes
     del own, searched
     best = torch.full((last - first, kk), _EMPTY, dtype=torch.int64)
@@ -180,13 +178,13 @@ def ivf_graph(
         asking = queries[query_at[li] : query_at[li + 1]]
         if not len(cols) or not len(asking):
             continue
-        b, col_ids = torch.as_tensor(x[cols]), torch.as_tensor(cols)
+        b, col_ids = torch.as_tensor(x[cols]), torch.as_tensor(cols.astype(np.int64))
         step = max(1, IVF_BLOCK // max(len(cols), x.shape[1]))
         for lo in range(0, len(asking), step):
-            q = torch.as_tensor(asking[lo : lo + step])
-            d = distance.pairwise(torch.as_tensor(x[q.numpy() + first]), b, metric) + 0.0  # -0.0 → +0.0
+            q = torch.as_tensor(asking[lo : lo + step].astype(np.int64))
+            d = distance.pairwise(torch.as_tensor(x[q.numpy() + first]), b, metric).add_(0.0)  # -0.0 → +0.0
             # (distance, index) in one int64: the bits of a float32 >= 0 sort as the float does
-            keys = (d.view(torch.int32).to(torch.int64) << 32) | col_ids
+            keys = d.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(col_ids)
             found = torch.topk(keys, min(kk, len(cols)), dim=1, largest=False).values
             best[q] = torch.topk(torch.cat([best[q], found], 1), kk, dim=1, largest=False).values
     short = np.flatnonzero((best == _EMPTY).any(1).numpy())
@@ -208,11 +206,19 @@ def ivf_graph(
     return nbr, dist
 
 
+def _by_list(lists_of: np.ndarray, lists: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions int32 of ``lists_of`` (each position's list, [n]) grouped by list, ascending within
+    each, and where each list's start int64 [lists + 1]: list l's positions are ``out[at[l] : at[l + 1]]``."""
+    at = np.zeros(lists + 1, dtype=np.int64)
+    np.cumsum(np.bincount(lists_of, minlength=lists), out=at[1:])
+    return np.argsort(lists_of, kind="stable").astype(np.int32), at
+
+
 def _inverted_lists(
     x: np.ndarray, lists: int, metric: str, probes: int, first: int, last: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The list int64 [m] each row of ``x`` is filed in (its nearest k-means centroid) and the ``probes``
-    lists int64 [last - first, probes] that rows ``first..last-1`` search, nearest first."""
+    """The list int32 [m] each row of ``x`` is filed in (its nearest k-means centroid) and the ``probes``
+    lists int32 [last - first, probes] that rows ``first..last-1`` search, nearest first."""
     import faiss
 
     dim = x.shape[1]
@@ -221,8 +227,8 @@ def _inverted_lists(
     cp.spherical = metric == "cosine"
     centroids = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
     faiss.Clustering(dim, lists, cp).train(x, centroids)
-    own = np.empty(len(x), dtype=np.int64)
-    searched = np.empty((last - first, probes), dtype=np.int64)
+    own = np.empty(len(x), dtype=np.int32)
+    searched = np.empty((last - first, probes), dtype=np.int32)
     for lo in range(0, len(x), IVF_BLOCK // dim):
         hi = min(lo + IVF_BLOCK // dim, len(x))
         near = centroids.search(x[lo:hi], probes)[1]
@@ -259,13 +265,9 @@ def exact_rows(x: np.ndarray, rows: np.ndarray, kk: int, metric: str) -> tuple[n
     for lo in range(0, len(rows), step):
         part = rows[lo : lo + step]
         a = torch.as_tensor(x[part]).to(dtype)
-        d = np.concatenate(
-            [
-                distance.pairwise(a, torch.as_tensor(x[c : c + cols]).to(dtype), metric).numpy()
-                for c in range(0, m, cols)
-            ],
-            axis=1,
-        )
+        d = np.empty((len(part), m), dtype=np.float32)
+        for c in range(0, m, cols):
+            d[:, c : c + cols] = distance.pairwise(a, torch.as_tensor(x[c : c + cols]).to(dtype), metric).numpy()
         for i, row in enumerate(d):
             nbr[lo + i], dist[lo + i] = _nearest(row, kk)
     return nbr, dist
