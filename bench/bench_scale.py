@@ -17,6 +17,11 @@ peak RSS (``ru_maxrss``) is its own. Baselines measured in the same run:
 
     python bench/bench_scale.py --n 20000              # a quick run
     python bench/bench_scale.py --n 1000000 --k 10000 --candidates 0.1 --steps chain   # the 1M check
+    python bench/bench_scale.py --n 1000000 --candidates 0.1 --steps candidates,candidates_nogates --gates
+
+``--gates``: the shards also hold ``quality_logits`` [n, L, 2] float32, as a model with Select-MoE's
+quality gates dumps them; ``candidates_nogates`` then runs ``candidates`` again on a copy of the
+shards without them (a baseline in the same run: what the gates cost).
 
 Prints one line per step and the ratios.
 """
@@ -54,8 +59,9 @@ def word_blocks(seed: int = 0) -> np.ndarray:
     return np.array([" ".join(row) for row in words], dtype=object)
 
 
-def make_shard(path: Path, lo: int, m: int, seed: int) -> None:
-    """Shard of samples ``lo`` .. ``lo + m``: Dirichlet(0.3) routing, ~1 KB records, NLLs; skipped if complete."""
+def make_shard(path: Path, lo: int, m: int, seed: int, gates: bool = False) -> None:
+    """Shard of samples ``lo`` .. ``lo + m``: Dirichlet(0.3) routing, ~1 KB records, NLLs, with ``gates`` the
+    quality gates' logits [m, L, 2] (standard normal); skipped if complete."""
     from selectflow.router.routerfile import RouterShard, shard_header, write_router_shard
     from selectflow.runtime.errors import SelectFlowError
 
@@ -97,18 +103,22 @@ def make_shard(path: Path, lo: int, m: int, seed: int) -> None:
             nll_response_alone=alone,
             nll_eos=rng.uniform(0.1, 1.0, size=m).astype(np.float32),
             record=np.array(records, dtype=object),
+            quality_logits=rng.standard_normal((m, L, 2), dtype=np.float32) if gates else None,
         ),
     )
 
 
-def make_shards(root: Path, n: int, shard_size: int, seed: int = 0, workers: int = 2) -> list[Path]:
+def make_shards(
+    root: Path, n: int, shard_size: int, seed: int = 0, workers: int = 2, gates: bool = False
+) -> list[Path]:
     """``n`` samples in shards of ``shard_size`` under ``root``, written by ``workers`` processes (complete ones
-    kept)."""
+    kept); ``gates``: with quality gates' logits."""
     from concurrent.futures import ProcessPoolExecutor
 
     root.mkdir(parents=True, exist_ok=True)
     jobs = [
-        (root / f"shard_{k:05d}.h5", lo, min(shard_size, n - lo), seed) for k, lo in enumerate(range(0, n, shard_size))
+        (root / f"shard_{k:05d}.h5", lo, min(shard_size, n - lo), seed, gates)
+        for k, lo in enumerate(range(0, n, shard_size))
     ]
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(make_shard, *zip(*jobs)))
@@ -213,8 +223,10 @@ def main() -> None:
         default="candidates,fps,ranks,selected_data",
         help="comma-separated, of candidates, fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
         "(continue-selection in one process), chain_exact_only (the same without near-duplicate "
-        "dedup); default %(default)s",
+        "dedup), candidates_nogates (with --gates: candidates on the same shards without the gates' "
+        "logits); default %(default)s",
     )
+    ap.add_argument("--gates", action="store_true", help="the shards hold quality gates' logits [n, L, 2]")
     ap.add_argument(
         "--workdir",
         default=None,
@@ -227,7 +239,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         work = Path(work)
         t = time.perf_counter()
-        paths = make_shards(work / "shards", args.n, args.shard_size)
+        paths = make_shards(work / "shards", args.n, args.shard_size, gates=args.gates)
         size = sum(p.stat().st_size for p in paths)
         print(
             f"N={args.n:,}: {len(paths)} shards, {size / 2**30:.2f} GiB on disk, written in "
@@ -254,6 +266,12 @@ def main() -> None:
             )
         if "candidates" in steps:
             rows["candidates"] = run_step("candidates", common)
+        if "candidates_nogates" in steps and args.gates:
+            plain = make_shards(work / "shards_nogates", args.n, args.shard_size)  # the same samples, no gates
+            (work / "nogates").mkdir()
+            rows["candidates, no gates (baseline)"] = run_step(
+                "candidates", {**common, "paths": [str(p) for p in plain], "out": str(work / "nogates")}
+            )
         if "candidates" in steps and args.n <= args.old_max:
             rows["candidates (in-memory, before)"] = run_step("candidates_old", common)
             import h5py
