@@ -17,7 +17,7 @@ from selectflow.runtime.errors import SelectFlowError
 from selectflow.select.candidates import candidates_of_pool
 from selectflow.select.dedup import answer_keys, near_keys, routing_keys, text_keys
 from selectflow.select.pool import Pool
-from selectflow.select.quality import record_facts
+from selectflow.select.quality import gate_good, record_facts
 
 
 class WholeRows:
@@ -62,7 +62,7 @@ def whole_pool(paths, sel) -> Pool:
         n_response_tokens=whole.n_response_tokens,
         routing_key=routing_keys(whole.moe_probs),
         rows=WholeRows(whole),
-        quality_logits=whole.quality_logits,
+        gate_good=None if whole.quality_logits is None else gate_good(whole.quality_logits),
         nll_response_alone=whole.nll_response_alone,
         nll_eos=whole.nll_eos,
         near=near,

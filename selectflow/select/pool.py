@@ -32,7 +32,7 @@ from selectflow.router.routerfile import (
 )
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.select.dedup import answer_keys, near_keys, routing_keys, text_keys
-from selectflow.select.quality import record_facts
+from selectflow.select.quality import gate_good, record_facts
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Pool:
     n_response_tokens: np.ndarray  # [n] int32
     routing_key: np.ndarray  # [n] S16: dedup.routing_keys of the moe_probs
     rows: ShardRows  # where each row lives, to read back features and records
-    quality_logits: np.ndarray | None = None  # [n, L, 2] float32
+    gate_good: np.ndarray | None = None  # [n] float64: quality.gate_good of the shards' quality_logits
     nll_response_alone: np.ndarray | None = None  # [n] float32
     nll_eos: np.ndarray | None = None  # [n] float32
     empty_response: np.ndarray | None = None  # [n] bool (quality.record_facts)
@@ -109,7 +109,7 @@ class Pool:
         return len(self.sample_id)
 
 
-_STACKED = ("sample_id", "nll_response", "n_response_tokens", "quality_logits", "nll_response_alone", "nll_eos")
+_STACKED = ("sample_id", "nll_response", "n_response_tokens", "nll_response_alone", "nll_eos")
 
 
 def shard_facts(
@@ -152,12 +152,14 @@ def pool_of(
 ) -> Pool:
     """The :class:`Pool` of ``(path, shard)`` pairs, taken one at a time: of each shard its small arrays
     and :func:`shard_facts` are kept, the rest is left to go. Sample ids must be unique."""
-    parts: dict[str, list] = {name: [] for name in _STACKED}
+    parts: dict[str, list] = {name: [] for name in (*_STACKED, "gate_good")}
     facts: dict[str, list] = {}
     paths, sizes = [], []
     for path, shard in shards:
-        for name in parts:
+        for name in _STACKED:
             parts[name].append(getattr(shard, name))
+        # the gates' logits [n, L, 2] as their one score a sample (the only thing the selection reads of them)
+        parts["gate_good"].append(None if shard.quality_logits is None else gate_good(shard.quality_logits))
         for name, values in shard_facts(
             shard,
             field=field,

@@ -92,7 +92,7 @@ def resolve_method(pool, method: str) -> str:
     if method == "auto":  # the best available, as measured in bench/bench_selection_quality.py
         if pool.nll_response_alone is not None:
             return "combined"
-        return "gate" if pool.quality_logits is not None else "perplexity"
+        return "gate" if pool.gate_good is not None else "perplexity"
     return method
 
 
@@ -202,7 +202,7 @@ def _inputs(pool) -> dict[str, np.ndarray]:
     if pool.nll_eos is not None:
         out["nll_eos"] = np.asarray(pool.nll_eos, dtype=np.float64)
     out["n_response_tokens"] = np.asarray(pool.n_response_tokens)
-    if pool.quality_logits is not None:
+    if pool.gate_good is not None:
         out["gate_mean"] = _gate(pool)[0]
     if pool.distinct_3grams is not None:
         out["distinct_3grams"] = pool.distinct_3grams
@@ -316,16 +316,22 @@ def _nll_based(pool, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return score, reason == "", reason
 
 
+def gate_good(logits: np.ndarray) -> np.ndarray:
+    """Select-MoE's quality score float64 [n] of the gates' ``logits`` [n, L, 2]: per layer p(good), the
+    softmax's index 0, averaged over the layers. :class:`~selectflow.select.pool.Pool` keeps this one
+    value a sample, computed a shard at a time, instead of the logits."""
+    logits = np.asarray(logits, dtype=np.float64)
+    # softmax over the two gate outputs, written as a logistic of the difference (stable for large logits)
+    return (1.0 / (1.0 + np.exp(logits[..., 1] - logits[..., 0]))).mean(axis=1)
+
+
 def _gate(pool) -> tuple[np.ndarray, np.ndarray]:
-    if pool.quality_logits is None:
+    if pool.gate_good is None:
         raise SelectFlowError(
             "quality method 'gate' needs quality_logits, but the router data has none (the model has no "
             "quality gates); use quality method 'ifd', 'perplexity' or 'field'"
         )
-    logits = np.asarray(pool.quality_logits, dtype=np.float64)
-    # softmax over the two gate outputs, written as a logistic of the difference (stable for large logits)
-    p_good = 1.0 / (1.0 + np.exp(logits[..., 1] - logits[..., 0]))
-    score = p_good.mean(axis=1)
+    score = np.asarray(pool.gate_good, dtype=np.float64)
     return score, np.isfinite(score)
 
 
