@@ -16,8 +16,7 @@ kernel (FAISS, ``torch.cdist``, matmul) or device: CPU and GPU, streaming and bl
 give bit-identical float32 distances. The snapping moves each feature by at most
 ``2**-(q+1)`` (q = 14 for D = 1024), far below the distances that FPS compares.
 
-:func:`pairwise` gives float32 [m, k] distances, :func:`paired` the same values for each row of
-``a`` [r, D] against its own rows of ``b`` [r, kk, D]. Block files ``block_{i}_{j}.h5`` (i <= j)
+:func:`pairwise` gives float32 [m, k] distances. Block files ``block_{i}_{j}.h5`` (i <= j)
 hold rows ``[i·B, (i+1)·B)`` × columns ``[j·B, (j+1)·B)`` of the candidate distance matrix
 in dataset ``distance`` float32, with attributes ``layout_version``, ``complete``, ``i``,
 ``j``, ``block_size``, ``n``, ``metric``, ``rows``, ``cols``.
@@ -146,19 +145,6 @@ def pairwise(a: torch.Tensor, b: torch.Tensor, metric: str, *, b_sq: torch.Tenso
         b_sq = squared_norms(b64)
     squared = squared_norms(a64)[:, None] + b_sq[None, :] - 2.0 * dots
     return squared.sqrt_().float()
-
-
-def paired(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """Float32 [r, kk] distances of each grid feature row ``a[i]`` [D] to its own rows ``b[i]`` [kk, D]:
-    the values :func:`pairwise` gives for those pairs (exact on the grid, so any summation order
-    agrees); for the neighbours an approximate k-NN graph found."""
-    check_metric(metric)
-    if metric == "wasserstein":
-        return np.abs(b - a[:, None, :]).sum(-1, dtype=np.float32)
-    a64, b64 = a.astype(np.float64)[:, None, :], b.astype(np.float64)
-    if metric == "cosine":
-        return np.clip(1.0 - (a64 * b64).sum(-1), 0.0, None).astype(np.float32)
-    return np.sqrt(np.square(a64 - b64).sum(-1)).astype(np.float32)
 
 
 _FAISS_SERIAL_ROWS = 10  # FAISS's pairwise_distances runs on one thread for at most this many query rows

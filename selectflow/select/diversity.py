@@ -229,8 +229,9 @@ def _inverted_lists(
     faiss.Clustering(dim, lists, cp).train(x, centroids)
     own = np.empty(len(x), dtype=np.int32)
     searched = np.empty((last - first, probes), dtype=np.int32)
-    for lo in range(0, len(x), IVF_BLOCK // dim):
-        hi = min(lo + IVF_BLOCK // dim, len(x))
+    rows = max(1, IVF_BLOCK // dim)  # rows assigned at a time
+    for lo in range(0, len(x), rows):
+        hi = min(lo + rows, len(x))
         near = centroids.search(x[lo:hi], probes)[1]
         own[lo:hi] = near[:, 0]
         a, b = max(lo, first), min(hi, last)
