@@ -125,6 +125,12 @@ IVF_BLOCK = 1 << 20  # distances, and query feature values, of one list computed
 _EMPTY = np.iinfo(np.int64).max  # no neighbour found yet: after every (distance, index) key
 
 
+def ivf_lists(m: int) -> int:
+    """The inverted lists of :func:`ivf_graph` over ``m`` rows: about √m, each of at least
+    :data:`IVF_MIN_PER_LIST` rows."""
+    return max(1, min(round(math.sqrt(m)), m // IVF_MIN_PER_LIST))
+
+
 def ivf_graph(
     feats: np.ndarray,
     n_neighbors: int,
@@ -156,7 +162,7 @@ def ivf_graph(
     first, last = (0, m) if rows is None else (int(rows[0]), int(rows[1]))
     kk = min(int(n_neighbors) + 1, m)
     x = np.ascontiguousarray(feats, dtype=np.float32)
-    lists = max(1, min(round(math.sqrt(m)), m // IVF_MIN_PER_LIST))
+    lists = ivf_lists(m)
     probes = min(int(probes), lists)
     log.info(
         "approximate %d-NN graph of %d candidates, rows [%d, %d): %d inverted lists, %d searched per row",
