@@ -80,15 +80,13 @@ def features(args) -> np.ndarray:
 def ivfflat_graph(x: np.ndarray, neighbors: int, probes: int) -> tuple[np.ndarray, np.ndarray]:
     """The baseline: FAISS ``IndexIVFFlat`` (L1, lists by L2 k-means with seed 0, as many lists as
     the workflow's graph) over a float32 copy of ``x``; the neighbours found by (exact L1 distance, index)."""
-    import math
-
     import faiss
 
-    from selectflow.select.diversity import IVF_MIN_PER_LIST
+    from selectflow.select.diversity import ivf_lists
 
     m, dim = x.shape
     kk = min(neighbors + 1, m)
-    lists = max(1, min(round(math.sqrt(m)), m // IVF_MIN_PER_LIST))
+    lists = ivf_lists(m)
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists, faiss.METRIC_L1)
     index.cp.seed = 0
     index.train(x)
