@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 from collections.abc import Callable
@@ -65,6 +66,19 @@ def free_memory() -> None:
             torch.cuda.empty_cache()
     except ImportError:  # pragma: no cover
         pass
+
+
+def release_heap() -> None:
+    """Hand the free pages of the C heap back to the OS (glibc's ``malloc_trim(0)``; nothing elsewhere).
+
+    Work that parses many small objects (a shard's JSON records) leaves the heap full of freed holes
+    that glibc keeps; arrays allocated later are large enough to be mapped apart, so the holes stay in
+    the resident set (about 0.3 KB a pool sample after scanning a pool) unless handed back."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # pragma: no cover - not glibc
+        return
+    libc.malloc_trim(0)
 
 
 def limit_address_space_growth(budget_mb: float) -> int:

@@ -39,6 +39,7 @@ from selectflow.config import SelectionConfig
 from selectflow.router.routerfile import NO_HIDDEN, RouterShard, read_router_shard
 from selectflow.runtime.errors import SelectFlowError
 from selectflow.runtime.fsutil import atomic_path, open_checked_h5
+from selectflow.runtime.oom import release_heap
 from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
 from selectflow.select import distance
@@ -405,6 +406,7 @@ def candidates_of_pool(
         system_turns=sel.dedup_system_turns,
         answer_max_samples=sel.shared_answer_max_samples,
     )
+    release_heap()  # the records its pass parsed left their holes
     n_pool, n_kept = int(in_pool.sum()), int(keep.sum())
     choice = choose(pool, score, keep, reason, n_pool, sel)
     write_candidates(

@@ -31,6 +31,7 @@ from selectflow.router.routerfile import (
     scan_shards,
 )
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.oom import release_heap
 from selectflow.select.dedup import answer_keys, near_keys, routing_keys, text_keys
 from selectflow.select.quality import gate_good, record_facts
 
@@ -170,6 +171,8 @@ def pool_of(
             facts.setdefault(name, []).append(values)
         paths.append(path)
         sizes.append(len(shard))
+        del shard
+        release_heap()  # the shard's parsed records leave holes between the values kept
     if not paths:
         raise SelectFlowError("no router-data shards given; run the router_dump rule first")
     shard_of = np.repeat(np.arange(len(paths)), sizes)
