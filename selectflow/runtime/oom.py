@@ -6,6 +6,8 @@
   the sub-chunk after an OOM, keeping the sub-chunks already finished.
 * :func:`attempt_size` is the size a rule uses on Snakemake attempt ``attempt``;
   :func:`scaled_resource` is the rule's resource function around it.
+* :func:`release_heap` hands the C heap's freed holes back to the OS, so that work parsing many
+  small objects (a pool's records) does not keep them in the resident set.
 """
 
 from __future__ import annotations
