@@ -77,7 +77,7 @@ def build_candidates(
     The pool is every sample of ``router_paths`` not in ``exclude_ids``, read one shard at a
     time (:func:`~selectflow.select.pool.scan_pool`); then :func:`candidates_of_pool`. Peak host
     memory: O(candidates × D) for their features (D = L·E, or H), plus one shard, plus O(pool)
-    small values (a few hundred bytes a sample: ids, NLLs, gate logits, record facts, two 16-byte
+    small values (a few hundred bytes a sample: ids, NLLs, the gate score, record facts, two 16-byte
     digests); with ``routing_strata`` > 1 the k-means trains on a seeded sample of at most
     ``routing_strata`` × :data:`~selectflow.select.strata.POINTS_PER_CENTROID` kept samples and
     assigns every kept sample a shard at a time (:func:`~selectflow.select.strata.strata_labels`),
