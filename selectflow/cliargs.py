@@ -60,6 +60,7 @@ SELECTION_FLAGS = {
     "lof_cut_z": "lof_cut_z",
     "fps_quality_hold_back": "fps_quality_hold_back",
     "fps_relevance_hold_back": "fps_relevance_hold_back",
+    "fps_boilerplate_cut_z": "fps_boilerplate_cut_z",
     "fps_snap": "fps_snap",
     "fps_snap_neighbors": "fps_snap_neighbors",
     "fps_gpus": "fps_gpus",

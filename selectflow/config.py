@@ -68,6 +68,7 @@ class RouterDumpConfig:
 _UNUSED_WITHOUT_FPS = {
     "fps_quality_hold_back": (0, "holds back candidates from"),
     "fps_relevance_hold_back": (0, "holds back candidates from"),
+    "fps_boilerplate_cut_z": (None, "holds back candidates from"),
     "fps_snap": ("none", "snaps the picks of"),
 }
 
@@ -102,6 +103,7 @@ class SelectionConfig:
     lof_cut_z: float
     fps_quality_hold_back: float
     fps_relevance_hold_back: float
+    fps_boilerplate_cut_z: float | None
     fps_snap: str
     fps_snap_neighbors: int
     fps_gpus: int
@@ -129,9 +131,10 @@ class SelectionConfig:
             )
         for key, (off, does) in _UNUSED_WITHOUT_FPS.items():
             if self._asked(key, off) and self.diversity != "fps":
+                written = "null" if off is None else off
                 raise SelectFlowError(
                     f"selection.{key}: {getattr(self, key)} {does} farthest-point sampling, and selection.diversity "
-                    f"is {self.diversity}, which runs no FPS: set {key}: {off}, or diversity: fps"
+                    f"is {self.diversity}, which runs no FPS: set {key}: {written}, or diversity: fps"
                 )
 
     def knn_probes_for(self, m: int) -> int | None:
@@ -362,6 +365,7 @@ FPS_ONLY_KEYS = (
     "lof_cut_z",
     "fps_quality_hold_back",
     "fps_relevance_hold_back",
+    "fps_boilerplate_cut_z",
     "fps_snap",
     "fps_snap_neighbors",
     "fps_gpus",

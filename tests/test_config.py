@@ -97,21 +97,25 @@ def test_an_fps_weight_without_fps_is_an_error(diversity, weight):
 
 
 @pytest.mark.parametrize("diversity", ["facility_location", "kmeans"])
-@pytest.mark.parametrize(("key", "default"), [("fps_quality_hold_back", 0.05), ("fps_relevance_hold_back", 0)])
-def test_fps_hold_backs_need_fps(diversity, key, default):
+@pytest.mark.parametrize(
+    ("key", "default", "off"),
+    [("fps_quality_hold_back", 0.05, 0), ("fps_relevance_hold_back", 0, 0), ("fps_boilerplate_cut_z", None, None)],
+)
+def test_fps_hold_backs_need_fps(diversity, key, default, off):
     from selectflow.runtime.errors import SelectFlowError
 
     raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
     sel = {"diversity": diversity, key: 0.1}
-    with pytest.raises(SelectFlowError, match=f"{key}: 0.1 .*diversity is .*set {key}: 0"):
+    written = "null" if off is None else off
+    with pytest.raises(SelectFlowError, match=f"{key}: 0.1 .*diversity is .*set {key}: {written}, or diversity"):
         build_config(with_defaults({**raw, "selection": sel}, SCHEMA_DOC))
     fps = build_config(with_defaults({**raw, "selection": {**sel, "diversity": "fps"}}, SCHEMA_DOC)).selection
     assert getattr(fps, key) == 0.1
-    # the default and 0 hold back from FPS only: another diversity leaves them unused, with no error
+    # the default and the off value hold back from FPS only: another diversity leaves them unused, with no error
     found = build_config(with_defaults({**raw, "selection": {"diversity": diversity}}, SCHEMA_DOC)).selection
     assert getattr(found, key) == default
-    off = {**sel, key: 0}
-    assert getattr(build_config(with_defaults({**raw, "selection": off}, SCHEMA_DOC)).selection, key) == 0
+    unset = {**sel, key: off}
+    assert getattr(build_config(with_defaults({**raw, "selection": unset}, SCHEMA_DOC)).selection, key) == off
 
 
 def test_a_bad_train_key_is_named():

@@ -217,8 +217,8 @@ def _diversity(sel: dict) -> str:
     diversity = sel.get("diversity", "fps")
     if diversity != "fps":
         return diversity
-    keys = ("fps_weight", "fps_quality_hold_back", "fps_relevance_hold_back", "fps_snap")
-    settings = [f"{key}: {sel[key]}" for key in keys if sel.get(key, "none") not in ("none", 0)]
+    keys = ("fps_weight", "fps_quality_hold_back", "fps_relevance_hold_back", "fps_boilerplate_cut_z", "fps_snap")
+    settings = [f"{key}: {sel[key]}" for key in keys if sel.get(key, "none") not in ("none", 0, None)]
     return "fps" + (f" ({', '.join(settings)})" if settings else "")
 
 

@@ -45,6 +45,7 @@ from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.dedup import drop_duplicates, duplicates_of
 from selectflow.select.diversity import (
+    boilerplate_hold_back,
     graph_weight,
     knn_graph,
     quality_hold_back,
@@ -54,7 +55,7 @@ from selectflow.select.diversity import (
 )
 from selectflow.select.fps import Snap
 from selectflow.select.pool import Pool
-from selectflow.select.quality import assess, prompt_coverage, resolve_method
+from selectflow.select.quality import assess, boilerplate_share, prompt_coverage, resolve_method
 from selectflow.select.strata import strata_labels, stratify
 
 log = logging.getLogger(__name__)
@@ -179,13 +180,14 @@ def write_candidates(path: str | os.PathLike, pool: Pool, score: np.ndarray, cho
             f.create_dataset("features", data=feats)
             # each candidate's response tokens (fps_snap: length)
             f.create_dataset("response_tokens", data=np.asarray(pool.n_response_tokens)[choice.chosen].astype(np.int32))
-            # each candidate's dataset and prompt coverage (fps_relevance_hold_back), where the shards have records
+            # each candidate's dataset, prompt coverage (fps_relevance_hold_back) and boilerplate share
+            # (fps_boilerplate_cut_z), where the shards have records
             if pool.text_key is not None:
                 f.create_dataset("dataset", data=pool.dataset[choice.chosen].astype(object), dtype=h5py.string_dtype())
-                f.create_dataset(
-                    "coverage",
-                    data=prompt_coverage(lambda: pool.rows.record_batches(choice.chosen), len(choice.chosen)),
-                )
+                for name, measure in (("coverage", prompt_coverage), ("boilerplate", boilerplate_share)):
+                    f.create_dataset(
+                        name, data=measure(lambda: pool.rows.record_batches(choice.chosen), len(choice.chosen))
+                    )
             if choice.stratum is not None:
                 f.create_dataset("stratum", data=choice.stratum)
                 f.create_dataset("quota", data=choice.quota)
@@ -289,16 +291,24 @@ def response_tokens(f) -> np.ndarray:
     return f["response_tokens"][()]
 
 
-def prompt_coverages(f) -> tuple[np.ndarray, np.ndarray]:
-    """Each candidate's dataset object [m] and prompt coverage float64 [m]
-    (:func:`~selectflow.select.quality.prompt_coverage`) of the open ``candidates.h5`` ``f``
-    (``fps_relevance_hold_back``)."""
-    if "coverage" not in f:
+# what candidates.h5 holds of the records for a hold-back: its name there, what it is, the key that reads it
+_RECORD_MEASURES = {
+    "coverage": ("prompt coverage", "selection.fps_relevance_hold_back"),
+    "boilerplate": ("boilerplate share", "selection.fps_boilerplate_cut_z"),
+}
+
+
+def record_measure(f, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate's dataset object [m] and its measure ``name`` float64 [m] of the open ``candidates.h5``
+    ``f``: ``coverage`` (:func:`~selectflow.select.quality.prompt_coverage`, ``fps_relevance_hold_back``) or
+    ``boilerplate`` (:func:`~selectflow.select.quality.boilerplate_share`, ``fps_boilerplate_cut_z``)."""
+    if name not in f:
+        what, key = _RECORD_MEASURES[name]
         raise SelectFlowError(
-            f"{f.filename} has no prompt coverage (written before selection.fps_relevance_hold_back, or from router "
-            "data without records, whose prompts cannot be read): " + CANDIDATES_REBUILD_HINT
+            f"{f.filename} has no {what} (written before {key}, or from router data without records, whose "
+            "prompts and responses cannot be read): " + CANDIDATES_REBUILD_HINT
         )
-    return f["dataset"].asstr()[()].astype(object), f["coverage"][()]
+    return f["dataset"].asstr()[()].astype(object), f[name][()]
 
 
 def fps_options(
@@ -319,7 +329,9 @@ def fps_options(
     (:func:`~selectflow.select.diversity.density_weight`) or their local outlier factors
     (:func:`~selectflow.select.diversity.lof_weight`), or 1 with their extreme outlier factors held back
     (:func:`~selectflow.select.diversity.lof_cut_weight`); with ``selection.fps_quality_hold_back`` the
-    lowest share by quality held back on top (:func:`~selectflow.select.diversity.quality_hold_back`).
+    lowest share by quality held back on top (:func:`~selectflow.select.diversity.quality_hold_back`); likewise
+    with ``fps_relevance_hold_back`` (:func:`~selectflow.select.diversity.relevance_hold_back`) and
+    ``fps_boilerplate_cut_z`` (:func:`~selectflow.select.diversity.boilerplate_hold_back`).
     These weights and snapping share one
     k-NN graph of the features (the larger of ``selection.diversity_neighbors`` and
     ``fps_snap_neighbors`` neighbours; on ``device``, default ``selection.device``; approximate above
@@ -358,10 +370,13 @@ def fps_options(
     if fps and sel.fps_quality_hold_back > 0:
         weight = quality_hold_back(weight, cands.quality, cands.sample_id, sel.fps_quality_hold_back)
     if fps and sel.fps_relevance_hold_back > 0:
-        dataset, coverage = prompt_coverages(f)
+        dataset, coverage = record_measure(f, "coverage")
         weight = relevance_hold_back(
             weight, cands.quality, coverage, dataset, cands.sample_id, sel.fps_relevance_hold_back
         )
+    if fps and sel.fps_boilerplate_cut_z is not None:
+        dataset, share = record_measure(f, "boilerplate")
+        weight = boilerplate_hold_back(weight, share, dataset, sel.fps_boilerplate_cut_z)
     return {
         "start": start,
         "log_interval": sel.fps_log_interval,

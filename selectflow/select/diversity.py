@@ -465,6 +465,29 @@ def relevance_hold_back(
     return out
 
 
+def boilerplate_hold_back(
+    weight: np.ndarray | None, share: np.ndarray, dataset: np.ndarray, z_cut: float
+) -> np.ndarray:
+    """``weight`` (None: 1 for every candidate) float64 [m] with the candidates whose boilerplate share
+    (:func:`~selectflow.select.quality.boilerplate_share`) is extreme for their ``dataset``'s candidates,
+    :func:`~selectflow.select.quality.robust_z` above ``z_cut``, set to :data:`LOF_CUT_WEIGHT`: the weight
+    of ``selection.fps_boilerplate_cut_z``. Held back as :func:`quality_hold_back` holds back. Where most
+    of a dataset's answers share their sentences (templated labels), the median is high and none is
+    extreme."""
+    out = np.ones(len(share)) if weight is None else np.array(weight, dtype=np.float64)
+    held = robust_z(np.asarray(share, dtype=np.float64), np.asarray(dataset).astype(str)) > z_cut
+    out[held] = LOF_CUT_WEIGHT
+    log.info(
+        "fps_boilerplate_cut_z: %d of %d candidates (%.1f %%) held back, their answers' sentences boilerplate "
+        "beyond z %g",
+        int(held.sum()),
+        len(share),
+        100 * held.mean() if len(share) else 0.0,
+        z_cut,
+    )
+    return out
+
+
 def _place_within(values: np.ndarray, groups: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Each row's :func:`quality_rank` of ``values`` among the rows of its group, over the group's size:
     float64 [m] in [0, 1), 0 = the group's best."""

@@ -46,10 +46,12 @@ method          score (higher ranks higher) and what it drops
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import re
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -261,6 +263,54 @@ def prompt_coverage(batches: Callable[[], Iterable[tuple[np.ndarray, Sequence]]]
             total = math.fsum(weight.values())  # exactly rounded: the same whatever order a set iterates in
             if total > 0:
                 out[i] = math.fsum(weight[w] for w in prompt & response) / total
+    return out
+
+
+# a sentence ends at . ! or ? before white space, or at a line break
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# a sentence in the responses to at least this many different prompts is boilerplate: one answer or a
+# near-duplicate pair is 1 or 2 prompts (the shared-answer rule's bound, shared_answer_max_samples)
+BOILERPLATE_MIN_PROMPTS = 3
+
+
+def boilerplate_share(batches: Callable[[], Iterable[tuple[np.ndarray, Sequence]]], n: int) -> np.ndarray:
+    """Per sample, float64 [n]: the share of its response's words (:func:`words`) that stand in
+    *boilerplate sentences*, sentences (split at ``.``, ``!`` or ``?`` before white space and at line
+    breaks; compared by their words, lower-cased) that the responses to at least
+    :data:`BOILERPLATE_MIN_PROMPTS` different prompts of the ``n`` samples hold. Text that answers any
+    question alike (refusals, filler, a sign-off) recurs under many prompts; an answer to its own
+    question rarely does. 0.0 for a response without a word. Where most answers are templated (labels
+    such as "Yes, it is even.") most samples share them: a cut relative to the pool
+    (``selection.fps_boilerplate_cut_z``) then takes none of them.
+
+    ``batches()`` as :func:`prompt_coverage`'s (called twice: the counts, then the shares). A sentence or
+    prompt is kept as an 8-byte digest of its words: 16 bytes a (sentence, prompt) pair."""
+
+    def digest(tokens: list[str]) -> int:
+        return int.from_bytes(hashlib.blake2b(" ".join(tokens).encode(), digest_size=8).digest(), "little")
+
+    def parsed(records):
+        for rec in records:
+            rec = json.loads(rec) if isinstance(rec, str) else rec
+            sentences = [found for part in _SENTENCE_END.split(rec.get("response", "")) if (found := words(part))]
+            yield digest(words(rec.get("prompt", ""))), sentences
+
+    # (sentence, prompt) pairs, each once: 16 bytes a pair, not a set of prompts per sentence
+    pairs = array("Q")
+    for _, records in batches():
+        for prompt, sentences in parsed(records):
+            for sentence in {digest(s) for s in sentences}:
+                pairs.extend((sentence, prompt))
+    pairs = np.unique(np.frombuffer(pairs, dtype=np.uint64).reshape(-1, 2), axis=0)
+    sentence, prompts = np.unique(pairs[:, 0], return_counts=True)
+    shared = set(sentence[prompts >= BOILERPLATE_MIN_PROMPTS].tolist())
+    del pairs, sentence, prompts
+    out = np.zeros(n, dtype=np.float64)
+    for positions, records in batches():
+        for i, (_, sentences) in zip(positions, parsed(records)):
+            total = sum(len(s) for s in sentences)
+            if total:
+                out[i] = sum(len(s) for s in sentences if digest(s) in shared) / total
     return out
 
 

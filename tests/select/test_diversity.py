@@ -1,5 +1,7 @@
 """Facility location and k-means round-robin (selectflow.select.diversity) against brute-force references."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -232,6 +234,34 @@ def test_relevance_hold_back_equals_brute_force(share, with_weight):
     got = diversity.relevance_hold_back(weight, quality, coverage, dataset, ids, share)
     np.testing.assert_array_equal(got, np.array(want))
     assert len(held) == {0.0: 0, 0.1: 3, 0.5: 15}[share]
+
+
+def test_boilerplate_hold_back_equals_brute_force():
+    """Candidates whose boilerplate share lies beyond z_cut robust deviations above their dataset's median
+    (MAD, or mean absolute deviation where the MAD is 0) weigh LOF_CUT_WEIGHT; a dataset of templated
+    answers (most share their sentences) holds none back; weights given are kept elsewhere."""
+    rng = np.random.default_rng(8)
+    share_a = np.concatenate([np.zeros(50), rng.uniform(0, 0.2, 20), [1.0, 1.0, 0.9, 0.5]])  # unique answers
+    share_b = np.concatenate([np.ones(40), rng.uniform(0.5, 1.0, 15), np.zeros(5)])  # templated labels
+    share = np.concatenate([share_a, share_b])
+    dataset = np.array(["a"] * len(share_a) + ["b"] * len(share_b), dtype=object)
+    weight = rng.uniform(0.5, 1.0, len(share))
+
+    def z(values, x):
+        center = np.median(values)
+        mad = np.median(np.abs(values - center))
+        scale = 1.4826 * mad if mad > 0 else math.sqrt(math.pi / 2) * np.mean(np.abs(values - center))
+        return (x - center) / scale
+
+    want = weight.copy()
+    for g, values in (("a", share_a), ("b", share_b)):
+        rows = np.flatnonzero(dataset == g)
+        want[rows[z(values, values) > 3.5]] = diversity.LOF_CUT_WEIGHT
+    got = diversity.boilerplate_hold_back(weight, share, dataset, 3.5)
+    np.testing.assert_array_equal(got, want)
+    held = got == diversity.LOF_CUT_WEIGHT
+    assert held[: len(share_a)].sum() >= 3 and not held[len(share_a) :].any()
+    assert (diversity.boilerplate_hold_back(None, share, dataset, 3.5) < 1).sum() == held.sum()
 
 
 def test_quality_hold_back_keeps_fps_off_the_held_back_while_others_are_left():

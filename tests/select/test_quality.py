@@ -13,6 +13,7 @@ from selectflow.select.pool import pool_of
 from selectflow.select.quality import (
     MIN_GROUP,
     assess,
+    boilerplate_share,
     distinct_ngram_share,
     prompt_coverage,
     quality_scores,
@@ -140,6 +141,64 @@ def test_prompt_coverage_against_a_hand_count():
     got = prompt_coverage(batches, 5)
     np.testing.assert_allclose(got, want)
     assert len(calls) == 2 and got[0] > 0.5 > got[1] > 0  # the swapped answer covers only "the" of its prompt
+
+
+def test_boilerplate_share_against_a_hand_count():
+    """A sentence the answers to three different prompts hold is boilerplate; two prompts, or one prompt
+    three times (duplicates), are not. The share counts words, sentences compared by their words."""
+    filler = "I hope this helps!"  # 4 words
+    recs = [
+        {"prompt": "Q1?", "response": "Paris is the capital. " + filler},  # 4 + 4 words, 4 boilerplate
+        {"prompt": "Q2?", "response": "i hope THIS helps"},  # the same words: the same sentence
+        {"prompt": "Q3?", "response": "Boil the rice.\nI hope this helps!  Enjoy."},  # 3 + 4 + 1 words
+        {"prompt": "Q4?", "response": "Twice shared. Other text"},  # "twice shared" under two prompts only
+        {"prompt": "Q5?", "response": "Twice shared."},
+        {"prompt": "Q6?", "response": "Thrice. Said."},  # "thrice" under one prompt three times
+        {"prompt": "Q6?", "response": "Thrice."},
+        {"prompt": "Q6?", "response": "Thrice."},
+        {"prompt": "Q7?", "response": "..."},  # no word: 0
+        {"sample_id": "x"},  # no response: 0
+    ]
+    want = [4 / 8, 1.0, 4 / 8, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    calls = []
+
+    def batches():  # two batches, out of order, one record as a JSON string; read twice
+        calls.append(1)
+        yield np.array([9, 2, 0]), [recs[9], json.dumps(recs[2]), recs[0]]
+        yield np.array([1, 3, 4, 5, 6, 7, 8]), [recs[i] for i in (1, 3, 4, 5, 6, 7, 8)]
+
+    np.testing.assert_allclose(boilerplate_share(batches, 10), want)
+    assert len(calls) == 2
+
+
+def test_boilerplate_share_equals_brute_force():
+    """Random records over a small vocabulary of sentences and prompts, against a plain recount: per
+    sentence (its words) the set of prompts (their words) whose responses hold it."""
+    rng = np.random.default_rng(4)
+    sentences = ["alpha beta.", "Gamma!", "delta epsilon zeta?", "eta", "theta iota.", "kappa lambda mu nu."]
+    recs = [
+        {
+            "prompt": f"question {rng.integers(0, 12)}",
+            "response": " ".join(rng.choice(sentences, rng.integers(0, 4))),
+        }
+        for _ in range(60)
+    ]
+
+    def split(text):
+        return [tuple(words(s)) for s in re.split(r"(?<=[.!?])\s+|\n+", text) if words(s)]
+
+    prompts_of = {}
+    for r in recs:
+        for s in split(r["response"]):
+            prompts_of.setdefault(s, set()).add(tuple(words(r["prompt"])))
+    want = []
+    for r in recs:
+        found = split(r["response"])
+        total = sum(map(len, found))
+        want.append(sum(len(s) for s in found if len(prompts_of[s]) >= 3) / total if total else 0.0)
+    got = boilerplate_share(lambda: [(np.arange(60), recs)], 60)
+    np.testing.assert_allclose(got, want)
+    assert 0 < np.mean(got > 0) < 1
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from selectflow.select.candidates import fps_options, n_blocks, open_candidates,
 from selectflow.select.distance import block_path, features
 from selectflow.select.diversity import (
     LOF_CUT_WEIGHT,
+    boilerplate_hold_back,
     density_weight,
     knn_graph,
     lof_cut_weight,
@@ -27,7 +28,7 @@ from selectflow.select.diversity import (
 )
 from selectflow.select.fps import Snap, fps_streaming
 from selectflow.select.fps_dist import THREAD_VARS
-from selectflow.select.quality import prompt_coverage
+from selectflow.select.quality import boilerplate_share, prompt_coverage
 from selectflow.stages.select import (
     build_candidates,
     compute_block,
@@ -297,7 +298,9 @@ def test_the_candidates_read_no_fps_only_key(tmp_path):
     changed = dict(
         fps_log_interval=3, fps_weight="density", lof_cut_z=1.0, fps_snap="density", fps_snap_neighbors=2, fps_gpus=2
     )
-    changed.update(knn_exact_max=0, knn_probes=1, fps_quality_hold_back=0.5, fps_relevance_hold_back=0.5)
+    changed.update(
+        knn_exact_max=0, knn_probes=1, fps_quality_hold_back=0.5, fps_relevance_hold_back=0.5, fps_boilerplate_cut_z=1.0
+    )
     assert set(changed) == set(FPS_ONLY_KEYS)
     for name, kw in (("plain", {}), ("changed", changed)):
         sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=3, **kw)
@@ -310,6 +313,16 @@ def test_the_candidates_read_no_fps_only_key(tmp_path):
             np.testing.assert_array_equal(a.attrs[key], b.attrs[key])
         for key in a:
             np.testing.assert_array_equal(a[key][()], b[key][()])
+
+
+def assert_weighted_fps(curve_tsv, feats, k, weight, opts):
+    """The picks of ``curve_tsv`` are streaming FPS's over ``feats`` with ``weight`` (strata and quota ``opts``),
+    started where the pipeline starts (the best candidate of a stratum with picks)."""
+    start = 0 if not opts else int(np.flatnonzero(opts["quota"][opts["strata"]] > 0)[0])
+    want = fps_streaming(
+        feats, k, metric="wasserstein", device="cpu", start=start, log_interval=100, weight=weight, **opts
+    )
+    assert pd.read_csv(curve_tsv, sep="\t")["candidate_index"].tolist() == want.picks.tolist()
 
 
 @pytest.mark.parametrize("strata", [1, 3])
@@ -344,13 +357,7 @@ def test_relevance_hold_back_in_the_pipeline(tmp_path, strata, caplog):
     weight[m - math.floor(0.1 * m) :] = LOF_CUT_WEIGHT  # the quality hold-back (candidates in quality order)
     weight = relevance_hold_back(weight, quality, coverage, dataset, ids, 0.4)
     assert (weight < 1).sum() > math.floor(0.1 * m)
-    start = 0 if not opts else int(np.flatnonzero(opts["quota"][opts["strata"]] > 0)[0])
-    want = fps_streaming(
-        feats, round(0.3 * len(pool)), metric="wasserstein", device="cpu", start=start, log_interval=100,
-        weight=weight, **opts,
-    )  # fmt: skip
-    curve = pd.read_csv(tmp_path / "oa" / "curve.tsv", sep="\t")
-    assert curve["candidate_index"].tolist() == want.picks.tolist()
+    assert_weighted_fps(tmp_path / "oa" / "curve.tsv", feats, round(0.3 * len(pool)), weight, opts)
     plain = pipeline(
         write_shards(pool, tmp_path / "c", seed=2, shard_size=4),
         tmp_path / "oc",
@@ -359,11 +366,56 @@ def test_relevance_hold_back_in_the_pipeline(tmp_path, strata, caplog):
     assert plain != a  # the hold-back changes the picks here
 
 
+@pytest.mark.parametrize("strata", [1, 3])
+def test_boilerplate_cut_in_the_pipeline(tmp_path, strata, caplog):
+    # selection.fps_boilerplate_cut_z: candidates.h5 holds each candidate's boilerplate share
+    # (quality.boilerplate_share over the candidates' records), and FPS runs with diversity.boilerplate_hold_back's
+    # weights, in either distance mode; the answers every prompt gets alike are held back
+    pool = make_pool(seed=5)
+    for i, s in enumerate(pool.values()):
+        sid = s["norm"]["sample_id"]
+        s["norm"]["response"] = "I hope this helps! Let me know." if i % 5 == 0 else f"Answer {sid}. Really {sid}."
+    kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_boilerplate_cut_z=3.5)
+    kw.update(fps_quality_hold_back=0)
+    with caplog.at_level(logging.INFO):
+        a = pipeline(write_shards(pool, tmp_path / "a", seed=2, shard_size=4), tmp_path / "oa", **kw)
+    assert any("fps_boilerplate_cut_z: " in m and " held back" in m for m in caplog.messages)
+    b = pipeline(
+        write_shards(pool, tmp_path / "b", seed=3, shard_size=7), tmp_path / "ob", distance_mode="matrix", **kw
+    )
+    assert a == b
+    with h5py.File(tmp_path / "oa" / "candidates.h5") as f:
+        feats = f["features"][()]
+        ids = f["sample_id"].asstr()[()].astype(object)
+        dataset, share = f["dataset"].asstr()[()], f["boilerplate"][()]
+        opts = {"strata": f["stratum"][()], "quota": f["quota"][()]} if "stratum" in f else {}
+    norm = [pool[s]["norm"] for s in ids]
+    np.testing.assert_array_equal(share, boilerplate_share(lambda: [(np.arange(len(norm)), norm)], len(norm)))
+    filler = np.array([r["response"].startswith("I hope") for r in norm])
+    np.testing.assert_array_equal(share, filler.astype(float))
+    weight = boilerplate_hold_back(None, share, dataset, 3.5)
+    np.testing.assert_array_equal(weight < 1, filler)
+    assert_weighted_fps(tmp_path / "oa" / "curve.tsv", feats, round(0.3 * len(pool)), weight, opts)
+    plain = pipeline(
+        write_shards(pool, tmp_path / "c", seed=2, shard_size=4),
+        tmp_path / "oc",
+        **{**kw, "fps_boilerplate_cut_z": None},
+    )
+
+    def fillers(picks):
+        return sum(pool[r["sample_id"]]["norm"]["response"].startswith("I hope") for r in picks)
+
+    assert fillers(a) == 0  # FPS had enough else in every stratum
+    if strata == 1:  # here plain FPS reaches a filler answer
+        assert fillers(plain) > 0
+
+
 @pytest.mark.parametrize(
     ("setting", "dataset", "message"),
     [
         ({"fps_snap": "length"}, "response_tokens", "has no response_tokens "),
         ({"fps_relevance_hold_back": 0.2}, "coverage", "has no prompt coverage "),
+        ({"fps_boilerplate_cut_z": 3.5}, "boilerplate", "has no boilerplate share "),
     ],
 )
 def test_fps_needs_what_its_setting_reads_in_the_candidates(tmp_path, setting, dataset, message):
@@ -811,35 +863,36 @@ STREAMING_CASES = {
 # the settings of 3681dd9 where a case does not name them (the defaults changed on 2026-12-04 and 2026-12-06)
 PINNED_SETTINGS = dict(quality_cut="fixed", strata_weight="pool", fps_quality_hold_back=0)
 # candidates.h5 re-pinned when it gained response_tokens (fps_snap: length), and again when it gained each
-# candidate's dataset and prompt coverage (fps_relevance_hold_back); its other datasets and attributes hash
+# candidate's dataset and prompt coverage (fps_relevance_hold_back), and when it gained the boilerplate share
+# (fps_boilerplate_cut_z); its other datasets and attributes hash
 # as before, and the other files are unchanged
 EXPECTED_DIGESTS = {
     "combined_strata": {  # quota [5, 1, 0]: re-pinned when FPS stopped picking in the stratum with quota 0
-        "candidates.h5": "e6dc67a743407a56",
+        "candidates.h5": "19f979564b5f8c59",
         "curve.tsv": "73daf4c985f81e0c",
         "selected.jsonl": "121bae84d825d9f0",
         "summary.tsv": "20ea501ee6a9f6be",
     },
     "combined_fps": {
-        "candidates.h5": "f3b13a876c15183f",
+        "candidates.h5": "40604aed3c773dd1",
         "curve.tsv": "49874493ea19cc2d",
         "selected.jsonl": "e99e5677b349ee7e",
         "summary.tsv": "16e5a60675f0408b",
     },
     "gate_two_stage": {
-        "candidates.h5": "144b07eb5dc1a5bc",
+        "candidates.h5": "0b18d846cd0d52f0",
         "curve.tsv": "6714cc481e9c125f",
         "selected.jsonl": "78346fcfca77fa35",
         "summary.tsv": "8b3c3f24790ad5e1",
     },
     "field": {
-        "candidates.h5": "27f6fe421bca2cbe",
+        "candidates.h5": "c2c8163f52270615",
         "curve.tsv": "599c245bdd6140df",
         "selected.jsonl": "61b4e78264edb6d2",
         "summary.tsv": "361d20b0d57f7f5e",
     },
     "perplexity_quality": {
-        "candidates.h5": "e592c04195f1fcbe",
+        "candidates.h5": "d91b4187e178b7f4",
         "curve.tsv": "e26ffb74833d75ac",
         "selected.jsonl": "d84c64ebdd3f1fe5",
         "summary.tsv": "e1d2cbd707e24c06",
