@@ -26,6 +26,10 @@ outlier factors over the same graph), ``fps_lofcut`` with ``lof_cut`` (the schem
 (``selection.fps_relevance_hold_back: 0.1``), the prompt coverage of N synthetic records (prompts of
 20 and responses of 60 words drawn from a Zipf(1.3) vocabulary, made before the timer starts, as the
 candidates stage reads them, in batches of 10,000) computed inside the timer (``coverage s``: that part).
+``fps_lofcut_boilerplate`` the default FPS with ``selection.fps_boilerplate_cut_z: 3.5`` on top: the
+boilerplate share of the same records (their responses in sentences of 10 words; one response in 20
+ends with one of 5 sign-off sentences, so some sentences recur) computed inside the timer
+(``boilerplate s``: that part).
 ``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
 k-NN graph of ``--neighbors`` it snaps over is built inside the timer); ``fps_qsnap`` the same with
 ``selection.fps_snap: quality`` (quality ranks instead of spreads), ``fps_lsnap`` with
@@ -58,6 +62,7 @@ METHODS = (
     "fps_lofcut",
     "fps_lofcut_hold",
     "fps_lofcut_relevance",
+    "fps_lofcut_boilerplate",
     "fps_snap",
     "fps_qsnap",
     "fps_lsnap",
@@ -72,18 +77,28 @@ GRAPH_WEIGHTS = {
     "fps_lofcut": "lof_cut",
     "fps_lofcut_hold": "lof_cut",
     "fps_lofcut_relevance": "lof_cut",
+    "fps_lofcut_boilerplate": "lof_cut",
 }
+TEXT_METHODS = ("fps_lofcut_relevance", "fps_lofcut_boilerplate")  # read the synthetic records
+BOILERPLATE_Z = 3.5  # fps_lofcut_boilerplate's selection.fps_boilerplate_cut_z
 RELEVANCE_SHARE = 0.1  # fps_lofcut_relevance's selection.fps_relevance_hold_back
 RECORD_BATCH = 10_000
 
 
 def records(n: int, seed: int) -> list[dict]:
-    """``n`` synthetic records: a prompt of 20 words and a response of 60, from a Zipf(1.3) vocabulary."""
+    """``n`` synthetic records: a prompt of 20 words and a response of 60 in sentences of 10, from a Zipf(1.3)
+    vocabulary; one response in 20 ends with one of 5 sign-off sentences."""
     rng = np.random.default_rng(seed)
     prompt, response = rng.zipf(1.3, size=(n, 20)) % 50_000, rng.zipf(1.3, size=(n, 60)) % 50_000
+    sign_off = rng.integers(0, 100, size=n)
+
+    def answer(r, s):
+        text = ". ".join(" ".join(f"w{w}" for w in r[i : i + 10]) for i in range(0, len(r), 10)) + "."
+        return text + (f" I hope answer {s} helps." if s < 5 else "")
+
     return [
-        {"prompt": " ".join(f"w{w}" for w in p), "response": " ".join(f"w{w}" for w in r)}
-        for p, r in zip(prompt, response)
+        {"prompt": " ".join(f"w{w}" for w in p), "response": answer(r, s)}
+        for p, r, s in zip(prompt, response, sign_off)
     ]
 
 
@@ -106,11 +121,11 @@ def one(args) -> dict:
     from selectflow.schema import schema_default
     from selectflow.select import diversity
     from selectflow.select.fps import Snap, fps_streaming
-    from selectflow.select.quality import prompt_coverage
+    from selectflow.select.quality import boilerplate_share, prompt_coverage
     from selectflow.select.target import toward_target
 
     x = features(args.n, args.layers, args.experts, args.seed)
-    texts = records(args.n, args.seed + 4) if args.one == "fps_lofcut_relevance" else None
+    texts = records(args.n, args.seed + 4) if args.one in TEXT_METHODS else None
     extra = {}
     probes = selection_section(knn_exact_max=args.knn_exact_max, knn_probes=args.knn_probes).knn_probes_for(args.n)
     quality = np.random.default_rng(args.seed + 1).normal(size=args.n)
@@ -129,19 +144,24 @@ def one(args) -> dict:
             nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device, probes=probes)
             lof_cut_z = schema_default("selection", "lof_cut_z")
             weight = diversity.graph_weight(GRAPH_WEIGHTS[args.one], x, ids, nbr, dist, "wasserstein", lof_cut_z)
-        if args.one in ("fps_lofcut_hold", "fps_lofcut_relevance"):  # selection.fps_quality_hold_back on top
+        if args.one in ("fps_lofcut_hold", *TEXT_METHODS):  # selection.fps_quality_hold_back on top
             share = schema_default("selection", "fps_quality_hold_back")
             weight = diversity.quality_hold_back(weight, quality, ids, share)
+        batches = [
+            (np.arange(lo, min(lo + RECORD_BATCH, args.n)), texts[lo : lo + RECORD_BATCH])
+            for lo in range(0, args.n, RECORD_BATCH)
+        ] if texts else []  # fmt: skip
+        dataset = np.full(args.n, "pool", dtype=object)
         if args.one == "fps_lofcut_relevance":  # the candidates' prompt coverage, then the relevance hold-back
             t1 = time.perf_counter()
-            batches = [
-                (np.arange(lo, min(lo + RECORD_BATCH, args.n)), texts[lo : lo + RECORD_BATCH])
-                for lo in range(0, args.n, RECORD_BATCH)
-            ]
             coverage = prompt_coverage(lambda: iter(batches), args.n)
             extra["coverage_s"] = time.perf_counter() - t1
-            dataset = np.full(args.n, "pool", dtype=object)
             weight = diversity.relevance_hold_back(weight, quality, coverage, dataset, ids, RELEVANCE_SHARE)
+        if args.one == "fps_lofcut_boilerplate":  # the candidates' boilerplate share, then its hold-back
+            t1 = time.perf_counter()
+            share = boilerplate_share(lambda: iter(batches), args.n)
+            extra["boilerplate_s"] = time.perf_counter() - t1
+            weight = diversity.boilerplate_hold_back(weight, share, dataset, BOILERPLATE_Z)
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
         ).picks
@@ -215,7 +235,8 @@ def main() -> None:
         r = rows[method]
         print(
             f"{method:20s} {r['s']:9.1f} s  peak RSS {r['peak_MiB']:8.0f} MiB  (+{r['extra_MiB']:.0f} MiB in the call)"
-            + (f"  (coverage s {r['coverage_s']:.1f})" if "coverage_s" in r else ""),
+            + (f"  (coverage s {r['coverage_s']:.1f})" if "coverage_s" in r else "")
+            + (f"  (boilerplate s {r['boilerplate_s']:.1f})" if "boilerplate_s" in r else ""),
             flush=True,
         )
     base = rows["fps"]
