@@ -99,7 +99,7 @@ def test_an_fps_weight_without_fps_is_an_error(diversity, weight):
 @pytest.mark.parametrize("diversity", ["facility_location", "kmeans"])
 @pytest.mark.parametrize(
     ("key", "default", "off"),
-    [("fps_quality_hold_back", 0.05, 0), ("fps_relevance_hold_back", 0, 0), ("fps_boilerplate_cut_z", None, None)],
+    [("fps_quality_hold_back", 0.05, 0), ("fps_relevance_hold_back", 0, 0), ("fps_boilerplate_cut_z", 3.5, None)],
 )
 def test_fps_hold_backs_need_fps(diversity, key, default, off):
     from selectflow.runtime.errors import SelectFlowError

@@ -212,8 +212,9 @@ def _outputs(paths: Layout) -> list[str]:
 
 
 def _diversity(sel: dict) -> str:
-    """How the picks were spread, from the selection section: the method, with FPS's weight, hold-back and
-    snapping (``fps (fps_weight: lof_cut, fps_quality_hold_back: 0.05)``, the default; ``fps`` for plain FPS)."""
+    """How the picks were spread, from the selection section: the method, with FPS's weight, hold-backs and
+    snapping (``fps (fps_weight: lof_cut, fps_quality_hold_back: 0.05, fps_boilerplate_cut_z: 3.5)``, the
+    default; ``fps`` for plain FPS)."""
     diversity = sel.get("diversity", "fps")
     if diversity != "fps":
         return diversity

@@ -345,8 +345,11 @@ def test_summary_counts_method_outputs_warnings_next_steps(tmp_path):
     assert row_a.split()[1:] == ["3", "2", "1", "1", "1", "0"]  # a:3 is a duplicate of b:1
     assert row_b.split()[1:] == ["3", "2", "2", "1", "0", "1"]  # b:3 has b:2's answer
     assert "quality method: ifd (selection.quality_method: auto)" in text and "two_stage" in text
-    assert "; diversity: fps (fps_weight: lof_cut, fps_quality_hold_back: 0.05); distance: " in text  # the default
-    config["selection"] |= {"fps_weight": "none", "fps_quality_hold_back": 0}
+    assert (
+        "; diversity: fps (fps_weight: lof_cut, fps_quality_hold_back: 0.05, fps_boilerplate_cut_z: 3.5); distance: "
+        in text
+    )  # the default
+    config["selection"] |= {"fps_weight": "none", "fps_quality_hold_back": 0, "fps_boilerplate_cut_z": None}
     assert "; diversity: fps; distance: " in run_summary(config, since=since, workdir=tmp_path)  # plain FPS
     config["selection"] |= {"fps_weight": "none", "fps_snap": "length"}
     assert "; diversity: fps (fps_snap: length); " in run_summary(config, since=since, workdir=tmp_path)
