@@ -473,7 +473,7 @@ def boilerplate_hold_back(
     :func:`~selectflow.select.quality.robust_z` above ``z_cut``, set to :data:`LOF_CUT_WEIGHT`: the weight
     of ``selection.fps_boilerplate_cut_z``. Held back as :func:`quality_hold_back` holds back. Where most
     of a dataset's answers share their sentences (templated labels), the median is high and none is
-    extreme."""
+    extreme; a templated task that is a minority of the dataset's candidates is extreme, and held back."""
     out = np.ones(len(share)) if weight is None else np.array(weight, dtype=np.float64)
     held = robust_z(np.asarray(share, dtype=np.float64), np.asarray(dataset).astype(str)) > z_cut
     out[held] = LOF_CUT_WEIGHT

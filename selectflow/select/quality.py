@@ -279,9 +279,9 @@ def boilerplate_share(batches: Callable[[], Iterable[tuple[np.ndarray, Sequence]
     breaks; compared by their words, lower-cased) that the responses to at least
     :data:`BOILERPLATE_MIN_PROMPTS` different prompts of the ``n`` samples hold. Text that answers any
     question alike (refusals, filler, a sign-off) recurs under many prompts; an answer to its own
-    question rarely does. 0.0 for a response without a word. Where most answers are templated (labels
-    such as "Yes, it is even.") most samples share them: a cut relative to the pool
-    (``selection.fps_boilerplate_cut_z``) then takes none of them.
+    question rarely does. 0.0 for a response without a word. Labels ("Yes, it is even.") are boilerplate
+    too: where most answers are templated, a cut relative to the pool (``selection.fps_boilerplate_cut_z``)
+    takes none of them; where a templated task is a minority, it takes its answers.
 
     ``batches()`` as :func:`prompt_coverage`'s (called twice: the counts, then the shares). A sentence or
     prompt is kept as an 8-byte digest of its words: 16 bytes a (sentence, prompt) pair."""
