@@ -26,7 +26,7 @@ outlier factors over the same graph), ``fps_lofcut`` with ``lof_cut`` (the schem
 (``selection.fps_relevance_hold_back: 0.1``), the prompt coverage of N synthetic records (prompts of
 20 and responses of 60 words drawn from a Zipf(1.3) vocabulary, made before the timer starts, as the
 candidates stage reads them, in batches of 10,000) computed inside the timer (``coverage s``: that part).
-``fps_lofcut_boilerplate`` the default FPS with ``selection.fps_boilerplate_cut_z: 3.5`` on top: the
+``fps_lofcut_boilerplate`` the default FPS with ``selection.fps_boilerplate_cut_z`` (the schema's) on top: the
 boilerplate share of the same records (their responses in sentences of 10 words; one response in 20
 ends with one of 5 sign-off sentences, so some sentences recur) computed inside the timer
 (``boilerplate s``: that part).
@@ -80,7 +80,6 @@ GRAPH_WEIGHTS = {
     "fps_lofcut_boilerplate": "lof_cut",
 }
 TEXT_METHODS = ("fps_lofcut_relevance", "fps_lofcut_boilerplate")  # read the synthetic records
-BOILERPLATE_Z = 3.5  # fps_lofcut_boilerplate's selection.fps_boilerplate_cut_z
 RELEVANCE_SHARE = 0.1  # fps_lofcut_relevance's selection.fps_relevance_hold_back
 RECORD_BATCH = 10_000
 
@@ -161,7 +160,8 @@ def one(args) -> dict:
             t1 = time.perf_counter()
             share = boilerplate_share(lambda: iter(batches), args.n)
             extra["boilerplate_s"] = time.perf_counter() - t1
-            weight = diversity.boilerplate_hold_back(weight, share, dataset, BOILERPLATE_Z)
+            z_cut = schema_default("selection", "fps_boilerplate_cut_z")
+            weight = diversity.boilerplate_hold_back(weight, share, dataset, z_cut)
         picks = fps_streaming(
             x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
         ).picks
