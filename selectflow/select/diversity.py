@@ -471,9 +471,9 @@ def boilerplate_hold_back(
     """``weight`` (None: 1 for every candidate) float64 [m] with the candidates whose boilerplate share
     (:func:`~selectflow.select.quality.boilerplate_share`) is extreme for their ``dataset``'s candidates,
     :func:`~selectflow.select.quality.robust_z` above ``z_cut``, set to :data:`LOF_CUT_WEIGHT`: the weight
-    of ``selection.fps_boilerplate_cut_z``. Held back as :func:`quality_hold_back` holds back. Where most
-    of a dataset's answers share their sentences (templated labels), the median is high and none is
-    extreme; a templated task that is a minority of the dataset's candidates is extreme, and held back."""
+    of ``selection.fps_boilerplate_cut_z``. Held back as :func:`quality_hold_back` holds back. A templated
+    task's labels are no boilerplate where its prompts are alike (the share's likeness test); where most
+    of a dataset's answers share their sentences anyway, the median is high and none is extreme."""
     out = np.ones(len(share)) if weight is None else np.array(weight, dtype=np.float64)
     held = robust_z(np.asarray(share, dtype=np.float64), np.asarray(dataset).astype(str)) > z_cut
     out[held] = LOF_CUT_WEIGHT

@@ -47,6 +47,7 @@ method          score (higher ranks higher) and what it drops
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -271,20 +272,43 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 # a sentence in the responses to at least this many different prompts is boilerplate: one answer or a
 # near-duplicate pair is 1 or 2 prompts (the shared-answer rule's bound, shared_answer_max_samples)
 BOILERPLATE_MIN_PROMPTS = 3
+# ... unless its prompts are more alike (mean pairwise Jaccard of their word sets) than this quantile of
+# the likeness of random pairs of the samples' prompts: then it is a templated task's label ("Yes, it is
+# even." under "Is 42 even?", "Is 17 even?", ...), not text that answers any question alike
+BOILERPLATE_LIKENESS_QUANTILE = 0.95
+# the prompts compared: a sentence's first this many (by digest, a pseudo-random sample of them) and,
+# for the random pairs, every pair of the pool's first this many prompts
+BOILERPLATE_SENTENCE_PROMPTS = 16
+BOILERPLATE_BASELINE_PROMPTS = 256
+
+
+def jaccard(a: set, b: set) -> float:
+    """|a ∩ b| / |a ∪ b| (0.0 for two empty sets)."""
+    union = len(a | b)
+    return len(a & b) / union if union else 0.0
+
+
+def mean_pairwise_jaccard(sets: Sequence[set]) -> float:
+    """The mean :func:`jaccard` over the pairs of ``sets`` (at least two)."""
+    return float(np.mean([jaccard(a, b) for a, b in itertools.combinations(sets, 2)]))
 
 
 def boilerplate_share(batches: Callable[[], Iterable[tuple[np.ndarray, Sequence]]], n: int) -> np.ndarray:
     """Per sample, float64 [n]: the share of its response's words (:func:`words`) that stand in
-    *boilerplate sentences*, sentences (split at ``.``, ``!`` or ``?`` before white space and at line
-    breaks; compared by their words, lower-cased) that the responses to at least
-    :data:`BOILERPLATE_MIN_PROMPTS` different prompts of the ``n`` samples hold. Text that answers any
-    question alike (refusals, filler, a sign-off) recurs under many prompts; an answer to its own
-    question rarely does. 0.0 for a response without a word. Labels ("Yes, it is even.") are boilerplate
-    too: where most answers are templated, a cut relative to the pool (``selection.fps_boilerplate_cut_z``)
-    takes none of them; where a templated task is a minority, it takes its answers.
+    *boilerplate sentences*. A sentence (split at ``.``, ``!`` or ``?`` before white space and at line
+    breaks; compared by its words, lower-cased) is boilerplate where the responses to at least
+    :data:`BOILERPLATE_MIN_PROMPTS` different prompts of the ``n`` samples hold it and those prompts are
+    unrelated: their mean pairwise likeness (Jaccard of their word sets, over a sample of
+    :data:`BOILERPLATE_SENTENCE_PROMPTS` of them) at most the :data:`BOILERPLATE_LIKENESS_QUANTILE`
+    quantile of the likeness of random pairs of the samples' prompts (every pair of a sample of
+    :data:`BOILERPLATE_BASELINE_PROMPTS`). Text that answers any question alike (refusals, filler, a
+    sign-off) recurs under many unrelated prompts; an answer to its own question rarely recurs, and a
+    templated task's label ("Yes, it is even.") recurs under prompts alike. 0.0 for a response without
+    a word.
 
-    ``batches()`` as :func:`prompt_coverage`'s (called twice: the counts, then the shares). A sentence or
-    prompt is kept as an 8-byte digest of its words: 16 bytes a (sentence, prompt) pair."""
+    ``batches()`` as :func:`prompt_coverage`'s, called three times: the (sentence, prompt) pairs, the
+    sampled prompts' words, then the shares. A sentence or prompt is kept as an 8-byte digest of its
+    words (16 bytes a (sentence, prompt) pair); the words of the sampled prompts alone are kept."""
 
     def digest(tokens: list[str]) -> int:
         return int.from_bytes(hashlib.blake2b(" ".join(tokens).encode(), digest_size=8).digest(), "little")
@@ -293,24 +317,45 @@ def boilerplate_share(batches: Callable[[], Iterable[tuple[np.ndarray, Sequence]
         for rec in records:
             rec = json.loads(rec) if isinstance(rec, str) else rec
             sentences = [found for part in _SENTENCE_END.split(rec.get("response", "")) if (found := words(part))]
-            yield digest(words(rec.get("prompt", ""))), sentences
+            yield words(rec.get("prompt", "")), sentences
 
     # (sentence, prompt) pairs, each once: 16 bytes a pair, not a set of prompts per sentence
     pairs = array("Q")
     for _, records in batches():
         for prompt, sentences in parsed(records):
+            prompt = digest(prompt)
             for sentence in {digest(s) for s in sentences}:
                 pairs.extend((sentence, prompt))
-    pairs = np.unique(np.frombuffer(pairs, dtype=np.uint64).reshape(-1, 2), axis=0)
-    sentence, prompts = np.unique(pairs[:, 0], return_counts=True)
-    shared = set(sentence[prompts >= BOILERPLATE_MIN_PROMPTS].tolist())
-    del pairs, sentence, prompts
+    pairs = np.unique(np.frombuffer(pairs, dtype=np.uint64).reshape(-1, 2), axis=0)  # by sentence, then prompt
+    sentence, first, count = np.unique(pairs[:, 0], return_index=True, return_counts=True)
+    shared = np.flatnonzero(count >= BOILERPLATE_MIN_PROMPTS)
+    sampled = {
+        int(s): pairs[at : at + min(c, BOILERPLATE_SENTENCE_PROMPTS), 1].tolist()
+        for s, at, c in zip(sentence[shared], first[shared], count[shared])
+    }
+    baseline = np.unique(pairs[:, 1])[:BOILERPLATE_BASELINE_PROMPTS].tolist()
+    del pairs, sentence, first, count, shared
+    if sampled:  # the sampled prompts' words, then which shared sentences stand under unrelated prompts
+        prompt_words = dict.fromkeys([p for ps in sampled.values() for p in ps] + baseline)
+        for _, records in batches():
+            for prompt, _ in parsed(records):
+                key = digest(prompt)
+                if key in prompt_words:
+                    prompt_words[key] = set(prompt)
+        random_pairs = [jaccard(prompt_words[a], prompt_words[b]) for a, b in itertools.combinations(baseline, 2)]
+        cut = np.quantile(random_pairs, BOILERPLATE_LIKENESS_QUANTILE)
+        # (a tolerance: a mean of equal likenesses may round above the quantile of the same ones)
+        boilerplate = {
+            s for s, ps in sampled.items() if mean_pairwise_jaccard([prompt_words[p] for p in ps]) <= cut + 1e-12
+        }
+    else:
+        boilerplate = set()
     out = np.zeros(n, dtype=np.float64)
     for positions, records in batches():
         for i, (_, sentences) in zip(positions, parsed(records)):
             total = sum(len(s) for s in sentences)
             if total:
-                out[i] = sum(len(s) for s in sentences if digest(s) in shared) / total
+                out[i] = sum(len(s) for s in sentences if digest(s) in boilerplate) / total
     return out
 
 

@@ -144,8 +144,9 @@ def test_prompt_coverage_against_a_hand_count():
 
 
 def test_boilerplate_share_against_a_hand_count():
-    """A sentence the answers to three different prompts hold is boilerplate; two prompts, or one prompt
-    three times (duplicates), are not. The share counts words, sentences compared by their words."""
+    """A sentence the answers to three different, unrelated prompts hold is boilerplate; two prompts, one
+    prompt three times (duplicates), or three prompts alike (a templated task's label) are not. The share
+    counts words, sentences compared by their words."""
     filler = "I hope this helps!"  # 4 words
     recs = [
         {"prompt": "Q1?", "response": "Paris is the capital. " + filler},  # 4 + 4 words, 4 boilerplate
@@ -158,47 +159,81 @@ def test_boilerplate_share_against_a_hand_count():
         {"prompt": "Q6?", "response": "Thrice."},
         {"prompt": "Q7?", "response": "..."},  # no word: 0
         {"sample_id": "x"},  # no response: 0
+        # a label under three prompts alike (likeness 4/6 a pair) among 13 prompts: 3 of their 78 pairs are
+        # alike, under 5 %, so the 0.95 quantile of the pairs' likeness is 0 and the label is no boilerplate
+        *({"prompt": f"Is {k} an even number?", "response": "Yes, it is even."} for k in (4, 6, 8)),
+        *({"prompt": f"Q{k}?", "response": f"Answer {k}."} for k in (8, 9, 10, 11)),
     ]
-    want = [4 / 8, 1.0, 4 / 8, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    want = [4 / 8, 1.0, 4 / 8] + [0.0] * 14
     calls = []
 
-    def batches():  # two batches, out of order, one record as a JSON string; read twice
+    def batches():  # two batches, out of order, one record as a JSON string; read three times
         calls.append(1)
         yield np.array([9, 2, 0]), [recs[9], json.dumps(recs[2]), recs[0]]
-        yield np.array([1, 3, 4, 5, 6, 7, 8]), [recs[i] for i in (1, 3, 4, 5, 6, 7, 8)]
+        yield np.array([1, 3, 4, 5, 6, 7, 8, *range(10, 17)]), [recs[i] for i in (1, 3, 4, 5, 6, 7, 8, *range(10, 17))]
 
-    np.testing.assert_allclose(boilerplate_share(batches, 10), want)
-    assert len(calls) == 2
+    np.testing.assert_allclose(boilerplate_share(batches, 17), want)
+    assert len(calls) == 3
 
 
 def test_boilerplate_share_equals_brute_force():
-    """Random records over a small vocabulary of sentences and prompts, against a plain recount: per
-    sentence (its words) the set of prompts (their words) whose responses hold it."""
+    """Random records, half of a templated task and half of random prompts, over a small vocabulary of
+    sentences, against a plain recount: per sentence (its words) the set of prompts (their words) whose
+    responses hold it; boilerplate where they are at least 3 and their mean pairwise Jaccard is at most
+    the 0.95 quantile of the Jaccard of every pair of the prompts."""
     rng = np.random.default_rng(4)
     sentences = ["alpha beta.", "Gamma!", "delta epsilon zeta?", "eta", "theta iota.", "kappa lambda mu nu."]
-    recs = [
-        {
-            "prompt": f"question {rng.integers(0, 12)}",
-            "response": " ".join(rng.choice(sentences, rng.integers(0, 4))),
-        }
-        for _ in range(60)
-    ]
+    labels = ["Yes, it is even.", "No, it is odd."]
+    vocabulary = [f"w{k}" for k in range(15)]
+    recs = []
+    for _ in range(60):
+        if rng.random() < 0.5:  # the templated task: its label, at times with another sentence
+            prompt = f"is {rng.integers(0, 6)} an even number"
+            response = " ".join([rng.choice(labels), *rng.choice(sentences, rng.integers(0, 2))])
+        else:
+            prompt = " ".join(rng.choice(vocabulary, 3, replace=False))
+            response = " ".join(rng.choice(sentences, rng.integers(0, 4)))
+        recs.append({"prompt": prompt, "response": response})
 
     def split(text):
         return [tuple(words(s)) for s in re.split(r"(?<=[.!?])\s+|\n+", text) if words(s)]
+
+    def jaccard(a, b):
+        return len(set(a) & set(b)) / len(set(a) | set(b))
 
     prompts_of = {}
     for r in recs:
         for s in split(r["response"]):
             prompts_of.setdefault(s, set()).add(tuple(words(r["prompt"])))
+    prompts = sorted(set().union(*prompts_of.values()))
+    assert len(prompts) <= 256 and max(map(len, prompts_of.values())) <= 16  # no sampling: every prompt compared
+    cut = np.quantile([jaccard(a, b) for i, a in enumerate(prompts) for b in prompts[i + 1 :]], 0.95)
+    shared = {s for s, ps in prompts_of.items() if len(ps) >= 3}
+    alike = {s for s in shared if np.mean([jaccard(a, b) for a in prompts_of[s] for b in prompts_of[s] if a < b]) > cut}
+    assert shared - alike and alike  # both kinds occur: boilerplate and a label under prompts alike
     want = []
     for r in recs:
         found = split(r["response"])
         total = sum(map(len, found))
-        want.append(sum(len(s) for s in found if len(prompts_of[s]) >= 3) / total if total else 0.0)
+        want.append(sum(len(s) for s in found if s in shared - alike) / total if total else 0.0)
     got = boilerplate_share(lambda: [(np.arange(60), recs)], 60)
     np.testing.assert_allclose(got, want)
     assert 0 < np.mean(got > 0) < 1
+
+
+def test_boilerplate_share_samples_the_prompts_of_a_large_pool():
+    """Past 16 prompts a sentence and 256 prompts the pool, samples of them are compared: filler under
+    560 unrelated prompts is boilerplate, a label under 40 prompts of one template is not (under 1 % of the
+    pairs of prompts are two of the template's, so it stands out)."""
+    rng = np.random.default_rng(5)
+    vocabulary = [f"w{k}" for k in range(400)]
+    recs = [
+        {"prompt": " ".join(rng.choice(vocabulary, 6, replace=False)), "response": f"Point {k}. I hope this helps!"}
+        for k in range(560)
+    ]
+    recs += [{"prompt": f"Is {k} an even number?", "response": f"Number {k}. Yes, it is even."} for k in range(40)]
+    got = boilerplate_share(lambda: [(np.arange(600), recs)], 600)
+    np.testing.assert_allclose(got, [4 / 6] * 560 + [0.0] * 40)
 
 
 @pytest.mark.parametrize(
