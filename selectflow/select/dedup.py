@@ -19,9 +19,8 @@ system turn are one sample; ``selection.dedup_system_turns: true`` counts system
   ``shared_answer_max_samples``, default 2): the same answer of at least that many words under other
   user turns, where it stands under at most that many kept samples (:func:`answer_keys`): two
   questions rarely share one long answer (an answer swapped in from another record), while an answer
-  under many questions is more likely a label; one sample keeps it: the one whose question the
-  answer speaks to (:func:`answer_owners_first`), else the best-quality one. Punctuation stays in
-  this key (``Same as a ** b`` and ``a * b`` differ).
+  under many questions is more likely a label; only the best-quality sample keeps it. Punctuation
+  stays in this key (``Same as a ** b`` and ``a * b`` differ).
 
 The pool (:class:`selectflow.select.pool.Pool`) keeps only keys, per sample: two 16-byte
 digests (three with the shared-answer pass), the LSH band keys (4 bytes a band: 96 bytes at the
@@ -343,11 +342,9 @@ def drop_duplicates(
     smallest ``sample_id``); the others get ``keep=False``, reason ``duplicate_of:<id of the copy
     kept>`` and ``similarity`` 1 (exact) or the Jaccard (near). ``keep``, ``reason`` and
     ``similarity`` are changed in place; ``pool.near`` is emptied once used. Last, with the pool's
-    answer keys (:func:`answer_keys`), a still-kept sample whose answer another has gets reason
+    answer keys (:func:`answer_keys`), a still-kept sample whose answer a better one has gets reason
     ``same_answer_as:<id>`` (similarity NaN: the samples differ, so it stands for no other in the strata),
-    only where the answer stands under at most ``answer_max_samples`` still-kept samples (None: any number);
-    the one that keeps it is the one whose question it speaks to most (:func:`answer_owners_first`), the
-    best-quality one on a tie.
+    only where the answer stands under at most ``answer_max_samples`` still-kept samples (None: any number).
     """
     kept = np.flatnonzero(keep)
     kept = kept[np.lexsort((pool.sample_id[kept].astype(str), -score[kept]))]  # best copy first
@@ -364,40 +361,8 @@ def drop_duplicates(
         if answer_max_samples is not None:  # an answer under many samples is a template or a label: not compared
             values, counts = np.unique(key[keep[kept] & (key != b"")], return_counts=True)
             key = np.where(np.isin(key, values[counts > answer_max_samples]), b"", key)
-        at = answer_owners_first(key, keep[kept], lambda positions: pool.rows.records(kept[positions]))
-        dropped += _drop_repeats(kept[at], key[at], pool.sample_id, keep, reason, similarity, "same_answer_as", np.nan)
+        dropped += _drop_repeats(kept, key, pool.sample_id, keep, reason, similarity, "same_answer_as", np.nan)
     return dropped
-
-
-def answer_owners_first(key: np.ndarray, live: np.ndarray, records_of) -> np.ndarray:
-    """The positions ``0 .. len(key)-1`` (best quality first) with the samples of each shared answer (the
-    same non-empty ``key``, ``live``, two or more) moved among their own places so that the one whose
-    question the answer speaks to most comes first: the most words (:func:`~selectflow.select.quality.words`)
-    of its user turns that the others' user turns lack and the answer has. A swapped-in answer holds its
-    own question's terms, not those of the question it was put under. Ties keep quality's order.
-    ``records_of(positions)``: their records (JSON strings or dicts); only the shared answers' are read."""
-    order = np.arange(len(key))
-    use = live & (key != b"")
-    _, inverse, counts = np.unique(key[use], return_inverse=True, return_counts=True)
-    inverse = np.ravel(inverse)
-    shared = counts[inverse] > 1
-    positions, group = np.flatnonzero(use)[shared], inverse[shared]
-    if not len(positions):
-        return order
-    asked, answered = [], []
-    for rec in records_of(positions):
-        turns = _turns(json.loads(rec) if isinstance(rec, str) else rec)
-        asked.append(set(words(" ".join(text for role, text in turns if role == "user"))))
-        answered.append(set(words(next((text for role, text in reversed(turns) if role == "answer"), ""))))
-    for g in np.unique(group):
-        members = np.flatnonzero(group == g)  # in quality order
-        spoken = []
-        for m in members:
-            others = set().union(*(asked[o] for o in members if o != m))
-            spoken.append(len((asked[m] - others) & answered[m]))
-        ranked = members[np.lexsort((np.arange(len(members)), -np.asarray(spoken)))]
-        order[positions[members]] = positions[ranked]
-    return order
 
 
 def _drop_repeats(

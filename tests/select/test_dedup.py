@@ -17,7 +17,6 @@ from selectflow.select.dedup import (
     text_keys,
 )
 from selectflow.select.minhash import NUM_PERM, lsh_shape, shingles, signatures
-from selectflow.select.quality import words
 
 QUESTION, ANSWER = "How do I set ${foo} in a shell?", "Run export foo=1; then $foo expands to 1."
 SYSTEM = "You are a helpful assistant."
@@ -350,9 +349,8 @@ def test_answer_keys_compare_the_answer_alone_with_its_punctuation():
 def test_shared_answers_dropped_against_a_reference(tmp_path, min_words, max_samples):
     """build_candidates with ``shared_answer_min_words`` (and ``shared_answer_max_samples``): in quality
     order, a sample whose text an earlier kept one has is ``duplicate_of`` it; else one whose answer (of
-    ``min_words``+ words, under at most ``max_samples`` of the samples still kept) another kept one has is
-    ``same_answer_as`` the one of them whose question the answer speaks to most (words of its question that
-    the others' lack and the answer has), the earliest on a tie; streamed and whole-pool agree."""
+    ``min_words``+ words, under at most ``max_samples`` of the samples still kept) an earlier kept one has is
+    ``same_answer_as`` it; streamed and whole-pool agree."""
     import pandas as pd
 
     from selectflow.config import selection_section
@@ -360,12 +358,9 @@ def test_shared_answers_dropped_against_a_reference(tmp_path, min_words, max_sam
     from tests.pool_reference import build_candidates_whole
 
     rng = np.random.default_rng(min_words)
-    # 2 to 7 words, the last the item the answer is about, which half the questions ask about too
-    answers = [" ".join(f"w{a}x{j}" for j in range(1 + a % 6)) + f" {a}." for a in range(24)]
+    answers = [" ".join(f"w{a}x{j}" for j in range(1 + a % 6)) + "." for a in range(24)]  # 1 to 6 words
     # answers under 1 to about 12 questions: a skewed draw
-    drawn = [int(rng.zipf(1.6)) % 24 for _ in range(60)]
-    items = [a if rng.random() < 0.5 else rng.integers(24) for a in drawn]
-    pairs = [(f"Question {i} about item {item}?", answers[a]) for i, (a, item) in enumerate(zip(drawn, items))]
+    pairs = [(f"Question {i} about item {rng.integers(1000)}?", answers[int(rng.zipf(1.6)) % 24]) for i in range(60)]
     pairs += [pairs[i] for i in rng.integers(0, 60, 10)]  # exact copies: duplicate_of first
     n = len(pairs)
     ids = [f"d:{i:03d}" for i in range(n)]
@@ -397,25 +392,12 @@ def test_shared_answers_dropped_against_a_reference(tmp_path, min_words, max_sam
     under = Counter(pairs[i][1] for i in order if not want[ids[i]])
     for i in order:
         answer = pairs[i][1]
-        if not want[ids[i]] and len(words(answer)) >= min_words and under[answer] <= (max_samples or n):
-            owner.setdefault(answer, []).append(i)
-    moved = 0
-
-    def spoken(i, members):  # words of i's question that the others' lack and the answer has
-        others = set().union(*(set(words(pairs[o][0])) for o in members if o != i))
-        return len((set(words(pairs[i][0])) - others) & set(words(pairs[i][1])))
-
-    for members in owner.values():
-        first = max(members, key=lambda i: (spoken(i, members), -members.index(i)))
-        moved += first != members[0]
-        for i in members:
-            if i != first:
-                want[ids[i]] = f"same_answer_as:{ids[first]}"
+        if not want[ids[i]] and len(answer.split()) >= min_words and under[answer] <= (max_samples or n):
+            if answer in owner:
+                want[ids[i]] = f"same_answer_as:{owner[answer]}"
+            owner.setdefault(answer, ids[i])
     assert got.replace("candidate", "").to_dict() == want
     assert sum(r.startswith("same_answer_as:") for r in want.values()) >= 3
-    # the question an answer speaks to decides over quality on two of the four pools (1 and 2 groups moved);
-    # test_answer_owners_first_by_hand checks the rule on its own
-    assert moved or min_words == 4 or max_samples == 2
     if max_samples:  # answers the cap leaves alone are shared on this pool too
         assert max(under[a] for a in under if len(a.split()) >= min_words) > max_samples
     # selection_summary.tsv counts the exact copies as duplicates and the shared answers apart
@@ -427,38 +409,3 @@ def test_shared_answers_dropped_against_a_reference(tmp_path, min_words, max_sam
     assert n_copies >= 5
     assert (row["duplicates"], row["near_duplicates"]) == (n_copies, 0)
     assert row["shared_answers"] == sum(r.startswith("same_answer_as:") for r in want.values())
-
-
-def test_answer_owners_first_by_hand():
-    """Within each shared answer (same key, live, two or more) the sample whose question the answer speaks
-    to moves to the group's first place; a tie keeps quality's order; others stay; only the shared
-    answers' records are read."""
-    from selectflow.select.dedup import answer_owners_first
-
-    def rec(question, answer):
-        return normalised({"instruction": question, "output": answer}, "alpaca")
-
-    key = np.array([b"A", b"B", b"A", b"", b"B", b"C", b"A", b"D", b"D"], dtype="S16")
-    live = np.array([True, True, True, True, True, True, True, False, True])
-    records = [
-        rec(
-            "How do I sort a list in Python?", "Use sorted(xs) or xs.sort()."
-        ),  # A, best quality: "sort" is not its own
-        rec("Name a prime number.", "Seven is prime."),  # B: a tie (no word of its own in the answer)
-        rec("How do I reverse a list?", "Use sorted(xs) or xs.sort()."),  # A: nothing of its own either
-        rec("Empty key.", "x"),
-        rec("Name another prime number.", "Seven is prime."),  # B: "another" is not in the answer
-        rec("Alone.", "Only answer."),  # C: not shared
-        rec("Which call will sort xs?", "Use sorted(xs) or xs.sort()."),  # A: "xs", its own, is in the answer
-        rec("Dead.", "Dead answer."),  # D: not live, so D is not shared
-        rec("Live.", "Dead answer."),
-    ]
-    read = []
-
-    def records_of(positions):
-        read.extend(positions.tolist())
-        return [json.dumps(records[p]) for p in positions]
-
-    order = answer_owners_first(key, live, records_of)
-    assert order.tolist() == [6, 1, 0, 3, 4, 5, 2, 7, 8]
-    assert sorted(read) == [0, 1, 2, 4, 6]
