@@ -307,24 +307,26 @@ def boilerplate_share(batches: Callable[[], Iterable[tuple[np.ndarray, Sequence]
     a word.
 
     ``batches()`` as :func:`prompt_coverage`'s, called three times: the (sentence, prompt) pairs, the
-    sampled prompts' words, then the shares. A sentence or prompt is kept as an 8-byte digest of its
-    words (16 bytes a (sentence, prompt) pair); the words of the sampled prompts alone are kept."""
+    sampled prompts' words (only their records parsed), then the shares. A sentence or prompt is kept as
+    an 8-byte digest of its words (16 bytes a (sentence, prompt) pair, 8 a sample for its prompt); the
+    words of the sampled prompts alone are kept."""
 
     def digest(tokens: list[str]) -> int:
         return int.from_bytes(hashlib.blake2b(" ".join(tokens).encode(), digest_size=8).digest(), "little")
 
-    def parsed(records):
-        for rec in records:
-            rec = json.loads(rec) if isinstance(rec, str) else rec
-            sentences = [found for part in _SENTENCE_END.split(rec.get("response", "")) if (found := words(part))]
-            yield words(rec.get("prompt", "")), sentences
+    def loaded(records):
+        return (json.loads(rec) if isinstance(rec, str) else rec for rec in records)
 
-    # (sentence, prompt) pairs, each once: 16 bytes a pair, not a set of prompts per sentence
-    pairs = array("Q")
-    for _, records in batches():
-        for prompt, sentences in parsed(records):
-            prompt = digest(prompt)
-            for sentence in {digest(s) for s in sentences}:
+    def sentences_of(rec) -> list[list[str]]:
+        return [found for part in _SENTENCE_END.split(rec.get("response", "")) if (found := words(part))]
+
+    # (sentence, prompt) pairs, each once: 16 bytes a pair, not a set of prompts per sentence; and each
+    # sample's prompt digest, so that the later passes need not parse a prompt again
+    pairs, prompt_of = array("Q"), np.zeros(n, dtype=np.uint64)
+    for positions, records in batches():
+        for i, rec in zip(positions, loaded(records)):
+            prompt = prompt_of[i] = digest(words(rec.get("prompt", "")))
+            for sentence in {digest(s) for s in sentences_of(rec)}:
                 pairs.extend((sentence, prompt))
     pairs = np.unique(np.frombuffer(pairs, dtype=np.uint64).reshape(-1, 2), axis=0)  # by sentence, then prompt
     sentence, first, count = np.unique(pairs[:, 0], return_index=True, return_counts=True)
@@ -337,11 +339,12 @@ def boilerplate_share(batches: Callable[[], Iterable[tuple[np.ndarray, Sequence]
     del pairs, sentence, first, count, shared
     if sampled:  # the sampled prompts' words, then which shared sentences stand under unrelated prompts
         prompt_words = dict.fromkeys([p for ps in sampled.values() for p in ps] + baseline)
-        for _, records in batches():
-            for prompt, _ in parsed(records):
-                key = digest(prompt)
-                if key in prompt_words:
-                    prompt_words[key] = set(prompt)
+        needed = np.isin(prompt_of, np.fromiter(prompt_words, dtype=np.uint64, count=len(prompt_words)))
+        for positions, records in batches():  # only the records of the sampled prompts are parsed
+            for i, rec in zip(positions, records):
+                if needed[i]:
+                    rec = json.loads(rec) if isinstance(rec, str) else rec
+                    prompt_words[int(prompt_of[i])] = set(words(rec.get("prompt", "")))
         random_pairs = [jaccard(prompt_words[a], prompt_words[b]) for a, b in itertools.combinations(baseline, 2)]
         cut = np.quantile(random_pairs, BOILERPLATE_LIKENESS_QUANTILE)
         # (a tolerance: a mean of equal likenesses may round above the quantile of the same ones)
@@ -352,7 +355,8 @@ def boilerplate_share(batches: Callable[[], Iterable[tuple[np.ndarray, Sequence]
         boilerplate = set()
     out = np.zeros(n, dtype=np.float64)
     for positions, records in batches():
-        for i, (_, sentences) in zip(positions, parsed(records)):
+        for i, rec in zip(positions, loaded(records)):
+            sentences = sentences_of(rec)
             total = sum(len(s) for s in sentences)
             if total:
                 out[i] = sum(len(s) for s in sentences if digest(s) in boilerplate) / total
