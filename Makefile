@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install
 
-$(STAMP): pyproject.toml requirements-cpu.txt
+$(STAMP): pyproject.toml requirements-cpu.txt constraints-cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-cpu.txt
+	$(PY) -m pip install --quiet -r requirements-cpu.txt -c constraints-cpu.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -159,3 +159,44 @@ def test_links_between_the_docs_resolve():
             elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
                 broken.append(f"{doc.relative_to(REPO)}: {target} (no such heading)")
     assert broken == []
+
+
+def _pins(path, *, only_pins: bool) -> dict[str, str]:
+    """The ``name == version`` lines of a requirements-style file, names canonical; ``only_pins``: every
+    requirement line must be one."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            req = Requirement(line)
+            specs = list(req.specifier)
+            if len(specs) == 1 and specs[0].operator == "==":
+                pins[canonicalize_name(req.name)] = specs[0].version
+            else:
+                assert not only_pins, f"{path}: {line} is no == pin"
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_its_range():
+    """The CPU install's constraints pin each dependency of the package, its ``cpu`` and ``test`` extras
+    once, at a version inside pyproject's range, and do not contradict requirements-cpu.txt."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + extras["cpu"] + extras["test"]
+    constraints = _pins("constraints-cpu.txt", only_pins=True)
+    requirements = _pins("requirements-cpu.txt", only_pins=False)
+    assert not set(constraints) & set(requirements), "a package pinned in both files"
+    for line in wanted:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        version = constraints.get(name) or requirements.get(name)
+        assert version is not None, f"{name} is not pinned"
+        assert req.specifier.contains(version, prereleases=True), f"{name}=={version} outside {req.specifier}"
