@@ -72,6 +72,7 @@ SELECTION_FLAGS = {
     "quality_cut": "quality_cut",
     "quality_cut_z": "quality_cut_z",
     "routing_strata": "routing_strata",
+    "strata_seed": "strata_seed",
     "strata_weight": "strata_weight",
     "near_duplicate_threshold": "near_duplicate_threshold",
     "dedup_system_turns": "dedup_system_turns",

@@ -87,6 +87,7 @@ class SelectionConfig:
     features: str
     quality_method: str
     routing_strata: int
+    strata_seed: int
     strata_weight: str
     quality_field: str | None
     quality_cut: str

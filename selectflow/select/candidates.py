@@ -160,6 +160,7 @@ def choose(pool: Pool, score: np.ndarray, keep: np.ndarray, reason: np.ndarray, 
             sel.routing_strata,
             lambda at: sample_features(pool, order[at], sel)[0],
             lambda label: sample_features(pool, order, sel, then=label)[0],
+            seed=sel.strata_seed,
         )
         # a stratum's weight: its kept samples and, with strata_weight pool, the duplicates they stand for
         weight = duplicates_of(pool.sample_id[order], reason) if sel.strata_weight == "pool" else np.ones(len(order))

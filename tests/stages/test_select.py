@@ -995,3 +995,28 @@ def test_hidden_features_of_shards_dumped_without_them_say_which_key_to_set(tmp_
     assert not (tmp_path / "c.h5").exists()
     # the same shards serve routing features as before
     build_candidates(paths, tmp_path / "c.h5", tmp_path / "q.tsv", section(selection_percentage=0.2))
+
+
+def test_strata_seed_seeds_the_routing_kmeans(tmp_path):
+    # selection.strata_seed is the seed of strata.kmeans over the kept samples (here every kept sample is a
+    # candidate, in quality order): candidates.h5's strata are its partition for that seed, the default
+    # seed 0 is the selection before the key, and two seeds split this pool differently
+    from selectflow.select.strata import kmeans
+
+    def same_partition(a, b):
+        return (np.equal.outer(a, a) == np.equal.outer(b, b)).all()
+
+    pool = make_pool(seed=5)
+    paths = write_shards(pool, tmp_path / "shards", seed=2, shard_size=4)
+    kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=3)
+    partitions = {}
+    for seed in (None, 0, 1, 2):
+        out = tmp_path / f"seed_{seed}"
+        out.mkdir()
+        picks = pipeline(paths, out, **kw, **({} if seed is None else {"strata_seed": seed}))
+        with h5py.File(out / "candidates.h5") as f:
+            feats, strata = f["features"][()], f["stratum"][()]
+        assert same_partition(strata, kmeans(feats, 3, seed=0 if seed is None else seed))
+        partitions[seed] = (strata, picks)
+    assert same_partition(partitions[None][0], partitions[0][0]) and partitions[None][1] == partitions[0][1]
+    assert not all(same_partition(partitions[0][0], partitions[s][0]) for s in (1, 2))
