@@ -64,12 +64,14 @@ class RouterDumpConfig:
     shards_per_job: int
 
 
-# FPS keys besides fps_weight that another diversity would ignore: their off value, and what they do to FPS
+# FPS keys besides fps_weight that another diversity would ignore: their off value, what they do to FPS, and the
+# diversities that read them (the hold-backs: stratified too, which draws the held back last)
+HOLDING_BACK = ("fps", "stratified")
 _UNUSED_WITHOUT_FPS = {
-    "fps_quality_hold_back": (0, "holds back candidates from"),
-    "fps_relevance_hold_back": (0, "holds back candidates from"),
-    "fps_boilerplate_cut_z": (None, "holds back candidates from"),
-    "fps_snap": ("none", "snaps the picks of"),
+    "fps_quality_hold_back": (0, "holds back candidates from", HOLDING_BACK),
+    "fps_relevance_hold_back": (0, "holds back candidates from", HOLDING_BACK),
+    "fps_boilerplate_cut_z": (None, "holds back candidates from", HOLDING_BACK),
+    "fps_snap": ("none", "snaps the picks of", ("fps",)),
 }
 
 
@@ -118,7 +120,8 @@ class SelectionConfig:
     def __post_init__(self):
         # a key that would be ignored is a mistake; a default that does not apply (lof_cut, the hold-back and
         # snapping without FPS, the bound without the shared-answer pass) is simply not used
-        if self._asked("fps_weight", "none") and self.diversity != "fps":
+        held_back_only = self.diversity == "stratified" and self.fps_weight == "lof_cut"  # read as a hold-back
+        if self._asked("fps_weight", "none") and self.diversity != "fps" and not held_back_only:
             raise SelectFlowError(
                 f"selection.fps_weight: {self.fps_weight} weighs farthest-point sampling, and selection.diversity is "
                 f"{self.diversity}, which runs no FPS (facility_location weighs its picks by quality rank already): "
@@ -130,12 +133,13 @@ class SelectionConfig:
                 "pass, which selection.shared_answer_min_words: null turns off: set shared_answer_min_words (e.g. 4), "
                 "or shared_answer_max_samples: null"
             )
-        for key, (off, does) in _UNUSED_WITHOUT_FPS.items():
-            if self._asked(key, off) and self.diversity != "fps":
+        for key, (off, does, readers) in _UNUSED_WITHOUT_FPS.items():
+            if self._asked(key, off) and self.diversity not in readers:
                 written = "null" if off is None else off
                 raise SelectFlowError(
                     f"selection.{key}: {getattr(self, key)} {does} farthest-point sampling, and selection.diversity "
-                    f"is {self.diversity}, which runs no FPS: set {key}: {written}, or diversity: fps"
+                    f"is {self.diversity}, which does not read it: set {key}: {written}, or diversity: "
+                    + " or ".join(readers)
                 )
 
     def knn_probes_for(self, m: int) -> int | None:

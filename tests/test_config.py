@@ -73,7 +73,7 @@ def test_a_shared_answer_cap_without_the_pass_is_an_error():
 
 
 @pytest.mark.parametrize("weight", ["quality", "lof"])
-@pytest.mark.parametrize("diversity", ["facility_location", "kmeans"])
+@pytest.mark.parametrize("diversity", ["facility_location", "kmeans", "stratified"])
 def test_an_fps_weight_without_fps_is_an_error(diversity, weight):
     from selectflow.runtime.errors import SelectFlowError
 
@@ -116,6 +116,21 @@ def test_fps_hold_backs_need_fps(diversity, key, default, off):
     assert getattr(found, key) == default
     unset = {**sel, key: off}
     assert getattr(build_config(with_defaults({**raw, "selection": unset}, SCHEMA_DOC)).selection, key) == off
+
+
+def test_stratified_reads_the_hold_backs_and_not_fps_snap():
+    from selectflow.runtime.errors import SelectFlowError
+
+    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
+    held = {"fps_weight": "lof_cut", "fps_quality_hold_back": 0.1, "fps_relevance_hold_back": 0.1}
+    held["fps_boilerplate_cut_z"] = 2.5
+    sel = build_config(with_defaults({**raw, "selection": {"diversity": "stratified", **held}}, SCHEMA_DOC)).selection
+    assert {key: getattr(sel, key) for key in held} == held
+    none = {"diversity": "stratified", "fps_weight": "none", "fps_quality_hold_back": 0, "fps_boilerplate_cut_z": None}
+    assert build_config(with_defaults({**raw, "selection": none}, SCHEMA_DOC)).selection.fps_weight == "none"
+    snap = {"diversity": "stratified", "fps_snap": "density"}
+    with pytest.raises(SelectFlowError, match="fps_snap: density .*diversity is stratified.*or diversity: fps$"):
+        build_config(with_defaults({**raw, "selection": snap}, SCHEMA_DOC))
 
 
 def test_a_bad_train_key_is_named():

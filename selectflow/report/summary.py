@@ -216,11 +216,13 @@ def _diversity(sel: dict) -> str:
     snapping (``fps (fps_weight: lof_cut, fps_quality_hold_back: 0.05, fps_boilerplate_cut_z: 3.5)``, the
     default; ``fps`` for plain FPS)."""
     diversity = sel.get("diversity", "fps")
-    if diversity != "fps":
-        return diversity
     keys = ("fps_weight", "fps_quality_hold_back", "fps_relevance_hold_back", "fps_boilerplate_cut_z", "fps_snap")
+    if diversity == "stratified":  # it reads the hold-backs: lof_cut and the hold-back keys
+        keys = keys[:-1]
+    elif diversity != "fps":
+        return diversity
     settings = [f"{key}: {sel[key]}" for key in keys if sel.get(key, "none") not in ("none", 0, None)]
-    return "fps" + (f" ({', '.join(settings)})" if settings else "")
+    return diversity + (f" ({', '.join(settings)})" if settings else "")
 
 
 def run_summary(config: dict, *, ok: bool = True, since: float | None = None, workdir: str | os.PathLike = ".") -> str:

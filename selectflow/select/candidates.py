@@ -323,7 +323,9 @@ def fps_options(
     """Start, strata and quota of the open ``candidates.h5`` ``f``, the log interval, the weights of
     ``selection.fps_weight`` and the :class:`~selectflow.select.fps.Snap` of ``selection.fps_snap``
     (its score: the density, the quality rank or minus the response tokens, :func:`response_tokens`); both
-    None where no FPS picks (another ``selection.diversity``, or the quality stage).
+    None where no FPS picks (another ``selection.diversity``, or the quality stage), except that
+    ``diversity: stratified`` gets the weights of the hold-backs (``fps_weight: lof_cut`` and the hold-back
+    keys; :func:`~selectflow.select.diversity.stratified`, which draws the held back last).
 
     Weights: None, facility location's quality weights ``1 - rank/m`` of ``cands`` (the file's
     :func:`read_candidates`), or the density weights of its features
@@ -345,11 +347,15 @@ def fps_options(
     # start at the best candidate of a stratum that gets picks (index 0 unless strata say otherwise)
     start = 0 if strata is None else int(np.flatnonzero(quota[strata] > 0)[0])
     weight = snap = None
-    # weights and snapping act on FPS's steps: another diversity, or the quality stage's top k, reads neither
-    fps = sel.diversity == "fps" and cands.attrs.get("stage") != "quality"
+    # weights and snapping act on FPS's steps: another diversity, or the quality stage's top k, reads neither; but
+    # diversity stratified reads the hold-backs (lof_cut and the hold-back keys), to draw the held back last
+    diversifies = cands.attrs.get("stage") != "quality"
+    fps = sel.diversity == "fps" and diversifies
+    held = (fps or sel.diversity == "stratified") and diversifies
+    weighs = (fps and sel.fps_weight in ("density", "lof")) or (held and sel.fps_weight == "lof_cut")
     # density, lof or lof_cut weights (diversity_neighbors) and snapping (fps_snap_neighbors) read one graph, of
     # the larger size: a row's first n + 1 columns are its n nearest neighbours (sorted by distance, ties by index)
-    sizes = {"weight": sel.diversity_neighbors if fps and sel.fps_weight in ("density", "lof", "lof_cut") else 0}
+    sizes = {"weight": sel.diversity_neighbors if weighs else 0}
     sizes["snap"] = sel.fps_snap_neighbors if fps and sel.fps_snap != "none" else 0
     if max(sizes.values()):
         feats = f["features"][()] if feats is None else feats
@@ -368,14 +374,14 @@ def fps_options(
             snap = Snap(nbr[:, :kk], snap_score(sel.fps_snap, dist[:, :kk], cands.quality, cands.sample_id, tokens))
     if fps and sel.fps_weight == "quality":
         weight = quality_weight(cands.quality, cands.sample_id)
-    if fps and sel.fps_quality_hold_back > 0:
+    if held and sel.fps_quality_hold_back > 0:
         weight = quality_hold_back(weight, cands.quality, cands.sample_id, sel.fps_quality_hold_back)
-    if fps and sel.fps_relevance_hold_back > 0:
+    if held and sel.fps_relevance_hold_back > 0:
         dataset, coverage = record_measure(f, "coverage")
         weight = relevance_hold_back(
             weight, cands.quality, coverage, dataset, cands.sample_id, sel.fps_relevance_hold_back
         )
-    if fps and sel.fps_boilerplate_cut_z is not None:
+    if held and sel.fps_boilerplate_cut_z is not None:
         dataset, share = record_measure(f, "boilerplate")
         weight = boilerplate_hold_back(weight, share, dataset, sel.fps_boilerplate_cut_z)
     return {

@@ -1,4 +1,5 @@
-"""Representative selection over the candidates, next to FPS: facility location and k-means round-robin.
+"""Representative selection over the candidates, next to FPS: facility location, k-means round-robin and a
+stratified draw.
 
 FPS (:mod:`selectflow.select.fps`) picks the candidate farthest from every earlier pick, so it
 seeks outliers. The two methods here pick candidates that stand for many others instead.
@@ -31,6 +32,8 @@ Neither holds an m×m matrix.
   (:func:`selectflow.select.baselines.kmeans_labels`), then
   :func:`selectflow.select.baselines.round_robin` by quality, the code compare's ``kmeans``
   baseline runs.
+* :func:`stratified`: a seeded random draw inside each stratum's quota, the candidates the hold-backs
+  flag drawn last: the kept pool's mix, less what looks like junk.
 """
 
 from __future__ import annotations
@@ -620,6 +623,35 @@ def kmeans_round_robin(
     return np.asarray(picks, dtype=np.int64)
 
 
+def stratified(
+    m: int,
+    k: int,
+    seed: int,
+    strata: np.ndarray | None = None,
+    quota: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+) -> np.ndarray:
+    """A seeded random draw of ``k`` of ``m`` candidates, each stratum's ``quota`` from its own candidates (without
+    strata, k of all), the held-back ones last: those whose hold-back ``weight`` (:func:`lof_cut_weight`,
+    :func:`quality_hold_back`, ...; None: none held back) is below 1 are drawn only where their stratum has no
+    other candidate left. Indices int64 [k] in draw order: one random key per candidate (``seed``), then by
+    held-back-ness and key. It draws what a random pick of the kept pool draws, routing region by routing
+    region (the strata's quotas follow their kept samples), less what the hold-backs flag."""
+    k = _check(m, k)
+    slots = _Quota(m, k, strata, quota)
+    key = np.random.default_rng(seed).random(m)
+    held = np.zeros(m, dtype=bool) if weight is None else np.asarray(weight) < 1.0
+    picks = []
+    for j in np.lexsort((key, held)):
+        if slots.open(j):
+            picks.append(int(j))
+            slots.take(j)
+            if len(picks) == k:
+                break
+    log.info("stratified: %d of %d candidates drawn (seed %d), %d of them held back", k, m, seed, held[picks].sum())
+    return np.asarray(picks, dtype=np.int64)
+
+
 def select(
     method: str,
     feats: np.ndarray,
@@ -635,9 +667,16 @@ def select(
     chunk: int = 1024,
     device: str = "cpu",
     probes: int | None = None,
+    weight: np.ndarray | None = None,
+    seed: int | None = None,
 ) -> np.ndarray:
-    """Candidate indices picked by ``method``: ``facility_location`` or ``kmeans`` (FPS is
-    :mod:`~selectflow.select.fps`); ``probes``: facility location's k-NN graph approximate (:func:`knn_graph`)."""
+    """Candidate indices picked by ``method``: ``facility_location``, ``kmeans`` or ``stratified`` (FPS is
+    :mod:`~selectflow.select.fps`); ``probes``: facility location's k-NN graph approximate (:func:`knn_graph`);
+    ``weight`` and ``seed``: :func:`stratified`'s hold-back weights and seed."""
+    if method == "stratified":
+        if seed is None:
+            raise SelectFlowError("diversity stratified draws with a seed (selection.strata_seed): pass seed")
+        return stratified(len(quality), k, seed, strata, quota, weight)
     if method == "facility_location":
         nbr, dist = knn_graph(feats, n_neighbors, metric, chunk, device, probes=probes)
         log.info("facility location: %d-NN graph of %d candidates", nbr.shape[1] - 1, len(nbr))

@@ -128,9 +128,10 @@ def run_fps(
     With ``target_h5`` (the router file of ``selection.target``) the picks are the candidates
     nearest to the targets instead (:func:`pick_toward_target`).
 
-    ``selection.diversity`` ``facility_location`` or ``kmeans`` (:mod:`selectflow.select.diversity`)
+    ``selection.diversity`` ``facility_location``, ``kmeans`` or ``stratified`` (:mod:`selectflow.select.diversity`)
     picks from the same candidates, strata and quotas as FPS, from their features in either
-    distance mode (no blocks read); their curve's ``min_distance`` is ``nan``.
+    distance mode (no blocks read; ``stratified`` reads the hold-backs' weights); their curve's
+    ``min_distance`` is ``nan``.
 
     Streaming FPS computes ``chunk`` distance rows at a time (default ``distance_batch_size``;
     the rule passes its attempt-scaled resource); matrix mode reads the blocks in ``block_dir``.
@@ -168,6 +169,8 @@ def run_fps(
             chunk=chunk,
             device=sel.device,
             probes=sel.knn_probes_for(len(feats)),
+            weight=opts["weight"],
+            seed=sel.strata_seed,
         )
         min_distance = np.full(len(picks), np.nan)
     elif feats is not None:

@@ -446,8 +446,8 @@ def test_kmeans_round_robin_keeps_strata_quotas():
 def test_select_is_seeded_and_rejects_unknown_methods():
     x = _feats(150, 7)
     quality, ids = np.linspace(1, 0, len(x)), np.array([f"s{i:04d}" for i in range(len(x))])
-    kw = dict(metric="wasserstein", n_neighbors=5, n_clusters=5)
-    for method in ("facility_location", "kmeans"):
+    kw = dict(metric="wasserstein", n_neighbors=5, n_clusters=5, seed=0)
+    for method in ("facility_location", "kmeans", "stratified"):
         a = diversity.select(method, x, quality, ids, 12, **kw)
         np.testing.assert_array_equal(a, diversity.select(method, x, quality, ids, 12, **kw))
         assert len(set(a.tolist())) == 12
@@ -455,9 +455,11 @@ def test_select_is_seeded_and_rejects_unknown_methods():
         diversity.select("fpsx", x, quality, ids, 12, **kw)
     with pytest.raises(SelectFlowError, match="k must be"):
         diversity.select("kmeans", x, quality, ids, 151, **kw)
+    with pytest.raises(SelectFlowError, match="strata_seed"):
+        diversity.select("stratified", x, quality, ids, 12, **{**kw, "seed": None})
 
 
-@pytest.mark.parametrize("method", ["facility_location", "kmeans"])
+@pytest.mark.parametrize("method", ["facility_location", "kmeans", "stratified"])
 def test_run_fps_writes_the_methods_picks(tmp_path, method):
     import h5py
 
@@ -484,9 +486,63 @@ def test_run_fps_writes_the_methods_picks(tmp_path, method):
                 "complete": True,
             }
         )
-    sel = selection_section(diversity=method, diversity_neighbors=6, diversity_clusters=4, device="cpu")
+    # stratified reads the hold-backs: none here (this file has no records' measures; test_select runs them)
+    off = dict(fps_weight="none", fps_quality_hold_back=0, fps_boilerplate_cut_z=None) if method == "stratified" else {}
+    sel = selection_section(diversity=method, diversity_neighbors=6, diversity_clusters=4, device="cpu", **off)
     assert run_fps(h5, tmp_path / "curve.tsv", sel) == 10
     curve = pd.read_csv(tmp_path / "curve.tsv", sep="\t")
-    ref = diversity.select(method, x, quality, ids, 10, metric="wasserstein", n_neighbors=6, n_clusters=4)
+    ref = diversity.select(method, x, quality, ids, 10, metric="wasserstein", n_neighbors=6, n_clusters=4, seed=0)
     np.testing.assert_array_equal(curve["candidate_index"], ref)
     assert curve["sample_id"].tolist() == ids[ref].tolist()
+
+
+def _stratified_reference(m, k, seed, strata, quota, held):
+    """Brute force: each stratum's quota from its candidates in key order, the held-back ones after the rest."""
+    key = np.random.default_rng(seed).random(m)
+    strata = np.zeros(m, dtype=np.int64) if strata is None else strata
+    quota = np.array([k]) if quota is None else quota
+    picks = []
+    for c in range(len(quota)):
+        members = [j for j in range(m) if strata[j] == c]
+        members.sort(key=lambda j: (held[j], key[j]))
+        picks += members[: quota[c]]
+    return sorted(picks)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("with_strata", [False, True])
+def test_stratified_equals_brute_force(seed, with_strata):
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(20, 80))
+    k = int(rng.integers(1, m // 2))
+    strata = quota = None
+    if with_strata:
+        strata = rng.integers(0, 5, size=m)
+        size = np.bincount(strata, minlength=5)
+        quota = np.zeros(5, dtype=np.int64)
+        for _ in range(k):  # k picks spread over strata that still have room
+            quota[rng.choice(np.flatnonzero(quota < size))] += 1
+    weight = np.where(rng.random(m) < 0.4, diversity.LOF_CUT_WEIGHT, 1.0)
+    picks = diversity.stratified(m, k, seed + 10, strata, quota, weight)
+    assert len(picks) == k == len(set(picks.tolist()))
+    assert sorted(picks.tolist()) == _stratified_reference(m, k, seed + 10, strata, quota, weight < 1)
+    if with_strata:
+        np.testing.assert_array_equal(np.bincount(strata[picks], minlength=5), quota)
+    # another seed draws otherwise; no weight holds nothing back
+    assert (
+        sorted(picks.tolist()) != sorted(diversity.stratified(m, k, seed + 11, strata, quota, weight).tolist())
+        or k == m
+    )
+    assert sorted(diversity.stratified(m, k, 3, strata, quota).tolist()) == _stratified_reference(
+        m, k, 3, strata, quota, np.zeros(m, dtype=bool)
+    )
+
+
+def test_stratified_draws_a_held_back_candidate_only_where_its_stratum_has_nothing_else():
+    strata = np.array([0] * 6 + [1] * 3)
+    quota = np.array([3, 3])
+    weight = np.ones(9)
+    weight[[0, 1, 2, 6]] = diversity.LOF_CUT_WEIGHT  # stratum 0: 3 of 6 held back; stratum 1: 1 of 3
+    for seed in range(20):
+        picks = set(diversity.stratified(9, 6, seed, strata, quota, weight).tolist())
+        assert picks == {3, 4, 5, 6, 7, 8}  # stratum 0 has 3 others; stratum 1 needs its held-back one

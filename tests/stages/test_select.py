@@ -366,15 +366,21 @@ def test_relevance_hold_back_in_the_pipeline(tmp_path, strata, caplog):
     assert plain != a  # the hold-back changes the picks here
 
 
+def filler_pool():
+    """make_pool(seed=5) with every fifth response the same filler and each other one its own answer."""
+    pool = make_pool(seed=5)
+    for i, s in enumerate(pool.values()):
+        sid = s["norm"]["sample_id"]
+        s["norm"]["response"] = "I hope this helps! Let me know." if i % 5 == 0 else f"Answer {sid}. Really {sid}."
+    return pool
+
+
 @pytest.mark.parametrize("strata", [1, 3])
 def test_boilerplate_cut_in_the_pipeline(tmp_path, strata, caplog):
     # selection.fps_boilerplate_cut_z: candidates.h5 holds each candidate's boilerplate share
     # (quality.boilerplate_share over the candidates' records), and FPS runs with diversity.boilerplate_hold_back's
     # weights, in either distance mode; the answers every prompt gets alike are held back
-    pool = make_pool(seed=5)
-    for i, s in enumerate(pool.values()):
-        sid = s["norm"]["sample_id"]
-        s["norm"]["response"] = "I hope this helps! Let me know." if i % 5 == 0 else f"Answer {sid}. Really {sid}."
+    pool = filler_pool()
     kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, fps_boilerplate_cut_z=3.5)
     kw.update(fps_quality_hold_back=0)
     with caplog.at_level(logging.INFO):
@@ -1020,3 +1026,55 @@ def test_strata_seed_seeds_the_routing_kmeans(tmp_path):
         partitions[seed] = (strata, picks)
     assert same_partition(partitions[None][0], partitions[0][0]) and partitions[None][1] == partitions[0][1]
     assert not all(same_partition(partitions[0][0], partitions[s][0]) for s in (1, 2))
+
+
+@pytest.mark.parametrize("strata", [1, 3])
+def test_stratified_draws_the_held_back_last_in_the_pipeline(tmp_path, strata, caplog):
+    # selection.diversity stratified: diversity.stratified over the candidates, seeded by strata_seed, with the
+    # hold-backs FPS would read (lof_cut over the k-NN graph, the quality hold-back, the boilerplate cut) as its
+    # weights, in either distance mode; the run summary names them
+    from selectflow.report.summary import _diversity
+    from selectflow.select.candidates import fps_options
+    from selectflow.select.diversity import stratified
+
+    pool = filler_pool()
+    kw = dict(selection_percentage=0.3, quality_method="gate", routing_strata=strata, diversity="stratified")
+    kw.update(fps_weight="lof_cut", diversity_neighbors=4, lof_cut_z=1.0, fps_quality_hold_back=0.1)
+    kw.update(fps_boilerplate_cut_z=3.5)
+    with caplog.at_level(logging.INFO):
+        a = pipeline(write_shards(pool, tmp_path / "a", seed=2, shard_size=4), tmp_path / "oa", strata_seed=7, **kw)
+    assert any(m.startswith("stratified: ") for m in caplog.messages)
+    b = pipeline(
+        write_shards(pool, tmp_path / "b", seed=3, shard_size=7),
+        tmp_path / "ob",
+        distance_mode="matrix",
+        strata_seed=7,
+        **kw,
+    )
+    assert a == b
+    sel = section(distance_batch_size=4, fps_log_interval=5, strata_seed=7, **kw)
+    with open_candidates(tmp_path / "oa" / "candidates.h5") as f:
+        opts = fps_options(f, sel, read_candidates(tmp_path / "oa" / "candidates.h5"))
+        ids = f["sample_id"].asstr()[()].astype(object)
+        feats, quality = f["features"][()], f["quality"][()]
+        dataset, share = f["dataset"].asstr()[()], f["boilerplate"][()]
+    weight, k = opts["weight"], round(0.3 * len(pool))
+    # held back: an extreme local outlier factor, the lowest 10 % by quality, or mostly boilerplate
+    nbr, dist = knn_graph(feats, 4, "wasserstein")
+    lowest = np.zeros(len(ids), dtype=bool)
+    lowest[np.lexsort((ids.astype(str), -quality))[len(ids) - math.floor(0.1 * len(ids)) :]] = True
+    held = (
+        (lof_cut_weight(mean_spread(dist), nbr, 1.0) < 1)
+        | lowest
+        | (boilerplate_hold_back(None, share, dataset, 3.5) < 1)
+    )
+    np.testing.assert_array_equal(weight < 1, held)
+    assert 0 < held.sum() < len(ids)  # some held back, not all
+    want = stratified(len(ids), k, 7, opts["strata"], opts["quota"], weight)
+    assert sorted(r["sample_id"] for r in a) == sorted(ids[want].tolist())
+    assert sum(pool[r["sample_id"]]["norm"]["response"].startswith("I hope") for r in a) == 0
+    other = pipeline(write_shards(pool, tmp_path / "c", seed=2, shard_size=4), tmp_path / "oc", strata_seed=8, **kw)
+    assert sorted(r["sample_id"] for r in other) != sorted(r["sample_id"] for r in a)
+    assert _diversity({"diversity": "stratified", "fps_weight": "lof_cut", "fps_quality_hold_back": 0.05}) == (
+        "stratified (fps_weight: lof_cut, fps_quality_hold_back: 0.05)"
+    )
