@@ -30,6 +30,8 @@ candidates stage reads them, in batches of 10,000) computed inside the timer (``
 boilerplate share of the same records (their responses in sentences of 10 words; one response in 20
 ends with one of 5 sign-off sentences, so some sentences recur) computed inside the timer
 (``boilerplate s``: that part).
+``stratified`` is ``selection.diversity: stratified`` with the default's hold-backs (``lof_cut`` over the same
+graph and the quality hold-back, as ``fps_lofcut_hold``) as its weights: the draw itself is O(N) on top.
 ``fps_snap`` is snapped FPS (``selection.fps_snap: density``; the
 k-NN graph of ``--neighbors`` it snaps over is built inside the timer); ``fps_qsnap`` the same with
 ``selection.fps_snap: quality`` (quality ranks instead of spreads), ``fps_lsnap`` with
@@ -68,6 +70,7 @@ METHODS = (
     "fps_lsnap",
     "facility_location",
     "kmeans",
+    "stratified",
     "target",
 )
 # the methods whose FPS weight (selection.fps_weight) reads the k-NN graph
@@ -78,6 +81,7 @@ GRAPH_WEIGHTS = {
     "fps_lofcut_hold": "lof_cut",
     "fps_lofcut_relevance": "lof_cut",
     "fps_lofcut_boilerplate": "lof_cut",
+    "stratified": "lof_cut",
 }
 TEXT_METHODS = ("fps_lofcut_relevance", "fps_lofcut_boilerplate")  # read the synthetic records
 RELEVANCE_SHARE = 0.1  # fps_lofcut_relevance's selection.fps_relevance_hold_back
@@ -143,7 +147,7 @@ def one(args) -> dict:
             nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device, probes=probes)
             lof_cut_z = schema_default("selection", "lof_cut_z")
             weight = diversity.graph_weight(GRAPH_WEIGHTS[args.one], x, ids, nbr, dist, "wasserstein", lof_cut_z)
-        if args.one in ("fps_lofcut_hold", *TEXT_METHODS):  # selection.fps_quality_hold_back on top
+        if args.one in ("fps_lofcut_hold", "stratified", *TEXT_METHODS):  # selection.fps_quality_hold_back on top
             share = schema_default("selection", "fps_quality_hold_back")
             weight = diversity.quality_hold_back(weight, quality, ids, share)
         batches = [
@@ -162,9 +166,12 @@ def one(args) -> dict:
             extra["boilerplate_s"] = time.perf_counter() - t1
             z_cut = schema_default("selection", "fps_boilerplate_cut_z")
             weight = diversity.boilerplate_hold_back(weight, share, dataset, z_cut)
-        picks = fps_streaming(
-            x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
-        ).picks
+        if args.one == "stratified":  # the draw, the held back last
+            picks = diversity.stratified(args.n, args.k, 0, weight=weight)
+        else:
+            picks = fps_streaming(
+                x, args.k, device=args.device, chunk=args.chunk, log_interval=10**9, metric="wasserstein", weight=weight
+            ).picks
     elif args.one in ("fps_snap", "fps_qsnap", "fps_lsnap"):  # selection.fps_snap: density, quality, length
         nbr, dist = diversity.knn_graph(x, args.neighbors, "wasserstein", device=args.device, probes=probes)
         mode = {"fps_snap": "density", "fps_qsnap": "quality", "fps_lsnap": "length"}[args.one]
