@@ -120,8 +120,8 @@ class SelectionConfig:
     def __post_init__(self):
         # a key that would be ignored is a mistake; a default that does not apply (lof_cut, the hold-back and
         # snapping without FPS, the bound without the shared-answer pass) is simply not used
-        held_back_only = self.diversity == "stratified" and self.fps_weight == "lof_cut"  # read as a hold-back
-        if self._asked("fps_weight", "none") and self.diversity != "fps" and not held_back_only:
+        # (lof_cut, the default, is not asked: diversity stratified reads it as a hold-back, the others not at all)
+        if self._asked("fps_weight", "none") and self.diversity != "fps":
             raise SelectFlowError(
                 f"selection.fps_weight: {self.fps_weight} weighs farthest-point sampling, and selection.diversity is "
                 f"{self.diversity}, which runs no FPS (facility_location weighs its picks by quality rank already): "
