@@ -549,6 +549,18 @@ class _Quota:
         self.left[self.strata[j]] -= 1
 
 
+def _take_in_order(order: np.ndarray, slots: _Quota, k: int) -> np.ndarray:
+    """The first ``k`` candidates of ``order`` whose stratum still has room in ``slots``, int64 [k]."""
+    picks = []
+    for j in order:
+        if slots.open(j):
+            picks.append(int(j))
+            slots.take(j)
+            if len(picks) == k:
+                break
+    return np.asarray(picks, dtype=np.int64)
+
+
 def _check(m: int, k: int) -> int:
     if m == 0:
         raise SelectFlowError("diversity selection got no candidates")
@@ -614,13 +626,7 @@ def kmeans_round_robin(
     labels = baselines.kmeans_labels(feats, n_clusters, seed)
     if strata is None:
         return baselines.round_robin(labels, quality, ids, k)
-    slots = _Quota(m, k, strata, quota)
-    picks = []
-    for j in baselines.round_robin(labels, quality, ids, m):
-        if slots.open(j):
-            picks.append(int(j))
-            slots.take(j)
-    return np.asarray(picks, dtype=np.int64)
+    return _take_in_order(baselines.round_robin(labels, quality, ids, m), _Quota(m, k, strata, quota), k)
 
 
 def stratified(
@@ -638,16 +644,9 @@ def stratified(
     held-back-ness and key. It draws what a random pick of the kept pool draws, routing region by routing
     region (the strata's quotas follow their kept samples), less what the hold-backs flag."""
     k = _check(m, k)
-    slots = _Quota(m, k, strata, quota)
     key = np.random.default_rng(seed).random(m)
     held = np.zeros(m, dtype=bool) if weight is None else np.asarray(weight) < 1.0
-    picks = []
-    for j in np.lexsort((key, held)):
-        if slots.open(j):
-            picks.append(int(j))
-            slots.take(j)
-            if len(picks) == k:
-                break
+    picks = _take_in_order(np.lexsort((key, held)), _Quota(m, k, strata, quota), k)
     log.info("stratified: %d of %d candidates drawn (seed %d), %d of them held back", k, m, seed, held[picks].sum())
     return np.asarray(picks, dtype=np.int64)
 
