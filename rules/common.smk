@@ -9,6 +9,7 @@ from selectflow.config import (
     as_param,
     build_config,
     param_before_fps,
+    param_of_compare,
     trainer_keys,
 )
 from selectflow.schema import check_against_schema
@@ -270,9 +271,11 @@ def compare_draws(method):
 
 
 def compare_training_data(wildcards):
-    """One selection for every seed; the random baselines draw anew for each seed."""
+    """One selection for every seed; the random baselines draw anew for each seed, and fps with compare.fps_draws."""
     own = PATHS.compare_selected(wildcards.method)
-    drawn = wildcards.method in COMPARE_DRAWN
+    drawn = wildcards.method in COMPARE_DRAWN or (
+        wildcards.method == "fps" and CFG.compare.fps_draws
+    )
     return [own, *compare_draws(wildcards.method)] if drawn else [own]
 
 

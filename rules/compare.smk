@@ -18,6 +18,8 @@ COMPARE_STUDENT = (
 COMPARE_FINETUNED = [*CFG.compare.methods, *CFG.compare.full_pools]
 # methods that draw anew for every seed: random, and those matched to the lengths of fps's picks
 COMPARE_DRAWN = ("random", *LENGTH_MATCHED)
+# the compare section as its rules' param (fps_draws, an input of fps's fine-tunes, left out)
+COMPARE_PARAM = param_of_compare(CFG.compare)
 
 
 rule compare_testset:
@@ -34,7 +36,7 @@ rule compare_testset:
     params:
         job=CFG.job,
         datasets=CFG.datasets,
-        compare=as_param(CFG.compare),
+        compare=COMPARE_PARAM,
     script:
         "../scripts/compare_testset.py"
 
@@ -50,7 +52,7 @@ rule compare_student:
         attempt=current_attempt,
     params:
         job=CFG.job,
-        compare=as_param(CFG.compare),
+        compare=COMPARE_PARAM,
     script:
         "../scripts/compare_student.py"
 
@@ -70,7 +72,7 @@ rule compare_heldout:
         attempt=current_attempt,
     params:
         job=CFG.job,
-        compare=as_param(CFG.compare),
+        compare=COMPARE_PARAM,
     script:
         "../scripts/compare_heldout.py"
 
@@ -115,7 +117,7 @@ rule compare_pool:
         attempt=current_attempt,
     params:
         job=CFG.job,
-        compare=as_param(CFG.compare),
+        compare=COMPARE_PARAM,
         selection=param_before_fps(CFG.selection),
     script:
         "../scripts/compare_pool.py"
@@ -141,6 +143,34 @@ rule compare_fps:
         "../scripts/compare_fps.py"
 
 
+rule compare_fps_draw:
+    # compare.fps_draws: fps's selection for fine-tuning seed {draw} > 0, candidates and picks re-built
+    # with selection.strata_seed + {draw} (draw 0 is compare_fps's)
+    input:
+        router=router_shards,
+        router_table=PATHS.router_data_table,
+        heldout=PATHS.compare_heldout,
+        exclude=excluded_ids_file(),
+        target=compare_target_slice(),
+    output:
+        PATHS.compare_random_draw("{draw}", "fps"),
+    log:
+        PATHS.log("compare/fps_draw_{draw}"),
+    wildcard_constraints:
+        draw=r"[1-9]\d*",
+    conda:
+        "../envs/selectflow.yaml"
+    resources:
+        gpu=1,
+        chunk=scaled(CFG.selection.distance_batch_size),
+        attempt=current_attempt,
+    params:
+        job=CFG.job,
+        selection=as_param(CFG.selection),
+    script:
+        "../scripts/compare_fps_draw.py"
+
+
 rule compare_target_set:
     # method target: a target set that shares no record with the test set
     input:
@@ -156,7 +186,7 @@ rule compare_target_set:
     params:
         job=CFG.job,
         datasets=CFG.datasets,
-        compare=as_param(CFG.compare),
+        compare=COMPARE_PARAM,
     script:
         "../scripts/compare_target_set.py"
 
@@ -221,7 +251,7 @@ rule compare_baseline:
         attempt=current_attempt,
     params:
         job=CFG.job,
-        compare=as_param(CFG.compare),
+        compare=COMPARE_PARAM,
         device=CFG.selection.device,
     script:
         "../scripts/compare_baseline.py"
@@ -289,7 +319,7 @@ rule compare_random_draws:
         attempt=current_attempt,
     params:
         job=CFG.job,
-        compare=as_param(CFG.compare),
+        compare=COMPARE_PARAM,
     script:
         "../scripts/compare_random_draws.py"
 

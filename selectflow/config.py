@@ -309,6 +309,7 @@ class CompareConfig:
     student_layers: int
     student_vocab: int
     seeds: int
+    fps_draws: bool
     full_pools: tuple
     full_pool_seeds: int
     clusters: int
@@ -386,6 +387,13 @@ def param_before_fps(sel: SelectionConfig) -> dict:
     compare's candidates, pool and target): :data:`FPS_ONLY_KEYS` at the schema's defaults, so that
     changing one reruns FPS and what follows it, not the candidates nor compare's baselines."""
     return as_param(replace(sel, **{key: schema_default("selection", key) for key in FPS_ONLY_KEYS}))
+
+
+def param_of_compare(cmp: CompareConfig) -> dict:
+    """:func:`as_param` of the compare section for its rules: ``fps_draws`` (which files fps's fine-tunes
+    train on: an input, rules/common.smk ``compare_training_data``) at the schema's default, so that changing
+    it reruns fps's draws and fine-tunes, not the student, the test set, the pool nor the baselines."""
+    return as_param(replace(cmp, fps_draws=schema_default("compare", "fps_draws")))
 
 
 def from_param(cls: type, values: dict[str, Any]):

@@ -81,6 +81,16 @@ def heldout_ids(heldout_jsonl) -> set[str]:
     return {str(rec["sample_id"]) for _, rec in iter_jsonl(heldout_jsonl)}
 
 
+def excluded_ids(heldout_jsonl, target_slices: list, excluded_tsvs: list) -> set[str]:
+    """What no comparison candidate may be: the held-out slice, method ``target``'s slice of the pool
+    (``target_slices``: none or one ``dev.jsonl``) and the main selection's excluded ids (``excluded_tsvs``)."""
+    return (
+        heldout_ids(heldout_jsonl)
+        | {sid for path in target_slices for sid in heldout_ids(path)}
+        | {sid for path in excluded_tsvs for sid in read_tsv(path, "excluded ids")["sample_id"]}
+    )
+
+
 def build_pool(
     router_paths: list, candidates_h5, quality_tsv, out_h5, cmp: CompareConfig, sel: SelectionConfig
 ) -> None:
@@ -352,6 +362,40 @@ def random_draws(
             picks_tsv = Path(tmp) / "picks.tsv"
             _write_picks(pool, picks, picks_tsv)
             write_selection(picks_tsv, quality_tsv, router_paths, out, Path(tmp) / "summary.tsv")
+
+
+def pick_fps(candidates_h5, picks_tsv, sel: SelectionConfig, chunk=None) -> int:
+    """``fps``'s picks of the comparison's candidates (:func:`selectflow.stages.select.run_fps`); return k.
+
+    Always streaming: the comparison builds no distance blocks, and streaming FPS picks what matrix mode picks
+    (tests/e2e/test_workflow.py ``test_matrix_mode_picks_like_streaming``)."""
+    from selectflow.stages.select import run_fps
+
+    return run_fps(candidates_h5, picks_tsv, replace(sel, distance_mode="streaming"), chunk=chunk)
+
+
+def fps_draw(router_paths: list, exclude: set[str], out_jsonl, sel: SelectionConfig, draw: int, chunk=None) -> int:
+    """``fps``'s selection for fine-tuning seed ``draw`` > 0 (``compare.fps_draws``) into ``out_jsonl``; return k.
+
+    The comparison's candidates (the pool less ``exclude``) and the picks re-built as rules
+    ``compare_candidates`` and ``compare_fps`` (:func:`pick_fps`) build them, with ``selection.strata_seed +
+    draw``: the routing strata's k-means (and ``diversity: stratified``'s draw) is the selection's one draw of
+    chance. Draw 0 is ``compare_fps``'s.
+    """
+    from selectflow.stages.select import build_candidates, write_selection
+
+    drawn = replace(sel, strata_seed=sel.strata_seed + draw)
+    if sel.routing_strata <= 1 and sel.diversity != "stratified":
+        log.warning(
+            "routing_strata 1 and diversity %s: the selection draws nothing; draw %d is draw 0", sel.diversity, draw
+        )
+    with tempfile.TemporaryDirectory(dir=Path(out_jsonl).parent) as tmp:
+        cands, quality, picks = (Path(tmp) / name for name in ("candidates.h5", "quality.tsv", "picks.tsv"))
+        build_candidates(router_paths, cands, quality, drawn, exclude)
+        k = pick_fps(cands, picks, drawn, chunk=chunk)
+        write_selection(picks, quality, router_paths, out_jsonl, Path(tmp) / "summary.tsv")
+    log.info("fps draw %d (strata_seed %d): %d picks -> %s", draw, drawn.strata_seed, k, out_jsonl)
+    return k
 
 
 def finetune_and_eval(

@@ -394,6 +394,38 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     assert (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "heldout.jsonl").read_bytes()
 
 
+def test_fps_draw_is_fps_with_the_next_strata_seed_less_the_excluded_in_either_distance_mode(tmp_path):
+    # compare.fps_draws' draw i: the comparison's candidates and fps re-built with strata_seed + i; matrix
+    # mode too (the comparison has no distance blocks: pick_fps streams, with matrix mode's picks)
+    from selectflow.config import selection_section
+    from selectflow.data.records import iter_jsonl
+    from selectflow.runtime.tables import read_tsv
+    from selectflow.stages import compare
+    from selectflow.stages.select import build_candidates, run_fps
+    from tests.stages.test_select import make_pool, write_shards
+
+    pool = make_pool()
+    shards = write_shards(pool, tmp_path / "router", seed=1)
+    exclude = set(list(pool)[::6])
+    sel = selection_section(selection_percentage=0.3, device="cpu", quality_method="ifd", routing_strata=3)
+    drawn = {}
+    for seed in (1, 3):  # seed 1 + draw 2 is seed 3
+        seeded = replace(sel, strata_seed=seed)
+        build_candidates(shards, tmp_path / f"c{seed}.h5", tmp_path / f"c{seed}.tsv", seeded, exclude)
+        run_fps(tmp_path / f"c{seed}.h5", tmp_path / f"fps{seed}.tsv", seeded)
+        drawn[seed] = list(read_tsv(tmp_path / f"fps{seed}.tsv", "picks")["sample_id"])
+    assert drawn[1] != drawn[3], "the strata seed moves the picks on this pool"
+    for mode in ("streaming", "matrix"):
+        base = replace(sel, strata_seed=1, distance_mode=mode)
+        assert compare.pick_fps(tmp_path / "c1.h5", tmp_path / f"{mode}.tsv", base) == len(drawn[1])
+        assert list(read_tsv(tmp_path / f"{mode}.tsv", "picks")["sample_id"]) == drawn[1]
+        out = tmp_path / f"draw_{mode}.jsonl"
+        assert compare.fps_draw(shards, exclude, out, base, 2) == len(drawn[3])
+        ids = [rec["sample_id"] for _, rec in iter_jsonl(out)]
+        assert sorted(ids) == sorted(drawn[3]) and not exclude & set(ids)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("tmp")] == []  # no scratch folder left
+
+
 def test_caption_names_the_winners_and_tests_the_difference_with_welch():
     import pandas as pd
     from scipy import stats
