@@ -363,9 +363,13 @@ def as_param(value):
     return asdict(value)
 
 
-# the selection keys only FPS reads (selectflow.select.candidates.fps_options, stages.select.run_fps:
-# rules fps and compare_fps); the rules before it take the section with these at their defaults
+# the selection keys only the diversity step reads (selectflow.select.candidates.fps_options,
+# stages.select.run_fps: rules fps and compare_fps); the rules before it take the section with these at
+# their defaults
 FPS_ONLY_KEYS = (
+    "diversity",
+    "diversity_neighbors",
+    "diversity_clusters",
     "fps_log_interval",
     "fps_weight",
     "lof_cut_z",

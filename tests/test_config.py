@@ -426,6 +426,7 @@ def test_the_rules_before_fps_take_the_selection_without_its_fps_only_keys():
         fps_log_interval=7, fps_weight="quality", fps_snap="density", fps_snap_neighbors=5, fps_gpus=2
     )
     assert param_before_fps(fps) == plain
+    assert param_before_fps(selection_section(diversity="kmeans", diversity_clusters=3, diversity_neighbors=4)) == plain
     assert param_before_fps(selection_section(quality_cut_z=2.0)) != plain
-    assert param_before_fps(selection_section(diversity_neighbors=4)) != plain
+    assert param_before_fps(selection_section(routing_strata=7)) != plain
     assert from_param(SelectionConfig, param_before_fps(fps)) == selection_section()

@@ -301,18 +301,21 @@ def test_the_candidates_read_no_fps_only_key(tmp_path):
     changed.update(
         knn_exact_max=0, knn_probes=1, fps_quality_hold_back=0.5, fps_relevance_hold_back=0.5, fps_boilerplate_cut_z=1.0
     )
-    assert set(changed) == set(FPS_ONLY_KEYS)
-    for name, kw in (("plain", {}), ("changed", changed)):
+    # diversity too, in a second set: FPS's weights (density) go with diversity fps only
+    other = dict(diversity="stratified", diversity_neighbors=3, diversity_clusters=2, fps_quality_hold_back=0.5)
+    assert set(changed) | set(other) == set(FPS_ONLY_KEYS)
+    for name, kw in (("plain", {}), ("changed", changed), ("other", other)):
         sel = section(selection_percentage=0.3, quality_method="gate", routing_strata=3, **kw)
         (tmp_path / name).mkdir()
         build_candidates(paths, tmp_path / name / "candidates.h5", tmp_path / name / "quality.tsv", sel)
-    assert (tmp_path / "plain/quality.tsv").read_bytes() == (tmp_path / "changed/quality.tsv").read_bytes()
-    with h5py.File(tmp_path / "plain/candidates.h5") as a, h5py.File(tmp_path / "changed/candidates.h5") as b:
-        assert sorted(a) == sorted(b) and sorted(a.attrs) == sorted(b.attrs)
-        for key in a.attrs:
-            np.testing.assert_array_equal(a.attrs[key], b.attrs[key])
-        for key in a:
-            np.testing.assert_array_equal(a[key][()], b[key][()])
+    for name in ("changed", "other"):
+        assert (tmp_path / "plain/quality.tsv").read_bytes() == (tmp_path / name / "quality.tsv").read_bytes()
+        with h5py.File(tmp_path / "plain/candidates.h5") as a, h5py.File(tmp_path / name / "candidates.h5") as b:
+            assert sorted(a) == sorted(b) and sorted(a.attrs) == sorted(b.attrs)
+            for key in a.attrs:
+                np.testing.assert_array_equal(a.attrs[key], b.attrs[key])
+            for key in a:
+                np.testing.assert_array_equal(a[key][()], b[key][()])
 
 
 def assert_weighted_fps(curve_tsv, feats, k, weight, opts):
