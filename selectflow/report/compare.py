@@ -39,7 +39,8 @@ def difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def caption(down: pd.DataFrame, main: str = "fps", reference: str = "random") -> str:
-    """Who won each measure, and whether the main method beats the reference beyond the 95 % interval."""
+    """Who won each measure, whether the main method beats the reference beyond the 95 % interval, and
+    whether the main method's interval holds the chance of its selection (one selection per seed) or not."""
     down = down.set_index("method")
     parts = []
     for measure, title, lower in MEASURES:
@@ -57,6 +58,14 @@ def caption(down: pd.DataFrame, main: str = "fps", reference: str = "random") ->
                 f"({verdict} the 95 % interval ± {half:.4f})"
             )
         parts.append(text)
+    if parts and main in down.index and main != reference and "n_selections" in down:
+        n, seeds = int(down.at[main, "n_selections"]), int(down.at[main, "n_seeds"])
+        parts.append(
+            f"{main} drawn anew for each of its {seeds} fine-tunes (compare.fps_draws)"
+            if n > 1
+            else f"one {main} selection for its {seeds} fine-tunes: its interval leaves out the selection's "
+            "own chance (compare.fps_draws holds it)"
+        )
     text = "; ".join(parts)
     return text[:1].upper() + text[1:] + "." if parts else "No downstream measure."
 

@@ -416,7 +416,8 @@ def finetune_and_eval(
     the random baseline's draws) with ``settings`` and ``seed = settings.seed + i`` in
     ``out_dir/seed_i`` (the trainer's tables stay there; the checkpoint is removed once
     evaluated). ``out_tsv`` has a row per seed and kind (:func:`evaluate`) with the
-    selection's ``size`` and the optimizer ``steps``.
+    selection's ``size``, the optimizer ``steps`` and ``selection``, the index in ``data`` of what seed i
+    trained on.
     """
     from selectflow.train import train as train_model
     from selectflow.train.evaluate import evaluate
@@ -438,14 +439,18 @@ def finetune_and_eval(
             summary["steps"],
             source,
         )
-        tables.append(table.assign(seed=seed, size=sum(1 for _ in iter_jsonl(source)), steps=summary["steps"]))
-    out = pd.concat(tables, ignore_index=True)[["seed", "size", "steps", "kind", "n", "loss", "tokens", "accuracy"]]
+        size = sum(1 for _ in iter_jsonl(source))
+        tables.append(table.assign(seed=seed, selection=i % len(data), size=size, steps=summary["steps"]))
+    columns = ["seed", "selection", "size", "steps", "kind", "n", "loss", "tokens", "accuracy"]
+    out = pd.concat(tables, ignore_index=True)[columns]
     write_tsv(out, out_tsv, float_format="%.6g", na_rep="nan")
     return out
 
 
 def downstream(evals: dict[str, str | os.PathLike], out_tsv) -> pd.DataFrame:
-    """One row per method from its ``eval.tsv``: ``size``, ``steps``, ``n_seeds``, macro loss and macro
+    """One row per method from its ``eval.tsv``: ``size``, ``steps``, ``n_seeds``, ``n_selections`` (the
+    selections its seeds trained on: 1, or one per seed for a method drawn anew; 1 for an ``eval.tsv`` written
+    before the column), macro loss and macro
     accuracy (means over kinds) as mean and 95 % interval over seeds, the per-seed macro values, and
     each kind's mean loss and accuracy (``loss:<kind>``, ``accuracy:<kind>``)."""
     rows = []
@@ -457,6 +462,7 @@ def downstream(evals: dict[str, str | os.PathLike], out_tsv) -> pd.DataFrame:
             "size": int(table["size"].iloc[0]),
             "steps": int(table["steps"].iloc[0]),
             "n_seeds": len(per_seed),
+            "n_selections": table["selection"].nunique() if "selection" in table else 1,
         }
         for measure in ("loss", "accuracy"):
             row[f"macro_{measure}"], row[f"macro_{measure}_ci95"] = interval(per_seed[measure].to_numpy())

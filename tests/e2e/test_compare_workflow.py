@@ -52,6 +52,9 @@ def test_the_table_has_every_method_both_measures_and_an_interval(compared):
     for column in ("macro_loss", "macro_loss_ci95", "macro_accuracy", "macro_accuracy_ci95"):
         assert down[column].notna().all(), column
     assert (down["n_seeds"] == 2).all()
+    # random trains on a draw per seed; fps (compare.fps_draws off) and the rest on one selection
+    assert down["n_selections"].to_dict() == {m: 2 if m == "random" else 1 for m in down.index}
+    assert "one fps selection for its 2 fine-tunes" in (out / "caption.txt").read_text()
     for kind in TEST_KINDS:
         assert down[f"loss:{kind}"].notna().all() and down[f"accuracy:{kind}"].between(0, 1).all()
     # every k-sized selection trains the same steps; a full pool the same epochs over more samples

@@ -455,6 +455,11 @@ def test_caption_names_the_winners_and_tests_the_difference_with_welch():
     assert "fps better than random by 0.0860 (beyond the 95 % interval" in text
     close = pd.DataFrame([row("fps", fps, 2 - fps), row("random", fps[::-1] - 0.001, 2 - fps[::-1])])
     assert "fps better than random by 0.0010 (within the 95 % interval" in caption(close)
+    # whether fps's interval holds its selection's chance (compare.fps_draws): said when the table knows
+    assert "one fps selection" not in text and "drawn anew" not in text  # a table before n_selections
+    for n, said in ((1, "one fps selection for its 5 fine-tunes"), (5, "fps drawn anew for each of its 5")):
+        known = down.assign(n_seeds=5, n_selections=[n, 5])
+        assert said in caption(known) and caption(known).endswith(".")
 
 
 def test_interval_is_students_t_over_the_seeds():
