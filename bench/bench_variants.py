@@ -41,9 +41,10 @@ also prints, per recipe, variant and measure, on how many pools ``fps`` came out
 
 Prints per pool and variant the macro accuracy and loss of both methods (mean ± 95 % interval
 over the seeds, compare's ``downstream()``), ``fps`` minus ``random`` with Welch's 95 % interval,
-and the planted junk among ``fps``'s picks, tuning and held-back kinds apart (labels read here
-to measure; no selection reads them); writes the rows to ``--out`` (``benchmarks/variants.tsv`` of
-this checkout) and keeps each run's ``eval.tsv`` and ``selected_data.jsonl`` under
+and the planted junk among ``fps``'s picks (with ``compare.fps_draws``, among the picks of all its
+draws together), tuning and held-back kinds apart (labels read here to measure; no selection reads
+them); writes the rows to ``--out`` (``benchmarks/variants.tsv`` of this checkout) and keeps each
+run's ``eval.tsv`` and ``selected_data.jsonl`` (and ``draw_*.jsonl``) under
 ``--work``/runs/<pool>/<variant>/.
 """
 
@@ -154,15 +155,16 @@ def pool_files(config: Path, work: Path) -> list[Path]:
     return [work / p for p in datasets.values()]
 
 
-def junk_in(selected: Path, files: list[Path]) -> dict[str, int]:
-    """Planted junk among the picks, tuning and held-back kinds apart (labels: ``planted``)."""
+def junk_in(selected: list[Path], files: list[Path]) -> dict[str, int]:
+    """Planted junk among the picks of the ``selected`` files together, tuning and held-back kinds apart
+    (labels: ``planted``)."""
     planted = {}
     for path in files:
         for line in path.read_text().splitlines():
             rec = json.loads(line)
             planted[str(rec.get("id"))] = rec.get("planted", "")
     counts = {"picks": 0, "junk_tuning": 0, "junk_held_back": 0}
-    for line in selected.read_text().splitlines():
+    for line in (line for path in selected for line in path.read_text().splitlines()):
         rec = json.loads(line)
         sid = str(rec.get("sample_id", rec.get("id")))
         kind = planted.get(sid, planted.get(sid.rpartition(":")[2], "")).removeprefix("junk_")
@@ -192,8 +194,12 @@ def run_variant(work: Path, cores: int, run: str, config: Path, name: str, keys:
     for m in methods:
         (keep / m).mkdir(parents=True, exist_ok=True)
         shutil.copy2(work / layout.compare_eval(m), keep / m / "eval.tsv")
-    shutil.copy2(work / layout.compare_selected("fps"), keep / "fps" / "selected_data.jsonl")
     down = downstream({m: keep / m / "eval.tsv" for m in methods}, keep / "downstream.tsv").set_index("method")
+    # fps's selection, and with compare.fps_draws its draws for the later fine-tunes: the junk of all counts
+    picked = [work / layout.compare_selected("fps")]
+    picked += [work / layout.compare_random_draw(i, "fps") for i in range(1, int(down.at["fps", "n_selections"]))]
+    for path in picked:
+        shutil.copy2(path, keep / "fps" / path.name)
     row = {"pool": run, "variant": name, "keys": json.dumps(keys), "seeds": int(down.at["fps", "n_seeds"])}
     row["baselines"] = ",".join(baselines)
     for measure, _, _ in MEASURES:
@@ -203,7 +209,7 @@ def run_variant(work: Path, cores: int, run: str, config: Path, name: str, keys:
         for m in methods[1:]:  # fps − m
             diff, half = difference(per_seed(down.loc["fps"], measure), per_seed(down.loc[m], measure))
             row[f"{measure}_minus_{m}"], row[f"{measure}_minus_{m}_ci95"] = diff, half
-    row.update(junk_in(keep / "fps" / "selected_data.jsonl", pool_files(config, work)))
+    row.update(junk_in([keep / "fps" / path.name for path in picked], pool_files(config, work)))
     return row
 
 

@@ -96,3 +96,17 @@ def test_a_baselines_difference_is_printed_with_its_verdict_and_nan_measures_ski
     assert "loss fps − longest +0.200 ± 0.250 (within)" in text and "accuracy fps − longest" not in text
     assert text.endswith("junk 3 + 1 of 100 (4.0%)")
     assert "fps − longest" not in bv.line({**row, "baselines": ""})
+
+
+def test_junk_in_counts_the_picks_of_every_selection_given(tmp_path):
+    # with compare.fps_draws fps trains on a selection per fine-tune: the junk of all of them counts
+    pool = tmp_path / "pool.jsonl"
+    kinds = {"a": "", "b": "junk_loop", "c": "junk_char_noise", "d": ""}
+    pool.write_text("".join(json.dumps({"id": i, "planted": k}) + "\n" for i, k in kinds.items()))
+    draws = []
+    for name, ids in (("selected_data.jsonl", ["a", "b"]), ("draw_1.jsonl", ["demo:b", "c", "d"])):
+        draws.append(tmp_path / name)
+        draws[-1].write_text("".join(json.dumps({"sample_id": i}) + "\n" for i in ids))
+    assert "loop" in bv.TUNING_KINDS and "char_noise" in bv.HELD_BACK_KINDS
+    assert bv.junk_in(draws[:1], [pool]) == {"picks": 2, "junk_tuning": 1, "junk_held_back": 0}
+    assert bv.junk_in(draws, [pool]) == {"picks": 5, "junk_tuning": 2, "junk_held_back": 1}
