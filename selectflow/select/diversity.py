@@ -648,7 +648,7 @@ def stratified(
     held = np.zeros(m, dtype=bool) if weight is None else np.asarray(weight) < 1.0
     picks = _take_in_order(np.lexsort((key, held)), _Quota(m, k, strata, quota), k)
     log.info("stratified: %d of %d candidates drawn (seed %d), %d of them held back", k, m, seed, held[picks].sum())
-    return np.asarray(picks, dtype=np.int64)
+    return picks
 
 
 def select(
