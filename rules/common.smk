@@ -300,6 +300,19 @@ def compare_target_set_inputs(wildcards):
     }
 
 
+def compare_candidates_inputs(wildcards):
+    """What the comparison's candidates are built from (rules compare_candidates and compare_fps_draw):
+    the pool, less the held-out slice, the main selection's excluded ids and, with method target and
+    eval heldout, the target slice, which every method is kept from too."""
+    return {
+        "router": router_shards(wildcards),
+        "router_table": PATHS.router_data_table,
+        "heldout": PATHS.compare_heldout,
+        "exclude": excluded_ids_file(),
+        "target": compare_target_slice(),
+    }
+
+
 def compare_target_slice():
     """The held-out target slice of the pool, kept from every method (method target, eval heldout)."""
     if (

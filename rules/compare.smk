@@ -79,12 +79,7 @@ rule compare_heldout:
 
 rule compare_candidates:
     input:
-        router=router_shards,
-        router_table=PATHS.router_data_table,
-        heldout=PATHS.compare_heldout,
-        exclude=excluded_ids_file(),
-        # method target with eval heldout: its target slice, kept from every method too
-        target=compare_target_slice(),
+        unpack(compare_candidates_inputs),
     output:
         h5=PATHS.compare_candidates_h5,
         quality=PATHS.compare_candidates_quality,
@@ -147,11 +142,7 @@ rule compare_fps_draw:
     # compare.fps_draws: fps's selection for fine-tuning seed {draw} > 0, candidates and picks re-built
     # with selection.strata_seed + {draw} (draw 0 is compare_fps's)
     input:
-        router=router_shards,
-        router_table=PATHS.router_data_table,
-        heldout=PATHS.compare_heldout,
-        exclude=excluded_ids_file(),
-        target=compare_target_slice(),
+        unpack(compare_candidates_inputs),
     output:
         PATHS.compare_random_draw("{draw}", "fps"),
     log:
