@@ -286,6 +286,15 @@ def compare_length_reference(wildcards):
     return {}
 
 
+def compare_draw_references(wildcards):
+    """A length-matched baseline's draws 1, 2, ... match fps's draw 0 or, with compare.fps_draws, fps's draws
+    1, 2, ..., the selections fps's fine-tunes 1, 2, ... train on."""
+    refs = compare_length_reference(wildcards)
+    if refs and CFG.compare.fps_draws:
+        refs["draw_references"] = compare_draws("fps")
+    return refs
+
+
 def compare_target_set_inputs(wildcards):
     """What the comparison's target set is made from (compare.target, or one like the test set)."""
     if CFG.compare.target:

@@ -293,7 +293,7 @@ rule compare_full_pools:
 
 rule compare_random_draws:
     input:
-        unpack(compare_length_reference),
+        unpack(compare_draw_references),
         pool=PATHS.compare_pool,
         quality=PATHS.compare_candidates_quality,
         router=router_shards,

@@ -15,5 +15,6 @@ run_job(
         from_param(CompareConfig, sm.params.compare),
         method=sm.wildcards.method,
         reference_tsv=sm.input.get("reference"),
+        draw_references=list(sm.input.draw_references) if "draw_references" in sm.input.keys() else None,
     ),
 )

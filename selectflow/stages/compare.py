@@ -143,9 +143,13 @@ def build_pool(
 
 
 def reference_rows(pool: dict, picks_tsv) -> np.ndarray:
-    """Rows of ``pool.h5`` (sorted by ``sample_id``) of the samples a picks table lists, in its order."""
+    """Rows of ``pool.h5`` (sorted by ``sample_id``) of the samples a picks table lists, in its order; or, for a
+    ``.jsonl`` selection (``fps``'s draws), of its records' ``sample_id``, in their order."""
     pool_ids = np.asarray(pool["sample_id"], dtype=str)
-    ids = read_tsv(picks_tsv, "picks table")["sample_id"].astype(str).to_numpy(dtype=str)
+    if str(picks_tsv).endswith(".jsonl"):
+        ids = np.array([str(rec["sample_id"]) for _, rec in iter_jsonl(picks_tsv)], dtype=str)
+    else:
+        ids = read_tsv(picks_tsv, "picks table")["sample_id"].astype(str).to_numpy(dtype=str)
     rows = np.searchsorted(pool_ids, ids)
     found = rows < len(pool_ids)
     found[found] = pool_ids[rows[found]] == ids[found]
@@ -347,16 +351,29 @@ def write_full_pools(quality_tsv, router_paths: list, outputs: dict[str, str | o
 
 
 def random_draws(
-    pool_h5, quality_tsv, router_paths: list, out_paths: list, cmp: CompareConfig, method="random", reference_tsv=None
+    pool_h5,
+    quality_tsv,
+    router_paths: list,
+    out_paths: list,
+    cmp: CompareConfig,
+    method="random",
+    reference_tsv=None,
+    draw_references=None,
 ) -> None:
     """A random baseline's further draws: ``out_paths[j]`` holds the picks of ``method`` (``random``, or
     ``random_length`` or ``random_matched``, matched to ``reference_tsv``, ``fps``'s picks) drawn with
-    ``compare.seed + j + 1`` (draw 0, seed ``compare.seed``, is the method's own selection, :func:`pick_baseline`)."""
+    ``compare.seed + j + 1`` (draw 0, seed ``compare.seed``, is the method's own selection, :func:`pick_baseline`).
+
+    ``draw_references`` (``compare.fps_draws``: ``fps``'s draws 1, 2, ..., one per out path): draw j + 1 is
+    matched to ``fps``'s draw j + 1, the selection fine-tune j + 1 of ``fps`` trains on, not to its draw 0."""
     from selectflow.stages.select import write_selection
 
     pool = read_pool(pool_h5)
-    reference = None if reference_tsv is None else reference_rows(pool, reference_tsv)
+    if draw_references is not None and len(draw_references) != len(out_paths):
+        raise SelectFlowError(f"{len(out_paths)} draws of {method} but {len(draw_references)} fps draws to match")
+    references = draw_references or [reference_tsv] * len(out_paths)
     for j, out in enumerate(out_paths):
+        reference = None if references[j] is None else reference_rows(pool, references[j])
         picks = _baseline_rows(method, pool, cmp.seed + j + 1, reference)
         with tempfile.TemporaryDirectory(dir=Path(out).parent) as tmp:
             picks_tsv = Path(tmp) / "picks.tsv"

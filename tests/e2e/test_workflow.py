@@ -261,7 +261,7 @@ def test_fps_draws_rebuild_fps_with_the_next_strata_seeds_and_rerun_nothing_befo
     wd = tmp_path / "wd"
     shutil.copytree(clean_run, wd, symlinks=True)
     out = wd / "results/small/compare/fps"
-    compare = {"methods": ["random"], "seeds": 3, "full_pools": [], "fps_draws": True}
+    compare = {"methods": ["random", "random_length"], "seeds": 3, "full_pools": [], "fps_draws": True}
     draws = [f"results/small/compare/fps/{name}" for name in ("selected_data.jsonl", "draw_1.jsonl", "draw_2.jsonl")]
     (tmp_path / "on").mkdir()
     on = config_variant("small", tmp_path / "on", compare=compare)
@@ -281,9 +281,16 @@ def test_fps_draws_rebuild_fps_with_the_next_strata_seeds_and_rerun_nothing_befo
     off = config_variant("small", tmp_path / "off", compare={**compare, "fps_draws": False})
     targets = (draws[0], "results/small/compare/random/draw_1.jsonl")
     assert "Nothing to be done" in snakemake(wd, "-n", *targets, *README_COMMAND, config=off).stdout
-    # and fps's fine-tunes train on the three draws with it, on its one selection without it
-    for config, trained_on in ((on, draws), (off, draws[:1])):
+    # and fps's fine-tunes train on the three draws with it, on its one selection without it; random_length's
+    # draws 1, 2 match fps's draws 1, 2 with it (each seed's fps selection), its draw 0 without it
+    matched = ["results/small/compare/fps/picks.tsv", *draws[1:]]
+    for config, trained_on, length_of in ((on, draws, matched), (off, draws[:1], matched[:1])):
         dag = snakemake(wd, "-n", "results/small/compare/fps/eval.tsv", *README_COMMAND, config=config).stdout
         block = dag[dag.index("rule compare_finetune:") :]
         inputs = block[block.index("input:") : block.index("output:")]
         assert [p for p in inputs.replace(",", " ").split() if "/compare/fps/" in p] == trained_on, inputs
+        target = "results/small/compare/random_length/draw_1.jsonl"
+        dag = snakemake(wd, "-n", "--forcerun", "compare_random_draws", target, *README_COMMAND, config=config).stdout
+        block = dag[dag.index("rule compare_random_draws:") :]
+        inputs = block[block.index("input:") : block.index("output:")]
+        assert [p for p in inputs.replace(",", " ").split() if "/compare/fps/" in p] == length_of, inputs

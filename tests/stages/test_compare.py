@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from selectflow.runtime.errors import SelectFlowError
 from selectflow.select import baselines, distance
 
 
@@ -389,6 +390,29 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
         == profile(read_tsv(picks["random_length"], "r")["sample_id"])
     )
     assert len(set(drawn[0])) == k and set(drawn[0]) != set(drawn[1])
+    # compare.fps_draws: draw j matches fps's draw j (here two random selections stand in for them), not draw 0
+    stand_ins = [tmp_path / f"fps_draw_{i}.jsonl" for i in (1, 2)]
+    compare.random_draws(tmp_path / "pool.h5", tmp_path / "c.tsv", shards, stand_ins, cmp, method="random")
+    refs = [[rec["sample_id"] for _, rec in iter_jsonl(path)] for path in stand_ins]
+    assert profile(refs[0]) != profile(refs[1]) != profile(fps_ids), "the stand-ins' lengths differ on this pool"
+    for method in LENGTH_MATCHED:
+        matched = [tmp_path / f"{method}_{i}.jsonl" for i in (1, 2)]
+        compare.random_draws(
+            tmp_path / "pool.h5", tmp_path / "c.tsv", shards, matched, cmp, method, picks["fps"], stand_ins
+        )
+        got = [[rec["sample_id"] for _, rec in iter_jsonl(path)] for path in matched]
+        if method == "random_length":  # bin by bin
+            assert [profile(ids) for ids in got] == [profile(ids) for ids in refs]
+        else:  # pick by pick: the draw nearest_length_pick makes from stand-in j with seed compare.seed + j + 1
+            for j, ids in enumerate(got):
+                want = baselines.nearest_length_pick(
+                    kept["response_tokens"], np.array([row[s] for s in refs[j]]), cmp.seed + j + 1
+                )
+                assert sorted(row[s] for s in ids) == sorted(want), method
+    with pytest.raises(SelectFlowError, match="2 draws of random_length but 1 fps draws"):
+        compare.random_draws(
+            tmp_path / "pool.h5", tmp_path / "c.tsv", shards, draws, cmp, "random_length", picks["fps"], stand_ins[:1]
+        )
     # the same draw again: identical
     compare.draw_heldout(tmp_path / "main.tsv", shards, tmp_path / "again.jsonl", cmp)
     assert (tmp_path / "again.jsonl").read_bytes() == (tmp_path / "heldout.jsonl").read_bytes()
