@@ -73,3 +73,33 @@ def whole_pool(paths, sel) -> Pool:
 def build_candidates_whole(paths, out_h5, quality_tsv, sel, exclude_ids=None) -> int:
     """``build_candidates`` on :func:`whole_pool` instead of the streamed pool; return k."""
     return candidates_of_pool(whole_pool(paths, sel), out_h5, quality_tsv, sel, exclude_ids)
+
+
+def build_compare_pool_concat(router_paths, candidates_h5, quality_tsv, out_h5, cmp, sel) -> None:
+    """``compare.build_pool`` as it was before its two passes: every shard's kept features gathered in a
+    list, stacked, then re-ordered by ``sample_id`` (three copies of the pool's features at the peak). The
+    reference :func:`selectflow.stages.compare.build_pool` must equal, and the baseline of
+    ``bench_scale.py --steps candidates,compare_pool``."""
+    from selectflow.report.yardstick import _kept_ids
+    from selectflow.router.routerfile import read_router_shard
+    from selectflow.runtime.tables import read_tsv
+    from selectflow.select.candidates import read_candidates, shard_features
+    from selectflow.stages.compare import write_pool
+
+    cands = read_candidates(candidates_h5)
+    metric, k = cands.attrs["metric"], int(cands.attrs["k"])
+    table = read_tsv(quality_tsv, "quality table", nan_columns=("quality",)).set_index("sample_id")
+    kept = set(_kept_ids(quality_tsv))
+    ids, feats, lengths = [], [], []
+    for path in router_paths:
+        shard = read_router_shard(path)
+        mask = np.array([sid in kept for sid in shard.sample_id], dtype=bool)
+        if mask.any():
+            ids.append(shard.sample_id[mask].astype(str))
+            lengths.append(np.asarray(shard.n_response_tokens)[mask])
+            feats.append(shard_features(shard, np.flatnonzero(mask), sel)[0])
+    ids_arr = np.concatenate(ids)
+    order = np.argsort(ids_arr, kind="stable")
+    ids_arr, x, response_tokens = ids_arr[order], np.concatenate(feats)[order], np.concatenate(lengths)[order]
+    quality = table.loc[ids_arr, "quality"].to_numpy(dtype=np.float64)
+    write_pool(out_h5, ids_arr, quality, x, response_tokens, k, metric, cmp)

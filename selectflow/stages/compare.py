@@ -98,32 +98,52 @@ def build_pool(
 
     Their features are the candidates' (``selection.features``, through
     :func:`selectflow.select.candidates.shard_features`), so the baselines compare what the main
-    method compares.
+    method compares. Two passes over the shards: their sample ids first (no array read), so that the
+    second writes each shard's features straight to their rows of the pool, sorted by ``sample_id``:
+    memory for the pool's features once, plus one shard.
     """
+    from selectflow.router.routerfile import shard_header
     from selectflow.select.candidates import read_candidates, shard_features
 
     cands = read_candidates(candidates_h5)
     metric, k = cands.attrs["metric"], int(cands.attrs["k"])
     table = read_tsv(quality_tsv, "quality table", nan_columns=("quality",)).set_index("sample_id")
     kept = set(_kept_ids(quality_tsv))
-    ids, feats, lengths = [], [], []
-    for path in router_paths:
-        shard = read_router_shard(path)
-        mask = np.array([sid in kept for sid in shard.sample_id], dtype=bool)
-        if mask.any():
-            ids.append(shard.sample_id[mask].astype(str))
-            lengths.append(np.asarray(shard.n_response_tokens)[mask])
-            x, x_metric = shard_features(shard, np.flatnonzero(mask), sel)
-            if x_metric != metric:
-                raise SelectFlowError(
-                    f"{candidates_h5} was built with metric {metric}, the selection settings "
-                    f"give {x_metric}: rerun rule compare_candidates"
-                )
-            feats.append(x)
-    ids_arr = np.concatenate(ids)
+    shard_ids = [shard_header(path)[1] for path in router_paths]
+    masks = [np.array([sid in kept for sid in ids], dtype=bool) for ids in shard_ids]
+    ids_arr = np.concatenate([ids[mask].astype(str) for ids, mask in zip(shard_ids, masks)])
+    del shard_ids
     order = np.argsort(ids_arr, kind="stable")  # pool rows by sample_id: shard order does not matter
-    ids_arr, x, response_tokens = ids_arr[order], np.concatenate(feats)[order], np.concatenate(lengths)[order]
-    quality = table.loc[ids_arr, "quality"].to_numpy(dtype=np.float64)
+    ids_arr = ids_arr[order]
+    row_of = np.empty(len(order), dtype=np.int64)
+    row_of[order] = np.arange(len(order))  # the pool row of the j-th kept sample in shard order
+    x, response_tokens, at = None, np.empty(len(order), dtype=np.int64), 0
+    for path, mask in zip(router_paths, masks):
+        if not mask.any():
+            continue
+        shard = read_router_shard(path)
+        rows = row_of[at : at + int(mask.sum())]
+        if not np.array_equal(shard.sample_id[mask].astype(str), ids_arr[rows]):
+            raise SelectFlowError(f"router shard {path} changed while the comparison's pool was read: rerun")
+        feats, x_metric = shard_features(shard, np.flatnonzero(mask), sel)
+        if x_metric != metric:
+            raise SelectFlowError(
+                f"{candidates_h5} was built with metric {metric}, the selection settings "
+                f"give {x_metric}: rerun rule compare_candidates"
+            )
+        if x is None:
+            x = np.empty((len(order), feats.shape[1]), dtype=feats.dtype)
+        x[rows] = feats
+        response_tokens[rows] = np.asarray(shard.n_response_tokens)[mask]
+        at += len(rows)
+    write_pool(
+        out_h5, ids_arr, table.loc[ids_arr, "quality"].to_numpy(dtype=np.float64), x, response_tokens, k, metric, cmp
+    )
+
+
+def write_pool(out_h5, ids_arr, quality, x, response_tokens, k: int, metric: str, cmp: CompareConfig) -> None:
+    """``pool.h5`` (atomic) of the kept samples ``ids_arr`` (sorted), with their k-means clusters and the
+    near-duplicate threshold computed from their features ``x``."""
     labels = baselines.kmeans_labels(x, cmp.clusters, cmp.seed)
     eps = baselines.pair_threshold(x, cmp.near_duplicate_quantile, cmp.seed, metric)
     with atomic_path(out_h5, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:

@@ -3,6 +3,7 @@
 import itertools
 from dataclasses import replace
 
+import h5py
 import numpy as np
 import pytest
 
@@ -333,9 +334,11 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     from selectflow.config import LENGTH_MATCHED, selection_section
     from selectflow.data.records import iter_jsonl
     from selectflow.report.yardstick import read_pool
+    from selectflow.router.routerfile import shard_header
     from selectflow.runtime.tables import read_tsv
     from selectflow.stages import compare
     from selectflow.stages.select import build_candidates, run_fps
+    from tests.pool_reference import build_compare_pool_concat
     from tests.stages.test_select import make_pool, write_shards
 
     pool = make_pool()
@@ -357,6 +360,15 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     k = build_candidates(shards, tmp_path / "c.h5", tmp_path / "c.tsv", sel, held)
     compare.build_pool(shards, tmp_path / "c.h5", tmp_path / "c.tsv", tmp_path / "pool.h5", cmp, sel)
     kept = read_pool(tmp_path / "pool.h5")
+    # the two passes write what stacking every shard's kept features and re-ordering them wrote (the shards
+    # hold the samples shuffled, so the rows move)
+    build_compare_pool_concat(shards, tmp_path / "c.h5", tmp_path / "c.tsv", tmp_path / "concat.h5", cmp, sel)
+    with h5py.File(tmp_path / "pool.h5") as a, h5py.File(tmp_path / "concat.h5") as b:
+        assert sorted(a) == sorted(b) and dict(a.attrs) == dict(b.attrs)
+        for name in a:
+            assert a[name].dtype == b[name].dtype and np.array_equal(a[name][()], b[name][()]), name
+    in_shards = [str(s) for path in shards for s in shard_header(path)[1] if s in set(kept["sample_id"])]
+    assert list(kept["sample_id"]) == sorted(in_shards) != in_shards
     assert not held & set(kept["sample_id"])
     # each kept sample's response tokens, as its router shard recorded them
     assert list(kept["response_tokens"]) == [3 + list(pool).index(sid) % 7 for sid in kept["sample_id"]]
