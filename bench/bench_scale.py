@@ -9,7 +9,9 @@ peak RSS (``ru_maxrss``) is its own. Baselines measured in the same run:
   whole pool, then the same scoring: ``tests/pool_reference.py``) — the old path is skipped above
   ``--old-max`` samples;
 * ``selected_data`` reading only the selected rows vs reading every shard whole;
-* FPS on 2 gloo ranks (torchrun) vs one process, same picks checked.
+* FPS on 2 gloo ranks (torchrun) vs one process, same picks checked;
+* ``compare_pool`` (compare's pool of every kept sample: two passes, features written to their rows)
+  vs the code before (stacked and re-ordered: ``tests/pool_reference.py``), same pool checked.
 
 ``--steps chain`` runs ``continue_selection`` (candidates, FPS, selected_data in one process, as
 ``selectflow continue-selection`` does) and checks its peak RSS against the bound
@@ -140,6 +142,20 @@ elif args["step"] == "candidates_old":
     from tests.pool_reference import build_candidates_whole
     build_candidates_whole(args["paths"], args["out"] + "/candidates_old.h5",
                            args["out"] + "/candidates_quality_old.tsv", sel)
+elif args["step"] in ("compare_pool", "compare_pool_old"):
+    # compare's pool (rule compare_pool) over the candidates step's outputs, compare's defaults
+    import yaml
+    from selectflow.config import CompareConfig, section
+    from selectflow.configdoc import SCHEMA
+    from selectflow.schema import with_defaults
+    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
+    cmp = section(CompareConfig, {**with_defaults(raw, yaml.safe_load(SCHEMA.read_text()))["compare"], "train": None})
+    if args["step"] == "compare_pool":
+        from selectflow.stages.compare import build_pool
+    else:  # before: every shard's kept features in a list, stacked, then re-ordered (three copies at the peak)
+        from tests.pool_reference import build_compare_pool_concat as build_pool
+    build_pool(args["paths"], args["out"] + "/candidates.h5", args["out"] + "/candidates_quality.tsv",
+               args["out"] + f"/{args['step']}.h5", cmp, sel)
 elif args["step"] == "fps":
     from selectflow.stages.select import run_fps
     run_fps(args["out"] + "/candidates.h5", args["out"] + f"/curve_{sel.fps_gpus}.tsv", sel)
@@ -221,7 +237,8 @@ def main() -> None:
     ap.add_argument(
         "--steps",
         default="candidates,fps,ranks,selected_data",
-        help="comma-separated, of candidates, fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
+        help="comma-separated, of candidates, compare_pool (after candidates: compare's pool of every kept "
+        "sample, against the code before it), fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
         "(continue-selection in one process), chain_exact_only (the same without near-duplicate "
         "dedup), candidates_nogates (with --gates: candidates on the same shards without the gates' "
         "logits); default %(default)s",
@@ -257,7 +274,7 @@ def main() -> None:
         m = round(args.candidates * args.n)
         feature_bytes = m * L * E * 4
         steps = args.steps.split(",")
-        rows = {}
+        rows, pool_bytes = {}, 0
         if "chain" in steps:
             rows["continue-selection (one process)"] = run_step("chain", common)
         if "chain_exact_only" in steps:  # the same with near-duplicate dedup off: what it costs
@@ -279,6 +296,14 @@ def main() -> None:
             with h5py.File(work / "candidates.h5") as a, h5py.File(work / "candidates_old.h5") as b:
                 assert all(np.array_equal(a[name][()], b[name][()]) for name in a), "candidates differ"
             assert (work / "candidates_quality.tsv").read_bytes() == (work / "candidates_quality_old.tsv").read_bytes()
+        if "compare_pool" in steps:  # after candidates: compare's pool of every kept sample, and the code before
+            rows["compare_pool"] = run_step("compare_pool", common)
+            rows["compare_pool (stacked, before)"] = run_step("compare_pool_old", common)
+            import h5py
+
+            with h5py.File(work / "compare_pool.h5") as a, h5py.File(work / "compare_pool_old.h5") as b:
+                assert all(np.array_equal(a[name][()], b[name][()]) for name in a), "compare pools differ"
+                pool_bytes = a["features"].size * 4
         if "fps" in steps:
             rows["fps, 1 process"] = run_step("fps", common)
         if "ranks" in steps:
@@ -291,19 +316,24 @@ def main() -> None:
     print(f"candidates: {m:,}, features {feature_bytes / 2**30:.2f} GiB; FPS k={args.k}; routing_strata {args.strata}")
     print(f"{'step':40s} {'time s':>9s} {'peak RSS GiB':>13s} {'/ bound':>8s}")
     budget = 1.5 * feature_bytes + 2**30
+    # compare's pool holds every kept sample's features, not the candidates': its own bound, 1.5 x those + 1 GiB
+    bound = {name: 1.5 * pool_bytes + 2**30 if name.startswith("compare_pool") else budget for name in rows}
     for name, r in rows.items():
-        print(f"{name:40s} {r['seconds']:9.1f} {r['peak_rss'] / 2**30:13.2f} {r['peak_rss'] / budget:8.2f}")
+        print(f"{name:40s} {r['seconds']:9.1f} {r['peak_rss'] / 2**30:13.2f} {r['peak_rss'] / bound[name]:8.2f}")
     print(
-        f"bound: 1.5 x candidate feature bytes + 1 GiB = {budget / 2**30:.2f} GiB; every step of this tree "
+        f"bound: 1.5 x candidate feature bytes + 1 GiB = {budget / 2**30:.2f} GiB"
+        + (f" (compare_pool: of the kept samples' {pool_bytes / 2**30:.2f} GiB)" if "compare_pool" in rows else "")
+        + "; every step of this tree "
         + (
             "within it"
-            if all(r["peak_rss"] <= budget for n, r in rows.items() if "before" not in n)
+            if all(r["peak_rss"] <= bound[n] for n, r in rows.items() if "before" not in n)
             else "NOT within it"
         )
     )
     for new, old in (
         ("candidates", "candidates (in-memory, before)"),
         ("selected_data", "selected_data (whole shards, before)"),
+        ("compare_pool", "compare_pool (stacked, before)"),
     ):
         if old in rows:
             print(
