@@ -39,9 +39,12 @@ def _pool_records(router_paths: list, wanted: set[str]):
                 yield sid, {**json.loads(text)["record"], "sample_id": sid}
 
 
-def read_pool(pool_h5) -> dict:
+def read_pool(pool_h5, features: bool = True) -> dict:
+    """``pool.h5`` (rule ``compare_pool``) as a dict; ``features: False`` leaves the features [n, D] on disk
+    (``None``): what the baselines that do not compare them, and :func:`read_pool_features`, need."""
     with h5py.File(pool_h5, "r") as f:
-        out = {name: f[name][()] for name in ("quality", "features", "cluster")}
+        out = {name: f[name][()] for name in ("quality", "cluster")}
+        out["features"] = f["features"][()] if features else None
         if "response_tokens" in f:  # absent from a pool.h5 written before the longest baseline
             out["response_tokens"] = f["response_tokens"][()]
         out["sample_id"] = np.array(
@@ -49,6 +52,16 @@ def read_pool(pool_h5) -> dict:
         )
         out.update({k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()})
     return out
+
+
+def read_pool_features(pool_h5, rows) -> np.ndarray:
+    """The features of ``pool.h5`` rows ``rows`` (in their order), read without the rest of the pool's."""
+    rows = np.asarray(rows, dtype=np.int64)
+    distinct, back = np.unique(rows, return_inverse=True)
+    with h5py.File(pool_h5, "r") as f:
+        feats = f["features"]
+        values = feats[distinct] if len(distinct) else np.empty((0, *feats.shape[1:]), dtype=feats.dtype)
+    return values[back]
 
 
 def _selection(path) -> list[dict]:

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 BASELINES = tuple(
     m for m in schema_enum("compare", "methods") if m not in ("fps", "target")
 )  # fps, target: not baselines
+# the baselines that compare the pool's features; the others read its quality, clusters or lengths only
+NEEDS_FEATURES = ("score_first", "semdedup")
 BISECTION_STEPS = 30
 # score_first's bisection: a walk computes up to k·n distances; above this many for all walks
 # together the bisection takes fewer steps, never fewer than MIN_BISECTION_STEPS

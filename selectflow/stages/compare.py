@@ -43,6 +43,7 @@ from selectflow.report.yardstick import (
     _text_key,
     interval,
     read_pool,
+    read_pool_features,
 )
 from selectflow.router.routerfile import read_router_shard
 from selectflow.runtime.errors import SelectFlowError
@@ -189,7 +190,7 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
     """
     from selectflow.runtime.device import resolve_device
 
-    pool = read_pool(pool_h5)
+    pool = read_pool(pool_h5, features=method in baselines.NEEDS_FEATURES)
     reference = None if reference_tsv is None else reference_rows(pool, reference_tsv)
     picks = _baseline_rows(method, pool, cmp.seed, reference, resolve_device(device))
     _write_picks(pool, picks, picks_tsv)
@@ -230,7 +231,7 @@ def _write_picks(pool: dict, picks: np.ndarray, picks_tsv) -> None:
 
 def intrinsic(selections: dict[str, str | os.PathLike], pool_h5, out_tsv) -> pd.DataFrame:
     """One row per method: size, quality, near-duplicates, cluster coverage, response length, label shares."""
-    pool = read_pool(pool_h5)
+    pool = read_pool(pool_h5, features=False)
     row_of = {sid: i for i, sid in enumerate(pool["sample_id"])}
     n_clusters = int(pool["cluster"].max()) + 1
     rows = []
@@ -245,7 +246,7 @@ def intrinsic(selections: dict[str, str | os.PathLike], pool_h5, out_tsv) -> pd.
             "size": len(recs),
             "mean_quality": float(np.mean(pool["quality"][idx])),
             "near_duplicate_pairs": baselines.near_duplicate_pairs(
-                pool["features"][idx], float(pool["near_duplicate_threshold"]), pool["metric"]
+                read_pool_features(pool_h5, idx), float(pool["near_duplicate_threshold"]), pool["metric"]
             ),
             "text_duplicate_pairs": sum(c * (c - 1) // 2 for c in pd.Series(texts).value_counts()),
             "clusters_touched": float((hist > 0).sum() / n_clusters),
@@ -388,7 +389,7 @@ def random_draws(
     matched to ``fps``'s draw j + 1, the selection fine-tune j + 1 of ``fps`` trains on, not to its draw 0."""
     from selectflow.stages.select import write_selection
 
-    pool = read_pool(pool_h5)
+    pool = read_pool(pool_h5, features=method in baselines.NEEDS_FEATURES)
     if draw_references is not None and len(draw_references) != len(out_paths):
         raise SelectFlowError(f"{len(out_paths)} draws of {method} but {len(draw_references)} fps draws to match")
     references = draw_references or [reference_tsv] * len(out_paths)
