@@ -156,6 +156,20 @@ elif args["step"] in ("compare_pool", "compare_pool_old"):
         from tests.pool_reference import build_compare_pool_concat as build_pool
     build_pool(args["paths"], args["out"] + "/candidates.h5", args["out"] + "/candidates_quality.tsv",
                args["out"] + f"/{args['step']}.h5", cmp, sel)
+elif args["step"] in ("compare_random", "compare_random_old"):
+    # compare's random baseline on that pool; before, every baseline job read the pool's features too
+    import yaml
+    from selectflow.config import CompareConfig, section
+    from selectflow.configdoc import SCHEMA
+    from selectflow.schema import with_defaults
+    from selectflow.stages import compare
+    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
+    cmp = section(CompareConfig, {**with_defaults(raw, yaml.safe_load(SCHEMA.read_text()))["compare"], "train": None})
+    pool_h5, picks = args["out"] + "/compare_pool.h5", args["out"] + f"/{args['step']}.tsv"
+    if args["step"] == "compare_random_old":  # the same job, reading the features as before
+        read_pool = compare.read_pool
+        compare.read_pool = lambda path, features=True: read_pool(path)
+    compare.pick_baseline("random", pool_h5, picks, cmp)
 elif args["step"] == "fps":
     from selectflow.stages.select import run_fps
     run_fps(args["out"] + "/candidates.h5", args["out"] + f"/curve_{sel.fps_gpus}.tsv", sel)
@@ -304,6 +318,9 @@ def main() -> None:
             with h5py.File(work / "compare_pool.h5") as a, h5py.File(work / "compare_pool_old.h5") as b:
                 assert all(np.array_equal(a[name][()], b[name][()]) for name in a), "compare pools differ"
                 pool_bytes = a["features"].size * 4
+            rows["compare random baseline"] = run_step("compare_random", common)
+            rows["compare random baseline (features read, before)"] = run_step("compare_random_old", common)
+            assert (work / "compare_random.tsv").read_bytes() == (work / "compare_random_old.tsv").read_bytes()
         if "fps" in steps:
             rows["fps, 1 process"] = run_step("fps", common)
         if "ranks" in steps:
@@ -317,7 +334,7 @@ def main() -> None:
     print(f"{'step':40s} {'time s':>9s} {'peak RSS GiB':>13s} {'/ bound':>8s}")
     budget = 1.5 * feature_bytes + 2**30
     # compare's pool holds every kept sample's features, not the candidates': its own bound, 1.5 x those + 1 GiB
-    bound = {name: 1.5 * pool_bytes + 2**30 if name.startswith("compare_pool") else budget for name in rows}
+    bound = {name: 1.5 * pool_bytes + 2**30 if name.startswith("compare") else budget for name in rows}
     for name, r in rows.items():
         print(f"{name:40s} {r['seconds']:9.1f} {r['peak_rss'] / 2**30:13.2f} {r['peak_rss'] / bound[name]:8.2f}")
     print(
@@ -334,6 +351,7 @@ def main() -> None:
         ("candidates", "candidates (in-memory, before)"),
         ("selected_data", "selected_data (whole shards, before)"),
         ("compare_pool", "compare_pool (stacked, before)"),
+        ("compare random baseline", "compare random baseline (features read, before)"),
     ):
         if old in rows:
             print(
