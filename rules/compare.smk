@@ -139,10 +139,12 @@ rule compare_fps:
 
 
 rule compare_fps_draw:
-    # compare.fps_draws: fps's selection for fine-tuning seed {draw} > 0, candidates and picks re-built
-    # with selection.strata_seed + {draw} (draw 0 is compare_fps's)
+    # compare.fps_draws: fps's selection for fine-tuning seed {draw} > 0, strata (or, where they need the pool,
+    # candidates) and picks re-built with selection.strata_seed + {draw} (draw 0 is compare_fps's)
     input:
         unpack(compare_candidates_inputs),
+        candidates=PATHS.compare_candidates_h5,
+        quality=PATHS.compare_candidates_quality,
     output:
         PATHS.compare_random_draw("{draw}", "fps"),
     log:

@@ -14,6 +14,7 @@ run_job(
         from_param(SelectionConfig, sm.params.selection),
         int(sm.wildcards.draw),
         chunk=sm.resources.chunk,
+        candidates=(sm.input.candidates, sm.input.quality),
     ),
     size_name="chunk",
 )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,42 @@ def write_candidates(path: str | os.PathLike, pool: Pool, score: np.ndarray, cho
             f.attrs["metric"] = metric
             f.attrs["layout_version"] = CANDIDATES_LAYOUT_VERSION
             f.attrs["complete"] = True
+
+
+def restratify(candidates_h5: str | os.PathLike, out_h5: str | os.PathLike, sel, chunk: int = 65536) -> bool:
+    """``candidates_h5`` with its routing strata drawn anew by ``sel.strata_seed``, into ``out_h5`` (atomic),
+    without reading the pool again; False, and nothing written, where that needs the pool.
+
+    It can where every kept sample is a candidate (stage ``fps``: the default, no
+    ``importance_selection_percentage``) and each weighs 1 (``strata_weight: kept``): then the
+    candidates are the kept samples in quality order, their features are those :func:`choose` clusters,
+    and only the ``stratum`` and ``quota`` datasets change, as :func:`candidates_of_pool` would write them
+    with that seed. ``compare.fps_draws``' draws take this path (one pool scan for all of them).
+    """
+    with open_candidates(candidates_h5) as f:
+        stage, k, n = f.attrs["stage"], int(f.attrs["k"]), len(f["sample_id"])
+    if stage != "fps" or sel.disable_diversity or sel.routing_strata <= 1 or sel.strata_weight != "kept":
+        return False
+    with atomic_path(out_h5, suffix=".h5") as tmp:
+        shutil.copyfile(candidates_h5, tmp)
+        with h5py.File(tmp, "r+") as f:
+            feats = f["features"]
+
+            def features_of(rows):
+                distinct, back = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+                return feats[distinct][back]
+
+            def labels_of(label):
+                return np.concatenate([label(feats[lo : lo + chunk]) for lo in range(0, n, chunk)])
+
+            labels = strata_labels(n, sel.routing_strata, features_of, labels_of, seed=sel.strata_seed)
+            take, labels, quota = stratify(labels, np.ones(n), k, n)
+            if not take.all():  # stage fps takes every kept sample; anything else is not this file's pool
+                raise SelectFlowError(f"{candidates_h5}: stage fps, yet not every kept sample a candidate; rebuild it")
+            del f["stratum"], f["quota"]
+            f.create_dataset("stratum", data=labels.astype(np.int64))
+            f.create_dataset("quota", data=quota)
+    return True
 
 
 def feature_metric(sel) -> str:

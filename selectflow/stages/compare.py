@@ -412,14 +412,25 @@ def pick_fps(candidates_h5, picks_tsv, sel: SelectionConfig, chunk=None) -> int:
     return run_fps(candidates_h5, picks_tsv, replace(sel, distance_mode="streaming"), chunk=chunk)
 
 
-def fps_draw(router_paths: list, exclude: set[str], out_jsonl, sel: SelectionConfig, draw: int, chunk=None) -> int:
+def fps_draw(
+    router_paths: list,
+    exclude: set[str],
+    out_jsonl,
+    sel: SelectionConfig,
+    draw: int,
+    chunk=None,
+    candidates=None,
+) -> int:
     """``fps``'s selection for fine-tuning seed ``draw`` > 0 (``compare.fps_draws``) into ``out_jsonl``; return k.
 
-    The comparison's candidates (the pool less ``exclude``) and the picks re-built as rules
-    ``compare_candidates`` and ``compare_fps`` (:func:`pick_fps`) build them, with ``selection.strata_seed +
-    draw``: the routing strata's k-means (and ``diversity: stratified``'s draw) is the selection's one draw of
-    chance. Draw 0 is ``compare_fps``'s.
+    The comparison's candidates (the pool less ``exclude``) and the picks as rules ``compare_candidates``
+    and ``compare_fps`` (:func:`pick_fps`) build them, with ``selection.strata_seed + draw``: the routing
+    strata's k-means (and ``diversity: stratified``'s draw) is the selection's one draw of chance. Draw 0 is
+    ``compare_fps``'s. ``candidates`` (the comparison's ``candidates.h5`` and ``candidates_quality.tsv``):
+    where :func:`selectflow.select.candidates.restratify` can, only their strata are drawn anew, without
+    the pool scan; else (or without them) the candidates are re-built from the router shards.
     """
+    from selectflow.select.candidates import restratify
     from selectflow.stages.select import build_candidates, write_selection
 
     drawn = replace(sel, strata_seed=sel.strata_seed + draw)
@@ -429,7 +440,11 @@ def fps_draw(router_paths: list, exclude: set[str], out_jsonl, sel: SelectionCon
         )
     with tempfile.TemporaryDirectory(dir=Path(out_jsonl).parent) as tmp:
         cands, quality, picks = (Path(tmp) / name for name in ("candidates.h5", "quality.tsv", "picks.tsv"))
-        build_candidates(router_paths, cands, quality, drawn, exclude)
+        if candidates is not None and restratify(candidates[0], cands, drawn):
+            quality = candidates[1]
+            log.info("fps draw %d: the comparison's candidates with their strata drawn anew", draw)
+        else:
+            build_candidates(router_paths, cands, quality, drawn, exclude)
         k = pick_fps(cands, picks, drawn, chunk=chunk)
         write_selection(picks, quality, router_paths, out_jsonl, Path(tmp) / "summary.tsv")
     log.info("fps draw %d (strata_seed %d): %d picks -> %s", draw, drawn.strata_seed, k, out_jsonl)

@@ -257,28 +257,31 @@ def test_sigkill_then_rerun_only_finishes_what_was_missing(clean_run, tmp_path, 
 
 def test_fps_draws_rebuild_fps_with_the_next_strata_seeds_and_rerun_nothing_before_them(clean_run, tmp_path):
     # compare.fps_draws: fine-tuning seed i trains on fps's selection with selection.strata_seed + i; draw i
-    # is the selection compare's fps makes when a user sets strata_seed i
+    # is the selection compare's fps makes when a user sets strata_seed i. Every kept sample a candidate, as
+    # by default: the draws take the comparison's candidates and draw their strata anew (no pool scan)
+    every = {"importance_selection_percentage": None}
     wd = tmp_path / "wd"
     shutil.copytree(clean_run, wd, symlinks=True)
     out = wd / "results/small/compare/fps"
     compare = {"methods": ["random", "random_length"], "seeds": 3, "full_pools": [], "fps_draws": True}
     draws = [f"results/small/compare/fps/{name}" for name in ("selected_data.jsonl", "draw_1.jsonl", "draw_2.jsonl")]
     (tmp_path / "on").mkdir()
-    on = config_variant("small", tmp_path / "on", compare=compare)
+    on = config_variant("small", tmp_path / "on", compare=compare, selection=every)
     jobs = ran_jobs(snakemake(wd, *draws, "results/small/compare/random/draw_1.jsonl", *README_COMMAND, config=on))
     assert jobs.count("compare_fps_draw") == 2 and "compare_fps" in jobs, jobs
+    assert "candidates with their strata drawn anew" in (wd / "logs/small/compare/fps_draw_1.log").read_text()
     picked = [[rec["sample_id"] for rec in map(json.loads, (wd / d).read_text().splitlines())] for d in draws]
     assert len({len(p) for p in picked}) == 1 and all(len(set(p)) == len(p) for p in picked)
     assert len({frozenset(p) for p in picked}) == 3, "the strata seed changes the picks on this pool"
     for i in (1, 2):
         (tmp_path / f"seed{i}").mkdir()
-        seeded = config_variant("small", tmp_path / f"seed{i}", compare=compare, selection={"strata_seed": i})
+        seeded = config_variant("small", tmp_path / f"seed{i}", compare=compare, selection={**every, "strata_seed": i})
         snakemake(wd, draws[0], *README_COMMAND, config=seeded)
         assert (out / "selected_data.jsonl").read_text().splitlines() == (wd / draws[i]).read_text().splitlines()
     # back to seed 0; turning fps_draws off reruns nothing before fps's fine-tunes (param_of_compare)
     snakemake(wd, draws[0], *README_COMMAND, config=on)
     (tmp_path / "off").mkdir()
-    off = config_variant("small", tmp_path / "off", compare={**compare, "fps_draws": False})
+    off = config_variant("small", tmp_path / "off", compare={**compare, "fps_draws": False}, selection=every)
     targets = (draws[0], "results/small/compare/random/draw_1.jsonl")
     assert "Nothing to be done" in snakemake(wd, "-n", *targets, *README_COMMAND, config=off).stdout
     # and fps's fine-tunes train on the three draws with it, on its one selection without it; random_length's

@@ -470,7 +470,58 @@ def test_fps_draw_is_fps_with_the_next_strata_seed_less_the_excluded_in_either_d
         assert compare.fps_draw(shards, exclude, out, base, 2) == len(drawn[3])
         ids = [rec["sample_id"] for _, rec in iter_jsonl(out)]
         assert sorted(ids) == sorted(drawn[3]) and not exclude & set(ids)
+        # from the comparison's candidates (seed 1's), only the strata drawn anew: the same draw, byte for byte
+        reused = tmp_path / f"reused_{mode}.jsonl"
+        assert compare.fps_draw(shards, exclude, reused, base, 2, candidates=(tmp_path / "c1.h5", tmp_path / "c1.tsv"))
+        assert reused.read_bytes() == out.read_bytes()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("tmp")] == []  # no scratch folder left
+
+
+@pytest.mark.parametrize(
+    "setting, reused",
+    [
+        ({}, True),
+        ("sampled", True),  # the strata's k-means trained on a sample, every sample assigned chunk by chunk
+        ({"importance_selection_percentage": 0.6}, False),  # candidates: each stratum's quality top, from the pool
+        ({"strata_weight": "pool"}, False),  # weights: the duplicates each kept sample stands for
+        ({"routing_strata": 1}, False),
+    ],
+)
+def test_restratify_writes_the_candidates_a_rebuild_with_the_next_seed_writes_or_declines(
+    tmp_path, monkeypatch, caplog, setting, reused
+):
+    import logging
+
+    import h5py
+
+    sampled = setting == "sampled"
+    if sampled:
+        monkeypatch.setattr("selectflow.select.strata.POINTS_PER_CENTROID", 2)
+        setting = {}
+    caplog.set_level(logging.INFO, logger="selectflow.select.strata")
+
+    from selectflow.config import selection_section
+    from selectflow.select.candidates import restratify
+    from selectflow.stages.select import build_candidates
+    from tests.stages.test_select import make_pool, write_shards
+
+    shards = write_shards(make_pool(), tmp_path / "router", seed=1)
+    sel = selection_section(
+        **{"selection_percentage": 0.3, "device": "cpu", "quality_method": "ifd", "routing_strata": 3, **setting}
+    )
+    build_candidates(shards, tmp_path / "c0.h5", tmp_path / "c0.tsv", sel)
+    build_candidates(shards, tmp_path / "c5.h5", tmp_path / "c5.tsv", replace(sel, strata_seed=5))
+    assert restratify(tmp_path / "c0.h5", tmp_path / "r5.h5", replace(sel, strata_seed=5), chunk=4) is reused
+    if not reused:
+        assert not (tmp_path / "r5.h5").exists()
+        return
+    with h5py.File(tmp_path / "r5.h5") as a, h5py.File(tmp_path / "c5.h5") as b, h5py.File(tmp_path / "c0.h5") as c:
+        assert sorted(a) == sorted(b) and dict(a.attrs) == dict(b.attrs)
+        for name in a:
+            assert a[name].dtype == b[name].dtype and np.array_equal(a[name][()], b[name][()]), name
+        assert not np.array_equal(b["stratum"][()], c["stratum"][()]), "the seed moves the strata on this pool"
+    assert (tmp_path / "c5.tsv").read_bytes() == (tmp_path / "c0.tsv").read_bytes()  # the quality table keeps
+    assert ("k-means trained on 6 of" in caplog.text) is sampled
 
 
 def test_caption_names_the_winners_and_tests_the_difference_with_welch():
