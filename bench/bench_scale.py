@@ -212,6 +212,21 @@ print("RESULT " + json.dumps({"seconds": seconds, "peak_rss": peak}))
 """
 
 
+def same_h5(path_a, path_b, rows: int = 65536) -> bool:
+    """The two HDF5 files hold the same datasets, compared ``rows`` rows at a time: a step forked from this
+    process would start at its peak RSS (``ru_maxrss`` survives fork and exec), so it never holds them whole."""
+    import h5py
+
+    with h5py.File(path_a) as a, h5py.File(path_b) as b:
+        return sorted(a) == sorted(b) and all(
+            a[name].shape == b[name].shape
+            and all(
+                np.array_equal(a[name][lo : lo + rows], b[name][lo : lo + rows]) for lo in range(0, len(a[name]), rows)
+            )
+            for name in a
+        )
+
+
 def run_step(step: str, args: dict) -> dict:
     """Run ``step`` in a fresh process; print its time and peak RSS as soon as it ends (a 2M run takes ~15 min)."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -305,10 +320,7 @@ def main() -> None:
             )
         if "candidates" in steps and args.n <= args.old_max:
             rows["candidates (in-memory, before)"] = run_step("candidates_old", common)
-            import h5py
-
-            with h5py.File(work / "candidates.h5") as a, h5py.File(work / "candidates_old.h5") as b:
-                assert all(np.array_equal(a[name][()], b[name][()]) for name in a), "candidates differ"
+            assert same_h5(work / "candidates.h5", work / "candidates_old.h5"), "candidates differ"
             assert (work / "candidates_quality.tsv").read_bytes() == (work / "candidates_quality_old.tsv").read_bytes()
         if "compare_pool" in steps:  # after candidates: compare's pool of every kept sample, and the code before
             rows["compare_pool"] = run_step("compare_pool", common)
@@ -316,19 +328,11 @@ def main() -> None:
             rows["compare random baseline"] = run_step("compare_random", common)
             rows["compare random baseline (features read, before)"] = run_step("compare_random_old", common)
             assert (work / "compare_random.tsv").read_bytes() == (work / "compare_random_old.tsv").read_bytes()
+            assert same_h5(work / "compare_pool.h5", work / "compare_pool_old.h5"), "compare pools differ"
             import h5py
 
-            # checked 65,536 rows at a time: a child forked from a process holding the pools would start at
-            # its peak RSS (ru_maxrss survives fork and exec), so this process never holds them whole
-            with h5py.File(work / "compare_pool.h5") as a, h5py.File(work / "compare_pool_old.h5") as b:
-                assert sorted(a) == sorted(b), "compare pools differ"
-                for name in a:
-                    n_rows = len(a[name])
-                    assert n_rows == len(b[name]) and all(
-                        np.array_equal(a[name][lo : lo + 65536], b[name][lo : lo + 65536])
-                        for lo in range(0, n_rows, 65536)
-                    ), f"compare pools differ in {name}"
-                pool_bytes = a["features"].size * 4
+            with h5py.File(work / "compare_pool.h5") as f:
+                pool_bytes = f["features"].size * 4
         if "fps" in steps:
             rows["fps, 1 process"] = run_step("fps", common)
         if "ranks" in steps:
