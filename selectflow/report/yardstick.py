@@ -64,6 +64,16 @@ def read_pool_features(pool_h5, rows) -> np.ndarray:
     return values[back]
 
 
+class PoolFeatures:
+    """``pool.h5``'s features left on disk: ``[rows]`` reads those rows (:func:`read_pool_features`)."""
+
+    def __init__(self, pool_h5):
+        self.path = pool_h5
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return read_pool_features(self.path, rows)
+
+
 def _selection(path) -> list[dict]:
     return [rec for _, rec in iter_jsonl(path)]
 

@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 BASELINES = tuple(
     m for m in schema_enum("compare", "methods") if m not in ("fps", "target")
 )  # fps, target: not baselines
-# the baselines that compare the pool's features; the others read its quality, clusters or lengths only
-NEEDS_FEATURES = ("score_first", "semdedup")
+# the baselines that compare the pool's features, and how: every row at once (score_first's walks), or the
+# rows of one cluster at a time (semdedup); the others read its quality, clusters or lengths only
+NEEDS_FEATURES = {"score_first": "all", "semdedup": "rows"}
 BISECTION_STEPS = 30
 # score_first's bisection: a walk computes up to k·n distances; above this many for all walks
 # together the bisection takes fewer steps, never fewer than MIN_BISECTION_STEPS
@@ -313,16 +314,16 @@ def semdedup(
     In each cluster the members are walked in quality order; a member within ``eps``
     (distance <= eps) of a member already kept in the same cluster is dropped. The top k
     survivors by quality are the selection; when fewer than k survive, the best dropped rows
-    fill the rest (the selection always has k rows).
+    fill the rest (the selection always has k rows). ``feats``: [n, D], or whatever gives rows
+    as ``feats[rows]`` (``pool.h5``'s features on disk): one cluster's features are held at a time.
     """
     n = len(quality)
     _check_k(k, n)
-    x = _torch(feats, device)
     order = quality_order(quality, ids)
     dropped = np.zeros(n, dtype=bool)
     for c in np.unique(labels):
         members = order[labels[order] == c]  # quality order within the cluster
-        sub = x[members]
+        sub = _torch(feats[members], device)
         near = np.zeros(len(members), dtype=bool)
         for j in range(len(members)):
             if near[j]:

@@ -37,6 +37,7 @@ from selectflow.config import CompareConfig, SelectionConfig, TrainConfig
 from selectflow.data.records import iter_jsonl, record_prompt_response, write_jsonl
 from selectflow.report.yardstick import (
     LABEL_FIELDS,
+    PoolFeatures,
     _kept_ids,
     _pool_records,
     _selection,
@@ -190,12 +191,22 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
     """
     from selectflow.runtime.device import resolve_device
 
-    pool = read_pool(pool_h5, features=method in baselines.NEEDS_FEATURES)
+    pool = _pool_for(method, pool_h5)
     reference = None if reference_tsv is None else reference_rows(pool, reference_tsv)
     picks = _baseline_rows(method, pool, cmp.seed, reference, resolve_device(device))
     _write_picks(pool, picks, picks_tsv)
     log.info("%s picked %d", method, len(picks))
     return len(picks)
+
+
+def _pool_for(method: str, pool_h5) -> dict:
+    """``pool.h5`` as baseline ``method`` reads it: the features in memory where it compares every row at
+    once, on disk where it reads them by rows (:class:`PoolFeatures`), else not at all (``None``)."""
+    need = baselines.NEEDS_FEATURES.get(method)
+    pool = read_pool(pool_h5, features=need == "all")
+    if need == "rows":
+        pool["features"] = PoolFeatures(pool_h5)
+    return pool
 
 
 def _baseline_rows(method: str, pool: dict, seed: int, reference: np.ndarray | None, device="cpu") -> np.ndarray:
@@ -389,7 +400,7 @@ def random_draws(
     matched to ``fps``'s draw j + 1, the selection fine-tune j + 1 of ``fps`` trains on, not to its draw 0."""
     from selectflow.stages.select import write_selection
 
-    pool = read_pool(pool_h5, features=method in baselines.NEEDS_FEATURES)
+    pool = _pool_for(method, pool_h5)
     if draw_references is not None and len(draw_references) != len(out_paths):
         raise SelectFlowError(f"{len(out_paths)} draws of {method} but {len(draw_references)} fps draws to match")
     references = draw_references or [reference_tsv] * len(out_paths)

@@ -333,7 +333,7 @@ def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout
 def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     from selectflow.config import LENGTH_MATCHED, selection_section
     from selectflow.data.records import iter_jsonl
-    from selectflow.report.yardstick import read_pool, read_pool_features
+    from selectflow.report.yardstick import PoolFeatures, read_pool, read_pool_features
     from selectflow.router.routerfile import shard_header
     from selectflow.runtime.tables import read_tsv
     from selectflow.stages import compare
@@ -382,14 +382,17 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
         ids = list(read_tsv(path, method)["sample_id"])
         assert len(ids) == len(set(ids)) == k, method
         assert not held & set(ids), method
-    # the baselines that compare no features pick the same rows without them in memory (NEEDS_FEATURES is
-    # complete), and the features of some rows are those rows of the pool's
-    no_feats = read_pool(tmp_path / "pool.h5", features=False)
-    assert no_feats["features"] is None
-    for method in set(baselines.BASELINES) - set(baselines.NEEDS_FEATURES):
+    # each baseline picks the same rows from the pool as it reads it (_pool_for: the features in memory,
+    # read by rows from disk, or not at all: NEEDS_FEATURES is complete), and the features of some rows are
+    # those rows of the pool's
+    assert read_pool(tmp_path / "pool.h5", features=False)["features"] is None
+    for method in baselines.BASELINES:
         reference = compare.reference_rows(kept, picks["fps"]) if method in LENGTH_MATCHED else None
+        as_read = compare._pool_for(method, tmp_path / "pool.h5")
+        need = baselines.NEEDS_FEATURES.get(method)
+        assert {"all": np.ndarray, "rows": PoolFeatures, None: type(None)}[need] is type(as_read["features"])
         assert np.array_equal(
-            compare._baseline_rows(method, no_feats, 5, reference), compare._baseline_rows(method, kept, 5, reference)
+            compare._baseline_rows(method, as_read, 5, reference), compare._baseline_rows(method, kept, 5, reference)
         ), method
     for rows in ([4, 0, 4, 2], []):
         assert np.array_equal(read_pool_features(tmp_path / "pool.h5", rows), kept["features"][rows])
