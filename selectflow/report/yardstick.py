@@ -19,6 +19,7 @@ import numpy as np
 
 from selectflow.data.records import iter_jsonl, record_prompt_response
 from selectflow.router.routerfile import read_router_shard
+from selectflow.runtime.fsutil import h5_rows
 from selectflow.runtime.tables import read_tsv
 from selectflow.select.dedup import normalised_text
 
@@ -56,12 +57,8 @@ def read_pool(pool_h5, features: bool = True) -> dict:
 
 def read_pool_features(pool_h5, rows) -> np.ndarray:
     """The features of ``pool.h5`` rows ``rows`` (in their order), read without the rest of the pool's."""
-    rows = np.asarray(rows, dtype=np.int64)
-    distinct, back = np.unique(rows, return_inverse=True)
     with h5py.File(pool_h5, "r") as f:
-        feats = f["features"]
-        values = feats[distinct] if len(distinct) else np.empty((0, *feats.shape[1:]), dtype=feats.dtype)
-    return values[back]
+        return h5_rows(f["features"], rows)
 
 
 class PoolFeatures:

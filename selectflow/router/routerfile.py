@@ -51,7 +51,7 @@ import h5py
 import numpy as np
 
 from selectflow.runtime.errors import CorruptFileError, SelectFlowError
-from selectflow.runtime.fsutil import atomic_path, open_checked_h5
+from selectflow.runtime.fsutil import atomic_path, h5_rows, open_checked_h5
 
 LAYOUT_VERSION = 1
 REBUILD_HINT = (
@@ -289,18 +289,12 @@ def read_hidden(path: str | os.PathLike, rows: np.ndarray | None = None) -> np.n
 
 def read_records(path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
     """The ``record`` strings [len(rows)] of rows ``rows`` of a complete shard; only those rows are read."""
-    rows = np.asarray(rows, dtype=np.int64)
     with open_checked_h5(path, "router data", LAYOUT_VERSION, REBUILD_HINT) as f:
         if "record" not in f:
             raise SelectFlowError(
                 f"{path} has no 'record' dataset, so the selected records cannot be written; rerun router_dump"
             )
-        order = np.argsort(rows, kind="stable")
-        uniq, back = np.unique(rows[order], return_inverse=True)
         try:
-            values = _strings(f["record"][uniq]) if len(uniq) else np.array([], dtype=object)
+            return _strings(h5_rows(f["record"], rows))
         except (OSError, KeyError) as exc:
             raise CorruptFileError(f"{path}: cannot read its records ({exc}); {REBUILD_HINT}") from None
-    out = np.empty(len(rows), dtype=object)
-    out[order] = values[back]
-    return out

@@ -66,6 +66,16 @@ def atomic_dir(path: str | os.PathLike):
         raise
 
 
+def h5_rows(dataset, rows):
+    """Rows ``rows`` (any order, repeats allowed) of an HDF5 dataset, reading only those: h5py takes
+    increasing, distinct indices, so they are read sorted and put back in the order asked."""
+    import numpy as np
+
+    distinct, back = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+    values = dataset[distinct] if len(distinct) else np.empty((0, *dataset.shape[1:]), dtype=dataset.dtype)
+    return values[back]
+
+
 def open_checked_h5(path: str | os.PathLike, what: str, layout_version: int, hint: str):
     """Open a workflow HDF5 file for reading, checked: missing → :class:`SelectFlowError`;
     unreadable, of another ``layout_version`` or without its completeness marker →

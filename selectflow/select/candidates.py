@@ -39,7 +39,7 @@ import numpy as np
 from selectflow.config import SelectionConfig
 from selectflow.router.routerfile import NO_HIDDEN, RouterShard, read_router_shard
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.runtime.fsutil import atomic_path, open_checked_h5
+from selectflow.runtime.fsutil import atomic_path, h5_rows, open_checked_h5
 from selectflow.runtime.oom import release_heap
 from selectflow.runtime.tables import write_tsv
 from selectflow.schema import schema_enum
@@ -218,14 +218,12 @@ def restratify(candidates_h5: str | os.PathLike, out_h5: str | os.PathLike, sel,
         with h5py.File(tmp, "r+") as f:
             feats = f["features"]
 
-            def features_of(rows):
-                distinct, back = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-                return feats[distinct][back]
-
             def labels_of(label):
                 return np.concatenate([label(feats[lo : lo + chunk]) for lo in range(0, n, chunk)])
 
-            labels = strata_labels(n, sel.routing_strata, features_of, labels_of, seed=sel.strata_seed)
+            labels = strata_labels(
+                n, sel.routing_strata, lambda rows: h5_rows(feats, rows), labels_of, seed=sel.strata_seed
+            )
             take, labels, quota = stratify(labels, np.ones(n), k, n)
             if not take.all():  # stage fps takes every kept sample; anything else is not this file's pool
                 raise SelectFlowError(f"{candidates_h5}: stage fps, yet not every kept sample a candidate; rebuild it")
