@@ -142,22 +142,9 @@ elif args["step"] == "candidates_old":
     from tests.pool_reference import build_candidates_whole
     build_candidates_whole(args["paths"], args["out"] + "/candidates_old.h5",
                            args["out"] + "/candidates_quality_old.tsv", sel)
-elif args["step"] in ("compare_pool", "compare_pool_old"):
-    # compare's pool (rule compare_pool) over the candidates step's outputs, compare's defaults
-    import yaml
-    from selectflow.config import CompareConfig, section
-    from selectflow.configdoc import SCHEMA
-    from selectflow.schema import with_defaults
-    raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
-    cmp = section(CompareConfig, {**with_defaults(raw, yaml.safe_load(SCHEMA.read_text()))["compare"], "train": None})
-    if args["step"] == "compare_pool":
-        from selectflow.stages.compare import build_pool
-    else:  # before: every shard's kept features in a list, stacked, then re-ordered (three copies at the peak)
-        from tests.pool_reference import build_compare_pool_concat as build_pool
-    build_pool(args["paths"], args["out"] + "/candidates.h5", args["out"] + "/candidates_quality.tsv",
-               args["out"] + f"/{args['step']}.h5", cmp, sel)
-elif args["step"] in ("compare_random", "compare_random_old"):
-    # compare's random baseline on that pool; before, every baseline job read the pool's features too
+elif args["step"].startswith("compare_"):
+    # compare's steps at compare's defaults: its pool (rule compare_pool) over the candidates step's outputs,
+    # and its random baseline on that pool
     import yaml
     from selectflow.config import CompareConfig, section
     from selectflow.configdoc import SCHEMA
@@ -165,11 +152,18 @@ elif args["step"] in ("compare_random", "compare_random_old"):
     from selectflow.stages import compare
     raw = {"datasets": {"a": "a.jsonl"}, "model": {"path": "m"}}
     cmp = section(CompareConfig, {**with_defaults(raw, yaml.safe_load(SCHEMA.read_text()))["compare"], "train": None})
-    pool_h5, picks = args["out"] + "/compare_pool.h5", args["out"] + f"/{args['step']}.tsv"
-    if args["step"] == "compare_random_old":  # the same job, reading the features as before
-        read_pool = compare.read_pool
-        compare.read_pool = lambda path, features=True: read_pool(path)
-    compare.pick_baseline("random", pool_h5, picks, cmp)
+    if args["step"] == "compare_pool":
+        build_pool = compare.build_pool
+    elif args["step"] == "compare_pool_old":  # every shard's kept features stacked, then re-ordered (three copies)
+        from tests.pool_reference import build_compare_pool_concat as build_pool
+    if args["step"] in ("compare_pool", "compare_pool_old"):
+        build_pool(args["paths"], args["out"] + "/candidates.h5", args["out"] + "/candidates_quality.tsv",
+                   args["out"] + f"/{args['step']}.h5", cmp, sel)
+    else:
+        if args["step"] == "compare_random_old":  # the same job, reading the pool's features as it did before
+            read_pool = compare.read_pool
+            compare.read_pool = lambda path, features=True: read_pool(path)
+        compare.pick_baseline("random", args["out"] + "/compare_pool.h5", args["out"] + f"/{args['step']}.tsv", cmp)
 elif args["step"] == "fps":
     from selectflow.stages.select import run_fps
     run_fps(args["out"] + "/candidates.h5", args["out"] + f"/curve_{sel.fps_gpus}.tsv", sel)
