@@ -330,6 +330,14 @@ def test_compare_eval_auto_is_the_demo_test_set_for_the_demo_pool_else_a_heldout
     assert resolved({"demo": "resources/demo/demo_pool.jsonl"}, eval="heldout") == "heldout"
 
 
+def _assert_same_h5(path_a, path_b):
+    """The two HDF5 files hold the same datasets (names, dtypes, values) and attributes."""
+    with h5py.File(path_a) as a, h5py.File(path_b) as b:
+        assert sorted(a) == sorted(b) and dict(a.attrs) == dict(b.attrs)
+        for name in a:
+            assert a[name].dtype == b[name].dtype and np.array_equal(a[name][()], b[name][()]), name
+
+
 def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     from selectflow.config import LENGTH_MATCHED, selection_section
     from selectflow.data.records import iter_jsonl
@@ -363,10 +371,7 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
     # the two passes write what stacking every shard's kept features and re-ordering them wrote (the shards
     # hold the samples shuffled, so the rows move)
     build_compare_pool_concat(shards, tmp_path / "c.h5", tmp_path / "c.tsv", tmp_path / "concat.h5", cmp, sel)
-    with h5py.File(tmp_path / "pool.h5") as a, h5py.File(tmp_path / "concat.h5") as b:
-        assert sorted(a) == sorted(b) and dict(a.attrs) == dict(b.attrs)
-        for name in a:
-            assert a[name].dtype == b[name].dtype and np.array_equal(a[name][()], b[name][()]), name
+    _assert_same_h5(tmp_path / "pool.h5", tmp_path / "concat.h5")
     in_shards = [str(s) for path in shards for s in shard_header(path)[1] if s in set(kept["sample_id"])]
     assert list(kept["sample_id"]) == sorted(in_shards) != in_shards
     assert not held & set(kept["sample_id"])
@@ -495,8 +500,6 @@ def test_restratify_writes_the_candidates_a_rebuild_with_the_next_seed_writes_or
 ):
     import logging
 
-    import h5py
-
     sampled = setting == "sampled"
     if sampled:
         monkeypatch.setattr("selectflow.select.strata.POINTS_PER_CENTROID", 2)
@@ -518,10 +521,8 @@ def test_restratify_writes_the_candidates_a_rebuild_with_the_next_seed_writes_or
     if not reused:
         assert not (tmp_path / "r5.h5").exists()
         return
-    with h5py.File(tmp_path / "r5.h5") as a, h5py.File(tmp_path / "c5.h5") as b, h5py.File(tmp_path / "c0.h5") as c:
-        assert sorted(a) == sorted(b) and dict(a.attrs) == dict(b.attrs)
-        for name in a:
-            assert a[name].dtype == b[name].dtype and np.array_equal(a[name][()], b[name][()]), name
+    _assert_same_h5(tmp_path / "r5.h5", tmp_path / "c5.h5")
+    with h5py.File(tmp_path / "c5.h5") as b, h5py.File(tmp_path / "c0.h5") as c:
         assert not np.array_equal(b["stratum"][()], c["stratum"][()]), "the seed moves the strata on this pool"
     assert (tmp_path / "c5.tsv").read_bytes() == (tmp_path / "c0.tsv").read_bytes()  # the quality table keeps
     assert ("k-means trained on 6 of" in caplog.text) is sampled
