@@ -103,3 +103,15 @@ def build_compare_pool_concat(router_paths, candidates_h5, quality_tsv, out_h5, 
     ids_arr, x, response_tokens = ids_arr[order], np.concatenate(feats)[order], np.concatenate(lengths)[order]
     quality = table.loc[ids_arr, "quality"].to_numpy(dtype=np.float64)
     write_pool(out_h5, ids_arr, quality, x, response_tokens, k, metric, cmp)
+
+
+def near_in_order_row_by_row(x, eps, metric, block_values=None):
+    """``semdedup``'s walk as it was before its blocks (the bench's baseline for
+    :func:`selectflow.select.baselines._near_in_order`): one distance call for each row not yet near."""
+    from selectflow.select import distance
+
+    near = np.zeros(len(x), dtype=bool)
+    for j in range(len(x)):
+        if not near[j]:
+            near[j + 1 :] |= distance.pairwise(x[j : j + 1], x[j + 1 :], metric)[0].cpu().numpy() <= eps
+    return near

@@ -308,6 +308,7 @@ def semdedup(
     eps: float,
     metric: str,
     device="cpu",
+    block_values: int = 1 << 25,
 ) -> tuple[np.ndarray, int]:
     """Drop near-duplicates within each cluster, then take the top k by quality; return picks and drops.
 
@@ -315,7 +316,8 @@ def semdedup(
     (distance <= eps) of a member already kept in the same cluster is dropped. The top k
     survivors by quality are the selection; when fewer than k survive, the best dropped rows
     fill the rest (the selection always has k rows). ``feats``: [n, D], or whatever gives rows
-    as ``feats[rows]`` (``pool.h5``'s features on disk): one cluster's features are held at a time.
+    as ``feats[rows]`` (``pool.h5``'s features on disk): one cluster's features are held at a time,
+    and its distances a block of rows at a time (:func:`_near_in_order`, at most ``block_values``).
     """
     n = len(quality)
     _check_k(k, n)
@@ -323,16 +325,38 @@ def semdedup(
     dropped = np.zeros(n, dtype=bool)
     for c in np.unique(labels):
         members = order[labels[order] == c]  # quality order within the cluster
-        sub = _torch(feats[members], device)
-        near = np.zeros(len(members), dtype=bool)
-        for j in range(len(members)):
-            if near[j]:
-                continue
-            d = distance.pairwise(sub[j : j + 1], sub[j + 1 :], metric)[0].cpu().numpy()
-            near[j + 1 :] |= d <= eps
+        near = _near_in_order(_torch(feats[members], device), eps, metric, block_values)
         dropped[members[near]] = True
     ranked = np.concatenate([order[~dropped[order]], order[dropped[order]]])
     return ranked[:k].astype(np.int64), int(dropped.sum())
+
+
+# rows of semdedup's walk measured in one call: few enough that rows an earlier block made near are skipped
+BLOCK_ROWS = 256
+
+
+def _near_in_order(x, eps: float, metric: str, block_values: int) -> np.ndarray:
+    """near [c]: row j of ``x`` (a torch tensor [c, D]) lies within ``eps`` of an earlier row that is not near.
+
+    The walk of :func:`semdedup`. The distances from a block of rows to the rows from the block's first on
+    (at most ``block_values`` of them, at least one row's) are computed in one call; only the rows not yet
+    near at the block's start are measured, as a near row never drops another.
+    """
+    import torch
+
+    c = len(x)
+    near = np.zeros(c, dtype=bool)
+    rows = max(1, min(BLOCK_ROWS, block_values // max(c, 1)))
+    for lo in range(0, c, rows):
+        hi = min(c, lo + rows)
+        walk = lo + np.flatnonzero(~near[lo:hi])
+        if len(walk) == 0:
+            continue
+        d = distance.pairwise(x[torch.from_numpy(walk).to(x.device)], x[lo:], metric).cpu().numpy() <= eps
+        for i, j in enumerate(walk):
+            if not near[j]:  # rows of this block before j may have made it near
+                near[j + 1 :] |= d[i, j + 1 - lo :]
+    return near
 
 
 def pair_threshold(

@@ -88,7 +88,8 @@ def test_score_first_reaches_k_and_its_threshold_separates_the_picks():
             )
 
 
-def test_semdedup_drops_near_duplicates_within_clusters_only():
+@pytest.mark.parametrize("block_values", [1 << 25, 50, 1])  # a cluster's rows at once, a few rows a block, one
+def test_semdedup_drops_near_duplicates_within_clusters_only(block_values):
     feats, quality, ids = _pool()
     feats = np.concatenate([feats, feats[:10]])  # ten exact copies
     quality = np.concatenate([quality, quality[:10] - 5.0])  # worse than their originals
@@ -109,7 +110,9 @@ def test_semdedup_drops_near_duplicates_within_clusters_only():
             else:
                 kept.append(i)
     survivors = [i for i in _qorder(quality, ids) if i not in dropped]
-    picks, n_dropped = baselines.semdedup(feats, quality, ids, labels, 20, eps, "wasserstein")
+    picks, n_dropped = baselines.semdedup(
+        feats, quality, ids, labels, 20, eps, "wasserstein", block_values=block_values
+    )
     assert n_dropped == len(dropped) and set(range(60, 70)) <= dropped
     assert list(picks) == survivors[:20]
     # across clusters nothing is dropped: one cluster per row keeps everything
@@ -118,6 +121,25 @@ def test_semdedup_drops_near_duplicates_within_clusters_only():
     # fewer survivors than k: the best dropped rows fill the selection
     picks, _ = baselines.semdedup(feats, quality, ids, labels, 70, eps, "wasserstein")
     assert sorted(picks) == list(range(70))
+
+
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+def test_semdedup_walk_in_blocks_matches_the_walk_row_by_row(metric):
+    """Whatever the block, a row is near exactly when it lies within eps of an earlier row that is not."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(4), size=(40, 2)).astype(np.float32)
+    feats = distance.features(np.concatenate([probs, probs[:8]]), metric)  # eight copies among them
+    x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+    d = distance.pairwise(x, x, metric).numpy()
+    eps = float(np.quantile(d[np.triu_indices(len(x), 1)], 0.1))
+    reference = np.zeros(len(x), dtype=bool)
+    for j in range(len(x)):
+        reference[j] = any(d[i, j] <= eps and not reference[i] for i in range(j))
+    assert reference[40:].all() and 8 < reference.sum() < 40  # the copies, and not every row
+    for block_values in (1 << 25, 3 * len(x), len(x), 1):
+        assert np.array_equal(baselines._near_in_order(x, eps, metric, block_values), reference), block_values
 
 
 def test_kmeans_is_seeded_and_near_duplicate_pairs_match_brute_force():
