@@ -163,7 +163,12 @@ elif args["step"].startswith("compare_"):
         if args["step"] == "compare_random_old":  # the same job, reading the pool's features as it did before
             read_pool = compare.read_pool
             compare.read_pool = lambda path, features=True: read_pool(path)
-        compare.pick_baseline("random", args["out"] + "/compare_pool.h5", args["out"] + f"/{args['step']}.tsv", cmp)
+        if args["step"] == "compare_semdedup_old":  # its walk before the blocks: a distance call a row
+            from selectflow.select import baselines
+            from tests.pool_reference import near_in_order_row_by_row
+            baselines._near_in_order = near_in_order_row_by_row
+        method = "semdedup" if args["step"].startswith("compare_semdedup") else "random"
+        compare.pick_baseline(method, args["out"] + "/compare_pool.h5", args["out"] + f"/{args['step']}.tsv", cmp)
 elif args["step"] == "fps":
     from selectflow.stages.select import run_fps
     run_fps(args["out"] + "/candidates.h5", args["out"] + f"/curve_{sel.fps_gpus}.tsv", sel)
@@ -261,11 +266,13 @@ def main() -> None:
         "--steps",
         default="candidates,fps,ranks,selected_data",
         help="comma-separated, of candidates, compare_pool (after candidates: compare's pool of every kept "
-        "sample, against the code before it), fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
+        "sample, against the code before it), compare_semdedup (with compare_pool: compare's semdedup baseline "
+        "job, against its walk a row a call before), fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
         "(continue-selection in one process), chain_exact_only (the same without near-duplicate "
         "dedup), candidates_nogates (with --gates: candidates on the same shards without the gates' "
         "logits); default %(default)s",
     )
+    ap.add_argument("--metric", default=None, help="selection.metric (default: the schema's)")
     ap.add_argument("--gates", action="store_true", help="the shards hold quality gates' logits [n, L, 2]")
     ap.add_argument(
         "--workdir",
@@ -273,6 +280,8 @@ def main() -> None:
         help="folder to hold the run's temporary folder of shards (created if missing; default: the system's)",
     )
     args = ap.parse_args()
+    if "compare_semdedup" in args.steps.split(",") and "compare_pool" not in args.steps.split(","):
+        ap.error("--steps compare_semdedup needs compare_pool (the pool it picks from)")
     if args.workdir is not None:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
 
@@ -293,6 +302,8 @@ def main() -> None:
             "device": "cpu",
             "distance_batch_size": 65536,
         }
+        if args.metric is not None:
+            sel["metric"] = args.metric
         common = {"paths": [str(p) for p in paths], "out": str(work), "sel": sel}
         m = round(args.candidates * args.n)
         feature_bytes = m * L * E * 4
@@ -323,6 +334,11 @@ def main() -> None:
             rows["compare random baseline (features read, before)"] = run_step("compare_random_old", common)
             assert (work / "compare_random.tsv").read_bytes() == (work / "compare_random_old.tsv").read_bytes()
             assert same_h5(work / "compare_pool.h5", work / "compare_pool_old.h5"), "compare pools differ"
+        if "compare_semdedup" in steps:  # after compare_pool: the semdedup baseline job, and its walk before
+            rows["compare semdedup baseline"] = run_step("compare_semdedup", common)
+            rows["compare semdedup baseline (a row a call, before)"] = run_step("compare_semdedup_old", common)
+            assert (work / "compare_semdedup.tsv").read_bytes() == (work / "compare_semdedup_old.tsv").read_bytes()
+        if "compare_pool" in steps or "compare_semdedup" in steps:
             import h5py
 
             with h5py.File(work / "compare_pool.h5") as f:
@@ -358,6 +374,7 @@ def main() -> None:
         ("selected_data", "selected_data (whole shards, before)"),
         ("compare_pool", "compare_pool (stacked, before)"),
         ("compare random baseline", "compare random baseline (features read, before)"),
+        ("compare semdedup baseline", "compare semdedup baseline (a row a call, before)"),
     ):
         if old in rows:
             print(
