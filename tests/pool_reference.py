@@ -115,3 +115,25 @@ def near_in_order_row_by_row(x, eps, metric, block_values=None):
         if not near[j]:
             near[j + 1 :] |= distance.pairwise(x[j : j + 1], x[j + 1 :], metric)[0].cpu().numpy() <= eps
     return near
+
+
+def score_first_walk_whole(feats, order, k, tau, metric, device="cpu", block=None):
+    """``score_first``'s walk as it was before its blocks (the tests' and the bench's reference for
+    :func:`selectflow.select.baselines.score_first_walk`): every row's features in memory, each kept row
+    measured against every row."""
+    from selectflow.select import distance
+    from selectflow.select.baselines import _torch
+
+    x = _torch(np.asarray(feats), device)
+    min_dist = np.full(len(order), np.inf, dtype=np.float64)
+    kept, pos = [], 0
+    while len(kept) < k and pos < len(order):
+        ahead = np.flatnonzero(min_dist[pos:] > tau)
+        if not len(ahead):
+            break
+        pos += int(ahead[0])
+        row = int(order[pos])
+        kept.append(row)
+        min_dist = np.minimum(min_dist, distance.pairwise(x[row : row + 1], x, metric)[0].cpu().numpy()[order])
+        pos += 1
+    return np.asarray(kept, dtype=np.int64)

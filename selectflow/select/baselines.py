@@ -14,7 +14,8 @@ depends on the data and the seed only, not on the order of the rows.
 * ``kmeans`` (Select-MoE's later method): k-means on the routing features, then
   round-robin over the clusters (:func:`round_robin`).
 * ``score_first`` (DEITA-style): walk the pool in quality order and keep a sample when its
-  distance to every kept one exceeds a threshold τ (:func:`score_first_walk`); τ is the
+  distance to every kept one exceeds a threshold τ (:func:`score_first_walk`, which reads a block of
+  the quality order at a time and holds the kept rows' features, not the pool's); τ is the
   largest value a bisection finds for which the walk still fills k (:func:`score_first`; its
   walks, k·n distances each at most, are capped for large pools by :func:`bisection_steps`).
 * ``semdedup``: k-means, drop near-duplicates within each cluster (a member within ``eps``
@@ -51,9 +52,9 @@ log = logging.getLogger(__name__)
 BASELINES = tuple(
     m for m in schema_enum("compare", "methods") if m not in ("fps", "target")
 )  # fps, target: not baselines
-# the baselines that compare the pool's features, and how: every row at once (score_first's walks), or the
-# rows of one cluster at a time (semdedup); the others read its quality, clusters or lengths only
-NEEDS_FEATURES = {"score_first": "all", "semdedup": "rows"}
+# the baselines that compare the pool's features: they read them by rows (score_first a block of its walk,
+# semdedup a cluster at a time); the others read its quality, clusters or lengths only
+READS_FEATURE_ROWS = frozenset({"score_first", "semdedup"})
 BISECTION_STEPS = 30
 # score_first's bisection: a walk computes up to k·n distances; above this many for all walks
 # together the bisection takes fewer steps, never fewer than MIN_BISECTION_STEPS
@@ -229,31 +230,49 @@ def _torch(feats: np.ndarray, device="cpu"):
     return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(device)
 
 
-def _dist_row(x, i: int, metric: str) -> np.ndarray:
-    """Distances [n] from row ``i`` to every row of ``x`` (a torch tensor)."""
-    return distance.pairwise(x[i : i + 1], x, metric)[0].cpu().numpy()
-
-
-def score_first_walk(feats: np.ndarray, order: np.ndarray, k: int, tau: float, metric: str, x=None) -> np.ndarray:
+def score_first_walk(
+    feats: np.ndarray, order: np.ndarray, k: int, tau: float, metric: str, device="cpu", block: int = 4096
+) -> np.ndarray:
     """Walk ``order``; keep a row when its distance to every kept row exceeds ``tau``; stop at k kept.
 
-    Returns the kept rows (fewer than k when the walk ends first). The minimum distance of
-    every row to the kept set is updated one kept row at a time: O(k·n) distances, O(n) memory.
+    Returns the kept rows (fewer than k when the walk ends first). ``feats``: [n, D], or whatever gives
+    rows as ``feats[rows]`` (``pool.h5``'s features on disk): ``block`` rows of ``order`` are read at a time,
+    measured against the rows kept before them in one call, then walked in turn, each row kept measured
+    against the rest of its block. At most k·n distances; memory: the kept rows' features and one block.
     """
-    x = _torch(feats) if x is None else x
-    min_dist = np.full(len(order), np.inf, dtype=np.float64)
+    import torch
+
     kept: list[int] = []
-    pos = 0
-    while len(kept) < k and pos < len(order):
-        ahead = np.flatnonzero(min_dist[pos:] > tau)
-        if not len(ahead):
-            break
-        pos += int(ahead[0])
-        row = int(order[pos])
-        kept.append(row)
-        min_dist = np.minimum(min_dist, _dist_row(x, row, metric)[order])
-        pos += 1
+    kept_x = None  # [k, D] the kept rows' features, filled as they are kept
+    for lo in range(0, len(order), block):
+        rows = np.asarray(order[lo : lo + block], dtype=np.int64)
+        x = _torch(feats[rows], device)
+        if kept_x is None:
+            kept_x = torch.empty((k, x.shape[1]), dtype=x.dtype, device=x.device)
+        min_dist = np.full(len(rows), np.inf, dtype=np.float64)
+        if kept:
+            min_dist = distance.pairwise(x, kept_x[: len(kept)], metric).min(dim=1).values.cpu().numpy()
+            min_dist = min_dist.astype(np.float64)
+        for i in range(len(rows)):
+            if min_dist[i] <= tau:
+                continue
+            kept_x[len(kept)] = x[i]
+            kept.append(int(rows[i]))
+            if len(kept) == k:
+                return np.asarray(kept, dtype=np.int64)
+            if i + 1 < len(rows):
+                d = distance.pairwise(x[i : i + 1], x[i + 1 :], metric)[0].cpu().numpy()
+                min_dist[i + 1 :] = np.minimum(min_dist[i + 1 :], d)
     return np.asarray(kept, dtype=np.int64)
+
+
+def _farthest_from(feats: np.ndarray, row: int, n: int, metric: str, device="cpu", block: int = 4096) -> float:
+    """The largest distance from row ``row`` of ``feats`` to any of its ``n`` rows, ``block`` rows read at a time."""
+    x = _torch(feats[np.array([row])], device)
+    return max(
+        float(distance.pairwise(x, _torch(feats[np.arange(lo, min(n, lo + block))], device), metric).max())
+        for lo in range(0, n, block)
+    )
 
 
 def bisection_steps(k: int, n: int, budget: int = WALK_DISTANCES) -> int:
@@ -284,17 +303,16 @@ def score_first(
     n = len(quality)
     _check_k(k, n)
     order = quality_order(quality, ids)
-    x = _torch(feats, device)
     lo = -1.0
-    hi = 2.0 * float(_dist_row(x, int(order[0]), metric).max())
+    hi = 2.0 * _farthest_from(feats, int(order[0]), n, metric, device)
     if k > 1 and hi > 0:
         for _ in range(bisection_steps(k, n, budget)):
             mid = (lo + hi) / 2
-            if len(score_first_walk(feats, order, k, mid, metric, x)) >= k:
+            if len(score_first_walk(feats, order, k, mid, metric, device)) >= k:
                 lo = mid
             else:
                 hi = mid
-    picks = score_first_walk(feats, order, k, lo, metric, x)
+    picks = score_first_walk(feats, order, k, lo, metric, device)
     log.info("score_first: threshold %.6g keeps %d", lo, len(picks))
     return picks, lo
 

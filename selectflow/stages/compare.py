@@ -200,11 +200,10 @@ def pick_baseline(method: str, pool_h5, picks_tsv, cmp: CompareConfig, device: s
 
 
 def _pool_for(method: str, pool_h5) -> dict:
-    """``pool.h5`` as baseline ``method`` reads it: the features in memory where it compares every row at
-    once, on disk where it reads them by rows (:class:`PoolFeatures`), else not at all (``None``)."""
-    need = baselines.NEEDS_FEATURES.get(method)
-    pool = read_pool(pool_h5, features=need == "all")
-    if need == "rows":
+    """``pool.h5`` as baseline ``method`` reads it: its features on disk, read by rows (:class:`PoolFeatures`),
+    where it compares them, else not at all (``None``)."""
+    pool = read_pool(pool_h5, features=False)
+    if method in baselines.READS_FEATURE_ROWS:
         pool["features"] = PoolFeatures(pool_h5)
     return pool
 

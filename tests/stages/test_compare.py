@@ -58,7 +58,8 @@ def test_round_robin_matches_a_brute_force_reference():
         assert list(baselines.round_robin(labels, quality, ids, k)) == expect[:k]
 
 
-def test_score_first_walk_follows_the_threshold_rule():
+@pytest.mark.parametrize("block", [4096, 7, 1])  # the walk in one block, in several, a row a block
+def test_score_first_walk_follows_the_threshold_rule(block):
     feats, quality, ids = _pool()
     d = _full(feats)
     order = _qorder(quality, ids)
@@ -67,9 +68,24 @@ def test_score_first_walk_follows_the_threshold_rule():
     for i in order:
         if all(d[i, j] > tau for j in kept):
             kept.append(i)
-    got = baselines.score_first_walk(feats, np.asarray(order), 60, tau, "wasserstein")
+    got = baselines.score_first_walk(feats, np.asarray(order), 60, tau, "wasserstein", block=block)
     assert list(got) == kept
-    assert list(baselines.score_first_walk(feats, np.asarray(order), 3, tau, "wasserstein")) == kept[:3]
+    assert list(baselines.score_first_walk(feats, np.asarray(order), 3, tau, "wasserstein", block=block)) == kept[:3]
+
+
+@pytest.mark.parametrize("metric", ["wasserstein", "cosine", "l2"])
+def test_score_first_walk_in_blocks_keeps_what_the_whole_walk_kept(metric):
+    from tests.pool_reference import score_first_walk_whole
+
+    rng = np.random.default_rng(2)
+    feats = distance.features(rng.dirichlet(np.ones(4), size=(80, 2)).astype(np.float32), metric)
+    order = rng.permutation(80)
+    d = distance.pairwise(*[__import__("torch").from_numpy(np.ascontiguousarray(feats, dtype=np.float32))] * 2, metric)
+    for tau in np.quantile(d.numpy()[np.triu_indices(80, 1)], [0.0, 0.05, 0.3, 0.9]):
+        whole = score_first_walk_whole(feats, order, 30, float(tau), metric)
+        assert 1 <= len(whole) <= 30
+        for block in (4096, 9, 1):
+            assert np.array_equal(baselines.score_first_walk(feats, order, 30, float(tau), metric, block=block), whole)
 
 
 def test_score_first_reaches_k_and_its_threshold_separates_the_picks():
@@ -409,15 +425,15 @@ def test_the_heldout_slice_never_appears_in_any_selection(tmp_path):
         ids = list(read_tsv(path, method)["sample_id"])
         assert len(ids) == len(set(ids)) == k, method
         assert not held & set(ids), method
-    # each baseline picks the same rows from the pool as it reads it (_pool_for: the features in memory,
-    # read by rows from disk, or not at all: NEEDS_FEATURES is complete), and the features of some rows are
-    # those rows of the pool's
+    # each baseline picks the same rows from the pool as it reads it (_pool_for: the features read by rows
+    # from disk, or not at all: READS_FEATURE_ROWS is complete) as from the pool in memory, and the features
+    # of some rows are those rows of the pool's
     assert read_pool(tmp_path / "pool.h5", features=False)["features"] is None
     for method in baselines.BASELINES:
         reference = compare.reference_rows(kept, picks["fps"]) if method in LENGTH_MATCHED else None
         as_read = compare._pool_for(method, tmp_path / "pool.h5")
-        need = baselines.NEEDS_FEATURES.get(method)
-        assert {"all": np.ndarray, "rows": PoolFeatures, None: type(None)}[need] is type(as_read["features"])
+        on_disk = method in baselines.READS_FEATURE_ROWS
+        assert (PoolFeatures if on_disk else type(None)) is type(as_read["features"])
         assert np.array_equal(
             compare._baseline_rows(method, as_read, 5, reference), compare._baseline_rows(method, kept, 5, reference)
         ), method
