@@ -163,11 +163,15 @@ elif args["step"].startswith("compare_"):
         if args["step"] == "compare_random_old":  # the same job, reading the pool's features as it did before
             read_pool = compare.read_pool
             compare.read_pool = lambda path, features=True: read_pool(path)
+        from selectflow.select import baselines
         if args["step"] == "compare_semdedup_old":  # its walk before the blocks: a distance call a row
-            from selectflow.select import baselines
             from tests.pool_reference import near_in_order_row_by_row
             baselines._near_in_order = near_in_order_row_by_row
-        method = "semdedup" if args["step"].startswith("compare_semdedup") else "random"
+        if args["step"] == "compare_score_first_old":  # before: every feature in memory, a kept row against all
+            from tests.pool_reference import score_first_walk_whole
+            baselines.score_first_walk = score_first_walk_whole
+            compare._pool_for = lambda method, path: compare.read_pool(path)
+        method = args["step"].removeprefix("compare_").removesuffix("_old")
         compare.pick_baseline(method, args["out"] + "/compare_pool.h5", args["out"] + f"/{args['step']}.tsv", cmp)
 elif args["step"] == "fps":
     from selectflow.stages.select import run_fps
@@ -267,7 +271,8 @@ def main() -> None:
         default="candidates,fps,ranks,selected_data",
         help="comma-separated, of candidates, compare_pool (after candidates: compare's pool of every kept "
         "sample, against the code before it), compare_semdedup (with compare_pool: compare's semdedup baseline "
-        "job, against its walk a row a call before), fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
+        "job, against its walk a row a call before), compare_score_first (the same for score_first, against its "
+        "walks over every feature in memory before), fps, ranks (FPS on 2 gloo ranks), selected_data, chain "
         "(continue-selection in one process), chain_exact_only (the same without near-duplicate "
         "dedup), candidates_nogates (with --gates: candidates on the same shards without the gates' "
         "logits); default %(default)s",
@@ -280,8 +285,9 @@ def main() -> None:
         help="folder to hold the run's temporary folder of shards (created if missing; default: the system's)",
     )
     args = ap.parse_args()
-    if "compare_semdedup" in args.steps.split(",") and "compare_pool" not in args.steps.split(","):
-        ap.error("--steps compare_semdedup needs compare_pool (the pool it picks from)")
+    for step in ("compare_semdedup", "compare_score_first"):
+        if step in args.steps.split(",") and "compare_pool" not in args.steps.split(","):
+            ap.error(f"--steps {step} needs compare_pool (the pool it picks from)")
     if args.workdir is not None:
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
 
@@ -338,7 +344,15 @@ def main() -> None:
             rows["compare semdedup baseline"] = run_step("compare_semdedup", common)
             rows["compare semdedup baseline (a row a call, before)"] = run_step("compare_semdedup_old", common)
             assert (work / "compare_semdedup.tsv").read_bytes() == (work / "compare_semdedup_old.tsv").read_bytes()
-        if "compare_pool" in steps or "compare_semdedup" in steps:
+        if "compare_score_first" in steps:  # after compare_pool: the score_first job, and its walks before
+            rows["compare score_first baseline"] = run_step("compare_score_first", common)
+            rows["compare score_first baseline (features in memory, before)"] = run_step(
+                "compare_score_first_old", common
+            )
+            assert (work / "compare_score_first.tsv").read_bytes() == (
+                work / "compare_score_first_old.tsv"
+            ).read_bytes()
+        if "compare_pool" in steps:
             import h5py
 
             with h5py.File(work / "compare_pool.h5") as f:
@@ -375,6 +389,7 @@ def main() -> None:
         ("compare_pool", "compare_pool (stacked, before)"),
         ("compare random baseline", "compare random baseline (features read, before)"),
         ("compare semdedup baseline", "compare semdedup baseline (a row a call, before)"),
+        ("compare score_first baseline", "compare score_first baseline (features in memory, before)"),
     ):
         if old in rows:
             print(
