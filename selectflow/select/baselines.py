@@ -243,6 +243,8 @@ def score_first_walk(
     import torch
 
     kept: list[int] = []
+    if k < 1:
+        return np.asarray(kept, dtype=np.int64)
     kept_x = None  # [k, D] the kept rows' features, filled as they are kept
     for lo in range(0, len(order), block):
         rows = np.asarray(order[lo : lo + block], dtype=np.int64)
@@ -254,7 +256,7 @@ def score_first_walk(
             min_dist = distance.pairwise(x, kept_x[: len(kept)], metric).min(dim=1).values.cpu().numpy()
             min_dist = min_dist.astype(np.float64)
         for i in range(len(rows)):
-            if min_dist[i] <= tau:
+            if not min_dist[i] > tau:  # as the whole walk did: a NaN distance keeps nothing
                 continue
             kept_x[len(kept)] = x[i]
             kept.append(int(rows[i]))
