@@ -43,6 +43,7 @@ import logging
 import numpy as np
 
 from selectflow.runtime.errors import SelectFlowError
+from selectflow.runtime.fsutil import h5_rows
 from selectflow.schema import schema_enum
 from selectflow.select import distance
 from selectflow.select.strata import POINTS_PER_CENTROID
@@ -177,21 +178,23 @@ def quality_pick(quality: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return quality_order(quality, ids)[: _check_k(k, len(quality))]
 
 
-def kmeans_labels(feats: np.ndarray, n_clusters: int, seed: int, niter: int = 20, chunk: int = 65536) -> np.ndarray:
+def kmeans_labels(feats, n_clusters: int, seed: int, niter: int = 20, chunk: int = 65536) -> np.ndarray:
     """Cluster label [n] int64 of each row: FAISS k-means (L2, CPU, seeded).
 
     The centres train on at most ``n_clusters`` × :data:`~selectflow.select.strata.POINTS_PER_CENTROID`
-    rows (FAISS draws that sample with ``seed``; a smaller pool trains on every row), then every
-    row is assigned ``chunk`` rows at a time: memory for the sample and one chunk beyond ``feats``.
+    rows: FAISS's own seeded sample (the first of ``faiss.rand_perm`` with ``seed``, as its ``Clustering``
+    draws it; a smaller pool trains on every row), then every row is assigned ``chunk`` rows at a time.
+    ``feats``: [n, D], or an HDF5 dataset of them (``pool.h5``'s): only the sample and one chunk are read,
+    so memory holds them and not the rows.
     """
     import faiss
 
-    x = np.ascontiguousarray(feats, dtype=np.float32)
-    n_clusters = max(1, min(int(n_clusters), len(x)))
+    n = len(feats)
+    n_clusters = max(1, min(int(n_clusters), n))
     if n_clusters == 1:
-        return np.zeros(len(x), dtype=np.int64)
+        return np.zeros(n, dtype=np.int64)
     km = faiss.Kmeans(
-        x.shape[1],
+        feats.shape[1],
         n_clusters,
         niter=niter,
         seed=int(seed),
@@ -199,10 +202,25 @@ def kmeans_labels(feats: np.ndarray, n_clusters: int, seed: int, niter: int = 20
         max_points_per_centroid=POINTS_PER_CENTROID,
         min_points_per_centroid=1,
     )
-    km.train(x)
-    return np.concatenate([km.index.search(x[lo : lo + chunk], 1)[1][:, 0] for lo in range(0, len(x), chunk)]).astype(
-        np.int64
-    )
+    size = n_clusters * POINTS_PER_CENTROID
+    if n > size:  # the sample FAISS would draw from every row, read alone: the same centres
+        perm = np.empty(n, dtype=np.int32)
+        faiss.rand_perm(faiss.swig_ptr(perm), n, int(seed))
+        km.train(_float32(_rows(feats, perm[:size])))
+    else:
+        km.train(_float32(feats[:]))
+    return np.concatenate(
+        [km.index.search(_float32(feats[lo : lo + chunk]), 1)[1][:, 0] for lo in range(0, n, chunk)]
+    ).astype(np.int64)
+
+
+def _float32(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _rows(feats, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (any order) of ``feats``: an array, or an HDF5 dataset read at those rows only."""
+    return feats[rows] if isinstance(feats, np.ndarray) else h5_rows(feats, rows)
 
 
 def round_robin(labels: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -393,10 +411,13 @@ def pair_threshold(
     rng = np.random.default_rng(seed)
     a = rng.integers(0, n, n_pairs)
     b = (a + rng.integers(1, n, n_pairs)) % n  # never a itself
-    x = _torch(feats, device)
+
+    def rows(at):  # feats an array, or pool.h5's dataset: the pairs' rows read 1,000 pairs at a time
+        return _torch(_rows(feats, at), device)
+
     d = np.concatenate(
         [
-            distance.pairwise(x[a[s : s + 1000]], x[b[s : s + 1000]], metric).cpu().numpy().diagonal()
+            distance.pairwise(rows(a[s : s + 1000]), rows(b[s : s + 1000]), metric).cpu().numpy().diagonal()
             for s in range(0, n_pairs, 1000)
         ]
     )

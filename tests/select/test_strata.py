@@ -213,6 +213,30 @@ def test_baseline_kmeans_of_a_large_pool_trains_on_a_sample_and_finds_the_groups
     np.testing.assert_array_equal(got, baselines.kmeans_labels(x, 4, seed=2, chunk=333))  # chunked assignment
 
 
+def test_baseline_kmeans_reads_the_sample_faiss_draws_and_runs_on_a_dataset_on_disk(tmp_path):
+    """Above the sample size the centres train on the rows FAISS's own subsampling would take: the same
+    labels as FAISS given every row (the code before), from an array or from an HDF5 dataset."""
+    import faiss
+
+    x = np.random.default_rng(5).random((3000, 8), dtype=np.float32)  # > 4 x POINTS_PER_CENTROID rows
+    km = faiss.Kmeans(8, 4, niter=20, seed=7, verbose=False, max_points_per_centroid=256, min_points_per_centroid=1)
+    km.train(x)  # FAISS draws its sample of 1,024 rows itself
+    whole = km.index.search(x, 1)[1][:, 0].astype(np.int64)
+    assert len(np.unique(whole)) == 4
+    np.testing.assert_array_equal(baselines.kmeans_labels(x, 4, seed=7), whole)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("x", data=x)
+        f.create_dataset("small", data=x[:900])  # at most the sample size: every row, as before
+    with h5py.File(tmp_path / "x.h5") as f:
+        np.testing.assert_array_equal(baselines.kmeans_labels(f["x"], 4, seed=7, chunk=700), whole)
+        km.train(x[:900])
+        np.testing.assert_array_equal(
+            baselines.kmeans_labels(f["small"], 4, seed=7), km.index.search(x[:900], 1)[1][:, 0]
+        )
+        eps = baselines.pair_threshold(x, 0.05, 3, "l2")
+        assert baselines.pair_threshold(f["x"], 0.05, 3, "l2") == eps > 0
+
+
 def test_score_first_bisection_is_capped_for_large_pools_and_still_selects_k():
     rng = np.random.default_rng(5)
     feats = rng.dirichlet(np.ones(8), size=(300, 2)).reshape(300, 16).astype(np.float32)
