@@ -76,6 +76,19 @@ def h5_rows(dataset, rows):
     return values[back]
 
 
+def h5_write_rows(dataset, rows, values) -> None:
+    """Write ``values[i]`` to row ``rows[i]`` of an HDF5 dataset (``rows`` distinct, any order), one
+    contiguous run of rows a write."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    rows = rows[order]
+    for run in np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1):
+        if len(run):
+            dataset[rows[run[0]] : rows[run[-1]] + 1] = values[order[run]]
+
+
 def open_checked_h5(path: str | os.PathLike, what: str, layout_version: int, hint: str):
     """Open a workflow HDF5 file for reading, checked: missing → :class:`SelectFlowError`;
     unreadable, of another ``layout_version`` or without its completeness marker →

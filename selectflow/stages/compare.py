@@ -48,7 +48,7 @@ from selectflow.report.yardstick import (
 )
 from selectflow.router.routerfile import read_router_shard
 from selectflow.runtime.errors import SelectFlowError
-from selectflow.runtime.fsutil import atomic_path
+from selectflow.runtime.fsutil import atomic_path, h5_write_rows
 from selectflow.runtime.tables import read_tsv, write_tsv
 from selectflow.select import baselines
 
@@ -101,8 +101,8 @@ def build_pool(
     Their features are the candidates' (``selection.features``, through
     :func:`selectflow.select.candidates.shard_features`), so the baselines compare what the main
     method compares. Two passes over the shards: their sample ids first (no array read), so that the
-    second writes each shard's features straight to their rows of the pool, sorted by ``sample_id``:
-    memory for the pool's features once, plus one shard.
+    second writes each shard's features straight to their rows of ``pool.h5``, sorted by ``sample_id``:
+    memory for one shard, then the clusters' training sample and a chunk of rows (:func:`write_pool`).
     """
     from selectflow.router.routerfile import shard_header
     from selectflow.select.candidates import read_candidates, shard_features
@@ -119,39 +119,54 @@ def build_pool(
     ids_arr = ids_arr[order]
     row_of = np.empty(len(order), dtype=np.int64)
     row_of[order] = np.arange(len(order))  # the pool row of the j-th kept sample in shard order
-    x, response_tokens, at = None, np.empty(len(order), dtype=np.int64), 0
-    for path, mask in zip(router_paths, masks):
-        if not mask.any():
-            continue
-        shard = read_router_shard(path)
-        rows = row_of[at : at + int(mask.sum())]
-        if not np.array_equal(shard.sample_id[mask].astype(str), ids_arr[rows]):
-            raise SelectFlowError(f"router shard {path} changed while the comparison's pool was read: rerun")
-        feats, x_metric = shard_features(shard, np.flatnonzero(mask), sel)
-        if x_metric != metric:
-            raise SelectFlowError(
-                f"{candidates_h5} was built with metric {metric}, the selection settings "
-                f"give {x_metric}: rerun rule compare_candidates"
-            )
-        if x is None:
-            x = np.empty((len(order), feats.shape[1]), dtype=feats.dtype)
-        x[rows] = feats
-        response_tokens[rows] = np.asarray(shard.n_response_tokens)[mask]
-        at += len(rows)
-    write_pool(
-        out_h5, ids_arr, table.loc[ids_arr, "quality"].to_numpy(dtype=np.float64), x, response_tokens, k, metric, cmp
-    )
+    response_tokens = np.empty(len(order), dtype=np.int64)
+
+    def write_features(f) -> None:  # each shard's kept features straight to their rows of pool.h5
+        features, at = None, 0
+        for path, mask in zip(router_paths, masks):
+            if not mask.any():
+                continue
+            shard = read_router_shard(path)
+            rows = row_of[at : at + int(mask.sum())]
+            if not np.array_equal(shard.sample_id[mask].astype(str), ids_arr[rows]):
+                raise SelectFlowError(f"router shard {path} changed while the comparison's pool was read: rerun")
+            feats, x_metric = shard_features(shard, np.flatnonzero(mask), sel)
+            if x_metric != metric:
+                raise SelectFlowError(
+                    f"{candidates_h5} was built with metric {metric}, the selection settings "
+                    f"give {x_metric}: rerun rule compare_candidates"
+                )
+            if features is None:
+                features = f.create_dataset("features", shape=(len(order), feats.shape[1]), dtype=feats.dtype)
+            h5_write_rows(features, rows, feats)
+            response_tokens[rows] = np.asarray(shard.n_response_tokens)[mask]
+            at += len(rows)
+        if features is None:
+            raise SelectFlowError(f"{quality_tsv} keeps no sample of the router shards: rerun rule compare_candidates")
+
+    quality = table.loc[ids_arr, "quality"].to_numpy(dtype=np.float64)
+    write_pool(out_h5, ids_arr, quality, write_features, response_tokens, k, metric, cmp)
 
 
-def write_pool(out_h5, ids_arr, quality, x, response_tokens, k: int, metric: str, cmp: CompareConfig) -> None:
+def write_pool(out_h5, ids_arr, quality, features, response_tokens, k: int, metric: str, cmp: CompareConfig) -> None:
     """``pool.h5`` (atomic) of the kept samples ``ids_arr`` (sorted), with their k-means clusters and the
-    near-duplicate threshold computed from their features ``x``."""
-    labels = baselines.kmeans_labels(x, cmp.clusters, cmp.seed)
-    eps = baselines.pair_threshold(x, cmp.near_duplicate_quantile, cmp.seed, metric)
+    near-duplicate threshold computed from their features.
+
+    ``features``: [n, D] in memory (the tests' reference), or ``features(f)``, which writes the dataset
+    ``features`` [n, D] of the open file ``f`` itself (and may fill ``response_tokens`` as it goes); the
+    clusters and threshold then read it back a sample and a chunk at a time.
+    """
     with atomic_path(out_h5, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        if callable(features):
+            features(f)
+            x = f["features"]
+        else:
+            x = features
+            f.create_dataset("features", data=x)
+        labels = baselines.kmeans_labels(x, cmp.clusters, cmp.seed)
+        eps = baselines.pair_threshold(x, cmp.near_duplicate_quantile, cmp.seed, metric)
         f.create_dataset("sample_id", data=ids_arr.astype(object), dtype=h5py.string_dtype())
         f.create_dataset("quality", data=quality)
-        f.create_dataset("features", data=x)
         f.create_dataset("cluster", data=labels)
         f.create_dataset("response_tokens", data=response_tokens.astype(np.int32))
         f.attrs.update({"k": k, "metric": metric, "near_duplicate_threshold": eps, "clusters": cmp.clusters})
