@@ -245,7 +245,7 @@ def round_robin(labels: np.ndarray, quality: np.ndarray, ids: np.ndarray, k: int
 def _torch(feats: np.ndarray, device="cpu"):
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)).to(device)
+    return torch.from_numpy(_float32(feats)).to(device)
 
 
 def score_first_walk(
