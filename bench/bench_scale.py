@@ -340,6 +340,10 @@ def main() -> None:
             rows["compare random baseline (features read, before)"] = run_step("compare_random_old", common)
             assert (work / "compare_random.tsv").read_bytes() == (work / "compare_random_old.tsv").read_bytes()
             assert same_h5(work / "compare_pool.h5", work / "compare_pool_old.h5"), "compare pools differ"
+            import h5py
+
+            with h5py.File(work / "compare_pool.h5") as f:
+                pool_bytes = f["features"].size * 4
         if "compare_semdedup" in steps:  # after compare_pool: the semdedup baseline job, and its walk before
             rows["compare semdedup baseline"] = run_step("compare_semdedup", common)
             rows["compare semdedup baseline (a row a call, before)"] = run_step("compare_semdedup_old", common)
@@ -352,11 +356,6 @@ def main() -> None:
             assert (work / "compare_score_first.tsv").read_bytes() == (
                 work / "compare_score_first_old.tsv"
             ).read_bytes()
-        if "compare_pool" in steps:
-            import h5py
-
-            with h5py.File(work / "compare_pool.h5") as f:
-                pool_bytes = f["features"].size * 4
         if "fps" in steps:
             rows["fps, 1 process"] = run_step("fps", common)
         if "ranks" in steps:
